@@ -1,0 +1,164 @@
+// The C ABI entry point of libflexavatar_cuda: argument checks, device selection, and turning
+// every failure into a status code plus message (nothing escapes as an exception or abort).
+#include <cstdio>
+#include <cstring>
+#include <new>
+
+#include "flexavatar/raster_types.h"
+#include "internal.cuh"
+
+namespace flexavatar {
+namespace cuda {
+namespace {
+
+int fail(StatusCode code, const std::string& message, char* error, size_t error_len) {
+  if (error && error_len > 0) {
+    std::strncpy(error, message.c_str(), error_len - 1);
+    error[error_len - 1] = '\0';
+  }
+  return static_cast<int>(code);
+}
+
+// Restores the caller's current device when the call returns.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    check(cudaGetDevice(&previous_), "cudaGetDevice");
+    if (device != previous_) check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceGuard() { cudaSetDevice(previous_); }
+
+ private:
+  int previous_ = 0;
+};
+
+// Keeps freed stream-ordered memory in the pool instead of returning it at every synchronisation.
+void keep_pool_memory(int device) {
+  cudaMemPool_t pool;
+  if (cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess) {
+    uint64_t threshold = UINT64_MAX;
+    cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold);
+  }
+  cudaGetLastError();
+}
+
+int api_device_count(int* count, char* error, size_t error_len) {
+  if (!count) return fail(StatusCode::kNullPointer, "count: got a null pointer", error, error_len);
+  *count = 0;
+  const cudaError_t err = cudaGetDeviceCount(count);
+  if (err != cudaSuccess) {  // no driver / no device: report zero devices, not an error
+    cudaGetLastError();
+    *count = 0;
+  }
+  return 0;
+}
+
+int api_pointer_device(const void* ptr, int* device, char* error, size_t error_len) {
+  if (!ptr || !device) return fail(StatusCode::kNullPointer, "pointer_device: got a null pointer", error, error_len);
+  cudaPointerAttributes attr;
+  const cudaError_t err = cudaPointerGetAttributes(&attr, ptr);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return fail(StatusCode::kInvalidArgument,
+                std::string("not a CUDA device pointer (cudaPointerGetAttributes: ") + cudaGetErrorName(err) + ")",
+                error, error_len);
+  }
+  if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
+    return fail(StatusCode::kInvalidArgument, "expected CUDA device memory, got host memory", error, error_len);
+  *device = attr.device;
+  return 0;
+}
+
+int api_forward(const FlexavatarCudaForwardArgs* args, void** state_out, char* error, size_t error_len) {
+  if (!args || !state_out) return fail(StatusCode::kNullPointer, "forward: null args or state", error, error_len);
+  *state_out = nullptr;
+  const FlexavatarCudaForwardArgs& a = *args;
+  GaussianBuffers g{a.num_batches, a.num_gaussians, a.means, a.quats, a.scales, a.opacities, a.sh0};
+  CameraBuffers c{a.num_cameras, a.viewmats, a.intrinsics, a.backgrounds};
+  RasterSettings s;
+  s.width = a.width;
+  s.height = a.height;
+  s.eps2d = a.eps2d;
+  s.near_plane = a.near_plane;
+  s.far_plane = a.far_plane;
+  Status st = validate_raster_inputs(g, c, s);
+  if (st.ok()) st = validate_raster_outputs(RasterOutputs{a.image, a.alpha, a.depth});
+  if (!st.ok()) return fail(st.code(), st.message(), error, error_len);
+  if (a.num_batches * a.num_cameras * a.num_gaussians >= (int64_t(1) << 32))
+    return fail(StatusCode::kInvalidSize, "views x Gaussians: expected fewer than 2^32 per call", error, error_len);
+  ForwardState* state = nullptr;
+  try {
+    DeviceGuard guard(a.device);
+    keep_pool_memory(a.device);
+    state = new ForwardState(static_cast<cudaStream_t>(a.stream));
+    state->device = a.device;
+    run_forward(a, *state);
+    *state_out = state;
+    return 0;
+  } catch (const CudaFailure& f) {
+    delete state;
+    return fail(f.code, f.message, error, error_len);
+  } catch (const std::bad_alloc&) {
+    delete state;
+    return fail(StatusCode::kOutOfMemory, "forward: host out of memory", error, error_len);
+  } catch (...) {
+    delete state;
+    return fail(StatusCode::kDeviceError, "forward: unexpected failure", error, error_len);
+  }
+}
+
+int api_backward(void* state_ptr, const FlexavatarCudaBackwardArgs* args, char* error, size_t error_len) {
+  if (!state_ptr || !args) return fail(StatusCode::kNullPointer, "backward: null state or args", error, error_len);
+  const ForwardState& s = *static_cast<const ForwardState*>(state_ptr);
+  const FlexavatarCudaBackwardArgs& a = *args;
+  if (s.num_batches * s.num_gaussians > 0) {
+    const struct {
+      const void* p;
+      const char* name;
+    } required[] = {{a.means, "means"},       {a.quats, "quats"},     {a.scales, "scales"},
+                    {a.opacities, "opacities"}, {a.sh0, "sh0"},       {a.viewmats, "viewmats"},
+                    {a.intrinsics, "Ks"},      {a.v_means, "v_means"}, {a.v_quats, "v_quats"},
+                    {a.v_scales, "v_scales"},  {a.v_opacities, "v_opacities"}, {a.v_sh0, "v_sh0"}};
+    for (const auto& r : required)
+      if (!r.p) return fail(StatusCode::kNullPointer, std::string(r.name) + ": got a null pointer", error, error_len);
+  }
+  try {
+    DeviceGuard guard(s.device);
+    run_backward(s, a);
+    return 0;
+  } catch (const CudaFailure& f) {
+    return fail(f.code, f.message, error, error_len);
+  } catch (const std::bad_alloc&) {
+    return fail(StatusCode::kOutOfMemory, "backward: host out of memory", error, error_len);
+  } catch (...) {
+    return fail(StatusCode::kDeviceError, "backward: unexpected failure", error, error_len);
+  }
+}
+
+void api_release_state(void* state_ptr) {
+  auto* s = static_cast<ForwardState*>(state_ptr);
+  if (!s) return;
+  int previous = 0;
+  const bool switched = cudaGetDevice(&previous) == cudaSuccess && previous != s->device &&
+                        cudaSetDevice(s->device) == cudaSuccess;
+  delete s;  // stream-ordered frees on the forward's stream
+  if (switched) cudaSetDevice(previous);
+  cudaGetLastError();
+}
+
+int64_t api_state_num_intersections(const void* state_ptr) {
+  return state_ptr ? static_cast<const ForwardState*>(state_ptr)->num_intersections : -1;
+}
+
+const FlexavatarCudaApi kApi = {
+    FLEXAVATAR_CUDA_ABI_VERSION, api_device_count, api_pointer_device, api_forward, api_backward, api_release_state,
+    api_state_num_intersections,
+};
+
+}  // namespace
+}  // namespace cuda
+}  // namespace flexavatar
+
+extern "C" __attribute__((visibility("default"))) const FlexavatarCudaApi* flexavatar_cuda_api(void) {
+  return &flexavatar::cuda::kApi;
+}

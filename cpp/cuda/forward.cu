@@ -1,0 +1,243 @@
+// Forward pass of the CUDA rasterizer:
+//   1. project every (view, Gaussian) and count the tiles its α ≥ 1/255 ellipse really touches
+//   2. scan the counts, emit one (tile | depth) key per intersection
+//   3. radix-sort the keys on only the bits they use
+//   4. find each tile's range in the sorted list
+//   5. blend each tile front to back, batches of Gaussians staged in shared memory
+#include <cstring>
+
+#include "internal.cuh"
+
+namespace flexavatar {
+namespace cuda {
+namespace {
+
+namespace m = math;
+
+__global__ void project_kernel(FlexavatarCudaForwardArgs a, int64_t num_views, int tiles_x, int tiles_y,
+                               float4* xy_opacity, float4* conic, float4* color_depth, int4* tile_box,
+                               int64_t* tiles_touched) {
+  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (idx >= num_views * a.num_gaussians) return;
+  const int64_t view = idx / a.num_gaussians;
+  const int64_t g = idx % a.num_gaussians;
+  const int64_t gi = (view / a.num_cameras) * a.num_gaussians + g;
+  const m::Camera<float> cam =
+      m::make_camera<float>(a.viewmats + 16 * view, a.intrinsics + 9 * view, int(a.width), int(a.height));
+  const float opacity = a.opacities[gi];
+  const m::Projected<float> p = m::project_gaussian<float>(cam, a.means + 3 * gi, a.quats + 4 * gi, a.scales + 3 * gi,
+                                                           opacity, a.eps2d, a.near_plane, a.far_plane);
+  int64_t touched = 0;
+  int4 box = make_int4(0, 0, 0, 0);
+  if (p.visible) {
+    const m::TileRect r = m::tile_rect(p.mean_x, p.mean_y, p.radius_x, p.radius_y, tiles_x, tiles_y);
+    box = make_int4(r.x0, r.y0, r.x1, r.y1);
+    const float cut = m::culling_sigma_cut(opacity);
+    for (int ty = r.y0; ty < r.y1; ++ty)
+      for (int tx = r.x0; tx < r.x1; ++tx)
+        touched += m::tile_touches_gaussian(p.mean_x, p.mean_y, p.conic_a, p.conic_b, p.conic_c, cut, tx, ty,
+                                            int(a.width), int(a.height));
+    const float* sh = a.sh0 + 3 * gi;
+    xy_opacity[idx] = make_float4(p.mean_x, p.mean_y, opacity, cut);
+    conic[idx] = make_float4(p.conic_a, p.conic_b, p.conic_c, 0.0f);
+    color_depth[idx] = make_float4(m::sh0_to_color(sh[0]), m::sh0_to_color(sh[1]), m::sh0_to_color(sh[2]), p.depth);
+  }
+  tile_box[idx] = box;
+  tiles_touched[idx] = touched;
+}
+
+// Key = (view·tiles + tile) << 31 | depth bits. Depths are ≥ near > 0, so their float bits are
+// monotonic and the sign bit is always 0: 31 bits suffice for the depth.
+__global__ void emit_intersections_kernel(FlexavatarCudaForwardArgs a, int64_t num_views, int tiles_x,
+                                          const float4* xy_opacity, const float4* conic, const float4* color_depth,
+                                          const int4* tile_box, const int64_t* offsets_inclusive,
+                                          uint64_t* keys, uint32_t* values) {
+  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (idx >= num_views * a.num_gaussians) return;
+  const int4 box = tile_box[idx];
+  if (box.z <= box.x || box.w <= box.y) return;
+  int64_t out = idx == 0 ? 0 : offsets_inclusive[idx - 1];
+  const int64_t end = offsets_inclusive[idx];
+  if (out == end) return;
+  const int64_t view = idx / a.num_gaussians;
+  const int64_t tiles_per_view = int64_t(tiles_x) * ((a.height + m::kTileSize - 1) / m::kTileSize);
+  const float4 xo = xy_opacity[idx], co = conic[idx];
+  const uint64_t depth_bits = uint64_t(__float_as_uint(color_depth[idx].w)) & 0x7fffffffull;
+  for (int ty = box.y; ty < box.w; ++ty)
+    for (int tx = box.x; tx < box.z; ++tx)
+      if (m::tile_touches_gaussian(xo.x, xo.y, co.x, co.y, co.z, xo.w, tx, ty, int(a.width), int(a.height))) {
+        const uint64_t tile = uint64_t(view * tiles_per_view + int64_t(ty) * tiles_x + tx);
+        keys[out] = (tile << 31) | depth_bits;
+        values[out] = uint32_t(idx);
+        ++out;
+      }
+}
+
+__global__ void tile_ranges_kernel(const uint64_t* keys, int64_t n, int2* ranges) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  const int64_t tile = int64_t(keys[i] >> 31);
+  if (i == 0) {
+    ranges[tile].x = 0;
+  } else {
+    const int64_t prev = int64_t(keys[i - 1] >> 31);
+    if (prev != tile) {
+      ranges[prev].y = int(i);
+      ranges[tile].x = int(i);
+    }
+  }
+  if (i == n - 1) ranges[tile].y = int(n);
+}
+
+__global__ void __launch_bounds__(kBlockPixels)
+    blend_forward_kernel(int64_t width, int64_t height, int tiles_x, int tiles_y, const int2* tile_ranges,
+                         const uint32_t* sorted_ids, const float4* xy_opacity, const float4* conic,
+                         const float4* color_depth, const float* backgrounds, float* image, float* alpha, float* depth,
+                         float* final_transmittance, float* accum_depth, int32_t* last_index) {
+  const int view = blockIdx.z;
+  const int tile = blockIdx.y * tiles_x + blockIdx.x;
+  const int tid = threadIdx.y * m::kTileSize + threadIdx.x;
+  const int px = blockIdx.x * m::kTileSize + threadIdx.x;
+  const int py = blockIdx.y * m::kTileSize + threadIdx.y;
+  const bool inside = px < width && py < height;
+  const float fx = float(px) + 0.5f, fy = float(py) + 0.5f;
+  const int2 range = tile_ranges[int64_t(view) * tiles_x * tiles_y + tile];
+
+  __shared__ float4 s_xy_opacity[kBlockPixels];
+  __shared__ float4 s_conic[kBlockPixels];
+  __shared__ float4 s_color_depth[kBlockPixels];
+
+  float T = 1.0f, r = 0.0f, g = 0.0f, b = 0.0f, d = 0.0f;
+  int last = range.x - 1;
+  bool done = !inside;
+  for (int start = range.x; start < range.y; start += kBlockPixels) {
+    if (__syncthreads_count(done) == kBlockPixels) break;  // also guards the shared memory reuse
+    const int k = start + tid;
+    if (k < range.y) {
+      const uint32_t id = sorted_ids[k];
+      s_xy_opacity[tid] = xy_opacity[id];
+      s_conic[tid] = conic[id];
+      s_color_depth[tid] = color_depth[id];
+    }
+    __syncthreads();
+    const int count = min(kBlockPixels, range.y - start);
+    for (int j = 0; j < count && !done; ++j) {
+      const float4 xo = s_xy_opacity[j];
+      float dx, dy;
+      const float sigma = gaussian_sigma(xo, s_conic[j], fx, fy, dx, dy);
+      if (sigma < 0.0f) continue;
+      const float a = fminf(m::kMaxAlpha, xo.z * expf(-sigma));
+      if (a < m::kAlphaThreshold) continue;
+      const float next_T = T * (1.0f - a);
+      if (next_T <= m::kMinTransmittance) {
+        done = true;
+        break;
+      }
+      const float w = a * T;
+      const float4 cd = s_color_depth[j];
+      r += w * cd.x;
+      g += w * cd.y;
+      b += w * cd.z;
+      d += w * cd.w;
+      T = next_T;
+      last = start + j;
+    }
+  }
+  if (!inside) return;
+  const int64_t pix = (int64_t(view) * height + py) * width + px;
+  const float bg_r = backgrounds ? backgrounds[3 * view + 0] : 0.0f;
+  const float bg_g = backgrounds ? backgrounds[3 * view + 1] : 0.0f;
+  const float bg_b = backgrounds ? backgrounds[3 * view + 2] : 0.0f;
+  image[3 * pix + 0] = r + T * bg_r;
+  image[3 * pix + 1] = g + T * bg_g;
+  image[3 * pix + 2] = b + T * bg_b;
+  const float acc_alpha = 1.0f - T;
+  alpha[pix] = acc_alpha;
+  depth[pix] = d / fmaxf(acc_alpha, m::kDepthAlphaFloor);
+  final_transmittance[pix] = T;
+  accum_depth[pix] = d;
+  last_index[pix] = last;
+}
+
+inline int blocks_for(int64_t n, int threads) { return int((n + threads - 1) / threads); }
+
+inline int bit_width(uint64_t v) {
+  int bits = 0;
+  while (v) {
+    ++bits;
+    v >>= 1;
+  }
+  return bits;
+}
+
+}  // namespace
+
+void run_forward(const FlexavatarCudaForwardArgs& a, ForwardState& s) {
+  cudaStream_t stream = s.stream;
+  s.num_batches = a.num_batches;
+  s.num_gaussians = a.num_gaussians;
+  s.num_cameras = a.num_cameras;
+  s.num_views = a.num_batches * a.num_cameras;
+  s.width = a.width;
+  s.height = a.height;
+  s.eps2d = a.eps2d;
+  s.near_plane = a.near_plane;
+  s.far_plane = a.far_plane;
+  s.tiles_x = int((a.width + m::kTileSize - 1) / m::kTileSize);
+  s.tiles_y = int((a.height + m::kTileSize - 1) / m::kTileSize);
+  const int64_t V = s.num_views, G = a.num_gaussians;
+  const int64_t VG = V * G;
+  const int64_t num_tiles = V * s.tiles_x * s.tiles_y;
+  const int64_t num_pixels = V * a.width * a.height;
+
+  s.xy_opacity = s.arena.alloc<float4>(VG);
+  s.conic = s.arena.alloc<float4>(VG);
+  s.color_depth = s.arena.alloc<float4>(VG);
+  s.tile_ranges = s.arena.alloc<int2>(num_tiles);
+  s.final_transmittance = s.arena.alloc<float>(num_pixels);
+  s.accum_depth = s.arena.alloc<float>(num_pixels);
+  s.last_index = s.arena.alloc<int32_t>(num_pixels);
+  check(cudaMemsetAsync(s.tile_ranges, 0, sizeof(int2) * num_tiles, stream), "cudaMemsetAsync");
+
+  DeviceArena scratch(stream);  // freed (stream-ordered) when the forward returns
+  if (VG > 0) {
+    int4* tile_box = scratch.alloc<int4>(VG);
+    int64_t* touched = scratch.alloc<int64_t>(VG);
+    int64_t* offsets = scratch.alloc<int64_t>(VG);
+    constexpr int kThreads = 256;
+    project_kernel<<<blocks_for(VG, kThreads), kThreads, 0, stream>>>(a, V, s.tiles_x, s.tiles_y, s.xy_opacity,
+                                                                       s.conic, s.color_depth, tile_box, touched);
+    check(cudaGetLastError(), "project_kernel launch");
+    s.num_intersections = inclusive_scan_int64(touched, offsets, VG, scratch, stream);
+    if (s.num_intersections > INT32_MAX)
+      throw CudaFailure{StatusCode::kInvalidSize, "too many tile/Gaussian intersections (" +
+                                                      std::to_string(s.num_intersections) +
+                                                      "): expected at most 2^31 - 1; render fewer views per call"};
+    if (s.num_intersections > 0) {
+      const int64_t n = s.num_intersections;
+      uint64_t* keys = scratch.alloc<uint64_t>(n);
+      uint64_t* keys_sorted = scratch.alloc<uint64_t>(n);
+      uint32_t* values = scratch.alloc<uint32_t>(n);
+      s.sorted_ids = s.arena.alloc<uint32_t>(n);
+      emit_intersections_kernel<<<blocks_for(VG, kThreads), kThreads, 0, stream>>>(
+          a, V, s.tiles_x, s.xy_opacity, s.conic, s.color_depth, tile_box, offsets, keys, values);
+      check(cudaGetLastError(), "emit_intersections_kernel launch");
+      const int end_bit = 31 + bit_width(uint64_t(num_tiles - 1));
+      sort_pairs_u64_u32(keys, keys_sorted, values, s.sorted_ids, n, end_bit, scratch, stream);
+      tile_ranges_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream>>>(keys_sorted, n, s.tile_ranges);
+      check(cudaGetLastError(), "tile_ranges_kernel launch");
+    }
+  }
+  if (s.sorted_ids == nullptr) s.sorted_ids = s.arena.alloc<uint32_t>(1);
+
+  const dim3 grid(s.tiles_x, s.tiles_y, unsigned(V));
+  const dim3 block(m::kTileSize, m::kTileSize);
+  blend_forward_kernel<<<grid, block, 0, stream>>>(a.width, a.height, s.tiles_x, s.tiles_y, s.tile_ranges,
+                                                   s.sorted_ids, s.xy_opacity, s.conic, s.color_depth, a.backgrounds,
+                                                   a.image, a.alpha, a.depth, s.final_transmittance, s.accum_depth,
+                                                   s.last_index);
+  check(cudaGetLastError(), "blend_forward_kernel launch");
+}
+
+}  // namespace cuda
+}  // namespace flexavatar

@@ -1,0 +1,37 @@
+// Device-wide scan and radix sort. The only translation unit that includes CUB: it is by far the
+// slowest to compile, and it only needs compiling once per architecture.
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
+
+#include "internal.cuh"
+
+namespace flexavatar {
+namespace cuda {
+
+int64_t inclusive_scan_int64(const int64_t* in, int64_t* out, int64_t n, DeviceArena& arena, cudaStream_t stream) {
+  if (n <= 0) return 0;
+  size_t temp_bytes = 0;
+  check(cub::DeviceScan::InclusiveSum(nullptr, temp_bytes, in, out, n, stream), "cub::DeviceScan (size)");
+  void* temp = arena.alloc<unsigned char>(static_cast<int64_t>(temp_bytes));
+  check(cub::DeviceScan::InclusiveSum(temp, temp_bytes, in, out, n, stream), "cub::DeviceScan");
+  int64_t total = 0;
+  check(cudaMemcpyAsync(&total, out + (n - 1), sizeof(int64_t), cudaMemcpyDeviceToHost, stream), "copy scan total");
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (scan total)");
+  return total;
+}
+
+void sort_pairs_u64_u32(uint64_t* keys_in, uint64_t* keys_out, uint32_t* values_in, uint32_t* values_out, int64_t n,
+                        int end_bit, DeviceArena& arena, cudaStream_t stream) {
+  if (n <= 0) return;
+  size_t temp_bytes = 0;
+  check(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys_in, keys_out, values_in, values_out, n, 0, end_bit,
+                                        stream),
+        "cub::DeviceRadixSort (size)");
+  void* temp = arena.alloc<unsigned char>(static_cast<int64_t>(temp_bytes));
+  check(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, values_in, values_out, n, 0, end_bit,
+                                        stream),
+        "cub::DeviceRadixSort");
+}
+
+}  // namespace cuda
+}  // namespace flexavatar

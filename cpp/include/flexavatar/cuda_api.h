@@ -1,0 +1,79 @@
+/* C ABI of the CUDA rasterizer library (libflexavatar_cuda), loaded at run time with dlopen so
+ * that a CPU-only install never needs the CUDA runtime. Plain C structs: the core and the CUDA
+ * library may be built by different compilers. Every function returns 0 on success or a
+ * flexavatar::StatusCode value, with a message in `error` (NUL-terminated, at most error_len). */
+#ifndef FLEXAVATAR_CUDA_API_H_
+#define FLEXAVATAR_CUDA_API_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FLEXAVATAR_CUDA_ABI_VERSION 1
+#define FLEXAVATAR_CUDA_ENTRY_SYMBOL "flexavatar_cuda_api"
+
+/* Forward pass. All pointers are device memory on `device`, dense float32, C-contiguous, with the
+ * shapes of flexavatar/raster_types.h (B batches × C cameras = V views, G Gaussians each). */
+typedef struct FlexavatarCudaForwardArgs {
+  int64_t num_batches, num_gaussians, num_cameras, width, height;
+  float eps2d, near_plane, far_plane;
+  const float* means;       /* [B, G, 3] */
+  const float* quats;       /* [B, G, 4] */
+  const float* scales;      /* [B, G, 3] */
+  const float* opacities;   /* [B, G] */
+  const float* sh0;         /* [B, G, 3] */
+  const float* viewmats;    /* [B, C, 4, 4] */
+  const float* intrinsics;  /* [B, C, 3, 3] */
+  const float* backgrounds; /* [B, C, 3] or NULL (black) */
+  float* image;             /* out [B, C, H, W, 3] */
+  float* alpha;             /* out [B, C, H, W] */
+  float* depth;             /* out [B, C, H, W] */
+  int device;
+  void* stream;             /* cudaStream_t; NULL = legacy default stream */
+} FlexavatarCudaForwardArgs;
+
+/* Backward pass: upstream gradients of the three outputs (any may be NULL = zero) and the same
+ * inputs as the forward; writes (overwrites) the gradients of the Gaussian attributes. */
+typedef struct FlexavatarCudaBackwardArgs {
+  const float* means;
+  const float* quats;
+  const float* scales;
+  const float* opacities;
+  const float* sh0;
+  const float* viewmats;
+  const float* intrinsics;
+  const float* backgrounds;
+  const float* v_image;  /* [B, C, H, W, 3] */
+  const float* v_alpha;  /* [B, C, H, W] */
+  const float* v_depth;  /* [B, C, H, W] */
+  float* v_means;        /* out [B, G, 3] */
+  float* v_quats;        /* out [B, G, 4] */
+  float* v_scales;       /* out [B, G, 3] */
+  float* v_opacities;    /* out [B, G] */
+  float* v_sh0;          /* out [B, G, 3] */
+} FlexavatarCudaBackwardArgs;  /* runs on the forward's stream, which owns the state's buffers */
+
+typedef struct FlexavatarCudaApi {
+  int abi_version;
+  /* Number of usable devices (0 without a driver or GPU: not an error). */
+  int (*device_count)(int* count, char* error, size_t error_len);
+  /* Device ordinal owning `ptr`; fails for host or unknown pointers. */
+  int (*pointer_device)(const void* ptr, int* device, char* error, size_t error_len);
+  /* Runs the forward pass; on success *state holds what the backward needs (release it). */
+  int (*forward)(const FlexavatarCudaForwardArgs* args, void** state, char* error, size_t error_len);
+  int (*backward)(void* state, const FlexavatarCudaBackwardArgs* args, char* error, size_t error_len);
+  void (*release_state)(void* state);
+  /* Number of (tile, Gaussian) intersections of a forward state (diagnostics, tests). */
+  int64_t (*state_num_intersections)(const void* state);
+} FlexavatarCudaApi;
+
+typedef const FlexavatarCudaApi* (*FlexavatarCudaEntryFn)(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FLEXAVATAR_CUDA_API_H_ */

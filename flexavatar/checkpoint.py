@@ -1,0 +1,82 @@
+"""Reading checkpoints (a flat state dict, SPEC §1) with typed, specific errors."""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .errors import CheckpointError
+
+# Stored in the official checkpoint but unused at inference (SPEC §1): accepted, loaded, never read.
+DEAD_KEY_SUFFIXES = ("_head_transformer._head_token_embeddings", ".affine.weight")
+_SHOW = 5  # list at most this many offending keys per category
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a flat {name: tensor} mapping from a torch.save file (weights_only) or a .safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            obj = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every reader failure means the same thing to the user
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({path.stat().st_size} bytes): {type(e).__name__}: {str(e)[:200]}. "
+            "Expected a torch.save'd flat state dict (like ckpt-900k.pt) or a .safetensors file; "
+            "the file may be truncated or of another format.") from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a flat state dict "
+                              "mapping parameter names to tensors")
+    nested = [k for k in ("state_dict", "model", "model_state_dict", "ema") if k in obj
+              and isinstance(obj[k], Mapping)]
+    if nested:
+        raise CheckpointError(f"checkpoint {path} looks like a training checkpoint (keys {sorted(obj)[:6]}); "
+                              f"expected the model's flat state dict — try extracting obj[{nested[0]!r}]")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"checkpoint {path}: {len(bad)} entries are not name → tensor, e.g. {bad[:_SHOW]}")
+    return dict(obj)
+
+
+def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:
+    """Raise CheckpointError listing missing / unexpected keys and shape or dtype mismatches."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k}: got {tuple(state[k].shape)}, expected {tuple(v.shape)}"
+              for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    dtypes = [f"{k}: {state[k].dtype}" for k in expected if k in state and not state[k].is_floating_point()]
+    if not (missing or unexpected or shapes or dtypes):
+        return
+    parts = [f"{what} does not fit the model ({len(expected)} tensors expected, {len(state)} found)"]
+    for name, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                        ("shape mismatches", shapes), ("non-floating tensors", dtypes)):
+        if items:
+            more = f" … and {len(items) - _SHOW} more" if len(items) > _SHOW else ""
+            parts.append(f"{len(items)} {name}: " + ", ".join(items[:_SHOW]) + more)
+    if shapes and not (missing or unexpected):
+        parts.append("same keys, other sizes: pass the matching config (e.g. config=model_config.json)")
+    raise CheckpointError("\n  ".join(parts))
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    """torch.save to a temp file in the target folder, then rename: never a half-written checkpoint."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

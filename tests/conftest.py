@@ -1,0 +1,42 @@
+"""Shared test fixtures: paths to the read-only official fixtures beside the repo (../shared)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "fixtures"
+OFFICIAL = SHARED / "official_flex"
+DRIVING = SHARED / "driving"
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if _cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def official_dir() -> Path:
+    if not OFFICIAL.is_dir():
+        pytest.fail(f"official fixtures not found at {OFFICIAL}: the repo expects ../shared beside it")
+    return OFFICIAL
+
+
+@pytest.fixture(scope="session")
+def driving_dir() -> Path:
+    if not DRIVING.is_dir():
+        pytest.fail(f"driving fixtures not found at {DRIVING}")
+    return DRIVING
