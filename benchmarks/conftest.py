@@ -262,6 +262,8 @@ class _RunRecorder:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.ensure_newline()
+            if getattr(reporter._tw, "width_of_current_line", 0):  # -q prints dots without a file prefix
+                reporter.write("\n")
             reporter.write_line(line)
 
     # records ---------------------------------------------------------------------------------

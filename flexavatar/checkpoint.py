@@ -64,8 +64,9 @@ def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], what:
         if items:
             more = f" … and {len(items) - _SHOW} more" if len(items) > _SHOW else ""
             parts.append(f"{len(items)} {name}: " + ", ".join(items[:_SHOW]) + more)
-    if shapes and not (missing or unexpected):
-        parts.append("same keys, other sizes: pass the matching config (e.g. config=model_config.json)")
+    if shapes:
+        parts.append("tensor sizes differ: the file may be of another model size — pass the matching config "
+                     "(e.g. config=model_config.json)")
     raise CheckpointError("\n  ".join(parts))
 
 

@@ -425,7 +425,8 @@ def case_record(
         "host_peak_rss_mib": host_peak_rss_mib,
         "host_rss_before_mib": host_rss_before_mib,
         "host_mem_note": host_mem_note,
-        "device_peak_mib": device_peak_mib,
+        # torch's allocator peak means something only for a case that ran on the GPU
+        "device_peak_mib": device_peak_mib if device.startswith("cuda") else None,
         "extra": {k: v for k, v in extra_info.items() if k not in _META_KEYS},
     }
 
@@ -703,7 +704,7 @@ def _target_whole_frame(case: Case, run: Run) -> TargetResult | None:
         return None
     if not _h100_class(run) or case.fps is None:
         return None
-    return TargetResult("≥ 500 fps (H100, fp16)", f"{case.fps:,.0f} fps", case.fps >= 500)
+    return TargetResult("≥ 500 fps (H100 fp16)", f"{case.fps:,.0f} fps", case.fps >= 500)
 
 
 def _target_rasterize_gpu(case: Case, run: Run) -> TargetResult | None:
@@ -712,7 +713,7 @@ def _target_rasterize_gpu(case: Case, run: Run) -> TargetResult | None:
     if case.backend == REFERENCE_BACKEND or not _h100_class(run) or not _is_flex1(case):
         return None
     p50 = case.latency_ms["p50"] / case.frames_per_call
-    return TargetResult("fwd+sort+blend ≤ 0.5 ms (H100)", f"{p50:.3f} ms", p50 <= 0.5)
+    return TargetResult("≤ 0.5 ms fwd (H100)", f"{p50:.3f} ms", p50 <= 0.5)
 
 
 def _target_cpp_speedup(case: Case, run: Run) -> TargetResult | None:
@@ -727,16 +728,16 @@ def _target_cpp_speedup(case: Case, run: Run) -> TargetResult | None:
         None,
     )  # fmt: skip
     if ref is None:
-        return TargetResult("≥ 20× reference (same run)", "no reference case in this run", None)
+        return TargetResult("≥ 20× reference", "no reference case in this run", None)
     ratio = (ref.latency_ms["p50"] / ref.frames_per_call) / (case.latency_ms["p50"] / case.frames_per_call)
-    return TargetResult("≥ 20× reference (same run)", f"{ratio:.1f}×", ratio >= 20)
+    return TargetResult("≥ 20× reference", f"{ratio:.1f}×", ratio >= 20)
 
 
 def _flops_target(stage: str, stated: float) -> Callable[[Case, Run], TargetResult | None]:
     def check(case: Case, run: Run) -> TargetResult | None:
         if case.stage != stage or not _is_flex1(case):
             return None
-        label = f"≈ {stated / 1e9:.1f} GFLOP/frame (spec)"
+        label = f"≈ {stated / 1e9:.1f} GFLOP (spec)"
         if case.flops_per_call is None:
             return TargetResult(label, "no FLOP count recorded", None)
         per_frame = case.flops_per_call / case.frames_per_call
@@ -898,7 +899,7 @@ def _legend(series: Sequence[tuple[str, str, bool]]) -> str:
 def line_chart_svg(categories: Sequence[str], series: Sequence[_Series], unit: str) -> str:
     """Log-y line chart over categorical x (runs in time order)."""
     values = [p.y for s in series for p in s.points if p.y > 0]
-    frame = _Frame(width=560, height=270, left=62, right=16, top=14, bottom=48)
+    frame = _Frame(width=560, height=300, left=62, right=16, top=14, bottom=80)
     out = frame.open()
     if not values:
         return "\n".join(out + ['<text x="280" y="140" text-anchor="middle">no data</text></svg>'])
@@ -915,8 +916,8 @@ def line_chart_svg(categories: Sequence[str], series: Sequence[_Series], unit: s
         if i % every == 0 or i == n - 1:
             x = x_of(i)
             out.append(
-                f'<text x="{x:.1f}" y="{frame.y0 + 14}" text-anchor="end" fill="#475467" '
-                f'transform="rotate(-30 {x:.1f} {frame.y0 + 14})">{_esc(label)}</text>'
+                f'<text x="{x:.1f}" y="{frame.y0 + 14}" text-anchor="end" fill="#475467" font-size="10" '
+                f'transform="rotate(-25 {x:.1f} {frame.y0 + 14})">{_esc(label)}</text>'
             )
     for s in series:
         pts = sorted(s.points, key=lambda p: p.x)
@@ -947,7 +948,7 @@ class _Bar:
 def grouped_bar_svg(groups: Sequence[tuple[str, Sequence[_Bar]]], unit: str, width: int = 1120) -> str:
     """Log-y grouped bars: one group per x label, bars side by side within it."""
     values = [b.value for _, bars in groups for b in bars if b.value > 0]
-    frame = _Frame(width=width, height=300, left=62, right=16, top=14, bottom=64)
+    frame = _Frame(width=width, height=280, left=62, right=16, top=14, bottom=30)
     out = frame.open()
     if not values:
         return "\n".join(out + ['<text x="50%" y="150" text-anchor="middle">no data</text></svg>'])
@@ -1005,8 +1006,8 @@ def breakdown_svg(rows: Sequence[_StackRow], width: int = 1120) -> str:
         x = x_of(2.0)
         out.append(
             f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{frame.y1}" y2="{frame.y0}" stroke="#d92d20" '
-            f'stroke-dasharray="4 3"/><text x="{x + 4:.1f}" y="{frame.y1 + 11}" fill="#d92d20">'
-            "500 fps</text>"
+            f'stroke-dasharray="4 3"/><text x="{x - 4:.1f}" y="{frame.y1 + 11}" fill="#d92d20" '
+            'text-anchor="end">500 fps target</text>'
         )
     for i, row in enumerate(rows):
         y = frame.y1 + 10 + i * 26
@@ -1083,6 +1084,9 @@ def _latency_figures(machine_runs: Sequence[Run], colors: _Colors, mid: str) -> 
                 )
                 s.points.append(_Point(i, case.latency_ms["p50"], _case_tip(case, run)))
         series = sorted(by_series.values(), key=lambda s: s.name)
+        if len({s.color for s in series}) < len(series):  # one backend, several series: tell them apart
+            for k, s in enumerate(series):
+                s.color = PALETTE[k % len(PALETTE)]
         figs.append(
             f'<figure class="chart" id="latency-{mid}-{_esc(stage)}" data-stage="{_esc(stage)}">'
             f"<figcaption>{_esc(stage)} — p50 latency per run</figcaption>"
@@ -1169,36 +1173,36 @@ def _breakdown_figure(run: Run, mid: str) -> str:
         f'<figure class="chart wide" id="breakdown-{mid}"><figcaption>per-frame latency breakdown: '
         "decode + rasterize (latest run)</figcaption>"
         + breakdown_svg(rows)
-        + _legend([("decode", DECODE_COLOR, False), ("rasterize", RASTER_COLOR, False),
-                   ("measured whole frame", "#101828", False)])  # fmt: skip
+        + _legend([("decode", DECODE_COLOR, False), ("rasterize", RASTER_COLOR, False)]
+                  + ([("measured whole frame", "#101828", False)] if any(r.measured_ms for r in rows) else []))
         + "</figure>"
     )
 
 
 def _targets_table(run: Run, mid: str) -> str:
     head = (
-        "<tr><th>stage</th><th>backend</th><th>size</th><th>device</th><th>dtype</th><th>p50 ms</th>"
-        "<th>p95 ms</th><th>p99 ms</th><th>fps</th><th>GFLOP/call</th><th>floor ms<br>(FLOPs/peak)</th>"
-        "<th>of peak</th><th>host MiB</th><th>dev MiB</th><th>target</th><th>measured</th><th></th></tr>"
+        "<tr><th>stage</th><th>backend</th><th>size</th><th>device</th><th>p50 / p95 / p99 ms</th>"
+        "<th>fps</th><th>GFLOP</th><th>floor ms</th><th>of peak</th><th>MiB host / dev</th>"
+        "<th>target</th><th>measured</th><th></th></tr>"
     )
     body = []
     for case in sorted(run.cases, key=lambda c: (_stage_order(c.stage), c.size, c.backend, c.direction)):
         results = targets_for(case, run) or [None]
+        lat = case.latency_ms
         for k, res in enumerate(results):
-            lat = case.latency_ms
-            cells = (
-                [case.stage + ("" if case.direction == "forward" else f" ({case.direction})"), case.backend,
-                 case.size, case.device, case.dtype, _fmt(lat["p50"]), _fmt(lat["p95"]), _fmt(lat["p99"]),
-                 _fmt(case.fps), _fmt(case.flops_per_call / 1e9 if case.flops_per_call else None),
-                 _fmt(case.floor_ms),
-                 "—" if case.fraction_of_peak is None else f"{100 * case.fraction_of_peak:.1f}%",
-                 _fmt(case.host_peak_rss_mib), _fmt(case.device_peak_mib)]
-                if k == 0 else [""] * 14
-            )  # fmt: skip
-            title = f' title="{_esc(case.peak_source)}"' if case.peak_source else ""
-            tds = "".join(
-                f"<td{title if i == 10 else ''}>{_esc(c)}</td>" for i, c in enumerate(cells)
-            )
+            if k == 0:
+                stage = case.stage + ("" if case.direction == "forward" else f" ({case.direction})")
+                cells = [
+                    _esc(stage), _esc(case.backend), _esc(case.size), _esc(f"{case.device} {case.dtype}"),
+                    f"{_fmt(lat['p50'])} / {_fmt(lat['p95'])} / {_fmt(lat['p99'])}",
+                    _fmt(case.fps), _fmt(case.flops_per_call / 1e9 if case.flops_per_call else None),
+                    f'<span title="{_esc(case.peak_source or "")}">{_fmt(case.floor_ms)}</span>',
+                    "—" if case.fraction_of_peak is None else f"{100 * case.fraction_of_peak:.1f}%",
+                    f"{_fmt(case.host_peak_rss_mib)} / {_fmt(case.device_peak_mib)}",
+                ]  # fmt: skip
+            else:
+                cells = [""] * 10
+            tds = "".join(f"<td>{c}</td>" for c in cells)
             if res is None:
                 tds += '<td class="muted">—</td><td></td><td></td>'
             else:
@@ -1211,9 +1215,9 @@ def _targets_table(run: Run, mid: str) -> str:
     return (
         f'<figure class="wide" id="targets-{mid}"><figcaption>latest run against the stated targets '
         f"({run.started:%Y-%m-%d %H:%M} UTC, commit {_esc(run.commit_label)}"
-        f"{'' if run.complete else ', INCOMPLETE run'})</figcaption>"
-        f'<div class="tablewrap"><table><thead>{head}</thead><tbody>{"".join(body)}</tbody></table></div>'
-        "</figure>"
+        f"{'' if run.complete else ', INCOMPLETE run'}) · floor = FLOPs / device peak (hover for the peak)"
+        f'</figcaption><div class="tablewrap"><table><thead>{head}</thead><tbody>{"".join(body)}</tbody>'
+        "</table></div></figure>"
     )
 
 
@@ -1233,9 +1237,9 @@ figure{margin:8px 0}figcaption{font-weight:600;font-size:13px;margin:0 0 4px;col
 .legend{display:flex;flex-wrap:wrap;gap:4px 12px;font-size:12px;margin-top:4px}
 .lg{cursor:pointer;user-select:none;display:inline-flex;align-items:center;gap:5px}
 .lg i{width:12px;height:12px;border-radius:3px;display:inline-block}.lg.off{opacity:.35;text-decoration:line-through}
-table{border-collapse:collapse;font-size:12px;width:100%}th,td{padding:4px 7px;border-bottom:1px solid #eaecf0;
+table{border-collapse:collapse;font-size:12px;width:100%}th,td{padding:4px 6px;border-bottom:1px solid #eaecf0;
 text-align:right;white-space:nowrap}th{background:#f9fafb;color:#475467;font-weight:600;position:sticky;top:0}
-td:nth-child(-n+5),th:nth-child(-n+5){text-align:left}.tablewrap{overflow-x:auto}
+td:nth-child(-n+4),th:nth-child(-n+4),td:nth-child(n+11),th:nth-child(n+11){text-align:left}.tablewrap{overflow-x:auto}
 .badge{padding:1px 7px;border-radius:9px;font-size:11px;font-weight:600}
 .badge.ok{background:#dcfae6;color:#067647}.badge.bad{background:#fee4e2;color:#b42318}
 .badge.na{background:#f2f4f7;color:#475467}
@@ -1304,7 +1308,8 @@ def render_dashboard(runs: Sequence[Run], title: str = "flexavatar benchmarks") 
     for run in runs:
         machines.setdefault(run.machine_id, []).append(run)
     # Most recently active machine first.
-    order = sorted(machines, key=lambda m: machines[m][-1].started, reverse=True)
+    order = sorted(machines, key=lambda m: (machines[m][-1].started, machines[m][-1].gpu_name is not None),
+                   reverse=True)
     sections = []
     for mid in order:
         mruns = machines[mid]

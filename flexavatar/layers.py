@@ -151,11 +151,17 @@ class JointAttention(nn.Module):
         return x.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: [B, Tx, D], c: [B, Tc, D] (both already LayerNorm'ed) → (attn_x, attn_c or None)."""
-        b, tx, d = x.shape
-        k = torch.cat([self.norm_k(self._heads(self.to_k(x))), self.norm_added_k(self._heads(self.add_k_proj(c)))], 2)
-        v = torch.cat([self._heads(self.to_v(x)), self._heads(self.add_v_proj(c))], 2)
-        q = self.norm_q(self._heads(self.to_q(x)))
+        """x: [B, Tx, D] or [1, Tx, D] (one query set shared by all B contexts: projected once, then
+        broadcast), c: [B, Tc, D] (both already LayerNorm'ed) → (attn_x [B, Tx, D], attn_c or None)."""
+        b, (_, tx, d) = c.shape[0], x.shape
+
+        def shared(t: torch.Tensor) -> torch.Tensor:                       # [1|B, nh, Tx, hd] → [B, nh, Tx, hd]
+            return t.expand(b, -1, -1, -1)
+
+        k = torch.cat([shared(self.norm_k(self._heads(self.to_k(x)))),
+                       self.norm_added_k(self._heads(self.add_k_proj(c)))], 2)
+        v = torch.cat([shared(self._heads(self.to_v(x))), self._heads(self.add_v_proj(c))], 2)
+        q = shared(self.norm_q(self._heads(self.to_q(x))))
         if not self.context_pre_only:
             # the context rows are only needed when the context stream continues to the next layer
             q = torch.cat([q, self.norm_added_q(self._heads(self.add_q_proj(c)))], 2)

@@ -121,7 +121,7 @@ class GaussianHead(nn.Module):
         rotation = out["rotation"](features)
         return {
             "colors": out["shs"](features),
-            "scales": out["scaling"](features).exp().clamp(0, MAX_SCALE),
+            "scales": out["scaling"](features).exp().clamp(0.0, MAX_SCALE),  # float bounds: exportable
             "offsets": (torch.sigmoid(out["xyz"](features)) - 0.5) * (2 * MAX_OFFSET),
             "opacities": torch.sigmoid(out["opacity"](features))[..., 0],
             "rotations": rotation / rotation.norm(dim=-1, keepdim=True).clamp_min(1e-12),
@@ -200,7 +200,8 @@ class FlexNetwork(nn.Module):
         """code [R², B, D], expressions [B, E, 135], dataset_ids [B] → attributes [B·E, G, …]."""
         e = expressions.shape[1]
         context = self.expression_context(expressions, dataset_ids)
-        queries = code.repeat_interleave(e, dim=1)                                       # [R², B·E, D]
+        # one avatar: its code is shared by the E frames (layer 0 projects it once, then broadcasts)
+        queries = code if code.shape[1] == 1 else code.repeat_interleave(e, dim=1)       # [R², 1 | B·E, D]
         x = self._head_transformer._expression_transformer(queries, context)            # [R², B·E, D]
         r = self.cfg.res_head_tokens
         uv_map = x.permute(1, 2, 0).reshape(x.shape[1], -1, r, r)                        # [B·E, D, R, R]

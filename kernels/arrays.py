@@ -44,7 +44,7 @@ def to_numpy(x: Any) -> np.ndarray:
 def to_torch(x: Any, like: Any = None):
     import torch
 
-    t = x if is_torch_tensor(x) else torch.from_numpy(np.ascontiguousarray(x))
+    t = x if is_torch_tensor(x) else torch.from_numpy(np.array(x, copy=True))  # owns writable memory
     if like is not None:
         t = t.to(device=like.device, dtype=like.dtype)
     return t

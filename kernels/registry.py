@@ -140,7 +140,9 @@ def select_backend(name: str, *, device: str, dtype: str | None = None, requires
         spec = get_backend(name)
         reason = spec.unavailable_reason(device, dtype, requires_grad)
         if reason is not None:
-            raise BackendUnavailableError(name, reason, spec.install_hint)
+            # Installing something helps only when the backend itself is missing here.
+            missing = device in spec.priorities and reason == spec.availability(device)
+            raise BackendUnavailableError(name, reason, spec.install_hint if missing else None)
         return spec
     usable, rejected = [], []
     for spec in _BACKENDS.values():

@@ -87,3 +87,77 @@ def random_scene(num_gaussians: int, num_views: int, width: int, height: int, se
     cameras = orbit_cameras(num_views, 3.0, width, height, focal=focal_scale * max(width, height),
                             principal_offset=principal_offset, seed=seed)
     return splats, cameras
+
+
+# ---------------------------------------------------------------------------------------------
+# Independent numpy oracles (float64, literal loops): small inputs only
+# ---------------------------------------------------------------------------------------------
+def composite_sequential(alphas: np.ndarray, colors: np.ndarray, depths: np.ndarray,
+                         background: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The compositing rule written as the per-pixel loop of the definition.
+
+    alphas: [P, L] per pixel and Gaussian, Gaussians sorted near to far, already
+    ``min(0.99, o exp(-sigma))``; colors: [L, 3]; depths: [L]; background: [3]
+    -> rgb [P, 3], alpha [P], expected depth [P] (gsplat "ED").
+    """
+    from .constants import ALPHA_MIN, DEPTH_ALPHA_EPS, TRANSMITTANCE_MIN
+
+    num_pixels = alphas.shape[0]
+    rgb, alpha, depth = np.zeros((num_pixels, 3)), np.zeros(num_pixels), np.zeros(num_pixels)
+    for p in range(num_pixels):
+        trans, color, depth_sum = 1.0, np.zeros(3), 0.0
+        for k in range(alphas.shape[1]):
+            a = float(alphas[p, k])
+            if a < ALPHA_MIN:
+                continue
+            if trans * (1.0 - a) <= TRANSMITTANCE_MIN:
+                break
+            color += a * trans * colors[k]
+            depth_sum += a * trans * depths[k]
+            trans *= 1.0 - a
+        rgb[p] = color + trans * background
+        alpha[p] = 1.0 - trans
+        depth[p] = depth_sum / max(alpha[p], DEPTH_ALPHA_EPS)
+    return rgb, alpha, depth
+
+
+def on_axis_scene(depths, scales, opacities, sh0, width: int, height: int, focal: float):
+    """Isotropic Gaussians on the optical axis of a camera at the origin (world = camera frame),
+    principal point at the image centre. Returns (Splats, Cameras, pixel variances [L]).
+
+    On the axis the Jacobian is diag(f/z, f/z) (no x/z, y/z terms), so each footprint is the
+    isotropic 2D Gaussian of variance ``(f s / z)^2 + 0.3`` centred at (W/2, H/2): a closed form.
+    """
+    depths = np.asarray(depths, dtype=np.float64)
+    num = len(depths)
+    scales = np.asarray(scales, dtype=np.float64)
+    splats = Splats(
+        means=np.stack([np.zeros(num), np.zeros(num), depths], axis=-1).astype(np.float32),
+        quats=np.tile(np.array([1.0, 0.0, 0.0, 0.0], np.float32), (num, 1)),
+        scales=np.repeat(scales[:, None], 3, axis=1).astype(np.float32),
+        opacities=np.asarray(opacities, dtype=np.float32),
+        sh0=np.asarray(sh0, dtype=np.float32).reshape(num, 3),
+    )
+    K = np.array([[focal, 0, width / 2], [0, focal, height / 2], [0, 0, 1]], dtype=np.float32)
+    cameras = Cameras(world2cam=np.eye(4, dtype=np.float32)[None], K=K[None])
+    from .constants import EPS2D
+
+    variances = (focal * scales / depths) ** 2 + EPS2D
+    return splats, cameras, variances
+
+
+def on_axis_closed_form(splats: Splats, variances: np.ndarray, width: int, height: int,
+                        background) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Expected [H, W, 3], [H, W], [H, W] for ``on_axis_scene`` (float64, per-pixel loop)."""
+    from .constants import ALPHA_MAX, SH_C0
+
+    ys, xs = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
+    dist2 = ((xs - width / 2) ** 2 + (ys - height / 2) ** 2).reshape(-1, 1)      # [P, 1]
+    opac = splats.opacities.astype(np.float64)[None, :]
+    alphas = np.minimum(ALPHA_MAX, opac * np.exp(-0.5 * dist2 / variances[None, :]))   # [P, L]
+    depths = splats.means[:, 2].astype(np.float64)
+    order = np.argsort(depths, kind="stable")
+    colors = np.maximum(SH_C0 * splats.sh0.astype(np.float64) + 0.5, 0.0)
+    rgb, alpha, depth = composite_sequential(alphas[:, order], colors[order], depths[order],
+                                             np.asarray(background, dtype=np.float64))
+    return rgb.reshape(height, width, 3), alpha.reshape(height, width), depth.reshape(height, width)

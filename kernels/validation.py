@@ -93,17 +93,20 @@ def _broadcast(x: Any, shape: tuple[int, ...]):
 
 
 def _background_array(background: Any, like: Any) -> Any:
+    """The background colour as an array of ``like``'s type, dtype and device (it is plain data:
+    lists, numpy arrays and tensors are all accepted and converted)."""
     if background is None:
         background = [0.0, 0.0, 0.0]
-    kind = array_kind(background)
-    if kind is None:
-        try:
-            background = np.asarray(background, dtype=dtype_name(like))
-        except (TypeError, ValueError) as exc:
-            raise InputTypeError("background", f"cannot be read as numbers ({exc})",
-                                 "None, 3 floats, or an array [3] / [N, 3]") from None
-        return background if array_kind(like) == NUMPY else to_torch(background, like=like)
-    return background
+    if array_kind(background) == TORCH:
+        if array_kind(like) == TORCH:
+            return background.detach().to(device=like.device, dtype=like.dtype)
+        background = background.detach().cpu().numpy()
+    try:
+        background = np.asarray(background, dtype=dtype_name(like))
+    except (TypeError, ValueError) as exc:
+        raise InputTypeError("background", f"cannot be read as numbers ({exc})",
+                             "None, 3 floats, or an array [3] / [N, 3]") from None
+    return background if array_kind(like) == NUMPY else to_torch(background, like=like)
 
 
 def validate_request(splats: Splats, cameras: Cameras, width: Any, height: Any,
@@ -125,7 +128,7 @@ def validate_request(splats: Splats, cameras: Cameras, width: Any, height: Any,
 
     background = _background_array(background, means)
     named = {f"splats.{k}": v for k, v in splats.arrays().items()}
-    named.update({"cameras.world2cam": cameras.world2cam, "cameras.K": cameras.K, "background": background})
+    named.update({"cameras.world2cam": cameras.world2cam, "cameras.K": cameras.K})
     for name, x in named.items():
         _check_array(name, x, means)
 
@@ -144,8 +147,9 @@ def validate_request(splats: Splats, cameras: Cameras, width: Any, height: Any,
         raise InputShapeError("background", f"has shape {_shape_str(bg_shape)}", "[3] or [N, 3]")
     views["background"] = bg_shape[0] if len(bg_shape) == 2 else None
 
-    batch_sizes = [v for v in views.values() if v is not None]
-    num_views = max(batch_sizes, default=1)
+    # The cameras define the views when they are batched; otherwise the splats or background do.
+    camera_sizes = [v for k, v in views.items() if k.startswith("cameras.") and v is not None]
+    num_views = max(camera_sizes or [v for v in views.values() if v is not None] or [1])
     if num_views == 0:
         raise InputShapeError("cameras.world2cam", "has 0 views", "at least one view")
     for name, v in views.items():

@@ -50,9 +50,9 @@ GPU_CASES = [
     ("whole_frame", "torch-eager+cuda", "flex1", "cuda", "fp16", 1.8, 199.6),
 ]
 CPU_CASES = [
-    ("decode", "torch-eager", "small", "cpu", "fp32", 40.0, 8.0),
-    ("decode", "ort-cpu", "small", "cpu", "fp32", 25.0, 8.0),
-    ("decode", "openvino", "small", "cpu", "fp32", 18.0, 8.0),
+    ("decode", "torch-eager", "small", "cpu", "fp32", 40.0, 0.8),
+    ("decode", "ort-cpu", "small", "cpu", "fp32", 25.0, 0.8),
+    ("decode", "openvino", "small", "cpu", "fp32", 18.0, 0.8),
     ("rasterize", "reference", "small", "cpu", "fp32", 900.0, None),
     ("rasterize", "cpp-cpu", "small", "cpu", "fp32", 30.0, None),
     ("export", "onnx", "small", "cpu", "fp32", 4000.0, None),

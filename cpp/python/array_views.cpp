@@ -126,6 +126,9 @@ HostArray host_array(py::handle obj, const char* name, bool writable) {
 DeviceArray device_array(py::handle obj, const char* name, const FlexavatarCudaApi& api, bool writable) {
   if (obj.is_none()) throw InputError(std::string(name) + ": got None, expected a float32 CUDA array");
   DeviceArray out;
+  if (py::hasattr(obj, "requires_grad") && py::bool_(obj.attr("requires_grad")))
+    throw InputError(std::string(name) + ": got a tensor that requires grad; pass tensor.detach() (the native "
+                                         "module does not record gradients: use the cuda backend's autograd)");
   if (py::hasattr(obj, "__cuda_array_interface__")) {
     py::dict iface;
     try {

@@ -15,8 +15,9 @@ namespace m = math;
 void ProjectedView::resize(int64_t n) {
   for (auto* v : {&mean_x, &mean_y, &conic_a, &conic_b, &conic_c, &opacity, &sigma_cut, &red, &green, &blue, &depth})
     v->resize(static_cast<size_t>(n));
-  for (auto* v : {&tile_x0, &tile_y0, &tile_x1, &tile_y1, &pix_x0, &pix_y0, &pix_x1, &pix_y1})
+  for (auto* v : {&tile_x0, &tile_y0, &tile_x1, &tile_y1, &pix_x0, &pix_y0, &pix_x1, &pix_y1, &tiles_touched})
     v->resize(static_cast<size_t>(n));
+  records.resize(static_cast<size_t>(n));
 }
 
 namespace {
@@ -81,6 +82,7 @@ void project_gaussians_cpu(const GaussianBuffers& g, const CameraBuffers& c, con
     if (!p.visible) {
       out->tile_x0[i] = out->tile_x1[i] = 0;  // empty tile box marks a culled Gaussian
       out->tile_y0[i] = out->tile_y1[i] = 0;
+      out->tiles_touched[i] = 0;
       continue;
     }
     const m::TileRect r = m::tile_rect(p.mean_x, p.mean_y, p.radius_x, p.radius_y, tiles_x, tiles_y);
@@ -104,21 +106,39 @@ void project_gaussians_cpu(const GaussianBuffers& g, const CameraBuffers& c, con
     out->sigma_cut[i] = cut;
     pixel_span(p.mean_x, std::sqrt(2.0f * cut * p.cov_xx), s.width, &out->pix_x0[i], &out->pix_x1[i]);
     pixel_span(p.mean_y, std::sqrt(2.0f * cut * p.cov_yy), s.height, &out->pix_y0[i], &out->pix_y1[i]);
+    int32_t touched = 0;
+    for (int ty = r.y0; ty < r.y1; ++ty)
+      for (int tx = r.x0; tx < r.x1; ++tx)
+        touched += m::tile_touches_gaussian(p.mean_x, p.mean_y, p.conic_a, p.conic_b, p.conic_c, cut, tx, ty,
+                                            static_cast<int>(s.width), static_cast<int>(s.height));
+    out->tiles_touched[i] = touched;
+    BlendRecord& rec = out->records[i];
+    rec.mean_x = p.mean_x;
+    rec.mean_y = p.mean_y;
+    rec.conic_a = p.conic_a;
+    rec.conic_b = p.conic_b;
+    rec.conic_c = p.conic_c;
+    rec.opacity = opacity;
+    rec.sigma_cut = cut;
+    rec.inv_conic_a = 1.0f / p.conic_a;
+    rec.red = out->red[i];
+    rec.green = out->green[i];
+    rec.blue = out->blue[i];
+    rec.depth = p.depth;
+    rec.pix_y0 = out->pix_y0[i];
+    rec.pix_y1 = out->pix_y1[i];
   }
 }
 
 void collect_visible(int64_t n, ProjectedView* view) {
   view->visible.clear();
   for (int64_t i = 0; i < n; ++i)
-    if (view->tile_x1[i] > view->tile_x0[i] && view->tile_y1[i] > view->tile_y0[i])
-      view->visible.push_back(static_cast<int32_t>(i));
+    if (view->tiles_touched[i] > 0) view->visible.push_back(static_cast<int32_t>(i));
 }
 
-void bin_gaussians_cpu(const ProjectedView& v, int64_t width, int64_t height, TileBins* bins) {
+void sort_by_depth_cpu(const ProjectedView& v, int64_t width, int64_t height, TileBins* bins) {
   bins->tiles_x = static_cast<int>((width + m::kTileSize - 1) / m::kTileSize);
   bins->tiles_y = static_cast<int>((height + m::kTileSize - 1) / m::kTileSize);
-  const int num_tiles = bins->tiles_x * bins->tiles_y;
-
   // Depth order: positive floats sort like their bit patterns; the stable sort breaks ties by id.
   const size_t nv = v.visible.size();
   bins->sort_keys.resize(nv);
@@ -129,71 +149,177 @@ void bin_gaussians_cpu(const ProjectedView& v, int64_t width, int64_t height, Ti
     bins->sorted[k] = i;
   }
   radix_sort_pairs(bins->sort_keys, bins->sorted, bins->sort_scratch_keys, bins->sort_scratch_ids);
+  // Where each Gaussian's intersections start in the depth-ordered intersection list.
+  bins->first_isect.resize(nv + 1);
+  int64_t total = 0;
+  for (size_t k = 0; k < nv; ++k) {
+    bins->first_isect[k] = total;
+    total += v.tiles_touched[bins->sorted[k]];
+  }
+  bins->first_isect[nv] = total;
+  bins->isect_tiles.resize(static_cast<size_t>(total));
+  bins->isect_ids.resize(static_cast<size_t>(total));
+  bins->isect_ranks.resize(static_cast<size_t>(total));
+  bins->records.resize(nv);
+}
 
-  // Two passes over the exact tile tests: count, then fill in depth order.
-  auto for_each_tile = [&](int32_t i, auto&& visit) {
+void emit_intersections_cpu(const ProjectedView& v, int64_t width, int64_t height, int64_t begin, int64_t end,
+                            TileBins* bins) {
+  for (int64_t k = begin; k < end; ++k) {
+    const int32_t i = bins->sorted[k];
+    bins->records[k] = v.records[i];
+    int64_t out = bins->first_isect[k];
     for (int ty = v.tile_y0[i]; ty < v.tile_y1[i]; ++ty)
       for (int tx = v.tile_x0[i]; tx < v.tile_x1[i]; ++tx)
         if (m::tile_touches_gaussian(v.mean_x[i], v.mean_y[i], v.conic_a[i], v.conic_b[i], v.conic_c[i],
-                                     v.sigma_cut[i], tx, ty, static_cast<int>(width), static_cast<int>(height)))
-          visit(ty * bins->tiles_x + tx);
-  };
-  bins->offsets.assign(static_cast<size_t>(num_tiles) + 1, 0);
-  for (const int32_t i : bins->sorted) for_each_tile(i, [&](int t) { ++bins->offsets[t + 1]; });
-  for (int t = 0; t < num_tiles; ++t) bins->offsets[t + 1] += bins->offsets[t];
-  bins->ids.resize(static_cast<size_t>(bins->offsets[num_tiles]));
-  std::vector<int32_t> cursor(bins->offsets.begin(), bins->offsets.end() - 1);
-  for (const int32_t i : bins->sorted) for_each_tile(i, [&](int t) { bins->ids[cursor[t]++] = i; });
+                                     v.sigma_cut[i], tx, ty, static_cast<int>(width), static_cast<int>(height))) {
+          bins->isect_tiles[out] = ty * bins->tiles_x + tx;
+          bins->isect_ids[out] = i;
+          bins->isect_ranks[out] = static_cast<int32_t>(k);
+          ++out;
+        }
+  }
 }
 
-void blend_tile_cpu(const ProjectedView& v, const TileBins& bins, int tile, const float bg[3], int64_t width,
-                    int64_t height, float* image, float* alpha, float* depth) {
+void group_by_tile_cpu(TileBins* bins) {
+  // Stable counting sort of the depth-ordered intersections by tile.
+  const int num_tiles = bins->tiles_x * bins->tiles_y;
+  bins->offsets.assign(static_cast<size_t>(num_tiles) + 1, 0);
+  for (const int32_t t : bins->isect_tiles) ++bins->offsets[t + 1];
+  for (int t = 0; t < num_tiles; ++t) bins->offsets[t + 1] += bins->offsets[t];
+  bins->ids.resize(bins->isect_ids.size());
+  bins->ranks.resize(bins->isect_ids.size());
+  std::vector<int32_t> cursor(bins->offsets.begin(), bins->offsets.end() - 1);
+  for (size_t k = 0; k < bins->isect_tiles.size(); ++k) {
+    const int32_t pos = cursor[bins->isect_tiles[k]]++;
+    bins->ids[pos] = bins->isect_ids[k];
+    bins->ranks[pos] = bins->isect_ranks[k];
+  }
+}
+
+void bin_gaussians_cpu(const ProjectedView& v, int64_t width, int64_t height, TileBins* bins) {
+  sort_by_depth_cpu(v, width, height, bins);
+  emit_intersections_cpu(v, width, height, 0, static_cast<int64_t>(bins->sorted.size()), bins);
+  group_by_tile_cpu(bins);
+}
+
+namespace {
+
+// exp(x) for x <= 0 in plain arithmetic so that the blend loop vectorises: Cody-Waite reduction
+// x = n ln2 + r, |r| <= ln2/2, then a degree-7 polynomial (Cephes expf coefficients). Relative
+// error about 1e-7, like a libm expf; flush to 0 below -87 (α would be far below 1/255).
+inline float exp_nonpositive(float x) {
+  x = std::max(x, -87.0f);
+  const float shifter = 12582912.0f;  // 1.5·2^23: adding it rounds to an integer
+  const float n = (x * 1.44269504088896341f + shifter) - shifter;
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  return p * __builtin_bit_cast(float, bits);
+}
+
+constexpr int kLanes = 8;  // pixels per vector step (half a tile row)
+static_assert(2 * kLanes == math::kTileSize, "two lane groups per tile row");
+
+struct TileState {
+  alignas(64) float T[256];
+  alignas(64) float r[256];
+  alignas(64) float g[256];
+  alignas(64) float b[256];
+  alignas(64) float d[256];
+  alignas(64) int32_t active[256];
+  int32_t group_active[32];  // active pixels per group of kLanes (2 per tile row)
+};
+
+// One Gaussian over kLanes pixels of a row: branch-free so that it vectorises. Pixels outside the
+// Gaussian's α box are evaluated too: they fail the α ≥ 1/255 test exactly as in the reference.
+// Returns how many pixels finished (their transmittance would drop to ≤ 1e-4).
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((always_inline))
+#endif
+inline int blend_lanes(TileState& st, int p0, float px0, float dy, float mx, float ca, float cb, float cc, float op,
+                float cr, float cg, float cbl, float z) {
+  int stops = 0;
+  for (int k = 0; k < kLanes; ++k) {
+    const int p = p0 + k;
+    const float dx = mx - (px0 + float(k));
+    const float sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
+    const float a = std::min(op * exp_nonpositive(-sigma), m::kMaxAlpha);
+    const float t = st.T[p];
+    const float next_t = t * (1.0f - a);
+    const int32_t valid = (sigma >= 0.0f ? 1 : 0) & (a >= m::kAlphaThreshold ? 1 : 0) & st.active[p];
+    const int32_t stop = valid & (next_t <= m::kMinTransmittance ? 1 : 0);
+    const int32_t take = valid & (stop ^ 1);
+    const float w = take ? a * t : 0.0f;
+    st.r[p] += w * cr;
+    st.g[p] += w * cg;
+    st.b[p] += w * cbl;
+    st.d[p] += w * z;
+    st.T[p] = take ? next_t : t;
+    st.active[p] &= stop ^ 1;
+    stops += stop;
+  }
+  return stops;
+}
+
+// The whole tile loop is compiled twice on x86-64 (AVX2 and baseline SSE2) and picked at load time.
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && \
+    !defined(FLEXAVATAR_NO_TARGET_CLONES)
+__attribute__((target_clones("avx2", "default")))
+#endif
+void blend_tile_impl(const TileBins& bins, int tile, const float bg[3], int64_t width, int64_t height, float* image,
+                     float* alpha, float* depth) {
   constexpr int S = m::kTileSize;
   const int tx = tile % bins.tiles_x, ty = tile / bins.tiles_x;
   const int x0 = tx * S, y0 = ty * S;
   const int x1 = static_cast<int>(std::min<int64_t>(x0 + S, width));
   const int y1 = static_cast<int>(std::min<int64_t>(y0 + S, height));
 
-  float T[S * S], acc_r[S * S], acc_g[S * S], acc_b[S * S], acc_d[S * S];
-  bool done[S * S];
+  TileState st;
   for (int p = 0; p < S * S; ++p) {
-    T[p] = 1.0f;
-    acc_r[p] = acc_g[p] = acc_b[p] = acc_d[p] = 0.0f;
-    done[p] = false;
+    const int px = x0 + p % S, py = y0 + p / S;
+    st.T[p] = 1.0f;
+    st.r[p] = st.g[p] = st.b[p] = st.d[p] = 0.0f;
+    st.active[p] = (px < x1 && py < y1) ? 1 : 0;  // pixels past the image edge never blend
   }
   int remaining = (x1 - x0) * (y1 - y0);
+  for (int grp = 0; grp < 2 * S; ++grp) {
+    int count = 0;
+    for (int q = 0; q < kLanes; ++q) count += st.active[grp * kLanes + q];
+    st.group_active[grp] = count;
+  }
 
-  for (int k = bins.offsets[tile]; k < bins.offsets[tile + 1] && remaining > 0; ++k) {
-    const int32_t i = bins.ids[k];
-    const int gx0 = std::max(x0, v.pix_x0[i]), gx1 = std::min(x1, v.pix_x1[i]);
-    const int gy0 = std::max(y0, v.pix_y0[i]), gy1 = std::min(y1, v.pix_y1[i]);
-    if (gx0 >= gx1 || gy0 >= gy1) continue;
-    const float mx = v.mean_x[i], my = v.mean_y[i];
-    const float ca = v.conic_a[i], cb = v.conic_b[i], cc = v.conic_c[i];
-    const float op = v.opacity[i], cut = v.sigma_cut[i];
-    const float r = v.red[i], gr = v.green[i], b = v.blue[i], z = v.depth[i];
+  const BlendRecord* records = bins.records.data();
+  const int32_t* ranks = bins.ranks.data();
+  const int end = bins.offsets[tile + 1];
+  for (int k = bins.offsets[tile]; k < end && remaining > 0; ++k) {
+#if defined(__GNUC__) || defined(__clang__)
+    if (k + 8 < end) __builtin_prefetch(records + ranks[k + 8]);
+#endif
+    const BlendRecord& g = records[ranks[k]];
+    const int gy0 = std::max(y0, g.pix_y0), gy1 = std::min(y1, g.pix_y1);
     for (int y = gy0; y < gy1; ++y) {
-      const float dy = my - (float(y) + 0.5f);
-      int p = (y - y0) * S + (gx0 - x0);
-      for (int x = gx0; x < gx1; ++x, ++p) {
-        if (done[p]) continue;
-        const float dx = mx - (float(x) + 0.5f);
-        const float sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
-        if (sigma > cut || sigma < 0.0f) continue;  // cheap reject before the exp (cut has margin)
-        const float a = std::min(m::kMaxAlpha, op * std::exp(-sigma));
-        if (a < m::kAlphaThreshold) continue;
-        const float next_T = T[p] * (1.0f - a);
-        if (next_T <= m::kMinTransmittance) {  // this Gaussian is not composited; pixel is done
-          done[p] = true;
-          --remaining;
-          continue;
-        }
-        const float w = a * T[p];
-        acc_r[p] += w * r;
-        acc_g[p] += w * gr;
-        acc_b[p] += w * b;
-        acc_d[p] += w * z;
-        T[p] = next_T;
+      const float dy = g.mean_y - (float(y) + 0.5f);
+      // Row span where σ(dx) = ½a dx² + b dy dx + ½c dy² ≤ cut (a > 0), plus half a pixel of slack.
+      const float disc = g.conic_b * g.conic_b * dy * dy - g.conic_a * (g.conic_c * dy * dy - 2.0f * g.sigma_cut);
+      if (disc < 0.0f) continue;
+      const float root = std::sqrt(disc), centre = g.mean_x + g.conic_b * dy * g.inv_conic_a - 0.5f;
+      const float half = root * g.inv_conic_a + 0.5f;
+      const int lo = std::max(int(std::floor(centre - half)), x0), hi = std::min(int(std::ceil(centre + half)), x1 - 1);
+      if (lo > hi) continue;
+      const int row = (y - y0) * 2;
+      for (int grp = row + (lo - x0) / kLanes; grp <= row + (hi - x0) / kLanes; ++grp) {
+        if (st.group_active[grp] == 0) continue;
+        const int stops = blend_lanes(st, grp * kLanes, float(x0 + (grp - row) * kLanes) + 0.5f, dy, g.mean_x, g.conic_a,
+                                      g.conic_b, g.conic_c, g.opacity, g.red, g.green, g.blue, g.depth);
+        st.group_active[grp] -= stops;
+        remaining -= stops;
       }
     }
   }
@@ -202,14 +328,22 @@ void blend_tile_cpu(const ProjectedView& v, const TileBins& bins, int tile, cons
     for (int x = x0; x < x1; ++x) {
       const int p = (y - y0) * S + (x - x0);
       const int64_t o = y * width + x;
-      const float a = 1.0f - T[p];
-      image[3 * o + 0] = acc_r[p] + T[p] * bg[0];
-      image[3 * o + 1] = acc_g[p] + T[p] * bg[1];
-      image[3 * o + 2] = acc_b[p] + T[p] * bg[2];
+      const float a = 1.0f - st.T[p];
+      image[3 * o + 0] = st.r[p] + st.T[p] * bg[0];
+      image[3 * o + 1] = st.g[p] + st.T[p] * bg[1];
+      image[3 * o + 2] = st.b[p] + st.T[p] * bg[2];
       alpha[o] = a;
-      depth[o] = acc_d[p] / std::max(a, m::kDepthAlphaFloor);
+      depth[o] = st.d[p] / std::max(a, m::kDepthAlphaFloor);
     }
   }
+}
+
+}  // namespace
+
+void blend_tile_cpu(const ProjectedView& v, const TileBins& bins, int tile, const float bg[3], int64_t width,
+                    int64_t height, float* image, float* alpha, float* depth) {
+  (void)v;  // the blend reads the depth-ordered records the binning packed into `bins`
+  blend_tile_impl(bins, tile, bg, width, height, image, alpha, depth);
 }
 
 Status CpuRasterizer::render(const GaussianBuffers& g, const CameraBuffers& c, const RasterSettings& s,
@@ -233,6 +367,19 @@ Status CpuRasterizer::render(const GaussianBuffers& g, const CameraBuffers& c, c
                                                 std::to_string(G) + " Gaussians");
   }
 
+  try {
+    run_stages(g, c, s, out, threads);
+  } catch (const std::bad_alloc&) {
+    return Status(StatusCode::kOutOfMemory, "CPU rasterizer: out of memory while binning/blending " +
+                                                std::to_string(num_views) + " views of " + std::to_string(G) + " Gaussians");
+  }
+  return Status::ok_status();
+}
+
+void CpuRasterizer::run_stages(const GaussianBuffers& g, const CameraBuffers& c, const RasterSettings& s,
+                               const RasterOutputs& out, int threads) {
+  const int64_t num_views = g.num_batches * c.num_cameras;
+  const int64_t G = g.num_gaussians;
   // 1. Projection: chunks of Gaussians across all views.
   constexpr int64_t kChunk = 2048;
   const int64_t chunks_per_view = (G + kChunk - 1) / kChunk;
@@ -244,12 +391,27 @@ Status CpuRasterizer::render(const GaussianBuffers& g, const CameraBuffers& c, c
     }
   });
 
-  // 2. Depth sort and binning: one view per worker.
+  // 2. Depth sort (per view), intersections (chunks of the sorted lists), grouping by tile (per view).
   detail::parallel_for(num_views, 1, threads, [&](int64_t begin, int64_t end) {
     for (int64_t view = begin; view < end; ++view) {
       collect_visible(G, &views_[view]);
-      bin_gaussians_cpu(views_[view], s.width, s.height, &bins_[view]);
+      sort_by_depth_cpu(views_[view], s.width, s.height, &bins_[view]);
     }
+  });
+  constexpr int64_t kEmitChunk = 4096;
+  std::vector<int64_t> chunk_start(static_cast<size_t>(num_views) + 1, 0);
+  for (int64_t view = 0; view < num_views; ++view)
+    chunk_start[view + 1] = chunk_start[view] + (static_cast<int64_t>(bins_[view].sorted.size()) + kEmitChunk - 1) / kEmitChunk;
+  detail::parallel_for(chunk_start[num_views], 1, threads, [&](int64_t begin, int64_t end) {
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t view = std::upper_bound(chunk_start.begin(), chunk_start.end(), w) - chunk_start.begin() - 1;
+      const int64_t first = (w - chunk_start[view]) * kEmitChunk;
+      const int64_t last = std::min<int64_t>(first + kEmitChunk, static_cast<int64_t>(bins_[view].sorted.size()));
+      emit_intersections_cpu(views_[view], s.width, s.height, first, last, &bins_[view]);
+    }
+  });
+  detail::parallel_for(num_views, 1, threads, [&](int64_t begin, int64_t end) {
+    for (int64_t view = begin; view < end; ++view) group_by_tile_cpu(&bins_[view]);
   });
 
   // 3. Blending: tiles of all views, small chunks for load balance (tiles differ a lot in cost).
@@ -265,7 +427,6 @@ Status CpuRasterizer::render(const GaussianBuffers& g, const CameraBuffers& c, c
                      out.image + 3 * pixels * view, out.alpha + pixels * view, out.depth + pixels * view);
     }
   });
-  return Status::ok_status();
 }
 
 Status rasterize_cpu(const GaussianBuffers& g, const CameraBuffers& c, const RasterSettings& s,

@@ -1,5 +1,7 @@
 #include <mutex>
 #include <map>
+#include <string>
+#include <vector>
 
 #include "flexavatar/cuda_rasterizer.h"
 

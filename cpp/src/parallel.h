@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <exception>
+#include <mutex>
 #include <cstdint>
 #include <thread>
 #include <vector>
@@ -18,7 +20,8 @@ inline int resolve_thread_count(int requested) {
 }
 
 // Calls fn(begin, end) on chunks of [0, n), handed out dynamically to `threads` workers (the
-// calling thread is one of them). fn must not throw.
+// calling thread is one of them). An exception thrown by fn (e.g. std::bad_alloc) stops the
+// hand-out and is rethrown on the calling thread after all workers have joined.
 template <typename Fn>
 void parallel_for(int64_t n, int64_t chunk, int threads, const Fn& fn) {
   if (n <= 0) return;
@@ -30,12 +33,21 @@ void parallel_for(int64_t n, int64_t chunk, int threads, const Fn& fn) {
     return;
   }
   std::atomic<int64_t> next{0};
+  std::exception_ptr failure;
+  std::mutex failure_mutex;
   auto work = [&]() {
     for (;;) {
       const int64_t c = next.fetch_add(1, std::memory_order_relaxed);
       if (c >= num_chunks) return;
       const int64_t begin = c * chunk;
-      fn(begin, std::min(n, begin + chunk));
+      try {
+        fn(begin, std::min(n, begin + chunk));
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(failure_mutex);
+        if (!failure) failure = std::current_exception();
+        next.store(num_chunks);
+        return;
+      }
     }
   };
   std::vector<std::thread> pool;
@@ -49,6 +61,7 @@ void parallel_for(int64_t n, int64_t chunk, int threads, const Fn& fn) {
   }
   work();
   for (auto& t : pool) t.join();
+  if (failure) std::rethrow_exception(failure);
 }
 
 }  // namespace detail

@@ -11,7 +11,18 @@
 
 namespace flexavatar {
 
-// Projected Gaussians of one view, structure of arrays indexed by Gaussian id.
+// What the blend reads of one Gaussian, packed into one cache line: the blend visits Gaussians in
+// depth order (random ids), so one line per Gaussian beats a gather from a dozen arrays.
+struct alignas(64) BlendRecord {
+  float mean_x, mean_y, conic_a, conic_b, conic_c, opacity, sigma_cut, inv_conic_a;
+  float red, green, blue, depth;
+  int32_t pix_y0, pix_y1;  // rows of the α ≥ 1/255 box, [y0, y1)
+  int32_t unused[2];
+};
+static_assert(sizeof(BlendRecord) == 64, "one cache line per Gaussian");
+
+// Projected Gaussians of one view, structure of arrays indexed by Gaussian id (projection and
+// binning work on these), plus the packed blend records.
 struct ProjectedView {
   std::vector<float> mean_x, mean_y;            // pixel coordinates
   std::vector<float> conic_a, conic_b, conic_c; // Σ2⁻¹ = [[a, b], [b, c]]
@@ -19,7 +30,9 @@ struct ProjectedView {
   std::vector<float> red, green, blue, depth;
   std::vector<int32_t> tile_x0, tile_y0, tile_x1, tile_y1;  // radius box in tiles, [x0, x1)
   std::vector<int32_t> pix_x0, pix_y0, pix_x1, pix_y1;      // α ≥ 1/255 box in pixels, [x0, x1)
+  std::vector<int32_t> tiles_touched;           // tiles passing the exact ellipse test (0 = culled)
   std::vector<int32_t> visible;                 // ids of the Gaussians that survived culling
+  std::vector<BlendRecord> records;             // packed copy for the blend
   void resize(int64_t num_gaussians);
 };
 
@@ -27,9 +40,14 @@ struct ProjectedView {
 struct TileBins {
   int tiles_x = 0, tiles_y = 0;
   std::vector<int32_t> offsets;  // [tiles + 1]: tile t owns ids[offsets[t] : offsets[t+1]]
-  std::vector<int32_t> ids;
-  std::vector<uint32_t> sort_keys, sort_scratch_keys;   // scratch of the depth sort
+  std::vector<int32_t> ids;      // Gaussian ids
+  std::vector<int32_t> ranks;    // the same entries as positions in `records` (depth order)
+  std::vector<BlendRecord> records;  // blend records in depth order: tile lists walk them forwards
+  // Scratch: visible ids sorted by depth, their first intersection, the (tile, id) intersections.
+  std::vector<uint32_t> sort_keys, sort_scratch_keys;
   std::vector<int32_t> sorted, sort_scratch_ids;
+  std::vector<int64_t> first_isect;
+  std::vector<int32_t> isect_tiles, isect_ids, isect_ranks;
 };
 
 // Stage 1: project Gaussians [begin, end) of batch `batch` through camera (batch, camera).
@@ -40,7 +58,13 @@ void project_gaussians_cpu(const GaussianBuffers& gaussians, const CameraBuffers
 void collect_visible(int64_t num_gaussians, ProjectedView* view);
 
 // Stage 2: sort the visible Gaussians by depth and bin them into tiles (exact ellipse/tile test).
+// bin_gaussians_cpu = sort_by_depth_cpu + emit_intersections_cpu over all + group_by_tile_cpu;
+// the middle step is the costly one and may run in parallel over ranges of the sorted list.
 void bin_gaussians_cpu(const ProjectedView& view, int64_t width, int64_t height, TileBins* bins);
+void sort_by_depth_cpu(const ProjectedView& view, int64_t width, int64_t height, TileBins* bins);
+void emit_intersections_cpu(const ProjectedView& view, int64_t width, int64_t height, int64_t begin, int64_t end,
+                            TileBins* bins);
+void group_by_tile_cpu(TileBins* bins);
 
 // Stage 3: blend one tile into image [H, W, 3], alpha [H, W], depth [H, W] of this view.
 void blend_tile_cpu(const ProjectedView& view, const TileBins& bins, int tile_index, const float background[3],
@@ -53,6 +77,8 @@ class CpuRasterizer {
                 const RasterOutputs& outputs);
 
  private:
+  void run_stages(const GaussianBuffers& gaussians, const CameraBuffers& cameras, const RasterSettings& settings,
+                  const RasterOutputs& outputs, int threads);
   std::vector<ProjectedView> views_;
   std::vector<TileBins> bins_;
 };

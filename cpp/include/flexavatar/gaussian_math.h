@@ -24,6 +24,12 @@
 namespace flexavatar {
 namespace math {
 
+// Float overloads on the host too (plain sqrt(float) would promote to double there).
+using std::ceil;
+using std::floor;
+using std::log;
+using std::sqrt;
+
 constexpr int kTileSize = 16;
 constexpr float kShC0 = 0.28209479177387814f;
 constexpr float kAlphaThreshold = 1.0f / 255.0f;  // contributions below this are skipped
@@ -123,9 +129,10 @@ FLEXAVATAR_HD T sh0_to_color(T sh0) {
 }
 
 // Largest σ = ½ dᵀΣ⁻¹d at which o·exp(-σ) still reaches the alpha threshold: ln(255 o).
+// Written as o / (1/255) to round like the PyTorch reference.
 template <typename T>
 FLEXAVATAR_HD T max_sigma(T opacity) {
-  return log(opacity * T(255));
+  return log(opacity / T(kAlphaThreshold));
 }
 
 // Projection result of one Gaussian in one view.

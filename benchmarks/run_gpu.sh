@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# One command for a GPU machine without network access:
+#
+#     bash benchmarks/run_gpu.sh
+#
+# Builds and installs flexavatar offline into a private folder (nothing is downloaded: the machine's
+# python3 must already have torch, numpy, safetensors, pytest, pytest-benchmark, scikit-build-core,
+# pybind11, cmake and ninja), runs the GPU tests and the benchmark suite inside a total time budget,
+# writes the run record into benchmarks/history/, renders the dashboard, and copies the new records,
+# the dashboard and all logs to $OUT when that variable is set. A failing or timed-out stage is
+# logged and the next stage still runs; the script itself exits 0 unless it could not start.
+#
+# Knobs (environment):
+#   FLEXAVATAR_GPU_BUDGET_S   total seconds for everything (default 420)
+#   FLEXAVATAR_BENCH_ARGS     extra pytest arguments for the benchmarks, e.g. "-k cuda"
+#   FLEXAVATAR_BENCH_MAX_TIME seconds per case (--benchmark-max-time, default 0.5)
+#   FLEXAVATAR_GIT_COMMIT     commit to record when the tree has no .git (a copied working tree)
+#   PYTHON                    interpreter (default python3)
+set -uo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+PY=${PYTHON:-python3}
+BUDGET_S=${FLEXAVATAR_GPU_BUDGET_S:-420}
+MAX_TIME=${FLEXAVATAR_BENCH_MAX_TIME:-0.5}
+START=$(date +%s)
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+WORK=$REPO/build/gpu-run
+SITE=$WORK/site
+LOGS=$WORK/logs-$STAMP
+HISTORY=$REPO/benchmarks/history
+mkdir -p "$LOGS" "$HISTORY" || { echo "cannot create $LOGS" >&2; exit 1; }
+SUMMARY=$LOGS/summary.txt
+
+if [[ -z "${FLEXAVATAR_GIT_COMMIT:-}" ]] && git -C "$REPO" rev-parse HEAD >/dev/null 2>&1; then
+  export FLEXAVATAR_GIT_COMMIT=$(git -C "$REPO" rev-parse HEAD)
+fi
+
+say() { echo "$*" | tee -a "$SUMMARY"; }
+left() { echo $((BUDGET_S - ($(date +%s) - START))); }
+
+# stage NAME CAP_SECONDS COMMAND...: run with a timeout of min(CAP, budget left - RESERVE), log, go on.
+RESERVE=25 # kept for the dashboard and the copy at the end
+stage() {
+  local name=$1 cap=$2
+  shift 2
+  local limit=$(($(left) - RESERVE))
+  ((cap < limit)) && limit=$cap
+  if ((limit < 10)); then
+    say "[$name] SKIPPED: time budget spent"
+    return 0
+  fi
+  say "== [$name] limit ${limit}s: $*"
+  local t0=$(date +%s) rc verdict
+  # timeout cannot run shell functions directly: run them in a child bash (functions are exported).
+  timeout --kill-after=10 "$limit" bash -c '"$@"' "$name" "$@" >"$LOGS/$name.log" 2>&1
+  rc=$?
+  case $rc in
+    0) verdict="ok" ;;
+    124 | 137) verdict="TIMEOUT after ${limit}s" ;;
+    5) verdict="no tests selected (pytest exit 5)" ;;
+    *) verdict="FAILED (exit $rc)" ;;
+  esac
+  say "   [$name] $verdict in $(($(date +%s) - t0))s, log $LOGS/$name.log"
+  tail -n 6 "$LOGS/$name.log" | sed 's/^/   | /' | tee -a "$SUMMARY"
+  return 0
+}
+
+# Python with the installed package first; run from $WORK so the source folder flexavatar/ (which has
+# no compiled _native module) never shadows the installed one.
+pyrun() { (cd "$WORK" && PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONSAFEPATH=1 "$PY" "$@"); }
+
+machine_info() {
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || echo "no nvidia-smi"
+  "$PY" - <<'EOF'
+import importlib, platform, os
+print("python", platform.python_version(), "cpus", os.cpu_count())
+for name in ("torch", "triton", "onnxruntime", "numpy", "safetensors", "pytest_benchmark"):
+    try:
+        mod = importlib.import_module(name)
+        print(name, getattr(mod, "__version__", "?"))
+    except Exception as err:  # noqa: BLE001 - report, don't fail
+        print(name, "unavailable:", err)
+import torch
+print("cuda available", torch.cuda.is_available(), "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+EOF
+  command -v nvcc && nvcc --version | tail -1
+}
+
+pip_install() {
+  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) PIP_BREAK_SYSTEM_PACKAGES=1 \
+    "$PY" -m pip install --no-build-isolation --no-deps --no-index --target "$SITE" --upgrade -v "$REPO"
+}
+
+# The package as plain source (no compiled _native): what still runs when the native build fails.
+source_site() {
+  mkdir -p "$SITE/flexavatar" && cp -r "$REPO/flexavatar/." "$SITE/flexavatar/" || return 1
+  for sub in export runtime kernels; do
+    [[ -d "$REPO/$sub" ]] && ln -s "$REPO/$sub" "$SITE/flexavatar/$sub"
+  done
+  return 0
+}
+
+build() {
+  rm -rf "$SITE"
+  if pip_install; then
+    echo "BUILD: full (native module with FLEXAVATAR_CUDA=${FLEXAVATAR_CUDA:-AUTO})"
+  elif rm -rf "$SITE" && FLEXAVATAR_CUDA=OFF pip_install; then
+    echo "BUILD: the CUDA build failed; installed with FLEXAVATAR_CUDA=OFF (C++ CPU only)"
+  else
+    rm -rf "$SITE"
+    source_site
+    echo "BUILD: native build FAILED; using the Python sources only (no flexavatar._native)"
+    return 1
+  fi
+  pyrun -c "import flexavatar, flexavatar._native as n; print('installed', flexavatar.__file__, n.__file__)"
+}
+
+gpu_tests() {
+  pyrun -m pytest "$REPO/tests" --rootdir "$REPO" -c "$REPO/pyproject.toml" -m gpu -p no:cacheprovider -q -rs
+}
+
+benchmarks() {
+  # shellcheck disable=SC2086  # FLEXAVATAR_BENCH_ARGS is a list of words on purpose
+  pyrun -m pytest "$REPO/benchmarks" --rootdir "$REPO" -c "$REPO/pyproject.toml" -p no:cacheprovider \
+    --benchmark-only --benchmark-max-time="$MAX_TIME" --benchmark-min-rounds=5 \
+    --benchmark-warmup=on --benchmark-warmup-iterations=3 --benchmark-columns=min,median,mean,ops,rounds \
+    --bench-history "$HISTORY" -rs ${FLEXAVATAR_BENCH_ARGS:-}
+}
+
+export REPO PY MAX_TIME WORK SITE HISTORY
+export -f pyrun machine_info pip_install source_site build gpu_tests benchmarks
+ls "$HISTORY" >"$WORK/history-before.txt" 2>/dev/null
+say "flexavatar GPU run $STAMP, budget ${BUDGET_S}s, repo $REPO, commit ${FLEXAVATAR_GIT_COMMIT:-unknown}"
+stage machine 30 machine_info
+stage build 200 build
+stage gpu-tests 100 gpu_tests
+RESERVE=25 stage benchmarks 100000 benchmarks
+RESERVE=0 stage dashboard 30 pyrun -m flexavatar.dashboard "$HISTORY" -o "$WORK/dashboard.html"
+
+NEW=$(ls "$HISTORY" | grep -vxF -f "$WORK/history-before.txt" || true)
+say "new run records: ${NEW:-none}"
+say "done in $(($(date +%s) - START))s"
+if [[ -n "${OUT:-}" ]]; then
+  mkdir -p "$OUT/history" "$OUT/logs"
+  for f in $NEW; do cp "$HISTORY/$f" "$OUT/history/"; done
+  cp "$LOGS"/* "$OUT/logs/" 2>/dev/null
+  [[ -f "$WORK/dashboard.html" ]] && cp "$WORK/dashboard.html" "$OUT/"
+  echo "copied records, dashboard and logs to $OUT"
+fi
+exit 0

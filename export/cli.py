@@ -1,0 +1,60 @@
+"""``flexavatar-export CKPT -o OUT_DIR ...``: the command-line face of ``export_bundle``."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from flexavatar.bundle import PRECISIONS
+
+from .exporter import DEFAULT_OPSET, TARGETS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flexavatar-export",
+        description="Export a FlexAvatar checkpoint into a checked bundle: ONNX (fp32/fp16), OpenVINO IR, "
+                    "manifest.json. Every file is run and compared with PyTorch before the bundle is written.")
+    p.add_argument("checkpoint", type=Path, help="flat state dict (ckpt-900k.pt or .safetensors)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="bundle folder to create")
+    p.add_argument("--template", type=Path, help="gghead_template.obj (default: beside the checkpoint)")
+    p.add_argument("--dinov2", type=Path, help="dinov2_vitb14_reg4_pretrain.pth: put DINOv2 inside the encoder "
+                   "(without it the encoder takes DINOv2 features as an input)")
+    p.add_argument("--config", type=Path, help="model_config.json (default: FLEX-1)")
+    p.add_argument("--precision", default=",".join(PRECISIONS), help=f"comma list of {list(PRECISIONS)}")
+    p.add_argument("--targets", default=",".join(TARGETS), help=f"comma list of {list(TARGETS)}")
+    p.add_argument("--avatar", type=Path, metavar="PHOTO", help="also encode this square photo (on white) and "
+                   "write its code plus a decoder specialised to it")
+    p.add_argument("--camera", type=Path, metavar="JSON", help='the photo\'s camera: {"cam2world": 4x4 OpenCV, '
+                   '"intrinsics": 3x3 normalised} (default: frontal, 1 m, fx = 1500/512)')
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    return p
+
+
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)   # clean up the staging folder on kill, too
+    from flexavatar.errors import FlexAvatarError
+
+    from .exporter import export_bundle
+    try:
+        export_bundle(args.checkpoint, args.output, template=args.template, dinov2=args.dinov2, config=args.config,
+                      precisions=args.precision, targets=args.targets, avatar=args.avatar, camera=args.camera,
+                      opset=args.opset, force=args.force, progress=lambda msg: print(msg, flush=True))
+    except FlexAvatarError as e:
+        print(f"flexavatar-export: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("flexavatar-export: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Numerical checks of exported files against PyTorch: runners, per-output errors, rendered PSNR."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flexavatar.bundle import FORMAT_ONNX, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, OutputParity
+
+FP32_TOLERANCE = 1e-4          # max abs error on every attribute and on the avatar code
+FP16_PSNR_TARGET_DB = 40.0     # rendered 512² image of the fp16 model vs the fp32 render
+RENDER_SIZE = 512
+
+
+# ---- runners (one per file format; a registry, not a switch) ------------------------------------------
+
+def _run_onnx(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def _run_openvino(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    from .openvino_tools import compile_ir, run_compiled
+
+    return run_compiled(compile_ir(path), feeds)
+
+
+def _onnx_runtime_name() -> str:
+    import onnxruntime as ort
+    return f"onnxruntime {ort.__version__} CPUExecutionProvider"
+
+
+def _openvino_runtime_name() -> str:
+    import openvino as ov
+    return f"openvino {ov.get_version().split('-')[0]} CPU, INFERENCE_PRECISION_HINT=f32"
+
+
+@dataclass(frozen=True)
+class Runner:
+    run: Callable[[Path, dict[str, np.ndarray]], list[np.ndarray]]
+    describe: Callable[[], str]
+
+
+RUNNERS: dict[str, Runner] = {
+    FORMAT_ONNX: Runner(_run_onnx, _onnx_runtime_name),
+    FORMAT_OPENVINO: Runner(_run_openvino, _openvino_runtime_name),
+}
+
+
+# ---- comparisons ------------------------------------------------------------------------------------
+
+def compare(names: list[str], got: list[np.ndarray], want: list[np.ndarray],
+            tolerance: float | None) -> tuple[OutputParity, ...]:
+    """Max abs error per output; tolerance None = report only (always passes)."""
+    rows = []
+    for name, g, w in zip(names, got, want, strict=True):
+        if g.shape != w.shape:
+            rows.append(OutputParity(name, math.inf, tolerance, False))
+            continue
+        err = float(np.max(np.abs(g.astype(np.float64) - w.astype(np.float64)))) if g.size else 0.0
+        ok = bool(np.isfinite(g).all()) and (tolerance is None or err <= tolerance)
+        rows.append(OutputParity(name, err if math.isfinite(err) else math.inf, tolerance, ok))
+    return tuple(rows)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two images in [0, 1] (inf when identical)."""
+    mse = float(np.mean((np.clip(a, 0, 1).astype(np.float64) - np.clip(b, 0, 1).astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def render_frontal(gaussians: dict[str, np.ndarray], cam2world: np.ndarray, intrinsics: np.ndarray,
+                   size: int = RENDER_SIZE) -> np.ndarray:
+    """Render frame 0 of decoder outputs (GAUSSIAN_OUTPUTS names, [E, G, …]) on white → rgb [H, W, 3].
+
+    cam2world [4, 4] OpenCV, intrinsics [3, 3] normalised; the reference rasterizer of flexavatar.kernels.
+    """
+    from flexavatar.kernels import Cameras, Splats, pixel_intrinsics, rasterize, world2cam_from_cam2world
+
+    frame = {k: np.ascontiguousarray(gaussians[k][0], dtype=np.float32) for k in GAUSSIAN_OUTPUTS}
+    cams = Cameras(world2cam=world2cam_from_cam2world(cam2world.astype(np.float32))[None],
+                   K=pixel_intrinsics(intrinsics.astype(np.float32), size, size)[None])
+    result = rasterize(Splats(**frame), cams, size, size, background=(1.0, 1.0, 1.0), backend="reference")
+    return np.asarray(result.rgb[0])
+
+
+RENDER_DESCRIPTION = (f"frame 0, {RENDER_SIZE}x{RENDER_SIZE}, the encoder's first reference camera, white "
+                      "background, flexavatar.kernels reference rasterizer")

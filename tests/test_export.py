@@ -1,0 +1,322 @@
+"""End-to-end export of the reduced official fixture (all targets), checked against PyTorch and outputs.npz.
+
+Two exports per session (≈ 2 min on 2 cores): ``full`` — fixture weights + a small random DINOv2 inside
+the encoder + an avatar photo, ONNX and OpenVINO, fp32 and fp16; ``features`` — through the CLI, no
+DINOv2 (features-input encoder), fp32 ONNX only, into an existing folder with --force.
+"""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from flexavatar.bundle import (FORMAT_ONNX, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, ROLE_DECODER, ROLE_DECODER_AVATAR,
+                               ROLE_ENCODER, ROLE_ENCODER_FEATURES, Bundle, read_onnx_metadata,
+                               read_onnx_metadata_props, read_openvino_metadata)
+from flexavatar.config import FlexConfig
+from flexavatar.dinov2 import DinoV2Config
+from flexavatar.export import ExportStepError, export_bundle
+from flexavatar.export.cli import main as cli_main
+from flexavatar.export.onnx_tools import FP16_FP32_OPS, constant_only_nodes
+from flexavatar.export.openvino_tools import compile_ir, run_compiled
+from flexavatar.export.parity import psnr, render_frontal
+from flexavatar.export.testing import random_dinov2, write_synthetic_photo
+from flexavatar.model import AvatarCode, FlexAvatarModel
+from flexavatar.template import Template
+
+# fixture README "Recommended parity test": final attributes
+ATOL_FINAL = {"means": 2e-5, "scales": 2e-5, "opacities": 2e-5, "quats": 1e-4, "sh0": 1e-4}
+FIXTURE_NAMES = {"means": "positions", "quats": "rotations", "scales": "scales", "opacities": "opacities",
+                 "sh0": "colors"}
+SMALL_DINO = DinoV2Config(dim=32, depth=2, n_heads=2, input_size=56)   # 4×4 features = the fixture's grid
+
+
+def _config(official_dir: Path) -> FlexConfig:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return FlexConfig.from_official_json(official_dir / "config.json")
+
+
+@pytest.fixture(scope="module")
+def fixture_model(official_dir):
+    dino = random_dinov2(SMALL_DINO, seed=3)
+    model = FlexAvatarModel.from_checkpoint(official_dir / "state_dict.safetensors",
+                                            template=official_dir / "gghead_template.obj",
+                                            config=_config(official_dir), dinov2=dino)
+    return model
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory, official_dir, fixture_model):
+    root = tmp_path_factory.mktemp("export_full")
+    photo = write_synthetic_photo(root / "photo.png", 200)
+    messages: list[str] = []
+    result = export_bundle(official_dir / "state_dict.safetensors", root / "bundle",
+                           template=official_dir / "gghead_template.obj", config=_config(official_dir),
+                           dinov2=fixture_model.dinov2, avatar=photo, progress=messages.append)
+    return result, messages, photo
+
+
+@pytest.fixture(scope="module")
+def features_bundle(tmp_path_factory, official_dir):
+    out = tmp_path_factory.mktemp("export_features") / "bundle"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older export")
+    rc = cli_main([str(official_dir / "state_dict.safetensors"), "-o", str(out), "--template",
+                   str(official_dir / "gghead_template.obj"), "--config", str(official_dir / "config.json"),
+                   "--precision", "fp32", "--targets", "onnx", "--force"])
+    assert rc == 0
+    return Bundle.open(out)
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _run(bundle: Bundle, artifact, feeds: dict) -> dict[str, np.ndarray]:
+    path = bundle.path(artifact)
+    if artifact.format == FORMAT_ONNX:
+        out = _session(path).run(None, feeds)
+    else:
+        out = run_compiled(compile_ir(path), feeds)
+    return dict(zip([o.name for o in artifact.outputs], out))
+
+
+def _torch_gaussians(model: FlexAvatarModel, code_1rd: np.ndarray, expressions: np.ndarray) -> dict:
+    g = model.decode(AvatarCode(torch.from_numpy(code_1rd).transpose(0, 1)), torch.from_numpy(expressions),
+                     dataset_id=1)
+    return {"means": g.means, "quats": g.quats, "scales": g.scales, "opacities": g.opacities, "sh0": g.sh0}
+
+
+# ---- the full bundle -------------------------------------------------------------------------------------
+
+def test_bundle_lists_every_target_and_progress_is_reported(full):
+    result, messages, _ = full
+    m = result.manifest
+    names = {a.name for a in m.artifacts}
+    assert names == {f"{role}.{p}.{fmt}" for role in (ROLE_ENCODER, ROLE_DECODER, ROLE_DECODER_AVATAR)
+                     for p in ("fp32", "fp16") for fmt in (FORMAT_ONNX, FORMAT_OPENVINO)}
+    on_disk = {p.name for p in result.path.iterdir()}
+    listed = {Path(f.path).name for f in m.files()} | {"manifest.json"}
+    assert on_disk == listed                                   # nothing unlisted, nothing missing
+    assert not list(result.path.parent.glob(".bundle.partial-*"))
+    assert any(msg.startswith("[15/15]") for msg in messages)
+    assert "decoder_avatar.fp16.onnx" in result.summary and "PSNR" in result.summary
+
+
+def test_manifest_hashes_sizes_and_metadata_match_the_files(full):
+    result, _, photo = full
+    bundle = Bundle.open(result.path, verify="full")
+    for rec in bundle.manifest.files():
+        data = (result.path / rec.path).read_bytes()
+        assert rec.size == len(data) and rec.sha256 == hashlib.sha256(data).hexdigest()
+    assert bundle.manifest.avatar.photo_sha256 == hashlib.sha256(photo.read_bytes()).hexdigest()
+    for artifact in bundle.manifest.artifacts:
+        meta = bundle.metadata(artifact)                        # cross-checked against the manifest
+        assert meta.role == artifact.role and meta.precision == artifact.precision
+        assert meta.n_gaussians == 3405 and meta.quaternion_order == "wxyz"
+    avatar = bundle.artifact(ROLE_DECODER_AVATAR)
+    assert bundle.metadata(avatar).avatar_code_sha256 == bundle.manifest.avatar.code.sha256
+    ir = bundle.artifact(ROLE_DECODER, FORMAT_OPENVINO, "fp16")
+    assert read_openvino_metadata(bundle.path(ir)).precision == "fp16"
+
+
+def test_template_and_conventions_recorded(full, official_dir):
+    m = full[0].manifest
+    template = Template.from_obj(official_dir / "gghead_template.obj", 8, 64)
+    assert m.template.sha256 == template.sha256() and m.template.n_gaussians == template.n_gaussians == 3405
+    c = m.conventions
+    assert (c.axes, c.intrinsics, c.quaternion_order, c.color, c.dataset_id) == ("opencv", "normalised", "wxyz",
+                                                                                  "sh0", 1)
+    assert (c.n_head_tokens, c.d_code, c.image_size, c.expression_dim) == (64, 64, 128, 135)
+    assert c.expression_layout["expression"] == (0, 100) and c.expression_layout["head_translation"] == (132, 135)
+    assert m.opset == 18 and {"torch", "onnx", "onnxruntime", "openvino"} <= set(m.versions)
+
+
+def test_onnx_files_pass_the_checker_and_carry_metadata(full):
+    result = full[0]
+    for artifact in result.manifest.find(format=FORMAT_ONNX):
+        path = result.path / artifact.path
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model, full_check=True)
+        assert model.opset_import[0].version == 18
+        props = {p.key: p.value for p in model.metadata_props}
+        assert read_onnx_metadata_props(path) == props         # the protobuf scanner reads what onnx reads
+        assert read_onnx_metadata(path).role == artifact.role
+        # the manifest's io specs are the graph's
+        session = _session(path)
+        for spec, node in zip(artifact.inputs + artifact.outputs, session.get_inputs() + session.get_outputs()):
+            assert spec.name == node.name and list(spec.shape) == node.shape
+            assert node.type == "tensor(float)" and spec.dtype == "float32"
+
+
+def test_fp16_models_keep_float32_io_and_blocked_ops(full):
+    result = full[0]
+    for artifact in result.manifest.find(format=FORMAT_ONNX, precision="fp16"):
+        model = onnx.load(str(result.path / artifact.path))
+        sizes = {t.data_type: 0 for t in model.graph.initializer}
+        for t in model.graph.initializer:
+            sizes[t.data_type] += int(np.prod(t.dims))
+        # weights are fp16; only constants feeding float32-kept ops (e.g. folded head queries) stay float32
+        assert sizes[onnx.TensorProto.FLOAT16] > 0.9 * sum(sizes.values())
+        assert set(artifact.fp32_ops) == set(FP16_FP32_OPS)
+        inferred = onnx.shape_inference.infer_shapes(model)
+        types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info)
+                 + list(inferred.graph.output)}
+        for node in model.graph.node:
+            if node.op_type in ("LayerNormalization", "Softmax", "Exp", "Sigmoid"):
+                assert types.get(node.output[0], onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT, node.name
+
+
+def test_decoders_are_lean(full):
+    """No work on constants alone is left in the per-frame graphs (template, baked upsampler weights,
+    dataset token are folded), and the avatar decoder folded its code's first-layer projections."""
+    result = full[0]
+    generic = onnx.load(str(result.path / "decoder.fp32.onnx"))
+    special = onnx.load(str(result.path / "decoder_avatar.fp32.onnx"))
+    assert constant_only_nodes(generic) == [] and constant_only_nodes(special) == []
+    assert [o.name for o in generic.graph.output] == list(GAUSSIAN_OUTPUTS)
+    count = lambda m, op: sum(n.op_type == op for n in m.graph.node)  # noqa: E731
+    # layer 0's to_q / to_k / to_v of the code tokens (and the code's LayerNorm) became constants
+    assert count(generic, "MatMul") - count(special, "MatMul") >= 3
+    assert count(generic, "LayerNormalization") - count(special, "LayerNormalization") >= 1
+    encoder = onnx.load(str(result.path / "encoder.fp32.onnx"))
+    assert count(encoder, "Resize") == 0                         # antialiased resize = two MatMuls
+
+
+def test_decoders_match_pytorch_on_new_inputs(full, fixture_model):
+    """ORT and OpenVINO (f32) vs PyTorch for E = 1 and E = 5 (graphs were traced with E = 2)."""
+    result = full[0]
+    bundle = Bundle.open(result.path, verify="none")
+    code = bundle.avatar_code()
+    gen = np.random.default_rng(7)
+    for e in (1, 5):
+        expressions = (gen.standard_normal((e, 135)) * 0.5).astype(np.float32)
+        want = _torch_gaussians(fixture_model, code, expressions)
+        for artifact in bundle.artifacts(precision="fp32"):
+            if artifact.role not in (ROLE_DECODER, ROLE_DECODER_AVATAR):
+                continue
+            feeds = {"expressions": expressions} | ({"code": code} if artifact.role == ROLE_DECODER else {})
+            got = _run(bundle, artifact, feeds)
+            for name, value in want.items():
+                assert got[name].shape == tuple(value.shape)
+                np.testing.assert_allclose(got[name], value.numpy(), atol=1e-4, rtol=0,
+                                           err_msg=f"{artifact.name} {name} E={e}")
+
+
+def test_decoder_reproduces_official_outputs(full, official_dir):
+    """The exported decoders fed the fixture's avatar_code and expression codes give outputs.npz
+    (avatar 1 uses dataset id 1, the decoder's fixed token; rows n = 2, 3)."""
+    bundle = Bundle.open(full[0].path, verify="none")
+    ref = np.load(official_dir / "outputs.npz")
+    inputs = np.load(official_dir / "inputs.npz")
+    assert inputs["dataset_ids"][1, 0] == 1
+    code = np.ascontiguousarray(ref["avatar_code"][:, 1][None])            # [1, R², D]
+    for fmt in (FORMAT_ONNX, FORMAT_OPENVINO):
+        got = _run(bundle, bundle.artifact(ROLE_DECODER, fmt), {"code": code,
+                                                                "expressions": inputs["expression_codes"][1]})
+        for name, atol in ATOL_FINAL.items():
+            want = ref[FIXTURE_NAMES[name]][2:4].reshape(got[name].shape)
+            np.testing.assert_allclose(got[name], want, atol=atol, rtol=0, err_msg=f"{fmt} {name}")
+
+
+def test_specialised_decoder_equals_generic_fed_the_same_code(full):
+    bundle = Bundle.open(full[0].path, verify="none")
+    expressions = (np.random.default_rng(11).standard_normal((4, 135)) * 0.5).astype(np.float32)
+    for fmt in (FORMAT_ONNX, FORMAT_OPENVINO):
+        generic = _run(bundle, bundle.artifact(ROLE_DECODER, fmt), {"code": bundle.avatar_code(),
+                                                                    "expressions": expressions})
+        special = _run(bundle, bundle.artifact(ROLE_DECODER_AVATAR, fmt), {"expressions": expressions})
+        for name in GAUSSIAN_OUTPUTS:
+            np.testing.assert_allclose(special[name], generic[name], atol=1e-5, rtol=0, err_msg=f"{fmt} {name}")
+
+
+def test_encoder_with_dinov2_matches_pytorch(full, fixture_model):
+    """B = 1 (traced with B = 2), another camera; DinoV2.forward (F.interpolate antialias) is the reference."""
+    bundle = Bundle.open(full[0].path, verify="none")
+    gen = np.random.default_rng(5)
+    image = np.clip(gen.uniform(0, 1, (1, 3, 16, 16)), 0, 1).astype(np.float32)
+    image = torch.nn.functional.interpolate(torch.from_numpy(image), size=(128, 128), mode="bilinear").numpy()
+    c2w = np.eye(4, dtype=np.float32)[None]
+    c2w[0, :3, :3] = [[0, 0, -1], [0, 1, 0], [1, 0, 0]]                  # looking along -x from +x
+    c2w[0, :3, 3] = [1.0, 0.05, 0.0]
+    k = np.array([[[2.5, 0, 0.52], [0, 2.6, 0.47], [0, 0, 1]]], np.float32)
+    want = fixture_model.encode(torch.from_numpy(image), torch.from_numpy(c2w), torch.from_numpy(k))
+    want = want.tokens.transpose(0, 1).numpy()
+    for fmt in (FORMAT_ONNX, FORMAT_OPENVINO):
+        got = _run(bundle, bundle.artifact(ROLE_ENCODER, fmt), {"image": image, "cam2world": c2w, "intrinsics": k})
+        np.testing.assert_allclose(got["code"], want, atol=1e-4, rtol=0, err_msg=fmt)
+    # the avatar code in the bundle is the photo's code under the default camera
+    assert full[0].manifest.avatar.intrinsics[0][0] == pytest.approx(1500 / 512)
+
+
+def test_fp16_error_and_psnr_are_reported_and_reproducible(full, fixture_model):
+    result = full[0]
+    bundle = Bundle.open(result.path, verify="none")
+    m = bundle.manifest
+    code = bundle.avatar_code()
+    expressions = (np.random.default_rng(2).standard_normal((1, 135)) * 0.5).astype(np.float32)
+    ref = {k: v.numpy() for k, v in _torch_gaussians(fixture_model, code, expressions).items()}
+    c2w, k = np.array(m.avatar.cam2world, np.float32), np.array(m.avatar.intrinsics, np.float32)
+    ref_rgb = render_frontal(ref, c2w, k)
+    assert (ref_rgb < 0.98).mean() > 0.02                       # the head covers part of the image
+    for artifact in bundle.artifacts(role=ROLE_DECODER_AVATAR, precision="fp16"):
+        report = artifact.parity
+        assert report.psnr_db >= report.psnr_target_db == 40.0 and report.passed
+        assert all(o.tolerance is None and 0 < o.max_abs_error < 0.5 for o in report.outputs)
+        got = _run(bundle, artifact, {"expressions": expressions})
+        assert psnr(render_frontal(got, c2w, k), ref_rgb) >= 40.0
+    for artifact in bundle.artifacts(precision="fp32"):
+        assert all(o.tolerance == 1e-4 and o.max_abs_error <= 1e-4 for o in artifact.parity.outputs)
+
+
+# ---- the features-input variant (CLI, fp32 ONNX only, --force) ---------------------------------------------
+
+def test_features_encoder_reproduces_the_official_avatar_code(features_bundle, official_dir):
+    bundle = features_bundle
+    assert {a.name for a in bundle.manifest.artifacts} == {"encoder_features.fp32.onnx", "decoder.fp32.onnx"}
+    assert {p.name for p in bundle.root.iterdir()} == {"encoder_features.fp32.onnx", "decoder.fp32.onnx",
+                                                        "manifest.json"}            # stale.txt replaced
+    inp = np.load(official_dir / "inputs.npz")
+    ref = np.load(official_dir / "outputs.npz")
+    session = _session(bundle.path(bundle.artifact(ROLE_ENCODER_FEATURES)))
+    code, = session.run(None, {"image": inp["images"][:, 0], "cam2world": inp["cam2world"][:, 0],
+                               "intrinsics": inp["intrinsics"][:, 0], "features": inp["features"][:, 0]})
+    np.testing.assert_allclose(code, ref["avatar_code"].transpose(1, 0, 2), atol=1e-4, rtol=0)
+
+
+# ---- atomicity: a failure after the first file is written leaves nothing ---------------------------------
+
+@pytest.mark.parametrize("failure", [RuntimeError("injected"), KeyboardInterrupt()], ids=["error", "ctrl-c"])
+def test_failure_after_first_file_leaves_no_partial_bundle(tmp_path, monkeypatch, official_dir, features_bundle,
+                                                           failure):
+    import flexavatar.export.exporter as exporter
+    import flexavatar.export.parity as parity
+
+    # reuse the already-exported graphs (no torch trace) so that this test is fast
+    cached = {spec_role: onnx.load(str(features_bundle.path(features_bundle.artifact(spec_role))))
+              for spec_role in (ROLE_ENCODER_FEATURES, ROLE_DECODER)}
+    monkeypatch.setattr(exporter, "export_graph", lambda module, args, spec, opset: cached[spec.role])
+    seen: list[list[str]] = []
+    real = parity.RUNNERS[FORMAT_ONNX]
+
+    def failing_run(path, feeds):
+        seen.append(sorted(p.name for p in Path(path).parent.iterdir()))
+        raise failure
+
+    monkeypatch.setitem(parity.RUNNERS, FORMAT_ONNX, real.__class__(failing_run, real.describe))
+    out = tmp_path / "bundle"
+    expected = ExportStepError if isinstance(failure, Exception) else KeyboardInterrupt
+    with pytest.raises(expected) as info:
+        export_bundle(official_dir / "state_dict.safetensors", out, template=official_dir / "gghead_template.obj",
+                      config=_config(official_dir), progress=None)
+    assert seen == [["encoder_features.fp32.onnx"]]            # the first file had been written
+    assert list(tmp_path.iterdir()) == []                       # ... and is gone, with its staging folder
+    if expected is ExportStepError:
+        assert info.value.step == "encoder_features.fp32.onnx" and "injected" in str(info.value)
