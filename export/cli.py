@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                    '"intrinsics": 3x3 normalised} (default: frontal, 1 m, fx = 1500/512)')
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--strict-fp16", action="store_true", help="fail when an fp16 file's rendered PSNR against "
+                   "fp32 is below 40 dB (default: keep it, flag it in the manifest and warn)")
     return p
 
 
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         export_bundle(args.checkpoint, args.output, template=args.template, dinov2=args.dinov2, config=args.config,
                       precisions=args.precision, targets=args.targets, avatar=args.avatar, camera=args.camera,
-                      opset=args.opset, force=args.force, progress=lambda msg: print(msg, flush=True))
+                      opset=args.opset, force=args.force, strict_fp16=args.strict_fp16, progress=lambda msg: print(msg, flush=True))
     except FlexAvatarError as e:
         print(f"flexavatar-export: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

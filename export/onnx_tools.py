@@ -39,13 +39,58 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     token, the folded avatar code's projections, ...), whatever its size."""
     import onnxscript.optimizer
 
-    _drop_unused_layernorm_outputs(model)  # the folder skips multi-output nodes
+    _drop_unused_layernorm_outputs(model)
+    logging.getLogger("onnxscript.optimizer._constant_folding").setLevel(logging.ERROR)  # handled below
     with contextlib.redirect_stdout(io.StringIO()):
-        return onnxscript.optimizer.optimize(model, input_size_limit=UNLIMITED, output_size_limit=UNLIMITED)
+        model = onnxscript.optimizer.optimize(model, input_size_limit=UNLIMITED, output_size_limit=UNLIMITED)
+    if constant_only_nodes(model):
+        # what onnxscript's folder leaves (e.g. LayerNormalization: its evaluator returns three outputs)
+        model = _fold_with_onnxruntime(model)
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = onnxscript.optimizer.optimize(model, input_size_limit=UNLIMITED, output_size_limit=UNLIMITED)
+    return model
 
 
-def specialise(model: onnx.ModelProto, constants: dict[str, "np.ndarray"]) -> onnx.ModelProto:  # noqa: F821
-    """Turn graph inputs into initializers (e.g. the avatar code) and fold everything that now
+def _fold_with_onnxruntime(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Evaluate the constant-only subgraph with ONNX Runtime (optimisations off) and replace it by initializers."""
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    constant = {n.name for n in model.graph.node if f"{n.op_type}:{n.name}" in set(constant_only_nodes(model))}
+    const_nodes = [n for n in model.graph.node if n.name in constant or n.op_type == "Constant"]
+    rest = [n for n in model.graph.node if n.name not in constant and n.op_type != "Constant"]
+    produced = {o for n in const_nodes if n.op_type != "Constant" for o in n.output if o}
+    wanted = ({i for n in rest for i in n.input} | {o.name for o in model.graph.output}) & produced
+    if not wanted:
+        return model
+    types = {v.name: v.type for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    inits = {t.name: t for t in model.graph.initializer}
+    needed = {i for n in const_nodes for i in n.input} & set(inits)
+    outputs = []
+    for name in sorted(wanted):
+        vi = onnx.ValueInfoProto(name=name)
+        if name in types:
+            vi.type.CopyFrom(types[name])
+        outputs.append(vi)
+    sub = helper.make_model(helper.make_graph(const_nodes, "constants", [], outputs, [inits[i] for i in needed]),
+                            opset_imports=model.opset_import, ir_version=model.ir_version)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    values = ort.InferenceSession(sub.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
+        [o.name for o in outputs], {})
+    del model.graph.node[:]
+    model.graph.node.extend(rest)
+    for vi, value in zip(outputs, values):
+        model.graph.initializer.append(numpy_helper.from_array(value, vi.name))
+    used = {i for n in rest for i in n.input} | {o.name for o in model.graph.output}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    return model
+
+
+def specialise(model: onnx.ModelProto, constants: dict) -> onnx.ModelProto:
+    """Turn graph inputs into initializers ({name: numpy array}, e.g. the avatar code) and fold everything that now
     depends only on constants: the generic decoder becomes the avatar's decoder."""
     from onnx import numpy_helper
 
@@ -63,7 +108,7 @@ def specialise(model: onnx.ModelProto, constants: dict[str, "np.ndarray"]) -> on
 
 
 def _drop_unused_layernorm_outputs(model: onnx.ModelProto) -> None:
-    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    used = ({i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}) - {""}
     for node in model.graph.node:
         if node.op_type == "LayerNormalization" and len(node.output) > 1 and not set(node.output[1:]) & used:
             del node.output[1:]

@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "FlexAvatarModel": "flexavatar.model", "Gaussians": "flexavatar.model", "AvatarCode": "flexavatar.model",
     "FlexConfig": "flexavatar.config", "Template": "flexavatar.template", "DinoV2": "flexavatar.dinov2",
+    "interpolate": "flexavatar.fitting", "fit": "flexavatar.fitting", "Observations": "flexavatar.fitting",
 }
 
 

@@ -1,9 +1,13 @@
 """`flexavatar-demo`: the whole pipeline on an embedded default — no downloads, no official data.
 
-A SMALL RANDOM-WEIGHT model (not a trained avatar model: the output is a random 'head' of Gaussians),
-a synthetic template and a synthetic input photo: encode once, decode an expression sequence, render
-each frame, print per-stage latency and write a contact sheet PNG. With the real checkpoint use
-`flexavatar-export` and `flexavatar-render` instead.
+A SMALL RANDOM-WEIGHT model (not a trained avatar model: the output is a random 'head' of Gaussians), a
+synthetic template, a synthetic portrait and a synthetic talking sequence. It runs the same library
+functions as the two commands an app would use with the real checkpoint:
+
+  1. export   (``flexavatar-export``):  random checkpoint → checked bundle (ONNX + OpenVINO, manifest);
+  2. render   (``flexavatar-render``):  bundle + portrait + expression sequence, orbiting camera → clip;
+
+then times the whole frame (decode + rasterize + pixels) on every inference engine available here.
 """
 from __future__ import annotations
 
@@ -39,77 +43,122 @@ def synthetic_expressions(n: int):
     return codes
 
 
-def _percentiles(times_ms: list[float]) -> str:
-    a = np.asarray(times_ms)
-    return f"p50 {np.percentile(a, 50):8.2f} ms   p95 {np.percentile(a, 95):8.2f} ms"
+WIDE_FOCAL = 900 / 512      # normalised fx: wider than the official 1500 px — random offsets spread the Gaussians
+
+
+def _save_portrait(path: Path, size: int) -> Path:
+    from PIL import Image
+    Image.fromarray((synthetic_portrait(size).transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)).save(path)
+    return path
+
+
+def _contact_sheet(frames: np.ndarray, path: Path, cols: int = 4) -> None:
+    from PIL import Image
+    n, h, w, _ = frames.shape
+    rows = math.ceil(n / cols)
+    sheet = np.full((rows * h, cols * w, 3), 255, np.uint8)
+    for i, f in enumerate(frames):
+        r, c = divmod(i, cols)
+        sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = f
+    Image.fromarray(sheet).save(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flexavatar-demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-o", "--output", default="flexavatar_demo.png", help="contact sheet PNG to write")
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--size", type=int, default=256, help="render resolution")
+    parser.add_argument("-o", "--output", type=Path, default=Path("flexavatar_demo"),
+                        help="folder for the checkpoint, bundle, portrait, clip and contact sheet")
+    parser.add_argument("--frames", type=int, default=24, help="frames of the synthetic expression sequence")
+    parser.add_argument("--size", type=int, default=256, help="render resolution (even)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    import torch
-
-    from . import kernels
-    from .cameras import default_camera, orbit_cameras
     from .config import small_config
-    from .dinov2 import DinoV2, DinoV2Config
+    from .dinov2 import DinoV2Config
     from .model import FlexAvatarModel
     from .template import Template
+    try:
+        from .export import export_bundle
+        from .export.testing import random_dinov2
+        from .runtime import Camera, Runtime, StageTimes, available_engines, orbit_camera
+        from .runtime.cli import render_to_file
+        from .runtime.expressions import synthetic_expressions as numpy_expressions
+    except ImportError as e:
+        print(f"flexavatar-demo needs the export and runtime extras ({e}): "
+              "pip install torch==2.13.0 '.[export,runtime]'")
+        return 2
 
-    print("flexavatar demo — SMALL RANDOM-WEIGHT MODEL (not trained; shows the pipeline, not a likeness)")
+    out = args.output
+    out.mkdir(parents=True, exist_ok=True)
+    print("flexavatar demo — SMALL RANDOM-WEIGHT MODEL (not trained: it shows the pipeline, not a likeness)\n")
     cfg = small_config()
-    t0 = time.perf_counter()
     template = Template.synthetic(cfg.res_head_tokens, cfg.res_gaussian_grid)
-    torch.manual_seed(args.seed)
-    dino = DinoV2(DinoV2Config(dim=cfg.feature_dim, depth=2, n_heads=2)).eval()
-    model = FlexAvatarModel.random(cfg, template, seed=args.seed, dinov2=dino)
-    print(f"model: {sum(p.numel() for p in model.network.parameters()) / 1e6:.2f} M parameters, "
-          f"{template.n_gaussians} Gaussians, built in {time.perf_counter() - t0:.2f} s")
+    model = FlexAvatarModel.random(cfg, template, seed=args.seed,
+                                   dinov2=random_dinov2(DinoV2Config(dim=cfg.feature_dim, depth=2, n_heads=2),
+                                                        seed=args.seed))
+    checkpoint = out / "random_small_checkpoint.safetensors"
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in model.official_state_dict().items()}, str(checkpoint))
+    print(f"model: {sum(p.numel() for p in model.network.parameters()) / 1e6:.2f} M parameters (random), "
+          f"{template.n_gaussians} Gaussians, synthetic template; checkpoint {checkpoint}")
 
-    image = torch.from_numpy(synthetic_portrait(cfg.image_size))[None]
-    c2w, k = default_camera()
+    # 1. export — what `flexavatar-export CKPT -o BUNDLE --template ... --dinov2 ...` does
+    print("\n== 1. export (flexavatar-export) ==")
+    bundle = out / "bundle"
+    result = export_bundle(checkpoint, bundle, template=template, dinov2=model.dinov2, config=cfg,
+                           precisions=("fp32",), force=True, progress=lambda msg: None)
+    print(result.summary)
+
+    # 2. render — what `flexavatar-render BUNDLE --avatar PHOTO --expressions SEQ --camera-orbit -o CLIP` does
+    print("\n== 2. render (flexavatar-render) ==")
+    portrait = _save_portrait(out / "portrait.png", cfg.image_size)
+    expressions = numpy_expressions(args.frames)
+    np.save(out / "expressions.npy", expressions)
+    k = np.array([[WIDE_FOCAL, 0, 0.5], [0, WIDE_FOCAL, 0.5], [0, 0, 1]], np.float32)
+    camera = orbit_camera(args.frames, intrinsics=k)
+    rt = Runtime(bundle)                                       # backend, device, rasterizer: auto
+    timings = StageTimes()
     t0 = time.perf_counter()
-    code = model.encode(image, c2w[None], k[None])
-    encode_ms = (time.perf_counter() - t0) * 1e3
+    avatar = rt.create_avatar(portrait)
+    timings.add_once("encode", (time.perf_counter() - t0) * 1e3)
+    avatar.save(out / "avatar.npy")
+    clip = out / ("flexavatar_demo.mp4" if _has_ffmpeg() else "flexavatar_demo.gif")
+    report = render_to_file(rt, avatar, expressions, clip, size=args.size, camera=camera, fps=12, timings=timings)
+    print(report.summary())
+    frames = rt.render(avatar, expressions[:8], Camera(camera.cam2world[:8], camera.intrinsics), args.size, args.size)
+    _contact_sheet(frames, out / "flexavatar_demo.png")
+    print(f"contact sheet {out / 'flexavatar_demo.png'}")
 
-    expressions = synthetic_expressions(args.frames)
-    cams = orbit_cameras(args.frames)
-    size = args.size
-    focal = 900 * size / 512     # wider than the demo camera: random offsets spread the Gaussians
-    K = torch.tensor([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1.0]])
-    world2cam = kernels.world2cam_from_cam2world(cams)
-    decode_ms, render_ms, frames, backend = [], [], [], None
-    for i in range(args.frames):
-        t0 = time.perf_counter()
-        g = model.decode(code, expressions[i:i + 1])
-        decode_ms.append((time.perf_counter() - t0) * 1e3)
-        t0 = time.perf_counter()
-        splats = kernels.Splats(g.means[0], g.quats[0], g.scales[0], g.opacities[0], g.sh0[0])
-        result = kernels.rasterize(splats, kernels.Cameras(world2cam[i:i + 1], K[None]), size, size,
-                                   background=[1.0, 1.0, 1.0])
-        render_ms.append((time.perf_counter() - t0) * 1e3)
-        backend = result.backend
-        frames.append(np.asarray(result.rgb[0]))
-    print(f"encode     (once)       {encode_ms:8.2f} ms")
-    print(f"decode     per frame    {_percentiles(decode_ms)}")
-    print(f"rasterize  per frame    {_percentiles(render_ms)}   [{backend}, {size}²]")
+    # 3. whole frame on every engine here (same bundle, avatar, sequence)
+    print("\n== 3. whole frame (decode + rasterize + pixels), per engine, this machine ==")
+    print(f"{'engine + rasterizer':<34} {'p50 ms':>8} {'p95 ms':>8} {'fps':>7}  |Δ| vs the first, mean / max")
+    first = None
+    for engine in [e for e in ("onnxruntime", "openvino", "torch") if e in available_engines("cpu")]:
+        other = Runtime(bundle, backend=engine, device="cpu", verify="none", model=model if engine == "torch" else None)
+        times = StageTimes()
+        frames = other.render(avatar, expressions, camera, args.size, args.size, timings=times)
+        whole = times.whole_frame()
+        first = frames if first is None else first
+        delta = np.abs(frames.astype(int) - first.astype(int))
+        print(f"{engine + ' + ' + other.rasterizer:<34} {np.percentile(whole, 50):>8.2f} "
+              f"{np.percentile(whole, 95):>8.2f} {1e3 / whole.mean():>7.1f}  "
+              f"{delta.mean():.3f} / {delta.max()} (of 255)")
 
-    cols = min(4, len(frames))
-    rows = math.ceil(len(frames) / cols)
-    sheet = np.ones((rows * size, cols * size, 3), np.float32)
-    for i, f in enumerate(frames):
-        r, c = divmod(i, cols)
-        sheet[r * size:(r + 1) * size, c * size:(c + 1) * size] = f
-    from PIL import Image
-    out = Path(args.output)
-    Image.fromarray((sheet.clip(0, 1) * 255 + 0.5).astype(np.uint8)).save(out)
-    print(f"wrote {out} ({len(frames)} frames, orbiting camera)")
+    print(f"""
+Random weights: the clip shows a random cloud of Gaussians, not a face. With the real checkpoint the same
+two commands give the real avatar (files you supply; nothing is downloaded):
+
+  flexavatar-export ckpt-900k.pt --template gghead_template.obj --dinov2 dinov2_vitb14_reg4_pretrain.pth -o bundle
+  flexavatar-render bundle --avatar me.png --expressions EMO-1-shout+laugh.npz --camera-orbit -o clip.mp4
+
+The same with this demo's files: flexavatar-render {bundle} --avatar {out / 'avatar.npy'} \\
+  --expressions {out / 'expressions.npy'} --size {args.size} --camera-orbit --focal {WIDE_FOCAL:.4g} \\
+  -o {out / 'clip.gif'}""")
     return 0
+
+
+def _has_ffmpeg() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("imageio_ffmpeg") is not None
 
 
 if __name__ == "__main__":

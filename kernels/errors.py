@@ -5,9 +5,11 @@ error carries those facts as attributes so callers and tests need not parse mess
 """
 from __future__ import annotations
 
+from flexavatar.errors import FlexAvatarError
 
-class KernelError(Exception):
-    """Base class of all rasterizer errors."""
+
+class KernelError(FlexAvatarError):
+    """Base class of all rasterizer errors (one exception hierarchy for the whole package)."""
 
 
 # --- bad input -------------------------------------------------------------------------------

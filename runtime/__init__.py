@@ -1,1 +1,32 @@
-"""flexavatar.runtime"""
+"""flexavatar.runtime: run an exported bundle on ONNX Runtime / OpenVINO / PyTorch and render frames.
+
+    from flexavatar.runtime import Runtime, orbit_camera, load_expressions
+    rt = Runtime("bundle/")                                   # backend / device / rasterizer: "auto"
+    avatar = rt.create_avatar("me.png")                       # once; avatar.save("me.npy"), Avatar.load(...)
+    expressions = load_expressions("EMO-1-shout+laugh.npz")   # [T, 135]
+    frames = rt.render(avatar, expressions, orbit_camera(len(expressions)))     # uint8 [T, 512, 512, 3]
+
+CLI: ``flexavatar-render BUNDLE --avatar PHOTO_OR_CODE --expressions SEQ -o clip.mp4``. Importing this
+package imports neither torch nor an inference library; the ONNX Runtime and OpenVINO paths with the
+native CPU rasterizer never import torch.
+"""
+from .avatar import Avatar
+from .cameras import Camera, default_camera, look_at, orbit_camera
+from .engines import (EngineOptions, EngineSpec, InferenceBackend, available_engines, get_engine, register_engine,
+                      registered_engines, select_engine)
+from .errors import (AvatarFileError, CameraInputError, EncoderUnavailableError, EngineUnavailableError,
+                     ExpressionInputError, ImageInputError, ModelMismatchError, OutputFileError, RuntimeArgumentError,
+                     RuntimeFailure, UnknownEngineError)
+from .expressions import head_pose, load_expressions, neutral_expression, synthetic_expressions
+from .runtime import FRAME_FORMATS, WHITE, Gaussians, Runtime, apply_pose
+from .timing import StageTimes
+
+__all__ = [
+    "Runtime", "Avatar", "Gaussians", "Camera", "default_camera", "orbit_camera", "look_at", "load_expressions",
+    "neutral_expression", "synthetic_expressions", "head_pose", "apply_pose", "StageTimes", "FRAME_FORMATS", "WHITE",
+    "EngineOptions", "EngineSpec", "InferenceBackend", "register_engine", "registered_engines", "available_engines",
+    "get_engine", "select_engine",
+    "RuntimeFailure", "RuntimeArgumentError", "ImageInputError", "ExpressionInputError", "CameraInputError",
+    "AvatarFileError", "EngineUnavailableError", "UnknownEngineError", "EncoderUnavailableError",
+    "ModelMismatchError", "OutputFileError",
+]

@@ -64,13 +64,21 @@ def full(tmp_path_factory, official_dir, fixture_model):
 
 
 @pytest.fixture(scope="module")
-def features_bundle(tmp_path_factory, official_dir):
+def features_bundle(tmp_path_factory, official_dir, full):
+    import flexavatar.export.exporter as exporter
+
     out = tmp_path_factory.mktemp("export_features") / "bundle"
     out.mkdir()
     (out / "stale.txt").write_text("from an older export")
-    rc = cli_main([str(official_dir / "state_dict.safetensors"), "-o", str(out), "--template",
-                   str(official_dir / "gghead_template.obj"), "--config", str(official_dir / "config.json"),
-                   "--precision", "fp32", "--targets", "onnx", "--force"])
+    # the decoder graph is the full bundle's (same network): only the features encoder is traced here
+    decoder = onnx.load(str(full[0].path / "decoder.fp32.onnx"))
+    real = exporter.export_graph
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(exporter, "export_graph", lambda module, args, spec, opset:
+                   decoder if spec.role == ROLE_DECODER else real(module, args, spec, opset))
+        rc = cli_main([str(official_dir / "state_dict.safetensors"), "-o", str(out), "--template",
+                       str(official_dir / "gghead_template.obj"), "--config", str(official_dir / "config.json"),
+                       "--precision", "fp32", "--targets", "onnx", "--force"])
     assert rc == 0
     return Bundle.open(out)
 
@@ -320,3 +328,31 @@ def test_failure_after_first_file_leaves_no_partial_bundle(tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []                       # ... and is gone, with its staging folder
     if expected is ExportStepError:
         assert info.value.step == "encoder_features.fp32.onnx" and "injected" in str(info.value)
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["flag", "strict"])
+def test_fp16_below_psnr_target_is_flagged_or_fatal(tmp_path, monkeypatch, official_dir, features_bundle, strict):
+    """fp16 quality below the target: kept + flagged + warned by default, ParityError with strict_fp16."""
+    import flexavatar.export.exporter as exporter
+    from flexavatar.export import ParityError
+
+    cached = {role: onnx.load(str(features_bundle.path(features_bundle.artifact(role))))
+              for role in (ROLE_ENCODER_FEATURES, ROLE_DECODER)}
+    monkeypatch.setattr(exporter, "export_graph", lambda module, args, spec, opset: cached[spec.role])
+    monkeypatch.setattr(exporter, "FP16_PSNR_TARGET_DB", 500.0)          # unreachable
+    messages: list[str] = []
+    run = lambda: export_bundle(official_dir / "state_dict.safetensors", tmp_path / "b",  # noqa: E731
+                                template=official_dir / "gghead_template.obj", config=_config(official_dir),
+                                precisions="fp16", targets="onnx", strict_fp16=strict, progress=messages.append)
+    if strict:
+        with pytest.raises(ParityError, match="PSNR .* < target 500 dB"):
+            run()
+        assert list(tmp_path.iterdir()) == []
+        return
+    result = run()
+    m = Bundle.open(result.path).manifest
+    assert {a.name for a in m.artifacts} == {"encoder_features.fp16.onnx", "decoder.fp16.onnx"}
+    assert all(not a.parity.passed and a.parity.psnr_target_db == 500.0 for a in m.artifacts)
+    assert sum("WARNING" in msg for msg in messages) == 2 and "FLAGGED" in result.summary
+    assert sorted(p.name for p in result.path.iterdir()) == ["decoder.fp16.onnx", "encoder_features.fp16.onnx",
+                                                            "manifest.json"]        # fp32 sources removed

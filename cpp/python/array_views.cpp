@@ -83,6 +83,8 @@ void throw_if_error(const Status& status) {
     case StatusCode::kDeviceError:
     case StatusCode::kOutOfMemory:
       throw DeviceError(status.message());
+    default:  // the embedding runtime's codes (cpp/runtime) never come from the rasterizers
+      break;
   }
   throw DeviceError(status.message());
 }

@@ -15,6 +15,15 @@ enum class StatusCode : int {
   kUnavailable = 4,      // the CUDA library or a CUDA device is not present
   kDeviceError = 5,      // a CUDA call failed
   kOutOfMemory = 6,
+  // The embedding runtime's codes (cpp/runtime; the C API's flexavatar_status has the same values).
+  kInvalidHandle = 7,       // a null, destroyed or foreign handle
+  kBundleInvalid = 8,       // manifest.json missing, not JSON, wrong schema/version or a bad field
+  kBundleFileMissing = 9,   // a file the manifest lists is not there
+  kBundleHashMismatch = 10, // a bundle file's size or sha256 differs from the manifest
+  kModelError = 11,         // ONNX Runtime failed to load or run a model
+  kNoAvatarCode = 12,       // decode/render before an avatar code was set
+  kIoError = 13,            // reading a file failed
+  kInternal = 14,           // a bug (an unexpected exception caught at the C boundary)
 };
 
 const char* status_code_name(StatusCode code);

@@ -1,0 +1,138 @@
+"""The export bundle at FLEX-1 size (random weights): export time, and per-frame decoder latency of
+PyTorch eager vs ONNX Runtime CPU vs OpenVINO CPU vs fp16, plus the avatar-specialised decoder — in one run.
+
+    pytest benchmarks/bench_export.py --benchmark-only -s
+
+One bundle is exported (fp32 + fp16, ONNX + OpenVINO; the encoder takes DINOv2 features, no DINOv2 weights
+needed) and timed once; every decoder case then decodes one frame (E = 1) of the same code and expression,
+and checks its output against PyTorch (fp32: 1e-4; fp16: 0.05 — speed is never asserted).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
+
+from flexavatar.bundle import FORMAT_ONNX, FORMAT_OPENVINO, ROLE_DECODER, Bundle  # noqa: E402
+from flexavatar.config import FLEX1  # noqa: E402
+from flexavatar.model import AvatarCode, FlexAvatarModel, init_random_weights  # noqa: E402
+from flexavatar.template import Template  # noqa: E402
+
+ROUNDS, WARMUP = 3, 1
+FP16_ATOL = 0.05
+
+
+@pytest.fixture(scope="module")
+def flex1(weights_cache):
+    template = Template.synthetic(FLEX1.res_head_tokens, FLEX1.res_gaussian_grid)
+
+    def make():
+        model = FlexAvatarModel(FLEX1, template)
+        init_random_weights(model.network, seed=0)
+        return model.official_state_dict()
+
+    state = weights_cache.get("flex1-random-seed0", make)      # shared with bench_model.py
+    return FlexAvatarModel.from_checkpoint(state, template=template), state, template
+
+
+@pytest.fixture(scope="module")
+def exported(flex1, tmp_path_factory):
+    from flexavatar.export import export_bundle
+
+    model, state, template = flex1
+    out = tmp_path_factory.mktemp("bench_export") / "bundle"
+    t0 = time.perf_counter()
+    result = export_bundle(state, out, template=template, config=FLEX1, progress=print)
+    return Bundle.open(result.path, verify="size"), time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def frame(flex1):
+    """One frame's inputs and the PyTorch fp32 outputs."""
+    model = flex1[0]
+    gen = np.random.default_rng(0)
+    code = (gen.standard_normal((1, FLEX1.n_head_tokens, FLEX1.d_hidden)) * 0.5).astype(np.float32)
+    expressions = (gen.standard_normal((1, 135)) * 0.5).astype(np.float32)
+    g = model.decode(AvatarCode(torch.from_numpy(code).transpose(0, 1)), torch.from_numpy(expressions))
+    return code, expressions, [t.numpy() for t in (g.means, g.quats, g.scales, g.opacities, g.sh0)]
+
+
+def _check(outputs, reference, atol):
+    for got, want in zip(outputs, reference, strict=True):
+        np.testing.assert_allclose(got, want, atol=atol, rtol=0)
+
+
+def test_export_time_flex1(benchmark, bench_meta, exported):
+    bundle, seconds = exported
+    sizes = {a.name: sum(f.size for f in a.files) / 2**20 for a in bundle.manifest.artifacts}
+    print(f"\nexport FLEX-1 (random weights): {seconds:.0f} s; " +
+          ", ".join(f"{k} {v:.0f} MiB" for k, v in sizes.items()))
+    bench_meta(stage="export", backend="flexavatar-export", size="flex1", device="cpu", dtype="fp32+fp16",
+               artifacts=len(sizes), bundle_mib=round(sum(sizes.values()), 1))
+    benchmark.pedantic(lambda: seconds, rounds=1, iterations=1)   # the export ran once, in the fixture
+    benchmark.extra_info["export_seconds"] = round(seconds, 1)
+
+
+def test_decode_torch_eager(benchmark, bench_meta, flex1, frame):
+    model = flex1[0]
+    code, expressions, reference = frame
+    tokens, expr = AvatarCode(torch.from_numpy(code).transpose(0, 1)), torch.from_numpy(expressions)
+    bench_meta(stage="decode", backend="torch-eager", size="flex1", device="cpu", dtype="fp32", frames=1)
+    g = benchmark.pedantic(lambda: model.decode(tokens, expr), rounds=ROUNDS, warmup_rounds=WARMUP)
+    _check([t.numpy() for t in (g.means, g.quats, g.scales, g.opacities, g.sh0)], reference, 1e-4)
+
+
+def _onnx_session(path):
+    import onnxruntime as ort
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_decode_onnxruntime_cpu(benchmark, bench_meta, exported, frame, precision):
+    bundle = exported[0]
+    code, expressions, reference = frame
+    session = _onnx_session(bundle.path(bundle.artifact(ROLE_DECODER, FORMAT_ONNX, precision)))
+    feeds = {"code": code, "expressions": expressions}
+    bench_meta(stage="decode", backend="ort-cpu", size="flex1", device="cpu", dtype=precision, frames=1)
+    out = benchmark.pedantic(lambda: session.run(None, feeds), rounds=ROUNDS, warmup_rounds=WARMUP)
+    _check(out, reference, 1e-4 if precision == "fp32" else FP16_ATOL)
+
+
+@pytest.mark.parametrize("precision, hint", [("fp32", "f32"), ("fp32", "device-default"), ("fp16", "f32")])
+def test_decode_openvino_cpu(benchmark, bench_meta, exported, frame, precision, hint):
+    """hint "device-default": OpenVINO's own choice (bf16 on CPUs with AMX / AVX512-bf16, as here)."""
+    from flexavatar.export.openvino_tools import compile_ir, run_compiled
+
+    bundle = exported[0]
+    code, expressions, reference = frame
+    compiled = compile_ir(bundle.path(bundle.artifact(ROLE_DECODER, FORMAT_OPENVINO, precision)),
+                          config={} if hint == "device-default" else {"INFERENCE_PRECISION_HINT": hint})
+    inference = compiled.get_property("INFERENCE_PRECISION_HINT")
+    feeds = {"code": code, "expressions": expressions}
+    bench_meta(stage="decode", backend="openvino", size="flex1", device="cpu", dtype=precision, frames=1,
+               inference_precision=str(inference))
+    out = benchmark.pedantic(lambda: run_compiled(compiled, feeds), rounds=ROUNDS, warmup_rounds=WARMUP)
+    _check(out, reference, 1e-4 if (precision, hint) == ("fp32", "f32") else FP16_ATOL)
+
+
+def test_decode_avatar_specialised_onnxruntime_cpu(benchmark, bench_meta, exported, frame):
+    """The decoder with this code folded in (what --avatar writes): the gain over the generic decoder."""
+    import onnx
+
+    from flexavatar.export.onnx_tools import specialise
+
+    bundle = exported[0]
+    code, expressions, reference = frame
+    generic = onnx.load(str(bundle.path(bundle.artifact(ROLE_DECODER))))
+    special = specialise(generic, {"code": code})
+    import onnxruntime as ort
+    session = ort.InferenceSession(special.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {"expressions": expressions}
+    bench_meta(stage="decode", backend="ort-cpu-avatar", size="flex1", device="cpu", dtype="fp32", frames=1)
+    out = benchmark.pedantic(lambda: session.run(None, feeds), rounds=ROUNDS, warmup_rounds=WARMUP)
+    _check(out, reference, 1e-4)

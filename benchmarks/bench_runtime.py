@@ -1,0 +1,156 @@
+"""Whole-frame latency of the runtime at FLEX-1 size: decode (the bundle's graph) + rasterize 512² + pixels on
+the host, per inference engine + rasterizer, random weights (the same seed as bench_model.py).
+
+Cases are labelled ``<decode engine>+<rasterizer>``: ``ort-cpu+cpu``, ``openvino+cpu``, ``torch-eager+cpu``,
+``torch-eager+reference`` on the CPU; ``ort-cuda+cuda`` (fp32, fp16; ``ort-cuda-graphs+cuda`` with CUDA
+graphs) and ``torch-eager+cuda`` on a GPU. The FLEX-1 bundle (fp32, + fp16 on a CUDA machine; ONNX +
+OpenVINO) is exported once and kept in ``benchmarks/.cache/`` (git-ignored; minutes on a 2-core CPU).
+Each case checks its first frame against the PyTorch model + reference rasterizer (correctness may fail
+a benchmark; speed never does).
+
+    pytest benchmarks/bench_runtime.py --benchmark-only
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from flexavatar.bundle import Bundle, BundleError  # noqa: E402
+from flexavatar.config import FLEX1  # noqa: E402
+from flexavatar.model import FlexAvatarModel, init_random_weights  # noqa: E402
+from flexavatar.runtime import (Avatar, Camera, Runtime, load_expressions, orbit_camera,  # noqa: E402
+                                synthetic_expressions)
+from flexavatar.template import Template  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+TEMPLATE_OBJ = SHARED / "official_flex" / "gghead_template.obj"      # G = 58,361 (synthetic template otherwise)
+DRIVING = SHARED / "driving" / "EMO-1-shout+laugh.npz"
+SIZE = 512
+DECODE_FLOPS = 199.6e9          # SPEC §17, per decoded frame
+N_FRAMES = 16                   # frames cycled through by the rounds
+
+# (label, engine, device, precision, rasterizer, cuda graphs)
+CASES = [
+    ("ort-cpu+cpu", "onnxruntime", "cpu", "fp32", "cpu", False),
+    ("openvino+cpu", "openvino", "cpu", "fp32", "cpu", False),
+    ("torch-eager+cpu", "torch", "cpu", "fp32", "cpu", False),
+    ("torch-eager+reference", "torch", "cpu", "fp32", "reference", False),
+    ("ort-cuda+cuda", "onnxruntime", "cuda", "fp32", "cuda", False),
+    ("ort-cuda+cuda", "onnxruntime", "cuda", "fp16", "cuda", False),
+    ("ort-cuda-graphs+cuda", "onnxruntime", "cuda", "fp32", "cuda", True),
+    ("ort-cuda-graphs+cuda", "onnxruntime", "cuda", "fp16", "cuda", True),
+    ("torch-eager+cuda", "torch", "cuda", "fp32", "cuda", False),
+]
+
+
+def _template() -> Template:
+    if TEMPLATE_OBJ.is_file():
+        return Template.from_obj(TEMPLATE_OBJ, FLEX1.res_head_tokens, FLEX1.res_gaussian_grid)
+    return Template.synthetic(FLEX1.res_head_tokens, FLEX1.res_gaussian_grid)
+
+
+@pytest.fixture(scope="module")
+def flex1_model(weights_cache):
+    template = _template()
+
+    def make():
+        model = FlexAvatarModel(FLEX1, template)
+        init_random_weights(model.network, seed=0)
+        return model.official_state_dict()
+
+    state = weights_cache.get("flex1-random-seed0", make)
+    return FlexAvatarModel.from_checkpoint(state, template=template)
+
+
+@pytest.fixture(scope="module")
+def flex1_bundle(weights_cache, flex1_model) -> Path:
+    """The FLEX-1 random-weight bundle, exported once into benchmarks/.cache (reused while it verifies)."""
+    from flexavatar.export import export_bundle
+
+    # CPU machine: fp32 ONNX + OpenVINO. CUDA machine: fp32 + fp16 ONNX only (the export's CPU parity checks
+    # dominate its time; OpenVINO is a CPU engine and is measured on CPU machines)
+    gpu = torch.cuda.is_available()
+    precisions, targets = (("fp32", "fp16"), ("onnx",)) if gpu else (("fp32",), ("onnx", "openvino"))
+    checkpoint = weights_cache.path("flex1-random-seed0")             # written by flex1_model's weights_cache.get
+    tag = "obj" if TEMPLATE_OBJ.is_file() else "synthetic"
+    folder = checkpoint.parent / f"bundle-flex1-random-seed0-{tag}-{'-'.join(precisions + targets)}"
+    try:
+        Bundle.open(folder, verify="size")
+        return folder
+    except BundleError:
+        shutil.rmtree(folder, ignore_errors=True)
+    export_bundle(checkpoint, folder, template=flex1_model.template, precisions=precisions, targets=targets,
+                  force=True, progress=lambda msg: print(msg, flush=True))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def expressions() -> np.ndarray:
+    if DRIVING.is_file():
+        return load_expressions(DRIVING)[:N_FRAMES]
+    return synthetic_expressions(N_FRAMES)
+
+
+@pytest.fixture(scope="module")
+def avatar() -> Avatar:
+    return Avatar(np.random.default_rng(0).standard_normal((1, FLEX1.n_head_tokens, FLEX1.d_hidden))
+                  .astype(np.float32) * 0.5)
+
+
+@pytest.fixture(scope="module")
+def reference_frame(flex1_bundle, flex1_model, avatar, expressions) -> np.ndarray:
+    """Frame 0 by the PyTorch model (CPU, fp32) and the reference rasterizer: the correctness check."""
+    rt = Runtime(flex1_bundle, backend="torch", device="cpu", rasterizer="reference", model=flex1_model,
+                 verify="size")
+    camera = orbit_camera(N_FRAMES)
+    return rt.render(avatar, expressions[:1], Camera(camera.cam2world[0], camera.intrinsics), SIZE, SIZE,
+                     output="float")[0, ..., :3]
+
+
+def _skip_unless_runnable(engine: str, device: str, bundle: Path):
+    if engine == "openvino" and not any(bundle.glob("decoder.*.xml")):
+        pytest.skip("the GPU machine's bundle holds no OpenVINO IR (a CPU engine, measured on CPU machines)")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA device (torch.cuda.is_available() is False)")
+        if engine == "onnxruntime":
+            ort = pytest.importorskip("onnxruntime")
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                pytest.skip("this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)")
+
+
+@pytest.mark.parametrize("label,engine,device,precision,rasterizer,graphs", CASES,
+                         ids=[f"{c[0]}-{c[3]}" for c in CASES])
+def test_whole_frame(benchmark, bench_meta, flex1_bundle, flex1_model, avatar, expressions, reference_frame,
+                     label, engine, device, precision, rasterizer, graphs):
+    _skip_unless_runnable(engine, device, flex1_bundle)
+    rt = Runtime(flex1_bundle, backend=engine, device=device, rasterizer=rasterizer, precision=precision,
+                 cuda_graphs=graphs, verify="size", model=flex1_model if engine == "torch" else None)
+    cameras = orbit_camera(N_FRAMES)
+    bench_meta(stage="whole_frame", backend=label, size="flex1", device=device, dtype=precision,
+               flops=DECODE_FLOPS, frames=1, rasterizer=rt.rasterizer, runtime=rt.describe())
+    first = rt.render(avatar, expressions[:1], Camera(cameras.cam2world[0], cameras.intrinsics), SIZE, SIZE,
+                      output="float")[0, ..., :3]
+    step = iter(range(10**9))
+
+    def frame():
+        i = next(step) % N_FRAMES                  # the pixels reach the host: the whole frame is timed
+        return rt.render(avatar, expressions[i:i + 1], Camera(cameras.cam2world[i], cameras.intrinsics), SIZE, SIZE)
+
+    cpu = device == "cpu"
+    out = benchmark.pedantic(frame, rounds=3 if cpu else 100, warmup_rounds=1 if cpu else 10)
+    assert out.shape == (1, SIZE, SIZE, 3) and out.dtype == np.uint8
+    diff = np.abs(first.astype(np.float64) - reference_frame)
+    mse = float(np.mean((np.clip(first, 0, 1) - np.clip(reference_frame, 0, 1)) ** 2))
+    psnr = 10 * np.log10(1 / max(mse, 1e-20))
+    print(f"\n{label} {precision}: {rt.describe()}; frame 0 vs PyTorch + reference: mean abs {diff.mean():.2e}, "
+          f"max {diff.max():.2e}, PSNR {psnr:.1f} dB")
+    if precision == "fp32":
+        assert diff.mean() <= 1e-3 and diff.max() <= 2 / 255 + 1e-6
+    else:
+        assert psnr >= 35.0

@@ -1,0 +1,175 @@
+/* flexavatar C API: load an exported avatar bundle and render frames, without Python.
+ *
+ *   flexavatar_runtime_options options;
+ *   flexavatar_runtime_options_init(&options);
+ *   flexavatar_runtime* rt = NULL;
+ *   if (flexavatar_runtime_create("bundle/", &options, &rt) != FLEXAVATAR_OK) {
+ *     fprintf(stderr, "%s\n", flexavatar_last_error());
+ *   }
+ *   flexavatar_runtime_load_avatar_code(rt, "avatar_code.npy");   // or set_avatar_code(rt, floats, n)
+ *   flexavatar_frame frame;
+ *   flexavatar_runtime_render(rt, expression_135, &camera, &frame);  // frame.rgba: [H, W, 4] uint8
+ *   flexavatar_runtime_destroy(rt);
+ *
+ * Rules of the interface (stable across minor versions; FLEXAVATAR_API_VERSION counts breaking changes):
+ *  - Every fallible function returns a flexavatar_status; on failure the calling thread's last-error
+ *    message (flexavatar_last_error) says which argument was wrong and what was expected. No C++
+ *    exception ever crosses this interface.
+ *  - Handles are opaque, created by *_create and released by *_destroy (NULL is accepted and ignored).
+ *    A NULL handle, or one already destroyed, gives FLEXAVATAR_ERROR_INVALID_HANDLE, not a crash
+ *    (handles are checked against a registry of live ones).
+ *  - Buffers returned in flexavatar_gaussians / flexavatar_frame belong to the runtime and stay valid
+ *    until the next decode/render call on it, or its destruction. The runtime reuses them: after the
+ *    first frame nothing is allocated per frame.
+ *  - One runtime is used by one thread at a time (calls on one runtime are serialised by a lock);
+ *    different runtimes may be used from different threads.
+ *  - Option structs carry their own size (struct_size) so later versions can append fields.
+ *
+ * Conventions are those of the bundle's manifest (flexavatar/bundle.py): OpenCV camera axes, cam2world
+ * 4x4 row-major, intrinsics normalised by the image size, quaternions wxyz, colour = SH degree-0,
+ * expressions are the 135-d FLEX code, the avatar code is [R², D] float32 (the .npy file's (R², 1, D)).
+ */
+#ifndef FLEXAVATAR_FLEXAVATAR_H_
+#define FLEXAVATAR_FLEXAVATAR_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32)
+#if defined(FLEXAVATAR_RUNTIME_BUILDING)
+#define FLEXAVATAR_API __declspec(dllexport)
+#else
+#define FLEXAVATAR_API __declspec(dllimport)
+#endif
+#else
+#define FLEXAVATAR_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Incremented on every incompatible change of this header. */
+#define FLEXAVATAR_API_VERSION 1
+
+typedef enum flexavatar_status {
+  FLEXAVATAR_OK = 0,
+  FLEXAVATAR_ERROR_NULL_POINTER = 1,     /* a required pointer argument is NULL */
+  FLEXAVATAR_ERROR_INVALID_SIZE = 2,     /* a count or size is wrong (message: expected vs got) */
+  FLEXAVATAR_ERROR_INVALID_ARGUMENT = 3, /* any other bad argument value */
+  FLEXAVATAR_ERROR_UNAVAILABLE = 4,      /* a requested device / library is not available */
+  FLEXAVATAR_ERROR_DEVICE = 5,           /* a device call failed */
+  FLEXAVATAR_ERROR_OUT_OF_MEMORY = 6,
+  FLEXAVATAR_ERROR_INVALID_HANDLE = 7,   /* NULL, destroyed or foreign handle */
+  FLEXAVATAR_ERROR_BUNDLE_INVALID = 8,   /* manifest.json missing, not JSON, wrong schema or field */
+  FLEXAVATAR_ERROR_BUNDLE_FILE_MISSING = 9,
+  FLEXAVATAR_ERROR_BUNDLE_HASH_MISMATCH = 10, /* a file's size or sha256 differs from the manifest */
+  FLEXAVATAR_ERROR_MODEL = 11,           /* ONNX Runtime could not load or run a model */
+  FLEXAVATAR_ERROR_NO_AVATAR_CODE = 12,  /* render/decode before an avatar code was set */
+  FLEXAVATAR_ERROR_IO = 13,              /* reading a file failed */
+  FLEXAVATAR_ERROR_INTERNAL = 14         /* a bug: please report the message */
+} flexavatar_status;
+
+typedef enum flexavatar_device {
+  FLEXAVATAR_DEVICE_AUTO = 0, /* CUDA execution provider when available, else CPU */
+  FLEXAVATAR_DEVICE_CPU = 1,
+  FLEXAVATAR_DEVICE_CUDA = 2  /* fails with FLEXAVATAR_ERROR_UNAVAILABLE when ONNX Runtime has no CUDA */
+} flexavatar_device;
+
+typedef enum flexavatar_verify {
+  FLEXAVATAR_VERIFY_FULL = 0, /* sizes and sha256 of every file (default) */
+  FLEXAVATAR_VERIFY_SIZE = 1, /* existence and sizes only */
+  FLEXAVATAR_VERIFY_NONE = 2
+} flexavatar_verify;
+
+typedef struct flexavatar_runtime flexavatar_runtime; /* opaque */
+
+typedef struct flexavatar_runtime_options {
+  uint32_t struct_size; /* sizeof(flexavatar_runtime_options); set by flexavatar_runtime_options_init */
+  int32_t device;       /* flexavatar_device */
+  int32_t verify;       /* flexavatar_verify */
+  int32_t num_threads;  /* CPU threads for ONNX Runtime and the rasterizer; 0 = all cores */
+  int32_t cuda_device;  /* CUDA device ordinal (device CUDA / AUTO) */
+} flexavatar_runtime_options;
+
+typedef struct flexavatar_runtime_info {
+  uint32_t struct_size;     /* set by the caller: sizeof(flexavatar_runtime_info) */
+  int64_t num_gaussians;    /* G */
+  int64_t num_head_tokens;  /* R² (avatar code rows) */
+  int64_t code_dim;         /* D */
+  int64_t expression_dim;   /* 135 */
+  int64_t image_size;       /* S of the encoder (the default render size) */
+  int32_t has_bundle_avatar_code; /* the bundle carries avatar_code.npy */
+  char decoder_provider[64];      /* e.g. "CPUExecutionProvider" */
+} flexavatar_runtime_info;
+
+/* A decoded frame's Gaussians, [G, ...] float32 each, owned by the runtime. */
+typedef struct flexavatar_gaussians {
+  int64_t num_gaussians;
+  const float* means;     /* [G, 3] */
+  const float* quats;     /* [G, 4] wxyz */
+  const float* scales;    /* [G, 3] */
+  const float* opacities; /* [G] */
+  const float* sh0;       /* [G, 3] */
+} flexavatar_gaussians;
+
+typedef struct flexavatar_camera {
+  float cam2world[16];   /* row-major 4x4, OpenCV axes */
+  float intrinsics[9];   /* row-major 3x3, normalised (rows 0-1 divided by width / height) */
+  int32_t width, height; /* pixels, 1 .. 16384 */
+  float background[3];   /* RGB in [0, 1] */
+} flexavatar_camera;
+
+/* A rendered frame, owned by the runtime (host memory). */
+typedef struct flexavatar_frame {
+  int32_t width, height;
+  const uint8_t* rgba; /* [H, W, 4]: colour over the background, alpha = coverage */
+  const float* rgb;    /* [H, W, 3] float colour over the background */
+  const float* alpha;  /* [H, W] */
+  const float* depth;  /* [H, W] expected depth */
+} flexavatar_frame;
+
+/* ---- library ---- */
+FLEXAVATAR_API uint32_t flexavatar_api_version(void);    /* FLEXAVATAR_API_VERSION of the library */
+FLEXAVATAR_API const char* flexavatar_version(void);     /* package version, e.g. "0.1.0" */
+FLEXAVATAR_API const char* flexavatar_status_name(flexavatar_status status);
+/* Message of the last failed call on this thread ("" if none); valid until this thread's next call. */
+FLEXAVATAR_API const char* flexavatar_last_error(void);
+
+/* ---- runtime ---- */
+FLEXAVATAR_API void flexavatar_runtime_options_init(flexavatar_runtime_options* options);
+/* Opens and validates the bundle folder (manifest, files, hashes) and creates the decoder session.
+ * options may be NULL (defaults). On failure *out is set to NULL. */
+FLEXAVATAR_API flexavatar_status flexavatar_runtime_create(const char* bundle_dir,
+                                                           const flexavatar_runtime_options* options,
+                                                           flexavatar_runtime** out);
+FLEXAVATAR_API void flexavatar_runtime_destroy(flexavatar_runtime* runtime);
+FLEXAVATAR_API flexavatar_status flexavatar_runtime_get_info(const flexavatar_runtime* runtime,
+                                                             flexavatar_runtime_info* info);
+
+/* The avatar code, [R², D] float32 (count = R²·D). */
+FLEXAVATAR_API flexavatar_status flexavatar_runtime_set_avatar_code(flexavatar_runtime* runtime, const float* code,
+                                                                    int64_t count);
+/* Reads an avatar code .npy file ((R², 1, D) or (1, R², D) or (R², D) float32, little endian);
+ * npy_path NULL reads the bundle's own avatar_code.npy (hash-checked). */
+FLEXAVATAR_API flexavatar_status flexavatar_runtime_load_avatar_code(flexavatar_runtime* runtime,
+                                                                     const char* npy_path);
+
+/* Runs the decoder on one expression (expression_dim floats). */
+FLEXAVATAR_API flexavatar_status flexavatar_runtime_decode(flexavatar_runtime* runtime, const float* expression,
+                                                           int64_t expression_count, flexavatar_gaussians* out);
+/* decode + rasterize: one RGBA frame. */
+FLEXAVATAR_API flexavatar_status flexavatar_runtime_render(flexavatar_runtime* runtime, const float* expression,
+                                                           int64_t expression_count,
+                                                           const flexavatar_camera* camera, flexavatar_frame* out);
+
+/* The bundle's default camera: the avatar photo's camera when the bundle has one, else a frontal camera
+ * 1 m in front of the head with the encoder's field of view; image_size x image_size, white background. */
+FLEXAVATAR_API flexavatar_status flexavatar_runtime_default_camera(const flexavatar_runtime* runtime,
+                                                                   flexavatar_camera* camera);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FLEXAVATAR_FLEXAVATAR_H_ */

@@ -1,0 +1,92 @@
+// Header-only C++ wrapper over the C API (flexavatar.h): RAII ownership of the runtime handle and
+// exceptions (flexavatar::Error, with the status code and message) on the C++ side of the boundary.
+//
+//   flexavatar::Runtime rt("bundle/");            // throws flexavatar::Error on failure
+//   rt.load_avatar_code("avatar_code.npy");
+//   flexavatar_frame frame = rt.render(expression, rt.default_camera());
+#pragma once
+
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "flexavatar/flexavatar.h"
+
+namespace flexavatar {
+
+class Error : public std::runtime_error {
+ public:
+  Error(flexavatar_status status, const std::string& message)
+      : std::runtime_error(std::string(flexavatar_status_name(status)) + ": " + message), status_(status) {}
+  flexavatar_status status() const noexcept { return status_; }
+
+ private:
+  flexavatar_status status_;
+};
+
+inline void check(flexavatar_status status) {
+  if (status != FLEXAVATAR_OK) throw Error(status, flexavatar_last_error());
+}
+
+class Runtime {
+ public:
+  explicit Runtime(const std::string& bundle_dir, const flexavatar_runtime_options* options = nullptr) {
+    check(flexavatar_runtime_create(bundle_dir.c_str(), options, &handle_));
+  }
+  ~Runtime() { flexavatar_runtime_destroy(handle_); }
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+  Runtime(Runtime&& other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}
+  Runtime& operator=(Runtime&& other) noexcept {
+    if (this != &other) {
+      flexavatar_runtime_destroy(handle_);
+      handle_ = std::exchange(other.handle_, nullptr);
+    }
+    return *this;
+  }
+
+  flexavatar_runtime* get() const noexcept { return handle_; }
+
+  flexavatar_runtime_info info() const {
+    flexavatar_runtime_info out{};
+    out.struct_size = sizeof(out);
+    check(flexavatar_runtime_get_info(handle_, &out));
+    return out;
+  }
+  void set_avatar_code(const std::vector<float>& code) {
+    check(flexavatar_runtime_set_avatar_code(handle_, code.data(), static_cast<int64_t>(code.size())));
+  }
+  // Empty path: the bundle's own avatar_code.npy.
+  void load_avatar_code(const std::string& npy_path = std::string()) {
+    check(flexavatar_runtime_load_avatar_code(handle_, npy_path.empty() ? nullptr : npy_path.c_str()));
+  }
+  flexavatar_camera default_camera() const {
+    flexavatar_camera camera{};
+    check(flexavatar_runtime_default_camera(handle_, &camera));
+    return camera;
+  }
+  // The returned views point into the runtime's buffers: valid until the next decode/render.
+  flexavatar_gaussians decode(const std::vector<float>& expression) {
+    flexavatar_gaussians out{};
+    check(flexavatar_runtime_decode(handle_, expression.data(), static_cast<int64_t>(expression.size()), &out));
+    return out;
+  }
+  flexavatar_frame render(const std::vector<float>& expression, const flexavatar_camera& camera) {
+    flexavatar_frame out{};
+    check(flexavatar_runtime_render(handle_, expression.data(), static_cast<int64_t>(expression.size()), &camera,
+                                    &out));
+    return out;
+  }
+
+ private:
+  flexavatar_runtime* handle_ = nullptr;
+};
+
+inline flexavatar_runtime_options default_options() {
+  flexavatar_runtime_options options;
+  flexavatar_runtime_options_init(&options);
+  return options;
+}
+
+}  // namespace flexavatar

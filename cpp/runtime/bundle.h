@@ -1,0 +1,35 @@
+// An exported bundle folder: its validated manifest, checked files, and the avatar code .npy reader.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "flexavatar/status.h"
+#include "manifest.h"
+
+namespace flexavatar {
+namespace runtime {
+
+enum class Verify { kFull = 0, kSize = 1, kNone = 2 };
+
+struct Bundle {
+  std::string root;
+  Manifest manifest;
+  std::string path(const std::string& relative) const { return root + "/" + relative; }
+};
+
+// Reads manifest.json and checks every listed file (exists; size; sha256 with Verify::kFull).
+Status open_bundle(const std::string& root, Verify verify, Bundle* out);
+// One file against its record: kBundleFileMissing / kBundleHashMismatch with the file named.
+Status verify_file(const std::string& root, const FileRecord& record, bool hashes);
+
+// A float32 little-endian C-order .npy file: shape and values. Other dtypes / orders are rejected.
+struct NpyArray {
+  std::vector<int64_t> shape;
+  std::vector<float> values;
+};
+Status read_npy_float32(const std::string& path, NpyArray* out);
+Status parse_npy_float32(const unsigned char* bytes, size_t size, const std::string& where, NpyArray* out);
+
+}  // namespace runtime
+}  // namespace flexavatar

@@ -1,0 +1,233 @@
+// The C API (flexavatar/flexavatar.h) over Runtime: handle registry, thread-local last error, and a
+// catch-all around every call so that no C++ exception crosses the C boundary.
+#include "flexavatar/flexavatar.h"
+
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <string>
+#include <unordered_set>
+
+#include "flexavatar/build_info.h"
+#include "runtime.h"
+
+using flexavatar::Status;
+using flexavatar::StatusCode;
+using flexavatar::runtime::Runtime;
+
+struct flexavatar_runtime {
+  std::mutex mutex;  // serialises calls on one runtime
+  std::unique_ptr<Runtime> impl;
+};
+
+namespace {
+
+thread_local std::string t_last_error;
+
+// Live handles: a destroyed or foreign pointer is reported, never dereferenced.
+std::mutex g_registry_mutex;
+std::unordered_set<const flexavatar_runtime*>& registry() {
+  static auto* live = new std::unordered_set<const flexavatar_runtime*>();  // never destroyed: usable at exit
+  return *live;
+}
+
+flexavatar_status fail(StatusCode code, const std::string& message) {
+  t_last_error = message;
+  return static_cast<flexavatar_status>(code);
+}
+
+flexavatar_status report(const Status& s) {
+  if (s.ok()) {
+    t_last_error.clear();
+    return FLEXAVATAR_OK;
+  }
+  return fail(s.code(), s.message());
+}
+
+// Runs body() under the handle's lock if the handle is live; maps exceptions to status codes.
+template <class Body>
+flexavatar_status with_runtime(const flexavatar_runtime* handle, const char* function, Body body) {
+  try {
+    if (!handle) return fail(StatusCode::kInvalidHandle, std::string(function) + ": runtime handle is NULL");
+    flexavatar_runtime* rt = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(g_registry_mutex);
+      if (registry().count(handle)) rt = const_cast<flexavatar_runtime*>(handle);
+    }
+    if (!rt)
+      return fail(StatusCode::kInvalidHandle,
+                  std::string(function) + ": not a live runtime handle (already destroyed, or not from "
+                                          "flexavatar_runtime_create)");
+    std::lock_guard<std::mutex> lock(rt->mutex);
+    return report(body(*rt->impl));
+  } catch (const std::bad_alloc&) {
+    return fail(StatusCode::kOutOfMemory, std::string(function) + ": out of memory");
+  } catch (const std::exception& e) {
+    return fail(StatusCode::kInternal, std::string(function) + ": unexpected error: " + e.what());
+  } catch (...) {
+    return fail(StatusCode::kInternal, std::string(function) + ": unexpected error");
+  }
+}
+
+bool sized_ok(uint32_t struct_size, size_t minimum) { return struct_size >= minimum; }
+
+}  // namespace
+
+extern "C" {
+
+uint32_t flexavatar_api_version(void) { return FLEXAVATAR_API_VERSION; }
+
+const char* flexavatar_version(void) { return flexavatar::build_info().version; }
+
+const char* flexavatar_status_name(flexavatar_status status) {
+  return flexavatar::status_code_name(static_cast<StatusCode>(status));
+}
+
+const char* flexavatar_last_error(void) { return t_last_error.c_str(); }
+
+void flexavatar_runtime_options_init(flexavatar_runtime_options* options) {
+  if (!options) return;
+  std::memset(options, 0, sizeof(*options));
+  options->struct_size = sizeof(*options);
+  options->device = FLEXAVATAR_DEVICE_AUTO;
+  options->verify = FLEXAVATAR_VERIFY_FULL;
+}
+
+flexavatar_status flexavatar_runtime_create(const char* bundle_dir, const flexavatar_runtime_options* options,
+                                            flexavatar_runtime** out) {
+  try {
+    if (!out) return fail(StatusCode::kNullPointer, "flexavatar_runtime_create: out is NULL");
+    *out = nullptr;
+    if (!bundle_dir) return fail(StatusCode::kNullPointer, "flexavatar_runtime_create: bundle_dir is NULL");
+    flexavatar_runtime_options defaults;
+    flexavatar_runtime_options_init(&defaults);
+    if (options) {
+      if (!sized_ok(options->struct_size, offsetof(flexavatar_runtime_options, cuda_device) + sizeof(int32_t)))
+        return fail(StatusCode::kInvalidArgument,
+                    "flexavatar_runtime_create: options->struct_size is " + std::to_string(options->struct_size) +
+                        ", expected sizeof(flexavatar_runtime_options) = " + std::to_string(sizeof(defaults)) +
+                        " (call flexavatar_runtime_options_init)");
+      defaults = *options;
+    }
+    if (defaults.device < FLEXAVATAR_DEVICE_AUTO || defaults.device > FLEXAVATAR_DEVICE_CUDA)
+      return fail(StatusCode::kInvalidArgument, "options.device is " + std::to_string(defaults.device) +
+                                                    ", expected FLEXAVATAR_DEVICE_AUTO (0), CPU (1) or CUDA (2)");
+    if (defaults.verify < FLEXAVATAR_VERIFY_FULL || defaults.verify > FLEXAVATAR_VERIFY_NONE)
+      return fail(StatusCode::kInvalidArgument, "options.verify is " + std::to_string(defaults.verify) +
+                                                    ", expected FLEXAVATAR_VERIFY_FULL (0), SIZE (1) or NONE (2)");
+    if (defaults.num_threads < 0 || defaults.num_threads > 4096)
+      return fail(StatusCode::kInvalidArgument,
+                  "options.num_threads is " + std::to_string(defaults.num_threads) + ", expected 0 (all) .. 4096");
+    flexavatar::runtime::RuntimeOptions opts;
+    opts.device = static_cast<flexavatar::runtime::Device>(defaults.device);
+    opts.verify = static_cast<flexavatar::runtime::Verify>(defaults.verify);
+    opts.num_threads = defaults.num_threads;
+    opts.cuda_device = defaults.cuda_device;
+    std::unique_ptr<Runtime> impl;
+    Status s = Runtime::create(bundle_dir, opts, &impl);
+    if (!s.ok()) return report(s);
+    auto* handle = new flexavatar_runtime();
+    handle->impl = std::move(impl);
+    {
+      std::lock_guard<std::mutex> lock(g_registry_mutex);
+      registry().insert(handle);
+    }
+    *out = handle;
+    return report(Status::ok_status());
+  } catch (const std::bad_alloc&) {
+    return fail(StatusCode::kOutOfMemory, "flexavatar_runtime_create: out of memory");
+  } catch (const std::exception& e) {
+    return fail(StatusCode::kInternal, std::string("flexavatar_runtime_create: unexpected error: ") + e.what());
+  } catch (...) {
+    return fail(StatusCode::kInternal, "flexavatar_runtime_create: unexpected error");
+  }
+}
+
+void flexavatar_runtime_destroy(flexavatar_runtime* runtime) {
+  if (!runtime) return;
+  {
+    std::lock_guard<std::mutex> lock(g_registry_mutex);
+    if (registry().erase(runtime) == 0) return;  // double destroy or foreign pointer: ignored
+  }
+  { std::lock_guard<std::mutex> wait(runtime->mutex); }  // let a call in flight finish
+  try {
+    delete runtime;
+  } catch (...) {  // destructors do not throw; belt and braces at a C boundary
+  }
+}
+
+flexavatar_status flexavatar_runtime_get_info(const flexavatar_runtime* runtime, flexavatar_runtime_info* info) {
+  return with_runtime(runtime, "flexavatar_runtime_get_info", [&](Runtime& rt) {
+    if (!info) return Status(StatusCode::kNullPointer, "flexavatar_runtime_get_info: info is NULL");
+    if (!sized_ok(info->struct_size, sizeof(flexavatar_runtime_info)))
+      return Status(StatusCode::kInvalidArgument, "flexavatar_runtime_get_info: info->struct_size is " +
+                                                      std::to_string(info->struct_size) + ", expected " +
+                                                      std::to_string(sizeof(flexavatar_runtime_info)));
+    info->num_gaussians = rt.num_gaussians();
+    info->num_head_tokens = rt.num_head_tokens();
+    info->code_dim = rt.code_dim();
+    info->expression_dim = rt.expression_dim();
+    info->image_size = rt.image_size();
+    info->has_bundle_avatar_code = rt.has_bundle_avatar_code() ? 1 : 0;
+    std::memset(info->decoder_provider, 0, sizeof(info->decoder_provider));
+    std::strncpy(info->decoder_provider, rt.decoder_provider().c_str(), sizeof(info->decoder_provider) - 1);
+    return Status::ok_status();
+  });
+}
+
+flexavatar_status flexavatar_runtime_set_avatar_code(flexavatar_runtime* runtime, const float* code, int64_t count) {
+  return with_runtime(runtime, "flexavatar_runtime_set_avatar_code",
+                      [&](Runtime& rt) { return rt.set_avatar_code(code, count); });
+}
+
+flexavatar_status flexavatar_runtime_load_avatar_code(flexavatar_runtime* runtime, const char* npy_path) {
+  return with_runtime(runtime, "flexavatar_runtime_load_avatar_code",
+                      [&](Runtime& rt) { return rt.load_avatar_code(npy_path ? npy_path : ""); });
+}
+
+flexavatar_status flexavatar_runtime_decode(flexavatar_runtime* runtime, const float* expression,
+                                            int64_t expression_count, flexavatar_gaussians* out) {
+  return with_runtime(runtime, "flexavatar_runtime_decode", [&](Runtime& rt) {
+    if (!out) return Status(StatusCode::kNullPointer, "flexavatar_runtime_decode: out is NULL");
+    flexavatar::runtime::GaussiansView g;
+    Status s = rt.decode(expression, expression_count, &g);
+    if (!s.ok()) return s;
+    *out = flexavatar_gaussians{g.num_gaussians, g.means, g.quats, g.scales, g.opacities, g.sh0};
+    return s;
+  });
+}
+
+flexavatar_status flexavatar_runtime_render(flexavatar_runtime* runtime, const float* expression,
+                                            int64_t expression_count, const flexavatar_camera* camera,
+                                            flexavatar_frame* out) {
+  return with_runtime(runtime, "flexavatar_runtime_render", [&](Runtime& rt) {
+    if (!camera) return Status(StatusCode::kNullPointer, "flexavatar_runtime_render: camera is NULL");
+    if (!out) return Status(StatusCode::kNullPointer, "flexavatar_runtime_render: out is NULL");
+    flexavatar::runtime::Camera cam;
+    std::memcpy(cam.cam2world, camera->cam2world, sizeof(cam.cam2world));
+    std::memcpy(cam.intrinsics, camera->intrinsics, sizeof(cam.intrinsics));
+    cam.width = camera->width;
+    cam.height = camera->height;
+    std::memcpy(cam.background, camera->background, sizeof(cam.background));
+    flexavatar::runtime::FrameView f;
+    Status s = rt.render(expression, expression_count, cam, &f);
+    if (!s.ok()) return s;
+    *out = flexavatar_frame{f.width, f.height, f.rgba, f.rgb, f.alpha, f.depth};
+    return s;
+  });
+}
+
+flexavatar_status flexavatar_runtime_default_camera(const flexavatar_runtime* runtime, flexavatar_camera* camera) {
+  return with_runtime(runtime, "flexavatar_runtime_default_camera", [&](Runtime& rt) {
+    if (!camera) return Status(StatusCode::kNullPointer, "flexavatar_runtime_default_camera: camera is NULL");
+    const flexavatar::runtime::Camera cam = rt.default_camera();
+    std::memcpy(camera->cam2world, cam.cam2world, sizeof(cam.cam2world));
+    std::memcpy(camera->intrinsics, cam.intrinsics, sizeof(cam.intrinsics));
+    camera->width = cam.width;
+    camera->height = cam.height;
+    std::memcpy(camera->background, cam.background, sizeof(cam.background));
+    return Status::ok_status();
+  });
+}
+
+}  // extern "C"

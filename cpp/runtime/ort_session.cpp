@@ -1,0 +1,217 @@
+#include "ort_session.h"
+
+#include <dlfcn.h>
+#include <sys/stat.h>
+
+#include <mutex>
+
+namespace flexavatar {
+namespace runtime {
+namespace {
+
+const OrtApi* g_api = nullptr;
+
+// One ORT environment per process (ORT's rule), shared by all sessions and released with the last one.
+Status shared_env(const OrtApi* api, std::shared_ptr<OrtEnv>* out) {
+  static std::mutex mutex;
+  static std::weak_ptr<OrtEnv> current;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (auto env = current.lock()) {
+    *out = env;
+    return Status::ok_status();
+  }
+  OrtEnv* raw = nullptr;
+  if (OrtStatus* s = api->CreateEnv(ORT_LOGGING_LEVEL_ERROR, "flexavatar", &raw)) {
+    const std::string message = api->GetErrorMessage(s);
+    api->ReleaseStatus(s);
+    return Status(StatusCode::kModelError, "ONNX Runtime: CreateEnv failed: " + message);
+  }
+  std::shared_ptr<OrtEnv> env(raw, [api](OrtEnv* p) { api->ReleaseEnv(p); });
+  current = env;
+  *out = env;
+  return Status::ok_status();
+}
+
+// Whether ORT's CUDA provider bridge lies beside the loaded ORT library (ORT loads it from there). The
+// CPU-only wheel has none; asking it for CUDA would log a loader error on every session.
+bool cuda_provider_present(std::string* reason) {
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void*>(&OrtGetApiBase), &info) == 0 || !info.dli_fname) return true;  // let ORT decide
+  std::string dir = info.dli_fname;
+  const size_t slash = dir.find_last_of('/');
+  dir = slash == std::string::npos ? std::string(".") : dir.substr(0, slash);
+  const std::string bridge = dir + "/libonnxruntime_providers_cuda.so";
+  struct stat st;
+  if (::stat(bridge.c_str(), &st) == 0) return true;
+  *reason = "this ONNX Runtime build has no CUDA execution provider (no " + bridge + ")";
+  return false;
+}
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + (shape[i] < 0 ? "?" : std::to_string(shape[i]));
+  return s + "]";
+}
+
+}  // namespace
+
+Status ort_api(const OrtApi** out) {
+  static std::once_flag once;
+  std::call_once(once, [] { g_api = OrtGetApiBase()->GetApi(ORT_API_VERSION); });
+  if (!g_api)
+    return Status(StatusCode::kUnavailable, "the ONNX Runtime library (" +
+                                                std::string(OrtGetApiBase()->GetVersionString()) +
+                                                ") does not serve C API version " + std::to_string(ORT_API_VERSION));
+  *out = g_api;
+  return Status::ok_status();
+}
+
+void OrtDeleter::operator()(OrtEnv* p) const { g_api->ReleaseEnv(p); }
+void OrtDeleter::operator()(OrtSession* p) const { g_api->ReleaseSession(p); }
+void OrtDeleter::operator()(OrtSessionOptions* p) const { g_api->ReleaseSessionOptions(p); }
+void OrtDeleter::operator()(OrtValue* p) const { g_api->ReleaseValue(p); }
+void OrtDeleter::operator()(OrtIoBinding* p) const { g_api->ReleaseIoBinding(p); }
+void OrtDeleter::operator()(OrtMemoryInfo* p) const { g_api->ReleaseMemoryInfo(p); }
+void OrtDeleter::operator()(OrtTypeInfo* p) const { g_api->ReleaseTypeInfo(p); }
+
+Status OrtModel::check(OrtStatus* status, const std::string& what) const {
+  if (!status) return Status::ok_status();
+  const std::string message = api_->GetErrorMessage(status);
+  const OrtErrorCode code = api_->GetErrorCode(status);
+  api_->ReleaseStatus(status);
+  return Status(code == ORT_NO_SUCHFILE ? StatusCode::kBundleFileMissing : StatusCode::kModelError,
+                "ONNX Runtime: " + what + " (" + path_ + "): " + message);
+}
+
+OrtModel::~OrtModel() {
+  binding_.reset();  // before the values it references and the session
+  bound_values_.clear();
+  session_.reset();
+}
+
+Status OrtModel::open(const std::string& path, const SessionConfig& config, std::unique_ptr<OrtModel>* out) {
+  std::unique_ptr<OrtModel> model(new OrtModel());
+  model->path_ = path;
+  Status s = ort_api(&model->api_);
+  if (!s.ok()) return s;
+  const OrtApi* api = model->api_;
+  s = shared_env(api, &model->env_);
+  if (!s.ok()) return s;
+
+  OrtSessionOptions* raw_options = nullptr;
+  s = model->check(api->CreateSessionOptions(&raw_options), "CreateSessionOptions");
+  if (!s.ok()) return s;
+  OrtPtr<OrtSessionOptions> options(raw_options);
+  if (config.num_threads > 0) {
+    s = model->check(api->SetIntraOpNumThreads(options.get(), config.num_threads), "SetIntraOpNumThreads");
+    if (!s.ok()) return s;
+  }
+  s = model->check(api->SetSessionGraphOptimizationLevel(options.get(), ORT_ENABLE_ALL), "graph optimisation level");
+  if (!s.ok()) return s;
+
+  model->provider_ = "CPUExecutionProvider";
+  const bool cuda_possible = (config.try_cuda || config.require_cuda) &&
+                             (config.require_cuda || cuda_provider_present(&model->cuda_fallback_reason_));
+  if (cuda_possible) {
+    OrtCUDAProviderOptions cuda{};
+    cuda.device_id = config.cuda_device;
+    cuda.arena_extend_strategy = 0;
+    cuda.gpu_mem_limit = SIZE_MAX;
+    cuda.do_copy_in_default_stream = 1;
+    OrtStatus* cuda_status = api->SessionOptionsAppendExecutionProvider_CUDA(options.get(), &cuda);
+    if (cuda_status) {
+      model->cuda_fallback_reason_ = api->GetErrorMessage(cuda_status);
+      api->ReleaseStatus(cuda_status);
+      if (config.require_cuda)
+        return Status(StatusCode::kUnavailable, "device CUDA was requested but ONNX Runtime cannot use CUDA: " +
+                                                    model->cuda_fallback_reason_);
+    } else {
+      model->provider_ = "CUDAExecutionProvider";
+    }
+  }
+
+  OrtSession* raw_session = nullptr;
+  s = model->check(api->CreateSession(model->env_.get(), path.c_str(), options.get(), &raw_session), "CreateSession");
+  if (!s.ok()) return s;
+  model->session_.reset(raw_session);
+
+  OrtAllocator* allocator = nullptr;
+  s = model->check(api->GetAllocatorWithDefaultOptions(&allocator), "GetAllocatorWithDefaultOptions");
+  if (!s.ok()) return s;
+  for (int pass = 0; pass < 2; ++pass) {
+    size_t count = 0;
+    s = model->check(pass == 0 ? api->SessionGetInputCount(raw_session, &count)
+                               : api->SessionGetOutputCount(raw_session, &count), "tensor count");
+    if (!s.ok()) return s;
+    auto& infos = pass == 0 ? model->inputs_ : model->outputs_;
+    for (size_t i = 0; i < count; ++i) {
+      TensorInfo info;
+      char* name = nullptr;
+      s = model->check(pass == 0 ? api->SessionGetInputName(raw_session, i, allocator, &name)
+                                 : api->SessionGetOutputName(raw_session, i, allocator, &name), "tensor name");
+      if (!s.ok()) return s;
+      info.name = name;
+      if (OrtStatus* freed = api->AllocatorFree(allocator, name)) api->ReleaseStatus(freed);
+      OrtTypeInfo* raw_type = nullptr;
+      s = model->check(pass == 0 ? api->SessionGetInputTypeInfo(raw_session, i, &raw_type)
+                                 : api->SessionGetOutputTypeInfo(raw_session, i, &raw_type), "tensor type");
+      if (!s.ok()) return s;
+      OrtPtr<OrtTypeInfo> type(raw_type);
+      const OrtTensorTypeAndShapeInfo* tensor = nullptr;
+      s = model->check(api->CastTypeInfoToTensorInfo(type.get(), &tensor), "tensor info");
+      if (!s.ok()) return s;
+      if (!tensor) return Status(StatusCode::kModelError, path + ": " + info.name + " is not a tensor");
+      size_t dims = 0;
+      s = model->check(api->GetDimensionsCount(tensor, &dims), "dimension count");
+      if (!s.ok()) return s;
+      info.shape.resize(dims);
+      s = model->check(api->GetDimensions(tensor, info.shape.data(), dims), "dimensions");
+      if (!s.ok()) return s;
+      s = model->check(api->GetTensorElementType(tensor, &info.type), "element type");
+      if (!s.ok()) return s;
+      infos.push_back(info);
+    }
+  }
+
+  OrtMemoryInfo* raw_memory = nullptr;
+  s = model->check(api->CreateCpuMemoryInfo(OrtDeviceAllocator, OrtMemTypeDefault, &raw_memory), "memory info");
+  if (!s.ok()) return s;
+  model->cpu_memory_.reset(raw_memory);
+  OrtIoBinding* raw_binding = nullptr;
+  s = model->check(api->CreateIoBinding(raw_session, &raw_binding), "CreateIoBinding");
+  if (!s.ok()) return s;
+  model->binding_.reset(raw_binding);
+  *out = std::move(model);
+  return Status::ok_status();
+}
+
+Status OrtModel::bind_input(const std::string& name, float* data, const std::vector<int64_t>& shape) {
+  int64_t count = 1;
+  for (int64_t d : shape) count *= d;
+  OrtValue* raw = nullptr;
+  Status s = check(api_->CreateTensorWithDataAsOrtValue(cpu_memory_.get(), data, size_t(count) * sizeof(float),
+                                                       shape.data(), shape.size(),
+                                                       ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &raw),
+                   "input tensor " + name + " " + shape_text(shape));
+  if (!s.ok()) return s;
+  bound_values_.emplace_back(raw);
+  return check(api_->BindInput(binding_.get(), name.c_str(), raw), "BindInput " + name);
+}
+
+Status OrtModel::bind_output(const std::string& name, float* data, const std::vector<int64_t>& shape) {
+  int64_t count = 1;
+  for (int64_t d : shape) count *= d;
+  OrtValue* raw = nullptr;
+  Status s = check(api_->CreateTensorWithDataAsOrtValue(cpu_memory_.get(), data, size_t(count) * sizeof(float),
+                                                       shape.data(), shape.size(),
+                                                       ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &raw),
+                   "output tensor " + name + " " + shape_text(shape));
+  if (!s.ok()) return s;
+  bound_values_.emplace_back(raw);
+  return check(api_->BindOutput(binding_.get(), name.c_str(), raw), "BindOutput " + name);
+}
+
+Status OrtModel::run() { return check(api_->RunWithBinding(session_.get(), nullptr, binding_.get()), "Run"); }
+
+}  // namespace runtime
+}  // namespace flexavatar

@@ -1,0 +1,77 @@
+// A small RAII layer over ONNX Runtime's C API (onnxruntime_c_api.h): the C API is versioned and
+// ABI-stable (an older header works with a newer library) and reports errors as values, which suits a
+// runtime whose own interface must not throw.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <onnxruntime_c_api.h>
+
+#include "flexavatar/status.h"
+
+namespace flexavatar {
+namespace runtime {
+
+// The ORT API table for this header's ORT_API_VERSION, or kUnavailable if the library is older.
+Status ort_api(const OrtApi** out);
+
+struct OrtDeleter {
+  void operator()(OrtEnv* p) const;
+  void operator()(OrtSession* p) const;
+  void operator()(OrtSessionOptions* p) const;
+  void operator()(OrtValue* p) const;
+  void operator()(OrtIoBinding* p) const;
+  void operator()(OrtMemoryInfo* p) const;
+  void operator()(OrtTypeInfo* p) const;
+};
+template <class T>
+using OrtPtr = std::unique_ptr<T, OrtDeleter>;
+
+struct TensorInfo {
+  std::string name;
+  std::vector<int64_t> shape;  // -1 = dynamic
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+};
+
+struct SessionConfig {
+  int num_threads = 0;     // 0 = ORT default (all cores)
+  bool try_cuda = false;   // append the CUDA execution provider first
+  bool require_cuda = false;
+  int cuda_device = 0;
+};
+
+// One model session with fixed, pre-bound float32 input/output buffers (IO binding): run() only
+// executes the graph, it allocates nothing of its own per call.
+class OrtModel {
+ public:
+  static Status open(const std::string& path, const SessionConfig& config, std::unique_ptr<OrtModel>* out);
+  ~OrtModel();
+
+  const std::vector<TensorInfo>& inputs() const { return inputs_; }
+  const std::vector<TensorInfo>& outputs() const { return outputs_; }
+  const std::string& provider() const { return provider_; }
+  const std::string& cuda_fallback_reason() const { return cuda_fallback_reason_; }
+
+  // Binds caller-owned float32 host buffers (they must outlive the model or the next bind).
+  Status bind_input(const std::string& name, float* data, const std::vector<int64_t>& shape);
+  Status bind_output(const std::string& name, float* data, const std::vector<int64_t>& shape);
+  Status run();
+
+ private:
+  OrtModel() = default;
+  Status check(OrtStatus* status, const std::string& what) const;
+  const OrtApi* api_ = nullptr;
+  std::shared_ptr<OrtEnv> env_;
+  OrtPtr<OrtSession> session_;
+  OrtPtr<OrtIoBinding> binding_;
+  OrtPtr<OrtMemoryInfo> cpu_memory_;
+  std::vector<OrtPtr<OrtValue>> bound_values_;
+  std::vector<TensorInfo> inputs_, outputs_;
+  std::string path_, provider_, cuda_fallback_reason_;
+};
+
+}  // namespace runtime
+}  // namespace flexavatar

@@ -1,0 +1,341 @@
+#include "runtime.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace flexavatar {
+namespace runtime {
+namespace {
+
+// Decoder outputs: name and trailing per-Gaussian shape (bundle.py's GAUSSIAN_OUTPUTS).
+struct OutputSpec {
+  const char* name;
+  int64_t width;  // 0 = scalar per Gaussian
+};
+constexpr OutputSpec kGaussianOutputs[] = {{"means", 3}, {"quats", 4}, {"scales", 3}, {"opacities", 0}, {"sh0", 3}};
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + (shape[i] < 0 ? "?" : std::to_string(shape[i]));
+  return s + "]";
+}
+
+// The model's own dims must agree with the expected ones wherever both are fixed (-1 = dynamic).
+bool shape_compatible(const std::vector<int64_t>& model, const std::vector<int64_t>& expected) {
+  if (model.size() != expected.size()) return false;
+  for (size_t i = 0; i < model.size(); ++i) {
+    if (model[i] >= 0 && expected[i] >= 0 && model[i] != expected[i]) return false;
+  }
+  return true;
+}
+
+const TensorInfo* find_tensor(const std::vector<TensorInfo>& tensors, const std::string& name) {
+  for (const auto& t : tensors) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+Status Runtime::create(const std::string& bundle_dir, const RuntimeOptions& options, std::unique_ptr<Runtime>* out) {
+  if (!out) return Status(StatusCode::kNullPointer, "Runtime::create: out is null");
+  std::unique_ptr<Runtime> rt(new Runtime());
+  rt->options_ = options;
+  Status s = open_bundle(bundle_dir, options.verify, &rt->bundle_);
+  if (!s.ok()) return s;
+  const Manifest& m = rt->bundle_.manifest;
+  const ModelArtifact* decoder = m.find("decoder", "onnx", "fp32");
+  if (!decoder) {
+    decoder = m.find("decoder_avatar", "onnx", "fp32");
+    rt->code_folded_in_ = decoder != nullptr;
+  }
+  if (!decoder) {
+    std::string have;
+    for (const auto& a : m.artifacts) have += (have.empty() ? "" : ", ") + a.name;
+    return Status(StatusCode::kBundleInvalid, "bundle " + bundle_dir +
+                                                  " has no fp32 ONNX decoder (role 'decoder' or 'decoder_avatar'); it has: " +
+                                                  (have.empty() ? std::string("none") : have));
+  }
+  rt->num_gaussians_ = m.conventions.n_gaussians;
+  rt->num_head_tokens_ = m.conventions.n_head_tokens;
+  rt->code_dim_ = m.conventions.d_code;
+  rt->expression_dim_ = m.conventions.expression_dim;
+  if (rt->num_gaussians_ < 0 || rt->num_gaussians_ > (int64_t(1) << 26) || rt->num_head_tokens_ <= 0 ||
+      rt->num_head_tokens_ > (1 << 20) || rt->code_dim_ <= 0 || rt->code_dim_ > (1 << 16) ||
+      rt->expression_dim_ <= 0 || rt->expression_dim_ > (1 << 16))
+    return Status(StatusCode::kBundleInvalid,
+                  "manifest.conventions: n_gaussians " + std::to_string(rt->num_gaussians_) + ", n_head_tokens " +
+                      std::to_string(rt->num_head_tokens_) + ", d_code " + std::to_string(rt->code_dim_) +
+                      ", expression_dim " + std::to_string(rt->expression_dim_) + " out of range");
+
+  SessionConfig config;
+  config.num_threads = options.num_threads;
+  config.try_cuda = options.device == Device::kAuto;
+  config.require_cuda = options.device == Device::kCuda;
+  config.cuda_device = options.cuda_device;
+  s = OrtModel::open(rt->bundle_.path(decoder->files[0].path), config, &rt->decoder_);
+  if (!s.ok()) return s;
+  s = rt->check_decoder_signature(*decoder);
+  if (!s.ok()) return s;
+  s = rt->bind_buffers();
+  if (!s.ok()) return s;
+  rt->has_code_ = rt->code_folded_in_;
+  *out = std::move(rt);
+  return Status::ok_status();
+}
+
+Status Runtime::check_decoder_signature(const ModelArtifact& artifact) {
+  const int64_t g = num_gaussians_;
+  struct Expect {
+    std::string name;
+    std::vector<int64_t> shape;  // the single-frame shape we bind; dim 0 (E) may be dynamic in the model
+    bool input;
+  };
+  std::vector<Expect> expected;
+  if (!code_folded_in_) expected.push_back({"code", {1, num_head_tokens_, code_dim_}, true});
+  expected.push_back({"expressions", {1, expression_dim_}, true});
+  for (const auto& o : kGaussianOutputs) {
+    expected.push_back({o.name, o.width ? std::vector<int64_t>{1, g, o.width} : std::vector<int64_t>{1, g}, false});
+  }
+  const auto& model_inputs = decoder_->inputs();
+  const auto& model_outputs = decoder_->outputs();
+  const size_t want_inputs = code_folded_in_ ? 1 : 2;
+  if (model_inputs.size() != want_inputs)
+    return Status(StatusCode::kBundleInvalid, artifact.files[0].path + ": the model has " +
+                                                  std::to_string(model_inputs.size()) + " inputs, expected " +
+                                                  std::to_string(want_inputs) + " (" +
+                                                  (code_folded_in_ ? "expressions" : "code, expressions") + ")");
+  for (const auto& e : expected) {
+    const TensorInfo* t = find_tensor(e.input ? model_inputs : model_outputs, e.name);
+    if (!t)
+      return Status(StatusCode::kBundleInvalid, artifact.files[0].path + ": the model has no " +
+                                                    (e.input ? "input '" : "output '") + e.name + "'");
+    if (t->type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+      return Status(StatusCode::kBundleInvalid, artifact.files[0].path + ": tensor '" + e.name +
+                                                    "' is not float32 (ONNX element type " +
+                                                    std::to_string(int(t->type)) + ")");
+    if (!shape_compatible(t->shape, e.shape))
+      return Status(StatusCode::kBundleInvalid, artifact.files[0].path + ": tensor '" + e.name + "' has shape " +
+                                                    shape_text(t->shape) + ", the manifest's conventions need " +
+                                                    shape_text(e.shape) + " (E = 1)");
+    // The manifest's own record of the tensor must agree too.
+    const TensorSpec* spec = e.input ? artifact.input(e.name) : artifact.output(e.name);
+    if (!spec || !shape_compatible(spec->shape, e.shape))
+      return Status(StatusCode::kBundleInvalid, "manifest artifact " + artifact.name + ": tensor '" + e.name +
+                                                    "' is " + (spec ? "listed with shape " + shape_text(spec->shape)
+                                                                    : std::string("not listed")) +
+                                                    ", expected " + shape_text(e.shape));
+  }
+  return Status::ok_status();
+}
+
+Status Runtime::bind_buffers() {
+  const size_t g = size_t(num_gaussians_);
+  try {
+    code_.assign(size_t(num_head_tokens_ * code_dim_), 0.f);
+    expression_.assign(size_t(expression_dim_), 0.f);
+    means_.assign(g * 3, 0.f);
+    quats_.assign(g * 4, 0.f);
+    scales_.assign(g * 3, 0.f);
+    opacities_.assign(g, 0.f);
+    sh0_.assign(g * 3, 0.f);
+  } catch (const std::bad_alloc&) {
+    return Status(StatusCode::kOutOfMemory, "out of memory for the decoder buffers of " + std::to_string(g) +
+                                                " Gaussians");
+  }
+  const int64_t gi = num_gaussians_;
+  Status s;
+  if (!code_folded_in_) {
+    s = decoder_->bind_input("code", code_.data(), {1, num_head_tokens_, code_dim_});
+    if (!s.ok()) return s;
+  }
+  s = decoder_->bind_input("expressions", expression_.data(), {1, expression_dim_});
+  if (!s.ok()) return s;
+  std::vector<float>* buffers[] = {&means_, &quats_, &scales_, &opacities_, &sh0_};
+  for (size_t i = 0; i < 5; ++i) {
+    const auto& o = kGaussianOutputs[i];
+    s = decoder_->bind_output(o.name, buffers[i]->data(),
+                              o.width ? std::vector<int64_t>{1, gi, o.width} : std::vector<int64_t>{1, gi});
+    if (!s.ok()) return s;
+  }
+  return Status::ok_status();
+}
+
+Camera Runtime::default_camera() const {
+  Camera cam;
+  const Manifest& m = bundle_.manifest;
+  if (m.has_avatar) {
+    std::memcpy(cam.cam2world, m.avatar.cam2world, sizeof(cam.cam2world));
+    std::memcpy(cam.intrinsics, m.avatar.intrinsics, sizeof(cam.intrinsics));
+  } else {
+    // flexavatar.cameras.default_camera: 1 m in front of the head looking at the origin, fx = 1500/512.
+    const float c2w[16] = {1, 0, 0, 0, 0, -1, 0, 0, 0, 0, -1, 1, 0, 0, 0, 1};
+    const float k[9] = {1500.f / 512.f, 0, 0.5f, 0, 1500.f / 512.f, 0.5f, 0, 0, 1};
+    std::memcpy(cam.cam2world, c2w, sizeof(c2w));
+    std::memcpy(cam.intrinsics, k, sizeof(k));
+  }
+  cam.width = cam.height = int32_t(std::max<int64_t>(1, std::min<int64_t>(m.conventions.image_size, 16384)));
+  return cam;
+}
+
+Status Runtime::set_avatar_code(const float* code, int64_t count) {
+  if (code_folded_in_)
+    return Status(StatusCode::kInvalidArgument,
+                  "this bundle's decoder has its avatar code folded in (role decoder_avatar); it takes no code");
+  if (!code) return Status(StatusCode::kNullPointer, "code: got a null pointer, expected [R², D] float32");
+  const int64_t want = num_head_tokens_ * code_dim_;
+  if (count != want)
+    return Status(StatusCode::kInvalidSize, "code: got " + std::to_string(count) + " floats, expected R²·D = " +
+                                                std::to_string(num_head_tokens_) + "·" + std::to_string(code_dim_) +
+                                                " = " + std::to_string(want));
+  for (int64_t i = 0; i < count; ++i) {
+    if (!std::isfinite(code[i]))
+      return Status(StatusCode::kInvalidArgument, "code: element " + std::to_string(i) + " is not finite");
+  }
+  std::copy(code, code + count, code_.begin());
+  has_code_ = true;
+  return Status::ok_status();
+}
+
+Status Runtime::load_avatar_code(const std::string& npy_path) {
+  std::string path = npy_path;
+  if (path.empty()) {
+    if (!bundle_.manifest.has_avatar)
+      return Status(StatusCode::kNoAvatarCode, "bundle has no avatar code (export with --avatar PHOTO)");
+    Status s = verify_file(bundle_.root, bundle_.manifest.avatar.code, options_.verify == Verify::kFull);
+    if (!s.ok()) return s;
+    path = bundle_.path(bundle_.manifest.avatar.code.path);
+  }
+  NpyArray array;
+  Status s = read_npy_float32(path, &array);
+  if (!s.ok()) return s;
+  // Accepted layouts: (R², 1, D) as written by the exporter, (1, R², D), (R², D): the same bytes.
+  const auto& sh = array.shape;
+  const int64_t r2 = num_head_tokens_, d = code_dim_;
+  const bool ok = (sh.size() == 3 && sh[0] == r2 && sh[1] == 1 && sh[2] == d) ||
+                  (sh.size() == 3 && sh[0] == 1 && sh[1] == r2 && sh[2] == d) ||
+                  (sh.size() == 2 && sh[0] == r2 && sh[1] == d);
+  if (!ok) {
+    return Status(StatusCode::kInvalidSize, path + ": avatar code of shape " + shape_text(sh) + ", expected (" +
+                                                std::to_string(r2) + ", 1, " + std::to_string(d) + ")");
+  }
+  return set_avatar_code(array.values.data(), int64_t(array.values.size()));
+}
+
+Status Runtime::decode(const float* expression, int64_t count, GaussiansView* out) {
+  if (!expression) return Status(StatusCode::kNullPointer, "expression: got a null pointer, expected float32 [135]");
+  if (!out) return Status(StatusCode::kNullPointer, "out: got a null pointer");
+  if (count != expression_dim_)
+    return Status(StatusCode::kInvalidSize, "expression: got " + std::to_string(count) + " floats, expected " +
+                                                std::to_string(expression_dim_));
+  if (!has_code_)
+    return Status(StatusCode::kNoAvatarCode,
+                  "no avatar code: call set_avatar_code / load_avatar_code before decode or render");
+  for (int64_t i = 0; i < count; ++i) {
+    if (!std::isfinite(expression[i]))
+      return Status(StatusCode::kInvalidArgument, "expression: element " + std::to_string(i) + " is not finite");
+  }
+  std::copy(expression, expression + count, expression_.begin());
+  Status s = decoder_->run();
+  if (!s.ok()) return s;
+  // A corrupted model can load and still produce garbage: never hand non-finite Gaussians on.
+  for (const std::vector<float>* buffer : {&means_, &quats_, &scales_, &opacities_, &sh0_}) {
+    for (float v : *buffer) {
+      if (!std::isfinite(v))
+        return Status(StatusCode::kModelError, "the decoder produced non-finite Gaussian attributes "
+                                               "(corrupted model file or out-of-range inputs)");
+    }
+  }
+  out->num_gaussians = num_gaussians_;
+  out->means = means_.data();
+  out->quats = quats_.data();
+  out->scales = scales_.data();
+  out->opacities = opacities_.data();
+  out->sh0 = sh0_.data();
+  return Status::ok_status();
+}
+
+Status Runtime::render(const float* expression, int64_t count, const Camera& camera, FrameView* out) {
+  if (!out) return Status(StatusCode::kNullPointer, "out: got a null pointer");
+  if (camera.width < 1 || camera.height < 1 || camera.width > 16384 || camera.height > 16384)
+    return Status(StatusCode::kInvalidSize, "camera: width x height is " + std::to_string(camera.width) + " x " +
+                                                std::to_string(camera.height) + ", expected 1 .. 16384 each");
+  for (float v : camera.cam2world) {
+    if (!std::isfinite(v)) return Status(StatusCode::kInvalidArgument, "camera.cam2world has a non-finite value");
+  }
+  for (float v : camera.background) {
+    if (!std::isfinite(v)) return Status(StatusCode::kInvalidArgument, "camera.background has a non-finite value");
+  }
+  GaussiansView g;
+  Status s = decode(expression, count, &g);
+  if (!s.ok()) return s;
+
+  // world2cam = [Rᵀ | -Rᵀ t] of the rigid cam2world; pixel K = normalised K rows scaled by W, H.
+  float viewmat[16] = {0};
+  const float* c2w = camera.cam2world;
+  for (int i = 0; i < 3; ++i) {
+    for (int j = 0; j < 3; ++j) viewmat[i * 4 + j] = c2w[j * 4 + i];
+    viewmat[i * 4 + 3] = -(c2w[0 * 4 + i] * c2w[3] + c2w[1 * 4 + i] * c2w[7] + c2w[2 * 4 + i] * c2w[11]);
+  }
+  viewmat[15] = 1.f;
+  float k[9];
+  for (int j = 0; j < 3; ++j) {
+    k[j] = camera.intrinsics[j] * float(camera.width);
+    k[3 + j] = camera.intrinsics[3 + j] * float(camera.height);
+    k[6 + j] = camera.intrinsics[6 + j];
+  }
+  const size_t pixels = size_t(camera.width) * size_t(camera.height);
+  try {
+    if (image_.size() != pixels * 3) {  // only when the frame size changes
+      image_.resize(pixels * 3);
+      alpha_.resize(pixels);
+      depth_.resize(pixels);
+      rgba_.resize(pixels * 4);
+    }
+  } catch (const std::bad_alloc&) {
+    return Status(StatusCode::kOutOfMemory, "out of memory for a " + std::to_string(camera.width) + "x" +
+                                                std::to_string(camera.height) + " frame");
+  }
+  GaussianBuffers gaussians;
+  gaussians.num_batches = 1;
+  gaussians.num_gaussians = num_gaussians_;
+  gaussians.means = g.means;
+  gaussians.quats = g.quats;
+  gaussians.scales = g.scales;
+  gaussians.opacities = g.opacities;
+  gaussians.sh0 = g.sh0;
+  CameraBuffers cameras;
+  cameras.num_cameras = 1;
+  cameras.viewmats = viewmat;
+  cameras.intrinsics = k;
+  cameras.backgrounds = camera.background;
+  RasterSettings settings;
+  settings.width = camera.width;
+  settings.height = camera.height;
+  settings.num_threads = options_.num_threads;
+  s = validate_intrinsics_on_host(cameras, 1);
+  if (!s.ok()) return Status(s.code(), "camera.intrinsics: " + s.message());
+  RasterOutputs outputs{image_.data(), alpha_.data(), depth_.data()};
+  s = rasterizer_.render(gaussians, cameras, settings, outputs);
+  if (!s.ok()) return s;
+
+  auto to_byte = [](float v) { return uint8_t(std::lround(std::min(std::max(v, 0.f), 1.f) * 255.f)); };
+  for (size_t p = 0; p < pixels; ++p) {
+    rgba_[4 * p + 0] = to_byte(image_[3 * p + 0]);
+    rgba_[4 * p + 1] = to_byte(image_[3 * p + 1]);
+    rgba_[4 * p + 2] = to_byte(image_[3 * p + 2]);
+    rgba_[4 * p + 3] = to_byte(alpha_[p]);
+  }
+  out->width = camera.width;
+  out->height = camera.height;
+  out->rgba = rgba_.data();
+  out->rgb = image_.data();
+  out->alpha = alpha_.data();
+  out->depth = depth_.data();
+  return Status::ok_status();
+}
+
+}  // namespace runtime
+}  // namespace flexavatar

@@ -1,0 +1,80 @@
+// Test tool driven by tests/test_cpp_runtime.py: runs the C++ runtime (through the C++ RAII wrapper over
+// the C API) on a bundle and writes what it computed as raw little-endian float32 files, which the pytest
+// compares against the Python side (PyTorch model + flexavatar.kernels CPU rasterizer).
+//
+//   runtime_dump BUNDLE CODE.npy|- EXPRESSIONS.f32 CAMERA.f32 OUT_DIR
+//     EXPRESSIONS.f32: E x 135 float32; CAMERA.f32: cam2world[16], intrinsics[9], width, height, background[3]
+//   writes OUT_DIR/gaussians_<e>.f32 (means, quats, scales, opacities, sh0 of frame e, concatenated)
+//          OUT_DIR/frame_<e>.f32 (rgb [H,W,3], alpha [H,W], depth [H,W]) and OUT_DIR/frame_<e>.rgba ([H,W,4] uint8)
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "flexavatar/flexavatar.hpp"
+
+namespace {
+
+std::vector<float> read_floats(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<float> out(bytes.size() / sizeof(float));
+  std::copy(bytes.begin(), bytes.begin() + long(out.size() * sizeof(float)), reinterpret_cast<char*>(out.data()));
+  return out;
+}
+
+void write(const std::string& path, const void* data, size_t bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(static_cast<const char*>(data), long(bytes));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 6) {
+    std::fprintf(stderr, "usage: runtime_dump BUNDLE CODE.npy|- EXPRESSIONS.f32 CAMERA.f32 OUT_DIR\n");
+    return 2;
+  }
+  try {
+    flexavatar_runtime_options options = flexavatar::default_options();
+    options.device = FLEXAVATAR_DEVICE_CPU;
+    flexavatar::Runtime rt(argv[1], &options);
+    rt.load_avatar_code(std::string(argv[2]) == "-" ? std::string() : argv[2]);
+    const flexavatar_runtime_info info = rt.info();
+    const std::vector<float> expressions = read_floats(argv[3]);
+    const std::vector<float> cam = read_floats(argv[4]);
+    if (cam.size() != 30) throw flexavatar::Error(FLEXAVATAR_ERROR_INVALID_SIZE, "camera file needs 30 floats");
+    flexavatar_camera camera{};
+    std::copy(cam.begin(), cam.begin() + 16, camera.cam2world);
+    std::copy(cam.begin() + 16, cam.begin() + 25, camera.intrinsics);
+    camera.width = int32_t(cam[25]);
+    camera.height = int32_t(cam[26]);
+    std::copy(cam.begin() + 27, cam.end(), camera.background);
+    const long dim = long(info.expression_dim), g = long(info.num_gaussians);
+    const std::string out = argv[5];
+    for (long e = 0; e < long(expressions.size()) / dim; ++e) {
+      const std::vector<float> expression(expressions.begin() + e * dim, expressions.begin() + (e + 1) * dim);
+      const flexavatar_gaussians gs = rt.decode(expression);
+      std::vector<float> all;
+      all.insert(all.end(), gs.means, gs.means + 3 * g);
+      all.insert(all.end(), gs.quats, gs.quats + 4 * g);
+      all.insert(all.end(), gs.scales, gs.scales + 3 * g);
+      all.insert(all.end(), gs.opacities, gs.opacities + g);
+      all.insert(all.end(), gs.sh0, gs.sh0 + 3 * g);
+      write(out + "/gaussians_" + std::to_string(e) + ".f32", all.data(), all.size() * sizeof(float));
+      const flexavatar_frame f = rt.render(expression, camera);
+      const size_t pixels = size_t(f.width) * size_t(f.height);
+      std::vector<float> frame(f.rgb, f.rgb + 3 * pixels);
+      frame.insert(frame.end(), f.alpha, f.alpha + pixels);
+      frame.insert(frame.end(), f.depth, f.depth + pixels);
+      write(out + "/frame_" + std::to_string(e) + ".f32", frame.data(), frame.size() * sizeof(float));
+      write(out + "/frame_" + std::to_string(e) + ".rgba", f.rgba, 4 * pixels);
+    }
+    std::printf("provider %s\n", info.decoder_provider);
+    return 0;
+  } catch (const flexavatar::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}

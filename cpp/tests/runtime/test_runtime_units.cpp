@@ -1,0 +1,294 @@
+// Unit tests of the embedding runtime that need no exported bundle: SHA-256 against FIPS 180-4 vectors,
+// the manifest parser (valid manifest, every kind of bad field, every truncation), the .npy reader,
+// bundle verification, and the C API's error paths (null / destroyed handles, bad options, a bundle whose
+// model file is garbage). Run under ASan/UBSan/LSan by cpp/tests/run_ctest.sh.
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "bundle.h"
+#include "flexavatar/flexavatar.h"
+#include "harness.h"
+#include "manifest.h"
+#include "sha256.h"
+
+using namespace flexavatar;
+using namespace flexavatar::runtime;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string replace_once(std::string text, const std::string& from, const std::string& to) {
+  const size_t at = text.find(from);
+  if (at == std::string::npos) {
+    harness::fail(__FILE__, __LINE__, "test bug: '" + from + "' not in the manifest");
+    return text;
+  }
+  return text.replace(at, from.size(), to);
+}
+
+std::string file_json(const std::string& path, const std::string& sha, long size) {
+  return R"({"path": ")" + path + R"(", "sha256": ")" + sha + R"(", "size": )" + std::to_string(size) + "}";
+}
+
+// A complete manifest in bundle.py's schema, with one decoder artifact.
+std::string valid_manifest(const std::string& model_path = "decoder.fp32.onnx",
+                           const std::string& sha = std::string(64, 'a'), long size = 10) {
+  return R"({
+  "schema": "flexavatar-bundle", "schema_version": 1, "created": "2026-01-01T00:00:00+00:00",
+  "versions": {"flexavatar": "0.1.0"}, "opset": 18,
+  "model": {"config": {}, "checkpoint": "c.safetensors", "checkpoint_sha256": "x", "n_parameters": 5, "dinov2": null},
+  "template": {"sha256": "t", "n_gaussians": 4, "res_head_tokens": 2, "res_gaussian_grid": 2, "source": "t.obj"},
+  "conventions": {"axes": "opencv", "camera": "c", "intrinsics": "normalised", "image": "i", "image_size": 64,
+    "quaternion_order": "wxyz", "color": "sh0", "sh_degree": 0, "sh0_to_rgb": "r", "scales": "s", "opacities": "o",
+    "units": "metres", "n_gaussians": 4, "n_head_tokens": 4, "d_code": 8, "code_layout": "l", "code_file_layout": "f",
+    "expression_dim": 135, "expression_layout": {"expression": [0, 100]}, "dataset_id": 1},
+  "artifacts": [{"name": "decoder.fp32.onnx", "role": "decoder", "format": "onnx", "precision": "fp32",
+    "files": [)" + file_json(model_path, sha, size) + R"(],
+    "inputs": [{"name": "code", "shape": [1, 4, 8], "dtype": "float32"},
+               {"name": "expressions", "shape": ["E", 135], "dtype": "float32"}],
+    "outputs": [{"name": "means", "shape": ["E", 4, 3], "dtype": "float32"}],
+    "parity": {"reference": "pytorch-fp32", "runtime": "ort", "inputs": "seeded", "passed": true,
+               "outputs": [{"name": "means", "max_abs_error": 1e-6, "tolerance": 1e-4, "passed": true}]},
+    "fp32_ops": [], "notes": ""}],
+  "avatar": null, "export_seconds": 1.5
+})";
+}
+
+Status parse(const std::string& text, Manifest* m) { return parse_manifest(text.data(), text.size(), m); }
+
+bool mentions(const Status& s, const std::string& word) { return s.message().find(word) != std::string::npos; }
+
+void write_file(const fs::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out << bytes;
+}
+
+fs::path scratch(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / ("flexavatar_units_" + std::to_string(::getpid()) + "_" + name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+}  // namespace
+
+TEST_CASE(sha256_matches_fips_180_4_vectors) {
+  CHECK(sha256_hex("abc", 3) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  CHECK(sha256_hex("", 0) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  const std::string two_blocks = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";  // 448 bits
+  CHECK(sha256_hex(two_blocks.data(), two_blocks.size()) ==
+        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  const std::string million(1000000, 'a');
+  CHECK(sha256_hex(million.data(), million.size()) ==
+        "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
+TEST_CASE(sha256_incremental_equals_one_shot_for_any_chunking) {
+  std::string data(1000, '\0');
+  for (size_t i = 0; i < data.size(); ++i) data[i] = char((i * 131 + 7) & 0xFF);
+  const std::string whole = sha256_hex(data.data(), data.size());
+  for (size_t chunk : {1, 3, 55, 56, 63, 64, 65, 127, 999}) {
+    Sha256 h;
+    for (size_t i = 0; i < data.size(); i += chunk) h.update(data.data() + i, std::min(chunk, data.size() - i));
+    CHECK(Sha256::hex(h.finish()) == whole);
+  }
+}
+
+TEST_CASE(valid_manifest_parses_into_typed_fields) {
+  Manifest m;
+  const Status s = parse(valid_manifest(), &m);
+  CHECK(s.ok());
+  CHECK(m.schema_version == 1 && m.opset == 18);
+  CHECK(m.conventions.n_gaussians == 4 && m.conventions.n_head_tokens == 4 && m.conventions.d_code == 8);
+  CHECK(m.conventions.expression_dim == 135 && m.conventions.image_size == 64);
+  CHECK(m.artifacts.size() == 1 && m.find("decoder", "onnx", "fp32") != nullptr);
+  CHECK(m.find("decoder", "onnx", "fp16") == nullptr);
+  const ModelArtifact& a = m.artifacts[0];
+  CHECK(a.input("expressions") && a.input("expressions")->shape[0] == -1 && a.input("expressions")->shape[1] == 135);
+  CHECK(a.input("expressions")->dim_names[0] == "E");
+  CHECK(m.files().size() == 1 && m.files()[0].size == 10);
+  CHECK(!m.has_avatar);
+}
+
+TEST_CASE(bad_fields_are_rejected_with_the_field_named) {
+  struct Case {
+    std::string from, to, expect;
+  };
+  const std::vector<Case> cases = {
+      {R"("schema": "flexavatar-bundle")", R"("schema": "other")", "manifest.schema"},
+      {R"("schema_version": 1)", R"("schema_version": 2)", "schema_version is 2"},
+      {R"("schema_version": 1)", R"("schema_version": true)", "must be an integer"},
+      {R"("schema_version": 1)", R"("schema_version": 1.0)", "must be an integer"},
+      {R"("opset": 18)", R"("opset": "18")", "manifest.opset must be an integer"},
+      {R"("role": "decoder")", R"("role": "renderer")", "expected one of"},
+      {R"("precision": "fp32")", R"("precision": "int8")", "precision"},
+      {R"("shape": [1, 4, 8], "dtype": "float32")", R"("shape": [1, 4, 8], "dtype": "f64")", "dtype"},
+      {R"("shape": [1, 4, 8])", R"("shape": [1, -4, 8])", "non-negative"},
+      {R"("n_gaussians": 4, "n_head)", R"("n_gaussians": "4", "n_head)", "conventions.n_gaussians"},
+      {R"("axes": "opencv", )", "", "conventions.axes is missing"},
+      {R"("expression_layout": {"expression": [0, 100]})", R"("expression_layout": {"expression": 3})",
+       "expression_layout"},
+      {R"("seeded", "passed": true)", R"("seeded", "passed": "yes")", "true or false"},
+      {R"("dinov2": null)", R"("dinov2": 7)", "dinov2"},
+      {R"("size": 10)", R"("size": -1)", "size must be >= 0"},
+      {"\"" + std::string(64, 'a') + "\"", "\"" + std::string(64, 'A') + "\"", "64 lowercase hex"},
+      {"\"" + std::string(64, 'a') + "\"", "\"abc\"", "64 lowercase hex"},
+      {R"("path": "decoder.fp32.onnx")", R"("path": "../decoder.fp32.onnx")", "without '..'"},
+      {R"("path": "decoder.fp32.onnx")", R"("path": "/etc/decoder.fp32.onnx")", "without '..'"},
+      {R"("path": "decoder.fp32.onnx")", R"("path": "decoder.fp32.bin")", "must be the .onnx model file"},
+      {R"("avatar": null)", R"("avatar": {"code": 1})", "avatar.code must be an object"},
+      {R"("artifacts": [)", R"("artifacts": {"x": 1}, "old": [)", "must be a list"},
+  };
+  for (const auto& c : cases) {
+    Manifest m;
+    const Status s = parse(replace_once(valid_manifest(), c.from, c.to), &m);
+    CHECK(s.code() == StatusCode::kBundleInvalid);
+    if (!mentions(s, c.expect)) harness::fail(__FILE__, __LINE__, "'" + c.expect + "' not in: " + s.message());
+  }
+  // Duplicates (two artifacts with the same name / file).
+  std::string text = valid_manifest();
+  const size_t start = text.find(R"({"name": "decoder.fp32.onnx")");
+  const size_t end = text.find(R"(  "avatar")");
+  const std::string artifact = text.substr(start, text.rfind(']', end) - start);
+  Manifest m;
+  Status s = parse(replace_once(text, artifact, artifact + ", " + artifact), &m);
+  CHECK(s.code() == StatusCode::kBundleInvalid && mentions(s, "duplicate names"));
+  // Not JSON / not an object.
+  s = parse("{\"schema\": ", &m);
+  CHECK(s.code() == StatusCode::kBundleInvalid && mentions(s, "not valid JSON"));
+  s = parse("[1, 2]", &m);
+  CHECK(s.code() == StatusCode::kBundleInvalid && mentions(s, "must be a JSON object"));
+  s = parse("", &m);
+  CHECK(s.code() == StatusCode::kBundleInvalid);
+}
+
+TEST_CASE(every_truncation_of_the_manifest_is_an_error_not_a_crash) {
+  const std::string text = valid_manifest();
+  int errors = 0;
+  const size_t end = text.find_last_of('}');
+  for (size_t n = 0; n < end; ++n) {
+    Manifest m;
+    errors += parse(text.substr(0, n), &m).code() == StatusCode::kBundleInvalid;
+  }
+  CHECK(errors == int(end));
+}
+
+TEST_CASE(npy_reader_accepts_float32_c_order_and_rejects_the_rest) {
+  auto npy = [](const std::string& dict, size_t floats) {
+    std::string header = dict;
+    while ((10 + header.size() + 1) % 64) header += ' ';
+    header += '\n';
+    std::string bytes = std::string("\x93NUMPY\x01\x00", 8);
+    bytes += char(header.size() & 0xFF);
+    bytes += char(header.size() >> 8);
+    bytes += header;
+    for (size_t i = 0; i < floats; ++i) {
+      const float v = float(i) * 0.5f;
+      bytes.append(reinterpret_cast<const char*>(&v), 4);
+    }
+    return bytes;
+  };
+  auto parse_npy = [](const std::string& bytes, NpyArray* out) {
+    return parse_npy_float32(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), "t.npy", out);
+  };
+  NpyArray a;
+  CHECK(parse_npy(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4, 1, 2), }", 8), &a).ok());
+  CHECK(a.shape == (std::vector<int64_t>{4, 1, 2}) && a.values.size() == 8 && a.values[3] == 1.5f);
+  CHECK(parse_npy(npy("{'descr': '<f8', 'fortran_order': False, 'shape': (4,), }", 8), &a).code() ==
+        StatusCode::kInvalidArgument);
+  CHECK(parse_npy(npy("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }", 4), &a).code() ==
+        StatusCode::kInvalidArgument);
+  CHECK(parse_npy(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 3), }", 8), &a).code() ==
+        StatusCode::kInvalidSize);
+  const std::string good = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4, 1, 2), }", 8);
+  for (size_t n = 0; n < good.size(); ++n) CHECK(!parse_npy(good.substr(0, n), &a).ok());
+  CHECK(parse_npy("PK\x03\x04 not numpy", &a).code() == StatusCode::kInvalidArgument);
+}
+
+TEST_CASE(bundle_files_are_checked_for_presence_size_and_hash) {
+  const fs::path dir = scratch("verify");
+  const std::string model = "not really an onnx model";
+  write_file(dir / "decoder.fp32.onnx", model);
+  const std::string sha = sha256_hex(model.data(), model.size());
+  write_file(dir / "manifest.json", valid_manifest("decoder.fp32.onnx", sha, long(model.size())));
+  Bundle b;
+  CHECK(open_bundle(dir.string(), Verify::kFull, &b).ok());
+  write_file(dir / "decoder.fp32.onnx", model.substr(0, 10));
+  Status s = open_bundle(dir.string(), Verify::kFull, &b);
+  CHECK(s.code() == StatusCode::kBundleHashMismatch && mentions(s, "truncated"));
+  std::string flipped = model;
+  flipped[3] ^= 1;
+  write_file(dir / "decoder.fp32.onnx", flipped);
+  s = open_bundle(dir.string(), Verify::kFull, &b);
+  CHECK(s.code() == StatusCode::kBundleHashMismatch && mentions(s, "sha256"));
+  CHECK(open_bundle(dir.string(), Verify::kSize, &b).ok());  // same size: only the hash would notice
+  fs::remove(dir / "decoder.fp32.onnx");
+  s = open_bundle(dir.string(), Verify::kSize, &b);
+  CHECK(s.code() == StatusCode::kBundleFileMissing && mentions(s, "decoder.fp32.onnx"));
+  CHECK(open_bundle(dir.string(), Verify::kNone, &b).ok());
+  s = open_bundle((dir / "nope").string(), Verify::kFull, &b);
+  CHECK(s.code() == StatusCode::kBundleFileMissing);
+  fs::remove_all(dir);
+}
+
+TEST_CASE(c_api_null_and_stale_handles_give_invalid_handle) {
+  flexavatar_runtime* stale = reinterpret_cast<flexavatar_runtime*>(&stale);  // never created
+  for (flexavatar_runtime* handle : {static_cast<flexavatar_runtime*>(nullptr), stale}) {
+    float expression[135] = {0};
+    flexavatar_gaussians g;
+    flexavatar_frame f;
+    flexavatar_camera cam{};
+    flexavatar_runtime_info info{};
+    info.struct_size = sizeof(info);
+    CHECK(flexavatar_runtime_decode(handle, expression, 135, &g) == FLEXAVATAR_ERROR_INVALID_HANDLE);
+    CHECK(std::strlen(flexavatar_last_error()) > 0);
+    CHECK(flexavatar_runtime_render(handle, expression, 135, &cam, &f) == FLEXAVATAR_ERROR_INVALID_HANDLE);
+    CHECK(flexavatar_runtime_set_avatar_code(handle, expression, 135) == FLEXAVATAR_ERROR_INVALID_HANDLE);
+    CHECK(flexavatar_runtime_load_avatar_code(handle, nullptr) == FLEXAVATAR_ERROR_INVALID_HANDLE);
+    CHECK(flexavatar_runtime_get_info(handle, &info) == FLEXAVATAR_ERROR_INVALID_HANDLE);
+    CHECK(flexavatar_runtime_default_camera(handle, &cam) == FLEXAVATAR_ERROR_INVALID_HANDLE);
+    flexavatar_runtime_destroy(handle);  // ignored, no crash
+  }
+  CHECK(flexavatar_api_version() == FLEXAVATAR_API_VERSION);
+  CHECK(std::string(flexavatar_status_name(FLEXAVATAR_ERROR_BUNDLE_HASH_MISMATCH)) == "bundle hash mismatch");
+}
+
+TEST_CASE(c_api_create_reports_bad_arguments_and_bad_bundles) {
+  flexavatar_runtime* rt = reinterpret_cast<flexavatar_runtime*>(0x1);
+  CHECK(flexavatar_runtime_create(nullptr, nullptr, &rt) == FLEXAVATAR_ERROR_NULL_POINTER && rt == nullptr);
+  CHECK(flexavatar_runtime_create("x", nullptr, nullptr) == FLEXAVATAR_ERROR_NULL_POINTER);
+  CHECK(flexavatar_runtime_create("/nonexistent/bundle", nullptr, &rt) == FLEXAVATAR_ERROR_BUNDLE_FILE_MISSING);
+  CHECK(std::string(flexavatar_last_error()).find("/nonexistent/bundle") != std::string::npos);
+  flexavatar_runtime_options options;
+  flexavatar_runtime_options_init(&options);
+  options.struct_size = 4;
+  CHECK(flexavatar_runtime_create("x", &options, &rt) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+  flexavatar_runtime_options_init(&options);
+  options.device = 9;
+  CHECK(flexavatar_runtime_create("x", &options, &rt) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+  CHECK(std::string(flexavatar_last_error()).find("options.device") != std::string::npos);
+
+  const fs::path dir = scratch("capi");
+  CHECK(flexavatar_runtime_create(dir.c_str(), nullptr, &rt) == FLEXAVATAR_ERROR_BUNDLE_INVALID);  // no manifest
+  write_file(dir / "manifest.json", "{not json");
+  CHECK(flexavatar_runtime_create(dir.c_str(), nullptr, &rt) == FLEXAVATAR_ERROR_BUNDLE_INVALID);
+  // A manifest that is fine and a "model" that is not ONNX: ONNX Runtime's error comes back as a status.
+  std::string garbage(4096, '\0');
+  for (size_t i = 0; i < garbage.size(); ++i) garbage[i] = char((i * 2654435761u) >> 24);
+  write_file(dir / "decoder.fp32.onnx", garbage);
+  write_file(dir / "manifest.json",
+             valid_manifest("decoder.fp32.onnx", sha256_hex(garbage.data(), garbage.size()), long(garbage.size())));
+  CHECK(flexavatar_runtime_create(dir.c_str(), nullptr, &rt) == FLEXAVATAR_ERROR_MODEL && rt == nullptr);
+  CHECK(std::string(flexavatar_last_error()).find("ONNX Runtime") != std::string::npos);
+  write_file(dir / "decoder.fp32.onnx", "");
+  CHECK(flexavatar_runtime_create(dir.c_str(), nullptr, &rt) == FLEXAVATAR_ERROR_BUNDLE_HASH_MISMATCH);
+  fs::remove_all(dir);
+}
+
+HARNESS_MAIN()

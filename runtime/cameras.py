@@ -1,0 +1,152 @@
+"""Cameras of the runtime, in numpy (no torch): the model's conventions, the official demo's defaults.
+
+A ``Camera`` holds cam2world ``[4, 4]`` or ``[T, 4, 4]`` (OpenCV axes: +x right, +y down, +z forward,
+canonical FLAME head frame, metres) and *normalised* intrinsics ``[3, 3]`` or ``[T, 3, 3]`` (pixel K's
+first two rows divided by the image width / height), so one camera works at any render size.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import CameraInputError
+
+DEMO_FOCAL_PX = 1500.0          # official demo: fx = fy = 1500 px at 512², c = 256
+DEMO_SIZE = 512
+MAX_NORMALISED_FOCAL = 50.0     # above this the intrinsics are almost certainly in pixels
+RIGID_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Camera:
+    """One camera ([4, 4] / [3, 3]) or one per frame ([T, 4, 4] / [T, 3, 3])."""
+    cam2world: np.ndarray
+    intrinsics: np.ndarray
+
+    def __post_init__(self):
+        c2w = _float32(self.cam2world, "camera.cam2world")
+        k = _float32(self.intrinsics, "camera.intrinsics")
+        if c2w.shape[-2:] != (4, 4) or c2w.ndim not in (2, 3):
+            raise CameraInputError("camera.cam2world", f"has shape {list(c2w.shape)}", "[4, 4] or [T, 4, 4]")
+        if k.shape[-2:] != (3, 3) or k.ndim not in (2, 3):
+            raise CameraInputError("camera.intrinsics", f"has shape {list(k.shape)}", "[3, 3] or [T, 3, 3]")
+        check_cam2world(c2w, "camera.cam2world")
+        check_normalised_intrinsics(k, "camera.intrinsics")
+        object.__setattr__(self, "cam2world", c2w)
+        object.__setattr__(self, "intrinsics", k)
+
+    def __len__(self) -> int:
+        """Number of distinct cameras (1 for a single camera shared by all frames)."""
+        return max(_count(self.cam2world), _count(self.intrinsics))
+
+    def for_frames(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(cam2world [n, 4, 4], intrinsics [n, 3, 3]): a single camera broadcast, or exactly n cameras."""
+        out = []
+        for name, m in (("cam2world", self.cam2world), ("intrinsics", self.intrinsics)):
+            if m.ndim == 3 and m.shape[0] != 1 and m.shape[0] != n:
+                raise CameraInputError(f"camera.{name}", f"holds {m.shape[0]} cameras for {n} frames",
+                                       f"one camera or one per frame ({n})")
+            out.append(np.broadcast_to(m if m.ndim == 3 else m[None], (n,) + m.shape[-2:]))
+        return out[0], out[1]
+
+
+def _count(m: np.ndarray) -> int:
+    return 1 if m.ndim == 2 else m.shape[0]
+
+
+def _float32(x, name: str) -> np.ndarray:
+    if type(x).__module__.startswith("torch"):
+        x = x.detach().cpu().numpy()
+    try:
+        a = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise CameraInputError(name, f"is a {type(x).__name__}", "a numeric array") from None
+    if not np.isfinite(a).all():
+        raise CameraInputError(name, "contains NaN or inf", "finite values")
+    return a
+
+
+def check_cam2world(c2w: np.ndarray, name: str) -> None:
+    rot = c2w[..., :3, :3].astype(np.float64)
+    ortho = np.abs(rot @ np.swapaxes(rot, -1, -2) - np.eye(3)).max()
+    last = np.abs(c2w[..., 3, :].astype(np.float64) - np.array([0, 0, 0, 1.0])).max()
+    if ortho > RIGID_TOLERANCE or last > 1e-6:
+        raise CameraInputError(name, f"is not rigid (max |R Rᵀ − I| = {ortho:.2g}, last row off by {last:.2g})",
+                               "rigid 4x4 cam2world matrices (orthonormal rotation, last row [0, 0, 0, 1])")
+
+
+def check_normalised_intrinsics(k: np.ndarray, name: str) -> None:
+    fx, fy = k[..., 0, 0], k[..., 1, 1]
+    if (fx <= 0).any() or (fy <= 0).any():
+        raise CameraInputError(name, "has fx or fy ≤ 0", "positive focal lengths")
+    if (fx > MAX_NORMALISED_FOCAL).any() or (np.abs(k[..., :2, 2]) > 10).any():
+        raise CameraInputError(name, f"looks like pixel units (fx up to {float(fx.max()):.4g})",
+                               "normalised intrinsics: divide K's first row by the width and the second by the height")
+
+
+def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """OpenCV cam2world looking from eye to target.  eye/target/up: [..., 3] → [..., 4, 4]"""
+    eye, target = np.asarray(eye, np.float64), np.asarray(target, np.float64)
+    up = np.broadcast_to(np.asarray(up, np.float64), eye.shape)
+    z = _normalise(target - eye)
+    x = _normalise(np.cross(z, up))
+    y = -_normalise(np.cross(x, z))
+    m = np.zeros(eye.shape[:-1] + (4, 4))
+    m[..., :3, 0], m[..., :3, 1], m[..., :3, 2], m[..., :3, 3] = x, y, z, eye
+    m[..., 3, 3] = 1
+    return m.astype(np.float32)
+
+
+def _normalise(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def demo_intrinsics() -> np.ndarray:
+    """The official demo's intrinsics, normalised: fx = fy = 1500/512, c = 0.5.  → [3, 3]"""
+    f = DEMO_FOCAL_PX / DEMO_SIZE
+    return np.array([[f, 0, 0.5], [0, f, 0.5], [0, 0, 1]], np.float32)
+
+
+def default_camera() -> Camera:
+    """The official demo's frontal camera: 1 m in front of the head looking at the origin, up = +y."""
+    return Camera(look_at(np.array([0.0, 0, 1]), np.zeros(3), np.array([0.0, 1, 0])), demo_intrinsics())
+
+
+def orbit_camera(n: int, radius: float = 0.3, distance: float = 1.0, intrinsics: np.ndarray | None = None) -> Camera:
+    """The demo's frontal trajectory: eyes on a circle of ``radius`` in the plane z = ``distance``, looking
+    at the origin, first pose at (0, radius, distance), one full turn over n frames."""
+    if not isinstance(n, int) or n < 1:
+        raise CameraInputError("n", f"is {n!r}", "a positive number of frames")
+    t = np.arange(n) * (2 * math.pi / n)
+    eye = np.stack([radius * np.sin(t), radius * np.cos(t), np.full(n, distance)], -1)     # [n, 3]
+    c2w = look_at(eye, np.zeros_like(eye), np.array([0.0, 1, 0]))
+    return Camera(c2w, demo_intrinsics() if intrinsics is None else intrinsics)
+
+
+def as_camera(camera) -> Camera:
+    """None → the demo camera; a Camera; or a (cam2world, intrinsics) pair."""
+    if camera is None:
+        return default_camera()
+    if isinstance(camera, Camera):
+        return camera
+    if isinstance(camera, (tuple, list)) and len(camera) == 2:
+        return Camera(camera[0], camera[1])
+    raise CameraInputError("camera", f"is a {type(camera).__name__}",
+                           "None (demo camera), a flexavatar.runtime.Camera or a (cam2world, intrinsics) pair")
+
+
+def world2cam(cam2world: np.ndarray) -> np.ndarray:
+    """Rigid inverse [R | t]⁻¹ = [Rᵀ | −Rᵀ t].  [..., 4, 4] → [..., 4, 4]"""
+    rot_t = np.swapaxes(cam2world[..., :3, :3], -1, -2)
+    out = np.zeros_like(cam2world)
+    out[..., :3, :3] = rot_t
+    out[..., :3, 3] = -(rot_t @ cam2world[..., :3, 3:])[..., 0]
+    out[..., 3, 3] = 1
+    return out
+
+
+def pixel_intrinsics(k: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Normalised → pixel intrinsics for a width × height image.  [..., 3, 3]"""
+    return (k * np.array([[width], [height], [1.0]], np.float32)).astype(np.float32)

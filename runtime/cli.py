@@ -1,0 +1,181 @@
+"""``flexavatar-render BUNDLE --avatar PHOTO_OR_CODE --expressions SEQ -o clip.mp4|.gif|frames/``.
+
+``render_to_file`` is the library function behind it (``flexavatar-demo`` calls it too): decode and
+rasterize every frame, stream them into the writer, time each stage, report p50 / p95.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .avatar import Avatar
+from .cameras import Camera, default_camera, demo_intrinsics, orbit_camera
+from .expressions import load_expressions, sequence_fps
+from .runtime import WHITE, Runtime
+from .timing import StageTimes
+from .video import open_writer
+
+DEFAULT_FPS = 25.0          # the tracked sequences' nominal rate (fixtures/driving/README.md)
+
+
+@dataclass
+class RenderReport:
+    output: Path
+    frames: int
+    width: int
+    height: int
+    fps: float
+    timings: StageTimes
+    runtime: str
+
+    def summary(self) -> str:
+        return (f"wrote {self.output} ({self.frames} frames, {self.width}x{self.height}, {self.fps:g} fps)\n"
+                f"runtime: {self.runtime}\n" + self.timings.table())
+
+
+class ProgressBar:
+    """A one-line text progress bar on a stream (redrawn at most 10 times a second)."""
+
+    def __init__(self, total: int, stream=sys.stderr, width: int = 30, label: str = "render"):
+        self.total, self.stream, self.width, self.label = total, stream, width, label
+        self.t0 = self.last = time.perf_counter()
+        self.done = 0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= 0.1 or self.done >= self.total:
+            self.last = now
+            filled = int(self.width * self.done / max(self.total, 1))
+            rate = self.done / max(now - self.t0, 1e-9)
+            self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
+                              f"frames, {rate:.1f} fps")
+            self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+def render_to_file(runtime: Runtime, avatar: Avatar, expressions: np.ndarray, output: str | Path, *, size: int = 512,
+                   camera: Camera | None = None, fps: float = DEFAULT_FPS, apply_head_pose: bool = False,
+                   background: Sequence[float] = WHITE, timings: StageTimes | None = None,
+                   progress: Callable[[int], None] | None = None) -> RenderReport:
+    """Render ``expressions`` [T, 135] of ``avatar`` into ``output`` (.mp4, .gif or a PNG folder), size² pixels.
+    camera: one camera or T (default: the official demo camera). progress(n) is called after each n frames."""
+    camera = camera or default_camera()
+    timings = timings if timings is not None else StageTimes()
+    with open_writer(output, size, size, fps) as writer:
+        for frames in runtime.iter_render(avatar, expressions, camera, size, size, background, apply_head_pose,
+                                          "uint8", timings):
+            with timings.stage("write", len(frames)):
+                writer.write(frames)
+            if progress is not None:
+                progress(len(frames))
+    return RenderReport(Path(output), writer.count, size, size, fps, timings, runtime.describe())
+
+
+def resolve_avatar(runtime: Runtime, avatar: str | None, timings: StageTimes) -> Avatar:
+    """--avatar: a photo (encoded now), an avatar code .npy, or nothing (the bundle's own avatar)."""
+    if avatar is None:
+        if runtime.manifest.avatar is None:
+            from .errors import RuntimeArgumentError
+            raise RuntimeArgumentError("--avatar", "is missing and the bundle holds no avatar code",
+                                       "a photo (PNG/JPEG, square, on white) or an avatar code .npy")
+        return runtime.bundle_avatar()
+    path = Path(avatar)
+    if path.suffix.lower() == ".npy" and _is_code_file(path):
+        return runtime.load_avatar(path)
+    t0 = time.perf_counter()
+    result = runtime.create_avatar(path)
+    timings.add_once("encode", (time.perf_counter() - t0) * 1e3)
+    return result
+
+
+def _is_code_file(path: Path) -> bool:
+    """An .npy holding an avatar code ((R², 1, D) or (R², D)) rather than a photo ([S, S, 3])."""
+    try:
+        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+    except (OSError, ValueError):
+        return True                               # let Avatar.load report it
+    return not (len(shape) == 3 and shape[2] in (3, 4) and shape[0] == shape[1])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flexavatar-render",
+        description="Render an avatar of a flexavatar bundle driven by an expression sequence into a video, "
+                    "GIF or PNG frames, and print the latency of each stage.")
+    p.add_argument("bundle", type=Path, help="bundle folder written by flexavatar-export")
+    p.add_argument("--avatar", help="photo to encode (square, on white, the bundle's image size) or an avatar code "
+                   ".npy (official (R², 1, D) layout); default: the bundle's own avatar (export --avatar)")
+    p.add_argument("--expressions", required=True, type=Path, metavar="SEQ",
+                   help=".npy [T, 135] or .npz with expression_codes (e.g. ../shared/fixtures/driving/*.npz)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="clip.mp4, clip.gif or a folder for PNG frames")
+    p.add_argument("--size", type=int, default=512, help="render width = height in pixels (default 512)")
+    p.add_argument("--camera-orbit", action="store_true", help="orbit the camera once over the clip (default: "
+                   "the official demo's frontal camera)")
+    p.add_argument("--focal", type=float, help="normalised focal length fx = fy (pixels / image size; default "
+                   "1500/512 ≈ 2.93, the official demo camera)")
+    p.add_argument("--head-pose", action="store_true", help="apply the rigid head pose of each expression code, as "
+                   "the official GUI does")
+    p.add_argument("--frames", type=int, help="render only the first N frames")
+    p.add_argument("--fps", type=float, help="frame rate of the clip (default: the sequence's, else 25)")
+    p.add_argument("--backend", default="auto", help="onnxruntime, openvino, torch or auto (default)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, gpu (OpenVINO Intel GPU) or auto (default)")
+    p.add_argument("--rasterizer", default="auto", help="cpu, cuda, triton, reference or auto (default)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
+    p.add_argument("--batch", type=int, default=1, help="frames per decoder call (default 1)")
+    p.add_argument("--cuda-graphs", action="store_true", help="ONNX Runtime CUDA: replay the decoder as CUDA graphs")
+    p.add_argument("--save-avatar", type=Path, metavar="CODE.npy", help="also save the avatar code (official layout)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from flexavatar.errors import FlexAvatarError
+    try:
+        runtime = Runtime(args.bundle, backend=args.backend, device=args.device, rasterizer=args.rasterizer,
+                          precision=args.precision, batch=args.batch, cuda_graphs=args.cuda_graphs)
+        print(f"runtime: {runtime.describe()}", flush=True)
+        expressions = load_expressions(args.expressions)
+        if args.frames is not None:
+            expressions = expressions[:max(args.frames, 1)]
+        timings = StageTimes()
+        avatar = resolve_avatar(runtime, args.avatar, timings)
+        if args.save_avatar is not None:
+            avatar.save(args.save_avatar)
+            print(f"saved avatar code {args.save_avatar}")
+        fps = args.fps or sequence_fps(args.expressions, DEFAULT_FPS)
+        camera = orbit_camera(len(expressions)) if args.camera_orbit else default_camera()
+        if args.focal is not None:
+            k = demo_intrinsics()
+            k[0, 0] = k[1, 1] = args.focal
+            camera = Camera(camera.cam2world, k)
+        bar = None if args.no_progress else ProgressBar(len(expressions))
+        try:
+            report = render_to_file(runtime, avatar, expressions, args.output, size=args.size, camera=camera, fps=fps,
+                                    apply_head_pose=args.head_pose, timings=timings,
+                                    progress=bar.update if bar else None)
+        finally:
+            if bar is not None:
+                bar.close()
+    except FlexAvatarError as e:
+        print(f"flexavatar-render: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("flexavatar-render: interrupted", file=sys.stderr)
+        return 130
+    print(report.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,480 @@
+"""Inference backends ("engines") that run a bundle's graphs: a registry, not a switch.
+
+    register_engine("onnxruntime", OrtBackend, priorities={"cuda": 300, "cpu": 150}, ...)
+
+An engine factory gets ``(bundle, device, options)`` and returns an ``InferenceBackend``, whose
+``load(role)`` opens one graph of the bundle (encoder, decoder, ...) as a ``Model``: ``run(feeds) ->
+{output name: array}`` with the graph's tensor names (``flexavatar.bundle``). CPU models take and give
+numpy arrays; the ONNX Runtime CUDA model gives CUDA torch tensors (``runtime/gpu.py``) so that the
+Gaussians reach the CUDA rasterizer without a copy. Models are safe to call from several threads.
+
+Nothing here imports torch, onnxruntime or openvino at import time; each engine imports its library
+when it is opened (so the ONNX / OpenVINO paths never import torch).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from flexavatar.bundle import (FORMAT_ONNX, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, ROLE_DECODER, ROLE_DECODER_AVATAR,
+                               ROLE_ENCODER, ROLE_ENCODER_FEATURES, Bundle, ModelArtifact)
+
+from .errors import EngineUnavailableError, ModelMismatchError, RuntimeArgumentError, UnknownEngineError
+
+DEVICES = ("cpu", "cuda", "gpu")       # "gpu": OpenVINO's (Intel) GPU plugin
+NUMPY, TORCH = "numpy", "torch"
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Settings shared by the engines (each uses the ones that apply to it)."""
+    precision: str = "fp32"                 # which bundle artifacts: "fp32" or "fp16"
+    num_threads: int = 0                    # CPU threads per call; 0 = the library's default
+    inference_precision: str | None = None  # OpenVINO INFERENCE_PRECISION_HINT; None = "f32" for fp32 artifacts
+    cuda_graphs: bool = False               # ONNX Runtime CUDA: capture the decoder in CUDA graphs
+    device_id: int = 0
+    model: Any = None                       # torch engine: a FlexAvatarModel ...
+    checkpoint: Any = None                  # ... or its checkpoint file (+ template / dinov2 files)
+    template: Any = None
+    dinov2: Any = None
+
+
+class Model(Protocol):
+    """One opened graph. ``array_type``: what ``run`` returns ("numpy", or "torch" on CUDA)."""
+    array_type: str
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+class InferenceBackend:
+    """Opens the graphs of one bundle on one device, once each (thread-safe, lazily)."""
+    name = ""
+    format: str | None = None               # bundle artifact format it runs (None: runs no file)
+
+    def __init__(self, bundle: Bundle, device: str, options: EngineOptions):
+        self.bundle, self.device, self.options = bundle, device, options
+        self._models: dict[str, Model] = {}
+        self._lock = threading.Lock()
+
+    def has(self, role: str) -> bool:
+        return bool(self.bundle.artifacts(role, self.format, self.options.precision))
+
+    def artifact(self, role: str) -> ModelArtifact:
+        return self.bundle.artifact(role, self.format, self.options.precision)
+
+    def load(self, role: str) -> Model:
+        with self._lock:
+            if role not in self._models:
+                artifact = self.artifact(role)
+                self.bundle.metadata(artifact)          # the file's own metadata agrees with the manifest
+                self._models[role] = self._open(artifact)
+            return self._models[role]
+
+    def _open(self, artifact: ModelArtifact) -> Model:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (CPU engines: nothing to wait for)."""
+
+    def stream(self):
+        """Context in which a frame's device work is queued (the CUDA stream the engine's graphs run on), so that
+        the rasterizer and the copies are ordered after the decoder without a host sync. CPU: nothing."""
+        return contextlib.nullcontext()
+
+    def hand_over(self, arrays) -> None:
+        """Make device arrays made in ``stream()`` safe to use on the caller's current stream (no host sync)."""
+
+
+# ---- registry -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EngineSpec:
+    name: str
+    factory: Callable[[Bundle, str, EngineOptions], InferenceBackend]
+    priorities: Mapping[str, int]            # device → rank for backend="auto" (highest wins)
+    availability: Callable[[str], str | None] = lambda device: None
+    install_hint: str = ""
+    description: str = ""
+    _order: int = field(default=0, compare=False)
+
+    def unavailable_reason(self, device: str) -> str | None:
+        if device not in self.priorities:
+            return f"it does not run on device {device!r} (it runs on: {', '.join(self.priorities)})"
+        return self.availability(device)
+
+
+_ENGINES: dict[str, EngineSpec] = {}
+
+
+def register_engine(name: str, factory, *, priorities: Mapping[str, int], availability=None, install_hint: str = "",
+                    description: str = "", replace: bool = False) -> EngineSpec:
+    if not name or name == "auto":
+        raise RuntimeArgumentError("name", f"is {name!r}", "a non-empty engine name other than 'auto'")
+    if name in _ENGINES and not replace:
+        raise RuntimeArgumentError("name", f"engine {name!r} is already registered", "replace=True to override it")
+    unknown = set(priorities) - set(DEVICES)
+    if unknown:
+        raise RuntimeArgumentError("priorities", f"name unknown devices {sorted(unknown)}", f"devices of {DEVICES}")
+    spec = EngineSpec(name, factory, dict(priorities), availability or (lambda device: None), install_hint,
+                      description, _ENGINES[name]._order if name in _ENGINES else len(_ENGINES))
+    _ENGINES[name] = spec
+    return spec
+
+
+def registered_engines() -> list[str]:
+    return list(_ENGINES)
+
+
+def get_engine(name: str) -> EngineSpec:
+    if name not in _ENGINES:
+        raise UnknownEngineError("backend", f"unknown inference backend {name!r}",
+                                 f"one of {registered_engines()} or 'auto'")
+    return _ENGINES[name]
+
+
+def available_engines(device: str) -> list[str]:
+    return [s.name for s in _ENGINES.values() if s.unavailable_reason(device) is None]
+
+
+def select_engine(name: str, device: str,
+                  requirement: Callable[[EngineSpec], str | None] | None = None) -> tuple[EngineSpec, str]:
+    """(engine, concrete device) for a backend name or "auto" and a device or "auto".
+
+    device "auto" prefers a CUDA device when the engine can use one here, else the CPU (OpenVINO's
+    Intel "gpu" is only used when asked for). ``requirement(spec)`` may reject an engine with a reason
+    (e.g. the bundle has no file in its format)."""
+    if device != "auto" and device not in DEVICES:
+        raise RuntimeArgumentError("device", f"is {device!r}", f"'auto' or one of {DEVICES}")
+    devices = ("cuda", "cpu") if device == "auto" else (device,)
+    specs = list(_ENGINES.values()) if name == "auto" else [get_engine(name)]
+    candidates, rejected = [], []
+    for spec in specs:
+        for d in devices:
+            reason = spec.unavailable_reason(d) or (requirement(spec) if requirement else None)
+            if reason is None:
+                candidates.append((spec.priorities[d], -spec._order, spec, d))
+            else:
+                rejected.append((spec, d, reason))
+    if not candidates:
+        if name != "auto" and len(rejected) == len(devices):
+            spec, d, reason = rejected[-1]
+            missing = d in spec.priorities and spec.availability(d) is not None
+            raise EngineUnavailableError(name, d, reason, spec.install_hint if missing else None)
+        detail = "; ".join(f"{s.name} on {d}: {r}" for s, d, r in rejected)
+        raise EngineUnavailableError(name, device, f"nothing can run here ({detail})",
+                                     "pip install 'flexavatar[runtime]' (ONNX Runtime and OpenVINO)")
+    _, _, spec, d = max(candidates, key=lambda c: (c[0], c[1]))
+    return spec, d
+
+
+@functools.cache
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+@functools.cache
+def cuda_device_present() -> bool:
+    """A CUDA device is visible: asked of flexavatar's native module (no torch import), else of torch."""
+    try:
+        from flexavatar.kernels.native import native_module
+        return bool(native_module().cuda_info()["available"])
+    except (ImportError, KeyError, AttributeError):
+        pass
+    if not _installed("torch"):
+        return False
+    import torch
+    return torch.cuda.is_available()
+
+
+def _needs_torch_cuda() -> str | None:
+    if not _installed("torch"):
+        return "PyTorch is not installed (CUDA buffers are torch tensors handed to the CUDA rasterizer)"
+    if not cuda_device_present():
+        return "no CUDA device is visible"
+    return None
+
+
+# ---- ONNX Runtime -----------------------------------------------------------------------------------------
+
+def _ort_availability(device: str) -> str | None:
+    if not _installed("onnxruntime"):
+        return "onnxruntime is not installed"
+    if device == "cuda":
+        import onnxruntime as ort
+        # get_available_providers() lists CUDA in every onnxruntime-gpu install, GPU or not: the session
+        # itself is checked again after it is created (OrtCudaModel).
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return "this onnxruntime build has no CUDAExecutionProvider (pip install onnxruntime-gpu instead)"
+        return _needs_torch_cuda()
+    return None
+
+
+class OrtCpuModel:
+    array_type = NUMPY
+
+    def __init__(self, path, options: EngineOptions):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if options.num_threads:
+            so.intra_op_num_threads = options.num_threads
+        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.providers = self.session.get_providers()
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        # InferenceSession.run is thread-safe
+        return dict(zip(self.output_names, self.session.run(self.output_names, dict(feeds))))
+
+
+class OrtBackend(InferenceBackend):
+    name = "onnxruntime"
+    format = FORMAT_ONNX
+
+    def __init__(self, bundle, device, options):
+        super().__init__(bundle, device, options)
+        self.cuda_stream = None
+        if device == "cuda":                    # one stream for every graph of the bundle and the rasterizer
+            import torch
+            self.cuda_stream = torch.cuda.Stream(torch.device("cuda", options.device_id))
+
+    def _open(self, artifact: ModelArtifact) -> Model:
+        path = self.bundle.path(artifact)
+        if self.device == "cuda":
+            from .gpu import OrtCudaModel
+            # CUDA graphs for the per-frame decoders only (the encoder runs once per avatar)
+            graphs = self.options.cuda_graphs and artifact.role in (ROLE_DECODER, ROLE_DECODER_AVATAR)
+            return OrtCudaModel(path, artifact, self.options, self.cuda_stream, graphs)
+        return OrtCpuModel(path, self.options)
+
+    def stream(self):
+        if self.cuda_stream is None:
+            return contextlib.nullcontext()
+        import torch
+        return torch.cuda.stream(self.cuda_stream)
+
+    def hand_over(self, arrays) -> None:
+        if self.cuda_stream is None:
+            return
+        import torch
+        caller = torch.cuda.current_stream(self.cuda_stream.device)
+        caller.wait_stream(self.cuda_stream)            # ordering on the GPU, not a host wait
+        for t in arrays:
+            t.record_stream(caller)                     # the allocator must not reuse them before the caller is done
+
+    def describe(self) -> str:
+        import onnxruntime as ort
+        provider = "CUDAExecutionProvider" if self.device == "cuda" else "CPUExecutionProvider"
+        graphs = ", CUDA graphs" if self.device == "cuda" and self.options.cuda_graphs else ""
+        return f"onnxruntime {ort.__version__} {provider}{graphs}"
+
+    def synchronize(self) -> None:
+        if self.device == "cuda":
+            import torch
+            torch.cuda.synchronize(self.options.device_id)
+
+
+# ---- OpenVINO ---------------------------------------------------------------------------------------------
+
+OPENVINO_DEVICES = {"cpu": "CPU", "gpu": "GPU"}
+
+
+def _openvino_availability(device: str) -> str | None:
+    if not _installed("openvino"):
+        return "openvino is not installed"
+    if device == "gpu":
+        return _openvino_devices().get("GPU")
+    return None
+
+
+@functools.cache
+def _openvino_devices() -> dict[str, str | None]:
+    import openvino as ov
+    present = set(d.split(".")[0] for d in ov.Core().available_devices)
+    return {name: None if name in present else f"OpenVINO sees no {name} device (it has: {sorted(present)})"
+            for name in OPENVINO_DEVICES.values()}
+
+
+class OpenVinoModel:
+    """A compiled model with one infer request per calling thread (requests are not thread-safe)."""
+    array_type = NUMPY
+
+    def __init__(self, core, path, device: str, config: dict):
+        self.compiled = core.compile_model(str(path), OPENVINO_DEVICES[device], config)
+        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+        self._local = threading.local()
+
+    @property
+    def inference_precision(self) -> str:
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")      # an openvino Type, e.g. f32
+        return hint.to_string() if hasattr(hint, "to_string") else str(hint)
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        result = request.infer(dict(feeds))                   # outputs are copies (share_outputs=False)
+        return {name: result[out] for name, out in zip(self.output_names, self.compiled.outputs)}
+
+
+class OpenVinoBackend(InferenceBackend):
+    name = "openvino"
+    format = FORMAT_OPENVINO
+
+    def __init__(self, bundle, device, options):
+        super().__init__(bundle, device, options)
+        import openvino as ov
+        self.core = ov.Core()
+
+    def config(self, artifact: ModelArtifact) -> dict:
+        # This machine class (Xeon with AMX) runs bf16 by default: fp32 bundles are pinned to f32 unless asked.
+        hint = self.options.inference_precision or ("f32" if artifact.precision == "fp32" else None)
+        config = {"INFERENCE_PRECISION_HINT": hint} if hint else {}
+        if self.options.num_threads:
+            config["INFERENCE_NUM_THREADS"] = self.options.num_threads
+        return config
+
+    def _open(self, artifact: ModelArtifact) -> Model:
+        return OpenVinoModel(self.core, self.bundle.path(artifact), self.device, self.config(artifact))
+
+    def describe(self) -> str:
+        import openvino as ov
+        decoder = self._models.get(ROLE_DECODER)
+        hint = decoder.inference_precision if decoder is not None else self.options.inference_precision or "f32"
+        return f"openvino {ov.get_version().split('-')[0]} {OPENVINO_DEVICES[self.device]}, inference precision {hint}"
+
+
+# ---- PyTorch (the reference model) ------------------------------------------------------------------------
+
+def _torch_availability(device: str) -> str | None:
+    if not _installed("torch"):
+        return "PyTorch is not installed"
+    if device == "cuda" and not cuda_device_present():
+        return "no CUDA device is visible"
+    return None
+
+
+def _tensor(x, device):
+    """numpy (possibly read-only, like an Avatar's code) or torch → a torch tensor on device."""
+    import torch
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.array(x, copy=not x.flags.writeable)).to(device)
+    return torch.as_tensor(x, device=device)
+
+
+class TorchDecoderModel:
+    """code [1, R², D] + expressions [E, 135] → the decoder's outputs, by FlexAvatarModel.decode."""
+    array_type = TORCH
+
+    def __init__(self, model, device):
+        self.model, self.device = model, device
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        from flexavatar.model import MULTI_VIEW_DATASET_ID, AvatarCode
+        code = _tensor(feeds["code"], self.device).transpose(0, 1)                           # [R², 1, D]
+        expressions = _tensor(feeds["expressions"], self.device)
+        g = self.model.decode(AvatarCode(code), expressions, dataset_id=MULTI_VIEW_DATASET_ID)
+        return dict(zip(GAUSSIAN_OUTPUTS, (g.means, g.quats, g.scales, g.opacities, g.sh0)))
+
+
+class TorchEncoderModel:
+    """image [B, 3, S, S] + cam2world + intrinsics (+ features [B, C, h, w]) → code [B, R², D] (numpy)."""
+    array_type = NUMPY
+
+    def __init__(self, model, device):
+        self.model, self.device = model, device
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        t = {k: _tensor(v, self.device) for k, v in feeds.items()}
+        features = t["features"][:, None] if "features" in t else None
+        code = self.model.encode(t["image"], t["cam2world"], t["intrinsics"], features=features)
+        return {"code": code.tokens.transpose(0, 1).contiguous().cpu().numpy()}
+
+
+class TorchBackend(InferenceBackend):
+    """The PyTorch model the bundle was exported from (``model=`` or ``checkpoint=``), for parity checks.
+
+    It runs no bundle file, but the bundle still says which model it must be: the template hash and
+    config must match (and the checkpoint's sha256 when a file is given)."""
+    name = "torch"
+    requires_model = True                       # "auto" skips it unless model= or checkpoint= is given
+
+    def __init__(self, bundle, device, options):
+        super().__init__(bundle, device, options)
+        self.model = _torch_model(bundle, options).to(device)
+
+    def has(self, role: str) -> bool:
+        if role == ROLE_DECODER:
+            return True
+        if role == ROLE_ENCODER:
+            return self.model.dinov2 is not None
+        return role == ROLE_ENCODER_FEATURES      # a specialised avatar decoder is an ONNX-only artifact
+
+    def load(self, role: str) -> Model:
+        if role == ROLE_DECODER_AVATAR or not self.has(role):
+            raise RuntimeArgumentError("role", f"{role!r} is not available from the PyTorch model",
+                                       "decoder, encoder (needs dinov2) or encoder_features")
+        models = {ROLE_DECODER: TorchDecoderModel, ROLE_ENCODER: TorchEncoderModel,
+                  ROLE_ENCODER_FEATURES: TorchEncoderModel}
+        return models[role](self.model, self.device)
+
+    def describe(self) -> str:
+        import torch
+        return f"torch {torch.__version__} eager ({self.device})"
+
+    def synchronize(self) -> None:
+        if self.device == "cuda":
+            import torch
+            torch.cuda.synchronize()
+
+
+def _torch_model(bundle: Bundle, options: EngineOptions):
+    from flexavatar.bundle import sha256_file
+    from flexavatar.config import FlexConfig
+    from flexavatar.model import FlexAvatarModel
+
+    m = bundle.manifest
+    model = options.model
+    if model is None:
+        if options.checkpoint is None:
+            raise RuntimeArgumentError("model", "is missing for backend='torch'", "model=FlexAvatarModel or "
+                                       "checkpoint=path (+ template=, dinov2=): the bundle holds ONNX/IR files only")
+        digest = sha256_file(options.checkpoint)
+        if digest != m.model.checkpoint_sha256:
+            raise ModelMismatchError(f"checkpoint {options.checkpoint}: sha256 {digest[:16]}… is not the bundle's "
+                                     f"{m.model.checkpoint} ({m.model.checkpoint_sha256[:16]}…)")
+        if options.template is None:
+            raise RuntimeArgumentError("template", "is missing for backend='torch' with checkpoint=",
+                                       f"the {m.template.source} the bundle was exported with")
+        model = FlexAvatarModel.from_checkpoint(options.checkpoint, template=options.template,
+                                                dinov2=options.dinov2, config=FlexConfig.from_dict(m.model.config))
+    if not isinstance(model, FlexAvatarModel):
+        raise RuntimeArgumentError("model", f"is a {type(model).__name__}", "a flexavatar FlexAvatarModel")
+    if model.template.sha256() != m.template.sha256:
+        raise ModelMismatchError(f"the model's template (sha256 {model.template.sha256()[:16]}…) is not the bundle's "
+                                 f"{m.template.source} ({m.template.sha256[:16]}…)")
+    if model.config.to_dict() != m.model.config:
+        raise ModelMismatchError("the model's FlexConfig differs from the bundle's manifest.model.config")
+    return model.eval()
+
+
+register_engine("onnxruntime", OrtBackend, priorities={"cuda": 300, "cpu": 150}, availability=_ort_availability,
+                install_hint="pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA)",
+                description="ONNX Runtime: CPU provider, or CUDA provider with IO binding and optional CUDA graphs")
+register_engine("openvino", OpenVinoBackend, priorities={"cpu": 100, "gpu": 150},
+                availability=_openvino_availability, install_hint="pip install openvino",
+                description="OpenVINO IR on the CPU (or Intel GPU) plugin, f32 precision hint for fp32 bundles")
+register_engine("torch", TorchBackend, priorities={"cuda": 200, "cpu": 10}, availability=_torch_availability,
+                install_hint="pip install torch",
+                description="the PyTorch model itself (needs the checkpoint); the parity reference")

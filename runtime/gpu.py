@@ -1,0 +1,150 @@
+"""ONNX Runtime on CUDA without round trips: IO binding to device buffers, optional CUDA graphs.
+
+Per decoded chunk the host only enqueues work: inputs are CUDA torch tensors (the avatar code is uploaded
+once per avatar, the 135-d expressions are a few hundred bytes), outputs are bound to preallocated CUDA
+torch tensors, and ONNX Runtime runs on the same CUDA stream as the rasterizer (``user_compute_stream``)
+with ``disable_synchronize_execution_providers`` so ``run_with_iobinding`` returns without waiting. The
+Gaussians then go to the CUDA rasterizer as they are (``flexavatar.kernels`` hands CUDA torch tensors to
+the native library through ``__cuda_array_interface__``, zero copy). The host waits only when the caller
+asks for pixels.
+
+CUDA graphs (``cuda_graphs=True``): ONNX Runtime captures the decoder per expression-batch size E (one
+``gpu_graph_id`` each) with inputs and outputs at fixed addresses; new inputs are copied into those
+buffers on the stream, and the outputs are overwritten by the next call — the runtime consumes them
+(rasterizes) before that, and ``Runtime.decode`` returns copies. Graph replays are serialised by a lock.
+Needs onnxruntime-gpu ≥ 1.18 and a graph that runs entirely on the CUDA provider.
+
+This module imports torch and onnxruntime; it is only imported when device="cuda".
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from flexavatar.bundle import ModelArtifact
+
+from .engines import TORCH, EngineOptions
+from .errors import EngineUnavailableError
+
+
+def to_cuda(x, device) -> Any:
+    """numpy / torch → contiguous float32 CUDA tensor, enqueued on the current stream without a host sync
+    (numpy goes through pinned memory; the caching host allocator keeps it alive until the copy is done)."""
+    import torch
+    if isinstance(x, torch.Tensor):
+        return x.to(device=device, dtype=torch.float32, non_blocking=True).contiguous()
+    host = torch.from_numpy(np.array(x, dtype=np.float32, order="C", copy=True))
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+class OrtCudaModel:
+    """One graph of the bundle on ONNX Runtime's CUDA provider; ``run`` takes numpy or CUDA torch tensors
+    and returns CUDA torch tensors (float32, on ``self.stream``'s device)."""
+    array_type = TORCH
+
+    def __init__(self, path, artifact: ModelArtifact, options: EngineOptions, stream, cuda_graphs: bool):
+        import onnxruntime as ort
+        import torch
+
+        self.torch = torch
+        self.device = torch.device("cuda", options.device_id)
+        self.stream = stream                                    # ORT, copies and the rasterizer share it
+        self.artifact = artifact
+        self.cuda_graphs = bool(cuda_graphs)
+        provider = {"device_id": str(options.device_id), "user_compute_stream": str(self.stream.cuda_stream),
+                    "enable_cuda_graph": "1" if self.cuda_graphs else "0",
+                    "arena_extend_strategy": "kSameAsRequested", "cudnn_conv_algo_search": "HEURISTIC"}
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), so,
+                                            providers=[("CUDAExecutionProvider", provider), "CPUExecutionProvider"])
+        # get_available_providers() lists CUDA in every onnxruntime-gpu install: what counts is the session's
+        active = self.session.get_providers()
+        if not active or active[0] != "CUDAExecutionProvider":
+            raise EngineUnavailableError("onnxruntime", "cuda", f"the session fell back to {active} (CUDA libraries "
+                                         "or driver missing?)",
+                                         "check `nvidia-smi` and the onnxruntime-gpu CUDA version")
+        self.output_names = [o.name for o in artifact.outputs]
+        self.run_options = ort.RunOptions()
+        self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        self._local = threading.local()          # IOBinding objects are not thread-safe
+        self._graphs: dict[int, _GraphSlot] = {}
+        self._graph_lock = threading.Lock()
+
+    # -- buffers --
+    def _output_shapes(self, n_expressions: int) -> dict[str, tuple[int, ...]]:
+        return {o.name: tuple(n_expressions if isinstance(d, str) else d for d in o.shape)
+                for o in self.artifact.outputs}
+
+    def _to_device(self, x) -> Any:
+        return to_cuda(x, self.device)
+
+    def _bind(self, binding, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        for name, t in inputs.items():
+            binding.bind_input(name, "cuda", self.device.index or 0, np.float32, tuple(t.shape), t.data_ptr())
+        for name, t in outputs.items():
+            binding.bind_output(name, "cuda", self.device.index or 0, np.float32, tuple(t.shape), t.data_ptr())
+
+    def _n_expressions(self, feeds: Mapping[str, Any]) -> int:
+        return int(feeds["expressions"].shape[0]) if "expressions" in feeds else int(feeds["image"].shape[0])
+
+    # -- run --
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        n = self._n_expressions(feeds)
+        with self.torch.cuda.stream(self.stream):
+            if self.cuda_graphs:
+                return self._run_graph(feeds, n)
+            inputs = {name: self._to_device(x) for name, x in feeds.items()}
+            outputs = {name: self.torch.empty(shape, dtype=self.torch.float32, device=self.device)
+                       for name, shape in self._output_shapes(n).items()}
+            binding = getattr(self._local, "binding", None)
+            if binding is None:
+                binding = self._local.binding = self.session.io_binding()
+            self._bind(binding, inputs, outputs)
+            self.session.run_with_iobinding(binding, self.run_options)
+            # inputs stay alive until the stream reaches them: the caching allocator reuses memory
+            # stream-ordered, and every consumer runs on self.stream
+            return {name: outputs[name] for name in self.output_names}
+
+    def _run_graph(self, feeds: Mapping[str, Any], n: int) -> dict[str, Any]:
+        with self._graph_lock:
+            slot = self._graphs.get(n)
+            if slot is None:
+                slot = self._graphs[n] = _GraphSlot(self, feeds, n, graph_id=len(self._graphs))
+            slot.run(feeds)
+            return slot.outputs
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+
+class _GraphSlot:
+    """Fixed-address inputs/outputs for one batch size, and the ORT CUDA graph captured over them."""
+
+    def __init__(self, model: OrtCudaModel, feeds: Mapping[str, Any], n: int, graph_id: int):
+        import onnxruntime as ort
+
+        torch = model.torch
+        self.model = model
+        self.inputs = {name: torch.empty(tuple(x.shape), dtype=torch.float32, device=model.device)
+                       for name, x in feeds.items()}
+        self.outputs = {name: torch.empty(shape, dtype=torch.float32, device=model.device)
+                        for name, shape in model._output_shapes(n).items()}
+        self.binding = model.session.io_binding()
+        model._bind(self.binding, self.inputs, self.outputs)
+        self.run_options = ort.RunOptions()
+        self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        self.run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
+
+    def run(self, feeds: Mapping[str, Any]) -> None:
+        # always copied (the avatar code too: ~3 MB device-to-device, microseconds): a cache keyed by
+        # address could be fooled by a freed code whose memory went to another avatar
+        for name, x in feeds.items():
+            self.inputs[name].copy_(self.model._to_device(x), non_blocking=True)
+        # the first call warms up and captures; later calls replay the graph
+        self.model.session.run_with_iobinding(self.binding, self.run_options)

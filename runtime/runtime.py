@@ -1,0 +1,384 @@
+"""``Runtime``: load a bundle once, create avatars from photos, render frames from expressions and cameras.
+
+    rt = Runtime("bundle/", backend="auto", device="auto", rasterizer="auto")
+    avatar = rt.create_avatar("me.png")                      # once per person (or Avatar.load("avatar.npy"))
+    frames = rt.render(avatar, expressions, orbit_camera(len(expressions)))   # uint8 [T, 512, 512, 3]
+
+Every frame: decoder (the bundle's graph on the chosen engine) → optional rigid head pose → rasterizer
+(``flexavatar.kernels``). On the ONNX Runtime / OpenVINO engines with the native CPU rasterizer nothing
+imports PyTorch. One ``Runtime`` may be used from several threads at once (engines keep per-thread
+state where their library needs it; see ``engines.py`` and ``gpu.py``).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flexavatar import kernels
+from flexavatar.bundle import (GAUSSIAN_OUTPUTS, PRECISIONS, ROLE_DECODER, ROLE_DECODER_AVATAR, ROLE_ENCODER,
+                               ROLE_ENCODER_FEATURES, Bundle)
+from flexavatar.kernels.arrays import NUMPY, TORCH, array_kind, to_numpy
+
+from .avatar import Avatar
+from .cameras import Camera, as_camera, pixel_intrinsics, world2cam
+from .engines import EngineOptions, EngineSpec, select_engine
+from .errors import CameraInputError, EncoderUnavailableError, EngineUnavailableError, RuntimeArgumentError
+from .expressions import as_expressions, head_pose, quaternion_from_matrix, quaternion_multiply
+from .images import load_image
+from .timing import StageTimes
+
+log = logging.getLogger("flexavatar.runtime")
+WHITE = (1.0, 1.0, 1.0)
+MAX_RENDER_SIZE = 8192
+
+
+# ---- decoded Gaussians --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Gaussians:
+    """Decoded Gaussians of E frames: means [E, G, 3], quats [E, G, 4] (w, x, y, z), scales [E, G, 3],
+    opacities [E, G], sh0 [E, G, 3]. numpy arrays, or CUDA torch tensors on the GPU path."""
+    means: Any
+    quats: Any
+    scales: Any
+    opacities: Any
+    sh0: Any
+
+    def __len__(self) -> int:
+        return int(self.means.shape[0])
+
+    @property
+    def n_gaussians(self) -> int:
+        return int(self.means.shape[1])
+
+    def arrays(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def numpy(self) -> "Gaussians":
+        return Gaussians(**{k: to_numpy(v) for k, v in self.arrays().items()})
+
+    def __getitem__(self, index) -> "Gaussians":
+        return Gaussians(**{k: v[index] for k, v in self.arrays().items()})
+
+
+def _concat(parts: list[Gaussians]) -> Gaussians:
+    if len(parts) == 1:
+        return parts[0]
+    kind = array_kind(parts[0].means)
+    cat = _CONCAT[kind]
+    return Gaussians(**{k: cat([getattr(p, k) for p in parts]) for k in GAUSSIAN_OUTPUTS})
+
+
+def _torch_cat(xs):
+    import torch
+    return torch.cat(xs, 0)
+
+
+def _torch_stack(xs, axis):
+    import torch
+    return torch.stack(xs, axis)
+
+
+_CONCAT = {NUMPY: lambda xs: np.concatenate(xs, 0), TORCH: _torch_cat}
+_STACK = {NUMPY: np.stack, TORCH: _torch_stack}
+
+
+def _like(x: np.ndarray, like):
+    """A small host array as the type/device of ``like`` (numpy, or a torch tensor's device); host → CUDA
+    copies are enqueued on the current stream without a host sync."""
+    if array_kind(like) == TORCH:
+        if like.device.type == "cuda":
+            from .gpu import to_cuda
+            return to_cuda(x, like.device)
+        import torch
+        return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=like.device)
+    return x.astype(np.float32)
+
+
+def apply_pose(gaussians: Gaussians, expressions: np.ndarray) -> Gaussians:
+    """Move each frame's Gaussians by the GUI's rigid head pose ``[rot6d(code[126:132]) | code[132:135]]``:
+    means' = R·means + t, quats' = q(R) ⊗ quats (scales, opacities and colours are unchanged)."""
+    rot, trans = head_pose(expressions)                                              # [E, 3, 3], [E, 3]
+    means = gaussians.means
+    r, t = _like(rot, means), _like(trans, means)
+    q = _like(quaternion_from_matrix(rot), means)                                    # [E, 4]
+    kind = array_kind(means)
+    new_means = (means @ r.swapaxes(-1, -2)) + t[:, None, :]                         # [E, G, 3]
+    new_quats = quaternion_multiply(q[:, None, :], gaussians.quats, _STACK[kind])    # [E, G, 4]
+    return Gaussians(new_means, new_quats, gaussians.scales, gaussians.opacities, gaussians.sh0)
+
+
+# ---- frame formats ------------------------------------------------------------------------------------------
+
+def _uint8_rgb(rgb, alpha) -> np.ndarray:
+    """→ uint8 [E, H, W, 3] (rounded); converted on the device before the one copy to the host."""
+    if array_kind(rgb) == TORCH:
+        import torch
+        return (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _float_rgba(rgb, alpha) -> np.ndarray:
+    """→ float32 [E, H, W, 4]: rgb composited over the background, and alpha (1 − transmittance)."""
+    if array_kind(rgb) == TORCH:
+        import torch
+        return torch.cat([rgb, alpha], -1).cpu().numpy()
+    return np.concatenate([rgb, alpha], -1)
+
+
+FRAME_FORMATS = {"uint8": _uint8_rgb, "float": _float_rgba}
+
+
+# ---- the runtime --------------------------------------------------------------------------------------------
+
+class Runtime:
+    """A loaded bundle on one inference engine and one rasterizer.
+
+    bundle_dir: a folder written by ``flexavatar-export``. backend: "onnxruntime", "openvino", "torch" or
+    "auto" (registry of ``engines.py``; the fastest one that can run this bundle here). device: "cpu",
+    "cuda", "gpu" (OpenVINO Intel GPU) or "auto" (CUDA when the engine can use it, else CPU).
+    rasterizer: a ``flexavatar.kernels`` backend name or "auto" (the fastest for the decoder's arrays;
+    ``self.rasterizer`` names the one chosen). precision: which artifacts, "fp32" or "fp16".
+    verify: "full" (sha256 of every file, default), "size" or "none". batch: frames per decoder call.
+    For backend="torch": ``model=`` (FlexAvatarModel) or ``checkpoint=`` + ``template=`` (+ ``dinov2=``).
+    """
+
+    def __init__(self, bundle_dir: str | Path, backend: str = "auto", device: str = "auto", rasterizer: str = "auto",
+                 *, precision: str = "fp32", verify: str = "full", batch: int = 1, num_threads: int = 0,
+                 inference_precision: str | None = None, cuda_graphs: bool = False, device_id: int = 0,
+                 model=None, checkpoint=None, template=None, dinov2=None):
+        if precision not in PRECISIONS:
+            raise RuntimeArgumentError("precision", f"is {precision!r}", f"one of {list(PRECISIONS)}")
+        if not isinstance(batch, int) or batch < 1:
+            raise RuntimeArgumentError("batch", f"is {batch!r}", "a positive number of frames per decoder call")
+        self.bundle = Bundle.open(bundle_dir, verify=verify)
+        self.manifest = self.bundle.manifest
+        c = self.manifest.conventions
+        self.image_size, self.n_tokens, self.code_width = c.image_size, c.n_head_tokens, c.d_code
+        self.precision, self.batch = precision, batch
+        options = EngineOptions(precision=precision, num_threads=num_threads, inference_precision=inference_precision,
+                                cuda_graphs=cuda_graphs, device_id=device_id, model=model, checkpoint=checkpoint,
+                                template=template, dinov2=dinov2)
+        self.engine = self._open_engine(backend, device, options)
+        self.backend, self.device = self.engine.name, self.engine.device
+        self.decoder = self.engine.load(ROLE_DECODER)
+        self.array_device = "cuda" if self.decoder.array_type == TORCH and self.device == "cuda" else "cpu"
+        spec = kernels.select_backend(rasterizer, device=self.array_device, dtype="float32")
+        self.rasterizer = spec.name
+        self._check_values = self.array_device == "cpu"     # value checks sync the GPU: skipped there
+        self._lock = threading.Lock()
+        log.info("flexavatar runtime: %s", self.describe())
+
+    def _open_engine(self, backend: str, device: str, options: EngineOptions):
+        def runs_bundle(spec: EngineSpec) -> str | None:
+            probe = getattr(spec.factory, "format", None)
+            if probe is not None and not self.bundle.artifacts(ROLE_DECODER, probe, options.precision):
+                return f"the bundle has no {options.precision} decoder in format {probe!r}"
+            if getattr(spec.factory, "requires_model", False) and options.model is None and options.checkpoint is None:
+                return "it runs the PyTorch model itself: pass model= (FlexAvatarModel) or checkpoint="
+            return None
+
+        spec, dev = select_engine(backend, device, runs_bundle)
+        try:
+            engine = spec.factory(self.bundle, dev, options)
+            engine.load(ROLE_DECODER)
+            return engine
+        except EngineUnavailableError as e:
+            if device != "auto" or dev == "cpu":
+                raise
+            log.warning("%s; falling back to the CPU", e)     # e.g. the CUDA session fell back to the CPU
+            spec, dev = select_engine(spec.name, "cpu", runs_bundle)
+            return spec.factory(self.bundle, dev, options)
+
+    def describe(self) -> str:
+        return (f"{self.engine.describe()} · {self.precision} · rasterizer {self.rasterizer} · "
+                f"bundle {self.bundle.root.name} (G = {self.manifest.conventions.n_gaussians})")
+
+    # ---- avatars ----------------------------------------------------------------------------------------
+    def create_avatar(self, image, camera: Camera | tuple | None = None, features=None) -> Avatar:
+        """Encode a photo once. image: [S, S, 3] RGB on white (uint8 or float in [0, 1]), [S, S, 4] RGBA
+        (composited onto white), a PIL image or a file; S is the bundle's image size (512 for FLEX-1).
+        camera: the photo's camera (default: the official demo's frontal camera). features: DINOv2 patch
+        features [C, h, w] for bundles exported without DINOv2 (their encoder takes them as an input)."""
+        pixels = load_image(image, self.image_size)[None]                                   # [1, 3, S, S]
+        cam = as_camera(camera)
+        if len(cam) != 1:
+            raise CameraInputError("camera", f"holds {len(cam)} cameras", "the single camera of the photo")
+        c2w, k = cam.for_frames(1)
+        feeds = {"image": pixels, "cam2world": np.ascontiguousarray(c2w), "intrinsics": np.ascontiguousarray(k)}
+        role = self._encoder_role(features is not None)
+        if role == ROLE_ENCODER_FEATURES:
+            feeds["features"] = self._features(features)
+        code = to_numpy(self.engine.load(role).run(feeds)["code"])
+        return Avatar(code, source=str(image) if isinstance(image, (str, Path)) else "photo")
+
+    def _encoder_role(self, with_features: bool) -> str:
+        has = self.engine.has
+        if with_features:
+            if has(ROLE_ENCODER_FEATURES):
+                return ROLE_ENCODER_FEATURES
+            raise EncoderUnavailableError("features= was given but this bundle's encoder computes DINOv2 itself "
+                                          "(role 'encoder'); call create_avatar without features")
+        if has(ROLE_ENCODER):
+            return ROLE_ENCODER
+        if has(ROLE_ENCODER_FEATURES):
+            raise EncoderUnavailableError(
+                "this bundle was exported without DINOv2 weights: its encoder takes DINOv2 features as an input. "
+                "Pass features=[C, h, w] (DINOv2 ViT-B/14-reg patch features of the photo), or re-export with "
+                "flexavatar-export --dinov2 dinov2_vitb14_reg4_pretrain.pth to encode photos directly")
+        raise EncoderUnavailableError(f"this bundle has no encoder for {self.backend} at {self.precision} (it has: "
+                                      f"{', '.join(a.name for a in self.manifest.artifacts)}); load a saved avatar "
+                                      "code instead (Avatar.load) or re-export")
+
+    def _features(self, features) -> np.ndarray:
+        spec = self.engine.artifact(ROLE_ENCODER_FEATURES).input("features") if self.engine.format else None
+        channels = spec.shape[1] if spec is not None else self.manifest.model.config.get("feature_dim")
+        f = np.asarray(to_numpy(features), dtype=np.float32)
+        if f.ndim == 3:
+            f = f[None]
+        expected = f"finite DINOv2 features [{channels}, h, w]"
+        if f.ndim != 4 or f.shape[:2] != (1, channels):
+            raise RuntimeArgumentError("features", f"has shape {list(f.shape)}", expected)
+        if not np.isfinite(f).all():
+            raise RuntimeArgumentError("features", "contains NaN/inf", expected)
+        return np.ascontiguousarray(f)
+
+    def load_avatar(self, path: str | Path) -> Avatar:
+        """An avatar code file (official (R², 1, D) .npy), checked against this bundle."""
+        avatar = Avatar.load(path)
+        avatar.check_fits(self.n_tokens, self.code_width)
+        return avatar
+
+    def bundle_avatar(self) -> Avatar:
+        """The avatar encoded at export time (``flexavatar-export --avatar``); decoded by the bundle's
+        decoder specialised to it when the engine has that graph."""
+        info = self.manifest.avatar
+        return Avatar(self.bundle.avatar_code(), source=f"{self.bundle.root.name}/{info.code.path}" if info else "",
+                      bundle_sha256=info.code.sha256 if info else "")
+
+    # ---- decode -----------------------------------------------------------------------------------------
+    def decode(self, avatar: Avatar, expressions, apply_head_pose: bool = False) -> Gaussians:
+        """Gaussians of every expression code [T, 135]: numpy arrays on the CPU engines, CUDA torch tensors on
+        the GPU path (ordered before later work on the caller's current CUDA stream; no host sync).
+        In the canonical head frame unless apply_head_pose (the GUI's rigid pose)."""
+        expressions = as_expressions(expressions)
+        with self.engine.stream():
+            parts = [self._decode_chunk(avatar, expressions[i:i + self.batch], apply_head_pose, copy=True)
+                     for i in range(0, len(expressions), self.batch)]
+            g = _concat(parts)
+        self.engine.hand_over(g.arrays().values())
+        return g
+
+    def _decode_chunk(self, avatar: Avatar, expressions: np.ndarray, posed: bool, copy: bool) -> Gaussians:
+        model, feeds = self._decoder_for(avatar)
+        feeds["expressions"] = expressions
+        out = model.run(feeds)
+        if copy and getattr(model, "cuda_graphs", False):
+            out = {k: v.clone() for k, v in out.items()}         # graph outputs are overwritten by the next call
+        g = Gaussians(**{k: out[k] for k in GAUSSIAN_OUTPUTS})
+        return apply_pose(g, expressions) if posed else g
+
+    def _decoder_for(self, avatar: Avatar) -> tuple[Any, dict]:
+        if not isinstance(avatar, Avatar):
+            raise RuntimeArgumentError("avatar", f"is a {type(avatar).__name__}",
+                                       "a flexavatar.runtime.Avatar (create_avatar, load_avatar or bundle_avatar)")
+        avatar.check_fits(self.n_tokens, self.code_width)
+        info = self.manifest.avatar
+        if (avatar.bundle_sha256 and info is not None and avatar.bundle_sha256 == info.code.sha256
+                and self.engine.has(ROLE_DECODER_AVATAR)):
+            return self.engine.load(ROLE_DECODER_AVATAR), {}     # the code is folded into this graph
+        return self.decoder, {"code": self._device_code(avatar)}
+
+    def _device_code(self, avatar: Avatar):
+        if self.decoder.array_type != TORCH or self.device != "cuda":
+            return avatar.code
+        key = (id(self), "code")
+        code = avatar._device_copies.get(key)
+        if code is None:                          # uploaded once per avatar and runtime
+            import torch
+
+            from .gpu import to_cuda
+            code = to_cuda(avatar.code, torch.device("cuda", self.engine.options.device_id))
+            avatar._device_copies[key] = code
+        return code
+
+    # ---- render -----------------------------------------------------------------------------------------
+    def render(self, avatar: Avatar, expressions, cameras: Camera | tuple | None = None, width: int = 512,
+               height: int = 512, background: Sequence[float] = WHITE, apply_head_pose: bool = False,
+               output: str = "uint8", timings: StageTimes | None = None) -> np.ndarray:
+        """Frames of ``expressions`` [T, 135] seen by ``cameras`` (one camera or T; default: the demo camera).
+
+        output "uint8": RGB uint8 [T, H, W, 3]; "float": float32 [T, H, W, 4], RGB over ``background`` + alpha.
+        timings: a StageTimes to fill with per-frame decode / pose / rasterize / readback latency (on a GPU
+        this adds a host sync per stage)."""
+        chunks = list(self.iter_render(avatar, expressions, cameras, width, height, background, apply_head_pose,
+                                       output, timings))
+        return np.concatenate(chunks, 0)
+
+    def iter_render(self, avatar: Avatar, expressions, cameras: Camera | tuple | None = None, width: int = 512,
+                    height: int = 512, background: Sequence[float] = WHITE, apply_head_pose: bool = False,
+                    output: str = "uint8", timings: StageTimes | None = None) -> Iterator[np.ndarray]:
+        """``render`` as a generator: yields the frames of each decoder call ([≤ batch, H, W, C])."""
+        expressions = as_expressions(expressions)
+        if output not in FRAME_FORMATS:
+            raise RuntimeArgumentError("output", f"is {output!r}", f"one of {list(FRAME_FORMATS)}")
+        for name, v in (("width", width), ("height", height)):
+            if not isinstance(v, int) or not 1 <= v <= MAX_RENDER_SIZE:
+                raise RuntimeArgumentError(name, f"is {v!r}", f"an integer in [1, {MAX_RENDER_SIZE}]")
+        bg = np.asarray(background, np.float32)
+        if bg.shape != (3,) or not np.isfinite(bg).all():
+            raise RuntimeArgumentError("background", f"is {background!r}", "3 floats (RGB in [0, 1])")
+        n = len(expressions)
+        c2w, k = as_camera(cameras).for_frames(n)
+        viewmats = world2cam(c2w.astype(np.float64)).astype(np.float32)                  # [T, 4, 4]
+        ks = pixel_intrinsics(k, width, height)                                           # [T, 3, 3]
+        times = timings if timings is not None else _NO_TIMES
+        sync = self.engine.synchronize if timings is not None else None
+        convert = FRAME_FORMATS[output]
+        for start in range(0, n, self.batch):
+            stop = min(n, start + self.batch)
+            e = stop - start
+            with self.engine.stream():          # CUDA: decoder, pose, rasterizer and readback on one stream
+                with times.stage("decode", e, sync):
+                    g = self._decode_chunk(avatar, expressions[start:stop], False, copy=False)
+                if apply_head_pose:
+                    with times.stage("head pose", e, sync):
+                        g = apply_pose(g, expressions[start:stop])
+                with times.stage("rasterize", e, sync):
+                    means = g.means
+                    cams = kernels.Cameras(world2cam=_like(viewmats[start:stop], means),
+                                           K=_like(ks[start:stop], means))
+                    result = kernels.rasterize(kernels.Splats(**g.arrays()), cams, width, height,
+                                               background=_like(np.broadcast_to(bg, (e, 3)), means),
+                                               backend=self.rasterizer, check_values=self._check_values)
+                with times.stage("to host", e):
+                    frames = convert(result.rgb, result.alpha)       # the one host sync of the frame
+            yield frames
+
+
+class _NoTimes:
+    """StageTimes stand-in that records nothing (no syncs, no clock reads)."""
+
+    def stage(self, name, frames=1, sync=None):
+        return _NULL_CONTEXT
+
+
+class _NullContext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NULL_CONTEXT = _NullContext()
+_NO_TIMES = _NoTimes()
+
+
+__all__ = ["Runtime", "Gaussians", "apply_pose", "FRAME_FORMATS", "WHITE"]

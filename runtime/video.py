@@ -1,0 +1,151 @@
+"""Frame writers chosen by the output path: ``.mp4`` (H.264 through imageio-ffmpeg, which ships its own
+ffmpeg), ``.gif`` (Pillow) or a folder of PNG frames. A registry keyed by suffix; files are written under
+a temporary name and renamed into place when complete."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .errors import OutputFileError
+
+
+class FrameWriter:
+    """write(frames uint8 [n, H, W, 3]) any number of times, then close() → frames written."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: float):
+        self.path, self.width, self.height, self.fps = path, width, height, fps
+        self.count = 0
+
+    def write(self, frames: np.ndarray) -> None:
+        if frames.ndim != 4 or frames.shape[1:] != (self.height, self.width, 3) or frames.dtype != np.uint8:
+            raise OutputFileError("frames", f"are {frames.dtype} {list(frames.shape)}",
+                                  f"uint8 [n, {self.height}, {self.width}, 3]")
+        for frame in frames:
+            self._write(np.ascontiguousarray(frame))
+            self.count += 1
+
+    def _write(self, frame: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def close(self) -> int:
+        return self.count
+
+    def abort(self) -> None:
+        """Remove what was written so far (an interrupted render leaves no half file)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
+
+
+class Mp4Writer(FrameWriter):
+    """H.264 (libx264, yuv420p: even width and height) at ``fps``, through imageio-ffmpeg's bundled ffmpeg."""
+
+    def __init__(self, path, width, height, fps):
+        super().__init__(path, width, height, fps)
+        if width % 2 or height % 2:
+            raise OutputFileError("size", f"is {width}x{height}", "even width and height for H.264 .mp4 (yuv420p), "
+                                  "or write a .gif or a frames folder")
+        try:
+            import imageio_ffmpeg
+        except ImportError:
+            raise OutputFileError("output", f"{path.name} needs imageio-ffmpeg",
+                                  "pip install 'flexavatar[runtime]' (or write a .gif / frames folder)") from None
+        self.tmp = _partial(path)
+        self._gen = imageio_ffmpeg.write_frames(str(self.tmp), (width, height), fps=fps, codec="libx264",
+                                                pix_fmt_in="rgb24", pix_fmt_out="yuv420p", quality=8,
+                                                macro_block_size=2, ffmpeg_log_level="error")
+        self._gen.send(None)                      # starts ffmpeg
+
+    def _write(self, frame):
+        self._gen.send(frame)
+
+    def close(self) -> int:
+        if self._gen is not None:
+            self._gen.close()
+            self._gen = None
+            os.replace(self.tmp, self.path)
+        return self.count
+
+    def abort(self) -> None:
+        if self._gen is not None:
+            try:
+                self._gen.close()
+            finally:
+                self._gen = None
+                self.tmp.unlink(missing_ok=True)
+
+
+class GifWriter(FrameWriter):
+    """Animated GIF through Pillow (palette per frame, loops forever). Pillow merges consecutive identical
+    frames into one longer frame, as GIF allows."""
+
+    def __init__(self, path, width, height, fps):
+        super().__init__(path, width, height, fps)
+        self.frames: list = []
+
+    def _write(self, frame):
+        from PIL import Image
+        self.frames.append(Image.fromarray(frame, "RGB"))
+
+    def close(self) -> int:
+        if self.frames:
+            tmp = _partial(self.path)
+            first, *rest = self.frames
+            first.save(tmp, format="GIF", save_all=True, append_images=rest, duration=round(1000 / self.fps),
+                       loop=0, optimize=False)
+            os.replace(tmp, self.path)
+            self.frames = []
+        return self.count
+
+    def abort(self) -> None:
+        self.frames = []
+
+
+class PngFolderWriter(FrameWriter):
+    """frame_00000.png, frame_00001.png, ... in a folder (created if needed)."""
+
+    def __init__(self, path, width, height, fps):
+        super().__init__(path, width, height, fps)
+        if path.exists() and not path.is_dir():
+            raise OutputFileError("output", f"{path} exists and is a file", "a folder for the PNG frames")
+        path.mkdir(parents=True, exist_ok=True)
+
+    def _write(self, frame):
+        from PIL import Image
+        target = self.path / f"frame_{self.count:05d}.png"
+        tmp = target.with_name(f".{target.name}.partial")
+        Image.fromarray(frame, "RGB").save(tmp, format="PNG")
+        os.replace(tmp, target)
+
+
+WRITERS: dict[str, Callable[..., FrameWriter]] = {".mp4": Mp4Writer, ".gif": GifWriter, "": PngFolderWriter}
+
+
+def open_writer(path: str | Path, width: int, height: int, fps: float) -> FrameWriter:
+    """The writer for ``path``: by suffix, or a PNG folder for a path without one (or ending in '/')."""
+    text = str(path)
+    path = Path(path)
+    suffix = "" if text.endswith(("/", os.sep)) or path.is_dir() else path.suffix.lower()
+    if suffix not in WRITERS:
+        raise OutputFileError("output", f"{path.name} has the suffix {suffix!r}",
+                              f"one of {[s for s in WRITERS if s]} or a folder (no suffix) for PNG frames")
+    if not fps > 0:
+        raise OutputFileError("fps", f"is {fps!r}", "a positive frame rate")
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise OutputFileError("output", f"folder {parent} does not exist", "an existing folder to write into")
+    return WRITERS[suffix](path, width, height, fps)

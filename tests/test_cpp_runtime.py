@@ -1,0 +1,279 @@
+"""The C++ embedding runtime (cpp/runtime, C API flexavatar/flexavatar.h) against the Python side.
+
+One bundle is exported during the run (the reduced official fixture, fp32 ONNX: encoder_features +
+decoder, ≈ 70 s on 2 cores); the C++ programs are built by ``cpp/tests/run_ctest.sh --build-only`` into
+``build/ctest-{release,asan}`` (the same folders the later ctest run in ``.ci/run`` reuses).
+
+Oracles: the Python runtime (``flexavatar.runtime.Runtime``, onnxruntime's Python API on the same graph
+and the native CPU rasterizer: Gaussians and images, tight tolerances) and the PyTorch model's decode
+(Gaussians within the exporter's fp32 parity tolerance; its render within 60 dB PSNR). The
+example application is installed and built as a separate CMake project (``find_package(flexavatar)``).
+The abuse program (corrupt / truncated manifest and ONNX files, wrong shapes, null and destroyed
+handles) runs in the plain and the AddressSanitizer + LeakSanitizer builds.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flexavatar.bundle import GAUSSIAN_OUTPUTS, Bundle
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD_ROOT = Path(os.environ.get("FLEXAVATAR_CTEST_BUILD_ROOT", REPO / "build"))
+FP32_TOLERANCE = 1e-4          # the exporter's fp32 parity tolerance (export/parity.py)
+SAME_LIBRARY_TOLERANCE = 1e-5  # C++ and Python both through onnxruntime 1.32 on the same graph
+WIDTHS = {"means": 3, "quats": 4, "scales": 3, "opacities": 1, "sh0": 3}
+RENDER_SIZE = 96
+
+
+def _build(suite: str) -> Path:
+    env = dict(os.environ, FLEXAVATAR_RUNTIME="ON")
+    proc = subprocess.run(["bash", str(REPO / "cpp/tests/run_ctest.sh"), "--build-only", suite], cwd=REPO,
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"building the C++ runtime ({suite}) failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return BUILD_ROOT / f"ctest-{suite}"
+
+
+@pytest.fixture(scope="module")
+def release_build() -> Path:
+    return _build("release")
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory, official_dir) -> Path:
+    from flexavatar.config import FlexConfig
+    from flexavatar.export import export_bundle
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = FlexConfig.from_official_json(official_dir / "config.json")
+        out = tmp_path_factory.mktemp("cpp_runtime") / "bundle"
+        export_bundle(official_dir / "state_dict.safetensors", out, template=official_dir / "gghead_template.obj",
+                      config=config, precisions=("fp32",), targets=("onnx",), progress=None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def inputs(bundle_dir, official_dir, tmp_path_factory):
+    """A real avatar code (the bundle's encoder on the fixture's photo) and three expressions."""
+    import onnxruntime as ort
+
+    bundle = Bundle.open(bundle_dir)
+    encoder = bundle.artifact("encoder_features")
+    fixture = np.load(official_dir / "inputs.npz")
+    feeds = {"image": fixture["images"][0], "cam2world": fixture["cam2world"][0],
+             "intrinsics": fixture["intrinsics"][0], "features": fixture["features"][0]}
+    session = ort.InferenceSession(str(bundle.path(encoder)), providers=["CPUExecutionProvider"])
+    code = session.run(None, {k: v.astype(np.float32) for k, v in feeds.items()})[0]      # [1, R², D]
+    expressions = np.concatenate([fixture["expression_codes"][0], np.zeros((1, 135))]).astype(np.float32)  # [3, 135]
+    work = tmp_path_factory.mktemp("cpp_inputs")
+    code_path = work / "avatar_code.npy"
+    np.save(code_path, code.transpose(1, 0, 2))                                           # (R², 1, D)
+    expressions_path = work / "expressions.npy"
+    np.save(expressions_path, expressions)
+    expressions.tofile(work / "expressions.f32")
+    return {"code": code, "code_path": code_path, "expressions": expressions,
+            "expressions_path": expressions_path, "expressions_f32": work / "expressions.f32"}
+
+
+def _default_camera() -> tuple[np.ndarray, np.ndarray]:
+    """flexavatar.cameras.default_camera (the C++ runtime's default for a bundle without avatar)."""
+    c2w = np.array([[1, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 1], [0, 0, 0, 1]], dtype=np.float32)
+    k = np.array([[1500 / 512, 0, 0.5], [0, 1500 / 512, 0.5], [0, 0, 1]], dtype=np.float32)
+    return c2w, k
+
+
+@pytest.fixture(scope="module")
+def cpp_outputs(release_build, bundle_dir, inputs, tmp_path_factory):
+    """What the C++ runtime computes: per frame Gaussians, float frame and RGBA frame."""
+    work = tmp_path_factory.mktemp("cpp_dump")
+    c2w, k = _default_camera()
+    camera = np.concatenate([c2w.ravel(), k.ravel(), [RENDER_SIZE, RENDER_SIZE], [1.0, 1.0, 1.0]]).astype(np.float32)
+    camera.tofile(work / "camera.f32")
+    proc = subprocess.run([str(release_build / "tests/runtime_dump"), str(bundle_dir), str(inputs["code_path"]),
+                           str(inputs["expressions_f32"]), str(work / "camera.f32"), str(work)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "CPUExecutionProvider" in proc.stdout
+    g = Bundle.open(bundle_dir).manifest.conventions.n_gaussians
+    frames = []
+    for e in range(len(inputs["expressions"])):
+        flat = np.fromfile(work / f"gaussians_{e}.f32", dtype=np.float32)
+        assert flat.size == g * sum(WIDTHS.values())
+        gaussians, start = {}, 0
+        for name, width in WIDTHS.items():
+            gaussians[name] = flat[start:start + g * width].reshape((g, width) if width > 1 else (g,))
+            start += g * width
+        pixels = RENDER_SIZE * RENDER_SIZE
+        image = np.fromfile(work / f"frame_{e}.f32", dtype=np.float32)
+        rgba = np.fromfile(work / f"frame_{e}.rgba", dtype=np.uint8).reshape(RENDER_SIZE, RENDER_SIZE, 4)
+        frames.append({"gaussians": gaussians, "rgb": image[:3 * pixels].reshape(RENDER_SIZE, RENDER_SIZE, 3),
+                       "alpha": image[3 * pixels:4 * pixels].reshape(RENDER_SIZE, RENDER_SIZE),
+                       "depth": image[4 * pixels:].reshape(RENDER_SIZE, RENDER_SIZE), "rgba": rgba})
+    return frames
+
+
+@pytest.fixture(scope="module")
+def python_runtime(bundle_dir):
+    from flexavatar.runtime import Runtime
+
+    return Runtime(bundle_dir, backend="onnxruntime", device="cpu", rasterizer="cpu")
+
+
+@pytest.fixture(scope="module")
+def python_gaussians(python_runtime, inputs) -> list[dict[str, np.ndarray]]:
+    """The Python runtime (flexavatar.runtime, onnxruntime's Python API on the same graph), frame by frame."""
+    from flexavatar.runtime import Avatar
+
+    avatar = Avatar(inputs["code"].copy())
+    out = []
+    for expression in inputs["expressions"]:
+        g = python_runtime.decode(avatar, expression[None])
+        out.append({name: np.asarray(v)[0] for name, v in g.arrays().items()})
+    return out
+
+
+@pytest.fixture(scope="module")
+def torch_gaussians(official_dir, inputs) -> list[dict[str, np.ndarray]]:
+    import torch
+
+    from flexavatar.config import FlexConfig
+    from flexavatar.model import AvatarCode, FlexAvatarModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = FlexConfig.from_official_json(official_dir / "config.json")
+    model = FlexAvatarModel.from_checkpoint(official_dir / "state_dict.safetensors",
+                                            template=official_dir / "gghead_template.obj", config=config)
+    with torch.no_grad():
+        g = model.decode(AvatarCode(torch.from_numpy(inputs["code"].copy()).transpose(0, 1)),
+                         torch.from_numpy(inputs["expressions"]), dataset_id=1)
+    return [{name: getattr(g, name)[e].numpy() for name in GAUSSIAN_OUTPUTS} for e in range(len(inputs["expressions"]))]
+
+
+def _render_kernels(gaussians: dict[str, np.ndarray]):
+    """Gaussians → rgb [H, W, 3] with flexavatar.kernels' native CPU rasterizer (for the PyTorch model's output)."""
+    from flexavatar.kernels import Cameras, Splats, pixel_intrinsics, rasterize, world2cam_from_cam2world
+
+    c2w, k = _default_camera()
+    cams = Cameras(world2cam=world2cam_from_cam2world(c2w)[None], K=pixel_intrinsics(k, RENDER_SIZE, RENDER_SIZE)[None])
+    splats = Splats(**{name: np.ascontiguousarray(v, dtype=np.float32) for name, v in gaussians.items()})
+    return rasterize(splats, cams, RENDER_SIZE, RENDER_SIZE, background=(1.0, 1.0, 1.0), backend="cpu").rgb[0]
+
+
+# ---- equality with the Python side ---------------------------------------------------------------------
+
+def test_gaussians_equal_the_python_runtime_and_pytorch(cpp_outputs, python_gaussians, torch_gaussians):
+    for frame, py, ref in zip(cpp_outputs, python_gaussians, torch_gaussians, strict=True):
+        for name in GAUSSIAN_OUTPUTS:
+            cpp = frame["gaussians"][name]
+            assert cpp.shape == ref[name].shape, name
+            assert np.isfinite(cpp).all(), name
+            np.testing.assert_allclose(cpp, py[name], rtol=0, atol=SAME_LIBRARY_TOLERANCE, err_msg=name)
+            np.testing.assert_allclose(cpp, ref[name], rtol=0, atol=FP32_TOLERANCE, err_msg=name)
+    # the frames differ from one another (the expression reaches the decoder)
+    assert np.abs(cpp_outputs[0]["gaussians"]["means"] - cpp_outputs[2]["gaussians"]["means"]).max() > 1e-3
+
+
+def test_images_equal_the_python_runtime(cpp_outputs, python_runtime, inputs, torch_gaussians):
+    from flexavatar.runtime import Avatar, Camera
+
+    c2w, k = _default_camera()
+    frames = python_runtime.render(Avatar(inputs["code"]), inputs["expressions"], Camera(c2w, k), RENDER_SIZE,
+                                   RENDER_SIZE, output="float")                              # [E, H, W, 4]
+    uint8 = python_runtime.render(Avatar(inputs["code"]), inputs["expressions"], Camera(c2w, k), RENDER_SIZE,
+                                  RENDER_SIZE, output="uint8")                              # [E, H, W, 3]
+    for frame, py, py_uint8, ref in zip(cpp_outputs, frames, uint8, torch_gaussians, strict=True):
+        assert py[..., 3].max() > 0.5 and (py[..., 3] < 0.01).mean() > 0.05   # a head on a background, not empty
+        np.testing.assert_allclose(frame["rgb"], py[..., :3], rtol=0, atol=1e-4)
+        np.testing.assert_allclose(frame["alpha"], py[..., 3], rtol=0, atol=1e-4)
+        assert np.abs(frame["rgba"][..., :3].astype(int) - py_uint8).max() <= 1
+        # against the PyTorch model's Gaussians on the same rasterizer: image PSNR (fp16's target is 40 dB)
+        mse = float(np.mean((frame["rgb"].astype(np.float64) - _render_kernels(ref)) ** 2))
+        assert mse == 0 or 10 * np.log10(1 / mse) > 60
+
+
+def test_rgba_frame_is_the_quantised_float_frame(cpp_outputs):
+    for frame in cpp_outputs:
+        expect_rgb = np.floor(np.clip(frame["rgb"], 0, 1) * 255 + 0.5).astype(np.uint8)
+        expect_alpha = np.floor(np.clip(frame["alpha"], 0, 1) * 255 + 0.5).astype(np.uint8)
+        assert np.abs(frame["rgba"][..., :3].astype(int) - expect_rgb).max() <= 1  # float rounding at .5
+        assert np.abs(frame["rgba"][..., 3].astype(int) - expect_alpha).max() <= 1
+        assert (frame["rgba"][..., :3] == expect_rgb).mean() > 0.999
+
+
+# ---- the installed package and the example application ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def example_app(release_build, tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("example")
+    prefix, build = work / "prefix", work / "build"
+    subprocess.run(["cmake", "--install", str(release_build), "--prefix", str(prefix)], check=True,
+                   capture_output=True)
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    for cmd in (["cmake", "-S", str(REPO / "cpp/examples/flexavatar_render"), "-B", str(build), *generator,
+                 f"-DCMAKE_PREFIX_PATH={prefix}", "-DCMAKE_BUILD_TYPE=Release"],
+                ["cmake", "--build", str(build)]):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return build / "flexavatar_render"
+
+
+def test_example_writes_png_frames_equal_to_the_runtime_and_reports_latency(example_app, bundle_dir, inputs,
+                                                                            cpp_outputs, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "frames"
+    proc = subprocess.run([str(example_app), str(bundle_dir), str(inputs["code_path"]), str(inputs["expressions_path"]),
+                           str(out), "--size", str(RENDER_SIZE)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    match = re.search(r"p50 ([0-9.]+) ms, p95 ([0-9.]+) ms", proc.stdout)
+    assert match and 0 < float(match[1]) <= float(match[2]), proc.stdout
+    pngs = sorted(out.glob("frame_*.png"))
+    assert [p.name for p in pngs] == [f"frame_{e:05d}.png" for e in range(len(inputs["expressions"]))]
+    for png, frame in zip(pngs, cpp_outputs):
+        image = np.asarray(Image.open(png))
+        assert image.shape == (RENDER_SIZE, RENDER_SIZE, 4) and image.dtype == np.uint8
+        np.testing.assert_array_equal(image, frame["rgba"])
+
+
+def test_example_reports_bad_input_with_exit_code(example_app, bundle_dir, inputs, tmp_path):
+    proc = subprocess.run([str(example_app)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "usage" in proc.stderr
+    np.save(tmp_path / "short.npy", np.zeros((2, 100), np.float32))
+    proc = subprocess.run([str(example_app), str(bundle_dir), str(inputs["code_path"]), str(tmp_path / "short.npy"),
+                           str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 1 and "135" in proc.stderr
+    proc = subprocess.run([str(example_app), str(bundle_dir), "-", str(inputs["expressions_path"]),
+                           str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 1 and "no avatar code" in proc.stderr
+
+
+# ---- abuse: corrupt files, wrong shapes, bad handles (plain and ASan/LSan builds) ----------------------
+
+def _run_abuse(build: Path, bundle_dir: Path, scratch: Path, env: dict | None = None) -> str:
+    proc = subprocess.run([str(build / "tests/runtime_abuse"), str(bundle_dir), str(scratch)], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+    summary = re.search(r"^(\d+) passed, (\d+) failed$", proc.stdout, re.M)
+    assert summary and int(summary[1]) >= 7 and summary[2] == "0", proc.stdout
+    return proc.stdout + proc.stderr
+
+
+def test_abuse_of_loader_and_c_api_returns_errors(release_build, bundle_dir, tmp_path):
+    _run_abuse(release_build, bundle_dir, tmp_path)
+
+
+def test_abuse_under_address_and_leak_sanitizer(bundle_dir, tmp_path):
+    asan_build = _build("asan")
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=0",
+               UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
+    output = _run_abuse(asan_build, bundle_dir, tmp_path, env)
+    assert "ERROR: AddressSanitizer" not in output and "ERROR: LeakSanitizer" not in output

@@ -1,0 +1,156 @@
+"""Bad input to ``export_bundle`` / ``flexavatar-export``: typed errors, clear messages, nothing written.
+
+All of these fail before anything is traced, so they are fast. (A failure injected after the first
+file is written is tested in test_export.py, where exported graphs are at hand.)
+"""
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from flexavatar.config import FlexConfig
+from flexavatar.errors import CheckpointError, FlexAvatarError, TemplateError
+from flexavatar.export import ExportArgumentError, OutputDirError, OutputExistsError, export_bundle
+from flexavatar.export.cli import main as cli_main
+
+
+@pytest.fixture()
+def fx(official_dir, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = FlexConfig.from_official_json(official_dir / "config.json")
+    return {"ckpt": official_dir / "state_dict.safetensors", "template": official_dir / "gghead_template.obj",
+            "config": cfg, "out": tmp_path / "out" / "bundle", "tmp": tmp_path}
+
+
+def _export(fx, **overrides):
+    args = {"template": fx["template"], "config": fx["config"], "progress": None} | overrides
+    ckpt = args.pop("ckpt", fx["ckpt"])
+    out = args.pop("out", fx["out"])
+    return export_bundle(ckpt, out, **args)
+
+
+def _assert_nothing_written(fx):
+    assert not fx["out"].exists()
+    assert [p.name for p in fx["out"].parent.iterdir()] == []      # no staging folder left either
+
+
+@pytest.fixture(autouse=True)
+def _out_parent(fx):
+    fx["out"].parent.mkdir()
+
+
+def _truncated(fx) -> Path:
+    data = fx["ckpt"].read_bytes()
+    path = fx["tmp"] / "truncated.safetensors"
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _foreign(fx) -> Path:
+    path = fx["tmp"] / "foreign.pt"
+    torch.save({"conv.weight": torch.zeros(3, 3), "fc.bias": torch.zeros(4)}, path)
+    return path
+
+
+def _text(fx) -> Path:
+    path = fx["tmp"] / "notes.pt"
+    path.write_text("not a checkpoint")
+    return path
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda fx: fx["tmp"] / "missing.pt", "checkpoint not found"),
+    (_truncated, "truncated or of another format"),
+    (_foreign, "missing keys"),
+    (_text, "cannot read checkpoint"),
+], ids=["missing", "truncated", "foreign", "text"])
+def test_bad_checkpoint(fx, make, match):
+    with pytest.raises(CheckpointError, match=match):
+        _export(fx, ckpt=make(fx))
+    _assert_nothing_written(fx)
+
+
+def test_bad_template(fx):
+    not_obj = fx["tmp"] / "template.obj"
+    not_obj.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary")
+    no_uv = fx["tmp"] / "no_uv.obj"
+    no_uv.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    for template, match in ((fx["tmp"] / "missing.obj", "not found"), (not_obj, "not a readable OBJ"),
+                            (no_uv, "face without texture coordinates")):
+        with pytest.raises(TemplateError, match=match):
+            _export(fx, template=template)
+    # no template argument and none beside the checkpoint
+    ckpt = fx["tmp"] / "lonely.safetensors"
+    shutil.copy(fx["ckpt"], ckpt)
+    with pytest.raises(TemplateError, match="--template"):
+        _export(fx, ckpt=ckpt, template=None)
+    _assert_nothing_written(fx)
+
+
+def test_existing_output_folder_is_not_touched_without_force(fx):
+    fx["out"].mkdir()
+    (fx["out"] / "keep.txt").write_text("precious")
+    with pytest.raises(OutputExistsError, match="--force"):
+        _export(fx)
+    assert (fx["out"] / "keep.txt").read_text() == "precious"
+    assert [p.name for p in fx["out"].iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("where, match", [
+    ("parent_missing", "does not exist"),
+    ("is_file", "is a file"),
+    ("unwritable", "cannot (write into|create a staging folder)"),
+])
+def test_unwritable_output(fx, where, match):
+    out = {"parent_missing": fx["tmp"] / "no" / "such" / "bundle", "is_file": fx["tmp"] / "file.txt",
+           "unwritable": Path("/proc/flexavatar-export-test/bundle")}[where]
+    if where == "is_file":
+        out.write_text("x")
+    if where == "unwritable":
+        out = Path("/proc") / "flexavatar-export-test"          # /proc refuses new entries, even to root
+    with pytest.raises(OutputDirError, match=match):
+        _export(fx, out=out)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"precisions": ("fp8",)}, "precisions must be"),
+    ({"targets": "onnx,tensorrt"}, "targets must be"),
+    ({"targets": ()}, "non-empty"),
+    ({"opset": 13}, "opset must be"),
+    ({"camera": "cam.json"}, "needs avatar"),
+])
+def test_bad_arguments(fx, overrides, match):
+    with pytest.raises(ExportArgumentError, match=match):
+        _export(fx, **overrides)
+
+
+def test_bad_photo_and_camera(fx):
+    from PIL import Image
+    wide = fx["tmp"] / "wide.png"
+    Image.new("RGB", (300, 200), (255, 255, 255)).save(wide)
+    with pytest.raises(ExportArgumentError, match="300x200; expected a square"):
+        _export(fx, avatar=wide)
+    square = fx["tmp"] / "square.png"
+    Image.new("RGB", (64, 64), (200, 100, 50)).save(square)
+    camera = fx["tmp"] / "cam.json"
+    camera.write_text('{"cam2world": [[1, 0, 0, 0]], "intrinsics": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}')
+    with pytest.raises(ExportArgumentError, match="must be 4x4"):
+        _export(fx, avatar=square, camera=camera)
+    camera.write_text('{"cam2world": [[1,0,0,0],[0,1,0,0],[0,0,1,1],[0,0,0,1]], '
+                      '"intrinsics": [[1500,0,256],[0,1500,256],[0,0,1]]}')
+    with pytest.raises(FlexAvatarError, match="pixel units"):      # the model's own input check
+        _export(fx, avatar=square, camera=camera)
+    _assert_nothing_written(fx)
+
+
+def test_cli_reports_typed_errors(fx, capsys):
+    rc = cli_main([str(fx["tmp"] / "missing.pt"), "-o", str(fx["out"]), "--template", str(fx["template"])])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "CheckpointError" in err and "checkpoint not found" in err
+    assert not fx["out"].exists()

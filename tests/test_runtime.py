@@ -1,0 +1,570 @@
+"""flexavatar.runtime on the reduced official fixture, against the PyTorch model + reference rasterizer.
+
+Two exports per module (≈ 90 s on 2 cores): ``bundle`` — fixture weights, a small random DINOv2 inside the
+encoder, an avatar photo (so it holds the specialised avatar decoder), ONNX + OpenVINO fp32; ``features`` —
+no DINOv2 (the encoder takes DINOv2 features), ONNX fp32 only. The oracle everywhere is
+``FlexAvatarModel`` (PyTorch) and the ``reference`` rasterizer of ``flexavatar.kernels``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+if not torch.cuda.is_available() and "triton" not in sys.modules:
+    os.environ.setdefault("TRITON_INTERPRET", "1")     # Triton's CPU interpreter: one more rasterizer to check
+
+from flexavatar import kernels
+from flexavatar.bundle import (ROLE_DECODER_AVATAR, BundleFileMissingError, BundleHashMismatchError,
+                               BundleMetadataError, ManifestError)
+from flexavatar.cameras import default_camera as torch_default_camera
+from flexavatar.cameras import orbit_cameras as torch_orbit_cameras
+from flexavatar.config import FlexConfig
+from flexavatar.dinov2 import DinoV2Config
+from flexavatar.expression import head_pose as torch_head_pose
+from flexavatar.expression import rot6d_to_matrix as torch_rot6d_to_matrix
+from flexavatar.export import export_bundle
+from flexavatar.export.testing import random_dinov2, write_synthetic_photo
+from flexavatar.model import AvatarCode, FlexAvatarModel
+from flexavatar.runtime import (Avatar, AvatarFileError, Camera, EncoderUnavailableError, EngineUnavailableError,
+                                ExpressionInputError, ImageInputError, ModelMismatchError, RuntimeArgumentError,
+                                Runtime, StageTimes, UnknownEngineError, default_camera, load_expressions,
+                                orbit_camera)
+from flexavatar.runtime.cli import main as render_main
+from flexavatar.runtime.expressions import quaternion_from_matrix, rot6d_to_matrix
+from flexavatar.runtime.images import load_image
+
+SMALL_DINO = DinoV2Config(dim=32, depth=2, n_heads=2, input_size=56)
+ENGINES = ("onnxruntime", "openvino", "torch")
+RASTERIZERS = tuple(kernels.available_backends("cpu"))       # cpu (native), reference, triton under TRITON_INTERPRET
+GAUSSIAN_TOL = 1e-4
+IMAGE_MEAN_TOL, IMAGE_MAX_TOL = 1e-3, 2 / 255
+SIZE = 128                                                    # the fixture model's image size; render size too
+FIELDS = ("means", "quats", "scales", "opacities", "sh0")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config(official_dir: Path) -> FlexConfig:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return FlexConfig.from_official_json(official_dir / "config.json")
+
+
+@pytest.fixture(scope="module")
+def model(official_dir) -> FlexAvatarModel:
+    return FlexAvatarModel.from_checkpoint(official_dir / "state_dict.safetensors",
+                                           template=official_dir / "gghead_template.obj",
+                                           config=_config(official_dir), dinov2=random_dinov2(SMALL_DINO, seed=3))
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    return write_synthetic_photo(tmp_path_factory.mktemp("photo") / "photo.png", SIZE, seed=5)   # RGBA
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, official_dir, model, photo) -> Path:
+    out = tmp_path_factory.mktemp("runtime") / "bundle"
+    export_bundle(official_dir / "state_dict.safetensors", out, template=official_dir / "gghead_template.obj",
+                  config=_config(official_dir), dinov2=model.dinov2, precisions=("fp32",), avatar=photo,
+                  progress=None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def features_bundle(tmp_path_factory, official_dir) -> Path:
+    out = tmp_path_factory.mktemp("runtime_features") / "bundle"
+    export_bundle(official_dir / "state_dict.safetensors", out, template=official_dir / "gghead_template.obj",
+                  config=_config(official_dir), precisions=("fp32",), targets=("onnx",), progress=None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def runtime_cache(bundle, model):
+    """Runtime(engine, rasterizer), built once per module."""
+    cache: dict[tuple[str, str], Runtime] = {}
+
+    def get(engine: str, rasterizer: str = "auto") -> Runtime:
+        if (engine, rasterizer) not in cache:
+            cache[engine, rasterizer] = Runtime(bundle, backend=engine, device="cpu", rasterizer=rasterizer, batch=2,
+                                                model=model if engine == "torch" else None)
+        return cache[engine, rasterizer]
+    return get
+
+
+@pytest.fixture(scope="module")
+def runtimes(runtime_cache) -> dict[str, Runtime]:
+    return {name: runtime_cache(name) for name in ENGINES}
+
+
+@pytest.fixture(scope="module")
+def expressions(driving_dir) -> np.ndarray:
+    return load_expressions(driving_dir / "EMO-1-shout+laugh.npz")[40:43]          # [3, 135], real tracked codes
+
+
+def _reference_code(model: FlexAvatarModel, photo: Path) -> np.ndarray:
+    """The photo composited onto white with Pillow, encoded by PyTorch at the demo camera → [1, R², D]."""
+    rgba = Image.open(photo).convert("RGBA")
+    rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    image = torch.from_numpy(np.asarray(rgb, np.float32) / 255).permute(2, 0, 1)[None]
+    c2w, k = torch_default_camera()
+    return model.encode(image, c2w[None], k[None]).tokens.transpose(0, 1).numpy()
+
+
+def _reference_gaussians(model: FlexAvatarModel, code: np.ndarray, expressions: np.ndarray) -> dict[str, np.ndarray]:
+    g = model.decode(AvatarCode(torch.from_numpy(code).transpose(0, 1)), torch.from_numpy(expressions), dataset_id=1)
+    return {k: getattr(g, k).numpy() for k in FIELDS}
+
+
+def _reference_render(gaussians: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """Reference rasterizer, torch orbit cameras (the model package's), white background → rgb [n, H, W, 3]."""
+    c2w = torch_orbit_cameras(n)
+    k = kernels.pixel_intrinsics(torch_default_camera()[1], SIZE, SIZE)
+    cams = kernels.Cameras(world2cam=kernels.world2cam_from_cam2world(c2w), K=k.expand(n, 3, 3))
+    splats = kernels.Splats(**{f: torch.from_numpy(gaussians[f]) for f in FIELDS})
+    out = kernels.rasterize(splats, cams, SIZE, SIZE, background=(1.0, 1.0, 1.0), backend="reference")
+    return out.rgb.numpy()
+
+
+def _max_err(a, b) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+
+
+# ---- parity: every engine × rasterizer against PyTorch + reference ---------------------------------------
+
+@pytest.fixture(scope="module")
+def oracle(bundle, model, expressions):
+    """(avatar, PyTorch Gaussians, reference-rasterizer frames) for the exported avatar's code."""
+    avatar = Avatar(np.load(bundle / "avatar_code.npy").transpose(1, 0, 2))    # a plain code, not the bundle avatar
+    want = _reference_gaussians(model, avatar.code, expressions)
+    return avatar, want, _reference_render(want, len(expressions))
+
+
+@pytest.mark.parametrize("rasterizer", RASTERIZERS)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_engine_and_rasterizer_match_pytorch(engine, rasterizer, runtime_cache, oracle, expressions):
+    rt = runtime_cache(engine, rasterizer)
+    assert rt.rasterizer == rasterizer and rt.backend == engine
+    avatar, want, reference = oracle
+    got = rt.decode(avatar, expressions).numpy()
+    for f in FIELDS:
+        assert getattr(got, f).shape == want[f].shape
+        assert _max_err(getattr(got, f), want[f]) <= GAUSSIAN_TOL, f"{engine}: {f}"
+
+    # Triton's CPU interpreter takes seconds per frame: one frame there, all three elsewhere
+    n = 1 if rasterizer == "triton" and os.environ.get("TRITON_INTERPRET") == "1" else len(expressions)
+    cams = orbit_camera(len(expressions))
+    frames = rt.render(avatar, expressions[:n], Camera(cams.cam2world[:n], cams.intrinsics), SIZE, SIZE,
+                       output="float")
+    assert frames.shape == (n, SIZE, SIZE, 4) and frames.dtype == np.float32
+    diff = np.abs(frames[..., :3].astype(np.float64) - reference[:n])
+    assert diff.mean() <= IMAGE_MEAN_TOL and diff.max() <= IMAGE_MAX_TOL, (engine, rasterizer, diff.mean(), diff.max())
+    assert 0.01 < frames[..., 3].mean() < 0.9           # the head is in view, not the whole image
+
+
+def test_uint8_frames_are_the_rounded_image(runtime_cache, oracle, expressions):
+    avatar, _, reference = oracle
+    frames = runtime_cache("onnxruntime").render(avatar, expressions, orbit_camera(len(expressions)), SIZE, SIZE)
+    assert frames.dtype == np.uint8 and frames.shape == (3, SIZE, SIZE, 3)
+    # uint8 clips to [0, 1] (SH colours are only clamped below, so composited values may exceed 1)
+    assert np.abs(frames.astype(np.float64) / 255 - np.clip(reference, 0, 1)).max() <= IMAGE_MAX_TOL + 0.5 / 255
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_encoder_matches_pytorch(engine, runtimes, model, photo):
+    avatar = runtimes[engine].create_avatar(photo)                 # RGBA file: composited onto white
+    assert avatar.code.shape == (1, 64, 64)
+    assert _max_err(avatar.code, _reference_code(model, photo)) <= GAUSSIAN_TOL
+
+
+@pytest.mark.parametrize("engine", ("onnxruntime", "openvino"))
+def test_bundle_avatar_uses_the_specialised_decoder(engine, runtimes, bundle, model, expressions):
+    rt = runtimes[engine]
+    avatar = rt.bundle_avatar()
+    got = rt.decode(avatar, expressions).numpy()
+    assert ROLE_DECODER_AVATAR in rt.engine._models                 # the code-folded graph ran
+    want = _reference_gaussians(model, np.load(bundle / "avatar_code.npy").transpose(1, 0, 2), expressions)
+    for f in FIELDS:
+        assert _max_err(getattr(got, f), want[f]) <= GAUSSIAN_TOL
+
+
+def test_batching_gives_the_same_frames(bundle, runtimes, expressions):
+    one = Runtime(bundle, backend="onnxruntime", batch=1)
+    avatar = runtimes["onnxruntime"].bundle_avatar()
+    a = runtimes["onnxruntime"].decode(avatar, expressions)          # batch 2: chunks of 2 and 1
+    b = one.decode(avatar, expressions)
+    for f in FIELDS:
+        assert _max_err(getattr(a, f), getattr(b, f)) <= 1e-5
+
+
+# ---- head pose ------------------------------------------------------------------------------------------
+
+def _matrix_from_quaternion(q: np.ndarray) -> np.ndarray:
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    w, x, y, z = np.moveaxis(q.astype(np.float64), -1, 0)
+    return np.stack([np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+                     np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+                     np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1)], -2)
+
+
+def test_head_pose_moves_gaussians_rigidly(runtimes, bundle, model, driving_dir):
+    rt = runtimes["onnxruntime"]
+    codes = load_expressions(driving_dir / "EXP-1-head.npz")[::50]                # large head rotations
+    avatar = rt.bundle_avatar()
+    canonical = rt.decode(avatar, codes).numpy()
+    posed = rt.decode(avatar, codes, apply_head_pose=True).numpy()
+    pose = torch_head_pose(torch.from_numpy(codes).double()).numpy()            # the model package's pose [T, 4, 4]
+    want_means = np.einsum("tij,tgj->tgi", pose[:, :3, :3], canonical.means) + pose[:, None, :3, 3]
+    assert _max_err(posed.means, want_means) <= 1e-5
+    want_rot = pose[:, None, :3, :3] @ _matrix_from_quaternion(canonical.quats)  # R_pose · R(q)
+    assert _max_err(_matrix_from_quaternion(posed.quats), want_rot) <= 1e-5
+    for f in ("scales", "opacities", "sh0"):
+        assert np.array_equal(getattr(posed, f), getattr(canonical, f))
+
+
+def test_rot6d_matches_the_tracker_and_the_model(driving_dir):
+    with np.load(driving_dir / "EXP-1-head.npz") as seq:
+        codes, tracked = seq["expression_codes"], seq["head_rotation_matrix_tracked"]
+    rot = rot6d_to_matrix(codes[:, 126:132])
+    assert _max_err(rot, tracked) <= 5e-6                                        # README: ≤ 2.1e-6 in float32
+    assert _max_err(rot, torch_rot6d_to_matrix(torch.from_numpy(codes[:, 126:132]).double()).numpy()) <= 1e-12
+
+
+def test_quaternion_from_matrix_inverts_the_rotation_formula():
+    gen = np.random.default_rng(0)
+    q = gen.standard_normal((2000, 4))
+    q[:4] = [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]              # 0° and the three 180° turns
+    q[4:8] = [[1e-9, 1, 1e-9, 0], [0.01, 0, 0, 1], [0, 1, 1, 0], [0, 1, 1, 1]]
+    rot = _matrix_from_quaternion(q)
+    back = quaternion_from_matrix(rot)
+    assert _max_err(_matrix_from_quaternion(back), rot) <= 1e-9
+    assert (back[:, 0] >= 0).all() and np.allclose(np.linalg.norm(back, axis=-1), 1)
+
+
+# ---- cameras, images, expressions -----------------------------------------------------------------------
+
+def test_cameras_match_the_model_package():
+    c2w, k = torch_default_camera()
+    cam = default_camera()
+    assert _max_err(cam.cam2world, c2w.numpy()) <= 1e-6 and _max_err(cam.intrinsics, k.numpy()) <= 1e-7
+    assert _max_err(orbit_camera(7).cam2world, torch_orbit_cameras(7).numpy()) <= 1e-6
+    with pytest.raises(RuntimeArgumentError, match="pixel units"):
+        Camera(c2w.numpy(), k.numpy() * 512)                                    # pixel intrinsics by mistake
+    with pytest.raises(RuntimeArgumentError, match="rigid"):
+        Camera(c2w.numpy() * 2, k.numpy())
+    with pytest.raises(RuntimeArgumentError, match="one camera or one per frame"):
+        orbit_camera(4).for_frames(5)
+
+
+def test_image_loading_composites_rgba_onto_white_and_rejects_bad_input(photo, tmp_path):
+    rgba = np.asarray(Image.open(photo).convert("RGBA"), np.float64) / 255
+    want = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])
+    assert rgba[..., 3].min() == 0                                              # the photo has a transparent corner
+    assert _max_err(load_image(photo, SIZE).transpose(1, 2, 0), want) <= 1e-6
+    assert _max_err(load_image(Image.open(photo), SIZE), load_image(photo, SIZE)) == 0
+    with pytest.raises(ImageInputError, match=r"200x200.*128x128"):
+        load_image(np.zeros((200, 200, 3), np.uint8), SIZE)
+    with pytest.raises(ImageInputError, match=r"values in \[255, 255\].*\[0, 1\]"):
+        load_image(np.full((SIZE, SIZE, 3), 255.0, np.float32), SIZE)
+    with pytest.raises(ImageInputError, match="uint16"):
+        load_image(np.zeros((SIZE, SIZE, 3), np.uint16), SIZE)
+    with pytest.raises(ImageInputError, match="not found"):
+        load_image(tmp_path / "missing.png", SIZE)
+
+
+def test_expression_files(driving_dir, tmp_path):
+    seq = load_expressions(driving_dir / "EMO-1-shout+laugh.npz")
+    with np.load(driving_dir / "EMO-1-shout+laugh.npz") as raw:
+        assert np.array_equal(seq, raw["expression_codes"]) and seq.shape == (121, 135)
+    np.save(tmp_path / "seq.npy", seq[:5])
+    assert np.array_equal(load_expressions(tmp_path / "seq.npy"), seq[:5])
+    np.save(tmp_path / "bad.npy", seq[:5, :100])
+    with pytest.raises(ExpressionInputError, match=r"\[5, 100\].*\[T, 135\]"):
+        load_expressions(tmp_path / "bad.npy")
+    np.savez(tmp_path / "other.npz", codes=seq)
+    with pytest.raises(ExpressionInputError, match="expression_codes"):
+        load_expressions(tmp_path / "other.npz")
+
+
+# ---- avatars --------------------------------------------------------------------------------------------
+
+def test_avatar_save_load_renders_identically(runtimes, photo, expressions, tmp_path):
+    rt = runtimes["onnxruntime"]
+    avatar = rt.create_avatar(photo)
+    path = avatar.save(tmp_path / "avatar.npy")
+    raw = np.load(path)
+    assert raw.shape == (64, 1, 64) and raw.dtype == np.float32                 # official (R², 1, D) layout
+    assert np.array_equal(AvatarCode.load(path).tokens.numpy(), raw)            # the model package reads it
+    loaded = rt.load_avatar(path)
+    cams = orbit_camera(3)
+    assert np.array_equal(rt.render(loaded, expressions, cams, SIZE, SIZE),
+                          rt.render(avatar, expressions, cams, SIZE, SIZE))
+    AvatarCode(torch.from_numpy(raw)).save(tmp_path / "official.npy")        # written by the model package
+    assert np.array_equal(rt.load_avatar(tmp_path / "official.npy").code, avatar.code)
+    np.save(tmp_path / "wrong.npy", np.zeros((16, 1, 64), np.float32))
+    with pytest.raises(AvatarFileError, match=r"\[1, 16, 64\].*\[1, 64, 64\]"):
+        rt.load_avatar(tmp_path / "wrong.npy")
+
+
+def test_features_bundle_needs_features(features_bundle, model, photo):
+    rt = Runtime(features_bundle)                                # auto: the bundle has ONNX only
+    assert rt.backend == "onnxruntime"
+    with pytest.raises(EncoderUnavailableError, match="without DINOv2.*features="):
+        rt.create_avatar(photo)
+    features = np.random.default_rng(1).standard_normal((32, 4, 4)).astype(np.float32)
+    avatar = rt.create_avatar(photo, features=features)
+    rgba = load_image(photo, SIZE)
+    c2w, k = torch_default_camera()
+    want = model.encode(torch.from_numpy(rgba)[None], c2w[None], k[None],
+                        features=torch.from_numpy(features)[None, None]).tokens.transpose(0, 1).numpy()
+    assert _max_err(avatar.code, want) <= GAUSSIAN_TOL
+    with pytest.raises(RuntimeArgumentError, match=r"features.*\[32, h, w\]"):
+        rt.create_avatar(photo, features=features[:16])
+
+
+# ---- loading: typed errors ------------------------------------------------------------------------------
+
+def _copy(bundle: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(bundle, tmp_path / "copy"))
+
+
+def test_tampered_model_file_is_a_hash_mismatch(bundle, tmp_path):
+    copy = _copy(bundle, tmp_path)
+    data = bytearray((copy / "decoder.fp32.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF                                                 # same size, one byte flipped
+    (copy / "decoder.fp32.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleHashMismatchError, match="decoder.fp32.onnx"):
+        Runtime(copy, backend="onnxruntime")
+
+
+def test_missing_file_is_reported(bundle, tmp_path):
+    copy = _copy(bundle, tmp_path)
+    (copy / "decoder.fp32.bin").unlink()
+    with pytest.raises(BundleFileMissingError, match="decoder.fp32.bin"):
+        Runtime(copy, backend="openvino")
+
+
+def test_edited_manifest_is_rejected(bundle, tmp_path):
+    copy = _copy(bundle, tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["schema_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="schema_version"):
+        Runtime(copy)
+    manifest["schema_version"] = 1
+    manifest["conventions"]["n_gaussians"] = 1234                               # disagrees with the model files
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleMetadataError, match="n_gaussians"):
+        Runtime(copy, backend="onnxruntime")
+    (copy / "manifest.json").unlink()
+    with pytest.raises(ManifestError, match="not a flexavatar bundle"):
+        Runtime(copy)
+
+
+def test_argument_errors(bundle, model):
+    with pytest.raises(UnknownEngineError, match="tensorrt"):
+        Runtime(bundle, backend="tensorrt")
+    with pytest.raises(EngineUnavailableError, match="openvino.*cuda"):
+        Runtime(bundle, backend="openvino", device="cuda")
+    with pytest.raises(EngineUnavailableError, match="no fp16 decoder"):
+        Runtime(bundle, backend="onnxruntime", precision="fp16")
+    with pytest.raises(EngineUnavailableError, match="model="):
+        Runtime(bundle, backend="torch")                                       # the bundle holds no PyTorch weights
+    other = FlexAvatarModel.random(model.config, model.template, seed=1)
+    Runtime(bundle, backend="torch", model=other)                              # same architecture: accepted
+    shallower = FlexAvatarModel.random(replace(model.config, n_layers_expression=1), model.template)
+    with pytest.raises(ModelMismatchError, match="FlexConfig"):
+        Runtime(bundle, backend="torch", model=shallower)
+    with pytest.raises(kernels.UnknownBackendError):
+        Runtime(bundle, backend="onnxruntime", rasterizer="nope")
+
+
+def test_torch_model_from_a_different_template_is_rejected(bundle, model):
+    from flexavatar.template import Template
+    other = FlexAvatarModel.random(model.config, Template.synthetic(model.config.res_head_tokens,
+                                                                    model.config.res_gaussian_grid))
+    with pytest.raises(ModelMismatchError, match="template"):
+        Runtime(bundle, backend="torch", model=other)
+
+
+def test_openvino_pins_fp32_precision(runtimes):
+    rt = runtimes["openvino"]
+    assert rt.decoder.inference_precision == "f32"
+    assert "inference precision f32" in rt.describe()
+
+
+def test_render_argument_errors(runtimes, expressions):
+    rt = runtimes["onnxruntime"]
+    avatar = rt.bundle_avatar()
+    with pytest.raises(ExpressionInputError, match="NaN"):
+        rt.render(avatar, np.full((2, 135), np.nan, np.float32))
+    with pytest.raises(RuntimeArgumentError, match="output"):
+        rt.render(avatar, expressions, output="png")
+    with pytest.raises(RuntimeArgumentError, match="width"):
+        rt.render(avatar, expressions, width=0)
+    with pytest.raises(RuntimeArgumentError, match="avatar"):
+        rt.render("me.png", expressions)
+
+
+# ---- no torch on the ONNX / OpenVINO + CPU rasterizer paths --------------------------------------------
+
+@pytest.mark.parametrize("engine", ("onnxruntime", "openvino"))
+def test_onnx_and_openvino_paths_never_import_torch(engine, bundle, photo, tmp_path):
+    if "cpu" not in RASTERIZERS:
+        pytest.fail("the native CPU rasterizer (flexavatar._native) is not built")
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        from flexavatar.runtime import Runtime, orbit_camera, neutral_expression
+        rt = Runtime({str(bundle)!r}, backend={engine!r}, device="auto", rasterizer="auto")
+        assert rt.rasterizer == "cpu", rt.rasterizer
+        avatar = rt.create_avatar({str(photo)!r})
+        avatar.save({str(tmp_path / "a.npy")!r})
+        codes = neutral_expression(2)
+        codes[1, :10] = 1.0
+        frames = rt.render(rt.load_avatar({str(tmp_path / "a.npy")!r}), codes, orbit_camera(2), 64, 64,
+                           apply_head_pose=True)
+        frames = rt.render(rt.bundle_avatar(), codes, None, 64, 64, output="float")
+        assert frames.shape == (2, 64, 64, 4), frames.shape
+        print("torch imported:", "torch" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "torch imported: False" in out.stdout
+
+
+# ---- concurrency ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("engine", ("onnxruntime", "openvino"))
+def test_one_runtime_from_several_threads(engine, runtimes, driving_dir):
+    rt = runtimes[engine]
+    avatar = rt.bundle_avatar()
+    codes = load_expressions(driving_dir / "SEN-10-port_strong_smokey.npz")[:8]
+    cams = orbit_camera(8)
+    sequential = [rt.render(avatar, codes[i:i + 2], Camera(cams.cam2world[i:i + 2], cams.intrinsics), 64, 64)
+                  for i in range(0, 8, 2)]
+    results: dict[int, list[np.ndarray]] = {}
+    barrier = threading.Barrier(4)
+    errors = []
+
+    def work(t: int) -> None:
+        try:
+            barrier.wait()
+            frames = []
+            for repeat in range(3):                      # each thread renders its slice three times, all at once
+                frames.append(rt.render(avatar, codes[2 * t:2 * t + 2],
+                                        Camera(cams.cam2world[2 * t:2 * t + 2], cams.intrinsics), 64, 64))
+            results[t] = frames
+        except BaseException as e:                       # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert not errors, errors
+    for t in range(4):
+        for frames in results[t]:
+            assert np.abs(frames.astype(int) - sequential[t].astype(int)).max() <= 1
+
+
+# ---- CLI ------------------------------------------------------------------------------------------------
+
+def test_cli_writes_mp4_gif_and_frames(bundle, photo, driving_dir, tmp_path, capsys):
+    import imageio_ffmpeg
+
+    seq = driving_dir / "EMO-1-shout+laugh.npz"
+    rc = render_main([str(bundle), "--avatar", str(photo), "--expressions", str(seq), "--frames", "6",
+                      "--size", "96", "--camera-orbit", "-o", str(tmp_path / "clip.mp4"), "--save-avatar",
+                      str(tmp_path / "me.npy"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "p50 ms" in out and "encode (once)" in out and "whole frame" in out
+    reader = imageio_ffmpeg.read_frames(str(tmp_path / "clip.mp4"))
+    meta = next(reader)
+    assert tuple(meta["size"]) == (96, 96) and abs(meta["fps"] - 25) < 1e-6     # the sequence's fps
+    assert sum(1 for _ in reader) == 6
+
+    rc = render_main([str(bundle), "--avatar", str(tmp_path / "me.npy"), "--expressions", str(seq), "--frames",
+                      "5", "--size", "64", "--head-pose", "--backend", "onnxruntime", "--batch", "2", "-o",
+                      str(tmp_path / "clip.gif")])
+    assert rc == 0
+    with Image.open(tmp_path / "clip.gif") as gif:
+        assert gif.n_frames == 5 and gif.size == (64, 64)
+
+    rc = render_main([str(bundle), "--expressions", str(seq), "--frames", "3", "--size", "48",     # bundle avatar
+                      "-o", str(tmp_path / "frames"), "--no-progress"])
+    assert rc == 0
+    pngs = sorted((tmp_path / "frames").glob("frame_*.png"))
+    assert len(pngs) == 3 and Image.open(pngs[0]).size == (48, 48)
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_cli_errors_are_reported(bundle, driving_dir, tmp_path, capsys):
+    seq = driving_dir / "EMO-1-shout+laugh.npz"
+    assert render_main([str(bundle), "--expressions", str(seq), "-o", str(tmp_path / "x.avi")]) == 2
+    assert "OutputFileError" in capsys.readouterr().err
+    assert render_main([str(bundle), "--expressions", str(seq), "--size", "63", "-o", str(tmp_path / "x.mp4")]) == 2
+    assert "even width and height" in capsys.readouterr().err
+    assert render_main([str(tmp_path / "nope"), "--expressions", str(seq), "-o", str(tmp_path / "x.gif")]) == 2
+    assert "BundleFileMissingError" in capsys.readouterr().err
+
+
+def test_stage_times_table():
+    times = StageTimes()
+    times.add_once("encode", 100.0)
+    for ms in (1.0, 2.0, 3.0, 4.0):
+        with times.stage("decode", 1):
+            pass
+        times.ms["decode"][-1] = ms
+        times.ms.setdefault("rasterize", []).append(10.0)
+    assert times.whole_frame().tolist() == [11.0, 12.0, 13.0, 14.0]
+    assert times.percentile("decode", 50) == 2.5
+    table = times.table()
+    assert "encode (once)" in table and "whole frame" in table
+
+
+# ---- GPU (skipped without CUDA) -------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graphs", (False, True))
+def test_onnxruntime_cuda_with_the_cuda_rasterizer(cuda_graphs, bundle, model, expressions):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
+    rt = Runtime(bundle, backend="onnxruntime", device="cuda", rasterizer="cuda", cuda_graphs=cuda_graphs, batch=3)
+    assert rt.device == "cuda" and rt.decoder.session.get_providers()[0] == "CUDAExecutionProvider"
+    avatar = Avatar(np.load(bundle / "avatar_code.npy").transpose(1, 0, 2))
+    g = rt.decode(avatar, expressions)
+    assert g.means.is_cuda                                              # stays on the device
+    want = _reference_gaussians(model, avatar.code, expressions)
+    for f in FIELDS:
+        assert _max_err(getattr(g, f).cpu().numpy(), want[f]) <= GAUSSIAN_TOL
+    for _ in range(2):                                                  # graph capture, then replay
+        frames = rt.render(avatar, expressions, orbit_camera(3), SIZE, SIZE, output="float")
+        diff = np.abs(frames[..., :3].astype(np.float64) - _reference_render(want, 3))
+        assert diff.mean() <= IMAGE_MEAN_TOL and diff.max() <= IMAGE_MAX_TOL
+
+
+@pytest.mark.gpu
+def test_torch_cuda_matches_cpu(bundle, model, expressions):
+    rt = Runtime(bundle, backend="torch", device="cuda", rasterizer="cuda", model=model)
+    avatar = Avatar(np.load(bundle / "avatar_code.npy").transpose(1, 0, 2))
+    want = _reference_gaussians(model.to("cpu"), avatar.code, expressions)
+    got = rt.decode(avatar, expressions).numpy()
+    for f in FIELDS:
+        assert _max_err(getattr(got, f), want[f]) <= GAUSSIAN_TOL
