@@ -15,6 +15,7 @@
 #   FLEXAVATAR_BENCH_ARGS     extra pytest arguments for the benchmarks, e.g. "-k cuda"
 #   FLEXAVATAR_BENCH_MAX_TIME seconds per case (--benchmark-max-time, default 0.5)
 #   FLEXAVATAR_GIT_COMMIT     commit to record when the tree has no .git (a copied working tree)
+#   FLEXAVATAR_GPU_TESTS_CAP  seconds for the GPU tests stage (default 100)
 #   PYTHON                    interpreter (default python3)
 set -uo pipefail
 
@@ -133,7 +134,7 @@ ls "$HISTORY" >"$WORK/history-before.txt" 2>/dev/null
 say "flexavatar GPU run $STAMP, budget ${BUDGET_S}s, repo $REPO, commit ${FLEXAVATAR_GIT_COMMIT:-unknown}"
 stage machine 30 machine_info
 stage build 200 build
-stage gpu-tests 100 gpu_tests
+stage gpu-tests "${FLEXAVATAR_GPU_TESTS_CAP:-100}" gpu_tests
 RESERVE=25 stage benchmarks 100000 benchmarks
 RESERVE=0 stage dashboard 30 pyrun -m flexavatar.dashboard "$HISTORY" -o "$WORK/dashboard.html"
 

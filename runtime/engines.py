@@ -184,10 +184,13 @@ def _installed(module: str) -> bool:
 
 @functools.cache
 def cuda_device_present() -> bool:
-    """A CUDA device is visible: asked of flexavatar's native module (no torch import), else of torch."""
+    """A CUDA device is visible: asked of flexavatar's native CUDA library when it is loaded (it counts devices
+    through the driver, without importing torch), else of torch."""
     try:
         from flexavatar.kernels.native import native_module
-        return bool(native_module().cuda_info()["available"])
+        info = native_module().cuda_info()
+        if info.get("library_loaded"):
+            return bool(info["available"])
     except (ImportError, KeyError, AttributeError):
         pass
     if not _installed("torch"):
@@ -404,6 +407,7 @@ class TorchEncoderModel:
 
 class TorchBackend(InferenceBackend):
     """The PyTorch model the bundle was exported from (``model=`` or ``checkpoint=``), for parity checks.
+    A ``model=`` is moved to the device in place (``nn.Module.to``).
 
     It runs no bundle file, but the bundle still says which model it must be: the template hash and
     config must match (and the checkpoint's sha256 when a file is given)."""

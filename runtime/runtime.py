@@ -97,7 +97,7 @@ def _like(x: np.ndarray, like):
             from .gpu import to_cuda
             return to_cuda(x, like.device)
         import torch
-        return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=like.device)
+        return torch.from_numpy(np.array(x, dtype=np.float32, order="C")).to(like.device)   # own, writable copy
     return x.astype(np.float32)
 
 

@@ -124,7 +124,8 @@ def _reference_code(model: FlexAvatarModel, photo: Path) -> np.ndarray:
 
 
 def _reference_gaussians(model: FlexAvatarModel, code: np.ndarray, expressions: np.ndarray) -> dict[str, np.ndarray]:
-    g = model.decode(AvatarCode(torch.from_numpy(code).transpose(0, 1)), torch.from_numpy(expressions), dataset_id=1)
+    code = torch.from_numpy(np.array(code)).transpose(0, 1)                     # a writable copy: [R², 1, D]
+    g = model.decode(AvatarCode(code), torch.from_numpy(np.array(expressions)), dataset_id=1)
     return {k: getattr(g, k).numpy() for k in FIELDS}
 
 
@@ -562,9 +563,9 @@ def test_onnxruntime_cuda_with_the_cuda_rasterizer(cuda_graphs, bundle, model, e
 
 @pytest.mark.gpu
 def test_torch_cuda_matches_cpu(bundle, model, expressions):
-    rt = Runtime(bundle, backend="torch", device="cuda", rasterizer="cuda", model=model)
+    rt = Runtime(bundle, backend="torch", device="cuda", rasterizer="cuda", model=model)    # moves model to cuda
     avatar = Avatar(np.load(bundle / "avatar_code.npy").transpose(1, 0, 2))
-    want = _reference_gaussians(model.to("cpu"), avatar.code, expressions)
     got = rt.decode(avatar, expressions).numpy()
+    want = _reference_gaussians(model.to("cpu"), avatar.code, expressions)   # back on the CPU for the other tests
     for f in FIELDS:
         assert _max_err(getattr(got, f), want[f]) <= GAUSSIAN_TOL
