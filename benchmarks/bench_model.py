@@ -104,7 +104,7 @@ def test_encode_flex1(benchmark, bench_meta, flex1, device_name):
     assert code.tokens.shape == (1024, 1, 768) and torch.isfinite(code.tokens).all()
 
 
-# ---- GPU fast path: half precision + CUDA graph (what an app on torch would ship) -----------------
+# ---- GPU fast path: bf16 + CUDA graph (what an app on torch would ship) -----------------
 
 def _half_decoder(model: FlexAvatarModel, code: torch.Tensor, expressions: torch.Tensor, dtype: torch.dtype):
     """A callable that decodes into static buffers; on CUDA the whole decoder is one CUDA graph replay.
@@ -138,17 +138,21 @@ def _half_decoder(model: FlexAvatarModel, code: torch.Tensor, expressions: torch
 
 
 def test_decode_flex1_half_graph(benchmark, bench_meta, flex1):
-    """GPU only: on the CPU, half-precision convs are far slower than fp32 (minutes per frame here)."""
+    """GPU only: on the CPU, half-precision convs are far slower than fp32 (minutes per frame here).
+
+    bf16, not fp16: on the H200 (2026-11-26) the fp16 decoder overflowed (NaN positions, scales
+    underflowing to 0) with random FLEX-1 weights — the upsampler's ±256-clamped activations summed
+    over 512×3×3 inputs exceed fp16's 65504. bf16 keeps fp32's range."""
     device_name = "cuda"
     device = _device(device_name)
-    dtype = torch.float16
+    dtype = torch.bfloat16
     model = flex1.to(device)
     code = torch.randn(1024, 1, 768, device=device) * 0.5
     expr = _expressions(1).to(device)[None]
     decode = _half_decoder(model, code, expr, dtype)
     with torch.no_grad():
         ref = model.network.decode(code, expr, torch.ones(1, dtype=torch.long, device=device))
-    bench_meta(stage="decode", backend="torch-graph", size="flex1", device=device_name, dtype="fp16",
+    bench_meta(stage="decode", backend="torch-graph", size="flex1", device=device_name, dtype="bf16",
                flops=199.6e9, frames=1)
 
     def run():
@@ -160,13 +164,13 @@ def test_decode_flex1_half_graph(benchmark, bench_meta, flex1):
     out = benchmark.pedantic(run, rounds=200, warmup_rounds=1)
     err = (out["positions"].float() - ref["positions"]).abs().max().item()
     print(f"\nhalf-precision decode: max |Δ position| vs fp32 = {err:.2e} m")
-    assert err < 2e-2   # sanity bound (2 cm) only: random FLEX-1 weights amplify rounding; fp16 accuracy is
+    assert err < 5e-2   # sanity bound only (offsets span ±10 cm): bf16 rounding through 8 random layers; accuracy is
     #                     checked properly (rendered PSNR) by the exporter
 
 
 @pytest.mark.parametrize("rasterizer", ["cuda", "triton"])
 def test_whole_frame_flex1_cuda(benchmark, bench_meta, flex1, rasterizer):
-    """decode (fp16 CUDA graph) + rasterize 512² on the GPU, no host sync inside the frame."""
+    """decode (bf16 CUDA graph) + rasterize 512² on the GPU, no host sync inside the frame."""
     device = _device("cuda")
     from flexavatar import kernels
     from flexavatar.cameras import orbit_cameras
@@ -177,12 +181,12 @@ def test_whole_frame_flex1_cuda(benchmark, bench_meta, flex1, rasterizer):
     model = flex1.to(device)
     code = torch.randn(1024, 1, 768, device=device) * 0.5
     expr = _expressions(1).to(device)[None]
-    decode = _half_decoder(model, code, expr, torch.float16)
+    decode = _half_decoder(model, code, expr, torch.bfloat16)
     world2cam = kernels.world2cam_from_cam2world(orbit_cameras(1).to(device))
     K = torch.tensor([[[1500.0, 0, 256], [0, 1500.0, 256], [0, 0, 1]]], device=device)
     cams = kernels.Cameras(world2cam, K)
     bench_meta(stage="whole_frame", backend=f"torch-graph+{rasterizer}", size="flex1", device="cuda",
-               dtype="fp16", flops=199.6e9, frames=1)
+               dtype="bf16", flops=199.6e9, frames=1)
 
     def frame():
         with torch.no_grad():

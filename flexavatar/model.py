@@ -311,10 +311,10 @@ class FlexAvatarModel(nn.Module):
             raise InputError(f"intrinsics must be [{b}, 3, 3] (or [{b}, {v}, 3, 3]), got {tuple(intrinsics.shape)}")
         _check_finite(cam2world, "cam2world")
         _check_finite(intrinsics, "intrinsics")
-        rot = cam2world[..., :3, :3].double()
-        eye = torch.eye(3, dtype=torch.float64)
-        if (rot @ rot.transpose(-1, -2) - eye).abs().max() > 1e-3 or (cam2world[..., 3, :].double()
-                                                                      - torch.tensor([0, 0, 0, 1.0])).abs().max() > 1e-6:
+        c2w = cam2world.detach().to("cpu", torch.float64)          # small: check on the host, any device
+        rot = c2w[..., :3, :3]
+        if (rot @ rot.transpose(-1, -2) - torch.eye(3, dtype=torch.float64)).abs().max() > 1e-3 or \
+                (c2w[..., 3, :] - torch.tensor([0, 0, 0, 1.0], dtype=torch.float64)).abs().max() > 1e-6:
             raise InputError("cam2world must be rigid 4×4 matrices (orthonormal rotation, last row [0, 0, 0, 1])")
         fx, fy = intrinsics[..., 0, 0], intrinsics[..., 1, 1]
         if (fx <= 0).any() or (fy <= 0).any():
@@ -322,8 +322,9 @@ class FlexAvatarModel(nn.Module):
         if (fx > 50).any() or (intrinsics[..., :2, 2].abs() > 10).any():
             raise InputError(f"intrinsics look like pixel units (fx up to {fx.max().item():.4g}); the model takes "
                              f"normalised intrinsics: divide K's first two rows by the image size {s}")
-        dtype = self.network._conv_patchify.weight.dtype
-        return images.to(dtype), cam2world.to(dtype), intrinsics.to(dtype)
+        weight = self.network._conv_patchify.weight
+        return (images.to(weight.device, weight.dtype), cam2world.to(weight.device, weight.dtype),
+                intrinsics.to(weight.device, weight.dtype))
 
     # -- decode ---------------------------------------------------------------------------------
     @torch.no_grad()

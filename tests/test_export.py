@@ -242,7 +242,7 @@ def test_specialised_decoder_equals_generic_fed_the_same_code(full):
                                                                     "expressions": expressions})
         special = _run(bundle, bundle.artifact(ROLE_DECODER_AVATAR, fmt), {"expressions": expressions})
         for name in GAUSSIAN_OUTPUTS:
-            np.testing.assert_allclose(special[name], generic[name], atol=1e-5, rtol=0, err_msg=f"{fmt} {name}")
+            np.testing.assert_allclose(special[name], generic[name], atol=2e-5, rtol=0, err_msg=f"{fmt} {name}")
 
 
 def test_encoder_with_dinov2_matches_pytorch(full, fixture_model):
