@@ -21,10 +21,10 @@ torch = pytest.importorskip("torch")
 
 from flexavatar import kernels  # noqa: E402
 from flexavatar.cameras import orbit_cameras  # noqa: E402
-from flexavatar.config import FLEX1, small_config  # noqa: E402
+from flexavatar.config import small_config  # noqa: E402
 from flexavatar.demo import synthetic_expressions  # noqa: E402
 from flexavatar.fitting import FitConfig, Fitter, Observations, fit, frozen_weights  # noqa: E402
-from flexavatar.model import FlexAvatarModel, init_random_weights  # noqa: E402
+from flexavatar.model import FlexAvatarModel  # noqa: E402
 from flexavatar.template import Template  # noqa: E402
 
 BACKENDS = ["reference", "triton", "cuda"]
@@ -39,17 +39,6 @@ def small_model():
     return FlexAvatarModel.random(cfg, Template.synthetic(cfg.res_head_tokens, cfg.res_gaussian_grid), seed=0)
 
 
-@pytest.fixture(scope="module")
-def flex1_model(weights_cache):
-    template = Template.synthetic(FLEX1.res_head_tokens, FLEX1.res_gaussian_grid)
-
-    def make():  # same weights and cache key as bench_model.py
-        model = FlexAvatarModel(FLEX1, template)
-        init_random_weights(model.network, seed=0)
-        return model.official_state_dict()
-
-    state = weights_cache.get("flex1-random-seed0", make)
-    return FlexAvatarModel.from_checkpoint(state, template=template)
 
 
 def _device(name: str) -> torch.device:

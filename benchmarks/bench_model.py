@@ -16,26 +16,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from flexavatar.cameras import default_camera  # noqa: E402
-from flexavatar.config import FLEX1  # noqa: E402
 from flexavatar.demo import synthetic_expressions  # noqa: E402
-from flexavatar.model import AvatarCode, FlexAvatarModel, init_random_weights  # noqa: E402
-from flexavatar.template import Template  # noqa: E402
+from flexavatar.model import AvatarCode, FlexAvatarModel  # noqa: E402
 
 DRIVING = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "driving" / "EMO-1-shout+laugh.npz"
 DEVICES = ["cpu", "cuda"]
 
 
-@pytest.fixture(scope="module")
-def flex1(weights_cache):
-    template = Template.synthetic(FLEX1.res_head_tokens, FLEX1.res_gaussian_grid)   # G differs slightly from 58,361
-
-    def make():
-        model = FlexAvatarModel(FLEX1, template)
-        init_random_weights(model.network, seed=0)
-        return model.official_state_dict()
-
-    state = weights_cache.get("flex1-random-seed0", make)
-    return FlexAvatarModel.from_checkpoint(state, template=template)
 
 
 def _expressions(n: int) -> torch.Tensor:
@@ -63,9 +50,9 @@ def _sync(device):
 
 
 @pytest.mark.parametrize("device_name", DEVICES)
-def test_decode_flex1(benchmark, bench_meta, flex1, device_name):
+def test_decode_flex1(benchmark, bench_meta, flex1_model, device_name):
     device = _device(device_name)
-    model = flex1.to(device)
+    model = flex1_model.to(device)
     code = AvatarCode(torch.randn(1024, 1, 768, device=device) * 0.5)
     expr = _expressions(1).to(device)
     flops = _count_flops(lambda: model.decode(code, expr))
@@ -83,9 +70,9 @@ def test_decode_flex1(benchmark, bench_meta, flex1, device_name):
 
 
 @pytest.mark.parametrize("device_name", DEVICES)
-def test_encode_flex1(benchmark, bench_meta, flex1, device_name):
+def test_encode_flex1(benchmark, bench_meta, flex1_model, device_name):
     device = _device(device_name)
-    model = flex1.to(device)
+    model = flex1_model.to(device)
     c2w, k = default_camera()
     image = torch.rand(1, 3, 512, 512, device=device)
     feats = torch.randn(1, 1, 768, 16, 16, device=device)   # DINOv2 stand-in (weights are user-supplied)
@@ -137,7 +124,7 @@ def _half_decoder(model: FlexAvatarModel, code: torch.Tensor, expressions: torch
     return replay
 
 
-def test_decode_flex1_half_graph(benchmark, bench_meta, flex1):
+def test_decode_flex1_half_graph(benchmark, bench_meta, flex1_model):
     """GPU only: on the CPU, half-precision convs are far slower than fp32 (minutes per frame here).
 
     bf16, not fp16: on the H200 (2026-11-26) the fp16 decoder overflowed (NaN positions, scales
@@ -146,7 +133,7 @@ def test_decode_flex1_half_graph(benchmark, bench_meta, flex1):
     device_name = "cuda"
     device = _device(device_name)
     dtype = torch.bfloat16
-    model = flex1.to(device)
+    model = flex1_model.to(device)
     code = torch.randn(1024, 1, 768, device=device) * 0.5
     expr = _expressions(1).to(device)[None]
     decode = _half_decoder(model, code, expr, dtype)
@@ -169,7 +156,7 @@ def test_decode_flex1_half_graph(benchmark, bench_meta, flex1):
 
 
 @pytest.mark.parametrize("rasterizer", ["cuda", "triton"])
-def test_whole_frame_flex1_cuda(benchmark, bench_meta, flex1, rasterizer):
+def test_whole_frame_flex1_cuda(benchmark, bench_meta, flex1_model, rasterizer):
     """decode (bf16 CUDA graph) + rasterize 512² on the GPU, no host sync inside the frame."""
     device = _device("cuda")
     from flexavatar import kernels
@@ -178,7 +165,7 @@ def test_whole_frame_flex1_cuda(benchmark, bench_meta, flex1, rasterizer):
         kernels.select_backend(rasterizer, device="cuda", dtype="float32", requires_grad=False)
     except kernels.BackendError as e:
         pytest.skip(str(e))
-    model = flex1.to(device)
+    model = flex1_model.to(device)
     code = torch.randn(1024, 1, 768, device=device) * 0.5
     expr = _expressions(1).to(device)[None]
     decode = _half_decoder(model, code, expr, torch.bfloat16)

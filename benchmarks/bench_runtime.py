@@ -22,10 +22,8 @@ torch = pytest.importorskip("torch")
 
 from flexavatar.bundle import Bundle, BundleError  # noqa: E402
 from flexavatar.config import FLEX1  # noqa: E402
-from flexavatar.model import FlexAvatarModel, init_random_weights  # noqa: E402
 from flexavatar.runtime import (Avatar, Camera, Runtime, load_expressions, orbit_camera,  # noqa: E402
                                 synthetic_expressions)
-from flexavatar.template import Template  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 TEMPLATE_OBJ = SHARED / "official_flex" / "gghead_template.obj"      # G = 58,361 (synthetic template otherwise)
@@ -48,23 +46,8 @@ CASES = [
 ]
 
 
-def _template() -> Template:
-    if TEMPLATE_OBJ.is_file():
-        return Template.from_obj(TEMPLATE_OBJ, FLEX1.res_head_tokens, FLEX1.res_gaussian_grid)
-    return Template.synthetic(FLEX1.res_head_tokens, FLEX1.res_gaussian_grid)
 
 
-@pytest.fixture(scope="module")
-def flex1_model(weights_cache):
-    template = _template()
-
-    def make():
-        model = FlexAvatarModel(FLEX1, template)
-        init_random_weights(model.network, seed=0)
-        return model.official_state_dict()
-
-    state = weights_cache.get("flex1-random-seed0", make)
-    return FlexAvatarModel.from_checkpoint(state, template=template)
 
 
 @pytest.fixture(scope="module")

@@ -327,3 +327,30 @@ class _RunRecorder:
             "cases": self.cases,
         }
         record.write_json_atomic(self.path, run)
+
+
+# ---- the FLEX-1 random-weight model shared by the model, runtime and fitting benchmarks ---------------
+
+_TEMPLATE_OBJ = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official_flex" / "gghead_template.obj"
+
+
+@pytest.fixture(scope="module")
+def flex1_model(weights_cache):
+    """FLEX-1 with seeded random weights (cached on disk as "flex1-random-seed0"). Template: the official OBJ
+    from ../shared when present (58,361 Gaussians), else the synthetic one. Module scope: tests may move it."""
+    from flexavatar.config import FLEX1
+    from flexavatar.model import FlexAvatarModel, init_random_weights
+    from flexavatar.template import Template
+
+    if _TEMPLATE_OBJ.is_file():
+        template = Template.from_obj(_TEMPLATE_OBJ, FLEX1.res_head_tokens, FLEX1.res_gaussian_grid)
+    else:
+        template = Template.synthetic(FLEX1.res_head_tokens, FLEX1.res_gaussian_grid)
+
+    def make():
+        model = FlexAvatarModel(FLEX1, template)
+        init_random_weights(model.network, seed=0)
+        return model.official_state_dict()
+
+    state = weights_cache.get("flex1-random-seed0", make)
+    return FlexAvatarModel.from_checkpoint(state, template=template)
