@@ -87,8 +87,8 @@ def export_bundle(checkpoint: str | Path | dict, out_dir: str | Path, *, templat
     """
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
-    _require_packages()
     precisions, targets = _choices(precisions, PRECISIONS, "precisions"), _choices(targets, TARGETS, "targets")
+    _require_packages(with_openvino="openvino" in targets)
     if not isinstance(opset, int) or opset < MIN_OPSET:
         raise ExportArgumentError(f"opset must be an integer ≥ {MIN_OPSET} (torch 2.13's exporter emits 18), "
                                   f"got {opset!r}")
@@ -240,9 +240,10 @@ class _Staging:
 
 # ---- loading ------------------------------------------------------------------------------------------
 
-def _require_packages() -> None:
+def _require_packages(with_openvino: bool) -> None:
     import importlib.util
-    missing = [m for m in ("onnx", "onnxscript", "onnxruntime", "openvino") if importlib.util.find_spec(m) is None]
+    needed = ("onnx", "onnxscript", "onnxruntime") + (("openvino",) if with_openvino else ())
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
         raise ExportArgumentError(f"export needs {missing}: pip install 'flexavatar[export,runtime]' (CPU) or "
                                   "'flexavatar[export,gpu]' (CUDA)")
