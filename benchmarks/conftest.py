@@ -318,7 +318,7 @@ class _RunRecorder:
             "machine": self.machine,
             "packages": record.package_versions(),
             "git": record.git_info(REPO_ROOT),
-            "pytest_args": [str(a) for a in self.config.invocation_params.args],
+            "pytest_args": [_relative_to_repo(str(a)) for a in self.config.invocation_params.args],
             "benchmark_options": {
                 k: (float(v) if k in ("max_time", "min_time") else v)
                 for k, v in options.items()
@@ -354,3 +354,9 @@ def flex1_model(weights_cache):
 
     state = weights_cache.get("flex1-random-seed0", make)
     return FlexAvatarModel.from_checkpoint(state, template=template)
+
+
+def _relative_to_repo(arg: str) -> str:
+    """Record paths inside the repo relative to it: no machine paths in the committed history."""
+    root = str(Path(__file__).resolve().parents[1])
+    return "." + arg[len(root):] if arg.startswith(root) else arg
