@@ -22,6 +22,7 @@ done
 [ ${#SUITES[@]} -gt 0 ] || SUITES=(release asan)
 cd "$(dirname "$0")/../.."
 ROOT=${FLEXAVATAR_CTEST_BUILD_ROOT:-build}
+mkdir -p "$ROOT"
 JOBS=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}
 GENERATOR=()
 command -v ninja >/dev/null 2>&1 && GENERATOR=(-G Ninja)
