@@ -8,7 +8,6 @@ Expressions come from a real tracked sequence when ../shared is present, else a 
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +16,10 @@ torch = pytest.importorskip("torch")
 
 from flexavatar.cameras import default_camera  # noqa: E402
 from flexavatar.demo import synthetic_expressions  # noqa: E402
+from flexavatar.dev_fixtures import fixtures_dir  # noqa: E402
 from flexavatar.model import AvatarCode, FlexAvatarModel  # noqa: E402
 
-DRIVING = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "driving" / "EMO-1-shout+laugh.npz"
+DRIVING = fixtures_dir() / "driving" / "EMO-1-shout+laugh.npz"
 DEVICES = ["cpu", "cuda"]
 
 

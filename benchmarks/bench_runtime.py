@@ -22,10 +22,11 @@ torch = pytest.importorskip("torch")
 
 from flexavatar.bundle import Bundle, BundleError  # noqa: E402
 from flexavatar.config import FLEX1  # noqa: E402
+from flexavatar.dev_fixtures import fixtures_dir  # noqa: E402
 from flexavatar.runtime import (Avatar, Camera, Runtime, load_expressions, orbit_camera,  # noqa: E402
                                 synthetic_expressions)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+SHARED = fixtures_dir()
 TEMPLATE_OBJ = SHARED / "official_flex" / "gghead_template.obj"      # G = 58,361 (synthetic template otherwise)
 DRIVING = SHARED / "driving" / "EMO-1-shout+laugh.npz"
 SIZE = 512

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from flexavatar import dashboard as record
+from flexavatar.dev_fixtures import fixtures_dir
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -331,7 +332,7 @@ class _RunRecorder:
 
 # ---- the FLEX-1 random-weight model shared by the model, runtime and fitting benchmarks ---------------
 
-_TEMPLATE_OBJ = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official_flex" / "gghead_template.obj"
+_TEMPLATE_OBJ = fixtures_dir() / "official_flex" / "gghead_template.obj"
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@
 #   FLEXAVATAR_BENCH_MAX_TIME seconds per case (--benchmark-max-time, default 0.5)
 #   FLEXAVATAR_GIT_COMMIT     commit to record when the tree has no .git (a copied working tree)
 #   FLEXAVATAR_GPU_TESTS_CAP  seconds for the GPU tests stage (default 100)
+#   FLEXAVATAR_FIXTURES       the fixtures folder (default: shared/fixtures staged in the tree by
+#                             benchmarks/device/stage.py, else ../shared/fixtures)
 #   PYTHON                    interpreter (default python3)
 set -uo pipefail
 
@@ -128,6 +130,13 @@ benchmarks() {
     --bench-history "$HISTORY" -rs ${FLEXAVATAR_BENCH_ARGS:-}
 }
 
+# fixtures: a copy staged inside the tree (benchmarks/device/stage.py; ../shared does not travel), else ../shared
+if [[ -z "${FLEXAVATAR_FIXTURES:-}" ]]; then
+  for candidate in "$REPO/shared/fixtures" "$REPO/../shared/fixtures"; do
+    [[ -d "$candidate" ]] && { FLEXAVATAR_FIXTURES=$(cd "$candidate" && pwd); break; }
+  done
+fi
+export FLEXAVATAR_FIXTURES=${FLEXAVATAR_FIXTURES:-}
 export REPO PY MAX_TIME WORK SITE HISTORY
 export -f pyrun machine_info pip_install source_site build gpu_tests benchmarks
 ls "$HISTORY" >"$WORK/history-before.txt" 2>/dev/null

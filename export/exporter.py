@@ -483,8 +483,8 @@ class _Job:
 
 
 def _fp32_ops(fmt: str) -> tuple[str, ...]:
-    # OpenVINO's fp16 IR stores fp16 weights; the device picks the compute precision (f32 on CPU when
-    # INFERENCE_PRECISION_HINT=f32, as checked here), so every op computes in float32 there.
+    # OpenVINO's fp16 IR stores the fp16 ONNX's weights; the device picks the compute precision (f32 on
+    # CPU when INFERENCE_PRECISION_HINT=f32, as checked here), so every op computes in float32 there.
     return FP16_FP32_OPS if fmt == FORMAT_ONNX else ("all (fp16 weights only; compute precision set by the device)",)
 
 
@@ -507,18 +507,19 @@ def _write_onnx_fp16(job: _Job, folder: Path, opset: int, props: dict[str, str])
     save_checked(model, folder / job.file_names[0])
 
 
-def _write_ir(compress: bool):
-    def write(job: _Job, folder: Path, opset: int, props: dict[str, str]) -> None:
-        source = folder / f"{job.graph.spec.role}.fp32.onnx"     # always written first (see _plan)
-        save_ir(source, folder / job.file_names[0], props, compress_to_fp16=compress)
-    return write
+def _write_ir(job: _Job, folder: Path, opset: int, props: dict[str, str]) -> None:
+    # from the ONNX file of the same precision (always written first, see _plan): the fp16 IR keeps the
+    # fp16 ONNX's choice of which constants stay float32 (OpenVINO's own compress_to_fp16 would round
+    # every constant, GridSample's UV grid included)
+    source = folder / f"{job.graph.spec.role}.{job.precision}.onnx"
+    save_ir(source, folder / job.file_names[0], props)
 
 
 WRITERS: dict[tuple[str, str], Callable[[_Job, Path, int, dict[str, str]], None]] = {
     (FORMAT_ONNX, "fp32"): _write_onnx_fp32,
     (FORMAT_ONNX, "fp16"): _write_onnx_fp16,
-    (FORMAT_OPENVINO, "fp32"): _write_ir(compress=False),
-    (FORMAT_OPENVINO, "fp16"): _write_ir(compress=True),
+    (FORMAT_OPENVINO, "fp32"): _write_ir,
+    (FORMAT_OPENVINO, "fp16"): _write_ir,
 }
 
 
@@ -529,8 +530,9 @@ def _doc(job: _Job) -> str:
 
 def _plan(model: FlexAvatarModel, ref: _References, precisions: tuple[str, ...],
           targets: tuple[str, ...], opset: int) -> list[_Job]:
-    """Jobs in order. The fp32 ONNX of each graph comes first (fp16 and IR derive from it); it is kept
-    out of the manifest (and deleted) when fp32 ONNX was not asked for."""
+    """Jobs in order. The ONNX files of each graph come first (fp32, then fp16 from it; each IR derives
+    from the ONNX of its precision); an ONNX file built only as a source is kept out of the manifest
+    (and deleted) when ONNX was not asked for in that precision."""
     jobs = []
     for graph in _graphs(model, ref, opset):
         cache: dict[str, object] = {}
@@ -545,7 +547,8 @@ def _plan(model: FlexAvatarModel, ref: _References, precisions: tuple[str, ...],
         for fmt in (FORMAT_ONNX, FORMAT_OPENVINO):
             for precision in PRECISIONS:
                 wanted = fmt in targets and precision in precisions
-                if wanted or (fmt, precision) == (FORMAT_ONNX, "fp32"):
+                source_of_ir = fmt == FORMAT_ONNX and FORMAT_OPENVINO in targets and precision in precisions
+                if wanted or source_of_ir or (fmt, precision) == (FORMAT_ONNX, "fp32"):
                     jobs.append(_Job(graph, fmt, precision, listed=wanted, ref=ref, source=source))
     return jobs
 

@@ -9,14 +9,18 @@ from pathlib import Path
 import onnx
 import torch
 
+from . import mixed_precision
 from .graphs import GraphSpec
 
 # Ops kept in float32 in the fp16 models: normalisations (variance sums overflow / lose precision in
 # fp16), softmax, the activations that produce the Gaussian attributes (exp → scales, sigmoid →
-# opacities/offsets, L2-normalisation → quaternions), the UV grid_sample and the camera-ray maths
-# (Einsum, Cross products as Mul/Sub) of the encoder are cheap and precision-sensitive.
+# opacities/offsets, L2-normalisation → quaternions), the UV grid_sample (with its UV grid: fp16 UVs
+# alone cost 15 dB of rendered PSNR at FLEX-1 size) and the camera-ray maths (Einsum, Cross products as
+# Mul/Sub) of the encoder are cheap and precision-sensitive. Everything else (the MatMuls, convolutions,
+# residual adds) runs in fp16.
 FP16_FP32_OPS = ("LayerNormalization", "ReduceMean", "Pow", "Sqrt", "Reciprocal", "Softmax", "Exp", "Sigmoid",
                  "ReduceL2", "Div", "GridSample", "Einsum", "Erf")
+FP16_POLICY = mixed_precision.Policy(frozenset(FP16_FP32_OPS))
 UNLIMITED = 1 << 40
 
 
@@ -137,34 +141,9 @@ def set_metadata(model: onnx.ModelProto, props: dict[str, str], doc: str) -> Non
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """fp16 weights and compute, float32 inputs/outputs, FP16_FP32_OPS kept in float32."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    half = convert_float_to_float16(copy, keep_io_types=True, op_block_list=list(FP16_FP32_OPS))
-    _topological_sort(half.graph)   # the converter appends its Cast nodes out of order
-    del half.graph.value_info[:]    # ... and leaves some float32 value_info on fp16 tensors (optional data)
-    return half
-
-
-def _topological_sort(graph: onnx.GraphProto) -> None:
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(i in available for i in n.input)]
-        if not ready:
-            raise ValueError(f"graph has a cycle or dangling inputs near node {pending[0].name!r}")
-        ready_ids = {id(n) for n in ready}
-        pending = [n for n in pending if id(n) not in ready_ids]
-        for n in ready:
-            available.update(n.output)
-        ordered += ready
-    nodes = [onnx.NodeProto() for _ in ordered]
-    for dst, src in zip(nodes, ordered):
-        dst.CopyFrom(src)
-    del graph.node[:]
-    graph.node.extend(nodes)
+    """fp16 weights and compute, float32 inputs/outputs; FP16_FP32_OPS (and the constants only they read,
+    such as GridSample's UV grid) stay float32. See ``mixed_precision``."""
+    return mixed_precision.convert(model, FP16_POLICY)
 
 
 def save_checked(model: onnx.ModelProto, path: Path) -> None:

@@ -9,14 +9,14 @@ from flexavatar.bundle import METADATA_PREFIX
 ACCURATE_CPU_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 
 
-def save_ir(onnx_path: Path, xml_path: Path, props: dict[str, str], compress_to_fp16: bool) -> None:
-    """Convert and save; compress_to_fp16 stores the weights in fp16 (OpenVINO's fp16 IR)."""
+def save_ir(onnx_path: Path, xml_path: Path, props: dict[str, str]) -> None:
+    """Convert and save with the ONNX file's own weight precisions (an fp16 ONNX gives the fp16 IR)."""
     import openvino as ov
 
     model = ov.Core().read_model(str(onnx_path))   # the ONNX frontend; save_model applies the MOC passes
     for key, value in props.items():
         model.set_rt_info(value, ["flexavatar", key.removeprefix(METADATA_PREFIX)])
-    ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
+    ov.save_model(model, str(xml_path), compress_to_fp16=False)
 
 
 def compile_ir(xml_path: Path, config: dict | None = None):

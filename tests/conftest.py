@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from flexavatar.dev_fixtures import fixtures_dir
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "fixtures"
+SHARED = fixtures_dir()
 OFFICIAL = SHARED / "official_flex"
 DRIVING = SHARED / "driving"
 

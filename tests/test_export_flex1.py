@@ -40,14 +40,16 @@ def test_flex1_size_export_is_verified(tmp_path, official_dir):
 
     print(f"\nFLEX-1 export: {seconds:.0f} s, peak RSS {peak_gib:.1f} GiB")
     print(result.summary)
+    for path in sorted(result.path.iterdir()):
+        print(f"  {path.name:34s} {path.stat().st_size / 2**20:9.1f} MiB")
     bundle = Bundle.open(result.path)                       # sha256 of every file
     m = bundle.manifest
     assert m.conventions.n_gaussians == 58_361 and len(m.artifacts) == 12
     for a in m.artifacts:
         if a.precision == "fp32":
             assert a.parity.passed and all(o.max_abs_error <= 1e-4 for o in a.parity.outputs), a.name
-        else:   # reported; with random weights the decoder is below the 40 dB target (flagged, not fatal)
-            assert a.parity.psnr_db is not None and a.parity.passed == (a.parity.psnr_db >= 40.0), a.name
+        else:   # rendered 512² PSNR vs the fp32 render (measured 50.6 dB for the decoder, ONNX Runtime CPU)
+            assert a.parity.psnr_db is not None and a.parity.psnr_db >= 40.0 and a.parity.passed, a.name
     # the specialised decoder equals the generic one fed the same code
     expr = np.random.default_rng(0).standard_normal((2, 135)).astype(np.float32) * 0.5
     generic = ort.InferenceSession(str(bundle.path(bundle.artifact(ROLE_DECODER))))

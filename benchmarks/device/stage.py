@@ -1,0 +1,111 @@
+"""Stage what a GPU-machine run needs but cannot fetch there, inside this checkout (git-ignored).
+
+The device machine receives the working tree only (64 MiB per call, no network): the fixtures beside the
+checkout (``../shared``) do not travel, and ``onnxruntime-gpu`` (255 MB wheel, CUDA 13 build) is not in
+its image. This script, run here before the device session:
+
+* copies the fixtures the GPU tests and benchmarks read into ``shared/fixtures`` (a ``shared/`` folder
+  inside the checkout travels with every call; it is git-ignored, never committed);
+* downloads the wheels named with ``--wheel`` (cp312, manylinux) and splits each into parts of at most
+  ``--part-mib`` MiB under ``.device/parts/`` with an index (sha256 of every part and of the whole);
+* prints the sequence of ``run`` calls: one call per part (``carry`` names that part; parts already sent
+  stay on the warm machine), the last one unpacking and running the check.
+
+Usage:  python benchmarks/device/stage.py --wheel onnxruntime-gpu==1.31.1
+See benchmarks/device/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+from flexavatar.dev_fixtures import fixtures_dir  # noqa: E402
+
+PARTS = REPO / ".device" / "parts"
+STAGED_FIXTURES = REPO / "shared" / "fixtures"
+FIXTURE_FILES = ("official_flex", "driving")     # 17 MB: everything the tests may read
+PIP_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+
+
+def stage_fixtures() -> int:
+    src = fixtures_dir()
+    total = 0
+    for rel in FIXTURE_FILES:
+        a, b = src / rel, STAGED_FIXTURES / rel
+        if not a.exists():
+            raise SystemExit(f"fixtures not found: {a} (set FLEXAVATAR_FIXTURES)")
+        b.parent.mkdir(parents=True, exist_ok=True)
+        if a.is_dir():
+            shutil.copytree(a, b, dirs_exist_ok=True)
+            total += sum(f.stat().st_size for f in b.rglob("*") if f.is_file())
+        else:
+            shutil.copy2(a, b)
+            total += b.stat().st_size
+    return total
+
+
+def download(spec: str, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    before = set(dest.glob("*.whl"))
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
+           "--implementation", "cp", "-d", str(dest), spec]
+    for p in PIP_PLATFORMS:
+        cmd[4:4] = ["--platform", p]
+    subprocess.run(cmd, check=True)
+    new = set(dest.glob("*.whl")) - before
+    name = spec.split("==")[0].replace("-", "_").lower()
+    found = [w for w in (new or dest.glob("*.whl")) if w.name.lower().startswith(name)]
+    if not found:
+        raise SystemExit(f"pip left no wheel for {spec} in {dest}")
+    return sorted(found)[-1]
+
+
+def split(wheel: Path, part_bytes: int) -> list[dict]:
+    data = wheel.read_bytes()
+    parts = []
+    for k in range(0, len(data), part_bytes):
+        chunk = data[k:k + part_bytes]
+        path = PARTS / f"{wheel.name}.part{k // part_bytes:02d}"
+        path.write_bytes(chunk)
+        parts.append({"file": path.name, "sha256": hashlib.sha256(chunk).hexdigest(), "bytes": len(chunk)})
+    return parts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--wheel", action="append", default=[], help="pip spec, e.g. onnxruntime-gpu==1.31.1")
+    ap.add_argument("--part-mib", type=int, default=56, help="part size (the tree must stay under 64 MiB)")
+    ap.add_argument("--no-fixtures", action="store_true")
+    args = ap.parse_args()
+    if not args.no_fixtures:
+        print(f"fixtures: {stage_fixtures() / 2**20:.1f} MiB staged in {STAGED_FIXTURES.relative_to(REPO)}/")
+    if not args.wheel:
+        return
+    shutil.rmtree(PARTS, ignore_errors=True)
+    PARTS.mkdir(parents=True)
+    index = {"wheels": []}
+    for spec in args.wheel:
+        wheel = download(spec, REPO / ".device" / "downloads")
+        index["wheels"].append({"wheel": wheel.name, "sha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
+                                "parts": split(wheel, args.part_mib * 2**20)})
+    (PARTS / "index.json").write_text(json.dumps(index, indent=1))
+    names = [p["file"] for w in index["wheels"] for p in w["parts"]]
+    print(f"{len(names)} parts in {PARTS.relative_to(REPO)}/; device calls (back to back, the machine is "
+          "released after 30 s idle):")
+    for k, name in enumerate(names):
+        last = k == len(names) - 1
+        carry = [f".device/parts/{name}"] + ([".device/parts/index.json"] if last else [])
+        command = ("python3 benchmarks/device/unpack.py && export PYTHONPATH=/tmp/site && <the check>" if last
+                   else "ls -la .device/parts")
+        print(f"  run(carry={json.dumps(carry)}, command={command!r})")
+
+
+if __name__ == "__main__":
+    main()

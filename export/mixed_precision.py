@@ -1,0 +1,183 @@
+"""float32 ONNX → mixed fp16/fp32 ONNX, node by node, with as few Casts as the policy allows.
+
+Why not ``onnxruntime.transformers.float16``: kept-fp32 regions come out of it with their outputs rounded
+through fp16 anyway (fp32 → fp16 → fp32 Cast pairs at every boundary, the graph outputs included), and
+its node block list produced graphs ONNX Runtime crashed on. Here each node gets one precision from a
+``Policy``; float inputs are cast only where producer and consumer disagree (one Cast per tensor and
+dtype, shared by all its consumers); initializers are stored in the precision of the nodes that read
+them (both copies when read by both); graph inputs and outputs stay float32.
+
+Layout ops (Reshape, Transpose, Concat, ...) have no precision of their own: they follow their data
+input, so a tensor is never cast just to be reshaped.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
+
+# Ops that only move or select data: they run in whatever float type reaches them.
+LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Concat", "Slice", "Expand", "Unsqueeze", "Squeeze", "Gather",
+                        "Identity", "DepthToSpace", "SpaceToDepth", "Flatten", "Split", "Tile", "Pad"})
+# (op, input index) that must keep the dtype they have whatever the node's precision (scales, ROIs, ...).
+_FIXED_INPUTS = frozenset({("Resize", 1), ("Resize", 2), ("Pad", 2)})
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Which nodes compute in float32: by op type, or by a predicate on the node (e.g. its module path)."""
+    fp32_ops: frozenset[str]
+    fp32_node: Callable[[onnx.NodeProto], bool] = lambda node: False
+
+    def keeps_fp32(self, node: onnx.NodeProto) -> bool:
+        return node.op_type in self.fp32_ops or self.fp32_node(node)
+
+
+def convert(model: onnx.ModelProto, policy: Policy) -> onnx.ModelProto:
+    """A new mixed-precision model (the input is not modified)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    float_tensors = _float_tensor_names(out)
+    inits = {i.name: i for i in graph.initializer}
+    dtype: dict[str, int] = {i.name: FLOAT for i in graph.input if i.name in float_tensors}
+    init_readers: dict[str, set[int]] = {}   # initializer → precisions of the nodes reading it
+    casts: dict[tuple[str, int], str] = {}
+    nodes: list[onnx.NodeProto] = []
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def as_dtype(name: str, want: int) -> str:
+        if name in inits:
+            init_readers.setdefault(name, set()).add(want)
+            return name if want == FLOAT else _half_name(name)
+        have = dtype.get(name)
+        if have is None or have == want:
+            return name
+        key = (name, want)
+        if key not in casts:
+            casts[key] = f"{name}__as_{'fp16' if want == HALF else 'fp32'}"
+            nodes.append(helper.make_node("Cast", [name], [casts[key]], to=want, name=f"{casts[key]}__cast"))
+        return casts[key]
+
+    for node in graph.node:
+        float_inputs = [(k, n) for k, n in enumerate(node.input)
+                        if n and n in float_tensors and (node.op_type, k) not in _FIXED_INPUTS]
+        precision = _node_precision(node, policy, float_inputs, dtype, readers)
+        for k, name in float_inputs:
+            node.input[k] = as_dtype(name, precision)
+        _retype_attributes(node, precision)
+        for name in node.output:
+            if name in float_tensors:
+                dtype[name] = precision
+        nodes.append(node)
+
+    # graph outputs stay float32: rename an fp16 producer's output and cast into the output name
+    for output in graph.output:
+        if dtype.get(output.name) == HALF:
+            inner = f"{output.name}__fp16"
+            for node in nodes:
+                node.output[:] = [inner if o == output.name else o for o in node.output]
+                node.input[:] = [inner if i == output.name else i for i in node.input]
+            nodes.append(helper.make_node("Cast", [inner], [output.name], to=FLOAT, name=f"{output.name}__cast"))
+
+    for name, precisions in init_readers.items():
+        if HALF in precisions:
+            graph.initializer.append(numpy_helper.from_array(_to_half(numpy_helper.to_array(inits[name])),
+                                                             _half_name(name)))
+    unused = {n for n, p in init_readers.items() if FLOAT not in p}
+    kept = [i for i in graph.initializer if i.name not in unused]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    del graph.node[:]
+    graph.node.extend(_topological(nodes, graph))
+    del graph.value_info[:]     # stale float32 annotations; recomputed by the checker's shape inference
+    return out
+
+
+def count_precisions(model: onnx.ModelProto, policy: Policy) -> dict[str, int]:
+    """{"fp16": n, "fp32": n} of compute nodes (layout ops and Casts not counted) — for reports."""
+    counts = {"fp16": 0, "fp32": 0}
+    for node in model.graph.node:
+        if node.op_type not in LAYOUT_OPS and node.op_type not in ("Cast", "Shape", "Constant"):
+            counts["fp32" if policy.keeps_fp32(node) else "fp16"] += 1
+    return counts
+
+
+# ---- helpers ------------------------------------------------------------------------------------------
+
+def _to_half(array: np.ndarray) -> np.ndarray:
+    # finite values beyond fp16's range saturate instead of becoming inf (e.g. the causal mask's
+    # -finfo(float32).max fill: -65504 masks just as well before a float32 Softmax)
+    limit = float(np.finfo(np.float16).max)
+    return np.where(np.isfinite(array), np.clip(array, -limit, limit), array).astype(np.float16)
+
+
+def _half_name(name: str) -> str:
+    return f"{name}__fp16"
+
+
+def _node_precision(node, policy: Policy, float_inputs, dtype: dict[str, int], readers) -> int:
+    if policy.keeps_fp32(node):
+        return FLOAT
+    if node.op_type in LAYOUT_OPS:
+        produced = [dtype[n] for _, n in float_inputs if n in dtype]
+        if produced:             # follow the data (fp32 only when every produced input is fp32)
+            return HALF if HALF in produced else FLOAT
+        # a constant reshaped/expanded for an fp32 consumer (e.g. the UV grid of GridSample, whose fp16
+        # rounding alone moves samples by ~0.1 texel) must not pass through fp16 on the way
+        if any(policy.keeps_fp32(r) for out in node.output for r in readers.get(out, [])):
+            return FLOAT
+    return HALF
+
+
+def _retype_attributes(node: onnx.NodeProto, precision: int) -> None:
+    """Attributes that carry a float dtype or tensor (Cast's target, Constant values) follow the node."""
+    if precision != HALF:
+        return
+    for attr in node.attribute:
+        if node.op_type == "Cast" and attr.name == "to" and attr.i == FLOAT:
+            attr.i = HALF
+        if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == FLOAT:
+            attr.t.CopyFrom(numpy_helper.from_array(_to_half(numpy_helper.to_array(attr.t)), attr.t.name))
+
+
+def _float_tensor_names(model: onnx.ModelProto) -> set[str]:
+    """Names of every float32 tensor (inputs, initializers, intermediates, outputs), by shape inference."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=False)
+    g = inferred.graph
+    infos = list(g.input) + list(g.value_info) + list(g.output)
+    names = {v.name for v in infos if v.type.tensor_type.elem_type == FLOAT}
+    names |= {i.name for i in g.initializer if i.data_type == FLOAT}
+    for node in g.node:   # Constant nodes' outputs, when inference left them out
+        if node.op_type == "Constant" and any(a.type == onnx.AttributeProto.TENSOR and a.t.data_type == FLOAT
+                                              for a in node.attribute):
+            names.update(node.output)
+    known = {v.name for v in infos} | {i.name for i in g.initializer}
+    missing = [o for n in g.node for o in n.output if o and o not in known and n.op_type != "Constant"]
+    if missing:
+        raise ValueError(f"shape inference gave no type for {len(missing)} tensors (first: {missing[0]!r}); "
+                         "cannot decide which are float")
+    return names
+
+
+def _topological(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(nodes), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise ValueError(f"graph has a cycle or dangling inputs near node {pending[0].name!r}")
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+        for n in ready:
+            available.update(n.output)
+        ordered += ready
+    return ordered
