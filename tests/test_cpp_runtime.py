@@ -1,5 +1,9 @@
 """The C++ embedding runtime (cpp/runtime, C API flexavatar/flexavatar.h) against the Python side.
 
+Covered: decode and render (``runtime_dump``), the encoder (``runtime_encode``: photo + camera + DINOv2
+features → avatar code, then a frame with it), the example application, and abuse of the C API
+(``runtime_abuse``), including the CUDA rasterizer choice failing cleanly on machines without CUDA.
+
 One bundle is exported during the run (the reduced official fixture, fp32 ONNX: encoder_features +
 decoder, ≈ 70 s on 2 cores); the C++ programs are built by ``cpp/tests/run_ctest.sh --build-only`` into
 ``build/ctest-{release,asan}`` (the same folders the later ctest run in ``.ci/run`` reuses).
@@ -209,6 +213,54 @@ def test_rgba_frame_is_the_quantised_float_frame(cpp_outputs):
         assert (frame["rgba"][..., :3] == expect_rgb).mean() > 0.999
 
 
+# ---- the encoder: photo → avatar code ------------------------------------------------------------------
+
+def test_encoder_code_and_its_frame_equal_the_python_runtime(release_build, bundle_dir, official_dir, python_runtime,
+                                                             tmp_path):
+    """flexavatar_runtime_create_avatar_code (the bundle's encoder_features graph, lazily opened) against
+    flexavatar.runtime.Runtime.create_avatar on the same photo, camera and DINOv2 features; then a frame
+    rendered with the C++ code against the Python render of the Python avatar."""
+    from flexavatar.runtime import Camera
+
+    fixture = np.load(official_dir / "inputs.npz")
+    image = fixture["images"][1][0].astype(np.float32)                     # [3, S, S], the second photo
+    c2w, k = fixture["cam2world"][1][0].astype(np.float32), fixture["intrinsics"][1][0].astype(np.float32)
+    features = fixture["features"][1][0].astype(np.float32)                # [C, h, w]
+    expression = fixture["expression_codes"][1][0].astype(np.float32)      # [135]
+    image.tofile(tmp_path / "image.f32")
+    np.concatenate([c2w.ravel(), k.ravel()]).astype(np.float32).tofile(tmp_path / "photo.f32")
+    features.tofile(tmp_path / "features.f32")
+    expression.tofile(tmp_path / "expression.f32")
+    rc2w, rk = _default_camera()
+    np.concatenate([rc2w.ravel(), rk.ravel(), [RENDER_SIZE, RENDER_SIZE], [1.0, 1.0, 1.0]]).astype(
+        np.float32).tofile(tmp_path / "camera.f32")
+    proc = subprocess.run([str(release_build / "tests/runtime_encode"), str(bundle_dir), str(tmp_path / "image.f32"),
+                           str(tmp_path / "photo.f32"), str(tmp_path / "features.f32"), *map(str, features.shape),
+                           str(tmp_path / "expression.f32"), str(tmp_path / "camera.f32"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"encoders 2 feature_channels {features.shape[0]}" in proc.stdout   # FLEXAVATAR_ENCODER_FEATURES only
+
+    avatar = python_runtime.create_avatar(image.transpose(1, 2, 0), camera=Camera(c2w, k), features=features)
+    expected = np.asarray(avatar.code)[0]                                   # [R², D]
+    code = np.fromfile(tmp_path / "code.f32", dtype=np.float32)
+    assert code.size == expected.size and np.isfinite(code).all()
+    assert float(expected.std()) > 0.1                                      # a real code, not zeros
+    assert float(np.abs(code - expected.ravel()).max()) <= FP32_TOLERANCE
+    # the photo reaches the code: the first photo gives another one
+    other = python_runtime.create_avatar(fixture["images"][0][0].transpose(1, 2, 0), camera=Camera(c2w, k),
+                                         features=features)
+    assert float(np.abs(np.asarray(other.code)[0].ravel() - code).max()) > 1e-2
+
+    frame = python_runtime.render(avatar, expression[None], Camera(rc2w, rk), RENDER_SIZE, RENDER_SIZE,
+                                  output="float")[0]                       # [H, W, 4]
+    pixels = RENDER_SIZE * RENDER_SIZE
+    cpp = np.fromfile(tmp_path / "frame.f32", dtype=np.float32)
+    assert frame[..., 3].max() > 0.5
+    np.testing.assert_allclose(cpp[:3 * pixels].reshape(frame.shape[:2] + (3,)), frame[..., :3], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(cpp[3 * pixels:4 * pixels].reshape(frame.shape[:2]), frame[..., 3], rtol=0, atol=1e-4)
+
+
 # ---- the installed package and the example application ------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -244,6 +296,43 @@ def test_example_writes_png_frames_equal_to_the_runtime_and_reports_latency(exam
         np.testing.assert_array_equal(image, frame["rgba"])
 
 
+def test_example_encodes_a_photo_and_renders_it_like_the_python_runtime(example_app, bundle_dir, official_dir,
+                                                                       python_runtime, tmp_path):
+    """AVATAR as a photo .npy [S, S, 3] (+ --features): the example runs the bundle's encoder through the C API."""
+    from PIL import Image
+
+    from flexavatar.runtime import Camera
+
+    fixture = np.load(official_dir / "inputs.npz")
+    photo = fixture["images"][1][0].transpose(1, 2, 0).astype(np.float32)                  # [S, S, 3]
+    features = fixture["features"][1][0].astype(np.float32)
+    expressions = fixture["expression_codes"][1].astype(np.float32)                        # [2, 135]
+    for name, array in (("photo", photo), ("features", features), ("expressions", expressions)):
+        np.save(tmp_path / f"{name}.npy", array)
+    out = tmp_path / "frames"
+    proc = subprocess.run([str(example_app), str(bundle_dir), str(tmp_path / "photo.npy"),
+                           str(tmp_path / "expressions.npy"), str(out), "--size", str(RENDER_SIZE), "--features",
+                           str(tmp_path / "features.npy"), "--device", "cpu"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "cpu rasterizer" in proc.stdout
+    # The photo's camera is the encoder input's default (the demo camera), as create_avatar's camera=None.
+    avatar = python_runtime.create_avatar(photo, features=features)
+    c2w, k = _default_camera()
+    want = python_runtime.render(avatar, expressions, Camera(c2w, k), RENDER_SIZE, RENDER_SIZE, output="float")
+    pngs = sorted(out.glob("frame_*.png"))
+    assert len(pngs) == len(expressions)
+    for png, frame in zip(pngs, want, strict=True):
+        image = np.asarray(Image.open(png)).astype(int)                                    # [H, W, 4]
+        expect = np.floor(np.clip(frame, 0, 1) * 255 + 0.5).astype(int)
+        assert frame[..., 3].max() > 0.5
+        assert np.abs(image - expect).max() <= 1
+    # Without --features this bundle's encoder cannot run: the runtime's message reaches the user.
+    proc = subprocess.run([str(example_app), str(bundle_dir), str(tmp_path / "photo.npy"),
+                           str(tmp_path / "expressions.npy"), str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "without DINOv2" in proc.stderr and "C = 32" in proc.stderr
+
+
 def test_example_reports_bad_input_with_exit_code(example_app, bundle_dir, inputs, tmp_path):
     proc = subprocess.run([str(example_app)], capture_output=True, text=True)
     assert proc.returncode == 2 and "usage" in proc.stderr
@@ -263,12 +352,17 @@ def _run_abuse(build: Path, bundle_dir: Path, scratch: Path, env: dict | None = 
                           text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
     summary = re.search(r"^(\d+) passed, (\d+) failed$", proc.stdout, re.M)
-    assert summary and int(summary[1]) >= 7 and summary[2] == "0", proc.stdout
+    assert summary and int(summary[1]) >= 9 and summary[2] == "0", proc.stdout
     return proc.stdout + proc.stderr
 
 
 def test_abuse_of_loader_and_c_api_returns_errors(release_build, bundle_dir, tmp_path):
-    _run_abuse(release_build, bundle_dir, tmp_path)
+    output = _run_abuse(release_build, bundle_dir, tmp_path)
+    # These builds have no CUDA library (run_ctest.sh: FLEXAVATAR_CUDA=OFF): an explicit CUDA request must
+    # fail with FLEXAVATAR_ERROR_UNAVAILABLE and say why (the abuse program prints the message).
+    assert "rasterizer CUDA: unavailable: rasterizer CUDA was requested but the CUDA rasterizer cannot run: " \
+           "the CUDA rasterizer library (libflexavatar_cuda.so) was not found" in output, output[-3000:]
+    assert "device CUDA: unavailable: " in output and "pass rasterizer CPU" in output
 
 
 def test_abuse_under_address_and_leak_sanitizer(bundle_dir, tmp_path):

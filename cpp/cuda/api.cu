@@ -150,9 +150,117 @@ int64_t api_state_num_intersections(const void* state_ptr) {
   return state_ptr ? static_cast<const ForwardState*>(state_ptr)->num_intersections : -1;
 }
 
+// ---- ABI 2: memory, streams, copies and frame helpers for the embedding runtime -----------------------
+
+// Runs body() with `device` current; CUDA failures become a status code and message.
+template <class Body>
+int on_device(int device, const char* what, char* error, size_t error_len, Body body) {
+  try {
+    DeviceGuard guard(device);
+    body();
+    return 0;
+  } catch (const CudaFailure& f) {
+    return fail(f.code, std::string(what) + ": " + f.message, error, error_len);
+  } catch (...) {
+    return fail(StatusCode::kDeviceError, std::string(what) + ": unexpected failure", error, error_len);
+  }
+}
+
+int api_device_alloc(void** ptr, size_t bytes, int device, char* error, size_t error_len) {
+  if (!ptr) return fail(StatusCode::kNullPointer, "device_alloc: ptr is null", error, error_len);
+  *ptr = nullptr;
+  return on_device(device, "device_alloc", error, error_len,
+                   [&] { check(cudaMalloc(ptr, bytes ? bytes : 1), "cudaMalloc"); });
+}
+
+int api_device_free(void* ptr, int device, char* error, size_t error_len) {
+  if (!ptr) return 0;
+  return on_device(device, "device_free", error, error_len, [&] { check(cudaFree(ptr), "cudaFree"); });
+}
+
+int api_host_alloc(void** ptr, size_t bytes, char* error, size_t error_len) {
+  if (!ptr) return fail(StatusCode::kNullPointer, "host_alloc: ptr is null", error, error_len);
+  *ptr = nullptr;
+  const cudaError_t err = cudaMallocHost(ptr, bytes ? bytes : 1);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    *ptr = nullptr;
+    return fail(err == cudaErrorMemoryAllocation ? StatusCode::kOutOfMemory : StatusCode::kDeviceError,
+                std::string("cudaMallocHost: ") + cudaGetErrorName(err), error, error_len);
+  }
+  return 0;
+}
+
+int api_host_free(void* ptr, char* error, size_t error_len) {
+  if (!ptr) return 0;
+  const cudaError_t err = cudaFreeHost(ptr);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return fail(StatusCode::kDeviceError, std::string("cudaFreeHost: ") + cudaGetErrorName(err), error, error_len);
+  }
+  return 0;
+}
+
+int api_stream_create(void** stream, int device, char* error, size_t error_len) {
+  if (!stream) return fail(StatusCode::kNullPointer, "stream_create: stream is null", error, error_len);
+  *stream = nullptr;
+  return on_device(device, "stream_create", error, error_len, [&] {
+    keep_pool_memory(device);  // the forward's stream-ordered scratch stays pooled across frames
+    cudaStream_t s = nullptr;
+    check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+    *stream = s;
+  });
+}
+
+int api_stream_destroy(void* stream, int device, char* error, size_t error_len) {
+  if (!stream) return 0;
+  return on_device(device, "stream_destroy", error, error_len, [&] {
+    check(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "cudaStreamSynchronize");
+    check(cudaStreamDestroy(static_cast<cudaStream_t>(stream)), "cudaStreamDestroy");
+  });
+}
+
+int api_stream_synchronize(void* stream, int device, char* error, size_t error_len) {
+  return on_device(device, "stream_synchronize", error, error_len,
+                   [&] { check(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "cudaStreamSynchronize"); });
+}
+
+int api_memcpy_async(void* dst, const void* src, size_t bytes, int device, void* stream, char* error,
+                     size_t error_len) {
+  if (bytes == 0) return 0;
+  if (!dst || !src) return fail(StatusCode::kNullPointer, "memcpy_async: null dst or src", error, error_len);
+  return on_device(device, "memcpy_async", error, error_len, [&] {
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, static_cast<cudaStream_t>(stream)), "cudaMemcpyAsync");
+  });
+}
+
+int api_frame_to_rgba8(const float* image, const float* alpha, uint8_t* rgba, int64_t pixels, int device,
+                       void* stream, char* error, size_t error_len) {
+  if (pixels < 0) return fail(StatusCode::kInvalidSize, "frame_to_rgba8: pixels < 0", error, error_len);
+  if (pixels > 0 && (!image || !alpha || !rgba))
+    return fail(StatusCode::kNullPointer, "frame_to_rgba8: null image, alpha or rgba", error, error_len);
+  if (reinterpret_cast<uintptr_t>(rgba) % 4 != 0)
+    return fail(StatusCode::kInvalidArgument, "frame_to_rgba8: rgba must be 4-byte aligned", error, error_len);
+  return on_device(device, "frame_to_rgba8", error, error_len, [&] {
+    launch_frame_to_rgba8(image, alpha, rgba, pixels, static_cast<cudaStream_t>(stream));
+  });
+}
+
+int api_count_nonfinite(const float* data, int64_t n, uint32_t* count, int device, void* stream, char* error,
+                        size_t error_len) {
+  if (n < 0) return fail(StatusCode::kInvalidSize, "count_nonfinite: n < 0", error, error_len);
+  if (!count || (n > 0 && !data))
+    return fail(StatusCode::kNullPointer, "count_nonfinite: null data or count", error, error_len);
+  return on_device(device, "count_nonfinite", error, error_len,
+                   [&] { launch_count_nonfinite(data, n, count, static_cast<cudaStream_t>(stream)); });
+}
+
 const FlexavatarCudaApi kApi = {
     FLEXAVATAR_CUDA_ABI_VERSION, api_device_count, api_pointer_device, api_forward, api_backward, api_release_state,
     api_state_num_intersections,
+    // ABI 2
+    api_device_alloc, api_device_free, api_host_alloc, api_host_free, api_stream_create, api_stream_destroy,
+    api_stream_synchronize, api_memcpy_async, api_frame_to_rgba8, api_count_nonfinite,
 };
 
 }  // namespace

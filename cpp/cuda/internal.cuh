@@ -87,6 +87,11 @@ void sort_pairs_u64_u32(uint64_t* keys_in, uint64_t* keys_out, uint32_t* values_
 void run_forward(const FlexavatarCudaForwardArgs& args, ForwardState& state);
 void run_backward(const ForwardState& state, const FlexavatarCudaBackwardArgs& args);
 
+// runtime_support.cu (the embedding runtime's helpers); rgba must be 4-byte aligned.
+void launch_frame_to_rgba8(const float* image, const float* alpha, uint8_t* rgba, int64_t pixels,
+                           cudaStream_t stream);
+void launch_count_nonfinite(const float* data, int64_t n, uint32_t* count, cudaStream_t stream);
+
 // α of one Gaussian at one pixel, exactly as both blend kernels evaluate it.
 __device__ __forceinline__ float gaussian_sigma(const float4& xy_op, const float4& conic, float px, float py,
                                                 float& dx, float& dy) {

@@ -2,6 +2,8 @@
 // catch-all around every call so that no C++ exception crosses the C boundary.
 #include "flexavatar/flexavatar.h"
 
+#include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <mutex>
 #include <new>
@@ -10,6 +12,7 @@
 
 #include "flexavatar/build_info.h"
 #include "runtime.h"
+#include "runtime_internal.h"
 
 using flexavatar::Status;
 using flexavatar::StatusCode;
@@ -71,6 +74,26 @@ flexavatar_status with_runtime(const flexavatar_runtime* handle, const char* fun
 
 bool sized_ok(uint32_t struct_size, size_t minimum) { return struct_size >= minimum; }
 
+// Whether a field appended to a struct_size-versioned struct lies inside the caller's struct.
+#define FLEXAVATAR_HAS_FIELD(type, object, field) \
+  (size_t((object).struct_size) >= offsetof(type, field) + sizeof((object).field))
+
+// Sizes of the structs' first published versions: older callers pass these.
+constexpr size_t kOptionsV1Size = offsetof(flexavatar_runtime_options, cuda_device) + sizeof(int32_t);
+constexpr size_t kInfoV1Size = offsetof(flexavatar_runtime_info, decoder_provider) + 64;
+constexpr size_t kEncoderInputV1Size = offsetof(flexavatar_encoder_input, feature_width) + sizeof(int64_t);
+constexpr size_t kDeviceFrameV1Size = offsetof(flexavatar_device_frame, depth) + sizeof(const float*);
+
+flexavatar::runtime::Camera to_camera(const flexavatar_camera& camera) {
+  flexavatar::runtime::Camera cam;
+  std::memcpy(cam.cam2world, camera.cam2world, sizeof(cam.cam2world));
+  std::memcpy(cam.intrinsics, camera.intrinsics, sizeof(cam.intrinsics));
+  cam.width = camera.width;
+  cam.height = camera.height;
+  std::memcpy(cam.background, camera.background, sizeof(cam.background));
+  return cam;
+}
+
 }  // namespace
 
 extern "C" {
@@ -102,12 +125,14 @@ flexavatar_status flexavatar_runtime_create(const char* bundle_dir, const flexav
     flexavatar_runtime_options defaults;
     flexavatar_runtime_options_init(&defaults);
     if (options) {
-      if (!sized_ok(options->struct_size, offsetof(flexavatar_runtime_options, cuda_device) + sizeof(int32_t)))
+      if (!sized_ok(options->struct_size, kOptionsV1Size))
         return fail(StatusCode::kInvalidArgument,
                     "flexavatar_runtime_create: options->struct_size is " + std::to_string(options->struct_size) +
                         ", expected sizeof(flexavatar_runtime_options) = " + std::to_string(sizeof(defaults)) +
                         " (call flexavatar_runtime_options_init)");
-      defaults = *options;
+      // An older caller's struct is shorter: its missing (appended) fields keep their defaults.
+      std::memcpy(&defaults, options, std::min<size_t>(options->struct_size, sizeof(defaults)));
+      defaults.struct_size = sizeof(defaults);
     }
     if (defaults.device < FLEXAVATAR_DEVICE_AUTO || defaults.device > FLEXAVATAR_DEVICE_CUDA)
       return fail(StatusCode::kInvalidArgument, "options.device is " + std::to_string(defaults.device) +
@@ -118,11 +143,18 @@ flexavatar_status flexavatar_runtime_create(const char* bundle_dir, const flexav
     if (defaults.num_threads < 0 || defaults.num_threads > 4096)
       return fail(StatusCode::kInvalidArgument,
                   "options.num_threads is " + std::to_string(defaults.num_threads) + ", expected 0 (all) .. 4096");
+    if (defaults.cuda_device < 0)
+      return fail(StatusCode::kInvalidArgument, "options.cuda_device is " + std::to_string(defaults.cuda_device) +
+                                                    ", expected a device ordinal >= 0");
+    if (defaults.rasterizer < FLEXAVATAR_RASTERIZER_AUTO || defaults.rasterizer > FLEXAVATAR_RASTERIZER_CUDA)
+      return fail(StatusCode::kInvalidArgument, "options.rasterizer is " + std::to_string(defaults.rasterizer) +
+                                                    ", expected FLEXAVATAR_RASTERIZER_AUTO (0), CPU (1) or CUDA (2)");
     flexavatar::runtime::RuntimeOptions opts;
     opts.device = static_cast<flexavatar::runtime::Device>(defaults.device);
     opts.verify = static_cast<flexavatar::runtime::Verify>(defaults.verify);
     opts.num_threads = defaults.num_threads;
     opts.cuda_device = defaults.cuda_device;
+    opts.rasterizer = static_cast<flexavatar::runtime::RasterizerChoice>(defaults.rasterizer);
     std::unique_ptr<Runtime> impl;
     Status s = Runtime::create(bundle_dir, opts, &impl);
     if (!s.ok()) return report(s);
@@ -159,10 +191,11 @@ void flexavatar_runtime_destroy(flexavatar_runtime* runtime) {
 flexavatar_status flexavatar_runtime_get_info(const flexavatar_runtime* runtime, flexavatar_runtime_info* info) {
   return with_runtime(runtime, "flexavatar_runtime_get_info", [&](Runtime& rt) {
     if (!info) return Status(StatusCode::kNullPointer, "flexavatar_runtime_get_info: info is NULL");
-    if (!sized_ok(info->struct_size, sizeof(flexavatar_runtime_info)))
+    if (!sized_ok(info->struct_size, kInfoV1Size))
       return Status(StatusCode::kInvalidArgument, "flexavatar_runtime_get_info: info->struct_size is " +
                                                       std::to_string(info->struct_size) + ", expected " +
-                                                      std::to_string(sizeof(flexavatar_runtime_info)));
+                                                      std::to_string(sizeof(flexavatar_runtime_info)) +
+                                                      " (sizeof(flexavatar_runtime_info))");
     info->num_gaussians = rt.num_gaussians();
     info->num_head_tokens = rt.num_head_tokens();
     info->code_dim = rt.code_dim();
@@ -171,6 +204,15 @@ flexavatar_status flexavatar_runtime_get_info(const flexavatar_runtime* runtime,
     info->has_bundle_avatar_code = rt.has_bundle_avatar_code() ? 1 : 0;
     std::memset(info->decoder_provider, 0, sizeof(info->decoder_provider));
     std::strncpy(info->decoder_provider, rt.decoder_provider().c_str(), sizeof(info->decoder_provider) - 1);
+    if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, rasterizer)) {
+      std::memset(info->rasterizer, 0, sizeof(info->rasterizer));
+      std::strncpy(info->rasterizer, rt.rasterizer_name(), sizeof(info->rasterizer) - 1);
+    }
+    if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, rasterizer_device))
+      info->rasterizer_device = rt.rasterizer_device();
+    if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, encoders)) info->encoders = rt.encoders();
+    if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, feature_channels))
+      info->feature_channels = rt.feature_channels();
     return Status::ok_status();
   });
 }
@@ -183,6 +225,41 @@ flexavatar_status flexavatar_runtime_set_avatar_code(flexavatar_runtime* runtime
 flexavatar_status flexavatar_runtime_load_avatar_code(flexavatar_runtime* runtime, const char* npy_path) {
   return with_runtime(runtime, "flexavatar_runtime_load_avatar_code",
                       [&](Runtime& rt) { return rt.load_avatar_code(npy_path ? npy_path : ""); });
+}
+
+flexavatar_status flexavatar_runtime_get_avatar_code(const flexavatar_runtime* runtime, float* code, int64_t count) {
+  return with_runtime(runtime, "flexavatar_runtime_get_avatar_code",
+                      [&](Runtime& rt) { return rt.get_avatar_code(code, count); });
+}
+
+void flexavatar_encoder_input_init(flexavatar_encoder_input* input) {
+  if (!input) return;
+  std::memset(input, 0, sizeof(*input));
+  input->struct_size = sizeof(*input);
+  std::memcpy(input->cam2world, flexavatar::runtime::kDemoCam2World, sizeof(input->cam2world));
+  std::memcpy(input->intrinsics, flexavatar::runtime::kDemoIntrinsics, sizeof(input->intrinsics));
+}
+
+flexavatar_status flexavatar_runtime_create_avatar_code(flexavatar_runtime* runtime,
+                                                        const flexavatar_encoder_input* input) {
+  return with_runtime(runtime, "flexavatar_runtime_create_avatar_code", [&](Runtime& rt) {
+    if (!input) return Status(StatusCode::kNullPointer, "flexavatar_runtime_create_avatar_code: input is NULL");
+    if (!sized_ok(input->struct_size, kEncoderInputV1Size))
+      return Status(StatusCode::kInvalidArgument,
+                    "flexavatar_runtime_create_avatar_code: input->struct_size is " +
+                        std::to_string(input->struct_size) + ", expected sizeof(flexavatar_encoder_input) = " +
+                        std::to_string(sizeof(flexavatar_encoder_input)) + " (call flexavatar_encoder_input_init)");
+    flexavatar::runtime::EncoderInput in;
+    in.image = input->image;
+    in.image_count = input->image_count;
+    std::memcpy(in.cam2world, input->cam2world, sizeof(in.cam2world));
+    std::memcpy(in.intrinsics, input->intrinsics, sizeof(in.intrinsics));
+    in.features = input->features;
+    in.feature_channels = input->feature_channels;
+    in.feature_height = input->feature_height;
+    in.feature_width = input->feature_width;
+    return rt.create_avatar_code(in);
+  });
 }
 
 flexavatar_status flexavatar_runtime_decode(flexavatar_runtime* runtime, const float* expression,
@@ -203,16 +280,36 @@ flexavatar_status flexavatar_runtime_render(flexavatar_runtime* runtime, const f
   return with_runtime(runtime, "flexavatar_runtime_render", [&](Runtime& rt) {
     if (!camera) return Status(StatusCode::kNullPointer, "flexavatar_runtime_render: camera is NULL");
     if (!out) return Status(StatusCode::kNullPointer, "flexavatar_runtime_render: out is NULL");
-    flexavatar::runtime::Camera cam;
-    std::memcpy(cam.cam2world, camera->cam2world, sizeof(cam.cam2world));
-    std::memcpy(cam.intrinsics, camera->intrinsics, sizeof(cam.intrinsics));
-    cam.width = camera->width;
-    cam.height = camera->height;
-    std::memcpy(cam.background, camera->background, sizeof(cam.background));
     flexavatar::runtime::FrameView f;
-    Status s = rt.render(expression, expression_count, cam, &f);
+    Status s = rt.render(expression, expression_count, to_camera(*camera), &f);
     if (!s.ok()) return s;
     *out = flexavatar_frame{f.width, f.height, f.rgba, f.rgb, f.alpha, f.depth};
+    return s;
+  });
+}
+
+flexavatar_status flexavatar_runtime_render_device(flexavatar_runtime* runtime, const float* expression,
+                                                   int64_t expression_count, const flexavatar_camera* camera,
+                                                   flexavatar_device_frame* out) {
+  return with_runtime(runtime, "flexavatar_runtime_render_device", [&](Runtime& rt) {
+    if (!camera) return Status(StatusCode::kNullPointer, "flexavatar_runtime_render_device: camera is NULL");
+    if (!out) return Status(StatusCode::kNullPointer, "flexavatar_runtime_render_device: out is NULL");
+    if (!sized_ok(out->struct_size, kDeviceFrameV1Size))
+      return Status(StatusCode::kInvalidArgument, "flexavatar_runtime_render_device: out->struct_size is " +
+                                                      std::to_string(out->struct_size) +
+                                                      ", expected sizeof(flexavatar_device_frame) = " +
+                                                      std::to_string(sizeof(flexavatar_device_frame)));
+    flexavatar::runtime::DeviceFrameView f;
+    Status s = rt.render_device(expression, expression_count, to_camera(*camera), &f);
+    if (!s.ok()) return s;
+    out->width = f.width;
+    out->height = f.height;
+    out->cuda_device = f.device;
+    out->stream = f.stream;
+    out->rgba = f.rgba;
+    out->rgb = f.rgb;
+    out->alpha = f.alpha;
+    out->depth = f.depth;
     return s;
   });
 }

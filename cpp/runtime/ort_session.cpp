@@ -73,6 +73,7 @@ void OrtDeleter::operator()(OrtValue* p) const { g_api->ReleaseValue(p); }
 void OrtDeleter::operator()(OrtIoBinding* p) const { g_api->ReleaseIoBinding(p); }
 void OrtDeleter::operator()(OrtMemoryInfo* p) const { g_api->ReleaseMemoryInfo(p); }
 void OrtDeleter::operator()(OrtTypeInfo* p) const { g_api->ReleaseTypeInfo(p); }
+void OrtDeleter::operator()(OrtRunOptions* p) const { g_api->ReleaseRunOptions(p); }
 
 Status OrtModel::check(OrtStatus* status, const std::string& what) const {
   if (!status) return Status::ok_status();
@@ -86,6 +87,7 @@ Status OrtModel::check(OrtStatus* status, const std::string& what) const {
 OrtModel::~OrtModel() {
   binding_.reset();  // before the values it references and the session
   bound_values_.clear();
+  run_options_.reset();
   session_.reset();
 }
 
@@ -118,6 +120,10 @@ Status OrtModel::open(const std::string& path, const SessionConfig& config, std:
     cuda.arena_extend_strategy = 0;
     cuda.gpu_mem_limit = SIZE_MAX;
     cuda.do_copy_in_default_stream = 1;
+    if (config.cuda_stream) {
+      cuda.has_user_compute_stream = 1;
+      cuda.user_compute_stream = config.cuda_stream;
+    }
     OrtStatus* cuda_status = api->SessionOptionsAppendExecutionProvider_CUDA(options.get(), &cuda);
     if (cuda_status) {
       model->cuda_fallback_reason_ = api->GetErrorMessage(cuda_status);
@@ -177,6 +183,23 @@ Status OrtModel::open(const std::string& path, const SessionConfig& config, std:
   s = model->check(api->CreateCpuMemoryInfo(OrtDeviceAllocator, OrtMemTypeDefault, &raw_memory), "memory info");
   if (!s.ok()) return s;
   model->cpu_memory_.reset(raw_memory);
+  if (model->on_cuda()) {
+    raw_memory = nullptr;
+    s = model->check(api->CreateMemoryInfo("Cuda", OrtDeviceAllocator, config.cuda_device, OrtMemTypeDefault,
+                                           &raw_memory),
+                     "CUDA memory info");
+    if (!s.ok()) return s;
+    model->cuda_memory_.reset(raw_memory);
+    if (config.cuda_stream) {
+      OrtRunOptions* raw_run = nullptr;
+      s = model->check(api->CreateRunOptions(&raw_run), "CreateRunOptions");
+      if (!s.ok()) return s;
+      model->run_options_.reset(raw_run);
+      s = model->check(api->AddRunConfigEntry(raw_run, "disable_synchronize_execution_providers", "1"),
+                       "run option disable_synchronize_execution_providers");
+      if (!s.ok()) return s;
+    }
+  }
   OrtIoBinding* raw_binding = nullptr;
   s = model->check(api->CreateIoBinding(raw_session, &raw_binding), "CreateIoBinding");
   if (!s.ok()) return s;
@@ -185,33 +208,40 @@ Status OrtModel::open(const std::string& path, const SessionConfig& config, std:
   return Status::ok_status();
 }
 
-Status OrtModel::bind_input(const std::string& name, float* data, const std::vector<int64_t>& shape) {
+Status OrtModel::bind(bool input, const std::string& name, float* data, const std::vector<int64_t>& shape,
+                      Memory memory) {
+  const char* what = input ? "input" : "output";
+  if (memory == Memory::kCuda && !cuda_memory_)
+    return Status(StatusCode::kInternal, std::string("bind ") + what + " " + name +
+                                             ": a CUDA buffer needs a session on the CUDA execution provider");
   int64_t count = 1;
   for (int64_t d : shape) count *= d;
   OrtValue* raw = nullptr;
-  Status s = check(api_->CreateTensorWithDataAsOrtValue(cpu_memory_.get(), data, size_t(count) * sizeof(float),
-                                                       shape.data(), shape.size(),
-                                                       ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &raw),
-                   "input tensor " + name + " " + shape_text(shape));
+  const OrtMemoryInfo* where = memory == Memory::kCuda ? cuda_memory_.get() : cpu_memory_.get();
+  Status s = check(api_->CreateTensorWithDataAsOrtValue(where, data, size_t(count) * sizeof(float), shape.data(),
+                                                       shape.size(), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &raw),
+                   std::string(what) + " tensor " + name + " " + shape_text(shape));
   if (!s.ok()) return s;
-  bound_values_.emplace_back(raw);
-  return check(api_->BindInput(binding_.get(), name.c_str(), raw), "BindInput " + name);
+  OrtPtr<OrtValue> value(raw);
+  s = input ? check(api_->BindInput(binding_.get(), name.c_str(), raw), "BindInput " + name)
+            : check(api_->BindOutput(binding_.get(), name.c_str(), raw), "BindOutput " + name);
+  if (!s.ok()) return s;
+  // The binding now refers to the new value; the one it replaced (same name) is released here.
+  bound_values_[std::string(input ? "in:" : "out:") + name] = std::move(value);
+  return Status::ok_status();
 }
 
-Status OrtModel::bind_output(const std::string& name, float* data, const std::vector<int64_t>& shape) {
-  int64_t count = 1;
-  for (int64_t d : shape) count *= d;
-  OrtValue* raw = nullptr;
-  Status s = check(api_->CreateTensorWithDataAsOrtValue(cpu_memory_.get(), data, size_t(count) * sizeof(float),
-                                                       shape.data(), shape.size(),
-                                                       ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &raw),
-                   "output tensor " + name + " " + shape_text(shape));
-  if (!s.ok()) return s;
-  bound_values_.emplace_back(raw);
-  return check(api_->BindOutput(binding_.get(), name.c_str(), raw), "BindOutput " + name);
+Status OrtModel::bind_input(const std::string& name, float* data, const std::vector<int64_t>& shape, Memory memory) {
+  return bind(true, name, data, shape, memory);
 }
 
-Status OrtModel::run() { return check(api_->RunWithBinding(session_.get(), nullptr, binding_.get()), "Run"); }
+Status OrtModel::bind_output(const std::string& name, float* data, const std::vector<int64_t>& shape, Memory memory) {
+  return bind(false, name, data, shape, memory);
+}
+
+Status OrtModel::run() {
+  return check(api_->RunWithBinding(session_.get(), run_options_.get(), binding_.get()), "Run");
+}
 
 }  // namespace runtime
 }  // namespace flexavatar

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,6 +27,7 @@ struct OrtDeleter {
   void operator()(OrtIoBinding* p) const;
   void operator()(OrtMemoryInfo* p) const;
   void operator()(OrtTypeInfo* p) const;
+  void operator()(OrtRunOptions* p) const;
 };
 template <class T>
 using OrtPtr = std::unique_ptr<T, OrtDeleter>;
@@ -41,7 +43,13 @@ struct SessionConfig {
   bool try_cuda = false;   // append the CUDA execution provider first
   bool require_cuda = false;
   int cuda_device = 0;
+  // CUDA provider only: run the graph on this cudaStream_t (the rasterizer's), and let run() return
+  // without waiting for it (the rasterizer's work is queued behind it on the same stream).
+  void* cuda_stream = nullptr;
 };
+
+// Where a bound buffer lives: host memory, or CUDA device memory on the session's device.
+enum class Memory { kHost, kCuda };
 
 // One model session with fixed, pre-bound float32 input/output buffers (IO binding): run() only
 // executes the graph, it allocates nothing of its own per call.
@@ -54,10 +62,14 @@ class OrtModel {
   const std::vector<TensorInfo>& outputs() const { return outputs_; }
   const std::string& provider() const { return provider_; }
   const std::string& cuda_fallback_reason() const { return cuda_fallback_reason_; }
+  bool on_cuda() const { return provider_ == "CUDAExecutionProvider"; }
 
-  // Binds caller-owned float32 host buffers (they must outlive the model or the next bind).
-  Status bind_input(const std::string& name, float* data, const std::vector<int64_t>& shape);
-  Status bind_output(const std::string& name, float* data, const std::vector<int64_t>& shape);
+  // Binds caller-owned float32 buffers (they must outlive the model or the next bind of the same name,
+  // which replaces the binding). Device buffers need the CUDA provider.
+  Status bind_input(const std::string& name, float* data, const std::vector<int64_t>& shape,
+                    Memory memory = Memory::kHost);
+  Status bind_output(const std::string& name, float* data, const std::vector<int64_t>& shape,
+                     Memory memory = Memory::kHost);
   Status run();
 
  private:
@@ -67,8 +79,10 @@ class OrtModel {
   std::shared_ptr<OrtEnv> env_;
   OrtPtr<OrtSession> session_;
   OrtPtr<OrtIoBinding> binding_;
-  OrtPtr<OrtMemoryInfo> cpu_memory_;
-  std::vector<OrtPtr<OrtValue>> bound_values_;
+  Status bind(bool input, const std::string& name, float* data, const std::vector<int64_t>& shape, Memory memory);
+  OrtPtr<OrtMemoryInfo> cpu_memory_, cuda_memory_;
+  OrtPtr<OrtRunOptions> run_options_;  // set when run() must not wait for the CUDA stream
+  std::map<std::string, OrtPtr<OrtValue>> bound_values_;  // "in:" / "out:" + name
   std::vector<TensorInfo> inputs_, outputs_;
   std::string path_, provider_, cuda_fallback_reason_;
 };

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "runtime_internal.h"
+
 namespace flexavatar {
 namespace runtime {
 namespace {
@@ -15,13 +17,14 @@ struct OutputSpec {
 };
 constexpr OutputSpec kGaussianOutputs[] = {{"means", 3}, {"quats", 4}, {"scales", 3}, {"opacities", 0}, {"sh0", 3}};
 
+}  // namespace
+
 std::string shape_text(const std::vector<int64_t>& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + (shape[i] < 0 ? "?" : std::to_string(shape[i]));
   return s + "]";
 }
 
-// The model's own dims must agree with the expected ones wherever both are fixed (-1 = dynamic).
 bool shape_compatible(const std::vector<int64_t>& model, const std::vector<int64_t>& expected) {
   if (model.size() != expected.size()) return false;
   for (size_t i = 0; i < model.size(); ++i) {
@@ -30,14 +33,42 @@ bool shape_compatible(const std::vector<int64_t>& model, const std::vector<int64
   return true;
 }
 
-const TensorInfo* find_tensor(const std::vector<TensorInfo>& tensors, const std::string& name) {
-  for (const auto& t : tensors) {
-    if (t.name == name) return &t;
+Status check_model_signature(const ModelArtifact& artifact, const OrtModel& model,
+                             const std::vector<ExpectedTensor>& expected, size_t want_inputs,
+                             const std::string& input_names) {
+  const auto& model_inputs = model.inputs();
+  const auto& model_outputs = model.outputs();
+  if (model_inputs.size() != want_inputs)
+    return Status(StatusCode::kBundleInvalid, artifact.files[0].path + ": the model has " +
+                                                  std::to_string(model_inputs.size()) + " inputs, expected " +
+                                                  std::to_string(want_inputs) + " (" + input_names + ")");
+  for (const auto& e : expected) {
+    const auto& tensors = e.input ? model_inputs : model_outputs;
+    const TensorInfo* t = nullptr;
+    for (const auto& candidate : tensors) {
+      if (candidate.name == e.name) t = &candidate;
+    }
+    if (!t)
+      return Status(StatusCode::kBundleInvalid, artifact.files[0].path + ": the model has no " +
+                                                    (e.input ? "input '" : "output '") + e.name + "'");
+    if (t->type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+      return Status(StatusCode::kBundleInvalid, artifact.files[0].path + ": tensor '" + e.name +
+                                                    "' is not float32 (ONNX element type " +
+                                                    std::to_string(int(t->type)) + ")");
+    if (!shape_compatible(t->shape, e.shape))
+      return Status(StatusCode::kBundleInvalid, artifact.files[0].path + ": tensor '" + e.name + "' has shape " +
+                                                    shape_text(t->shape) + ", the manifest's conventions need " +
+                                                    shape_text(e.shape) + " (batch = 1)");
+    // The manifest's own record of the tensor must agree too.
+    const TensorSpec* spec = e.input ? artifact.input(e.name) : artifact.output(e.name);
+    if (!spec || !shape_compatible(spec->shape, e.shape))
+      return Status(StatusCode::kBundleInvalid, "manifest artifact " + artifact.name + ": tensor '" + e.name +
+                                                    "' is " + (spec ? "listed with shape " + shape_text(spec->shape)
+                                                                    : std::string("not listed")) +
+                                                    ", expected " + shape_text(e.shape));
   }
-  return nullptr;
+  return Status::ok_status();
 }
-
-}  // namespace
 
 Status Runtime::create(const std::string& bundle_dir, const RuntimeOptions& options, std::unique_ptr<Runtime>* out) {
   if (!out) return Status(StatusCode::kNullPointer, "Runtime::create: out is null");
@@ -69,12 +100,22 @@ Status Runtime::create(const std::string& bundle_dir, const RuntimeOptions& opti
                   "manifest.conventions: n_gaussians " + std::to_string(rt->num_gaussians_) + ", n_head_tokens " +
                       std::to_string(rt->num_head_tokens_) + ", d_code " + std::to_string(rt->code_dim_) +
                       ", expression_dim " + std::to_string(rt->expression_dim_) + " out of range");
+  rt->encoder_artifact_ = m.find("encoder", "onnx", "fp32");
+  rt->encoder_features_artifact_ = m.find("encoder_features", "onnx", "fp32");
+  if (rt->encoder_features_artifact_) {
+    const TensorSpec* features = rt->encoder_features_artifact_->input("features");
+    if (features && features->shape.size() == 4) rt->feature_channels_ = features->shape[1];
+  }
 
+  // The rasterizer first: with the CUDA one, the decoder session runs on its stream.
+  s = rt->choose_rasterizer();
+  if (!s.ok()) return s;
   SessionConfig config;
   config.num_threads = options.num_threads;
   config.try_cuda = options.device == Device::kAuto;
   config.require_cuda = options.device == Device::kCuda;
   config.cuda_device = options.cuda_device;
+  config.cuda_stream = rt->cuda_ ? rt->cuda_->stream() : nullptr;
   s = OrtModel::open(rt->bundle_.path(decoder->files[0].path), config, &rt->decoder_);
   if (!s.ok()) return s;
   s = rt->check_decoder_signature(*decoder);
@@ -86,49 +127,50 @@ Status Runtime::create(const std::string& bundle_dir, const RuntimeOptions& opti
   return Status::ok_status();
 }
 
+Runtime::~Runtime() {
+  // Sessions before the CUDA path: they reference its stream and device buffers.
+  encoder_.reset();
+  encoder_features_.reset();
+  decoder_.reset();
+  cuda_.reset();
+}
+
+Status Runtime::choose_rasterizer() {
+  const RasterizerChoice choice = options_.rasterizer;
+  const bool wanted = choice == RasterizerChoice::kCuda ||
+                      (choice == RasterizerChoice::kAuto && options_.device != Device::kCpu);
+  if (!wanted) return Status::ok_status();
+  const bool required = choice == RasterizerChoice::kCuda || options_.device == Device::kCuda;
+  // The device copy of the avatar code is only needed when the decoder runs on CUDA; the provider is
+  // known after the session opens, so it is allocated whenever ONNX Runtime may pick CUDA.
+  const int64_t code_floats = (options_.device != Device::kCpu && !code_folded_in_) ? num_head_tokens_ * code_dim_ : 0;
+  Status s = CudaFrames::open(options_.cuda_device, num_gaussians_, expression_dim_, code_floats, &cuda_);
+  if (s.ok()) return s;
+  cuda_.reset();
+  if (!required) return Status::ok_status();              // AUTO: the CPU rasterizer
+  if (s.code() != StatusCode::kUnavailable) return s;     // a failing device, not a missing one
+  const std::string who = choice == RasterizerChoice::kCuda ? "rasterizer CUDA was requested"
+                                                            : "device CUDA was requested (rasterizer AUTO)";
+  return Status(StatusCode::kUnavailable, who + " but the CUDA rasterizer cannot run: " + s.message() +
+                                              (choice == RasterizerChoice::kCuda
+                                                   ? std::string()
+                                                   : std::string("; pass rasterizer CPU to rasterize on the CPU")));
+}
+
+uint32_t Runtime::encoders() const {
+  return (encoder_artifact_ ? kEncoderImage : 0u) | (encoder_features_artifact_ ? kEncoderFeatures : 0u);
+}
+
 Status Runtime::check_decoder_signature(const ModelArtifact& artifact) {
   const int64_t g = num_gaussians_;
-  struct Expect {
-    std::string name;
-    std::vector<int64_t> shape;  // the single-frame shape we bind; dim 0 (E) may be dynamic in the model
-    bool input;
-  };
-  std::vector<Expect> expected;
+  std::vector<ExpectedTensor> expected;
   if (!code_folded_in_) expected.push_back({"code", {1, num_head_tokens_, code_dim_}, true});
   expected.push_back({"expressions", {1, expression_dim_}, true});
   for (const auto& o : kGaussianOutputs) {
     expected.push_back({o.name, o.width ? std::vector<int64_t>{1, g, o.width} : std::vector<int64_t>{1, g}, false});
   }
-  const auto& model_inputs = decoder_->inputs();
-  const auto& model_outputs = decoder_->outputs();
-  const size_t want_inputs = code_folded_in_ ? 1 : 2;
-  if (model_inputs.size() != want_inputs)
-    return Status(StatusCode::kBundleInvalid, artifact.files[0].path + ": the model has " +
-                                                  std::to_string(model_inputs.size()) + " inputs, expected " +
-                                                  std::to_string(want_inputs) + " (" +
-                                                  (code_folded_in_ ? "expressions" : "code, expressions") + ")");
-  for (const auto& e : expected) {
-    const TensorInfo* t = find_tensor(e.input ? model_inputs : model_outputs, e.name);
-    if (!t)
-      return Status(StatusCode::kBundleInvalid, artifact.files[0].path + ": the model has no " +
-                                                    (e.input ? "input '" : "output '") + e.name + "'");
-    if (t->type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
-      return Status(StatusCode::kBundleInvalid, artifact.files[0].path + ": tensor '" + e.name +
-                                                    "' is not float32 (ONNX element type " +
-                                                    std::to_string(int(t->type)) + ")");
-    if (!shape_compatible(t->shape, e.shape))
-      return Status(StatusCode::kBundleInvalid, artifact.files[0].path + ": tensor '" + e.name + "' has shape " +
-                                                    shape_text(t->shape) + ", the manifest's conventions need " +
-                                                    shape_text(e.shape) + " (E = 1)");
-    // The manifest's own record of the tensor must agree too.
-    const TensorSpec* spec = e.input ? artifact.input(e.name) : artifact.output(e.name);
-    if (!spec || !shape_compatible(spec->shape, e.shape))
-      return Status(StatusCode::kBundleInvalid, "manifest artifact " + artifact.name + ": tensor '" + e.name +
-                                                    "' is " + (spec ? "listed with shape " + shape_text(spec->shape)
-                                                                    : std::string("not listed")) +
-                                                    ", expected " + shape_text(e.shape));
-  }
-  return Status::ok_status();
+  return check_model_signature(artifact, *decoder_, expected, code_folded_in_ ? 1 : 2,
+                               code_folded_in_ ? "expressions" : "code, expressions");
 }
 
 Status Runtime::bind_buffers() {
@@ -136,28 +178,34 @@ Status Runtime::bind_buffers() {
   try {
     code_.assign(size_t(num_head_tokens_ * code_dim_), 0.f);
     expression_.assign(size_t(expression_dim_), 0.f);
-    means_.assign(g * 3, 0.f);
-    quats_.assign(g * 4, 0.f);
-    scales_.assign(g * 3, 0.f);
-    opacities_.assign(g, 0.f);
-    sh0_.assign(g * 3, 0.f);
+    if (cuda_) {
+      host_gaussians_ = cuda_->host_gaussians();
+    } else {
+      gaussians_.assign(g * GaussianLayout::kFloatsPerGaussian, 0.f);
+      host_gaussians_ = gaussians_.data();
+    }
   } catch (const std::bad_alloc&) {
     return Status(StatusCode::kOutOfMemory, "out of memory for the decoder buffers of " + std::to_string(g) +
                                                 " Gaussians");
   }
   const int64_t gi = num_gaussians_;
+  // Zero copy (decoder on CUDA, CUDA rasterizer): the graph reads and writes the rasterizer's device buffers.
+  const bool device = zero_copy();
+  const Memory memory = device ? Memory::kCuda : Memory::kHost;
   Status s;
   if (!code_folded_in_) {
-    s = decoder_->bind_input("code", code_.data(), {1, num_head_tokens_, code_dim_});
+    s = decoder_->bind_input("code", device ? cuda_->device_code() : code_.data(), {1, num_head_tokens_, code_dim_},
+                             memory);
     if (!s.ok()) return s;
   }
-  s = decoder_->bind_input("expressions", expression_.data(), {1, expression_dim_});
+  s = decoder_->bind_input("expressions", device ? cuda_->device_expression() : expression_.data(),
+                           {1, expression_dim_}, memory);
   if (!s.ok()) return s;
-  std::vector<float>* buffers[] = {&means_, &quats_, &scales_, &opacities_, &sh0_};
-  for (size_t i = 0; i < 5; ++i) {
+  float* outputs = device ? cuda_->device_gaussians() : host_gaussians_;
+  for (int i = 0; i < 5; ++i) {
     const auto& o = kGaussianOutputs[i];
-    s = decoder_->bind_output(o.name, buffers[i]->data(),
-                              o.width ? std::vector<int64_t>{1, gi, o.width} : std::vector<int64_t>{1, gi});
+    s = decoder_->bind_output(o.name, outputs + GaussianLayout::offset(i, gi),
+                              o.width ? std::vector<int64_t>{1, gi, o.width} : std::vector<int64_t>{1, gi}, memory);
     if (!s.ok()) return s;
   }
   return Status::ok_status();
@@ -170,11 +218,8 @@ Camera Runtime::default_camera() const {
     std::memcpy(cam.cam2world, m.avatar.cam2world, sizeof(cam.cam2world));
     std::memcpy(cam.intrinsics, m.avatar.intrinsics, sizeof(cam.intrinsics));
   } else {
-    // flexavatar.cameras.default_camera: 1 m in front of the head looking at the origin, fx = 1500/512.
-    const float c2w[16] = {1, 0, 0, 0, 0, -1, 0, 0, 0, 0, -1, 1, 0, 0, 0, 1};
-    const float k[9] = {1500.f / 512.f, 0, 0.5f, 0, 1500.f / 512.f, 0.5f, 0, 0, 1};
-    std::memcpy(cam.cam2world, c2w, sizeof(c2w));
-    std::memcpy(cam.intrinsics, k, sizeof(k));
+    std::memcpy(cam.cam2world, kDemoCam2World, sizeof(cam.cam2world));
+    std::memcpy(cam.intrinsics, kDemoIntrinsics, sizeof(cam.intrinsics));
   }
   cam.width = cam.height = int32_t(std::max<int64_t>(1, std::min<int64_t>(m.conventions.image_size, 16384)));
   return cam;
@@ -194,8 +239,31 @@ Status Runtime::set_avatar_code(const float* code, int64_t count) {
     if (!std::isfinite(code[i]))
       return Status(StatusCode::kInvalidArgument, "code: element " + std::to_string(i) + " is not finite");
   }
-  std::copy(code, code + count, code_.begin());
+  if (zero_copy()) {
+    Status s = cuda_->upload_code(code);
+    if (!s.ok()) {
+      has_code_ = false;  // the device copy may be half written
+      return s;
+    }
+  }
+  if (code != code_.data()) std::copy(code, code + count, code_.begin());
   has_code_ = true;
+  return Status::ok_status();
+}
+
+Status Runtime::get_avatar_code(float* out, int64_t count) const {
+  if (code_folded_in_)
+    return Status(StatusCode::kNoAvatarCode, "this bundle's decoder has its avatar code folded in (role "
+                                             "decoder_avatar); read the bundle's avatar_code.npy instead");
+  if (!has_code_)
+    return Status(StatusCode::kNoAvatarCode,
+                  "no avatar code: call set_avatar_code / load_avatar_code / create_avatar_code first");
+  if (!out) return Status(StatusCode::kNullPointer, "code: got a null pointer, expected room for [R², D] float32");
+  const int64_t want = num_head_tokens_ * code_dim_;
+  if (count != want)
+    return Status(StatusCode::kInvalidSize, "code: room for " + std::to_string(count) + " floats, expected R²·D = " +
+                                                std::to_string(want));
+  std::copy(code_.begin(), code_.end(), out);
   return Status::ok_status();
 }
 
@@ -224,41 +292,64 @@ Status Runtime::load_avatar_code(const std::string& npy_path) {
   return set_avatar_code(array.values.data(), int64_t(array.values.size()));
 }
 
-Status Runtime::decode(const float* expression, int64_t count, GaussiansView* out) {
+Status Runtime::check_expression(const float* expression, int64_t count) const {
   if (!expression) return Status(StatusCode::kNullPointer, "expression: got a null pointer, expected float32 [135]");
-  if (!out) return Status(StatusCode::kNullPointer, "out: got a null pointer");
   if (count != expression_dim_)
     return Status(StatusCode::kInvalidSize, "expression: got " + std::to_string(count) + " floats, expected " +
                                                 std::to_string(expression_dim_));
   if (!has_code_)
     return Status(StatusCode::kNoAvatarCode,
-                  "no avatar code: call set_avatar_code / load_avatar_code before decode or render");
+                  "no avatar code: call set_avatar_code / load_avatar_code / create_avatar_code before decode or "
+                  "render");
   for (int64_t i = 0; i < count; ++i) {
     if (!std::isfinite(expression[i]))
       return Status(StatusCode::kInvalidArgument, "expression: element " + std::to_string(i) + " is not finite");
   }
-  std::copy(expression, expression + count, expression_.begin());
-  Status s = decoder_->run();
-  if (!s.ok()) return s;
-  // A corrupted model can load and still produce garbage: never hand non-finite Gaussians on.
-  for (const std::vector<float>* buffer : {&means_, &quats_, &scales_, &opacities_, &sh0_}) {
-    for (float v : *buffer) {
-      if (!std::isfinite(v))
-        return Status(StatusCode::kModelError, "the decoder produced non-finite Gaussian attributes "
-                                               "(corrupted model file or out-of-range inputs)");
-    }
-  }
-  out->num_gaussians = num_gaussians_;
-  out->means = means_.data();
-  out->quats = quats_.data();
-  out->scales = scales_.data();
-  out->opacities = opacities_.data();
-  out->sh0 = sh0_.data();
   return Status::ok_status();
 }
 
-Status Runtime::render(const float* expression, int64_t count, const Camera& camera, FrameView* out) {
+Status Runtime::check_host_gaussians() const {
+  // A corrupted model can load and still produce garbage: never hand non-finite Gaussians on.
+  const size_t n = size_t(num_gaussians_ * GaussianLayout::kFloatsPerGaussian);
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(host_gaussians_[i]))
+      return Status(StatusCode::kModelError, "the decoder produced non-finite Gaussian attributes "
+                                             "(corrupted model file or out-of-range inputs)");
+  }
+  return Status::ok_status();
+}
+
+Status Runtime::decode(const float* expression, int64_t count, GaussiansView* out) {
+  Status s = check_expression(expression, count);
+  if (!s.ok()) return s;
   if (!out) return Status(StatusCode::kNullPointer, "out: got a null pointer");
+  if (zero_copy()) {
+    s = cuda_->wait();  // the staging block may still be read by a queued copy
+    if (!s.ok()) return s;
+    std::copy(expression, expression + count, cuda_->host_stage() + CudaFrames::kCameraFloats);
+    s = cuda_->upload_stage();
+    if (s.ok()) s = decoder_->run();
+    if (s.ok()) s = cuda_->download_gaussians();
+  } else {
+    if (cuda_) s = cuda_->wait();  // a queued upload may still read the page-locked Gaussians
+    if (!s.ok()) return s;
+    std::copy(expression, expression + count, expression_.begin());
+    s = decoder_->run();
+  }
+  if (!s.ok()) return s;
+  s = check_host_gaussians();
+  if (!s.ok()) return s;
+  const int64_t g = num_gaussians_;
+  out->num_gaussians = g;
+  out->means = host_gaussians_ + GaussianLayout::offset(0, g);
+  out->quats = host_gaussians_ + GaussianLayout::offset(1, g);
+  out->scales = host_gaussians_ + GaussianLayout::offset(2, g);
+  out->opacities = host_gaussians_ + GaussianLayout::offset(3, g);
+  out->sh0 = host_gaussians_ + GaussianLayout::offset(4, g);
+  return Status::ok_status();
+}
+
+Status Runtime::prepare_camera(const Camera& camera, float viewmat[16], float k[9]) const {
   if (camera.width < 1 || camera.height < 1 || camera.width > 16384 || camera.height > 16384)
     return Status(StatusCode::kInvalidSize, "camera: width x height is " + std::to_string(camera.width) + " x " +
                                                 std::to_string(camera.height) + ", expected 1 .. 16384 each");
@@ -268,24 +359,38 @@ Status Runtime::render(const float* expression, int64_t count, const Camera& cam
   for (float v : camera.background) {
     if (!std::isfinite(v)) return Status(StatusCode::kInvalidArgument, "camera.background has a non-finite value");
   }
-  GaussiansView g;
-  Status s = decode(expression, count, &g);
-  if (!s.ok()) return s;
-
   // world2cam = [Rᵀ | -Rᵀ t] of the rigid cam2world; pixel K = normalised K rows scaled by W, H.
-  float viewmat[16] = {0};
+  std::fill(viewmat, viewmat + 16, 0.f);
   const float* c2w = camera.cam2world;
   for (int i = 0; i < 3; ++i) {
     for (int j = 0; j < 3; ++j) viewmat[i * 4 + j] = c2w[j * 4 + i];
     viewmat[i * 4 + 3] = -(c2w[0 * 4 + i] * c2w[3] + c2w[1 * 4 + i] * c2w[7] + c2w[2 * 4 + i] * c2w[11]);
   }
   viewmat[15] = 1.f;
-  float k[9];
   for (int j = 0; j < 3; ++j) {
     k[j] = camera.intrinsics[j] * float(camera.width);
     k[3 + j] = camera.intrinsics[3 + j] * float(camera.height);
     k[6 + j] = camera.intrinsics[6 + j];
   }
+  CameraBuffers cameras;
+  cameras.num_cameras = 1;
+  cameras.viewmats = viewmat;
+  cameras.intrinsics = k;
+  Status s = validate_intrinsics_on_host(cameras, 1);
+  if (!s.ok()) return Status(s.code(), "camera.intrinsics: " + s.message());
+  return Status::ok_status();
+}
+
+Status Runtime::render(const float* expression, int64_t count, const Camera& camera, FrameView* out) {
+  if (!out) return Status(StatusCode::kNullPointer, "out: got a null pointer");
+  if (cuda_) return render_cuda(expression, count, camera, true, out, nullptr);
+  float viewmat[16], k[9];
+  Status s = prepare_camera(camera, viewmat, k);
+  if (!s.ok()) return s;
+  GaussiansView g;
+  s = decode(expression, count, &g);
+  if (!s.ok()) return s;
+
   const size_t pixels = size_t(camera.width) * size_t(camera.height);
   try {
     if (image_.size() != pixels * 3) {  // only when the frame size changes
@@ -315,8 +420,6 @@ Status Runtime::render(const float* expression, int64_t count, const Camera& cam
   settings.width = camera.width;
   settings.height = camera.height;
   settings.num_threads = options_.num_threads;
-  s = validate_intrinsics_on_host(cameras, 1);
-  if (!s.ok()) return Status(s.code(), "camera.intrinsics: " + s.message());
   RasterOutputs outputs{image_.data(), alpha_.data(), depth_.data()};
   s = rasterizer_.render(gaussians, cameras, settings, outputs);
   if (!s.ok()) return s;
@@ -334,6 +437,70 @@ Status Runtime::render(const float* expression, int64_t count, const Camera& cam
   out->rgb = image_.data();
   out->alpha = alpha_.data();
   out->depth = depth_.data();
+  return Status::ok_status();
+}
+
+Status Runtime::render_device(const float* expression, int64_t count, const Camera& camera, DeviceFrameView* out) {
+  if (!out) return Status(StatusCode::kNullPointer, "out: got a null pointer");
+  if (!cuda_)
+    return Status(StatusCode::kUnavailable,
+                  "render_device needs the CUDA rasterizer; this runtime rasterizes on the CPU (create it with "
+                  "rasterizer CUDA, or device AUTO / CUDA on a machine with a CUDA device and libflexavatar_cuda)");
+  return render_cuda(expression, count, camera, false, nullptr, out);
+}
+
+Status Runtime::render_cuda(const float* expression, int64_t count, const Camera& camera, bool to_host,
+                            FrameView* host, DeviceFrameView* device) {
+  float viewmat[16], k[9];
+  Status s = prepare_camera(camera, viewmat, k);
+  if (!s.ok()) return s;
+  s = check_expression(expression, count);
+  if (!s.ok()) return s;
+  // Nothing queued may still read the staging blocks before they are rewritten (normally already idle:
+  // the previous forward pass waited for its intersection count).
+  s = cuda_->wait();
+  if (!s.ok()) return s;
+  s = cuda_->ensure_frame(camera.width, camera.height);
+  if (!s.ok()) return s;
+  float* stage = cuda_->host_stage();
+  std::copy(viewmat, viewmat + 16, stage);
+  std::copy(k, k + 9, stage + 16);
+  std::copy(camera.background, camera.background + 3, stage + 25);
+  if (zero_copy()) {
+    // Expression up with the camera; the decoder runs on the stream into the device Gaussians.
+    std::copy(expression, expression + count, stage + CudaFrames::kCameraFloats);
+    s = cuda_->upload_stage();
+    if (s.ok()) s = decoder_->run();
+    uint32_t bad = 0;
+    if (s.ok()) s = cuda_->count_nonfinite_gaussians(&bad);
+    if (!s.ok()) return s;
+    if (bad)
+      return Status(StatusCode::kModelError, "the decoder produced " + std::to_string(bad) +
+                                                 " non-finite Gaussian attributes (corrupted model file or "
+                                                 "out-of-range inputs)");
+  } else {
+    std::copy(expression, expression + count, expression_.begin());
+    s = decoder_->run();  // on the CPU, into the page-locked host block
+    if (s.ok()) s = check_host_gaussians();
+    if (s.ok()) s = cuda_->upload_stage();
+    if (s.ok()) s = cuda_->upload_gaussians();
+    if (!s.ok()) return s;
+  }
+  s = cuda_->rasterize(camera.width, camera.height);
+  if (!s.ok()) return s;
+  if (!to_host) {
+    *device = cuda_->device_frame();
+    return Status::ok_status();
+  }
+  HostFrame frame;
+  s = cuda_->download_frame(&frame);
+  if (!s.ok()) return s;
+  host->width = camera.width;
+  host->height = camera.height;
+  host->rgba = frame.rgba;
+  host->rgb = frame.rgb;
+  host->alpha = frame.alpha;
+  host->depth = frame.depth;
   return Status::ok_status();
 }
 

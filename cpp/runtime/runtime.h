@@ -1,6 +1,13 @@
-// The embedding runtime: bundle → ONNX Runtime decoder session → Gaussians → native rasterizer → RGBA.
+// The embedding runtime: bundle → ONNX Runtime decoder session → Gaussians → native rasterizer → RGBA,
+// and (once per avatar) photo → encoder session → avatar code.
 // Buffers (decoder inputs/outputs, raster outputs, the RGBA frame) are allocated once and reused; a
 // frame of the same size allocates nothing.
+//
+// Rasterizers: the CPU one, or the CUDA one (libflexavatar_cuda, loaded at run time; cuda_frames.h).
+// With the CUDA rasterizer and the decoder on ONNX Runtime's CPU provider, the decoder writes into
+// page-locked host memory and the Gaussians are uploaded once per frame; with the CUDA provider the
+// decoder's inputs and outputs are bound to device buffers and it runs on the rasterizer's stream, so the
+// Gaussians never reach the host.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +16,7 @@
 #include <vector>
 
 #include "bundle.h"
+#include "cuda_frames.h"
 #include "flexavatar/cpu_rasterizer.h"
 #include "flexavatar/status.h"
 #include "ort_session.h"
@@ -17,12 +25,27 @@ namespace flexavatar {
 namespace runtime {
 
 enum class Device { kAuto = 0, kCpu = 1, kCuda = 2 };
+enum class RasterizerChoice { kAuto = 0, kCpu = 1, kCuda = 2 };
 
 struct RuntimeOptions {
   Device device = Device::kAuto;
   Verify verify = Verify::kFull;
   int num_threads = 0;
   int cuda_device = 0;
+  RasterizerChoice rasterizer = RasterizerChoice::kAuto;
+};
+
+// Which encoder inputs the bundle supports (the C API's FLEXAVATAR_ENCODER_* flags).
+constexpr uint32_t kEncoderImage = 1u, kEncoderFeatures = 2u;
+
+// One photo for the encoder (see flexavatar_encoder_input).
+struct EncoderInput {
+  const float* image = nullptr;  // [3, S, S] in [0, 1]
+  int64_t image_count = 0;
+  float cam2world[16];
+  float intrinsics[9];
+  const float* features = nullptr;  // [C, h, w] or null
+  int64_t feature_channels = 0, feature_height = 0, feature_width = 0;
 };
 
 struct Camera {
@@ -42,10 +65,12 @@ struct FrameView {
   const uint8_t* rgba = nullptr;
   const float *rgb = nullptr, *alpha = nullptr, *depth = nullptr;
 };
+using DeviceFrameView = DeviceFrame;
 
 class Runtime {
  public:
   static Status create(const std::string& bundle_dir, const RuntimeOptions& options, std::unique_ptr<Runtime>* out);
+  ~Runtime();
 
   int64_t num_gaussians() const { return num_gaussians_; }
   int64_t num_head_tokens() const { return num_head_tokens_; }
@@ -54,30 +79,59 @@ class Runtime {
   int64_t image_size() const { return bundle_.manifest.conventions.image_size; }
   bool has_bundle_avatar_code() const { return bundle_.manifest.has_avatar; }
   const std::string& decoder_provider() const { return decoder_->provider(); }
+  const char* rasterizer_name() const { return cuda_ ? "cuda" : "cpu"; }
+  int rasterizer_device() const { return cuda_ ? cuda_->device() : -1; }
+  uint32_t encoders() const;
+  int64_t feature_channels() const { return feature_channels_ > 0 ? feature_channels_ : 0; }
   Camera default_camera() const;
 
   Status set_avatar_code(const float* code, int64_t count);
   Status load_avatar_code(const std::string& npy_path);  // "" = the bundle's avatar_code.npy
+  Status get_avatar_code(float* out, int64_t count) const;
+  Status create_avatar_code(const EncoderInput& input);
   Status decode(const float* expression, int64_t count, GaussiansView* out);
   Status render(const float* expression, int64_t count, const Camera& camera, FrameView* out);
+  // The CUDA rasterizer's frame left on the device (kUnavailable with the CPU rasterizer).
+  Status render_device(const float* expression, int64_t count, const Camera& camera, DeviceFrameView* out);
 
  private:
   Runtime() = default;
+  Status choose_rasterizer();
   Status check_decoder_signature(const ModelArtifact& artifact);
   Status bind_buffers();
+  Status check_expression(const float* expression, int64_t count) const;
+  Status check_host_gaussians() const;
+  // Camera checks; world-to-camera and pixel K of the frame.
+  Status prepare_camera(const Camera& camera, float viewmat[16], float k[9]) const;
+  Status render_cuda(const float* expression, int64_t count, const Camera& camera, bool to_host, FrameView* host,
+                     DeviceFrameView* device);
+  Status open_encoder(bool with_features, OrtModel** out);
+  bool zero_copy() const { return cuda_ && decoder_ && decoder_->on_cuda(); }
 
   Bundle bundle_;
   RuntimeOptions options_;
+  // Declared before the sessions: destroyed after them (they run on its stream and buffers).
+  std::unique_ptr<CudaFrames> cuda_;
   std::unique_ptr<OrtModel> decoder_;
   bool code_folded_in_ = false;  // decoder_avatar: the avatar code is part of the graph
   bool has_code_ = false;
   int64_t num_gaussians_ = 0, num_head_tokens_ = 0, code_dim_ = 0, expression_dim_ = 0;
-  // Decoder buffers: code [1, R², D], expressions [1, 135], outputs [1, G, k].
-  std::vector<float> code_, expression_, means_, quats_, scales_, opacities_, sh0_;
+  // Decoder buffers: code [1, R², D], expressions [1, 135]; the outputs [1, G, k] lie in one block
+  // (GaussianLayout): host_gaussians_ points into gaussians_ or, with the CUDA rasterizer, into its
+  // page-locked host block (so that the upload is a single asynchronous copy).
+  std::vector<float> code_, expression_, gaussians_;
+  float* host_gaussians_ = nullptr;
   // Rasterizer state and outputs (resized only when the frame size changes).
   CpuRasterizer rasterizer_;
   std::vector<float> image_, alpha_, depth_;
   std::vector<uint8_t> rgba_;
+  // Encoders (sessions opened on first use) and their buffers.
+  const ModelArtifact* encoder_artifact_ = nullptr;           // role "encoder"
+  const ModelArtifact* encoder_features_artifact_ = nullptr;  // role "encoder_features"
+  int64_t feature_channels_ = -1;                             // -1: dynamic in the graph
+  std::unique_ptr<OrtModel> encoder_, encoder_features_;
+  std::vector<float> encoder_image_, encoder_cam2world_, encoder_intrinsics_, encoder_features_buffer_, encoder_code_;
+  std::vector<int64_t> bound_feature_shape_;
 };
 
 }  // namespace runtime

@@ -1,8 +1,11 @@
-// flexavatar_render BUNDLE AVATAR_CODE EXPRESSIONS OUT_DIR [--size N] [--threads N] [--device auto|cpu|cuda]
+// flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N] [--device auto|cpu|cuda]
+//                   [--rasterizer auto|cpu|cuda] [--features FEATURES.npy]
 //
 // Renders one PNG frame per expression (frame_00000.png, ...) from the bundle's default camera and prints
 // the per-frame latency (decoder + rasterizer + RGBA) as p50 / p95.
-//   AVATAR_CODE  .npy float32 (R², 1, D), or "-" for the bundle's own avatar_code.npy
+//   AVATAR       an avatar code .npy float32 (R², 1, D); "-" for the bundle's own avatar_code.npy; or a photo
+//                .npy float32 [S, S, 3] (or [3, S, S]) in [0, 1] on white, encoded by the bundle's encoder
+//                (with --features: its DINOv2 features [C, h, w], for bundles exported without DINOv2)
 //   EXPRESSIONS  .npy float32 [E, 135] (or [135] for one frame)
 #include <sys/stat.h>
 
@@ -23,9 +26,10 @@ namespace {
 
 int usage() {
   std::fprintf(stderr,
-               "usage: flexavatar_render BUNDLE AVATAR_CODE EXPRESSIONS OUT_DIR [--size N] [--threads N] "
-               "[--device auto|cpu|cuda]\n"
-               "  AVATAR_CODE: .npy float32 (R^2, 1, D), or - for the bundle's avatar_code.npy\n"
+               "usage: flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N] "
+               "[--device auto|cpu|cuda] [--rasterizer auto|cpu|cuda] [--features FEATURES.npy]\n"
+               "  AVATAR: avatar code .npy float32 (R^2, 1, D); - for the bundle's avatar_code.npy; or a photo\n"
+               "          .npy float32 [S, S, 3] in [0, 1] to encode (--features: DINOv2 features [C, h, w])\n"
                "  EXPRESSIONS: .npy float32 [E, 135]\n");
   return 2;
 }
@@ -75,24 +79,71 @@ double percentile(std::vector<double> v, double q) {
   return v[lo] + (pos - double(lo)) * (v[hi] - v[lo]);
 }
 
+int choice(const std::string& value, int fallback_error) {
+  if (value == "auto") return 0;  // FLEXAVATAR_DEVICE_AUTO / FLEXAVATAR_RASTERIZER_AUTO
+  if (value == "cpu") return 1;
+  if (value == "cuda") return 2;
+  return fallback_error;
+}
+
+// The avatar: a code file, the bundle's code, or a photo (+ features) run through the bundle's encoder.
+void set_avatar(flexavatar::Runtime& rt, const flexavatar_runtime_info& info, const std::string& avatar,
+                const std::string& features_path) {
+  if (avatar == "-") return rt.load_avatar_code();
+  std::vector<float> values;
+  std::vector<long> shape;
+  std::string error;
+  if (!read_npy(avatar, &values, &shape, &error)) throw flexavatar::Error(FLEXAVATAR_ERROR_IO, error);
+  const long s = long(info.image_size);
+  const bool hwc = shape.size() == 3 && shape[0] == s && shape[1] == s && shape[2] == 3;
+  const bool chw = shape.size() == 3 && shape[0] == 3 && shape[1] == s && shape[2] == s;
+  if (!hwc && !chw) {
+    if (!features_path.empty())
+      throw flexavatar::Error(FLEXAVATAR_ERROR_INVALID_SIZE, avatar + ": --features needs a photo [" +
+                                                                 std::to_string(s) + ", " + std::to_string(s) +
+                                                                 ", 3] as AVATAR");
+    return rt.load_avatar_code(avatar);  // an avatar code: the runtime checks its shape
+  }
+  std::vector<float> image(values.size());
+  if (hwc) {  // [S, S, 3] -> the encoder's channel-major [3, S, S]
+    for (long y = 0; y < s; ++y)
+      for (long x = 0; x < s; ++x)
+        for (long c = 0; c < 3; ++c) image[size_t((c * s + y) * s + x)] = values[size_t((y * s + x) * 3 + c)];
+  } else {
+    image = values;
+  }
+  std::vector<float> features;
+  std::vector<long> feature_shape;
+  if (!features_path.empty()) {
+    if (!read_npy(features_path, &features, &feature_shape, &error))
+      throw flexavatar::Error(FLEXAVATAR_ERROR_IO, error);
+    if (feature_shape.size() == 4 && feature_shape[0] == 1) feature_shape.erase(feature_shape.begin());
+    if (feature_shape.size() != 3)
+      throw flexavatar::Error(FLEXAVATAR_ERROR_INVALID_SIZE, features_path + ": expected DINOv2 features [C, h, w]");
+    rt.create_avatar_code(flexavatar::encoder_input(image, features, feature_shape[0], feature_shape[1],
+                                                    feature_shape[2]));
+  } else {
+    rt.create_avatar_code(flexavatar::encoder_input(image));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::string> positional;
   int size = 0, threads = 0;
-  int device = FLEXAVATAR_DEVICE_AUTO;
+  int device = FLEXAVATAR_DEVICE_AUTO, rasterizer = FLEXAVATAR_RASTERIZER_AUTO;
+  std::string features_path;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
-    if ((arg == "--size" || arg == "--threads" || arg == "--device") && i + 1 < argc) {
+    if ((arg == "--size" || arg == "--threads" || arg == "--device" || arg == "--rasterizer" ||
+         arg == "--features") && i + 1 < argc) {
       const std::string value = argv[++i];
       if (arg == "--size") size = std::atoi(value.c_str());
       if (arg == "--threads") threads = std::atoi(value.c_str());
-      if (arg == "--device") {
-        if (value == "auto") device = FLEXAVATAR_DEVICE_AUTO;
-        else if (value == "cpu") device = FLEXAVATAR_DEVICE_CPU;
-        else if (value == "cuda") device = FLEXAVATAR_DEVICE_CUDA;
-        else return usage();
-      }
+      if (arg == "--features") features_path = value;
+      if (arg == "--device" && (device = choice(value, -1)) < 0) return usage();
+      if (arg == "--rasterizer" && (rasterizer = choice(value, -1)) < 0) return usage();
     } else if (arg.rfind("--", 0) == 0) {
       return usage();
     } else {
@@ -100,15 +151,16 @@ int main(int argc, char** argv) {
     }
   }
   if (positional.size() != 4) return usage();
-  const std::string bundle = positional[0], code_path = positional[1], expr_path = positional[2],
+  const std::string bundle = positional[0], avatar = positional[1], expr_path = positional[2],
                     out_dir = positional[3];
   try {
     flexavatar_runtime_options options = flexavatar::default_options();
     options.device = device;
+    options.rasterizer = rasterizer;
     options.num_threads = threads;
     flexavatar::Runtime rt(bundle, &options);
     const flexavatar_runtime_info info = rt.info();
-    rt.load_avatar_code(code_path == "-" ? std::string() : code_path);
+    set_avatar(rt, info, avatar, features_path);
 
     std::vector<float> expressions;
     std::vector<long> shape;
@@ -141,8 +193,8 @@ int main(int argc, char** argv) {
         return 1;
       }
     }
-    std::printf("flexavatar %s, %ld Gaussians, decoder on %s\n", flexavatar_version(), long(info.num_gaussians),
-                info.decoder_provider);
+    std::printf("flexavatar %s, %ld Gaussians, decoder on %s, %s rasterizer\n", flexavatar_version(),
+                long(info.num_gaussians), info.decoder_provider, info.rasterizer);
     if (!ms.empty()) {
       std::printf("%ld frames %dx%d -> %s\n", frames, camera.width, camera.height, out_dir.c_str());
       std::printf("latency per frame: p50 %.3f ms, p95 %.3f ms (first frame %.3f ms)\n", percentile(ms, 0.5),

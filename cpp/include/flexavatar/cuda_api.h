@@ -12,7 +12,9 @@
 extern "C" {
 #endif
 
-#define FLEXAVATAR_CUDA_ABI_VERSION 1
+/* 2: memory, stream, copy and frame-conversion entry points for the embedding runtime (cpp/runtime),
+ * which has no link-time CUDA dependency either. The loader accepts exactly this version. */
+#define FLEXAVATAR_CUDA_ABI_VERSION 2
 #define FLEXAVATAR_CUDA_ENTRY_SYMBOL "flexavatar_cuda_api"
 
 /* Forward pass. All pointers are device memory on `device`, dense float32, C-contiguous, with the
@@ -68,6 +70,28 @@ typedef struct FlexavatarCudaApi {
   void (*release_state)(void* state);
   /* Number of (tile, Gaussian) intersections of a forward state (diagnostics, tests). */
   int64_t (*state_num_intersections)(const void* state);
+
+  /* ---- ABI 2 ---- */
+  /* Device memory on `device` (cudaMalloc) and page-locked host memory (cudaMallocHost: asynchronous
+   * copies from / to it do not stage through a driver buffer). bytes = 0 gives a valid 1-byte block. */
+  int (*device_alloc)(void** ptr, size_t bytes, int device, char* error, size_t error_len);
+  int (*device_free)(void* ptr, int device, char* error, size_t error_len);
+  int (*host_alloc)(void** ptr, size_t bytes, char* error, size_t error_len);
+  int (*host_free)(void* ptr, char* error, size_t error_len);
+  /* A non-blocking stream on `device` (no implicit ordering with the legacy default stream). */
+  int (*stream_create)(void** stream, int device, char* error, size_t error_len);
+  int (*stream_destroy)(void* stream, int device, char* error, size_t error_len);
+  int (*stream_synchronize)(void* stream, int device, char* error, size_t error_len);
+  /* cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream): unified addressing gives the direction. */
+  int (*memcpy_async)(void* dst, const void* src, size_t bytes, int device, void* stream, char* error,
+                      size_t error_len);
+  /* rgba[4p + c] = round(clamp(image[3p + c], 0, 1) * 255), rgba[4p + 3] from alpha[p]; p < pixels.
+   * The same rounding as the CPU runtime (half away from zero). All device pointers; asynchronous. */
+  int (*frame_to_rgba8)(const float* image, const float* alpha, uint8_t* rgba, int64_t pixels, int device,
+                        void* stream, char* error, size_t error_len);
+  /* *count (device memory) = number of NaN / inf values in data[0, n); asynchronous. */
+  int (*count_nonfinite)(const float* data, int64_t n, uint32_t* count, int device, void* stream, char* error,
+                         size_t error_len);
 } FlexavatarCudaApi;
 
 typedef const FlexavatarCudaApi* (*FlexavatarCudaEntryFn)(void);

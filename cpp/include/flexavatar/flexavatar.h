@@ -7,6 +7,8 @@
  *     fprintf(stderr, "%s\n", flexavatar_last_error());
  *   }
  *   flexavatar_runtime_load_avatar_code(rt, "avatar_code.npy");   // or set_avatar_code(rt, floats, n)
+ *   // or encode a photo: flexavatar_encoder_input in; flexavatar_encoder_input_init(&in);
+ *   //   in.image = chw; in.image_count = 3 * S * S; flexavatar_runtime_create_avatar_code(rt, &in);
  *   flexavatar_frame frame;
  *   flexavatar_runtime_render(rt, expression_135, &camera, &frame);  // frame.rgba: [H, W, 4] uint8
  *   flexavatar_runtime_destroy(rt);
@@ -18,12 +20,15 @@
  *  - Handles are opaque, created by *_create and released by *_destroy (NULL is accepted and ignored).
  *    A NULL handle, or one already destroyed, gives FLEXAVATAR_ERROR_INVALID_HANDLE, not a crash
  *    (handles are checked against a registry of live ones).
- *  - Buffers returned in flexavatar_gaussians / flexavatar_frame belong to the runtime and stay valid
- *    until the next decode/render call on it, or its destruction. The runtime reuses them: after the
- *    first frame nothing is allocated per frame.
+ *  - Buffers returned in flexavatar_gaussians / flexavatar_frame / flexavatar_device_frame belong to the
+ *    runtime and stay valid until the next decode/render call on it, or its destruction. The runtime
+ *    reuses them: after the first frame nothing is allocated per frame (the CUDA rasterizer's scratch
+ *    comes from CUDA's stream-ordered pool, which keeps it).
  *  - One runtime is used by one thread at a time (calls on one runtime are serialised by a lock);
  *    different runtimes may be used from different threads.
- *  - Option structs carry their own size (struct_size) so later versions can append fields.
+ *  - Structs with a struct_size field carry their own size so that later versions can append fields: the
+ *    library reads or fills only the fields that fit in the caller's struct_size (the *_init functions
+ *    set it). Appending a field or a function is not an incompatible change.
  *
  * Conventions are those of the bundle's manifest (flexavatar/bundle.py): OpenCV camera axes, cam2world
  * 4x4 row-major, intrinsics normalised by the image size, quaternions wxyz, colour = SH degree-0,
@@ -70,11 +75,24 @@ typedef enum flexavatar_status {
   FLEXAVATAR_ERROR_INTERNAL = 14         /* a bug: please report the message */
 } flexavatar_status;
 
+/* Where the models run (ONNX Runtime's execution provider) and, with rasterizer AUTO, where frames are
+ * rasterized. */
 typedef enum flexavatar_device {
-  FLEXAVATAR_DEVICE_AUTO = 0, /* CUDA execution provider when available, else CPU */
+  FLEXAVATAR_DEVICE_AUTO = 0, /* CUDA where available (execution provider; rasterizer), else the CPU */
   FLEXAVATAR_DEVICE_CPU = 1,
-  FLEXAVATAR_DEVICE_CUDA = 2  /* fails with FLEXAVATAR_ERROR_UNAVAILABLE when ONNX Runtime has no CUDA */
+  FLEXAVATAR_DEVICE_CUDA = 2  /* fails with FLEXAVATAR_ERROR_UNAVAILABLE when ONNX Runtime has no CUDA, or (with
+                                 rasterizer AUTO) the CUDA rasterizer library or the CUDA device is missing */
 } flexavatar_device;
+
+typedef enum flexavatar_rasterizer {
+  FLEXAVATAR_RASTERIZER_AUTO = 0, /* CUDA when device is not CPU, libflexavatar_cuda loads and the device exists */
+  FLEXAVATAR_RASTERIZER_CPU = 1,
+  FLEXAVATAR_RASTERIZER_CUDA = 2  /* fails with FLEXAVATAR_ERROR_UNAVAILABLE without the library or the device */
+} flexavatar_rasterizer;
+
+/* Which inputs flexavatar_runtime_create_avatar_code accepts (flexavatar_runtime_info.encoders). */
+#define FLEXAVATAR_ENCODER_IMAGE 1u    /* bundle role "encoder": photo + camera (DINOv2 inside the graph) */
+#define FLEXAVATAR_ENCODER_FEATURES 2u /* bundle role "encoder_features": photo + camera + DINOv2 features */
 
 typedef enum flexavatar_verify {
   FLEXAVATAR_VERIFY_FULL = 0, /* sizes and sha256 of every file (default) */
@@ -89,7 +107,8 @@ typedef struct flexavatar_runtime_options {
   int32_t device;       /* flexavatar_device */
   int32_t verify;       /* flexavatar_verify */
   int32_t num_threads;  /* CPU threads for ONNX Runtime and the rasterizer; 0 = all cores */
-  int32_t cuda_device;  /* CUDA device ordinal (device CUDA / AUTO) */
+  int32_t cuda_device;  /* CUDA device ordinal (device CUDA / AUTO), for the execution provider and rasterizer */
+  int32_t rasterizer;   /* flexavatar_rasterizer (appended: read when struct_size covers it; default AUTO) */
 } flexavatar_runtime_options;
 
 typedef struct flexavatar_runtime_info {
@@ -101,6 +120,11 @@ typedef struct flexavatar_runtime_info {
   int64_t image_size;       /* S of the encoder (the default render size) */
   int32_t has_bundle_avatar_code; /* the bundle carries avatar_code.npy */
   char decoder_provider[64];      /* e.g. "CPUExecutionProvider" */
+  /* Appended fields: filled when struct_size covers them. */
+  char rasterizer[16];            /* "cpu" or "cuda" */
+  int32_t rasterizer_device;      /* the CUDA rasterizer's device ordinal; -1 for the CPU rasterizer */
+  uint32_t encoders;              /* FLEXAVATAR_ENCODER_* flags; 0: the bundle has no encoder */
+  int64_t feature_channels;       /* C of the DINOv2 features input (FLEXAVATAR_ENCODER_FEATURES), else 0 */
 } flexavatar_runtime_info;
 
 /* A decoded frame's Gaussians, [G, ...] float32 each, owned by the runtime. */
@@ -129,6 +153,33 @@ typedef struct flexavatar_frame {
   const float* depth;  /* [H, W] expected depth */
 } flexavatar_frame;
 
+/* A rendered frame in CUDA device memory, owned by the runtime (flexavatar_runtime_render_device): for
+ * display without a copy to the host (CUDA-OpenGL/Vulkan interop, video encoders). The work that writes it
+ * is queued on `stream`: order your reads after it (cudaStreamWaitEvent / cudaStreamSynchronize). */
+typedef struct flexavatar_device_frame {
+  uint32_t struct_size;  /* set by the caller: sizeof(flexavatar_device_frame) */
+  int32_t width, height;
+  int32_t cuda_device;   /* device ordinal of the pointers */
+  void* stream;          /* cudaStream_t of the runtime */
+  const uint8_t* rgba;   /* device [H, W, 4] */
+  const float* rgb;      /* device [H, W, 3] */
+  const float* alpha;    /* device [H, W] */
+  const float* depth;    /* device [H, W] */
+} flexavatar_device_frame;
+
+/* A photo to encode into an avatar code (flexavatar_runtime_create_avatar_code). */
+typedef struct flexavatar_encoder_input {
+  uint32_t struct_size;   /* sizeof(flexavatar_encoder_input); set by flexavatar_encoder_input_init */
+  const float* image;     /* [3, S, S] channel-major RGB float32 in [0, 1], matted on white; S = info.image_size */
+  int64_t image_count;    /* 3·S·S */
+  float cam2world[16];    /* the photo's camera, row-major 4x4, OpenCV axes (init: the demo's frontal camera,
+                             1 m in front of the head) */
+  float intrinsics[9];    /* normalised (init: fx = fy = 1500/512, principal point 0.5) */
+  const float* features;  /* DINOv2 ViT-B/14-reg patch features [C, h, w] of the photo, for bundles exported
+                             without DINOv2 (FLEXAVATAR_ENCODER_FEATURES); NULL otherwise */
+  int64_t feature_channels, feature_height, feature_width; /* C, h, w of features */
+} flexavatar_encoder_input;
+
 /* ---- library ---- */
 FLEXAVATAR_API uint32_t flexavatar_api_version(void);    /* FLEXAVATAR_API_VERSION of the library */
 FLEXAVATAR_API const char* flexavatar_version(void);     /* package version, e.g. "0.1.0" */
@@ -154,14 +205,33 @@ FLEXAVATAR_API flexavatar_status flexavatar_runtime_set_avatar_code(flexavatar_r
  * npy_path NULL reads the bundle's own avatar_code.npy (hash-checked). */
 FLEXAVATAR_API flexavatar_status flexavatar_runtime_load_avatar_code(flexavatar_runtime* runtime,
                                                                      const char* npy_path);
+/* Copies the current avatar code, [R², D] float32 (count = R²·D), into code. */
+FLEXAVATAR_API flexavatar_status flexavatar_runtime_get_avatar_code(const flexavatar_runtime* runtime, float* code,
+                                                                    int64_t count);
+
+/* Sets struct_size, no image, no features and the demo's frontal camera. */
+FLEXAVATAR_API void flexavatar_encoder_input_init(flexavatar_encoder_input* input);
+/* Runs the bundle's encoder on one photo and makes its code the runtime's avatar code (as
+ * flexavatar.runtime.Runtime.create_avatar). The encoder session is created on first use, on the decoder's
+ * execution provider. With features: the bundle's "encoder_features" graph; without: its "encoder" graph
+ * (FLEXAVATAR_ERROR_UNAVAILABLE when the bundle has only the other one, or none). The image must be finite
+ * and in [0, 1] (values up to 1e-3 outside are clipped); on failure the previous code stays. */
+FLEXAVATAR_API flexavatar_status flexavatar_runtime_create_avatar_code(flexavatar_runtime* runtime,
+                                                                       const flexavatar_encoder_input* input);
 
 /* Runs the decoder on one expression (expression_dim floats). */
 FLEXAVATAR_API flexavatar_status flexavatar_runtime_decode(flexavatar_runtime* runtime, const float* expression,
                                                            int64_t expression_count, flexavatar_gaussians* out);
-/* decode + rasterize: one RGBA frame. */
+/* decode + rasterize: one RGBA frame in host memory (with the CUDA rasterizer: one copy from the device). */
 FLEXAVATAR_API flexavatar_status flexavatar_runtime_render(flexavatar_runtime* runtime, const float* expression,
                                                            int64_t expression_count,
                                                            const flexavatar_camera* camera, flexavatar_frame* out);
+/* decode + rasterize, the frame left in CUDA device memory (no copy to the host). Needs the CUDA
+ * rasterizer (info.rasterizer "cuda"), else FLEXAVATAR_ERROR_UNAVAILABLE. */
+FLEXAVATAR_API flexavatar_status flexavatar_runtime_render_device(flexavatar_runtime* runtime,
+                                                                  const float* expression, int64_t expression_count,
+                                                                  const flexavatar_camera* camera,
+                                                                  flexavatar_device_frame* out);
 
 /* The bundle's default camera: the avatar photo's camera when the bundle has one, else a frontal camera
  * 1 m in front of the head with the encoder's field of view; image_size x image_size, white background. */

@@ -2,7 +2,7 @@
 // exceptions (flexavatar::Error, with the status code and message) on the C++ side of the boundary.
 //
 //   flexavatar::Runtime rt("bundle/");            // throws flexavatar::Error on failure
-//   rt.load_avatar_code("avatar_code.npy");
+//   rt.load_avatar_code("avatar_code.npy");        // or rt.create_avatar_code(flexavatar::encoder_input(photo_chw))
 //   flexavatar_frame frame = rt.render(expression, rt.default_camera());
 #pragma once
 
@@ -61,6 +61,17 @@ class Runtime {
   void load_avatar_code(const std::string& npy_path = std::string()) {
     check(flexavatar_runtime_load_avatar_code(handle_, npy_path.empty() ? nullptr : npy_path.c_str()));
   }
+  // Runs the bundle's encoder on a photo (see flexavatar::encoder_input) and sets its avatar code.
+  void create_avatar_code(const flexavatar_encoder_input& input) {
+    check(flexavatar_runtime_create_avatar_code(handle_, &input));
+  }
+  // The current avatar code, [R², D] row-major.
+  std::vector<float> avatar_code() const {
+    const flexavatar_runtime_info i = info();
+    std::vector<float> code(static_cast<size_t>(i.num_head_tokens * i.code_dim));
+    check(flexavatar_runtime_get_avatar_code(handle_, code.data(), static_cast<int64_t>(code.size())));
+    return code;
+  }
   flexavatar_camera default_camera() const {
     flexavatar_camera camera{};
     check(flexavatar_runtime_default_camera(handle_, &camera));
@@ -78,6 +89,14 @@ class Runtime {
                                     &out));
     return out;
   }
+  // The frame in CUDA device memory, produced on out.stream (needs the CUDA rasterizer).
+  flexavatar_device_frame render_device(const std::vector<float>& expression, const flexavatar_camera& camera) {
+    flexavatar_device_frame out{};
+    out.struct_size = sizeof(out);
+    check(flexavatar_runtime_render_device(handle_, expression.data(), static_cast<int64_t>(expression.size()),
+                                           &camera, &out));
+    return out;
+  }
 
  private:
   flexavatar_runtime* handle_ = nullptr;
@@ -87,6 +106,30 @@ inline flexavatar_runtime_options default_options() {
   flexavatar_runtime_options options;
   flexavatar_runtime_options_init(&options);
   return options;
+}
+
+// A photo for Runtime::create_avatar_code: image [3, S, S] channel-major RGB in [0, 1] and, for bundles
+// exported without DINOv2, its DINOv2 features [C, h, w]. The camera is the demo's frontal one unless
+// changed (input.cam2world / input.intrinsics). The vectors must outlive the call.
+inline flexavatar_encoder_input encoder_input(const std::vector<float>& image_chw) {
+  flexavatar_encoder_input input;
+  flexavatar_encoder_input_init(&input);
+  input.image = image_chw.data();
+  input.image_count = static_cast<int64_t>(image_chw.size());
+  return input;
+}
+inline flexavatar_encoder_input encoder_input(const std::vector<float>& image_chw, const std::vector<float>& features,
+                                              int64_t channels, int64_t height, int64_t width) {
+  flexavatar_encoder_input input = encoder_input(image_chw);
+  input.features = features.data();
+  input.feature_channels = channels;
+  input.feature_height = height;
+  input.feature_width = width;
+  if (features.size() != static_cast<size_t>(channels * height * width))
+    throw Error(FLEXAVATAR_ERROR_INVALID_SIZE, "features: " + std::to_string(features.size()) +
+                                                   " floats for a [" + std::to_string(channels) + ", " +
+                                                   std::to_string(height) + ", " + std::to_string(width) + "] shape");
+  return input;
 }
 
 }  // namespace flexavatar

@@ -4,7 +4,9 @@
 # Builds flexavatar (CUDA for this GPU's architecture only, to build fast) into a private folder,
 # runs the gpu-marked tests of tests/test_kernels_native.py, times forward / forward+backward at
 # 512x512 with 58,361 Gaussians next to the reference and Triton, and runs compute-sanitizer on a
-# small forward+backward. Logs go to $OUT when set (else build/gpu-check).
+# small forward+backward; then builds the C++ embedding runtime with CUDA and runs its GPU ctest
+# (runtime_cuda_check: CUDA vs CPU rasterizer through the C API, device-pointer frames). Logs go to $OUT
+# when set (else build/gpu-check).
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/../../.." && pwd)
 PY=${PYTHON:-python3}
@@ -37,4 +39,64 @@ if command -v compute-sanitizer >/dev/null; then
   (cd "$WORK" && PYTHONPATH="$SITE" PYTHONSAFEPATH=1 timeout 60 compute-sanitizer --tool memcheck --error-exitcode 3 \
     "$PY" "$REPO/cpp/tests/gpu/time_cuda.py" --small) >"$LOGS/memcheck.log" 2>&1
   echo "   memcheck exit $?"; grep -E "ERROR SUMMARY|Invalid" "$LOGS/memcheck.log" | head -5
+fi
+
+# The C++ embedding runtime's CUDA rasterizer path: a standalone CMake build of cpp/ with the runtime and
+# CUDA (ONNX Runtime from the Python wheel, nlohmann-json3-dev), the reduced fixture's bundle exported by
+# the Python exporter with an avatar code from the Python encoder, then ctest runtime_cuda_check (CUDA
+# rasterizer vs CPU rasterizer, device-pointer frame vs host frame, zero copy when ONNX Runtime has CUDA).
+echo "== C++ runtime, CUDA rasterizer (ctest runtime_cuda_check)"
+RT_BUILD=$WORK/cpp-runtime
+# The fixtures: $FLEXAVATAR_FIXTURES, a copy staged inside the tree (../shared does not travel), else ../shared.
+if [[ -z "${FLEXAVATAR_FIXTURES:-}" ]]; then
+  for candidate in "$REPO/shared/fixtures" "$REPO/../shared/fixtures"; do
+    [[ -d "$candidate" ]] && { FLEXAVATAR_FIXTURES=$(cd "$candidate" && pwd); break; }
+  done
+fi
+export FLEXAVATAR_FIXTURES=${FLEXAVATAR_FIXTURES:-}
+GENERATOR=()
+command -v ninja >/dev/null 2>&1 && GENERATOR=(-G Ninja)
+t0=$(date +%s)
+if cmake -S "$REPO/cpp" -B "$RT_BUILD" "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=Release -DFLEXAVATAR_CUDA=ON \
+     -DFLEXAVATAR_RUNTIME=ON -DFLEXAVATAR_BUILD_TESTS=ON -DFLEXAVATAR_INSTALL_DEV=OFF -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
+     -DPython3_EXECUTABLE="$(command -v "$PY")" >"$LOGS/runtime_build.log" 2>&1 &&
+   cmake --build "$RT_BUILD" --parallel "$(nproc)" --target runtime_cuda_check >>"$LOGS/runtime_build.log" 2>&1; then
+  echo "   built in $(($(date +%s) - t0)) s"
+  timeout 300 bash -c "cd '$WORK' && PYTHONPATH='$SITE' PYTHONSAFEPATH=1 '$PY' - '$REPO' '$RT_BUILD/test_bundle'" \
+    >"$LOGS/runtime_bundle.log" 2>&1 <<'PY'
+import os, sys, warnings
+from pathlib import Path
+import numpy as np
+from flexavatar.config import FlexConfig
+from flexavatar.export import export_bundle
+from flexavatar.runtime import Camera, Runtime
+
+official = Path(os.environ.get("FLEXAVATAR_FIXTURES") or Path(sys.argv[1]).parent / "shared" / "fixtures") / "official_flex"
+if not official.is_dir():
+    sys.exit(f"no fixtures at {official}: set FLEXAVATAR_FIXTURES (or stage shared/fixtures in the tree)")
+out = Path(sys.argv[2])
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    config = FlexConfig.from_official_json(official / "config.json")
+    if not (out / "manifest.json").is_file():
+        export_bundle(official / "state_dict.safetensors", out, template=official / "gghead_template.obj",
+                      config=config, precisions=("fp32",), targets=("onnx",), force=True, progress=None)
+fixture = np.load(official / "inputs.npz")
+rt = Runtime(out, backend="onnxruntime", device="cpu", rasterizer="cpu")
+avatar = rt.create_avatar(fixture["images"][0][0].transpose(1, 2, 0),
+                          camera=Camera(fixture["cam2world"][0][0], fixture["intrinsics"][0][0]),
+                          features=fixture["features"][0][0])
+avatar.save(str(out) + "_code.npy")
+print("bundle + code written")
+PY
+  if [ -f "$RT_BUILD/test_bundle_code.npy" ]; then
+    FLEXAVATAR_TEST_BUNDLE=$RT_BUILD/test_bundle FLEXAVATAR_TEST_CODE=$RT_BUILD/test_bundle_code.npy timeout 180 \
+      ctest --test-dir "$RT_BUILD" -R '^runtime_cuda_check$' --output-on-failure -V 2>&1 | tee "$LOGS/runtime_cuda.log" \
+      | grep -E "SKIP|NOTE|FAIL|passed|failed|frame|latency|rasterizer|Skipped|tests passed" | tail -40
+  else
+    echo "   FAIL: exporting the test bundle failed:"; tail -15 "$LOGS/runtime_bundle.log"
+  fi
+else
+  echo "   SKIP: the C++ runtime did not configure or build here (it needs ONNX Runtime and nlohmann-json3-dev):"
+  grep -E "FLEXAVATAR_RUNTIME=ON needs|error" "$LOGS/runtime_build.log" | head -5
 fi

@@ -5,6 +5,7 @@
 //
 //   runtime_abuse BUNDLE SCRATCH_DIR
 #include <cmath>
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -44,14 +45,18 @@ std::string replace_all(std::string text, const std::string& from, const std::st
   return text;
 }
 
-flexavatar_status create(const fs::path& dir, flexavatar_runtime** rt, int verify = FLEXAVATAR_VERIFY_FULL) {
+flexavatar_status create(const fs::path& dir, flexavatar_runtime** rt, int verify = FLEXAVATAR_VERIFY_FULL,
+                         int device = FLEXAVATAR_DEVICE_CPU, int rasterizer = FLEXAVATAR_RASTERIZER_AUTO) {
   flexavatar_runtime_options options;
   flexavatar_runtime_options_init(&options);
-  options.device = FLEXAVATAR_DEVICE_CPU;
+  options.device = device;
   options.verify = verify;
   options.num_threads = 1;
+  options.rasterizer = rasterizer;
   return flexavatar_runtime_create(dir.c_str(), &options, rt);
 }
+
+bool error_mentions(const char* word) { return std::string(flexavatar_last_error()).find(word) != std::string::npos; }
 
 // Deterministic pseudo-random numbers (no seeding differences between runs).
 uint64_t g_state = 0x9E3779B97F4A7C15ull;
@@ -272,6 +277,168 @@ TEST_CASE(create_render_destroy_cycles_release_everything) {
     cam.width = cam.height = 32;
     flexavatar_frame f;
     CHECK(flexavatar_runtime_render(live.rt, expression.data(), 135, &cam, &f) == FLEXAVATAR_OK);
+  }
+}
+
+TEST_CASE(encoder_inputs_are_checked_and_a_failure_keeps_the_previous_code) {
+  Live live;
+  flexavatar_runtime* rt = live.rt;
+  const int64_t s = live.info.image_size, c = live.info.feature_channels;
+  const int64_t code_floats = live.info.num_head_tokens * live.info.code_dim;
+  CHECK(live.info.encoders != 0u);
+  std::vector<float> image(size_t(3 * s * s), 0.5f), features(size_t(c > 0 ? c * 16 : 16), 0.1f);
+  std::vector<float> code(static_cast<size_t>(code_floats));
+  CHECK(flexavatar_runtime_get_avatar_code(rt, code.data(), code_floats) == FLEXAVATAR_ERROR_NO_AVATAR_CODE);
+  std::vector<float> previous = live.code();
+  CHECK(flexavatar_runtime_set_avatar_code(rt, previous.data(), code_floats) == FLEXAVATAR_OK);
+
+  flexavatar_encoder_input in;
+  flexavatar_encoder_input_init(&in);
+  in.image = image.data();
+  in.image_count = int64_t(image.size());
+  const bool needs_features = !(live.info.encoders & FLEXAVATAR_ENCODER_IMAGE);
+  if (needs_features) {
+    // The bundle's encoder takes DINOv2 features: without them, UNAVAILABLE saying what to pass.
+    CHECK(flexavatar_runtime_create_avatar_code(rt, &in) == FLEXAVATAR_ERROR_UNAVAILABLE);
+    CHECK(error_mentions("without DINOv2") && error_mentions("features"));
+    in.features = features.data();
+    in.feature_channels = c;
+    in.feature_height = in.feature_width = 4;
+  }
+  const flexavatar_encoder_input good = in;
+  CHECK(flexavatar_runtime_create_avatar_code(rt, nullptr) == FLEXAVATAR_ERROR_NULL_POINTER);
+  in.struct_size = 8;
+  CHECK(flexavatar_runtime_create_avatar_code(rt, &in) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+  CHECK(error_mentions("struct_size"));
+  in = good;
+  in.image = nullptr;
+  CHECK(flexavatar_runtime_create_avatar_code(rt, &in) == FLEXAVATAR_ERROR_NULL_POINTER);
+  in = good;
+  in.image_count -= 1;
+  CHECK(flexavatar_runtime_create_avatar_code(rt, &in) == FLEXAVATAR_ERROR_INVALID_SIZE);
+  CHECK(error_mentions(("= " + std::to_string(3 * s * s)).c_str()));
+  in = good;
+  image[17] = NAN;
+  CHECK(flexavatar_runtime_create_avatar_code(rt, &in) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+  CHECK(error_mentions("element 17") && error_mentions("not finite"));
+  image[17] = 1.5f;  // 0-255 data passed as float, or unnormalised
+  CHECK(flexavatar_runtime_create_avatar_code(rt, &in) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+  CHECK(error_mentions("[0, 1]"));
+  image[17] = -0.01f;
+  CHECK(flexavatar_runtime_create_avatar_code(rt, &in) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+  image[17] = 0.5f;
+  in.cam2world[0] = 2.f;  // not a rotation
+  CHECK(flexavatar_runtime_create_avatar_code(rt, &in) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+  CHECK(error_mentions("rigid"));
+  in = good;
+  in.intrinsics[0] = 1500.f;  // pixel units
+  CHECK(flexavatar_runtime_create_avatar_code(rt, &in) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+  CHECK(error_mentions("normalised"));
+  in = good;
+  in.intrinsics[4] = NAN;
+  CHECK(flexavatar_runtime_create_avatar_code(rt, &in) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+  if (needs_features) {
+    in = good;
+    in.feature_channels = c + 1;
+    CHECK(flexavatar_runtime_create_avatar_code(rt, &in) == FLEXAVATAR_ERROR_INVALID_SIZE);
+    CHECK(error_mentions(("[" + std::to_string(c) + ", h, w]").c_str()));
+    in = good;
+    in.feature_height = 0;
+    CHECK(flexavatar_runtime_create_avatar_code(rt, &in) == FLEXAVATAR_ERROR_INVALID_SIZE);
+    in = good;
+    features[5] = INFINITY;
+    CHECK(flexavatar_runtime_create_avatar_code(rt, &in) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+    CHECK(error_mentions("features") && error_mentions("not finite"));
+    features[5] = 0.1f;
+  } else {
+    in = good;
+    in.features = features.data();  // this bundle's encoder computes DINOv2 itself
+    in.feature_channels = 768;
+    in.feature_height = in.feature_width = 4;
+    CHECK(flexavatar_runtime_create_avatar_code(rt, &in) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+  }
+  // None of the failures touched the code set before them.
+  CHECK(flexavatar_runtime_get_avatar_code(rt, code.data(), code_floats) == FLEXAVATAR_OK);
+  CHECK(code == previous);
+  CHECK(flexavatar_runtime_get_avatar_code(rt, code.data(), code_floats - 1) == FLEXAVATAR_ERROR_INVALID_SIZE);
+  CHECK(flexavatar_runtime_get_avatar_code(rt, nullptr, code_floats) == FLEXAVATAR_ERROR_NULL_POINTER);
+
+  // Values a hair outside [0, 1] are clipped (as the Python runtime does), then the code changes.
+  image[3] = 1.0005f;
+  image[4] = -0.0005f;
+  CHECK(flexavatar_runtime_create_avatar_code(rt, &good) == FLEXAVATAR_OK);
+  CHECK(flexavatar_runtime_get_avatar_code(rt, code.data(), code_floats) == FLEXAVATAR_OK);
+  CHECK(code != previous);
+  for (float v : code) CHECK(std::isfinite(v));
+  // A second photo with other features (new shape: rebinding) and a render with the new code.
+  if (needs_features) {
+    std::vector<float> wide(size_t(c * 2 * 3), -0.2f);
+    in = good;
+    in.features = wide.data();
+    in.feature_height = 2;
+    in.feature_width = 3;
+    CHECK(flexavatar_runtime_create_avatar_code(rt, &in) == FLEXAVATAR_OK);
+  }
+  std::vector<float> expression(135, 0.f);
+  flexavatar_camera cam;
+  CHECK(flexavatar_runtime_default_camera(rt, &cam) == FLEXAVATAR_OK);
+  cam.width = cam.height = 24;
+  flexavatar_frame f;
+  CHECK(flexavatar_runtime_render(rt, expression.data(), 135, &cam, &f) == FLEXAVATAR_OK);
+}
+
+TEST_CASE(rasterizer_choice_cuda_fails_cleanly_without_cuda_and_info_says_which_runs) {
+  // Default (AUTO) on the CPU device: the CPU rasterizer; render_device is then unavailable.
+  {
+    Live live;
+    CHECK(std::string(live.info.rasterizer) == "cpu" && live.info.rasterizer_device == -1);
+    std::vector<float> code = live.code(), expression(135, 0.f);
+    CHECK(flexavatar_runtime_set_avatar_code(live.rt, code.data(), int64_t(code.size())) == FLEXAVATAR_OK);
+    flexavatar_camera cam;
+    CHECK(flexavatar_runtime_default_camera(live.rt, &cam) == FLEXAVATAR_OK);
+    cam.width = cam.height = 16;
+    flexavatar_device_frame df{};
+    df.struct_size = sizeof(df);
+    CHECK(flexavatar_runtime_render_device(live.rt, expression.data(), 135, &cam, &df) == FLEXAVATAR_ERROR_UNAVAILABLE);
+    CHECK(error_mentions("CUDA rasterizer"));
+    df.struct_size = 4;
+    CHECK(flexavatar_runtime_render_device(live.rt, expression.data(), 135, &cam, &df) ==
+          FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+    // An info struct of the first published size: filled up to decoder_provider, nothing beyond.
+    std::vector<unsigned char> raw(sizeof(flexavatar_runtime_info) + 16, 0xCD);
+    auto* old = reinterpret_cast<flexavatar_runtime_info*>(raw.data());
+    old->struct_size = uint32_t(offsetof(flexavatar_runtime_info, decoder_provider) + 64);
+    CHECK(flexavatar_runtime_get_info(live.rt, old) == FLEXAVATAR_OK);
+    CHECK(old->num_gaussians == live.info.num_gaussians);
+    bool untouched = true;
+    for (size_t i = old->struct_size; i < raw.size(); ++i) untouched = untouched && raw[i] == 0xCD;
+    CHECK(untouched);
+  }
+  // Explicit CUDA: a runtime rasterizing on CUDA, or UNAVAILABLE naming why (printed for the pytest).
+  for (int device : {int(FLEXAVATAR_DEVICE_CPU), int(FLEXAVATAR_DEVICE_AUTO)}) {
+    flexavatar_runtime* rt = nullptr;
+    const flexavatar_status s = create(g_bundle, &rt, FLEXAVATAR_VERIFY_SIZE, device, FLEXAVATAR_RASTERIZER_CUDA);
+    if (s == FLEXAVATAR_OK) {
+      flexavatar_runtime_info info{};
+      info.struct_size = sizeof(info);
+      CHECK(flexavatar_runtime_get_info(rt, &info) == FLEXAVATAR_OK);
+      CHECK(std::string(info.rasterizer) == "cuda" && info.rasterizer_device == 0);
+      std::printf("    rasterizer CUDA: available (%s)\n", info.decoder_provider);
+      flexavatar_runtime_destroy(rt);
+    } else {
+      CHECK(s == FLEXAVATAR_ERROR_UNAVAILABLE && rt == nullptr);
+      CHECK(error_mentions("rasterizer CUDA was requested") && error_mentions("CUDA"));
+      std::printf("    rasterizer CUDA: unavailable: %s\n", flexavatar_last_error());
+    }
+  }
+  flexavatar_runtime* rt = nullptr;
+  const flexavatar_status s = create(g_bundle, &rt, FLEXAVATAR_VERIFY_SIZE, FLEXAVATAR_DEVICE_CUDA);
+  if (s == FLEXAVATAR_OK) {
+    std::printf("    device CUDA: available\n");
+    flexavatar_runtime_destroy(rt);
+  } else {
+    CHECK(s == FLEXAVATAR_ERROR_UNAVAILABLE && rt == nullptr && error_mentions("CUDA"));
+    std::printf("    device CUDA: unavailable: %s\n", flexavatar_last_error());
   }
 }
 

@@ -4,6 +4,7 @@
 // model file is garbage). Run under ASan/UBSan/LSan by cpp/tests/run_ctest.sh.
 #include <unistd.h>
 
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -253,6 +254,13 @@ TEST_CASE(c_api_null_and_stale_handles_give_invalid_handle) {
     CHECK(flexavatar_runtime_load_avatar_code(handle, nullptr) == FLEXAVATAR_ERROR_INVALID_HANDLE);
     CHECK(flexavatar_runtime_get_info(handle, &info) == FLEXAVATAR_ERROR_INVALID_HANDLE);
     CHECK(flexavatar_runtime_default_camera(handle, &cam) == FLEXAVATAR_ERROR_INVALID_HANDLE);
+    flexavatar_encoder_input input;
+    flexavatar_encoder_input_init(&input);
+    CHECK(flexavatar_runtime_create_avatar_code(handle, &input) == FLEXAVATAR_ERROR_INVALID_HANDLE);
+    CHECK(flexavatar_runtime_get_avatar_code(handle, expression, 135) == FLEXAVATAR_ERROR_INVALID_HANDLE);
+    flexavatar_device_frame df{};
+    df.struct_size = sizeof(df);
+    CHECK(flexavatar_runtime_render_device(handle, expression, 135, &cam, &df) == FLEXAVATAR_ERROR_INVALID_HANDLE);
     flexavatar_runtime_destroy(handle);  // ignored, no crash
   }
   CHECK(flexavatar_api_version() == FLEXAVATAR_API_VERSION);
@@ -273,6 +281,20 @@ TEST_CASE(c_api_create_reports_bad_arguments_and_bad_bundles) {
   options.device = 9;
   CHECK(flexavatar_runtime_create("x", &options, &rt) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
   CHECK(std::string(flexavatar_last_error()).find("options.device") != std::string::npos);
+  flexavatar_runtime_options_init(&options);
+  CHECK(options.rasterizer == FLEXAVATAR_RASTERIZER_AUTO && options.struct_size == sizeof(options));
+  options.rasterizer = 3;
+  CHECK(flexavatar_runtime_create("x", &options, &rt) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+  CHECK(std::string(flexavatar_last_error()).find("options.rasterizer") != std::string::npos);
+  flexavatar_runtime_options_init(&options);
+  options.cuda_device = -1;
+  CHECK(flexavatar_runtime_create("x", &options, &rt) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+  CHECK(std::string(flexavatar_last_error()).find("options.cuda_device") != std::string::npos);
+  // A caller built against the first version of the struct (no rasterizer field) is still accepted.
+  flexavatar_runtime_options_init(&options);
+  options.struct_size = offsetof(flexavatar_runtime_options, rasterizer);
+  options.rasterizer = 77;  // beyond the caller's struct: must not be read
+  CHECK(flexavatar_runtime_create("/nonexistent/bundle", &options, &rt) == FLEXAVATAR_ERROR_BUNDLE_FILE_MISSING);
 
   const fs::path dir = scratch("capi");
   CHECK(flexavatar_runtime_create(dir.c_str(), nullptr, &rt) == FLEXAVATAR_ERROR_BUNDLE_INVALID);  // no manifest
@@ -289,6 +311,21 @@ TEST_CASE(c_api_create_reports_bad_arguments_and_bad_bundles) {
   write_file(dir / "decoder.fp32.onnx", "");
   CHECK(flexavatar_runtime_create(dir.c_str(), nullptr, &rt) == FLEXAVATAR_ERROR_BUNDLE_HASH_MISMATCH);
   fs::remove_all(dir);
+}
+
+TEST_CASE(encoder_input_init_sets_the_size_and_the_demo_camera) {
+  flexavatar_encoder_input input;
+  std::memset(&input, 0xAB, sizeof(input));
+  flexavatar_encoder_input_init(&input);
+  CHECK(input.struct_size == sizeof(input));
+  CHECK(input.image == nullptr && input.image_count == 0 && input.features == nullptr);
+  CHECK(input.feature_channels == 0 && input.feature_height == 0 && input.feature_width == 0);
+  // flexavatar.cameras.default_camera: eye (0, 0, 1) looking at the origin, OpenCV axes; fx = 1500/512.
+  const float c2w[16] = {1, 0, 0, 0, 0, -1, 0, 0, 0, 0, -1, 1, 0, 0, 0, 1};
+  for (int i = 0; i < 16; ++i) CHECK(input.cam2world[i] == c2w[i]);
+  CHECK_NEAR(input.intrinsics[0], 2.9296875f, 1e-7f);
+  CHECK(input.intrinsics[2] == 0.5f && input.intrinsics[5] == 0.5f && input.intrinsics[8] == 1.f);
+  flexavatar_encoder_input_init(nullptr);  // ignored
 }
 
 HARNESS_MAIN()

@@ -1,0 +1,121 @@
+// The runtime's CUDA rasterizer path, through the run-time-loaded libflexavatar_cuda (so the runtime has no
+// link-time CUDA dependency and a CPU-only machine runs the same binary): one non-blocking stream, device
+// buffers for the Gaussians, the camera + expression and the frame, and page-locked host mirrors of them.
+// Everything is allocated when the path opens, the frame buffers again only when the frame size changes;
+// the forward pass's scratch comes from the CUDA library's stream-ordered pool (kept across frames).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "flexavatar/cuda_rasterizer.h"
+#include "flexavatar/status.h"
+
+namespace flexavatar {
+namespace runtime {
+
+// Device or page-locked host memory from the CUDA library; released in the destructor.
+class CudaBuffer {
+ public:
+  CudaBuffer() = default;
+  ~CudaBuffer() { reset(); }
+  CudaBuffer(const CudaBuffer&) = delete;
+  CudaBuffer& operator=(const CudaBuffer&) = delete;
+
+  Status allocate(const FlexavatarCudaApi* api, bool on_device, int device, size_t bytes);
+  void reset();
+  void* data() const { return data_; }
+  float* floats() const { return static_cast<float*>(data_); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  const FlexavatarCudaApi* api_ = nullptr;
+  bool on_device_ = false;
+  int device_ = 0;
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Layout of the Gaussian block (host and device alike): means [G,3] | quats [G,4] | scales [G,3] |
+// opacities [G] | sh0 [G,3], float32.
+struct GaussianLayout {
+  static constexpr int64_t kFloatsPerGaussian = 14;
+  static int64_t offset(int output, int64_t g) {  // output: index into means, quats, scales, opacities, sh0
+    static constexpr int64_t starts[] = {0, 3, 7, 10, 11};
+    return starts[output] * g;
+  }
+};
+
+struct DeviceFrame {
+  int32_t width = 0, height = 0, device = 0;
+  void* stream = nullptr;
+  const uint8_t* rgba = nullptr;
+  const float *rgb = nullptr, *alpha = nullptr, *depth = nullptr;
+};
+struct HostFrame {
+  const uint8_t* rgba = nullptr;
+  const float *rgb = nullptr, *alpha = nullptr, *depth = nullptr;
+};
+
+class CudaFrames {
+ public:
+  // Staged per frame in one copy: world-to-camera [16], pixel K [9], background [3], then the expression.
+  static constexpr int64_t kCameraFloats = 32;
+
+  // Loads the CUDA library and checks that `device` exists (kUnavailable naming the reason otherwise),
+  // then allocates the stream and the fixed buffers. code_floats = 0: no device copy of the avatar code
+  // (the decoder runs on the CPU).
+  static Status open(int device, int64_t num_gaussians, int64_t expression_dim, int64_t code_floats,
+                     std::unique_ptr<CudaFrames>* out);
+  ~CudaFrames();
+
+  int device() const { return device_; }
+  void* stream() const { return stream_; }
+  const std::string& library_path() const { return library_->path(); }
+
+  float* host_gaussians() const { return host_gaussians_.floats(); }      // page-locked [14 G]
+  float* device_gaussians() const { return device_gaussians_.floats(); }  // [14 G]
+  float* device_code() const { return device_code_.floats(); }            // [R² D] or null
+  float* host_stage() const { return host_stage_.floats(); }              // page-locked [32 + E]
+  float* device_stage() const { return device_stage_.floats(); }          // [32 + E]
+  float* device_expression() const { return device_stage_.floats() + kCameraFloats; }
+
+  // Waits until everything queued on the stream is done (the staging buffers may then be rewritten).
+  Status wait();
+  // Copies code_floats floats from host memory to the device code buffer and waits.
+  Status upload_code(const float* code);
+  // Queues host_stage → device_stage.
+  Status upload_stage();
+  // Queues host_gaussians → device_gaussians.
+  Status upload_gaussians();
+  // device_gaussians → host_gaussians, then waits.
+  Status download_gaussians();
+  // Counts non-finite values of device_gaussians on the device and waits for the count.
+  Status count_nonfinite_gaussians(uint32_t* count);
+  // Frame buffers for width x height (reallocated only when the size changes).
+  Status ensure_frame(int32_t width, int32_t height);
+  // Queues the CUDA rasterizer on device_gaussians with the staged camera, then the RGBA8 conversion.
+  Status rasterize(int32_t width, int32_t height);
+  // One copy of the whole frame (rgb, alpha, depth, rgba) to page-locked host memory, then waits.
+  Status download_frame(HostFrame* out);
+  DeviceFrame device_frame() const;
+
+ private:
+  CudaFrames() = default;
+  Status check(int code, const char* error, const char* what) const;
+
+  std::shared_ptr<CudaLibrary> library_;
+  const FlexavatarCudaApi* api_ = nullptr;
+  int device_ = 0;
+  void* stream_ = nullptr;
+  int64_t num_gaussians_ = 0, expression_dim_ = 0, code_floats_ = 0;
+  int32_t width_ = 0, height_ = 0;
+  CudaBuffer host_gaussians_, device_gaussians_, device_code_, host_stage_, device_stage_;
+  CudaBuffer host_count_, device_count_;
+  // Frame, floats: rgb [3P] | alpha [P] | depth [P] | rgba [4P bytes] (P = width·height).
+  CudaBuffer host_frame_, device_frame_;
+};
+
+}  // namespace runtime
+}  // namespace flexavatar

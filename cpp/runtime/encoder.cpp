@@ -1,0 +1,208 @@
+// Runtime::create_avatar_code: photo (+ camera, + DINOv2 features for bundles exported without DINOv2) →
+// the bundle's encoder graph → the avatar code. The same checks and encoder choice as
+// flexavatar.runtime.Runtime.create_avatar (runtime/runtime.py, runtime/images.py, runtime/cameras.py).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "runtime.h"
+#include "runtime_internal.h"
+
+namespace flexavatar {
+namespace runtime {
+namespace {
+
+constexpr float kRangeSlack = 1e-3f;          // runtime/images.py RANGE_SLACK: clipped, not rejected
+constexpr double kRigidTolerance = 1e-3;      // runtime/cameras.py RIGID_TOLERANCE
+constexpr float kMaxNormalisedFocal = 50.f;   // runtime/cameras.py: above this K is almost surely in pixels
+constexpr int64_t kMaxFeatureSide = 4096;
+
+std::string artifact_names(const Manifest& m) {
+  std::string have;
+  for (const auto& a : m.artifacts) have += (have.empty() ? "" : ", ") + a.name;
+  return have.empty() ? std::string("none") : have;
+}
+
+Status check_photo_camera(const float c2w[16], const float k[9]) {
+  for (int i = 0; i < 16; ++i) {
+    if (!std::isfinite(c2w[i]))
+      return Status(StatusCode::kInvalidArgument, "cam2world: element " + std::to_string(i) + " is not finite");
+  }
+  double ortho = 0;  // max |R Rᵀ − I|
+  for (int i = 0; i < 3; ++i) {
+    for (int j = 0; j < 3; ++j) {
+      double dot = 0;
+      for (int c = 0; c < 3; ++c) dot += double(c2w[i * 4 + c]) * double(c2w[j * 4 + c]);
+      ortho = std::max(ortho, std::fabs(dot - (i == j ? 1.0 : 0.0)));
+    }
+  }
+  double last = 0;
+  for (int c = 0; c < 4; ++c) last = std::max(last, std::fabs(double(c2w[12 + c]) - (c == 3 ? 1.0 : 0.0)));
+  if (ortho > kRigidTolerance || last > 1e-6)
+    return Status(StatusCode::kInvalidArgument,
+                  "cam2world is not rigid (max |R Rt - I| = " + std::to_string(ortho) + ", last row off by " +
+                      std::to_string(last) + "), expected a rigid 4x4 cam2world (orthonormal rotation, last row "
+                      "[0, 0, 0, 1])");
+  for (int i = 0; i < 9; ++i) {
+    if (!std::isfinite(k[i]))
+      return Status(StatusCode::kInvalidArgument, "intrinsics: element " + std::to_string(i) + " is not finite");
+  }
+  if (!(k[0] > 0) || !(k[4] > 0))
+    return Status(StatusCode::kInvalidArgument, "intrinsics: fx = " + std::to_string(k[0]) + ", fy = " +
+                                                    std::to_string(k[4]) + ", expected positive focal lengths");
+  if (k[0] > kMaxNormalisedFocal || std::fabs(k[2]) > 10 || std::fabs(k[5]) > 10)
+    return Status(StatusCode::kInvalidArgument,
+                  "intrinsics look like pixel units (fx = " + std::to_string(k[0]) +
+                      "), expected normalised intrinsics: divide K's first row by the width and the second by the "
+                      "height");
+  return Status::ok_status();
+}
+
+}  // namespace
+
+Status Runtime::open_encoder(bool with_features, OrtModel** out) {
+  std::unique_ptr<OrtModel>& slot = with_features ? encoder_features_ : encoder_;
+  if (slot) {
+    *out = slot.get();
+    return Status::ok_status();
+  }
+  const ModelArtifact& artifact = *(with_features ? encoder_features_artifact_ : encoder_artifact_);
+  const int64_t s = image_size();
+  if (s < 1 || s > 16384)
+    return Status(StatusCode::kBundleInvalid,
+                  "manifest.conventions.image_size is " + std::to_string(s) + ", expected 1 .. 16384");
+  // The decoder's execution provider: CUDA only if the decoder really got it.
+  SessionConfig config;
+  config.num_threads = options_.num_threads;
+  config.require_cuda = decoder_->on_cuda();
+  config.cuda_device = options_.cuda_device;
+  std::unique_ptr<OrtModel> model;
+  Status st = OrtModel::open(bundle_.path(artifact.files[0].path), config, &model);
+  if (!st.ok()) return st;
+  std::vector<ExpectedTensor> expected = {{"image", {1, 3, s, s}, true},
+                                          {"cam2world", {1, 4, 4}, true},
+                                          {"intrinsics", {1, 3, 3}, true},
+                                          {"code", {1, num_head_tokens_, code_dim_}, false}};
+  if (with_features) expected.push_back({"features", {1, feature_channels_, -1, -1}, true});
+  st = check_model_signature(artifact, *model, expected, with_features ? 4 : 3,
+                             with_features ? "image, cam2world, intrinsics, features" : "image, cam2world, intrinsics");
+  if (!st.ok()) return st;
+  if (with_features && feature_channels_ < 0) {  // dynamic in the manifest: the graph may still fix it
+    for (const auto& t : model->inputs()) {
+      if (t.name == "features" && t.shape.size() == 4) feature_channels_ = t.shape[1];
+    }
+  }
+  if (encoder_image_.empty()) {  // shared by both encoder graphs; allocated on first use
+    encoder_image_.assign(size_t(3 * s * s), 0.f);
+    encoder_cam2world_.assign(16, 0.f);
+    encoder_intrinsics_.assign(9, 0.f);
+    encoder_code_.assign(size_t(num_head_tokens_ * code_dim_), 0.f);
+  }
+  st = model->bind_input("image", encoder_image_.data(), {1, 3, s, s});
+  if (st.ok()) st = model->bind_input("cam2world", encoder_cam2world_.data(), {1, 4, 4});
+  if (st.ok()) st = model->bind_input("intrinsics", encoder_intrinsics_.data(), {1, 3, 3});
+  if (st.ok()) st = model->bind_output("code", encoder_code_.data(), {1, num_head_tokens_, code_dim_});
+  if (!st.ok()) return st;
+  slot = std::move(model);
+  *out = slot.get();
+  return Status::ok_status();
+}
+
+Status Runtime::create_avatar_code(const EncoderInput& in) {
+  if (code_folded_in_)
+    return Status(StatusCode::kInvalidArgument,
+                  "this bundle's decoder has its avatar code folded in (role decoder_avatar); it takes no code");
+  const bool with_features = in.features != nullptr;
+  const std::string no_encoder = "this bundle has no fp32 ONNX encoder (it has: " + artifact_names(bundle_.manifest) +
+                                 "); load a saved avatar code instead (load_avatar_code) or re-export";
+  if (with_features && !encoder_features_artifact_) {
+    if (encoder_artifact_)
+      return Status(StatusCode::kInvalidArgument,
+                    "features: given, but this bundle's encoder computes the DINOv2 features itself (role "
+                    "'encoder'); pass features = NULL");
+    return Status(StatusCode::kUnavailable, no_encoder);
+  }
+  if (!with_features && !encoder_artifact_) {
+    if (encoder_features_artifact_)
+      return Status(StatusCode::kUnavailable,
+                    "this bundle was exported without DINOv2 weights: its encoder (role 'encoder_features') takes "
+                    "DINOv2 features as an input. Pass features [C, h, w] (DINOv2 ViT-B/14-reg patch features of the "
+                    "photo" +
+                        (feature_channels_ > 0 ? ", C = " + std::to_string(feature_channels_) : std::string()) +
+                        "), or re-export with flexavatar-export --dinov2 dinov2_vitb14_reg4_pretrain.pth to encode "
+                        "photos directly");
+    return Status(StatusCode::kUnavailable, no_encoder);
+  }
+
+  // The photo: [3, S, S], finite, in [0, 1] up to the slack (which is clipped, as runtime/images.py does).
+  const int64_t s = image_size();
+  const int64_t want = 3 * s * s;
+  if (!in.image)
+    return Status(StatusCode::kNullPointer, "image: got a null pointer, expected [3, " + std::to_string(s) + ", " +
+                                                std::to_string(s) + "] float32 in [0, 1]");
+  if (in.image_count != want)
+    return Status(StatusCode::kInvalidSize, "image: got " + std::to_string(in.image_count) +
+                                                " floats, expected 3·S·S = 3·" + std::to_string(s) + "·" +
+                                                std::to_string(s) + " = " + std::to_string(want) +
+                                                " (channel-major RGB of this bundle's encoder size)");
+  for (int64_t i = 0; i < want; ++i) {
+    const float v = in.image[i];
+    if (!std::isfinite(v))
+      return Status(StatusCode::kInvalidArgument, "image: element " + std::to_string(i) +
+                                                      " is not finite, expected values in [0, 1]");
+    if (v < -kRangeSlack || v > 1.f + kRangeSlack)
+      return Status(StatusCode::kInvalidArgument, "image: element " + std::to_string(i) + " is " + std::to_string(v) +
+                                                      ", expected values in [0, 1] (divide 0-255 data by 255)");
+  }
+  Status st = check_photo_camera(in.cam2world, in.intrinsics);
+  if (!st.ok()) return st;
+  std::vector<int64_t> feature_shape;
+  if (with_features) {
+    const std::string expected = "expected DINOv2 features [" +
+                                 (feature_channels_ > 0 ? std::to_string(feature_channels_) : std::string("C")) +
+                                 ", h, w] with h, w in 1 .. " + std::to_string(kMaxFeatureSide);
+    if (in.feature_channels < 1 || in.feature_channels > (1 << 16) ||
+        (feature_channels_ > 0 && in.feature_channels != feature_channels_) || in.feature_height < 1 ||
+        in.feature_height > kMaxFeatureSide || in.feature_width < 1 || in.feature_width > kMaxFeatureSide)
+      return Status(StatusCode::kInvalidSize, "features: shape [" + std::to_string(in.feature_channels) + ", " +
+                                                  std::to_string(in.feature_height) + ", " +
+                                                  std::to_string(in.feature_width) + "], " + expected);
+    feature_shape = {1, in.feature_channels, in.feature_height, in.feature_width};
+    const int64_t n = in.feature_channels * in.feature_height * in.feature_width;
+    for (int64_t i = 0; i < n; ++i) {
+      if (!std::isfinite(in.features[i]))
+        return Status(StatusCode::kInvalidArgument, "features: element " + std::to_string(i) + " is not finite");
+    }
+  }
+
+  OrtModel* model = nullptr;
+  st = open_encoder(with_features, &model);
+  if (!st.ok()) return st;
+  for (int64_t i = 0; i < want; ++i) encoder_image_[size_t(i)] = std::min(std::max(in.image[i], 0.f), 1.f);
+  std::copy(in.cam2world, in.cam2world + 16, encoder_cam2world_.begin());
+  std::copy(in.intrinsics, in.intrinsics + 9, encoder_intrinsics_.begin());
+  if (with_features) {
+    const size_t n = size_t(in.feature_channels * in.feature_height * in.feature_width);
+    if (feature_shape != bound_feature_shape_) {  // reallocated and rebound only when the shape changes
+      encoder_features_buffer_.resize(n);
+      st = model->bind_input("features", encoder_features_buffer_.data(), feature_shape);
+      if (!st.ok()) {
+        bound_feature_shape_.clear();
+        return st;
+      }
+      bound_feature_shape_ = feature_shape;
+    }
+    std::copy(in.features, in.features + n, encoder_features_buffer_.begin());
+  }
+  st = model->run();
+  if (!st.ok()) return st;
+  for (size_t i = 0; i < encoder_code_.size(); ++i) {
+    if (!std::isfinite(encoder_code_[i]))
+      return Status(StatusCode::kModelError, "the encoder produced a non-finite avatar code (element " +
+                                                 std::to_string(i) + "; corrupted model file or out-of-range inputs)");
+  }
+  return set_avatar_code(encoder_code_.data(), int64_t(encoder_code_.size()));
+}
+
+}  // namespace runtime
+}  // namespace flexavatar

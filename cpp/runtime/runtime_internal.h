@@ -1,0 +1,35 @@
+// Helpers shared by the runtime's translation units (runtime.cpp, encoder.cpp, c_api.cpp).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "flexavatar/status.h"
+#include "manifest.h"
+#include "ort_session.h"
+
+namespace flexavatar {
+namespace runtime {
+
+// flexavatar.cameras.default_camera: 1 m in front of the head looking at the origin, fx = fy = 1500/512.
+constexpr float kDemoCam2World[16] = {1, 0, 0, 0, 0, -1, 0, 0, 0, 0, -1, 1, 0, 0, 0, 1};
+constexpr float kDemoIntrinsics[9] = {1500.f / 512.f, 0, 0.5f, 0, 1500.f / 512.f, 0.5f, 0, 0, 1};
+
+struct ExpectedTensor {
+  std::string name;
+  std::vector<int64_t> shape;  // the shape we bind (batch 1); -1 = any
+  bool input;
+};
+
+std::string shape_text(const std::vector<int64_t>& shape);
+// The model's own dims must agree with the expected ones wherever both are fixed (-1 = dynamic).
+bool shape_compatible(const std::vector<int64_t>& model, const std::vector<int64_t>& expected);
+// The session's tensors and the manifest's record of them against what the runtime binds:
+// kBundleInvalid naming the file, the tensor and both shapes.
+Status check_model_signature(const ModelArtifact& artifact, const OrtModel& model,
+                             const std::vector<ExpectedTensor>& expected, size_t want_inputs,
+                             const std::string& input_names);
+
+}  // namespace runtime
+}  // namespace flexavatar

@@ -1,0 +1,351 @@
+// GPU check of the C++ runtime's CUDA rasterizer path (ctest runtime_cuda_check, registered when the build has
+// both the runtime and CUDA; run by cpp/tests/gpu/gpu_check.sh, which exports the bundle it needs).
+//
+//   runtime_cuda_check [BUNDLE [CODE.npy]]     (default: $FLEXAVATAR_TEST_BUNDLE, $FLEXAVATAR_TEST_CODE)
+//
+// Oracle: the same runtime API with the CPU rasterizer. Per expression and frame size:
+//  * decoder on the CPU + CUDA rasterizer (Gaussians uploaded) vs decoder on the CPU + CPU rasterizer:
+//    rgb / alpha mean |diff| <= 1e-3 and only a tiny fraction of pixels beyond 2/255 (the alpha >= 1/255 and
+//    transmittance cut-offs are thresholds: FMA contraction and the GPU's expf flip a few borderline
+//    Gaussians), never beyond 2e-2; depth where both frames are opaque; RGBA8 within 1 step elsewhere;
+//  * the device-pointer frame (flexavatar_runtime_render_device) equals the host frame of the same runtime
+//    byte for byte, and its pointers are device memory of the reported device;
+//  * with ONNX Runtime's CUDA provider (onnxruntime-gpu), the zero-copy path (decoder outputs bound to device
+//    buffers) against the same oracle; without it this part is reported as not run, never silently passed.
+// Exit 0: passed; 1: failed; 77: skipped (no CUDA device, or no bundle), with the reason on stdout.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "flexavatar/flexavatar.h"
+
+namespace {
+
+constexpr int kSkip = 77;
+constexpr double kMeanTol = 1e-3;       // mean |diff| of rgb / alpha
+constexpr double kPixelTol = 2.0 / 255; // a pixel "differs" beyond this
+constexpr double kMaxTol = 2e-2;        // no pixel beyond this (a flipped Gaussian at alpha ~ 1/255)
+
+int g_failures = 0;
+
+void expect(bool ok, const std::string& what) {
+  if (!ok) {
+    ++g_failures;
+    std::printf("FAIL: %s\n", what.c_str());
+  }
+}
+
+struct HostFrame {
+  int width = 0, height = 0;
+  std::vector<float> rgb, alpha, depth;
+  std::vector<uint8_t> rgba;
+};
+
+HostFrame copy_frame(const flexavatar_frame& f) {
+  const size_t p = size_t(f.width) * size_t(f.height);
+  HostFrame h;
+  h.width = f.width;
+  h.height = f.height;
+  h.rgb.assign(f.rgb, f.rgb + 3 * p);
+  h.alpha.assign(f.alpha, f.alpha + p);
+  h.depth.assign(f.depth, f.depth + p);
+  h.rgba.assign(f.rgba, f.rgba + 4 * p);
+  return h;
+}
+
+bool cuda_ok(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return true;
+  expect(false, std::string(what) + ": " + cudaGetErrorString(err));
+  return false;
+}
+
+HostFrame copy_device_frame(const flexavatar_device_frame& f) {
+  const size_t p = size_t(f.width) * size_t(f.height);
+  HostFrame h;
+  h.width = f.width;
+  h.height = f.height;
+  h.rgb.resize(3 * p);
+  h.alpha.resize(p);
+  h.depth.resize(p);
+  h.rgba.resize(4 * p);
+  cudaStream_t stream = static_cast<cudaStream_t>(f.stream);
+  cuda_ok(cudaMemcpyAsync(h.rgb.data(), f.rgb, 3 * p * sizeof(float), cudaMemcpyDeviceToHost, stream), "copy rgb");
+  cuda_ok(cudaMemcpyAsync(h.alpha.data(), f.alpha, p * sizeof(float), cudaMemcpyDeviceToHost, stream), "copy alpha");
+  cuda_ok(cudaMemcpyAsync(h.depth.data(), f.depth, p * sizeof(float), cudaMemcpyDeviceToHost, stream), "copy depth");
+  cuda_ok(cudaMemcpyAsync(h.rgba.data(), f.rgba, 4 * p, cudaMemcpyDeviceToHost, stream), "copy rgba");
+  cuda_ok(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  return h;
+}
+
+// Per-pixel max-channel error statistics of a [P, channels] pair.
+struct Diff {
+  double mean = 0, max = 0, over = 0;  // mean |diff| per value, max, fraction of pixels beyond kPixelTol
+};
+Diff diff(const std::vector<float>& a, const std::vector<float>& b, int channels) {
+  Diff d;
+  const size_t pixels = a.size() / size_t(channels);
+  size_t over = 0;
+  double sum = 0;
+  for (size_t p = 0; p < pixels; ++p) {
+    double worst = 0;
+    for (int c = 0; c < channels; ++c) {
+      const double e = std::fabs(double(a[p * channels + c]) - double(b[p * channels + c]));
+      sum += e;
+      worst = std::max(worst, e);
+    }
+    d.max = std::max(d.max, worst);
+    over += worst > kPixelTol;
+  }
+  d.mean = sum / double(a.size());
+  d.over = double(over) / double(pixels);
+  return d;
+}
+
+void compare_to_cpu(const HostFrame& got, const HostFrame& cpu, const std::string& what, double flip_fraction) {
+  expect(got.width == cpu.width && got.height == cpu.height, what + ": frame size");
+  if (got.rgb.size() != cpu.rgb.size()) return;
+  const Diff rgb = diff(got.rgb, cpu.rgb, 3), alpha = diff(got.alpha, cpu.alpha, 1);
+  double depth_sum = 0;
+  size_t depth_n = 0, rgba_over = 0;
+  const size_t pixels = cpu.alpha.size();
+  for (size_t p = 0; p < pixels; ++p) {
+    if (got.alpha[p] > 0.5f && cpu.alpha[p] > 0.5f) {
+      depth_sum += std::fabs(double(got.depth[p]) - double(cpu.depth[p]));
+      ++depth_n;
+    }
+    int worst = 0;
+    for (int c = 0; c < 4; ++c) worst = std::max(worst, std::abs(int(got.rgba[4 * p + c]) - int(cpu.rgba[4 * p + c])));
+    rgba_over += worst > 1;
+  }
+  const double depth_mean = depth_n ? depth_sum / double(depth_n) : 0;
+  std::printf("  %s: rgb mean %.2e max %.2e beyond-2/255 %.2e | alpha mean %.2e max %.2e | depth mean %.2e (%zu px) "
+              "| rgba8 >1 step %.2e\n",
+              what.c_str(), rgb.mean, rgb.max, rgb.over, alpha.mean, alpha.max, depth_mean, depth_n,
+              double(rgba_over) / double(pixels));
+  expect(rgb.mean <= kMeanTol && alpha.mean <= kMeanTol, what + ": mean |diff| above 1e-3");
+  expect(rgb.over <= flip_fraction && alpha.over <= flip_fraction, what + ": too many pixels differ beyond 2/255");
+  expect(rgb.max <= kMaxTol && alpha.max <= kMaxTol, what + ": a pixel differs beyond 2e-2");
+  expect(depth_n > pixels / 20, what + ": the head covers too little of the frame for a comparison");
+  expect(depth_mean <= kMeanTol, what + ": depth mean |diff| above 1e-3 where opaque");
+  expect(double(rgba_over) / double(pixels) <= flip_fraction, what + ": RGBA8 differs by more than one step");
+}
+
+flexavatar_runtime* create(const char* bundle, int device, int rasterizer, flexavatar_status* status) {
+  flexavatar_runtime_options options;
+  flexavatar_runtime_options_init(&options);
+  options.device = device;
+  options.rasterizer = rasterizer;
+  options.verify = FLEXAVATAR_VERIFY_SIZE;
+  flexavatar_runtime* rt = nullptr;
+  *status = flexavatar_runtime_create(bundle, &options, &rt);
+  return rt;
+}
+
+// Deterministic standard normals (xorshift + Box-Muller): the same code and expressions on every run.
+struct Normal {
+  uint64_t state = 0x9E3779B97F4A7C15ull;
+  double uniform() {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return (double(state >> 11) + 0.5) / double(1ull << 53);
+  }
+  float operator()() { return float(std::sqrt(-2 * std::log(uniform())) * std::cos(6.283185307179586 * uniform())); }
+};
+
+bool set_code(flexavatar_runtime* rt, const flexavatar_runtime_info& info, const char* code_path,
+              const std::vector<float>& random_code) {
+  if (info.num_head_tokens == 0) return true;
+  flexavatar_status s;
+  if (code_path)
+    s = flexavatar_runtime_load_avatar_code(rt, code_path);
+  else if (info.has_bundle_avatar_code)
+    s = flexavatar_runtime_load_avatar_code(rt, nullptr);
+  else
+    s = flexavatar_runtime_set_avatar_code(rt, random_code.data(), int64_t(random_code.size()));
+  if (s != FLEXAVATAR_OK) std::printf("FAIL: setting the avatar code: %s\n", flexavatar_last_error());
+  return s == FLEXAVATAR_OK;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const char* bundle = argc > 1 ? argv[1] : std::getenv("FLEXAVATAR_TEST_BUNDLE");
+  const char* code_path = argc > 2 ? argv[2] : std::getenv("FLEXAVATAR_TEST_CODE");
+  if (code_path && !*code_path) code_path = nullptr;
+  int devices = 0;
+  const cudaError_t count_error = cudaGetDeviceCount(&devices);
+  if (count_error != cudaSuccess || devices == 0) {
+    std::printf("SKIP: no CUDA device (cudaGetDeviceCount: %s, %d devices)\n",
+                count_error == cudaSuccess ? "ok" : cudaGetErrorString(count_error), devices);
+    return kSkip;
+  }
+  if (!bundle || !*bundle) {
+    std::printf("SKIP: no bundle: pass one or set FLEXAVATAR_TEST_BUNDLE (cpp/tests/gpu/gpu_check.sh exports the "
+                "reduced fixture's)\n");
+    return kSkip;
+  }
+
+  flexavatar_status s;
+  flexavatar_runtime* cpu = create(bundle, FLEXAVATAR_DEVICE_CPU, FLEXAVATAR_RASTERIZER_CPU, &s);
+  if (!cpu) {
+    std::printf("FAIL: CPU runtime: %s\n", flexavatar_last_error());
+    return 1;
+  }
+  flexavatar_runtime* upload = create(bundle, FLEXAVATAR_DEVICE_CPU, FLEXAVATAR_RASTERIZER_CUDA, &s);
+  if (!upload) {
+    std::printf("FAIL: decoder on the CPU + CUDA rasterizer: %s\n", flexavatar_last_error());
+    flexavatar_runtime_destroy(cpu);
+    return 1;
+  }
+  flexavatar_runtime* zero_copy = create(bundle, FLEXAVATAR_DEVICE_CUDA, FLEXAVATAR_RASTERIZER_AUTO, &s);
+  std::string zero_copy_note;
+  if (!zero_copy) {
+    // UNAVAILABLE: ONNX Runtime has no CUDA provider (the CPU wheel); MODEL: the provider is there but the
+    // session cannot start (e.g. cuDNN missing). Either is reported below; anything else is a failure.
+    expect(s == FLEXAVATAR_ERROR_UNAVAILABLE || s == FLEXAVATAR_ERROR_MODEL,
+           std::string("device CUDA failed with ") + flexavatar_status_name(s) + ": " + flexavatar_last_error());
+    zero_copy_note = std::string(flexavatar_status_name(s)) + ": " + flexavatar_last_error();
+  }
+
+  flexavatar_runtime_info info{};
+  info.struct_size = sizeof(info);
+  flexavatar_runtime_get_info(upload, &info);
+  std::printf("bundle %s: G = %lld; CUDA rasterizer on device %d (%s decoder)\n", bundle,
+              static_cast<long long>(info.num_gaussians), info.rasterizer_device, info.decoder_provider);
+  expect(std::string(info.rasterizer) == "cuda" && info.rasterizer_device == 0, "info.rasterizer of the CUDA runtime");
+  flexavatar_runtime_info cpu_info{};
+  cpu_info.struct_size = sizeof(cpu_info);
+  flexavatar_runtime_get_info(cpu, &cpu_info);
+  expect(std::string(cpu_info.rasterizer) == "cpu" && cpu_info.rasterizer_device == -1, "info.rasterizer (CPU)");
+
+  Normal normal;
+  std::vector<float> random_code(size_t(info.num_head_tokens * info.code_dim));
+  for (float& v : random_code) v = 0.5f * normal();
+  bool ok = set_code(cpu, info, code_path, random_code) && set_code(upload, info, code_path, random_code) &&
+            (!zero_copy || set_code(zero_copy, info, code_path, random_code));
+  std::vector<std::vector<float>> expressions(2, std::vector<float>(size_t(info.expression_dim), 0.f));
+  for (float& v : expressions[1]) v = 0.3f * normal();
+
+  // An explicit device ordinal that does not exist: UNAVAILABLE naming it.
+  {
+    flexavatar_runtime_options options;
+    flexavatar_runtime_options_init(&options);
+    options.rasterizer = FLEXAVATAR_RASTERIZER_CUDA;
+    options.device = FLEXAVATAR_DEVICE_CPU;
+    options.cuda_device = devices;
+    options.verify = FLEXAVATAR_VERIFY_NONE;
+    flexavatar_runtime* rt = nullptr;
+    expect(flexavatar_runtime_create(bundle, &options, &rt) == FLEXAVATAR_ERROR_UNAVAILABLE && rt == nullptr &&
+               std::string(flexavatar_last_error()).find("CUDA device " + std::to_string(devices)) != std::string::npos,
+           "a missing device ordinal gives UNAVAILABLE naming it");
+  }
+
+  flexavatar_camera camera;
+  flexavatar_runtime_default_camera(cpu, &camera);
+  const int sizes[][2] = {{512, 512}, {160, 96}, {512, 512}};  // then back: the frame buffers are resized twice
+  for (size_t e = 0; ok && e < expressions.size(); ++e) {
+    for (const auto& size : sizes) {
+      camera.width = size[0];
+      camera.height = size[1];
+      const std::string what = "expression " + std::to_string(e) + " " + std::to_string(size[0]) + "x" +
+                               std::to_string(size[1]);
+      flexavatar_frame f;
+      if (flexavatar_runtime_render(cpu, expressions[e].data(), info.expression_dim, &camera, &f) != FLEXAVATAR_OK) {
+        expect(false, what + ": CPU render: " + flexavatar_last_error());
+        continue;
+      }
+      const HostFrame reference = copy_frame(f);
+      if (flexavatar_runtime_render(upload, expressions[e].data(), info.expression_dim, &camera, &f) != FLEXAVATAR_OK) {
+        expect(false, what + ": CUDA render: " + flexavatar_last_error());
+        continue;
+      }
+      const HostFrame host = copy_frame(f);
+      compare_to_cpu(host, reference, what + " CPU decoder + CUDA rasterizer", 1e-3);
+
+      flexavatar_device_frame df{};
+      df.struct_size = sizeof(df);
+      if (flexavatar_runtime_render_device(upload, expressions[e].data(), info.expression_dim, &camera, &df) !=
+          FLEXAVATAR_OK) {
+        expect(false, what + ": render_device: " + flexavatar_last_error());
+        continue;
+      }
+      cudaPointerAttributes attributes{};
+      expect(cudaPointerGetAttributes(&attributes, df.rgba) == cudaSuccess &&
+                 attributes.type == cudaMemoryTypeDevice && attributes.device == df.cuda_device,
+             what + ": render_device gives device memory of its device");
+      expect(df.stream != nullptr && df.width == size[0] && df.height == size[1], what + ": device frame fields");
+      const HostFrame device = copy_device_frame(df);
+      const bool same = device.rgb == host.rgb && device.alpha == host.alpha && device.depth == host.depth &&
+                        device.rgba == host.rgba;
+      expect(same, what + ": the device frame differs from the host frame of the same input");
+      std::printf("  %s: device frame %s the host frame\n", what.c_str(), same ? "equals" : "DIFFERS FROM");
+
+      if (zero_copy) {
+        if (flexavatar_runtime_render(zero_copy, expressions[e].data(), info.expression_dim, &camera, &f) !=
+            FLEXAVATAR_OK) {
+          expect(false, what + ": zero-copy render: " + flexavatar_last_error());
+          continue;
+        }
+        // The CUDA provider's Gaussians differ from the CPU provider's within the export's fp32 tolerance,
+        // which moves more Gaussians across the thresholds: a larger (still small) fraction of pixels.
+        compare_to_cpu(copy_frame(f), reference, what + " CUDA decoder (zero copy) + CUDA rasterizer", 5e-3);
+      }
+    }
+  }
+
+  // Host Gaussians of the upload runtime (decode) equal the CPU runtime's (same ONNX Runtime CPU graph).
+  flexavatar_gaussians ga, gb;
+  if (ok && flexavatar_runtime_decode(cpu, expressions[1].data(), info.expression_dim, &ga) == FLEXAVATAR_OK &&
+      flexavatar_runtime_decode(upload, expressions[1].data(), info.expression_dim, &gb) == FLEXAVATAR_OK) {
+    double worst = 0;
+    const int64_t g = info.num_gaussians;
+    const struct {
+      const float *a, *b;
+      int64_t n;
+    } fields[] = {{ga.means, gb.means, 3 * g}, {ga.quats, gb.quats, 4 * g}, {ga.scales, gb.scales, 3 * g},
+                  {ga.opacities, gb.opacities, g}, {ga.sh0, gb.sh0, 3 * g}};
+    for (const auto& f : fields)
+      for (int64_t i = 0; i < f.n; ++i) worst = std::max(worst, double(std::fabs(f.a[i] - f.b[i])));
+    expect(worst <= 1e-5, "decode() of the CUDA-rasterizer runtime differs from the CPU runtime's");
+  } else {
+    expect(false, std::string("decode: ") + flexavatar_last_error());
+  }
+
+  // Whole-frame latency at 512² (informational; the benchmark suite owns the figures).
+  if (ok) {
+    camera.width = camera.height = 512;
+    for (flexavatar_runtime* rt : {cpu, upload, zero_copy}) {
+      if (!rt) continue;
+      std::vector<double> ms;
+      flexavatar_frame f;
+      flexavatar_device_frame df{};
+      df.struct_size = sizeof(df);
+      for (int i = 0; i < 12; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        flexavatar_runtime_render(rt, expressions[i % 2].data(), info.expression_dim, &camera, &f);
+        ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      }
+      std::sort(ms.begin() + 2, ms.end());
+      std::printf("  latency %s: render p50 %.2f ms\n",
+                  rt == cpu ? "CPU decoder + CPU rasterizer" : rt == upload ? "CPU decoder + CUDA rasterizer"
+                                                                            : "CUDA decoder + CUDA rasterizer",
+                  ms[2 + (ms.size() - 2) / 2]);
+    }
+  }
+
+  if (!zero_copy)
+    std::printf("NOTE: zero-copy path (decoder on ONNX Runtime's CUDA provider) not run: %s\n", zero_copy_note.c_str());
+  flexavatar_runtime_destroy(zero_copy);
+  flexavatar_runtime_destroy(upload);
+  flexavatar_runtime_destroy(cpu);
+  std::printf("%s (%d failure%s)\n", g_failures ? "FAILED" : "passed", g_failures, g_failures == 1 ? "" : "s");
+  return g_failures ? 1 : 0;
+}
