@@ -57,3 +57,21 @@ def driving_dir() -> Path:
     if not DRIVING.is_dir():
         pytest.fail(f"driving fixtures not found at {DRIVING}")
     return DRIVING
+
+
+@pytest.fixture(scope="session")
+def onnx_features_bundle(tmp_path_factory, official_dir) -> Path:
+    """The fixture checkpoint exported once per session as fp32 ONNX, features encoder (no DINOv2 weights),
+    no avatar: shared by the runtime and C++ runtime tests. Read-only: copy it before tampering."""
+    import warnings
+
+    from flexavatar.config import FlexConfig
+    from flexavatar.export import export_bundle
+
+    out = tmp_path_factory.mktemp("onnx_features") / "bundle"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # official config fields without effect on inference
+        config = FlexConfig.from_official_json(official_dir / "config.json")
+        export_bundle(official_dir / "state_dict.safetensors", out, template=official_dir / "gghead_template.obj",
+                      config=config, precisions=("fp32",), targets=("onnx",), progress=None)
+    return out

@@ -51,17 +51,8 @@ def release_build() -> Path:
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory, official_dir) -> Path:
-    from flexavatar.config import FlexConfig
-    from flexavatar.export import export_bundle
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        config = FlexConfig.from_official_json(official_dir / "config.json")
-        out = tmp_path_factory.mktemp("cpp_runtime") / "bundle"
-        export_bundle(official_dir / "state_dict.safetensors", out, template=official_dir / "gghead_template.obj",
-                      config=config, precisions=("fp32",), targets=("onnx",), progress=None)
-    return out
+def bundle_dir(onnx_features_bundle) -> Path:
+    return onnx_features_bundle
 
 
 @pytest.fixture(scope="module")

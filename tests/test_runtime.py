@@ -84,11 +84,8 @@ def bundle(tmp_path_factory, official_dir, model, photo) -> Path:
 
 
 @pytest.fixture(scope="module")
-def features_bundle(tmp_path_factory, official_dir) -> Path:
-    out = tmp_path_factory.mktemp("runtime_features") / "bundle"
-    export_bundle(official_dir / "state_dict.safetensors", out, template=official_dir / "gghead_template.obj",
-                  config=_config(official_dir), precisions=("fp32",), targets=("onnx",), progress=None)
-    return out
+def features_bundle(onnx_features_bundle) -> Path:
+    return onnx_features_bundle
 
 
 @pytest.fixture(scope="module")

@@ -13,24 +13,10 @@
 #include <vector>
 
 #include "flexavatar/flexavatar.hpp"
+#include "raw_files.h"
 
-namespace {
-
-std::vector<float> read_floats(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw flexavatar::Error(FLEXAVATAR_ERROR_IO, "cannot open " + path);
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::vector<float> out(bytes.size() / sizeof(float));
-  std::copy(bytes.begin(), bytes.begin() + long(out.size() * sizeof(float)), reinterpret_cast<char*>(out.data()));
-  return out;
-}
-
-void write(const std::string& path, const void* data, size_t bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(static_cast<const char*>(data), long(bytes));
-}
-
-}  // namespace
+using raw_files::read_floats;
+using raw_files::write;
 
 int main(int argc, char** argv) {
   if (argc != 11) {
