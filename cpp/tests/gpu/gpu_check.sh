@@ -16,7 +16,10 @@ LOGS=${OUT:-$WORK/logs}
 mkdir -p "$WORK" "$LOGS"
 ARCH=${CUDA_ARCH:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d .)}
 ARCH=${ARCH:-90}
-pyrun() { (cd "$WORK" && PYTHONPATH="$SITE" PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1 "$PY" "$@"); }
+# an outer PYTHONPATH (e.g. onnxruntime-gpu unpacked by benchmarks/device/unpack.py into /tmp/site) is kept
+# after the build's own folder, so the CMake ONNX Runtime lookup and the tests see the same ORT build
+EXTRA_PATH=${PYTHONPATH:+:$PYTHONPATH}
+pyrun() { (cd "$WORK" && PYTHONPATH="$SITE$EXTRA_PATH" PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1 "$PY" "$@"); }
 
 echo "== build (sm_$ARCH)"
 t0=$(date +%s)
@@ -27,16 +30,16 @@ echo "   built in $(($(date +%s) - t0)) s"
 pyrun -c "import flexavatar._native as n; print(n.build_info(), n.cuda_info())"
 
 echo "== gpu tests"
-timeout 150 bash -c "cd '$WORK' && PYTHONPATH='$SITE' PYTHONSAFEPATH=1 '$PY' -m pytest '$REPO/tests/test_kernels_native.py' \
+timeout 150 bash -c "cd '$WORK' && PYTHONPATH='$SITE$EXTRA_PATH' PYTHONSAFEPATH=1 '$PY' -m pytest '$REPO/tests/test_kernels_native.py' \
   --rootdir '$REPO' -c '$REPO/pyproject.toml' -p no:cacheprovider -q -rs" 2>&1 | tee "$LOGS/tests.log" | tail -25
 
 echo "== timing"
-timeout 100 bash -c "cd '$WORK' && PYTHONPATH='$SITE' PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1 '$PY' '$REPO/cpp/tests/gpu/time_cuda.py'" 2>&1 \
+timeout 100 bash -c "cd '$WORK' && PYTHONPATH='$SITE$EXTRA_PATH' PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1 '$PY' '$REPO/cpp/tests/gpu/time_cuda.py'" 2>&1 \
   | tee "$LOGS/timing.log"
 
 if command -v compute-sanitizer >/dev/null; then
   echo "== compute-sanitizer (memcheck, small scene)"
-  (cd "$WORK" && PYTHONPATH="$SITE" PYTHONSAFEPATH=1 timeout 60 compute-sanitizer --tool memcheck --error-exitcode 3 \
+  (cd "$WORK" && PYTHONPATH="$SITE$EXTRA_PATH" PYTHONSAFEPATH=1 timeout 60 compute-sanitizer --tool memcheck --error-exitcode 3 \
     "$PY" "$REPO/cpp/tests/gpu/time_cuda.py" --small) >"$LOGS/memcheck.log" 2>&1
   echo "   memcheck exit $?"; grep -E "ERROR SUMMARY|Invalid" "$LOGS/memcheck.log" | head -5
 fi
@@ -62,7 +65,7 @@ if cmake -S "$REPO/cpp" -B "$RT_BUILD" "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=Rele
      -DPython3_EXECUTABLE="$(command -v "$PY")" >"$LOGS/runtime_build.log" 2>&1 &&
    cmake --build "$RT_BUILD" --parallel "$(nproc)" --target runtime_cuda_check >>"$LOGS/runtime_build.log" 2>&1; then
   echo "   built in $(($(date +%s) - t0)) s"
-  timeout 300 bash -c "cd '$WORK' && PYTHONPATH='$SITE' PYTHONSAFEPATH=1 '$PY' - '$REPO' '$RT_BUILD/test_bundle'" \
+  timeout 300 bash -c "cd '$WORK' && PYTHONPATH='$SITE$EXTRA_PATH' PYTHONSAFEPATH=1 '$PY' - '$REPO' '$RT_BUILD/test_bundle'" \
     >"$LOGS/runtime_bundle.log" 2>&1 <<'PY'
 import os, sys, warnings
 from pathlib import Path

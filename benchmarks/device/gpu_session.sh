@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole GPU check of a session, as one device call (after the wheel parts, if any, were sent):
+#
+#     bash benchmarks/device/gpu_session.sh            # on the GPU machine, from the repo root
+#
+# 1. installs the staged wheels (onnxruntime-gpu) into /tmp/site when .device/parts/ holds them;
+# 2. points the tests at the staged fixtures (shared/fixtures, see stage.py);
+# 3. cpp/tests/gpu/gpu_check.sh: native CUDA rasterizer tests, sanitizer, the C++ runtime's CUDA path;
+# 4. benchmarks/run_gpu.sh: GPU tests + the benchmark matrix (ORT-CUDA cases run when step 1 happened),
+#    in what is left of FLEXAVATAR_SESSION_BUDGET_S (default 540 s: a device call may take 600 s).
+# $OUT receives gpu-session.tar.gz (every log) and the new benchmark records (*.json): the device returns
+# at most 8 files, so the logs travel as one archive.
+set -uo pipefail
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$REPO" || exit 1
+START=$(date +%s)
+BUDGET=${FLEXAVATAR_SESSION_BUDGET_S:-540}
+RESULTS=${OUT:-}
+OUT=$REPO/build/gpu-session
+rm -rf "$OUT" && mkdir -p "$OUT"
+if [[ -f .device/parts/index.json ]]; then
+  python3 benchmarks/device/unpack.py --target /tmp/site 2>&1 | tee "$OUT/unpack.log" \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+[[ -d shared/fixtures ]] && export FLEXAVATAR_FIXTURES=$REPO/shared/fixtures
+python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())" 2>&1 | tee "$OUT/ort.txt"
+OUT=$OUT/cpp timeout 240 bash cpp/tests/gpu/gpu_check.sh 2>&1 | tee "$OUT/gpu_check.log" | tail -40
+left=$((BUDGET - ($(date +%s) - START)))
+FLEXAVATAR_GPU_BUDGET_S=$((left - 15)) OUT=$OUT bash benchmarks/run_gpu.sh 2>&1 | tail -60
+if [[ -n "$RESULTS" ]]; then
+  tar czf "$RESULTS/gpu-session.tar.gz" -C "$REPO/build" gpu-session
+  cp "$OUT"/history/*.json "$RESULTS/" 2>/dev/null
+  ls -la "$RESULTS"
+fi
