@@ -13,17 +13,18 @@
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$REPO" || exit 1
+PY=${PYTHON:-python3}
 START=$(date +%s)
 BUDGET=${FLEXAVATAR_SESSION_BUDGET_S:-540}
 RESULTS=${OUT:-}
 OUT=$REPO/build/gpu-session
 rm -rf "$OUT" && mkdir -p "$OUT"
 if [[ -f .device/parts/index.json ]]; then
-  python3 benchmarks/device/unpack.py --target /tmp/site 2>&1 | tee "$OUT/unpack.log" \
+  "$PY" benchmarks/device/unpack.py --target /tmp/site 2>&1 | tee "$OUT/unpack.log" \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 [[ -d shared/fixtures ]] && export FLEXAVATAR_FIXTURES=$REPO/shared/fixtures
-python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())" 2>&1 | tee "$OUT/ort.txt"
+"$PY" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())" 2>&1 | tee "$OUT/ort.txt"
 OUT=$OUT/cpp timeout 240 bash cpp/tests/gpu/gpu_check.sh 2>&1 | tee "$OUT/gpu_check.log" | tail -40
 left=$((BUDGET - ($(date +%s) - START)))
 FLEXAVATAR_GPU_BUDGET_S=$((left - 15)) OUT=$OUT bash benchmarks/run_gpu.sh 2>&1 | tail -60
