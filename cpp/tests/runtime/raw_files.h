@@ -26,4 +26,17 @@ inline void write(const std::string& path, const void* data, size_t bytes) {
   if (!out) throw flexavatar::Error(FLEXAVATAR_ERROR_IO, "cannot write " + path);
 }
 
+// CAMERA.f32 of the test tools: cam2world[16], intrinsics[9], width, height, background[3] (30 floats).
+inline flexavatar_camera read_camera(const std::string& path) {
+  const std::vector<float> cam = read_floats(path);
+  if (cam.size() != 30) throw flexavatar::Error(FLEXAVATAR_ERROR_INVALID_SIZE, "camera file needs 30 floats");
+  flexavatar_camera camera{};
+  std::copy(cam.begin(), cam.begin() + 16, camera.cam2world);
+  std::copy(cam.begin() + 16, cam.begin() + 25, camera.intrinsics);
+  camera.width = int32_t(cam[25]);
+  camera.height = int32_t(cam[26]);
+  std::copy(cam.begin() + 27, cam.end(), camera.background);
+  return camera;
+}
+
 }  // namespace raw_files

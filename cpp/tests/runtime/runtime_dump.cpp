@@ -30,14 +30,7 @@ int main(int argc, char** argv) {
     rt.load_avatar_code(std::string(argv[2]) == "-" ? std::string() : argv[2]);
     const flexavatar_runtime_info info = rt.info();
     const std::vector<float> expressions = read_floats(argv[3]);
-    const std::vector<float> cam = read_floats(argv[4]);
-    if (cam.size() != 30) throw flexavatar::Error(FLEXAVATAR_ERROR_INVALID_SIZE, "camera file needs 30 floats");
-    flexavatar_camera camera{};
-    std::copy(cam.begin(), cam.begin() + 16, camera.cam2world);
-    std::copy(cam.begin() + 16, cam.begin() + 25, camera.intrinsics);
-    camera.width = int32_t(cam[25]);
-    camera.height = int32_t(cam[26]);
-    std::copy(cam.begin() + 27, cam.end(), camera.background);
+    const flexavatar_camera camera = raw_files::read_camera(argv[4]);
     const long dim = long(info.expression_dim), g = long(info.num_gaussians);
     const std::string out = argv[5];
     for (long e = 0; e < long(expressions.size()) / dim; ++e) {

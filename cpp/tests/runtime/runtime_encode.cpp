@@ -47,14 +47,7 @@ int main(int argc, char** argv) {
     write(out + "/code.f32", code.data(), code.size() * sizeof(float));
 
     const std::vector<float> expression = read_floats(argv[8]);
-    const std::vector<float> cam = read_floats(argv[9]);
-    if (cam.size() != 30) throw flexavatar::Error(FLEXAVATAR_ERROR_INVALID_SIZE, "camera file needs 30 floats");
-    flexavatar_camera camera{};
-    std::copy(cam.begin(), cam.begin() + 16, camera.cam2world);
-    std::copy(cam.begin() + 16, cam.begin() + 25, camera.intrinsics);
-    camera.width = int32_t(cam[25]);
-    camera.height = int32_t(cam[26]);
-    std::copy(cam.begin() + 27, cam.end(), camera.background);
+    const flexavatar_camera camera = raw_files::read_camera(argv[9]);
     const flexavatar_frame f = rt.render(expression, camera);
     const size_t pixels = size_t(f.width) * size_t(f.height);
     std::vector<float> frame(f.rgb, f.rgb + 3 * pixels);
