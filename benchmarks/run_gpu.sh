@@ -16,7 +16,7 @@
 #   FLEXAVATAR_BENCH_MAX_TIME seconds per case (--benchmark-max-time, default 0.5)
 #   FLEXAVATAR_GIT_COMMIT     commit to record when the tree has no .git (a copied working tree)
 #   FLEXAVATAR_GPU_TESTS_CAP  seconds for the GPU tests stage (default 100)
-#   FLEXAVATAR_FIXTURES       the fixtures folder (default: shared/fixtures staged in the tree by
+#   FLEXAVATAR_FIXTURES       the fixtures folder (default: .device/fixtures staged in the tree by
 #                             benchmarks/device/stage.py, else ../shared/fixtures)
 #   PYTHON                    interpreter (default python3)
 set -uo pipefail
@@ -132,7 +132,7 @@ benchmarks() {
 
 # fixtures: a copy staged inside the tree (benchmarks/device/stage.py; ../shared does not travel), else ../shared
 if [[ -z "${FLEXAVATAR_FIXTURES:-}" ]]; then
-  for candidate in "$REPO/shared/fixtures" "$REPO/../shared/fixtures"; do
+  for candidate in "$REPO/.device/fixtures" "$REPO/../shared/fixtures"; do
     [[ -d "$candidate" ]] && { FLEXAVATAR_FIXTURES=$(cd "$candidate" && pwd); break; }
   done
 fi

@@ -4,7 +4,7 @@
 #     bash benchmarks/device/gpu_session.sh            # on the GPU machine, from the repo root
 #
 # 1. installs the staged wheels (onnxruntime-gpu) into /tmp/site when .device/parts/ holds them;
-# 2. points the tests at the staged fixtures (shared/fixtures, see stage.py);
+# 2. points the tests at the staged fixtures (.device/fixtures, see stage.py);
 # 3. cpp/tests/gpu/gpu_check.sh: native CUDA rasterizer tests, sanitizer, the C++ runtime's CUDA path;
 # 4. benchmarks/run_gpu.sh: GPU tests + the benchmark matrix (ORT-CUDA cases run when step 1 happened),
 #    in what is left of FLEXAVATAR_SESSION_BUDGET_S (default 540 s: a device call may take 600 s).
@@ -23,7 +23,7 @@ if [[ -f .device/parts/index.json ]]; then
   "$PY" benchmarks/device/unpack.py --target /tmp/site 2>&1 | tee "$OUT/unpack.log" \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-[[ -d shared/fixtures ]] && export FLEXAVATAR_FIXTURES=$REPO/shared/fixtures
+[[ -d .device/fixtures ]] && export FLEXAVATAR_FIXTURES=$REPO/.device/fixtures
 "$PY" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())" 2>&1 | tee "$OUT/ort.txt"
 OUT=$OUT/cpp timeout 240 bash cpp/tests/gpu/gpu_check.sh 2>&1 | tee "$OUT/gpu_check.log" | tail -40
 left=$((BUDGET - ($(date +%s) - START)))

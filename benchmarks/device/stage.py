@@ -4,12 +4,13 @@ The device machine receives the working tree only (64 MiB per call, no network):
 checkout (``../shared``) do not travel, and ``onnxruntime-gpu`` (255 MB wheel, CUDA 13 build) is not in
 its image. This script, run here before the device session:
 
-* copies the fixtures the GPU tests and benchmarks read into ``shared/fixtures`` (a ``shared/`` folder
-  inside the checkout travels with every call; it is git-ignored, never committed);
+* copies the fixtures (17 MB) into ``.device/fixtures`` (git-ignored, never committed), to be carried in
+  one call (not a ``shared/`` folder: that would travel with every call and eat into each part's room);
 * downloads the wheels named with ``--wheel`` (cp312, manylinux) and splits each into parts of at most
   ``--part-mib`` MiB under ``.device/parts/`` with an index (sha256 of every part and of the whole);
-* prints the sequence of ``run`` calls: one call per part (``carry`` names that part; parts already sent
-  stay on the warm machine), the last one unpacking and running the check.
+* prints the sequence of ``run`` calls: one call per part (``carry`` names that part; what was sent stays
+  on the warm machine), the fixtures riding with the smallest part, the last call unpacking and running
+  the check. Tracked files + the carried paths of one call must stay under 64 MiB.
 
 Usage:  python benchmarks/device/stage.py --wheel onnxruntime-gpu==1.31.1
 See benchmarks/device/README.md.
@@ -29,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from flexavatar.dev_fixtures import fixtures_dir  # noqa: E402
 
 PARTS = REPO / ".device" / "parts"
-STAGED_FIXTURES = REPO / "shared" / "fixtures"
+STAGED_FIXTURES = REPO / ".device" / "fixtures"
 FIXTURE_FILES = ("official_flex", "driving")     # 17 MB: everything the tests may read
 PIP_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
@@ -81,12 +82,15 @@ def split(wheel: Path, part_bytes: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--wheel", action="append", default=[], help="pip spec, e.g. onnxruntime-gpu==1.31.1")
-    ap.add_argument("--part-mib", type=int, default=56, help="part size (the tree must stay under 64 MiB)")
+    ap.add_argument("--part-mib", type=int, default=54, help="part size (a call's tree must stay under 64 MiB)")
     ap.add_argument("--no-fixtures", action="store_true")
     args = ap.parse_args()
-    if not args.no_fixtures:
-        print(f"fixtures: {stage_fixtures() / 2**20:.1f} MiB staged in {STAGED_FIXTURES.relative_to(REPO)}/")
+    fixtures = [] if args.no_fixtures else [str(STAGED_FIXTURES.relative_to(REPO))]
+    if fixtures:
+        shutil.rmtree(STAGED_FIXTURES, ignore_errors=True)
+        print(f"fixtures: {stage_fixtures() / 2**20:.1f} MiB staged in {fixtures[0]}/")
     if not args.wheel:
+        print(f"device call: run(carry={json.dumps(fixtures)}, command='bash benchmarks/device/gpu_session.sh')")
         return
     shutil.rmtree(PARTS, ignore_errors=True)
     PARTS.mkdir(parents=True)
@@ -96,14 +100,15 @@ def main() -> None:
         index["wheels"].append({"wheel": wheel.name, "sha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
                                 "parts": split(wheel, args.part_mib * 2**20)})
     (PARTS / "index.json").write_text(json.dumps(index, indent=1))
-    names = [p["file"] for w in index["wheels"] for p in w["parts"]]
-    print(f"{len(names)} parts in {PARTS.relative_to(REPO)}/; device calls (back to back, the machine is "
+    parts = [p for w in index["wheels"] for p in w["parts"]]
+    smallest = min(range(len(parts)), key=lambda k: parts[k]["bytes"])
+    print(f"{len(parts)} parts in {PARTS.relative_to(REPO)}/; device calls (back to back, the machine is "
           "released after 30 s idle):")
-    for k, name in enumerate(names):
-        last = k == len(names) - 1
-        carry = [f".device/parts/{name}"] + ([".device/parts/index.json"] if last else [])
-        command = ("python3 benchmarks/device/unpack.py && export PYTHONPATH=/tmp/site && <the check>" if last
-                   else "ls -la .device/parts")
+    for k, part in enumerate(parts):
+        last = k == len(parts) - 1
+        carry = ([f".device/parts/{part['file']}"] + ([".device/parts/index.json"] if last else [])
+                 + (fixtures if k == smallest else []))
+        command = "bash benchmarks/device/gpu_session.sh" if last else "ls -la .device/parts"
         print(f"  run(carry={json.dumps(carry)}, command={command!r})")
 
 
