@@ -46,9 +46,11 @@ class OrtCudaModel:
     array_type = TORCH
 
     def __init__(self, path, artifact: ModelArtifact, options: EngineOptions, stream, cuda_graphs: bool):
+        import torch  # first: loads the CUDA/cuDNN libraries that ONNX Runtime's CUDA provider links to
         import onnxruntime as ort
-        import torch
 
+        if hasattr(ort, "preload_dlls"):     # onnxruntime-gpu >= 1.21: CUDA/cuDNN from nvidia-* wheels, torch-aware
+            ort.preload_dlls()
         self.torch = torch
         self.device = torch.device("cuda", options.device_id)
         self.stream = stream                                    # ORT, copies and the rasterizer share it

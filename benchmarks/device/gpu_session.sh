@@ -24,6 +24,15 @@ if [[ -f .device/parts/index.json ]]; then
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 [[ -d .device/fixtures ]] && export FLEXAVATAR_FIXTURES=$REPO/.device/fixtures
+# the C++ runtime's ORT CUDA provider resolves libcudart/libcublas/libcudnn through the loader path: add the
+# nvidia-* wheels' lib folders (Python processes get them from torch / onnxruntime.preload_dlls instead)
+NVIDIA_LIBS=$("$PY" - <<'PYEOF' 2>/dev/null
+import glob, os, site
+dirs = [d for p in site.getsitepackages() for d in sorted(glob.glob(os.path.join(p, "nvidia", "*", "lib")))]
+print(":".join(dirs))
+PYEOF
+)
+[[ -n "$NVIDIA_LIBS" ]] && export LD_LIBRARY_PATH=$NVIDIA_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 "$PY" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())" 2>&1 | tee "$OUT/ort.txt"
 OUT=$OUT/cpp timeout 240 bash cpp/tests/gpu/gpu_check.sh 2>&1 | tee "$OUT/gpu_check.log" | tail -40
 left=$((BUDGET - ($(date +%s) - START)))
