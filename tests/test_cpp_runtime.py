@@ -85,19 +85,17 @@ def _default_camera() -> tuple[np.ndarray, np.ndarray]:
     return c2w, k
 
 
-@pytest.fixture(scope="module")
-def cpp_outputs(release_build, bundle_dir, inputs, tmp_path_factory):
-    """What the C++ runtime computes: per frame Gaussians, float frame and RGBA frame."""
-    work = tmp_path_factory.mktemp("cpp_dump")
+def _run_dump(build: Path, bundle: Path, inputs: dict, work: Path, precision: str = "fp32") -> list[dict]:
+    """runtime_dump on the inputs' code and expressions: per frame Gaussians, float frame and RGBA frame."""
     c2w, k = _default_camera()
     camera = np.concatenate([c2w.ravel(), k.ravel(), [RENDER_SIZE, RENDER_SIZE], [1.0, 1.0, 1.0]]).astype(np.float32)
     camera.tofile(work / "camera.f32")
-    proc = subprocess.run([str(release_build / "tests/runtime_dump"), str(bundle_dir), str(inputs["code_path"]),
-                           str(inputs["expressions_f32"]), str(work / "camera.f32"), str(work)],
+    proc = subprocess.run([str(build / "tests/runtime_dump"), str(bundle), str(inputs["code_path"]),
+                           str(inputs["expressions_f32"]), str(work / "camera.f32"), str(work), precision],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "CPUExecutionProvider" in proc.stdout
-    g = Bundle.open(bundle_dir).manifest.conventions.n_gaussians
+    assert f"provider CPUExecutionProvider precision {precision}" in proc.stdout
+    g = Bundle.open(bundle).manifest.conventions.n_gaussians
     frames = []
     for e in range(len(inputs["expressions"])):
         flat = np.fromfile(work / f"gaussians_{e}.f32", dtype=np.float32)
@@ -113,6 +111,12 @@ def cpp_outputs(release_build, bundle_dir, inputs, tmp_path_factory):
                        "alpha": image[3 * pixels:4 * pixels].reshape(RENDER_SIZE, RENDER_SIZE),
                        "depth": image[4 * pixels:].reshape(RENDER_SIZE, RENDER_SIZE), "rgba": rgba})
     return frames
+
+
+@pytest.fixture(scope="module")
+def cpp_outputs(release_build, bundle_dir, inputs, tmp_path_factory):
+    """What the C++ runtime computes (fp32 files)."""
+    return _run_dump(release_build, bundle_dir, inputs, tmp_path_factory.mktemp("cpp_dump"))
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +197,32 @@ def test_images_equal_the_python_runtime(cpp_outputs, python_runtime, inputs, to
         # against the PyTorch model's Gaussians on the same rasterizer: image PSNR (fp16's target is 40 dB)
         mse = float(np.mean((frame["rgb"].astype(np.float64) - _render_kernels(ref)) ** 2))
         assert mse == 0 or 10 * np.log10(1 / mse) > 60
+
+
+def test_fp16_files_run_when_asked_and_equal_the_python_runtime_fp16(release_build, official_dir, inputs,
+                                                                    torch_gaussians, tmp_path):
+    from flexavatar.config import FlexConfig
+    from flexavatar.export import export_bundle
+    from flexavatar.runtime import Avatar, Runtime
+
+    bundle = tmp_path / "bundle"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = FlexConfig.from_official_json(official_dir / "config.json")
+        export_bundle(official_dir / "state_dict.safetensors", bundle, template=official_dir / "gghead_template.obj",
+                      config=config, precisions=("fp32", "fp16"), targets=("onnx",), progress=None)
+    (tmp_path / "dump").mkdir()
+    frames = _run_dump(release_build, bundle, inputs, tmp_path / "dump", precision="fp16")
+    python = Runtime(bundle, backend="onnxruntime", device="cpu", rasterizer="cpu", precision="fp16")
+    avatar = Avatar(inputs["code"].copy())
+    for frame, expression, ref in zip(frames, inputs["expressions"], torch_gaussians, strict=True):
+        py = python.decode(avatar, expression[None]).arrays()
+        worst = 0.0
+        for name in GAUSSIAN_OUTPUTS:
+            cpp = frame["gaussians"][name]
+            np.testing.assert_allclose(cpp, np.asarray(py[name])[0], rtol=0, atol=SAME_LIBRARY_TOLERANCE, err_msg=name)
+            worst = max(worst, float(np.abs(cpp - ref[name]).max()))
+        assert 1e-4 < worst < 0.1, worst     # the fp16 decoder ran (not fp32), with fp16-sized errors only
 
 
 def test_rgba_frame_is_the_quantised_float_frame(cpp_outputs):

@@ -149,12 +149,16 @@ flexavatar_status flexavatar_runtime_create(const char* bundle_dir, const flexav
     if (defaults.rasterizer < FLEXAVATAR_RASTERIZER_AUTO || defaults.rasterizer > FLEXAVATAR_RASTERIZER_CUDA)
       return fail(StatusCode::kInvalidArgument, "options.rasterizer is " + std::to_string(defaults.rasterizer) +
                                                     ", expected FLEXAVATAR_RASTERIZER_AUTO (0), CPU (1) or CUDA (2)");
+    if (defaults.precision < FLEXAVATAR_PRECISION_FP32 || defaults.precision > FLEXAVATAR_PRECISION_FP16)
+      return fail(StatusCode::kInvalidArgument, "options.precision is " + std::to_string(defaults.precision) +
+                                                    ", expected FLEXAVATAR_PRECISION_FP32 (0) or FP16 (1)");
     flexavatar::runtime::RuntimeOptions opts;
     opts.device = static_cast<flexavatar::runtime::Device>(defaults.device);
     opts.verify = static_cast<flexavatar::runtime::Verify>(defaults.verify);
     opts.num_threads = defaults.num_threads;
     opts.cuda_device = defaults.cuda_device;
     opts.rasterizer = static_cast<flexavatar::runtime::RasterizerChoice>(defaults.rasterizer);
+    opts.precision = defaults.precision == FLEXAVATAR_PRECISION_FP16 ? "fp16" : "fp32";
     std::unique_ptr<Runtime> impl;
     Status s = Runtime::create(bundle_dir, opts, &impl);
     if (!s.ok()) return report(s);
@@ -213,6 +217,10 @@ flexavatar_status flexavatar_runtime_get_info(const flexavatar_runtime* runtime,
     if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, encoders)) info->encoders = rt.encoders();
     if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, feature_channels))
       info->feature_channels = rt.feature_channels();
+    if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, decoder_precision)) {
+      std::memset(info->decoder_precision, 0, sizeof(info->decoder_precision));
+      std::strncpy(info->decoder_precision, rt.precision().c_str(), sizeof(info->decoder_precision) - 1);
+    }
     return Status::ok_status();
   });
 }

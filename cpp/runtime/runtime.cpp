@@ -77,16 +77,18 @@ Status Runtime::create(const std::string& bundle_dir, const RuntimeOptions& opti
   Status s = open_bundle(bundle_dir, options.verify, &rt->bundle_);
   if (!s.ok()) return s;
   const Manifest& m = rt->bundle_.manifest;
-  const ModelArtifact* decoder = m.find("decoder", "onnx", "fp32");
+  const std::string& precision = options.precision;
+  const ModelArtifact* decoder = m.find("decoder", "onnx", precision);
   if (!decoder) {
-    decoder = m.find("decoder_avatar", "onnx", "fp32");
+    decoder = m.find("decoder_avatar", "onnx", precision);
     rt->code_folded_in_ = decoder != nullptr;
   }
   if (!decoder) {
     std::string have;
     for (const auto& a : m.artifacts) have += (have.empty() ? "" : ", ") + a.name;
     return Status(StatusCode::kBundleInvalid, "bundle " + bundle_dir +
-                                                  " has no fp32 ONNX decoder (role 'decoder' or 'decoder_avatar'); it has: " +
+                                                  " has no " + precision +
+                                                  " ONNX decoder (role 'decoder' or 'decoder_avatar'); it has: " +
                                                   (have.empty() ? std::string("none") : have));
   }
   rt->num_gaussians_ = m.conventions.n_gaussians;
@@ -100,8 +102,13 @@ Status Runtime::create(const std::string& bundle_dir, const RuntimeOptions& opti
                   "manifest.conventions: n_gaussians " + std::to_string(rt->num_gaussians_) + ", n_head_tokens " +
                       std::to_string(rt->num_head_tokens_) + ", d_code " + std::to_string(rt->code_dim_) +
                       ", expression_dim " + std::to_string(rt->expression_dim_) + " out of range");
-  rt->encoder_artifact_ = m.find("encoder", "onnx", "fp32");
-  rt->encoder_features_artifact_ = m.find("encoder_features", "onnx", "fp32");
+  // the encoder runs once per avatar: its fp32 file does when the bundle has none of the asked precision
+  auto encoder = [&](const char* role) {
+    const ModelArtifact* a = m.find(role, "onnx", precision);
+    return a ? a : m.find(role, "onnx", "fp32");
+  };
+  rt->encoder_artifact_ = encoder("encoder");
+  rt->encoder_features_artifact_ = encoder("encoder_features");
   if (rt->encoder_features_artifact_) {
     const TensorSpec* features = rt->encoder_features_artifact_->input("features");
     if (features && features->shape.size() == 4) rt->feature_channels_ = features->shape[1];

@@ -33,6 +33,7 @@ struct RuntimeOptions {
   int num_threads = 0;
   int cuda_device = 0;
   RasterizerChoice rasterizer = RasterizerChoice::kAuto;
+  std::string precision = "fp32";  // which ONNX files: "fp32" or "fp16" (the encoder falls back to fp32)
 };
 
 // Which encoder inputs the bundle supports (the C API's FLEXAVATAR_ENCODER_* flags).
@@ -79,6 +80,7 @@ class Runtime {
   int64_t image_size() const { return bundle_.manifest.conventions.image_size; }
   bool has_bundle_avatar_code() const { return bundle_.manifest.has_avatar; }
   const std::string& decoder_provider() const { return decoder_->provider(); }
+  const std::string& precision() const { return options_.precision; }
   const char* rasterizer_name() const { return cuda_ ? "cuda" : "cpu"; }
   int rasterizer_device() const { return cuda_ ? cuda_->device() : -1; }
   uint32_t encoders() const;

@@ -90,6 +90,14 @@ typedef enum flexavatar_rasterizer {
   FLEXAVATAR_RASTERIZER_CUDA = 2  /* fails with FLEXAVATAR_ERROR_UNAVAILABLE without the library or the device */
 } flexavatar_rasterizer;
 
+/* Which of the bundle's ONNX files run: fp32, or the fp16 ones (fp16 weights and compute with float32
+ * inputs/outputs and precision-sensitive ops kept in float32: made for GPUs; on the CPU provider fp16 is not
+ * faster). The encoder falls back to fp32 when the bundle has no fp16 encoder. */
+typedef enum flexavatar_precision {
+  FLEXAVATAR_PRECISION_FP32 = 0,
+  FLEXAVATAR_PRECISION_FP16 = 1  /* FLEXAVATAR_ERROR_BUNDLE_INVALID when the bundle has no fp16 ONNX decoder */
+} flexavatar_precision;
+
 /* Which inputs flexavatar_runtime_create_avatar_code accepts (flexavatar_runtime_info.encoders). */
 #define FLEXAVATAR_ENCODER_IMAGE 1u    /* bundle role "encoder": photo + camera (DINOv2 inside the graph) */
 #define FLEXAVATAR_ENCODER_FEATURES 2u /* bundle role "encoder_features": photo + camera + DINOv2 features */
@@ -109,6 +117,7 @@ typedef struct flexavatar_runtime_options {
   int32_t num_threads;  /* CPU threads for ONNX Runtime and the rasterizer; 0 = all cores */
   int32_t cuda_device;  /* CUDA device ordinal (device CUDA / AUTO), for the execution provider and rasterizer */
   int32_t rasterizer;   /* flexavatar_rasterizer (appended: read when struct_size covers it; default AUTO) */
+  int32_t precision;    /* flexavatar_precision (appended; default FP32) */
 } flexavatar_runtime_options;
 
 typedef struct flexavatar_runtime_info {
@@ -125,6 +134,7 @@ typedef struct flexavatar_runtime_info {
   int32_t rasterizer_device;      /* the CUDA rasterizer's device ordinal; -1 for the CPU rasterizer */
   uint32_t encoders;              /* FLEXAVATAR_ENCODER_* flags; 0: the bundle has no encoder */
   int64_t feature_channels;       /* C of the DINOv2 features input (FLEXAVATAR_ENCODER_FEATURES), else 0 */
+  char decoder_precision[8];      /* "fp32" or "fp16": the decoder file that runs */
 } flexavatar_runtime_info;
 
 /* A decoded frame's Gaussians, [G, ...] float32 each, owned by the runtime. */

@@ -442,6 +442,25 @@ TEST_CASE(rasterizer_choice_cuda_fails_cleanly_without_cuda_and_info_says_which_
   }
 }
 
+TEST_CASE(precision_is_checked_and_reported) {
+  {
+    Live live;
+    CHECK(std::string(live.info.decoder_precision) == "fp32");
+  }
+  flexavatar_runtime_options options;
+  flexavatar_runtime_options_init(&options);
+  CHECK(options.precision == FLEXAVATAR_PRECISION_FP32);
+  options.device = FLEXAVATAR_DEVICE_CPU;
+  options.precision = 7;
+  flexavatar_runtime* rt = nullptr;
+  CHECK(flexavatar_runtime_create(g_bundle.c_str(), &options, &rt) == FLEXAVATAR_ERROR_INVALID_ARGUMENT && !rt);
+  CHECK(error_mentions("options.precision is 7"));
+  // the test bundle holds fp32 files only: fp16 names what is missing and what the bundle has
+  options.precision = FLEXAVATAR_PRECISION_FP16;
+  CHECK(flexavatar_runtime_create(g_bundle.c_str(), &options, &rt) == FLEXAVATAR_ERROR_BUNDLE_INVALID && !rt);
+  CHECK(error_mentions("no fp16 ONNX decoder") && error_mentions("decoder.fp32.onnx"));
+}
+
 int main(int argc, char** argv) {
   if (argc != 3) {
     std::fprintf(stderr, "usage: runtime_abuse BUNDLE SCRATCH_DIR\n");

@@ -2,7 +2,7 @@
 // the C API) on a bundle and writes what it computed as raw little-endian float32 files, which the pytest
 // compares against the Python side (PyTorch model + flexavatar.kernels CPU rasterizer).
 //
-//   runtime_dump BUNDLE CODE.npy|- EXPRESSIONS.f32 CAMERA.f32 OUT_DIR
+//   runtime_dump BUNDLE CODE.npy|- EXPRESSIONS.f32 CAMERA.f32 OUT_DIR [fp32|fp16]
 //     EXPRESSIONS.f32: E x 135 float32; CAMERA.f32: cam2world[16], intrinsics[9], width, height, background[3]
 //   writes OUT_DIR/gaussians_<e>.f32 (means, quats, scales, opacities, sh0 of frame e, concatenated)
 //          OUT_DIR/frame_<e>.f32 (rgb [H,W,3], alpha [H,W], depth [H,W]) and OUT_DIR/frame_<e>.rgba ([H,W,4] uint8)
@@ -19,13 +19,14 @@ using raw_files::read_floats;
 using raw_files::write;
 
 int main(int argc, char** argv) {
-  if (argc != 6) {
-    std::fprintf(stderr, "usage: runtime_dump BUNDLE CODE.npy|- EXPRESSIONS.f32 CAMERA.f32 OUT_DIR\n");
+  if (argc != 6 && argc != 7) {
+    std::fprintf(stderr, "usage: runtime_dump BUNDLE CODE.npy|- EXPRESSIONS.f32 CAMERA.f32 OUT_DIR [fp32|fp16]\n");
     return 2;
   }
   try {
     flexavatar_runtime_options options = flexavatar::default_options();
     options.device = FLEXAVATAR_DEVICE_CPU;
+    if (argc == 7 && std::string(argv[6]) == "fp16") options.precision = FLEXAVATAR_PRECISION_FP16;
     flexavatar::Runtime rt(argv[1], &options);
     rt.load_avatar_code(std::string(argv[2]) == "-" ? std::string() : argv[2]);
     const flexavatar_runtime_info info = rt.info();
@@ -51,7 +52,7 @@ int main(int argc, char** argv) {
       write(out + "/frame_" + std::to_string(e) + ".f32", frame.data(), frame.size() * sizeof(float));
       write(out + "/frame_" + std::to_string(e) + ".rgba", f.rgba, 4 * pixels);
     }
-    std::printf("provider %s\n", info.decoder_provider);
+    std::printf("provider %s precision %s\n", info.decoder_provider, info.decoder_precision);
     return 0;
   } catch (const flexavatar::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
