@@ -21,9 +21,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 
-# Ops that only move or select data: they run in whatever float type reaches them.
+# Ops that only move, select or measure data: they run in whatever float type reaches them (a Cast in front
+# of them would cost a pass over the tensor for nothing; Shape and Size read no values at all).
 LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Concat", "Slice", "Expand", "Unsqueeze", "Squeeze", "Gather",
-                        "Identity", "DepthToSpace", "SpaceToDepth", "Flatten", "Split", "Tile", "Pad"})
+                        "Identity", "DepthToSpace", "SpaceToDepth", "Flatten", "Split", "Tile", "Pad", "Shape", "Size"})
 # (op, input index) that must keep the dtype they have whatever the node's precision (scales, ROIs, ...).
 _FIXED_INPUTS = frozenset({("Resize", 1), ("Resize", 2), ("Pad", 2)})
 
