@@ -178,27 +178,21 @@ int api_device_free(void* ptr, int device, char* error, size_t error_len) {
   return on_device(device, "device_free", error, error_len, [&] { check(cudaFree(ptr), "cudaFree"); });
 }
 
-int api_host_alloc(void** ptr, size_t bytes, char* error, size_t error_len) {
+// Page-locked memory needs a current context: `device` is made current so that the caller's device, not
+// device 0, provides it (cudaMallocHost would otherwise create a context on the current device 0).
+int api_host_alloc(void** ptr, size_t bytes, int device, char* error, size_t error_len) {
   if (!ptr) return fail(StatusCode::kNullPointer, "host_alloc: ptr is null", error, error_len);
   *ptr = nullptr;
-  const cudaError_t err = cudaMallocHost(ptr, bytes ? bytes : 1);
-  if (err != cudaSuccess) {
-    cudaGetLastError();
-    *ptr = nullptr;
-    return fail(err == cudaErrorMemoryAllocation ? StatusCode::kOutOfMemory : StatusCode::kDeviceError,
-                std::string("cudaMallocHost: ") + cudaGetErrorName(err), error, error_len);
-  }
-  return 0;
+  return on_device(device, "host_alloc", error, error_len, [&] {
+    const cudaError_t err = cudaMallocHost(ptr, bytes ? bytes : 1);
+    if (err != cudaSuccess) *ptr = nullptr;
+    check(err, "cudaMallocHost");
+  });
 }
 
-int api_host_free(void* ptr, char* error, size_t error_len) {
+int api_host_free(void* ptr, int device, char* error, size_t error_len) {
   if (!ptr) return 0;
-  const cudaError_t err = cudaFreeHost(ptr);
-  if (err != cudaSuccess) {
-    cudaGetLastError();
-    return fail(StatusCode::kDeviceError, std::string("cudaFreeHost: ") + cudaGetErrorName(err), error, error_len);
-  }
-  return 0;
+  return on_device(device, "host_free", error, error_len, [&] { check(cudaFreeHost(ptr), "cudaFreeHost"); });
 }
 
 int api_stream_create(void** stream, int device, char* error, size_t error_len) {

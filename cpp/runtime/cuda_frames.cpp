@@ -18,7 +18,7 @@ Status CudaBuffer::allocate(const FlexavatarCudaApi* api, bool on_device, int de
   char error[kErrorLength] = {0};
   void* p = nullptr;
   const int code = on_device ? api->device_alloc(&p, bytes, device, error, sizeof(error))
-                             : api->host_alloc(&p, bytes, error, sizeof(error));
+                             : api->host_alloc(&p, bytes, device, error, sizeof(error));
   if (code != 0) {
     const Status s = status_from_c(code, error);
     return Status(s.code(), std::string(on_device ? "CUDA device" : "page-locked host") + " memory of " +
@@ -39,7 +39,7 @@ void CudaBuffer::reset() {
   if (on_device_) {
     api_->device_free(data_, device_, error, sizeof(error));
   } else {
-    api_->host_free(data_, error, sizeof(error));
+    api_->host_free(data_, device_, error, sizeof(error));
   }
   data_ = nullptr;
   bytes_ = 0;

@@ -100,15 +100,20 @@ Status OrtModel::open(const std::string& path, const SessionConfig& config, std:
   s = shared_env(api, &model->env_);
   if (!s.ok()) return s;
 
-  OrtSessionOptions* raw_options = nullptr;
-  s = model->check(api->CreateSessionOptions(&raw_options), "CreateSessionOptions");
-  if (!s.ok()) return s;
-  OrtPtr<OrtSessionOptions> options(raw_options);
-  if (config.num_threads > 0) {
-    s = model->check(api->SetIntraOpNumThreads(options.get(), config.num_threads), "SetIntraOpNumThreads");
-    if (!s.ok()) return s;
-  }
-  s = model->check(api->SetSessionGraphOptimizationLevel(options.get(), ORT_ENABLE_ALL), "graph optimisation level");
+  OrtPtr<OrtSessionOptions> options;
+  auto cpu_options = [&]() -> Status {
+    OrtSessionOptions* raw_options = nullptr;
+    Status st = model->check(api->CreateSessionOptions(&raw_options), "CreateSessionOptions");
+    if (!st.ok()) return st;
+    options.reset(raw_options);
+    if (config.num_threads > 0) {
+      st = model->check(api->SetIntraOpNumThreads(options.get(), config.num_threads), "SetIntraOpNumThreads");
+      if (!st.ok()) return st;
+    }
+    return model->check(api->SetSessionGraphOptimizationLevel(options.get(), ORT_ENABLE_ALL),
+                        "graph optimisation level");
+  };
+  s = cpu_options();
   if (!s.ok()) return s;
 
   model->provider_ = "CPUExecutionProvider";
@@ -138,6 +143,17 @@ Status OrtModel::open(const std::string& path, const SessionConfig& config, std:
 
   OrtSession* raw_session = nullptr;
   s = model->check(api->CreateSession(model->env_.get(), path.c_str(), options.get(), &raw_session), "CreateSession");
+  if (!s.ok() && model->on_cuda() && !config.require_cuda) {
+    // The CUDA provider loaded but its session cannot start (no CUDA device, a driver too old for it): the
+    // C API does not fall back by itself (the Python API does); device AUTO then runs on the CPU provider.
+    model->cuda_fallback_reason_ = s.message();
+    model->provider_ = "CPUExecutionProvider";
+    s = cpu_options();
+    if (!s.ok()) return s;
+    raw_session = nullptr;
+    s = model->check(api->CreateSession(model->env_.get(), path.c_str(), options.get(), &raw_session),
+                     "CreateSession");
+  }
   if (!s.ok()) return s;
   model->session_.reset(raw_session);
 

@@ -335,6 +335,7 @@ Status Runtime::decode(const float* expression, int64_t count, GaussiansView* ou
     if (!s.ok()) return s;
     std::copy(expression, expression + count, cuda_->host_stage() + CudaFrames::kCameraFloats);
     s = cuda_->upload_stage();
+    if (s.ok()) s = cuda_->wait();  // see render_cuda: the inputs are on the device before ONNX Runtime starts
     if (s.ok()) s = decoder_->run();
     if (s.ok()) s = cuda_->download_gaussians();
   } else {
@@ -477,6 +478,10 @@ Status Runtime::render_cuda(const float* expression, int64_t count, const Camera
     // Expression up with the camera; the decoder runs on the stream into the device Gaussians.
     std::copy(expression, expression + count, stage + CudaFrames::kCameraFloats);
     s = cuda_->upload_stage();
+    // Waited for (a few hundred bytes): a graph input that ONNX Runtime copies to the host for a CPU-placed
+    // node goes through a synchronous cudaMemcpy on the legacy default stream, which is not ordered after
+    // this non-blocking stream. The graph itself is still only queued (it runs on this stream).
+    if (s.ok()) s = cuda_->wait();
     if (s.ok()) s = decoder_->run();
     uint32_t bad = 0;
     if (s.ok()) s = cuda_->count_nonfinite_gaussians(&bad);

@@ -13,8 +13,10 @@ extern "C" {
 #endif
 
 /* 2: memory, stream, copy and frame-conversion entry points for the embedding runtime (cpp/runtime),
- * which has no link-time CUDA dependency either. The loader accepts exactly this version. */
-#define FLEXAVATAR_CUDA_ABI_VERSION 2
+ * which has no link-time CUDA dependency either. 3: host_alloc / host_free take the device (page-locked
+ * memory is allocated and freed with that device current: no CUDA context on device 0 when the runtime
+ * uses another one). The loader accepts exactly this version. */
+#define FLEXAVATAR_CUDA_ABI_VERSION 3
 #define FLEXAVATAR_CUDA_ENTRY_SYMBOL "flexavatar_cuda_api"
 
 /* Forward pass. All pointers are device memory on `device`, dense float32, C-contiguous, with the
@@ -71,13 +73,14 @@ typedef struct FlexavatarCudaApi {
   /* Number of (tile, Gaussian) intersections of a forward state (diagnostics, tests). */
   int64_t (*state_num_intersections)(const void* state);
 
-  /* ---- ABI 2 ---- */
-  /* Device memory on `device` (cudaMalloc) and page-locked host memory (cudaMallocHost: asynchronous
-   * copies from / to it do not stage through a driver buffer). bytes = 0 gives a valid 1-byte block. */
+  /* ---- ABI 2 (host_alloc / host_free: ABI 3) ---- */
+  /* Device memory on `device` (cudaMalloc) and page-locked host memory (cudaMallocHost with `device`
+   * current: asynchronous copies from / to it do not stage through a driver buffer). bytes = 0 gives a
+   * valid 1-byte block. */
   int (*device_alloc)(void** ptr, size_t bytes, int device, char* error, size_t error_len);
   int (*device_free)(void* ptr, int device, char* error, size_t error_len);
-  int (*host_alloc)(void** ptr, size_t bytes, char* error, size_t error_len);
-  int (*host_free)(void* ptr, char* error, size_t error_len);
+  int (*host_alloc)(void** ptr, size_t bytes, int device, char* error, size_t error_len);
+  int (*host_free)(void* ptr, int device, char* error, size_t error_len);
   /* A non-blocking stream on `device` (no implicit ordering with the legacy default stream). */
   int (*stream_create)(void** stream, int device, char* error, size_t error_len);
   int (*stream_destroy)(void* stream, int device, char* error, size_t error_len);
