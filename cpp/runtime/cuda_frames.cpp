@@ -76,7 +76,7 @@ Status CudaFrames::open(int device, int64_t num_gaussians, int64_t expression_di
                     "creating the stream");
   if (!s.ok()) return s;
   const auto* api = frames->api_;
-  const size_t gaussian_bytes = size_t(num_gaussians * GaussianLayout::kFloatsPerGaussian) * sizeof(float);
+  const size_t gaussian_bytes = size_t(GaussianLayout::total_floats(num_gaussians)) * sizeof(float);
   const size_t stage_bytes = size_t(kCameraFloats + expression_dim) * sizeof(float);
   for (auto [buffer, on_device, bytes] :
        {std::make_tuple(&frames->host_gaussians_, false, gaussian_bytes),
@@ -93,6 +93,12 @@ Status CudaFrames::open(int device, int64_t num_gaussians, int64_t expression_di
     if (!s.ok()) return s;
   }
   std::memset(frames->host_stage(), 0, stage_bytes);
+  // zero the block's padding on both sides once (the counts of non-finite values read it)
+  std::memset(frames->host_gaussians(), 0, gaussian_bytes);
+  s = frames->upload_gaussians();
+  if (!s.ok()) return s;
+  s = frames->wait();
+  if (!s.ok()) return s;
   *out = std::move(frames);
   return Status::ok_status();
 }
@@ -147,7 +153,7 @@ Status CudaFrames::download_gaussians() {
 
 Status CudaFrames::count_nonfinite_gaussians(uint32_t* count) {
   char error[kErrorLength] = {0};
-  Status s = check(api_->count_nonfinite(device_gaussians(), num_gaussians_ * GaussianLayout::kFloatsPerGaussian,
+  Status s = check(api_->count_nonfinite(device_gaussians(), GaussianLayout::total_floats(num_gaussians_),
                                          static_cast<uint32_t*>(device_count_.data()), device_, stream_, error,
                                          sizeof(error)),
                    error, "checking the Gaussians");

@@ -38,13 +38,19 @@ class CudaBuffer {
 };
 
 // Layout of the Gaussian block (host and device alike): means [G,3] | quats [G,4] | scales [G,3] |
-// opacities [G] | sh0 [G,3], float32.
+// opacities [G] | sh0 [G,3], float32, each slice starting on a 256-byte boundary: with zero copy the decoder
+// writes the slices as bound outputs, and G is odd for FLEX-1 (58,361), so unpadded slices would only be
+// 4-byte aligned for kernels that may store vectors. The padding is zeroed once and never written.
 struct GaussianLayout {
-  static constexpr int64_t kFloatsPerGaussian = 14;
+  static constexpr int64_t kAlignFloats = 64;  // 256 bytes
+  static int64_t padded(int64_t floats) { return (floats + kAlignFloats - 1) / kAlignFloats * kAlignFloats; }
   static int64_t offset(int output, int64_t g) {  // output: index into means, quats, scales, opacities, sh0
-    static constexpr int64_t starts[] = {0, 3, 7, 10, 11};
-    return starts[output] * g;
+    static constexpr int64_t widths[] = {3, 4, 3, 1, 3};
+    int64_t start = 0;
+    for (int i = 0; i < output; ++i) start += padded(widths[i] * g);
+    return start;
   }
+  static int64_t total_floats(int64_t g) { return offset(5, g); }
 };
 
 struct DeviceFrame {
@@ -74,8 +80,8 @@ class CudaFrames {
   void* stream() const { return stream_; }
   const std::string& library_path() const { return library_->path(); }
 
-  float* host_gaussians() const { return host_gaussians_.floats(); }      // page-locked [14 G]
-  float* device_gaussians() const { return device_gaussians_.floats(); }  // [14 G]
+  float* host_gaussians() const { return host_gaussians_.floats(); }      // page-locked [GaussianLayout::total_floats(G)]
+  float* device_gaussians() const { return device_gaussians_.floats(); }  // [GaussianLayout::total_floats(G)]
   float* device_code() const { return device_code_.floats(); }            // [R² D] or null
   float* host_stage() const { return host_stage_.floats(); }              // page-locked [32 + E]
   float* device_stage() const { return device_stage_.floats(); }          // [32 + E]

@@ -188,7 +188,7 @@ Status Runtime::bind_buffers() {
     if (cuda_) {
       host_gaussians_ = cuda_->host_gaussians();
     } else {
-      gaussians_.assign(g * GaussianLayout::kFloatsPerGaussian, 0.f);
+      gaussians_.assign(size_t(GaussianLayout::total_floats(num_gaussians_)), 0.f);
       host_gaussians_ = gaussians_.data();
     }
   } catch (const std::bad_alloc&) {
@@ -317,7 +317,7 @@ Status Runtime::check_expression(const float* expression, int64_t count) const {
 
 Status Runtime::check_host_gaussians() const {
   // A corrupted model can load and still produce garbage: never hand non-finite Gaussians on.
-  const size_t n = size_t(num_gaussians_ * GaussianLayout::kFloatsPerGaussian);
+  const size_t n = size_t(GaussianLayout::total_floats(num_gaussians_));
   for (size_t i = 0; i < n; ++i) {
     if (!std::isfinite(host_gaussians_[i]))
       return Status(StatusCode::kModelError, "the decoder produced non-finite Gaussian attributes "
