@@ -176,7 +176,7 @@ Status CudaFrames::ensure_frame(int32_t width, int32_t height) {
   host_frame_.reset();
   device_frame_.reset();
   const size_t pixels = size_t(width) * size_t(height);
-  const size_t bytes = pixels * 6 * sizeof(float);  // rgb 3 + alpha 1 + depth 1 floats + rgba 4 bytes
+  const size_t bytes = pixels * FrameSlices<float>::kFloatsPerPixel * sizeof(float);
   s = device_frame_.allocate(api_, true, device_, bytes);
   if (!s.ok()) return s;
   s = host_frame_.allocate(api_, false, device_, bytes);
@@ -194,7 +194,7 @@ Status CudaFrames::rasterize(int32_t width, int32_t height) {
     return Status(StatusCode::kInternal, "CUDA rasterizer path: frame buffers are not sized for this frame");
   const int64_t g = num_gaussians_, pixels = int64_t(width) * height;
   float* gaussians = device_gaussians();
-  float* frame = device_frame_.floats();
+  const FrameSlices<float> frame(device_frame_.floats(), pixels);
   const float* stage = device_stage();
   FlexavatarCudaForwardArgs args{};
   args.num_batches = 1;
@@ -214,9 +214,9 @@ Status CudaFrames::rasterize(int32_t width, int32_t height) {
   args.viewmats = stage;
   args.intrinsics = stage + 16;
   args.backgrounds = stage + 25;
-  args.image = frame;
-  args.alpha = frame + 3 * pixels;
-  args.depth = frame + 4 * pixels;
+  args.image = frame.rgb;
+  args.alpha = frame.alpha;
+  args.depth = frame.depth;
   args.device = device_;
   args.stream = stream_;
   char error[kErrorLength] = {0};
@@ -224,8 +224,8 @@ Status CudaFrames::rasterize(int32_t width, int32_t height) {
   Status s = check(api_->forward(&args, &state, error, sizeof(error)), error, "rasterizing");
   if (!s.ok()) return s;
   api_->release_state(state);  // no backward pass here; its buffers go back to the pool in stream order
-  return check(api_->frame_to_rgba8(frame, frame + 3 * pixels, reinterpret_cast<uint8_t*>(frame + 5 * pixels), pixels,
-                                    device_, stream_, error, sizeof(error)),
+  return check(api_->frame_to_rgba8(frame.rgb, frame.alpha, reinterpret_cast<uint8_t*>(frame.rgba8), pixels, device_,
+                                    stream_, error, sizeof(error)),
                error, "converting to RGBA8");
 }
 
@@ -237,27 +237,25 @@ Status CudaFrames::download_frame(HostFrame* out) {
   if (!s.ok()) return s;
   s = wait();
   if (!s.ok()) return s;
-  const int64_t pixels = int64_t(width_) * height_;
-  const float* frame = host_frame_.floats();
-  out->rgb = frame;
-  out->alpha = frame + 3 * pixels;
-  out->depth = frame + 4 * pixels;
-  out->rgba = reinterpret_cast<const uint8_t*>(frame + 5 * pixels);
+  const FrameSlices<const float> frame(host_frame_.floats(), int64_t(width_) * height_);
+  out->rgb = frame.rgb;
+  out->alpha = frame.alpha;
+  out->depth = frame.depth;
+  out->rgba = reinterpret_cast<const uint8_t*>(frame.rgba8);
   return Status::ok_status();
 }
 
 DeviceFrame CudaFrames::device_frame() const {
-  const int64_t pixels = int64_t(width_) * height_;
-  const float* frame = device_frame_.floats();
+  const FrameSlices<const float> frame(device_frame_.floats(), int64_t(width_) * height_);
   DeviceFrame f;
   f.width = width_;
   f.height = height_;
   f.device = device_;
   f.stream = stream_;
-  f.rgb = frame;
-  f.alpha = frame + 3 * pixels;
-  f.depth = frame + 4 * pixels;
-  f.rgba = reinterpret_cast<const uint8_t*>(frame + 5 * pixels);
+  f.rgb = frame.rgb;
+  f.alpha = frame.alpha;
+  f.depth = frame.depth;
+  f.rgba = reinterpret_cast<const uint8_t*>(frame.rgba8);
   return f;
 }
 

@@ -53,6 +53,19 @@ struct GaussianLayout {
   static int64_t total_floats(int64_t g) { return offset(5, g); }
 };
 
+// Layout of the frame block (host and device alike): rgb [H,W,3] | alpha [H,W] | depth [H,W] float32, then
+// rgba8 [H,W,4] (one float's room per pixel).
+template <typename Float>
+struct FrameSlices {
+  Float* rgb;
+  Float* alpha;
+  Float* depth;
+  Float* rgba8;  // reinterpret as uint8_t
+  static constexpr int64_t kFloatsPerPixel = 6;
+  FrameSlices(Float* block, int64_t pixels)
+      : rgb(block), alpha(block + 3 * pixels), depth(block + 4 * pixels), rgba8(block + 5 * pixels) {}
+};
+
 struct DeviceFrame {
   int32_t width = 0, height = 0, device = 0;
   void* stream = nullptr;
