@@ -53,6 +53,7 @@ DEFAULT_OPSET = 18
 MIN_OPSET = 18
 TEMPLATE_FILE_NAME = "gghead_template.obj"
 AVATAR_CODE_FILE = "avatar_code.npy"
+FP16_MAX = float(np.finfo(np.float16).max)
 N_CHECK_EXPRESSIONS = 3          # parity inputs use E = 3; graphs are traced with E = 2 (dynamic E exercised)
 TRACE_EXPRESSIONS = 2
 REFERENCE_SEED = 1234
@@ -457,11 +458,16 @@ class _Job:
 
     def check(self, folder: Path, strict_fp16: bool, warn: Progress) -> ModelArtifact:
         g = self.graph
-        runner = RUNNERS[self.format]
+        runner = RUNNERS[(self.format, self.precision)]
         got = runner.run(folder / self.file_names[0], g.feeds)
         names = g.spec.output_names
         fp32 = self.precision == "fp32"
         rows = compare(names, got, g.expected, FP32_TOLERANCE if fp32 else None)
+        if not fp32 and not all(np.isfinite(o).all() for o in got):
+            bad = [n for n, o in zip(names, got, strict=True) if not np.isfinite(o).all()]
+            raise ParityError(f"{self.name} gives non-finite values on {bad} ({runner.describe()}): an activation "
+                              f"exceeds the fp16 range (±{FP16_MAX:g}) with these weights; export fp32 only "
+                              "(--precision fp32)")
         psnr_db = None
         if not fp32:
             psnr_db = round(psnr(g.fp16_render(got), self.ref.render), 2)

@@ -182,3 +182,61 @@ def _topological(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[on
             available.update(n.output)
         ordered += ready
     return ordered
+
+
+def emulate_fp16_storage(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The float32 twin of a mixed-precision model that rounds every fp16 tensor to fp16 where it is made.
+
+    Why: ONNX Runtime's CPU provider has few fp16 kernels. It runs an fp16 node in float32 between Casts and
+    removes the Casts between consecutive such nodes, so a chain of fp16 ops keeps float32 intermediates:
+    neither their rounding nor an overflow past 65504 shows. A GPU stores every fp16 tensor as fp16. Here
+    each op computes in float32 (as fp16 GEMMs and convolutions accumulate in float32 on a GPU) and each fp16
+    output goes through a lossy Cast pair (float32 → fp16 → float32), which ONNX Runtime keeps: the twin
+    shows the rounding, and the inf of an overflow, of a real fp16 device. fp16 constants become float32
+    (exactly: they are already rounded)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    half = _tensor_names_of_type(out, HALF)
+    for i, init in enumerate(graph.initializer):
+        if init.data_type == HALF:
+            graph.initializer[i].CopyFrom(numpy_helper.from_array(
+                numpy_helper.to_array(init).astype(np.float32), init.name))
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        rounds_itself = node.op_type == "Cast"      # a Cast to fp16 is the rounding; it only needs widening
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == HALF:
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float32),
+                                                        attr.t.name))
+        nodes.append(node)
+        if node.op_type in LAYOUT_OPS:      # they move values that are already rounded
+            continue
+        for k, name in enumerate(node.output):
+            if name not in half:
+                continue
+            rounded = f"{name}__fp16"
+            if rounds_itself:
+                node.output[k] = rounded
+            else:
+                node.output[k] = f"{name}__unrounded"
+                nodes.append(helper.make_node("Cast", [node.output[k]], [rounded], to=HALF, name=f"{name}__round"))
+            nodes.append(helper.make_node("Cast", [rounded], [name], to=FLOAT, name=f"{name}__widen"))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]
+    return out
+
+
+def _tensor_names_of_type(model: onnx.ModelProto, elem_type: int) -> set[str]:
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=False)
+    g = inferred.graph
+    names = {v.name for v in list(g.input) + list(g.value_info) + list(g.output)
+             if v.type.tensor_type.elem_type == elem_type}
+    for node in g.node:
+        if node.op_type == "Cast" and any(a.name == "to" and a.i == elem_type for a in node.attribute):
+            names.update(node.output)
+        if node.op_type == "Constant" and any(a.type == onnx.AttributeProto.TENSOR and a.t.data_type == elem_type
+                                              for a in node.attribute):
+            names.update(node.output)
+    return names

@@ -15,12 +15,27 @@ FP16_PSNR_TARGET_DB = 40.0     # rendered 512² image of the fp16 model vs the f
 RENDER_SIZE = 512
 
 
-# ---- runners (one per file format; a registry, not a switch) ------------------------------------------
+# ---- runners (one per file format and precision; a registry, not a switch) -----------------------------
 
 def _run_onnx(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def _run_onnx_fp16_storage(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run the fp16 file as it is (it must open and run with default settings), then judge its float32
+    twin that rounds every fp16 tensor (``mixed_precision.emulate_fp16_storage``): ONNX Runtime's CPU
+    provider keeps chains of fp16 ops in float32, which hides the rounding and overflow of fp16 devices."""
+    import onnx
+    import onnxruntime as ort
+
+    from .mixed_precision import emulate_fp16_storage
+
+    _run_onnx(path, feeds)
+    twin = emulate_fp16_storage(onnx.load(str(path)))
+    session = ort.InferenceSession(twin.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
 
 
@@ -35,6 +50,11 @@ def _onnx_runtime_name() -> str:
     return f"onnxruntime {ort.__version__} CPUExecutionProvider"
 
 
+def _onnx_fp16_storage_name() -> str:
+    return (f"{_onnx_runtime_name()}, fp16 storage emulated (every fp16 tensor rounded to fp16 between ops, "
+            "as on a GPU; the file itself also run)")
+
+
 def _openvino_runtime_name() -> str:
     import openvino as ov
     return f"openvino {ov.get_version().split('-')[0]} CPU, INFERENCE_PRECISION_HINT=f32"
@@ -46,9 +66,12 @@ class Runner:
     describe: Callable[[], str]
 
 
-RUNNERS: dict[str, Runner] = {
-    FORMAT_ONNX: Runner(_run_onnx, _onnx_runtime_name),
-    FORMAT_OPENVINO: Runner(_run_openvino, _openvino_runtime_name),
+RUNNERS: dict[tuple[str, str], Runner] = {
+    (FORMAT_ONNX, "fp32"): Runner(_run_onnx, _onnx_runtime_name),
+    (FORMAT_ONNX, "fp16"): Runner(_run_onnx_fp16_storage, _onnx_fp16_storage_name),
+    # the fp16 IR holds fp16 weights; the CPU device computes in f32 (pinned), so nothing to emulate
+    (FORMAT_OPENVINO, "fp32"): Runner(_run_openvino, _openvino_runtime_name),
+    (FORMAT_OPENVINO, "fp16"): Runner(_run_openvino, _openvino_runtime_name),
 }
 
 

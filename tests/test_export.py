@@ -312,13 +312,13 @@ def test_failure_after_first_file_leaves_no_partial_bundle(tmp_path, monkeypatch
               for spec_role in (ROLE_ENCODER_FEATURES, ROLE_DECODER)}
     monkeypatch.setattr(exporter, "export_graph", lambda module, args, spec, opset: cached[spec.role])
     seen: list[list[str]] = []
-    real = parity.RUNNERS[FORMAT_ONNX]
+    real = parity.RUNNERS[(FORMAT_ONNX, "fp32")]
 
     def failing_run(path, feeds):
         seen.append(sorted(p.name for p in Path(path).parent.iterdir()))
         raise failure
 
-    monkeypatch.setitem(parity.RUNNERS, FORMAT_ONNX, real.__class__(failing_run, real.describe))
+    monkeypatch.setitem(parity.RUNNERS, (FORMAT_ONNX, "fp32"), real.__class__(failing_run, real.describe))
     out = tmp_path / "bundle"
     expected = ExportStepError if isinstance(failure, Exception) else KeyboardInterrupt
     with pytest.raises(expected) as info:
@@ -356,3 +356,44 @@ def test_fp16_below_psnr_target_is_flagged_or_fatal(tmp_path, monkeypatch, offic
     assert sum("WARNING" in msg for msg in messages) == 2 and "FLAGGED" in result.summary
     assert sorted(p.name for p in result.path.iterdir()) == ["decoder.fp16.onnx", "encoder_features.fp16.onnx",
                                                             "manifest.json"]        # fp32 sources removed
+
+
+def test_fp16_overflow_that_the_cpu_provider_hides_fails_the_export(tmp_path, monkeypatch, official_dir,
+                                                                    features_bundle):
+    """An activation beyond fp16's range (here: a LayerNorm output scaled by 3e4 and back, an identity in
+    float32) is caught by the fp16 storage twin although ONNX Runtime's CPU provider runs the file finely."""
+    import flexavatar.export.exporter as exporter
+    from flexavatar.export import ParityError
+    from flexavatar.export.mixed_precision import emulate_fp16_storage
+    from flexavatar.export.onnx_tools import to_fp16
+
+    decoder = onnx.load(str(features_bundle.path(features_bundle.artifact(ROLE_DECODER))))
+    norm = next(n for n in decoder.graph.node if n.op_type == "LayerNormalization")
+    normed = norm.output[0]
+    for node in decoder.graph.node:
+        node.input[:] = [f"{normed}__restored" if i == normed else i for i in node.input]
+    decoder.graph.initializer.extend([onnx.numpy_helper.from_array(np.array(3.0e4, np.float32), "up"),
+                                      onnx.numpy_helper.from_array(np.array(1 / 3.0e4, np.float32), "down")])
+    at = list(decoder.graph.node).index(norm) + 1
+    for k, node in enumerate([onnx.helper.make_node("Mul", [normed, "up"], [f"{normed}__up"]),
+                              onnx.helper.make_node("Mul", [f"{normed}__up", "down"], [f"{normed}__restored"])]):
+        decoder.graph.node.insert(at + k, node)
+    cached = {ROLE_ENCODER_FEATURES: onnx.load(str(features_bundle.path(features_bundle.artifact(
+        ROLE_ENCODER_FEATURES)))), ROLE_DECODER: decoder}
+    monkeypatch.setattr(exporter, "export_graph", lambda module, args, spec, opset: cached[spec.role])
+
+    # the premise: the CPU provider keeps the scaled chain in float32, the twin rounds it to inf
+    half = to_fp16(decoder)
+    code_shape = [d.dim_value for d in half.graph.input[0].type.tensor_type.shape.dim]     # [1, R², D]
+    feeds = {"code": np.random.default_rng(0).standard_normal(code_shape).astype(np.float32),
+             "expressions": np.zeros((1, 135), np.float32)}
+    run = lambda m: ort.InferenceSession(m.SerializeToString(),  # noqa: E731
+                                         providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert all(np.isfinite(o).all() for o in run(half))
+    assert not all(np.isfinite(o).all() for o in run(emulate_fp16_storage(half)))
+
+    with pytest.raises(ParityError, match=r"decoder\.fp16\.onnx gives non-finite values .*fp16 range"):
+        export_bundle(official_dir / "state_dict.safetensors", tmp_path / "b",
+                      template=official_dir / "gghead_template.obj", config=_config(official_dir),
+                      precisions="fp16", targets="onnx", progress=None)
+    assert list(tmp_path.iterdir()) == []

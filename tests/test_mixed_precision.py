@@ -128,3 +128,58 @@ def test_untyped_intermediate_is_a_clear_error():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("example.custom", 1)])
     with pytest.raises(ValueError, match="no type for 1 tensors .*'u'"):
         mp.convert(model, FP16_POLICY)
+
+
+# ---- fp16 storage emulation (the export check's view of a GPU) ------------------------------------------
+
+def _scale_chain(scales: list[float]) -> onnx.ModelProto:
+    """x [2, 3] → MatMul(w) → Mul(s1) → Mul(s2) → ... → Softmax → out: one fp32-kept op at the end."""
+    w = np.array([[1.5, -0.25, 0.75], [0.5, 2.0, -1.0], [-0.125, 0.3, 1.1]], np.float32)
+    inits = [numpy_helper.from_array(w, "w")]
+    nodes, prev = [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm")], "m"
+    for i, s in enumerate(scales):
+        inits.append(numpy_helper.from_array(np.array(s, np.float32), f"s{i}"))
+        nodes.append(helper.make_node("Mul", [prev, f"s{i}"], [f"y{i}"], name=f"mul{i}"))
+        prev = f"y{i}"
+    nodes.append(helper.make_node("Softmax", [prev], ["out"], axis=-1, name="softmax"))
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("out", FLOAT, [2, 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+def _numpy_fp16_device(x: np.ndarray, scales: list[float]) -> np.ndarray:
+    """The oracle: what an fp16 device computes for _scale_chain — fp16 tensors, float32 accumulation inside
+    the MatMul, the Softmax (kept fp32 by the policy) in float32 on the widened fp16 input."""
+    h = lambda a: np.asarray(a, np.float32).astype(np.float16)      # noqa: E731 — store as fp16
+    w = h(np.array([[1.5, -0.25, 0.75], [0.5, 2.0, -1.0], [-0.125, 0.3, 1.1]], np.float32))
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = h(h(x).astype(np.float32) @ w.astype(np.float32))
+        for s in scales:
+            y = h(y.astype(np.float32) * h(s).astype(np.float32))
+        z = y.astype(np.float32)
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_fp16_storage_twin_rounds_like_a_device_where_the_cpu_provider_does_not():
+    scales = [1 / 3, 3.0, 0.1]        # inexact in fp16: every intermediate rounding shows
+    half = to_fp16(_scale_chain(scales))
+    twin = mp.emulate_fp16_storage(half)
+    onnx.checker.check_model(twin, full_check=True)
+    assert not any(i.data_type == HALF for i in twin.graph.initializer)
+    x = np.array([[0.37, -1.21, 2.03], [0.011, 3.14, -0.77]], np.float32)
+    want = _numpy_fp16_device(x, scales)
+    np.testing.assert_allclose(_run(twin, {"x": x})[0], want, rtol=0, atol=1e-6)
+    # ONNX Runtime's CPU provider runs the fp16 chain in float32 between its Casts: it misses the rounding
+    assert np.abs(_run(half, {"x": x})[0] - want).max() > 1e-5
+
+
+def test_fp16_storage_twin_shows_the_overflow_the_cpu_provider_hides():
+    scales = [3.0e4, 1 / 3.0e4]       # fine in float32; the intermediate exceeds 65504 in fp16
+    half = to_fp16(_scale_chain(scales))
+    x = np.array([[0.5, 1.0, 2.0], [0.01, -0.02, 0.03]], np.float32)
+    direct, emulated = _run(half, {"x": x})[0], _run(mp.emulate_fp16_storage(half), {"x": x})[0]
+    assert np.isfinite(direct).all()                          # the CPU provider never stores the 1e5 in fp16
+    assert not np.isfinite(emulated[0]).all()                 # row 0 overflows: inf → Softmax → NaN
+    np.testing.assert_allclose(emulated[1], _numpy_fp16_device(x, scales)[1], atol=1e-6)   # row 1 is in range
+    assert not np.isfinite(_numpy_fp16_device(x, scales)[0]).all()
