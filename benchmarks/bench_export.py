@@ -118,7 +118,8 @@ def test_decode_onnxruntime_cpu(benchmark, bench_meta, exported, frame, precisio
     code, expressions, reference = frame
     session = _onnx_session(bundle.path(bundle.artifact(ROLE_DECODER, FORMAT_ONNX, precision)))
     feeds = {"code": code, "expressions": expressions}
-    bench_meta(stage="decode", backend="ort-cpu", size="flex1", device="cpu", dtype=precision, frames=1)
+    bench_meta(stage="decode", backend="ort-cpu", size="flex1", device="cpu", dtype=precision, frames=1,
+               opset=bundle.manifest.opset)
     out = benchmark.pedantic(lambda: session.run(None, feeds), rounds=ROUNDS, warmup_rounds=WARMUP)
     _check(out, reference, 1e-4 if precision == "fp32" else None)
 
@@ -135,7 +136,7 @@ def test_decode_openvino_cpu(benchmark, bench_meta, exported, frame, precision, 
     inference = compiled.get_property("INFERENCE_PRECISION_HINT")
     feeds = {"code": code, "expressions": expressions}
     bench_meta(stage="decode", backend="openvino", size="flex1", device="cpu", dtype=precision, frames=1,
-               inference_precision=str(inference))
+               inference_precision=str(inference), opset=bundle.manifest.opset)
     out = benchmark.pedantic(lambda: run_compiled(compiled, feeds), rounds=ROUNDS, warmup_rounds=WARMUP)
     _check(out, reference, 1e-4 if (precision, hint) == ("fp32", "f32") else None)
 
@@ -155,4 +156,41 @@ def test_decode_avatar_specialised_onnxruntime_cpu(benchmark, bench_meta, export
     feeds = {"expressions": expressions}
     bench_meta(stage="decode", backend="ort-cpu-avatar", size="flex1", device="cpu", dtype="fp32", frames=1)
     out = benchmark.pedantic(lambda: session.run(None, feeds), rounds=ROUNDS, warmup_rounds=WARMUP)
+    _check(out, reference, 1e-4)
+
+
+@pytest.fixture(scope="module")
+def decoder_opset18(flex1, tmp_path_factory, frame):
+    """The same decoder exported at opset 18 (attention, RMS norm and GELU written out as primitive ops)."""
+    import onnx
+
+    from flexavatar.export.graphs import DecoderGraph
+    from flexavatar.export.onnx_tools import export_graph
+
+    model = flex1[0]
+    code, expressions, _ = frame
+    trace_expressions = torch.from_numpy(np.repeat(expressions, 2, axis=0))     # E = 2: E stays dynamic
+    graph = export_graph(DecoderGraph(model.network), (torch.from_numpy(code), trace_expressions),
+                         DecoderGraph.spec(model.network), 18)
+    path = tmp_path_factory.mktemp("bench_export_opset18") / "decoder.fp32.onnx"
+    onnx.save_model(graph, str(path))
+    return path
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_decode_opset18_cpu(benchmark, bench_meta, exported, decoder_opset18, frame, engine):
+    """The bundle's decoder at the default opset (23) against opset 18, same weights, same run."""
+    from flexavatar.export.openvino_tools import compile_ir, run_compiled
+
+    code, expressions, reference = frame
+    feeds = {"code": code, "expressions": expressions}
+    if engine == "onnxruntime":
+        session = _onnx_session(decoder_opset18)
+        run = lambda: session.run(None, feeds)  # noqa: E731
+    else:
+        compiled = compile_ir(decoder_opset18)              # from the ONNX file; f32 as the bundle's IR check
+        run = lambda: run_compiled(compiled, feeds)  # noqa: E731
+    bench_meta(stage="decode", backend=f"{'ort-cpu' if engine == 'onnxruntime' else 'openvino'}-opset18",
+               size="flex1", device="cpu", dtype="fp32", frames=1, opset=18)
+    out = benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=WARMUP)
     _check(out, reference, 1e-4)

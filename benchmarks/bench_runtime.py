@@ -62,7 +62,9 @@ def flex1_bundle(weights_cache, flex1_model) -> Path:
     precisions, targets = (("fp32", "fp16"), ("onnx",)) if gpu else (("fp32",), ("onnx", "openvino"))
     checkpoint = weights_cache.path("flex1-random-seed0")             # written by flex1_model's weights_cache.get
     tag = "obj" if TEMPLATE_OBJ.is_file() else "synthetic"
-    folder = checkpoint.parent / f"bundle-flex1-random-seed0-{tag}-{'-'.join(precisions + targets)}"
+    from flexavatar.export.exporter import DEFAULT_OPSET
+    folder = (checkpoint.parent
+              / f"bundle-flex1-random-seed0-{tag}-{'-'.join(precisions + targets)}-opset{DEFAULT_OPSET}")
     try:
         Bundle.open(folder, verify="size")
         return folder

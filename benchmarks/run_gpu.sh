@@ -122,6 +122,16 @@ gpu_tests() {
   pyrun -m pytest "$REPO/tests" --rootdir "$REPO" -c "$REPO/pyproject.toml" -m gpu -p no:cacheprovider -q -rs
 }
 
+ort_placement() {
+  # which execution provider runs each node of the bundle's graphs (a CPU-placed compute node copies
+  # inside every frame and rules out CUDA graphs); skipped when this onnxruntime has no CUDA provider
+  if ! pyrun -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())"; then
+    echo "SKIP: this onnxruntime has no CUDAExecutionProvider"
+    return 0
+  fi
+  pyrun "$REPO/benchmarks/device/ort_placement.py" --provider cuda --json "$LOGS/ort_placement.json"
+}
+
 benchmarks() {
   # shellcheck disable=SC2086  # FLEXAVATAR_BENCH_ARGS is a list of words on purpose
   pyrun -m pytest "$REPO/benchmarks" --rootdir "$REPO" -c "$REPO/pyproject.toml" -p no:cacheprovider \
@@ -138,12 +148,13 @@ if [[ -z "${FLEXAVATAR_FIXTURES:-}" ]]; then
 fi
 export FLEXAVATAR_FIXTURES=${FLEXAVATAR_FIXTURES:-}
 export REPO PY MAX_TIME WORK SITE HISTORY
-export -f pyrun machine_info pip_install source_site build gpu_tests benchmarks
+export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement benchmarks
 ls "$HISTORY" >"$WORK/history-before.txt" 2>/dev/null
 say "flexavatar GPU run $STAMP, budget ${BUDGET_S}s, repo $REPO, commit ${FLEXAVATAR_GIT_COMMIT:-unknown}"
 stage machine 30 machine_info
 stage build 200 build
 stage gpu-tests "${FLEXAVATAR_GPU_TESTS_CAP:-100}" gpu_tests
+stage ort-placement 90 ort_placement
 RESERVE=25 stage benchmarks 100000 benchmarks
 RESERVE=0 stage dashboard 30 pyrun -m flexavatar.dashboard "$HISTORY" -o "$WORK/dashboard.html"
 

@@ -12,15 +12,26 @@ import torch
 from . import mixed_precision
 from .graphs import GraphSpec
 
-# Ops kept in float32 in the fp16 models: normalisations (variance sums overflow / lose precision in
-# fp16), softmax, the activations that produce the Gaussian attributes (exp → scales, sigmoid →
-# opacities/offsets, L2-normalisation → quaternions), the UV grid_sample (with its UV grid: fp16 UVs
-# alone cost 15 dB of rendered PSNR at FLEX-1 size) and the camera-ray maths (Einsum, Cross products as
-# Mul/Sub) of the encoder are cheap and precision-sensitive. Everything else (the MatMuls, convolutions,
-# residual adds) runs in fp16.
-FP16_FP32_OPS = ("LayerNormalization", "ReduceMean", "Pow", "Sqrt", "Reciprocal", "Softmax", "Exp", "Sigmoid",
-                 "ReduceL2", "Div", "GridSample", "Einsum", "Erf")
-FP16_POLICY = mixed_precision.Policy(frozenset(FP16_FP32_OPS))
+# Ops kept in float32 in the fp16 models: written-out normalisations (variance sums overflow / lose
+# precision in fp16), softmax, GELU (the tanh form's x³ overflows fp16 past |x| ≈ 40), the activations that
+# produce the Gaussian attributes (exp → scales, sigmoid → opacities/offsets, L2-normalisation →
+# quaternions), the UV grid_sample (with its UV grid: fp16 UVs alone cost 15 dB of rendered PSNR at
+# FLEX-1 size) and the camera-ray maths (Einsum, Cross products as Mul/Sub) of the encoder are cheap and
+# precision-sensitive. Everything else (the MatMuls, convolutions, attention, residual adds) runs in fp16.
+FP16_FP32_OPS = ("ReduceMean", "Pow", "Sqrt", "Reciprocal", "Softmax", "Exp", "Sigmoid", "ReduceL2", "Div",
+                 "GridSample", "Einsum", "Erf", "Gelu")
+# LayerNormalization / RMSNormalization nodes take fp16 tensors: their statistics are float32 whatever the
+# input type when stash_type is 1 (float, the default) — no Cast pair around each of the ~60 norms of a
+# decoder. Only a node that asks for fp16 statistics stays float32.
+NORMALISATIONS = frozenset({"LayerNormalization", "RMSNormalization"})
+
+
+def _norm_with_fp16_statistics(node: onnx.NodeProto) -> bool:
+    stash = next((a.i for a in node.attribute if a.name == "stash_type"), onnx.TensorProto.FLOAT)
+    return node.op_type in NORMALISATIONS and stash != onnx.TensorProto.FLOAT
+
+
+FP16_POLICY = mixed_precision.Policy(frozenset(FP16_FP32_OPS), _norm_with_fp16_statistics)
 UNLIMITED = 1 << 40
 
 

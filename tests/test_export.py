@@ -23,6 +23,7 @@ from flexavatar.config import FlexConfig
 from flexavatar.dinov2 import DinoV2Config
 from flexavatar.export import ExportStepError, export_bundle
 from flexavatar.export.cli import main as cli_main
+from flexavatar.export.exporter import DEFAULT_OPSET
 from flexavatar.export.onnx_tools import FP16_FP32_OPS, constant_only_nodes
 from flexavatar.export.openvino_tools import compile_ir, run_compiled
 from flexavatar.export.parity import psnr, render_frontal
@@ -144,7 +145,7 @@ def test_template_and_conventions_recorded(full, official_dir):
                                                                                   "sh0", 1)
     assert (c.n_head_tokens, c.d_code, c.image_size, c.expression_dim) == (64, 64, 128, 135)
     assert c.expression_layout["expression"] == (0, 100) and c.expression_layout["head_translation"] == (132, 135)
-    assert m.opset == 18 and {"torch", "onnx", "onnxruntime", "openvino"} <= set(m.versions)
+    assert m.opset == DEFAULT_OPSET == 23 and {"torch", "onnx", "onnxruntime", "openvino"} <= set(m.versions)
 
 
 def test_onnx_files_pass_the_checker_and_carry_metadata(full):
@@ -153,7 +154,11 @@ def test_onnx_files_pass_the_checker_and_carry_metadata(full):
         path = result.path / artifact.path
         model = onnx.load(str(path))
         onnx.checker.check_model(model, full_check=True)
-        assert model.opset_import[0].version == 18
+        assert model.opset_import[0].version == DEFAULT_OPSET
+        # opset 23: attention, RMS norm and GELU are single nodes (the fast fused kernels of the runtimes)
+        ops = {n.op_type for n in model.graph.node}
+        assert {"Attention", "Gelu", "LayerNormalization", "RMSNormalization"} <= ops
+        assert not ops & {"Softmax", "Tanh", "Erf"}
         props = {p.key: p.value for p in model.metadata_props}
         assert read_onnx_metadata_props(path) == props         # the protobuf scanner reads what onnx reads
         assert read_onnx_metadata(path).role == artifact.role
@@ -178,8 +183,12 @@ def test_fp16_models_keep_float32_io_and_blocked_ops(full):
         types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info)
                  + list(inferred.graph.output)}
         for node in model.graph.node:
-            if node.op_type in ("LayerNormalization", "Softmax", "Exp", "Sigmoid"):
+            if node.op_type in FP16_FP32_OPS:
                 assert types.get(node.output[0], onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT, node.name
+            if node.op_type in ("LayerNormalization", "RMSNormalization", "MatMul", "Attention"):
+                # fp16 tensors; the norms' statistics stay float32 (stash_type 1 = the ONNX default)
+                assert types[node.output[0]] == onnx.TensorProto.FLOAT16, node.name
+                assert all(a.i == onnx.TensorProto.FLOAT for a in node.attribute if a.name == "stash_type")
 
 
 def test_decoders_are_lean(full):
