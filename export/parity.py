@@ -34,8 +34,9 @@ def _run_onnx_fp16_storage(path: Path, feeds: dict[str, np.ndarray]) -> list[np.
     from .mixed_precision import emulate_fp16_storage
 
     _run_onnx(path, feeds)
-    twin = emulate_fp16_storage(onnx.load(str(path)))
-    session = ort.InferenceSession(twin.SerializeToString(), providers=["CPUExecutionProvider"])
+    twin = emulate_fp16_storage(onnx.load(str(path))).SerializeToString()   # protos freed: FLEX-1 is GBs
+    session = ort.InferenceSession(twin, providers=["CPUExecutionProvider"])
+    del twin
     return session.run(None, feeds)
 
 

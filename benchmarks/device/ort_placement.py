@@ -53,9 +53,22 @@ def _session(ort, path: Path, provider: str, profile_prefix: str | None, cuda_gr
     return ort.InferenceSession(str(path), so, providers=providers)
 
 
+def _load_onnxruntime(provider: str):
+    if provider == PROVIDERS["cuda"]:
+        try:        # torch first: it loads the CUDA / cuDNN libraries the CUDA provider links to (as runtime/gpu.py)
+            import torch  # noqa: F401
+        except ImportError:
+            pass
+    import onnxruntime as ort
+
+    if provider == PROVIDERS["cuda"] and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+    return ort
+
+
 def placement(path: Path, provider: str, workdir: Path) -> dict:
     """One profiled run → {"providers": {ep: n}, "off_provider": {op: n}, "memcpy": n, "cuda_graphs": str}."""
-    import onnxruntime as ort
+    ort = _load_onnxruntime(provider)
 
     session = _session(ort, path, provider, str(workdir / path.stem))
     active = session.get_providers()
