@@ -12,7 +12,6 @@ a benchmark; speed never does).
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from flexavatar.bundle import Bundle, BundleError  # noqa: E402
 from flexavatar.config import FLEX1  # noqa: E402
 from flexavatar.dev_fixtures import fixtures_dir  # noqa: E402
 from flexavatar.runtime import (Avatar, Camera, Runtime, load_expressions, orbit_camera,  # noqa: E402
@@ -49,30 +47,6 @@ CASES = [
 
 
 
-
-
-@pytest.fixture(scope="module")
-def flex1_bundle(weights_cache, flex1_model) -> Path:
-    """The FLEX-1 random-weight bundle, exported once into benchmarks/.cache (reused while it verifies)."""
-    from flexavatar.export import export_bundle
-
-    # CPU machine: fp32 ONNX + OpenVINO. CUDA machine: fp32 + fp16 ONNX only (the export's CPU parity checks
-    # dominate its time; OpenVINO is a CPU engine and is measured on CPU machines)
-    gpu = torch.cuda.is_available()
-    precisions, targets = (("fp32", "fp16"), ("onnx",)) if gpu else (("fp32",), ("onnx", "openvino"))
-    checkpoint = weights_cache.path("flex1-random-seed0")             # written by flex1_model's weights_cache.get
-    tag = "obj" if TEMPLATE_OBJ.is_file() else "synthetic"
-    from flexavatar.export.exporter import DEFAULT_OPSET
-    folder = (checkpoint.parent
-              / f"bundle-flex1-random-seed0-{tag}-{'-'.join(precisions + targets)}-opset{DEFAULT_OPSET}")
-    try:
-        Bundle.open(folder, verify="size")
-        return folder
-    except BundleError:
-        shutil.rmtree(folder, ignore_errors=True)
-    export_bundle(checkpoint, folder, template=flex1_model.template, precisions=precisions, targets=targets,
-                  force=True, progress=lambda msg: print(msg, flush=True))
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -84,6 +84,22 @@ constexpr size_t kInfoV1Size = offsetof(flexavatar_runtime_info, decoder_provide
 constexpr size_t kEncoderInputV1Size = offsetof(flexavatar_encoder_input, feature_width) + sizeof(int64_t);
 constexpr size_t kDeviceFrameV1Size = offsetof(flexavatar_device_frame, depth) + sizeof(const float*);
 
+// The *_init functions: the defaults into the caller's struct, never past its struct_size bytes (a caller
+// built against an older header has a shorter struct; a newer one's unknown tail is zeroed).
+template <typename T>
+flexavatar_status init_sized(T* out, uint32_t struct_size, T defaults, size_t v1_size, const char* function) {
+  if (!out) return fail(StatusCode::kNullPointer, std::string(function) + ": the struct pointer is NULL");
+  if (struct_size < v1_size)
+    return fail(StatusCode::kInvalidSize, std::string(function) + ": struct_size is " + std::to_string(struct_size) +
+                                              ", expected sizeof the struct (" + std::to_string(sizeof(T)) +
+                                              " in this library, at least " + std::to_string(v1_size) + ")");
+  const size_t known = std::min<size_t>(struct_size, sizeof(T));
+  defaults.struct_size = static_cast<uint32_t>(struct_size);
+  std::memcpy(out, &defaults, known);
+  if (struct_size > known) std::memset(reinterpret_cast<unsigned char*>(out) + known, 0, struct_size - known);
+  return FLEXAVATAR_OK;
+}
+
 flexavatar::runtime::Camera to_camera(const flexavatar_camera& camera) {
   flexavatar::runtime::Camera cam;
   std::memcpy(cam.cam2world, camera.cam2world, sizeof(cam.cam2world));
@@ -108,12 +124,12 @@ const char* flexavatar_status_name(flexavatar_status status) {
 
 const char* flexavatar_last_error(void) { return t_last_error.c_str(); }
 
-void flexavatar_runtime_options_init(flexavatar_runtime_options* options) {
-  if (!options) return;
-  std::memset(options, 0, sizeof(*options));
-  options->struct_size = sizeof(*options);
-  options->device = FLEXAVATAR_DEVICE_AUTO;
-  options->verify = FLEXAVATAR_VERIFY_FULL;
+flexavatar_status flexavatar_runtime_options_init(flexavatar_runtime_options* options, uint32_t struct_size) {
+  flexavatar_runtime_options defaults;
+  std::memset(&defaults, 0, sizeof(defaults));
+  defaults.device = FLEXAVATAR_DEVICE_AUTO;
+  defaults.verify = FLEXAVATAR_VERIFY_FULL;
+  return init_sized(options, struct_size, defaults, kOptionsV1Size, "flexavatar_runtime_options_init");
 }
 
 flexavatar_status flexavatar_runtime_create(const char* bundle_dir, const flexavatar_runtime_options* options,
@@ -123,13 +139,13 @@ flexavatar_status flexavatar_runtime_create(const char* bundle_dir, const flexav
     *out = nullptr;
     if (!bundle_dir) return fail(StatusCode::kNullPointer, "flexavatar_runtime_create: bundle_dir is NULL");
     flexavatar_runtime_options defaults;
-    flexavatar_runtime_options_init(&defaults);
+    flexavatar_runtime_options_init(&defaults, sizeof(defaults));
     if (options) {
       if (!sized_ok(options->struct_size, kOptionsV1Size))
         return fail(StatusCode::kInvalidArgument,
                     "flexavatar_runtime_create: options->struct_size is " + std::to_string(options->struct_size) +
                         ", expected sizeof(flexavatar_runtime_options) = " + std::to_string(sizeof(defaults)) +
-                        " (call flexavatar_runtime_options_init)");
+                        " (call flexavatar_runtime_options_init(&options, sizeof options))");
       // An older caller's struct is shorter: its missing (appended) fields keep their defaults.
       std::memcpy(&defaults, options, std::min<size_t>(options->struct_size, sizeof(defaults)));
       defaults.struct_size = sizeof(defaults);
@@ -240,12 +256,12 @@ flexavatar_status flexavatar_runtime_get_avatar_code(const flexavatar_runtime* r
                       [&](Runtime& rt) { return rt.get_avatar_code(code, count); });
 }
 
-void flexavatar_encoder_input_init(flexavatar_encoder_input* input) {
-  if (!input) return;
-  std::memset(input, 0, sizeof(*input));
-  input->struct_size = sizeof(*input);
-  std::memcpy(input->cam2world, flexavatar::runtime::kDemoCam2World, sizeof(input->cam2world));
-  std::memcpy(input->intrinsics, flexavatar::runtime::kDemoIntrinsics, sizeof(input->intrinsics));
+flexavatar_status flexavatar_encoder_input_init(flexavatar_encoder_input* input, uint32_t struct_size) {
+  flexavatar_encoder_input defaults;
+  std::memset(&defaults, 0, sizeof(defaults));
+  std::memcpy(defaults.cam2world, flexavatar::runtime::kDemoCam2World, sizeof(defaults.cam2world));
+  std::memcpy(defaults.intrinsics, flexavatar::runtime::kDemoIntrinsics, sizeof(defaults.intrinsics));
+  return init_sized(input, struct_size, defaults, kEncoderInputV1Size, "flexavatar_encoder_input_init");
 }
 
 flexavatar_status flexavatar_runtime_create_avatar_code(flexavatar_runtime* runtime,
@@ -256,7 +272,7 @@ flexavatar_status flexavatar_runtime_create_avatar_code(flexavatar_runtime* runt
       return Status(StatusCode::kInvalidArgument,
                     "flexavatar_runtime_create_avatar_code: input->struct_size is " +
                         std::to_string(input->struct_size) + ", expected sizeof(flexavatar_encoder_input) = " +
-                        std::to_string(sizeof(flexavatar_encoder_input)) + " (call flexavatar_encoder_input_init)");
+                        std::to_string(sizeof(flexavatar_encoder_input)) + " (call flexavatar_encoder_input_init(&input, sizeof input))");
     flexavatar::runtime::EncoderInput in;
     in.image = input->image;
     in.image_count = input->image_count;

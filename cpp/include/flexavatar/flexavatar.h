@@ -1,13 +1,13 @@
 /* flexavatar C API: load an exported avatar bundle and render frames, without Python.
  *
  *   flexavatar_runtime_options options;
- *   flexavatar_runtime_options_init(&options);
+ *   flexavatar_runtime_options_init(&options, sizeof options);
  *   flexavatar_runtime* rt = NULL;
  *   if (flexavatar_runtime_create("bundle/", &options, &rt) != FLEXAVATAR_OK) {
  *     fprintf(stderr, "%s\n", flexavatar_last_error());
  *   }
  *   flexavatar_runtime_load_avatar_code(rt, "avatar_code.npy");   // or set_avatar_code(rt, floats, n)
- *   // or encode a photo: flexavatar_encoder_input in; flexavatar_encoder_input_init(&in);
+ *   // or encode a photo: flexavatar_encoder_input in; flexavatar_encoder_input_init(&in, sizeof in);
  *   //   in.image = chw; in.image_count = 3 * S * S; flexavatar_runtime_create_avatar_code(rt, &in);
  *   flexavatar_frame frame;
  *   flexavatar_runtime_render(rt, expression_135, &camera, &frame);  // frame.rgba: [H, W, 4] uint8
@@ -27,8 +27,10 @@
  *  - One runtime is used by one thread at a time (calls on one runtime are serialised by a lock);
  *    different runtimes may be used from different threads.
  *  - Structs with a struct_size field carry their own size so that later versions can append fields: the
- *    library reads or fills only the fields that fit in the caller's struct_size (the *_init functions
- *    set it). Appending a field or a function is not an incompatible change.
+ *    library reads or fills only the fields that fit in the caller's struct_size. The *_init functions
+ *    take the caller's sizeof and set struct_size to it: a program built against an older header passes
+ *    its smaller size and nothing past it is written. Appending a field or a function is not an
+ *    incompatible change.
  *
  * Conventions are those of the bundle's manifest (flexavatar/bundle.py): OpenCV camera axes, cam2world
  * 4x4 row-major, intrinsics normalised by the image size, quaternions wxyz, colour = SH degree-0,
@@ -54,8 +56,10 @@
 extern "C" {
 #endif
 
-/* Incremented on every incompatible change of this header. */
-#define FLEXAVATAR_API_VERSION 1
+/* Incremented on every incompatible change of this header.
+ * 2: flexavatar_runtime_options_init / flexavatar_encoder_input_init take the caller's struct size and return a
+ *    status (version 1 filled the library's sizeof, past the end of an older caller's struct). */
+#define FLEXAVATAR_API_VERSION 2
 
 typedef enum flexavatar_status {
   FLEXAVATAR_OK = 0,
@@ -111,7 +115,7 @@ typedef enum flexavatar_verify {
 typedef struct flexavatar_runtime flexavatar_runtime; /* opaque */
 
 typedef struct flexavatar_runtime_options {
-  uint32_t struct_size; /* sizeof(flexavatar_runtime_options); set by flexavatar_runtime_options_init */
+  uint32_t struct_size; /* the caller's sizeof(flexavatar_runtime_options); set by flexavatar_runtime_options_init */
   int32_t device;       /* flexavatar_device */
   int32_t verify;       /* flexavatar_verify */
   int32_t num_threads;  /* CPU threads for ONNX Runtime and the rasterizer; 0 = all cores */
@@ -198,7 +202,12 @@ FLEXAVATAR_API const char* flexavatar_status_name(flexavatar_status status);
 FLEXAVATAR_API const char* flexavatar_last_error(void);
 
 /* ---- runtime ---- */
-FLEXAVATAR_API void flexavatar_runtime_options_init(flexavatar_runtime_options* options);
+/* Defaults (device AUTO, verify FULL, everything else 0 = its default) into the first struct_size bytes of
+ * options; struct_size is the caller's sizeof(flexavatar_runtime_options). FLEXAVATAR_ERROR_INVALID_SIZE when
+ * it is smaller than the first version of the struct; larger sizes fill what this library knows (and zero the
+ * rest). */
+FLEXAVATAR_API flexavatar_status flexavatar_runtime_options_init(flexavatar_runtime_options* options,
+                                                                 uint32_t struct_size);
 /* Opens and validates the bundle folder (manifest, files, hashes) and creates the decoder session.
  * options may be NULL (defaults). On failure *out is set to NULL. */
 FLEXAVATAR_API flexavatar_status flexavatar_runtime_create(const char* bundle_dir,
@@ -219,8 +228,9 @@ FLEXAVATAR_API flexavatar_status flexavatar_runtime_load_avatar_code(flexavatar_
 FLEXAVATAR_API flexavatar_status flexavatar_runtime_get_avatar_code(const flexavatar_runtime* runtime, float* code,
                                                                     int64_t count);
 
-/* Sets struct_size, no image, no features and the demo's frontal camera. */
-FLEXAVATAR_API void flexavatar_encoder_input_init(flexavatar_encoder_input* input);
+/* No image, no features and the demo's frontal camera, into the first struct_size bytes of input (the caller's
+ * sizeof(flexavatar_encoder_input)); the same size rules as flexavatar_runtime_options_init. */
+FLEXAVATAR_API flexavatar_status flexavatar_encoder_input_init(flexavatar_encoder_input* input, uint32_t struct_size);
 /* Runs the bundle's encoder on one photo and makes its code the runtime's avatar code (as
  * flexavatar.runtime.Runtime.create_avatar). The encoder session is created on first use, on the decoder's
  * execution provider. With features: the bundle's "encoder_features" graph; without: its "encoder" graph

@@ -104,7 +104,7 @@ class Runtime {
 
 inline flexavatar_runtime_options default_options() {
   flexavatar_runtime_options options;
-  flexavatar_runtime_options_init(&options);
+  check(flexavatar_runtime_options_init(&options, sizeof(options)));
   return options;
 }
 
@@ -113,7 +113,7 @@ inline flexavatar_runtime_options default_options() {
 // changed (input.cam2world / input.intrinsics). The vectors must outlive the call.
 inline flexavatar_encoder_input encoder_input(const std::vector<float>& image_chw) {
   flexavatar_encoder_input input;
-  flexavatar_encoder_input_init(&input);
+  check(flexavatar_encoder_input_init(&input, sizeof(input)));
   input.image = image_chw.data();
   input.image_count = static_cast<int64_t>(image_chw.size());
   return input;

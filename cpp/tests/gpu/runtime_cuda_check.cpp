@@ -139,7 +139,7 @@ void compare_to_cpu(const HostFrame& got, const HostFrame& cpu, const std::strin
 
 flexavatar_runtime* create(const char* bundle, int device, int rasterizer, flexavatar_status* status) {
   flexavatar_runtime_options options;
-  flexavatar_runtime_options_init(&options);
+  flexavatar_runtime_options_init(&options, sizeof(options));
   options.device = device;
   options.rasterizer = rasterizer;
   options.verify = FLEXAVATAR_VERIFY_SIZE;
@@ -237,7 +237,7 @@ int main(int argc, char** argv) {
   // An explicit device ordinal that does not exist: UNAVAILABLE naming it.
   {
     flexavatar_runtime_options options;
-    flexavatar_runtime_options_init(&options);
+    flexavatar_runtime_options_init(&options, sizeof(options));
     options.rasterizer = FLEXAVATAR_RASTERIZER_CUDA;
     options.device = FLEXAVATAR_DEVICE_CPU;
     options.cuda_device = devices;

@@ -48,7 +48,7 @@ std::string replace_all(std::string text, const std::string& from, const std::st
 flexavatar_status create(const fs::path& dir, flexavatar_runtime** rt, int verify = FLEXAVATAR_VERIFY_FULL,
                          int device = FLEXAVATAR_DEVICE_CPU, int rasterizer = FLEXAVATAR_RASTERIZER_AUTO) {
   flexavatar_runtime_options options;
-  flexavatar_runtime_options_init(&options);
+  flexavatar_runtime_options_init(&options, sizeof(options));
   options.device = device;
   options.verify = verify;
   options.num_threads = 1;
@@ -293,7 +293,7 @@ TEST_CASE(encoder_inputs_are_checked_and_a_failure_keeps_the_previous_code) {
   CHECK(flexavatar_runtime_set_avatar_code(rt, previous.data(), code_floats) == FLEXAVATAR_OK);
 
   flexavatar_encoder_input in;
-  flexavatar_encoder_input_init(&in);
+  flexavatar_encoder_input_init(&in, sizeof(in));
   in.image = image.data();
   in.image_count = int64_t(image.size());
   const bool needs_features = !(live.info.encoders & FLEXAVATAR_ENCODER_IMAGE);
@@ -448,7 +448,7 @@ TEST_CASE(precision_is_checked_and_reported) {
     CHECK(std::string(live.info.decoder_precision) == "fp32");
   }
   flexavatar_runtime_options options;
-  flexavatar_runtime_options_init(&options);
+  flexavatar_runtime_options_init(&options, sizeof(options));
   CHECK(options.precision == FLEXAVATAR_PRECISION_FP32);
   options.device = FLEXAVATAR_DEVICE_CPU;
   options.precision = 7;

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -255,7 +256,7 @@ TEST_CASE(c_api_null_and_stale_handles_give_invalid_handle) {
     CHECK(flexavatar_runtime_get_info(handle, &info) == FLEXAVATAR_ERROR_INVALID_HANDLE);
     CHECK(flexavatar_runtime_default_camera(handle, &cam) == FLEXAVATAR_ERROR_INVALID_HANDLE);
     flexavatar_encoder_input input;
-    flexavatar_encoder_input_init(&input);
+    CHECK(flexavatar_encoder_input_init(&input, sizeof(input)) == FLEXAVATAR_OK);
     CHECK(flexavatar_runtime_create_avatar_code(handle, &input) == FLEXAVATAR_ERROR_INVALID_HANDLE);
     CHECK(flexavatar_runtime_get_avatar_code(handle, expression, 135) == FLEXAVATAR_ERROR_INVALID_HANDLE);
     flexavatar_device_frame df{};
@@ -274,24 +275,24 @@ TEST_CASE(c_api_create_reports_bad_arguments_and_bad_bundles) {
   CHECK(flexavatar_runtime_create("/nonexistent/bundle", nullptr, &rt) == FLEXAVATAR_ERROR_BUNDLE_FILE_MISSING);
   CHECK(std::string(flexavatar_last_error()).find("/nonexistent/bundle") != std::string::npos);
   flexavatar_runtime_options options;
-  flexavatar_runtime_options_init(&options);
+  CHECK(flexavatar_runtime_options_init(&options, sizeof(options)) == FLEXAVATAR_OK);
   options.struct_size = 4;
   CHECK(flexavatar_runtime_create("x", &options, &rt) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
-  flexavatar_runtime_options_init(&options);
+  CHECK(flexavatar_runtime_options_init(&options, sizeof(options)) == FLEXAVATAR_OK);
   options.device = 9;
   CHECK(flexavatar_runtime_create("x", &options, &rt) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
   CHECK(std::string(flexavatar_last_error()).find("options.device") != std::string::npos);
-  flexavatar_runtime_options_init(&options);
+  CHECK(flexavatar_runtime_options_init(&options, sizeof(options)) == FLEXAVATAR_OK);
   CHECK(options.rasterizer == FLEXAVATAR_RASTERIZER_AUTO && options.struct_size == sizeof(options));
   options.rasterizer = 3;
   CHECK(flexavatar_runtime_create("x", &options, &rt) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
   CHECK(std::string(flexavatar_last_error()).find("options.rasterizer") != std::string::npos);
-  flexavatar_runtime_options_init(&options);
+  CHECK(flexavatar_runtime_options_init(&options, sizeof(options)) == FLEXAVATAR_OK);
   options.cuda_device = -1;
   CHECK(flexavatar_runtime_create("x", &options, &rt) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
   CHECK(std::string(flexavatar_last_error()).find("options.cuda_device") != std::string::npos);
   // A caller built against the first version of the struct (no rasterizer field) is still accepted.
-  flexavatar_runtime_options_init(&options);
+  CHECK(flexavatar_runtime_options_init(&options, sizeof(options)) == FLEXAVATAR_OK);
   options.struct_size = offsetof(flexavatar_runtime_options, rasterizer);
   options.rasterizer = 77;  // beyond the caller's struct: must not be read
   CHECK(flexavatar_runtime_create("/nonexistent/bundle", &options, &rt) == FLEXAVATAR_ERROR_BUNDLE_FILE_MISSING);
@@ -316,7 +317,7 @@ TEST_CASE(c_api_create_reports_bad_arguments_and_bad_bundles) {
 TEST_CASE(encoder_input_init_sets_the_size_and_the_demo_camera) {
   flexavatar_encoder_input input;
   std::memset(&input, 0xAB, sizeof(input));
-  flexavatar_encoder_input_init(&input);
+  CHECK(flexavatar_encoder_input_init(&input, sizeof(input)) == FLEXAVATAR_OK);
   CHECK(input.struct_size == sizeof(input));
   CHECK(input.image == nullptr && input.image_count == 0 && input.features == nullptr);
   CHECK(input.feature_channels == 0 && input.feature_height == 0 && input.feature_width == 0);
@@ -325,7 +326,35 @@ TEST_CASE(encoder_input_init_sets_the_size_and_the_demo_camera) {
   for (int i = 0; i < 16; ++i) CHECK(input.cam2world[i] == c2w[i]);
   CHECK_NEAR(input.intrinsics[0], 2.9296875f, 1e-7f);
   CHECK(input.intrinsics[2] == 0.5f && input.intrinsics[5] == 0.5f && input.intrinsics[8] == 1.f);
-  flexavatar_encoder_input_init(nullptr);  // ignored
+  CHECK(flexavatar_encoder_input_init(nullptr, sizeof(input)) == FLEXAVATAR_ERROR_NULL_POINTER);
+  CHECK(flexavatar_encoder_input_init(&input, 8) == FLEXAVATAR_ERROR_INVALID_SIZE);
+  CHECK(std::string(flexavatar_last_error()).find("struct_size is 8") != std::string::npos);
+}
+
+// A program built against an older header has a shorter struct: init writes its bytes and not one more (the
+// guard bytes after it stay; under ASan a heap block of exactly that size would trap on a longer write).
+TEST_CASE(init_functions_never_write_past_the_callers_struct_size) {
+  const size_t v1 = offsetof(flexavatar_runtime_options, rasterizer);   // the first published options struct
+  std::vector<unsigned char> block(v1 + 16, 0xCD);
+  auto* old_options = reinterpret_cast<flexavatar_runtime_options*>(block.data());
+  CHECK(flexavatar_runtime_options_init(old_options, uint32_t(v1)) == FLEXAVATAR_OK);
+  CHECK(old_options->struct_size == v1 && old_options->device == FLEXAVATAR_DEVICE_AUTO);
+  CHECK(old_options->verify == FLEXAVATAR_VERIFY_FULL && old_options->cuda_device == 0);
+  for (size_t i = v1; i < block.size(); ++i) CHECK(block[i] == 0xCD);
+  std::unique_ptr<unsigned char[]> exact(new unsigned char[v1]);
+  CHECK(flexavatar_runtime_options_init(reinterpret_cast<flexavatar_runtime_options*>(exact.get()), uint32_t(v1)) ==
+        FLEXAVATAR_OK);
+  // ... and accepted by create: the fields it lacks keep their defaults
+  flexavatar_runtime* rt = nullptr;
+  CHECK(flexavatar_runtime_create("/nonexistent/bundle", old_options, &rt) == FLEXAVATAR_ERROR_BUNDLE_FILE_MISSING);
+  // a newer caller's longer struct: the known fields, then zeros
+  std::vector<unsigned char> longer(sizeof(flexavatar_runtime_options) + 8, 0xCD);
+  CHECK(flexavatar_runtime_options_init(reinterpret_cast<flexavatar_runtime_options*>(longer.data()),
+                                        uint32_t(longer.size())) == FLEXAVATAR_OK);
+  for (size_t i = sizeof(flexavatar_runtime_options); i < longer.size(); ++i) CHECK(longer[i] == 0);
+  CHECK(reinterpret_cast<flexavatar_runtime_options*>(longer.data())->struct_size == longer.size());
+  CHECK(flexavatar_runtime_options_init(nullptr, sizeof(flexavatar_runtime_options)) == FLEXAVATAR_ERROR_NULL_POINTER);
+  CHECK(flexavatar_runtime_options_init(old_options, 3) == FLEXAVATAR_ERROR_INVALID_SIZE);
 }
 
 HARNESS_MAIN()
