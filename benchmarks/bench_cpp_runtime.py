@@ -15,7 +15,8 @@ Two bundle sizes, each case once per size (``-k small`` / ``-k flex1``):
   GFLOP per decoded frame): ``conftest.flex1_bundle``, the bundle bench_runtime.py uses too (exported once).
 The Python case prints the ratio of the two means (C++ / Python) and checks that its frame equals the C++
 one (CPU: within one 8-bit step). The C++ library is built by ``cpp/tests/run_ctest.sh --build-only release``
-(with CUDA where nvcc is found).
+(without CUDA), or taken from ``FLEXAVATAR_CPP_RUNTIME_LIB`` (a libflexavatar_runtime.so with libflexavatar_cuda.so
+beside it, such as the one ``cpp/tests/gpu/gpu_check.sh`` builds: the ``ort-cuda+cuda`` cases need it).
 
     pytest benchmarks/bench_cpp_runtime.py --benchmark-only -k flex1
 """
@@ -96,6 +97,11 @@ def case(request, weights_cache):
 
 @pytest.fixture(scope="module")
 def cpp_library():
+    prebuilt = os.environ.get("FLEXAVATAR_CPP_RUNTIME_LIB")    # e.g. gpu_check.sh's build with CUDA (run_ctest.sh
+    if prebuilt:                                                # builds without it)
+        lib = ctypes.CDLL(prebuilt)
+        lib.flexavatar_last_error.restype = ctypes.c_char_p
+        return lib
     proc = subprocess.run(["bash", str(REPO / "cpp/tests/run_ctest.sh"), "--build-only", "release"], cwd=REPO,
                           env=dict(os.environ, FLEXAVATAR_RUNTIME="ON"), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -117,20 +123,31 @@ def _precision(bundle_dir: Path, backend: str) -> str:
     return "fp16" if backend == "ort-cuda+cuda" and fp16 else "fp32"
 
 
-def _skip_without_cuda(backend: str) -> None:
-    if backend != "ort-cuda+cuda":
-        return
-    torch = pytest.importorskip("torch")
+def _cuda_unavailable() -> str:
+    """Why the ort-cuda+cuda cases cannot run here ("" when they can): decided at collection, so that a machine
+    without them never builds the FLEX-1 bundle for them."""
+    try:
+        import torch
+    except ImportError:
+        return "no torch"
     if not torch.cuda.is_available():
-        pytest.skip("no CUDA device (torch.cuda.is_available() is False)")
-    ort = pytest.importorskip("onnxruntime")
+        return "no CUDA device (torch.cuda.is_available() is False)"
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "no onnxruntime"
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)")
+        return "this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)"
+    return ""
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
+_NO_CUDA = _cuda_unavailable()
+BACKEND_PARAMS = [pytest.param(b, marks=pytest.mark.skipif(bool(_NO_CUDA) and b == "ort-cuda+cuda", reason=_NO_CUDA))
+                  for b in BACKENDS]
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_whole_frame_cpp_runtime(benchmark, bench_meta, cpp_library, case, backend):
-    _skip_without_cuda(backend)
     lib = cpp_library
     size, bundle_dir, (code, expression, c2w, k) = case
     precision = _precision(bundle_dir, backend)
@@ -169,11 +186,10 @@ def test_whole_frame_cpp_runtime(benchmark, bench_meta, cpp_library, case, backe
         lib.flexavatar_runtime_destroy(rt)
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_whole_frame_python_runtime(benchmark, bench_meta, case, backend, capsys):
     from flexavatar.runtime import Avatar, Camera, Runtime
 
-    _skip_without_cuda(backend)
     size, bundle_dir, (code, expression, c2w, k) = case
     precision = _precision(bundle_dir, backend)
     device = "cuda" if backend == "ort-cuda+cuda" else "cpu"

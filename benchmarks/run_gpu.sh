@@ -12,7 +12,8 @@
 #
 # Knobs (environment):
 #   FLEXAVATAR_GPU_BUDGET_S   total seconds for everything (default 420)
-#   FLEXAVATAR_BENCH_ARGS     extra pytest arguments for the benchmarks, e.g. "-k cuda"
+#   FLEXAVATAR_BENCH_ARGS     extra pytest arguments for the benchmarks (split on spaces), e.g. "-x"
+#   FLEXAVATAR_BENCH_SELECT   a pytest -k expression for the benchmarks, e.g. "bench_runtime and cuda"
 #   FLEXAVATAR_BENCH_MAX_TIME seconds per case (--benchmark-max-time, default 0.5)
 #   FLEXAVATAR_GIT_COMMIT     commit to record when the tree has no .git (a copied working tree)
 #   FLEXAVATAR_GPU_TESTS_CAP  seconds for the GPU tests stage (default 100)
@@ -133,11 +134,13 @@ ort_placement() {
 }
 
 benchmarks() {
+  local selection=()
+  [[ -n "${FLEXAVATAR_BENCH_SELECT:-}" ]] && selection=(-k "$FLEXAVATAR_BENCH_SELECT")
   # shellcheck disable=SC2086  # FLEXAVATAR_BENCH_ARGS is a list of words on purpose
   pyrun -m pytest "$REPO/benchmarks" --rootdir "$REPO" -c "$REPO/pyproject.toml" -p no:cacheprovider \
     --benchmark-only --benchmark-max-time="$MAX_TIME" --benchmark-min-rounds=5 \
     --benchmark-warmup=on --benchmark-warmup-iterations=3 --benchmark-columns=min,median,mean,ops,rounds \
-    --bench-history "$HISTORY" -rs ${FLEXAVATAR_BENCH_ARGS:-}
+    --bench-history "$HISTORY" -rs "${selection[@]}" ${FLEXAVATAR_BENCH_ARGS:-}
 }
 
 # fixtures: a copy staged inside the tree (benchmarks/device/stage.py; ../shared does not travel), else ../shared

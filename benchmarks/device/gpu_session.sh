@@ -6,8 +6,11 @@
 # 1. installs the staged wheels (onnxruntime-gpu) into /tmp/site when .device/parts/ holds them;
 # 2. points the tests at the staged fixtures (.device/fixtures, see stage.py);
 # 3. cpp/tests/gpu/gpu_check.sh: native CUDA rasterizer tests, sanitizer, the C++ runtime's CUDA path;
-# 4. benchmarks/run_gpu.sh: GPU tests + the benchmark matrix (ORT-CUDA cases run when step 1 happened),
-#    in what is left of FLEXAVATAR_SESSION_BUDGET_S (default 540 s: a device call may take 600 s).
+# 4. benchmarks/run_gpu.sh: GPU tests, ONNX Runtime node placement and the benchmarks (ORT-CUDA cases run when
+#    step 1 happened), in what is left of FLEXAVATAR_SESSION_BUDGET_S (default 540 s: a device call may take
+#    600 s). The benchmarks default to what no GPU has measured yet — the whole frame of the Python and C++
+#    runtimes on CUDA at FLEX-1 size (ORT-CUDA fp32/fp16, CUDA graphs, PyTorch eager beside them); set
+#    FLEXAVATAR_BENCH_SELECT (a pytest -k expression) to choose others ("" for the whole suite).
 # $OUT receives gpu-session.tar.gz (every log) and the new benchmark records (*.json): the device returns
 # at most 8 files, so the logs travel as one archive.
 set -uo pipefail
@@ -35,8 +38,12 @@ PYEOF
 [[ -n "$NVIDIA_LIBS" ]] && export LD_LIBRARY_PATH=$NVIDIA_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 "$PY" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())" 2>&1 | tee "$OUT/ort.txt"
 OUT=$OUT/cpp timeout 240 bash cpp/tests/gpu/gpu_check.sh 2>&1 | tee "$OUT/gpu_check.log" | tail -40
+# the C++ runtime benchmark's CUDA case uses gpu_check.sh's runtime build (run_ctest.sh builds without CUDA)
+[[ -f build/gpu-check/cpp-runtime/libflexavatar_runtime.so ]] &&
+  export FLEXAVATAR_CPP_RUNTIME_LIB=$REPO/build/gpu-check/cpp-runtime/libflexavatar_runtime.so
 left=$((BUDGET - ($(date +%s) - START)))
-FLEXAVATAR_GPU_BUDGET_S=$((left - 15)) OUT=$OUT bash benchmarks/run_gpu.sh 2>&1 | tail -60
+FLEXAVATAR_BENCH_SELECT=${FLEXAVATAR_BENCH_SELECT-(bench_runtime or bench_cpp_runtime) and cuda} \
+  FLEXAVATAR_GPU_BUDGET_S=$((left - 15)) OUT=$OUT bash benchmarks/run_gpu.sh 2>&1 | tail -60
 if [[ -n "$RESULTS" ]]; then
   tar czf "$RESULTS/gpu-session.tar.gz" -C "$REPO/build" gpu-session
   cp "$OUT"/history/*.json "$RESULTS/" 2>/dev/null
