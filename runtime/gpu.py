@@ -58,7 +58,10 @@ class OrtCudaModel:
         self.cuda_graphs = bool(cuda_graphs)
         provider = {"device_id": str(options.device_id), "user_compute_stream": str(self.stream.cuda_stream),
                     "enable_cuda_graph": "1" if self.cuda_graphs else "0",
-                    "arena_extend_strategy": "kSameAsRequested", "cudnn_conv_algo_search": "HEURISTIC"}
+                    # as the C++ runtime (cpp/runtime/ort_session.cpp): ORT's default exhaustive cuDNN search (the
+                    # fastest conv algorithms for the upsampler, found once per shape during the first frames) and
+                    # an arena that grows by what is asked, not by powers of two
+                    "arena_extend_strategy": "kSameAsRequested", "cudnn_conv_algo_search": "EXHAUSTIVE"}
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), so,

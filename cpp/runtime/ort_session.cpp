@@ -122,7 +122,10 @@ Status OrtModel::open(const std::string& path, const SessionConfig& config, std:
   if (cuda_possible) {
     OrtCUDAProviderOptions cuda{};
     cuda.device_id = config.cuda_device;
-    cuda.arena_extend_strategy = 0;
+    // as the Python runtime (runtime/gpu.py): exhaustive cuDNN search (ORT's default: the fastest conv
+    // algorithms, found once per shape during the first frames), an arena that grows by what is asked
+    cuda.cudnn_conv_algo_search = OrtCudnnConvAlgoSearchExhaustive;
+    cuda.arena_extend_strategy = 1;  // kSameAsRequested
     cuda.gpu_mem_limit = SIZE_MAX;
     cuda.do_copy_in_default_stream = 1;
     if (config.cuda_stream) {
