@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flexavatar.bundle import PRECISIONS
 
-from .exporter import DEFAULT_OPSET, TARGETS
+from .exporter import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, TARGETS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "write its code plus a decoder specialised to it")
     p.add_argument("--camera", type=Path, metavar="JSON", help='the photo\'s camera: {"cam2world": 4x4 OpenCV, '
                    '"intrinsics": 3x3 normalised} (default: frontal, 1 m, fx = 1500/512)')
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (default {DEFAULT_OPSET}: attention, RMS norm and GELU as "
+                   "single nodes; 18 for runtimes that lack them)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--strict-fp16", action="store_true", help="fail when an fp16 file's rendered PSNR against "
                    "fp32 is below 40 dB (default: keep it, flag it in the manifest and warn)")

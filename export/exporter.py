@@ -53,6 +53,7 @@ TARGETS = (FORMAT_ONNX, FORMAT_OPENVINO)
 # --opset 18 writes them out as primitive ops for older runtimes
 DEFAULT_OPSET = 23
 MIN_OPSET = 18
+MAX_OPSET = 25         # torch 2.13's exporter: asked for 26 or more it silently writes opset 18 with newer nodes
 TEMPLATE_FILE_NAME = "gghead_template.obj"
 AVATAR_CODE_FILE = "avatar_code.npy"
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -92,8 +93,8 @@ def export_bundle(checkpoint: str | Path | dict, out_dir: str | Path, *, templat
     say = progress or (lambda _msg: None)
     precisions, targets = _choices(precisions, PRECISIONS, "precisions"), _choices(targets, TARGETS, "targets")
     _require_packages(with_openvino="openvino" in targets)
-    if not isinstance(opset, int) or opset < MIN_OPSET:
-        raise ExportArgumentError(f"opset must be an integer ≥ {MIN_OPSET} (default {DEFAULT_OPSET}), "
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportArgumentError(f"opset must be an integer in [{MIN_OPSET}, {MAX_OPSET}] (default {DEFAULT_OPSET}), "
                                   f"got {opset!r}")
     if camera is not None and avatar is None:
         raise ExportArgumentError("camera is the photo's camera: it needs avatar=PHOTO")

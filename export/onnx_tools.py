@@ -46,6 +46,9 @@ def export_graph(module: torch.nn.Module, args: tuple, spec: GraphSpec, opset: i
             input_names=spec.input_names, output_names=spec.output_names,
             dynamic_shapes=spec.dynamic_shapes(), verbose=False, optimize=False)
     model = program.model_proto
+    written = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:     # the exporter falls back silently for opsets it does not know
+        raise ValueError(f"torch.onnx.export wrote opset {written} when asked for {opset}")
     return fold_constants(model)
 
 

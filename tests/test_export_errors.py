@@ -122,6 +122,7 @@ def test_unwritable_output(fx, where, match):
     ({"targets": "onnx,tensorrt"}, "targets must be"),
     ({"targets": ()}, "non-empty"),
     ({"opset": 13}, "opset must be"),
+    ({"opset": 26}, r"opset must be an integer in \[18, 25\]"),
     ({"camera": "cam.json"}, "needs avatar"),
 ])
 def test_bad_arguments(fx, overrides, match):
