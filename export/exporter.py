@@ -57,6 +57,7 @@ MAX_OPSET = 25         # torch 2.13's exporter: asked for 26 or more it silently
 TEMPLATE_FILE_NAME = "gghead_template.obj"
 AVATAR_CODE_FILE = "avatar_code.npy"
 FP16_MAX = float(np.finfo(np.float16).max)
+FP16_MIN_HEADROOM = 8     # warn when an fp16 tensor of the check comes within this factor of FP16_MAX
 N_CHECK_EXPRESSIONS = 3          # parity inputs use E = 3; graphs are traced with E = 2 (dynamic E exercised)
 TRACE_EXPRESSIONS = 2
 REFERENCE_SEED = 1234
@@ -462,15 +463,20 @@ class _Job:
     def check(self, folder: Path, strict_fp16: bool, warn: Progress) -> ModelArtifact:
         g = self.graph
         runner = RUNNERS[(self.format, self.precision)]
-        got = runner.run(folder / self.file_names[0], g.feeds)
+        result = runner.run(folder / self.file_names[0], g.feeds)
+        got, peak = result.outputs, result.fp16_peak_abs
         names = g.spec.output_names
         fp32 = self.precision == "fp32"
         rows = compare(names, got, g.expected, FP32_TOLERANCE if fp32 else None)
-        if not fp32 and not all(np.isfinite(o).all() for o in got):
+        overflow = peak is not None and not peak < FP16_MAX
+        if not fp32 and (overflow or not all(np.isfinite(o).all() for o in got)):
             bad = [n for n, o in zip(names, got, strict=True) if not np.isfinite(o).all()]
-            raise ParityError(f"{self.name} gives non-finite values on {bad} ({runner.describe()}): an activation "
-                              f"exceeds the fp16 range (±{FP16_MAX:g}) with these weights; export fp32 only "
-                              "(--precision fp32)")
+            where = f"non-finite values on {bad}" if bad else f"an fp16 tensor reaching {peak:g}"
+            raise ParityError(f"{self.name} gives {where} ({runner.describe()}): an activation exceeds the fp16 "
+                              f"range (±{FP16_MAX:g}) with these weights; export fp32 only (--precision fp32)")
+        if peak is not None and peak > FP16_MAX / FP16_MIN_HEADROOM:
+            warn(f"      WARNING: {self.name}: an fp16 tensor reaches {peak:.4g}, within {FP16_MIN_HEADROOM}x of fp16's "
+                 f"{FP16_MAX:g}: other inputs may overflow on a GPU (prefer the fp32 files there)")
         psnr_db = None
         if not fp32:
             psnr_db = round(psnr(g.fp16_render(got), self.ref.render), 2)
@@ -478,7 +484,8 @@ class _Job:
         report = ParityReport(
             reference="pytorch-fp32", runtime=runner.describe(), inputs=g.inputs_text, outputs=rows, passed=passed,
             psnr_db=psnr_db, psnr_target_db=None if fp32 else FP16_PSNR_TARGET_DB,
-            render=None if fp32 else RENDER_DESCRIPTION)
+            render=None if fp32 else RENDER_DESCRIPTION,
+            fp16_peak_abs=None if peak is None else float(f"{peak:.4g}"))
         artifact = ModelArtifact(
             name=self.name, role=g.spec.role, format=self.format, precision=self.precision,
             files=tuple(file_record(folder, f) for f in self.file_names), inputs=g.spec.inputs,
@@ -668,7 +675,9 @@ def _row_text(a: ModelArtifact, folder: Path) -> str:
     size = sum(f.size for f in a.files) / 2**20
     tol = f" (tol {w.tolerance:g})" if w.tolerance is not None else ""
     psnr_text = f", PSNR {a.parity.psnr_db:.1f} dB" if a.parity.psnr_db is not None else ""
-    return f"{a.name}: {size:.1f} MiB, max abs err {w.max_abs_error:.2e} on {w.name}{tol}{psnr_text}"
+    peak = a.parity.fp16_peak_abs
+    peak_text = f", fp16 peak |x| {peak:.3g} ({FP16_MAX / peak:.0f}x headroom)" if peak else ""
+    return f"{a.name}: {size:.1f} MiB, max abs err {w.max_abs_error:.2e} on {w.name}{tol}{psnr_text}{peak_text}"
 
 
 def summary_table(manifest: Manifest, folder: Path) -> str:

@@ -184,7 +184,7 @@ def _topological(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[on
     return ordered
 
 
-def emulate_fp16_storage(model: onnx.ModelProto) -> onnx.ModelProto:
+def emulate_fp16_storage(model: onnx.ModelProto, peak_output: str | None = None) -> onnx.ModelProto:
     """The float32 twin of a mixed-precision model that rounds every fp16 tensor to fp16 where it is made.
 
     Why: ONNX Runtime's CPU provider has few fp16 kernels. It runs an fp16 node in float32 between Casts and
@@ -193,16 +193,29 @@ def emulate_fp16_storage(model: onnx.ModelProto) -> onnx.ModelProto:
     each op computes in float32 (as fp16 GEMMs and convolutions accumulate in float32 on a GPU) and each fp16
     output goes through a lossy Cast pair (float32 → fp16 → float32), which ONNX Runtime keeps: the twin
     shows the rounding, and the inf of an overflow, of a real fp16 device. fp16 constants become float32
-    (exactly: they are already rounded)."""
+    (exactly: they are already rounded).
+
+    peak_output: also output, under this name, the largest |value| any fp16 tensor takes before its rounding
+    (a float32 scalar; inf when one overflows) — the headroom left below fp16's 65504."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
     half = _tensor_names_of_type(out, HALF)
+    single = _tensor_names_of_type(out, FLOAT) if peak_output else set()
     for i, init in enumerate(graph.initializer):
         if init.data_type == HALF:
             graph.initializer[i].CopyFrom(numpy_helper.from_array(
                 numpy_helper.to_array(init).astype(np.float32), init.name))
     nodes: list[onnx.NodeProto] = []
+    peaks: list[str] = []
+
+    def measure(raw: str) -> None:
+        if peak_output:
+            nodes.append(helper.make_node("Abs", [raw], [f"{raw}__abs"], name=f"{raw}__abs"))
+            nodes.append(helper.make_node("ReduceMax", [f"{raw}__abs"], [f"{raw}__peak"], keepdims=0,
+                                          name=f"{raw}__peak"))
+            peaks.append(f"{raw}__peak")
+
     for node in graph.node:
         rounds_itself = node.op_type == "Cast"      # a Cast to fp16 is the rounding; it only needs widening
         for attr in node.attribute:
@@ -218,10 +231,18 @@ def emulate_fp16_storage(model: onnx.ModelProto) -> onnx.ModelProto:
             rounded = f"{name}__fp16"
             if rounds_itself:
                 node.output[k] = rounded
+                if node.input[0] in single:         # (not a Cast from an integer)
+                    measure(node.input[0])
             else:
                 node.output[k] = f"{name}__unrounded"
                 nodes.append(helper.make_node("Cast", [node.output[k]], [rounded], to=HALF, name=f"{name}__round"))
+                measure(node.output[k])
             nodes.append(helper.make_node("Cast", [rounded], [name], to=FLOAT, name=f"{name}__widen"))
+    if peak_output:
+        if not peaks:
+            raise ValueError("the model has no fp16 tensors: nothing to measure")
+        nodes.append(helper.make_node("Max", peaks, [peak_output], name=peak_output))
+        graph.output.append(helper.make_tensor_value_info(peak_output, FLOAT, []))
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.value_info[:]
@@ -233,6 +254,7 @@ def _tensor_names_of_type(model: onnx.ModelProto, elem_type: int) -> set[str]:
     g = inferred.graph
     names = {v.name for v in list(g.input) + list(g.value_info) + list(g.output)
              if v.type.tensor_type.elem_type == elem_type}
+    names |= {i.name for i in g.initializer if i.data_type == elem_type}
     for node in g.node:
         if node.op_type == "Cast" and any(a.name == "to" and a.i == elem_type for a in node.attribute):
             names.update(node.output)

@@ -17,33 +17,44 @@ RENDER_SIZE = 512
 
 # ---- runners (one per file format and precision; a registry, not a switch) -----------------------------
 
-def _run_onnx(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+@dataclass(frozen=True)
+class RunResult:
+    outputs: list[np.ndarray]
+    fp16_peak_abs: float | None = None      # largest |value| of any fp16 tensor (fp16 ONNX files only)
+
+
+PEAK_OUTPUT = "fp16_peak_abs"
+
+
+def _run_onnx(path: Path, feeds: dict[str, np.ndarray]) -> RunResult:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
+    return RunResult(session.run(None, feeds))
 
 
-def _run_onnx_fp16_storage(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def _run_onnx_fp16_storage(path: Path, feeds: dict[str, np.ndarray]) -> RunResult:
     """Run the fp16 file as it is (it must open and run with default settings), then judge its float32
     twin that rounds every fp16 tensor (``mixed_precision.emulate_fp16_storage``): ONNX Runtime's CPU
-    provider keeps chains of fp16 ops in float32, which hides the rounding and overflow of fp16 devices."""
+    provider keeps chains of fp16 ops in float32, which hides the rounding and overflow of fp16 devices.
+    The twin also measures the largest |value| an fp16 tensor takes (the headroom below 65504)."""
     import onnx
     import onnxruntime as ort
 
     from .mixed_precision import emulate_fp16_storage
 
     _run_onnx(path, feeds)
-    twin = emulate_fp16_storage(onnx.load(str(path))).SerializeToString()   # protos freed: FLEX-1 is GBs
+    twin = emulate_fp16_storage(onnx.load(str(path)), peak_output=PEAK_OUTPUT).SerializeToString()
     session = ort.InferenceSession(twin, providers=["CPUExecutionProvider"])
-    del twin
-    return session.run(None, feeds)
+    del twin                                                    # protos freed: FLEX-1 is GBs
+    *outputs, peak = session.run(None, feeds)
+    return RunResult(outputs, float(peak))
 
 
-def _run_openvino(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def _run_openvino(path: Path, feeds: dict[str, np.ndarray]) -> RunResult:
     from .openvino_tools import compile_ir, run_compiled
 
-    return run_compiled(compile_ir(path), feeds)
+    return RunResult(run_compiled(compile_ir(path), feeds))
 
 
 def _onnx_runtime_name() -> str:
@@ -63,7 +74,7 @@ def _openvino_runtime_name() -> str:
 
 @dataclass(frozen=True)
 class Runner:
-    run: Callable[[Path, dict[str, np.ndarray]], list[np.ndarray]]
+    run: Callable[[Path, dict[str, np.ndarray]], RunResult]
     describe: Callable[[], str]
 
 

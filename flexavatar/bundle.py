@@ -143,6 +143,7 @@ class ParityReport:
     psnr_db: float | None = None        # fp16: PSNR of a rendered image against the fp32 render
     psnr_target_db: float | None = None
     render: str | None = None           # how the PSNR image was rendered
+    fp16_peak_abs: float | None = None  # fp16 ONNX: the largest |value| an fp16 tensor took (headroom to 65504)
 
     def output(self, name: str) -> OutputParity:
         for o in self.outputs:
@@ -597,7 +598,8 @@ def _parity(r: _Reader) -> ParityReport:
     render = r.get("render")
     return ParityReport(reference=r.str("reference"), runtime=r.str("runtime"), inputs=r.str("inputs"),
                         outputs=outs, passed=r.bool("passed"), psnr_db=r.opt_float("psnr_db"),
-                        psnr_target_db=r.opt_float("psnr_target_db"), render=render if isinstance(render, str) else None)
+                        psnr_target_db=r.opt_float("psnr_target_db"), render=render if isinstance(render, str) else None,
+                        fp16_peak_abs=r.opt_float("fp16_peak_abs"))
 
 
 def _artifact(r: _Reader) -> ModelArtifact:

@@ -183,3 +183,24 @@ def test_fp16_storage_twin_shows_the_overflow_the_cpu_provider_hides():
     assert not np.isfinite(emulated[0]).all()                 # row 0 overflows: inf → Softmax → NaN
     np.testing.assert_allclose(emulated[1], _numpy_fp16_device(x, scales)[1], atol=1e-6)   # row 1 is in range
     assert not np.isfinite(_numpy_fp16_device(x, scales)[0]).all()
+
+
+def test_fp16_storage_twin_reports_the_largest_value_an_fp16_tensor_takes():
+    scales = [1 / 3, 3.0, 0.1]
+    half = to_fp16(_scale_chain(scales))
+    twin = mp.emulate_fp16_storage(half, peak_output="peak")
+    onnx.checker.check_model(twin, full_check=True)
+    x = np.array([[0.37, -1.21, 2.03], [0.011, 3.14, -0.77]], np.float32)
+    *outputs, peak = _run(twin, {"x": x})
+    np.testing.assert_array_equal(outputs[0], _run(mp.emulate_fp16_storage(half), {"x": x})[0])
+    # the oracle: every fp16 tensor of the chain (x itself, the MatMul and each Mul) before its rounding
+    h = lambda a: np.asarray(a, np.float32).astype(np.float16).astype(np.float32)  # noqa: E731
+    w = h(np.array([[1.5, -0.25, 0.75], [0.5, 2.0, -1.0], [-0.125, 0.3, 1.1]], np.float32))
+    tensors = [x, h(x) @ w]
+    for s in scales:
+        tensors.append(h(tensors[-1]) * h(s))
+    assert peak == pytest.approx(max(float(np.abs(t).max()) for t in tensors), rel=1e-6)
+    # an overflow shows as inf
+    x_big = np.full((2, 3), 2.0, np.float32)            # the MatMul gives 3.75, times 3e4 > 65504
+    overflow = mp.emulate_fp16_storage(to_fp16(_scale_chain([3.0e4, 1 / 3.0e4])), peak_output="peak")
+    assert _run(overflow, {"x": x_big})[-1] > np.finfo(np.float16).max
