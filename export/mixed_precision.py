@@ -152,8 +152,7 @@ def _retype_attributes(node: onnx.NodeProto, precision: int) -> None:
 
 def _float_tensor_names(model: onnx.ModelProto) -> set[str]:
     """Names of every float32 tensor (inputs, initializers, intermediates, outputs), by shape inference."""
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=False)
-    g = inferred.graph
+    g = _infer_types(model).graph
     infos = list(g.input) + list(g.value_info) + list(g.output)
     names = {v.name for v in infos if v.type.tensor_type.elem_type == FLOAT}
     names |= {i.name for i in g.initializer if i.data_type == FLOAT}
@@ -195,8 +194,8 @@ def emulate_fp16_storage(model: onnx.ModelProto, peak_output: str | None = None)
     shows the rounding, and the inf of an overflow, of a real fp16 device. fp16 constants become float32
     (exactly: they are already rounded).
 
-    peak_output: also output, under this name, the largest |value| any fp16 tensor takes before its rounding
-    (a float32 scalar; inf when one overflows) — the headroom left below fp16's 65504."""
+    peak_output: also output, under this name and first, the largest |value| any fp16 tensor takes before its
+    rounding (a float32 scalar; inf when one overflows) — the headroom left below fp16's 65504."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -210,11 +209,13 @@ def emulate_fp16_storage(model: onnx.ModelProto, peak_output: str | None = None)
     peaks: list[str] = []
 
     def measure(raw: str) -> None:
+        # max |x| = max(max x, -min x): two reductions, no tensor-sized temporary (an Abs copy of every
+        # intermediate cost 1.6 GiB of peak memory in the FLEX-1 export)
         if peak_output:
-            nodes.append(helper.make_node("Abs", [raw], [f"{raw}__abs"], name=f"{raw}__abs"))
-            nodes.append(helper.make_node("ReduceMax", [f"{raw}__abs"], [f"{raw}__peak"], keepdims=0,
-                                          name=f"{raw}__peak"))
-            peaks.append(f"{raw}__peak")
+            nodes.append(helper.make_node("ReduceMax", [raw], [f"{raw}__max"], keepdims=0, name=f"{raw}__max"))
+            nodes.append(helper.make_node("ReduceMin", [raw], [f"{raw}__min"], keepdims=0, name=f"{raw}__min"))
+            nodes.append(helper.make_node("Neg", [f"{raw}__min"], [f"{raw}__neg_min"], name=f"{raw}__neg_min"))
+            peaks.extend([f"{raw}__max", f"{raw}__neg_min"])
 
     for node in graph.node:
         rounds_itself = node.op_type == "Cast"      # a Cast to fp16 is the rounding; it only needs widening
@@ -242,7 +243,9 @@ def emulate_fp16_storage(model: onnx.ModelProto, peak_output: str | None = None)
         if not peaks:
             raise ValueError("the model has no fp16 tensors: nothing to measure")
         nodes.append(helper.make_node("Max", peaks, [peak_output], name=peak_output))
-        graph.output.append(helper.make_tensor_value_info(peak_output, FLOAT, []))
+        # first: the reductions are then ordered early even by a depth-first walk from the outputs (run the
+        # twin with ONNX Runtime's PRIORITY_BASED order, which runs each as soon as its tensor exists)
+        graph.output.insert(0, helper.make_tensor_value_info(peak_output, FLOAT, []))
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.value_info[:]
@@ -250,8 +253,7 @@ def emulate_fp16_storage(model: onnx.ModelProto, peak_output: str | None = None)
 
 
 def _tensor_names_of_type(model: onnx.ModelProto, elem_type: int) -> set[str]:
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=False)
-    g = inferred.graph
+    g = _infer_types(model).graph
     names = {v.name for v in list(g.input) + list(g.value_info) + list(g.output)
              if v.type.tensor_type.elem_type == elem_type}
     names |= {i.name for i in g.initializer if i.data_type == elem_type}
@@ -262,3 +264,16 @@ def _tensor_names_of_type(model: onnx.ModelProto, elem_type: int) -> set[str]:
                                               for a in node.attribute):
             names.update(node.output)
     return names
+
+
+def _infer_types(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference on the graph without its weights (initializers become typed inputs): the types of every
+    tensor, without two more copies of a FLEX-1 model's hundreds of MB of weights in memory."""
+    g = model.graph
+    declared = {i.name for i in g.input}
+    weights = [helper.make_tensor_value_info(i.name, i.data_type, list(i.dims))
+               for i in g.initializer if i.name not in declared]
+    light = helper.make_graph(list(g.node), g.name, list(g.input) + weights, list(g.output),
+                              value_info=list(g.value_info))
+    light_model = helper.make_model(light, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    return onnx.shape_inference.infer_shapes(light_model, strict_mode=False, data_prop=False)

@@ -191,7 +191,7 @@ def test_fp16_storage_twin_reports_the_largest_value_an_fp16_tensor_takes():
     twin = mp.emulate_fp16_storage(half, peak_output="peak")
     onnx.checker.check_model(twin, full_check=True)
     x = np.array([[0.37, -1.21, 2.03], [0.011, 3.14, -0.77]], np.float32)
-    *outputs, peak = _run(twin, {"x": x})
+    peak, *outputs = _run(twin, {"x": x})
     np.testing.assert_array_equal(outputs[0], _run(mp.emulate_fp16_storage(half), {"x": x})[0])
     # the oracle: every fp16 tensor of the chain (x itself, the MatMul and each Mul) before its rounding
     h = lambda a: np.asarray(a, np.float32).astype(np.float16).astype(np.float32)  # noqa: E731
@@ -203,4 +203,4 @@ def test_fp16_storage_twin_reports_the_largest_value_an_fp16_tensor_takes():
     # an overflow shows as inf
     x_big = np.full((2, 3), 2.0, np.float32)            # the MatMul gives 3.75, times 3e4 > 65504
     overflow = mp.emulate_fp16_storage(to_fp16(_scale_chain([3.0e4, 1 / 3.0e4])), peak_output="peak")
-    assert _run(overflow, {"x": x_big})[-1] > np.finfo(np.float16).max
+    assert _run(overflow, {"x": x_big})[0] > np.finfo(np.float16).max
