@@ -116,12 +116,14 @@ def export_bundle(checkpoint: str | Path | dict, out_dir: str | Path, *, templat
         jobs = _plan(model, ref, precisions, targets, opset)
         steps.total = steps.done + len(jobs) + 1
         artifacts: list[ModelArtifact] = []
-        for job in jobs:
+        for i, job in enumerate(jobs):
             with steps.step(f"{job.name}"):
                 artifact = job.run(staging.path, opset, strict_fp16, say)
                 if job.listed:
                     artifacts.append(artifact)
                 say(f"      {_row_text(artifact, staging.path)}")
+            if all(later.graph is not job.graph for later in jobs[i + 1:]):
+                job.release()
         with steps.step("manifest + verify"):
             avatar_info = _avatar_info(staging.path, ref, Path(avatar)) if photo is not None else None
             for job in jobs:
@@ -433,6 +435,7 @@ class _Graph:
     inputs_text: str
     notes: str = ""
     avatar_code_sha256: str = ""
+    forget: Callable[[], None] = lambda: None       # drops the traced protos only this graph still reads
 
 
 @dataclass
@@ -443,6 +446,7 @@ class _Job:
     listed: bool                                  # False: built only as the source of other artifacts
     ref: _References
     source: Callable[[], object]                  # → a copy of the graph's fp32 ONNX ModelProto (built once)
+    release: Callable[[], None] = lambda: None    # after the graph's last job: frees its fp32 proto (GBs at FLEX-1)
     written: tuple[str, ...] = ()
 
     @property
@@ -560,12 +564,16 @@ def _plan(model: FlexAvatarModel, ref: _References, precisions: tuple[str, ...],
             copy.CopyFrom(cache["model"])
             return copy
 
+        def release(graph=graph, cache=cache):
+            cache.clear()
+            graph.forget()
+
         for fmt in (FORMAT_ONNX, FORMAT_OPENVINO):
             for precision in PRECISIONS:
                 wanted = fmt in targets and precision in precisions
                 source_of_ir = fmt == FORMAT_ONNX and FORMAT_OPENVINO in targets and precision in precisions
                 if wanted or source_of_ir or (fmt, precision) == (FORMAT_ONNX, "fp32"):
-                    jobs.append(_Job(graph, fmt, precision, listed=wanted, ref=ref, source=source))
+                    jobs.append(_Job(graph, fmt, precision, listed=wanted, ref=ref, source=source, release=release))
     return jobs
 
 
@@ -602,6 +610,8 @@ def _graphs(model: FlexAvatarModel, ref: _References, opset: int) -> list[_Graph
     decoder = _Graph(DecoderGraph.spec(net), build_decoder,
                      {"code": ref.decoder_code, "expressions": ref.expressions}, ref.decoded, ref.render_of,
                      dec_inputs, notes=f"dataset id {MULTI_VIEW_DATASET_ID} folded in; constant-folded")
+    encoder.forget = lambda: traced.pop(encoder.spec.role, None)
+    decoder.forget = lambda: traced.pop(decoder.spec.role, None)
     graphs = [encoder, decoder]
     if ref.avatar_code_sha256:
         def build_avatar_decoder():   # the generic decoder, its code input made a constant, folded
@@ -611,7 +621,8 @@ def _graphs(model: FlexAvatarModel, ref: _References, opset: int) -> list[_Graph
                              {"expressions": ref.expressions}, ref.decoded, ref.render_of,
                              f"{N_CHECK_EXPRESSIONS} seeded expressions (frame 0 neutral)",
                              notes="avatar code folded in; code-only work precomputed by constant folding",
-                             avatar_code_sha256=ref.avatar_code_sha256))
+                             avatar_code_sha256=ref.avatar_code_sha256, forget=decoder.forget))
+        decoder.forget = lambda: None               # the avatar decoder is built from the traced decoder later
     return graphs
 
 
