@@ -209,8 +209,7 @@ def emulate_fp16_storage(model: onnx.ModelProto, peak_output: str | None = None)
     peaks: list[str] = []
 
     def measure(raw: str) -> None:
-        # max |x| = max(max x, -min x): two reductions, no tensor-sized temporary (an Abs copy of every
-        # intermediate cost 1.6 GiB of peak memory in the FLEX-1 export)
+        # max |x| = max(max x, -min x): two reductions, no tensor-sized temporary
         if peak_output:
             nodes.append(helper.make_node("ReduceMax", [raw], [f"{raw}__max"], keepdims=0, name=f"{raw}__max"))
             nodes.append(helper.make_node("ReduceMin", [raw], [f"{raw}__min"], keepdims=0, name=f"{raw}__min"))
