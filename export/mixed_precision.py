@@ -199,8 +199,8 @@ def emulate_fp16_storage(model: onnx.ModelProto, peak_output: str | None = None)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    half = _tensor_names_of_type(out, HALF)
-    single = _tensor_names_of_type(out, FLOAT) if peak_output else set()
+    types = _tensor_types(out)
+    half = {name for name, t in types.items() if t == HALF}
     for i, init in enumerate(graph.initializer):
         if init.data_type == HALF:
             graph.initializer[i].CopyFrom(numpy_helper.from_array(
@@ -231,7 +231,7 @@ def emulate_fp16_storage(model: onnx.ModelProto, peak_output: str | None = None)
             rounded = f"{name}__fp16"
             if rounds_itself:
                 node.output[k] = rounded
-                if node.input[0] in single:         # (not a Cast from an integer)
+                if types.get(node.input[0]) == FLOAT:   # (not a Cast from an integer)
                     measure(node.input[0])
             else:
                 node.output[k] = f"{name}__unrounded"
@@ -251,18 +251,17 @@ def emulate_fp16_storage(model: onnx.ModelProto, peak_output: str | None = None)
     return out
 
 
-def _tensor_names_of_type(model: onnx.ModelProto, elem_type: int) -> set[str]:
+def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor (inputs, intermediates, outputs, Cast and Constant outputs)."""
     g = _infer_types(model).graph
-    names = {v.name for v in list(g.input) + list(g.value_info) + list(g.output)
-             if v.type.tensor_type.elem_type == elem_type}
-    names |= {i.name for i in g.initializer if i.data_type == elem_type}
+    types = {v.name: v.type.tensor_type.elem_type for v in list(g.input) + list(g.value_info) + list(g.output)}
     for node in g.node:
-        if node.op_type == "Cast" and any(a.name == "to" and a.i == elem_type for a in node.attribute):
-            names.update(node.output)
-        if node.op_type == "Constant" and any(a.type == onnx.AttributeProto.TENSOR and a.t.data_type == elem_type
-                                              for a in node.attribute):
-            names.update(node.output)
-    return names
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to":
+                types.update(dict.fromkeys(node.output, attr.i))
+            if node.op_type == "Constant" and attr.type == onnx.AttributeProto.TENSOR:
+                types.update(dict.fromkeys(node.output, attr.t.data_type))
+    return types
 
 
 def _infer_types(model: onnx.ModelProto) -> onnx.ModelProto:
