@@ -188,6 +188,39 @@ def test_onnx_files_pass_the_checker_and_carry_metadata(full):
             assert node.type == "tensor(float)" and spec.dtype == "float32"
 
 
+def test_bundle_files_say_nothing_of_the_machine_that_made_them(full):
+    """Tracing attaches stack traces with absolute source paths to every node; none may reach a bundle."""
+    import flexavatar
+    result = full[0]
+    sources = Path(flexavatar.__file__).resolve().parents[1]       # the checkout (or site-packages) here
+    needles = {str(sources).encode(), str(Path(torch.__file__).resolve().parent).encode()}
+    files = sorted(p for p in result.path.iterdir() if p.is_file())
+    assert {p.suffix for p in files} >= {".onnx", ".xml", ".bin", ".json"}
+    for path in files:
+        data = path.read_bytes()
+        assert not [n for n in needles if n in data], path.name
+        if path.suffix == ".onnx":
+            graph = onnx.load(str(path)).graph
+            assert not [n.name for n in graph.node if n.metadata_props or n.doc_string], path.name
+            assert not [v.name for v in graph.value_info if v.metadata_props], path.name
+
+
+def test_tracing_again_gives_the_same_graph_bytes(full, fixture_model):
+    """Reproducible bundles: the same weights trace (other inputs, another time) to the byte-identical graph."""
+    from flexavatar.export.exporter import TRACE_EXPRESSIONS
+    from flexavatar.export.graphs import DecoderGraph
+    from flexavatar.export.onnx_tools import export_graph, strip_trace_metadata
+
+    net = fixture_model.network
+    generator = torch.Generator().manual_seed(11)
+    code = torch.randn(1, net.cfg.n_head_tokens, net.cfg.d_hidden, generator=generator)
+    expressions = torch.randn(TRACE_EXPRESSIONS, net.cfg.d_expression_codes, generator=generator)
+    again = export_graph(DecoderGraph(net), (code, expressions), DecoderGraph.spec(net), DEFAULT_OPSET)
+    strip_trace_metadata(again)
+    written = onnx.load(str(full[0].path / "decoder.fp32.onnx"))
+    assert again.graph.SerializeToString() == written.graph.SerializeToString()
+
+
 def test_fp16_models_keep_float32_io_and_blocked_ops(full):
     result = full[0]
     for artifact in result.manifest.find(format=FORMAT_ONNX, precision="fp16"):
