@@ -171,7 +171,10 @@ def select_engine(name: str, device: str,
             missing = d in spec.priorities and spec.availability(d) is not None
             raise EngineUnavailableError(name, d, reason, spec.install_hint if missing else None)
         detail = "; ".join(f"{s.name} on {d}: {r}" for s, d, r in rejected)
+        # installing engines helps only when none that is installed here was turned down by the bundle
+        bundle_says_no = any(s.unavailable_reason(d) is None for s, d, _ in rejected)
         raise EngineUnavailableError(name, device, f"nothing can run here ({detail})",
+                                     None if bundle_says_no else
                                      "pip install 'flexavatar[runtime]' (ONNX Runtime and OpenVINO)")
     _, _, spec, d = max(candidates, key=lambda c: (c[0], c[1]))
     return spec, d

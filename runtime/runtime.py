@@ -332,8 +332,9 @@ class Runtime:
             if not isinstance(v, int) or not 1 <= v <= MAX_RENDER_SIZE:
                 raise RuntimeArgumentError(name, f"is {v!r}", f"an integer in [1, {MAX_RENDER_SIZE}]")
         bg = np.asarray(background, np.float32)
-        if bg.shape != (3,) or not np.isfinite(bg).all():
-            raise RuntimeArgumentError("background", f"is {background!r}", "3 floats (RGB in [0, 1])")
+        if bg.shape != (3,) or not np.isfinite(bg).all() or bg.min() < 0 or bg.max() > 1:
+            raise RuntimeArgumentError("background", f"is {background!r}",
+                                       "3 floats, RGB in [0, 1] (divide 0–255 values by 255)")
         n = len(expressions)
         c2w, k = as_camera(cameras).for_frames(n)
         viewmats = world2cam(c2w.astype(np.float64)).astype(np.float32)                  # [T, 4, 4]

@@ -378,6 +378,9 @@ def test_argument_errors(bundle, model):
         Runtime(bundle, backend="openvino", device="cuda")
     with pytest.raises(EngineUnavailableError, match="no fp16 decoder"):
         Runtime(bundle, backend="onnxruntime", precision="fp16")
+    with pytest.raises(EngineUnavailableError, match="no fp16 decoder") as refused:   # every engine, auto
+        Runtime(bundle, precision="fp16")
+    assert refused.value.hint is None          # the bundle said no: installing engines would not help
     with pytest.raises(EngineUnavailableError, match="model="):
         Runtime(bundle, backend="torch")                                       # the bundle holds no PyTorch weights
     other = FlexAvatarModel.random(model.config, model.template, seed=1)
@@ -412,6 +415,8 @@ def test_render_argument_errors(runtimes, expressions):
         rt.render(avatar, expressions, output="png")
     with pytest.raises(RuntimeArgumentError, match="width"):
         rt.render(avatar, expressions, width=0)
+    with pytest.raises(RuntimeArgumentError, match=r"background.*divide 0–255"):
+        rt.render(avatar, expressions, background=(255, 255, 255))
     with pytest.raises(RuntimeArgumentError, match="avatar"):
         rt.render("me.png", expressions)
 

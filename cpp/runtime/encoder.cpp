@@ -13,49 +13,12 @@ namespace runtime {
 namespace {
 
 constexpr float kRangeSlack = 1e-3f;          // runtime/images.py RANGE_SLACK: clipped, not rejected
-constexpr double kRigidTolerance = 1e-3;      // runtime/cameras.py RIGID_TOLERANCE
-constexpr float kMaxNormalisedFocal = 50.f;   // runtime/cameras.py: above this K is almost surely in pixels
 constexpr int64_t kMaxFeatureSide = 4096;
 
 std::string artifact_names(const Manifest& m) {
   std::string have;
   for (const auto& a : m.artifacts) have += (have.empty() ? "" : ", ") + a.name;
   return have.empty() ? std::string("none") : have;
-}
-
-Status check_photo_camera(const float c2w[16], const float k[9]) {
-  for (int i = 0; i < 16; ++i) {
-    if (!std::isfinite(c2w[i]))
-      return Status(StatusCode::kInvalidArgument, "cam2world: element " + std::to_string(i) + " is not finite");
-  }
-  double ortho = 0;  // max |R Rᵀ − I|
-  for (int i = 0; i < 3; ++i) {
-    for (int j = 0; j < 3; ++j) {
-      double dot = 0;
-      for (int c = 0; c < 3; ++c) dot += double(c2w[i * 4 + c]) * double(c2w[j * 4 + c]);
-      ortho = std::max(ortho, std::fabs(dot - (i == j ? 1.0 : 0.0)));
-    }
-  }
-  double last = 0;
-  for (int c = 0; c < 4; ++c) last = std::max(last, std::fabs(double(c2w[12 + c]) - (c == 3 ? 1.0 : 0.0)));
-  if (ortho > kRigidTolerance || last > 1e-6)
-    return Status(StatusCode::kInvalidArgument,
-                  "cam2world is not rigid (max |R Rt - I| = " + std::to_string(ortho) + ", last row off by " +
-                      std::to_string(last) + "), expected a rigid 4x4 cam2world (orthonormal rotation, last row "
-                      "[0, 0, 0, 1])");
-  for (int i = 0; i < 9; ++i) {
-    if (!std::isfinite(k[i]))
-      return Status(StatusCode::kInvalidArgument, "intrinsics: element " + std::to_string(i) + " is not finite");
-  }
-  if (!(k[0] > 0) || !(k[4] > 0))
-    return Status(StatusCode::kInvalidArgument, "intrinsics: fx = " + std::to_string(k[0]) + ", fy = " +
-                                                    std::to_string(k[4]) + ", expected positive focal lengths");
-  if (k[0] > kMaxNormalisedFocal || std::fabs(k[2]) > 10 || std::fabs(k[5]) > 10)
-    return Status(StatusCode::kInvalidArgument,
-                  "intrinsics look like pixel units (fx = " + std::to_string(k[0]) +
-                      "), expected normalised intrinsics: divide K's first row by the width and the second by the "
-                      "height");
-  return Status::ok_status();
 }
 
 }  // namespace
@@ -154,7 +117,7 @@ Status Runtime::create_avatar_code(const EncoderInput& in) {
       return Status(StatusCode::kInvalidArgument, "image: element " + std::to_string(i) + " is " + std::to_string(v) +
                                                       ", expected values in [0, 1] (divide 0-255 data by 255)");
   }
-  Status st = check_photo_camera(in.cam2world, in.intrinsics);
+  Status st = check_camera(in.cam2world, in.intrinsics);
   if (!st.ok()) return st;
   std::vector<int64_t> feature_shape;
   if (with_features) {

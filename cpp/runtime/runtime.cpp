@@ -33,6 +33,44 @@ bool shape_compatible(const std::vector<int64_t>& model, const std::vector<int64
   return true;
 }
 
+constexpr double kRigidTolerance = 1e-3;      // runtime/cameras.py RIGID_TOLERANCE
+constexpr float kMaxNormalisedFocal = 50.f;   // runtime/cameras.py: above this K is almost surely in pixels
+
+Status check_camera(const float c2w[16], const float k[9]) {
+  for (int i = 0; i < 16; ++i) {
+    if (!std::isfinite(c2w[i]))
+      return Status(StatusCode::kInvalidArgument, "cam2world: element " + std::to_string(i) + " is not finite");
+  }
+  double ortho = 0;  // max |R Rᵀ − I|
+  for (int i = 0; i < 3; ++i) {
+    for (int j = 0; j < 3; ++j) {
+      double dot = 0;
+      for (int c = 0; c < 3; ++c) dot += double(c2w[i * 4 + c]) * double(c2w[j * 4 + c]);
+      ortho = std::max(ortho, std::fabs(dot - (i == j ? 1.0 : 0.0)));
+    }
+  }
+  double last = 0;
+  for (int c = 0; c < 4; ++c) last = std::max(last, std::fabs(double(c2w[12 + c]) - (c == 3 ? 1.0 : 0.0)));
+  if (ortho > kRigidTolerance || last > 1e-6)
+    return Status(StatusCode::kInvalidArgument,
+                  "cam2world is not rigid (max |R Rt - I| = " + std::to_string(ortho) + ", last row off by " +
+                      std::to_string(last) + "), expected a rigid 4x4 cam2world (orthonormal rotation, last row "
+                      "[0, 0, 0, 1])");
+  for (int i = 0; i < 9; ++i) {
+    if (!std::isfinite(k[i]))
+      return Status(StatusCode::kInvalidArgument, "intrinsics: element " + std::to_string(i) + " is not finite");
+  }
+  if (!(k[0] > 0) || !(k[4] > 0))
+    return Status(StatusCode::kInvalidArgument, "intrinsics: fx = " + std::to_string(k[0]) + ", fy = " +
+                                                    std::to_string(k[4]) + ", expected positive focal lengths");
+  if (k[0] > kMaxNormalisedFocal || std::fabs(k[2]) > 10 || std::fabs(k[5]) > 10)
+    return Status(StatusCode::kInvalidArgument,
+                  "intrinsics look like pixel units (fx = " + std::to_string(k[0]) +
+                      "), expected normalised intrinsics: divide K's first row by the width and the second by the "
+                      "height");
+  return Status::ok_status();
+}
+
 Status check_model_signature(const ModelArtifact& artifact, const OrtModel& model,
                              const std::vector<ExpectedTensor>& expected, size_t want_inputs,
                              const std::string& input_names) {
@@ -361,11 +399,12 @@ Status Runtime::prepare_camera(const Camera& camera, float viewmat[16], float k[
   if (camera.width < 1 || camera.height < 1 || camera.width > 16384 || camera.height > 16384)
     return Status(StatusCode::kInvalidSize, "camera: width x height is " + std::to_string(camera.width) + " x " +
                                                 std::to_string(camera.height) + ", expected 1 .. 16384 each");
-  for (float v : camera.cam2world) {
-    if (!std::isfinite(v)) return Status(StatusCode::kInvalidArgument, "camera.cam2world has a non-finite value");
-  }
+  Status checked = check_camera(camera.cam2world, camera.intrinsics);
+  if (!checked.ok()) return Status(checked.code(), "camera." + checked.message());
   for (float v : camera.background) {
-    if (!std::isfinite(v)) return Status(StatusCode::kInvalidArgument, "camera.background has a non-finite value");
+    if (!(v >= 0.f && v <= 1.f))   // NaN fails too
+      return Status(StatusCode::kInvalidArgument, "camera.background: " + std::to_string(v) +
+                                                      ", expected RGB in [0, 1] (divide 0-255 values by 255)");
   }
   // world2cam = [Rᵀ | -Rᵀ t] of the rigid cam2world; pixel K = normalised K rows scaled by W, H.
   std::fill(viewmat, viewmat + 16, 0.f);

@@ -23,6 +23,9 @@ struct ExpectedTensor {
 };
 
 std::string shape_text(const std::vector<int64_t>& shape);
+// A camera as runtime/cameras.py accepts it: finite, rigid cam2world [4, 4]; normalised intrinsics [3, 3]
+// with positive focal lengths. kInvalidArgument naming what is wrong ("cam2world ..." / "intrinsics ...").
+Status check_camera(const float cam2world[16], const float intrinsics[9]);
 // The model's own dims must agree with the expected ones wherever both are fixed (-1 = dynamic).
 bool shape_compatible(const std::vector<int64_t>& model, const std::vector<int64_t>& expected);
 // The session's tensors and the manifest's record of them against what the runtime binds:

@@ -152,7 +152,7 @@ typedef struct flexavatar_gaussians {
 } flexavatar_gaussians;
 
 typedef struct flexavatar_camera {
-  float cam2world[16];   /* row-major 4x4, OpenCV axes */
+  float cam2world[16];   /* row-major 4x4, OpenCV axes, rigid (orthonormal rotation, last row 0 0 0 1) */
   float intrinsics[9];   /* row-major 3x3, normalised (rows 0-1 divided by width / height) */
   int32_t width, height; /* pixels, 1 .. 16384 */
   float background[3];   /* RGB in [0, 1] */

@@ -123,6 +123,20 @@ TEST_CASE(wrong_sizes_nulls_and_non_finite_inputs_are_rejected) {
   bad = cam;
   bad.cam2world[3] = NAN;
   CHECK(flexavatar_runtime_render(rt, expression.data(), 135, &bad, &f) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+  bad = cam;
+  bad.cam2world[0] = 2.f;  // not a rotation: world2cam = [Rᵀ | -Rᵀ t] would be wrong, not an error
+  CHECK(flexavatar_runtime_render(rt, expression.data(), 135, &bad, &f) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+  CHECK(std::strstr(flexavatar_last_error(), "camera.cam2world is not rigid") != nullptr);
+  bad = cam;
+  bad.intrinsics[0] = 500.f;  // pixel units
+  CHECK(flexavatar_runtime_render(rt, expression.data(), 135, &bad, &f) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+  CHECK(std::strstr(flexavatar_last_error(), "pixel units") != nullptr);
+  for (float v : {255.f, -0.5f, float(NAN)}) {
+    bad = cam;
+    bad.background[1] = v;
+    CHECK(flexavatar_runtime_render(rt, expression.data(), 135, &bad, &f) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+    CHECK(std::strstr(flexavatar_last_error(), "camera.background") != nullptr);
+  }
   flexavatar_runtime_info small{};
   small.struct_size = 8;
   CHECK(flexavatar_runtime_get_info(rt, &small) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
