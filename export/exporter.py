@@ -35,7 +35,7 @@ from flexavatar.bundle import (FORMAT_ONNX, FORMAT_OPENVINO, PRECISIONS, SCHEMA,
 from flexavatar.cameras import default_camera, orbit_cameras
 from flexavatar.config import FlexConfig
 from flexavatar.dinov2 import DinoV2
-from flexavatar.errors import FlexAvatarError, TemplateError
+from flexavatar.errors import CheckpointError, FlexAvatarError, TemplateError
 from flexavatar import expression as expr_layout
 from flexavatar.expression import EXPRESSION, ROTATION_SLOTS, neutral_expression
 from flexavatar.model import MULTI_VIEW_DATASET_ID, AvatarCode, FlexAvatarModel
@@ -265,6 +265,8 @@ def _choices(values: Iterable[str], allowed: tuple[str, ...], what: str) -> tupl
 
 
 def _load_model(checkpoint, template, dinov2, config) -> tuple[FlexAvatarModel, ModelInfo]:
+    if isinstance(checkpoint, (str, Path)) and not Path(checkpoint).is_file():
+        raise CheckpointError(f"checkpoint not found: {checkpoint}")        # before "no template beside it"
     if template is None:
         if not isinstance(checkpoint, (str, Path)):
             raise ExportArgumentError("template is required when the checkpoint is not a file")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,13 +17,17 @@ DEAD_KEY_SUFFIXES = ("_head_transformer._head_token_embeddings", ".affine.weight
 _SHOW = 5  # list at most this many offending keys per category
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a flat {name: tensor} mapping from a torch.save file (weights_only) or a .safetensors file."""
+def read_state_dict(path: str | Path, what: str = "checkpoint",
+                    expected: str = "a torch.save'd flat state dict (like ckpt-900k.pt) or a .safetensors file"
+                    ) -> dict[str, torch.Tensor]:
+    """Load a flat {name: tensor} mapping from a torch.save file (weights_only) or a .safetensors file.
+    ``what`` names the file in errors ("checkpoint", "DINOv2 weights"), ``expected`` says what it should be."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+        raise CheckpointError(f"{what} not found: {path} (expected {expected})")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{what} {path} is empty (0 bytes)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -30,22 +35,37 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - every reader failure means the same thing to the user
-        raise CheckpointError(
-            f"cannot read checkpoint {path} ({path.stat().st_size} bytes): {type(e).__name__}: {str(e)[:200]}. "
-            "Expected a torch.save'd flat state dict (like ckpt-900k.pt) or a .safetensors file; "
-            "the file may be truncated or of another format.") from None
+        raise CheckpointError(f"cannot read {what} {path} ({size} bytes): {_unreadable_reason(path, e)}; "
+                              f"expected {expected}") from None
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a flat state dict "
+        raise CheckpointError(f"{what} {path} holds a {type(obj).__name__}, expected a flat state dict "
                               "mapping parameter names to tensors")
     nested = [k for k in ("state_dict", "model", "model_state_dict", "ema") if k in obj
               and isinstance(obj[k], Mapping)]
     if nested:
-        raise CheckpointError(f"checkpoint {path} looks like a training checkpoint (keys {sorted(obj)[:6]}); "
+        raise CheckpointError(f"{what} {path} looks like a training checkpoint (keys {sorted(obj)[:6]}); "
                               f"expected the model's flat state dict — try extracting obj[{nested[0]!r}]")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"checkpoint {path}: {len(bad)} entries are not name → tensor, e.g. {bad[:_SHOW]}")
+        raise CheckpointError(f"{what} {path}: {len(bad)} entries are not name → tensor, e.g. {bad[:_SHOW]}")
     return dict(obj)
+
+
+def _unreadable_reason(path: Path, error: Exception) -> str:
+    """Why a weight file did not load, in a line (torch.load's own message is a page that suggests
+    weights_only=False — i.e. running the file's code — which is never the fix here)."""
+    if path.suffix != ".safetensors":
+        with path.open("rb") as f:
+            head = f.read(4)
+        if head.startswith(b"PK") and not zipfile.is_zipfile(path):    # torch.save writes a zip archive
+            return "a torch.save zip archive cut short (truncated: did the download or copy finish?)"
+        if not head.startswith((b"PK", b"\x80")):                          # 0x80: a legacy pickle
+            return f"not a torch.save file (it starts with {head!r})"
+        if "Weights only load failed" in str(error):
+            return ("it holds Python objects besides tensors, which are not loaded (that would run code from the "
+                    "file): save just the state dict (torch.save(model.state_dict(), ...))")
+    first_line = next((line for line in str(error).splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {first_line[:200]} — the file may be truncated or of another format"
 
 
 def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:

@@ -12,7 +12,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import CheckpointError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -107,16 +106,10 @@ class DinoV2(nn.Module):
 
     @classmethod
     def from_file(cls, path: str | Path, cfg: DinoV2Config = DinoV2Config()) -> "DinoV2":
+        from .checkpoint import check_state_dict, read_state_dict  # local: checkpoint imports nothing from here
         path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"DINOv2 weight file not found: {path} (expected the public "
-                                  "dinov2_vitb14_reg4_pretrain.pth)")
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure means an unusable file
-            raise CheckpointError(f"cannot read DINOv2 weights {path}: {e}") from None
+        sd = read_state_dict(path, "DINOv2 weights", "the public dinov2_vitb14_reg4_pretrain.pth (a state dict)")
         model = cls(cfg)
-        from .checkpoint import check_state_dict  # local import: checkpoint imports nothing from here
         check_state_dict(model, sd, what=f"DINOv2 weights {path.name}")
         model.load_state_dict(sd)
         return model.eval()

@@ -240,13 +240,13 @@ class FlexAvatarModel(nn.Module):
         Template; dinov2: the public dinov2_vitb14_reg weight file (needed only to encode photos);
         config: FlexConfig or model_config.json (default: FLEX-1).
         """
+        state = checkpoint if isinstance(checkpoint, dict) else read_state_dict(checkpoint)  # first: its errors
         cfg = config if isinstance(config, FlexConfig) else (
             FlexConfig() if config is None else FlexConfig.from_official_json(config))
         tmpl = template if isinstance(template, Template) else Template.from_obj(
             template, cfg.res_head_tokens, cfg.res_gaussian_grid)
         dino = dinov2 if (dinov2 is None or isinstance(dinov2, DinoV2)) else DinoV2.from_file(dinov2)
         model = cls(cfg, tmpl, dino)
-        state = checkpoint if isinstance(checkpoint, dict) else read_state_dict(checkpoint)
         what = "state dict" if isinstance(checkpoint, dict) else f"checkpoint {Path(checkpoint).name}"
         check_state_dict(model.network, state, what)
         model.network.load_state_dict(state, strict=True)

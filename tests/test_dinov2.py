@@ -79,11 +79,11 @@ def test_forward_returns_patch_feature_map_from_512_images(tmp_path):
 
 
 def test_bad_weight_files(tmp_path):
-    with pytest.raises(CheckpointError, match="not found"):
+    with pytest.raises(CheckpointError, match="DINOv2 weights not found.*dinov2_vitb14_reg4_pretrain.pth"):
         DinoV2.from_file(tmp_path / "missing.pth", CFG)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"\x00garbage" * 100)
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="cannot read DINOv2 weights .*not a torch.save file"):
         DinoV2.from_file(junk, CFG)
     sd = _hub_state_dict(_hf_model())
     sd.pop("norm.weight")

@@ -75,6 +75,12 @@ def test_bad_checkpoint(fx, make, match):
     _assert_nothing_written(fx)
 
 
+def test_missing_checkpoint_is_named_before_the_template_looked_for_beside_it(fx):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        _export(fx, ckpt=fx["tmp"] / "missing.pt", template=None)
+    _assert_nothing_written(fx)
+
+
 def test_bad_template(fx):
     not_obj = fx["tmp"] / "template.obj"
     not_obj.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary")

@@ -261,7 +261,6 @@ def _loss_weights(shape_rgb, shape_alpha, device, seed):
 
 
 def _grads(backend, splats, cameras, width, height, bg, weights):
-    import torch
 
     tsplats, tcams = _torch_scene(splats, cameras, "cuda", requires_grad=True)
     out = rasterize(tsplats, tcams, width, height, background=bg, backend=backend)
@@ -338,7 +337,6 @@ def test_cuda_accepts_dlpack_only_arrays_and_rejects_host_memory():
 
 @pytest.mark.gpu
 def test_cuda_head_scene_matches_reference():
-    import torch
 
     splats, cameras = random_head_scene(num_gaussians=20000, seed=1, width=256, height=256)
     tsplats, tcams = _torch_scene(splats, cameras, "cuda")

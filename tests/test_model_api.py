@@ -1,8 +1,8 @@
 """FLEX-1 structure, checkpoint loading, configs, typed errors for bad input, expression helpers."""
 from __future__ import annotations
 
+import dataclasses
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -79,6 +79,11 @@ def small():
     return FlexAvatarModel.random(cfg, Template.synthetic(cfg.res_head_tokens, cfg.res_gaussian_grid), seed=1)
 
 
+@dataclasses.dataclass
+class _Options:           # a training script's options object pickled beside the weights
+    lr: float
+
+
 def test_truncated_random_foreign_and_missing_checkpoints(small, tmp_path):
     good = tmp_path / "good.pt"
     small.save_checkpoint(good)
@@ -86,7 +91,10 @@ def test_truncated_random_foreign_and_missing_checkpoints(small, tmp_path):
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
     (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).bytes(4096))
     torch.save({"state_dict": small.official_state_dict(), "step": 3}, tmp_path / "training.pt")
-    for name, pattern in (("truncated.pt", "cannot read checkpoint"), ("random.pt", "cannot read checkpoint"),
+    torch.save({"weights": torch.zeros(2), "args": _Options(lr=1e-3)}, tmp_path / "objects.pt")
+    for name, pattern in (("truncated.pt", "cannot read checkpoint .*cut short"),
+                          ("random.pt", "cannot read checkpoint .*not a torch.save file"),
+                          ("objects.pt", "Python objects besides tensors"),
                           ("training.pt", "training checkpoint"), ("absent.pt", "not found")):
         with pytest.raises(CheckpointError, match=pattern):
             FlexAvatarModel.from_checkpoint(tmp_path / name, template=small.template, config=small.config)
