@@ -17,9 +17,10 @@ import numpy as np
 from .avatar import Avatar
 from .cameras import Camera, default_camera, demo_intrinsics, orbit_camera
 from .expressions import load_expressions, sequence_fps
-from .runtime import WHITE, Runtime
+from .errors import RuntimeArgumentError
+from .runtime import MAX_RENDER_SIZE, WHITE, Runtime
 from .timing import StageTimes
-from .video import open_writer
+from .video import open_writer, output_kind
 
 DEFAULT_FPS = 25.0          # the tracked sequences' nominal rate (fixtures/driving/README.md)
 
@@ -131,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, gpu (OpenVINO Intel GPU) or auto (default)")
     p.add_argument("--rasterizer", default="auto", help="cpu, cuda, triton, reference or auto (default)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
+    p.add_argument("--checkpoint", type=Path, help="with --backend torch: the checkpoint the bundle was exported from")
+    p.add_argument("--template", type=Path, help="with --backend torch: its gghead_template.obj")
     p.add_argument("--batch", type=int, default=1, help="frames per decoder call (default 1)")
     p.add_argument("--cuda-graphs", action="store_true", help="ONNX Runtime CUDA: replay the decoder as CUDA graphs")
     p.add_argument("--save-avatar", type=Path, metavar="CODE.npy", help="also save the avatar code (official layout)")
@@ -142,10 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from flexavatar.errors import FlexAvatarError
     try:
-        runtime = Runtime(args.bundle, backend=args.backend, device=args.device, rasterizer=args.rasterizer,
-                          precision=args.precision, batch=args.batch, cuda_graphs=args.cuda_graphs)
-        print(f"runtime: {runtime.describe()}", flush=True)
+        # the cheap checks first: a wrong output suffix should not wait for a bundle's hashes and an encoder run
+        output_kind(args.output, args.size, args.size)
+        if not 1 <= args.size <= MAX_RENDER_SIZE:
+            raise RuntimeArgumentError("--size", f"is {args.size}", f"an integer in [1, {MAX_RENDER_SIZE}]")
         expressions = load_expressions(args.expressions)
+        runtime = Runtime(args.bundle, backend=args.backend, device=args.device, rasterizer=args.rasterizer,
+                          precision=args.precision, batch=args.batch, cuda_graphs=args.cuda_graphs,
+                          checkpoint=args.checkpoint, template=args.template)
+        print(f"runtime: {runtime.describe()}", flush=True)
         if args.frames is not None:
             expressions = expressions[:max(args.frames, 1)]
         timings = StageTimes()

@@ -181,7 +181,8 @@ class Runtime:
             if probe is not None and not self.bundle.artifacts(ROLE_DECODER, probe, options.precision):
                 return f"the bundle has no {options.precision} decoder in format {probe!r}"
             if getattr(spec.factory, "requires_model", False) and options.model is None and options.checkpoint is None:
-                return "it runs the PyTorch model itself: pass model= (FlexAvatarModel) or checkpoint="
+                return ("it runs the PyTorch model itself: pass model= (FlexAvatarModel) or checkpoint= + template= "
+                        "(flexavatar-render: --checkpoint CKPT --template OBJ)")
             return None
 
         spec, dev = select_engine(backend, device, runs_bundle)

@@ -56,9 +56,6 @@ class Mp4Writer(FrameWriter):
 
     def __init__(self, path, width, height, fps):
         super().__init__(path, width, height, fps)
-        if width % 2 or height % 2:
-            raise OutputFileError("size", f"is {width}x{height}", "even width and height for H.264 .mp4 (yuv420p), "
-                                  "or write a .gif or a frames folder")
         try:
             import imageio_ffmpeg
         except ImportError:
@@ -135,17 +132,27 @@ class PngFolderWriter(FrameWriter):
 WRITERS: dict[str, Callable[..., FrameWriter]] = {".mp4": Mp4Writer, ".gif": GifWriter, "": PngFolderWriter}
 
 
-def open_writer(path: str | Path, width: int, height: int, fps: float) -> FrameWriter:
-    """The writer for ``path``: by suffix, or a PNG folder for a path without one (or ending in '/')."""
+def output_kind(path: str | Path, width: int, height: int) -> str:
+    """Check that frames of width x height can go to ``path`` (before any work is done) → the WRITERS key:
+    the suffix, or "" (a PNG folder) for a path without one or ending in '/'."""
     text = str(path)
     path = Path(path)
     suffix = "" if text.endswith(("/", os.sep)) or path.is_dir() else path.suffix.lower()
     if suffix not in WRITERS:
         raise OutputFileError("output", f"{path.name} has the suffix {suffix!r}",
                               f"one of {[s for s in WRITERS if s]} or a folder (no suffix) for PNG frames")
-    if not fps > 0:
-        raise OutputFileError("fps", f"is {fps!r}", "a positive frame rate")
     parent = path.absolute().parent
     if not parent.is_dir():
         raise OutputFileError("output", f"folder {parent} does not exist", "an existing folder to write into")
-    return WRITERS[suffix](path, width, height, fps)
+    if suffix == ".mp4" and (width % 2 or height % 2):
+        raise OutputFileError("size", f"is {width}x{height}", "even width and height for H.264 .mp4 (yuv420p), "
+                              "or write a .gif or a frames folder")
+    return suffix
+
+
+def open_writer(path: str | Path, width: int, height: int, fps: float) -> FrameWriter:
+    """The writer for ``path`` (see ``output_kind``)."""
+    suffix = output_kind(path, width, height)
+    if not fps > 0:
+        raise OutputFileError("fps", f"is {fps!r}", "a positive frame rate")
+    return WRITERS[suffix](Path(path), width, height, fps)

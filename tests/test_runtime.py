@@ -524,6 +524,32 @@ def test_cli_errors_are_reported(bundle, driving_dir, tmp_path, capsys):
     assert "even width and height" in capsys.readouterr().err
     assert render_main([str(tmp_path / "nope"), "--expressions", str(seq), "-o", str(tmp_path / "x.gif")]) == 2
     assert "BundleFileMissingError" in capsys.readouterr().err
+    # the cheap checks come first: no bundle is opened for an output that cannot be written
+    assert render_main([str(tmp_path / "nope"), "--expressions", str(seq), "-o", str(tmp_path / "x.avi")]) == 2
+    assert "OutputFileError" in capsys.readouterr().err
+    assert render_main([str(tmp_path / "nope"), "--expressions", str(tmp_path / "none.npy"), "-o",
+                        str(tmp_path / "x.gif")]) == 2
+    assert "ExpressionInputError" in capsys.readouterr().err
+    assert render_main([str(bundle), "--expressions", str(seq), "--backend", "torch", "-o",
+                        str(tmp_path / "x.gif")]) == 2
+    assert "--checkpoint CKPT --template OBJ" in capsys.readouterr().err
+
+
+def test_cli_torch_backend_from_the_checkpoint_renders_the_bundles_frames(bundle, official_dir, driving_dir,
+                                                                          tmp_path):
+    seq = driving_dir / "EMO-1-shout+laugh.npz"
+    frames = {}
+    for backend, extra in (("onnxruntime", []),
+                           ("torch", ["--checkpoint", str(official_dir / "state_dict.safetensors"),
+                                      "--template", str(official_dir / "gghead_template.obj")])):
+        out = tmp_path / backend
+        assert render_main([str(bundle), "--expressions", str(seq), "--frames", "3", "--size", "64",
+                            "--backend", backend, "--rasterizer", "reference", "--no-progress", "-o", str(out),
+                            *extra]) == 0
+        frames[backend] = np.stack([np.asarray(Image.open(p)) for p in sorted(out.glob("frame_*.png"))])
+    assert frames["torch"].shape == frames["onnxruntime"].shape == (3, 64, 64, 3)
+    delta = np.abs(frames["torch"].astype(int) - frames["onnxruntime"].astype(int))
+    assert delta.max() <= 2 and delta.mean() <= 1e-3 * 255
 
 
 def test_stage_times_table():
