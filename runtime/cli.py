@@ -20,6 +20,7 @@ from .expressions import load_expressions, sequence_fps
 from .errors import RuntimeArgumentError
 from .runtime import MAX_RENDER_SIZE, WHITE, Runtime
 from .timing import StageTimes
+from .ply import check_ply_path
 from .video import open_writer, output_kind
 
 DEFAULT_FPS = 25.0          # the tracked sequences' nominal rate (fixtures/driving/README.md)
@@ -137,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="frames per decoder call (default 1)")
     p.add_argument("--cuda-graphs", action="store_true", help="ONNX Runtime CUDA: replay the decoder as CUDA graphs")
     p.add_argument("--save-avatar", type=Path, metavar="CODE.npy", help="also save the avatar code (official layout)")
+    p.add_argument("--save-ply", type=Path, metavar="FRAME.ply", help="also save the first frame's Gaussians as a "
+                   "3D Gaussian Splatting PLY (splat viewers and editors read it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -147,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # the cheap checks first: a wrong output suffix should not wait for a bundle's hashes and an encoder run
         output_kind(args.output, args.size, args.size)
+        if args.save_ply is not None:
+            check_ply_path(args.save_ply)
         if not 1 <= args.size <= MAX_RENDER_SIZE:
             raise RuntimeArgumentError("--size", f"is {args.size}", f"an integer in [1, {MAX_RENDER_SIZE}]")
         expressions = load_expressions(args.expressions)
@@ -161,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.save_avatar is not None:
             avatar.save(args.save_avatar)
             print(f"saved avatar code {args.save_avatar}")
+        if args.save_ply is not None:
+            first = runtime.decode(avatar, expressions[:1], apply_head_pose=args.head_pose)
+            first.save_ply(args.save_ply, comment=f"flexavatar-render: frame 0 of {args.expressions.name}")
+            print(f"saved the first frame's {first.n_gaussians} Gaussians {args.save_ply}")
         fps = args.fps or sequence_fps(args.expressions, DEFAULT_FPS)
         camera = orbit_camera(len(expressions)) if args.camera_orbit else default_camera()
         if args.focal is not None:

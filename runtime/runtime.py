@@ -66,6 +66,14 @@ class Gaussians:
     def __getitem__(self, index) -> "Gaussians":
         return Gaussians(**{k: v[index] for k, v in self.arrays().items()})
 
+    def save_ply(self, path: str | Path, frame: int = 0, comment: str = "flexavatar") -> Path:
+        """Frame ``frame``'s Gaussians as a 3D Gaussian Splatting PLY (see ``ply.py``), for splat viewers."""
+        from .ply import write_ply
+        if not isinstance(frame, (int, np.integer)) or not -len(self) <= frame < len(self):
+            raise RuntimeArgumentError("frame", f"is {frame!r}", f"an index into the {len(self)} decoded frames")
+        one = self[int(frame)].numpy()
+        return write_ply(path, one.means, one.quats, one.scales, one.opacities, one.sh0, comment=comment)
+
 
 def _concat(parts: list[Gaussians]) -> Gaussians:
     if len(parts) == 1:

@@ -39,8 +39,8 @@ from flexavatar.export import export_bundle
 from flexavatar.export.testing import random_dinov2, write_synthetic_photo
 from flexavatar.model import AvatarCode, FlexAvatarModel
 from flexavatar.runtime import (Avatar, AvatarFileError, Camera, EncoderUnavailableError, EngineUnavailableError,
-                                ExpressionInputError, ImageInputError, ModelMismatchError, RuntimeArgumentError,
-                                Runtime, StageTimes, UnknownEngineError, default_camera, load_expressions,
+                                ExpressionInputError, ImageInputError, ModelMismatchError, OutputFileError,
+                                RuntimeArgumentError, Runtime, StageTimes, UnknownEngineError, default_camera, load_expressions,
                                 orbit_camera)
 from flexavatar.runtime.cli import main as render_main
 from flexavatar.runtime.expressions import quaternion_from_matrix, rot6d_to_matrix
@@ -484,6 +484,52 @@ def test_one_runtime_from_several_threads(engine, runtimes, driving_dir):
             assert np.abs(frames.astype(int) - sequential[t].astype(int)).max() <= 1
 
 
+# ---- 3DGS PLY ---------------------------------------------------------------------------------------------
+
+def _read_3dgs_ply(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    """plyfile (the reader of the original 3DGS code) → property names and activated attributes, as 3DGS does."""
+    from plyfile import PlyData
+
+    vertex = PlyData.read(str(path))["vertex"]
+    col = lambda *names: np.stack([np.asarray(vertex[n], np.float64) for n in names], axis=1)  # noqa: E731
+    quats = col("rot_0", "rot_1", "rot_2", "rot_3")
+    return [p.name for p in vertex.properties], {
+        "means": col("x", "y", "z"), "sh0": col("f_dc_0", "f_dc_1", "f_dc_2"),
+        "opacities": 1 / (1 + np.exp(-col("opacity")[:, 0])), "scales": np.exp(col("scale_0", "scale_1", "scale_2")),
+        "quats": quats / np.linalg.norm(quats, axis=1, keepdims=True)}
+
+
+def test_gaussians_save_a_3dgs_ply_that_plyfile_reads_back(runtimes, expressions, tmp_path):
+    from flexavatar.runtime.ply import PLY_PROPERTIES
+
+    rt = runtimes["onnxruntime"]
+    g = rt.decode(rt.bundle_avatar(), expressions[:3], apply_head_pose=True)
+    path = g.save_ply(tmp_path / "frame2.ply", frame=2)
+    names, got = _read_3dgs_ply(path)
+    assert names == list(PLY_PROPERTIES)
+    want = g[2].numpy()                                                            # [G, ...]: one frame
+    assert got["means"].shape == (g.n_gaussians, 3)
+    np.testing.assert_array_equal(got["means"], want.means)
+    np.testing.assert_array_equal(got["sh0"], want.sh0)
+    np.testing.assert_allclose(got["scales"], want.scales, rtol=2e-6)             # log in the file
+    np.testing.assert_allclose(got["opacities"], want.opacities, rtol=0, atol=2e-6)   # logit in the file
+    np.testing.assert_allclose(got["quats"], want.quats, rtol=0, atol=2e-6)
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_ply_refuses_bad_gaussians_and_paths(runtimes, expressions, tmp_path):
+    rt = runtimes["onnxruntime"]
+    g = rt.decode(rt.bundle_avatar(), expressions[:2]).numpy()
+    with pytest.raises(RuntimeArgumentError, match="frame.*2 decoded frames"):
+        g.save_ply(tmp_path / "x.ply", frame=2)
+    with pytest.raises(OutputFileError, match=r"\.ply file"):
+        g.save_ply(tmp_path / "x.obj")
+    broken = replace(g, scales=np.where(np.arange(g.n_gaussians)[None, :, None] == 7, np.nan, g.scales))
+    with pytest.raises(RuntimeArgumentError, match="scales.*NaN"):
+        broken.save_ply(tmp_path / "x.ply")
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---- CLI ------------------------------------------------------------------------------------------------
 
 def test_cli_writes_mp4_gif_and_frames(bundle, photo, driving_dir, tmp_path, capsys):
@@ -492,9 +538,11 @@ def test_cli_writes_mp4_gif_and_frames(bundle, photo, driving_dir, tmp_path, cap
     seq = driving_dir / "EMO-1-shout+laugh.npz"
     rc = render_main([str(bundle), "--avatar", str(photo), "--expressions", str(seq), "--frames", "6",
                       "--size", "96", "--camera-orbit", "-o", str(tmp_path / "clip.mp4"), "--save-avatar",
-                      str(tmp_path / "me.npy"), "--no-progress"])
+                      str(tmp_path / "me.npy"), "--save-ply", str(tmp_path / "first.ply"), "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 0, out
+    names, first = _read_3dgs_ply(tmp_path / "first.ply")
+    assert "x" in names and first["means"].shape[1] == 3 and np.isfinite(first["scales"]).all()
     assert "p50 ms" in out and "encode (once)" in out and "whole frame" in out
     reader = imageio_ffmpeg.read_frames(str(tmp_path / "clip.mp4"))
     meta = next(reader)
