@@ -24,6 +24,7 @@ from flexavatar import kernels
 from flexavatar.bundle import (GAUSSIAN_OUTPUTS, PRECISIONS, ROLE_DECODER, ROLE_DECODER_AVATAR, ROLE_ENCODER,
                                ROLE_ENCODER_FEATURES, Bundle)
 from flexavatar.kernels.arrays import NUMPY, TORCH, array_kind, to_numpy
+from flexavatar.kernels.validation import MAX_IMAGE_SIZE
 
 from .avatar import Avatar
 from .cameras import Camera, as_camera, pixel_intrinsics, world2cam
@@ -35,7 +36,7 @@ from .timing import StageTimes
 
 log = logging.getLogger("flexavatar.runtime")
 WHITE = (1.0, 1.0, 1.0)
-MAX_RENDER_SIZE = 8192
+MAX_RENDER_SIZE = MAX_IMAGE_SIZE          # the rasterizers' limit (also the C API's)
 
 
 # ---- decoded Gaussians --------------------------------------------------------------------------------------
