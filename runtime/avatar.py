@@ -19,7 +19,7 @@ class Avatar:
     code: np.ndarray
     source: str = ""
     bundle_sha256: str = ""
-    _device_copies: dict = field(default_factory=dict, repr=False)   # device code buffers, per runtime
+    _device_copies: dict = field(default_factory=dict, repr=False)   # device code buffers, per CUDA device
 
     def __post_init__(self):
         code = np.asarray(self.code)

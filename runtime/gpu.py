@@ -11,8 +11,14 @@ asks for pixels.
 CUDA graphs (``cuda_graphs=True``): ONNX Runtime captures the decoder per expression-batch size E (one
 ``gpu_graph_id`` each) with inputs and outputs at fixed addresses; new inputs are copied into those
 buffers on the stream, and the outputs are overwritten by the next call — the runtime consumes them
-(rasterizes) before that, and ``Runtime.decode`` returns copies. Graph replays are serialised by a lock.
+(rasterizes) before that, and ``Runtime.decode`` returns copies. ONNX Runtime keeps captured graphs per
+thread and captures in CUDA's global mode, so a ``Runtime`` with graphs renders one frame at a time (a
+frame lock: decode, rasterize, readback) and each new thread captures once; other CUDA work in other
+threads during a capture (the first frames of each batch size and thread) can invalidate it.
 Needs onnxruntime-gpu ≥ 1.18 and a graph that runs entirely on the CUDA provider.
+
+Host syncs inside a frame: the native CUDA rasterizer waits once for its tile-intersection count (it sizes
+the sort buffers); nothing else waits until the pixels are read back.
 
 This module imports torch and onnxruntime; it is only imported when device="cuda".
 """
@@ -64,8 +70,17 @@ class OrtCudaModel:
                     "arena_extend_strategy": "kSameAsRequested", "cudnn_conv_algo_search": "EXHAUSTIVE"}
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), so,
-                                            providers=[("CUDAExecutionProvider", provider), "CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=[("CUDAExecutionProvider", provider),
+                                                                          "CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - ORT raises its own Fail / RuntimeException types
+            if not self.cuda_graphs:
+                raise
+            # ORT refuses graph capture at session creation when a compute node fell back to the CPU
+            # (Memcpy nodes) or the graph has control flow
+            raise EngineUnavailableError("onnxruntime", "cuda", f"CUDA graphs refused for {path.name}: "
+                                         f"{str(e).splitlines()[0][:300]}",
+                                         "run without cuda_graphs (or re-export with --opset 18)") from None
         # get_available_providers() lists CUDA in every onnxruntime-gpu install: what counts is the session's
         active = self.session.get_providers()
         if not active or active[0] != "CUDAExecutionProvider":
@@ -100,23 +115,39 @@ class OrtCudaModel:
 
     # -- run --
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """Enqueue the graph on ``self.stream`` after the caller's current stream's work (CUDA inputs made there),
+        and hand the outputs back ordered before the caller's later work: no host wait either way."""
+        torch = self.torch
         n = self._n_expressions(feeds)
-        with self.torch.cuda.stream(self.stream):
+        caller = torch.cuda.current_stream(self.device)
+        if caller != self.stream:
+            self.stream.wait_stream(caller)
+            for x in feeds.values():
+                if isinstance(x, torch.Tensor) and x.is_cuda:
+                    x.record_stream(self.stream)      # not reused by the caller's allocator before ORT read it
+        with torch.cuda.stream(self.stream):
             if self.cuda_graphs:
-                return self._run_graph(feeds, n)
-            inputs = {name: self._to_device(x) for name, x in feeds.items()}
-            outputs = {name: self.torch.empty(shape, dtype=self.torch.float32, device=self.device)
-                       for name, shape in self._output_shapes(n).items()}
-            binding = getattr(self._local, "binding", None)
-            if binding is None:
-                binding = self._local.binding = self.session.io_binding()
-            self._bind(binding, inputs, outputs)
-            self.session.run_with_iobinding(binding, self.run_options)
-            # inputs stay alive until the stream reaches them: the caching allocator reuses memory
-            # stream-ordered, and every consumer runs on self.stream
-            return {name: outputs[name] for name in self.output_names}
+                outputs = self._run_graph(feeds, n)
+            else:
+                inputs = {name: self._to_device(x) for name, x in feeds.items()}
+                outputs = {name: torch.empty(shape, dtype=torch.float32, device=self.device)
+                           for name, shape in self._output_shapes(n).items()}
+                binding = getattr(self._local, "binding", None)
+                if binding is None:
+                    binding = self._local.binding = self.session.io_binding()
+                self._bind(binding, inputs, outputs)
+                self.session.run_with_iobinding(binding, self.run_options)
+                # inputs stay alive until the stream reaches them: the caching allocator reuses memory
+                # stream-ordered, and they were made on self.stream
+        if caller != self.stream:
+            caller.wait_stream(self.stream)
+            for t in outputs.values():
+                t.record_stream(caller)
+        return {name: outputs[name] for name in self.output_names}
 
     def _run_graph(self, feeds: Mapping[str, Any], n: int) -> dict[str, Any]:
+        # The outputs are the slot's fixed buffers, overwritten by the next replay: callers that share this
+        # model across threads hold a lock until they have consumed them (Runtime does, per frame).
         with self._graph_lock:
             slot = self._graphs.get(n)
             if slot is None:

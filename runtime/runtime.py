@@ -7,10 +7,12 @@
 Every frame: decoder (the bundle's graph on the chosen engine) → optional rigid head pose → rasterizer
 (``flexavatar.kernels``). On the ONNX Runtime / OpenVINO engines with the native CPU rasterizer nothing
 imports PyTorch. One ``Runtime`` may be used from several threads at once (engines keep per-thread
-state where their library needs it; see ``engines.py`` and ``gpu.py``).
+state where their library needs it; see ``engines.py`` and ``gpu.py``); with ONNX Runtime's CUDA graphs its
+frames run one at a time.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -181,7 +183,10 @@ class Runtime:
         spec = kernels.select_backend(rasterizer, device=self.array_device, dtype="float32")
         self.rasterizer = spec.name
         self._check_values = self.array_device == "cpu"     # value checks sync the GPU: skipped there
-        self._lock = threading.Lock()
+        # CUDA graphs: the decoder's outputs are fixed buffers that the next replay overwrites, and ONNX Runtime
+        # captures in CUDA's global mode: one frame at a time (see gpu.py). Otherwise frames run concurrently.
+        graphs = getattr(self.decoder, "cuda_graphs", False)
+        self._frame_lock = threading.Lock() if graphs else contextlib.nullcontext()
         log.info("flexavatar runtime: %s", self.describe())
 
     def _open_engine(self, backend: str, device: str, options: EngineOptions):
@@ -225,7 +230,8 @@ class Runtime:
         role = self._encoder_role(features is not None)
         if role == ROLE_ENCODER_FEATURES:
             feeds["features"] = self._features(features)
-        code = to_numpy(self.engine.load(role).run(feeds)["code"])
+        with self.engine.stream():              # CUDA: the read-back is ordered after the encoder on its stream
+            code = to_numpy(self.engine.load(role).run(feeds)["code"])
         return Avatar(code, source=str(image) if isinstance(image, (str, Path)) else "photo")
 
     def _encoder_role(self, with_features: bool) -> str:
@@ -278,7 +284,7 @@ class Runtime:
         the GPU path (ordered before later work on the caller's current CUDA stream; no host sync).
         In the canonical head frame unless apply_head_pose (the GUI's rigid pose)."""
         expressions = as_expressions(expressions)
-        with self.engine.stream():
+        with self._frame_lock, self.engine.stream():
             parts = [self._decode_chunk(avatar, expressions[i:i + self.batch], apply_head_pose, copy=True)
                      for i in range(0, len(expressions), self.batch)]
             g = _concat(parts)
@@ -308,9 +314,9 @@ class Runtime:
     def _device_code(self, avatar: Avatar):
         if self.decoder.array_type != TORCH or self.device != "cuda":
             return avatar.code
-        key = (id(self), "code")
+        key = ("cuda", self.engine.options.device_id)   # read-only: shared by the runtimes on that device
         code = avatar._device_copies.get(key)
-        if code is None:                          # uploaded once per avatar and runtime
+        if code is None:                          # uploaded once per avatar and device
             import torch
 
             from .gpu import to_cuda
@@ -355,7 +361,7 @@ class Runtime:
         for start in range(0, n, self.batch):
             stop = min(n, start + self.batch)
             e = stop - start
-            with self.engine.stream():          # CUDA: decoder, pose, rasterizer and readback on one stream
+            with self._frame_lock, self.engine.stream():  # CUDA: decoder, pose, rasterizer, readback: one stream
                 with times.stage("decode", e, sync):
                     g = self._decode_chunk(avatar, expressions[start:stop], False, copy=False)
                 if apply_head_pose:

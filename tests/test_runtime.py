@@ -619,11 +619,7 @@ def test_stage_times_table():
 @pytest.mark.gpu
 @pytest.mark.parametrize("cuda_graphs", (False, True))
 def test_onnxruntime_cuda_with_the_cuda_rasterizer(cuda_graphs, bundle, model, expressions):
-    pytest.importorskip("onnxruntime")
-    import onnxruntime as ort
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
-    rt = Runtime(bundle, backend="onnxruntime", device="cuda", rasterizer="cuda", cuda_graphs=cuda_graphs, batch=3)
+    rt = _ort_cuda_runtime(bundle, cuda_graphs=cuda_graphs, batch=3)
     assert rt.device == "cuda" and rt.decoder.session.get_providers()[0] == "CUDAExecutionProvider"
     avatar = Avatar(np.load(bundle / "avatar_code.npy").transpose(1, 0, 2))
     g = rt.decode(avatar, expressions)
@@ -635,6 +631,65 @@ def test_onnxruntime_cuda_with_the_cuda_rasterizer(cuda_graphs, bundle, model, e
         frames = rt.render(avatar, expressions, orbit_camera(3), SIZE, SIZE, output="float")
         diff = np.abs(frames[..., :3].astype(np.float64) - _reference_render(want, 3))
         assert diff.mean() <= IMAGE_MEAN_TOL and diff.max() <= IMAGE_MAX_TOL
+
+
+def _ort_cuda_runtime(bundle: Path, **options) -> Runtime:
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
+    return Runtime(bundle, backend="onnxruntime", device="cuda", rasterizer="cuda", **options)
+
+
+@pytest.mark.gpu
+def test_onnxruntime_cuda_encodes_each_photo_like_pytorch(bundle, model, photo, tmp_path):
+    """The encoder's output is read back after the encoder ran on its stream (two photos: no stale code)."""
+    rt = _ort_cuda_runtime(bundle)
+    mirrored = tmp_path / "mirrored.png"
+    Image.open(photo).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
+    codes = []
+    for path in (photo, mirrored):
+        got = rt.create_avatar(path).code
+        assert _max_err(got, _reference_code(model, path)) <= GAUSSIAN_TOL
+        codes.append(got)
+    assert np.abs(codes[0] - codes[1]).max() > 100 * GAUSSIAN_TOL
+
+
+@pytest.mark.gpu
+def test_onnxruntime_cuda_graphs_from_two_threads(bundle, model, expressions, driving_dir):
+    """CUDA graphs with a partial last chunk (batch 2 over 5 frames), the generic and the code-folded decoder,
+    rendered from two threads at once: each thread's frames equal its own frames rendered alone."""
+    rt = _ort_cuda_runtime(bundle, cuda_graphs=True, batch=2)
+    codes = load_expressions(driving_dir / "SEN-10-port_strong_smokey.npz")[:5]
+    jobs = {0: (rt.bundle_avatar(), codes), 1: (Avatar(np.load(bundle / "avatar_code.npy").transpose(1, 0, 2)),
+                                                 codes[::-1].copy())}
+    alone = {t: rt.render(avatar, seq, orbit_camera(5), 64, 64) for t, (avatar, seq) in jobs.items()}
+    want = _reference_gaussians(model, jobs[1][0].code, jobs[1][1])
+    got = rt.decode(jobs[1][0], jobs[1][1])
+    for f in FIELDS:
+        assert _max_err(getattr(got, f).cpu().numpy(), want[f]) <= GAUSSIAN_TOL
+    results: dict[int, list[np.ndarray]] = {0: [], 1: []}
+    errors = []
+    barrier = threading.Barrier(2)
+
+    def work(t: int) -> None:
+        try:
+            barrier.wait()
+            for _ in range(4):
+                results[t].append(rt.render(*jobs[t], orbit_camera(5), 64, 64))
+        except BaseException as e:                       # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in (0, 1)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=300)
+    assert not errors, errors
+    for t in (0, 1):
+        assert len(results[t]) == 4
+        for frames in results[t]:
+            assert np.abs(frames.astype(int) - alone[t].astype(int)).max() <= 1
 
 
 @pytest.mark.gpu

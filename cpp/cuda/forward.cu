@@ -14,6 +14,14 @@ namespace {
 
 namespace m = math;
 
+// One compiled copy of the tile test for the counting kernel (project_kernel) and the emitting kernel: the
+// emitter fills exactly the slots the count reserved, which separately inlined copies (free to contract
+// differently into FMAs) would not guarantee for a Gaussian on the edge of a tile.
+__device__ __noinline__ bool tile_touches(float mean_x, float mean_y, float conic_a, float conic_b, float conic_c,
+                                         float sigma_cut, int tx, int ty, int width, int height) {
+  return m::tile_touches_gaussian(mean_x, mean_y, conic_a, conic_b, conic_c, sigma_cut, tx, ty, width, height);
+}
+
 __global__ void project_kernel(FlexavatarCudaForwardArgs a, int64_t num_views, int tiles_x, int tiles_y,
                                float4* xy_opacity, float4* conic, float4* color_depth, int4* tile_box,
                                int64_t* tiles_touched) {
@@ -35,8 +43,8 @@ __global__ void project_kernel(FlexavatarCudaForwardArgs a, int64_t num_views, i
     const float cut = m::culling_sigma_cut(opacity);
     for (int ty = r.y0; ty < r.y1; ++ty)
       for (int tx = r.x0; tx < r.x1; ++tx)
-        touched += m::tile_touches_gaussian(p.mean_x, p.mean_y, p.conic_a, p.conic_b, p.conic_c, cut, tx, ty,
-                                            int(a.width), int(a.height));
+        touched += tile_touches(p.mean_x, p.mean_y, p.conic_a, p.conic_b, p.conic_c, cut, tx, ty, int(a.width),
+                                int(a.height));
     const float* sh = a.sh0 + 3 * gi;
     xy_opacity[idx] = make_float4(p.mean_x, p.mean_y, opacity, cut);
     conic[idx] = make_float4(p.conic_a, p.conic_b, p.conic_c, 0.0f);
@@ -65,7 +73,8 @@ __global__ void emit_intersections_kernel(FlexavatarCudaForwardArgs a, int64_t n
   const uint64_t depth_bits = uint64_t(__float_as_uint(color_depth[idx].w)) & 0x7fffffffull;
   for (int ty = box.y; ty < box.w; ++ty)
     for (int tx = box.x; tx < box.z; ++tx)
-      if (m::tile_touches_gaussian(xo.x, xo.y, co.x, co.y, co.z, xo.w, tx, ty, int(a.width), int(a.height))) {
+      if (tile_touches(xo.x, xo.y, co.x, co.y, co.z, xo.w, tx, ty, int(a.width), int(a.height))) {
+        if (out == end) return;  // never reached while both kernels agree: no write past this Gaussian's slots
         const uint64_t tile = uint64_t(view * tiles_per_view + int64_t(ty) * tiles_x + tx);
         keys[out] = (tile << 31) | depth_bits;
         values[out] = uint32_t(idx);

@@ -259,6 +259,17 @@ Status OrtModel::bind_output(const std::string& name, float* data, const std::ve
 }
 
 Status OrtModel::run() {
+  if (on_cuda()) {
+    // ONNX Runtime copies an input to the device its consumers run on when it is *bound*
+    // (IOBinding::BindInput → CopyOneInputAcrossDevices), not when the graph runs: a host buffer bound to
+    // a CUDA session would be read as it was at bind time forever. Binding again before each run copies
+    // what the buffers hold now (a no-op for device buffers whose consumers are on the device).
+    for (const auto& [key, value] : bound_values_) {
+      if (key.rfind("in:", 0) != 0) continue;
+      Status s = check(api_->BindInput(binding_.get(), key.c_str() + 3, value.get()), "BindInput " + key.substr(3));
+      if (!s.ok()) return s;
+    }
+  }
   return check(api_->RunWithBinding(session_.get(), run_options_.get(), binding_.get()), "Run");
 }
 

@@ -65,7 +65,8 @@ class OrtModel {
   bool on_cuda() const { return provider_ == "CUDAExecutionProvider"; }
 
   // Binds caller-owned float32 buffers (they must outlive the model or the next bind of the same name,
-  // which replaces the binding). Device buffers need the CUDA provider.
+  // which replaces the binding). Device buffers need the CUDA provider. Each run() reads what the input
+  // buffers hold then (on the CUDA provider it binds them again: ONNX Runtime copies inputs at bind time).
   Status bind_input(const std::string& name, float* data, const std::vector<int64_t>& shape,
                     Memory memory = Memory::kHost);
   Status bind_output(const std::string& name, float* data, const std::vector<int64_t>& shape,

@@ -518,8 +518,9 @@ Status Runtime::render_cuda(const float* expression, int64_t count, const Camera
     std::copy(expression, expression + count, stage + CudaFrames::kCameraFloats);
     s = cuda_->upload_stage();
     // Waited for (a few hundred bytes): a graph input that ONNX Runtime copies to the host for a CPU-placed
-    // node goes through a synchronous cudaMemcpy on the legacy default stream, which is not ordered after
-    // this non-blocking stream. The graph itself is still only queued (it runs on this stream).
+    // node is copied when run() binds it again (OrtModel::run), through a synchronous cudaMemcpy on the
+    // legacy default stream, which is not ordered after this non-blocking stream. The graph itself is still
+    // only queued (it runs on this stream).
     if (s.ok()) s = cuda_->wait();
     if (s.ok()) s = decoder_->run();
     uint32_t bad = 0;

@@ -11,7 +11,10 @@
 //  * the device-pointer frame (flexavatar_runtime_render_device) equals the host frame of the same runtime
 //    byte for byte, and its pointers are device memory of the reported device;
 //  * with ONNX Runtime's CUDA provider (onnxruntime-gpu), the zero-copy path (decoder outputs bound to device
-//    buffers) against the same oracle; without it this part is reported as not run, never silently passed.
+//    buffers) against the same oracle; without it this part is reported as not run, never silently passed;
+//  * with that provider too: the decoder on it with host buffers + the CPU rasterizer, and the encoder on it
+//    (two different photos, each against the CPU runtime's code): ONNX Runtime copies a host input when it
+//    is bound, not when the graph runs, so a runtime that binds once would decode / encode stale inputs.
 // Exit 0: passed; 1: failed; 77: skipped (no CUDA device, or no bundle), with the reason on stdout.
 #include <cuda_runtime.h>
 
@@ -206,6 +209,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   flexavatar_runtime* zero_copy = create(bundle, FLEXAVATAR_DEVICE_CUDA, FLEXAVATAR_RASTERIZER_AUTO, &s);
+  // the decoder on the CUDA provider, host buffers, CPU rasterizer (created only when the provider is there)
+  flexavatar_runtime* host_io = zero_copy ? create(bundle, FLEXAVATAR_DEVICE_CUDA, FLEXAVATAR_RASTERIZER_CPU, &s)
+                                          : nullptr;
+  if (zero_copy && !host_io) expect(false, std::string("device CUDA + CPU rasterizer: ") + flexavatar_last_error());
   std::string zero_copy_note;
   if (!zero_copy) {
     // UNAVAILABLE: ONNX Runtime has no CUDA provider (the CPU wheel); MODEL: the provider is there but the
@@ -230,7 +237,8 @@ int main(int argc, char** argv) {
   std::vector<float> random_code(size_t(info.num_head_tokens * info.code_dim));
   for (float& v : random_code) v = 0.5f * normal();
   bool ok = set_code(cpu, info, code_path, random_code) && set_code(upload, info, code_path, random_code) &&
-            (!zero_copy || set_code(zero_copy, info, code_path, random_code));
+            (!zero_copy || set_code(zero_copy, info, code_path, random_code)) &&
+            (!host_io || set_code(host_io, info, code_path, random_code));
   std::vector<std::vector<float>> expressions(2, std::vector<float>(size_t(info.expression_dim), 0.f));
   for (float& v : expressions[1]) v = 0.3f * normal();
 
@@ -251,6 +259,7 @@ int main(int argc, char** argv) {
   flexavatar_camera camera;
   flexavatar_runtime_default_camera(cpu, &camera);
   const int sizes[][2] = {{512, 512}, {160, 96}, {512, 512}};  // then back: the frame buffers are resized twice
+  std::vector<HostFrame> first_frames;  // per expression, the CPU frame at the first size
   for (size_t e = 0; ok && e < expressions.size(); ++e) {
     for (const auto& size : sizes) {
       camera.width = size[0];
@@ -263,6 +272,14 @@ int main(int argc, char** argv) {
         continue;
       }
       const HostFrame reference = copy_frame(f);
+      if (&size == &sizes[0]) first_frames.push_back(reference);
+      if (host_io) {
+        if (flexavatar_runtime_render(host_io, expressions[e].data(), info.expression_dim, &camera, &f) ==
+            FLEXAVATAR_OK)
+          compare_to_cpu(copy_frame(f), reference, what + " CUDA decoder (host buffers) + CPU rasterizer", 5e-3);
+        else
+          expect(false, what + ": CUDA decoder + CPU rasterizer render: " + flexavatar_last_error());
+      }
       if (flexavatar_runtime_render(upload, expressions[e].data(), info.expression_dim, &camera, &f) != FLEXAVATAR_OK) {
         expect(false, what + ": CUDA render: " + flexavatar_last_error());
         continue;
@@ -299,6 +316,13 @@ int main(int argc, char** argv) {
         compare_to_cpu(copy_frame(f), reference, what + " CUDA decoder (zero copy) + CUDA rasterizer", 5e-3);
       }
     }
+  }
+
+  // The comparisons above can tell inputs apart only if the two expressions give different frames.
+  if (first_frames.size() == 2) {
+    const Diff apart = diff(first_frames[0].rgb, first_frames[1].rgb, 3);
+    std::printf("  expression 0 vs 1 (CPU): rgb mean |diff| %.2e\n", apart.mean);
+    expect(apart.mean > 10 * kMeanTol, "the two test expressions render (almost) the same frame");
   }
 
   // Host Gaussians of the upload runtime (decode) equal the CPU runtime's (same ONNX Runtime CPU graph).
@@ -341,8 +365,51 @@ int main(int argc, char** argv) {
     }
   }
 
+  // Last (it replaces the runtimes' codes): the encoder on the CUDA provider (it runs on the decoder's), two
+  // photos, each equal to the CPU runtime's code.
+  if (host_io && info.encoders) {
+    const int64_t side = info.image_size, tokens = info.num_head_tokens * info.code_dim;
+    const bool features = (info.encoders & FLEXAVATAR_ENCODER_FEATURES) && !(info.encoders & FLEXAVATAR_ENCODER_IMAGE);
+    const int64_t fc = features ? info.feature_channels : 0, fh = features ? 16 : 0, fw = features ? 16 : 0;
+    std::vector<float> cpu_code(static_cast<size_t>(tokens)), cuda_code(static_cast<size_t>(tokens)), previous;
+    for (int photo = 0; photo < 2; ++photo) {
+      std::vector<float> image(size_t(3 * side * side)), feats(size_t(fc * fh * fw));
+      for (float& v : image) v = std::min(1.f, std::max(0.f, 0.5f + 0.2f * normal()));
+      for (float& v : feats) v = normal();
+      flexavatar_encoder_input in;
+      flexavatar_encoder_input_init(&in, sizeof(in));
+      in.image = image.data();
+      in.image_count = int64_t(image.size());
+      if (features) {
+        in.features = feats.data();
+        in.feature_channels = fc;
+        in.feature_height = fh;
+        in.feature_width = fw;
+      }
+      const std::string what = "encoder, photo " + std::to_string(photo);
+      if (flexavatar_runtime_create_avatar_code(cpu, &in) != FLEXAVATAR_OK ||
+          flexavatar_runtime_get_avatar_code(cpu, cpu_code.data(), tokens) != FLEXAVATAR_OK ||
+          flexavatar_runtime_create_avatar_code(host_io, &in) != FLEXAVATAR_OK ||
+          flexavatar_runtime_get_avatar_code(host_io, cuda_code.data(), tokens) != FLEXAVATAR_OK) {
+        expect(false, what + ": " + flexavatar_last_error());
+        break;
+      }
+      double worst = 0, scale = 0, moved = 0;
+      for (int64_t i = 0; i < tokens; ++i) {
+        worst = std::max(worst, double(std::fabs(cuda_code[size_t(i)] - cpu_code[size_t(i)])));
+        scale = std::max(scale, double(std::fabs(cpu_code[size_t(i)])));
+        if (!previous.empty()) moved = std::max(moved, double(std::fabs(cpu_code[size_t(i)] - previous[size_t(i)])));
+      }
+      std::printf("  %s: CUDA-provider code vs CPU max |diff| %.2e (max |code| %.2e)\n", what.c_str(), worst, scale);
+      expect(worst <= 1e-3 * std::max(1.0, scale), what + ": the CUDA provider's code differs from the CPU's");
+      if (!previous.empty()) expect(moved > 1e-2, "the two test photos encode to (almost) the same code");
+      previous = cpu_code;
+    }
+  }
+
   if (!zero_copy)
     std::printf("NOTE: zero-copy path (decoder on ONNX Runtime's CUDA provider) not run: %s\n", zero_copy_note.c_str());
+  flexavatar_runtime_destroy(host_io);
   flexavatar_runtime_destroy(zero_copy);
   flexavatar_runtime_destroy(upload);
   flexavatar_runtime_destroy(cpu);
