@@ -217,6 +217,9 @@ def test_cuda_entry_points_fail_cleanly_without_a_usable_device():
     if info["available"]:
         pytest.skip("a CUDA device is present: covered by the gpu tests")
     assert info["reason"]
+    if info["library_loaded"]:
+        # the CUDA runtime's own reason (no driver, a driver too old for the runtime, no device), not a guess
+        assert "cudaError" in info["reason"], info["reason"]
     args = _valid_native_args()
     with pytest.raises(native.NativeError) as err:  # numpy arrays are not CUDA arrays / no library
         native.cuda_forward(args["means"], args["quats"], args["scales"], args["opacities"], args["sh0"],

@@ -46,9 +46,11 @@ int api_device_count(int* count, char* error, size_t error_len) {
   if (!count) return fail(StatusCode::kNullPointer, "count: got a null pointer", error, error_len);
   *count = 0;
   const cudaError_t err = cudaGetDeviceCount(count);
-  if (err != cudaSuccess) {  // no driver / no device: report zero devices, not an error
+  if (err != cudaSuccess) {  // no driver / no device: report zero devices, not an error, and why
     cudaGetLastError();
     *count = 0;
+    if (error && error_len > 0)
+      std::snprintf(error, error_len, "%s: %s", cudaGetErrorName(err), cudaGetErrorString(err));
   }
   return 0;
 }

@@ -256,10 +256,13 @@ py::dict cuda_info_py() {
   const Status st = CudaLibrary::load("", &lib);
   d["library_loaded"] = st.ok();
   d["library"] = st.ok() ? py::str(lib->path()) : py::str("");
-  const int count = st.ok() ? lib->device_count() : 0;
+  std::string why;
+  const int count = st.ok() ? lib->device_count(&why) : 0;
   d["device_count"] = count;
   d["available"] = st.ok() && count > 0;
-  d["reason"] = !st.ok() ? st.message() : (count == 0 ? std::string("no CUDA device (or no driver) on this machine") : std::string());
+  d["reason"] = !st.ok() ? st.message()
+                         : count > 0 ? std::string()
+                                     : "no CUDA device (or no driver) on this machine" + (why.empty() ? "" : " (" + why + ")");
   return d;
 }
 

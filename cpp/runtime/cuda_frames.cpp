@@ -56,10 +56,12 @@ Status CudaFrames::open(int device, int64_t num_gaussians, int64_t expression_di
   std::shared_ptr<CudaLibrary> library;
   Status s = CudaLibrary::load("", &library);
   if (!s.ok()) return Status(StatusCode::kUnavailable, s.message());
-  const int count = library->device_count();
+  std::string why;
+  const int count = library->device_count(&why);
   if (count <= 0)
     return Status(StatusCode::kUnavailable, "no CUDA device is visible (" + library->path() +
-                                                " loaded, but the CUDA driver reports no device)");
+                                                " loaded, but the CUDA driver reports no device" +
+                                                (why.empty() ? std::string() : ": " + why) + ")");
   if (device < 0 || device >= count)
     return Status(StatusCode::kUnavailable, "CUDA device " + std::to_string(device) + " was requested, but " +
                                                 std::to_string(count) + " device(s) are visible (ordinals 0 .. " +

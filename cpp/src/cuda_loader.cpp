@@ -43,11 +43,12 @@ Status status_from_c(int code, const char* message) {
   return Status(static_cast<StatusCode>(code), message ? message : "");
 }
 
-int CudaLibrary::device_count() const {
+int CudaLibrary::device_count(std::string* why) const {
   int count = 0;
   char err[256] = {0};
-  if (api_->device_count(&count, err, sizeof(err)) != 0) return 0;
-  return count;
+  const int code = api_->device_count(&count, err, sizeof(err));
+  if (why) *why = err;
+  return code != 0 ? 0 : count;
 }
 
 Status CudaLibrary::load(const std::string& path, std::shared_ptr<CudaLibrary>* out) {

@@ -62,7 +62,8 @@ typedef struct FlexavatarCudaBackwardArgs {
 
 typedef struct FlexavatarCudaApi {
   int abi_version;
-  /* Number of usable devices (0 without a driver or GPU: not an error). */
+  /* Number of usable devices (0 without a driver or GPU: not an error; then `error` says why, e.g. a driver
+   * older than the CUDA runtime this library was built with). */
   int (*device_count)(int* count, char* error, size_t error_len);
   /* Device ordinal owning `ptr`; fails for host or unknown pointers. */
   int (*pointer_device)(const void* ptr, int* device, char* error, size_t error_len);

@@ -21,7 +21,8 @@ class CudaLibrary {
 
   const FlexavatarCudaApi& api() const { return *api_; }
   const std::string& path() const { return path_; }
-  int device_count() const;
+  // Usable devices; with none, *why (if given) holds the driver's reason when it gave one.
+  int device_count(std::string* why = nullptr) const;
 
  private:
   CudaLibrary(void* handle, const FlexavatarCudaApi* api, std::string path)
