@@ -419,7 +419,8 @@ class TorchBackend(InferenceBackend):
 
     def __init__(self, bundle, device, options):
         super().__init__(bundle, device, options)
-        self.model = _torch_model(bundle, options).to(device)
+        self.torch_device = f"cuda:{options.device_id}" if device == "cuda" else device
+        self.model = _torch_model(bundle, options).to(self.torch_device)
 
     def has(self, role: str) -> bool:
         if role == ROLE_DECODER:
@@ -434,16 +435,16 @@ class TorchBackend(InferenceBackend):
                                        "decoder, encoder (needs dinov2) or encoder_features")
         models = {ROLE_DECODER: TorchDecoderModel, ROLE_ENCODER: TorchEncoderModel,
                   ROLE_ENCODER_FEATURES: TorchEncoderModel}
-        return models[role](self.model, self.device)
+        return models[role](self.model, self.torch_device)
 
     def describe(self) -> str:
         import torch
-        return f"torch {torch.__version__} eager ({self.device})"
+        return f"torch {torch.__version__} eager ({self.torch_device})"
 
     def synchronize(self) -> None:
         if self.device == "cuda":
             import torch
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.torch_device)
 
 
 def _torch_model(bundle: Bundle, options: EngineOptions):
