@@ -19,9 +19,7 @@ import numpy as np
 
 from .constants import EPS2D, FAR_PLANE, NEAR_PLANE
 from .registry import register_backend
-from .types import RenderRequest, RenderResult
-
-SPLAT_FIELDS = ("means", "quats", "scales", "opacities", "sh0")
+from .types import SPLAT_FIELDS, RenderRequest, RenderResult
 
 
 @functools.cache
@@ -101,6 +99,21 @@ def _cuda_availability(device: str) -> str | None:
     return None
 
 
+def _cuda_forward(torch, native, inputs: tuple, width: int, height: int):
+    """One forward on the caller's current stream. inputs: means [B,G,3], quats [B,G,4], scales [B,G,3],
+    opacities [B,G], sh0 [B,G,3], viewmats [B,C,4,4], Ks [B,C,3,3], backgrounds [B,C,3] (contiguous, detached)
+    -> (state for the backward, image [B,C,H,W,3], alpha [B,C,H,W], depth [B,C,H,W])."""
+    means = inputs[0]
+    b, c = means.shape[0], inputs[5].shape[1]
+    image = means.new_empty((b, c, height, width, 3))
+    alpha = means.new_empty((b, c, height, width))
+    depth = means.new_empty((b, c, height, width))
+    stream = torch.cuda.current_stream(means.device).cuda_stream
+    state = native.cuda_forward(*inputs, image, alpha, depth, width, height, eps2d=EPS2D,
+                                near_plane=NEAR_PLANE, far_plane=FAR_PLANE, stream=stream)
+    return state, image, alpha, depth
+
+
 @functools.cache
 def _rasterize_function():
     """The autograd.Function, built on first use so that torch is imported lazily."""
@@ -115,14 +128,8 @@ def _rasterize_function():
 
         @staticmethod
         def forward(ctx, means, quats, scales, opacities, sh0, viewmats, ks, backgrounds, width, height):
-            b, c = means.shape[0], viewmats.shape[1]
-            image = means.new_empty((b, c, height, width, 3))
-            alpha = means.new_empty((b, c, height, width))
-            depth = means.new_empty((b, c, height, width))
-            stream = torch.cuda.current_stream(means.device).cuda_stream
-            inputs = [t.detach() for t in (means, quats, scales, opacities, sh0, viewmats, ks, backgrounds)]
-            ctx.state = native.cuda_forward(*inputs, image, alpha, depth, width, height, eps2d=EPS2D,
-                                            near_plane=NEAR_PLANE, far_plane=FAR_PLANE, stream=stream)
+            inputs = tuple(t.detach() for t in (means, quats, scales, opacities, sh0, viewmats, ks, backgrounds))
+            ctx.state, image, alpha, depth = _cuda_forward(torch, native, inputs, width, height)
             ctx.save_for_backward(means, quats, scales, opacities, sh0, viewmats, ks, backgrounds, alpha)
             return image, alpha, depth
 
@@ -144,14 +151,19 @@ def _rasterize_function():
 
 def render_cuda(request: RenderRequest) -> RenderResult:
     """Backend entry point "cuda": CUDA torch float32 request -> torch RenderResult (differentiable)."""
+    import torch
+
     n, h, w = request.num_views, request.height, request.width
     splats = [getattr(request.splats, f) for f in SPLAT_FIELDS]
     b, c = _batch_layout(splats, n)
-    arrays = [x[:b].contiguous() for x in splats]
-    viewmats = request.cameras.world2cam.reshape(b, c, 4, 4).contiguous()
-    ks = request.cameras.K.reshape(b, c, 3, 3).contiguous()
-    background = request.background.reshape(b, c, 3).contiguous()
-    image, alpha, depth = _rasterize_function().apply(*arrays, viewmats, ks, background, w, h)
+    inputs = (*((x if x.shape[0] == b else x[:b]).contiguous() for x in splats),
+              request.cameras.world2cam.reshape(b, c, 4, 4).contiguous(),
+              request.cameras.K.reshape(b, c, 3, 3).contiguous(),
+              request.background.reshape(b, c, 3).contiguous())
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        image, alpha, depth = _rasterize_function().apply(*inputs, w, h)
+    else:   # inference (every frame of the runtime): no autograd node, the forward state is freed at once
+        _, image, alpha, depth = _cuda_forward(torch, native_module(), inputs, w, h)
     return RenderResult(rgb=image.reshape(n, h, w, 3), alpha=alpha.reshape(n, h, w, 1),
                         depth=depth.reshape(n, h, w, 1))
 

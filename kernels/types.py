@@ -35,7 +35,10 @@ class Splats:
     sh0: Array
 
     def arrays(self) -> dict[str, Array]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in SPLAT_FIELDS}
+
+
+SPLAT_FIELDS = tuple(f.name for f in fields(Splats))     # means, quats, scales, opacities, sh0
 
 
 @dataclass(frozen=True)

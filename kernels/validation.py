@@ -48,9 +48,9 @@ def _leading(name: str, x: Any, tail: tuple[int, ...], num_gaussians: int | None
     """Split ``x.shape`` into (views or None, G), checking the trailing dims."""
     shape = tuple(x.shape)
     rank = len(tail) + 1
-    expected = f"[G{', ' if tail else ''}{', '.join(map(str, tail))}] or [N, G{', ' if tail else ''}{', '.join(map(str, tail))}]"
     if len(shape) not in (rank, rank + 1) or shape[len(shape) - len(tail):] != tail:
-        raise InputShapeError(name, f"has shape {_shape_str(shape)}", expected)
+        dims = "".join(f", {d}" for d in tail)
+        raise InputShapeError(name, f"has shape {_shape_str(shape)}", f"[G{dims}] or [N, G{dims}]")
     g = shape[-len(tail) - 1]
     if num_gaussians is not None and g != num_gaussians:
         raise InputShapeError(name, f"has {g} Gaussians (shape {_shape_str(shape)})",
@@ -129,8 +129,12 @@ def validate_request(splats: Splats, cameras: Cameras, width: Any, height: Any,
     background = _background_array(background, means)
     named = {f"splats.{k}": v for k, v in splats.arrays().items()}
     named.update({"cameras.world2cam": cameras.world2cam, "cameras.K": cameras.K})
+    # fast path (this runs every frame of a real-time renderer): the same class, dtype and device as means;
+    # anything else (subclasses included) gets the full check, which names what is wrong
+    same_class, same_dtype, same_device = type(means), means.dtype, getattr(means, "device", None)
     for name, x in named.items():
-        _check_array(name, x, means)
+        if not (type(x) is same_class and x.dtype == same_dtype and getattr(x, "device", None) == same_device):
+            _check_array(name, x, means)
 
     # --- shapes ---------------------------------------------------------------------------
     views: dict[str, int | None] = {}

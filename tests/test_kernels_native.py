@@ -241,6 +241,58 @@ def _torch_scene(splats: Splats, cameras: Cameras, device, requires_grad=False):
     return Splats(**ts), Cameras(torch.tensor(cameras.world2cam, device=device), torch.tensor(cameras.K, device=device))
 
 
+class _RecordingNative:
+    """Stands in for flexavatar._native's CUDA entry point on the CPU: records what the wrapper hands over and
+    fills the outputs with values derived from the inputs."""
+
+    def __init__(self):
+        self.calls = []
+
+    def cuda_forward(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        means, image, alpha, depth = args[0], args[8], args[9], args[10]
+        image.fill_(float(means.sum())), alpha.fill_(0.5), depth.fill_(float(args[5].sum()))
+        return object()
+
+
+@pytest.mark.parametrize("shared_splats", [True, False])
+def test_cuda_wrapper_hands_the_same_arguments_with_and_without_autograd(monkeypatch, shared_splats):
+    """The inference path (no autograd node: every runtime frame) and the autograd.Function give the native
+    forward the same arrays, layout and settings, and return the same images. CPU tensors + a recording stand-in
+    for the CUDA library: the numerics themselves are compared with the reference on a GPU (tests below)."""
+    import torch
+
+    from flexavatar.kernels import native as native_backend
+    from flexavatar.kernels.validation import validate_request
+
+    recorder = _RecordingNative()
+    monkeypatch.setattr(native_backend, "native_module", lambda: recorder)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: type("S", (), {"cuda_stream": 7})())
+    native_backend._rasterize_function.cache_clear()
+    try:
+        splats, cameras = random_scene(50, 3, 24, 16, seed=4)
+        if not shared_splats:       # one frame of Gaussians per view
+            splats = Splats(**{k: np.ascontiguousarray(np.stack([v] * 3)) for k, v in splats.arrays().items()})
+        results = []
+        for grad in (False, True):
+            ts, tc = _torch_scene(splats, cameras, "cpu", requires_grad=grad)
+            request = validate_request(ts, tc, 24, 16, torch.tensor(_backgrounds(3, 4)), check_values=False)
+            results.append(native_backend.render_cuda(request))
+            assert results[-1].rgb.requires_grad == grad     # an autograd node only when gradients are wanted
+        (plain_args, plain_kwargs), (grad_args, grad_kwargs) = recorder.calls
+        assert plain_kwargs == grad_kwargs and plain_kwargs["stream"] == 7
+        assert plain_args[11:] == grad_args[11:] == (24, 16)
+        b, c = (1, 3) if shared_splats else (3, 1)
+        assert tuple(plain_args[0].shape) == (b, 50, 3) and tuple(plain_args[5].shape) == (b, c, 4, 4)
+        for x, y in zip(plain_args[:8], grad_args[:8]):
+            assert x.is_contiguous() and y.is_contiguous() and not x.requires_grad and not y.requires_grad
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+        for field in ("rgb", "alpha", "depth"):
+            torch.testing.assert_close(getattr(results[0], field), getattr(results[1], field).detach(), rtol=0, atol=0)
+    finally:
+        native_backend._rasterize_function.cache_clear()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("num_gaussians,num_views,width,height,seed", SCENES)
 def test_cuda_forward_matches_reference(num_gaussians, num_views, width, height, seed):
@@ -254,6 +306,12 @@ def test_cuda_forward_matches_reference(num_gaussians, num_views, width, height,
     assert got.backend == "cuda"
     _assert_matches([x.cpu().numpy() for x in (got.rgb, got.alpha, got.depth)],
                     [x.cpu().numpy() for x in (ref.rgb, ref.alpha, ref.depth)])
+    # inputs that require grad take the autograd.Function: the same kernels, bit for bit
+    gsplats, gcams = _torch_scene(splats, cameras, "cuda", requires_grad=True)
+    with_grad = rasterize(gsplats, gcams, width, height, background=bg, backend="cuda")
+    assert with_grad.rgb.requires_grad
+    for a, b in ((got.rgb, with_grad.rgb), (got.alpha, with_grad.alpha), (got.depth, with_grad.depth)):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
 
 
 def _loss_weights(shape_rgb, shape_alpha, device, seed):
