@@ -56,7 +56,9 @@ def write_ply(path: str | Path, means: np.ndarray, quats: np.ndarray, scales: np
                np.log(np.maximum(arrays["scales"], _MIN_SCALE)), arrays["quats"]]
     table = np.concatenate(columns, axis=1).astype("<f4")                         # [G, 17]
     header = ["ply", "format binary_little_endian 1.0"]
-    header += [f"comment {line}" for line in comment.splitlines() if line.strip()]
+    # PLY headers are ASCII: other characters of a comment (e.g. a sequence's file name) become "?"
+    header += [f"comment {line.encode('ascii', 'replace').decode('ascii')}" for line in comment.splitlines()
+               if line.strip()]
     header += [f"element vertex {g}", *(f"property float {p}" for p in PLY_PROPERTIES), "end_header"]
     tmp = path.with_name(f".{path.name}.partial")
     try:

@@ -504,8 +504,10 @@ def test_gaussians_save_a_3dgs_ply_that_plyfile_reads_back(runtimes, expressions
 
     rt = runtimes["onnxruntime"]
     g = rt.decode(rt.bundle_avatar(), expressions[:3], apply_head_pose=True)
-    path = g.save_ply(tmp_path / "frame2.ply", frame=2)
+    path = g.save_ply(tmp_path / "frame2.ply", frame=2, comment="flexavatar: frame 2 of Émotion-1.npz\nsecond line")
     names, got = _read_3dgs_ply(path)
+    from plyfile import PlyData
+    assert PlyData.read(str(path)).comments == ["flexavatar: frame 2 of ?motion-1.npz", "second line"]
     assert names == list(PLY_PROPERTIES)
     want = g[2].numpy()                                                            # [G, ...]: one frame
     assert got["means"].shape == (g.n_gaussians, 3)
