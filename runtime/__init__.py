@@ -17,13 +17,14 @@ from .engines import (EngineOptions, EngineSpec, InferenceBackend, available_eng
 from .errors import (AvatarFileError, CameraInputError, EncoderUnavailableError, EngineUnavailableError,
                      ExpressionInputError, ImageInputError, ModelMismatchError, OutputFileError, RuntimeArgumentError,
                      RuntimeFailure, UnknownEngineError)
-from .expressions import head_pose, load_expressions, neutral_expression, synthetic_expressions
+from .expressions import head_pose, head_pose_matrix, load_expressions, neutral_expression, synthetic_expressions
 from .runtime import FRAME_FORMATS, WHITE, Gaussians, Runtime, apply_pose
 from .timing import StageTimes
 
 __all__ = [
     "Runtime", "Avatar", "Gaussians", "Camera", "default_camera", "orbit_camera", "look_at", "load_expressions",
-    "neutral_expression", "synthetic_expressions", "head_pose", "apply_pose", "StageTimes", "FRAME_FORMATS", "WHITE",
+    "neutral_expression", "synthetic_expressions", "head_pose", "head_pose_matrix", "apply_pose", "StageTimes",
+    "FRAME_FORMATS", "WHITE",
     "EngineOptions", "EngineSpec", "InferenceBackend", "register_engine", "registered_engines", "available_engines",
     "get_engine", "select_engine",
     "RuntimeFailure", "RuntimeArgumentError", "ImageInputError", "ExpressionInputError", "CameraInputError",

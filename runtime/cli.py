@@ -21,7 +21,7 @@ from .errors import RuntimeArgumentError
 from .runtime import MAX_RENDER_SIZE, WHITE, Runtime
 from .timing import StageTimes
 from .ply import check_ply_path
-from .video import open_writer, output_kind
+from .video import open_writer, output_kind, straight_rgba
 
 DEFAULT_FPS = 25.0          # the tracked sequences' nominal rate (fixtures/driving/README.md)
 
@@ -67,20 +67,36 @@ class ProgressBar:
 
 def render_to_file(runtime: Runtime, avatar: Avatar, expressions: np.ndarray, output: str | Path, *, size: int = 512,
                    camera: Camera | None = None, fps: float = DEFAULT_FPS, apply_head_pose: bool = False,
-                   background: Sequence[float] = WHITE, timings: StageTimes | None = None,
+                   background: Sequence[float] = WHITE, alpha: bool = False, timings: StageTimes | None = None,
                    progress: Callable[[int], None] | None = None) -> RenderReport:
     """Render ``expressions`` [T, 135] of ``avatar`` into ``output`` (.mp4, .gif or a PNG folder), size² pixels.
-    camera: one camera or T (default: the official demo camera). progress(n) is called after each n frames."""
+    camera: one camera or T (default: the official demo camera). alpha: RGBA PNG frames (straight alpha, for
+    compositing; PNG folders only). progress(n) is called after each n frames."""
     camera = camera or default_camera()
     timings = timings if timings is not None else StageTimes()
-    with open_writer(output, size, size, fps) as writer:
+    with open_writer(output, size, size, fps, channels=4 if alpha else 3) as writer:
         for frames in runtime.iter_render(avatar, expressions, camera, size, size, background, apply_head_pose,
-                                          "uint8", timings):
+                                          "float" if alpha else "uint8", timings):
             with timings.stage("write", len(frames)):
-                writer.write(frames)
+                writer.write(straight_rgba(frames, background) if alpha else frames)
             if progress is not None:
                 progress(len(frames))
     return RenderReport(Path(output), writer.count, size, size, fps, timings, runtime.describe())
+
+
+def parse_colour(text: str) -> tuple[float, float, float]:
+    """--background: "R,G,B" in [0, 1] or "#RRGGBB" → RGB floats (argparse reports the ValueError's text)."""
+    value = text.strip()
+    try:
+        if value.startswith("#") and len(value) == 7:
+            rgb = tuple(int(value[i:i + 2], 16) / 255 for i in (1, 3, 5))
+        else:
+            rgb = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        rgb = ()
+    if len(rgb) != 3 or not all(0 <= v <= 1 for v in rgb):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected R,G,B in [0, 1] (e.g. 0,1,0) or #RRGGBB")
+    return rgb
 
 
 def resolve_avatar(runtime: Runtime, avatar: str | None, timings: StageTimes) -> Avatar:
@@ -127,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "1500/512 ≈ 2.93, the official demo camera)")
     p.add_argument("--head-pose", action="store_true", help="apply the rigid head pose of each expression code, as "
                    "the official GUI does")
+    p.add_argument("--background", type=parse_colour, default=WHITE, metavar="COLOUR",
+                   help="background colour: R,G,B in [0, 1] or #RRGGBB (default white, as the model was trained)")
+    p.add_argument("--alpha", action="store_true", help="RGBA PNG frames with straight alpha, for compositing "
+                   "(a frames folder output)")
     p.add_argument("--frames", type=int, help="render only the first N frames")
     p.add_argument("--fps", type=float, help="frame rate of the clip (default: the sequence's, else 25)")
     p.add_argument("--backend", default="auto", help="onnxruntime, openvino, torch or auto (default)")
@@ -149,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     from flexavatar.errors import FlexAvatarError
     try:
         # the cheap checks first: a wrong output suffix should not wait for a bundle's hashes and an encoder run
-        output_kind(args.output, args.size, args.size)
+        output_kind(args.output, args.size, args.size, channels=4 if args.alpha else 3)
         if args.save_ply is not None:
             check_ply_path(args.save_ply)
         if not 1 <= args.size <= MAX_RENDER_SIZE:
@@ -179,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         bar = None if args.no_progress else ProgressBar(len(expressions))
         try:
             report = render_to_file(runtime, avatar, expressions, args.output, size=args.size, camera=camera, fps=fps,
-                                    apply_head_pose=args.head_pose, timings=timings,
+                                    apply_head_pose=args.head_pose, background=args.background,
+                                    alpha=args.alpha, timings=timings,
                                     progress=bar.update if bar else None)
         finally:
             if bar is not None:

@@ -4,11 +4,11 @@
     avatar = rt.create_avatar("me.png")                      # once per person (or Avatar.load("avatar.npy"))
     frames = rt.render(avatar, expressions, orbit_camera(len(expressions)))   # uint8 [T, 512, 512, 3]
 
-Every frame: decoder (the bundle's graph on the chosen engine) → optional rigid head pose → rasterizer
-(``flexavatar.kernels``). On the ONNX Runtime / OpenVINO engines with the native CPU rasterizer nothing
-imports PyTorch. One ``Runtime`` may be used from several threads at once (engines keep per-thread
-state where their library needs it; see ``engines.py`` and ``gpu.py``); with ONNX Runtime's CUDA graphs its
-frames run one at a time.
+Every frame: decoder (the bundle's graph on the chosen engine) → rasterizer (``flexavatar.kernels``), the
+optional rigid head pose folded into the camera. On the ONNX Runtime / OpenVINO engines with the native CPU
+rasterizer nothing imports PyTorch. One ``Runtime`` may be used from several threads at once (engines keep
+per-thread state where their library needs it; see ``engines.py`` and ``gpu.py``); with ONNX Runtime's CUDA
+graphs its frames run one at a time.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from .avatar import Avatar
 from .cameras import Camera, as_camera, pixel_intrinsics, world2cam
 from .engines import EngineOptions, EngineSpec, select_engine
 from .errors import CameraInputError, EncoderUnavailableError, EngineUnavailableError, RuntimeArgumentError
-from .expressions import as_expressions, head_pose, quaternion_from_matrix, quaternion_multiply
+from .expressions import as_expressions, head_pose, head_pose_matrix, quaternion_from_matrix, quaternion_multiply
 from .images import load_image
 from .timing import StageTimes
 
@@ -331,8 +331,10 @@ class Runtime:
         """Frames of ``expressions`` [T, 135] seen by ``cameras`` (one camera or T; default: the demo camera).
 
         output "uint8": RGB uint8 [T, H, W, 3]; "float": float32 [T, H, W, 4], RGB over ``background`` + alpha.
-        timings: a StageTimes to fill with per-frame decode / pose / rasterize / readback latency (on a GPU
-        this adds a host sync per stage)."""
+        apply_head_pose: show the GUI's rigid head pose of each code (``head_pose_matrix``); rendered by folding
+        it into the camera, which gives the pixels of the posed Gaussians (``decode(apply_head_pose=True)``).
+        timings: a StageTimes to fill with per-frame decode / rasterize / readback latency (on a GPU this adds a
+        host sync per stage)."""
         chunks = list(self.iter_render(avatar, expressions, cameras, width, height, background, apply_head_pose,
                                        output, timings))
         return np.concatenate(chunks, 0)
@@ -353,7 +355,12 @@ class Runtime:
                                        "3 floats, RGB in [0, 1] (divide 0–255 values by 255)")
         n = len(expressions)
         c2w, k = as_camera(cameras).for_frames(n)
-        viewmats = world2cam(c2w.astype(np.float64)).astype(np.float32)                  # [T, 4, 4]
+        w2c = world2cam(c2w.astype(np.float64))                                           # [T, 4, 4]
+        if apply_head_pose:
+            # moving the Gaussians by the rigid pose M is rendering them unmoved from the camera w2c · M: exact,
+            # and no per-Gaussian work (decode(apply_head_pose=True) moves them, to return them posed)
+            w2c = w2c @ head_pose_matrix(expressions)
+        viewmats = w2c.astype(np.float32)
         ks = pixel_intrinsics(k, width, height)                                           # [T, 3, 3]
         times = timings if timings is not None else _NO_TIMES
         sync = self.engine.synchronize if timings is not None else None
@@ -364,9 +371,6 @@ class Runtime:
             with self._frame_lock, self.engine.stream():  # CUDA: decoder, pose, rasterizer, readback: one stream
                 with times.stage("decode", e, sync):
                     g = self._decode_chunk(avatar, expressions[start:stop], False, copy=False)
-                if apply_head_pose:
-                    with times.stage("head pose", e, sync):
-                        g = apply_pose(g, expressions[start:stop])
                 with times.stage("rasterize", e, sync):
                     means = g.means
                     cams = kernels.Cameras(world2cam=_like(viewmats[start:stop], means),

@@ -13,16 +13,19 @@ from .errors import OutputFileError
 
 
 class FrameWriter:
-    """write(frames uint8 [n, H, W, 3]) any number of times, then close() → frames written."""
+    """write(frames uint8 [n, H, W, C]) any number of times, then close() → frames written. C is 3 (RGB), or 4
+    (RGBA, straight alpha: ``straight_rgba``) for writers whose format keeps transparency."""
+    keeps_alpha = False
 
-    def __init__(self, path: Path, width: int, height: int, fps: float):
-        self.path, self.width, self.height, self.fps = path, width, height, fps
+    def __init__(self, path: Path, width: int, height: int, fps: float, channels: int = 3):
+        self.path, self.width, self.height, self.fps, self.channels = path, width, height, fps, channels
         self.count = 0
 
     def write(self, frames: np.ndarray) -> None:
-        if frames.ndim != 4 or frames.shape[1:] != (self.height, self.width, 3) or frames.dtype != np.uint8:
+        shape = (self.height, self.width, self.channels)
+        if frames.ndim != 4 or frames.shape[1:] != shape or frames.dtype != np.uint8:
             raise OutputFileError("frames", f"are {frames.dtype} {list(frames.shape)}",
-                                  f"uint8 [n, {self.height}, {self.width}, 3]")
+                                  f"uint8 [n, {', '.join(map(str, shape))}]")
         for frame in frames:
             self._write(np.ascontiguousarray(frame))
             self.count += 1
@@ -54,8 +57,8 @@ def _partial(path: Path) -> Path:
 class Mp4Writer(FrameWriter):
     """H.264 (libx264, yuv420p: even width and height) at ``fps``, through imageio-ffmpeg's bundled ffmpeg."""
 
-    def __init__(self, path, width, height, fps):
-        super().__init__(path, width, height, fps)
+    def __init__(self, path, width, height, fps, channels=3):
+        super().__init__(path, width, height, fps, channels)
         try:
             import imageio_ffmpeg
         except ImportError:
@@ -90,8 +93,8 @@ class GifWriter(FrameWriter):
     """Animated GIF through Pillow (palette per frame, loops forever). Pillow merges consecutive identical
     frames into one longer frame, as GIF allows."""
 
-    def __init__(self, path, width, height, fps):
-        super().__init__(path, width, height, fps)
+    def __init__(self, path, width, height, fps, channels=3):
+        super().__init__(path, width, height, fps, channels)
         self.frames: list = []
 
     def _write(self, frame):
@@ -113,10 +116,11 @@ class GifWriter(FrameWriter):
 
 
 class PngFolderWriter(FrameWriter):
-    """frame_00000.png, frame_00001.png, ... in a folder (created if needed)."""
+    """frame_00000.png, frame_00001.png, ... in a folder (created if needed); RGB or RGBA."""
+    keeps_alpha = True
 
-    def __init__(self, path, width, height, fps):
-        super().__init__(path, width, height, fps)
+    def __init__(self, path, width, height, fps, channels=3):
+        super().__init__(path, width, height, fps, channels)
         if path.exists() and not path.is_dir():
             raise OutputFileError("output", f"{path} exists and is a file", "a folder for the PNG frames")
         path.mkdir(parents=True, exist_ok=True)
@@ -125,16 +129,16 @@ class PngFolderWriter(FrameWriter):
         from PIL import Image
         target = self.path / f"frame_{self.count:05d}.png"
         tmp = target.with_name(f".{target.name}.partial")
-        Image.fromarray(frame, "RGB").save(tmp, format="PNG")
+        Image.fromarray(frame, "RGBA" if self.channels == 4 else "RGB").save(tmp, format="PNG")
         os.replace(tmp, target)
 
 
 WRITERS: dict[str, Callable[..., FrameWriter]] = {".mp4": Mp4Writer, ".gif": GifWriter, "": PngFolderWriter}
 
 
-def output_kind(path: str | Path, width: int, height: int) -> str:
-    """Check that frames of width x height can go to ``path`` (before any work is done) → the WRITERS key:
-    the suffix, or "" (a PNG folder) for a path without one or ending in '/'."""
+def output_kind(path: str | Path, width: int, height: int, channels: int = 3) -> str:
+    """Check that frames of width x height (x channels) can go to ``path`` (before any work is done) → the
+    WRITERS key: the suffix, or "" (a PNG folder) for a path without one or ending in '/'."""
     text = str(path)
     path = Path(path)
     suffix = "" if text.endswith(("/", os.sep)) or path.is_dir() else path.suffix.lower()
@@ -144,15 +148,28 @@ def output_kind(path: str | Path, width: int, height: int) -> str:
     parent = path.absolute().parent
     if not parent.is_dir():
         raise OutputFileError("output", f"folder {parent} does not exist", "an existing folder to write into")
+    if channels == 4 and not WRITERS[suffix].keeps_alpha:
+        raise OutputFileError("output", f"{path.name} cannot keep transparency (RGBA frames)",
+                              "a folder (no suffix) for RGBA PNG frames")
     if suffix == ".mp4" and (width % 2 or height % 2):
         raise OutputFileError("size", f"is {width}x{height}", "even width and height for H.264 .mp4 (yuv420p), "
                               "or write a .gif or a frames folder")
     return suffix
 
 
-def open_writer(path: str | Path, width: int, height: int, fps: float) -> FrameWriter:
-    """The writer for ``path`` (see ``output_kind``)."""
-    suffix = output_kind(path, width, height)
+def open_writer(path: str | Path, width: int, height: int, fps: float, channels: int = 3) -> FrameWriter:
+    """The writer for ``path`` (see ``output_kind``); channels 4 for RGBA frames (PNG folders only)."""
+    suffix = output_kind(path, width, height, channels)
     if not fps > 0:
         raise OutputFileError("fps", f"is {fps!r}", "a positive frame rate")
-    return WRITERS[suffix](Path(path), width, height, fps)
+    return WRITERS[suffix](Path(path), width, height, fps, channels)
+
+
+def straight_rgba(rgba: np.ndarray, background) -> np.ndarray:
+    """Float frames [n, H, W, 4] (colour composited over ``background`` + alpha, the runtime's "float" output)
+    → uint8 [n, H, W, 4] with straight (not premultiplied) colour, as PNG stores it: colour =
+    (rgb − (1 − α) · background) / α. Composited over any colour c it gives the render over c (± rounding)."""
+    rgb, alpha = rgba[..., :3].astype(np.float64), np.clip(rgba[..., 3:].astype(np.float64), 0, 1)
+    premultiplied = rgb - (1 - alpha) * np.asarray(background, np.float64)
+    colour = np.divide(premultiplied, alpha, out=np.zeros_like(premultiplied), where=alpha > 0.5 / 255)
+    return (np.clip(np.concatenate([colour, alpha], -1), 0, 1) * 255 + 0.5).astype(np.uint8)

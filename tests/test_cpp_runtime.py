@@ -317,6 +317,32 @@ def test_example_writes_png_frames_equal_to_the_runtime_and_reports_latency(exam
         np.testing.assert_array_equal(image, frame["rgba"])
 
 
+def test_example_shows_the_head_pose_like_the_python_runtime(example_app, bundle_dir, inputs, python_runtime,
+                                                            driving_dir, tmp_path):
+    """--head-pose (flexavatar_camera_apply_head_pose: the camera moved by the inverse pose) gives the frames of
+    the Python runtime's render(apply_head_pose=True), on tracked codes with large head rotations."""
+    from PIL import Image
+
+    from flexavatar.runtime import Avatar, Camera, load_expressions
+
+    codes = load_expressions(driving_dir / "EXP-1-head.npz")[::60][:3]
+    np.save(tmp_path / "head.npy", codes)
+    proc = subprocess.run([str(example_app), str(bundle_dir), str(inputs["code_path"]), str(tmp_path / "head.npy"),
+                           str(tmp_path / "posed"), "--size", str(RENDER_SIZE), "--head-pose"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    c2w, k = _default_camera()
+    want = python_runtime.render(Avatar(inputs["code"]), codes, Camera(c2w, k), RENDER_SIZE, RENDER_SIZE,
+                                 apply_head_pose=True, output="float")
+    unposed = python_runtime.render(Avatar(inputs["code"]), codes, Camera(c2w, k), RENDER_SIZE, RENDER_SIZE,
+                                    output="float")
+    for e in range(len(codes)):
+        got = np.asarray(Image.open(tmp_path / "posed" / f"frame_{e:05d}.png"), np.float64)[..., :3] / 255
+        diff = np.abs(got - want[e, ..., :3])
+        assert diff.mean() <= 1e-3 + 0.5 / 255 and diff.max() <= 2 / 255 + 0.5 / 255, (e, diff.mean(), diff.max())
+        assert np.abs(got - unposed[e, ..., :3]).mean() > 0.01                   # the pose does move the head
+
+
 def test_example_encodes_a_photo_and_renders_it_like_the_python_runtime(example_app, bundle_dir, official_dir,
                                                                        python_runtime, tmp_path):
     """AVATAR as a photo .npy [S, S, 3] (+ --features): the example runs the bundle's encoder through the C API."""

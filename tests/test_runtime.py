@@ -43,7 +43,7 @@ from flexavatar.runtime import (Avatar, AvatarFileError, Camera, EncoderUnavaila
                                 RuntimeArgumentError, Runtime, StageTimes, UnknownEngineError, default_camera, load_expressions,
                                 orbit_camera)
 from flexavatar.runtime.cli import main as render_main
-from flexavatar.runtime.expressions import quaternion_from_matrix, rot6d_to_matrix
+from flexavatar.runtime.expressions import quaternion_from_matrix, quaternion_multiply, rot6d_to_matrix
 from flexavatar.runtime.images import load_image
 
 SMALL_DINO = DinoV2Config(dim=32, depth=2, n_heads=2, input_size=56)
@@ -230,6 +230,37 @@ def test_head_pose_moves_gaussians_rigidly(runtimes, bundle, model, driving_dir)
     assert _max_err(_matrix_from_quaternion(posed.quats), want_rot) <= 1e-5
     for f in ("scales", "opacities", "sh0"):
         assert np.array_equal(getattr(posed, f), getattr(canonical, f))
+
+
+@pytest.mark.parametrize("rasterizer", [r for r in RASTERIZERS if r in ("cpu", "reference")])
+def test_head_pose_renders_the_posed_gaussians(rasterizer, runtime_cache, model, oracle, driving_dir):
+    """render(apply_head_pose=True) folds the pose into the camera: its pixels are those of the PyTorch model's
+    Gaussians moved by the pose, through the reference rasterizer (the same tolerances as the parity test)."""
+    rt = runtime_cache("onnxruntime", rasterizer)
+    avatar = oracle[0]
+    codes = load_expressions(driving_dir / "EXP-1-head.npz")[::60][:3]            # large head rotations
+    want = _reference_gaussians(model, avatar.code, codes)
+    pose = torch_head_pose(torch.from_numpy(codes).double()).numpy()             # [T, 4, 4]
+    posed = dict(want, means=(np.einsum("tij,tgj->tgi", pose[:, :3, :3], want["means"]) + pose[:, None, :3, 3]),
+                 quats=quaternion_multiply(quaternion_from_matrix(pose[:, :3, :3])[:, None], want["quats"], np.stack))
+    reference = _reference_render({k: np.asarray(v, np.float32) for k, v in posed.items()}, len(codes))
+    frames = rt.render(avatar, codes, orbit_camera(len(codes)), SIZE, SIZE, apply_head_pose=True, output="float")
+    diff = np.abs(frames[..., :3].astype(np.float64) - reference)
+    assert diff.mean() <= IMAGE_MEAN_TOL and diff.max() <= IMAGE_MAX_TOL, (diff.mean(), diff.max())
+    unposed = rt.render(avatar, codes, orbit_camera(len(codes)), SIZE, SIZE, output="float")
+    assert np.abs(unposed[..., :3] - frames[..., :3]).mean() > 20 * IMAGE_MEAN_TOL   # the pose does move the head
+
+
+def test_head_pose_needs_a_rotation(runtimes, expressions):
+    rt = runtimes["onnxruntime"]
+    codes = expressions.copy()
+    codes[1, 126:132] = 0.0                                                      # e.g. a code without a pose
+    with pytest.raises(ExpressionInputError, match=r"frame 1 .*code\[126:132\].*6D rotation"):
+        rt.render(rt.bundle_avatar(), codes, None, 32, 32, apply_head_pose=True)
+    codes[1, 126:132] = (1, 0, 0, 2, 0, 0)                                       # parallel vectors
+    with pytest.raises(ExpressionInputError, match="6D rotation"):
+        rt.decode(rt.bundle_avatar(), codes, apply_head_pose=True)
+    assert rt.render(rt.bundle_avatar(), codes, None, 32, 32).shape == (3, 32, 32, 3)   # unused without the pose
 
 
 def test_rot6d_matches_the_tracker_and_the_model(driving_dir):
@@ -583,6 +614,33 @@ def test_cli_errors_are_reported(bundle, driving_dir, tmp_path, capsys):
     assert render_main([str(bundle), "--expressions", str(seq), "--backend", "torch", "-o",
                         str(tmp_path / "x.gif")]) == 2
     assert "--checkpoint CKPT --template OBJ" in capsys.readouterr().err
+
+
+def test_cli_background_and_transparent_png_frames(bundle, driving_dir, tmp_path, capsys):
+    """--alpha PNGs (straight alpha, un-premultiplied from a green render) composited over white / black give the
+    white / black renders: the colour, the alpha and the background are each right (± uint8 rounding)."""
+    seq = driving_dir / "EMO-1-shout+laugh.npz"
+    base = [str(bundle), "--expressions", str(seq), "--frames", "2", "--size", "64", "--no-progress", "-o"]
+    frames = {}
+    for name, extra in (("alpha", ["--alpha", "--background", "0,1,0"]), ("white", []),
+                        ("black", ["--background", "#000000"])):
+        assert render_main([*base, str(tmp_path / name), *extra]) == 0
+        frames[name] = np.stack([np.asarray(Image.open(p), np.float64) / 255
+                                 for p in sorted((tmp_path / name).glob("frame_*.png"))])
+    rgba = frames["alpha"]
+    assert rgba.shape == (2, 64, 64, 4) and frames["white"].shape == (2, 64, 64, 3)
+    colour, alpha = rgba[..., :3], rgba[..., 3:]
+    assert alpha.min() == 0 and alpha.max() > 0.5 and ((alpha > 0) & (alpha < 1)).mean() > 0.05   # a soft head
+    for name, background in (("white", 1.0), ("black", 0.0)):
+        composite = colour * alpha + (1 - alpha) * background
+        assert np.abs(composite - frames[name]).max() <= 2.5 / 255, name
+    assert np.abs(frames["white"] - frames["black"]).max() > 0.5             # the background reaches the frames
+
+    assert render_main([*base, str(tmp_path / "clip.mp4"), "--alpha"]) == 2
+    assert "cannot keep transparency" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        render_main([*base, str(tmp_path / "x"), "--background", "255,255,255"])
+    assert "R,G,B in [0, 1]" in capsys.readouterr().err
 
 
 def test_cli_torch_backend_from_the_checkpoint_renders_the_bundles_frames(bundle, official_dir, driving_dir,

@@ -11,6 +11,7 @@
 #include <unordered_set>
 
 #include "flexavatar/build_info.h"
+#include "head_pose.h"
 #include "runtime.h"
 #include "runtime_internal.h"
 
@@ -67,6 +68,19 @@ flexavatar_status with_runtime(const flexavatar_runtime* handle, const char* fun
     return fail(StatusCode::kOutOfMemory, std::string(function) + ": out of memory");
   } catch (const std::exception& e) {
     return fail(StatusCode::kInternal, std::string(function) + ": unexpected error: " + e.what());
+  } catch (...) {
+    return fail(StatusCode::kInternal, std::string(function) + ": unexpected error");
+  }
+}
+
+// The same for functions without a runtime handle.
+template <class Body>
+flexavatar_status guarded(const char* function, Body body) {
+  try {
+    Status s = body();
+    return s.ok() ? report(s) : report(Status(s.code(), std::string(function) + ": " + s.message()));
+  } catch (const std::bad_alloc&) {
+    return fail(StatusCode::kOutOfMemory, std::string(function) + ": out of memory");
   } catch (...) {
     return fail(StatusCode::kInternal, std::string(function) + ": unexpected error");
   }
@@ -348,6 +362,26 @@ flexavatar_status flexavatar_runtime_default_camera(const flexavatar_runtime* ru
     camera->height = cam.height;
     std::memcpy(camera->background, cam.background, sizeof(cam.background));
     return Status::ok_status();
+  });
+}
+
+flexavatar_status flexavatar_expression_head_pose(const float* expression, int64_t expression_count,
+                                                  float head_to_world[16]) {
+  return guarded("flexavatar_expression_head_pose", [&] {
+    if (!head_to_world) return Status(StatusCode::kNullPointer, "head_to_world is NULL");
+    double m[16];
+    Status s = flexavatar::runtime::head_pose(expression, expression_count, m);
+    if (s.ok())
+      for (int i = 0; i < 16; ++i) head_to_world[i] = static_cast<float>(m[i]);
+    return s;
+  });
+}
+
+flexavatar_status flexavatar_camera_apply_head_pose(flexavatar_camera* camera, const float* expression,
+                                                    int64_t expression_count) {
+  return guarded("flexavatar_camera_apply_head_pose", [&] {
+    if (!camera) return Status(StatusCode::kNullPointer, "camera is NULL");
+    return flexavatar::runtime::apply_head_pose(expression, expression_count, camera->cam2world);
   });
 }
 

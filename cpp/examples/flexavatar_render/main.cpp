@@ -1,8 +1,9 @@
 // flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N] [--device auto|cpu|cuda]
-//                   [--rasterizer auto|cpu|cuda] [--features FEATURES.npy]
+//                   [--rasterizer auto|cpu|cuda] [--features FEATURES.npy] [--head-pose]
 //
 // Renders one PNG frame per expression (frame_00000.png, ...) from the bundle's default camera and prints
-// the per-frame latency (decoder + rasterizer + RGBA) as p50 / p95.
+// the per-frame latency (decoder + rasterizer + RGBA) as p50 / p95. --head-pose shows each code's rigid head
+// pose (the tracked head motion), as the official GUI does.
 //   AVATAR       an avatar code .npy float32 (R², 1, D); "-" for the bundle's own avatar_code.npy; or a photo
 //                .npy float32 [S, S, 3] (or [3, S, S]) in [0, 1] on white, encoded by the bundle's encoder
 //                (with --features: its DINOv2 features [C, h, w], for bundles exported without DINOv2)
@@ -27,7 +28,7 @@ namespace {
 int usage() {
   std::fprintf(stderr,
                "usage: flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N] "
-               "[--device auto|cpu|cuda] [--rasterizer auto|cpu|cuda] [--features FEATURES.npy]\n"
+               "[--device auto|cpu|cuda] [--rasterizer auto|cpu|cuda] [--features FEATURES.npy] [--head-pose]\n"
                "  AVATAR: avatar code .npy float32 (R^2, 1, D); - for the bundle's avatar_code.npy; or a photo\n"
                "          .npy float32 [S, S, 3] in [0, 1] to encode (--features: DINOv2 features [C, h, w])\n"
                "  EXPRESSIONS: .npy float32 [E, 135]\n");
@@ -134,6 +135,7 @@ int main(int argc, char** argv) {
   int size = 0, threads = 0;
   int device = FLEXAVATAR_DEVICE_AUTO, rasterizer = FLEXAVATAR_RASTERIZER_AUTO;
   std::string features_path;
+  bool head_pose = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if ((arg == "--size" || arg == "--threads" || arg == "--device" || arg == "--rasterizer" ||
@@ -144,6 +146,8 @@ int main(int argc, char** argv) {
       if (arg == "--features") features_path = value;
       if (arg == "--device" && (device = choice(value, -1)) < 0) return usage();
       if (arg == "--rasterizer" && (rasterizer = choice(value, -1)) < 0) return usage();
+    } else if (arg == "--head-pose") {
+      head_pose = true;
     } else if (arg.rfind("--", 0) == 0) {
       return usage();
     } else {
@@ -184,7 +188,8 @@ int main(int argc, char** argv) {
     for (long f = 0; f < frames; ++f) {
       std::copy(expressions.begin() + f * dim, expressions.begin() + (f + 1) * dim, expression.begin());
       const auto start = std::chrono::steady_clock::now();
-      const flexavatar_frame frame = rt.render(expression, camera);
+      const flexavatar_frame frame =
+          rt.render(expression, head_pose ? flexavatar::posed_camera(camera, expression) : camera);
       ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
       char name[32];
       std::snprintf(name, sizeof(name), "frame_%05ld.png", f);

@@ -11,6 +11,7 @@
  *   //   in.image = chw; in.image_count = 3 * S * S; flexavatar_runtime_create_avatar_code(rt, &in);
  *   flexavatar_frame frame;
  *   flexavatar_runtime_render(rt, expression_135, &camera, &frame);  // frame.rgba: [H, W, 4] uint8
+ *   // the tracked head motion too: posed = camera; flexavatar_camera_apply_head_pose(&posed, expression_135, 135);
  *   flexavatar_runtime_destroy(rt);
  *
  * Rules of the interface (stable across minor versions; FLEXAVATAR_API_VERSION counts breaking changes):
@@ -257,6 +258,20 @@ FLEXAVATAR_API flexavatar_status flexavatar_runtime_render_device(flexavatar_run
  * 1 m in front of the head with the encoder's field of view; image_size x image_size, white background. */
 FLEXAVATAR_API flexavatar_status flexavatar_runtime_default_camera(const flexavatar_runtime* runtime,
                                                                    flexavatar_camera* camera);
+
+/* ---- head pose ---- */
+/* The official GUI's rigid head pose of an expression code (135 floats): rotation 6D at [126:132] (Gram–Schmidt
+ * of its two 3-vectors, the matrix rows are b1, b2, b1 x b2), translation at [132:135]. head_to_world: row-major
+ * 4x4 moving the decoded Gaussians (canonical head frame) to the posed head, x' = R x + t.
+ * FLEXAVATAR_ERROR_INVALID_SIZE unless expression_count is 135; FLEXAVATAR_ERROR_INVALID_ARGUMENT for NaN/inf
+ * or a degenerate rotation (e.g. all zeros). */
+FLEXAVATAR_API flexavatar_status flexavatar_expression_head_pose(const float* expression, int64_t expression_count,
+                                                                 float head_to_world[16]);
+/* Shows the head pose of `expression` from `camera`: camera->cam2world := head_to_world^-1 * cam2world (in double).
+ * Rendering with the result gives the pixels of the posed Gaussians without moving them, as the Python
+ * runtime's render(..., apply_head_pose=True); call it per frame on a copy of the unposed camera. */
+FLEXAVATAR_API flexavatar_status flexavatar_camera_apply_head_pose(flexavatar_camera* camera, const float* expression,
+                                                                   int64_t expression_count);
 
 #ifdef __cplusplus
 }

@@ -6,6 +6,7 @@
 //   flexavatar_frame frame = rt.render(expression, rt.default_camera());
 #pragma once
 
+#include <array>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -130,6 +131,19 @@ inline flexavatar_encoder_input encoder_input(const std::vector<float>& image_ch
                                                    " floats for a [" + std::to_string(channels) + ", " +
                                                    std::to_string(height) + ", " + std::to_string(width) + "] shape");
   return input;
+}
+
+// The expression code's rigid head pose, head_to_world (row-major 4x4, x' = R x + t).
+inline std::array<float, 16> head_pose(const std::vector<float>& expression) {
+  std::array<float, 16> m;
+  check(flexavatar_expression_head_pose(expression.data(), static_cast<int64_t>(expression.size()), m.data()));
+  return m;
+}
+
+// `camera` moved so that it shows the expression's head pose (Runtime::render then gives the posed head).
+inline flexavatar_camera posed_camera(flexavatar_camera camera, const std::vector<float>& expression) {
+  check(flexavatar_camera_apply_head_pose(&camera, expression.data(), static_cast<int64_t>(expression.size())));
+  return camera;
 }
 
 }  // namespace flexavatar

@@ -4,6 +4,8 @@
 // model file is garbage). Run under ASan/UBSan/LSan by cpp/tests/run_ctest.sh.
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
@@ -355,6 +357,57 @@ TEST_CASE(init_functions_never_write_past_the_callers_struct_size) {
   CHECK(reinterpret_cast<flexavatar_runtime_options*>(longer.data())->struct_size == longer.size());
   CHECK(flexavatar_runtime_options_init(nullptr, sizeof(flexavatar_runtime_options)) == FLEXAVATAR_ERROR_NULL_POINTER);
   CHECK(flexavatar_runtime_options_init(old_options, 3) == FLEXAVATAR_ERROR_INVALID_SIZE);
+}
+
+// The GUI's head pose (runtime/expressions.py head_pose_matrix) through the C API: a rotation whose 6D rows
+// need both normalising and Gram–Schmidt, the camera moved by the inverse pose, and every bad input.
+TEST_CASE(head_pose_follows_the_6d_rotation_and_moves_the_camera_inversely) {
+  std::vector<float> code(135, 0.f);
+  const float r6[6] = {0.f, -2.f, 0.f, 1.f, 0.5f, 0.f};   // rows b1 = (0, -1, 0), b2 = (1, 0, 0), b1 x b2 = (0, 0, 1)
+  for (int i = 0; i < 6; ++i) code[126 + i] = r6[i];
+  code[132] = 0.1f, code[133] = -0.2f, code[134] = 0.3f;
+  const float want[16] = {0, -1, 0, 0.1f, 1, 0, 0, -0.2f, 0, 0, 1, 0.3f, 0, 0, 0, 1};
+  float m[16];
+  CHECK(flexavatar_expression_head_pose(code.data(), 135, m) == FLEXAVATAR_OK);
+  for (int i = 0; i < 16; ++i) CHECK_NEAR(m[i], want[i], 1e-7f);
+
+  // posed camera = M^-1 · camera: M · posed gives the camera back, and it stays rigid
+  flexavatar_camera camera;
+  std::memset(&camera, 0, sizeof(camera));
+  const float c2w[16] = {1, 0, 0, 0.05f, 0, -1, 0, 0.02f, 0, 0, -1, 1, 0, 0, 0, 1};
+  std::memcpy(camera.cam2world, c2w, sizeof(c2w));
+  CHECK(flexavatar_camera_apply_head_pose(&camera, code.data(), 135) == FLEXAVATAR_OK);
+  for (int i = 0; i < 4; ++i) {
+    for (int j = 0; j < 4; ++j) {
+      double back = 0;
+      for (int k = 0; k < 4; ++k) back += double(want[i * 4 + k]) * double(camera.cam2world[k * 4 + j]);
+      CHECK_NEAR(back, double(c2w[i * 4 + j]), 1e-6);
+    }
+  }
+  CHECK_NEAR(camera.cam2world[3], 0.02f + 0.2f, 1e-6f);      // position R^T (c - t): x = c_y - t_y
+  CHECK_NEAR(camera.cam2world[7], -(0.05f - 0.1f), 1e-6f);   //                       y = -(c_x - t_x)
+  CHECK_NEAR(camera.cam2world[11], 1.f - 0.3f, 1e-6f);       //                       z = c_z - t_z
+
+  // bad input: a status naming the problem, and nothing written
+  float untouched[16];
+  std::fill(untouched, untouched + 16, 7.f);
+  CHECK(flexavatar_expression_head_pose(code.data(), 134, untouched) == FLEXAVATAR_ERROR_INVALID_SIZE);
+  CHECK(std::string(flexavatar_last_error()).find("expected 135") != std::string::npos);
+  CHECK(flexavatar_expression_head_pose(nullptr, 135, untouched) == FLEXAVATAR_ERROR_NULL_POINTER);
+  CHECK(flexavatar_expression_head_pose(code.data(), 135, nullptr) == FLEXAVATAR_ERROR_NULL_POINTER);
+  CHECK(flexavatar_camera_apply_head_pose(nullptr, code.data(), 135) == FLEXAVATAR_ERROR_NULL_POINTER);
+  std::vector<float> zero_rotation(code);
+  std::fill(zero_rotation.begin() + 126, zero_rotation.begin() + 132, 0.f);
+  CHECK(flexavatar_expression_head_pose(zero_rotation.data(), 135, untouched) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+  CHECK(std::string(flexavatar_last_error()).find("6D rotation") != std::string::npos);
+  std::vector<float> parallel(code);
+  parallel[129] = 0.f, parallel[130] = 3.f, parallel[131] = 0.f;   // second vector along the first
+  CHECK(flexavatar_camera_apply_head_pose(&camera, parallel.data(), 135) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+  std::vector<float> nan_translation(code);
+  nan_translation[133] = std::nanf("");
+  CHECK(flexavatar_expression_head_pose(nan_translation.data(), 135, untouched) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+  CHECK(std::string(flexavatar_last_error()).find("expression[133]") != std::string::npos);
+  for (float v : untouched) CHECK(v == 7.f);
 }
 
 HARNESS_MAIN()
