@@ -85,7 +85,7 @@ def render_to_file(runtime: Runtime, avatar: Avatar, expressions: np.ndarray, ou
 
 
 def parse_colour(text: str) -> tuple[float, float, float]:
-    """--background: "R,G,B" in [0, 1] or "#RRGGBB" → RGB floats (argparse reports the ValueError's text)."""
+    """--background: "R,G,B" in [0, 1] or "#RRGGBB" → RGB floats (else argparse reports the expected forms)."""
     value = text.strip()
     try:
         if value.startswith("#") and len(value) == 7:

@@ -368,7 +368,7 @@ class Runtime:
         for start in range(0, n, self.batch):
             stop = min(n, start + self.batch)
             e = stop - start
-            with self._frame_lock, self.engine.stream():  # CUDA: decoder, pose, rasterizer, readback: one stream
+            with self._frame_lock, self.engine.stream():  # CUDA: decoder, rasterizer, readback: one stream
                 with times.stage("decode", e, sync):
                     g = self._decode_chunk(avatar, expressions[start:stop], False, copy=False)
                 with times.stage("rasterize", e, sync):
