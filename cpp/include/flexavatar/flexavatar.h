@@ -159,7 +159,9 @@ typedef struct flexavatar_camera {
   float background[3];   /* RGB in [0, 1] */
 } flexavatar_camera;
 
-/* A rendered frame, owned by the runtime (host memory). */
+/* A rendered frame, owned by the runtime (host memory). To composite the avatar over a scene, render with
+ * background 0 0 0: rgba (and rgb + alpha) is then premultiplied-alpha colour — blend with (ONE, ONE_MINUS_SRC_ALPHA);
+ * straight alpha, as PNG stores it, is rgb / alpha where alpha > 0 (flexavatar-render --alpha writes that). */
 typedef struct flexavatar_frame {
   int32_t width, height;
   const uint8_t* rgba; /* [H, W, 4]: colour over the background, alpha = coverage */
