@@ -28,6 +28,34 @@ def test_native_cpu_forward(benchmark, bench_meta, head_scene):
     assert result.backend == "cpu" and result.alpha.mean() > 0.1
 
 
+@pytest.mark.parametrize("entry", ["rasterize", "bare-native"])
+def test_native_cpu_call_overhead(benchmark, bench_meta, entry):
+    """64 Gaussians into a 16x16 frame: the time is almost all per-call overhead (validation, backend dispatch,
+    array handling). ``rasterize()`` next to the bare ``_native.rasterize_cpu`` call, same run: what a real-time
+    loop pays per frame on top of the kernels (the same Python path runs before the CUDA backend)."""
+    import numpy as np
+
+    native = pytest.importorskip("flexavatar._native", reason="flexavatar._native is not built")
+    from flexavatar.kernels.constants import EPS2D, FAR_PLANE, NEAR_PLANE
+    from flexavatar.kernels.testing import random_scene
+
+    splats, cameras = random_scene(64, 1, 16, 16, seed=0)
+    background = np.ones((1, 1, 3), np.float32)
+    if entry == "rasterize":
+        def call():
+            return rasterize(splats, cameras, 16, 16, background[0], "cpu", check_values=False).rgb
+    else:
+        arrays = [np.ascontiguousarray(v[None], np.float32) for v in splats.arrays().values()]    # [1, G, ...]
+        viewmats, ks = cameras.world2cam.reshape(1, 1, 4, 4), cameras.K.reshape(1, 1, 3, 3)
+
+        def call():
+            return native.rasterize_cpu(*arrays, viewmats, ks, 16, 16, background, eps2d=EPS2D,
+                                        near_plane=NEAR_PLANE, far_plane=FAR_PLANE, num_threads=0)[0]
+    bench_meta(stage="rasterize-call-overhead", backend=entry, size="64-gaussians-16x16", device="cpu", dtype="fp32")
+    image = benchmark(call)
+    assert image.shape[-3:] == (16, 16, 3) and 0 < float(image.mean()) <= 1
+
+
 def test_reference_cpu_forward(benchmark, bench_meta, head_scene):
     torch = pytest.importorskip("torch")
     splats, cameras = head_scene

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import replace
 from typing import Any
 
 from .arrays import TORCH, array_kind, convert, device_of, dtype_name, to_torch
@@ -39,7 +38,7 @@ def rasterize(splats: Splats, cameras: Cameras, width: int, height: int, backgro
     if spec.array_type != kind:
         back = (lambda x: to_torch(x, like=means)) if kind == TORCH else (lambda x: convert(x, kind))
         result = RenderResult(rgb=back(result.rgb), alpha=back(result.alpha), depth=back(result.depth))
-    return replace(result, backend=spec.name)
+    return RenderResult(rgb=result.rgb, alpha=result.alpha, depth=result.depth, backend=spec.name)
 
 
 def _requires_grad(request: RenderRequest) -> bool:

@@ -30,9 +30,16 @@ def device_of(x: Any) -> str:
     return x.device.type if is_torch_tensor(x) else "cpu"
 
 
+_DTYPE_NAMES: dict[Any, str] = {}      # numpy's str(dtype) costs ~15 µs: once per dtype, not per call
+
+
 def dtype_name(x: Any) -> str:
     """``"float32"``, ``"float64"``, ``"int64"``... for numpy and torch alike."""
-    return str(x.dtype).removeprefix("torch.")
+    dtype = x.dtype
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
+    return name
 
 
 def to_numpy(x: Any) -> np.ndarray:

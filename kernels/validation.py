@@ -87,8 +87,11 @@ def _check_size(name: str, value: Any) -> int:
 
 
 def _broadcast(x: Any, shape: tuple[int, ...]):
-    if tuple(x.shape) == shape:
+    have = tuple(x.shape)
+    if have == shape:
         return x
+    if shape[0] == 1 and have == shape[1:]:
+        return x[None]                # one view: a plain view (numpy's broadcast_to costs ~10 µs a call)
     return np.broadcast_to(x, shape) if array_kind(x) == NUMPY else x.expand(shape)
 
 
