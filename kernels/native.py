@@ -163,6 +163,7 @@ def render_cuda(request: RenderRequest) -> RenderResult:
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
         image, alpha, depth = _rasterize_function().apply(*inputs, w, h)
     else:   # inference (every frame of the runtime): no autograd node, the forward state is freed at once
+        inputs = tuple(t.detach() for t in inputs)      # e.g. leaves that require grad, under torch.no_grad()
         _, image, alpha, depth = _cuda_forward(torch, native_module(), inputs, w, h)
     return RenderResult(rgb=image.reshape(n, h, w, 3), alpha=alpha.reshape(n, h, w, 1),
                         depth=depth.reshape(n, h, w, 1))

@@ -57,9 +57,10 @@ class RenderRequest:
     """A validated, normalised request, as a backend's ``render`` function receives it.
 
     All arrays are of the backend's array type, one dtype and one device. Splats are always
-    ``[N, G, ...]``; views shared by all cameras are broadcasts (stride 0 along N, no copy; call
+    ``[N, G, ...]``; splats shared by N > 1 cameras are broadcasts (stride 0 along N, no copy; call
     ``numpy.ascontiguousarray`` / ``.contiguous()`` if contiguous memory is needed). Cameras are
-    ``[N, 4, 4]`` and ``[N, 3, 3]``; ``background`` is ``[N, 3]``.
+    ``[N, 4, 4]`` and ``[N, 3, 3]``; ``background`` is ``[N, 3]``. Arrays may be views of the
+    caller's memory: backends read them, never write them.
     """
 
     splats: Splats

@@ -106,19 +106,21 @@ MIN_ROT6D_NORM = 1e-6      # a 6D rotation's first vector, and its second's part
 
 def head_pose(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The GUI's rigid pose of each code: rotation [T, 3, 3] and translation [T, 3] (float64).
-    Raises ExpressionInputError when a head rotation (code[126:132]) is no 6D rotation (e.g. all zeros)."""
+    Raises ExpressionInputError when a head rotation (code[126:132]) is no 6D rotation (e.g. all zeros) or the
+    pose holds NaN/inf (the same rule as cpp/runtime/head_pose.cpp)."""
     codes = np.asarray(codes, np.float64)
     r6 = codes[..., HEAD_ROTATION]
     a1, a2 = r6[..., 0:3], r6[..., 3:6]
     n1 = np.linalg.norm(a1, axis=-1)
     ortho = a2 - (a1 * a2).sum(-1, keepdims=True) * a1 / np.maximum(n1, MIN_ROT6D_NORM)[..., None] ** 2
-    bad = (n1 < MIN_ROT6D_NORM) | (np.linalg.norm(ortho, axis=-1) < MIN_ROT6D_NORM)
+    finite = np.isfinite(codes[..., HEAD_ROTATION.start:HEAD_TRANSLATION.stop]).all(-1)
+    bad = ~finite | ~(n1 >= MIN_ROT6D_NORM) | ~(np.linalg.norm(ortho, axis=-1) >= MIN_ROT6D_NORM)
     if bad.any():
         frames = np.flatnonzero(bad.reshape(-1))
         raise ExpressionInputError("expressions", f"frame {int(frames[0])} (of {len(frames)} such frames) has the head "
                                    f"rotation code[126:132] = {np.round(r6.reshape(-1, 6)[frames[0]], 6).tolist()}",
-                                   "a 6D rotation (two non-parallel 3-vectors, e.g. 1 0 0 0 1 0 for none) to apply "
-                                   "the head pose; without apply_head_pose it is not used")
+                                   "a finite 6D rotation (two non-parallel 3-vectors, e.g. 1 0 0 0 1 0 for none) and "
+                                   "translation to apply the head pose; without apply_head_pose they are not used")
     return rot6d_to_matrix(r6), codes[..., HEAD_TRANSLATION]
 
 

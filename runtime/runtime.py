@@ -284,6 +284,8 @@ class Runtime:
         the GPU path (ordered before later work on the caller's current CUDA stream; no host sync).
         In the canonical head frame unless apply_head_pose (the GUI's rigid pose)."""
         expressions = as_expressions(expressions)
+        if apply_head_pose:
+            head_pose(expressions)        # every frame's pose checked before any decoding (errors name the frame)
         with self._frame_lock, self.engine.stream():
             parts = [self._decode_chunk(avatar, expressions[i:i + self.batch], apply_head_pose, copy=True)
                      for i in range(0, len(expressions), self.batch)]

@@ -249,6 +249,8 @@ class _RecordingNative:
         self.calls = []
 
     def cuda_forward(self, *args, **kwargs):
+        if any(getattr(a, "requires_grad", False) for a in args):   # as the native module's array views refuse them
+            raise TypeError("got a tensor that requires grad; pass tensor.detach()")
         self.calls.append((args, kwargs))
         means, image, alpha, depth = args[0], args[8], args[9], args[10]
         image.fill_(float(means.sum())), alpha.fill_(0.5), depth.fill_(float(args[5].sum()))
@@ -279,7 +281,13 @@ def test_cuda_wrapper_hands_the_same_arguments_with_and_without_autograd(monkeyp
             request = validate_request(ts, tc, 24, 16, torch.tensor(_backgrounds(3, 4)), check_values=False)
             results.append(native_backend.render_cuda(request))
             assert results[-1].rgb.requires_grad == grad     # an autograd node only when gradients are wanted
-        (plain_args, plain_kwargs), (grad_args, grad_kwargs) = recorder.calls
+        ts, tc = _torch_scene(splats, cameras, "cpu", requires_grad=True)     # leaves that need grad, no_grad on
+        with torch.no_grad():
+            request = validate_request(ts, tc, 24, 16, torch.tensor(_backgrounds(3, 4)), check_values=False)
+            no_grad = native_backend.render_cuda(request)
+        assert not no_grad.rgb.requires_grad
+        torch.testing.assert_close(no_grad.rgb, results[0].rgb, rtol=0, atol=0)
+        (plain_args, plain_kwargs), (grad_args, grad_kwargs), _ = recorder.calls
         assert plain_kwargs == grad_kwargs and plain_kwargs["stream"] == 7
         assert plain_args[11:] == grad_args[11:] == (24, 16)
         b, c = (1, 3) if shared_splats else (3, 1)

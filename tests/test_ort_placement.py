@@ -26,7 +26,12 @@ def test_every_node_of_the_bundle_is_counted_on_the_provider_that_ran_it(onnx_fe
     assert set(report["providers"]) == {"CPUExecutionProvider"}
     assert report["memcpy"] == 0 and report["off_provider"] == {} and report["compute_off_provider"] == []
     assert "cuda_graphs" not in report                       # only asked of the CUDA provider
+    times = report["kernel_ms_per_op"]                       # one run's kernel time per op type, largest first
+    assert "MatMul" in times and all(ms >= 0 for ms in times.values()) and list(times.values()) == sorted(
+        times.values(), reverse=True)
 
-    assert tool.main([str(onnx_features_bundle), "--provider", "cpu", "--json", str(tmp_path / "r.json")]) == 0
+    assert tool.main([str(onnx_features_bundle), "--provider", "cpu", "--times", "--json",
+                      str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
     assert "decoder.fp32.onnx: {'CPUExecutionProvider'" in out and (tmp_path / "r.json").is_file()
+    assert "kernel time: " in out and " ms (" in out

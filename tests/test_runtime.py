@@ -43,7 +43,8 @@ from flexavatar.runtime import (Avatar, AvatarFileError, Camera, EncoderUnavaila
                                 RuntimeArgumentError, Runtime, StageTimes, UnknownEngineError, default_camera, load_expressions,
                                 orbit_camera)
 from flexavatar.runtime.cli import main as render_main
-from flexavatar.runtime.expressions import quaternion_from_matrix, quaternion_multiply, rot6d_to_matrix
+from flexavatar.runtime.expressions import (head_pose_matrix, quaternion_from_matrix, quaternion_multiply,
+                                            rot6d_to_matrix)
 from flexavatar.runtime.images import load_image
 
 SMALL_DINO = DinoV2Config(dim=32, depth=2, n_heads=2, input_size=56)
@@ -258,8 +259,10 @@ def test_head_pose_needs_a_rotation(runtimes, expressions):
     with pytest.raises(ExpressionInputError, match=r"frame 1 .*code\[126:132\].*6D rotation"):
         rt.render(rt.bundle_avatar(), codes, None, 32, 32, apply_head_pose=True)
     codes[1, 126:132] = (1, 0, 0, 2, 0, 0)                                       # parallel vectors
-    with pytest.raises(ExpressionInputError, match="6D rotation"):
-        rt.decode(rt.bundle_avatar(), codes, apply_head_pose=True)
+    with pytest.raises(ExpressionInputError, match=r"frame 1 \(of 1 such frames\).*6D rotation"):
+        rt.decode(rt.bundle_avatar(), codes, apply_head_pose=True)               # batch 1: still frame 1
+    with pytest.raises(ExpressionInputError, match=r"frame 0 \(of 2 such frames\).*finite"):
+        head_pose_matrix(np.stack([np.full(135, np.nan), codes[1]]))
     assert rt.render(rt.bundle_avatar(), codes, None, 32, 32).shape == (3, 32, 32, 3)   # unused without the pose
 
 

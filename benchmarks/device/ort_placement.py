@@ -1,6 +1,6 @@
 """Where ONNX Runtime runs each node of a bundle's graphs, from one profiled run per file.
 
-    python benchmarks/device/ort_placement.py [BUNDLE] [--provider cuda|cpu] [--json out.json]
+    python benchmarks/device/ort_placement.py [BUNDLE] [--provider cuda|cpu] [--times] [--json out.json]
 
 Without BUNDLE it exports the reduced official fixture (fp32 + fp16 ONNX, the default opset; seconds) into a
 temporary folder: the op types, and so the placement, are those of FLEX-1. For every ONNX file it reports
@@ -8,6 +8,8 @@ the nodes per execution provider, the op types of nodes that did not land on the
 Memcpy nodes (each one a device↔host copy inside the frame), and whether the session accepts CUDA graphs
 (ONNX Runtime refuses them unless every compute node is on the CUDA provider). Exit status 1 when a compute
 node of a decoder falls back to the CPU on the CUDA provider: the GPU path would copy inside every frame.
+``--times`` also prints each file's kernel time per op type (share of the profiled run, after one warm-up run):
+where a frame's time goes on that provider.
 """
 from __future__ import annotations
 
@@ -72,14 +74,22 @@ def placement(path: Path, provider: str, workdir: Path) -> dict:
 
     session = _session(ort, path, provider, str(workdir / path.stem))
     active = session.get_providers()
-    session.run(None, _feeds(session))
+    feeds = _feeds(session)
+    for _ in range(2):                    # a warm-up run (first-run allocations), then the run that is reported
+        session.run(None, feeds)
     events = json.loads(Path(session.end_profiling()).read_text())
-    nodes = [e["args"] for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
+    kernels = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
+    kernels = kernels[len(kernels) // 2:]                                         # the second run's nodes
+    nodes = [e["args"] for e in kernels]
+    op_us = Counter()
+    for e in kernels:
+        op_us[e["args"].get("op_name", "?")] += e.get("dur", 0)
     per_provider = Counter(a.get("provider", "?") for a in nodes)
     off = Counter(a.get("op_name", "?") for a in nodes if a.get("provider") != provider)
     memcpy = sum(n for op, n in off.items() if op.startswith("Memcpy")) + sum(
         1 for a in nodes if a.get("op_name", "").startswith("Memcpy") and a.get("provider") == provider)
     report = {"file": path.name, "session_providers": active, "providers": dict(per_provider),
+              "kernel_ms_per_op": {op: us / 1e3 for op, us in op_us.most_common()},
               "off_provider": dict(off), "memcpy": memcpy,
               "compute_off_provider": sorted(op for op in off if op not in SHAPE_OPS and not op.startswith("Memcpy"))}
     if provider == PROVIDERS["cuda"]:
@@ -111,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("bundle", nargs="?", type=Path, help="bundle folder (default: export the reduced fixture)")
     p.add_argument("--provider", choices=sorted(PROVIDERS), default="cuda")
+    p.add_argument("--times", action="store_true", help="print the kernel time per op type of each file")
     p.add_argument("--json", type=Path, help="also write the reports here")
     args = p.parse_args(argv)
     provider = PROVIDERS[args.provider]
@@ -129,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
               + (f"; off-provider (shape) ops: {r['off_provider']}" if r["off_provider"] else "")
               + (f"; session fell back to {r['session_providers']}" if fell_back else "")
               + (f"; CUDA graphs {r['cuda_graphs']}" if "cuda_graphs" in r else ""))
+        if args.times:
+            total = sum(r["kernel_ms_per_op"].values()) or 1.0
+            print("  kernel time: " + ", ".join(f"{op} {ms:.1f} ms ({100 * ms / total:.0f} %)"
+                                                 for op, ms in list(r["kernel_ms_per_op"].items())[:8])
+                  + f"; all {total:.1f} ms")
     if args.json:
         args.json.write_text(json.dumps(reports, indent=1))
     return 1 if bad else 0

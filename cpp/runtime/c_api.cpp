@@ -81,6 +81,8 @@ flexavatar_status guarded(const char* function, Body body) {
     return s.ok() ? report(s) : report(Status(s.code(), std::string(function) + ": " + s.message()));
   } catch (const std::bad_alloc&) {
     return fail(StatusCode::kOutOfMemory, std::string(function) + ": out of memory");
+  } catch (const std::exception& e) {
+    return fail(StatusCode::kInternal, std::string(function) + ": unexpected error: " + e.what());
   } catch (...) {
     return fail(StatusCode::kInternal, std::string(function) + ": unexpected error");
   }

@@ -402,7 +402,9 @@ TEST_CASE(head_pose_follows_the_6d_rotation_and_moves_the_camera_inversely) {
   CHECK(std::string(flexavatar_last_error()).find("6D rotation") != std::string::npos);
   std::vector<float> parallel(code);
   parallel[129] = 0.f, parallel[130] = 3.f, parallel[131] = 0.f;   // second vector along the first
+  const flexavatar_camera before = camera;
   CHECK(flexavatar_camera_apply_head_pose(&camera, parallel.data(), 135) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+  CHECK(std::memcmp(&before, &camera, sizeof(camera)) == 0);   // untouched on error
   std::vector<float> nan_translation(code);
   nan_translation[133] = std::nanf("");
   CHECK(flexavatar_expression_head_pose(nan_translation.data(), 135, untouched) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
