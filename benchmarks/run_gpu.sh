@@ -130,7 +130,7 @@ ort_placement() {
     echo "SKIP: this onnxruntime has no CUDAExecutionProvider"
     return 0
   fi
-  pyrun "$REPO/benchmarks/device/ort_placement.py" --provider cuda --json "$LOGS/ort_placement.json"
+  pyrun "$REPO/benchmarks/device/ort_placement.py" --provider cuda --times --json "$LOGS/ort_placement.json"
 }
 
 benchmarks() {
