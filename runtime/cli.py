@@ -21,7 +21,7 @@ from .errors import RuntimeArgumentError
 from .runtime import MAX_RENDER_SIZE, WHITE, Runtime
 from .timing import StageTimes
 from .ply import check_ply_path
-from .video import open_writer, output_kind, straight_rgba
+from .video import STDOUT, open_writer, output_kind, straight_rgba
 
 DEFAULT_FPS = 25.0          # the tracked sequences' nominal rate (fixtures/driving/README.md)
 
@@ -37,7 +37,8 @@ class RenderReport:
     runtime: str
 
     def summary(self) -> str:
-        return (f"wrote {self.output} ({self.frames} frames, {self.width}x{self.height}, {self.fps:g} fps)\n"
+        target = "standard output" if str(self.output) == STDOUT else self.output
+        return (f"wrote {target} ({self.frames} frames, {self.width}x{self.height}, {self.fps:g} fps)\n"
                 f"runtime: {self.runtime}\n" + self.timings.table())
 
 
@@ -135,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                    ".npy (official (R², 1, D) layout); default: the bundle's own avatar (export --avatar)")
     p.add_argument("--expressions", required=True, type=Path, metavar="SEQ",
                    help=".npy [T, 135] or .npz with expression_codes (e.g. ../shared/fixtures/driving/*.npz)")
-    p.add_argument("-o", "--output", required=True, type=Path, help="clip.mp4, clip.gif or a folder for PNG frames")
+    p.add_argument("-o", "--output", required=True, type=Path, help="clip.mp4, clip.gif, a folder for PNG frames, or - for raw rgb24 (rgba with --alpha) frames on "
+                   "standard output (messages then go to stderr)")
     p.add_argument("--size", type=int, default=512, help="render width = height in pixels (default 512)")
     p.add_argument("--camera-orbit", action="store_true", help="orbit the camera once over the clip (default: "
                    "the official demo's frontal camera)")
@@ -167,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from flexavatar.errors import FlexAvatarError
+    say = sys.stderr if str(args.output) == STDOUT else sys.stdout      # stdout may carry the frames
     try:
         # the cheap checks first: a wrong output suffix should not wait for a bundle's hashes and an encoder run
         output_kind(args.output, args.size, args.size, channels=4 if args.alpha else 3)
@@ -178,18 +181,18 @@ def main(argv: list[str] | None = None) -> int:
         runtime = Runtime(args.bundle, backend=args.backend, device=args.device, rasterizer=args.rasterizer,
                           precision=args.precision, batch=args.batch, cuda_graphs=args.cuda_graphs,
                           checkpoint=args.checkpoint, template=args.template)
-        print(f"runtime: {runtime.describe()}", flush=True)
+        print(f"runtime: {runtime.describe()}", file=say, flush=True)
         if args.frames is not None:
             expressions = expressions[:max(args.frames, 1)]
         timings = StageTimes()
         avatar = resolve_avatar(runtime, args.avatar, timings)
         if args.save_avatar is not None:
             avatar.save(args.save_avatar)
-            print(f"saved avatar code {args.save_avatar}")
+            print(f"saved avatar code {args.save_avatar}", file=say)
         if args.save_ply is not None:
             first = runtime.decode(avatar, expressions[:1], apply_head_pose=args.head_pose)
             first.save_ply(args.save_ply, comment=f"flexavatar-render: frame 0 of {args.expressions.name}")
-            print(f"saved the first frame's {first.n_gaussians} Gaussians {args.save_ply}")
+            print(f"saved the first frame's {first.n_gaussians} Gaussians {args.save_ply}", file=say)
         fps = args.fps or sequence_fps(args.expressions, DEFAULT_FPS)
         camera = orbit_camera(len(expressions)) if args.camera_orbit else default_camera()
         if args.focal is not None:
@@ -211,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("flexavatar-render: interrupted", file=sys.stderr)
         return 130
-    print(report.summary())
+    print(report.summary(), file=say)
     return 0
 
 

@@ -1,9 +1,10 @@
 """Frame writers chosen by the output path: ``.mp4`` (H.264 through imageio-ffmpeg, which ships its own
-ffmpeg), ``.gif`` (Pillow) or a folder of PNG frames. A registry keyed by suffix; files are written under
+ffmpeg), ``.gif`` (Pillow), a folder of PNG frames, or ``-`` (raw frames on standard output). A registry keyed by suffix; files are written under
 a temporary name and renamed into place when complete."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -133,18 +134,41 @@ class PngFolderWriter(FrameWriter):
         os.replace(tmp, target)
 
 
-WRITERS: dict[str, Callable[..., FrameWriter]] = {".mp4": Mp4Writer, ".gif": GifWriter, "": PngFolderWriter}
+class RawStreamWriter(FrameWriter):
+    """Raw frames to standard output (``-o -``): rgb24 (or rgba with alpha) bytes, frame after frame, for a pipe
+    into ffmpeg, a virtual camera or a compositor, e.g.
+    ``... -o - | ffmpeg -f rawvideo -pix_fmt rgb24 -s 512x512 -r 25 -i - out.mp4``."""
+    keeps_alpha = True
+
+    def __init__(self, path, width, height, fps, channels=3, stream=None):
+        super().__init__(path, width, height, fps, channels)
+        self.stream = stream if stream is not None else sys.stdout.buffer
+
+    def _write(self, frame):
+        self.stream.write(frame.tobytes())
+
+    def close(self) -> int:
+        self.stream.flush()
+        return self.count
+
+
+STDOUT = "-"            # the output path that means "raw frames to standard output"
+WRITERS: dict[str, Callable[..., FrameWriter]] = {".mp4": Mp4Writer, ".gif": GifWriter, "": PngFolderWriter,
+                                                  STDOUT: RawStreamWriter}
 
 
 def output_kind(path: str | Path, width: int, height: int, channels: int = 3) -> str:
     """Check that frames of width x height (x channels) can go to ``path`` (before any work is done) → the
-    WRITERS key: the suffix, or "" (a PNG folder) for a path without one or ending in '/'."""
+    WRITERS key: the suffix, "" (a PNG folder) for a path without one or ending in '/', or "-" (stdout)."""
     text = str(path)
+    if text == STDOUT:
+        return STDOUT
     path = Path(path)
     suffix = "" if text.endswith(("/", os.sep)) or path.is_dir() else path.suffix.lower()
     if suffix not in WRITERS:
         raise OutputFileError("output", f"{path.name} has the suffix {suffix!r}",
-                              f"one of {[s for s in WRITERS if s]} or a folder (no suffix) for PNG frames")
+                              f"one of {[s for s in WRITERS if s.startswith('.')]}, a folder (no suffix) for PNG "
+                              "frames, or - for raw frames on standard output")
     parent = path.absolute().parent
     if not parent.is_dir():
         raise OutputFileError("output", f"folder {parent} does not exist", "an existing folder to write into")

@@ -646,6 +646,22 @@ def test_cli_background_and_transparent_png_frames(bundle, driving_dir, tmp_path
     assert "R,G,B in [0, 1]" in capsys.readouterr().err
 
 
+def test_cli_streams_raw_frames_to_stdout(bundle, driving_dir, tmp_path, capsysbinary):
+    """-o -: the PNG frames' bytes, frame after frame, on stdout (rgba with --alpha); messages go to stderr."""
+    seq = driving_dir / "EMO-1-shout+laugh.npz"
+    base = [str(bundle), "--expressions", str(seq), "--frames", "3", "--size", "48", "--no-progress", "-o"]
+    for extra, channels in (([], 3), (["--alpha"], 4)):
+        folder = tmp_path / f"png{channels}"
+        assert render_main([*base, str(folder), *extra]) == 0
+        capsysbinary.readouterr()
+        assert render_main([*base, "-", *extra]) == 0
+        captured = capsysbinary.readouterr()
+        want = np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("frame_*.png"))])   # [3, 48, 48, C]
+        assert want.shape == (3, 48, 48, channels)
+        assert captured.out == want.tobytes()
+        assert b"wrote standard output (3 frames, 48x48" in captured.err and b"p50 ms" in captured.err
+
+
 def test_cli_torch_backend_from_the_checkpoint_renders_the_bundles_frames(bundle, official_dir, driving_dir,
                                                                           tmp_path):
     seq = driving_dir / "EMO-1-shout+laugh.npz"
