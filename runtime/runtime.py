@@ -339,7 +339,7 @@ class Runtime:
         host sync per stage)."""
         chunks = list(self.iter_render(avatar, expressions, cameras, width, height, background, apply_head_pose,
                                        output, timings))
-        return np.concatenate(chunks, 0)
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks, 0)     # one frame a call: no copy
 
     def iter_render(self, avatar: Avatar, expressions, cameras: Camera | tuple | None = None, width: int = 512,
                     height: int = 512, background: Sequence[float] = WHITE, apply_head_pose: bool = False,
