@@ -11,7 +11,7 @@ package imports neither torch nor an inference library; the ONNX Runtime and Ope
 native CPU rasterizer never import torch.
 """
 from .avatar import Avatar
-from .cameras import Camera, default_camera, look_at, orbit_camera
+from .cameras import Camera, default_camera, look_at, orbit_camera, sequence_cameras
 from .engines import (EngineOptions, EngineSpec, InferenceBackend, available_engines, get_engine, register_engine,
                       registered_engines, select_engine)
 from .errors import (AvatarFileError, CameraInputError, EncoderUnavailableError, EngineUnavailableError,
@@ -22,7 +22,8 @@ from .runtime import FRAME_FORMATS, WHITE, Gaussians, Runtime, apply_pose
 from .timing import StageTimes
 
 __all__ = [
-    "Runtime", "Avatar", "Gaussians", "Camera", "default_camera", "orbit_camera", "look_at", "load_expressions",
+    "Runtime", "Avatar", "Gaussians", "Camera", "default_camera", "orbit_camera", "sequence_cameras", "look_at",
+    "load_expressions",
     "neutral_expression", "synthetic_expressions", "head_pose", "head_pose_matrix", "apply_pose", "StageTimes",
     "FRAME_FORMATS", "WHITE",
     "EngineOptions", "EngineSpec", "InferenceBackend", "register_engine", "registered_engines", "available_engines",

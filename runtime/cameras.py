@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -123,6 +124,30 @@ def orbit_camera(n: int, radius: float = 0.3, distance: float = 1.0, intrinsics:
     eye = np.stack([radius * np.sin(t), radius * np.cos(t), np.full(n, distance)], -1)     # [n, 3]
     c2w = look_at(eye, np.zeros_like(eye), np.array([0.0, 1, 0]))
     return Camera(c2w, demo_intrinsics() if intrinsics is None else intrinsics)
+
+
+def sequence_cameras(path: str | Path) -> Camera:
+    """The tracked camera of every frame of a tracked ``.npz`` sequence (``cam2world`` [T, 4, 4] in the canonical
+    head frame and normalised ``intrinsics`` [T, 3, 3], the layout of ``../shared/fixtures/driving/``). Rendering
+    the decoded (unposed) Gaussians from them shows the head as the tracked video saw it, head motion included
+    (the head's motion is in the cameras: cam2world = head_pose⁻¹ · the fixed tracking camera)."""
+    path = Path(path)
+    expected = "a tracked .npz sequence with cam2world [T, 4, 4] and intrinsics [T, 3, 3]"
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        raise CameraInputError("sequence", f"{path} is not an .npz file", expected)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("cam2world", "intrinsics") if k not in data.files]
+            if missing:
+                raise CameraInputError("sequence", f"{path.name} has no {' / '.join(missing)} (keys: "
+                                       f"{sorted(data.files)})", expected)
+            c2w, k = data["cam2world"], data["intrinsics"]
+    except (OSError, ValueError) as e:
+        raise CameraInputError("sequence", f"cannot read {path} ({e})", expected) from None
+    if c2w.ndim != 3 or k.ndim != 3 or len(c2w) != len(k):
+        raise CameraInputError("sequence", f"{path.name} holds cam2world {list(c2w.shape)} and intrinsics "
+                               f"{list(k.shape)}", expected)
+    return Camera(c2w, k)
 
 
 def as_camera(camera) -> Camera:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .avatar import Avatar
-from .cameras import Camera, default_camera, demo_intrinsics, orbit_camera
+from .cameras import Camera, default_camera, demo_intrinsics, orbit_camera, sequence_cameras
 from .expressions import load_expressions, sequence_fps
 from .errors import RuntimeArgumentError
 from .runtime import MAX_RENDER_SIZE, WHITE, Runtime
@@ -85,6 +85,21 @@ def render_to_file(runtime: Runtime, avatar: Avatar, expressions: np.ndarray, ou
     return RenderReport(Path(output), writer.count, size, size, fps, timings, runtime.describe())
 
 
+def _tracked_cameras(args, n_frames: int) -> Camera:
+    """--camera-tracked: the sequence's cameras, one per frame, and the options they rule out."""
+    if args.head_pose:
+        raise RuntimeArgumentError("--head-pose", "was given with --camera-tracked",
+                                   "one of them: the tracked cameras already show the head's motion")
+    if args.focal is not None:
+        raise RuntimeArgumentError("--focal", "was given with --camera-tracked", "the tracked intrinsics, or no "
+                                   "--camera-tracked")
+    cameras = sequence_cameras(args.expressions)
+    if len(cameras) != n_frames:
+        raise RuntimeArgumentError("--camera-tracked", f"{args.expressions.name} holds {len(cameras)} cameras for "
+                                   f"{n_frames} expression codes", "one camera per frame")
+    return cameras
+
+
 def parse_colour(text: str) -> tuple[float, float, float]:
     """--background: "R,G,B" in [0, 1] or "#RRGGBB" → RGB floats (else argparse reports the expected forms)."""
     value = text.strip()
@@ -136,11 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
                    ".npy (official (R², 1, D) layout); default: the bundle's own avatar (export --avatar)")
     p.add_argument("--expressions", required=True, type=Path, metavar="SEQ",
                    help=".npy [T, 135] or .npz with expression_codes (e.g. ../shared/fixtures/driving/*.npz)")
-    p.add_argument("-o", "--output", required=True, type=Path, help="clip.mp4, clip.gif, a folder for PNG frames, or - for raw rgb24 (rgba with --alpha) frames on "
-                   "standard output (messages then go to stderr)")
+    p.add_argument("-o", "--output", required=True, type=Path,
+                   help="clip.mp4, clip.gif, a folder for PNG frames, or - for raw rgb24 (rgba with --alpha) frames "
+                   "on standard output (messages then go to stderr)")
     p.add_argument("--size", type=int, default=512, help="render width = height in pixels (default 512)")
-    p.add_argument("--camera-orbit", action="store_true", help="orbit the camera once over the clip (default: "
-                   "the official demo's frontal camera)")
+    views = p.add_mutually_exclusive_group()
+    views.add_argument("--camera-orbit", action="store_true", help="orbit the camera once over the clip (default: "
+                       "the official demo's frontal camera)")
+    views.add_argument("--camera-tracked", action="store_true", help="the sequence's tracked camera of each frame "
+                       "(.npz cam2world + intrinsics): the head as the tracked video saw it, head motion included")
     p.add_argument("--focal", type=float, help="normalised focal length fx = fy (pixels / image size; default "
                    "1500/512 ≈ 2.93, the official demo camera)")
     p.add_argument("--head-pose", action="store_true", help="apply the rigid head pose of each expression code, as "
@@ -178,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         if not 1 <= args.size <= MAX_RENDER_SIZE:
             raise RuntimeArgumentError("--size", f"is {args.size}", f"an integer in [1, {MAX_RENDER_SIZE}]")
         expressions = load_expressions(args.expressions)
+        tracked = _tracked_cameras(args, len(expressions)) if args.camera_tracked else None
         runtime = Runtime(args.bundle, backend=args.backend, device=args.device, rasterizer=args.rasterizer,
                           precision=args.precision, batch=args.batch, cuda_graphs=args.cuda_graphs,
                           checkpoint=args.checkpoint, template=args.template)
@@ -195,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"saved the first frame's {first.n_gaussians} Gaussians {args.save_ply}", file=say)
         fps = args.fps or sequence_fps(args.expressions, DEFAULT_FPS)
         camera = orbit_camera(len(expressions)) if args.camera_orbit else default_camera()
+        if tracked is not None:
+            camera = Camera(tracked.cam2world[:len(expressions)], tracked.intrinsics[:len(expressions)])
         if args.focal is not None:
             k = demo_intrinsics()
             k[0, 0] = k[1, 1] = args.focal

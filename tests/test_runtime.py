@@ -662,6 +662,36 @@ def test_cli_streams_raw_frames_to_stdout(bundle, driving_dir, tmp_path, capsysb
         assert b"wrote standard output (3 frames, 48x48" in captured.err and b"p50 ms" in captured.err
 
 
+def test_cli_tracked_cameras_render_each_frame_from_its_camera(bundle, runtimes, driving_dir, tmp_path, capsys):
+    """--camera-tracked: frame t from the sequence's cam2world[t] / intrinsics[t] (read here with numpy), i.e. the
+    head moving as tracked; the options it rules out are refused before any work."""
+    from flexavatar.runtime import sequence_cameras
+
+    seq = driving_dir / "EXP-1-head.npz"                                    # large head motion
+    out = tmp_path / "tracked"
+    assert render_main([str(bundle), "--expressions", str(seq), "--frames", "3", "--size", "48", "--no-progress",
+                        "--camera-tracked", "-o", str(out)]) == 0
+    got = np.stack([np.asarray(Image.open(p)) for p in sorted(out.glob("frame_*.png"))])
+    with np.load(seq) as data:
+        codes, c2w, k = data["expression_codes"][:3], data["cam2world"][:3], data["intrinsics"][:3]
+    rt = runtimes["onnxruntime"]
+    want = rt.render(rt.bundle_avatar(), codes, Camera(c2w, k), 48, 48)
+    np.testing.assert_array_equal(got, want)
+    assert np.abs(want.astype(int) - rt.render(rt.bundle_avatar(), codes, None, 48, 48)).mean() > 1   # not the default
+    assert len(sequence_cameras(seq)) == len(load_expressions(seq))
+
+    np.save(tmp_path / "codes.npy", codes)
+    for extra, words in ((["--head-pose"], "already show the head's motion"), (["--focal", "3"], "tracked intrinsics")):
+        assert render_main([str(bundle), "--expressions", str(seq), "--camera-tracked", *extra, "-o",
+                            str(tmp_path / "x")]) == 2
+        assert words in capsys.readouterr().err
+    assert render_main([str(bundle), "--expressions", str(tmp_path / "codes.npy"), "--camera-tracked", "-o",
+                        str(tmp_path / "x")]) == 2
+    assert "CameraInputError" in capsys.readouterr().err
+    with pytest.raises(SystemExit):                                          # one camera mode at a time
+        render_main([str(bundle), "--expressions", str(seq), "--camera-tracked", "--camera-orbit", "-o", "x"])
+
+
 def test_cli_torch_backend_from_the_checkpoint_renders_the_bundles_frames(bundle, official_dir, driving_dir,
                                                                           tmp_path):
     seq = driving_dir / "EMO-1-shout+laugh.npz"
