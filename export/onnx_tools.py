@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 from pathlib import Path
 
 import onnx
@@ -40,7 +41,11 @@ def export_graph(module: torch.nn.Module, args: tuple, spec: GraphSpec, opset: i
     for name in ("torch.onnx._internal.exporter._registration", "torch.onnx._internal.exporter._core"):
         logging.getLogger(name).setLevel(logging.ERROR)  # "torchvision is not installed" noise
     buffer = io.StringIO()
-    with torch.no_grad(), contextlib.redirect_stdout(buffer):
+    with torch.no_grad(), contextlib.redirect_stdout(buffer), warnings.catch_warnings():
+        # torch's own notes that say nothing about the exported graph: one axis name for the expression batch
+        # of several inputs (intended), and a deprecation inside torch's pytree code
+        warnings.filterwarnings("ignore", message=r".*The axis name: .* will not be used", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
         program = torch.onnx.export(
             module.eval(), args, f=None, dynamo=True, external_data=False, opset_version=opset,
             input_names=spec.input_names, output_names=spec.output_names,
