@@ -32,7 +32,7 @@ import numpy as np
 
 from flexavatar.bundle import ModelArtifact
 
-from .engines import TORCH, EngineOptions
+from .engines import TORCH, EngineOptions, ort_session_options
 from .errors import EngineUnavailableError
 
 
@@ -68,8 +68,7 @@ class OrtCudaModel:
                     # fastest conv algorithms for the upsampler, found once per shape during the first frames) and
                     # an arena that grows by what is asked, not by powers of two
                     "arena_extend_strategy": "kSameAsRequested", "cudnn_conv_algo_search": "EXHAUSTIVE"}
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so = ort_session_options(options)
         try:
             self.session = ort.InferenceSession(str(path), so, providers=[("CUDAExecutionProvider", provider),
                                                                           "CPUExecutionProvider"])

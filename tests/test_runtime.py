@@ -440,6 +440,16 @@ def test_openvino_pins_fp32_precision(runtimes):
     assert "inference precision f32" in rt.describe()
 
 
+def test_onnxruntime_sessions_stop_spinning_after_each_run(bundle):
+    """The runtime's ORT sessions release their cores when a run returns (the rasterizer runs next): the option
+    reaches the session, with the thread count asked for (the speed-up itself is a benchmark figure)."""
+    rt = Runtime(bundle, backend="onnxruntime", device="cpu", rasterizer="cpu", num_threads=1)
+    for model in (rt.decoder, rt.engine.load("encoder")):
+        options = model.session.get_session_options()
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+        assert options.intra_op_num_threads == 1
+
+
 def test_render_argument_errors(runtimes, expressions):
     rt = runtimes["onnxruntime"]
     avatar = rt.bundle_avatar()

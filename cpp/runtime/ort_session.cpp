@@ -110,6 +110,11 @@ Status OrtModel::open(const std::string& path, const SessionConfig& config, std:
       st = model->check(api->SetIntraOpNumThreads(options.get(), config.num_threads), "SetIntraOpNumThreads");
       if (!st.ok()) return st;
     }
+    // ONNX Runtime's intra-op threads spin (busy-wait) for a while after Run returns; here the rasterizer runs
+    // next and needs those cores. Spinning inside a run (between the decoder's ~550 nodes) is kept.
+    st = model->check(api->AddSessionConfigEntry(options.get(), "session.force_spinning_stop", "1"),
+                      "session.force_spinning_stop");
+    if (!st.ok()) return st;
     return model->check(api->SetSessionGraphOptimizationLevel(options.get(), ORT_ENABLE_ALL),
                         "graph optimisation level");
   };
