@@ -378,7 +378,8 @@ class Runtime:
                     cams = kernels.Cameras(world2cam=_like(viewmats[start:stop], means),
                                            K=_like(ks[start:stop], means))
                     result = kernels.rasterize(kernels.Splats(**g.arrays()), cams, width, height,
-                                               background=_like(np.broadcast_to(bg, (e, 3)), means),
+                                               background=_like(bg[None] if e == 1 else np.broadcast_to(bg, (e, 3)),
+                                                                means),
                                                backend=self.rasterizer, check_values=self._check_values)
                 with times.stage("to host", e):
                     frames = convert(result.rgb, result.alpha)       # the one host sync of the frame
