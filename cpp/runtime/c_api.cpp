@@ -48,22 +48,11 @@ flexavatar_status report(const Status& s) {
   return fail(s.code(), s.message());
 }
 
-// Runs body() under the handle's lock if the handle is live; maps exceptions to status codes.
+// Runs body() (→ Status) and reports it; exceptions become status codes, named after `function`.
 template <class Body>
-flexavatar_status with_runtime(const flexavatar_runtime* handle, const char* function, Body body) {
+flexavatar_status guarded(const char* function, Body body) {
   try {
-    if (!handle) return fail(StatusCode::kInvalidHandle, std::string(function) + ": runtime handle is NULL");
-    flexavatar_runtime* rt = nullptr;
-    {
-      std::lock_guard<std::mutex> lock(g_registry_mutex);
-      if (registry().count(handle)) rt = const_cast<flexavatar_runtime*>(handle);
-    }
-    if (!rt)
-      return fail(StatusCode::kInvalidHandle,
-                  std::string(function) + ": not a live runtime handle (already destroyed, or not from "
-                                          "flexavatar_runtime_create)");
-    std::lock_guard<std::mutex> lock(rt->mutex);
-    return report(body(*rt->impl));
+    return report(body());
   } catch (const std::bad_alloc&) {
     return fail(StatusCode::kOutOfMemory, std::string(function) + ": out of memory");
   } catch (const std::exception& e) {
@@ -73,19 +62,23 @@ flexavatar_status with_runtime(const flexavatar_runtime* handle, const char* fun
   }
 }
 
-// The same for functions without a runtime handle.
+// guarded(), with body(runtime) run under the handle's lock if the handle is live.
 template <class Body>
-flexavatar_status guarded(const char* function, Body body) {
-  try {
-    Status s = body();
-    return s.ok() ? report(s) : report(Status(s.code(), std::string(function) + ": " + s.message()));
-  } catch (const std::bad_alloc&) {
-    return fail(StatusCode::kOutOfMemory, std::string(function) + ": out of memory");
-  } catch (const std::exception& e) {
-    return fail(StatusCode::kInternal, std::string(function) + ": unexpected error: " + e.what());
-  } catch (...) {
-    return fail(StatusCode::kInternal, std::string(function) + ": unexpected error");
-  }
+flexavatar_status with_runtime(const flexavatar_runtime* handle, const char* function, Body body) {
+  return guarded(function, [&]() -> Status {
+    if (!handle) return Status(StatusCode::kInvalidHandle, std::string(function) + ": runtime handle is NULL");
+    flexavatar_runtime* rt = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(g_registry_mutex);
+      if (registry().count(handle)) rt = const_cast<flexavatar_runtime*>(handle);
+    }
+    if (!rt)
+      return Status(StatusCode::kInvalidHandle,
+                    std::string(function) + ": not a live runtime handle (already destroyed, or not from "
+                                            "flexavatar_runtime_create)");
+    std::lock_guard<std::mutex> lock(rt->mutex);
+    return body(*rt->impl);
+  });
 }
 
 bool sized_ok(uint32_t struct_size, size_t minimum) { return struct_size >= minimum; }
@@ -370,7 +363,8 @@ flexavatar_status flexavatar_runtime_default_camera(const flexavatar_runtime* ru
 flexavatar_status flexavatar_expression_head_pose(const float* expression, int64_t expression_count,
                                                   float head_to_world[16]) {
   return guarded("flexavatar_expression_head_pose", [&] {
-    if (!head_to_world) return Status(StatusCode::kNullPointer, "head_to_world is NULL");
+    if (!head_to_world)
+      return Status(StatusCode::kNullPointer, "flexavatar_expression_head_pose: head_to_world is NULL");
     double m[16];
     Status s = flexavatar::runtime::head_pose(expression, expression_count, m);
     if (s.ok())
@@ -382,7 +376,7 @@ flexavatar_status flexavatar_expression_head_pose(const float* expression, int64
 flexavatar_status flexavatar_camera_apply_head_pose(flexavatar_camera* camera, const float* expression,
                                                     int64_t expression_count) {
   return guarded("flexavatar_camera_apply_head_pose", [&] {
-    if (!camera) return Status(StatusCode::kNullPointer, "camera is NULL");
+    if (!camera) return Status(StatusCode::kNullPointer, "flexavatar_camera_apply_head_pose: camera is NULL");
     return flexavatar::runtime::apply_head_pose(expression, expression_count, camera->cam2world);
   });
 }
