@@ -100,6 +100,16 @@ def _tracked_cameras(args, n_frames: int) -> Camera:
     return cameras
 
 
+def parse_device(text: str) -> tuple[str, int]:
+    """--device: "cuda:N" → ("cuda", N); any other name → (name, 0) (the runtime checks the name)."""
+    name, sep, index = text.partition(":")
+    if not sep:
+        return text, 0
+    if name != "cuda" or not index.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected cpu, cuda, cuda:N (N = 0, 1, ...), gpu or auto")
+    return name, int(index)
+
+
 def parse_colour(text: str) -> tuple[float, float, float]:
     """--background: "R,G,B" in [0, 1] or "#RRGGBB" → RGB floats (else argparse reports the expected forms)."""
     value = text.strip()
@@ -171,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, help="render only the first N frames")
     p.add_argument("--fps", type=float, help="frame rate of the clip (default: the sequence's, else 25)")
     p.add_argument("--backend", default="auto", help="onnxruntime, openvino, torch or auto (default)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, gpu (OpenVINO Intel GPU) or auto (default)")
+    p.add_argument("--device", default="auto", type=parse_device,
+                   help="cpu, cuda, cuda:N (the N-th CUDA device), gpu (OpenVINO Intel GPU) or auto (default)")
     p.add_argument("--rasterizer", default="auto", help="cpu, cuda, triton, reference or auto (default)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
     p.add_argument("--checkpoint", type=Path, help="with --backend torch: the checkpoint the bundle was exported from")
@@ -198,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeArgumentError("--size", f"is {args.size}", f"an integer in [1, {MAX_RENDER_SIZE}]")
         expressions = load_expressions(args.expressions)
         tracked = _tracked_cameras(args, len(expressions)) if args.camera_tracked else None
-        runtime = Runtime(args.bundle, backend=args.backend, device=args.device, rasterizer=args.rasterizer,
+        device, device_id = args.device
+        runtime = Runtime(args.bundle, backend=args.backend, device=device, device_id=device_id,
+                          rasterizer=args.rasterizer,
                           precision=args.precision, batch=args.batch, cuda_graphs=args.cuda_graphs,
                           checkpoint=args.checkpoint, template=args.template)
         print(f"runtime: {runtime.describe()}", file=say, flush=True)

@@ -390,6 +390,12 @@ def test_example_reports_bad_input_with_exit_code(example_app, bundle_dir, input
     proc = subprocess.run([str(example_app), str(bundle_dir), "-", str(inputs["expressions_path"]),
                            str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode == 1 and "no avatar code" in proc.stderr
+    for device, code in (("cuda:x", 2), ("cuda:", 2), ("cuda:1", 1)):      # cuda:1 parses; no CUDA here
+        proc = subprocess.run([str(example_app), str(bundle_dir), str(inputs["code_path"]),
+                               str(inputs["expressions_path"]), str(tmp_path / "o"), "--device", device],
+                              capture_output=True, text=True)
+        assert proc.returncode == code, (device, proc.stderr)
+    assert "cuda" in proc.stderr.lower()
 
 
 # ---- abuse: corrupt files, wrong shapes, bad handles (plain and ASan/LSan builds) ----------------------

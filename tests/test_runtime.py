@@ -702,6 +702,28 @@ def test_cli_tracked_cameras_render_each_frame_from_its_camera(bundle, runtimes,
         render_main([str(bundle), "--expressions", str(seq), "--camera-tracked", "--camera-orbit", "-o", "x"])
 
 
+def test_cli_device_ordinal_reaches_the_runtime(bundle, driving_dir, tmp_path, capsys, monkeypatch):
+    import flexavatar.runtime.cli as cli
+
+    seq = driving_dir / "EMO-1-shout+laugh.npz"
+    seen = {}
+
+    def fake_runtime(*args, **kwargs):
+        seen.update(kwargs)
+        raise EngineUnavailableError("onnxruntime", kwargs["device"], "stop here", None)
+
+    monkeypatch.setattr(cli, "Runtime", fake_runtime)
+    assert render_main([str(bundle), "--expressions", str(seq), "--device", "cuda:1", "-o", str(tmp_path / "x")]) == 2
+    assert (seen["device"], seen["device_id"]) == ("cuda", 1)
+    assert render_main([str(bundle), "--expressions", str(seq), "--device", "cpu", "-o", str(tmp_path / "x")]) == 2
+    assert (seen["device"], seen["device_id"]) == ("cpu", 0)
+    capsys.readouterr()
+    for bad in ("cuda:x", "gpu:1", "cuda:-1"):
+        with pytest.raises(SystemExit):
+            render_main([str(bundle), "--expressions", str(seq), "--device", bad, "-o", str(tmp_path / "x")])
+        assert "cuda:N" in capsys.readouterr().err
+
+
 def test_cli_torch_backend_from_the_checkpoint_renders_the_bundles_frames(bundle, official_dir, driving_dir,
                                                                           tmp_path):
     seq = driving_dir / "EMO-1-shout+laugh.npz"

@@ -1,4 +1,4 @@
-// flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N] [--device auto|cpu|cuda]
+// flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N] [--device auto|cpu|cuda|cuda:N]
 //                   [--rasterizer auto|cpu|cuda] [--features FEATURES.npy] [--head-pose]
 //
 // Renders one PNG frame per expression (frame_00000.png, ...) from the bundle's default camera and prints
@@ -28,7 +28,7 @@ namespace {
 int usage() {
   std::fprintf(stderr,
                "usage: flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N] "
-               "[--device auto|cpu|cuda] [--rasterizer auto|cpu|cuda] [--features FEATURES.npy] [--head-pose]\n"
+               "[--device auto|cpu|cuda|cuda:N] [--rasterizer auto|cpu|cuda] [--features FEATURES.npy] [--head-pose]\n"
                "  AVATAR: avatar code .npy float32 (R^2, 1, D); - for the bundle's avatar_code.npy; or a photo\n"
                "          .npy float32 [S, S, 3] in [0, 1] to encode (--features: DINOv2 features [C, h, w])\n"
                "  EXPRESSIONS: .npy float32 [E, 135]\n");
@@ -133,7 +133,7 @@ void set_avatar(flexavatar::Runtime& rt, const flexavatar_runtime_info& info, co
 int main(int argc, char** argv) {
   std::vector<std::string> positional;
   int size = 0, threads = 0;
-  int device = FLEXAVATAR_DEVICE_AUTO, rasterizer = FLEXAVATAR_RASTERIZER_AUTO;
+  int device = FLEXAVATAR_DEVICE_AUTO, rasterizer = FLEXAVATAR_RASTERIZER_AUTO, cuda_device = 0;
   std::string features_path;
   bool head_pose = false;
   for (int i = 1; i < argc; ++i) {
@@ -144,7 +144,14 @@ int main(int argc, char** argv) {
       if (arg == "--size") size = std::atoi(value.c_str());
       if (arg == "--threads") threads = std::atoi(value.c_str());
       if (arg == "--features") features_path = value;
-      if (arg == "--device" && (device = choice(value, -1)) < 0) return usage();
+      if (arg == "--device" && value.rfind("cuda:", 0) == 0) {   // cuda:N, the N-th CUDA device
+        const std::string ordinal = value.substr(5);
+        if (ordinal.empty() || ordinal.find_first_not_of("0123456789") != std::string::npos) return usage();
+        device = FLEXAVATAR_DEVICE_CUDA;
+        cuda_device = std::atoi(ordinal.c_str());
+      } else if (arg == "--device" && (device = choice(value, -1)) < 0) {
+        return usage();
+      }
       if (arg == "--rasterizer" && (rasterizer = choice(value, -1)) < 0) return usage();
     } else if (arg == "--head-pose") {
       head_pose = true;
@@ -160,6 +167,7 @@ int main(int argc, char** argv) {
   try {
     flexavatar_runtime_options options = flexavatar::default_options();
     options.device = device;
+    options.cuda_device = cuda_device;
     options.rasterizer = rasterizer;
     options.num_threads = threads;
     flexavatar::Runtime rt(bundle, &options);
