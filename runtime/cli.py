@@ -6,6 +6,7 @@ rasterize every frame, stream them into the writer, time each stage, report p50 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -249,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("flexavatar-render: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:          # -o -: the reader (ffmpeg, head, ...) closed the pipe before the last frame
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error when Python flushes stdout
+        print("flexavatar-render: standard output was closed before the last frame", file=sys.stderr)
+        return 1
     print(report.summary(), file=say)
     return 0
 

@@ -670,6 +670,15 @@ def test_cli_streams_raw_frames_to_stdout(bundle, driving_dir, tmp_path, capsysb
         assert want.shape == (3, 48, 48, channels)
         assert captured.out == want.tobytes()
         assert b"wrote standard output (3 frames, 48x48" in captured.err and b"p50 ms" in captured.err
+    # a reader that stops early (ffmpeg quitting, `| head`): one line on stderr, exit 1, no traceback
+    proc = subprocess.Popen([sys.executable, "-m", "flexavatar.runtime.cli", str(bundle), "--expressions", str(seq),
+                             "--frames", "40", "--size", "48", "--no-progress", "-o", "-"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert len(proc.stdout.read(100)) == 100
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1, err
+    assert "standard output was closed before the last frame" in err and "Traceback" not in err
 
 
 def test_cli_tracked_cameras_render_each_frame_from_its_camera(bundle, runtimes, driving_dir, tmp_path, capsys):
