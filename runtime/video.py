@@ -1,6 +1,6 @@
 """Frame writers chosen by the output path: ``.mp4`` (H.264 through imageio-ffmpeg, which ships its own
-ffmpeg), ``.gif`` (Pillow), a folder of PNG frames, or ``-`` (raw frames on standard output). A registry keyed by suffix; files are written under
-a temporary name and renamed into place when complete."""
+ffmpeg), ``.gif`` (Pillow), a folder of PNG frames, or ``-`` (raw frames on standard output). A registry keyed
+by suffix; files are written under a temporary name and renamed into place when complete."""
 from __future__ import annotations
 
 import os
@@ -140,9 +140,9 @@ class RawStreamWriter(FrameWriter):
     ``... -o - | ffmpeg -f rawvideo -pix_fmt rgb24 -s 512x512 -r 25 -i - out.mp4``."""
     keeps_alpha = True
 
-    def __init__(self, path, width, height, fps, channels=3, stream=None):
+    def __init__(self, path, width, height, fps, channels=3):
         super().__init__(path, width, height, fps, channels)
-        self.stream = stream if stream is not None else sys.stdout.buffer
+        self.stream = sys.stdout.buffer
 
     def _write(self, frame):
         self.stream.write(frame.tobytes())
