@@ -17,13 +17,14 @@ from .engines import (EngineOptions, EngineSpec, InferenceBackend, available_eng
 from .errors import (AvatarFileError, CameraInputError, EncoderUnavailableError, EngineUnavailableError,
                      ExpressionInputError, ImageInputError, ModelMismatchError, OutputFileError, RuntimeArgumentError,
                      RuntimeFailure, UnknownEngineError)
-from .expressions import head_pose, head_pose_matrix, load_expressions, neutral_expression, synthetic_expressions
+from .expressions import (axis_angle_to_matrix, compose_expression, expression_parts, head_pose, head_pose_matrix,
+                          load_expressions, neutral_expression, synthetic_expressions)
 from .runtime import FRAME_FORMATS, WHITE, Gaussians, Runtime, apply_pose
 from .timing import StageTimes
 
 __all__ = [
     "Runtime", "Avatar", "Gaussians", "Camera", "default_camera", "orbit_camera", "sequence_cameras", "look_at",
-    "load_expressions",
+    "load_expressions", "compose_expression", "expression_parts", "axis_angle_to_matrix",
     "neutral_expression", "synthetic_expressions", "head_pose", "head_pose_matrix", "apply_pose", "StageTimes",
     "FRAME_FORMATS", "WHITE",
     "EngineOptions", "EngineSpec", "InferenceBackend", "register_engine", "registered_engines", "available_engines",

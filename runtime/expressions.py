@@ -14,10 +14,14 @@ import numpy as np
 from .errors import ExpressionInputError
 
 EXPRESSION_DIM = 135
+EXPRESSION_COEFFICIENTS = slice(0, 100)
+EYES = slice(100, 112)                 # left eye 6D, right eye 6D
+EYELIDS = slice(112, 114)
+NECK = slice(114, 120)
+JAW = slice(120, 126)
 HEAD_ROTATION = slice(126, 132)
 HEAD_TRANSLATION = slice(132, 135)
-ROTATION_SLOTS = (slice(100, 106), slice(106, 112), slice(114, 120), slice(120, 126), HEAD_ROTATION)
-JAW = slice(120, 126)
+ROTATION_SLOTS = (slice(100, 106), slice(106, 112), NECK, JAW, HEAD_ROTATION)
 IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 NPZ_KEY = "expression_codes"      # key of the tracked sequences in ../shared/fixtures/driving/*.npz
 
@@ -87,6 +91,118 @@ def sequence_fps(path: str | Path, default: float) -> float:
         return default
     with np.load(path, allow_pickle=False) as data:
         return float(data["fps"]) if "fps" in data.files and data["fps"].shape == () else default
+
+
+# ---- building codes from a FLAME tracker's parameters ---------------------------------------------------
+
+def axis_angle_to_matrix(axis_angle) -> np.ndarray:
+    """Rodrigues: rotation vectors (axis × angle in radians, FLAME's pose convention) → rotation matrices
+    R = I + sin θ K + (1 − cos θ) K² (a Taylor series below θ = 1e-4).  [..., 3] → [..., 3, 3] float64"""
+    v = np.asarray(axis_angle, np.float64)
+    theta = np.linalg.norm(v, axis=-1)[..., None, None]                              # [..., 1, 1]
+    x, y, z = v[..., 0], v[..., 1], v[..., 2]
+    zero = np.zeros_like(x)
+    k = np.stack([np.stack([zero, -z, y], -1), np.stack([z, zero, -x], -1), np.stack([-y, x, zero], -1)], -2)
+    small = theta < 1e-4
+    safe = np.where(small, 1.0, theta)
+    sin_term = np.where(small, 1.0 - theta ** 2 / 6.0, np.sin(safe) / safe)          # sin θ / θ
+    cos_term = np.where(small, 0.5 - theta ** 2 / 24.0, (1.0 - np.cos(safe)) / safe ** 2)   # (1 − cos θ) / θ²
+    return np.eye(3) + sin_term * k + cos_term * (k @ k)
+
+
+def _matrix_as_6d(m: np.ndarray) -> np.ndarray:
+    """The code's 6D convention: a matrix's first two rows.  [..., 3, 3] → [..., 6]"""
+    return m[..., :2, :].reshape(m.shape[:-2] + (6,))
+
+
+def _as_given(v: np.ndarray) -> np.ndarray:
+    return v
+
+
+ROTATION_FORMS = {        # trailing shape of one rotation → its 6D code
+    (3,): lambda v: _matrix_as_6d(axis_angle_to_matrix(v)),
+    (6,): _as_given,      # raw 6D, not orthonormalised (the model consumes tracked values as they are)
+    (3, 3): _matrix_as_6d,
+}
+
+
+def _part(value, name: str, lead: tuple, convert, expected: str, frames: int | None,
+          frames_from: str) -> tuple[np.ndarray, int]:
+    """One named part [T, *lead, *trailing] → (its code values [T, n] float64, T). ``convert(trailing shape)``
+    gives the conversion to code values, or None for a shape it does not take; ``frames`` is T so far (from
+    ``frames_from``), or None."""
+    if type(value).__module__.startswith("torch"):
+        value = value.detach().cpu().numpy()
+    a = np.asarray(value)
+    if a.dtype.kind not in "fiu":
+        raise ExpressionInputError(name, f"has dtype {a.dtype}", "real numbers")
+    to_code = convert(a.shape[1 + len(lead):]) if a.shape[1:1 + len(lead)] == lead else None
+    if a.ndim < 2 or to_code is None:
+        raise ExpressionInputError(name, f"has shape {list(a.shape)}", expected)
+    if frames is not None and a.shape[0] != frames:
+        raise ExpressionInputError(name, f"has {a.shape[0]} frames", f"{frames}, as {frames_from}")
+    if a.shape[0] == 0:
+        raise ExpressionInputError(name, "has 0 frames", "T ≥ 1")
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise ExpressionInputError(name, "has NaN/inf", "finite values")
+    return to_code(a).reshape(a.shape[0], -1), a.shape[0]
+
+
+def _vector(size_ok):
+    """convert() for a plain vector part whose length passes ``size_ok``."""
+    return lambda shape: _as_given if len(shape) == 1 and size_ok(shape[0]) else None
+
+
+def compose_expression(expression=None, *, eyes=None, eyelids=None, neck=None, jaw=None, head_rotation=None,
+                       head_translation=None, frames: int | None = None) -> np.ndarray:
+    """A FLAME tracker's per-frame parameters → expression codes [T, 135] float32 (SPEC §14); parts not given
+    stay neutral (zeros, identity rotations). Every part has a leading frame axis T, the same for all.
+
+    expression: [T, K] FLAME expression coefficients, K ≤ 100 (fewer are zero-padded: FLAME's basis is ordered).
+    eyes: [T, 2, R] (left, right); neck, jaw, head_rotation: [T, R], where a rotation R is an axis-angle vector
+    [3] (radians, FLAME's pose convention), a 6D code [6] (the first two matrix rows; kept as given) or a
+    matrix [3, 3]. eyelids: [T, 2] blendshape weights. head_translation: [T, 3].
+    frames: T when no part is given (→ neutral codes), else a check.
+
+    Tracked Pixel3DMM codes (the NeRSemble sequences) hold raw, un-orthonormalised 6D values, which the model
+    consumes as they are: ``compose_expression(**expression_parts(codes))`` gives them back bit for bit, while
+    a rotation passed as a matrix or axis-angle gives orthonormal rows, as the official live (SHeaP) path does.
+    """
+    rotation = "R = [3] axis-angle, [6] 6D or [3, 3] matrix"
+    parts = [   # (value, argument, lead axes, convert, expected, slot in the code)
+        (expression, "expression", (), _vector(lambda k: 1 <= k <= 100), "[T, K] with 1 ≤ K ≤ 100",
+         EXPRESSION_COEFFICIENTS),
+        (eyes, "eyes", (2,), ROTATION_FORMS.get, f"[T, 2, R] (left, right), {rotation}", EYES),
+        (eyelids, "eyelids", (), _vector(lambda k: k == 2), "[T, 2]", EYELIDS),
+        (neck, "neck", (), ROTATION_FORMS.get, f"[T, R], {rotation}", NECK),
+        (jaw, "jaw", (), ROTATION_FORMS.get, f"[T, R], {rotation}", JAW),
+        (head_rotation, "head_rotation", (), ROTATION_FORMS.get, f"[T, R], {rotation}", HEAD_ROTATION),
+        (head_translation, "head_translation", (), _vector(lambda k: k == 3), "[T, 3]", HEAD_TRANSLATION),
+    ]
+    if frames is not None and (not isinstance(frames, (int, np.integer)) or frames < 1):
+        raise ExpressionInputError("frames", f"is {frames!r}", "an int ≥ 1")
+    given, frames_from = [], "frames="
+    for value, name, lead, convert, expected, slot in parts:
+        if value is not None:
+            values, frames = _part(value, name, lead, convert, expected, frames, frames_from)
+            given.append((slot, values))
+            frames_from = name
+    codes = neutral_expression(1 if frames is None else int(frames))
+    for slot, values in given:
+        codes[:, slot.start:slot.start + values.shape[1]] = values
+    return codes
+
+
+def expression_parts(codes) -> dict[str, np.ndarray]:
+    """Expression codes [T, 135] → their parts, raw as stored (float32; rotations as 6D codes), under the names
+    ``compose_expression`` takes: expression [T, 100], eyes [T, 2, 6], eyelids [T, 2], neck, jaw,
+    head_rotation [T, 6], head_translation [T, 3]. For editing a sequence, e.g. zeroing the head motion:
+    ``compose_expression(**{**expression_parts(codes), "head_rotation": None, "head_translation": None})``."""
+    c = as_expressions(codes, "codes")
+    return {"expression": c[:, EXPRESSION_COEFFICIENTS].copy(), "eyes": c[:, EYES].reshape(-1, 2, 6),
+            "eyelids": c[:, EYELIDS].copy(), "neck": c[:, NECK].copy(), "jaw": c[:, JAW].copy(),
+            "head_rotation": c[:, HEAD_ROTATION].copy(), "head_translation": c[:, HEAD_TRANSLATION].copy()}
 
 
 # ---- the rigid head pose ------------------------------------------------------------------------------
