@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from flexavatar.files import atomic_open
 
 from .errors import AvatarFileError
 
@@ -27,10 +27,12 @@ class Avatar:
             code = code[None]
         if code.ndim != 3 or code.shape[0] != 1 or math.isqrt(code.shape[1]) ** 2 != code.shape[1]:
             raise AvatarFileError("avatar code", f"has shape {list(code.shape)}", "[1, R², D], e.g. [1, 1024, 768]")
-        if code.dtype.kind != "f" or not np.isfinite(code).all():
-            raise AvatarFileError("avatar code", f"dtype {code.dtype}, finite: {bool(np.isfinite(code).all())}",
-                                  "finite floating-point values")
-        code = np.ascontiguousarray(code, dtype=np.float32)
+        if code.dtype.kind != "f":
+            raise AvatarFileError("avatar code", f"has dtype {code.dtype}", "floating-point values")
+        with np.errstate(over="ignore"):                          # checked after the cast: 1e300 becomes inf
+            code = np.ascontiguousarray(code, dtype=np.float32)
+        if not np.isfinite(code).all():
+            raise AvatarFileError("avatar code", "has NaN/inf (or values beyond float32)", "finite values")
         code.flags.writeable = False            # device copies and the specialised decoder rely on it
         object.__setattr__(self, "code", code)
 
@@ -44,18 +46,9 @@ class Avatar:
 
     def save(self, path: str | Path) -> Path:
         """``np.save`` in the official layout (R², 1, D) float32, atomically (temp file + rename)."""
-        path = Path(path)
-        if path.suffix != ".npy":
-            raise AvatarFileError("path", f"{path.name} does not end in .npy", "a .npy file name")
-        array = self.code.transpose(1, 0, 2)                          # [R², 1, D]
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, array)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        path = check_avatar_path(path)
+        with atomic_open(path) as fh:
+            np.save(fh, self.code.transpose(1, 0, 2))                 # [R², 1, D]
         return path
 
     @classmethod
@@ -68,6 +61,10 @@ class Avatar:
             raise AvatarFileError("avatar", f"file {path} not found", "an avatar code .npy file") from None
         except (OSError, ValueError) as e:
             raise AvatarFileError("avatar", f"cannot read {path} ({e})", "a .npy file") from None
+        if not isinstance(array, np.ndarray):            # an .npz archive
+            array.close()
+            raise AvatarFileError(f"avatar ({path.name})", f"is an .npz archive (arrays {array.files})",
+                                  "an avatar code .npy file, (R², 1, D)")
         if array.ndim == 3 and array.shape[1] == 1:
             array = array.transpose(1, 0, 2)                          # official (R², 1, D) → [1, R², D]
         elif array.ndim == 2:
@@ -81,3 +78,14 @@ class Avatar:
         if (self.n_tokens, self.width) != (n_tokens, width):
             raise AvatarFileError("avatar", f"code is [1, {self.n_tokens}, {self.width}] (from {self.source or '?'})",
                                   f"[1, {n_tokens}, {width}] for this bundle (another model's avatar?)")
+
+
+def check_avatar_path(path: str | Path) -> Path:
+    """Where ``Avatar.save`` can write: a .npy name in an existing folder (checked before any work)."""
+    path = Path(path)
+    if path.suffix != ".npy":
+        raise AvatarFileError("path", f"{path.name} does not end in .npy", "a .npy file name")
+    if not path.absolute().parent.is_dir():
+        raise AvatarFileError("path", f"folder {path.absolute().parent} does not exist",
+                              "an existing folder to write into")
+    return path

@@ -33,6 +33,9 @@ class Camera:
             raise CameraInputError("camera.cam2world", f"has shape {list(c2w.shape)}", "[4, 4] or [T, 4, 4]")
         if k.shape[-2:] != (3, 3) or k.ndim not in (2, 3):
             raise CameraInputError("camera.intrinsics", f"has shape {list(k.shape)}", "[3, 3] or [T, 3, 3]")
+        for name, m in (("camera.cam2world", c2w), ("camera.intrinsics", k)):
+            if m.size == 0:
+                raise CameraInputError(name, f"has shape {list(m.shape)} (no cameras)", "T ≥ 1 cameras")
         check_cam2world(c2w, "camera.cam2world")
         check_normalised_intrinsics(k, "camera.intrinsics")
         object.__setattr__(self, "cam2world", c2w)
@@ -77,6 +80,11 @@ def check_cam2world(c2w: np.ndarray, name: str) -> None:
     if ortho > RIGID_TOLERANCE or last > 1e-6:
         raise CameraInputError(name, f"is not rigid (max |R Rᵀ − I| = {ortho:.2g}, last row off by {last:.2g})",
                                "rigid 4x4 cam2world matrices (orthonormal rotation, last row [0, 0, 0, 1])")
+    det = np.linalg.det(rot)
+    if (det < 0).any():     # a mirrored axis, e.g. an OpenGL camera (+y up, −z forward) with one axis flipped
+        raise CameraInputError(name, f"mirrors the image (det R = {float(det.min()):.3g} in "
+                               f"{int((det < 0).sum())} cameras)", "a rotation (det R = +1) in OpenCV axes: +x "
+                               "right, +y down, +z forward (from OpenGL axes, negate the y and z columns)")
 
 
 def check_normalised_intrinsics(k: np.ndarray, name: str) -> None:
@@ -105,26 +113,33 @@ def _normalise(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
-def demo_intrinsics() -> np.ndarray:
-    """The official demo's intrinsics, normalised: fx = fy = 1500/512, c = 0.5.  → [3, 3]"""
-    f = DEMO_FOCAL_PX / DEMO_SIZE
-    return np.array([[f, 0, 0.5], [0, f, 0.5], [0, 0, 1]], np.float32)
+def demo_intrinsics(aspect: float = 1.0, focal: float = DEMO_FOCAL_PX / DEMO_SIZE) -> np.ndarray:
+    """The official demo's intrinsics, normalised: fx = fy = 1500/512 (``focal``), c = 0.5, for a square image.
+    aspect = width / height of another image shape: square pixels, the focal length scaled to the shorter side
+    (the head as large as in the square render, more background on the longer side).  → [3, 3]"""
+    if not (isinstance(aspect, (int, float)) and math.isfinite(aspect) and aspect > 0):
+        raise CameraInputError("aspect", f"is {aspect!r}", "width / height, a positive number")
+    fx, fy = focal / max(aspect, 1.0), focal * min(aspect, 1.0)      # pixels: fx·W = fy·H = focal·min(W, H)
+    return np.array([[fx, 0, 0.5], [0, fy, 0.5], [0, 0, 1]], np.float32)
 
 
-def default_camera() -> Camera:
-    """The official demo's frontal camera: 1 m in front of the head looking at the origin, up = +y."""
-    return Camera(look_at(np.array([0.0, 0, 1]), np.zeros(3), np.array([0.0, 1, 0])), demo_intrinsics())
+def default_camera(aspect: float = 1.0) -> Camera:
+    """The official demo's frontal camera: 1 m in front of the head looking at the origin, up = +y (``aspect``:
+    width / height of the render, see ``demo_intrinsics``)."""
+    return Camera(look_at(np.array([0.0, 0, 1]), np.zeros(3), np.array([0.0, 1, 0])), demo_intrinsics(aspect))
 
 
-def orbit_camera(n: int, radius: float = 0.3, distance: float = 1.0, intrinsics: np.ndarray | None = None) -> Camera:
+def orbit_camera(n: int, radius: float = 0.3, distance: float = 1.0, intrinsics: np.ndarray | None = None,
+                 aspect: float = 1.0) -> Camera:
     """The demo's frontal trajectory: eyes on a circle of ``radius`` in the plane z = ``distance``, looking
-    at the origin, first pose at (0, radius, distance), one full turn over n frames."""
+    at the origin, first pose at (0, radius, distance), one full turn over n frames (intrinsics: default
+    ``demo_intrinsics(aspect)``)."""
     if not isinstance(n, int) or n < 1:
         raise CameraInputError("n", f"is {n!r}", "a positive number of frames")
     t = np.arange(n) * (2 * math.pi / n)
     eye = np.stack([radius * np.sin(t), radius * np.cos(t), np.full(n, distance)], -1)     # [n, 3]
     c2w = look_at(eye, np.zeros_like(eye), np.array([0.0, 1, 0]))
-    return Camera(c2w, demo_intrinsics() if intrinsics is None else intrinsics)
+    return Camera(c2w, demo_intrinsics(aspect) if intrinsics is None else intrinsics)
 
 
 def sequence_cameras(path: str | Path) -> Camera:
@@ -151,10 +166,11 @@ def sequence_cameras(path: str | Path) -> Camera:
     return Camera(c2w, k)
 
 
-def as_camera(camera) -> Camera:
-    """None → the demo camera; a Camera; or a (cam2world, intrinsics) pair."""
+def as_camera(camera, aspect: float = 1.0) -> Camera:
+    """None → the demo camera (for a width / height = ``aspect`` render); a Camera; or a (cam2world, intrinsics)
+    pair."""
     if camera is None:
-        return default_camera()
+        return default_camera(aspect)
     if isinstance(camera, Camera):
         return camera
     if isinstance(camera, (tuple, list)) and len(camera) == 2:
@@ -174,5 +190,7 @@ def world2cam(cam2world: np.ndarray) -> np.ndarray:
 
 
 def pixel_intrinsics(k: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Normalised → pixel intrinsics for a width × height image.  [..., 3, 3]"""
+    """Normalised → pixel intrinsics for a width × height image: the first row × width, the second × height (so
+    fx = fy gives square pixels on a square image only; ``demo_intrinsics(aspect)`` for other shapes).
+    [..., 3, 3]"""
     return (k * np.array([[width], [height], [1.0]], np.float32)).astype(np.float32)

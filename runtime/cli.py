@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .avatar import Avatar
+from .avatar import Avatar, check_avatar_path
 from .cameras import Camera, default_camera, demo_intrinsics, orbit_camera, sequence_cameras
 from .expressions import load_expressions, sequence_fps
 from .errors import RuntimeArgumentError
 from .runtime import MAX_RENDER_SIZE, WHITE, Runtime
 from .timing import StageTimes
 from .ply import check_ply_path
-from .video import STDOUT, open_writer, output_kind, straight_rgba
+from .video import STDOUT, check_fps, open_writer, output_kind, straight_rgba
 
 DEFAULT_FPS = 25.0          # the tracked sequences' nominal rate (fixtures/driving/README.md)
 
@@ -206,9 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         output_kind(args.output, args.size, args.size, channels=4 if args.alpha else 3)
         if args.save_ply is not None:
             check_ply_path(args.save_ply)
+        if args.save_avatar is not None:
+            check_avatar_path(args.save_avatar)
         if not 1 <= args.size <= MAX_RENDER_SIZE:
             raise RuntimeArgumentError("--size", f"is {args.size}", f"an integer in [1, {MAX_RENDER_SIZE}]")
+        if args.frames is not None and args.frames < 1:
+            raise RuntimeArgumentError("--frames", f"is {args.frames}", "a number of frames ≥ 1")
         expressions = load_expressions(args.expressions)
+        fps = check_fps(args.fps if args.fps is not None else sequence_fps(args.expressions, DEFAULT_FPS))
         tracked = _tracked_cameras(args, len(expressions)) if args.camera_tracked else None
         device, device_id = args.device
         runtime = Runtime(args.bundle, backend=args.backend, device=device, device_id=device_id,
@@ -217,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                           checkpoint=args.checkpoint, template=args.template)
         print(f"runtime: {runtime.describe()}", file=say, flush=True)
         if args.frames is not None:
-            expressions = expressions[:max(args.frames, 1)]
+            expressions = expressions[:args.frames]
         timings = StageTimes()
         avatar = resolve_avatar(runtime, args.avatar, timings)
         if args.save_avatar is not None:
@@ -227,14 +232,11 @@ def main(argv: list[str] | None = None) -> int:
             first = runtime.decode(avatar, expressions[:1], apply_head_pose=args.head_pose)
             first.save_ply(args.save_ply, comment=f"flexavatar-render: frame 0 of {args.expressions.name}")
             print(f"saved the first frame's {first.n_gaussians} Gaussians {args.save_ply}", file=say)
-        fps = args.fps or sequence_fps(args.expressions, DEFAULT_FPS)
         camera = orbit_camera(len(expressions)) if args.camera_orbit else default_camera()
         if tracked is not None:
             camera = Camera(tracked.cam2world[:len(expressions)], tracked.intrinsics[:len(expressions)])
         if args.focal is not None:
-            k = demo_intrinsics()
-            k[0, 0] = k[1, 1] = args.focal
-            camera = Camera(camera.cam2world, k)
+            camera = Camera(camera.cam2world, demo_intrinsics(focal=args.focal))
         bar = None if args.no_progress else ProgressBar(len(expressions))
         try:
             report = render_to_file(runtime, avatar, expressions, args.output, size=args.size, camera=camera, fps=fps,

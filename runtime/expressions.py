@@ -59,10 +59,13 @@ def as_expressions(x, argument: str = "expressions") -> np.ndarray:
         a = a[None]
     if a.ndim != 2 or a.shape[1] != EXPRESSION_DIM or a.shape[0] == 0:
         raise ExpressionInputError(argument, f"has shape {list(a.shape)}", f"[T, {EXPRESSION_DIM}] with T ≥ 1")
+    with np.errstate(over="ignore"):                  # checked after the cast: 1e300 becomes inf
+        a = np.ascontiguousarray(a, dtype=np.float32)
     if not np.isfinite(a).all():
-        bad = int((~np.isfinite(a)).any(axis=1).sum())
-        raise ExpressionInputError(argument, f"has NaN/inf in {bad} frames", "finite values")
-    return np.ascontiguousarray(a, dtype=np.float32)
+        bad = np.flatnonzero(~np.isfinite(a).all(axis=1))
+        raise ExpressionInputError(argument, f"has NaN/inf (or values beyond float32) in {len(bad)} frames, the "
+                                   f"first is frame {int(bad[0])}", "finite values")
+    return a
 
 
 def load_expressions(path: str | Path) -> np.ndarray:
@@ -80,14 +83,18 @@ def load_expressions(path: str | Path) -> np.ndarray:
             if NPZ_KEY not in data.files:
                 raise ExpressionInputError("expressions", f"{path.name} has no {NPZ_KEY!r} array (keys: "
                                            f"{sorted(data.files)})", f"an .npz with {NPZ_KEY} [T, 135]")
-            data = data[NPZ_KEY]
+            try:
+                data = data[NPZ_KEY]
+            except (OSError, ValueError) as e:        # e.g. an object array (needs pickle) or a damaged member
+                raise ExpressionInputError("expressions", f"cannot read {NPZ_KEY} of {path.name} ({e})",
+                                           f"a float array {NPZ_KEY} [T, 135]") from None
     return as_expressions(data, f"expressions ({path.name})")
 
 
 def sequence_fps(path: str | Path, default: float) -> float:
     """The ``fps`` scalar of a tracked ``.npz`` sequence, else ``default``."""
     path = Path(path)
-    if path.suffix != ".npz":
+    if path.suffix.lower() != ".npz":
         return default
     with np.load(path, allow_pickle=False) as data:
         return float(data["fps"]) if "fps" in data.files and data["fps"].shape == () else default
@@ -143,10 +150,11 @@ def _part(value, name: str, lead: tuple, convert, expected: str, frames: int | N
         raise ExpressionInputError(name, f"has {a.shape[0]} frames", f"{frames}, as {frames_from}")
     if a.shape[0] == 0:
         raise ExpressionInputError(name, "has 0 frames", "T ≥ 1")
-    a = a.astype(np.float64)
-    if not np.isfinite(a).all():
-        raise ExpressionInputError(name, "has NaN/inf", "finite values")
-    return to_code(a).reshape(a.shape[0], -1), a.shape[0]
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = to_code(a.astype(np.float64)).reshape(a.shape[0], -1)
+        if not np.isfinite(values.astype(np.float32)).all():
+            raise ExpressionInputError(name, "has NaN/inf (or values beyond float32)", "finite values")
+    return values, a.shape[0]
 
 
 def _vector(size_ok):

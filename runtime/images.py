@@ -21,7 +21,7 @@ def load_image(image, size: int) -> np.ndarray:
         where = f"image ({Path(image).name})"
         image = _read_file(Path(image))
     if type(image).__module__.startswith("PIL"):
-        image = _from_pil(image)
+        image = _from_pil(image, where)
     if type(image).__module__.startswith("torch"):
         image = image.detach().cpu().numpy()
     if not isinstance(image, np.ndarray):
@@ -68,11 +68,24 @@ def _read_file(path: Path) -> np.ndarray:
         from PIL import Image
         with Image.open(path) as im:
             im.load()
-            return _from_pil(im)
+            return _from_pil(im, f"image ({path.name})")
     except OSError as e:
         raise ImageInputError(f"image ({path.name})", f"cannot be read ({e})", "a PNG/JPEG image") from None
 
 
-def _from_pil(im) -> np.ndarray:
-    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N")     # PIL's modes of a 16-bit grey PNG / TIFF
+
+
+def _from_pil(im, where: str = "image") -> np.ndarray:
+    """A PIL image → uint8 [S, S, 3|4] (RGBA whenever it has transparency: an alpha channel, a tRNS colour key,
+    premultiplied RGBa), or float32 [S, S, 3] in [0, 1] for 16-bit grey (not clipped to 8 bits)."""
+    if im.mode in SIXTEEN_BIT_GREY:
+        grey = np.asarray(im, np.float32) / 65535.0
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if im.mode in ("I", "F"):
+        raise ImageInputError(where, f"is a PIL image of mode {im.mode!r} (32-bit integer / float grey, no known "
+                              "value range)", "an 8- or 16-bit RGB(A) or grey image, or a float array in [0, 1]")
+    has_alpha = getattr(im, "has_transparency_data", None)
+    if has_alpha is None:                                     # Pillow < 10.1
+        has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
     return np.asarray(im.convert("RGBA" if has_alpha else "RGB"))

@@ -168,6 +168,11 @@ class Runtime:
             raise RuntimeArgumentError("precision", f"is {precision!r}", f"one of {list(PRECISIONS)}")
         if not isinstance(batch, int) or batch < 1:
             raise RuntimeArgumentError("batch", f"is {batch!r}", "a positive number of frames per decoder call")
+        if not isinstance(num_threads, int) or num_threads < 0:
+            raise RuntimeArgumentError("num_threads", f"is {num_threads!r}", "CPU threads per call ≥ 1, or 0 for "
+                                       "the inference library's default")
+        if not isinstance(device_id, int) or device_id < 0:
+            raise RuntimeArgumentError("device_id", f"is {device_id!r}", "a device index ≥ 0")
         self.bundle = Bundle.open(bundle_dir, verify=verify)
         self.manifest = self.bundle.manifest
         c = self.manifest.conventions
@@ -259,7 +264,7 @@ class Runtime:
         if f.ndim == 3:
             f = f[None]
         expected = f"finite DINOv2 features [{channels}, h, w]"
-        if f.ndim != 4 or f.shape[:2] != (1, channels):
+        if f.ndim != 4 or f.shape[:2] != (1, channels) or min(f.shape[2:]) < 1:
             raise RuntimeArgumentError("features", f"has shape {list(f.shape)}", expected)
         if not np.isfinite(f).all():
             raise RuntimeArgumentError("features", "contains NaN/inf", expected)
@@ -330,7 +335,10 @@ class Runtime:
     def render(self, avatar: Avatar, expressions, cameras: Camera | tuple | None = None, width: int = 512,
                height: int = 512, background: Sequence[float] = WHITE, apply_head_pose: bool = False,
                output: str = "uint8", timings: StageTimes | None = None) -> np.ndarray:
-        """Frames of ``expressions`` [T, 135] seen by ``cameras`` (one camera or T; default: the demo camera).
+        """Frames of ``expressions`` [T, 135] seen by ``cameras`` (one camera or T; default: the demo camera, with
+        square pixels at any width × height). A Camera's normalised intrinsics are per axis (K's first row ×
+        width, second row × height): for a non-square render give fy/fx = width/height, e.g.
+        ``orbit_camera(T, aspect=width / height)``.
 
         output "uint8": RGB uint8 [T, H, W, 3]; "float": float32 [T, H, W, 4], RGB over ``background`` + alpha.
         apply_head_pose: show the GUI's rigid head pose of each code (``head_pose_matrix``); rendered by folding
@@ -351,12 +359,15 @@ class Runtime:
         for name, v in (("width", width), ("height", height)):
             if not isinstance(v, int) or not 1 <= v <= MAX_RENDER_SIZE:
                 raise RuntimeArgumentError(name, f"is {v!r}", f"an integer in [1, {MAX_RENDER_SIZE}]")
-        bg = np.asarray(background, np.float32)
+        try:
+            bg = np.asarray(background, np.float32)
+        except (TypeError, ValueError):
+            bg = np.full(0, np.nan, np.float32)
         if bg.shape != (3,) or not np.isfinite(bg).all() or bg.min() < 0 or bg.max() > 1:
             raise RuntimeArgumentError("background", f"is {background!r}",
                                        "3 floats, RGB in [0, 1] (divide 0–255 values by 255)")
         n = len(expressions)
-        c2w, k = as_camera(cameras).for_frames(n)
+        c2w, k = as_camera(cameras, width / height).for_frames(n)
         w2c = world2cam(c2w.astype(np.float64))                                           # [T, 4, 4]
         if apply_head_pose:
             # moving the Gaussians by the rigid pose M is rendering them unmoved from the camera w2c · M: exact,

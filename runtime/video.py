@@ -3,12 +3,18 @@ ffmpeg), ``.gif`` (Pillow), a folder of PNG frames, or ``-`` (raw frames on stan
 by suffix; files are written under a temporary name and renamed into place when complete."""
 from __future__ import annotations
 
+import math
 import os
+import shutil
 import sys
+import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from flexavatar.files import default_permissions
 
 from .errors import OutputFileError
 
@@ -44,15 +50,27 @@ class FrameWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.close()
-        else:
+        if exc_type is not None:
             self.abort()
+            return False
+        try:
+            self.close()
+        except BaseException:       # e.g. the encoder failed while finishing the file: leave nothing behind
+            self.abort()
+            raise
         return False
 
 
 def _partial(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.partial{path.suffix}")
+    """A hidden name beside ``path``, unique to this writer (two renders to one path do not collide), with the
+    same suffix (the encoders pick the format from it)."""
+    return path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial{path.suffix}")
+
+
+def check_fps(fps: float) -> float:
+    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+        raise OutputFileError("fps", f"is {fps!r}", "a finite, positive frame rate")
+    return float(fps)
 
 
 class Mp4Writer(FrameWriter):
@@ -106,10 +124,13 @@ class GifWriter(FrameWriter):
         if self.frames:
             tmp = _partial(self.path)
             first, *rest = self.frames
-            first.save(tmp, format="GIF", save_all=True, append_images=rest, duration=round(1000 / self.fps),
-                       loop=0, optimize=False)
-            os.replace(tmp, self.path)
-            self.frames = []
+            try:
+                first.save(tmp, format="GIF", save_all=True, append_images=rest, duration=round(1000 / self.fps),
+                           loop=0, optimize=False)
+                os.replace(tmp, self.path)
+            finally:
+                tmp.unlink(missing_ok=True)
+                self.frames = []
         return self.count
 
     def abort(self) -> None:
@@ -117,21 +138,40 @@ class GifWriter(FrameWriter):
 
 
 class PngFolderWriter(FrameWriter):
-    """frame_00000.png, frame_00001.png, ... in a folder (created if needed); RGB or RGBA."""
+    """frame_00000.png, frame_00001.png, ... in a folder (created if needed); RGB or RGBA. The frames go to a
+    hidden sibling folder first: close() moves them in (replacing the frame_*.png of an earlier render there),
+    abort() removes them, so the folder never holds half a render or frames of two."""
     keeps_alpha = True
 
     def __init__(self, path, width, height, fps, channels=3):
         super().__init__(path, width, height, fps, channels)
         if path.exists() and not path.is_dir():
             raise OutputFileError("output", f"{path} exists and is a file", "a folder for the PNG frames")
-        path.mkdir(parents=True, exist_ok=True)
+        self.staging: Path | None = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.absolute().parent))
 
     def _write(self, frame):
         from PIL import Image
-        target = self.path / f"frame_{self.count:05d}.png"
-        tmp = target.with_name(f".{target.name}.partial")
-        Image.fromarray(frame, "RGBA" if self.channels == 4 else "RGB").save(tmp, format="PNG")
-        os.replace(tmp, target)
+        Image.fromarray(frame, "RGBA" if self.channels == 4 else "RGB").save(
+            self.staging / f"frame_{self.count:05d}.png", format="PNG")
+
+    def close(self) -> int:
+        if self.staging is not None:
+            default_permissions(self.staging)
+            if not self.path.exists():
+                os.replace(self.staging, self.path)
+            else:
+                for old in self.path.glob("frame_[0-9]*.png"):
+                    old.unlink()
+                for frame in sorted(self.staging.iterdir()):
+                    os.replace(frame, self.path / frame.name)
+                self.staging.rmdir()
+            self.staging = None
+        return self.count
+
+    def abort(self) -> None:
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
 
 
 class RawStreamWriter(FrameWriter):
@@ -184,9 +224,7 @@ def output_kind(path: str | Path, width: int, height: int, channels: int = 3) ->
 def open_writer(path: str | Path, width: int, height: int, fps: float, channels: int = 3) -> FrameWriter:
     """The writer for ``path`` (see ``output_kind``); channels 4 for RGBA frames (PNG folders only)."""
     suffix = output_kind(path, width, height, channels)
-    if not fps > 0:
-        raise OutputFileError("fps", f"is {fps!r}", "a positive frame rate")
-    return WRITERS[suffix](Path(path), width, height, fps, channels)
+    return WRITERS[suffix](Path(path), width, height, check_fps(fps), channels)
 
 
 def straight_rgba(rgba: np.ndarray, background) -> np.ndarray:

@@ -38,13 +38,15 @@ from flexavatar.expression import rot6d_to_matrix as torch_rot6d_to_matrix
 from flexavatar.export import export_bundle
 from flexavatar.export.testing import random_dinov2, write_synthetic_photo
 from flexavatar.model import AvatarCode, FlexAvatarModel
-from flexavatar.runtime import (Avatar, AvatarFileError, Camera, EncoderUnavailableError, EngineUnavailableError,
+from flexavatar.runtime import (Avatar, AvatarFileError, Camera, CameraInputError, EncoderUnavailableError,
+                                EngineUnavailableError,
                                 ExpressionInputError, ImageInputError, ModelMismatchError, OutputFileError,
                                 RuntimeArgumentError, Runtime, StageTimes, UnknownEngineError, default_camera, load_expressions,
                                 orbit_camera)
 from flexavatar.runtime.cli import main as render_main
+from flexavatar.runtime.cameras import pixel_intrinsics
 from flexavatar.runtime.expressions import (head_pose_matrix, quaternion_from_matrix, quaternion_multiply,
-                                            rot6d_to_matrix)
+                                            rot6d_to_matrix, sequence_fps)
 from flexavatar.runtime.images import load_image
 
 SMALL_DINO = DinoV2Config(dim=32, depth=2, n_heads=2, input_size=56)
@@ -298,6 +300,23 @@ def test_cameras_match_the_model_package():
         Camera(c2w.numpy() * 2, k.numpy())
     with pytest.raises(RuntimeArgumentError, match="one camera or one per frame"):
         orbit_camera(4).for_frames(5)
+    mirrored = c2w.numpy().copy()
+    mirrored[:3, 0] *= -1                                                       # one axis flipped: det R = −1
+    with pytest.raises(CameraInputError, match=r"mirrors the image.*det R = \+1"):
+        Camera(mirrored, k.numpy())
+    with pytest.raises(CameraInputError, match="no cameras"):
+        Camera(np.zeros((0, 4, 4), np.float32), k.numpy())
+
+
+def test_demo_camera_keeps_square_pixels_at_any_aspect():
+    """demo_intrinsics(aspect): the focal length in pixels is the square render's at the shorter side, both axes."""
+    for width, height in ((128, 64), (64, 128), (96, 96)):
+        k = pixel_intrinsics(default_camera(width / height).intrinsics, width, height)
+        want = default_camera().intrinsics[0, 0] * min(width, height)
+        assert abs(k[0, 0] - want) <= 1e-4 and abs(k[1, 1] - want) <= 1e-4
+        assert (k[0, 2], k[1, 2]) == (width / 2, height / 2)
+    with pytest.raises(CameraInputError, match="aspect"):
+        default_camera(0.0)
 
 
 def test_image_loading_composites_rgba_onto_white_and_rejects_bad_input(photo, tmp_path):
@@ -316,6 +335,25 @@ def test_image_loading_composites_rgba_onto_white_and_rejects_bad_input(photo, t
         load_image(tmp_path / "missing.png", SIZE)
 
 
+def test_image_files_keep_their_bit_depth_and_transparency(tmp_path):
+    """16-bit grey is scaled (not clipped to 8 bits); a tRNS colour key and premultiplied RGBa are transparency,
+    composited onto white; 32-bit PIL modes with no known range are refused."""
+    Image.fromarray(np.full((SIZE, SIZE), 32768, np.uint16)).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode == "I;16"
+    assert _max_err(load_image(tmp_path / "grey16.png", SIZE), 32768 / 65535) <= 1e-6
+    rgb = np.zeros((SIZE, SIZE, 3), np.uint8)
+    rgb[:, SIZE // 2:] = 200
+    Image.fromarray(rgb).save(tmp_path / "keyed.png", transparency=(0, 0, 0))   # black = transparent
+    keyed = load_image(tmp_path / "keyed.png", SIZE)
+    assert keyed[:, :, :SIZE // 2].min() == 1.0 and _max_err(keyed[:, :, SIZE // 2:], 200 / 255) <= 1e-6
+    premultiplied = Image.new("RGBa", (SIZE, SIZE), (50, 50, 50, 128))        # straight colour 50·255/128 ≈ 99.6
+    straight = np.asarray(premultiplied.convert("RGBA"), np.float64) / 255
+    want = straight[..., :3] * straight[..., 3:] + 1 - straight[..., 3:]
+    assert _max_err(load_image(premultiplied, SIZE).transpose(1, 2, 0), want) <= 1e-6
+    with pytest.raises(ImageInputError, match="mode 'F'"):
+        load_image(Image.fromarray(np.full((SIZE, SIZE), 0.5, np.float32)), SIZE)
+
+
 def test_expression_files(driving_dir, tmp_path):
     seq = load_expressions(driving_dir / "EMO-1-shout+laugh.npz")
     with np.load(driving_dir / "EMO-1-shout+laugh.npz") as raw:
@@ -328,6 +366,18 @@ def test_expression_files(driving_dir, tmp_path):
     np.savez(tmp_path / "other.npz", codes=seq)
     with pytest.raises(ExpressionInputError, match="expression_codes"):
         load_expressions(tmp_path / "other.npz")
+    np.savez(tmp_path / "objects.npz", expression_codes=np.array([seq[0], None], dtype=object))
+    with pytest.raises(ExpressionInputError, match="cannot read expression_codes"):
+        load_expressions(tmp_path / "objects.npz")
+    big = seq[:3].astype(np.float64)
+    big[1, 7] = 1e300                                                          # finite in float64, inf in float32
+    with pytest.raises(ExpressionInputError, match="beyond float32.*frame 1"):
+        load_expressions(np.save(tmp_path / "big.npy", big) or tmp_path / "big.npy")
+    with pytest.raises(AvatarFileError, match="beyond float32"):
+        Avatar(np.full((1, 4, 8), 1e300))
+    with open(tmp_path / "UPPER.NPZ", "wb") as fh:                              # (np.savez would add .npz)
+        np.savez(fh, expression_codes=seq[:2], fps=np.float32(10))
+    assert sequence_fps(tmp_path / "UPPER.NPZ", 25.0) == 10.0
 
 
 # ---- avatars --------------------------------------------------------------------------------------------
@@ -348,6 +398,22 @@ def test_avatar_save_load_renders_identically(runtimes, photo, expressions, tmp_
     np.save(tmp_path / "wrong.npy", np.zeros((16, 1, 64), np.float32))
     with pytest.raises(AvatarFileError, match=r"\[1, 16, 64\].*\[1, 64, 64\]"):
         rt.load_avatar(tmp_path / "wrong.npy")
+    np.savez(tmp_path / "code.npz", code=raw)
+    with pytest.raises(AvatarFileError, match=r"\.npz archive"):
+        rt.load_avatar(tmp_path / "code.npz")
+
+
+def test_avatar_files_are_written_whole_with_plain_permissions(tmp_path):
+    avatar = Avatar(np.ones((1, 4, 8), np.float32))
+    old = os.umask(0o022)
+    try:
+        path = avatar.save(tmp_path / "a.npy")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644                 # as np.save would give, not mkstemp's 0600
+    assert np.array_equal(np.load(path)[:, 0], avatar.code[0]) and os.listdir(tmp_path) == ["a.npy"]
+    with pytest.raises(AvatarFileError, match="does not exist"):
+        avatar.save(tmp_path / "missing" / "a.npy")
 
 
 def test_features_bundle_needs_features(features_bundle, model, photo):
@@ -463,6 +529,22 @@ def test_render_argument_errors(runtimes, expressions):
         rt.render(avatar, expressions, background=(255, 255, 255))
     with pytest.raises(RuntimeArgumentError, match="avatar"):
         rt.render("me.png", expressions)
+    with pytest.raises(RuntimeArgumentError, match="background"):
+        rt.render(avatar, expressions, background="white")
+    with pytest.raises(RuntimeArgumentError, match="num_threads"):
+        Runtime(rt.bundle.root, num_threads=-1)
+
+
+def test_non_square_render_is_the_square_render_with_more_background(runtimes, expressions):
+    """The default camera keeps square pixels: a 2:1 frame's centre columns are the square frame at the shorter
+    side (same focal length in pixels, principal point shifted by a whole number of pixels)."""
+    rt = runtimes["onnxruntime"]
+    avatar = rt.bundle_avatar()
+    square = rt.render(avatar, expressions[:1], None, 64, 64, output="float")
+    wide = rt.render(avatar, expressions[:1], None, 128, 64, output="float")
+    tall = rt.render(avatar, expressions[:1], None, 64, 128, output="float")
+    assert _max_err(wide[:, :, 32:96], square) <= 1e-4 and _max_err(tall[:, 32:96], square) <= 1e-4
+    assert wide[:, :, :16, 3].max() < 0.05 < square[..., 3].mean()           # the head stays in the middle
 
 
 # ---- no torch on the ONNX / OpenVINO + CPU rasterizer paths --------------------------------------------
@@ -610,6 +692,39 @@ def test_cli_writes_mp4_gif_and_frames(bundle, photo, driving_dir, tmp_path, cap
     assert not list(tmp_path.glob(".*partial*"))
 
 
+def test_frame_writers_leave_whole_outputs_or_nothing(tmp_path, monkeypatch):
+    """A PNG folder holds exactly the frames of the last complete render; an interrupted or failed write leaves
+    neither half an output nor a temporary file."""
+    from flexavatar.runtime.video import open_writer
+    frames = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    with open_writer(tmp_path / "frames", 8, 8, 25) as w:
+        w.write(frames)
+    with open_writer(tmp_path / "frames", 8, 8, 25) as w:                     # a shorter render replaces it
+        w.write(frames[:2])
+    names = sorted(os.listdir(tmp_path / "frames"))
+    assert names == ["frame_00000.png", "frame_00001.png"]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "frames" / names[1])), frames[1])
+    with pytest.raises(KeyboardInterrupt):
+        with open_writer(tmp_path / "frames", 8, 8, 25) as w:
+            w.write(frames[2:])
+            raise KeyboardInterrupt
+    assert sorted(os.listdir(tmp_path / "frames")) == names and os.listdir(tmp_path) == ["frames"]   # untouched
+    with pytest.raises(KeyboardInterrupt):
+        with open_writer(tmp_path / "new", 8, 8, 25) as w:
+            w.write(frames)
+            raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == ["frames"]                                  # no half folder, no staging
+
+    def failing_save(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"GIF89a half")
+        raise OSError("disk full")
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        with open_writer(tmp_path / "clip.gif", 8, 8, 25) as w:
+            w.write(frames)
+    assert os.listdir(tmp_path) == ["frames"]
+
+
 def test_cli_errors_are_reported(bundle, driving_dir, tmp_path, capsys):
     seq = driving_dir / "EMO-1-shout+laugh.npz"
     assert render_main([str(bundle), "--expressions", str(seq), "-o", str(tmp_path / "x.avi")]) == 2
@@ -627,6 +742,13 @@ def test_cli_errors_are_reported(bundle, driving_dir, tmp_path, capsys):
     assert render_main([str(bundle), "--expressions", str(seq), "--backend", "torch", "-o",
                         str(tmp_path / "x.gif")]) == 2
     assert "--checkpoint CKPT --template OBJ" in capsys.readouterr().err
+    # checked before the bundle is opened (its path does not exist here)
+    for extra, text in ((["--fps", "0"], "fps: is 0.0"), (["--fps", "inf"], "fps: is inf"),
+                        (["--frames", "0"], "--frames: is 0"),
+                        (["--save-avatar", str(tmp_path / "no" / "me.npy")], "does not exist")):
+        assert render_main([str(tmp_path / "nope"), "--expressions", str(seq), "-o", str(tmp_path / "x.gif"),
+                            *extra]) == 2
+        assert text in capsys.readouterr().err, extra
 
 
 def test_cli_background_and_transparent_png_frames(bundle, driving_dir, tmp_path, capsys):
