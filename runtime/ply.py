@@ -11,10 +11,11 @@ PLY reader (the tests use plyfile, the reader of the 3DGS code).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from flexavatar.files import atomic_open
 
 from .errors import OutputFileError, RuntimeArgumentError
 
@@ -60,13 +61,8 @@ def write_ply(path: str | Path, means: np.ndarray, quats: np.ndarray, scales: np
     header += [f"comment {line.encode('ascii', 'replace').decode('ascii')}" for line in comment.splitlines()
                if line.strip()]
     header += [f"element vertex {g}", *(f"property float {p}" for p in PLY_PROPERTIES), "end_header"]
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(("\n".join(header) + "\n").encode("ascii"))
-            f.write(np.ascontiguousarray(table).tobytes())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path) as f:
+        f.write(("\n".join(header) + "\n").encode("ascii"))
+        f.write(np.ascontiguousarray(table).tobytes())
     return path
 
