@@ -19,7 +19,8 @@ def rasterize(splats: Splats, cameras: Cameras, width: int, height: int, backgro
 
     ``background``: None (black), 3 floats, or an array ``[3]`` / ``[N, 3]``. ``backend``: a
     registered name (``available_backends()``) or "auto", which picks the fastest backend usable
-    for the inputs' device, dtype and (torch) grad requirement; ``RenderResult.backend`` names it.
+    for the inputs' device, dtype and (torch) grad requirements (a backend that differentiates
+    every input requiring grad: splats, cameras, background); ``RenderResult.backend`` names it.
     Outputs are arrays of the inputs' type (numpy or torch, on the inputs' device).
     ``check_values=False`` skips the value checks (NaN/inf, scale/quaternion/K domain), which
     synchronise with the GPU; type, dtype, device and shape checks always run.
@@ -41,11 +42,16 @@ def rasterize(splats: Splats, cameras: Cameras, width: int, height: int, backgro
     return RenderResult(rgb=result.rgb, alpha=result.alpha, depth=result.depth, backend=spec.name)
 
 
-def _requires_grad(request: RenderRequest) -> bool:
+def _requires_grad(request: RenderRequest) -> tuple[str, ...]:
+    """Names (registry.GRAD_INPUTS) of the inputs that need gradients: the chosen backend must
+    differentiate every one of them, or their gradients would silently be lost."""
     torch = sys.modules.get("torch")
     if torch is None or not torch.is_grad_enabled():
-        return False
-    return any(array_kind(x) == TORCH and x.requires_grad for x in request.splats.arrays().values())
+        return ()
+    named = {f"splats.{k}": v for k, v in request.splats.arrays().items()}
+    named.update({"cameras.world2cam": request.cameras.world2cam, "cameras.K": request.cameras.K,
+                  "background": request.background})
+    return tuple(name for name, x in named.items() if array_kind(x) == TORCH and x.requires_grad)
 
 
 def _convert_request(request: RenderRequest, kind: str) -> RenderRequest:

@@ -5,7 +5,7 @@ import functools
 import importlib.util
 import os
 
-from .registry import register_backend
+from .registry import GRAD_INPUTS, SPLAT_AND_BACKGROUND_GRADS, register_backend
 from .types import RenderRequest, RenderResult
 
 
@@ -51,13 +51,14 @@ def _render_triton(request: RenderRequest) -> RenderResult:
 def register_builtin_backends() -> None:
     register_backend(
         "reference", _render_reference, array_type="torch", priorities={"cpu": 0, "cuda": 0},
-        dtypes=("float32", "float64"), differentiable=True, availability=_torch_device_available,
+        dtypes=("float32", "float64"), differentiable=GRAD_INPUTS, availability=_torch_device_available,
         install_hint="pip install torch",
         description="pure PyTorch, readable oracle; differentiable through autograd",
     )
     register_backend(
         "triton", _render_triton, array_type="torch", priorities={"cuda": 100, "cpu": -100},
-        dtypes=("float32",), differentiable=True, availability=_triton_available,
+        # the fused backward computes no world2cam / K gradients
+        dtypes=("float32",), differentiable=SPLAT_AND_BACKGROUND_GRADS, availability=_triton_available,
         install_hint="pip install 'flexavatar[triton]'",
-        description="Triton kernels: projection, tile binning, tile blending, fused backward",
+        description="Triton kernels: projection, tile binning, tile blending, fused backward (no camera gradients)",
     )

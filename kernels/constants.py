@@ -8,6 +8,9 @@ EPS2D = 0.3                        # added to the 2D covariance diagonal (low-pa
 NEAR_PLANE = 0.01                  # Gaussians with camera-space z outside [near, far] are culled
 FAR_PLANE = 1e10
 RADIUS_CLIP_SIGMAS = 3.33          # radius = ceil(min(3.33, sqrt(2 ln(255 opacity))) * sqrt(cov2d_ii))
+MAX_RADIUS = 2.0 ** 30             # pixel radius clamp, before its int32 cast (2^31 would wrap);
+                                   # the tile rectangle is clamped to the grid, so this changes
+                                   # nothing unless |mean2d| > 2^30 - 16384 px
 TILE_SIZE = 16                     # 16x16 pixel tiles
 ALPHA_MIN = 1.0 / 255.0            # alpha below this is skipped (and opacity below it gets no footprint)
 ALPHA_MAX = 0.99                   # alpha = min(ALPHA_MAX, opacity * exp(-sigma)); see note below

@@ -60,10 +60,11 @@ class UnknownBackendError(BackendError, LookupError):
 
 
 class BackendUnavailableError(BackendError, RuntimeError):
-    """A backend exists but cannot run here (missing package, no GPU, wrong device or dtype)."""
+    """A backend exists but cannot run here (missing package, no GPU, wrong device or dtype), or
+    cannot differentiate some inputs that require grad: ``inputs`` names those (e.g. ``("cameras.K",)``)."""
 
-    def __init__(self, name: str, reason: str, install_hint: str | None = None):
-        self.name, self.reason, self.install_hint = name, reason, install_hint
+    def __init__(self, name: str, reason: str, install_hint: str | None = None, inputs: tuple[str, ...] = ()):
+        self.name, self.reason, self.install_hint, self.inputs = name, reason, install_hint, inputs
         message = f"rasterizer backend {name!r} is unavailable: {reason}"
         if install_hint:
             message += f" (to enable it: {install_hint})"

@@ -4,7 +4,9 @@
   copy for contiguous float32 inputs. Forward only (not differentiable).
 * ``cuda``: the CUDA rasterizer library (``libflexavatar_cuda``, loaded at run time when present);
   CUDA torch tensors are handed over zero-copy through ``__cuda_array_interface__`` (the native
-  module does not link torch); forward and backward through a ``torch.autograd.Function``.
+  module does not link torch); forward and backward through a ``torch.autograd.Function``
+  (gradients of the splats and the background; none for the cameras, so ``auto`` does not pick
+  it when they require grad).
 
 Splats shared by all views (stride 0 along N after validation's broadcast) are passed once with
 the N cameras as one batch, so neither backend copies them N times.
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .constants import EPS2D, FAR_PLANE, NEAR_PLANE
-from .registry import register_backend
+from .registry import SPLAT_AND_BACKGROUND_GRADS, register_backend
 from .types import SPLAT_FIELDS, RenderRequest, RenderResult
 
 
@@ -177,7 +179,8 @@ register_backend(
 )
 register_backend(
     "cuda", render_cuda, array_type="torch", priorities={"cuda": 200}, dtypes=("float32",),
-    differentiable=True, availability=_cuda_availability,
+    # its backward computes splat and background gradients, none for world2cam or K
+    differentiable=SPLAT_AND_BACKGROUND_GRADS, availability=_cuda_availability,
     install_hint="build flexavatar with the CUDA toolkit installed (FLEXAVATAR_CUDA=ON) on a machine with a GPU",
     description="CUDA tile rasterizer (CUB radix sort, shared-memory blending), forward and backward",
 )

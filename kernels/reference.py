@@ -32,6 +32,7 @@ from .constants import (
     EPS2D,
     FAR_PLANE,
     FRUSTUM_CLIP,
+    MAX_RADIUS,
     NEAR_PLANE,
     RADIUS_CLIP_SIGMAS,
     SH_C0,
@@ -123,6 +124,7 @@ def _pixel_radii(cov_a, cov_c, opacities, means2d, width: int, height: int) -> t
     extent = torch.sqrt(2.0 * torch.log(torch.where(visible, opacities / ALPHA_MIN, torch.ones_like(opacities))))
     extent = torch.clamp_max(extent, RADIUS_CLIP_SIGMAS)
     radii = torch.ceil(extent[..., None] * torch.sqrt(torch.stack([cov_a, cov_c], dim=-1)))  # [N, G, 2]
+    radii = torch.clamp_max(radii, MAX_RADIUS)  # fits int32 (a bigger one would wrap negative)
     on_image = ((means2d[..., 0] + radii[..., 0] > 0) & (means2d[..., 0] - radii[..., 0] < width)
                 & (means2d[..., 1] + radii[..., 1] > 0) & (means2d[..., 1] - radii[..., 1] < height))
     keep = visible & on_image & (radii > 0).any(-1)
@@ -224,6 +226,16 @@ def rasterize_tiles(proj: Projection, colors: torch.Tensor, opacities: torch.Ten
     flat_opac, flat_depths = opacities.reshape(n * g), proj.depths.reshape(n * g)
     flat_colors = colors.reshape(n * g, 3)
 
+    def blend(tiles, length):  # tiles [T] whose lists are at most ``length`` long -> composite()
+        slot = torch.arange(length, device=tiles.device)
+        in_list = slot[None, :] < counts[tiles][:, None]                          # [T, L]
+        rows = torch.where(in_list, first[tiles][:, None] + slot[None, :], torch.zeros_like(slot)[None, :])
+        ids = flat_ids[rows]                                                      # [T, L]
+        pixels = _tile_pixels(tiles, tiles_x, tiles_per_view, flat_means2d.dtype)  # [T, 256, 2]
+        opac = torch.where(in_list, flat_opac[ids], torch.zeros_like(flat_opac[ids]))  # padding: alpha 0
+        alphas = gaussian_alphas(pixels, flat_means2d[ids], flat_conics[ids], opac)   # [T, 256, L]
+        return composite(alphas, flat_colors[ids], flat_depths[ids])
+
     # Busy tiles sorted by list length, cut into chunks of about chunk_elements evaluations.
     busy = torch.nonzero(counts).flatten()
     busy = busy[torch.argsort(counts[busy])]
@@ -233,27 +245,19 @@ def rasterize_tiles(proj: Projection, colors: torch.Tensor, opacities: torch.Ten
         stop = start + 1
         while stop < len(busy_counts) and (stop + 1 - start) * PIXELS_PER_TILE * busy_counts[stop] <= chunk_elements:
             stop += 1
-        tiles = busy[start:stop]                                                  # [T]
-        length = busy_counts[stop - 1]
-        slot = torch.arange(length, device=tiles.device)
-        in_list = slot[None, :] < counts[tiles][:, None]                          # [T, L]
-        rows = torch.where(in_list, first[tiles][:, None] + slot[None, :], torch.zeros_like(slot)[None, :])
-        ids = flat_ids[rows]                                                      # [T, L]
-        pixels = _tile_pixels(tiles, tiles_x, tiles_per_view, flat_means2d.dtype)  # [T, 256, 2]
-        opac = torch.where(in_list, flat_opac[ids], torch.zeros_like(flat_opac[ids]))  # padding: alpha 0
-        alphas = gaussian_alphas(pixels, flat_means2d[ids], flat_conics[ids], opac)   # [T, 256, L]
-        outputs.append(composite(alphas, flat_colors[ids], flat_depths[ids]))
+        outputs.append(blend(busy[start:stop], busy_counts[stop - 1]))
         start = stop
+    if not outputs:  # nothing drawn: an empty blend still links the outputs to the inputs (zero grads)
+        outputs.append(blend(busy, 0))
 
     dtype, device = proj.means2d.dtype, proj.means2d.device
     rgb = torch.zeros(n * tiles_per_view, PIXELS_PER_TILE, 3, dtype=dtype, device=device)
     trans = torch.ones(n * tiles_per_view, PIXELS_PER_TILE, dtype=dtype, device=device)
     depth = torch.zeros(n * tiles_per_view, PIXELS_PER_TILE, dtype=dtype, device=device)
-    if outputs:
-        order = busy  # chunks were taken from ``busy`` in order
-        rgb = rgb.index_copy(0, order, torch.cat([o[0] for o in outputs]))
-        trans = trans.index_copy(0, order, torch.cat([o[1] for o in outputs]))
-        depth = depth.index_copy(0, order, torch.cat([o[2] for o in outputs]))
+    order = busy  # chunks were taken from ``busy`` in order
+    rgb = rgb.index_copy(0, order, torch.cat([o[0] for o in outputs]))
+    trans = trans.index_copy(0, order, torch.cat([o[1] for o in outputs]))
+    depth = depth.index_copy(0, order, torch.cat([o[2] for o in outputs]))
 
     def to_image(x):  # [N*tiles, 256, C] -> [N, H, W, C]
         c = x.shape[-1]

@@ -19,7 +19,8 @@ which ``flexavatar.kernels`` imports when present)::
         array_type="numpy",             # what render() receives and returns: "numpy" or "torch"
         priorities={"cpu": 100},        # devices it runs on -> rank for backend="auto" (highest wins)
         dtypes=("float32",),            # input dtypes it accepts
-        differentiable=False,           # True only if autograd flows through torch outputs
+        differentiable=False,           # which inputs get gradients through torch outputs: False,
+                                        # True (all of GRAD_INPUTS) or some names from GRAD_INPUTS
         availability=lambda device: None if native_ok() else "flexavatar._native was not built",
         install_hint="pip install flexavatar (a wheel with the native module)",
     )
@@ -28,20 +29,26 @@ Rules: registering must not import torch or triton (import them inside ``render`
 ``availability``); ``availability(device)`` returns None when the backend can run on that device
 type, else a short reason; it is asked on every selection, so cache anything slow. Arrays are
 converted between numpy and torch for you when the caller's type differs from ``array_type``
-(results come back in the caller's type). Priorities in use: reference 0 (cpu, cuda), triton
-100 (cuda) and -100 (cpu, interpreter only: slower than the reference).
+(results come back in the caller's type). ``backend="auto"`` only picks a backend whose
+``differentiable`` covers every input that requires grad; naming one that does not is an error
+(a backend that returned None for such an input would silently drop its gradient). Priorities
+in use: reference 0 (cpu, cuda), triton 100 (cuda) and -100 (cpu, interpreter only: slower than
+the reference).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Collection, Iterable, Mapping
 
 from .arrays import NUMPY, TORCH
 from .errors import BackendRegistrationError, BackendUnavailableError, UnknownBackendError
-from .types import RenderRequest, RenderResult
+from .types import SPLAT_FIELDS, RenderRequest, RenderResult
 
 RenderFn = Callable[[RenderRequest], RenderResult]
 AvailabilityFn = Callable[[str], "str | None"]
+# The inputs of ``rasterize`` a backend may differentiate (names as in the typed input errors).
+GRAD_INPUTS = (*(f"splats.{f}" for f in SPLAT_FIELDS), "cameras.world2cam", "cameras.K", "background")
+SPLAT_AND_BACKGROUND_GRADS = tuple(name for name in GRAD_INPUTS if not name.startswith("cameras."))
 
 
 def _always_available(device: str) -> None:
@@ -57,7 +64,7 @@ class BackendSpec:
     array_type: str
     priorities: Mapping[str, int]
     dtypes: tuple[str, ...] = ("float32",)
-    differentiable: bool = False
+    grad_inputs: frozenset[str] = frozenset()      # inputs whose gradients it computes
     availability: AvailabilityFn = _always_available
     install_hint: str = ""
     description: str = ""
@@ -67,15 +74,28 @@ class BackendSpec:
     def devices(self) -> tuple[str, ...]:
         return tuple(self.priorities)
 
-    def unavailable_reason(self, device: str, dtype: str | None = None, requires_grad: bool = False) -> str | None:
-        """None if this backend can render inputs of that device type and dtype, else why not."""
+    @property
+    def differentiable(self) -> bool:
+        return bool(self.grad_inputs)
+
+    def missing_grads(self, requires_grad: Collection[str]) -> list[str]:
+        """The inputs among ``requires_grad`` (names from GRAD_INPUTS) this backend gives no gradient."""
+        return [name for name in requires_grad if name not in self.grad_inputs]
+
+    def unavailable_reason(self, device: str, dtype: str | None = None,
+                           requires_grad: Collection[str] = ()) -> str | None:
+        """None if this backend can render inputs of that device type and dtype and differentiate
+        every input named in ``requires_grad``, else why not."""
         if device not in self.priorities:
             return f"it does not run on device {device!r} (it runs on: {', '.join(self.devices)})"
         if dtype is not None and dtype not in self.dtypes:
             return f"it does not accept dtype {dtype} (it accepts: {', '.join(self.dtypes)})"
-        if requires_grad and not self.differentiable:
-            return ("it is not differentiable and the inputs require grad "
-                    "(use torch.no_grad() or detach the inputs, or pick a differentiable backend)")
+        missing = self.missing_grads(requires_grad)
+        if missing:
+            names, verb = ", ".join(missing), "requires" if len(missing) == 1 else "require"
+            what = (f"it is not differentiable and {names} {verb} grad" if not self.differentiable
+                    else f"it computes no gradient for {names}, which {verb} grad")
+            return f"{what} (use torch.no_grad() or detach it, or pick a backend that differentiates it)"
         return self.availability(device)
 
 
@@ -83,7 +103,7 @@ _BACKENDS: dict[str, BackendSpec] = {}
 
 
 def register_backend(name: str, render: RenderFn, *, array_type: str, priorities: Mapping[str, int],
-                     dtypes: tuple[str, ...] = ("float32",), differentiable: bool = False,
+                     dtypes: tuple[str, ...] = ("float32",), differentiable: bool | Iterable[str] = False,
                      availability: AvailabilityFn | None = None, install_hint: str = "",
                      description: str = "", replace: bool = False) -> BackendSpec:
     """Add a backend under ``name``; ``replace=True`` overrides an existing one of that name."""
@@ -97,9 +117,13 @@ def register_backend(name: str, render: RenderFn, *, array_type: str, priorities
         raise BackendRegistrationError(f"backend {name!r}: array_type must be 'numpy' or 'torch', got {array_type!r}")
     if not priorities or not all(isinstance(k, str) and isinstance(v, int) for k, v in priorities.items()):
         raise BackendRegistrationError(f"backend {name!r}: priorities must map device types (str) to ints, got {priorities!r}")
+    grad_inputs = frozenset(GRAD_INPUTS if differentiable is True else (differentiable or ()))
+    if not grad_inputs <= set(GRAD_INPUTS):
+        raise BackendRegistrationError(f"backend {name!r}: differentiable must be a bool or names from {GRAD_INPUTS}, "
+                                       f"got {sorted(grad_inputs - set(GRAD_INPUTS))}")
     order = _BACKENDS[name]._order if name in _BACKENDS else len(_BACKENDS)
     spec = BackendSpec(name=name, render=render, array_type=array_type, priorities=dict(priorities),
-                       dtypes=tuple(dtypes), differentiable=differentiable,
+                       dtypes=tuple(dtypes), grad_inputs=grad_inputs,
                        availability=availability or _always_available, install_hint=install_hint,
                        description=description, _order=order)
     _BACKENDS[name] = spec
@@ -134,15 +158,18 @@ def available_backends(device: str | None = None) -> list[str]:
     return names
 
 
-def select_backend(name: str, *, device: str, dtype: str | None = None, requires_grad: bool = False) -> BackendSpec:
-    """The backend to use: ``name`` itself (checked), or for "auto" the highest-priority usable one."""
+def select_backend(name: str, *, device: str, dtype: str | None = None,
+                   requires_grad: Collection[str] = ()) -> BackendSpec:
+    """The backend to use: ``name`` itself (checked), or for "auto" the highest-priority usable one.
+    ``requires_grad``: names from GRAD_INPUTS of the inputs that need gradients."""
     if name != "auto":
         spec = get_backend(name)
         reason = spec.unavailable_reason(device, dtype, requires_grad)
         if reason is not None:
             # Installing something helps only when the backend itself is missing here.
             missing = device in spec.priorities and reason == spec.availability(device)
-            raise BackendUnavailableError(name, reason, spec.install_hint if missing else None)
+            raise BackendUnavailableError(name, reason, spec.install_hint if missing else None,
+                                          inputs=tuple(spec.missing_grads(requires_grad)))
         return spec
     usable, rejected = [], []
     for spec in _BACKENDS.values():

@@ -58,10 +58,10 @@ def _leading(name: str, x: Any, tail: tuple[int, ...], num_gaussians: int | None
     return (shape[0] if len(shape) == rank + 1 else None), g
 
 
-def _check_views(name: str, views: int | None, num_views: int) -> None:
+def _check_views(name: str, views: int | None, num_views: int, source: str) -> None:
     if views is not None and views not in (1, num_views):
         raise InputShapeError(name, f"has {views} views along its first axis",
-                              f"1 or {num_views} views (the batch size of the other arguments)")
+                              f"1 (shared by all views) or {num_views} views, the batch size of {source}")
 
 
 def _all(x) -> bool:
@@ -102,8 +102,11 @@ def _background_array(background: Any, like: Any) -> Any:
         background = [0.0, 0.0, 0.0]
     if array_kind(background) == TORCH:
         if array_kind(like) == TORCH:
-            return background.detach().to(device=like.device, dtype=like.dtype)
-        background = background.detach().cpu().numpy()
+            return background.to(device=like.device, dtype=like.dtype)   # not detached: it may need grad
+        if background.requires_grad:   # numpy splats: the gradient could never reach it
+            raise InputTypeError("background", "is a torch tensor that requires grad while splats.means is numpy",
+                                 "torch splats and cameras, or a background that does not require grad")
+        background = background.cpu().numpy()
     try:
         background = np.asarray(background, dtype=dtype_name(like))
     except (TypeError, ValueError) as exc:
@@ -154,13 +157,17 @@ def validate_request(splats: Splats, cameras: Cameras, width: Any, height: Any,
         raise InputShapeError("background", f"has shape {_shape_str(bg_shape)}", "[3] or [N, 3]")
     views["background"] = bg_shape[0] if len(bg_shape) == 2 else None
 
-    # The cameras define the views when they are batched; otherwise the splats or background do.
-    camera_sizes = [v for k, v in views.items() if k.startswith("cameras.") and v is not None]
-    num_views = max(camera_sizes or [v for v in views.values() if v is not None] or [1])
+    # N: the cameras' batch size when it exceeds 1, else the largest batch of the splats or
+    # background; a batch of 1 (or none) is shared by all N views, so one camera may render N
+    # per-view splat batches.
+    batched = {k: v for k, v in views.items() if v is not None}
+    sizes = {k: v for k, v in batched.items() if k.startswith("cameras.") and v > 1} or batched
+    source = max(sizes, key=sizes.get) if sizes else "cameras.world2cam"
+    num_views = sizes.get(source, 1)
     if num_views == 0:
-        raise InputShapeError("cameras.world2cam", "has 0 views", "at least one view")
+        raise InputShapeError(source, "has 0 views", "at least one view")
     for name, v in views.items():
-        _check_views(name, v, num_views)
+        _check_views(name, v, num_views, source)
 
     # --- values ---------------------------------------------------------------------------
     if check_values:
@@ -181,6 +188,9 @@ def validate_request(splats: Splats, cameras: Cameras, width: Any, height: Any,
 
 
 def _check_values(splats: Splats, cameras: Cameras, background: Any) -> None:
+    detach = lambda x: x.detach() if array_kind(x) == TORCH else x  # noqa: E731  (checks need no graph)
+    splats = Splats(**{k: detach(v) for k, v in splats.arrays().items()})
+    cameras, background = Cameras(detach(cameras.world2cam), detach(cameras.K)), detach(background)
     for key, x in splats.arrays().items():
         _check_finite(f"splats.{key}", x)
     _check_finite("cameras.world2cam", cameras.world2cam)
@@ -193,11 +203,17 @@ def _check_values(splats: Splats, cameras: Cameras, background: Any) -> None:
         raise InputValueError("splats.scales", f"{_count(bad)} values are <= 0 (min {float(scales.min()):.3g})",
                               "standard deviations > 0")
     quats = splats.quats
-    norm2 = (quats * quats).sum(-1)
+    with np.errstate(over="ignore"):
+        norm2 = (quats * quats).sum(-1)
     zero = norm2 <= 1e-24
     if not _all(~zero):
         raise InputValueError("splats.quats", f"{_count(zero)} quaternions have zero norm",
                               "non-zero quaternions (w, x, y, z); they are normalised inside")
+    # |q|^2 overflows (float32: |q| > ~1.8e19): every backend would normalise q to 0, i.e. no rotation
+    huge = ~(np.isfinite(norm2) if array_kind(norm2) == NUMPY else norm2.isfinite())
+    if not _all(~huge):
+        raise InputValueError("splats.quats", f"{_count(huge)} quaternions have a norm too large (|q|^2 overflows)",
+                              "quaternions of moderate norm; normalise them before rendering")
     opac = splats.opacities
     outside = (opac < 0) | (opac > 1)
     if not _all(~outside):

@@ -311,7 +311,9 @@ void blend_tile_impl(const TileBins& bins, int tile, const float bg[3], int64_t 
       if (disc < 0.0f) continue;
       const float root = std::sqrt(disc), centre = g.mean_x + g.conic_b * dy * g.inv_conic_a - 0.5f;
       const float half = root * g.inv_conic_a + 0.5f;
-      const int lo = std::max(int(std::floor(centre - half)), x0), hi = std::min(int(std::ceil(centre + half)), x1 - 1);
+      // Clamped to the tile in float before the int cast: a huge Gaussian's span exceeds int range.
+      const int lo = int(std::max(float(x0), std::floor(centre - half)));
+      const int hi = int(std::min(float(x1 - 1), std::ceil(centre + half)));
       if (lo > hi) continue;
       const int row = (y - y0) * 2;
       for (int grp = row + (lo - x0) / kLanes; grp <= row + (hi - x0) / kLanes; ++grp) {

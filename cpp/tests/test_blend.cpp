@@ -157,6 +157,27 @@ TEST_CASE(empty_scene_and_everything_behind_give_background) {
   CHECK(*std::max_element(out.alpha.begin(), out.alpha.end()) == 0.0f);
 }
 
+TEST_CASE(gaussian_wider_than_int_range_covers_the_image) {
+  // Pixel radius ≈ 6.7e9 px (σ = 40·1e8/2 px): flat across the image, so α = opacity everywhere.
+  // Radius and per-row pixel span once overflowed int and the Gaussian vanished.
+  testutil::Scene s;
+  s.G = 1;
+  s.W = 16;
+  s.H = 16;
+  s.means = {0, 0, 0};
+  s.quats = {1, 0, 0, 0};
+  s.scales = {1e8f, 1e8f, 1e8f};
+  s.opacities = {0.8f};
+  s.sh0 = {0, 0, 0};
+  testutil::add_camera(s, 0, 0, 2, 40, 40, 8, 8);
+  s.backgrounds = {0, 0, 0};
+  const Images out = render(s);
+  for (int64_t p = 0; p < 16 * 16; ++p) {
+    CHECK_NEAR(out.alpha[p], 0.8, 1e-6);
+    CHECK_NEAR(out.depth[p], 2.0, 1e-5);
+  }
+}
+
 TEST_CASE(batched_views_equal_single_views_and_threads_do_not_matter) {
   const testutil::Scene s = testutil::random_scene(9, 2, 300, 3, 48, 40);
   const Images all = render(s, 2);

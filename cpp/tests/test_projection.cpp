@@ -78,6 +78,20 @@ TEST_CASE(culling_near_far_opacity_and_offscreen) {
   CHECK(!project_gaussian(cam, far_off, quat, scale, 0.9, 0.3, 0.01, 1e10).visible);
 }
 
+TEST_CASE(huge_gaussian_radius_is_clamped_not_wrapped) {
+  // σ ≈ f·s/z = 40·1e8/2 = 2e9 px: radius ≈ 6.7e9 px does not fit an int and once wrapped negative
+  // (the Gaussian was culled). Clamped to kMaxRadius it stays visible, its tile box the whole grid.
+  const float vm[16] = {1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1};
+  const float K[9] = {40, 0, 8, 0, 40, 8, 0, 0, 1};
+  const Camera<float> cam = make_camera<float>(vm, K, 16, 16);
+  const float mean[3] = {0, 0, 2}, quat[4] = {1, 0, 0, 0}, scale[3] = {1e8f, 1e8f, 1e8f};
+  const Projected<float> p = project_gaussian<float>(cam, mean, quat, scale, 0.8f, 0.3f, 0.01f, 1e10f);
+  CHECK(p.visible);
+  CHECK(p.radius_x == int(kMaxRadius) && p.radius_y == int(kMaxRadius));
+  const TileRect r = tile_rect(p.mean_x, p.mean_y, p.radius_x, p.radius_y, 1, 1);
+  CHECK(r.x0 == 0 && r.y0 == 0 && r.x1 == 1 && r.y1 == 1);
+}
+
 TEST_CASE(jacobian_clamps_outside_the_widened_frustum) {
   const Camera<double> cam = simple_camera(0.0, 50.0, 20.0, 24.0, 64, 48);
   // x/z = 3 is far past lim_x_pos = (64-20)/50 + 0.3·0.64 = 1.072

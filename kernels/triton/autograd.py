@@ -96,5 +96,9 @@ class RasterizeFunction(torch.autograd.Function):
                 scales.stride(0), scales.stride(1),
                 world2cam, K, radii, v_means2d, v_conics, v_depths, v_means, v_quats, v_scales,
                 g, total, width, height, BLOCK=config.PROJECT_BLOCK)
+        v_background = None
+        if ctx.needs_input_grad[7]:      # rgb = C + T bg, trans = final T: [N, H, W]
+            v_background = (v_rgb * trans[..., None]).sum(dim=(1, 2))
+        # No world2cam / K gradients: the registry declares it (registry.SPLAT_AND_BACKGROUND_GRADS).
         return (v_means, v_quats, v_scales, v_opac.reshape(n, g), v_colors.reshape(n, g, 3),
-                None, None, None, None, None)
+                None, None, v_background, None, None)

@@ -36,6 +36,7 @@ constexpr float kAlphaThreshold = 1.0f / 255.0f;  // contributions below this ar
 constexpr float kMaxAlpha = 0.99f;                // per-Gaussian alpha clamp
 constexpr float kMinTransmittance = 1e-4f;        // stop before T would drop to this
 constexpr float kMaxExtent = 3.33f;               // radius clamp in standard deviations
+constexpr float kMaxRadius = 1073741824.0f;       // pixel radius clamp (2^30): fits int
 constexpr float kDepthAlphaFloor = 1e-10f;        // expected depth = Σ w z / max(alpha, floor)
 
 template <typename T>
@@ -226,8 +227,10 @@ FLEXAVATAR_HD Projected<T> project_gaussian(const Camera<T>& cam, const T mean[3
   if (!(opacity >= T(kAlphaThreshold))) return p;  // can never reach the alpha threshold
   T extend = sqrt(T(2) * max_sigma(opacity));
   if (extend > T(kMaxExtent)) extend = T(kMaxExtent);
-  p.radius_x = int(ceil(extend * sqrt(p.cov_xx)));
-  p.radius_y = int(ceil(extend * sqrt(p.cov_yy)));
+  // Clamped before the int cast (a radius >= 2^31 would wrap negative and cull the Gaussian); the
+  // tile rectangle is clamped to the grid anyway. Same bound as MAX_RADIUS in kernels/constants.py.
+  p.radius_x = int(clamp_value(ceil(extend * sqrt(p.cov_xx)), T(0), T(kMaxRadius)));
+  p.radius_y = int(clamp_value(ceil(extend * sqrt(p.cov_yy)), T(0), T(kMaxRadius)));
   if (p.radius_x <= 0 && p.radius_y <= 0) return p;
   if (p.mean_x + T(p.radius_x) <= T(0) || p.mean_x - T(p.radius_x) >= T(cam.width) ||
       p.mean_y + T(p.radius_y) <= T(0) || p.mean_y - T(p.radius_y) >= T(cam.height))
