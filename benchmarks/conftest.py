@@ -28,6 +28,7 @@ import pytest
 
 from flexavatar import dashboard as record
 from flexavatar.dev_fixtures import fixtures_dir
+from flexavatar.files import atomic_path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -109,7 +110,11 @@ class WeightsCache:
 
 def _save_safetensors(path: Path, state: Mapping) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    with atomic_path(path) as tmp:
+        _write_safetensors(tmp, state)
+
+
+def _write_safetensors(tmp: Path, state: Mapping) -> None:
     values = list(state.values())
     if values and all(type(v).__module__ == "numpy" for v in values):
         from safetensors.numpy import save_file
@@ -126,7 +131,6 @@ def _save_safetensors(path: Path, state: Mapping) -> None:
             tensors[key] = t.clone() if ptr in seen else t  # safetensors refuses shared storage
             seen.add(ptr)
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path)
 
 
 def _load_safetensors(path: Path) -> dict:

@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=",".join(PRECISIONS), help=f"comma list of {list(PRECISIONS)}")
     p.add_argument("--targets", default=",".join(TARGETS), help=f"comma list of {list(TARGETS)}")
     p.add_argument("--avatar", type=Path, metavar="PHOTO", help="also encode this square photo (on white) and "
-                   "write its code plus a decoder specialised to it")
+                   "write its code plus a decoder specialised to it (needs --dinov2)")
     p.add_argument("--camera", type=Path, metavar="JSON", help='the photo\'s camera: {"cam2world": 4x4 OpenCV, '
                    '"intrinsics": 3x3 normalised} (default: frontal, 1 m, fx = 1500/512)')
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,

@@ -99,12 +99,17 @@ def export_bundle(checkpoint: str | Path | dict, out_dir: str | Path, *, templat
                                   f"got {opset!r}")
     if camera is not None and avatar is None:
         raise ExportArgumentError("camera is the photo's camera: it needs avatar=PHOTO")
+    if avatar is not None and dinov2 is None:   # else the photo would be encoded with made-up DINOv2 features
+        raise ExportArgumentError("avatar=PHOTO needs DINOv2 to encode the photo: pass --dinov2 "
+                                  "dinov2_vitb14_reg4_pretrain.pth (dinov2=...)")
     out_dir = Path(out_dir)
-    _check_output_dir(out_dir, force)
+    inputs = {"checkpoint": checkpoint, "template": template, "config": config, "dinov2": dinov2,
+              "avatar photo": avatar, "camera file": camera}
+    _check_output_dir(out_dir, force, {k: Path(v) for k, v in inputs.items() if isinstance(v, (str, Path))})
 
     steps = _Steps(say)
     with steps.step("load model"):
-        model, ckpt_info = _load_model(checkpoint, template, dinov2, config)
+        model, ckpt_info, template_source = _load_model(checkpoint, template, dinov2, config)
         photo = _load_photo(Path(avatar), model.config.image_size) if avatar is not None else None
         photo_cam = _load_camera(Path(camera)) if camera is not None else None
     with steps.step("PyTorch reference"):
@@ -133,7 +138,7 @@ def export_bundle(checkpoint: str | Path | dict, out_dir: str | Path, *, templat
             manifest = Manifest(
                 schema=SCHEMA, schema_version=SCHEMA_VERSION,
                 created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                versions=_versions(), opset=opset, model=ckpt_info, template=_template_info(model),
+                versions=_versions(), opset=opset, model=ckpt_info, template=_template_info(model, template_source),
                 conventions=_conventions(model), artifacts=tuple(artifacts), avatar=avatar_info,
                 export_seconds=round(time.perf_counter() - started, 2))
             manifest.write(staging.path)
@@ -187,7 +192,19 @@ class _Step:
 
 # ---- atomic output folder -----------------------------------------------------------------------------
 
-def _check_output_dir(out_dir: Path, force: bool) -> None:
+def _check_output_dir(out_dir: Path, force: bool, inputs: dict[str, Path] | None = None) -> None:
+    """Fails early, before minutes of export. ``inputs``: the argument files, which replacing the output
+    folder (force) must never delete."""
+    out = out_dir.resolve()
+    cwd = Path.cwd().resolve()
+    if out == cwd or out in cwd.parents:
+        raise OutputDirError(f"output folder {out_dir} is the current folder or one above it; choose a new "
+                             "folder for the bundle (e.g. -o my_bundle)")
+    for what, path in (inputs or {}).items():
+        # the path as given (a symlink inside the folder would go too) and the file it points to
+        if any(out == p or out in p.parents for p in (path.absolute().parent.resolve() / path.name, path.resolve())):
+            raise OutputDirError(f"output folder {out_dir} holds the {what} {path}; replacing the folder would "
+                                 "delete it: choose a new folder for the bundle")
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputDirError(f"output path {out_dir} exists and is a file; expected a folder path")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
@@ -221,8 +238,8 @@ class _Staging:
 
     def commit(self) -> None:
         out, old = self.out_dir, None
-        if out.exists():
-            if any(out.iterdir()) and not self.force:   # appeared while exporting
+        if out.exists() or out.is_symlink():
+            if out.is_dir() and any(out.iterdir()) and not self.force:   # appeared while exporting
                 raise OutputExistsError(f"output folder {out} appeared during the export; pass --force")
             old = out.with_name(f".{out.name}.old-{os.getpid()}-{time.time_ns()}")
             os.rename(out, old)
@@ -236,7 +253,9 @@ class _Staging:
                 os.rename(old, out)
             raise
         self.path = None
-        if old is not None:
+        if old is not None and old.is_symlink():
+            old.unlink()       # the output was a link (to a folder): rmtree refuses links; the target is kept
+        elif old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
     def __exit__(self, exc_type, exc, tb):
@@ -264,7 +283,10 @@ def _choices(values: Iterable[str], allowed: tuple[str, ...], what: str) -> tupl
     return tuple(v for v in allowed if v in values)
 
 
-def _load_model(checkpoint, template, dinov2, config) -> tuple[FlexAvatarModel, ModelInfo]:
+def _load_model(checkpoint, template, dinov2, config) -> tuple[FlexAvatarModel, ModelInfo, str]:
+    """→ the model, its manifest record and the template's source (file name) for the manifest."""
+    if isinstance(checkpoint, (str, Path)) and Path(checkpoint).is_dir():
+        raise CheckpointError(f"checkpoint {checkpoint} is a folder; expected the checkpoint file (.pt / .safetensors)")
     if isinstance(checkpoint, (str, Path)) and not Path(checkpoint).is_file():
         raise CheckpointError(f"checkpoint not found: {checkpoint}")        # before "no template beside it"
     if template is None:
@@ -277,9 +299,6 @@ def _load_model(checkpoint, template, dinov2, config) -> tuple[FlexAvatarModel, 
     if isinstance(config, (str, Path)):
         config = FlexConfig.from_official_json(config)
     model = FlexAvatarModel.from_checkpoint(checkpoint, template=template, dinov2=dinov2, config=config)
-    if model.dinov2 is not None and model.dinov2.cfg.dim != model.config.feature_dim:
-        raise ExportArgumentError(f"dinov2 gives {model.dinov2.cfg.dim}-channel features, the checkpoint's "
-                                  f"feature projection expects feature_dim={model.config.feature_dim}")
     n_params = sum(p.numel() for p in model.network.parameters())
     n_params += sum(p.numel() for p in model.dinov2.parameters()) if model.dinov2 is not None else 0
     is_file = isinstance(checkpoint, (str, Path))
@@ -289,7 +308,7 @@ def _load_model(checkpoint, template, dinov2, config) -> tuple[FlexAvatarModel, 
                      n_parameters=int(n_params),
                      dinov2=(Path(dinov2).name if isinstance(dinov2, (str, Path)) else
                              "<module>" if dinov2 is not None else None))
-    return model, info
+    return model, info, Path(template).name if isinstance(template, (str, Path)) else "<Template object>"
 
 
 def _state_hash(state: dict) -> str:
@@ -653,11 +672,11 @@ def _expression_layout() -> dict[str, tuple[int, int]]:
     return {n.lower(): (getattr(expr_layout, n).start, getattr(expr_layout, n).stop) for n in names}
 
 
-def _template_info(model: FlexAvatarModel) -> TemplateInfo:
+def _template_info(model: FlexAvatarModel, source: str) -> TemplateInfo:
     cfg = model.config
     return TemplateInfo(sha256=model.template.sha256(), n_gaussians=model.template.n_gaussians,
                         res_head_tokens=cfg.res_head_tokens, res_gaussian_grid=cfg.res_gaussian_grid,
-                        source=TEMPLATE_FILE_NAME)
+                        source=source)
 
 
 def _avatar_info(folder: Path, ref: _References, photo: Path) -> AvatarInfo:
@@ -670,11 +689,14 @@ def _versions() -> dict[str, str]:
     import onnx
     import onnxruntime
     import onnxscript
-    import openvino
+    try:     # an ONNX-only export does not need OpenVINO
+        import openvino
+        openvino_version = openvino.get_version().split("-")[0]
+    except ImportError:
+        openvino_version = "not installed"
     return {"flexavatar": flexavatar.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
             "onnxscript": onnxscript.__version__, "onnxruntime": onnxruntime.__version__,
-            "openvino": openvino.get_version().split("-")[0], "numpy": np.__version__,
-            "python": platform.python_version()}
+            "openvino": openvino_version, "numpy": np.__version__, "python": platform.python_version()}
 
 
 # ---- summary ------------------------------------------------------------------------------------------

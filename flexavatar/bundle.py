@@ -47,12 +47,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import FlexAvatarError
+from .files import atomic_open
 
 SCHEMA = "flexavatar-bundle"
 SCHEMA_VERSION = 1
@@ -310,7 +310,8 @@ class Manifest:
     def write(self, folder: str | Path) -> Path:
         """Write manifest.json into folder atomically (temp file + rename)."""
         path = Path(folder) / MANIFEST_NAME
-        _atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        with atomic_open(path, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
 
@@ -669,20 +670,6 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_jsonable(v) for v in x]
     return x
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)   # mkstemp made it private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_varint(fh, path: Path) -> int:

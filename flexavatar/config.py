@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,11 @@ class FlexConfig:
     n_input_views: int = 1
 
     def __post_init__(self) -> None:
+        # every size is a count: check types first, so the arithmetic below cannot fail untyped
+        bad = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+               if not _is_count(getattr(self, f.name))]
+        if bad:
+            raise ConfigError(f"invalid FlexConfig: expected integers ≥ 1, got {', '.join(bad)}")
         problems = []
         if self.d_hidden % self.n_heads:
             problems.append(f"d_hidden={self.d_hidden} is not divisible by n_heads={self.n_heads}")
@@ -46,9 +52,6 @@ class FlexConfig:
             problems.append(f"d_hidden={self.d_hidden} must be divisible by 4^{self.n_upsampler_blocks} (pixel-shuffle skip path)")
         if self.n_image_tokens > self.n_position_rows:
             problems.append(f"{self.n_image_tokens} image tokens exceed the {self.n_position_rows}-row position table")
-        for name in ("n_layers_encoder", "n_layers_head", "n_layers_expression", "res_head_tokens", "feature_dim"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if problems:
             raise ConfigError("invalid FlexConfig: " + "; ".join(problems))
 
@@ -98,6 +101,8 @@ class FlexConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "FlexConfig":
+        if not isinstance(values, dict):
+            raise ConfigError(f"a FlexConfig must be a JSON object of fields, got {_json_type(values)}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -113,12 +118,14 @@ class FlexConfig:
         """
         raw = path_or_dict if isinstance(path_or_dict, dict) else _read_json(Path(path_or_dict))
         raw = json.loads(json.dumps(raw))  # deep copy: we pop what we consume
-        head = raw.pop("head_transformer", None)
-        gdec = raw.pop("gaussian_decoder", None)
-        if head is None or gdec is None:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"official config must be a JSON object, got {_json_type(raw)}")
+        if "head_transformer" not in raw or "gaussian_decoder" not in raw:
             raise ConfigError("official config needs 'head_transformer' and 'gaussian_decoder' sections")
-        tf = head.pop("transformer", {})
-        fixture = raw.pop("_fixture", {})
+        head = _section(raw, "head_transformer", "head_transformer")
+        gdec = _section(raw, "gaussian_decoder", "gaussian_decoder")
+        tf = _section(head, "transformer", "head_transformer.transformer")
+        fixture = _section(raw, "_fixture", "_fixture")
         ignored: list[str] = []
         unknown: list[str] = []
 
@@ -193,11 +200,12 @@ class FlexConfig:
             values["image_size"] = fixture.get("image_height", 512)
             if fixture.get("image_width", values["image_size"]) != values["image_size"]:
                 raise ConfigError("only square input images are supported")
-            ups = fixture.get("stylegan_upsampler", {})
+            ups = _section(fixture, "stylegan_upsampler", "_fixture.stylegan_upsampler")
             for key in ("channel_base", "channel_max", "w_dim"):
                 if key in ups:
                     values[key] = ups[key]
-        values["n_position_rows"] = (512 // values["patch_size"]) ** 2 * values["n_input_views"]
+        if _is_count(values["patch_size"]) and _is_count(values["n_input_views"]):   # else FlexConfig names them
+            values["n_position_rows"] = (512 // values["patch_size"]) ** 2 * values["n_input_views"]
 
         if ignored or unknown:
             msg = []
@@ -210,12 +218,34 @@ class FlexConfig:
 
 
 def _read_json(path: Path) -> dict:
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a folder; expected a JSON file (model_config.json)")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} is not valid UTF-8 JSON: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+
+
+def _section(parent: dict, key: str, where: str) -> dict:
+    """parent[key] popped; an optional section, but when present it must be a JSON object."""
+    value = parent.pop(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"official config '{where}' must be a JSON object, got {_json_type(value)}")
+    return value
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 FLEX1 = FlexConfig()

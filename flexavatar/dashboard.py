@@ -32,6 +32,8 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+from .files import atomic_open
+
 SCHEMA_VERSION = 1
 RECORD_KIND = "flexavatar-benchmark-run"
 # Canonical stage names (benchmarks may use others; the dashboard orders these first).
@@ -453,9 +455,8 @@ def _compact(obj: object) -> object:
 def write_json_atomic(path: Path, obj: object) -> None:
     """Write then rename, so an interrupted run never leaves half a file in the history."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_compact(obj), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(_compact(obj), indent=1, ensure_ascii=False) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1349,7 +1350,9 @@ def build_dashboard(sources: Sequence[Path], output: Path, *, skip_invalid: bool
     for err in skipped:
         (warn or (lambda m: print(m, file=sys.stderr)))(f"skipped {err}")
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render_dashboard(runs), encoding="utf-8")
+    page = render_dashboard(runs)
+    with atomic_open(output, "w", encoding="utf-8") as fh:
+        fh.write(page)
     return runs
 
 

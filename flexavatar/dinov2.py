@@ -110,7 +110,9 @@ class DinoV2(nn.Module):
         path = Path(path)
         sd = read_state_dict(path, "DINOv2 weights", "the public dinov2_vitb14_reg4_pretrain.pth (a state dict)")
         model = cls(cfg)
-        check_state_dict(model, sd, what=f"DINOv2 weights {path.name}")
+        check_state_dict(model, sd, what=f"DINOv2 weights {path.name}",
+                         size_hint=f"expected DINOv2 ViT-B/14 with 4 registers, dinov2_vitb14_reg4_pretrain.pth "
+                                   f"(dim {cfg.dim}, {cfg.depth} blocks); other DINOv2 sizes are not supported")
         model.load_state_dict(sd)
         return model.eval()
 

@@ -14,7 +14,11 @@ class CheckpointError(FlexAvatarError):
 
 
 class TemplateError(FlexAvatarError):
-    """The head template (OBJ) is missing, malformed, or gives the wrong Gaussian count."""
+    """The head template (OBJ) is missing, unreadable or malformed, or its UV layout covers no Gaussian sample.
+
+    The Gaussian count G follows from the mesh's UV layout (58 361 for the official gghead_template.obj at
+    FLEX-1 size) and no checkpoint tensor depends on it, so a different, e.g. cut-short, template cannot be
+    detected here: compare ``Template.n_gaussians`` / ``Template.sha256()`` with the expected ones."""
 
 
 class InputError(FlexAvatarError, ValueError):

@@ -48,7 +48,8 @@ def _read_config(value: str | None):
         raw = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"--config {value}: cannot read JSON ({e})") from None
-    return FlexConfig.from_official_json(raw) if "head_transformer" in raw else FlexConfig.from_dict(raw)
+    official = isinstance(raw, dict) and "head_transformer" in raw
+    return FlexConfig.from_official_json(raw) if official else FlexConfig.from_dict(raw)
 
 
 def load_model(checkpoint: str | Path, template: str | None, config: str | None = None,
@@ -99,7 +100,24 @@ def comparison_image(targets, before, after) -> np.ndarray:
 
 def _save_png(array: np.ndarray, path: Path) -> None:
     from PIL import Image
-    Image.fromarray(array).save(path)
+
+    from .files import atomic_path
+    with atomic_path(path, suffix=path.suffix) as tmp:     # PIL picks the format from the suffix
+        Image.fromarray(array).save(tmp)
+
+
+def _check_output(path: Path, option: str, suffixes: tuple[str, ...]) -> None:
+    """Before any work: the folder must exist and the suffix fit, or the result is lost after the fit."""
+    from .fitting import FitArgumentError
+    if path.is_dir():
+        raise FitArgumentError(f"{option} {path} is a folder; expected a file path ending in {' / '.join(suffixes)}")
+    if not path.absolute().parent.is_dir():
+        raise FitArgumentError(f"{option} {path}: folder {path.absolute().parent} does not exist; create it first")
+    if path.suffix.lower() not in suffixes:
+        raise FitArgumentError(f"{option} {path}: expected a file name ending in {' / '.join(suffixes)}")
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 # ---- subcommands --------------------------------------------------------------------------------
@@ -133,6 +151,10 @@ def fit_main(argv: list[str]) -> int:
         if not (args.dinov2 or args.from_scratch or args.init_code):
             raise FlexAvatarError("the encoder needs DINOv2: pass --dinov2 DINO.pth, or start without the "
                                   "encoder with --from-scratch or --init-code CODE.npy")
+        output = Path(args.output)
+        comparison = Path(args.comparison) if args.comparison else output.with_name(output.stem + "_comparison.png")
+        _check_output(output, "-o/--output", (".npy",))
+        _check_output(comparison, "--comparison", IMAGE_SUFFIXES)
         observations = load_observations(args.observations)
         model = load_model(args.checkpoint, args.template, args.config, args.dinov2, args.device)
         config = FitConfig(seed=args.seed, dino_weight=0.0 if args.no_dino_loss else FitConfig.dino_weight)
@@ -143,14 +165,12 @@ def fit_main(argv: list[str]) -> int:
     except (FlexAvatarError, torch.cuda.OutOfMemoryError) as e:
         print(f"flexavatar-fit: error: {e}", file=sys.stderr)
         return 2
-    output = Path(args.output)
     result.save(output)
     k = min(COMPARISON_COLUMNS, len(observations))
     views = np.linspace(0, len(observations) - 1, k).round().astype(int).tolist()
     before = render_observations(model, result.initial_code, observations, indices=views, backend=args.backend)
     after = render_observations(model, result.code, observations, offsets=result.expression_offsets,
                                 indices=views, backend=args.backend)
-    comparison = Path(args.comparison) if args.comparison else output.with_name(output.stem + "_comparison.png")
     _save_png(comparison_image(observations.images[views], before, after), comparison)
     print(f"wrote {output} ({tuple(result.code.tokens.shape)} float32), {comparison}; "
           f"{result.seconds / args.steps * 1e3:.1f} ms/step with the {result.backend} rasterizer; "
@@ -176,6 +196,9 @@ def interpolate_main(argv: list[str]) -> int:
 
     from .fitting import interpolate
     try:
+        _check_output(Path(args.output), "-o/--output", (".npy",))
+        if args.preview:
+            _check_output(Path(args.preview), "--preview", IMAGE_SUFFIXES)
         blend = interpolate(args.avatar_a, args.avatar_b, args.t)
         if args.preview and not args.checkpoint:
             raise FlexAvatarError("--preview needs --checkpoint (and --template)")

@@ -19,8 +19,9 @@ from .cameras import plucker_rays
 from .checkpoint import atomic_save, check_state_dict, read_state_dict
 from .config import FlexConfig
 from .dinov2 import DinoV2
-from .errors import InputError
+from .errors import CheckpointError, InputError
 from .expression import EXPRESSION_CODE_DIM
+from .files import atomic_open
 from .layers import GPTEncoder, JointTransformer, PointEmbedder
 from .template import Template
 from .upsampler import StyleGANUpsampler
@@ -62,12 +63,19 @@ class AvatarCode:
         return self.tokens.shape[1]
 
     def save(self, path: str | Path, index: int = 0) -> None:
-        """np.save in the official layout (R², 1, D) float32, atomically."""
-        path = Path(path)
+        """np.save avatar ``index`` (negative counts from the end) in the official layout (R², 1, D) float32,
+        atomically."""
+        b = self.batch_size
+        if not -b <= index < b:
+            raise InputError(f"avatar index {index} is out of range for a code holding {b} avatars "
+                             f"(expected -{b} ≤ index < {b})")
+        index %= b
+        folder = Path(path).absolute().parent
+        if not folder.is_dir():
+            raise InputError(f"cannot save avatar code {path}: folder {folder} does not exist")
         array = self.tokens[:, index:index + 1].detach().to(torch.float32).cpu().numpy()
-        tmp = path.with_name(f".{path.name}.tmp.npy")
-        np.save(tmp, array)
-        tmp.replace(path)
+        with atomic_open(path) as fh:
+            np.save(fh, array)
 
     @classmethod
     def load(cls, path: str | Path) -> "AvatarCode":
@@ -76,10 +84,16 @@ class AvatarCode:
             array = np.load(Path(path), allow_pickle=False)
         except (OSError, ValueError) as e:
             raise InputError(f"cannot read avatar code {path}: {e}") from None
+        if not isinstance(array, np.ndarray):     # an .npz archive
+            array.close()
+            raise InputError(f"avatar code {path} is an .npz archive; expected an .npy file holding one "
+                             "(R², 1, D) float array, e.g. (1024, 1, 768)")
         if array.ndim == 2:
             array = array[:, None]
         if array.ndim != 3 or array.shape[1] != 1 or math.isqrt(array.shape[0]) ** 2 != array.shape[0]:
             raise InputError(f"avatar code {path} has shape {array.shape}, expected (R², 1, D) e.g. (1024, 1, 768)")
+        if not np.issubdtype(array.dtype, np.floating):
+            raise InputError(f"avatar code {path} has dtype {array.dtype}, expected float32")
         if not np.isfinite(array).all():
             raise InputError(f"avatar code {path} contains NaN or inf")
         return cls(torch.from_numpy(array.astype(np.float32)))
@@ -246,6 +260,10 @@ class FlexAvatarModel(nn.Module):
         tmpl = template if isinstance(template, Template) else Template.from_obj(
             template, cfg.res_head_tokens, cfg.res_gaussian_grid)
         dino = dinov2 if (dinov2 is None or isinstance(dinov2, DinoV2)) else DinoV2.from_file(dinov2)
+        if dino is not None and dino.cfg.dim != cfg.feature_dim:
+            raise CheckpointError(f"DINOv2 gives {dino.cfg.dim}-channel features, but the model's feature "
+                                  f"projection expects feature_dim={cfg.feature_dim}: pass the DINOv2 weights "
+                                  "the checkpoint was trained with (FLEX-1: dinov2_vitb14_reg4_pretrain.pth, dim 768)")
         model = cls(cfg, tmpl, dino)
         what = "state dict" if isinstance(checkpoint, dict) else f"checkpoint {Path(checkpoint).name}"
         check_state_dict(model.network, state, what)

@@ -80,37 +80,65 @@ class Template:
 def read_obj(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Plain OBJ parse: positions by `v` index, UVs by `vt` index (0-based); polygons fan-triangulated."""
     path = Path(path)
+    if path.is_dir():
+        raise TemplateError(f"template OBJ {path} is a folder; expected the file gghead_template.obj")
     if not path.is_file():
         raise TemplateError(f"template OBJ not found: {path} (pass --template path/to/gghead_template.obj)")
     vertices, uvs, faces_v, faces_vt = [], [], [], []
     try:
-        with path.open() as fh:
+        with path.open(encoding="utf-8") as fh:
             for line_no, line in enumerate(fh, 1):
                 parts = line.split()
                 if not parts:
                     continue
+                where = f"{path}:{line_no}"
                 if parts[0] == "v":
-                    vertices.append([float(x) for x in parts[1:4]])
+                    vertices.append(_numbers(parts, 3, where, "vertex (v x y z)", _MAX_ABS_XYZ))
                 elif parts[0] == "vt":
-                    uvs.append([float(x) for x in parts[1:3]])
+                    uvs.append(_numbers(parts, 2, where, "texture coordinate (vt u v)", _MAX_ABS_UV))
                 elif parts[0] == "f":
                     corners = [p.split("/") for p in parts[1:]]
+                    if len(corners) < 3:
+                        raise TemplateError(f"{where}: face with {len(corners)} corners; expected 3 or more")
                     if any(len(c) < 2 or not c[1] for c in corners):
-                        raise TemplateError(f"{path}:{line_no}: face without texture coordinates")
-                    vi = [int(c[0]) - 1 for c in corners]
-                    ti = [int(c[1]) - 1 for c in corners]
+                        raise TemplateError(f"{where}: face without texture coordinates")
+                    try:
+                        vi = [int(c[0]) - 1 for c in corners]
+                        ti = [int(c[1]) - 1 for c in corners]
+                    except ValueError:
+                        raise TemplateError(f"{where}: face indices are not integers: {line.strip()!r}") from None
                     for k in range(1, len(corners) - 1):
                         faces_v.append([vi[0], vi[k], vi[k + 1]])
                         faces_vt.append([ti[0], ti[k], ti[k + 1]])
-    except (UnicodeDecodeError, ValueError) as e:
+    except UnicodeDecodeError as e:
         raise TemplateError(f"{path} is not a readable OBJ file: {e}") from None
+    except OSError as e:
+        raise TemplateError(f"cannot read template OBJ {path}: {e.strerror}") from None
     if not vertices or not uvs or not faces_v:
         raise TemplateError(f"{path}: OBJ needs vertices (v), texture coordinates (vt) and faces (f); "
                             f"found {len(vertices)} v, {len(uvs)} vt, {len(faces_v)} faces")
     fv, ft = np.asarray(faces_v), np.asarray(faces_vt)
     if fv.min() < 0 or fv.max() >= len(vertices) or ft.min() < 0 or ft.max() >= len(uvs):
-        raise TemplateError(f"{path}: face indices out of range")
+        raise TemplateError(f"{path}: face indices out of range (expected 1-based v / vt indices, "
+                            f"1..{len(vertices)} and 1..{len(uvs)})")
     return np.asarray(vertices), np.asarray(uvs), fv, ft
+
+
+# Larger values would overflow the float32 arithmetic of the rasteriser (UVs are normally in [0, 1]).
+_MAX_ABS_XYZ = 1e30
+_MAX_ABS_UV = 1e6
+
+
+def _numbers(parts: list[str], n: int, where: str, what: str, max_abs: float) -> list[float]:
+    """The first n numbers after the keyword of an OBJ line, finite and within ±max_abs."""
+    try:
+        values = [float(x) for x in parts[1:n + 1]]
+    except ValueError:
+        values = []
+    if len(values) < n or not all(math.isfinite(x) and abs(x) <= max_abs for x in values):
+        raise TemplateError(f"{where}: bad {what}: {' '.join(parts)!r}; expected {n} finite numbers "
+                            f"(|x| ≤ {max_abs:g})")
+    return values
 
 
 def rasterize_uv(tri_uv: np.ndarray, tri_xyz: np.ndarray, res: int) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ import numpy as np
 
 from flexavatar import kernels
 from flexavatar.bundle import (GAUSSIAN_OUTPUTS, PRECISIONS, ROLE_DECODER, ROLE_DECODER_AVATAR, ROLE_ENCODER,
-                               ROLE_ENCODER_FEATURES, Bundle)
+                               ROLE_ENCODER_FEATURES, VERIFY_MODES, Bundle)
 from flexavatar.kernels.arrays import NUMPY, TORCH, array_kind, to_numpy
 from flexavatar.kernels.validation import MAX_IMAGE_SIZE
 
@@ -168,6 +168,8 @@ class Runtime:
             raise RuntimeArgumentError("precision", f"is {precision!r}", f"one of {list(PRECISIONS)}")
         if not isinstance(batch, int) or batch < 1:
             raise RuntimeArgumentError("batch", f"is {batch!r}", "a positive number of frames per decoder call")
+        if verify not in VERIFY_MODES:
+            raise RuntimeArgumentError("verify", f"is {verify!r}", f"one of {list(VERIFY_MODES)}")
         if not isinstance(num_threads, int) or num_threads < 0:
             raise RuntimeArgumentError("num_threads", f"is {num_threads!r}", "CPU threads per call ≥ 1, or 0 for "
                                        "the inference library's default")

@@ -2,11 +2,14 @@
 
 Two exports per session (≈ 2 min on 2 cores): ``full`` — fixture weights + a small random DINOv2 inside
 the encoder + an avatar photo, ONNX and OpenVINO, fp32 and fp16; ``features`` — through the CLI, no
-DINOv2 (features-input encoder), fp32 ONNX only, into an existing folder with --force.
+DINOv2 (features-input encoder), fp32 ONNX only, into an existing folder with --force, with OpenVINO hidden
+and the template under another file name.
 """
 from __future__ import annotations
 
 import hashlib
+import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -90,14 +93,16 @@ def features_bundle(tmp_path_factory, official_dir, full):
     out = tmp_path_factory.mktemp("export_features") / "bundle"
     out.mkdir()
     (out / "stale.txt").write_text("from an older export")
+    template = shutil.copy(official_dir / "gghead_template.obj", out.parent / "my_head_v2.obj")
     # the decoder graph is the full bundle's (same network): only the features encoder is traced here
     decoder = onnx.load(str(full[0].path / "decoder.fp32.onnx"))
     real = exporter.export_graph
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(exporter, "export_graph", lambda module, args, spec, opset:
                    decoder if spec.role == ROLE_DECODER else real(module, args, spec, opset))
+        mp.setitem(sys.modules, "openvino", None)       # an ONNX-only export needs no OpenVINO
         rc = cli_main([str(official_dir / "state_dict.safetensors"), "-o", str(out), "--template",
-                       str(official_dir / "gghead_template.obj"), "--config", str(official_dir / "config.json"),
+                       str(template), "--config", str(official_dir / "config.json"),
                        "--precision", "fp32", "--targets", "onnx", "--force"])
     assert rc == 0
     return Bundle.open(out)
@@ -363,6 +368,13 @@ def test_features_encoder_reproduces_the_official_avatar_code(features_bundle, o
     code, = session.run(None, {"image": inp["images"][:, 0], "cam2world": inp["cam2world"][:, 0],
                                "intrinsics": inp["intrinsics"][:, 0], "features": inp["features"][:, 0]})
     np.testing.assert_allclose(code, ref["avatar_code"].transpose(1, 0, 2), atol=1e-4, rtol=0)
+
+
+def test_features_bundle_names_its_template_file_and_records_missing_openvino(features_bundle, full):
+    assert features_bundle.manifest.template.source == "my_head_v2.obj"
+    assert features_bundle.manifest.versions["openvino"] == "not installed"
+    assert full[0].manifest.template.source == "gghead_template.obj"
+    assert full[0].manifest.versions["openvino"] not in ("", "not installed")
 
 
 # ---- atomicity: a failure after the first file is written leaves nothing ---------------------------------

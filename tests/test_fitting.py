@@ -416,6 +416,25 @@ def test_cli_errors_are_reported_not_raised(cli_setup, capsys):
     assert not (root / "x.npy").exists()
 
 
+def test_cli_checks_output_paths_before_loading_or_fitting(cli_setup, tmp_path, capsys, monkeypatch):
+    root, _, folder = cli_setup
+    monkeypatch.setattr(fitting_cli, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    args = [str(root / "ckpt.pt"), str(folder), "--steps", "2", "--from-scratch", "--template", "synthetic",
+            "--config", "small"]
+    for extra, message in (
+            (["-o", str(tmp_path / "no_such_dir" / "a.npy")], "no_such_dir does not exist; create it first"),
+            (["-o", str(tmp_path / "a.txt")], "expected a file name ending in .npy"),
+            (["-o", str(tmp_path)], "is a folder"),
+            (["-o", str(tmp_path / "a.npy"), "--comparison", str(tmp_path / "a.npy")], "ending in .png")):
+        assert fitting_cli.main(args + extra) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("flexavatar-fit: error: ") and message in err and err.count("\n") == 1
+    rc = fitting_cli.main(["interpolate", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"),
+                           "-o", str(tmp_path / "missing" / "c.npy")])
+    assert rc == 2 and "missing does not exist" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_interpolate_with_preview(cli_setup, tmp_path):
     from PIL import Image
     root, model, _ = cli_setup

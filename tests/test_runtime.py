@@ -533,6 +533,8 @@ def test_render_argument_errors(runtimes, expressions):
         rt.render(avatar, expressions, background="white")
     with pytest.raises(RuntimeArgumentError, match="num_threads"):
         Runtime(rt.bundle.root, num_threads=-1)
+    with pytest.raises(RuntimeArgumentError, match="verify.*'full', 'size', 'none'"):
+        Runtime(rt.bundle.root, verify="quick")
 
 
 def test_non_square_render_is_the_square_render_with_more_background(runtimes, expressions):
