@@ -128,8 +128,10 @@ Status parse_npy_float32(const unsigned char* bytes, size_t size, const std::str
       if (d > (int64_t(1) << 40)) return Status(StatusCode::kInvalidSize, where + ": .npy dimension too large");
     }
     dims.push_back(d);
+    // checked before multiplying: count and d are each <= 2^40, their product can overflow int64
+    if (d != 0 && count > (int64_t(1) << 40) / d)
+      return Status(StatusCode::kInvalidSize, where + ": .npy array too large");
     count *= d;
-    if (count > (int64_t(1) << 40)) return Status(StatusCode::kInvalidSize, where + ": .npy array too large");
   }
   const size_t data_offset = offset + header_len;
   if (size - data_offset != size_t(count) * sizeof(float))

@@ -4,11 +4,13 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <string>
-#include <unordered_set>
+#include <unordered_map>
 
 #include "flexavatar/build_info.h"
 #include "head_pose.h"
@@ -19,65 +21,109 @@ using flexavatar::Status;
 using flexavatar::StatusCode;
 using flexavatar::runtime::Runtime;
 
-struct flexavatar_runtime {
-  std::mutex mutex;  // serialises calls on one runtime
-  std::unique_ptr<Runtime> impl;
-};
-
 namespace {
 
 thread_local std::string t_last_error;
+// Stands in for t_last_error when the message itself could not be allocated (a static string: never fails).
+thread_local const char* t_static_error = nullptr;
+constexpr const char* kNoMemoryForMessage = "out of memory (the error message could not be allocated)";
 
-// Live handles: a destroyed or foreign pointer is reported, never dereferenced.
+// The runtime behind one handle, shared between the registry and the calls in flight: destroy drops the
+// registry's reference, and the last holder frees the entry, so its mutex outlives every thread waiting on it.
+struct Entry {
+  std::mutex mutex;               // serialises calls on one runtime
+  std::unique_ptr<Runtime> impl;  // null once destroyed (a call that waited on the mutex then reports so)
+};
+
+// Live handles. A handle is an opaque id, never an address: it is never dereferenced, and ids are not reused
+// (a 64-bit counter), so a destroyed handle stays invalid when a new runtime is created.
 std::mutex g_registry_mutex;
-std::unordered_set<const flexavatar_runtime*>& registry() {
-  static auto* live = new std::unordered_set<const flexavatar_runtime*>();  // never destroyed: usable at exit
+uintptr_t g_last_id = 0;  // under g_registry_mutex
+std::unordered_map<uintptr_t, std::shared_ptr<Entry>>& registry() {
+  static auto* live = new std::unordered_map<uintptr_t, std::shared_ptr<Entry>>();  // never destroyed: usable at exit
   return *live;
 }
 
-flexavatar_status fail(StatusCode code, const std::string& message) {
-  t_last_error = message;
+uintptr_t handle_id(const flexavatar_runtime* handle) { return reinterpret_cast<uintptr_t>(handle); }
+
+// Registers a new runtime and returns its handle. Throws (bad_alloc) with `entry` still owning it.
+flexavatar_runtime* register_entry(const std::shared_ptr<Entry>& entry) {
+  std::lock_guard<std::mutex> lock(g_registry_mutex);
+  uintptr_t id;
+  do id = ++g_last_id;
+  while (id == 0 || registry().count(id));  // a 32-bit counter can wrap: skip NULL and live ids
+  registry().emplace(id, entry);
+  return reinterpret_cast<flexavatar_runtime*>(id);
+}
+
+// The live entry of a handle (a reference of its own), or null.
+std::shared_ptr<Entry> find_entry(const flexavatar_runtime* handle) {
+  std::lock_guard<std::mutex> lock(g_registry_mutex);
+  auto it = registry().find(handle_id(handle));
+  return it == registry().end() ? nullptr : it->second;
+}
+
+// Records the message and returns the code; never throws (if the copy cannot be allocated, a static message
+// stands in).
+flexavatar_status fail(StatusCode code, const std::string& message) noexcept {
+  try {
+    t_last_error.assign(message);
+    t_static_error = nullptr;
+  } catch (...) {
+    t_static_error = kNoMemoryForMessage;
+  }
   return static_cast<flexavatar_status>(code);
 }
 
-flexavatar_status report(const Status& s) {
+// fail() with the message built from pieces; the building may fail too.
+flexavatar_status fail(StatusCode code, const char* function, const char* what, const char* detail = "") noexcept {
+  try {
+    return fail(code, std::string(function) + what + detail);
+  } catch (...) {
+    t_static_error = kNoMemoryForMessage;
+    return static_cast<flexavatar_status>(code);
+  }
+}
+
+flexavatar_status report(const Status& s) noexcept {
   if (s.ok()) {
     t_last_error.clear();
+    t_static_error = nullptr;
     return FLEXAVATAR_OK;
   }
   return fail(s.code(), s.message());
 }
 
-// Runs body() (→ Status) and reports it; exceptions become status codes, named after `function`.
+// Runs body() (→ Status) and reports it; exceptions become status codes, named after `function`. Every
+// extern "C" function that can fail goes through here.
 template <class Body>
-flexavatar_status guarded(const char* function, Body body) {
+flexavatar_status guarded(const char* function, Body body) noexcept {
   try {
     return report(body());
   } catch (const std::bad_alloc&) {
-    return fail(StatusCode::kOutOfMemory, std::string(function) + ": out of memory");
+    return fail(StatusCode::kOutOfMemory, function, ": out of memory");
   } catch (const std::exception& e) {
-    return fail(StatusCode::kInternal, std::string(function) + ": unexpected error: " + e.what());
+    return fail(StatusCode::kInternal, function, ": unexpected error: ", e.what());
   } catch (...) {
-    return fail(StatusCode::kInternal, std::string(function) + ": unexpected error");
+    return fail(StatusCode::kInternal, function, ": unexpected error");
   }
 }
 
 // guarded(), with body(runtime) run under the handle's lock if the handle is live.
 template <class Body>
-flexavatar_status with_runtime(const flexavatar_runtime* handle, const char* function, Body body) {
+flexavatar_status with_runtime(const flexavatar_runtime* handle, const char* function, Body body) noexcept {
   return guarded(function, [&]() -> Status {
     if (!handle) return Status(StatusCode::kInvalidHandle, std::string(function) + ": runtime handle is NULL");
-    flexavatar_runtime* rt = nullptr;
-    {
-      std::lock_guard<std::mutex> lock(g_registry_mutex);
-      if (registry().count(handle)) rt = const_cast<flexavatar_runtime*>(handle);
-    }
-    if (!rt)
-      return Status(StatusCode::kInvalidHandle,
-                    std::string(function) + ": not a live runtime handle (already destroyed, or not from "
-                                            "flexavatar_runtime_create)");
-    std::lock_guard<std::mutex> lock(rt->mutex);
-    return body(*rt->impl);
+    auto not_live = [&] {
+      return Status(StatusCode::kInvalidHandle, std::string(function) + ": not a live runtime handle (already "
+                                                                        "destroyed, or not from flexavatar_runtime_create)");
+    };
+    // Declared before the lock, so released after it: the entry (and its mutex) outlives the lock.
+    const std::shared_ptr<Entry> entry = find_entry(handle);
+    if (!entry) return not_live();
+    std::lock_guard<std::mutex> lock(entry->mutex);
+    if (!entry->impl) return not_live();  // destroyed while this call waited for the lock
+    return body(*entry->impl);
   });
 }
 
@@ -96,17 +142,26 @@ constexpr size_t kDeviceFrameV1Size = offsetof(flexavatar_device_frame, depth) +
 // The *_init functions: the defaults into the caller's struct, never past its struct_size bytes (a caller
 // built against an older header has a shorter struct; a newer one's unknown tail is zeroed).
 template <typename T>
-flexavatar_status init_sized(T* out, uint32_t struct_size, T defaults, size_t v1_size, const char* function) {
-  if (!out) return fail(StatusCode::kNullPointer, std::string(function) + ": the struct pointer is NULL");
+Status init_sized(T* out, uint32_t struct_size, T defaults, size_t v1_size, const char* function) {
+  if (!out) return Status(StatusCode::kNullPointer, std::string(function) + ": the struct pointer is NULL");
   if (struct_size < v1_size)
-    return fail(StatusCode::kInvalidSize, std::string(function) + ": struct_size is " + std::to_string(struct_size) +
-                                              ", expected sizeof the struct (" + std::to_string(sizeof(T)) +
-                                              " in this library, at least " + std::to_string(v1_size) + ")");
+    return Status(StatusCode::kInvalidSize, std::string(function) + ": struct_size is " + std::to_string(struct_size) +
+                                                ", expected sizeof the struct (" + std::to_string(sizeof(T)) +
+                                                " in this library, at least " + std::to_string(v1_size) + ")");
   const size_t known = std::min<size_t>(struct_size, sizeof(T));
   defaults.struct_size = static_cast<uint32_t>(struct_size);
   std::memcpy(out, &defaults, known);
   if (struct_size > known) std::memset(reinterpret_cast<unsigned char*>(out) + known, 0, struct_size - known);
-  return FLEXAVATAR_OK;
+  return Status::ok_status();
+}
+
+flexavatar_runtime_options default_options() {
+  flexavatar_runtime_options defaults;
+  std::memset(&defaults, 0, sizeof(defaults));
+  defaults.struct_size = sizeof(defaults);
+  defaults.device = FLEXAVATAR_DEVICE_AUTO;
+  defaults.verify = FLEXAVATAR_VERIFY_FULL;
+  return defaults;
 }
 
 flexavatar::runtime::Camera to_camera(const flexavatar_camera& camera) {
@@ -131,52 +186,49 @@ const char* flexavatar_status_name(flexavatar_status status) {
   return flexavatar::status_code_name(static_cast<StatusCode>(status));
 }
 
-const char* flexavatar_last_error(void) { return t_last_error.c_str(); }
+const char* flexavatar_last_error(void) { return t_static_error ? t_static_error : t_last_error.c_str(); }
 
 flexavatar_status flexavatar_runtime_options_init(flexavatar_runtime_options* options, uint32_t struct_size) {
-  flexavatar_runtime_options defaults;
-  std::memset(&defaults, 0, sizeof(defaults));
-  defaults.device = FLEXAVATAR_DEVICE_AUTO;
-  defaults.verify = FLEXAVATAR_VERIFY_FULL;
-  return init_sized(options, struct_size, defaults, kOptionsV1Size, "flexavatar_runtime_options_init");
+  return guarded("flexavatar_runtime_options_init", [&] {
+    return init_sized(options, struct_size, default_options(), kOptionsV1Size, "flexavatar_runtime_options_init");
+  });
 }
 
 flexavatar_status flexavatar_runtime_create(const char* bundle_dir, const flexavatar_runtime_options* options,
                                             flexavatar_runtime** out) {
-  try {
-    if (!out) return fail(StatusCode::kNullPointer, "flexavatar_runtime_create: out is NULL");
-    *out = nullptr;
-    if (!bundle_dir) return fail(StatusCode::kNullPointer, "flexavatar_runtime_create: bundle_dir is NULL");
-    flexavatar_runtime_options defaults;
-    flexavatar_runtime_options_init(&defaults, sizeof(defaults));
+  if (out) *out = nullptr;
+  return guarded("flexavatar_runtime_create", [&]() -> Status {
+    if (!out) return Status(StatusCode::kNullPointer, "flexavatar_runtime_create: out is NULL");
+    if (!bundle_dir) return Status(StatusCode::kNullPointer, "flexavatar_runtime_create: bundle_dir is NULL");
+    flexavatar_runtime_options defaults = default_options();
     if (options) {
       if (!sized_ok(options->struct_size, kOptionsV1Size))
-        return fail(StatusCode::kInvalidArgument,
-                    "flexavatar_runtime_create: options->struct_size is " + std::to_string(options->struct_size) +
-                        ", expected sizeof(flexavatar_runtime_options) = " + std::to_string(sizeof(defaults)) +
-                        " (call flexavatar_runtime_options_init(&options, sizeof options))");
+        return Status(StatusCode::kInvalidArgument,
+                      "flexavatar_runtime_create: options->struct_size is " + std::to_string(options->struct_size) +
+                          ", expected sizeof(flexavatar_runtime_options) = " + std::to_string(sizeof(defaults)) +
+                          " (call flexavatar_runtime_options_init(&options, sizeof options))");
       // An older caller's struct is shorter: its missing (appended) fields keep their defaults.
       std::memcpy(&defaults, options, std::min<size_t>(options->struct_size, sizeof(defaults)));
       defaults.struct_size = sizeof(defaults);
     }
     if (defaults.device < FLEXAVATAR_DEVICE_AUTO || defaults.device > FLEXAVATAR_DEVICE_CUDA)
-      return fail(StatusCode::kInvalidArgument, "options.device is " + std::to_string(defaults.device) +
-                                                    ", expected FLEXAVATAR_DEVICE_AUTO (0), CPU (1) or CUDA (2)");
+      return Status(StatusCode::kInvalidArgument, "options.device is " + std::to_string(defaults.device) +
+                                                      ", expected FLEXAVATAR_DEVICE_AUTO (0), CPU (1) or CUDA (2)");
     if (defaults.verify < FLEXAVATAR_VERIFY_FULL || defaults.verify > FLEXAVATAR_VERIFY_NONE)
-      return fail(StatusCode::kInvalidArgument, "options.verify is " + std::to_string(defaults.verify) +
-                                                    ", expected FLEXAVATAR_VERIFY_FULL (0), SIZE (1) or NONE (2)");
+      return Status(StatusCode::kInvalidArgument, "options.verify is " + std::to_string(defaults.verify) +
+                                                      ", expected FLEXAVATAR_VERIFY_FULL (0), SIZE (1) or NONE (2)");
     if (defaults.num_threads < 0 || defaults.num_threads > 4096)
-      return fail(StatusCode::kInvalidArgument,
-                  "options.num_threads is " + std::to_string(defaults.num_threads) + ", expected 0 (all) .. 4096");
+      return Status(StatusCode::kInvalidArgument,
+                    "options.num_threads is " + std::to_string(defaults.num_threads) + ", expected 0 (all) .. 4096");
     if (defaults.cuda_device < 0)
-      return fail(StatusCode::kInvalidArgument, "options.cuda_device is " + std::to_string(defaults.cuda_device) +
-                                                    ", expected a device ordinal >= 0");
+      return Status(StatusCode::kInvalidArgument, "options.cuda_device is " + std::to_string(defaults.cuda_device) +
+                                                      ", expected a device ordinal >= 0");
     if (defaults.rasterizer < FLEXAVATAR_RASTERIZER_AUTO || defaults.rasterizer > FLEXAVATAR_RASTERIZER_CUDA)
-      return fail(StatusCode::kInvalidArgument, "options.rasterizer is " + std::to_string(defaults.rasterizer) +
-                                                    ", expected FLEXAVATAR_RASTERIZER_AUTO (0), CPU (1) or CUDA (2)");
+      return Status(StatusCode::kInvalidArgument, "options.rasterizer is " + std::to_string(defaults.rasterizer) +
+                                                      ", expected FLEXAVATAR_RASTERIZER_AUTO (0), CPU (1) or CUDA (2)");
     if (defaults.precision < FLEXAVATAR_PRECISION_FP32 || defaults.precision > FLEXAVATAR_PRECISION_FP16)
-      return fail(StatusCode::kInvalidArgument, "options.precision is " + std::to_string(defaults.precision) +
-                                                    ", expected FLEXAVATAR_PRECISION_FP32 (0) or FP16 (1)");
+      return Status(StatusCode::kInvalidArgument, "options.precision is " + std::to_string(defaults.precision) +
+                                                      ", expected FLEXAVATAR_PRECISION_FP32 (0) or FP16 (1)");
     flexavatar::runtime::RuntimeOptions opts;
     opts.device = static_cast<flexavatar::runtime::Device>(defaults.device);
     opts.verify = static_cast<flexavatar::runtime::Verify>(defaults.verify);
@@ -184,36 +236,33 @@ flexavatar_status flexavatar_runtime_create(const char* bundle_dir, const flexav
     opts.cuda_device = defaults.cuda_device;
     opts.rasterizer = static_cast<flexavatar::runtime::RasterizerChoice>(defaults.rasterizer);
     opts.precision = defaults.precision == FLEXAVATAR_PRECISION_FP16 ? "fp16" : "fp32";
-    std::unique_ptr<Runtime> impl;
-    Status s = Runtime::create(bundle_dir, opts, &impl);
-    if (!s.ok()) return report(s);
-    auto* handle = new flexavatar_runtime();
-    handle->impl = std::move(impl);
-    {
-      std::lock_guard<std::mutex> lock(g_registry_mutex);
-      registry().insert(handle);
-    }
-    *out = handle;
-    return report(Status::ok_status());
-  } catch (const std::bad_alloc&) {
-    return fail(StatusCode::kOutOfMemory, "flexavatar_runtime_create: out of memory");
-  } catch (const std::exception& e) {
-    return fail(StatusCode::kInternal, std::string("flexavatar_runtime_create: unexpected error: ") + e.what());
-  } catch (...) {
-    return fail(StatusCode::kInternal, "flexavatar_runtime_create: unexpected error");
-  }
+    // Owned by a smart pointer until registered: an allocation failure on the way frees the runtime.
+    auto entry = std::make_shared<Entry>();
+    Status s = Runtime::create(bundle_dir, opts, &entry->impl);
+    if (!s.ok()) return s;
+    *out = register_entry(entry);
+    return Status::ok_status();
+  });
 }
 
 void flexavatar_runtime_destroy(flexavatar_runtime* runtime) {
   if (!runtime) return;
-  {
-    std::lock_guard<std::mutex> lock(g_registry_mutex);
-    if (registry().erase(runtime) == 0) return;  // double destroy or foreign pointer: ignored
-  }
-  { std::lock_guard<std::mutex> wait(runtime->mutex); }  // let a call in flight finish
   try {
-    delete runtime;
-  } catch (...) {  // destructors do not throw; belt and braces at a C boundary
+    std::shared_ptr<Entry> entry;
+    {
+      std::lock_guard<std::mutex> lock(g_registry_mutex);
+      auto it = registry().find(handle_id(runtime));
+      if (it == registry().end()) return;  // double destroy or foreign pointer: ignored
+      entry = std::move(it->second);
+      registry().erase(it);
+    }
+    std::unique_ptr<Runtime> impl;
+    {
+      std::lock_guard<std::mutex> lock(entry->mutex);  // lets a call in flight finish
+      impl = std::move(entry->impl);                    // calls still waiting for the lock find it gone
+    }
+    impl.reset();  // the runtime goes now, in this thread; the entry goes with its last reference
+  } catch (...) {  // destructors and mutexes do not throw; belt and braces at a C boundary
   }
 }
 
@@ -270,7 +319,9 @@ flexavatar_status flexavatar_encoder_input_init(flexavatar_encoder_input* input,
   std::memset(&defaults, 0, sizeof(defaults));
   std::memcpy(defaults.cam2world, flexavatar::runtime::kDemoCam2World, sizeof(defaults.cam2world));
   std::memcpy(defaults.intrinsics, flexavatar::runtime::kDemoIntrinsics, sizeof(defaults.intrinsics));
-  return init_sized(input, struct_size, defaults, kEncoderInputV1Size, "flexavatar_encoder_input_init");
+  return guarded("flexavatar_encoder_input_init", [&] {
+    return init_sized(input, struct_size, defaults, kEncoderInputV1Size, "flexavatar_encoder_input_init");
+  });
 }
 
 flexavatar_status flexavatar_runtime_create_avatar_code(flexavatar_runtime* runtime,

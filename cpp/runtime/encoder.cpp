@@ -30,10 +30,7 @@ Status Runtime::open_encoder(bool with_features, OrtModel** out) {
     return Status::ok_status();
   }
   const ModelArtifact& artifact = *(with_features ? encoder_features_artifact_ : encoder_artifact_);
-  const int64_t s = image_size();
-  if (s < 1 || s > 16384)
-    return Status(StatusCode::kBundleInvalid,
-                  "manifest.conventions.image_size is " + std::to_string(s) + ", expected 1 .. 16384");
+  const int64_t s = image_size();  // 1 .. 16384, checked by Runtime::create
   // The decoder's execution provider: CUDA only if the decoder really got it.
   SessionConfig config;
   config.num_threads = options_.num_threads;
@@ -98,7 +95,7 @@ Status Runtime::create_avatar_code(const EncoderInput& in) {
   }
 
   // The photo: [3, S, S], finite, in [0, 1] up to the slack (which is clipped, as runtime/images.py does).
-  const int64_t s = image_size();
+  const int64_t s = image_size();  // 1 .. 16384, checked by Runtime::create
   const int64_t want = 3 * s * s;
   if (!in.image)
     return Status(StatusCode::kNullPointer, "image: got a null pointer, expected [3, " + std::to_string(s) + ", " +

@@ -19,9 +19,19 @@ struct ManifestFailure {
 
 [[noreturn]] void fail(const std::string& message) { throw ManifestFailure{message}; }
 
+// Deeper JSON is rejected while parsing: nothing downstream then recurses deeply (nlohmann's dump() and
+// comparisons recurse; a manifest of a million '[' would overflow the stack). bundle.py writes depth ~6.
+constexpr int kMaxDepth = 64;
+
+// A short rendering of a value for error messages; containers are summarised, never dumped (no recursion).
 std::string preview(const Json& value) {
-  std::string text = value.dump(-1, ' ', false, Json::error_handler_t::replace);
-  return text.size() > 60 ? text.substr(0, 57) + "..." : text;
+  if (value.is_object()) return "an object with " + std::to_string(value.size()) + " keys";
+  if (value.is_array()) return "a list of length " + std::to_string(value.size());
+  if (value.is_string() && value.get_ref<const std::string&>().size() > 60) {
+    const Json head = value.get_ref<const std::string&>().substr(0, 57);
+    return head.dump(-1, ' ', false, Json::error_handler_t::replace) + "...";
+  }
+  return value.dump(-1, ' ', false, Json::error_handler_t::replace);
 }
 
 // Typed access to one JSON object; every error names the field path and what was expected
@@ -114,6 +124,8 @@ bool is_lower_hex(const std::string& s) {
 
 bool escapes_bundle(const std::string& path) {
   if (!path.empty() && path[0] == '/') return true;
+  // The OS would stop reading the name at a NUL: "a.onnx\0/../../x" is checked here but opens "a.onnx".
+  if (path.find('\0') != std::string::npos) return true;
   size_t start = 0;
   while (start <= path.size()) {
     const size_t end = std::min(path.find('/', start), path.size());
@@ -127,7 +139,8 @@ FileRecord file_record(const Reader& r) {
   FileRecord f;
   f.path = r.str("path");
   if (escapes_bundle(f.path))
-    fail(r.where() + ".path '" + f.path + "' must be relative to the bundle folder, without '..'");
+    fail(r.where() + ".path " + preview(Json(f.path)) +
+         " must be relative to the bundle folder, without '..' or NUL characters");
   f.sha256 = r.str("sha256");
   if (f.sha256.size() != 64 || !is_lower_hex(f.sha256))
     fail(r.where() + ".sha256 must be 64 lowercase hex digits, got '" + f.sha256 + "'");
@@ -317,7 +330,13 @@ Status parse_manifest(const char* text, size_t size, Manifest* out) {
   if (!out) return Status(StatusCode::kNullPointer, "parse_manifest: out is null");
   if (!text && size > 0) return Status(StatusCode::kNullPointer, "parse_manifest: text is null");
   try {
-    const Json raw = Json::parse(text, text + size);  // throws parse_error with the byte position
+    // throws parse_error with the byte position, or ManifestFailure past kMaxDepth
+    const Json raw = Json::parse(text, text + size, [](int depth, Json::parse_event_t event, Json&) {
+      if ((event == Json::parse_event_t::object_start || event == Json::parse_event_t::array_start) &&
+          depth >= kMaxDepth)
+        fail("manifest.json nests objects/lists deeper than " + std::to_string(kMaxDepth) + " levels");
+      return true;
+    });
     *out = manifest_from_json(raw);
     return Status::ok_status();
   } catch (const ManifestFailure& e) {

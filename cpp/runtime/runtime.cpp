@@ -140,6 +140,10 @@ Status Runtime::create(const std::string& bundle_dir, const RuntimeOptions& opti
                   "manifest.conventions: n_gaussians " + std::to_string(rt->num_gaussians_) + ", n_head_tokens " +
                       std::to_string(rt->num_head_tokens_) + ", d_code " + std::to_string(rt->code_dim_) +
                       ", expression_dim " + std::to_string(rt->expression_dim_) + " out of range");
+  // Checked here, before any use: the encoder sizes its photo buffer as 3·S·S (which 2^32 would overflow).
+  if (m.conventions.image_size < 1 || m.conventions.image_size > 16384)
+    return Status(StatusCode::kBundleInvalid, "manifest.conventions.image_size is " +
+                                                  std::to_string(m.conventions.image_size) + ", expected 1 .. 16384");
   // the encoder runs once per avatar: its fp32 file does when the bundle has none of the asked precision
   auto encoder = [&](const char* role) {
     const ModelArtifact* a = m.find(role, "onnx", precision);

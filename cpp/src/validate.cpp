@@ -9,7 +9,8 @@ namespace {
 // Sizes beyond these overflow the 32-bit ids and tile keys the rasterizers use.
 constexpr int64_t kMaxImageSide = 1 << 15;
 constexpr int64_t kMaxGaussiansPerView = int64_t(1) << 30;
-constexpr int64_t kMaxViews = 1 << 16;
+// The CUDA blend kernels launch one grid z-slice per view, and gridDim.z is at most 65535.
+constexpr int64_t kMaxViews = 65535;
 
 Status null_error(const char* name, const char* shape) {
   return Status(StatusCode::kNullPointer, std::string(name) + ": got a null pointer, expected a float32 buffer of shape " + shape);
@@ -28,9 +29,11 @@ Status validate_raster_inputs(const GaussianBuffers& g, const CameraBuffers& c, 
                                                 std::to_string(kMaxGaussiansPerView));
   if (c.num_cameras <= 0)
     return Status(StatusCode::kInvalidSize, "num_cameras: got " + std::to_string(c.num_cameras) + ", expected >= 1");
-  if (g.num_batches * c.num_cameras > kMaxViews)
-    return Status(StatusCode::kInvalidSize, "num_batches*num_cameras: got " + std::to_string(g.num_batches * c.num_cameras) +
-                                                " views, expected at most " + std::to_string(kMaxViews));
+  // each factor bounded first: their product could overflow int64
+  if (g.num_batches > kMaxViews || c.num_cameras > kMaxViews || g.num_batches * c.num_cameras > kMaxViews)
+    return Status(StatusCode::kInvalidSize, "num_batches*num_cameras: got " + std::to_string(g.num_batches) + "*" +
+                                                std::to_string(c.num_cameras) + " views, expected at most " +
+                                                std::to_string(kMaxViews));
   if (!(s.eps2d >= 0.0f) || !(s.near_plane > 0.0f) || !(s.far_plane > s.near_plane))
     return Status(StatusCode::kInvalidArgument, "settings: expected eps2d >= 0 and 0 < near_plane < far_plane");
   if (!c.viewmats) return null_error("viewmats", "[B, C, 4, 4]");

@@ -44,6 +44,14 @@ TEST_CASE(bad_sizes_and_pointers_return_status_codes) {
   CameraBuffers c = s.cameras();
   c.num_cameras = 0;
   CHECK(render_code(s.gaussians(), c, s.settings(), out) == StatusCode::kInvalidSize);
+  // At most 65535 views (the CUDA blend grid's z extent); the size check comes before any buffer is read.
+  c.num_cameras = 65536;
+  const Status views = rasterize_cpu(s.gaussians(), c, s.settings(), out);
+  CHECK(views.code() == StatusCode::kInvalidSize && mentions(views, "at most 65535"));
+  g = s.gaussians();
+  g.num_batches = int64_t(1) << 62;  // B*C would overflow int64 (UBSan)
+  c.num_cameras = 4;
+  CHECK(render_code(g, c, s.settings(), out) == StatusCode::kInvalidSize);
   c = s.cameras();
   c.viewmats = nullptr;
   CHECK(render_code(s.gaussians(), c, s.settings(), out) == StatusCode::kNullPointer);

@@ -20,7 +20,10 @@
  *    exception ever crosses this interface.
  *  - Handles are opaque, created by *_create and released by *_destroy (NULL is accepted and ignored).
  *    A NULL handle, or one already destroyed, gives FLEXAVATAR_ERROR_INVALID_HANDLE, not a crash
- *    (handles are checked against a registry of live ones).
+ *    (handles are checked against a registry of live ones; a handle is an id, not an address, and is not
+ *    reused, so a destroyed handle stays invalid after new runtimes are created). Destroying a runtime
+ *    while another thread calls it is safe: destroy waits for a call in flight, and later calls get
+ *    FLEXAVATAR_ERROR_INVALID_HANDLE.
  *  - Buffers returned in flexavatar_gaussians / flexavatar_frame / flexavatar_device_frame belong to the
  *    runtime and stay valid until the next decode/render call on it, or its destruction. The runtime
  *    reuses them: after the first frame nothing is allocated per frame (the CUDA rasterizer's scratch

@@ -1,10 +1,13 @@
 // Unit tests of the embedding runtime that need no exported bundle: SHA-256 against FIPS 180-4 vectors,
-// the manifest parser (valid manifest, every kind of bad field, every truncation), the .npy reader,
-// bundle verification, and the C API's error paths (null / destroyed handles, bad options, a bundle whose
-// model file is garbage). Run under ASan/UBSan/LSan by cpp/tests/run_ctest.sh.
+// the manifest parser (valid manifest, every kind of bad field, every truncation, deep nesting), the .npy
+// reader, bundle verification, the C API's error paths (null / destroyed handles, bad options, a bundle whose
+// model file is garbage), and, on a tiny generated bundle (test_bundle.h), handle reuse and destroy racing
+// calls. Run under ASan/UBSan/LSan by cpp/tests/run_ctest.sh.
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <cstdio>
@@ -13,6 +16,7 @@
 #include <memory>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "bundle.h"
@@ -20,9 +24,11 @@
 #include "harness.h"
 #include "manifest.h"
 #include "sha256.h"
+#include "test_bundle.h"
 
 using namespace flexavatar;
 using namespace flexavatar::runtime;
+using namespace test_bundle;
 namespace fs = std::filesystem;
 
 namespace {
@@ -36,49 +42,9 @@ std::string replace_once(std::string text, const std::string& from, const std::s
   return text.replace(at, from.size(), to);
 }
 
-std::string file_json(const std::string& path, const std::string& sha, long size) {
-  return R"({"path": ")" + path + R"(", "sha256": ")" + sha + R"(", "size": )" + std::to_string(size) + "}";
-}
-
-// A complete manifest in bundle.py's schema, with one decoder artifact.
-std::string valid_manifest(const std::string& model_path = "decoder.fp32.onnx",
-                           const std::string& sha = std::string(64, 'a'), long size = 10) {
-  return R"({
-  "schema": "flexavatar-bundle", "schema_version": 1, "created": "2026-01-01T00:00:00+00:00",
-  "versions": {"flexavatar": "0.1.0"}, "opset": 18,
-  "model": {"config": {}, "checkpoint": "c.safetensors", "checkpoint_sha256": "x", "n_parameters": 5, "dinov2": null},
-  "template": {"sha256": "t", "n_gaussians": 4, "res_head_tokens": 2, "res_gaussian_grid": 2, "source": "t.obj"},
-  "conventions": {"axes": "opencv", "camera": "c", "intrinsics": "normalised", "image": "i", "image_size": 64,
-    "quaternion_order": "wxyz", "color": "sh0", "sh_degree": 0, "sh0_to_rgb": "r", "scales": "s", "opacities": "o",
-    "units": "metres", "n_gaussians": 4, "n_head_tokens": 4, "d_code": 8, "code_layout": "l", "code_file_layout": "f",
-    "expression_dim": 135, "expression_layout": {"expression": [0, 100]}, "dataset_id": 1},
-  "artifacts": [{"name": "decoder.fp32.onnx", "role": "decoder", "format": "onnx", "precision": "fp32",
-    "files": [)" + file_json(model_path, sha, size) + R"(],
-    "inputs": [{"name": "code", "shape": [1, 4, 8], "dtype": "float32"},
-               {"name": "expressions", "shape": ["E", 135], "dtype": "float32"}],
-    "outputs": [{"name": "means", "shape": ["E", 4, 3], "dtype": "float32"}],
-    "parity": {"reference": "pytorch-fp32", "runtime": "ort", "inputs": "seeded", "passed": true,
-               "outputs": [{"name": "means", "max_abs_error": 1e-6, "tolerance": 1e-4, "passed": true}]},
-    "fp32_ops": [], "notes": ""}],
-  "avatar": null, "export_seconds": 1.5
-})";
-}
-
 Status parse(const std::string& text, Manifest* m) { return parse_manifest(text.data(), text.size(), m); }
 
 bool mentions(const Status& s, const std::string& word) { return s.message().find(word) != std::string::npos; }
-
-void write_file(const fs::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out << bytes;
-}
-
-fs::path scratch(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("flexavatar_units_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
 
 }  // namespace
 
@@ -146,6 +112,10 @@ TEST_CASE(bad_fields_are_rejected_with_the_field_named) {
       {R"("path": "decoder.fp32.onnx")", R"("path": "../decoder.fp32.onnx")", "without '..'"},
       {R"("path": "decoder.fp32.onnx")", R"("path": "/etc/decoder.fp32.onnx")", "without '..'"},
       {R"("path": "decoder.fp32.onnx")", R"("path": "decoder.fp32.bin")", "must be the .onnx model file"},
+      // the OS would open "a" (the name ends at the NUL), not the file the manifest checks
+      {R"("path": "decoder.fp32.onnx")", R"("path": "a\u0000b.onnx")", "NUL characters"},
+      // containers are summarised in messages, never dumped
+      {R"("schema": "flexavatar-bundle")", R"("schema": [[1, 2]])", "got a list of length 1"},
       {R"("avatar": null)", R"("avatar": {"code": 1})", "avatar.code must be an object"},
       {R"("artifacts": [)", R"("artifacts": {"x": 1}, "old": [)", "must be a list"},
   };
@@ -170,6 +140,23 @@ TEST_CASE(bad_fields_are_rejected_with_the_field_named) {
   CHECK(s.code() == StatusCode::kBundleInvalid && mentions(s, "must be a JSON object"));
   s = parse("", &m);
   CHECK(s.code() == StatusCode::kBundleInvalid);
+}
+
+// nlohmann's dump() (error messages) and destructors recurse: deep nesting is refused while parsing.
+TEST_CASE(deep_nesting_is_a_manifest_error_not_a_stack_overflow) {
+  auto nested = [](size_t depth) { return std::string(depth, '[') + std::string(depth, ']'); };
+  Manifest m;
+  // root object (depth 0) > model > config > "a": lists from depth 3; 64 levels in all are fine
+  CHECK(parse(replace_once(valid_manifest(), R"("config": {})", R"("config": {"a": )" + nested(61) + "}"), &m).ok());
+  Status s = parse(replace_once(valid_manifest(), R"("config": {})", R"("config": {"a": )" + nested(62) + "}"), &m);
+  CHECK(s.code() == StatusCode::kBundleInvalid && mentions(s, "deeper than 64 levels"));
+  // a million levels, in a field whose error message shows the value, through the C API
+  const fs::path dir = scratch("deep");
+  write_file(dir / "manifest.json", "{\"schema\": " + nested(1000000) + "}");
+  flexavatar_runtime* rt = nullptr;
+  CHECK(flexavatar_runtime_create(dir.c_str(), nullptr, &rt) == FLEXAVATAR_ERROR_BUNDLE_INVALID && rt == nullptr);
+  CHECK(std::string(flexavatar_last_error()).find("deeper than 64 levels") != std::string::npos);
+  fs::remove_all(dir);
 }
 
 TEST_CASE(every_truncation_of_the_manifest_is_an_error_not_a_crash) {
@@ -213,6 +200,10 @@ TEST_CASE(npy_reader_accepts_float32_c_order_and_rejects_the_rest) {
   const std::string good = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4, 1, 2), }", 8);
   for (size_t n = 0; n < good.size(); ++n) CHECK(!parse_npy(good.substr(0, n), &a).ok());
   CHECK(parse_npy("PK\x03\x04 not numpy", &a).code() == StatusCode::kInvalidArgument);
+  // each dimension is allowed (<= 2^40), their product overflows int64: an error, not UB wrapping to 0
+  const Status huge = parse_npy(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 1099511627776), }", 0), &a);
+  CHECK(huge.code() == StatusCode::kInvalidSize && mentions(huge, "too large"));
+  CHECK(parse_npy(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 1099511627776, 1099511627776), }", 0), &a).ok());
 }
 
 TEST_CASE(bundle_files_are_checked_for_presence_size_and_hash) {
@@ -410,6 +401,109 @@ TEST_CASE(head_pose_follows_the_6d_rotation_and_moves_the_camera_inversely) {
   CHECK(flexavatar_expression_head_pose(nan_translation.data(), 135, untouched) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
   CHECK(std::string(flexavatar_last_error()).find("expression[133]") != std::string::npos);
   for (float v : untouched) CHECK(v == 7.f);
+}
+
+namespace {
+
+flexavatar_status create_cpu(const fs::path& dir, flexavatar_runtime** rt) {
+  flexavatar_runtime_options options;
+  flexavatar_runtime_options_init(&options, sizeof(options));
+  options.device = FLEXAVATAR_DEVICE_CPU;
+  options.rasterizer = FLEXAVATAR_RASTERIZER_CPU;
+  options.num_threads = 1;
+  return flexavatar_runtime_create(dir.c_str(), &options, rt);
+}
+
+}  // namespace
+
+// The tiny bundle (tests/runtime/tiny_onnx.h) loads and runs: the live-runtime tests below rely on it.
+TEST_CASE(c_api_tiny_bundle_decodes_its_constant_gaussians) {
+  const fs::path dir = tiny_bundle("tiny");
+  flexavatar_runtime* rt = nullptr;
+  CHECK(create_cpu(dir, &rt) == FLEXAVATAR_OK && rt != nullptr);
+  flexavatar_runtime_info info{};
+  info.struct_size = sizeof(info);
+  CHECK(flexavatar_runtime_get_info(rt, &info) == FLEXAVATAR_OK);
+  CHECK(info.num_gaussians == 4 && info.code_dim == 8 && info.image_size == 64);
+  std::vector<float> code(32, 0.f), expression(135, 0.f);
+  CHECK(flexavatar_runtime_set_avatar_code(rt, code.data(), 32) == FLEXAVATAR_OK);
+  flexavatar_gaussians g{};
+  CHECK(flexavatar_runtime_decode(rt, expression.data(), 135, &g) == FLEXAVATAR_OK);
+  CHECK(g.num_gaussians == 4 && g.opacities && g.opacities[3] == 0.5f && g.quats && g.quats[4] == 1.f);
+  flexavatar_runtime_destroy(rt);
+  fs::remove_all(dir);
+}
+
+// The size arithmetic on conventions.image_size (3·S·S floats for the photo) must not see 2^32.
+TEST_CASE(c_api_create_checks_the_image_size) {
+  for (const char* size : {"4294967296", "0", "16385"}) {
+    const fs::path dir = tiny_bundle("image_size", [&](const std::string& text) {
+      return replace_once(text, R"("image_size": 64)", std::string(R"("image_size": )") + size);
+    });
+    flexavatar_runtime* rt = nullptr;
+    CHECK(create_cpu(dir, &rt) == FLEXAVATAR_ERROR_BUNDLE_INVALID && rt == nullptr);
+    CHECK(std::string(flexavatar_last_error()).find("image_size is " + std::string(size)) != std::string::npos);
+    flexavatar_runtime_destroy(rt);
+    fs::remove_all(dir);
+  }
+}
+
+// A handle is not an address: a runtime created after another was destroyed never revives the old handle.
+TEST_CASE(c_api_destroyed_handles_stay_invalid_after_new_runtimes) {
+  const fs::path dir = tiny_bundle("aba");
+  std::vector<flexavatar_runtime*> destroyed;
+  flexavatar_camera cam;
+  int revived = 0;  // with addresses as handles, malloc gave a freed one back in ~1 of 6 creations
+  for (int i = 0; i < 100; ++i) {
+    flexavatar_runtime* rt = nullptr;
+    CHECK(create_cpu(dir, &rt) == FLEXAVATAR_OK);
+    revived += std::find(destroyed.begin(), destroyed.end(), rt) != destroyed.end();
+    for (flexavatar_runtime* old : destroyed)
+      revived += flexavatar_runtime_default_camera(old, &cam) != FLEXAVATAR_ERROR_INVALID_HANDLE;
+    CHECK(flexavatar_runtime_default_camera(rt, &cam) == FLEXAVATAR_OK);
+    flexavatar_runtime_destroy(rt);
+    destroyed.push_back(rt);
+  }
+  CHECK(revived == 0);
+  fs::remove_all(dir);
+}
+
+// Destroy while other threads call the same handle: each call either completes or gets INVALID_HANDLE; no use
+// after free, no hang (run under ASan). Destroy returns after the runtime is gone; the handle stays invalid.
+TEST_CASE(c_api_destroy_racing_calls_on_the_same_handle_is_safe) {
+  const fs::path dir = tiny_bundle("race");
+  for (int iter = 0; iter < 20; ++iter) {
+    flexavatar_runtime* rt = nullptr;
+    CHECK(create_cpu(dir, &rt) == FLEXAVATAR_OK);
+    std::atomic<int> started{0}, bad_status{0};
+    std::vector<std::thread> callers;
+    for (int t = 0; t < 4; ++t) {
+      callers.emplace_back([&, t] {
+        started++;
+        flexavatar_runtime_info info{};
+        info.struct_size = sizeof(info);
+        flexavatar_camera cam;
+        for (;;) {
+          const flexavatar_status s =
+              t % 2 ? flexavatar_runtime_get_info(rt, &info) : flexavatar_runtime_default_camera(rt, &cam);
+          if (s == FLEXAVATAR_ERROR_INVALID_HANDLE) break;
+          if (s != FLEXAVATAR_OK) {
+            bad_status++;
+            break;
+          }
+        }
+      });
+    }
+    while (started < 4) std::this_thread::yield();
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+    flexavatar_runtime_destroy(rt);
+    for (auto& t : callers) t.join();
+    CHECK(bad_status == 0);
+    flexavatar_camera cam;
+    CHECK(flexavatar_runtime_default_camera(rt, &cam) == FLEXAVATAR_ERROR_INVALID_HANDLE);
+    flexavatar_runtime_destroy(rt);  // again: ignored
+  }
+  fs::remove_all(dir);
 }
 
 HARNESS_MAIN()

@@ -1,0 +1,77 @@
+// Bundles written by the runtime unit tests (no exported bundle, no Python): a manifest in bundle.py's schema,
+// and a tiny bundle whose decoder really loads (tiny_onnx.h), for tests that need a live runtime.
+#pragma once
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "sha256.h"
+#include "tiny_onnx.h"
+
+namespace test_bundle {
+
+namespace fs = std::filesystem;
+
+inline std::string file_json(const std::string& path, const std::string& sha, long size) {
+  return R"({"path": ")" + path + R"(", "sha256": ")" + sha + R"(", "size": )" + std::to_string(size) + "}";
+}
+
+// A complete manifest in bundle.py's schema, with one decoder artifact (G = 4, R2 = 4, D = 8, E = 135).
+inline std::string valid_manifest(const std::string& model_path = "decoder.fp32.onnx",
+                                  const std::string& sha = std::string(64, 'a'), long size = 10) {
+  return R"({
+  "schema": "flexavatar-bundle", "schema_version": 1, "created": "2026-01-01T00:00:00+00:00",
+  "versions": {"flexavatar": "0.1.0"}, "opset": 18,
+  "model": {"config": {}, "checkpoint": "c.safetensors", "checkpoint_sha256": "x", "n_parameters": 5, "dinov2": null},
+  "template": {"sha256": "t", "n_gaussians": 4, "res_head_tokens": 2, "res_gaussian_grid": 2, "source": "t.obj"},
+  "conventions": {"axes": "opencv", "camera": "c", "intrinsics": "normalised", "image": "i", "image_size": 64,
+    "quaternion_order": "wxyz", "color": "sh0", "sh_degree": 0, "sh0_to_rgb": "r", "scales": "s", "opacities": "o",
+    "units": "metres", "n_gaussians": 4, "n_head_tokens": 4, "d_code": 8, "code_layout": "l", "code_file_layout": "f",
+    "expression_dim": 135, "expression_layout": {"expression": [0, 100]}, "dataset_id": 1},
+  "artifacts": [{"name": "decoder.fp32.onnx", "role": "decoder", "format": "onnx", "precision": "fp32",
+    "files": [)" + file_json(model_path, sha, size) + R"(],
+    "inputs": [{"name": "code", "shape": [1, 4, 8], "dtype": "float32"},
+               {"name": "expressions", "shape": ["E", 135], "dtype": "float32"}],
+    "outputs": [{"name": "means", "shape": ["E", 4, 3], "dtype": "float32"},
+                {"name": "quats", "shape": ["E", 4, 4], "dtype": "float32"},
+                {"name": "scales", "shape": ["E", 4, 3], "dtype": "float32"},
+                {"name": "opacities", "shape": ["E", 4], "dtype": "float32"},
+                {"name": "sh0", "shape": ["E", 4, 3], "dtype": "float32"}],
+    "parity": {"reference": "pytorch-fp32", "runtime": "ort", "inputs": "seeded", "passed": true,
+               "outputs": [{"name": "means", "max_abs_error": 1e-6, "tolerance": 1e-4, "passed": true}]},
+    "fp32_ops": [], "notes": ""}],
+  "avatar": null, "export_seconds": 1.5
+})";
+}
+
+inline void write_file(const fs::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out << bytes;
+}
+
+// An empty scratch folder, unique to this process.
+inline fs::path scratch(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / ("flexavatar_units_" + std::to_string(::getpid()) + "_" + name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+// A loadable bundle: valid_manifest() (changed by `edit`, given the manifest text) over the tiny decoder.
+template <class Edit>
+fs::path tiny_bundle(const std::string& name, Edit edit) {
+  const fs::path dir = scratch(name);
+  const std::string model = tiny_onnx::decoder(4, 4, 8, 135);
+  write_file(dir / "decoder.fp32.onnx", model);
+  const std::string sha = flexavatar::runtime::sha256_hex(model.data(), model.size());
+  write_file(dir / "manifest.json", edit(valid_manifest("decoder.fp32.onnx", sha, long(model.size()))));
+  return dir;
+}
+inline fs::path tiny_bundle(const std::string& name) {
+  return tiny_bundle(name, [](const std::string& text) { return text; });
+}
+
+}  // namespace test_bundle
