@@ -682,7 +682,8 @@ def load_history(
 FLEX1_DECODE_FLOPS = 199.6e9  # per decoded frame
 FLEX1_ENCODE_FLOPS = 181.7e9 + 47e9  # encoder + DINOv2 features, per encoded image
 REFERENCE_BACKEND = "reference"  # the PyTorch reference rasterizer
-CPP_CPU_BACKEND = "cpp-cpu"  # the C++ CPU rasterizer
+# the C++ CPU rasterizer: its kernels registry name (bench_rasterizer), bench_native's label, and an older label
+CPP_CPU_BACKENDS = ("cpu", "native-cpu", "cpp-cpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -718,7 +719,7 @@ def _target_rasterize_gpu(case: Case, run: Run) -> TargetResult | None:
 
 
 def _target_cpp_speedup(case: Case, run: Run) -> TargetResult | None:
-    if case.stage != "rasterize" or case.backend != CPP_CPU_BACKEND or case.device != "cpu":
+    if case.stage != "rasterize" or case.backend not in CPP_CPU_BACKENDS or case.device != "cpu":
         return None
     ref = next(
         (

@@ -177,8 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the official GUI does")
     p.add_argument("--background", type=parse_colour, default=WHITE, metavar="COLOUR",
                    help="background colour: R,G,B in [0, 1] or #RRGGBB (default white, as the model was trained)")
-    p.add_argument("--alpha", action="store_true", help="RGBA PNG frames with straight alpha, for compositing "
-                   "(a frames folder output)")
+    p.add_argument("--alpha", action="store_true", help="RGBA with straight alpha, for compositing (a PNG frames "
+                   "folder, or - for raw rgba frames)")
     p.add_argument("--frames", type=int, help="render only the first N frames")
     p.add_argument("--fps", type=float, help="frame rate of the clip (default: the sequence's, else 25)")
     p.add_argument("--backend", default="auto", help="onnxruntime, openvino, torch or auto (default)")

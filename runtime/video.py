@@ -214,7 +214,7 @@ def output_kind(path: str | Path, width: int, height: int, channels: int = 3) ->
         raise OutputFileError("output", f"folder {parent} does not exist", "an existing folder to write into")
     if channels == 4 and not WRITERS[suffix].keeps_alpha:
         raise OutputFileError("output", f"{path.name} cannot keep transparency (RGBA frames)",
-                              "a folder (no suffix) for RGBA PNG frames")
+                              "a folder (no suffix) for RGBA PNG frames, or - for raw rgba frames")
     if suffix == ".mp4" and (width % 2 or height % 2):
         raise OutputFileError("size", f"is {width}x{height}", "even width and height for H.264 .mp4 (yuv420p), "
                               "or write a .gif or a frames folder")

@@ -9,8 +9,10 @@
  *   flexavatar_runtime_load_avatar_code(rt, "avatar_code.npy");   // or set_avatar_code(rt, floats, n)
  *   // or encode a photo: flexavatar_encoder_input in; flexavatar_encoder_input_init(&in, sizeof in);
  *   //   in.image = chw; in.image_count = 3 * S * S; flexavatar_runtime_create_avatar_code(rt, &in);
+ *   flexavatar_camera camera;
+ *   flexavatar_runtime_default_camera(rt, &camera);                 // or fill cam2world / intrinsics / size
  *   flexavatar_frame frame;
- *   flexavatar_runtime_render(rt, expression_135, &camera, &frame);  // frame.rgba: [H, W, 4] uint8
+ *   flexavatar_runtime_render(rt, expression_135, 135, &camera, &frame);  // frame.rgba: [H, W, 4] uint8
  *   // the tracked head motion too: posed = camera; flexavatar_camera_apply_head_pose(&posed, expression_135, 135);
  *   flexavatar_runtime_destroy(rt);
  *
