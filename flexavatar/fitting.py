@@ -23,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
+import operator
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 from . import kernels
 from .errors import FlexAvatarError, InputError
 from .expression import EXPRESSION_CODE_DIM
+from .images import ImageModeError, pil_to_array
 from .losses import dino_feature_loss, photometric_loss, psnr
 from .model import MULTI_VIEW_DATASET_ID, AvatarCode, FlexAvatarModel
 
@@ -317,7 +320,7 @@ _METADATA_READERS: dict[str, Callable[[Path], tuple]] = {".json": _read_json_met
 
 
 def _read_images(folder: Path, files: list[str]) -> np.ndarray:
-    """→ [V, 3, H, W] float32 in [0, 1], RGBA composited over white."""
+    """→ [V, 3, H, W] float32 in [0, 1], RGBA composited over white, 16-bit grey at full depth."""
     from PIL import Image, UnidentifiedImageError
 
     if not files:
@@ -329,16 +332,22 @@ def _read_images(folder: Path, files: list[str]) -> np.ndarray:
             raise ObservationFileError(str(file), "does not exist", "the frame's image file")
         try:
             with Image.open(file) as im:
-                rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0     # [H, W, 4]
+                pixels = pil_to_array(im, str(file))     # uint8 [H, W, 3|4], or float [H, W, 3] (16-bit grey)
         except (OSError, UnidentifiedImageError) as e:
             raise ObservationFileError(str(file), f"cannot be decoded ({e})", "a PNG/JPEG image") from None
+        except ImageModeError as e:
+            raise ObservationFileError(e.argument, e.problem, e.expected) from None
         if size is None:
-            size = rgba.shape[:2]
-        elif rgba.shape[:2] != size:
-            raise ImageSizeError(name, f"is {rgba.shape[1]}×{rgba.shape[0]} (W×H)",
+            size = pixels.shape[:2]
+        elif pixels.shape[:2] != size:
+            raise ImageSizeError(name, f"is {pixels.shape[1]}×{pixels.shape[0]} (W×H)",
                                  f"the size of {files[0]}, {size[1]}×{size[0]}: every frame one resolution")
-        rgb, alpha = rgba[..., :3], rgba[..., 3:]
-        images.append((rgb * alpha + (1.0 - alpha)).transpose(2, 0, 1))           # over white
+        rgba = pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels
+        rgb = rgba[..., :3]
+        if rgba.shape[2] == 4:
+            alpha = rgba[..., 3:]
+            rgb = rgb * alpha + (1.0 - alpha)                                        # over white
+        images.append(rgb.transpose(2, 0, 1))
     return np.stack(images)
 
 
@@ -368,20 +377,41 @@ def render_observations(model: FlexAvatarModel, code: AvatarCode | torch.Tensor,
                         offsets: torch.Tensor | None = None, indices=None, backend: str = "auto") -> torch.Tensor:
     """Render ``code`` at the observations' cameras with their expression codes (+ ``offsets`` [V, 135]).
 
-    → [K, 3, H, W] for ``indices`` (default all), one view at a time (bounded memory).
+    → [K, 3, H, W] in the model's dtype for ``indices`` (default all, each in [0, V)), one view at a time
+    (bounded memory).
     """
     tokens = _code_tokens(model, code)
-    device = tokens.device
-    obs = observations.to(device)
-    indices = range(len(obs)) if indices is None else [int(i) for i in indices]
+    obs = observations.to(tokens.device, tokens.dtype)
+    v = len(obs)
+    indices = range(v) if indices is None else _check_indices(indices, v)
+    if offsets is not None:
+        if not isinstance(offsets, torch.Tensor) or tuple(offsets.shape) != (v, EXPRESSION_CODE_DIM):
+            shape = tuple(offsets.shape) if isinstance(offsets, torch.Tensor) else type(offsets).__name__
+            raise FitArgumentError(f"offsets must be a tensor [V, {EXPRESSION_CODE_DIM}] = [{v}, "
+                                   f"{EXPRESSION_CODE_DIM}] (one per observation), got {shape}")
+        offsets = offsets.to(tokens.device, tokens.dtype)
     k_pix = obs.pixel_intrinsics()
     renders = []
     for i in indices:
-        expr = obs.expressions[i:i + 1] + (0 if offsets is None else offsets[i:i + 1].to(device))
+        expr = obs.expressions[i:i + 1] + (0 if offsets is None else offsets[i:i + 1])
         rgb, _ = render_code(model, tokens, expr, obs.cam2world[i:i + 1], k_pix[i:i + 1], obs.width,
                              obs.height, backend)
         renders.append(rgb)
     return torch.cat(renders)
+
+
+def _check_indices(indices, v: int) -> list[int]:
+    """Observation indices → ints in [0, v); anything else is a FitArgumentError."""
+    try:
+        indices = [operator.index(i) for i in indices]
+    except TypeError:
+        raise FitArgumentError(f"indices must be a sequence of ints, got {indices!r}") from None
+    bad = [i for i in indices if not 0 <= i < v]
+    if bad:
+        raise FitArgumentError(f"indices {bad} out of range; expected observation indices in [0, {v})")
+    if not indices:
+        raise FitArgumentError("indices is empty; expected at least one observation index")
+    return indices
 
 
 # ---- fitting ------------------------------------------------------------------------------------
@@ -390,7 +420,9 @@ def render_observations(model: FlexAvatarModel, code: AvatarCode | torch.Tensor,
 class FitConfig:
     """Hyper-parameters of ``fit`` (defaults: SPEC §15)."""
     lr: float = 1e-2                 # Adam, default betas
-    lr_min: float = 5e-4             # cosine annealing floor, reached at the last step
+    lr_min: float = 5e-4             # cosine annealing floor: CosineAnnealingLR's eta_min at T_max = steps, one
+                                     # step past the last (step t = 0…steps−1 uses lr_min + (lr − lr_min)·
+                                     # (1 + cos(π·t/steps))/2), so never used exactly
     l1_weight: float = 0.8
     ssim_weight: float = 0.2
     dino_weight: float = 1.0         # used only when a DINOv2 module is available; 0 turns it off
@@ -457,7 +489,7 @@ def fit(model: FlexAvatarModel, observations: Observations, steps: int = 200, *,
     initial = _initial_code(model, obs, init_code, from_scratch, features)          # [R², 1, D]
     with frozen_weights(model, dino):
         fitter = Fitter(model, obs, initial, steps, config, dino, backend)
-        order = torch.randint(len(obs), (steps,), generator=torch.Generator().manual_seed(config.seed)).tolist()
+        order = torch.randint(len(obs), (steps,), generator=torch.Generator().manual_seed(int(config.seed))).tolist()
         losses, psnrs = [], []
         t0 = time.perf_counter()
         for step, i in enumerate(order):
@@ -521,17 +553,30 @@ class Fitter:
 def _check_config(config: FitConfig, model: FlexAvatarModel) -> None:
     if not isinstance(config, FitConfig):
         raise FitArgumentError(f"config must be a FitConfig, got {type(config).__name__}")
-    for name in ("lr", "lr_min"):
+    for name in ("lr", "lr_min", "l1_weight", "ssim_weight", "dino_weight"):
         value = getattr(config, name)
-        if not math.isfinite(value) or value <= 0:
-            raise FitArgumentError(f"FitConfig.{name} must be a positive finite number, got {value}")
-    for name in ("l1_weight", "ssim_weight", "dino_weight"):
-        value = getattr(config, name)
-        if not math.isfinite(value) or value < 0:
-            raise FitArgumentError(f"FitConfig.{name} must be ≥ 0 and finite, got {value}")
-    if not 0 <= config.dataset_id < model.config.n_dataset_ids:
-        raise FitArgumentError(f"FitConfig.dataset_id must be 0 (monocular) or 1 (multi-view), "
-                               f"got {config.dataset_id}")
+        positive = name.startswith("lr")                 # learning rates > 0, loss weights ≥ 0
+        if not _is_real(value) or not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise FitArgumentError(f"FitConfig.{name} must be a finite number {'> 0' if positive else '≥ 0'}, "
+                                   f"got {value!r}")
+    if config.lr_min > config.lr:
+        raise FitArgumentError(f"FitConfig.lr_min ({config.lr_min}) must not exceed FitConfig.lr ({config.lr}): "
+                               "the learning rate is annealed down from lr to lr_min")
+    n_ids = model.config.n_dataset_ids
+    if not _is_int(config.dataset_id) or not 0 <= config.dataset_id < n_ids:
+        raise FitArgumentError(f"FitConfig.dataset_id must be an int in [0, {n_ids}) (0 monocular, 1 multi-view), "
+                               f"got {config.dataset_id!r}")
+    if not _is_int(config.seed) or not -2 ** 63 <= config.seed < 2 ** 64:
+        raise FitArgumentError(f"FitConfig.seed must be an int in [-2**63, 2**64) (torch.Generator.manual_seed), "
+                               f"got {config.seed!r}")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def _code_tokens(model: FlexAvatarModel, code) -> torch.Tensor:
@@ -601,17 +646,20 @@ def frozen_weights(*modules: torch.nn.Module | None) -> Iterator[None]:
 # ---- identity interpolation ---------------------------------------------------------------------
 
 def interpolate(avatar_a: AvatarCode | torch.Tensor | str | Path, avatar_b: AvatarCode | torch.Tensor | str | Path,
-                t: float) -> AvatarCode:
+                t: float | np.ndarray | torch.Tensor) -> AvatarCode:
     """Identity blend (1 − t)·a + t·b of two avatar codes (AvatarCode, tokens tensor or .npy path).
 
-    t = 0 gives a, t = 1 gives b; values outside [0, 1] extrapolate (caricatures), any finite t is allowed.
+    t = 0 gives a, t = 1 gives b; values outside [0, 1] extrapolate (caricatures), any finite real scalar is
+    allowed (Python, numpy or a 0-d array / tensor).
     """
     a, b = _load_code(avatar_a, "avatar_a"), _load_code(avatar_b, "avatar_b")
     if a.tokens.shape != b.tokens.shape:
         raise FitArgumentError(f"avatar codes differ in shape: avatar_a {tuple(a.tokens.shape)}, avatar_b "
                                f"{tuple(b.tokens.shape)}; expected codes of one model (R², 1, D)")
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
-        raise FitArgumentError(f"t must be a finite number (0 → avatar_a, 1 → avatar_b), got {t!r}")
+    if isinstance(t, (np.ndarray, torch.Tensor)) and t.ndim == 0:
+        t = t.item()                                     # 0-d array / tensor → Python scalar
+    if not _is_real(t) or not math.isfinite(t):
+        raise FitArgumentError(f"t must be a finite real number (0 → avatar_a, 1 → avatar_b), got {t!r}")
     b_tokens = b.tokens.to(a.tokens.device, a.tokens.dtype)
     return AvatarCode.interpolate(a, AvatarCode(b_tokens), float(t))
 

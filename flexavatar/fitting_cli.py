@@ -2,7 +2,8 @@
 
     flexavatar-fit CKPT OBS_DIR -o avatar.npy --template gghead_template.obj [--dinov2 DINO.pth]
                    [--steps 200] [--device cuda] [--config model_config.json] [--from-scratch | --init-code X.npy]
-    flexavatar-fit interpolate A.npy B.npy --t 0.5 -o C.npy [--preview blend.png CKPT --template ...]
+    flexavatar-fit interpolate A.npy B.npy --t 0.5 -o C.npy
+                               [--preview blend.png --checkpoint CKPT --template ... [--size 512]]
 
 OBS_DIR holds the frames (matted on white, or RGBA) and ``observations.json`` / ``cameras.json`` /
 ``.npz`` with normalised intrinsics, cam2world and expression codes (see
@@ -76,7 +77,7 @@ class ProgressBar:
 
     def __init__(self, stream=None, width: int = 30):
         self.stream, self.width = (sys.stderr if stream is None else stream), width
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.t0 = time.perf_counter()
 
     def __call__(self, p) -> None:
@@ -86,9 +87,27 @@ class ProgressBar:
                 f"PSNR {p.psnr:5.2f} dB  lr {p.lr:.2e}  {elapsed:.1f} s")
         if self.tty:
             self.stream.write("\r" + line + ("\n" if p.step == p.steps else ""))
-        elif p.step == p.steps or p.step % max(1, p.steps // 10) == 0:
+        elif 10 * p.step // p.steps > 10 * (p.step - 1) // p.steps:     # crossed a 10 % mark (the last step too)
             self.stream.write(line + "\n")
         self.stream.flush()
+
+
+def parse_device(value: str):
+    """--device → torch.device, checked to work here (a CUDA device needs a CUDA build and that GPU)."""
+    import torch
+
+    from .fitting import FitArgumentError
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise FitArgumentError(f"--device {value!r} is not a torch device; expected e.g. cpu, cuda or cuda:0") from None
+    try:
+        torch.zeros(1, device=device).cpu()
+    except (AssertionError, RuntimeError, NotImplementedError) as e:   # torch's "not compiled with CUDA" is an assert
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise FitArgumentError(f"--device {value}: not usable here ({reason}); expected cpu or a device this "
+                               "machine and PyTorch build have") from None
+    return device
 
 
 def comparison_image(targets, before, after) -> np.ndarray:
@@ -118,6 +137,8 @@ def _check_output(path: Path, option: str, suffixes: tuple[str, ...]) -> None:
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+PREVIEW_SIZE = 512
+PREVIEW_OPTIONS = ("checkpoint", "template", "config", "size", "device")     # interpolate: only with --preview
 
 
 # ---- subcommands --------------------------------------------------------------------------------
@@ -155,8 +176,9 @@ def fit_main(argv: list[str]) -> int:
         comparison = Path(args.comparison) if args.comparison else output.with_name(output.stem + "_comparison.png")
         _check_output(output, "-o/--output", (".npy",))
         _check_output(comparison, "--comparison", IMAGE_SUFFIXES)
+        device = parse_device(args.device)
         observations = load_observations(args.observations)
-        model = load_model(args.checkpoint, args.template, args.config, args.dinov2, args.device)
+        model = load_model(args.checkpoint, args.template, args.config, args.dinov2, device)
         config = FitConfig(seed=args.seed, dino_weight=0.0 if args.no_dino_loss else FitConfig.dino_weight)
         print(f"fitting {len(observations)} frames of {observations.width}×{observations.height} for "
               f"{args.steps} steps on {args.device}", file=sys.stderr)
@@ -187,31 +209,49 @@ def interpolate_main(argv: list[str]) -> int:
     parser.add_argument("-o", "--output", required=True, help="blended avatar code .npy to write")
     parser.add_argument("--preview", help="also render A, the blend and B side by side into this PNG "
                         "(needs --checkpoint and --template)")
-    parser.add_argument("--checkpoint", help="model checkpoint for --preview")
-    parser.add_argument("--template", help=f"gghead_template.obj for --preview ('{SYNTHETIC_TEMPLATE}' for tests)")
-    parser.add_argument("--config", help="as for fitting (default flex1)")
-    parser.add_argument("--size", type=int, default=512, help="--preview resolution")
-    parser.add_argument("--device", default="cpu")
+    preview = parser.add_argument_group("--preview options (only with --preview)")
+    preview.add_argument("--checkpoint", help="model checkpoint")
+    preview.add_argument("--template", help=f"gghead_template.obj ('{SYNTHETIC_TEMPLATE}' for tests)")
+    preview.add_argument("--config", help="as for fitting (default flex1)")
+    preview.add_argument("--size", type=int, help=f"resolution (default {PREVIEW_SIZE})")
+    preview.add_argument("--device", help="torch device (default cpu)")
     args = parser.parse_args(argv)
 
-    from .fitting import interpolate
+    import torch
+
+    from .fitting import MIN_IMAGE_SIZE, FitArgumentError, interpolate
     try:
         _check_output(Path(args.output), "-o/--output", (".npy",))
         if args.preview:
             _check_output(Path(args.preview), "--preview", IMAGE_SUFFIXES)
+            if not args.checkpoint:
+                raise FitArgumentError("--preview needs --checkpoint (and --template)")
+            size = PREVIEW_SIZE if args.size is None else args.size
+            if size < MIN_IMAGE_SIZE:
+                raise FitArgumentError(f"--size {size}: expected at least {MIN_IMAGE_SIZE} pixels for --preview")
+            device = parse_device(args.device or "cpu")
+        else:
+            given = [f"--{name}" for name in PREVIEW_OPTIONS if getattr(args, name) is not None]
+            if given:
+                raise FitArgumentError(f"{', '.join(given)} only apply to --preview; add --preview PNG or drop them")
         blend = interpolate(args.avatar_a, args.avatar_b, args.t)
-        if args.preview and not args.checkpoint:
-            raise FlexAvatarError("--preview needs --checkpoint (and --template)")
-        model = load_model(args.checkpoint, args.template, args.config, device=args.device) if args.preview else None
-    except FlexAvatarError as e:
+        image = None
+        if args.preview:
+            model = load_model(args.checkpoint, args.template, args.config, device=device)
+            needs = (model.config.n_head_tokens, 1, model.config.d_hidden)
+            if tuple(blend.tokens.shape) != needs:
+                raise FitArgumentError(f"the avatar codes have shape {tuple(blend.tokens.shape)}; --checkpoint "
+                                       f"{args.checkpoint} (--config {args.config or 'flex1'}) needs {needs}")
+            image = _preview(model, [args.avatar_a, blend, args.avatar_b], size)   # before writing anything
+    except (FlexAvatarError, torch.cuda.OutOfMemoryError) as e:
         print(f"flexavatar-fit interpolate: error: {e}", file=sys.stderr)
         return 2
     output = Path(args.output)
     blend.save(output)
     print(f"wrote {output}: (1 − {args.t:g})·{Path(args.avatar_a).name} + {args.t:g}·{Path(args.avatar_b).name}",
           file=sys.stderr)
-    if model is not None:
-        _save_png(_preview(model, [args.avatar_a, blend, args.avatar_b], args.size), Path(args.preview))
+    if image is not None:
+        _save_png(image, Path(args.preview))
         print(f"wrote {args.preview} (A | blend | B, frontal camera, neutral expression)", file=sys.stderr)
     return 0
 

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flexavatar.images import ImageModeError, pil_to_array
+
 from .errors import ImageInputError
 
 RANGE_SLACK = 1e-3
@@ -73,19 +75,9 @@ def _read_file(path: Path) -> np.ndarray:
         raise ImageInputError(f"image ({path.name})", f"cannot be read ({e})", "a PNG/JPEG image") from None
 
 
-SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N")     # PIL's modes of a 16-bit grey PNG / TIFF
-
-
 def _from_pil(im, where: str = "image") -> np.ndarray:
-    """A PIL image → uint8 [S, S, 3|4] (RGBA whenever it has transparency: an alpha channel, a tRNS colour key,
-    premultiplied RGBa), or float32 [S, S, 3] in [0, 1] for 16-bit grey (not clipped to 8 bits)."""
-    if im.mode in SIXTEEN_BIT_GREY:
-        grey = np.asarray(im, np.float32) / 65535.0
-        return np.repeat(grey[..., None], 3, axis=-1)
-    if im.mode in ("I", "F"):
-        raise ImageInputError(where, f"is a PIL image of mode {im.mode!r} (32-bit integer / float grey, no known "
-                              "value range)", "an 8- or 16-bit RGB(A) or grey image, or a float array in [0, 1]")
-    has_alpha = getattr(im, "has_transparency_data", None)
-    if has_alpha is None:                                     # Pillow < 10.1
-        has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
-    return np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
+    """flexavatar.images.pil_to_array, its error as this module's ImageInputError."""
+    try:
+        return pil_to_array(im, where)
+    except ImageModeError as e:
+        raise ImageInputError(e.argument, e.problem, e.expected) from None

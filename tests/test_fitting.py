@@ -6,8 +6,10 @@ stated factor and reproduces the targets (and a held-out view) to a PSNR thresho
 """
 from __future__ import annotations
 
+import io
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +122,8 @@ def test_learning_rate_schedule_and_seeded_order(model):
     again = fit(model, obs, steps=5, from_scratch=True, config=config)
     assert torch.equal(again.code.tokens, result.code.tokens)
     assert torch.equal(result.initial_code.tokens, torch.zeros_like(result.initial_code.tokens))
+    numpy_seed = fit(model, _observations(3, size=16), steps=2, from_scratch=True, config=FitConfig(seed=np.int64(7)))
+    assert numpy_seed.observation_indices == torch.randint(3, (2,), generator=torch.Generator().manual_seed(7)).tolist()
 
 
 def test_render_matches_the_camera_conventions(model):
@@ -243,6 +247,10 @@ def test_bad_observations_raise_typed_errors(make, error, argument):
     (dict(), FitArgumentError, "DINOv2"),                                     # no encoder features
     (dict(from_scratch=True, config=FitConfig(lr=-1.0)), FitArgumentError, "lr"),
     (dict(from_scratch=True, config=FitConfig(dataset_id=2)), FitArgumentError, "dataset_id"),
+    (dict(from_scratch=True, config=FitConfig(dataset_id=0.5)), FitArgumentError, "dataset_id"),   # not truncated
+    (dict(from_scratch=True, config=FitConfig(dataset_id=True)), FitArgumentError, "dataset_id"),
+    (dict(from_scratch=True, config=FitConfig(seed="a")), FitArgumentError, "seed"),
+    (dict(from_scratch=True, config=FitConfig(lr=1e-3, lr_min=1e-2)), FitArgumentError, "lr_min"),  # would rise
 ])
 def test_bad_fit_arguments_fail_before_any_step(model, kwargs, error, match):
     steps = kwargs.pop("steps", 3)
@@ -250,6 +258,21 @@ def test_bad_fit_arguments_fail_before_any_step(model, kwargs, error, match):
     with pytest.raises(error, match=match):
         fit(model, _observations(2), steps=steps, callback=calls.append, **kwargs)
     assert calls == [] and all(torch.equal(before[k], v) for k, v in model.network.state_dict().items())
+
+
+def test_render_observations_checks_its_arguments_and_follows_the_model_dtype(model):
+    import copy
+    obs = _observations(2, size=16)
+    code = torch.randn(model.config.n_head_tokens, 1, model.config.d_hidden, generator=torch.Generator().manual_seed(8))
+    for kwargs, match in ((dict(indices=[5]), r"indices \[5\].*\[0, 2\)"), (dict(indices=[-1]), "indices"),
+                          (dict(indices=[0.5]), "indices"), (dict(indices=[]), "indices"),
+                          (dict(offsets=torch.zeros(1, 135)), r"offsets.*\[2, 135\].*\(1, 135\)")):
+        with pytest.raises(FitArgumentError, match=match):
+            render_observations(model, code, obs, **kwargs)
+    ours = render_observations(model, code, obs, indices=np.array([1]))
+    double = render_observations(copy.deepcopy(model).double(), code, obs, indices=[1])   # float32 observations
+    assert double.dtype == torch.float64
+    torch.testing.assert_close(double.float(), ours, atol=1e-4, rtol=0)
 
 
 def test_encoder_needs_square_photos(model):
@@ -335,6 +358,42 @@ def test_loader_errors(tmp_path):
         load_observations(tmp_path)
 
 
+def _one_frame_folder(folder, image_name: str) -> None:
+    (folder / "observations.json").write_text(json.dumps({"frames": [
+        {"image": image_name, "cam2world": orbit_cameras(1)[0].tolist(), "intrinsics": _intrinsics(1)[0].tolist(),
+         "expression": [0.0] * 135}]}))
+
+
+def test_loader_keeps_16_bit_grey_and_transparency(tmp_path):
+    from PIL import Image
+    Image.fromarray(np.full((16, 16), 32768, np.uint16)).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode == "I;16"
+    _one_frame_folder(tmp_path, "grey16.png")
+    np.testing.assert_allclose(load_observations(tmp_path).images.numpy(), 32768 / 65535, atol=1e-6)   # not white
+    rgb = np.full((16, 16, 3), 100, np.uint8)
+    rgb[:8] = 0
+    Image.fromarray(rgb).save(tmp_path / "keyed.png", transparency=(0, 0, 0))        # tRNS: black = transparent
+    _one_frame_folder(tmp_path, "keyed.png")
+    images = load_observations(tmp_path).images.numpy()
+    np.testing.assert_allclose(images[0, :, :8], 1.0)                                 # composited onto white
+    np.testing.assert_allclose(images[0, :, 8:], 100 / 255, atol=1e-6)
+    Image.fromarray(np.full((16, 16), 0.5, np.float32)).save(tmp_path / "float.tif")   # mode F: no value range
+    _one_frame_folder(tmp_path, "float.tif")
+    with pytest.raises(ObservationFileError, match=r"float.tif: is a PIL image of mode 'F'"):
+        load_observations(tmp_path)
+
+
+def test_image_conversion_is_shared_and_torch_free():
+    """flexavatar.images is the one PIL → array conversion; the runtime calls it, the model package imports
+    neither torch (for it) nor the runtime."""
+    import subprocess
+    code = ("import sys, flexavatar.images; "
+            "assert not {'torch', 'flexavatar.runtime', 'runtime'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    source = (REPO / "runtime" / "images.py").read_text()
+    assert "from flexavatar.images import" in source and "has_transparency_data" not in source
+
+
 # ---- identity interpolation ----------------------------------------------------------------------
 
 def test_interpolate_is_the_linear_blend(tmp_path):
@@ -355,6 +414,11 @@ def test_interpolate_is_the_linear_blend(tmp_path):
         interpolate(a, b, float("nan"))
     with pytest.raises(FitArgumentError, match="avatar_b"):
         interpolate(a, [1, 2], 0.5)
+    for t in (np.float32(0.25), np.array(0.25), torch.tensor(0.25), torch.tensor(0.25, dtype=torch.float64)):
+        torch.testing.assert_close(interpolate(a, b, t).tokens, interpolate(a, b, 0.25).tokens, atol=0, rtol=0)
+    for t in (True, torch.tensor(True), torch.tensor([0.25]), np.array([0.25]), "0.25", 1j, np.float32("inf")):
+        with pytest.raises(FitArgumentError, match="finite real"):
+            interpolate(a, b, t)
 
 
 # ---- the CLI -------------------------------------------------------------------------------------
@@ -449,3 +513,83 @@ def test_cli_interpolate_with_preview(cli_setup, tmp_path):
     assert rc == 0
     np.testing.assert_allclose(np.load(tmp_path / "c.npy"), (0.75 * a.tokens + 0.25 * b.tokens).numpy(), atol=1e-6)
     assert np.asarray(Image.open(tmp_path / "blend.png")).shape == (24, 72, 3)
+
+
+def _assert_cli_error(capsys, rc: int, prog: str, message: str) -> None:
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"{prog}: error: ") and err.count("\n") == 1, err
+    assert message in err, err
+
+
+def test_cli_device_is_checked_before_any_work(cli_setup, tmp_path, capsys, monkeypatch):
+    root, _, _ = cli_setup
+    monkeypatch.setattr(fitting_cli, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    args = [str(root / "ckpt.pt"), str(tmp_path / "no_frames"), "-o", str(tmp_path / "a.npy"), "--from-scratch",
+            "--template", "synthetic", "--config", "small", "--device"]
+    _assert_cli_error(capsys, fitting_cli.main(args + ["bogus"]), "flexavatar-fit", "--device 'bogus'")
+    if not torch.cuda.is_available():                      # a CPU build: torch asserts, deep in the first .to()
+        _assert_cli_error(capsys, fitting_cli.main(args + ["cuda"]), "flexavatar-fit", "--device cuda: not usable")
+    _assert_cli_error(capsys, fitting_cli.main(["interpolate", "a.npy", "b.npy", "-o", str(tmp_path / "c.npy"),
+                                                "--preview", str(tmp_path / "p.png"), "--checkpoint", "x.pt",
+                                                "--device", "bogus"]), "flexavatar-fit interpolate", "--device")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def two_codes(tmp_path):
+    gen = torch.Generator().manual_seed(12)
+    for name, shape in (("a", (64, 1, 64)), ("b", (64, 1, 64)), ("small_a", (16, 1, 8)), ("small_b", (16, 1, 8))):
+        AvatarCode(torch.randn(shape, generator=gen)).save(tmp_path / f"{name}.npy")
+    return tmp_path
+
+
+@pytest.mark.parametrize("codes, extra, message", [
+    (("a", "b"), ["--size", "5"], "--size 5: expected at least 11"),
+    (("a", "b"), ["--size", "0"], "--size 0"),
+    (("small_a", "small_b"), ["--size", "16"], "shape (16, 1, 8); --checkpoint"),
+])
+def test_cli_interpolate_preview_errors_write_nothing(cli_setup, two_codes, capsys, codes, extra, message):
+    root, _, _ = cli_setup
+    out = two_codes / "out"
+    out.mkdir()
+    rc = fitting_cli.main(["interpolate", *(str(two_codes / f"{c}.npy") for c in codes), "-o", str(out / "c.npy"),
+                           "--preview", str(out / "p.png"), "--checkpoint", str(root / "ckpt.pt"),
+                           "--template", "synthetic", "--config", "small", *extra])
+    _assert_cli_error(capsys, rc, "flexavatar-fit interpolate", message)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra", [["--size", "24"], ["--device", "cpu"], ["--checkpoint", "ckpt.pt"],
+                                   ["--template", "synthetic", "--config", "small"]])
+def test_cli_interpolate_preview_options_need_preview(two_codes, capsys, extra):
+    rc = fitting_cli.main(["interpolate", str(two_codes / "a.npy"), str(two_codes / "b.npy"),
+                           "-o", str(two_codes / "c.npy"), *extra])
+    _assert_cli_error(capsys, rc, "flexavatar-fit interpolate", "only apply to --preview")
+    assert not (two_codes / "c.npy").exists()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _progress(bar, steps: int) -> None:
+    from flexavatar.fitting import FitProgress
+    for step in range(1, steps + 1):
+        bar(FitProgress(step, steps, 0.1, 20.0, 1e-2, 0))
+
+
+def test_progress_bar_rewrites_one_line_on_the_default_terminal(monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)            # the default stream, as the CLI uses it
+    _progress(fitting_cli.ProgressBar(), 3)
+    text = terminal.getvalue()
+    assert text.count("\r") == 3 and text.count("\n") == 1 and text.endswith("\n")    # one line, redrawn
+
+
+@pytest.mark.parametrize("steps, lines", [(15, 10), (19, 10), (25, 10), (200, 10), (5, 5), (1, 1)])
+def test_progress_bar_prints_about_every_10_percent_elsewhere(steps, lines):
+    stream = io.StringIO()
+    _progress(fitting_cli.ProgressBar(stream), steps)
+    printed = stream.getvalue().splitlines()
+    assert len(printed) == lines and f" {steps}/{steps} " in printed[-1] and "\r" not in stream.getvalue()
