@@ -12,6 +12,7 @@ from flexavatar.bundle import FORMAT_ONNX, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, Ou
 
 FP32_TOLERANCE = 1e-4          # max abs error on every attribute and on the avatar code
 FP16_PSNR_TARGET_DB = 40.0     # rendered 512² image of the fp16 model vs the fp32 render
+MAX_RECORDED_PSNR_DB = 200.0   # the manifest's value for identical renders (inf is not JSON)
 RENDER_SIZE = 512
 
 

@@ -22,9 +22,11 @@ Stable API (used by the exporter and by the runtimes)
     (exists; size; sha256 when ``verify="full"``, the default).
 ``bundle.artifact(role, format="onnx", precision="fp32") -> ModelArtifact``; ``bundle.artifacts(role=None, ...)``
 ``bundle.path(artifact) -> Path`` (the ``.onnx`` or ``.xml`` file); ``bundle.avatar_code() -> ndarray [1, R², D]``
-``bundle.metadata(artifact) -> ModelMetadata`` (ONNX ``metadata_props``, cross-checked against the manifest)
+``bundle.metadata(artifact) -> ModelMetadata`` (ONNX ``metadata_props`` / IR ``rt_info``, and the graph's
+    declared inputs / outputs, cross-checked against the manifest)
 ``read_onnx_metadata(path) -> ModelMetadata``: reads an ``.onnx`` file's ``metadata_props`` with a small
-    protobuf scanner that skips the graph (instant even for a 700 MB file; no onnx / onnxruntime needed).
+    protobuf scanner that skips the graph (instant even for a 700 MB file; no onnx / onnxruntime needed);
+    ``read_onnx_signature`` / ``read_openvino_signature``: the graph's inputs and outputs (names, dims).
 ``Manifest.from_dict / to_dict / read / write``; ``ModelMetadata.from_props / to_props``.
 Roles: ``ROLE_ENCODER``, ``ROLE_ENCODER_FEATURES``, ``ROLE_DECODER``, ``ROLE_DECODER_AVATAR``; formats
 ``FORMAT_ONNX``, ``FORMAT_OPENVINO``; precisions ``"fp32"``, ``"fp16"``.
@@ -39,16 +41,19 @@ uses dataset id 1 (the multi-view token).
 
 Errors: every problem raises a ``BundleError`` subclass — ``ManifestError`` (malformed / unsupported
 schema), ``BundleFileMissingError``, ``BundleHashMismatchError`` (sha256 or size differs),
-``BundleMetadataError`` (model metadata missing or disagreeing with the manifest),
-``ArtifactNotFoundError`` (no artifact with that role / format / precision).
+``BundleMetadataError`` (model metadata or graph inputs / outputs missing or disagreeing with the manifest),
+``BundleFileError`` (a listed file links out of the bundle folder, or avatar_code.npy is malformed),
+``ArtifactNotFoundError`` (no artifact with that role / format / precision), ``TensorNotFoundError`` (no tensor
+of that name; also a ``KeyError``). The manifest is strict JSON: NaN / Infinity are refused, read and written.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import FlexAvatarError
@@ -74,6 +79,16 @@ VERIFY_MODES = ("full", "size", "none")
 # Decoder output names and their per-Gaussian trailing shapes ([E, G] + trailing).
 GAUSSIAN_OUTPUTS = {"means": (3,), "quats": (4,), "scales": (3,), "opacities": (), "sh0": (3,)}
 
+# The tensors each role's graph takes and gives (what the runtimes feed and read): name → rank.
+_ENCODER_INPUTS = {"image": 4, "cam2world": 3, "intrinsics": 3}
+_GAUSSIANS = {name: 2 + len(trail) for name, trail in GAUSSIAN_OUTPUTS.items()}
+ROLE_TENSORS: dict[str, tuple[dict[str, int], dict[str, int]]] = {
+    ROLE_ENCODER: (_ENCODER_INPUTS, {"code": 3}),
+    ROLE_ENCODER_FEATURES: ({**_ENCODER_INPUTS, "features": 4}, {"code": 3}),
+    ROLE_DECODER: ({"code": 3, "expressions": 2}, _GAUSSIANS),
+    ROLE_DECODER_AVATAR: ({"expressions": 2}, _GAUSSIANS),
+}
+
 
 # ---- errors ---------------------------------------------------------------------------------------
 
@@ -97,8 +112,19 @@ class BundleMetadataError(BundleError):
     """A model file's embedded metadata is missing, unreadable or disagrees with the manifest."""
 
 
+class BundleFileError(BundleError, ValueError):
+    """A listed file cannot be used: it links out of the bundle folder, or its content is malformed."""
+
+
 class ArtifactNotFoundError(BundleError, LookupError):
     """The bundle has no model with the requested role / format / precision."""
+
+
+class TensorNotFoundError(BundleError, KeyError):
+    """A model (or its parity report) has no tensor of that name."""
+
+    def __str__(self) -> str:           # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 # ---- typed manifest -------------------------------------------------------------------------------
@@ -149,7 +175,7 @@ class ParityReport:
         for o in self.outputs:
             if o.name == name:
                 return o
-        raise KeyError(f"parity report has no output {name!r}; it has {[o.name for o in self.outputs]}")
+        raise TensorNotFoundError(f"parity report has no output {name!r}; it has {[o.name for o in self.outputs]}")
 
 
 @dataclass(frozen=True)
@@ -262,7 +288,7 @@ class Manifest:
 
     # -- (de)serialisation --
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        return _jsonable(asdict(self), "manifest")
 
     @classmethod
     def from_dict(cls, raw: Any) -> "Manifest":
@@ -275,17 +301,12 @@ class Manifest:
             raise ManifestError(f"manifest.schema_version is {version}; this flexavatar reads version "
                                 f"{SCHEMA_VERSION} — re-export the bundle or upgrade flexavatar")
         artifacts = tuple(_artifact(a) for a in r.list("artifacts", _Reader.obj))
-        names = [a.name for a in artifacts]
-        if len(set(names)) != len(names):
-            raise ManifestError(f"manifest.artifacts has duplicate names: {sorted(names)}")
-        paths = [f.path for a in artifacts for f in a.files]
-        if len(set(paths)) != len(paths):
-            raise ManifestError("manifest.artifacts list the same file twice")
         avatar = None
         if r.get("avatar") is not None:
             a = r.sub("avatar")
             avatar = AvatarInfo(code=_file(a.sub("code")), photo=a.str("photo"), photo_sha256=a.str("photo_sha256"),
                                 cam2world=_matrix(a, "cam2world", 4), intrinsics=_matrix(a, "intrinsics", 3))
+        _check_unique(artifacts, avatar)
         return cls(
             schema=schema, schema_version=version, created=r.str("created"),
             versions={k: str(v) for k, v in r.obj("versions").items()}, opset=r.int("opset"),
@@ -303,15 +324,20 @@ class Manifest:
                                 "flexavatar-export)")
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except OSError as e:
+            raise ManifestError(f"{path} cannot be read: {e}") from None
+        except RecursionError:
+            raise ManifestError(f"{path} is not a readable manifest: its JSON is nested too deeply") from None
+        except ValueError as e:     # not JSON, not UTF-8, or an integer literal of thousands of digits
             raise ManifestError(f"{path} is not valid JSON: {e}") from None
         return cls.from_dict(raw)
 
     def write(self, folder: str | Path) -> Path:
-        """Write manifest.json into folder atomically (temp file + rename)."""
+        """Write manifest.json into folder atomically (temp file + rename), as strict JSON (no NaN/Infinity)."""
         path = Path(folder) / MANIFEST_NAME
+        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
         with atomic_open(path, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(self.to_dict(), indent=2) + "\n")
+            fh.write(text)
         return path
 
 
@@ -373,33 +399,49 @@ def read_onnx_metadata_props(path: str | Path) -> dict[str, str]:
     Scans the top level of the ModelProto protobuf (field 14 = metadata_props, StringStringEntryProto
     {1: key, 2: value}) and seeks past every other field, so the cost is independent of the weights.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise BundleFileMissingError(f"ONNX file not found: {path}")
+    path = _onnx_file(path)
     props: dict[str, str] = {}
-    size = path.stat().st_size
     with path.open("rb") as fh:
-        while fh.tell() < size:
-            tag = _read_varint(fh, path)
-            field_no, wire = tag >> 3, tag & 7
-            if wire == 0:
-                _read_varint(fh, path)
-            elif wire == 1:
-                fh.seek(8, os.SEEK_CUR)
-            elif wire == 5:
-                fh.seek(4, os.SEEK_CUR)
-            elif wire == 2:
-                length = _read_varint(fh, path)
-                if fh.tell() + length > size:
-                    raise BundleMetadataError(f"{path}: truncated ONNX file (field {field_no} runs past the end)")
-                if field_no == 14:
-                    key, value = _parse_string_entry(fh.read(length), path)
-                    props[key] = value
-                else:
-                    fh.seek(length, os.SEEK_CUR)
-            else:
-                raise BundleMetadataError(f"{path}: not an ONNX model (bad protobuf wire type {wire})")
+        for _, length in _scan(fh, path.stat().st_size, path, {14}):
+            key, value = _parse_string_entry(fh.read(length), path)
+            props[key] = value
     return props
+
+
+# A graph's declared inputs or outputs: (the tensor's names, its dims: ints, negative or None when dynamic;
+# None for a tensor declared without a shape).
+Signature = list[tuple[frozenset[str], tuple[int | None, ...] | None]]
+
+
+def read_onnx_signature(path: str | Path) -> tuple[Signature, Signature]:
+    """(inputs, outputs) that an ONNX file's graph declares, read like ``read_onnx_metadata_props``
+    (ModelProto.graph = 7 → GraphProto.input = 11 / output = 12; nodes and weights are skipped)."""
+    path = _onnx_file(path)
+    sides: dict[int, Signature] = {11: [], 12: []}
+    with path.open("rb") as fh:
+        for _, graph_length in _scan(fh, path.stat().st_size, path, {7}):
+            for field_no, length in _scan(fh, fh.tell() + graph_length, path, {11, 12}):
+                sides[field_no].append(_value_info(fh.read(length), path))
+    return sides[11], sides[12]
+
+
+def read_openvino_signature(xml_path: str | Path) -> tuple[Signature, Signature]:
+    """(inputs, outputs) of an OpenVINO IR: its Parameter and Result layers (dims of -1 are dynamic)."""
+    root = _openvino_xml(xml_path)
+    inputs: Signature = []
+    outputs: Signature = []
+    for layer in root.iterfind("layers/layer"):
+        kind = layer.get("type")
+        if kind not in ("Parameter", "Result"):
+            continue
+        port = layer.find("output/port" if kind == "Parameter" else "input/port")
+        if port is None:
+            continue
+        names = port.get("names") if kind == "Parameter" else layer.get("output_names")
+        dims = tuple(int(d.text) if (d.text or "").strip().lstrip("-").isdigit() else None for d in port.iter("dim"))
+        (inputs if kind == "Parameter" else outputs).append(
+            (frozenset(n.strip() for n in (names or layer.get("name", "")).split(",")), dims))
+    return inputs, outputs
 
 
 def read_onnx_metadata(path: str | Path) -> ModelMetadata:
@@ -409,20 +451,31 @@ def read_onnx_metadata(path: str | Path) -> ModelMetadata:
 
 def read_openvino_metadata(xml_path: str | Path) -> ModelMetadata:
     """The typed flexavatar metadata of an OpenVINO IR (``<rt_info><flexavatar><key value=.../>``)."""
-    import xml.etree.ElementTree as ET
-    xml_path = Path(xml_path)
-    if not xml_path.is_file():
-        raise BundleFileMissingError(f"OpenVINO IR not found: {xml_path}")
-    try:
-        root = ET.parse(xml_path).getroot()
-    except ET.ParseError as e:
-        raise BundleMetadataError(f"{xml_path}: not a readable OpenVINO IR XML: {e}") from None
+    root = _openvino_xml(xml_path)
     node = root.find("rt_info/flexavatar")
     if node is None:
         raise BundleMetadataError(f"{xml_path}: no <rt_info><flexavatar> section; was it exported by "
                                   "flexavatar-export?")
     props = {METADATA_PREFIX + child.tag: child.get("value", "") for child in node}
     return ModelMetadata.from_props(props, where=str(xml_path))
+
+
+def _onnx_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise BundleFileMissingError(f"ONNX file not found: {path}")
+    return path
+
+
+def _openvino_xml(xml_path: str | Path):
+    import xml.etree.ElementTree as ET
+    xml_path = Path(xml_path)
+    if not xml_path.is_file():
+        raise BundleFileMissingError(f"OpenVINO IR not found: {xml_path}")
+    try:
+        return ET.parse(xml_path).getroot()
+    except ET.ParseError as e:
+        raise BundleMetadataError(f"{xml_path}: not a readable OpenVINO IR XML: {e}") from None
 
 
 # ---- the bundle -----------------------------------------------------------------------------------
@@ -459,29 +512,56 @@ class Bundle:
         return self.manifest.find(role, format, precision)
 
     def path(self, artifact: ModelArtifact | str) -> Path:
-        rel = artifact.path if isinstance(artifact, ModelArtifact) else artifact
-        return self.root / rel
+        """The model file (.onnx / .xml) of an artifact, or a file of the bundle; every file of the artifact
+        must lie inside the bundle folder once links are resolved (else ``BundleFileError``)."""
+        rels = [f.path for f in artifact.files] if isinstance(artifact, ModelArtifact) else [artifact]
+        for rel in rels:
+            inside_bundle(self.root, rel)
+        return self.root / rels[0]
 
     def metadata(self, artifact: ModelArtifact) -> ModelMetadata:
-        """The model file's own metadata, checked against the manifest (role, precision, G, template)."""
+        """The model file's own metadata and declared inputs / outputs, checked against the manifest (role,
+        precision, template, conventions; tensor names, ranks and fixed dims)."""
         reader = {FORMAT_ONNX: read_onnx_metadata, FORMAT_OPENVINO: read_openvino_metadata}[artifact.format]
-        meta = reader(self.path(artifact))
-        expect = {"role": artifact.role, "precision": artifact.precision,
-                  "n_gaussians": self.manifest.conventions.n_gaussians,
-                  "template_sha256": self.manifest.template.sha256}
+        path = self.path(artifact)
+        meta = reader(path)
+        m, c = self.manifest, self.manifest.conventions
+        expect = {"role": artifact.role, "precision": artifact.precision, "n_gaussians": c.n_gaussians,
+                  "template_sha256": m.template.sha256,
+                  "avatar_code_sha256": m.avatar.code.sha256 if m.avatar and artifact.role == ROLE_DECODER_AVATAR
+                  else ""}
+        for key in ("image_size", "n_head_tokens", "d_code", "expression_dim", "dataset_id", "axes", "intrinsics",
+                    "quaternion_order", "color", "code_layout"):
+            expect[key] = getattr(c, key)
         bad = {k: (getattr(meta, k), v) for k, v in expect.items() if getattr(meta, k) != v}
         if bad:
             detail = ", ".join(f"{k}: file says {got!r}, manifest {want!r}" for k, (got, want) in bad.items())
             raise BundleMetadataError(f"{artifact.path}: metadata disagrees with the manifest ({detail})")
+        signature = {FORMAT_ONNX: read_onnx_signature, FORMAT_OPENVINO: read_openvino_signature}[artifact.format]
+        graph_inputs, graph_outputs = signature(path)
+        _check_signature(artifact.inputs, graph_inputs, f"{artifact.path}: input")
+        _check_signature(artifact.outputs, graph_outputs, f"{artifact.path}: output")
         return meta
 
     def avatar_code(self):
         """The avatar code of ``--avatar`` as float32 ``[1, R², D]`` (numpy, imported lazily)."""
         import numpy as np
-        if self.manifest.avatar is None:
+        info = self.manifest.avatar
+        if info is None:
             raise ArtifactNotFoundError("bundle has no avatar code (export with --avatar PHOTO)")
-        code = np.load(self.root / self.manifest.avatar.code.path, allow_pickle=False)
-        return code.reshape(1, code.shape[0], code.shape[-1]).astype(np.float32, copy=False)
+        c = self.manifest.conventions
+        expected = f"a float (R², 1, D) = ({c.n_head_tokens}, 1, {c.d_code}) array"
+        try:
+            with self.path(info.code.path).open("rb") as fh:
+                code = np.load(fh, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise BundleFileError(f"avatar.code {info.code.path}: not a readable .npy file ({e}); expected "
+                                  f"{expected}") from None
+        if (not isinstance(code, np.ndarray) or code.dtype.kind != "f"
+                or code.shape != (c.n_head_tokens, 1, c.d_code)):
+            got = (f"{code.dtype} {code.shape}" if isinstance(code, np.ndarray) else "an .npz archive")
+            raise BundleFileError(f"avatar.code {info.code.path}: holds {got}; expected {expected}")
+        return code.reshape(1, c.n_head_tokens, c.d_code).astype(np.float32, copy=False)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -498,8 +578,21 @@ def file_record(root: str | Path, relpath: str) -> FileRecord:
     return FileRecord(path=Path(relpath).as_posix(), sha256=sha256_file(p), size=p.stat().st_size)
 
 
+def inside_bundle(root: str | Path, relpath: str) -> Path:
+    """root / relpath, refused (``BundleFileError``) when it resolves outside root (a link out of the bundle)."""
+    root = Path(root)
+    try:
+        inside = (root / relpath).resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError) as e:            # e.g. a symlink loop
+        raise BundleFileError(f"bundle file {relpath}: cannot resolve its path ({e})") from None
+    if not inside:
+        raise BundleFileError(f"bundle file {relpath} links to {(root / relpath).resolve()}, outside the bundle "
+                              f"folder {root}: every listed file must be inside it")
+    return root / relpath
+
+
 def verify_file(root: str | Path, rec: FileRecord, hashes: bool = True) -> None:
-    p = Path(root) / rec.path
+    p = inside_bundle(root, rec.path)
     if not p.is_file():
         raise BundleFileMissingError(f"bundle file missing: {rec.path} (listed in {MANIFEST_NAME} of {root})")
     size = p.stat().st_size
@@ -545,8 +638,14 @@ class _Reader:
     def int(self, key: str, default: Any = ...) -> int:
         return self._typed(key, (int,), "an integer", default)
 
+    def count(self, key: str) -> int:
+        value = self.int(key)
+        if value < 0:
+            raise ManifestError(f"{self.where}.{key} must be ≥ 0, got {value}")
+        return value
+
     def float(self, key: str, default: Any = ...) -> float:
-        return float(self._typed(key, (int, float), "a number", default))
+        return _finite(self._typed(key, (int, float), "a number", default), f"{self.where}.{key}")
 
     def opt_float(self, key: str) -> float | None:
         return None if self.raw.get(key) is None else self.float(key)
@@ -573,17 +672,25 @@ class _Reader:
         return value
 
 
+def _finite(value: float, where: str) -> float:
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ManifestError(f"{where} must be a finite number, got an integer too large for a float") from None
+    if not math.isfinite(number):
+        raise ManifestError(f"{where} must be a finite number, got {number}")
+    return number
+
+
 def _file(r: _Reader) -> FileRecord:
-    path = r.str("path")
-    if Path(path).is_absolute() or ".." in Path(path).parts:
-        raise ManifestError(f"{r.where}.path {path!r} must be relative to the bundle folder, without '..'")
+    raw = r.str("path")
+    path = PurePosixPath(raw)
+    if path.is_absolute() or ".." in path.parts or str(path) == "." or "\0" in raw:
+        raise ManifestError(f"{r.where}.path {raw!r} must name a file relative to the bundle folder, without '..'")
     digest = r.str("sha256")
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise ManifestError(f"{r.where}.sha256 must be 64 lowercase hex digits, got {digest!r}")
-    size = r.int("size")
-    if size < 0:
-        raise ManifestError(f"{r.where}.size must be ≥ 0, got {size}")
-    return FileRecord(path, digest, size)
+    return FileRecord(str(path), digest, r.count("size"))
 
 
 def _tensor(r: _Reader) -> TensorSpec:
@@ -611,11 +718,47 @@ def _artifact(r: _Reader) -> ModelArtifact:
     suffix = {FORMAT_ONNX: ".onnx", FORMAT_OPENVINO: ".xml"}[fmt]
     if not files[0].path.endswith(suffix):
         raise ManifestError(f"{r.where}.files[0] must be the {suffix} model file, got {files[0].path!r}")
+    if fmt == FORMAT_OPENVINO:      # OpenVINO reads the weights from the .bin beside the .xml: it must be verified
+        want = [files[0].path, str(PurePosixPath(files[0].path).with_suffix(".bin"))]
+        if [f.path for f in files] != want:
+            raise ManifestError(f"{r.where}.files must be exactly {want} (an OpenVINO IR: model + weights), "
+                                f"got {[f.path for f in files]}")
+    role = r.choice("role", ROLES)
+    inputs = tuple(_tensor(t) for t in r.list("inputs", _Reader.obj))
+    outputs = tuple(_tensor(t) for t in r.list("outputs", _Reader.obj))
+    want_in, want_out = ROLE_TENSORS[role]
+    _check_role_tensors(inputs, want_in, f"{r.where}.inputs", role)
+    _check_role_tensors(outputs, want_out, f"{r.where}.outputs", role)
     return ModelArtifact(
-        name=r.str("name"), role=r.choice("role", ROLES), format=fmt, precision=r.choice("precision", PRECISIONS),
-        files=files, inputs=tuple(_tensor(t) for t in r.list("inputs", _Reader.obj)),
-        outputs=tuple(_tensor(t) for t in r.list("outputs", _Reader.obj)), parity=_parity(r.sub("parity")),
+        name=r.str("name"), role=role, format=fmt, precision=r.choice("precision", PRECISIONS),
+        files=files, inputs=inputs, outputs=outputs, parity=_parity(r.sub("parity")),
         fp32_ops=tuple(str(x) for x in r.list("fp32_ops", default=[])), notes=r.str("notes", default=""))
+
+
+def _check_role_tensors(specs: tuple[TensorSpec, ...], want: dict[str, int], where: str, role: str) -> None:
+    """A role's graph takes / gives exactly the tensors the runtimes use, with their ranks."""
+    names = [s.name for s in specs]
+    if sorted(names) != sorted(want):
+        raise ManifestError(f"{where} must be named {sorted(want)} for role {role!r}, got {names}")
+    for s in specs:
+        if len(s.shape) != want[s.name]:
+            raise ManifestError(f"{where}: {s.name} must have {want[s.name]} dims for role {role!r}, got "
+                                f"{list(s.shape)}")
+
+
+def _check_unique(artifacts: tuple[ModelArtifact, ...], avatar: AvatarInfo | None) -> None:
+    names = [a.name for a in artifacts]
+    if len(set(names)) != len(names):
+        raise ManifestError(f"manifest.artifacts has duplicate names: {sorted(names)}")
+    kinds = [(a.role, a.format, a.precision) for a in artifacts]
+    for kind in set(kinds):
+        if kinds.count(kind) > 1:
+            raise ManifestError(f"manifest.artifacts lists {kinds.count(kind)} {kind[0]} models in format "
+                                f"{kind[1]!r} at precision {kind[2]!r}; each may appear once")
+    paths = [f.path for a in artifacts for f in a.files] + ([avatar.code.path] if avatar else [])
+    twice = sorted({p for p in paths if paths.count(p) > 1})
+    if twice:
+        raise ManifestError(f"manifest lists the same file twice: {twice} (artifacts' files and avatar.code)")
 
 
 def _conventions(r: _Reader) -> Conventions:
@@ -624,28 +767,35 @@ def _conventions(r: _Reader) -> Conventions:
         if f.name not in r.raw:
             raise ManifestError(f"{r.where}.{f.name} is missing")
         if f.name == "expression_layout":
-            layout = r.obj(f.name)
-            try:
-                values[f.name] = {str(k): (int(v[0]), int(v[1])) for k, v in layout.items()}
-            except (TypeError, ValueError, IndexError):
-                raise ManifestError(f"{r.where}.expression_layout must map names to [start, stop]") from None
+            values[f.name] = r.obj(f.name)          # checked below, against expression_dim
         elif f.type in ("int", int):
-            values[f.name] = r.int(f.name)
+            values[f.name] = r.count(f.name)
         else:
             values[f.name] = r.str(f.name)
+    dim = values["expression_dim"]
+    layout = {}
+    for name, span in values["expression_layout"].items():
+        if not (isinstance(span, (list, tuple)) and len(span) == 2 and all(type(x) is int for x in span)
+                and 0 <= span[0] <= span[1] <= dim):
+            raise ManifestError(f"{r.where}.expression_layout.{name} must be [start, stop], two integers with "
+                                f"0 ≤ start ≤ stop ≤ expression_dim ({dim}), got {span!r}")
+        layout[name] = (span[0], span[1])
+    values["expression_layout"] = layout
     return Conventions(**values)
 
 
 def _template(r: _Reader) -> TemplateInfo:
-    return TemplateInfo(r.str("sha256"), r.int("n_gaussians"), r.int("res_head_tokens"), r.int("res_gaussian_grid"),
-                        r.str("source"))
+    return TemplateInfo(r.str("sha256"), r.count("n_gaussians"), r.count("res_head_tokens"),
+                        r.count("res_gaussian_grid"), r.str("source"))
 
 
 def _model_info(r: _Reader) -> ModelInfo:
     dinov2 = r.get("dinov2")
     if dinov2 is not None and not isinstance(dinov2, str):
         raise ManifestError(f"{r.where}.dinov2 must be a file name or null, got {dinov2!r}")
-    return ModelInfo(config=r.obj("config"), checkpoint=r.str("checkpoint"),
+    config = r.obj("config")
+    _jsonable(config, f"{r.where}.config")          # strict JSON: no NaN / Infinity
+    return ModelInfo(config=config, checkpoint=r.str("checkpoint"),
                      checkpoint_sha256=r.str("checkpoint_sha256"), n_parameters=r.int("n_parameters"), dinov2=dinov2)
 
 
@@ -654,22 +804,110 @@ def _matrix(r: _Reader, key: str, n: int) -> tuple[tuple[float, ...], ...]:
     if len(m) != n or not all(isinstance(row, list) and len(row) == n and
                               all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in row) for row in m):
         raise ManifestError(f"{r.where}.{key} must be a {n}x{n} list of numbers")
-    return tuple(tuple(float(x) for x in row) for row in m)
+    return tuple(tuple(_finite(x, f"{r.where}.{key}[{i}][{j}]") for j, x in enumerate(row)) for i, row in enumerate(m))
 
 
 def _by_name(specs: tuple[TensorSpec, ...], name: str, where: str) -> TensorSpec:
     for s in specs:
         if s.name == name:
             return s
-    raise KeyError(f"{where} have no tensor {name!r}; names: {[s.name for s in specs]}")
+    raise TensorNotFoundError(f"{where} have no tensor {name!r}; names: {[s.name for s in specs]}")
 
 
-def _jsonable(x: Any) -> Any:
+def _check_signature(specs: tuple[TensorSpec, ...], graph: Signature, where: str) -> None:
+    """The manifest's tensors are the graph's: same names and ranks, fixed dims equal, dynamic dims dynamic."""
+    graph_names = [sorted(names) for names, _ in graph]
+    if len(graph) != len(specs):
+        raise BundleMetadataError(f"{where}s: the graph has {graph_names}, the manifest lists "
+                                  f"{[s.name for s in specs]}")
+    for spec in specs:
+        found = [dims for names, dims in graph if spec.name in names]
+        if not found:
+            raise BundleMetadataError(f"{where} {spec.name!r} of the manifest is not in the graph (it has "
+                                      f"{graph_names})")
+        dims = found[0]
+        if dims is None:                # declared without a shape
+            continue
+        fixed = [d if isinstance(d, int) and d >= 0 else None for d in dims]      # None: dynamic
+        # a fixed dim of the manifest may be dynamic in the graph; a dynamic one must not be fixed there
+        if len(fixed) != len(spec.shape) or any(g is not None and g != want for want, g in zip(spec.shape, fixed)):
+            raise BundleMetadataError(f"{where} {spec.name!r}: the graph declares shape "
+                                      f"{['?' if d is None else d for d in fixed]}, the manifest {list(spec.shape)}")
+
+
+def _jsonable(x: Any, where: str) -> Any:
+    """x as JSON data (tuples → lists); a non-finite float is refused (strict JSON has no NaN / Infinity)."""
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(x)]
+    if isinstance(x, float) and not math.isfinite(x):
+        raise ManifestError(f"{where} must be a finite number, got {x}")
     return x
+
+
+def _scan(fh, end: int, path: Path, keep: set[int]):
+    """Walk the protobuf fields of fh up to offset end, seeking past all but the length-delimited fields
+    numbered in keep: for those, yields (field number, length) with fh at the field's payload."""
+    while fh.tell() < end:
+        tag = _read_varint(fh, path)
+        field_no, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _read_varint(fh, path)
+        elif wire in (1, 5):
+            fh.seek(8 if wire == 1 else 4, os.SEEK_CUR)
+        elif wire == 2:
+            length = _read_varint(fh, path)
+            start = fh.tell()
+            if start + length > end:
+                raise BundleMetadataError(f"{path}: truncated ONNX file (field {field_no} runs past its end)")
+            if field_no in keep:
+                yield field_no, length
+            fh.seek(start + length)
+        else:
+            raise BundleMetadataError(f"{path}: not an ONNX model (bad protobuf wire type {wire})")
+        if fh.tell() > end:
+            raise BundleMetadataError(f"{path}: truncated ONNX file (a field runs past its end)")
+
+
+def _fields(buf: bytes, path: Path):
+    """(field number, value) of a protobuf message in memory: ints for varints, bytes for length-delimited."""
+    i = 0
+    while i < len(buf):
+        tag, i = _varint_from(buf, i, path)
+        wire = tag & 7
+        if wire == 0:
+            value, i = _varint_from(buf, i, path)
+        elif wire == 2:
+            length, i = _varint_from(buf, i, path)
+            value, i = buf[i:i + length], i + length
+        elif wire in (1, 5):
+            value, i = None, i + (8 if wire == 1 else 4)
+        else:
+            raise BundleMetadataError(f"{path}: malformed graph input/output (protobuf wire type {wire})")
+        if i > len(buf):
+            raise BundleMetadataError(f"{path}: malformed graph input/output (truncated field)")
+        yield tag >> 3, value
+
+
+def _field(buf: Any, number: int, path: Path) -> Any:
+    """The value of field ``number`` of a message (None when absent, or when buf is no message)."""
+    return next((v for f, v in _fields(buf, path) if f == number), None) if isinstance(buf, bytes) else None
+
+
+def _value_info(buf: bytes, path: Path) -> tuple[frozenset[str], tuple[int | None, ...] | None]:
+    """ValueInfoProto {1: name, 2: TypeProto {1: tensor_type {2: shape {1: dim* {1: dim_value, 2: dim_param}}}}}."""
+    name = _field(buf, 1, path)
+    name = name.decode("utf-8", "replace") if isinstance(name, bytes) else ""
+    shape = _field(_field(_field(buf, 2, path), 1, path), 2, path)
+    if not isinstance(shape, bytes):
+        return frozenset({name}), None
+    dims = []
+    for f, dim in _fields(shape, path):
+        if f == 1:
+            value = _field(dim, 1, path)                        # dim_value; else dim_param (dynamic)
+            dims.append(value if isinstance(value, int) else None)
+    return frozenset({name}), tuple(dims)
 
 
 def _read_varint(fh, path: Path) -> int:

@@ -29,6 +29,7 @@ from flexavatar.bundle import (FORMAT_ONNX, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, R
 from .errors import EngineUnavailableError, ModelMismatchError, RuntimeArgumentError, UnknownEngineError
 
 DEVICES = ("cpu", "cuda", "gpu")       # "gpu": OpenVINO's (Intel) GPU plugin
+INFERENCE_PRECISIONS = ("f32", "f16", "bf16")   # OpenVINO's INFERENCE_PRECISION_HINT values (EngineOptions)
 NUMPY, TORCH = "numpy", "torch"
 
 
@@ -37,7 +38,8 @@ class EngineOptions:
     """Settings shared by the engines (each uses the ones that apply to it)."""
     precision: str = "fp32"                 # which bundle artifacts: "fp32" or "fp16"
     num_threads: int = 0                    # CPU threads per call; 0 = the library's default
-    inference_precision: str | None = None  # OpenVINO INFERENCE_PRECISION_HINT; None = "f32" for fp32 artifacts
+    inference_precision: str | None = None  # OpenVINO only: INFERENCE_PRECISION_HINT, one of INFERENCE_PRECISIONS;
+                                            # None = "f32" for fp32 artifacts (Runtime checks the value)
     cuda_graphs: bool = False               # ONNX Runtime CUDA: capture the decoder in CUDA graphs
     device_id: int = 0
     model: Any = None                       # torch engine: a FlexAvatarModel ...

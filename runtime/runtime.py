@@ -30,7 +30,7 @@ from flexavatar.kernels.validation import MAX_IMAGE_SIZE
 
 from .avatar import Avatar
 from .cameras import Camera, as_camera, pixel_intrinsics, world2cam
-from .engines import EngineOptions, EngineSpec, select_engine
+from .engines import INFERENCE_PRECISIONS, EngineOptions, EngineSpec, select_engine
 from .errors import CameraInputError, EncoderUnavailableError, EngineUnavailableError, RuntimeArgumentError
 from .expressions import as_expressions, head_pose, head_pose_matrix, quaternion_from_matrix, quaternion_multiply
 from .images import load_image
@@ -157,6 +157,9 @@ class Runtime:
     rasterizer: a ``flexavatar.kernels`` backend name or "auto" (the fastest for the decoder's arrays;
     ``self.rasterizer`` names the one chosen). precision: which artifacts, "fp32" or "fp16".
     verify: "full" (sha256 of every file, default), "size" or "none". batch: frames per decoder call.
+    num_threads: CPU threads per call (0: the library's default). inference_precision: OpenVINO only, its
+    INFERENCE_PRECISION_HINT: None (f32 for fp32 artifacts, else the device's choice), "f32", "f16" or "bf16"
+    (the other engines compute at the artifacts' precision and ignore it, with a warning).
     For backend="torch": ``model=`` (FlexAvatarModel) or ``checkpoint=`` + ``template=`` (+ ``dinov2=``).
     """
 
@@ -164,17 +167,24 @@ class Runtime:
                  *, precision: str = "fp32", verify: str = "full", batch: int = 1, num_threads: int = 0,
                  inference_precision: str | None = None, cuda_graphs: bool = False, device_id: int = 0,
                  model=None, checkpoint=None, template=None, dinov2=None):
+        for name, value in (("backend", backend), ("device", device), ("rasterizer", rasterizer)):
+            if not isinstance(value, str):
+                raise RuntimeArgumentError(name, f"is {value!r}", "a name (a string), or 'auto'")
         if precision not in PRECISIONS:
             raise RuntimeArgumentError("precision", f"is {precision!r}", f"one of {list(PRECISIONS)}")
-        if not isinstance(batch, int) or batch < 1:
+        if not _is_count(batch) or batch < 1:
             raise RuntimeArgumentError("batch", f"is {batch!r}", "a positive number of frames per decoder call")
         if verify not in VERIFY_MODES:
             raise RuntimeArgumentError("verify", f"is {verify!r}", f"one of {list(VERIFY_MODES)}")
-        if not isinstance(num_threads, int) or num_threads < 0:
+        if not _is_count(num_threads) or num_threads < 0:
             raise RuntimeArgumentError("num_threads", f"is {num_threads!r}", "CPU threads per call ≥ 1, or 0 for "
                                        "the inference library's default")
-        if not isinstance(device_id, int) or device_id < 0:
+        if not _is_count(device_id) or device_id < 0:
             raise RuntimeArgumentError("device_id", f"is {device_id!r}", "a device index ≥ 0")
+        if inference_precision is not None and (not isinstance(inference_precision, str)
+                                                or inference_precision not in INFERENCE_PRECISIONS):
+            raise RuntimeArgumentError("inference_precision", f"is {inference_precision!r}",
+                                       f"None or one of {list(INFERENCE_PRECISIONS)} (OpenVINO's precision hint)")
         self.bundle = Bundle.open(bundle_dir, verify=verify)
         self.manifest = self.bundle.manifest
         c = self.manifest.conventions
@@ -185,6 +195,9 @@ class Runtime:
                                 template=template, dinov2=dinov2)
         self.engine = self._open_engine(backend, device, options)
         self.backend, self.device = self.engine.name, self.engine.device
+        if inference_precision is not None and self.backend != "openvino":
+            log.warning("inference_precision=%r applies to OpenVINO only: ignored by %s", inference_precision,
+                        self.backend)
         self.decoder = self.engine.load(ROLE_DECODER)
         self.array_device = "cuda" if self.decoder.array_type == TORCH and self.device == "cuda" else "cpu"
         spec = kernels.select_backend(rasterizer, device=self.array_device, dtype="float32")
@@ -397,6 +410,10 @@ class Runtime:
                 with times.stage("to host", e):
                     frames = convert(result.rgb, result.alpha)       # the one host sync of the frame
             yield frames
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class _NoTimes:

@@ -8,6 +8,7 @@ and the template under another file name.
 from __future__ import annotations
 
 import hashlib
+import math
 import shutil
 import sys
 import warnings
@@ -434,6 +435,25 @@ def test_fp16_below_psnr_target_is_flagged_or_fatal(tmp_path, monkeypatch, offic
     assert sum("WARNING" in msg for msg in messages) == 2 and "FLAGGED" in result.summary
     assert sorted(p.name for p in result.path.iterdir()) == ["decoder.fp16.onnx", "encoder_features.fp16.onnx",
                                                             "manifest.json"]        # fp32 sources removed
+
+
+def test_identical_fp16_render_is_recorded_as_the_psnr_cap(tmp_path, monkeypatch, official_dir, features_bundle):
+    """An fp16 render equal to the fp32 one has PSNR inf, which strict JSON cannot hold (the C++ runtime reads the
+    manifest): the export records the cap and passes."""
+    import flexavatar.export.exporter as exporter
+    from flexavatar.export.parity import MAX_RECORDED_PSNR_DB
+
+    cached = {role: onnx.load(str(features_bundle.path(features_bundle.artifact(role))))
+              for role in (ROLE_ENCODER_FEATURES, ROLE_DECODER)}
+    monkeypatch.setattr(exporter, "export_graph", lambda module, args, spec, opset: cached[spec.role])
+    monkeypatch.setattr(exporter, "psnr", lambda a, b: math.inf)                     # identical renders
+    result = export_bundle(official_dir / "state_dict.safetensors", tmp_path / "b",
+                           template=official_dir / "gghead_template.obj", config=_config(official_dir),
+                           precisions="fp16", targets="onnx", progress=None)
+    text = (result.path / "manifest.json").read_text()
+    assert "Infinity" not in text
+    m = Bundle.open(result.path).manifest
+    assert all(a.parity.psnr_db == MAX_RECORDED_PSNR_DB and a.parity.passed for a in m.artifacts)
 
 
 def test_fp16_overflow_that_the_cpu_provider_hides_fails_the_export(tmp_path, monkeypatch, official_dir,

@@ -471,6 +471,53 @@ def test_edited_manifest_is_rejected(bundle, tmp_path):
         Runtime(copy)
 
 
+def test_edited_manifest_must_agree_with_the_model_files(bundle, tmp_path):
+    """The conventions and tensor shapes of manifest.json are checked against each model's own metadata and
+    graph (ONNX and OpenVINO IR); an IR lists its .bin; each role's tensors are named as the runtime expects."""
+    copy = _copy(bundle, tmp_path)
+    original = json.loads((copy / "manifest.json").read_text())
+
+    def edited(edit) -> Path:
+        manifest = json.loads(json.dumps(original))
+        edit(manifest)
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        return copy
+
+    def decoders(m):
+        return [a for a in m["artifacts"] if a["role"] == "decoder"]
+
+    def wider_code(m):                                   # the decoders' code input [1, R², D] → [1, R², 2D]
+        for a in decoders(m):
+            a["inputs"][0]["shape"][2] *= 2
+
+    for engine in ("onnxruntime", "openvino"):
+        with pytest.raises(BundleMetadataError, match="image_size: file says 128, manifest 64"):
+            Runtime(edited(lambda m: m["conventions"].update(image_size=64)), backend=engine)
+        with pytest.raises(BundleMetadataError, match=r"decoder.fp32.(onnx|xml): input 'code': the graph declares"):
+            Runtime(edited(wider_code), backend=engine)
+    with pytest.raises(ManifestError, match=r"files must be exactly \['decoder.fp32.xml', 'decoder.fp32.bin'\]"):
+        Runtime(edited(lambda m: [a["files"].pop() for a in decoders(m) if a["format"] == "openvino"]))
+    with pytest.raises(ManifestError, match=r"inputs must be named .* for role 'encoder'"):
+        Runtime(edited(lambda m: [a["inputs"][0].update(name="photo") for a in m["artifacts"]
+                                  if a["role"] == "encoder"]))
+    Runtime(edited(lambda m: None), backend="openvino")                        # the unedited copy still opens
+
+
+def test_argument_errors_of_type_and_inference_precision(bundle, caplog):
+    for kwargs in ({"backend": ["onnxruntime"]}, {"device": None}, {"rasterizer": 3}, {"batch": True},
+                   {"num_threads": True}, {"device_id": True}, {"inference_precision": "fp16"},
+                   {"inference_precision": 16}):
+        name = next(iter(kwargs))
+        with pytest.raises(RuntimeArgumentError, match=f"^{name}: is ") as refused:
+            Runtime(bundle, **kwargs)
+        assert refused.value.argument == name
+    rt = Runtime(bundle, backend="openvino", device="cpu", inference_precision="f32")
+    assert rt.decoder.inference_precision == "f32"
+    with caplog.at_level("WARNING", logger="flexavatar.runtime"):
+        Runtime(bundle, backend="onnxruntime", device="cpu", inference_precision="f16")
+    assert "inference_precision='f16' applies to OpenVINO only" in caplog.text
+
+
 def test_argument_errors(bundle, model):
     with pytest.raises(UnknownEngineError, match="tensorrt"):
         Runtime(bundle, backend="tensorrt")
