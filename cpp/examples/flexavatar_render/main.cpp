@@ -9,12 +9,16 @@
 //                (with --features: its DINOv2 features [C, h, w], for bundles exported without DINOv2)
 //   EXPRESSIONS  .npy float32 [E, 135] (or [135] for one frame)
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -35,41 +39,103 @@ int usage() {
   return 2;
 }
 
+// A usage error: one line naming the argument and what was expected, exit code 2.
+int usage_error(const std::string& message) {
+  std::fprintf(stderr, "flexavatar_render: %s (run without arguments for usage)\n", message.c_str());
+  return 2;
+}
+
+// A non-negative decimal integer no larger than max_value, or -1.
+long parse_count(const std::string& value, long max_value) {
+  if (value.empty() || value.size() > 9 || value.find_first_not_of("0123456789") != std::string::npos) return -1;
+  const long v = std::strtol(value.c_str(), nullptr, 10);
+  return v <= max_value ? v : -1;
+}
+
+// An input file the example reads: it must exist and be a regular file (not a directory).
+bool check_input_file(const char* what, const std::string& path, std::string* error) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return *error = std::string(what) + " " + path + ": no such file", false;
+  if (!S_ISREG(st.st_mode)) return *error = std::string(what) + " " + path + ": not a regular file", false;
+  return true;
+}
+
+// The value of a key in a .npy header dict ("'descr': '<f4'" -> "'<f4'"), or "".
+std::string header_value(const std::string& header, const std::string& key) {
+  size_t at = header.find("'" + key + "'");
+  if (at == std::string::npos) return "";
+  at = header.find(':', at);
+  if (at == std::string::npos) return "";
+  ++at;
+  while (at < header.size() && header[at] == ' ') ++at;
+  size_t end = at;
+  if (end < header.size() && header[end] == '(') {
+    end = header.find(')', end);
+    return end == std::string::npos ? "" : header.substr(at, end + 1 - at);
+  }
+  while (end < header.size() && header[end] != ',' && header[end] != '}') ++end;
+  while (end > at && header[end - 1] == ' ') --end;
+  return header.substr(at, end - at);
+}
+
 // A float32 little-endian C-order .npy: values and shape (a small reader for the example's inputs).
-bool read_npy(const std::string& path, std::vector<float>* values, std::vector<long>* shape, std::string* error) {
+// `what` names the argument in error messages (AVATAR, EXPRESSIONS, --features).
+bool read_npy(const char* what, const std::string& path, std::vector<float>* values, std::vector<long>* shape,
+              std::string* error) {
+  const std::string name = std::string(what) + " " + path;
+  if (!check_input_file(what, path, error)) return false;
   std::ifstream in(path, std::ios::binary);
-  if (!in) return *error = "cannot open " + path, false;
+  if (!in) return *error = name + ": cannot open", false;
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0) return *error = path + ": not a .npy file", false;
-  const bool v1 = bytes[6] == 1;
-  const size_t offset = v1 ? 10 : 12;
-  if (bytes.size() < offset) return *error = path + ": truncated", false;
+  if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0)
+    return *error = name + ": not a .npy file (expected a float32 array saved with numpy.save)", false;
+  const int major = uint8_t(bytes[6]);
+  if (major < 1 || major > 3) return *error = name + ": unsupported .npy version " + std::to_string(major), false;
+  const size_t offset = major == 1 ? 10 : 12;
+  if (bytes.size() < offset) return *error = name + ": truncated .npy header", false;
   size_t header_len = uint8_t(bytes[8]) | (size_t(uint8_t(bytes[9])) << 8);
-  if (!v1) header_len |= (size_t(uint8_t(bytes[10])) << 16) | (size_t(uint8_t(bytes[11])) << 24);
-  if (offset + header_len > bytes.size()) return *error = path + ": truncated header", false;
+  if (major != 1) header_len |= (size_t(uint8_t(bytes[10])) << 16) | (size_t(uint8_t(bytes[11])) << 24);
+  if (header_len > bytes.size() - offset) return *error = name + ": truncated .npy header", false;
   const std::string header = bytes.substr(offset, header_len);
-  if (header.find("'<f4'") == std::string::npos || header.find("False") == std::string::npos)
-    return *error = path + ": expected a C-order float32 array, header " + header, false;
-  const size_t open = header.find('(', header.find("'shape'"));
-  const size_t close = header.find(')', open);
-  if (open == std::string::npos || close == std::string::npos) return *error = path + ": no shape", false;
+  const std::string descr = header_value(header, "descr");
+  if (descr != "'<f4'")
+    return *error = name + ": expected dtype float32 ('<f4'), got " + (descr.empty() ? "no dtype" : descr), false;
+  if (header_value(header, "fortran_order") != "False")
+    return *error = name + ": expected a C-order array (fortran_order False; use numpy.ascontiguousarray)", false;
+  const std::string shape_text = header_value(header, "shape");
+  if (shape_text.size() < 2 || shape_text.front() != '(' || shape_text.back() != ')')
+    return *error = name + ": no shape in the .npy header", false;
   shape->clear();
-  long count = 1;
-  for (size_t i = open + 1; i < close;) {
-    if (header[i] >= '0' && header[i] <= '9') {
-      const long d = std::strtol(header.c_str() + i, nullptr, 10);
+  size_t count = 1;
+  const size_t limit = size_t(1) << 40;  // elements: far beyond any real input, and no overflow below
+  for (size_t i = 1; i + 1 < shape_text.size();) {
+    const char c = shape_text[i];
+    if (c >= '0' && c <= '9') {
+      size_t j = i;
+      while (j + 1 < shape_text.size() && shape_text[j] >= '0' && shape_text[j] <= '9') ++j;
+      if (j - i > 12) return *error = name + ": shape too large", false;
+      const long d = std::strtol(shape_text.substr(i, j - i).c_str(), nullptr, 10);
       shape->push_back(d);
-      count *= d;
-      while (i < close && header[i] >= '0' && header[i] <= '9') ++i;
-    } else {
+      if (d != 0 && count > limit / size_t(d)) return *error = name + ": shape too large", false;
+      count *= size_t(d);
+      i = j;
+    } else if (c == ',' || c == ' ' || c == 'L') {
       ++i;
+    } else {
+      return *error = name + ": bad shape " + shape_text + " in the .npy header", false;
     }
   }
   const size_t data = offset + header_len;
-  if (bytes.size() - data != size_t(count) * 4) return *error = path + ": data size does not match the shape", false;
-  values->resize(size_t(count));
-  std::memcpy(values->data(), bytes.data() + data, size_t(count) * 4);
+  if (bytes.size() - data != count * 4) return *error = name + ": data size does not match the shape", false;
+  values->resize(count);
+  if (count) std::memcpy(values->data(), bytes.data() + data, count * 4);
   return true;
+}
+
+std::string shape_string(const std::vector<long>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
 }
 
 double percentile(std::vector<double> v, double q) {
@@ -94,15 +160,23 @@ void set_avatar(flexavatar::Runtime& rt, const flexavatar_runtime_info& info, co
   std::vector<float> values;
   std::vector<long> shape;
   std::string error;
-  if (!read_npy(avatar, &values, &shape, &error)) throw flexavatar::Error(FLEXAVATAR_ERROR_IO, error);
+  if (!read_npy("AVATAR", avatar, &values, &shape, &error)) throw flexavatar::Error(FLEXAVATAR_ERROR_IO, error);
   const long s = long(info.image_size);
   const bool hwc = shape.size() == 3 && shape[0] == s && shape[1] == s && shape[2] == 3;
   const bool chw = shape.size() == 3 && shape[0] == 3 && shape[1] == s && shape[2] == s;
+  const std::string photo = "[" + std::to_string(s) + ", " + std::to_string(s) + ", 3]";
   if (!hwc && !chw) {
+    // Image-like but the wrong size: say so rather than let the code loader report a shape mismatch.
+    const bool image_like = (shape.size() == 3 && shape[2] == 3 && shape[0] == shape[1] && shape[0] > 1) ||
+                            (shape.size() == 3 && shape[0] == 3 && shape[1] == shape[2] && shape[1] > 1) ||
+                            (shape.size() == 2 && shape[0] == shape[1] && shape[0] > 1);
+    if (image_like)
+      throw flexavatar::Error(FLEXAVATAR_ERROR_INVALID_SIZE, "AVATAR " + avatar + ": a photo of shape " +
+                                                                 shape_string(shape) + "; this bundle's encoder expects " +
+                                                                 photo + " (or [3, S, S]) in [0, 1]");
     if (!features_path.empty())
-      throw flexavatar::Error(FLEXAVATAR_ERROR_INVALID_SIZE, avatar + ": --features needs a photo [" +
-                                                                 std::to_string(s) + ", " + std::to_string(s) +
-                                                                 ", 3] as AVATAR");
+      throw flexavatar::Error(FLEXAVATAR_ERROR_INVALID_SIZE, "AVATAR " + avatar + ": --features needs a photo " +
+                                                                 photo + " as AVATAR, got shape " + shape_string(shape));
     return rt.load_avatar_code(avatar);  // an avatar code: the runtime checks its shape
   }
   std::vector<float> image(values.size());
@@ -116,11 +190,13 @@ void set_avatar(flexavatar::Runtime& rt, const flexavatar_runtime_info& info, co
   std::vector<float> features;
   std::vector<long> feature_shape;
   if (!features_path.empty()) {
-    if (!read_npy(features_path, &features, &feature_shape, &error))
+    if (!read_npy("--features", features_path, &features, &feature_shape, &error))
       throw flexavatar::Error(FLEXAVATAR_ERROR_IO, error);
     if (feature_shape.size() == 4 && feature_shape[0] == 1) feature_shape.erase(feature_shape.begin());
     if (feature_shape.size() != 3)
-      throw flexavatar::Error(FLEXAVATAR_ERROR_INVALID_SIZE, features_path + ": expected DINOv2 features [C, h, w]");
+      throw flexavatar::Error(FLEXAVATAR_ERROR_INVALID_SIZE, "--features " + features_path +
+                                                                 ": expected DINOv2 features [C, h, w], got shape " +
+                                                                 shape_string(feature_shape));
     rt.create_avatar_code(flexavatar::encoder_input(image, features, feature_shape[0], feature_shape[1],
                                                     feature_shape[2]));
   } else {
@@ -128,9 +204,37 @@ void set_avatar(flexavatar::Runtime& rt, const flexavatar_runtime_info& info, co
   }
 }
 
+// OUT_DIR: an existing directory, or one mkdir creates (its parent must exist).
+bool prepare_out_dir(const std::string& out_dir, std::string* error) {
+  struct stat st {};
+  if (::stat(out_dir.c_str(), &st) == 0) {
+    if (!S_ISDIR(st.st_mode)) return *error = "OUT_DIR " + out_dir + ": exists and is not a directory", false;
+  } else if (::mkdir(out_dir.c_str(), 0777) != 0 && errno != EEXIST) {
+    return *error = "OUT_DIR " + out_dir + ": cannot create the directory: " + std::strerror(errno), false;
+  }
+  if (::access(out_dir.c_str(), W_OK) != 0) return *error = "OUT_DIR " + out_dir + ": not writable", false;
+  return true;
+}
+
+// A frame: written to a temporary name in OUT_DIR, then renamed, so no partial frame_NNNNN.png is left behind.
+bool write_frame(const std::string& path, const flexavatar_frame& frame, std::string* error) {
+  const std::string tmp = path + ".tmp";
+  if (!write_png_rgba(tmp, frame.rgba, frame.width, frame.height, error)) {
+    std::remove(tmp.c_str());
+    return false;
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    *error = "cannot rename " + tmp + " to " + path + ": " + std::strerror(errno);
+    std::remove(tmp.c_str());
+    return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc <= 1) return usage();
   std::vector<std::string> positional;
   int size = 0, threads = 0;
   int device = FLEXAVATAR_DEVICE_AUTO, rasterizer = FLEXAVATAR_RASTERIZER_AUTO, cuda_device = 0;
@@ -138,33 +242,81 @@ int main(int argc, char** argv) {
   bool head_pose = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
-    if ((arg == "--size" || arg == "--threads" || arg == "--device" || arg == "--rasterizer" ||
-         arg == "--features") && i + 1 < argc) {
+    if (arg == "--help" || arg == "-h") {
+      usage();
+      return 0;
+    }
+    if (arg == "--size" || arg == "--threads" || arg == "--device" || arg == "--rasterizer" || arg == "--features") {
+      if (i + 1 >= argc) return usage_error(arg + ": missing value");
       const std::string value = argv[++i];
-      if (arg == "--size") size = std::atoi(value.c_str());
-      if (arg == "--threads") threads = std::atoi(value.c_str());
-      if (arg == "--features") features_path = value;
-      if (arg == "--device" && value.rfind("cuda:", 0) == 0) {   // cuda:N, the N-th CUDA device
-        const std::string ordinal = value.substr(5);
-        if (ordinal.empty() || ordinal.find_first_not_of("0123456789") != std::string::npos) return usage();
-        device = FLEXAVATAR_DEVICE_CUDA;
-        cuda_device = std::atoi(ordinal.c_str());
-      } else if (arg == "--device" && (device = choice(value, -1)) < 0) {
-        return usage();
+      if (arg == "--size") {
+        const long v = parse_count(value, 8192);
+        if (v < 1) return usage_error("--size: expected an integer 1..8192 (pixels), got '" + value + "'");
+        size = int(v);
+      } else if (arg == "--threads") {
+        const long v = parse_count(value, 1024);
+        if (v < 0) return usage_error("--threads: expected an integer 0..1024 (0 = default), got '" + value + "'");
+        threads = int(v);
+      } else if (arg == "--features") {
+        if (value.empty()) return usage_error("--features: expected a DINOv2 features .npy path, got ''");
+        features_path = value;
+      } else if (arg == "--device") {
+        if (value.rfind("cuda:", 0) == 0) {  // cuda:N, the N-th CUDA device
+          const long ordinal = parse_count(value.substr(5), 1023);
+          if (ordinal < 0) return usage_error("--device: expected cuda:N with N a device index, got '" + value + "'");
+          device = FLEXAVATAR_DEVICE_CUDA;
+          cuda_device = int(ordinal);
+        } else if ((device = choice(value, -1)) < 0) {
+          return usage_error("--device: expected auto, cpu, cuda or cuda:N, got '" + value + "'");
+        }
+      } else if ((rasterizer = choice(value, -1)) < 0) {
+        return usage_error("--rasterizer: expected auto, cpu or cuda, got '" + value + "'");
       }
-      if (arg == "--rasterizer" && (rasterizer = choice(value, -1)) < 0) return usage();
     } else if (arg == "--head-pose") {
       head_pose = true;
-    } else if (arg.rfind("--", 0) == 0) {
-      return usage();
+    } else if (arg.size() > 1 && arg[0] == '-') {
+      return usage_error("unknown option '" + arg + "'");
     } else {
       positional.push_back(arg);
     }
   }
-  if (positional.size() != 4) return usage();
+  static const char* const kNames[] = {"BUNDLE", "AVATAR", "EXPRESSIONS", "OUT_DIR"};
+  if (positional.size() < 4)
+    return usage_error(std::string("missing argument ") + kNames[positional.size()] +
+                       " (expected BUNDLE AVATAR EXPRESSIONS OUT_DIR)");
+  if (positional.size() > 4)
+    return usage_error("unexpected extra argument '" + positional[4] + "' (expected BUNDLE AVATAR EXPRESSIONS OUT_DIR)");
   const std::string bundle = positional[0], avatar = positional[1], expr_path = positional[2],
                     out_dir = positional[3];
+  for (size_t k = 0; k < 4; ++k)
+    if (positional[k].empty()) return usage_error(std::string(kNames[k]) + ": empty argument");
+  if (avatar == "-" && !features_path.empty())
+    return usage_error("--features needs a photo .npy as AVATAR, not '-' (the bundle's avatar_code.npy)");
   try {
+    // The inputs and OUT_DIR before loading the bundle (which can take seconds): fail fast, write nothing.
+    std::string error;
+    struct stat st {};
+    if (::stat(bundle.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      std::fprintf(stderr, "error: BUNDLE %s: not a directory (expected an exported bundle with manifest.json)\n",
+                   bundle.c_str());
+      return 1;
+    }
+    if ((avatar != "-" && !check_input_file("AVATAR", avatar, &error)) ||
+        (!features_path.empty() && !check_input_file("--features", features_path, &error))) {
+      std::fprintf(stderr, "error: %s\n", error.c_str());
+      return 1;
+    }
+    std::vector<float> expressions;
+    std::vector<long> shape;
+    if (!read_npy("EXPRESSIONS", expr_path, &expressions, &shape, &error)) {
+      std::fprintf(stderr, "error: %s\n", error.c_str());
+      return 1;
+    }
+    if (!prepare_out_dir(out_dir, &error)) {
+      std::fprintf(stderr, "error: %s\n", error.c_str());
+      return 1;
+    }
+
     flexavatar_runtime_options options = flexavatar::default_options();
     options.device = device;
     options.cuda_device = cuda_device;
@@ -172,22 +324,20 @@ int main(int argc, char** argv) {
     options.num_threads = threads;
     flexavatar::Runtime rt(bundle, &options);
     const flexavatar_runtime_info info = rt.info();
-    set_avatar(rt, info, avatar, features_path);
 
-    std::vector<float> expressions;
-    std::vector<long> shape;
-    std::string error;
-    if (!read_npy(expr_path, &expressions, &shape, &error)) {
-      std::fprintf(stderr, "error: %s\n", error.c_str());
-      return 1;
-    }
     const long dim = info.expression_dim;
-    if (shape.empty() || shape.back() != dim) {
-      std::fprintf(stderr, "error: %s: expected shape [E, %ld]\n", expr_path.c_str(), dim);
+    if (shape.empty() || shape.size() > 2 || shape.back() != dim) {
+      std::fprintf(stderr, "error: EXPRESSIONS %s: expected shape [E, %ld] (or [%ld]), got %s\n", expr_path.c_str(),
+                   dim, dim, shape_string(shape).c_str());
       return 1;
     }
     const long frames = long(expressions.size()) / dim;
-    ::mkdir(out_dir.c_str(), 0777);  // may exist already; writing the first frame reports real errors
+    if (frames == 0) {
+      std::fprintf(stderr, "error: EXPRESSIONS %s: no frames (shape %s)\n", expr_path.c_str(),
+                   shape_string(shape).c_str());
+      return 1;
+    }
+    set_avatar(rt, info, avatar, features_path);
 
     flexavatar_camera camera = rt.default_camera();
     if (size > 0) camera.width = camera.height = size;
@@ -201,20 +351,21 @@ int main(int argc, char** argv) {
       ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
       char name[32];
       std::snprintf(name, sizeof(name), "frame_%05ld.png", f);
-      if (!write_png_rgba(out_dir + "/" + name, frame.rgba, frame.width, frame.height, &error)) {
+      if (!write_frame(out_dir + "/" + name, frame, &error)) {
         std::fprintf(stderr, "error: %s\n", error.c_str());
         return 1;
       }
     }
     std::printf("flexavatar %s, %ld Gaussians, decoder on %s, %s rasterizer\n", flexavatar_version(),
                 long(info.num_gaussians), info.decoder_provider, info.rasterizer);
-    if (!ms.empty()) {
-      std::printf("%ld frames %dx%d -> %s\n", frames, camera.width, camera.height, out_dir.c_str());
-      std::printf("latency per frame: p50 %.3f ms, p95 %.3f ms (first frame %.3f ms)\n", percentile(ms, 0.5),
-                  percentile(ms, 0.95), ms.front());
-    }
+    std::printf("%ld frames %dx%d -> %s\n", frames, camera.width, camera.height, out_dir.c_str());
+    std::printf("latency per frame: p50 %.3f ms, p95 %.3f ms (first frame %.3f ms)\n", percentile(ms, 0.5),
+                percentile(ms, 0.95), ms.front());
     return 0;
   } catch (const flexavatar::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
   }

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# ctest: flexavatar_render's argument and input handling without a bundle. Usage errors (argv) exit 2, bad
+# input files exit 1; each prints one line naming the argument; nothing is written.
+#   example_args.sh PATH/TO/flexavatar_render SCRATCH_DIR
+set -u
+EXE=$1 WORK=$2
+rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK" || exit 1
+[ -x "$EXE" ] || { echo "no executable $EXE (the install_example test builds it)"; exit 1; }
+FAILED=0
+npy() {  # FILE DESCR FORTRAN SHAPE DATA_BYTES: a .npy v1.0 header + zero data
+  local header="{'descr': '$2', 'fortran_order': $3, 'shape': $4, }"
+  while [ $(( (${#header} + 11) % 64 )) -ne 0 ]; do header="$header "; done
+  header="$header"$'\n'
+  { printf '\223NUMPY\001\000'; printf "\\$(printf %03o $(( ${#header} % 256 )))\\$(printf %03o $(( ${#header} / 256 )))"
+    printf '%s' "$header"; head -c "$5" /dev/zero; } >"$1"
+}
+expect() {  # CODE PATTERN ARGS...: exit code CODE and one stderr line matching PATTERN
+  local code=$1 pattern=$2; shift 2
+  "$EXE" "$@" >out.txt 2>err.txt
+  local rc=$? lines; lines=$(wc -l <err.txt)
+  if [ "$rc" -ne "$code" ] || ! grep -q -- "$pattern" err.txt || [ "$lines" -ne 1 ]; then
+    echo "FAIL: flexavatar_render $* -> exit $rc (expected $code), stderr ($lines lines, expected /$pattern/):"
+    cat err.txt; FAILED=1
+  else
+    echo "ok: $* -> $rc: $(cat err.txt)"
+  fi
+}
+npy e.npy '<f4' False '(2, 135)' 1080
+npy e64.npy '<f8' False '(2, 135)' 2160
+npy ef.npy '<f4' True '(2, 135)' 1080
+npy short.npy '<f4' False '(2, 135)' 100
+echo "not a npy" >text.npy
+mkdir bundle && touch afile
+"$EXE" >/dev/null 2>err.txt; rc=$?
+{ [ $rc -eq 2 ] && grep -q usage err.txt; } || { echo "FAIL: no arguments -> exit $rc"; FAILED=1; }
+expect 2 "missing argument AVATAR" bundle
+expect 2 "missing argument OUT_DIR" bundle - e.npy
+expect 2 "extra argument 'more'" bundle - e.npy o more
+expect 2 "unknown option '--bogus'" bundle - e.npy o --bogus
+expect 2 "unknown option '-x'" bundle - e.npy o -x
+for flag in --size --threads --device --rasterizer --features; do expect 2 "$flag: missing value" bundle - e.npy o $flag; done
+expect 2 "size: expected an integer" bundle - e.npy o --size abc
+expect 2 "size: expected an integer" bundle - e.npy o --size 0
+expect 2 "threads: expected an integer" bundle - e.npy o --threads 99999999999999999999
+expect 2 "device: expected" bundle - e.npy o --device gpu
+expect 2 "device: expected cuda:N" bundle - e.npy o --device cuda:
+expect 2 "rasterizer: expected" bundle - e.npy o --rasterizer gpu
+expect 2 "features needs a photo" bundle - e.npy o --features f.npy
+expect 1 "BUNDLE nobundle" nobundle - e.npy o
+expect 1 "AVATAR missing.npy: no such file" bundle missing.npy e.npy o
+expect 1 "AVATAR bundle: not a regular file" bundle bundle e.npy o
+expect 1 "features missing.npy: no such file" bundle e.npy e.npy o --features missing.npy
+expect 1 "EXPRESSIONS missing.npy: no such file" bundle - missing.npy o
+expect 1 "EXPRESSIONS text.npy: not a .npy file" bundle - text.npy o
+expect 1 "EXPRESSIONS e64.npy: expected dtype float32" bundle - e64.npy o
+expect 1 "EXPRESSIONS ef.npy: expected a C-order array" bundle - ef.npy o
+expect 1 "EXPRESSIONS short.npy: data size" bundle - short.npy o
+expect 1 "OUT_DIR afile: exists and is not a directory" bundle - e.npy afile
+expect 1 "OUT_DIR no/such: cannot create" bundle - e.npy no/such
+[ ! -e o ] || { echo "FAIL: OUT_DIR o was created by a failing run"; FAILED=1; }
+exit $FAILED
