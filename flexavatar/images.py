@@ -10,6 +10,7 @@ import numpy as np
 from .errors import InputError
 
 SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N")     # PIL's modes of a 16-bit grey PNG / TIFF
+EXIF_ORIENTATION = 0x0112
 
 
 class ImageModeError(InputError):
@@ -23,10 +24,14 @@ class ImageModeError(InputError):
 
 def pil_to_array(im, where: str = "image") -> np.ndarray:
     """A PIL image → uint8 [H, W, 3|4] (RGBA whenever it has transparency: an alpha channel, a tRNS colour key,
-    premultiplied RGBa), or float32 [H, W, 3] in [0, 1] for 16-bit grey (not clipped to 8 bits).
+    premultiplied RGBa), or float32 [H, W, 3] in [0, 1] for 16-bit grey (not clipped to 8 bits); turned upright
+    when its EXIF orientation says it is stored rotated or mirrored.
 
     ``where`` names the image in the ImageModeError raised for modes ``I`` and ``F``.
     """
+    if im.getexif().get(EXIF_ORIENTATION, 1) != 1:    # a phone photo stored sideways: upright, as viewers show it
+        from PIL import ImageOps
+        im = ImageOps.exif_transpose(im)
     if im.mode in SIXTEEN_BIT_GREY:
         grey = np.asarray(im, np.float32) / 65535.0
         return np.repeat(grey[..., None], 3, axis=-1)

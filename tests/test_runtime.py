@@ -352,6 +352,12 @@ def test_image_files_keep_their_bit_depth_and_transparency(tmp_path):
     assert _max_err(load_image(premultiplied, SIZE).transpose(1, 2, 0), want) <= 1e-6
     with pytest.raises(ImageInputError, match="mode 'F'"):
         load_image(Image.fromarray(np.full((SIZE, SIZE), 0.5, np.float32)), SIZE)
+    pixels = np.random.default_rng(3).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6                                            # stored rotated: shown turned 90° clockwise
+    Image.fromarray(pixels).save(tmp_path / "sideways.png", exif=exif)
+    upright = np.rot90(pixels, -1).astype(np.float32).transpose(2, 0, 1) / 255
+    assert _max_err(load_image(tmp_path / "sideways.png", SIZE), upright) <= 1e-6
 
 
 def test_expression_files(driving_dir, tmp_path):
