@@ -41,7 +41,9 @@ SMALL_CACHE = CACHE_DIR / "cpp_runtime_bundle"
 BUILD = Path(os.environ.get("FLEXAVATAR_CTEST_BUILD_ROOT", REPO / "build")) / "ctest-release"
 SIZE = 512
 DECODE_FLOPS = {"small": None, "flex1": 199.6e9}     # SPEC §17, per decoded frame at FLEX-1 size
-ROUNDS = {"flex1": (3, 1)}                           # (rounds, warm-up rounds): ≈ 6 s per frame on 2 cores
+# (rounds, warm-up rounds) per (size, device); else pytest-benchmark's calibration. CPU FLEX-1: ≈ 6 s per frame on
+# 2 cores. CUDA: fixed rounds after warm-up frames that absorb cuDNN's algorithm search and the arena's growth.
+ROUNDS = {("flex1", "cpu"): (3, 1), ("flex1", "cuda"): (100, 10), ("small", "cuda"): (100, 10)}
 VERIFY_SIZE = 1                                      # flexavatar.h enums
 # backend -> (options.device, options.rasterizer): flexavatar.h's CPU = 1, CUDA = 2
 BACKENDS = {"ort-cpu+cpu": (1, 1), "ort-cuda+cuda": (2, 2)}
@@ -110,8 +112,8 @@ def cpp_library():
     return lib
 
 
-def _run(benchmark, size: str, fn):
-    rounds = ROUNDS.get(size)
+def _run(benchmark, size: str, device: str, fn):
+    rounds = ROUNDS.get((size, device))
     if rounds is None:
         return benchmark(fn)
     return benchmark.pedantic(fn, rounds=rounds[0], warmup_rounds=rounds[1])
@@ -177,7 +179,7 @@ def test_whole_frame_cpp_runtime(benchmark, bench_meta, cpp_library, case, backe
         bench_meta(stage="whole_frame", backend=f"cpp-{backend}", size=size,
                    device="cuda" if backend == "ort-cuda+cuda" else "cpu", dtype=precision, frames=1,
                    flops=DECODE_FLOPS[size])
-        _run(benchmark, size, render)
+        _run(benchmark, size, "cuda" if backend == "ort-cuda+cuda" else "cpu", render)
         alpha = np.ctypeslib.as_array(frame.alpha, shape=(SIZE, SIZE))
         assert alpha.max() > 0.5                                        # a head drawn, not the background
         _CPP_FRAMES[(size, backend)] = np.ctypeslib.as_array(frame.rgba, shape=(SIZE, SIZE, 4))[..., :3].copy()
@@ -198,7 +200,7 @@ def test_whole_frame_python_runtime(benchmark, bench_meta, case, backend, capsys
     avatar, camera = Avatar(code), Camera(c2w, k)
     bench_meta(stage="whole_frame", backend=f"python-{backend}", size=size, device=device, dtype=precision,
                frames=1, flops=DECODE_FLOPS[size])
-    frames = _run(benchmark, size, lambda: rt.render(avatar, expression, camera, SIZE, SIZE))   # uint8 [1, H, W, 3]
+    frames = _run(benchmark, size, device, lambda: rt.render(avatar, expression, camera, SIZE, SIZE))   # uint8 [1, H, W, 3]
     assert frames.shape == (1, SIZE, SIZE, 3) and frames.min() < 128
     _MEANS[(size, backend, "python")] = benchmark.stats.stats.mean
     if (size, backend) in _CPP_FRAMES:          # same bundle, inputs, provider and rasterizer

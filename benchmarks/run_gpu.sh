@@ -17,6 +17,12 @@
 #   FLEXAVATAR_BENCH_MAX_TIME seconds per case (--benchmark-max-time, default 0.5)
 #   FLEXAVATAR_GIT_COMMIT     commit to record when the tree has no .git (a copied working tree)
 #   FLEXAVATAR_GPU_TESTS_CAP  seconds for the GPU tests stage (default 100)
+#   FLEXAVATAR_GPU_STAGES     the stages to run, in order (default: machine build gpu-tests ort-placement
+#                             benchmarks dashboard). Also: bench-runtime (the Python runtime's CUDA whole frame,
+#                             #7), cpp-runtime (C++ runtime with CUDA + its ctest, via gpu_check.sh), bench-cpp
+#                             (C++ vs Python whole frame on CUDA, #9), native-check (gpu_check.sh's rasterizer
+#                             timing and compute-sanitizer; its tests are among gpu-tests). The build is for
+#                             this GPU's architecture only.
 #   FLEXAVATAR_FIXTURES       the fixtures folder (default: .device/fixtures staged in the tree by
 #                             benchmarks/device/stage.py, else ../shared/fixtures)
 #   PYTHON                    interpreter (default python3)
@@ -71,7 +77,8 @@ stage() {
 
 # Python with the installed package first; run from $WORK so the source folder flexavatar/ (which has
 # no compiled _native module) never shadows the installed one.
-pyrun() { (cd "$WORK" && PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONSAFEPATH=1 "$PY" "$@"); }
+# Unbuffered: a stage killed at its time cap keeps everything it printed.
+pyrun() { (cd "$WORK" && PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1 "$PY" "$@"); }
 
 machine_info() {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || echo "no nvidia-smi"
@@ -91,8 +98,12 @@ EOF
 }
 
 pip_install() {
+  # CUDA for this machine's GPU only (the default list of six architectures takes minutes longer)
+  local arch
+  arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d .)
   CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) PIP_BREAK_SYSTEM_PACKAGES=1 \
-    "$PY" -m pip install --no-build-isolation --no-deps --no-index --target "$SITE" --upgrade -v "$REPO"
+    "$PY" -m pip install --no-build-isolation --no-deps --no-index --target "$SITE" --upgrade -v "$REPO" \
+    -Cbuild-dir="$WORK/build" ${arch:+-Ccmake.define.CMAKE_CUDA_ARCHITECTURES=$arch}
 }
 
 # The package as plain source (no compiled _native): what still runs when the native build fails.
@@ -133,14 +144,32 @@ ort_placement() {
   pyrun "$REPO/benchmarks/device/ort_placement.py" --provider cuda --times --json "$LOGS/ort_placement.json"
 }
 
-benchmarks() {
-  local selection=()
-  [[ -n "${FLEXAVATAR_BENCH_SELECT:-}" ]] && selection=(-k "$FLEXAVATAR_BENCH_SELECT")
+# bench [-k EXPRESSION]: the benchmark suite (or a selection) into the history; -s: the export's progress and
+# each case's correctness line reach the log as they happen
+bench() {
   # shellcheck disable=SC2086  # FLEXAVATAR_BENCH_ARGS is a list of words on purpose
   pyrun -m pytest "$REPO/benchmarks" --rootdir "$REPO" -c "$REPO/pyproject.toml" -p no:cacheprovider \
     --benchmark-only --benchmark-max-time="$MAX_TIME" --benchmark-min-rounds=5 \
     --benchmark-warmup=on --benchmark-warmup-iterations=3 --benchmark-columns=min,median,mean,ops,rounds \
-    --bench-history "$HISTORY" -rs "${selection[@]}" ${FLEXAVATAR_BENCH_ARGS:-}
+    --bench-history "$HISTORY" -rs -s "$@" ${FLEXAVATAR_BENCH_ARGS:-}
+}
+
+benchmarks() {
+  local selection=()
+  [[ -n "${FLEXAVATAR_BENCH_SELECT:-}" ]] && selection=(-k "$FLEXAVATAR_BENCH_SELECT")
+  bench "${selection[@]}"
+}
+
+# gpu_check.sh PARTS with this run's installed package (its build part is then skipped)
+gpu_check() {
+  FLEXAVATAR_SITE=$SITE OUT=$LOGS/gpu-check bash "$REPO/cpp/tests/gpu/gpu_check.sh" "$@"
+}
+
+# C++ vs Python whole frame on CUDA: the C++ runtime that gpu_check.sh's runtime part built with CUDA
+bench_cpp() {
+  local lib=$REPO/build/gpu-check/cpp-runtime/libflexavatar_runtime.so
+  [[ -f $lib ]] || { echo "no CUDA build of the C++ runtime at $lib (the cpp-runtime stage failed?)"; return 1; }
+  FLEXAVATAR_CPP_RUNTIME_LIB=$lib bench -k "bench_cpp_runtime and flex1 and cuda"
 }
 
 # fixtures: a copy staged inside the tree (benchmarks/device/stage.py; ../shared does not travel), else ../shared
@@ -150,15 +179,25 @@ if [[ -z "${FLEXAVATAR_FIXTURES:-}" ]]; then
   done
 fi
 export FLEXAVATAR_FIXTURES=${FLEXAVATAR_FIXTURES:-}
-export REPO PY MAX_TIME WORK SITE HISTORY
-export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement benchmarks
+export REPO PY MAX_TIME WORK SITE HISTORY LOGS
+export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp
 ls "$HISTORY" >"$WORK/history-before.txt" 2>/dev/null
 say "flexavatar GPU run $STAMP, budget ${BUDGET_S}s, repo $REPO, commit ${FLEXAVATAR_GIT_COMMIT:-unknown}"
-stage machine 30 machine_info
-stage build 200 build
-stage gpu-tests "${FLEXAVATAR_GPU_TESTS_CAP:-100}" gpu_tests
-stage ort-placement 90 ort_placement
-RESERVE=25 stage benchmarks 100000 benchmarks
+for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement benchmarks}; do
+  case $name in
+    machine) stage machine 30 machine_info ;;
+    build) stage build 200 build ;;
+    gpu-tests) stage gpu-tests "${FLEXAVATAR_GPU_TESTS_CAP:-100}" gpu_tests ;;
+    ort-placement) stage ort-placement 90 ort_placement ;;
+    benchmarks) stage benchmarks 100000 benchmarks ;;
+    bench-runtime) stage bench-runtime 260 bench -k "bench_runtime and cuda" ;;
+    cpp-runtime) stage cpp-runtime 150 gpu_check runtime ;;
+    bench-cpp) stage bench-cpp 120 bench_cpp ;;
+    native-check) stage native-check 150 gpu_check timing memcheck ;;
+    dashboard) ;;   # always last, below
+    *) say "[$name] unknown stage (FLEXAVATAR_GPU_STAGES)" ;;
+  esac
+done
 RESERVE=0 stage dashboard 30 pyrun -m flexavatar.dashboard "$HISTORY" -o "$WORK/dashboard.html"
 
 NEW=$(ls "$HISTORY" | grep -vxF -f "$WORK/history-before.txt" || true)
@@ -167,7 +206,7 @@ say "done in $(($(date +%s) - START))s"
 if [[ -n "${OUT:-}" ]]; then
   mkdir -p "$OUT/history" "$OUT/logs"
   for f in $NEW; do cp "$HISTORY/$f" "$OUT/history/"; done
-  cp "$LOGS"/* "$OUT/logs/" 2>/dev/null
+  cp -r "$LOGS"/* "$OUT/logs/" 2>/dev/null
   [[ -f "$WORK/dashboard.html" ]] && cp "$WORK/dashboard.html" "$OUT/"
   echo "copied records, dashboard and logs to $OUT"
 fi

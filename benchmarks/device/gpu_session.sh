@@ -5,12 +5,12 @@
 #
 # 1. installs the staged wheels (onnxruntime-gpu) into /tmp/site when .device/parts/ holds them;
 # 2. points the tests at the staged fixtures (.device/fixtures, see stage.py);
-# 3. cpp/tests/gpu/gpu_check.sh: native CUDA rasterizer tests, sanitizer, the C++ runtime's CUDA path;
-# 4. benchmarks/run_gpu.sh: GPU tests, ONNX Runtime node placement and the benchmarks (ORT-CUDA cases run when
-#    step 1 happened), in what is left of FLEXAVATAR_SESSION_BUDGET_S (default 540 s: a device call may take
-#    600 s). The benchmarks default to what no GPU has measured yet — the whole frame of the Python and C++
-#    runtimes on CUDA at FLEX-1 size (ORT-CUDA fp32/fp16, CUDA graphs, PyTorch eager beside them); set
-#    FLEXAVATAR_BENCH_SELECT (a pytest -k expression) to choose others ("" for the whole suite).
+# 3. waits for prewarm.sh when an earlier call started it (build + FLEX-1 bundle export in the background);
+# 4. benchmarks/run_gpu.sh, stages in order of what no GPU has measured yet, each under its own time cap, all
+#    within FLEXAVATAR_SESSION_BUDGET_S (default 500 s: a device call may take 600 s): one build of the package
+#    for this GPU, the Python runtime's CUDA whole frame (#7: ORT-CUDA fp32/fp16, CUDA graphs, PyTorch eager),
+#    the C++ runtime's CUDA build and ctest, C++ vs Python on CUDA (#9), the GPU tests, the native rasterizer's
+#    timing and compute-sanitizer, ONNX Runtime node placement. FLEXAVATAR_GPU_STAGES overrides the list.
 # $OUT receives gpu-session.tar.gz (every log) and the new benchmark records (*.json): the device returns
 # at most 8 files, so the logs travel as one archive.
 set -uo pipefail
@@ -18,7 +18,7 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$REPO" || exit 1
 PY=${PYTHON:-python3}
 START=$(date +%s)
-BUDGET=${FLEXAVATAR_SESSION_BUDGET_S:-540}
+BUDGET=${FLEXAVATAR_SESSION_BUDGET_S:-500}
 RESULTS=${OUT:-}
 OUT=$REPO/build/gpu-session
 rm -rf "$OUT" && mkdir -p "$OUT"
@@ -37,13 +37,21 @@ PYEOF
 )
 [[ -n "$NVIDIA_LIBS" ]] && export LD_LIBRARY_PATH=$NVIDIA_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 "$PY" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())" 2>&1 | tee "$OUT/ort.txt"
-OUT=$OUT/cpp timeout 240 bash cpp/tests/gpu/gpu_check.sh 2>&1 | tee "$OUT/gpu_check.log" | tail -40
-# the C++ runtime benchmark's CUDA case uses gpu_check.sh's runtime build (run_ctest.sh builds without CUDA)
-[[ -f build/gpu-check/cpp-runtime/libflexavatar_runtime.so ]] &&
-  export FLEXAVATAR_CPP_RUNTIME_LIB=$REPO/build/gpu-check/cpp-runtime/libflexavatar_runtime.so
+# prewarm.sh, started in the background by an earlier call: wait until it is done (its build and export would
+# otherwise be repeated here), then skip the build when it installed the package
+PREWARM=$REPO/build/gpu-prewarm
+if [[ -f $PREWARM/started ]]; then
+  waited=0
+  while [[ ! -f $PREWARM/done ]] && ((waited < ${FLEXAVATAR_PREWARM_WAIT_S:-300})); do sleep 5; waited=$((waited + 5)); done
+  echo "prewarm: waited ${waited} s; markers: $(ls "$PREWARM" | tr '\n' ' ')" | tee "$OUT/prewarm.txt"
+  tail -3 "$PREWARM/build.log" "$PREWARM/bundle.log" 2>/dev/null | tee -a "$OUT/prewarm.txt"
+  cp "$PREWARM"/*.log "$OUT/" 2>/dev/null
+fi
+BUILD_STAGE=build
+[[ -f $PREWARM/build.ok ]] && BUILD_STAGE=
 left=$((BUDGET - ($(date +%s) - START)))
-FLEXAVATAR_BENCH_SELECT=${FLEXAVATAR_BENCH_SELECT-(bench_runtime or bench_cpp_runtime) and cuda} \
-  FLEXAVATAR_GPU_BUDGET_S=$((left - 15)) OUT=$OUT bash benchmarks/run_gpu.sh 2>&1 | tail -60
+FLEXAVATAR_GPU_STAGES=${FLEXAVATAR_GPU_STAGES:-machine $BUILD_STAGE bench-runtime cpp-runtime bench-cpp gpu-tests native-check ort-placement} \
+  FLEXAVATAR_GPU_BUDGET_S=$((left - 10)) OUT=$OUT bash benchmarks/run_gpu.sh 2>&1 | tail -80
 if [[ -n "$RESULTS" ]]; then
   tar czf "$RESULTS/gpu-session.tar.gz" -C "$REPO/build" gpu-session
   cp "$OUT"/history/*.json "$RESULTS/" 2>/dev/null

@@ -7,11 +7,14 @@
 # small forward+backward; then builds the C++ embedding runtime with CUDA and runs its GPU ctest
 # (runtime_cuda_check: CUDA vs CPU rasterizer through the C API, device-pointer frames). Logs go to $OUT
 # when set (else build/gpu-check).
+#   bash cpp/tests/gpu/gpu_check.sh [PART ...]     PART: build tests timing memcheck runtime (default: all, in order)
+# FLEXAVATAR_SITE: an installed flexavatar with a CUDA-built _native (e.g. benchmarks/run_gpu.sh's): used instead
+# of the build part's own folder, and the build part is skipped when it imports.
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/../../.." && pwd)
 PY=${PYTHON:-python3}
 WORK=$REPO/build/gpu-check
-SITE=$WORK/site
+SITE=${FLEXAVATAR_SITE:-$WORK/site}
 LOGS=${OUT:-$WORK/logs}
 mkdir -p "$WORK" "$LOGS"
 ARCH=${CUDA_ARCH:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d .)}
@@ -21,23 +24,35 @@ ARCH=${ARCH:-90}
 EXTRA_PATH=${PYTHONPATH:+:$PYTHONPATH}
 pyrun() { (cd "$WORK" && PYTHONPATH="$SITE$EXTRA_PATH" PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1 "$PY" "$@"); }
 
+PARTS=("$@")
+((${#PARTS[@]})) || PARTS=(build tests timing memcheck runtime)
+want() { local p; for p in "${PARTS[@]}"; do [[ $p == "$1" ]] && return 0; done; return 1; }
+
+if want build && [[ -n "${FLEXAVATAR_SITE:-}" ]] && pyrun -c "import flexavatar._native" 2>/dev/null; then
+  echo "== build: skipped, using $SITE"
+elif want build; then
 echo "== build (sm_$ARCH)"
 t0=$(date +%s)
 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) FLEXAVATAR_CUDA=ON "$PY" -m pip install --no-build-isolation --no-deps --no-index \
   --target "$SITE" --upgrade "$REPO" -Ccmake.define.CMAKE_CUDA_ARCHITECTURES="$ARCH" \
   -Cbuild-dir="$WORK/build" >"$LOGS/build.log" 2>&1 || { tail -40 "$LOGS/build.log"; exit 1; }
 echo "   built in $(($(date +%s) - t0)) s"
+fi
 pyrun -c "import flexavatar._native as n; print(n.build_info(), n.cuda_info())"
 
+if want tests; then
 echo "== gpu tests"
 timeout 150 bash -c "cd '$WORK' && PYTHONPATH='$SITE$EXTRA_PATH' PYTHONSAFEPATH=1 '$PY' -m pytest '$REPO/tests/test_kernels_native.py' \
   --rootdir '$REPO' -c '$REPO/pyproject.toml' -p no:cacheprovider -q -rs" 2>&1 | tee "$LOGS/tests.log" | tail -25
 
+fi
+if want timing; then
 echo "== timing"
 timeout 100 bash -c "cd '$WORK' && PYTHONPATH='$SITE$EXTRA_PATH' PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1 '$PY' '$REPO/cpp/tests/gpu/time_cuda.py'" 2>&1 \
   | tee "$LOGS/timing.log"
 
-if command -v compute-sanitizer >/dev/null; then
+fi
+if want memcheck && command -v compute-sanitizer >/dev/null; then
   echo "== compute-sanitizer (memcheck, small scene)"
   (cd "$WORK" && PYTHONPATH="$SITE$EXTRA_PATH" PYTHONSAFEPATH=1 timeout 60 compute-sanitizer --tool memcheck --error-exitcode 3 \
     "$PY" "$REPO/cpp/tests/gpu/time_cuda.py" --small) >"$LOGS/memcheck.log" 2>&1
@@ -48,6 +63,7 @@ fi
 # CUDA (ONNX Runtime from the Python wheel, nlohmann-json3-dev), the reduced fixture's bundle exported by
 # the Python exporter with an avatar code from the Python encoder, then ctest runtime_cuda_check (CUDA
 # rasterizer vs CPU rasterizer, device-pointer frame vs host frame, zero copy when ONNX Runtime has CUDA).
+want runtime || exit 0
 echo "== C++ runtime, CUDA rasterizer (ctest runtime_cuda_check)"
 RT_BUILD=$WORK/cpp-runtime
 # The fixtures: $FLEXAVATAR_FIXTURES, a copy staged inside the tree (../shared does not travel), else ../shared.
