@@ -49,8 +49,8 @@ VERIFY_SIZE = 1                                      # flexavatar.h enums
 BACKENDS = {"ort-cpu+cpu": (1, 1), "ort-cuda+cuda": (2, 2)}
 PRECISIONS = {"fp32": 0, "fp16": 1}
 
-_MEANS: dict[tuple[str, str, str], float] = {}       # (size, backend, "cpp" | "python") -> mean seconds, this run
-_CPP_FRAMES: dict[tuple[str, str], np.ndarray] = {}  # (size, backend) -> C++ rgb8 [H, W, 3] of the benchmarked frame
+_MEANS: dict[tuple[str, str, str, str], float] = {}  # (size, backend, precision, "cpp" | "python") -> mean seconds
+_CPP_FRAMES: dict[tuple[str, str, str], np.ndarray] = {}  # (size, backend, precision) -> C++ rgb8 [H, W, 3]
 
 
 class _Options(ctypes.Structure):
@@ -119,12 +119,6 @@ def _run(benchmark, size: str, device: str, fn):
     return benchmark.pedantic(fn, rounds=rounds[0], warmup_rounds=rounds[1])
 
 
-def _precision(bundle_dir: Path, backend: str) -> str:
-    """fp16 on CUDA when the bundle has an fp16 ONNX decoder (the GPU deployment), else fp32."""
-    fp16 = bool(Bundle.open(bundle_dir, verify="none").artifacts("decoder", "onnx", "fp16"))
-    return "fp16" if backend == "ort-cuda+cuda" and fp16 else "fp32"
-
-
 def _cuda_unavailable() -> str:
     """Why the ort-cuda+cuda cases cannot run here ("" when they can): decided at collection, so that a machine
     without them never builds the FLEX-1 bundle for them."""
@@ -144,15 +138,22 @@ def _cuda_unavailable() -> str:
 
 
 _NO_CUDA = _cuda_unavailable()
-BACKEND_PARAMS = [pytest.param(b, marks=pytest.mark.skipif(bool(_NO_CUDA) and b == "ort-cuda+cuda", reason=_NO_CUDA))
-                  for b in BACKENDS]
+# (backend, precision): fp32 on the CPU; on CUDA fp32, then the bundle's fp16 decoder (the GPU deployment)
+BACKEND_PARAMS = [pytest.param(b, p, id=f"{b}-{p}",
+                               marks=pytest.mark.skipif(bool(_NO_CUDA) and b == "ort-cuda+cuda", reason=_NO_CUDA))
+                  for b, p in (("ort-cpu+cpu", "fp32"), ("ort-cuda+cuda", "fp32"), ("ort-cuda+cuda", "fp16"))]
 
 
-@pytest.mark.parametrize("backend", BACKEND_PARAMS)
-def test_whole_frame_cpp_runtime(benchmark, bench_meta, cpp_library, case, backend):
+def _require_precision(bundle_dir: Path, precision: str) -> None:
+    if not Bundle.open(bundle_dir, verify="none").artifacts("decoder", "onnx", precision):
+        pytest.skip(f"the bundle has no {precision} ONNX decoder")
+
+
+@pytest.mark.parametrize("backend,precision", BACKEND_PARAMS)
+def test_whole_frame_cpp_runtime(benchmark, bench_meta, cpp_library, case, backend, precision):
     lib = cpp_library
     size, bundle_dir, (code, expression, c2w, k) = case
-    precision = _precision(bundle_dir, backend)
+    _require_precision(bundle_dir, precision)
     options = _Options()
     assert lib.flexavatar_runtime_options_init(ctypes.byref(options), ctypes.sizeof(options)) == 0
     options.device, options.rasterizer = BACKENDS[backend]
@@ -182,18 +183,18 @@ def test_whole_frame_cpp_runtime(benchmark, bench_meta, cpp_library, case, backe
         _run(benchmark, size, "cuda" if backend == "ort-cuda+cuda" else "cpu", render)
         alpha = np.ctypeslib.as_array(frame.alpha, shape=(SIZE, SIZE))
         assert alpha.max() > 0.5                                        # a head drawn, not the background
-        _CPP_FRAMES[(size, backend)] = np.ctypeslib.as_array(frame.rgba, shape=(SIZE, SIZE, 4))[..., :3].copy()
-        _MEANS[(size, backend, "cpp")] = benchmark.stats.stats.mean
+        _CPP_FRAMES[(size, backend, precision)] = np.ctypeslib.as_array(frame.rgba, shape=(SIZE, SIZE, 4))[..., :3].copy()
+        _MEANS[(size, backend, precision, "cpp")] = benchmark.stats.stats.mean
     finally:
         lib.flexavatar_runtime_destroy(rt)
 
 
-@pytest.mark.parametrize("backend", BACKEND_PARAMS)
-def test_whole_frame_python_runtime(benchmark, bench_meta, case, backend, capsys):
+@pytest.mark.parametrize("backend,precision", BACKEND_PARAMS)
+def test_whole_frame_python_runtime(benchmark, bench_meta, case, backend, precision, capsys):
     from flexavatar.runtime import Avatar, Camera, Runtime
 
     size, bundle_dir, (code, expression, c2w, k) = case
-    precision = _precision(bundle_dir, backend)
+    _require_precision(bundle_dir, precision)
     device = "cuda" if backend == "ort-cuda+cuda" else "cpu"
     rt = Runtime(bundle_dir, backend="onnxruntime", device=device, rasterizer=device, precision=precision,
                  verify="size")
@@ -202,13 +203,13 @@ def test_whole_frame_python_runtime(benchmark, bench_meta, case, backend, capsys
                frames=1, flops=DECODE_FLOPS[size])
     frames = _run(benchmark, size, device, lambda: rt.render(avatar, expression, camera, SIZE, SIZE))   # uint8 [1, H, W, 3]
     assert frames.shape == (1, SIZE, SIZE, 3) and frames.min() < 128
-    _MEANS[(size, backend, "python")] = benchmark.stats.stats.mean
-    if (size, backend) in _CPP_FRAMES:          # same bundle, inputs, provider and rasterizer
+    _MEANS[(size, backend, precision, "python")] = benchmark.stats.stats.mean
+    if (size, backend, precision) in _CPP_FRAMES:          # same bundle, inputs, provider and rasterizer
         # CPU: equal within one 8-bit step; CUDA: two sessions may pick different cuDNN algorithms
         steps = 1 if device == "cpu" else 3
-        assert np.abs(frames[0].astype(int) - _CPP_FRAMES[(size, backend)].astype(int)).max() <= steps
-    if (size, backend, "cpp") in _MEANS:
-        cpp, py = _MEANS[(size, backend, "cpp")], _MEANS[(size, backend, "python")]
+        assert np.abs(frames[0].astype(int) - _CPP_FRAMES[(size, backend, precision)].astype(int)).max() <= steps
+    if (size, backend, precision, "cpp") in _MEANS:
+        cpp, py = _MEANS[(size, backend, precision, "cpp")], _MEANS[(size, backend, precision, "python")]
         benchmark.extra_info["cpp_over_python_mean"] = cpp / py
         with capsys.disabled():
             print(f"\n[bench] whole frame at {size} size, 512², {backend} {precision}: C++ runtime {cpp * 1e3:.2f} ms, "

@@ -37,11 +37,12 @@ CASES = [
     ("openvino+cpu", "openvino", "cpu", "fp32", "cpu", False),
     ("torch-eager+cpu", "torch", "cpu", "fp32", "cpu", False),
     ("torch-eager+reference", "torch", "cpu", "fp32", "reference", False),
+    # GPU: the reference pipeline first, then the deployment path (fp16 + CUDA graphs) before the others
+    ("torch-eager+cuda", "torch", "cuda", "fp32", "cuda", False),
+    ("ort-cuda-graphs+cuda", "onnxruntime", "cuda", "fp16", "cuda", True),
+    ("ort-cuda-graphs+cuda", "onnxruntime", "cuda", "fp32", "cuda", True),
     ("ort-cuda+cuda", "onnxruntime", "cuda", "fp32", "cuda", False),
     ("ort-cuda+cuda", "onnxruntime", "cuda", "fp16", "cuda", False),
-    ("ort-cuda-graphs+cuda", "onnxruntime", "cuda", "fp32", "cuda", True),
-    ("ort-cuda-graphs+cuda", "onnxruntime", "cuda", "fp16", "cuda", True),
-    ("torch-eager+cuda", "torch", "cuda", "fp32", "cuda", False),
 ]
 
 

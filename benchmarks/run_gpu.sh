@@ -20,7 +20,8 @@
 #   FLEXAVATAR_GPU_STAGES     the stages to run, in order (default: machine build gpu-tests ort-placement
 #                             benchmarks dashboard). Also: bench-runtime (the Python runtime's CUDA whole frame,
 #                             #7), cpp-runtime (C++ runtime with CUDA + its ctest, via gpu_check.sh), bench-cpp
-#                             (C++ vs Python whole frame on CUDA, #9), native-check (gpu_check.sh's rasterizer
+#                             (C++ vs Python whole frame on CUDA, #9), ort-probe (ONNX Runtime CUDA settings
+#                             on the FLEX-1 fp16 decoder, benchmarks/device/ort_cuda_probe.py), native-check (gpu_check.sh's rasterizer
 #                             timing and compute-sanitizer; its tests are among gpu-tests). The build is for
 #                             this GPU's architecture only.
 #   FLEXAVATAR_FIXTURES       the fixtures folder (default: .device/fixtures staged in the tree by
@@ -169,7 +170,19 @@ gpu_check() {
 bench_cpp() {
   local lib=$REPO/build/gpu-check/cpp-runtime/libflexavatar_runtime.so
   [[ -f $lib ]] || { echo "no CUDA build of the C++ runtime at $lib (the cpp-runtime stage failed?)"; return 1; }
-  FLEXAVATAR_CPP_RUNTIME_LIB=$lib bench -k "bench_cpp_runtime and flex1 and cuda"
+  # fp32, then fp16 in a process of its own: a crash in one precision leaves the other's figures
+  FLEXAVATAR_CPP_RUNTIME_LIB=$lib bench -k "bench_cpp_runtime and flex1 and cuda and fp32"
+  local rc=$?
+  FLEXAVATAR_CPP_RUNTIME_LIB=$lib bench -k "bench_cpp_runtime and flex1 and cuda and fp16" || rc=$?
+  return $rc
+}
+
+# each ONNX Runtime CUDA setting of the runtime, and variants, on the FLEX-1 fp16 decoder (ort_cuda_probe.py)
+ort_probe() {
+  local bundle
+  bundle=$(ls -d "$REPO"/benchmarks/.cache/bundle-flex1-*fp16*/ 2>/dev/null | head -1)
+  [[ -n $bundle ]] || { echo "no FLEX-1 fp16 bundle in benchmarks/.cache (prewarm.sh or bench-runtime makes it)"; return 1; }
+  pyrun "$REPO/benchmarks/device/ort_cuda_probe.py" "$bundle" --precision fp16 --json "$LOGS/ort_cuda_probe.json"
 }
 
 # fixtures: a copy staged inside the tree (benchmarks/device/stage.py; ../shared does not travel), else ../shared
@@ -180,7 +193,7 @@ if [[ -z "${FLEXAVATAR_FIXTURES:-}" ]]; then
 fi
 export FLEXAVATAR_FIXTURES=${FLEXAVATAR_FIXTURES:-}
 export REPO PY MAX_TIME WORK SITE HISTORY LOGS
-export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp
+export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp ort_probe
 ls "$HISTORY" >"$WORK/history-before.txt" 2>/dev/null
 say "flexavatar GPU run $STAMP, budget ${BUDGET_S}s, repo $REPO, commit ${FLEXAVATAR_GIT_COMMIT:-unknown}"
 for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement benchmarks}; do
@@ -193,6 +206,7 @@ for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement bench
     bench-runtime) stage bench-runtime 260 bench -k "bench_runtime and cuda" ;;
     cpp-runtime) stage cpp-runtime 150 gpu_check runtime ;;
     bench-cpp) stage bench-cpp 120 bench_cpp ;;
+    ort-probe) stage ort-probe 150 ort_probe ;;
     native-check) stage native-check 150 gpu_check timing memcheck ;;
     dashboard) ;;   # always last, below
     *) say "[$name] unknown stage (FLEXAVATAR_GPU_STAGES)" ;;

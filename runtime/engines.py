@@ -400,10 +400,16 @@ class TorchDecoderModel:
         self.model, self.device = model, device
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        import torch
+
         from flexavatar.model import MULTI_VIEW_DATASET_ID, AvatarCode
         code = _tensor(feeds["code"], self.device).transpose(0, 1)                           # [R², 1, D]
         expressions = _tensor(feeds["expressions"], self.device)
-        g = self.model.decode(AvatarCode(code), expressions, dataset_id=MULTI_VIEW_DATASET_ID)
+        # fp32 means fp32 on every engine: cuDNN convolutions would run in TF32 by PyTorch's default
+        cudnn = torch.backends.cudnn
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                         allow_tf32=False):
+            g = self.model.decode(AvatarCode(code), expressions, dataset_id=MULTI_VIEW_DATASET_ID)
         return dict(zip(GAUSSIAN_OUTPUTS, (g.means, g.quats, g.scales, g.opacities, g.sh0)))
 
 

@@ -46,6 +46,28 @@ def to_cuda(x, device) -> Any:
     return host.pin_memory().to(device, non_blocking=True)
 
 
+def cuda_provider_options(device_id: int, stream_handle: int, cuda_graphs: bool) -> dict[str, str]:
+    """The CUDA provider's options, as the C++ runtime sets them (cpp/runtime/ort_session.cpp)."""
+    return {"device_id": str(device_id),
+            "user_compute_stream": str(stream_handle),          # ORT, copies and the rasterizer share one stream
+            "enable_cuda_graph": "1" if cuda_graphs else "0",
+            # fp32 means fp32: ORT's CUDA provider runs float32 MatMul/Conv in TF32 by default (10-bit mantissa),
+            # which moved a FLEX-1 frame by up to 0.08 against PyTorch on an H200; fp16 bundles are the fast path
+            "use_tf32": "0",
+            # ORT's default exhaustive cuDNN search (the fastest conv algorithms for the upsampler, found once per
+            # shape during the first frames) and an arena that grows by what is asked, not by powers of two
+            "cudnn_conv_algo_search": "EXHAUSTIVE", "arena_extend_strategy": "kSameAsRequested"}
+
+
+def cuda_run_options():
+    """Run options of every decoder call: return once the work is enqueued (the caller syncs for pixels)."""
+    import onnxruntime as ort
+
+    run_options = ort.RunOptions()
+    run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+    return run_options
+
+
 class OrtCudaModel:
     """One graph of the bundle on ONNX Runtime's CUDA provider; ``run`` takes numpy or CUDA torch tensors
     and returns CUDA torch tensors (float32, on ``self.stream``'s device)."""
@@ -62,12 +84,7 @@ class OrtCudaModel:
         self.stream = stream                                    # ORT, copies and the rasterizer share it
         self.artifact = artifact
         self.cuda_graphs = bool(cuda_graphs)
-        provider = {"device_id": str(options.device_id), "user_compute_stream": str(self.stream.cuda_stream),
-                    "enable_cuda_graph": "1" if self.cuda_graphs else "0",
-                    # as the C++ runtime (cpp/runtime/ort_session.cpp): ORT's default exhaustive cuDNN search (the
-                    # fastest conv algorithms for the upsampler, found once per shape during the first frames) and
-                    # an arena that grows by what is asked, not by powers of two
-                    "arena_extend_strategy": "kSameAsRequested", "cudnn_conv_algo_search": "EXHAUSTIVE"}
+        provider = cuda_provider_options(options.device_id, self.stream.cuda_stream, self.cuda_graphs)
         so = ort_session_options(options)
         try:
             self.session = ort.InferenceSession(str(path), so, providers=[("CUDAExecutionProvider", provider),
@@ -87,8 +104,7 @@ class OrtCudaModel:
                                          "or driver missing?)",
                                          "check `nvidia-smi` and the onnxruntime-gpu CUDA version")
         self.output_names = [o.name for o in artifact.outputs]
-        self.run_options = ort.RunOptions()
-        self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        self.run_options = cuda_run_options()
         self._local = threading.local()          # IOBinding objects are not thread-safe
         self._graphs: dict[int, _GraphSlot] = {}
         self._graph_lock = threading.Lock()
@@ -162,8 +178,6 @@ class _GraphSlot:
     """Fixed-address inputs/outputs for one batch size, and the ORT CUDA graph captured over them."""
 
     def __init__(self, model: OrtCudaModel, feeds: Mapping[str, Any], n: int, graph_id: int):
-        import onnxruntime as ort
-
         torch = model.torch
         self.model = model
         self.inputs = {name: torch.empty(tuple(x.shape), dtype=torch.float32, device=model.device)
@@ -172,8 +186,7 @@ class _GraphSlot:
                         for name, shape in model._output_shapes(n).items()}
         self.binding = model.session.io_binding()
         model._bind(self.binding, self.inputs, self.outputs)
-        self.run_options = ort.RunOptions()
-        self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        self.run_options = cuda_run_options()
         self.run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
 
     def run(self, feeds: Mapping[str, Any]) -> None:

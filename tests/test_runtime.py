@@ -7,6 +7,7 @@ no DINOv2 (the encoder takes DINOv2 features), ONNX fp32 only. The oracle everyw
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -51,6 +52,8 @@ from flexavatar.runtime.images import load_image
 
 SMALL_DINO = DinoV2Config(dim=32, depth=2, n_heads=2, input_size=56)
 ENGINES = ("onnxruntime", "openvino", "torch")
+# the GPU machine's image has no OpenVINO (a CPU engine, tested on CPU machines, where it is a dependency)
+BUNDLE_TARGETS = ("onnx", "openvino") if importlib.util.find_spec("openvino") else ("onnx",)
 RASTERIZERS = tuple(kernels.available_backends("cpu"))       # cpu (native), reference, triton under TRITON_INTERPRET
 GAUSSIAN_TOL = 1e-4
 IMAGE_MEAN_TOL, IMAGE_MAX_TOL = 1e-3, 2 / 255
@@ -82,7 +85,7 @@ def bundle(tmp_path_factory, official_dir, model, photo) -> Path:
     out = tmp_path_factory.mktemp("runtime") / "bundle"
     export_bundle(official_dir / "state_dict.safetensors", out, template=official_dir / "gghead_template.obj",
                   config=_config(official_dir), dinov2=model.dinov2, precisions=("fp32",), avatar=photo,
-                  progress=None)
+                  targets=BUNDLE_TARGETS, progress=None)
     return out
 
 

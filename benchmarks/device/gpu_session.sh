@@ -9,8 +9,9 @@
 # 4. benchmarks/run_gpu.sh, stages in order of what no GPU has measured yet, each under its own time cap, all
 #    within FLEXAVATAR_SESSION_BUDGET_S (default 500 s: a device call may take 600 s): one build of the package
 #    for this GPU, the Python runtime's CUDA whole frame (#7: ORT-CUDA fp32/fp16, CUDA graphs, PyTorch eager),
-#    the C++ runtime's CUDA build and ctest, C++ vs Python on CUDA (#9), the GPU tests, the native rasterizer's
-#    timing and compute-sanitizer, ONNX Runtime node placement. FLEXAVATAR_GPU_STAGES overrides the list.
+#    ONNX Runtime CUDA settings on the FLEX-1 fp16 decoder (ort_cuda_probe.py), the C++ runtime's CUDA build and
+#    ctest, C++ vs Python on CUDA (#9), the GPU tests, the native rasterizer's timing and compute-sanitizer, ONNX
+#    Runtime node placement. FLEXAVATAR_GPU_STAGES overrides the list.
 # $OUT receives gpu-session.tar.gz (every log) and the new benchmark records (*.json): the device returns
 # at most 8 files, so the logs travel as one archive.
 set -uo pipefail
@@ -50,7 +51,7 @@ fi
 BUILD_STAGE=build
 [[ -f $PREWARM/build.ok ]] && BUILD_STAGE=
 left=$((BUDGET - ($(date +%s) - START)))
-FLEXAVATAR_GPU_STAGES=${FLEXAVATAR_GPU_STAGES:-machine $BUILD_STAGE bench-runtime cpp-runtime bench-cpp gpu-tests native-check ort-placement} \
+FLEXAVATAR_GPU_STAGES=${FLEXAVATAR_GPU_STAGES:-machine $BUILD_STAGE bench-runtime ort-probe cpp-runtime bench-cpp gpu-tests native-check ort-placement} \
   FLEXAVATAR_GPU_BUDGET_S=$((left - 10)) OUT=$OUT bash benchmarks/run_gpu.sh 2>&1 | tail -80
 if [[ -n "$RESULTS" ]]; then
   tar czf "$RESULTS/gpu-session.tar.gz" -C "$REPO/build" gpu-session

@@ -125,19 +125,21 @@ Status OrtModel::open(const std::string& path, const SessionConfig& config, std:
   const bool cuda_possible = (config.try_cuda || config.require_cuda) &&
                              (config.require_cuda || cuda_provider_present(&model->cuda_fallback_reason_));
   if (cuda_possible) {
-    OrtCUDAProviderOptions cuda{};
-    cuda.device_id = config.cuda_device;
-    // as the Python runtime (runtime/gpu.py): exhaustive cuDNN search (ORT's default: the fastest conv
-    // algorithms, found once per shape during the first frames), an arena that grows by what is asked
-    cuda.cudnn_conv_algo_search = OrtCudnnConvAlgoSearchExhaustive;
-    cuda.arena_extend_strategy = 1;  // kSameAsRequested
-    cuda.gpu_mem_limit = SIZE_MAX;
-    cuda.do_copy_in_default_stream = 1;
-    if (config.cuda_stream) {
-      cuda.has_user_compute_stream = 1;
-      cuda.user_compute_stream = config.cuda_stream;
-    }
-    OrtStatus* cuda_status = api->SessionOptionsAppendExecutionProvider_CUDA(options.get(), &cuda);
+    // as the Python runtime (runtime/gpu.py cuda_provider_options): exhaustive cuDNN search (ORT's default: the
+    // fastest conv algorithms, found once per shape during the first frames), an arena that grows by what is
+    // asked, and no TF32 (fp32 means fp32: ORT's default TF32 MatMul/Conv moved FLEX-1 frames by up to 0.08)
+    OrtStatus* cuda_status = nullptr;
+    OrtCUDAProviderOptionsV2* cuda = nullptr;
+    const std::string device_id = std::to_string(config.cuda_device);
+    const char* keys[] = {"device_id", "cudnn_conv_algo_search", "arena_extend_strategy", "use_tf32",
+                          "do_copy_in_default_stream"};
+    const char* values[] = {device_id.c_str(), "EXHAUSTIVE", "kSameAsRequested", "0", "1"};
+    cuda_status = api->CreateCUDAProviderOptions(&cuda);
+    if (!cuda_status) cuda_status = api->UpdateCUDAProviderOptions(cuda, keys, values, sizeof(keys) / sizeof(keys[0]));
+    if (!cuda_status && config.cuda_stream)
+      cuda_status = api->UpdateCUDAProviderOptionsWithValue(cuda, "user_compute_stream", config.cuda_stream);
+    if (!cuda_status) cuda_status = api->SessionOptionsAppendExecutionProvider_CUDA_V2(options.get(), cuda);
+    if (cuda) api->ReleaseCUDAProviderOptions(cuda);
     if (cuda_status) {
       model->cuda_fallback_reason_ = api->GetErrorMessage(cuda_status);
       api->ReleaseStatus(cuda_status);

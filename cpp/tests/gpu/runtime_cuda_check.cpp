@@ -135,7 +135,8 @@ void compare_to_cpu(const HostFrame& got, const HostFrame& cpu, const std::strin
   expect(rgb.mean <= kMeanTol && alpha.mean <= kMeanTol, what + ": mean |diff| above 1e-3");
   expect(rgb.over <= flip_fraction && alpha.over <= flip_fraction, what + ": too many pixels differ beyond 2/255");
   expect(rgb.max <= kMaxTol && alpha.max <= kMaxTol, what + ": a pixel differs beyond 2e-2");
-  expect(depth_n > pixels / 20, what + ": the head covers too little of the frame for a comparison");
+  // the reduced fixture's head covers ~4 % of a 512² frame (10,312 px, measured on an H200): ask for 1 %
+  expect(depth_n > pixels / 100, what + ": the head covers too little of the frame for a comparison");
   expect(depth_mean <= kMeanTol, what + ": depth mean |diff| above 1e-3 where opaque");
   expect(double(rgba_over) / double(pixels) <= flip_fraction, what + ": RGBA8 differs by more than one step");
 }
