@@ -228,6 +228,17 @@ def test_targets_table_judges_latest_run(history):
     # whole frame fps ≥ 500 on H100 fp16: 1 / (1.8 ms × 0.84) ≈ 660 fps
     [whole] = db.targets_for(by_backend["whole_frame", "torch-eager+cuda"], gpu)
     assert whole.met is True
+    # the runtime's fp16 whole frame vs PyTorch eager fp32 in the same run: ≥ 3×
+    eager = dataclasses.replace(by_backend["whole_frame", "torch-eager+cuda"], dtype="fp32")
+    ort = dataclasses.replace(eager, backend="ort-cuda-graphs+cuda", dtype="fp16")
+    for speed, met in ((4.0, True), (2.2, False)):
+        fast = dataclasses.replace(ort, latency_ms={**ort.latency_ms, "p50": eager.latency_ms["p50"] / speed})
+        both = dataclasses.replace(gpu, cases=[eager, fast])
+        fps_target, vs_eager = db.targets_for(fast, both)
+        assert vs_eager.met is met and vs_eager.measured == f"{speed:.2f}×"
+    [_, alone] = db.targets_for(fast, dataclasses.replace(gpu, cases=[fast]))
+    assert alone.met is None                                     # no eager case in that run: not decidable
+    assert db.targets_for(eager, both) == []                     # the fp32 eager baseline itself: no target
     # C++ CPU rasterizer vs reference in the same run: 900 / 30 = 30× ≥ 20×
     [speedup] = db.targets_for(by_backend["rasterize", "cpp-cpu"], cpu)
     case, ref = by_backend["rasterize", "cpp-cpu"], by_backend["rasterize", "reference"]
@@ -439,3 +450,24 @@ def test_dashboard_renders_in_headless_chromium(history, tmp_path):
     assert margin.sum() == 0
     if os.environ.get("FLEXAVATAR_KEEP_SCREENSHOT"):
         shutil.copy(shot, os.environ["FLEXAVATAR_KEEP_SCREENSHOT"])
+
+
+def test_latest_session_merges_the_records_of_one_gpu_session(history):
+    """A GPU session writes one record per benchmark invocation: the targets read them together (same commit,
+    within SESSION_GAP), newer measurements of a case winning; another commit or a long gap starts a new session."""
+    runs = [r for r in db.load_history([history]) if r.machine_id == "h100aaaa"]
+    last = runs[-1]
+    eager = next(c for c in last.cases if c.backend == "torch-eager+cuda")
+    later = last.started + db.SESSION_GAP / 2
+    ort = dataclasses.replace(eager, id="bench_runtime.py::ort", backend="ort-cuda-graphs+cuda")
+    remeasured = dataclasses.replace(eager, latency_ms={**eager.latency_ms, "p50": 99.0})
+    second = dataclasses.replace(last, started=later, cases=(ort, remeasured))
+    session = db.latest_session(runs + [second])
+    ids = [c.id for c in session.cases]
+    assert sorted(ids) == sorted({c.id for c in last.cases} | {ort.id}) and len(ids) == len(set(ids))
+    assert next(c for c in session.cases if c.id == eager.id).latency_ms["p50"] == 99.0     # the newer record
+    assert session.started == last.started
+    other_commit = dataclasses.replace(second, commit="ffff9999")
+    assert db.latest_session(runs + [other_commit]).cases == other_commit.cases
+    too_late = dataclasses.replace(second, started=last.started + 2 * db.SESSION_GAP)
+    assert db.latest_session(runs + [too_late]).cases == too_late.cases
