@@ -144,6 +144,20 @@ BACKEND_PARAMS = [pytest.param(b, p, id=f"{b}-{p}",
                   for b, p in (("ort-cpu+cpu", "fp32"), ("ort-cuda+cuda", "fp32"), ("ort-cuda+cuda", "fp16"))]
 
 
+# ONNX Runtime's CUDA provider library binds to the first ONNX Runtime core that loads it in a process: the C++
+# runtime's libonnxruntime and the onnxruntime Python module's own core cannot both run CUDA sessions in one
+# process (the second fails with "Attempt to use DefaultLogger but none has been registered", seen on an H200).
+# The CUDA cases of the two runtimes therefore run in separate pytest processes (benchmarks/run_gpu.sh bench_cpp).
+_CUDA_ORT_OWNER: list[str] = []        # "cpp" or "python": who created the first CUDA session in this process
+
+
+def _claim_cuda(runtime: str) -> None:
+    if _CUDA_ORT_OWNER and _CUDA_ORT_OWNER[0] != runtime:
+        pytest.skip(f"the {_CUDA_ORT_OWNER[0]} runtime already runs ONNX Runtime on CUDA in this process; run the "
+                    f"{runtime} CUDA case in a process of its own (-k '{runtime}_runtime and cuda')")
+    _CUDA_ORT_OWNER[:] = [runtime]
+
+
 def _require_precision(bundle_dir: Path, precision: str) -> None:
     if not Bundle.open(bundle_dir, verify="none").artifacts("decoder", "onnx", precision):
         pytest.skip(f"the bundle has no {precision} ONNX decoder")
@@ -154,6 +168,8 @@ def test_whole_frame_cpp_runtime(benchmark, bench_meta, cpp_library, case, backe
     lib = cpp_library
     size, bundle_dir, (code, expression, c2w, k) = case
     _require_precision(bundle_dir, precision)
+    if backend == "ort-cuda+cuda":
+        _claim_cuda("cpp")
     options = _Options()
     assert lib.flexavatar_runtime_options_init(ctypes.byref(options), ctypes.sizeof(options)) == 0
     options.device, options.rasterizer = BACKENDS[backend]
@@ -196,6 +212,8 @@ def test_whole_frame_python_runtime(benchmark, bench_meta, case, backend, precis
     size, bundle_dir, (code, expression, c2w, k) = case
     _require_precision(bundle_dir, precision)
     device = "cuda" if backend == "ort-cuda+cuda" else "cpu"
+    if device == "cuda":
+        _claim_cuda("python")
     rt = Runtime(bundle_dir, backend="onnxruntime", device=device, rasterizer=device, precision=precision,
                  verify="size")
     avatar, camera = Avatar(code), Camera(c2w, k)

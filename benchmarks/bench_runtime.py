@@ -119,3 +119,44 @@ def test_whole_frame(benchmark, bench_meta, flex1_bundle, flex1_model, avatar, e
         assert diff.mean() <= 1e-3 and diff.max() <= 2 / 255 + 1e-6
     else:
         assert psnr >= 35.0
+
+
+# Throughput of clip rendering on a GPU: BATCH frames per decoder call (Runtime(batch=...)), rasterized and read
+# back together; fps counts frames. Latency per frame is the call's latency: for offline clips, not interaction.
+BATCH = 8
+_BATCHED = [pytest.param("ort-cuda-graphs+cuda", "onnxruntime", "fp16", True, id=f"ort-cuda-graphs+cuda-fp16-b{BATCH}",
+                         marks=[_NO_CUDA]),
+            pytest.param("torch-eager+cuda", "torch", "fp32", False, id=f"torch-eager+cuda-fp32-b{BATCH}",
+                         marks=[_NO_CUDA])]
+
+
+@pytest.mark.parametrize("label,engine,precision,graphs", _BATCHED)
+def test_whole_frame_batched(benchmark, bench_meta, flex1_bundle, flex1_model, avatar, expressions, label, engine,
+                             precision, graphs):
+    _skip_unless_runnable(engine, "cuda", flex1_bundle)
+    rt = Runtime(flex1_bundle, backend=engine, device="cuda", rasterizer="cuda", precision=precision, batch=BATCH,
+                 cuda_graphs=graphs, verify="size", model=flex1_model if engine == "torch" else None)
+    cameras = orbit_camera(N_FRAMES)
+    bench_meta(stage="whole_frame", backend=f"{label}-b{BATCH}", size="flex1", device="cuda", dtype=precision,
+               flops=DECODE_FLOPS * BATCH, frames=BATCH, rasterizer=rt.rasterizer, runtime=rt.describe())
+    step = iter(range(10**9))
+
+    def frames():
+        i = (next(step) * BATCH) % N_FRAMES
+        picked = [(i + k) % N_FRAMES for k in range(BATCH)]
+        return rt.render(avatar, expressions[picked], Camera(cameras.cam2world[picked], cameras.intrinsics), SIZE, SIZE)
+
+    single = [rt.render(avatar, expressions[k:k + 1], Camera(cameras.cam2world[k], cameras.intrinsics), SIZE, SIZE)
+              for k in range(BATCH)]
+    out = benchmark.pedantic(frames, rounds=30, warmup_rounds=5)
+    assert out.shape == (BATCH, SIZE, SIZE, 3) and out.dtype == np.uint8
+    # a batch renders what its frames render one by one (the batched decoder's rows are independent)
+    batch0 = rt.render(avatar, expressions[:BATCH], Camera(cameras.cam2world[:BATCH], cameras.intrinsics), SIZE, SIZE)
+    diff = np.stack([batch0[k].astype(np.float64) - single[k][0] for k in range(BATCH)]) / 255
+    psnr = 10 * np.log10(1 / max(float(np.mean(diff ** 2)), 1e-20))
+    print(f"\n{label} b{BATCH}: {rt.describe()}; batched vs one-by-one frames: max {np.abs(diff).max() * 255:.0f} "
+          f"steps of 255, PSNR {psnr:.1f} dB")
+    if precision == "fp32":
+        assert np.abs(diff).max() <= 2 / 255 + 1e-9
+    else:
+        assert psnr >= 40.0

@@ -21,7 +21,8 @@
 #                             benchmarks dashboard). Also: bench-runtime (the Python runtime's CUDA whole frame,
 #                             #7), cpp-runtime (C++ runtime with CUDA + its ctest, via gpu_check.sh), bench-cpp
 #                             (C++ vs Python whole frame on CUDA, #9), ort-probe (ONNX Runtime CUDA settings
-#                             on the FLEX-1 fp16 decoder, benchmarks/device/ort_cuda_probe.py), native-check (gpu_check.sh's rasterizer
+#                             on the FLEX-1 fp16 decoder, benchmarks/device/ort_cuda_probe.py; ort-stress: 3000
+#                             calls of four of them), native-check (gpu_check.sh's rasterizer
 #                             timing and compute-sanitizer; its tests are among gpu-tests). The build is for
 #                             this GPU's architecture only.
 #   FLEXAVATAR_FIXTURES       the fixtures folder (default: .device/fixtures staged in the tree by
@@ -132,7 +133,9 @@ build() {
 }
 
 gpu_tests() {
-  pyrun -m pytest "$REPO/tests" --rootdir "$REPO" -c "$REPO/pyproject.toml" -m gpu -p no:cacheprovider -q -rs
+  # --capture=sys: what C++ libraries print (ONNX Runtime's message before an abort) reaches the log
+  pyrun -m pytest "$REPO/tests" --rootdir "$REPO" -c "$REPO/pyproject.toml" -m gpu -p no:cacheprovider -q -rs \
+    --capture=sys
 }
 
 ort_placement() {
@@ -170,19 +173,29 @@ gpu_check() {
 bench_cpp() {
   local lib=$REPO/build/gpu-check/cpp-runtime/libflexavatar_runtime.so
   [[ -f $lib ]] || { echo "no CUDA build of the C++ runtime at $lib (the cpp-runtime stage failed?)"; return 1; }
-  # fp32, then fp16 in a process of its own: a crash in one precision leaves the other's figures
-  FLEXAVATAR_CPP_RUNTIME_LIB=$lib bench -k "bench_cpp_runtime and flex1 and cuda and fp32"
-  local rc=$?
-  FLEXAVATAR_CPP_RUNTIME_LIB=$lib bench -k "bench_cpp_runtime and flex1 and cuda and fp16" || rc=$?
+  # one process per runtime and precision: ONNX Runtime's CUDA provider binds to the first ORT core of a process
+  # (the C++ runtime's libonnxruntime or the Python module's), and an abort in one case leaves the others' figures
+  local rc=0 precision runtime
+  for precision in fp32 fp16; do
+    for runtime in cpp python; do
+      FLEXAVATAR_CPP_RUNTIME_LIB=$lib bench -k "bench_cpp_runtime and ${runtime}_runtime and flex1 and cuda and $precision" || rc=$?
+    done
+  done
   return $rc
 }
 
-# each ONNX Runtime CUDA setting of the runtime, and variants, on the FLEX-1 fp16 decoder (ort_cuda_probe.py)
+# each ONNX Runtime CUDA setting of the runtime, and variants, on the FLEX-1 fp16 decoder (ort_cuda_probe.py);
+# ort_probe stress: 3000 calls of the settings that matter for the intermittent abort (README, GPU notes)
 ort_probe() {
   local bundle
   bundle=$(ls -d "$REPO"/benchmarks/.cache/bundle-flex1-*fp16*/ 2>/dev/null | head -1)
   [[ -n $bundle ]] || { echo "no FLEX-1 fp16 bundle in benchmarks/.cache (prewarm.sh or bench-runtime makes it)"; return 1; }
-  pyrun "$REPO/benchmarks/device/ort_cuda_probe.py" "$bundle" --precision fp16 --json "$LOGS/ort_cuda_probe.json"
+  if [[ ${1:-} == stress ]]; then
+    pyrun "$REPO/benchmarks/device/ort_cuda_probe.py" "$bundle" --precision fp16 --frames 3000 --timeout 120 \
+      --variants runtime,runtime+graphs,sync-at-run-end,no-user-stream --json "$LOGS/ort_cuda_stress.json"
+  else
+    pyrun "$REPO/benchmarks/device/ort_cuda_probe.py" "$bundle" --precision fp16 --json "$LOGS/ort_cuda_probe.json"
+  fi
 }
 
 # fixtures: a copy staged inside the tree (benchmarks/device/stage.py; ../shared does not travel), else ../shared
@@ -207,6 +220,7 @@ for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement bench
     cpp-runtime) stage cpp-runtime 150 gpu_check runtime ;;
     bench-cpp) stage bench-cpp 120 bench_cpp ;;
     ort-probe) stage ort-probe 150 ort_probe ;;
+    ort-stress) stage ort-stress 200 ort_probe stress ;;
     native-check) stage native-check 150 gpu_check timing memcheck ;;
     dashboard) ;;   # always last, below
     *) say "[$name] unknown stage (FLEXAVATAR_GPU_STAGES)" ;;

@@ -6,12 +6,13 @@
 # 1. installs the staged wheels (onnxruntime-gpu) into /tmp/site when .device/parts/ holds them;
 # 2. points the tests at the staged fixtures (.device/fixtures, see stage.py);
 # 3. waits for prewarm.sh when an earlier call started it (build + FLEX-1 bundle export in the background);
-# 4. benchmarks/run_gpu.sh, stages in order of what no GPU has measured yet, each under its own time cap, all
-#    within FLEXAVATAR_SESSION_BUDGET_S (default 500 s: a device call may take 600 s): one build of the package
-#    for this GPU, the Python runtime's CUDA whole frame (#7: ORT-CUDA fp32/fp16, CUDA graphs, PyTorch eager),
-#    ONNX Runtime CUDA settings on the FLEX-1 fp16 decoder (ort_cuda_probe.py), the C++ runtime's CUDA build and
-#    ctest, C++ vs Python on CUDA (#9), the GPU tests, the native rasterizer's timing and compute-sanitizer, ONNX
-#    Runtime node placement. FLEXAVATAR_GPU_STAGES overrides the list.
+# 4. benchmarks/run_gpu.sh, stages in order of what the GPU sessions so far left open, each under its own time
+#    cap, all within FLEXAVATAR_SESSION_BUDGET_S (default 500 s: a device call may take 600 s): the build (skipped
+#    after prewarm.sh's), the GPU tests (the Python runtime's CUDA tests never completed: an abort in ONNX
+#    Runtime's non-graph CUDA mode, see benchmarks/device/README.md), the abort's frequency per ORT setting
+#    (ort-stress), the whole frame (#7, with the batched throughput cases), the C++ runtime's CUDA build + ctest
+#    and C++ vs Python on CUDA (#9), then the settings probe, rasterizer timing + compute-sanitizer, ORT node
+#    placement. FLEXAVATAR_GPU_STAGES overrides the list.
 # $OUT receives gpu-session.tar.gz (every log) and the new benchmark records (*.json): the device returns
 # at most 8 files, so the logs travel as one archive.
 set -uo pipefail
@@ -51,7 +52,7 @@ fi
 BUILD_STAGE=build
 [[ -f $PREWARM/build.ok ]] && BUILD_STAGE=
 left=$((BUDGET - ($(date +%s) - START)))
-FLEXAVATAR_GPU_STAGES=${FLEXAVATAR_GPU_STAGES:-machine $BUILD_STAGE bench-runtime ort-probe cpp-runtime bench-cpp gpu-tests native-check ort-placement} \
+FLEXAVATAR_GPU_STAGES=${FLEXAVATAR_GPU_STAGES:-machine $BUILD_STAGE gpu-tests ort-stress bench-runtime cpp-runtime bench-cpp ort-probe native-check ort-placement} \
   FLEXAVATAR_GPU_BUDGET_S=$((left - 10)) OUT=$OUT bash benchmarks/run_gpu.sh 2>&1 | tail -80
 if [[ -n "$RESULTS" ]]; then
   tar czf "$RESULTS/gpu-session.tar.gz" -C "$REPO/build" gpu-session

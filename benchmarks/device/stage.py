@@ -101,16 +101,19 @@ def main() -> None:
                                 "parts": split(wheel, args.part_mib * 2**20)})
     (PARTS / "index.json").write_text(json.dumps(index, indent=1))
     parts = [p for w in index["wheels"] for p in w["parts"]]
-    smallest = min(range(len(parts)), key=lambda k: parts[k]["bytes"])
+    # the smallest part travels first with the fixtures and starts prewarm.sh (build + FLEX-1 export in the
+    # background); the index travels last with the session command
+    order = sorted(range(len(parts)), key=lambda k: (k != min(range(len(parts)), key=lambda j: parts[j]["bytes"]), k))
     print(f"{len(parts)} parts in {PARTS.relative_to(REPO)}/; device calls (back to back, the machine is "
           "released after 30 s idle):")
-    for k, part in enumerate(parts):
-        last = k == len(parts) - 1
-        carry = ([f".device/parts/{part['file']}"] + ([".device/parts/index.json"] if last else [])
-                 + (fixtures if k == smallest else []))
-        command = "bash benchmarks/device/gpu_session.sh" if last else "ls -la .device/parts"
+    prewarm = "setsid bash benchmarks/device/prewarm.sh </dev/null >/dev/null 2>&1 & sleep 2"
+    for n, k in enumerate(order):
+        first, last = n == 0, n == len(order) - 1
+        carry = ([f".device/parts/{parts[k]['file']}"] + ([".device/parts/index.json"] if last else [])
+                 + (fixtures if first else []))
+        command = ("FLEXAVATAR_GIT_COMMIT=$(commit) FLEXAVATAR_SESSION_BUDGET_S=<left - 90> "
+                   "bash benchmarks/device/gpu_session.sh" if last else prewarm if first else "ls .device/parts")
         print(f"  run(carry={json.dumps(carry)}, command={command!r})")
-
 
 if __name__ == "__main__":
     main()
