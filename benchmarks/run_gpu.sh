@@ -22,7 +22,7 @@
 #                             #7), cpp-runtime (C++ runtime with CUDA + its ctest, via gpu_check.sh), bench-cpp
 #                             (C++ vs Python whole frame on CUDA, #9), ort-probe (ONNX Runtime CUDA settings
 #                             on the FLEX-1 fp16 decoder, benchmarks/device/ort_cuda_probe.py; ort-stress: 3000
-#                             calls of four of them), native-check (gpu_check.sh's rasterizer
+#                             calls of four of them), wait-prewarm (until prewarm.sh is done), native-check (gpu_check.sh's rasterizer
 #                             timing and compute-sanitizer; its tests are among gpu-tests). The build is for
 #                             this GPU's architecture only.
 #   FLEXAVATAR_FIXTURES       the fixtures folder (default: .device/fixtures staged in the tree by
@@ -221,6 +221,7 @@ for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement bench
     bench-cpp) stage bench-cpp 120 bench_cpp ;;
     ort-probe) stage ort-probe 150 ort_probe ;;
     ort-stress) stage ort-stress 200 ort_probe stress ;;
+    wait-prewarm) stage wait-prewarm 300 bash -c "until [[ -f '$REPO/build/gpu-prewarm/done' ]]; do sleep 2; done" ;;
     native-check) stage native-check 150 gpu_check timing memcheck ;;
     dashboard) ;;   # always last, below
     *) say "[$name] unknown stage (FLEXAVATAR_GPU_STAGES)" ;;

@@ -44,7 +44,10 @@ PYEOF
 PREWARM=$REPO/build/gpu-prewarm
 if [[ -f $PREWARM/started ]]; then
   waited=0
-  while [[ ! -f $PREWARM/done ]] && ((waited < ${FLEXAVATAR_PREWARM_WAIT_S:-300})); do sleep 5; waited=$((waited + 5)); done
+  # FLEXAVATAR_PREWARM_WAIT=build: only until the package is installed (stages that need no FLEX-1 bundle go
+  # first; run_gpu.sh's wait-prewarm stage waits for the rest)
+  until [[ -f $PREWARM/done ]] || { [[ ${FLEXAVATAR_PREWARM_WAIT:-all} == build ]] && [[ -f $PREWARM/build.ok ]]; } \
+    || ((waited >= ${FLEXAVATAR_PREWARM_WAIT_S:-300})); do sleep 5; waited=$((waited + 5)); done
   echo "prewarm: waited ${waited} s; markers: $(ls "$PREWARM" | tr '\n' ' ')" | tee "$OUT/prewarm.txt"
   tail -3 "$PREWARM/build.log" "$PREWARM/bundle.log" 2>/dev/null | tee -a "$OUT/prewarm.txt"
   cp "$PREWARM"/*.log "$OUT/" 2>/dev/null
