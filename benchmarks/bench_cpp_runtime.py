@@ -215,7 +215,7 @@ def test_whole_frame_python_runtime(benchmark, bench_meta, case, backend, precis
     if device == "cuda":
         _claim_cuda("python")
     rt = Runtime(bundle_dir, backend="onnxruntime", device=device, rasterizer=device, precision=precision,
-                 verify="size")
+                 verify="size", cuda_graphs=False)          # as the C++ runtime, which has no graph mode yet
     avatar, camera = Avatar(code), Camera(c2w, k)
     bench_meta(stage="whole_frame", backend=f"python-{backend}", size=size, device=device, dtype=precision,
                frames=1, flops=DECODE_FLOPS[size])

@@ -189,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, help="with --backend torch: the checkpoint the bundle was exported from")
     p.add_argument("--template", type=Path, help="with --backend torch: its gghead_template.obj")
     p.add_argument("--batch", type=int, default=1, help="frames per decoder call (default 1)")
-    p.add_argument("--cuda-graphs", action="store_true", help="ONNX Runtime CUDA: replay the decoder as CUDA graphs")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="ONNX Runtime CUDA: replay the decoder as CUDA graphs (default: on there; --no-cuda-graphs "
+                        "turns it off)")
     p.add_argument("--save-avatar", type=Path, metavar="CODE.npy", help="also save the avatar code (official layout)")
     p.add_argument("--save-ply", type=Path, metavar="FRAME.ply", help="also save the first frame's Gaussians as a "
                    "3D Gaussian Splatting PLY (splat viewers and editors read it)")

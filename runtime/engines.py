@@ -40,7 +40,7 @@ class EngineOptions:
     num_threads: int = 0                    # CPU threads per call; 0 = the library's default
     inference_precision: str | None = None  # OpenVINO only: INFERENCE_PRECISION_HINT, one of INFERENCE_PRECISIONS;
                                             # None = "f32" for fp32 artifacts (Runtime checks the value)
-    cuda_graphs: bool = False               # ONNX Runtime CUDA: capture the decoder in CUDA graphs
+    cuda_graphs: bool | None = None         # ONNX Runtime CUDA: capture the decoder in CUDA graphs (None: on)
     device_id: int = 0
     model: Any = None                       # torch engine: a FlexAvatarModel ...
     checkpoint: Any = None                  # ... or its checkpoint file (+ template / dinov2 files)
@@ -268,12 +268,19 @@ class OrtBackend(InferenceBackend):
             import torch
             self.cuda_stream = torch.cuda.Stream(torch.device("cuda", options.device_id))
 
+    @property
+    def graphs(self) -> bool:
+        """The decoder replays CUDA graphs: on CUDA unless cuda_graphs=False. Without them, onnxruntime-gpu 1.31.1
+        aborted the process at random calls on an H200 (CUDA error 800 from cudaFreeHost inside a stream callback:
+        benchmarks/device/README.md); in graph mode it releases those buffers on the host and never did."""
+        return self.device == "cuda" and self.options.cuda_graphs is not False
+
     def _open(self, artifact: ModelArtifact) -> Model:
         path = self.bundle.path(artifact)
         if self.device == "cuda":
             from .gpu import OrtCudaModel
             # CUDA graphs for the per-frame decoders only (the encoder runs once per avatar)
-            graphs = self.options.cuda_graphs and artifact.role in (ROLE_DECODER, ROLE_DECODER_AVATAR)
+            graphs = self.graphs and artifact.role in (ROLE_DECODER, ROLE_DECODER_AVATAR)
             return OrtCudaModel(path, artifact, self.options, self.cuda_stream, graphs)
         return OrtCpuModel(path, self.options)
 
@@ -295,7 +302,7 @@ class OrtBackend(InferenceBackend):
     def describe(self) -> str:
         import onnxruntime as ort
         provider = "CUDAExecutionProvider" if self.device == "cuda" else "CPUExecutionProvider"
-        graphs = ", CUDA graphs" if self.device == "cuda" and self.options.cuda_graphs else ""
+        graphs = ", CUDA graphs" if self.graphs else ""
         return f"onnxruntime {ort.__version__} {provider}{graphs}"
 
     def synchronize(self) -> None:

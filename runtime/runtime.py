@@ -157,6 +157,9 @@ class Runtime:
     rasterizer: a ``flexavatar.kernels`` backend name or "auto" (the fastest for the decoder's arrays;
     ``self.rasterizer`` names the one chosen). precision: which artifacts, "fp32" or "fp16".
     verify: "full" (sha256 of every file, default), "size" or "none". batch: frames per decoder call.
+    cuda_graphs: ONNX Runtime on CUDA replays the decoder as CUDA graphs; None (default) = on there: faster (6.1 vs
+    8.6 ms a FLEX-1 fp16 frame on an H200) and the mode in which onnxruntime-gpu 1.31.1 never aborted (without it,
+    it did at random calls; benchmarks/device/README.md). False turns it off; other engines ignore it.
     num_threads: CPU threads per call (0: the library's default). inference_precision: OpenVINO only, its
     INFERENCE_PRECISION_HINT: None (f32 for fp32 artifacts, else the device's choice), "f32", "f16" or "bf16"
     (the other engines compute at the artifacts' precision and ignore it, with a warning).
@@ -165,7 +168,7 @@ class Runtime:
 
     def __init__(self, bundle_dir: str | Path, backend: str = "auto", device: str = "auto", rasterizer: str = "auto",
                  *, precision: str = "fp32", verify: str = "full", batch: int = 1, num_threads: int = 0,
-                 inference_precision: str | None = None, cuda_graphs: bool = False, device_id: int = 0,
+                 inference_precision: str | None = None, cuda_graphs: bool | None = None, device_id: int = 0,
                  model=None, checkpoint=None, template=None, dinov2=None):
         for name, value in (("backend", backend), ("device", device), ("rasterizer", rasterizer)):
             if not isinstance(value, str):
@@ -179,6 +182,9 @@ class Runtime:
         if not _is_count(num_threads) or num_threads < 0:
             raise RuntimeArgumentError("num_threads", f"is {num_threads!r}", "CPU threads per call ≥ 1, or 0 for "
                                        "the inference library's default")
+        if cuda_graphs is not None and not isinstance(cuda_graphs, bool):
+            raise RuntimeArgumentError("cuda_graphs", f"is {cuda_graphs!r}", "True, False or None (on for ONNX Runtime "
+                                       "on CUDA)")
         if not _is_count(device_id) or device_id < 0:
             raise RuntimeArgumentError("device_id", f"is {device_id!r}", "a device index ≥ 0")
         if inference_precision is not None and (not isinstance(inference_precision, str)

@@ -944,6 +944,29 @@ def test_stage_times_table():
     assert "encode (once)" in table and "whole frame" in table
 
 
+def test_cuda_graphs_default_on_for_onnxruntime_on_cuda_only(bundle):
+    """cuda_graphs=None (the default) means on for ONNX Runtime on CUDA (the mode onnxruntime-gpu 1.31.1 never aborted
+    in), off elsewhere; False turns it off; anything else is refused by name. The CLI flag follows."""
+    from types import SimpleNamespace
+
+    from flexavatar.runtime.cli import build_parser
+    from flexavatar.runtime.engines import EngineOptions, OrtBackend
+
+    def graphs(device, value):
+        return OrtBackend.graphs.fget(SimpleNamespace(device=device, options=EngineOptions(cuda_graphs=value)))
+
+    assert [graphs("cuda", v) for v in (None, True, False)] == [True, True, False]
+    assert [graphs("cpu", v) for v in (None, True, False)] == [False, False, False]
+    rt = Runtime(bundle, backend="onnxruntime", device="cpu", rasterizer="reference")
+    assert rt.engine.graphs is False and "CUDA graphs" not in rt.describe()
+    with pytest.raises(RuntimeArgumentError, match="cuda_graphs.*True, False or None"):
+        Runtime(bundle, backend="onnxruntime", device="cpu", cuda_graphs="yes")
+    parse = build_parser().parse_args
+    required = ["b", "--expressions", "seq.npy", "-o", "clip.gif"]
+    assert [parse([*required, *flag]).cuda_graphs for flag in ([], ["--cuda-graphs"], ["--no-cuda-graphs"])] == \
+        [None, True, False]
+
+
 # ---- GPU (skipped without CUDA) -------------------------------------------------------------------------
 
 @pytest.mark.gpu
