@@ -2,8 +2,9 @@
 
 One frame = decoder (ONNX Runtime) on one expression + native rasterizer at 512² + 8-bit pixels on the host, per
 backend: ``ort-cpu+cpu`` (CPU execution provider + CPU rasterizer, fp32) and, on a CUDA machine with
-onnxruntime-gpu, ``ort-cuda+cuda`` (CUDA execution provider + CUDA rasterizer, the bundle's fp16 decoder when it
-has one). Per backend:
+onnxruntime-gpu, ``ort-cuda+cuda`` (CUDA execution provider + CUDA rasterizer, fp32 and fp16) and
+``ort-cuda-graphs+cuda`` (fp16, the decoder replayed as a CUDA graph: ``options.cuda_graphs`` / ``cuda_graphs=True``).
+Per backend:
 * ``cpp-<backend>``: ``flexavatar_runtime_render`` of the C API (libflexavatar_runtime, called through ctypes:
   one foreign call per frame, microseconds of overhead);
 * ``python-<backend>``: ``flexavatar.runtime.Runtime(backend="onnxruntime", device=..., rasterizer=...).render``
@@ -46,7 +47,8 @@ DECODE_FLOPS = {"small": None, "flex1": 199.6e9}     # SPEC §17, per decoded fr
 ROUNDS = {("flex1", "cpu"): (3, 1), ("flex1", "cuda"): (100, 10), ("small", "cuda"): (100, 10)}
 VERIFY_SIZE = 1                                      # flexavatar.h enums
 # backend -> (options.device, options.rasterizer): flexavatar.h's CPU = 1, CUDA = 2
-BACKENDS = {"ort-cpu+cpu": (1, 1), "ort-cuda+cuda": (2, 2)}
+BACKENDS = {"ort-cpu+cpu": (1, 1), "ort-cuda+cuda": (2, 2), "ort-cuda-graphs+cuda": (2, 2)}
+GRAPHS = {"ort-cuda-graphs+cuda"}                    # the decoder replays a CUDA graph (options.cuda_graphs = 1)
 PRECISIONS = {"fp32": 0, "fp16": 1}
 
 _MEANS: dict[tuple[str, str, str, str], float] = {}  # (size, backend, precision, "cpp" | "python") -> mean seconds
@@ -56,7 +58,7 @@ _CPP_FRAMES: dict[tuple[str, str, str], np.ndarray] = {}  # (size, backend, prec
 class _Options(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_uint32), ("device", ctypes.c_int32), ("verify", ctypes.c_int32),
                 ("num_threads", ctypes.c_int32), ("cuda_device", ctypes.c_int32), ("rasterizer", ctypes.c_int32),
-                ("precision", ctypes.c_int32)]
+                ("precision", ctypes.c_int32), ("cuda_graphs", ctypes.c_int32)]
 
 
 class _Camera(ctypes.Structure):
@@ -140,8 +142,9 @@ def _cuda_unavailable() -> str:
 _NO_CUDA = _cuda_unavailable()
 # (backend, precision): fp32 on the CPU; on CUDA fp32, then the bundle's fp16 decoder (the GPU deployment)
 BACKEND_PARAMS = [pytest.param(b, p, id=f"{b}-{p}",
-                               marks=pytest.mark.skipif(bool(_NO_CUDA) and b == "ort-cuda+cuda", reason=_NO_CUDA))
-                  for b, p in (("ort-cpu+cpu", "fp32"), ("ort-cuda+cuda", "fp32"), ("ort-cuda+cuda", "fp16"))]
+                               marks=pytest.mark.skipif(bool(_NO_CUDA) and b != "ort-cpu+cpu", reason=_NO_CUDA))
+                  for b, p in (("ort-cpu+cpu", "fp32"), ("ort-cuda+cuda", "fp32"), ("ort-cuda+cuda", "fp16"),
+                               ("ort-cuda-graphs+cuda", "fp16"))]
 
 
 # ONNX Runtime's CUDA provider library binds to the first ONNX Runtime core that loads it in a process: the C++
@@ -168,15 +171,16 @@ def test_whole_frame_cpp_runtime(benchmark, bench_meta, cpp_library, case, backe
     lib = cpp_library
     size, bundle_dir, (code, expression, c2w, k) = case
     _require_precision(bundle_dir, precision)
-    if backend == "ort-cuda+cuda":
+    if backend != "ort-cpu+cpu":
         _claim_cuda("cpp")
     options = _Options()
     assert lib.flexavatar_runtime_options_init(ctypes.byref(options), ctypes.sizeof(options)) == 0
     options.device, options.rasterizer = BACKENDS[backend]
     options.verify, options.precision = VERIFY_SIZE, PRECISIONS[precision]
+    options.cuda_graphs = int(backend in GRAPHS)
     rt = ctypes.c_void_p()
     status = lib.flexavatar_runtime_create(str(bundle_dir).encode(), ctypes.byref(options), ctypes.byref(rt))
-    if status != 0 and backend == "ort-cuda+cuda":
+    if status != 0 and backend != "ort-cpu+cpu":
         pytest.skip(f"the C++ runtime cannot run CUDA here: {lib.flexavatar_last_error().decode()}")
     assert status == 0, lib.flexavatar_last_error()
     try:
@@ -194,9 +198,9 @@ def test_whole_frame_cpp_runtime(benchmark, bench_meta, cpp_library, case, backe
             return frame
 
         bench_meta(stage="whole_frame", backend=f"cpp-{backend}", size=size,
-                   device="cuda" if backend == "ort-cuda+cuda" else "cpu", dtype=precision, frames=1,
+                   device="cpu" if backend == "ort-cpu+cpu" else "cuda", dtype=precision, frames=1,
                    flops=DECODE_FLOPS[size])
-        _run(benchmark, size, "cuda" if backend == "ort-cuda+cuda" else "cpu", render)
+        _run(benchmark, size, "cpu" if backend == "ort-cpu+cpu" else "cuda", render)
         alpha = np.ctypeslib.as_array(frame.alpha, shape=(SIZE, SIZE))
         assert alpha.max() > 0.5                                        # a head drawn, not the background
         _CPP_FRAMES[(size, backend, precision)] = np.ctypeslib.as_array(frame.rgba, shape=(SIZE, SIZE, 4))[..., :3].copy()
@@ -211,11 +215,11 @@ def test_whole_frame_python_runtime(benchmark, bench_meta, case, backend, precis
 
     size, bundle_dir, (code, expression, c2w, k) = case
     _require_precision(bundle_dir, precision)
-    device = "cuda" if backend == "ort-cuda+cuda" else "cpu"
+    device = "cpu" if backend == "ort-cpu+cpu" else "cuda"
     if device == "cuda":
         _claim_cuda("python")
     rt = Runtime(bundle_dir, backend="onnxruntime", device=device, rasterizer=device, precision=precision,
-                 verify="size", cuda_graphs=False)          # as the C++ runtime, which has no graph mode yet
+                 verify="size", cuda_graphs=backend in GRAPHS)          # as the C++ case
     avatar, camera = Avatar(code), Camera(c2w, k)
     bench_meta(stage="whole_frame", backend=f"python-{backend}", size=size, device=device, dtype=precision,
                frames=1, flops=DECODE_FLOPS[size])

@@ -178,7 +178,7 @@ bench_cpp() {
   local rc=0 precision runtime
   for precision in fp32 fp16; do
     for runtime in cpp python; do
-      FLEXAVATAR_CPP_RUNTIME_LIB=$lib bench -k "bench_cpp_runtime and ${runtime}_runtime and flex1 and cuda and $precision" || rc=$?
+      FLEXAVATAR_CPP_RUNTIME_LIB=$lib bench -k "test_whole_frame_${runtime}_runtime and flex1 and cuda and $precision" || rc=$?
     done
   done
   return $rc

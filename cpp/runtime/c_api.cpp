@@ -229,6 +229,9 @@ flexavatar_status flexavatar_runtime_create(const char* bundle_dir, const flexav
     if (defaults.precision < FLEXAVATAR_PRECISION_FP32 || defaults.precision > FLEXAVATAR_PRECISION_FP16)
       return Status(StatusCode::kInvalidArgument, "options.precision is " + std::to_string(defaults.precision) +
                                                       ", expected FLEXAVATAR_PRECISION_FP32 (0) or FP16 (1)");
+    if (defaults.cuda_graphs != 0 && defaults.cuda_graphs != 1)
+      return Status(StatusCode::kInvalidArgument, "options.cuda_graphs is " + std::to_string(defaults.cuda_graphs) +
+                                                      ", expected 0 (off) or 1 (replay the decoder as a CUDA graph)");
     flexavatar::runtime::RuntimeOptions opts;
     opts.device = static_cast<flexavatar::runtime::Device>(defaults.device);
     opts.verify = static_cast<flexavatar::runtime::Verify>(defaults.verify);
@@ -236,6 +239,7 @@ flexavatar_status flexavatar_runtime_create(const char* bundle_dir, const flexav
     opts.cuda_device = defaults.cuda_device;
     opts.rasterizer = static_cast<flexavatar::runtime::RasterizerChoice>(defaults.rasterizer);
     opts.precision = defaults.precision == FLEXAVATAR_PRECISION_FP16 ? "fp16" : "fp32";
+    opts.cuda_graphs = defaults.cuda_graphs == 1;
     // Owned by a smart pointer until registered: an allocation failure on the way frees the runtime.
     auto entry = std::make_shared<Entry>();
     Status s = Runtime::create(bundle_dir, opts, &entry->impl);
@@ -295,6 +299,7 @@ flexavatar_status flexavatar_runtime_get_info(const flexavatar_runtime* runtime,
       std::memset(info->decoder_precision, 0, sizeof(info->decoder_precision));
       std::strncpy(info->decoder_precision, rt.precision().c_str(), sizeof(info->decoder_precision) - 1);
     }
+    if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, cuda_graphs)) info->cuda_graphs = rt.cuda_graphs() ? 1 : 0;
     return Status::ok_status();
   });
 }

@@ -138,6 +138,12 @@ Status OrtModel::open(const std::string& path, const SessionConfig& config, std:
     if (!cuda_status) cuda_status = api->UpdateCUDAProviderOptions(cuda, keys, values, sizeof(keys) / sizeof(keys[0]));
     if (!cuda_status && config.cuda_stream)
       cuda_status = api->UpdateCUDAProviderOptionsWithValue(cuda, "user_compute_stream", config.cuda_stream);
+    const bool graphs = config.cuda_graphs && config.cuda_stream;
+    if (!cuda_status && graphs) {
+      const char* graph_key[] = {"enable_cuda_graph"};
+      const char* graph_value[] = {"1"};
+      cuda_status = api->UpdateCUDAProviderOptions(cuda, graph_key, graph_value, 1);
+    }
     if (!cuda_status) cuda_status = api->SessionOptionsAppendExecutionProvider_CUDA_V2(options.get(), cuda);
     if (cuda) api->ReleaseCUDAProviderOptions(cuda);
     if (cuda_status) {
@@ -148,6 +154,7 @@ Status OrtModel::open(const std::string& path, const SessionConfig& config, std:
                                                     model->cuda_fallback_reason_);
     } else {
       model->provider_ = "CUDAExecutionProvider";
+      model->cuda_graphs_ = graphs;
     }
   }
 
@@ -158,6 +165,7 @@ Status OrtModel::open(const std::string& path, const SessionConfig& config, std:
     // C API does not fall back by itself (the Python API does); device AUTO then runs on the CPU provider.
     model->cuda_fallback_reason_ = s.message();
     model->provider_ = "CPUExecutionProvider";
+    model->cuda_graphs_ = false;
     s = cpu_options();
     if (!s.ok()) return s;
     raw_session = nullptr;
@@ -240,6 +248,9 @@ Status OrtModel::bind(bool input, const std::string& name, float* data, const st
   if (memory == Memory::kCuda && !cuda_memory_)
     return Status(StatusCode::kInternal, std::string("bind ") + what + " " + name +
                                              ": a CUDA buffer needs a session on the CUDA execution provider");
+  if (memory == Memory::kHost && cuda_graphs_)
+    return Status(StatusCode::kInternal, std::string("bind ") + what + " " + name +
+                                             ": a CUDA graph reads and writes device buffers only");
   int64_t count = 1;
   for (int64_t d : shape) count *= d;
   OrtValue* raw = nullptr;
@@ -266,7 +277,8 @@ Status OrtModel::bind_output(const std::string& name, float* data, const std::ve
 }
 
 Status OrtModel::run() {
-  if (on_cuda()) {
+  // A CUDA graph reads its inputs from the device buffers it was captured with: nothing to copy at bind time.
+  if (on_cuda() && !cuda_graphs_) {
     // ONNX Runtime copies an input to the device its consumers run on when it is *bound*
     // (IOBinding::BindInput → CopyOneInputAcrossDevices), not when the graph runs: a host buffer bound to
     // a CUDA session would be read as it was at bind time forever. Binding again before each run copies

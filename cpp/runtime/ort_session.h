@@ -46,6 +46,9 @@ struct SessionConfig {
   // CUDA provider only: run the graph on this cudaStream_t (the rasterizer's), and let run() return
   // without waiting for it (the rasterizer's work is queued behind it on the same stream).
   void* cuda_stream = nullptr;
+  // CUDA provider with cuda_stream only: capture the graph on its first runs and replay it after (ORT
+  // enable_cuda_graph). Every input and output must then be a device buffer bound once, at a fixed address.
+  bool cuda_graphs = false;
 };
 
 // Where a bound buffer lives: host memory, or CUDA device memory on the session's device.
@@ -63,6 +66,7 @@ class OrtModel {
   const std::string& provider() const { return provider_; }
   const std::string& cuda_fallback_reason() const { return cuda_fallback_reason_; }
   bool on_cuda() const { return provider_ == "CUDAExecutionProvider"; }
+  bool cuda_graphs() const { return cuda_graphs_; }
 
   // Binds caller-owned float32 buffers (they must outlive the model or the next bind of the same name,
   // which replaces the binding). Device buffers need the CUDA provider. Each run() reads what the input
@@ -86,6 +90,7 @@ class OrtModel {
   std::map<std::string, OrtPtr<OrtValue>> bound_values_;  // "in:" / "out:" + name
   std::vector<TensorInfo> inputs_, outputs_;
   std::string path_, provider_, cuda_fallback_reason_;
+  bool cuda_graphs_ = false;
 };
 
 }  // namespace runtime

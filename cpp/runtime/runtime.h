@@ -34,6 +34,7 @@ struct RuntimeOptions {
   int cuda_device = 0;
   RasterizerChoice rasterizer = RasterizerChoice::kAuto;
   std::string precision = "fp32";  // which ONNX files: "fp32" or "fp16" (the encoder falls back to fp32)
+  bool cuda_graphs = false;        // zero copy only: the decoder replays a CUDA graph (ORT enable_cuda_graph)
 };
 
 // Which encoder inputs the bundle supports (the C API's FLEXAVATAR_ENCODER_* flags).
@@ -81,6 +82,7 @@ class Runtime {
   bool has_bundle_avatar_code() const { return bundle_.manifest.has_avatar; }
   const std::string& decoder_provider() const { return decoder_->provider(); }
   const std::string& precision() const { return options_.precision; }
+  bool cuda_graphs() const { return decoder_ && decoder_->cuda_graphs(); }
   const char* rasterizer_name() const { return cuda_ ? "cuda" : "cpu"; }
   int rasterizer_device() const { return cuda_ ? cuda_->device() : -1; }
   uint32_t encoders() const;

@@ -128,6 +128,10 @@ typedef struct flexavatar_runtime_options {
   int32_t cuda_device;  /* CUDA device ordinal (device CUDA / AUTO), for the execution provider and rasterizer */
   int32_t rasterizer;   /* flexavatar_rasterizer (appended: read when struct_size covers it; default AUTO) */
   int32_t precision;    /* flexavatar_precision (appended; default FP32) */
+  int32_t cuda_graphs;  /* appended; 1: the decoder replays a CUDA graph (ONNX Runtime's CUDA provider with the CUDA
+                           rasterizer, zero copy; elsewhere ignored, see info.cuda_graphs). Default 0. Not yet run on
+                           a GPU: onnxruntime-gpu 1.31.1 aborted node-by-node CUDA runs at random calls, never graph
+                           runs (Python); this mode is meant to fix that here too */
 } flexavatar_runtime_options;
 
 typedef struct flexavatar_runtime_info {
@@ -145,6 +149,7 @@ typedef struct flexavatar_runtime_info {
   uint32_t encoders;              /* FLEXAVATAR_ENCODER_* flags; 0: the bundle has no encoder */
   int64_t feature_channels;       /* C of the DINOv2 features input (FLEXAVATAR_ENCODER_FEATURES), else 0 */
   char decoder_precision[8];      /* "fp32" or "fp16": the decoder file that runs */
+  int32_t cuda_graphs;            /* 1 when the decoder replays a CUDA graph (options.cuda_graphs took effect) */
 } flexavatar_runtime_info;
 
 /* A decoded frame's Gaussians, [G, ...] float32 each, owned by the runtime. */

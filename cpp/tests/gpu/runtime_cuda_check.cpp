@@ -141,11 +141,13 @@ void compare_to_cpu(const HostFrame& got, const HostFrame& cpu, const std::strin
   expect(double(rgba_over) / double(pixels) <= flip_fraction, what + ": RGBA8 differs by more than one step");
 }
 
-flexavatar_runtime* create(const char* bundle, int device, int rasterizer, flexavatar_status* status) {
+flexavatar_runtime* create(const char* bundle, int device, int rasterizer, flexavatar_status* status,
+                           int cuda_graphs = 0) {
   flexavatar_runtime_options options;
   flexavatar_runtime_options_init(&options, sizeof(options));
   options.device = device;
   options.rasterizer = rasterizer;
+  options.cuda_graphs = cuda_graphs;
   options.verify = FLEXAVATAR_VERIFY_SIZE;
   flexavatar_runtime* rt = nullptr;
   *status = flexavatar_runtime_create(bundle, &options, &rt);
@@ -214,6 +216,16 @@ int main(int argc, char** argv) {
   flexavatar_runtime* host_io = zero_copy ? create(bundle, FLEXAVATAR_DEVICE_CUDA, FLEXAVATAR_RASTERIZER_CPU, &s)
                                           : nullptr;
   if (zero_copy && !host_io) expect(false, std::string("device CUDA + CPU rasterizer: ") + flexavatar_last_error());
+  // zero copy with the decoder replayed as a CUDA graph (options.cuda_graphs)
+  flexavatar_runtime* graphs = zero_copy ? create(bundle, FLEXAVATAR_DEVICE_CUDA, FLEXAVATAR_RASTERIZER_AUTO, &s, 1)
+                                         : nullptr;
+  if (zero_copy && !graphs) expect(false, std::string("cuda_graphs = 1: ") + flexavatar_last_error());
+  if (graphs) {
+    flexavatar_runtime_info graph_info{};
+    graph_info.struct_size = sizeof(graph_info);
+    flexavatar_runtime_get_info(graphs, &graph_info);
+    expect(graph_info.cuda_graphs == 1, "info.cuda_graphs of the CUDA-graph runtime");
+  }
   std::string zero_copy_note;
   if (!zero_copy) {
     // UNAVAILABLE: ONNX Runtime has no CUDA provider (the CPU wheel); MODEL: the provider is there but the
@@ -239,7 +251,8 @@ int main(int argc, char** argv) {
   for (float& v : random_code) v = 0.5f * normal();
   bool ok = set_code(cpu, info, code_path, random_code) && set_code(upload, info, code_path, random_code) &&
             (!zero_copy || set_code(zero_copy, info, code_path, random_code)) &&
-            (!host_io || set_code(host_io, info, code_path, random_code));
+            (!host_io || set_code(host_io, info, code_path, random_code)) &&
+            (!graphs || set_code(graphs, info, code_path, random_code));
   std::vector<std::vector<float>> expressions(2, std::vector<float>(size_t(info.expression_dim), 0.f));
   for (float& v : expressions[1]) v = 0.3f * normal();
 
@@ -316,6 +329,14 @@ int main(int argc, char** argv) {
         // which moves more Gaussians across the thresholds: a larger (still small) fraction of pixels.
         compare_to_cpu(copy_frame(f), reference, what + " CUDA decoder (zero copy) + CUDA rasterizer", 5e-3);
       }
+      if (graphs) {  // replays see each new expression (the graph reads the same device buffer every frame)
+        if (flexavatar_runtime_render(graphs, expressions[e].data(), info.expression_dim, &camera, &f) !=
+            FLEXAVATAR_OK) {
+          expect(false, what + ": CUDA-graph render: " + flexavatar_last_error());
+          continue;
+        }
+        compare_to_cpu(copy_frame(f), reference, what + " CUDA decoder (CUDA graph) + CUDA rasterizer", 5e-3);
+      }
     }
   }
 
@@ -347,7 +368,7 @@ int main(int argc, char** argv) {
   // Whole-frame latency at 512² (informational; the benchmark suite owns the figures).
   if (ok) {
     camera.width = camera.height = 512;
-    for (flexavatar_runtime* rt : {cpu, upload, zero_copy}) {
+    for (flexavatar_runtime* rt : {cpu, upload, zero_copy, graphs}) {
       if (!rt) continue;
       std::vector<double> ms;
       flexavatar_frame f;
@@ -360,8 +381,10 @@ int main(int argc, char** argv) {
       }
       std::sort(ms.begin() + 2, ms.end());
       std::printf("  latency %s: render p50 %.2f ms\n",
-                  rt == cpu ? "CPU decoder + CPU rasterizer" : rt == upload ? "CPU decoder + CUDA rasterizer"
-                                                                            : "CUDA decoder + CUDA rasterizer",
+                  rt == cpu      ? "CPU decoder + CPU rasterizer"
+                  : rt == upload ? "CPU decoder + CUDA rasterizer"
+                  : rt == graphs ? "CUDA decoder (CUDA graph) + CUDA rasterizer"
+                                 : "CUDA decoder + CUDA rasterizer",
                   ms[2 + (ms.size() - 2) / 2]);
     }
   }
@@ -410,6 +433,7 @@ int main(int argc, char** argv) {
 
   if (!zero_copy)
     std::printf("NOTE: zero-copy path (decoder on ONNX Runtime's CUDA provider) not run: %s\n", zero_copy_note.c_str());
+  flexavatar_runtime_destroy(graphs);
   flexavatar_runtime_destroy(host_io);
   flexavatar_runtime_destroy(zero_copy);
   flexavatar_runtime_destroy(upload);

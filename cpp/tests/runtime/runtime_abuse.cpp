@@ -475,6 +475,34 @@ TEST_CASE(precision_is_checked_and_reported) {
   CHECK(error_mentions("no fp16 ONNX decoder") && error_mentions("decoder.fp32.onnx"));
 }
 
+TEST_CASE(cuda_graphs_is_checked_and_reported) {
+  flexavatar_runtime_options options;
+  flexavatar_runtime_options_init(&options, sizeof(options));
+  CHECK(options.cuda_graphs == 0);
+  options.device = FLEXAVATAR_DEVICE_CPU;
+  options.cuda_graphs = 2;
+  flexavatar_runtime* rt = nullptr;
+  CHECK(flexavatar_runtime_create(g_bundle.c_str(), &options, &rt) == FLEXAVATAR_ERROR_INVALID_ARGUMENT && !rt);
+  CHECK(error_mentions("options.cuda_graphs is 2"));
+  // asked for on the CPU: it needs the CUDA provider and the CUDA rasterizer, so it does not take effect
+  options.cuda_graphs = 1;
+  CHECK(flexavatar_runtime_create(g_bundle.c_str(), &options, &rt) == FLEXAVATAR_OK && rt);
+  flexavatar_runtime_info info;
+  std::memset(&info, 0xff, sizeof(info));
+  info.struct_size = sizeof(info);
+  CHECK(flexavatar_runtime_get_info(rt, &info) == FLEXAVATAR_OK);
+  CHECK(info.cuda_graphs == 0);
+  // an older caller's info struct (without the field) gets nothing written past its size
+  flexavatar_runtime_info older;
+  std::memset(&older, 0xab, sizeof(older));
+  older.struct_size = uint32_t(offsetof(flexavatar_runtime_info, cuda_graphs));
+  CHECK(flexavatar_runtime_get_info(rt, &older) == FLEXAVATAR_OK);
+  int32_t untouched = 0;
+  std::memset(&untouched, 0xab, sizeof(untouched));
+  CHECK(older.cuda_graphs == untouched);
+  flexavatar_runtime_destroy(rt);
+}
+
 int main(int argc, char** argv) {
   if (argc != 3) {
     std::fprintf(stderr, "usage: runtime_abuse BUNDLE SCRATCH_DIR\n");
