@@ -8,7 +8,8 @@ Gaussians then go to the CUDA rasterizer as they are (``flexavatar.kernels`` han
 the native library through ``__cuda_array_interface__``, zero copy). The host waits only when the caller
 asks for pixels.
 
-CUDA graphs (``cuda_graphs=True``): ONNX Runtime captures the decoder per expression-batch size E (one
+CUDA graphs (the default on CUDA; ``cuda_graphs=False`` runs the graph node by node, which onnxruntime-gpu 1.31.1
+occasionally aborted, see ``OrtBackend.graphs``): ONNX Runtime captures the decoder per expression-batch size E (one
 ``gpu_graph_id`` each) with inputs and outputs at fixed addresses; new inputs are copied into those
 buffers on the stream, and the outputs are overwritten by the next call — the runtime consumes them
 (rasterizes) before that, and ``Runtime.decode`` returns copies. ONNX Runtime keeps captured graphs per
