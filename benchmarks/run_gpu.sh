@@ -22,7 +22,8 @@
 #                             #7), cpp-runtime (C++ runtime with CUDA + its ctest, via gpu_check.sh), bench-cpp
 #                             (C++ vs Python whole frame on CUDA, #9), ort-probe (ONNX Runtime CUDA settings
 #                             on the FLEX-1 fp16 decoder, benchmarks/device/ort_cuda_probe.py; ort-stress: 3000
-#                             calls of four of them), wait-prewarm (until prewarm.sh is done), native-check (gpu_check.sh's rasterizer
+#                             calls of four of them), ort-profile-flex1 (kernel time per op type of the FLEX-1
+#                             bundle's files on CUDA), wait-prewarm (until prewarm.sh is done), native-check (gpu_check.sh's rasterizer
 #                             timing and compute-sanitizer; its tests are among gpu-tests). The build is for
 #                             this GPU's architecture only.
 #   FLEXAVATAR_FIXTURES       the fixtures folder (default: .device/fixtures staged in the tree by
@@ -184,6 +185,15 @@ bench_cpp() {
   return $rc
 }
 
+# where the FLEX-1 decoder's time goes on the CUDA provider: kernel time per op type of each file of the FLEX-1
+# benchmark bundle (one profiled run after a warm-up; the fp16 decoder is the one to make faster, issue #7)
+ort_profile_flex1() {
+  local bundle
+  bundle=$(ls -d "$REPO"/benchmarks/.cache/bundle-flex1-*fp16*/ 2>/dev/null | head -1)
+  [[ -n $bundle ]] || { echo "no FLEX-1 fp16 bundle in benchmarks/.cache (prewarm.sh or bench-runtime makes it)"; return 1; }
+  pyrun "$REPO/benchmarks/device/ort_placement.py" "$bundle" --provider cuda --times --json "$LOGS/ort_profile_flex1.json"
+}
+
 # each ONNX Runtime CUDA setting of the runtime, and variants, on the FLEX-1 fp16 decoder (ort_cuda_probe.py);
 # ort_probe stress: 3000 calls of the settings that matter for the intermittent abort (README, GPU notes)
 ort_probe() {
@@ -206,7 +216,7 @@ if [[ -z "${FLEXAVATAR_FIXTURES:-}" ]]; then
 fi
 export FLEXAVATAR_FIXTURES=${FLEXAVATAR_FIXTURES:-}
 export REPO PY MAX_TIME WORK SITE HISTORY LOGS
-export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp ort_probe
+export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp ort_probe ort_profile_flex1
 ls "$HISTORY" >"$WORK/history-before.txt" 2>/dev/null
 say "flexavatar GPU run $STAMP, budget ${BUDGET_S}s, repo $REPO, commit ${FLEXAVATAR_GIT_COMMIT:-unknown}"
 for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement benchmarks}; do
@@ -215,6 +225,7 @@ for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement bench
     build) stage build 200 build ;;
     gpu-tests) stage gpu-tests "${FLEXAVATAR_GPU_TESTS_CAP:-100}" gpu_tests ;;
     ort-placement) stage ort-placement 90 ort_placement ;;
+    ort-profile-flex1) stage ort-profile-flex1 90 ort_profile_flex1 ;;
     benchmarks) stage benchmarks 100000 benchmarks ;;
     bench-runtime) stage bench-runtime 260 bench -k "bench_runtime and cuda" ;;
     cpp-runtime) stage cpp-runtime 150 gpu_check runtime ;;

@@ -11,8 +11,8 @@
 #    after prewarm.sh's), the GPU tests (the Python runtime's CUDA tests never completed: an abort in ONNX
 #    Runtime's non-graph CUDA mode, see benchmarks/device/README.md), the abort's frequency per ORT setting
 #    (ort-stress), the whole frame (#7, with the batched throughput cases), the C++ runtime's CUDA build + ctest
-#    and C++ vs Python on CUDA (#9), then the settings probe, rasterizer timing + compute-sanitizer, ORT node
-#    placement. FLEXAVATAR_GPU_STAGES overrides the list.
+#    and C++ vs Python on CUDA (#9), the FLEX-1 decoder's kernel time per op type on CUDA (where #7's time goes),
+#    then the settings probe, rasterizer timing + compute-sanitizer, ORT node placement. FLEXAVATAR_GPU_STAGES overrides the list.
 # $OUT receives gpu-session.tar.gz (every log) and the new benchmark records (*.json): the device returns
 # at most 8 files, so the logs travel as one archive.
 set -uo pipefail
@@ -55,7 +55,7 @@ fi
 BUILD_STAGE=build
 [[ -f $PREWARM/build.ok ]] && BUILD_STAGE=
 left=$((BUDGET - ($(date +%s) - START)))
-FLEXAVATAR_GPU_STAGES=${FLEXAVATAR_GPU_STAGES:-machine $BUILD_STAGE gpu-tests ort-stress bench-runtime cpp-runtime bench-cpp ort-probe native-check ort-placement} \
+FLEXAVATAR_GPU_STAGES=${FLEXAVATAR_GPU_STAGES:-machine $BUILD_STAGE gpu-tests ort-stress bench-runtime cpp-runtime bench-cpp ort-profile-flex1 ort-probe native-check ort-placement} \
   FLEXAVATAR_GPU_BUDGET_S=$((left - 10)) OUT=$OUT bash benchmarks/run_gpu.sh 2>&1 | tail -80
 if [[ -n "$RESULTS" ]]; then
   tar czf "$RESULTS/gpu-session.tar.gz" -C "$REPO/build" gpu-session
