@@ -712,24 +712,25 @@ def _target_whole_frame(case: Case, run: Run) -> TargetResult | None:
 EAGER_WHOLE_FRAME = "torch-eager+cuda"  # bench_runtime's PyTorch eager fp32 pipeline on CUDA
 
 
+def _speedup_over(case: Case, run: Run, label: str, missing: str, minimum: float, digits: int,
+                  **baseline: str) -> TargetResult:
+    """case's p50 per frame against the baseline case of the same run (same stage and size, the given fields)."""
+    base = next((c for c in run.cases if c.stage == case.stage and c.size == case.size
+                 and all(getattr(c, k) == v for k, v in baseline.items())), None)
+    if base is None:
+        return TargetResult(label, missing, None)
+    ratio = (base.latency_ms["p50"] / base.frames_per_call) / (case.latency_ms["p50"] / case.frames_per_call)
+    return TargetResult(label, f"{ratio:.{digits}f}×", ratio >= minimum)
+
+
 def _target_whole_frame_vs_eager(case: Case, run: Run) -> TargetResult | None:
     """The runtime's fp16 whole frame against the PyTorch eager fp32 pipeline of the same run (issue #7: ≥ 3×)."""
     if case.stage != "whole_frame" or not case.device.startswith("cuda") or case.dtype != "fp16":
         return None
     if case.backend.startswith("torch-eager") or case.backend.startswith(("cpp-", "python-")):
         return None
-    eager = next(
-        (
-            c for c in run.cases
-            if c.stage == "whole_frame" and c.backend == EAGER_WHOLE_FRAME and c.dtype == "fp32"
-            and c.size == case.size and c.device == case.device
-        ),
-        None,
-    )  # fmt: skip
-    if eager is None:
-        return TargetResult("≥ 3× PyTorch eager fp32", "no PyTorch eager case in this run", None)
-    ratio = (eager.latency_ms["p50"] / eager.frames_per_call) / (case.latency_ms["p50"] / case.frames_per_call)
-    return TargetResult("≥ 3× PyTorch eager fp32", f"{ratio:.2f}×", ratio >= 3)
+    return _speedup_over(case, run, "≥ 3× PyTorch eager fp32", "no PyTorch eager case in this run", 3, 2,
+                         backend=EAGER_WHOLE_FRAME, dtype="fp32", device=case.device)
 
 
 def _target_rasterize_gpu(case: Case, run: Run) -> TargetResult | None:
@@ -744,18 +745,8 @@ def _target_rasterize_gpu(case: Case, run: Run) -> TargetResult | None:
 def _target_cpp_speedup(case: Case, run: Run) -> TargetResult | None:
     if case.stage != "rasterize" or case.backend not in CPP_CPU_BACKENDS or case.device != "cpu":
         return None
-    ref = next(
-        (
-            c for c in run.cases
-            if c.stage == case.stage and c.backend == REFERENCE_BACKEND and c.device == "cpu"
-            and c.size == case.size and c.direction == case.direction
-        ),
-        None,
-    )  # fmt: skip
-    if ref is None:
-        return TargetResult("≥ 20× reference", "no reference case in this run", None)
-    ratio = (ref.latency_ms["p50"] / ref.frames_per_call) / (case.latency_ms["p50"] / case.frames_per_call)
-    return TargetResult("≥ 20× reference", f"{ratio:.1f}×", ratio >= 20)
+    return _speedup_over(case, run, "≥ 20× reference", "no reference case in this run", 20, 1,
+                         backend=REFERENCE_BACKEND, device="cpu", direction=case.direction)
 
 
 def _flops_target(stage: str, stated: float) -> Callable[[Case, Run], TargetResult | None]:
