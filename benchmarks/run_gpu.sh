@@ -185,12 +185,19 @@ bench_cpp() {
   return $rc
 }
 
+# the FLEX-1 benchmark bundle with fp16 files (benchmarks/.cache, written by prewarm.sh or bench-runtime)
+flex1_fp16_bundle() {
+  local bundle
+  bundle=$(ls -d "$REPO"/benchmarks/.cache/bundle-flex1-*fp16*/ 2>/dev/null | head -1)
+  [[ -n $bundle ]] || { echo "no FLEX-1 fp16 bundle in benchmarks/.cache (prewarm.sh or bench-runtime makes it)" >&2; return 1; }
+  echo "$bundle"
+}
+
 # where the FLEX-1 decoder's time goes on the CUDA provider: kernel time per op type of each file of the FLEX-1
 # benchmark bundle (one profiled run after a warm-up; the fp16 decoder is the one to make faster, issue #7)
 ort_profile_flex1() {
   local bundle
-  bundle=$(ls -d "$REPO"/benchmarks/.cache/bundle-flex1-*fp16*/ 2>/dev/null | head -1)
-  [[ -n $bundle ]] || { echo "no FLEX-1 fp16 bundle in benchmarks/.cache (prewarm.sh or bench-runtime makes it)"; return 1; }
+  bundle=$(flex1_fp16_bundle) || return 1
   pyrun "$REPO/benchmarks/device/ort_placement.py" "$bundle" --provider cuda --times --json "$LOGS/ort_profile_flex1.json"
 }
 
@@ -198,8 +205,7 @@ ort_profile_flex1() {
 # ort_probe stress: 3000 calls of the settings that matter for the intermittent abort (README, GPU notes)
 ort_probe() {
   local bundle
-  bundle=$(ls -d "$REPO"/benchmarks/.cache/bundle-flex1-*fp16*/ 2>/dev/null | head -1)
-  [[ -n $bundle ]] || { echo "no FLEX-1 fp16 bundle in benchmarks/.cache (prewarm.sh or bench-runtime makes it)"; return 1; }
+  bundle=$(flex1_fp16_bundle) || return 1
   if [[ ${1:-} == stress ]]; then
     pyrun "$REPO/benchmarks/device/ort_cuda_probe.py" "$bundle" --precision fp16 --frames 3000 --timeout 120 \
       --variants runtime,runtime+graphs,sync-at-run-end,no-user-stream --json "$LOGS/ort_cuda_stress.json"
@@ -216,7 +222,7 @@ if [[ -z "${FLEXAVATAR_FIXTURES:-}" ]]; then
 fi
 export FLEXAVATAR_FIXTURES=${FLEXAVATAR_FIXTURES:-}
 export REPO PY MAX_TIME WORK SITE HISTORY LOGS
-export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp ort_probe ort_profile_flex1
+export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp ort_probe ort_profile_flex1 flex1_fp16_bundle
 ls "$HISTORY" >"$WORK/history-before.txt" 2>/dev/null
 say "flexavatar GPU run $STAMP, budget ${BUDGET_S}s, repo $REPO, commit ${FLEXAVATAR_GIT_COMMIT:-unknown}"
 for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement benchmarks}; do
