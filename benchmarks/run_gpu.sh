@@ -23,7 +23,8 @@
 #                             (C++ vs Python whole frame on CUDA, #9), ort-probe (ONNX Runtime CUDA settings
 #                             on the FLEX-1 fp16 decoder, benchmarks/device/ort_cuda_probe.py; ort-stress: 3000
 #                             calls of four of them), ort-profile-flex1 (kernel time per op type of the FLEX-1
-#                             bundle's files on CUDA), wait-prewarm (until prewarm.sh is done), native-check (gpu_check.sh's rasterizer
+#                             bundle's files on CUDA), graph-passes-ab (the FLEX-1 decoder with and without
+#                             export.graph_passes, side by side), wait-prewarm (until prewarm.sh is done), native-check (gpu_check.sh's rasterizer
 #                             timing and compute-sanitizer; its tests are among gpu-tests). The build is for
 #                             this GPU's architecture only.
 #   FLEXAVATAR_FIXTURES       the fixtures folder (default: .device/fixtures staged in the tree by
@@ -214,6 +215,16 @@ ort_probe() {
   fi
 }
 
+# the FLEX-1 decoder with and without export.graph_passes, fp32 and fp16, CUDA graphs, alternating rounds in one
+# process (benchmarks/device/graph_passes_ab.py): what the exact graph rewrites buy on this GPU (issue #7)
+graph_passes_ab() {
+  local bundle weights=$REPO/benchmarks/.cache/flex1-random-seed0.safetensors
+  bundle=$(flex1_fp16_bundle) || return 1
+  [[ -f $weights ]] || { echo "no FLEX-1 random weights at $weights (prewarm.sh or bench-runtime writes them)"; return 1; }
+  pyrun "$REPO/benchmarks/device/graph_passes_ab.py" "$weights" --bundle "$bundle" \
+    --template "$FLEXAVATAR_FIXTURES/official_flex/gghead_template.obj" --json "$LOGS/graph_passes_ab.json"
+}
+
 # fixtures: a copy staged inside the tree (benchmarks/device/stage.py; ../shared does not travel), else ../shared
 if [[ -z "${FLEXAVATAR_FIXTURES:-}" ]]; then
   for candidate in "$REPO/.device/fixtures" "$REPO/../shared/fixtures"; do
@@ -222,7 +233,7 @@ if [[ -z "${FLEXAVATAR_FIXTURES:-}" ]]; then
 fi
 export FLEXAVATAR_FIXTURES=${FLEXAVATAR_FIXTURES:-}
 export REPO PY MAX_TIME WORK SITE HISTORY LOGS
-export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp ort_probe ort_profile_flex1 flex1_fp16_bundle
+export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp ort_probe ort_profile_flex1 flex1_fp16_bundle graph_passes_ab
 ls "$HISTORY" >"$WORK/history-before.txt" 2>/dev/null
 say "flexavatar GPU run $STAMP, budget ${BUDGET_S}s, repo $REPO, commit ${FLEXAVATAR_GIT_COMMIT:-unknown}"
 for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement benchmarks}; do
@@ -232,6 +243,7 @@ for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement bench
     gpu-tests) stage gpu-tests "${FLEXAVATAR_GPU_TESTS_CAP:-100}" gpu_tests ;;
     ort-placement) stage ort-placement 90 ort_placement ;;
     ort-profile-flex1) stage ort-profile-flex1 90 ort_profile_flex1 ;;
+    graph-passes-ab) stage graph-passes-ab 150 graph_passes_ab ;;
     benchmarks) stage benchmarks 100000 benchmarks ;;
     bench-runtime) stage bench-runtime 260 bench -k "bench_runtime and cuda" ;;
     cpp-runtime) stage cpp-runtime 150 gpu_check runtime ;;

@@ -1,4 +1,5 @@
-"""torch → ONNX: export, constant folding without size limits, metadata, fp16 conversion, leanness check."""
+"""torch → ONNX: export, constant folding without size limits, exact graph rewrites, metadata, fp16 conversion,
+leanness check."""
 from __future__ import annotations
 
 import contextlib
@@ -10,17 +11,20 @@ from pathlib import Path
 import onnx
 import torch
 
-from . import mixed_precision
+from . import graph_passes, mixed_precision
 from .graphs import GraphSpec
 
 # Ops kept in float32 in the fp16 models: written-out normalisations (variance sums overflow / lose
-# precision in fp16), softmax, GELU (the tanh form's x³ overflows fp16 past |x| ≈ 40), the activations that
-# produce the Gaussian attributes (exp → scales, sigmoid → opacities/offsets, L2-normalisation →
-# quaternions), the UV grid_sample (with its UV grid: fp16 UVs alone cost 15 dB of rendered PSNR at
-# FLEX-1 size) and the camera-ray maths (Einsum, Cross products as Mul/Sub) of the encoder are cheap and
-# precision-sensitive. Everything else (the MatMuls, convolutions, attention, residual adds) runs in fp16.
+# precision in fp16), softmax, a written-out erf GELU, the activations that produce the Gaussian attributes
+# (exp → scales, sigmoid → opacities/offsets, L2-normalisation → quaternions), the UV grid_sample (with its
+# UV grid: fp16 UVs alone cost 15 dB of rendered PSNR at FLEX-1 size) and the camera-ray maths (Einsum,
+# Cross products as Mul/Sub) of the encoder are cheap and precision-sensitive. Everything else (the MatMuls,
+# convolutions, attention, residual adds, the Gelu node) runs in fp16. Gelu: its input (a bias Add) and its
+# reader (a MatMul) are fp16 anyway, so a float32 Gelu bought no storage precision, only a Cast pair per
+# feed-forward (32 kernels a FLEX-1 frame) that also kept runtimes from fusing the bias Add into the GELU;
+# where an fp16 kernel's x³ overflows (|x| ≳ 40) tanh saturates to the exact limits (x or 0), no NaN.
 FP16_FP32_OPS = ("ReduceMean", "Pow", "Sqrt", "Reciprocal", "Softmax", "Exp", "Sigmoid", "ReduceL2", "Div",
-                 "GridSample", "Einsum", "Erf", "Gelu")
+                 "GridSample", "Einsum", "Erf")
 # LayerNormalization / RMSNormalization nodes take fp16 tensors: their statistics are float32 whatever the
 # input type when stash_type is 1 (float, the default) — no Cast pair around each of the ~60 norms of a
 # decoder. Only a node that asks for fp16 statistics stays float32.
@@ -36,8 +40,10 @@ FP16_POLICY = mixed_precision.Policy(frozenset(FP16_FP32_OPS), _norm_with_fp16_s
 UNLIMITED = 1 << 40
 
 
-def export_graph(module: torch.nn.Module, args: tuple, spec: GraphSpec, opset: int) -> onnx.ModelProto:
-    """torch.onnx.export (dynamo, single file) → folded ModelProto (not yet saved)."""
+def export_graph(module: torch.nn.Module, args: tuple, spec: GraphSpec, opset: int,
+                 passes: bool = True) -> onnx.ModelProto:
+    """torch.onnx.export (dynamo, single file) → folded ModelProto (not yet saved), rewritten by
+    ``graph_passes`` unless passes=False (the graph as traced: for benchmarks that compare the two)."""
     for name in ("torch.onnx._internal.exporter._registration", "torch.onnx._internal.exporter._core"):
         logging.getLogger(name).setLevel(logging.ERROR)  # "torchvision is not installed" noise
     buffer = io.StringIO()
@@ -54,7 +60,14 @@ def export_graph(module: torch.nn.Module, args: tuple, spec: GraphSpec, opset: i
     written = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if written != opset:     # the exporter falls back silently for opsets it does not know
         raise ValueError(f"torch.onnx.export wrote opset {written} when asked for {opset}")
-    return fold_constants(model)
+    return simplify(model) if passes else fold_constants(model)
+
+
+def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant folding, then the exact rewrites of ``graph_passes`` (fewer, larger kernels)."""
+    model = fold_constants(model)
+    graph_passes.slim(model)
+    return model
 
 
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -127,7 +140,7 @@ def specialise(model: onnx.ModelProto, constants: dict) -> onnx.ModelProto:
     out.graph.input.extend(keep)
     for name, value in constants.items():
         out.graph.initializer.append(numpy_helper.from_array(value, name))
-    return fold_constants(out)
+    return simplify(out)
 
 
 def _drop_unused_layernorm_outputs(model: onnx.ModelProto) -> None:

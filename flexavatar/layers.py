@@ -147,30 +147,36 @@ class JointAttention(nn.Module):
             self.to_add_out = nn.Linear(d, d)
         self.norm_added_q, self.norm_added_k = RMSNormGain(hd), RMSNormGain(hd)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:                       # [B, T, D] → [B, nh, T, hd]
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:                       # [B, T, D] → [B, T, nh, hd]
         b, t, d = x.shape
-        return x.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)
+        return x.view(b, t, self.n_heads, d // self.n_heads)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: [B, Tx, D] or [1, Tx, D] (one query set shared by all B contexts: projected once, then
-        broadcast), c: [B, Tc, D] (both already LayerNorm'ed) → (attn_x [B, Tx, D], attn_c or None)."""
+    def forward(self, x: torch.Tensor, c: torch.Tensor, x_shared: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: [B, Tx, D], or with x_shared [1, Tx, D] (one query set shared by all B contexts: projected once,
+        then broadcast), c: [B, Tc, D] (both already LayerNorm'ed) → (attn_x [B, Tx, D], attn_c or None)."""
         b, (_, tx, d) = c.shape[0], x.shape
 
-        def shared(t: torch.Tensor) -> torch.Tensor:                       # [1|B, nh, Tx, hd] → [B, nh, Tx, hd]
-            return t.expand(b, -1, -1, -1)
+        def shared(t: torch.Tensor) -> torch.Tensor:                       # [1|B, Tx, nh, hd] → [B, Tx, nh, hd]
+            # only the first layer's queries are shared: an expand to the batch they already have is free in
+            # PyTorch but a full copy (Expand node) per tensor in an exported graph
+            return t.expand(b, -1, -1, -1) if x_shared else t
 
+        # heads stay token-major ([B, T, nh, hd]: qk-norm acts on the last axis, the streams join along T) and
+        # are transposed to SDPA's [B, nh, T, hd] once, after the join: one transpose per q / k / v, not two
         k = torch.cat([shared(self.norm_k(self._heads(self.to_k(x)))),
-                       self.norm_added_k(self._heads(self.add_k_proj(c)))], 2)
-        v = torch.cat([shared(self._heads(self.to_v(x))), self._heads(self.add_v_proj(c))], 2)
+                       self.norm_added_k(self._heads(self.add_k_proj(c)))], 1)
+        v = torch.cat([shared(self._heads(self.to_v(x))), self._heads(self.add_v_proj(c))], 1)
         q = shared(self.norm_q(self._heads(self.to_q(x))))
         if not self.context_pre_only:
             # the context rows are only needed when the context stream continues to the next layer
-            q = torch.cat([q, self.norm_added_q(self._heads(self.add_q_proj(c)))], 2)
-        y = F.scaled_dot_product_attention(q, k, v)                          # [B, nh, Tq, hd]
-        y = y.transpose(1, 2).reshape(b, -1, d)
-        attn_x = self.to_out[0](y[:, :tx])
-        attn_c = None if self.context_pre_only else self.to_add_out(y[:, tx:])
-        return attn_x, attn_c
+            q = torch.cat([q, self.norm_added_q(self._heads(self.add_q_proj(c)))], 1)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        y = y.transpose(1, 2).reshape(b, -1, d)                               # [B, Tq, D]
+        if self.context_pre_only:
+            return self.to_out[0](y), None
+        y_x, y_c = y.split([tx, y.shape[1] - tx], dim=1)                     # one Split node, not two Slices
+        return self.to_out[0](y_x), self.to_add_out(y_c)
 
 
 class JointBlock(nn.Module):
@@ -186,8 +192,9 @@ class JointBlock(nn.Module):
             self.norm2_context = nn.LayerNorm(d, eps=1e-6, elementwise_affine=False)
             self.ff_context = FeedForward(d)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_x, attn_c = self.attn(self.norm1(x), self.norm1_context(c))
+    def forward(self, x: torch.Tensor, c: torch.Tensor, x_shared: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_x, attn_c = self.attn(self.norm1(x), self.norm1_context(c), x_shared)
         x = x + attn_x
         x = x + self.ff(self.norm2(x))
         if self.context_pre_only:
@@ -209,6 +216,6 @@ class JointTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         x, c = x.transpose(0, 1), self.linear_cond_proj(context).transpose(0, 1)   # batch-first inside
-        for layer in self.layers:
-            x, c = layer(x, c)
+        for i, layer in enumerate(self.layers):
+            x, c = layer(x, c, x_shared=(i == 0))      # x takes the context's batch in the first layer
         return self.norm(x).transpose(0, 1)

@@ -45,7 +45,9 @@ class ModulatedConv(nn.Module):
         return w * torch.rsqrt(w.pow(2).sum(dim=(1, 2, 3), keepdim=True) + 1e-8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:                      # [N, in, r, r]
-        w = self.baked_weight()
+        # lrelu(z)·g = lrelu(g·z) for g > 0, and the convolutions are linear: the gain goes into the constant
+        # weights and bias (an exported graph then has no Mul pass over the feature map)
+        w = self.baked_weight() * LRELU_GAIN
         if self.up:
             # transposed conv, stride 2 (→ 2r+1), then the 4×4 FIR low-pass with up² gain (→ 2r)
             y = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
@@ -54,7 +56,7 @@ class ModulatedConv(nn.Module):
             y = F.conv2d(F.pad(y, (1, 1, 1, 1)), fir, groups=c)
         else:
             y = F.conv2d(x, w, padding=1)
-        y = F.leaky_relu(y + self.bias[None, :, None, None], 0.2) * LRELU_GAIN
+        y = F.leaky_relu(y + (self.bias * LRELU_GAIN)[None, :, None, None], 0.2)
         return y.clamp(-CONV_CLAMP, CONV_CLAMP)
 
 

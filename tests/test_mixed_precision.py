@@ -204,3 +204,25 @@ def test_fp16_storage_twin_reports_the_largest_value_an_fp16_tensor_takes():
     x_big = np.full((2, 3), 2.0, np.float32)            # the MatMul gives 3.75, times 3e4 > 65504
     overflow = mp.emulate_fp16_storage(to_fp16(_scale_chain([3.0e4, 1 / 3.0e4])), peak_output="peak")
     assert _run(overflow, {"x": x_big})[0] > np.finfo(np.float16).max
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_fp16_tanh_gelu_saturates_without_nan(runtime):
+    """Gelu runs in fp16 (FP16_POLICY): an fp16 tanh-GELU whose x³ overflows must still give the exact limits
+    (x for large x, 0 for very negative x), and match the float32 GELU of the fp16 inputs elsewhere."""
+    assert not FP16_POLICY.keeps_fp32(helper.make_node("Gelu", ["x"], ["y"], approximate="tanh"))
+    node = helper.make_node("Gelu", ["x"], ["y"], approximate="tanh")
+    graph = helper.make_graph([node], "gelu", [helper.make_tensor_value_info("x", HALF, [None])],
+                              [helper.make_tensor_value_info("y", HALF, [None])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    x = np.concatenate([np.linspace(-8, 8, 161), [-65504, -3e4, -300, -41, 41, 300, 3e4, 65504]]).astype(np.float16)
+    if runtime == "onnxruntime":
+        y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    else:
+        ov = pytest.importorskip("openvino", reason="OpenVINO is an optional extra")
+        core = ov.Core()
+        y = core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU")({"x": x})[0]
+    x32 = x.astype(np.float64)
+    want = 0.5 * x32 * (1 + np.tanh(np.sqrt(2 / np.pi) * (x32 + 0.044715 * x32 ** 3)))
+    assert np.isfinite(y.astype(np.float32)).all()
+    np.testing.assert_allclose(y.astype(np.float64), want, rtol=2e-3, atol=2e-3)

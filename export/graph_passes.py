@@ -1,0 +1,223 @@
+"""Exact rewrites of an exported graph into fewer, larger kernels.
+
+A decoder frame runs as ~550 ONNX nodes. On a GPU most of them are small (a [1024, 768] token tensor is
+1.5 MB in fp16), so each node costs a launch and a pass over memory whatever its arithmetic: fewer nodes
+is the lever (issue #7's frame rate). Every pass here is algebraically exact, uses standard ONNX ops only
+(ONNX Runtime and OpenVINO run the result alike) and matches the structure our own exporter writes; the
+export checks every file against PyTorch afterwards, as for any conversion.
+
+- ``merge_sibling_matmuls``: MatMuls that read the same tensor with constant weights (the q / k / v
+  projections of a token stream, the five heads of the Gaussian MLP) become one MatMul over the
+  concatenated weights, one bias Add and one Split.
+- ``attention_token_major``: ``Transpose → Attention (4-D) → Transpose → Reshape`` becomes a 3-D
+  Attention on the token-major tensors (``q_num_heads`` / ``kv_num_heads`` set): no layout copies around
+  the attention.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .mixed_precision import _topological
+
+TOKEN_MAJOR = [0, 2, 1, 3]     # [B, nh, T, hd] ↔ [B, T, nh, hd]
+
+
+@dataclass
+class PassReport:
+    """How many rewrites each pass made (for the export log and tests)."""
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name}: {n}" for name, n in self.counts.items()) or "nothing rewritten"
+
+
+def slim(model: onnx.ModelProto) -> PassReport:
+    """All passes, in place."""
+    report = PassReport()
+    report.counts["merged matmul groups"] = merge_sibling_matmuls(model)
+    report.counts["token-major attentions"] = attention_token_major(model)
+    return report
+
+
+# ---- sibling MatMuls ------------------------------------------------------------------------------------
+
+def merge_sibling_matmuls(model: onnx.ModelProto) -> int:
+    """X @ W1 (+ b1), X @ W2 (+ b2), ... → Split(X @ [W1 | W2 | ...] (+ [b1 | b2 | ...])): returns the
+    number of groups merged. Siblings merge when their weights are 2-D float initializers of one dtype and
+    row count, and either all or none of them feed a bias Add (a 1-D initializer) as their only consumer."""
+    graph = model.graph
+    nodes = list(graph.node)       # one set of node objects for the whole pass (ids below are theirs)
+    inits = {t.name: t for t in graph.initializer}
+    consumers = _consumers(nodes)
+    graph_outputs = {o.name for o in graph.output}
+    groups: dict[tuple, list[tuple[onnx.NodeProto, onnx.NodeProto | None]]] = defaultdict(list)
+    for node in nodes:
+        if node.op_type != "MatMul" or node.input[1] not in inits:
+            continue
+        weight = inits[node.input[1]]
+        if len(weight.dims) != 2 or weight.data_type not in _FLOAT_TYPES:
+            continue
+        bias_add = _bias_add(node, consumers, inits, graph_outputs)
+        groups[(node.input[0], weight.data_type, weight.dims[0], bias_add is not None)].append((node, bias_add))
+
+    merged = 0
+    removed: set[int] = set()
+    new_nodes: dict[int, list[onnx.NodeProto]] = {}       # id(first MatMul of a group) → its replacement
+    for (source, _, _, with_bias), members in groups.items():
+        if len(members) < 2:
+            continue
+        first = members[0][0]
+        base = f"{first.name or first.output[0]}__merged"
+        weights = [numpy_helper.to_array(inits[m.input[1]]) for m, _ in members]
+        widths = [w.shape[1] for w in weights]
+        graph.initializer.append(numpy_helper.from_array(np.concatenate(weights, axis=1), f"{base}_weight"))
+        graph.initializer.append(numpy_helper.from_array(np.asarray(widths, dtype=np.int64), f"{base}_split"))
+        replacement = [helper.make_node("MatMul", [source, f"{base}_weight"], [f"{base}_matmul"], name=f"{base}_matmul")]
+        combined = f"{base}_matmul"
+        if with_bias:
+            biases = [numpy_helper.to_array(inits[_other_input(add, m.output[0])]) for m, add in members]
+            graph.initializer.append(numpy_helper.from_array(np.concatenate(biases), f"{base}_bias"))
+            replacement.append(helper.make_node("Add", [combined, f"{base}_bias"], [f"{base}_add"], name=f"{base}_add"))
+            combined = f"{base}_add"
+        outputs = [(add.output[0] if add is not None else m.output[0]) for m, add in members]
+        replacement.append(helper.make_node("Split", [combined, f"{base}_split"], outputs, axis=-1, name=f"{base}_split"))
+        new_nodes[id(first)] = replacement
+        for m, add in members:
+            removed.add(id(m))
+            if add is not None:
+                removed.add(id(add))
+        merged += 1
+    if merged:
+        _replace_nodes(graph, nodes, removed, new_nodes)
+    return merged
+
+
+_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE})
+
+
+def _bias_add(matmul: onnx.NodeProto, consumers, inits, graph_outputs) -> onnx.NodeProto | None:
+    out = matmul.output[0]
+    users = consumers.get(out, [])
+    if out in graph_outputs or len(users) != 1 or users[0].op_type != "Add":
+        return None
+    bias = inits.get(_other_input(users[0], out))
+    return users[0] if bias is not None and len(bias.dims) == 1 else None
+
+
+def _other_input(node: onnx.NodeProto, name: str) -> str:
+    a, b = node.input
+    return b if a == name else a
+
+
+# ---- attention layout -----------------------------------------------------------------------------------
+
+def attention_token_major(model: onnx.ModelProto) -> int:
+    """Transpose(perm 0,2,1,3) of q, k, v → Attention (4-D) → Transpose(0,2,1,3) → Reshape [B, T, D]
+    becomes Reshape [B, T, nh·hd] of q, k, v → Attention (3-D, q_num_heads = kv_num_heads = nh), writing the
+    Reshape's output. Returns the number of attentions rewritten. Head counts come from shape inference:
+    where they are not static (or the pattern differs) the node stays as it is."""
+    graph = model.graph
+    shapes = _static_dims(model)
+    nodes = list(graph.node)
+    consumers = _consumers(nodes)
+    producers = {o: n for n in nodes for o in n.output}
+    graph_outputs = {o.name for o in graph.output}
+    removed: set[int] = set()
+    new_nodes: dict[int, list[onnx.NodeProto]] = {}
+    shape_name = "attention_token_major__shape"
+    rewritten = 0
+    for node in nodes:
+        if node.op_type != "Attention" or len([i for i in node.input if i]) != 3 or len(node.output) != 1:
+            continue
+        if any(a.name in ("q_num_heads", "kv_num_heads") for a in node.attribute):
+            continue                                                      # already 3-D
+        transposes_in = [producers.get(i) for i in node.input]
+        if not all(t is not None and _is_transpose(t, TOKEN_MAJOR) and len(consumers[t.output[0]]) == 1
+                   and t.output[0] not in graph_outputs for t in transposes_in):
+            continue
+        users = consumers.get(node.output[0], [])
+        if len(users) != 1 or not _is_transpose(users[0], TOKEN_MAJOR) or node.output[0] in graph_outputs:
+            continue
+        transpose_out = users[0]
+        reshapes = consumers.get(transpose_out.output[0], [])
+        if len(reshapes) != 1 or reshapes[0].op_type != "Reshape" or transpose_out.output[0] in graph_outputs:
+            continue
+        reshape_out = reshapes[0]
+        heads = [shapes.get(t.input[0]) for t in transposes_in]          # [B, T, nh, hd] each
+        if any(h is None or len(h) != 4 or not isinstance(h[2], int) for h in heads):
+            continue
+        q_heads, kv_heads = heads[0][2], heads[1][2]
+        if heads[2][2] != kv_heads:
+            continue
+        final = shapes.get(reshape_out.output[0])
+        if final is None or len(final) != 3:
+            continue
+        replacement = []
+        flat = []
+        for t in transposes_in:
+            name = f"{t.input[0]}__tokens"
+            replacement.append(helper.make_node("Reshape", [t.input[0], shape_name], [name], name=f"{name}_reshape"))
+            flat.append(name)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs.update(q_num_heads=q_heads, kv_num_heads=kv_heads)
+        replacement.append(helper.make_node("Attention", flat, [reshape_out.output[0]], name=node.name, **attrs))
+        new_nodes[id(node)] = replacement
+        removed.update(id(n) for n in (*transposes_in, node, transpose_out, reshape_out))
+        rewritten += 1
+    if rewritten:
+        # [B, T, nh, hd] → [B, T, nh·hd]: copy the first two dims (0 = keep, allowzero off)
+        graph.initializer.append(numpy_helper.from_array(np.asarray([0, 0, -1], dtype=np.int64), shape_name))
+        _replace_nodes(graph, nodes, removed, new_nodes)
+    return rewritten
+
+
+def _is_transpose(node: onnx.NodeProto, perm: list[int]) -> bool:
+    return node.op_type == "Transpose" and any(a.name == "perm" and list(a.ints) == perm for a in node.attribute)
+
+
+def _static_dims(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    dims = {}
+    for value in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+        tensor = value.type.tensor_type
+        if tensor.HasField("shape"):
+            dims[value.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                for d in tensor.shape.dim]
+    return dims
+
+
+# ---- shared helpers -------------------------------------------------------------------------------------
+
+def _consumers(nodes: list[onnx.NodeProto]) -> dict[str, list[onnx.NodeProto]]:
+    users: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in nodes:
+        for name in node.input:
+            if name:
+                users[name].append(node)
+    return users
+
+
+def _replace_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], removed: set[int],
+                   new_nodes: dict[int, list[onnx.NodeProto]]) -> None:
+    """Drop the removed nodes, put each replacement where its anchor node was, re-sort, drop what is unused."""
+    kept = []
+    for node in nodes:
+        kept += new_nodes.get(id(node), [])
+        if id(node) not in removed:
+            kept.append(node)
+    sorted_nodes = _topological(kept, graph)
+    del graph.node[:]
+    graph.node.extend(sorted_nodes)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    produced = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+    stale = [v for v in graph.value_info if v.name not in produced]
+    for value in stale:
+        graph.value_info.remove(value)

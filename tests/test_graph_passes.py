@@ -1,0 +1,170 @@
+"""export.graph_passes: each rewrite keeps the graph's outputs (ONNX Runtime on the graph before the pass is the
+oracle), makes the nodes it promises fewer, and leaves alone what does not match."""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+
+from flexavatar.export import graph_passes
+from flexavatar.export.exporter import DEFAULT_OPSET
+from flexavatar.export.graphs import GraphSpec
+from flexavatar.bundle import TensorSpec
+from flexavatar.export.onnx_tools import export_graph
+
+RNG = np.random.default_rng(0)
+
+
+def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL   # the graph as written
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _ops(model: onnx.ModelProto) -> collections.Counter:
+    return collections.Counter(n.op_type for n in model.graph.node)
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def _init(name: str, *shape: int) -> onnx.TensorProto:
+    return numpy_helper.from_array(RNG.standard_normal(shape).astype(np.float32), name)
+
+
+def _sibling_graph() -> onnx.ModelProto:
+    """x [B, T, 8] read by: three biased projections (q/k/v-like), two bias-free ones, one whose output is also a
+    graph output (so its bias Add cannot be absorbed), and one with a computed (non-constant) weight."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", 8])
+    w_in = helper.make_tensor_value_info("w_dynamic", TensorProto.FLOAT, [8, 4])
+    nodes, inits, outputs = [], [], {}
+    for i, width in enumerate((8, 6, 8)):
+        inits += [_init(f"w{i}", 8, width), _init(f"b{i}", width)]
+        nodes += [helper.make_node("MatMul", ["x", f"w{i}"], [f"m{i}"]), helper.make_node("Add", [f"m{i}", f"b{i}"], [f"y{i}"])]
+        outputs[f"y{i}"] = width
+    for i in (3, 4):
+        inits.append(_init(f"w{i}", 8, 3))
+        nodes += [helper.make_node("MatMul", ["x", f"w{i}"], [f"m{i}"]), helper.make_node("Relu", [f"m{i}"], [f"y{i}"])]
+        outputs[f"y{i}"] = 3
+    inits += [_init("w5", 8, 2), _init("b5", 2)]
+    nodes += [helper.make_node("MatMul", ["x", "w5"], ["m5"]), helper.make_node("Add", ["m5", "b5"], ["y5"])]
+    outputs.update(m5=2, y5=2)
+    nodes.append(helper.make_node("MatMul", ["x", "w_dynamic"], ["y6"]))
+    outputs["y6"] = 4
+    graph = helper.make_graph(nodes, "siblings", [x, w_in], [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["B", "T", n])
+                                                             for o, n in outputs.items()], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", DEFAULT_OPSET)])
+
+
+def test_sibling_matmuls_merge_into_one_matmul_add_split():
+    model = _sibling_graph()
+    slim = _copy(model)
+    merged = graph_passes.merge_sibling_matmuls(slim)
+    onnx.checker.check_model(slim, full_check=True)
+    # {q, k, v} with biases and {3, 4} without; the graph-output MatMul (m5 ∪ its bias) joins the bias-free
+    # group, the computed weight stays alone
+    assert merged == 2
+    before, after = _ops(model), _ops(slim)
+    assert (before["MatMul"], after["MatMul"]) == (7, 3)
+    assert (before["Add"], after["Add"]) == (4, 2) and after["Split"] == 2
+    feeds = {"x": RNG.standard_normal((2, 5, 8)).astype(np.float32),
+             "w_dynamic": RNG.standard_normal((8, 4)).astype(np.float32)}
+    for want, got in zip(_run(model, feeds), _run(slim, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert not {"w0", "w1", "w2", "b0"} & {t.name for t in slim.graph.initializer}     # replaced weights dropped
+    assert graph_passes.merge_sibling_matmuls(slim) == 0                               # a fixed point
+
+
+class _TokenMajorAttention(torch.nn.Module):
+    """The layout FLEX-1's JointAttention writes: heads token-major [B, T, nh, hd], joined, then SDPA."""
+
+    def __init__(self, d: int = 16, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v = torch.nn.Linear(d, d), torch.nn.Linear(d, d), torch.nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+
+        def split(z):
+            return z.view(z.shape[0], z.shape[1], self.heads, d // self.heads)
+        q = F.rms_norm(split(self.q(x)), (d // self.heads,))
+        k = torch.cat([split(self.k(x)), split(self.k(c))], 1)
+        v = torch.cat([split(self.v(x)), split(self.v(c))], 1)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return y.transpose(1, 2).reshape(b, t, d)
+
+
+def _export(module: torch.nn.Module, passes: bool) -> onnx.ModelProto:
+    spec = GraphSpec("test", (TensorSpec("x", ("E", 6, 16), "float32"), TensorSpec("c", ("E", 3, 16), "float32")),
+                     (TensorSpec("y", ("E", 6, 16), "float32"),))
+    args = (torch.randn(2, 6, 16), torch.randn(2, 3, 16))
+    return export_graph(module, args, spec, DEFAULT_OPSET, passes=passes)
+
+
+def test_attention_becomes_token_major_and_matches():
+    torch.manual_seed(0)
+    module = _TokenMajorAttention().eval()
+    plain, slim = _export(module, passes=False), _export(module, passes=True)
+    assert _ops(plain)["Transpose"] == 4 and _ops(plain)["Attention"] == 1
+    assert _ops(slim)["Transpose"] == 0 and _ops(slim)["Attention"] == 1
+    attention = next(n for n in slim.graph.node if n.op_type == "Attention")
+    attrs = {a.name: helper.get_attribute_value(a) for a in attention.attribute}
+    assert attrs["q_num_heads"] == attrs["kv_num_heads"] == 2
+    x, c = torch.randn(3, 6, 16), torch.randn(3, 3, 16)          # another batch than the trace's
+    with torch.no_grad():
+        want = module(x, c).numpy()
+    for model in (plain, slim):
+        np.testing.assert_allclose(_run(model, {"x": x.numpy(), "c": c.numpy()})[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_with_a_shared_transpose_is_left_alone():
+    """A Transpose with a second reader must stay: the pass only rewrites a pattern it owns entirely."""
+    torch.manual_seed(1)
+
+    class Shared(_TokenMajorAttention):
+        def forward(self, x, c):
+            b, t, d = x.shape
+            q = self.q(x).view(b, t, self.heads, -1).transpose(1, 2)
+            y = F.scaled_dot_product_attention(q, q, q)
+            return y.transpose(1, 2).reshape(b, t, d) + q.sum()
+
+    module = Shared().eval()
+    slim = _export(module, passes=True)
+    assert _ops(slim)["Transpose"] >= 2
+    attention = next(n for n in slim.graph.node if n.op_type == "Attention")
+    assert "q_num_heads" not in {a.name for a in attention.attribute}
+    x, c = torch.randn(1, 6, 16), torch.randn(1, 3, 16)
+    with torch.no_grad():
+        want = module(x, c).numpy()
+    np.testing.assert_allclose(_run(slim, {"x": x.numpy(), "c": c.numpy()})[0], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_token_major_attention_runs_on_every_runtime(runtime):
+    """The 3-D Attention form (q_num_heads / kv_num_heads) is what the bundles now hold: both runtimes run it."""
+    torch.manual_seed(2)
+    module = _TokenMajorAttention().eval()
+    slim = _export(module, passes=True)
+    x, c = torch.randn(2, 6, 16), torch.randn(2, 3, 16)
+    with torch.no_grad():
+        want = module(x, c).numpy()
+    if runtime == "onnxruntime":
+        options = ort.SessionOptions()                         # default optimisation level, as the runtime uses
+        got = ort.InferenceSession(slim.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
+            None, {"x": x.numpy(), "c": c.numpy()})[0]
+    else:
+        ov = pytest.importorskip("openvino", reason="OpenVINO is an optional extra")
+        compiled = ov.Core().compile_model(ov.Core().read_model(slim.SerializeToString(), b""), "CPU",
+                                           {"INFERENCE_PRECISION_HINT": "f32"})
+        got = compiled({"x": x.numpy(), "c": c.numpy()})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
