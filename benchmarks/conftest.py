@@ -370,8 +370,9 @@ def _relative_to_repo(arg: str) -> str:
 @pytest.fixture(scope="module")
 def flex1_bundle(weights_cache, flex1_model) -> Path:
     """The FLEX-1 bundle of flex1_model's cached weights (runtime and C++ runtime benchmarks), exported once into
-    benchmarks/.cache and reused while its files verify (sizes) and it holds exactly these weights (the
-    checkpoint's sha256). CPU machine: fp32 ONNX + OpenVINO. CUDA machine: fp32 + fp16 ONNX only (the export's
+    benchmarks/.cache and reused while its files verify (sizes), it holds exactly these weights (the
+    checkpoint's sha256) and the model and exporter sources are those that wrote it (a code change re-exports:
+    the graphs depend on it). CPU machine: fp32 ONNX + OpenVINO. CUDA machine: fp32 + fp16 ONNX only (the export's
     CPU parity checks dominate its time; OpenVINO is a CPU engine, measured on CPU machines)."""
     import hashlib
     import shutil
@@ -392,12 +393,30 @@ def flex1_bundle(weights_cache, flex1_model) -> Path:
     with open(checkpoint, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
+    stamp = folder / ".exported_by"                                   # not a bundle file: the manifest ignores it
+    sources = _export_sources_sha256()
     try:
-        if Bundle.open(folder, verify="size").manifest.model.checkpoint_sha256 == digest.hexdigest():
+        if (Bundle.open(folder, verify="size").manifest.model.checkpoint_sha256 == digest.hexdigest()
+                and stamp.is_file() and stamp.read_text() == sources):
             return folder
     except BundleError:
         pass
     shutil.rmtree(folder, ignore_errors=True)
     export_bundle(checkpoint, folder, template=flex1_model.template, precisions=precisions, targets=targets,
                   force=True, progress=lambda msg: print(msg, flush=True))
+    stamp.write_text(sources)
     return folder
+
+
+def _export_sources_sha256() -> str:
+    """sha256 over the sources that decide a bundle's graphs: the model package and the exporter."""
+    import hashlib
+
+    import flexavatar
+    import flexavatar.export
+
+    digest = hashlib.sha256()
+    for package in (flexavatar, flexavatar.export):
+        for path in sorted(Path(package.__file__).parent.glob("*.py")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()

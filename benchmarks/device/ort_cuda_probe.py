@@ -28,6 +28,10 @@ VARIANTS = {
     "tf32": ({"use_tf32": "1"}, False, False),
     "ort-defaults": ({"user_compute_stream": None, "cudnn_conv_algo_search": None, "arena_extend_strategy": None,
                       "use_tf32": None}, True, False),
+    # the decoder's upsampler convolutions (fp16, NCHW in the graph): cuDNN's algorithm choice and ORT's NHWC
+    # kernels (wheels built with CUDA NHWC ops; others ignore the option), with graphs as the runtime runs them
+    "cudnn-heuristic+graphs": ({"cudnn_conv_algo_search": "HEURISTIC"}, False, True),
+    "prefer-nhwc+graphs": ({"prefer_nhwc": "1"}, False, True),
 }
 
 
