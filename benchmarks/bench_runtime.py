@@ -46,10 +46,6 @@ CASES = [
 ]
 
 
-
-
-
-
 @pytest.fixture(scope="module")
 def expressions() -> np.ndarray:
     if DRIVING.is_file():

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .mixed_precision import _topological
+from .mixed_precision import topological_order
 
 TOKEN_MAJOR = [0, 2, 1, 3]     # [B, nh, T, hd] ↔ [B, T, nh, hd]
 
@@ -152,8 +152,8 @@ def attention_token_major(model: onnx.ModelProto) -> int:
         if any(h is None or len(h) != 4 or not isinstance(h[2], int) for h in heads):
             continue
         q_heads, kv_heads = heads[0][2], heads[1][2]
-        if heads[2][2] != kv_heads:
-            continue
+        if not q_heads == kv_heads == heads[2][2]:
+            continue        # grouped-query attention (not in FLEX-1): left as exported
         final = shapes.get(reshape_out.output[0])
         if final is None or len(final) != 3:
             continue
@@ -210,7 +210,7 @@ def _replace_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], removed:
         kept += new_nodes.get(id(node), [])
         if id(node) not in removed:
             kept.append(node)
-    sorted_nodes = _topological(kept, graph)
+    sorted_nodes = topological_order(kept, graph)
     del graph.node[:]
     graph.node.extend(sorted_nodes)
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}

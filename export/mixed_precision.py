@@ -98,7 +98,7 @@ def convert(model: onnx.ModelProto, policy: Policy) -> onnx.ModelProto:
     del graph.initializer[:]
     graph.initializer.extend(kept)
     del graph.node[:]
-    graph.node.extend(_topological(nodes, graph))
+    graph.node.extend(topological_order(nodes, graph))
     del graph.value_info[:]     # stale float32 annotations; recomputed by the checker's shape inference
     return out
 
@@ -168,7 +168,9 @@ def _float_tensor_names(model: onnx.ModelProto) -> set[str]:
     return names
 
 
-def _topological(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+def topological_order(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes in an order where each reads only graph inputs, initializers and earlier outputs (raises on a
+    cycle or a dangling input)."""
     available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
     pending, ordered = list(nodes), []
     while pending:
