@@ -422,7 +422,7 @@ class _References:
 
     def render_of(self, decoded: list[np.ndarray]) -> np.ndarray:
         from flexavatar.bundle import GAUSSIAN_OUTPUTS
-        return render_frontal(dict(zip(GAUSSIAN_OUTPUTS, decoded)), self.cam2world, self.intrinsics)
+        return render_frontal(dict(zip(GAUSSIAN_OUTPUTS, decoded, strict=True)), self.cam2world, self.intrinsics)
 
     def decode_with_torch(self, code: np.ndarray) -> list[np.ndarray]:
         """[1, R², D] code (e.g. from an fp16 encoder) → PyTorch decoder outputs on self.expressions."""

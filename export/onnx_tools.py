@@ -116,7 +116,7 @@ def _fold_with_onnxruntime(model: onnx.ModelProto) -> onnx.ModelProto:
         [o.name for o in outputs], {})
     del model.graph.node[:]
     model.graph.node.extend(rest)
-    for vi, value in zip(outputs, values):
+    for vi, value in zip(outputs, values, strict=True):
         model.graph.initializer.append(numpy_helper.from_array(value, vi.name))
     used = {i for n in rest for i in n.input} | {o.name for o in model.graph.output}
     keep = [t for t in model.graph.initializer if t.name in used]

@@ -637,9 +637,9 @@ def frozen_weights(*modules: torch.nn.Module | None) -> Iterator[None]:
             m.eval()
         yield
     finally:
-        for p, flag in zip(params, grad_flags):
+        for p, flag in zip(params, grad_flags, strict=True):
             p.requires_grad_(flag)
-        for m, flag in zip(modules, train_flags):
+        for m, flag in zip(modules, train_flags, strict=True):
             m.train(flag)
 
 

@@ -254,7 +254,7 @@ class OrtCpuModel:
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         # InferenceSession.run is thread-safe
-        return dict(zip(self.output_names, self.session.run(self.output_names, dict(feeds))))
+        return dict(zip(self.output_names, self.session.run(self.output_names, dict(feeds)), strict=True))
 
 
 class OrtBackend(InferenceBackend):
@@ -351,7 +351,7 @@ class OpenVinoModel:
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
         result = request.infer(dict(feeds))                   # outputs are copies (share_outputs=False)
-        return {name: result[out] for name, out in zip(self.output_names, self.compiled.outputs)}
+        return {name: result[out] for name, out in zip(self.output_names, self.compiled.outputs, strict=True)}
 
 
 class OpenVinoBackend(InferenceBackend):
@@ -417,7 +417,7 @@ class TorchDecoderModel:
         with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
                          allow_tf32=False):
             g = self.model.decode(AvatarCode(code), expressions, dataset_id=MULTI_VIEW_DATASET_ID)
-        return dict(zip(GAUSSIAN_OUTPUTS, (g.means, g.quats, g.scales, g.opacities, g.sh0)))
+        return dict(zip(GAUSSIAN_OUTPUTS, (g.means, g.quats, g.scales, g.opacities, g.sh0), strict=True))
 
 
 class TorchEncoderModel:

@@ -311,7 +311,7 @@ def test_example_writes_png_frames_equal_to_the_runtime_and_reports_latency(exam
     assert match and 0 < float(match[1]) <= float(match[2]), proc.stdout
     pngs = sorted(out.glob("frame_*.png"))
     assert [p.name for p in pngs] == [f"frame_{e:05d}.png" for e in range(len(inputs["expressions"]))]
-    for png, frame in zip(pngs, cpp_outputs):
+    for png, frame in zip(pngs, cpp_outputs, strict=True):
         image = np.asarray(Image.open(png))
         assert image.shape == (RENDER_SIZE, RENDER_SIZE, 4) and image.dtype == np.uint8
         np.testing.assert_array_equal(image, frame["rgba"])

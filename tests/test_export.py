@@ -119,7 +119,7 @@ def _run(bundle: Bundle, artifact, feeds: dict) -> dict[str, np.ndarray]:
         out = _session(path).run(None, feeds)
     else:
         out = run_compiled(compile_ir(path), feeds)
-    return dict(zip([o.name for o in artifact.outputs], out))
+    return dict(zip([o.name for o in artifact.outputs], out, strict=True))
 
 
 def _torch_gaussians(model: FlexAvatarModel, code_1rd: np.ndarray, expressions: np.ndarray) -> dict:
@@ -189,7 +189,8 @@ def test_onnx_files_pass_the_checker_and_carry_metadata(full):
         assert read_onnx_metadata(path).role == artifact.role
         # the manifest's io specs are the graph's
         session = _session(path)
-        for spec, node in zip(artifact.inputs + artifact.outputs, session.get_inputs() + session.get_outputs()):
+        nodes = session.get_inputs() + session.get_outputs()
+        for spec, node in zip(artifact.inputs + artifact.outputs, nodes, strict=True):
             assert spec.name == node.name and list(spec.shape) == node.shape
             assert node.type == "tensor(float)" and spec.dtype == "float32"
 

@@ -56,5 +56,5 @@ def test_flex1_size_export_is_verified(tmp_path, official_dir):
     special = ort.InferenceSession(str(bundle.path(bundle.artifact(ROLE_DECODER_AVATAR))))
     a = generic.run(None, {"code": bundle.avatar_code(), "expressions": expr})
     b = special.run(None, {"expressions": expr})
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x, y, atol=1e-4, rtol=0)   # kernel order differs; both ≤ 1e-4 of PyTorch

@@ -78,7 +78,7 @@ def test_sibling_matmuls_merge_into_one_matmul_add_split():
     assert (before["Add"], after["Add"]) == (4, 2) and after["Split"] == 2
     feeds = {"x": RNG.standard_normal((2, 5, 8)).astype(np.float32),
              "w_dynamic": RNG.standard_normal((8, 4)).astype(np.float32)}
-    for want, got in zip(_run(model, feeds), _run(slim, feeds)):
+    for want, got in zip(_run(model, feeds), _run(slim, feeds), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     assert not {"w0", "w1", "w2", "b0"} & {t.name for t in slim.graph.initializer}     # replaced weights dropped
     assert graph_passes.merge_sibling_matmuls(slim) == 0                               # a fixed point

@@ -229,7 +229,7 @@ def test_one_camera_broadcasts_to_per_view_splats(backend):
     got = render_np(backend, frames, cameras, 24, 16, bg)            # cameras [1, 4, 4], [1, 3, 3]
     ref = render_np("reference", frames, tiled, 24, 16, bg)          # the camera repeated per view
     assert got[0].shape == (3, 16, 24, 3) and float(ref[1].mean()) > 0.05
-    for a, b in zip(got, ref):
+    for a, b in zip(got, ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
     assert np.abs(ref[0][0] - ref[0][2]).max() > 0.01                 # the frames do differ
 

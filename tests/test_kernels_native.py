@@ -144,7 +144,7 @@ def test_thread_count_does_not_change_the_result():
     vm, ks = cameras.world2cam.reshape(1, 2, 4, 4), cameras.K.reshape(1, 2, 3, 3)
     one = native.rasterize_cpu(*args, vm, ks, 96, 96, num_threads=1)
     many = native.rasterize_cpu(*args, vm, ks, 96, 96, num_threads=3)
-    for a, b in zip(one, many):
+    for a, b in zip(one, many, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -292,7 +292,7 @@ def test_cuda_wrapper_hands_the_same_arguments_with_and_without_autograd(monkeyp
         assert plain_args[11:] == grad_args[11:] == (24, 16)
         b, c = (1, 3) if shared_splats else (3, 1)
         assert tuple(plain_args[0].shape) == (b, 50, 3) and tuple(plain_args[5].shape) == (b, c, 4, 4)
-        for x, y in zip(plain_args[:8], grad_args[:8]):
+        for x, y in zip(plain_args[:8], grad_args[:8], strict=True):
             assert x.is_contiguous() and y.is_contiguous() and not x.requires_grad and not y.requires_grad
             torch.testing.assert_close(x, y, rtol=0, atol=0)
         for field in ("rgb", "alpha", "depth"):
@@ -370,7 +370,7 @@ def test_cuda_backward_with_per_view_splats():
         out = rasterize(tsplats, tcams, 64, 48, background=bg, backend=backend)
         (out.rgb.square().sum() + out.alpha.sum()).backward()
         results[backend] = [getattr(tsplats, k).grad for k in ("means", "quats", "scales", "opacities", "sh0")]
-    for got, ref in zip(results["cuda"], results["reference"]):
+    for got, ref in zip(results["cuda"], results["reference"], strict=True):
         torch.testing.assert_close(got, ref, rtol=GRAD_TOL, atol=GRAD_TOL * ref.abs().max().item())
 
 

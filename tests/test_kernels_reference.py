@@ -135,7 +135,7 @@ def test_tiled_equals_tile_free_evaluation_on_border_straddling_scene():
     bg = torch.tensor([[0.1, 0.5, 0.2], [0.9, 0.9, 0.9]])
     tiled = render_reference(ts, tc, width, height, bg, tiled=True)
     dense = render_reference(ts, tc, width, height, bg, tiled=False)
-    for a, b in zip(tiled, dense):                            # same Gaussians, summed in other orders
+    for a, b in zip(tiled, dense, strict=True):                            # same Gaussians, summed in other orders
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     # The scene must exercise what it claims: footprints over several tiles and off the image.
     req = validate_request(ts, tc, width, height, bg)
@@ -183,7 +183,8 @@ def test_gradcheck_float64_tiny_scene():
     keys = list(ts.arrays())
 
     def fn(*arrays):
-        out = rasterize(Splats(**dict(zip(keys, arrays))), tc, width, height, background=bg, backend="reference")
+        splats = Splats(**dict(zip(keys, arrays, strict=True)))
+        out = rasterize(splats, tc, width, height, background=bg, backend="reference")
         return out.rgb, out.alpha, out.depth
 
     out = fn(*ts.arrays().values())

@@ -104,7 +104,7 @@ def test_constant_read_by_both_precisions_is_stored_twice_and_outputs_stay_float
     cast = next(n for n in half.graph.node if n.name == "cast_in_graph")
     assert cast.attribute[0].i == HALF
     x = np.array([[0.5, -1.25, 2.0], [1e-3, 3.0, -0.75]], np.float32)
-    for got, want in zip(_run(half, {"x": x}), _run(src, {"x": x})):
+    for got, want in zip(_run(half, {"x": x}), _run(src, {"x": x}), strict=True):
         np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)
 
 
