@@ -122,8 +122,10 @@ def attention_token_major(model: onnx.ModelProto) -> int:
     Reshape's output. Returns the number of attentions rewritten. Head counts come from shape inference:
     where they are not static (or the pattern differs) the node stays as it is."""
     graph = model.graph
-    shapes = _static_dims(model)
     nodes = list(graph.node)
+    if not any(n.op_type == "Attention" for n in nodes):
+        return 0                          # e.g. opset 18: spare the shape inference of a large model
+    shapes = _static_dims(model)
     consumers = _consumers(nodes)
     producers = {o: n for n in nodes for o in n.output}
     graph_outputs = {o.name for o in graph.output}
