@@ -104,11 +104,11 @@ class _TokenMajorAttention(torch.nn.Module):
         return y.transpose(1, 2).reshape(b, t, d)
 
 
-def _export(module: torch.nn.Module, passes: bool) -> onnx.ModelProto:
+def _export(module: torch.nn.Module, passes: bool, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     spec = GraphSpec("test", (TensorSpec("x", ("E", 6, 16), "float32"), TensorSpec("c", ("E", 3, 16), "float32")),
                      (TensorSpec("y", ("E", 6, 16), "float32"),))
     args = (torch.randn(2, 6, 16), torch.randn(2, 3, 16))
-    return export_graph(module, args, spec, DEFAULT_OPSET, passes=passes)
+    return export_graph(module, args, spec, opset, passes=passes)
 
 
 def test_attention_becomes_token_major_and_matches():
@@ -168,3 +168,17 @@ def test_token_major_attention_runs_on_every_runtime(runtime):
                                            {"INFERENCE_PRECISION_HINT": "f32"})
         got = compiled({"x": x.numpy(), "c": c.numpy()})[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_opset18_graph_gets_the_matmul_merge_only():
+    """--opset 18 writes attention as primitive ops: nothing for the attention pass, the sibling merge still applies
+    (q / k / v of x, k / v of c) and the result matches PyTorch."""
+    torch.manual_seed(3)
+    module = _TokenMajorAttention().eval()
+    plain, slim = _export(module, passes=False, opset=18), _export(module, passes=True, opset=18)
+    assert _ops(slim)["Attention"] == 0 and _ops(slim)["Split"] >= 2
+    assert _ops(slim)["MatMul"] == _ops(plain)["MatMul"] - 3           # five projections → two
+    x, c = torch.randn(2, 6, 16), torch.randn(2, 3, 16)
+    with torch.no_grad():
+        want = module(x, c).numpy()
+    np.testing.assert_allclose(_run(slim, {"x": x.numpy(), "c": c.numpy()})[0], want, rtol=1e-5, atol=1e-5)
