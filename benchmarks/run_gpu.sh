@@ -24,7 +24,8 @@
 #                             on the FLEX-1 fp16 decoder, benchmarks/device/ort_cuda_probe.py; ort-stress: 3000
 #                             calls of four of them), ort-profile-flex1 (kernel time per op type of the FLEX-1
 #                             bundle's files on CUDA), graph-passes-ab (the FLEX-1 decoder with and without
-#                             export.graph_passes, side by side), wait-prewarm (until prewarm.sh is done), native-check (gpu_check.sh's rasterizer
+#                             export.graph_passes, side by side), gpu-profile (GPU time per kernel class of
+#                             the FLEX-1 whole frame, CUPTI), wait-prewarm (until prewarm.sh is done), native-check (gpu_check.sh's rasterizer
 #                             timing and compute-sanitizer; its tests are among gpu-tests). The build is for
 #                             this GPU's architecture only.
 #   FLEXAVATAR_FIXTURES       the fixtures folder (default: .device/fixtures staged in the tree by
@@ -225,6 +226,18 @@ graph_passes_ab() {
     --template "$FLEXAVATAR_FIXTURES/official_flex/gghead_template.obj" --json "$LOGS/graph_passes_ab.json"
 }
 
+# GPU time per kernel class of the whole frame as the GPU ran it (CUPTI through torch.profiler: ONNX Runtime's,
+# cuBLAS/cuDNN's and the rasterizer's kernels; benchmarks/device/gpu_kernel_profile.py), fp16 and fp32 with CUDA graphs
+gpu_profile() {
+  local bundle precision rc=0
+  bundle=$(flex1_fp16_bundle) || return 1
+  for precision in fp16 fp32; do
+    pyrun "$REPO/benchmarks/device/gpu_kernel_profile.py" "$bundle" --precision $precision \
+      --json "$LOGS/gpu_kernel_profile_$precision.json" || rc=$?
+  done
+  return $rc
+}
+
 # fixtures: a copy staged inside the tree (benchmarks/device/stage.py; ../shared does not travel), else ../shared
 if [[ -z "${FLEXAVATAR_FIXTURES:-}" ]]; then
   for candidate in "$REPO/.device/fixtures" "$REPO/../shared/fixtures"; do
@@ -233,7 +246,7 @@ if [[ -z "${FLEXAVATAR_FIXTURES:-}" ]]; then
 fi
 export FLEXAVATAR_FIXTURES=${FLEXAVATAR_FIXTURES:-}
 export REPO PY MAX_TIME WORK SITE HISTORY LOGS
-export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp ort_probe ort_profile_flex1 flex1_fp16_bundle graph_passes_ab
+export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp ort_probe ort_profile_flex1 flex1_fp16_bundle graph_passes_ab gpu_profile
 ls "$HISTORY" >"$WORK/history-before.txt" 2>/dev/null
 say "flexavatar GPU run $STAMP, budget ${BUDGET_S}s, repo $REPO, commit ${FLEXAVATAR_GIT_COMMIT:-unknown}"
 for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement benchmarks}; do
@@ -243,7 +256,8 @@ for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement bench
     gpu-tests) stage gpu-tests "${FLEXAVATAR_GPU_TESTS_CAP:-100}" gpu_tests ;;
     ort-placement) stage ort-placement 90 ort_placement ;;
     ort-profile-flex1) stage ort-profile-flex1 90 ort_profile_flex1 ;;
-    graph-passes-ab) stage graph-passes-ab 150 graph_passes_ab ;;
+    graph-passes-ab) stage graph-passes-ab 180 graph_passes_ab ;;
+    gpu-profile) stage gpu-profile 150 gpu_profile ;;
     benchmarks) stage benchmarks 100000 benchmarks ;;
     bench-runtime) stage bench-runtime 260 bench -k "bench_runtime and cuda" ;;
     cpp-runtime) stage cpp-runtime 150 gpu_check runtime ;;

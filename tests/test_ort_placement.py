@@ -35,3 +35,33 @@ def test_every_node_of_the_bundle_is_counted_on_the_provider_that_ran_it(onnx_fe
     out = capsys.readouterr().out
     assert "decoder.fp32.onnx: {'CPUExecutionProvider'" in out and (tmp_path / "r.json").is_file()
     assert "kernel time: " in out and " ms (" in out
+
+
+def test_gpu_kernel_profile_classes_and_per_frame_summary():
+    """benchmarks/device/gpu_kernel_profile.py's bookkeeping (its CUDA run needs a GPU): kernel names of cuBLAS,
+    cuDNN, flash attention, ONNX Runtime and the rasterizer land in their classes, figures are per frame."""
+    spec = importlib.util.spec_from_file_location("gpu_kernel_profile", SCRIPT.parent / "gpu_kernel_profile.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    named = {
+        "sm90_xmma_gemm_f16f16_f16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_segment_k_off": "gemm",
+        "ampere_fp16_s16816gemm_fp16_128x128_ldg8_f2f_stages_32x5_tn": "gemm",
+        "void cudnn::engines_precompiled::nchwToNhwcKernel<__half, __half, float, false, true>": "convolution",
+        "sm80_xmma_dgrad_implicit_gemm_indexed_f16f16_f16f32_f32_nhwckrsc_nchw": "convolution",
+        "void flash::flash_fwd_kernel<Flash_fwd_kernel_traits<192, 64, 64, 4>>": "attention",
+        "void onnxruntime::cuda::_BinaryElementWiseSimple<true, true, __half, __half, __half, OP_Add<__half>>": "elementwise",
+        "void onnxruntime::cuda::cuApplyLayerNorm<__half, float, __half, false>": "normalisation",
+        "void onnxruntime::cuda::_TransposeKernel<4, unsigned short>": "layout / copy",
+        "Memcpy DtoH (Device -> Pinned)": "layout / copy",
+        "void onnxruntime::cuda::_GridSampleKernel<float, true>": "grid sample",
+        "void flexavatar::cuda::(anonymous namespace)::blend_forward_kernel(long, long, int, int, int2 const*)": "rasterizer",
+        "void cub::CUB_300000_SM_900::detail::radix_sort::DeviceRadixSortOnesweepKernel<Policy, false>": "rasterizer",
+        "some_unknown_kernel": "other",
+    }
+    for name, cls in named.items():
+        assert tool.kernel_class(name) == cls, name
+    kernels = [("gemm_a", 30.0), ("gemm_a", 10.0), ("void onnxruntime::cuda::_TransposeKernel", 20.0)] * 2   # 2 frames
+    s = tool.summarise(kernels, calls=2, wall_ms=10.0)
+    assert s["wall_ms_per_frame"] == 5.0 and s["gpu_busy_ms_per_frame"] == 0.06 and s["kernels_per_frame"] == 3.0
+    assert s["gpu_ms_per_class"] == {"gemm": 0.04, "layout / copy": 0.02}
+    assert s["top_kernels"][0] == {"name": "gemm_a", "ms_per_frame": 0.04, "launches_per_frame": 2.0}
