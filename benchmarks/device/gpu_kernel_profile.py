@@ -1,7 +1,7 @@
 """GPU time of the runtime's whole frame, per kernel class, as the GPU ran it (issue #7: where the time goes).
 
-ONNX Runtime's own profiler (``ort_placement.py --times``) times each CUDA node's host-side launch, not its
-kernel. torch.profiler's CUDA activity (CUPTI) records every kernel the process runs on the device, whoever
+ONNX Runtime's own profiler (``ort_placement.py --times``) times each node's ``Compute`` call on the host: for a
+CUDA node an asynchronous launch, not the kernel. torch.profiler's CUDA activity (CUPTI) records every kernel the process runs on the device, whoever
 launched it (ONNX Runtime, cuBLAS, cuDNN, the native rasterizer), CUDA-graph replays included. For ``--calls``
 whole frames (decode + CUDA rasterizer + pixels on the host, as ``Runtime.render`` runs them) it prints:
 wall time per frame and GPU busy time per frame (the gap is launch latency, host work and syncs), kernels per
