@@ -374,12 +374,11 @@ def flex1_bundle(weights_cache, flex1_model) -> Path:
     checkpoint's sha256) and the model and exporter sources are those that wrote it (a code change re-exports:
     the graphs depend on it). CPU machine: fp32 ONNX + OpenVINO. CUDA machine: fp32 + fp16 ONNX only (the export's
     CPU parity checks dominate its time; OpenVINO is a CPU engine, measured on CPU machines)."""
-    import hashlib
     import shutil
 
     import torch
 
-    from flexavatar.bundle import Bundle, BundleError
+    from flexavatar.bundle import Bundle, BundleError, sha256_file
     from flexavatar.export import export_bundle
     from flexavatar.export.exporter import DEFAULT_OPSET
 
@@ -389,14 +388,10 @@ def flex1_bundle(weights_cache, flex1_model) -> Path:
     tag = "obj" if _TEMPLATE_OBJ.is_file() else "synthetic"
     name = f"bundle-flex1-random-seed0-{tag}-{'-'.join(precisions + targets)}-opset{DEFAULT_OPSET}"
     folder = checkpoint.parent / name
-    digest = hashlib.sha256()
-    with open(checkpoint, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
     stamp = folder / ".exported_by"                                   # not a bundle file: the manifest ignores it
     sources = _export_sources_sha256()
     try:
-        if (Bundle.open(folder, verify="size").manifest.model.checkpoint_sha256 == digest.hexdigest()
+        if (Bundle.open(folder, verify="size").manifest.model.checkpoint_sha256 == sha256_file(checkpoint)
                 and stamp.is_file() and stamp.read_text() == sources):
             return folder
     except BundleError:
