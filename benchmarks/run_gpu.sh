@@ -25,7 +25,8 @@
 #                             calls of four of them), ort-profile-flex1 (kernel time per op type of the FLEX-1
 #                             bundle's files on CUDA), graph-passes-ab (the FLEX-1 decoder with and without
 #                             export.graph_passes, side by side), gpu-profile (GPU time per kernel class of
-#                             the FLEX-1 whole frame, CUPTI), wait-prewarm (until prewarm.sh is done), native-check (gpu_check.sh's rasterizer
+#                             the FLEX-1 whole frame, CUPTI), verify (flexavatar-verify of the FLEX-1 bundle on
+#                             CUDA, fp16 and fp32), wait-prewarm (until prewarm.sh is done), native-check (gpu_check.sh's rasterizer
 #                             timing and compute-sanitizer; its tests are among gpu-tests). The build is for
 #                             this GPU's architecture only.
 #   FLEXAVATAR_FIXTURES       the fixtures folder (default: .device/fixtures staged in the tree by
@@ -238,6 +239,18 @@ gpu_profile() {
   return $rc
 }
 
+# the bundle's numerics check on this GPU (flexavatar-verify: check.npz through ONNX Runtime CUDA, fp16 and fp32,
+# with the runtime's defaults, CUDA graphs included): PSNR per graph vs the PyTorch fp32 outputs recorded at export
+verify_numerics() {
+  local bundle precision rc=0
+  bundle=$(flex1_fp16_bundle) || return 1
+  for precision in fp16 fp32; do
+    pyrun -c "import sys; from flexavatar.runtime.cli import verify_main; sys.exit(verify_main(sys.argv[1:]))" \
+      "$bundle" --backend onnxruntime --device cuda --rasterizer cuda --precision $precision || rc=$?
+  done
+  return $rc
+}
+
 # fixtures: a copy staged inside the tree (benchmarks/device/stage.py; ../shared does not travel), else ../shared
 if [[ -z "${FLEXAVATAR_FIXTURES:-}" ]]; then
   for candidate in "$REPO/.device/fixtures" "$REPO/../shared/fixtures"; do
@@ -246,7 +259,7 @@ if [[ -z "${FLEXAVATAR_FIXTURES:-}" ]]; then
 fi
 export FLEXAVATAR_FIXTURES=${FLEXAVATAR_FIXTURES:-}
 export REPO PY MAX_TIME WORK SITE HISTORY LOGS
-export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp ort_probe ort_profile_flex1 flex1_fp16_bundle graph_passes_ab gpu_profile
+export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp ort_probe ort_profile_flex1 flex1_fp16_bundle graph_passes_ab gpu_profile verify_numerics
 ls "$HISTORY" >"$WORK/history-before.txt" 2>/dev/null
 say "flexavatar GPU run $STAMP, budget ${BUDGET_S}s, repo $REPO, commit ${FLEXAVATAR_GIT_COMMIT:-unknown}"
 for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement benchmarks}; do
@@ -258,6 +271,7 @@ for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement bench
     ort-profile-flex1) stage ort-profile-flex1 90 ort_profile_flex1 ;;
     graph-passes-ab) stage graph-passes-ab 180 graph_passes_ab ;;
     gpu-profile) stage gpu-profile 150 gpu_profile ;;
+    verify) stage verify 150 verify_numerics ;;
     benchmarks) stage benchmarks 100000 benchmarks ;;
     bench-runtime) stage bench-runtime 260 bench -k "bench_runtime and cuda" ;;
     cpp-runtime) stage cpp-runtime 150 gpu_check runtime ;;

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 import flexavatar
-from flexavatar.bundle import (FORMAT_ONNX, FORMAT_OPENVINO, PRECISIONS, SCHEMA,
-                               SCHEMA_VERSION, AvatarInfo, Bundle, Conventions, Manifest,
+from flexavatar.bundle import (CHECK_FILE, FORMAT_ONNX, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, PRECISIONS, SCHEMA,
+                               SCHEMA_VERSION, AvatarInfo, Bundle, CheckInfo, Conventions, Manifest,
                                ModelArtifact, ModelInfo, ModelMetadata, OutputParity, ParityReport, TemplateInfo,
                                file_record, sha256_file)
 from flexavatar.cameras import default_camera, orbit_cameras
@@ -118,6 +118,7 @@ def export_bundle(checkpoint: str | Path | dict, out_dir: str | Path, *, templat
         if photo is not None:
             AvatarCode(torch.from_numpy(ref.decoder_code).transpose(0, 1)).save(staging.path / AVATAR_CODE_FILE)
             ref.avatar_code_sha256 = sha256_file(staging.path / AVATAR_CODE_FILE)
+        check_info = _write_check_set(staging.path, ref)
         jobs = _plan(model, ref, precisions, targets, opset)
         steps.total = steps.done + len(jobs) + 1
         artifacts: list[ModelArtifact] = []
@@ -140,7 +141,7 @@ def export_bundle(checkpoint: str | Path | dict, out_dir: str | Path, *, templat
                 created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 versions=_versions(), opset=opset, model=ckpt_info, template=_template_info(model, template_source),
                 conventions=_conventions(model), artifacts=tuple(artifacts), avatar=avatar_info,
-                export_seconds=round(time.perf_counter() - started, 2))
+                export_seconds=round(time.perf_counter() - started, 2), check=check_info)
             manifest.write(staging.path)
             bundle = Bundle.open(staging.path, verify="full")
             for artifact in bundle.manifest.artifacts:
@@ -678,6 +679,22 @@ def _template_info(model: FlexAvatarModel, source: str) -> TemplateInfo:
     return TemplateInfo(sha256=model.template.sha256(), n_gaussians=model.template.n_gaussians,
                         res_head_tokens=cfg.res_head_tokens, res_gaussian_grid=cfg.res_gaussian_grid,
                         source=source)
+
+
+def _write_check_set(folder: Path, ref: _References) -> CheckInfo:
+    """check.npz: image 0 of the reference inputs and the PyTorch outputs it gave (the code; the Gaussians of
+    that code on the check expressions), so that any engine can be checked where it runs (flexavatar-verify)."""
+    arrays = {name: np.ascontiguousarray(value[:1], dtype=np.float32) for name, value in ref.encoder_feeds.items()}
+    arrays["code"] = ref.decoder_code
+    arrays["expressions"] = ref.expressions
+    arrays.update({name: value for name, value in zip(GAUSSIAN_OUTPUTS, ref.decoded, strict=True)})
+    with (folder / CHECK_FILE).open("wb") as fh:
+        np.savez(fh, **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()})
+    photo = "the --avatar photo" if ref.avatar_code_sha256 else "a seeded synthetic portrait"
+    return CheckInfo(file=file_record(folder, CHECK_FILE), n_expressions=len(ref.expressions),
+                     description=f"{photo} at the encoder's first camera → its avatar code; that code and "
+                                 f"{len(ref.expressions)} expressions (neutral, then seeded random) → Gaussians; "
+                                 "outputs of the PyTorch model in float32")
 
 
 def _avatar_info(folder: Path, ref: _References, photo: Path) -> AvatarInfo:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from flexavatar.bundle import FORMAT_ONNX, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, OutputParity
+from flexavatar.bundle import FORMAT_ONNX, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, PSNR_TARGET_DB, OutputParity
+from flexavatar.images import psnr  # noqa: F401  (the exporter's and the tests' PSNR)
 
 FP32_TOLERANCE = 1e-4          # max abs error on every attribute and on the avatar code
-FP16_PSNR_TARGET_DB = 40.0     # rendered 512² image of the fp16 model vs the fp32 render
+FP16_PSNR_TARGET_DB = PSNR_TARGET_DB["fp16"]   # rendered 512² image of the fp16 model vs the fp32 render
 MAX_RECORDED_PSNR_DB = 200.0   # the manifest's value for identical renders (inf is not JSON)
 RENDER_SIZE = 512
 
@@ -106,12 +107,6 @@ def compare(names: list[str], got: list[np.ndarray], want: list[np.ndarray],
         ok = bool(np.isfinite(g).all()) and (tolerance is None or err <= tolerance)
         rows.append(OutputParity(name, err if math.isfinite(err) else math.inf, tolerance, ok))
     return tuple(rows)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two images in [0, 1] (inf when identical)."""
-    mse = float(np.mean((np.clip(a, 0, 1).astype(np.float64) - np.clip(b, 0, 1).astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
 def render_frontal(gaussians: dict[str, np.ndarray], cam2world: np.ndarray, intrinsics: np.ndarray,

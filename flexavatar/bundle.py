@@ -11,6 +11,8 @@ A bundle is a folder written by ``flexavatar-export`` (``flexavatar.export.expor
       decoder.fp32.xml / .bin    OpenVINO IR (one artifact, two files)
       avatar_code.npy            with --avatar: the photo's code, official layout (R², 1, D) float32
       decoder_avatar.fp32.onnx   with --avatar: decoder specialised to that code (input: expressions only)
+      check.npz                  fixed inputs and the PyTorch fp32 outputs they gave at export: checks an engine
+                                 on the machine that runs it (``Bundle.check_set``; flexavatar-verify)
 
 This module imports neither torch nor onnx (only the standard library; numpy lazily for
 ``Bundle.avatar_code``), so a runtime built on ONNX Runtime or OpenVINO alone can use it.
@@ -22,6 +24,7 @@ Stable API (used by the exporter and by the runtimes)
     (exists; size; sha256 when ``verify="full"``, the default).
 ``bundle.artifact(role, format="onnx", precision="fp32") -> ModelArtifact``; ``bundle.artifacts(role=None, ...)``
 ``bundle.path(artifact) -> Path`` (the ``.onnx`` or ``.xml`` file); ``bundle.avatar_code() -> ndarray [1, R², D]``
+``bundle.check_set() -> CheckSet`` (``check.npz``, validated against the manifest's shapes)
 ``bundle.metadata(artifact) -> ModelMetadata`` (ONNX ``metadata_props`` / IR ``rt_info``, and the graph's
     declared inputs / outputs, cross-checked against the manifest)
 ``read_onnx_metadata(path) -> ModelMetadata``: reads an ``.onnx`` file's ``metadata_props`` with a small
@@ -42,7 +45,7 @@ uses dataset id 1 (the multi-view token).
 Errors: every problem raises a ``BundleError`` subclass — ``ManifestError`` (malformed / unsupported
 schema), ``BundleFileMissingError``, ``BundleHashMismatchError`` (sha256 or size differs),
 ``BundleMetadataError`` (model metadata or graph inputs / outputs missing or disagreeing with the manifest),
-``BundleFileError`` (a listed file links out of the bundle folder, or avatar_code.npy is malformed),
+``BundleFileError`` (a listed file links out of the bundle folder, or avatar_code.npy / check.npz is malformed),
 ``ArtifactNotFoundError`` (no artifact with that role / format / precision), ``TensorNotFoundError`` (no tensor
 of that name; also a ``KeyError``). The manifest is strict JSON: NaN / Infinity are refused, read and written.
 """
@@ -68,6 +71,11 @@ ROLE_ENCODER = "encoder"                    # image [B,3,S,S] + cam2world + intr
 ROLE_ENCODER_FEATURES = "encoder_features"  # same + DINOv2 features [B,C,h,w] as an input (no DINOv2 inside)
 ROLE_DECODER = "decoder"                    # code [1,R²,D] + expressions [E,135] → Gaussians [E,G,…]
 ROLE_DECODER_AVATAR = "decoder_avatar"      # expressions [E,135] → Gaussians (code folded in)
+CHECK_FILE = "check.npz"                    # Manifest.check: the numerics check set (Bundle.check_set)
+# The least PSNR of a frame rendered from an artifact's Gaussians vs the PyTorch fp32 model's, per precision: the
+# export's fp16 check, and every artifact in flexavatar-verify. fp32 files render at ~95 dB on a CPU; 60 dB leaves
+# room for another machine's summation order and still fails bf16 compute (~32 dB on the reduced fixture model).
+PSNR_TARGET_DB = {"fp32": 60.0, "fp16": 40.0}
 ROLES = (ROLE_ENCODER, ROLE_ENCODER_FEATURES, ROLE_DECODER, ROLE_DECODER_AVATAR)
 FORMAT_ONNX = "onnx"
 FORMAT_OPENVINO = "openvino"
@@ -255,6 +263,29 @@ class AvatarInfo:
 
 
 @dataclass(frozen=True)
+class CheckInfo:
+    """check.npz: fixed, seeded inputs with the PyTorch fp32 outputs they gave at export (``CheckSet``)."""
+    file: FileRecord
+    n_expressions: int
+    description: str
+
+
+@dataclass(frozen=True)
+class CheckSet:
+    """The arrays of check.npz. Encoder: ``image`` [1, 3, S, S] in [0, 1] on white, ``cam2world`` [1, 4, 4],
+    ``intrinsics`` [1, 3, 3] (normalised), ``features`` [1, C, h, w] or None (bundles without DINOv2) →
+    ``code`` [1, R², D]. Decoder: ``code`` + ``expressions`` [E, 135] → ``gaussians`` (GAUSSIAN_OUTPUTS
+    names, [E, G, …]). All float32, all computed by the PyTorch model in float32."""
+    image: Any
+    cam2world: Any
+    intrinsics: Any
+    features: Any
+    code: Any
+    expressions: Any
+    gaussians: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Manifest:
     schema: str
     schema_version: int
@@ -267,6 +298,7 @@ class Manifest:
     artifacts: tuple[ModelArtifact, ...]
     avatar: AvatarInfo | None = None
     export_seconds: float = 0.0
+    check: CheckInfo | None = None      # absent in bundles written before check.npz existed
 
     # -- lookup --
     def find(self, role: str | None = None, format: str | None = None,
@@ -284,7 +316,7 @@ class Manifest:
 
     def files(self) -> list[FileRecord]:
         out = [f for a in self.artifacts for f in a.files]
-        return out + ([self.avatar.code] if self.avatar else [])
+        return out + ([self.avatar.code] if self.avatar else []) + ([self.check.file] if self.check else [])
 
     # -- (de)serialisation --
     def to_dict(self) -> dict[str, Any]:
@@ -306,13 +338,18 @@ class Manifest:
             a = r.sub("avatar")
             avatar = AvatarInfo(code=_file(a.sub("code")), photo=a.str("photo"), photo_sha256=a.str("photo_sha256"),
                                 cam2world=_matrix(a, "cam2world", 4), intrinsics=_matrix(a, "intrinsics", 3))
-        _check_unique(artifacts, avatar)
+        check = None
+        if r.get("check") is not None:
+            c = r.sub("check")
+            check = CheckInfo(file=_file(c.sub("file")), n_expressions=c.count("n_expressions"),
+                              description=c.str("description"))
+        _check_unique(artifacts, avatar, check)
         return cls(
             schema=schema, schema_version=version, created=r.str("created"),
             versions={k: str(v) for k, v in r.obj("versions").items()}, opset=r.int("opset"),
             model=_model_info(r.sub("model")), template=_template(r.sub("template")),
             conventions=_conventions(r.sub("conventions")), artifacts=artifacts, avatar=avatar,
-            export_seconds=r.float("export_seconds", default=0.0))
+            export_seconds=r.float("export_seconds", default=0.0), check=check)
 
     @classmethod
     def read(cls, path: str | Path) -> "Manifest":
@@ -563,6 +600,42 @@ class Bundle:
             raise BundleFileError(f"avatar.code {info.code.path}: holds {got}; expected {expected}")
         return code.reshape(1, c.n_head_tokens, c.d_code).astype(np.float32, copy=False)
 
+    def check_set(self) -> CheckSet:
+        """check.npz (``Manifest.check``), every array's shape and dtype checked against the manifest."""
+        import numpy as np
+        info = self.manifest.check
+        if info is None:
+            raise ArtifactNotFoundError("bundle has no check set (check.npz): it was exported by a flexavatar "
+                                        "older than the numerics check; re-export it with flexavatar-export")
+        c, e = self.manifest.conventions, info.n_expressions
+        g, s = c.n_gaussians, c.image_size
+        shapes: dict[str, tuple[int | None, ...]] = {
+            "image": (1, 3, s, s), "cam2world": (1, 4, 4), "intrinsics": (1, 3, 3),
+            "code": (1, c.n_head_tokens, c.d_code), "expressions": (e, c.expression_dim),
+            **{name: (e, g, *tail) for name, tail in GAUSSIAN_OUTPUTS.items()}}
+        where = f"check.file {info.file.path}"
+        try:
+            with self.path(info.file.path).open("rb") as fh, np.load(fh, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError, EOFError, KeyError) as e:
+            raise BundleFileError(f"{where}: not a readable .npz archive ({e})") from None
+        features = arrays.pop("features", None)
+        if features is not None:
+            shapes["features"] = (1, None, None, None)
+            arrays["features"] = features
+        missing = sorted(set(shapes) - set(arrays))
+        if missing:
+            raise BundleFileError(f"{where}: arrays {missing} are missing; expected {sorted(shapes)}")
+        for name, want in shapes.items():
+            a = arrays[name]
+            if (a.dtype != np.float32 or a.ndim != len(want)
+                    or any(w is not None and w != n for w, n in zip(want, a.shape, strict=True))):
+                text = ", ".join("?" if w is None else str(w) for w in want)
+                raise BundleFileError(f"{where}: {name} holds {a.dtype} {list(a.shape)}; expected float32 [{text}]")
+        return CheckSet(image=arrays["image"], cam2world=arrays["cam2world"], intrinsics=arrays["intrinsics"],
+                        features=features, code=arrays["code"], expressions=arrays["expressions"],
+                        gaussians={name: arrays[name] for name in GAUSSIAN_OUTPUTS})
+
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
@@ -746,7 +819,7 @@ def _check_role_tensors(specs: tuple[TensorSpec, ...], want: dict[str, int], whe
                                 f"{list(s.shape)}")
 
 
-def _check_unique(artifacts: tuple[ModelArtifact, ...], avatar: AvatarInfo | None) -> None:
+def _check_unique(artifacts: tuple[ModelArtifact, ...], avatar: AvatarInfo | None, check: CheckInfo | None) -> None:
     names = [a.name for a in artifacts]
     if len(set(names)) != len(names):
         raise ManifestError(f"manifest.artifacts has duplicate names: {sorted(names)}")
@@ -755,10 +828,12 @@ def _check_unique(artifacts: tuple[ModelArtifact, ...], avatar: AvatarInfo | Non
         if kinds.count(kind) > 1:
             raise ManifestError(f"manifest.artifacts lists {kinds.count(kind)} {kind[0]} models in format "
                                 f"{kind[1]!r} at precision {kind[2]!r}; each may appear once")
-    paths = [f.path for a in artifacts for f in a.files] + ([avatar.code.path] if avatar else [])
+    paths = ([f.path for a in artifacts for f in a.files] + ([avatar.code.path] if avatar else [])
+             + ([check.file.path] if check else []))
     twice = sorted({p for p in paths if paths.count(p) > 1})
     if twice:
-        raise ManifestError(f"manifest lists the same file twice: {twice} (artifacts' files and avatar.code)")
+        raise ManifestError(f"manifest lists the same file twice: {twice} (artifacts' files, avatar.code and "
+                            "check.file)")
 
 
 def _conventions(r: _Reader) -> Conventions:

@@ -1,9 +1,12 @@
-"""PIL image → numpy array, keeping 16-bit grey and every kind of transparency.
+"""PIL image → numpy array, keeping 16-bit grey and every kind of transparency; the PSNR of two images.
 
 One implementation for the fitting loader (``flexavatar.fitting``) and the runtime's photo loader
-(``flexavatar.runtime.images``). Needs only numpy (PIL images are passed in).
+(``flexavatar.runtime.images``); ``psnr`` for the exporter's and the runtime's numerics checks. Needs only numpy
+(PIL images are passed in).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -42,3 +45,9 @@ def pil_to_array(im, where: str = "image") -> np.ndarray:
     if has_alpha is None:                                     # Pillow < 10.1
         has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
     return np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two images in [0, 1] (inf when identical)."""
+    mse = float(np.mean((np.clip(a, 0, 1).astype(np.float64) - np.clip(b, 0, 1).astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)

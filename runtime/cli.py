@@ -18,6 +18,7 @@ import numpy as np
 from .avatar import Avatar, check_avatar_path
 from .cameras import Camera, default_camera, demo_intrinsics, orbit_camera, sequence_cameras
 from .expressions import load_expressions, sequence_fps
+from .engines import INFERENCE_PRECISIONS
 from .errors import RuntimeArgumentError
 from .runtime import MAX_RENDER_SIZE, WHITE, Runtime
 from .timing import StageTimes
@@ -152,6 +153,30 @@ def _is_code_file(path: Path) -> bool:
     return not (len(shape) == 3 and shape[2] in (3, 4) and shape[0] == shape[1])
 
 
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that choose how a bundle runs (``open_runtime``), shared by flexavatar-render and -verify."""
+    p.add_argument("--backend", default="auto", help="onnxruntime, openvino, torch or auto (default)")
+    p.add_argument("--device", default="auto", type=parse_device,
+                   help="cpu, cuda, cuda:N (the N-th CUDA device), gpu (OpenVINO Intel GPU) or auto (default)")
+    p.add_argument("--rasterizer", default="auto", help="cpu, cuda, triton, reference or auto (default)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
+    p.add_argument("--inference-precision", choices=INFERENCE_PRECISIONS,
+                   help="OpenVINO only: its compute precision (default f32 on the CPU; the GPU plugin's own choice "
+                        "for fp16 files)")
+    p.add_argument("--checkpoint", type=Path, help="with --backend torch: the checkpoint the bundle was exported from")
+    p.add_argument("--template", type=Path, help="with --backend torch: its gghead_template.obj")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="ONNX Runtime CUDA: replay the decoder as CUDA graphs (default: on there; --no-cuda-graphs "
+                        "turns it off)")
+
+
+def open_runtime(args: argparse.Namespace, **extra) -> Runtime:
+    device, device_id = args.device
+    return Runtime(args.bundle, backend=args.backend, device=device, device_id=device_id, rasterizer=args.rasterizer,
+                   precision=args.precision, inference_precision=args.inference_precision,
+                   cuda_graphs=args.cuda_graphs, checkpoint=args.checkpoint, template=args.template, **extra)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="flexavatar-render",
@@ -181,17 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "folder, or - for raw rgba frames)")
     p.add_argument("--frames", type=int, help="render only the first N frames")
     p.add_argument("--fps", type=float, help="frame rate of the clip (default: the sequence's, else 25)")
-    p.add_argument("--backend", default="auto", help="onnxruntime, openvino, torch or auto (default)")
-    p.add_argument("--device", default="auto", type=parse_device,
-                   help="cpu, cuda, cuda:N (the N-th CUDA device), gpu (OpenVINO Intel GPU) or auto (default)")
-    p.add_argument("--rasterizer", default="auto", help="cpu, cuda, triton, reference or auto (default)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
-    p.add_argument("--checkpoint", type=Path, help="with --backend torch: the checkpoint the bundle was exported from")
-    p.add_argument("--template", type=Path, help="with --backend torch: its gghead_template.obj")
+    add_engine_arguments(p)
     p.add_argument("--batch", type=int, default=1, help="frames per decoder call (default 1)")
-    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
-                   help="ONNX Runtime CUDA: replay the decoder as CUDA graphs (default: on there; --no-cuda-graphs "
-                        "turns it off)")
     p.add_argument("--save-avatar", type=Path, metavar="CODE.npy", help="also save the avatar code (official layout)")
     p.add_argument("--save-ply", type=Path, metavar="FRAME.ply", help="also save the first frame's Gaussians as a "
                    "3D Gaussian Splatting PLY (splat viewers and editors read it)")
@@ -217,11 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         expressions = load_expressions(args.expressions)
         fps = check_fps(args.fps if args.fps is not None else sequence_fps(args.expressions, DEFAULT_FPS))
         tracked = _tracked_cameras(args, len(expressions)) if args.camera_tracked else None
-        device, device_id = args.device
-        runtime = Runtime(args.bundle, backend=args.backend, device=device, device_id=device_id,
-                          rasterizer=args.rasterizer,
-                          precision=args.precision, batch=args.batch, cuda_graphs=args.cuda_graphs,
-                          checkpoint=args.checkpoint, template=args.template)
+        runtime = open_runtime(args, batch=args.batch)
         print(f"runtime: {runtime.describe()}", file=say, flush=True)
         if args.frames is not None:
             expressions = expressions[:args.frames]
@@ -260,6 +272,33 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(report.summary(), file=say)
     return 0
+
+
+def build_verify_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flexavatar-verify",
+        description="Check a bundle where it runs: every file's sha256, then the bundle's check set (check.npz, "
+                    "PyTorch fp32 outputs recorded at export) through the chosen engine, precision, device and "
+                    "rasterizer: max abs error per output and the PSNR of rendered frames against a target per "
+                    "precision. Exit status 0: all checks passed; 1: a check failed; 2: an error.")
+    p.add_argument("bundle", type=Path, help="bundle folder written by flexavatar-export")
+    add_engine_arguments(p)
+    return p
+
+
+def verify_main(argv: list[str] | None = None) -> int:
+    args = build_verify_parser().parse_args(argv)
+    from flexavatar.errors import FlexAvatarError
+    try:
+        report = open_runtime(args).check_numerics()
+    except FlexAvatarError as e:
+        print(f"flexavatar-verify: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("flexavatar-verify: interrupted", file=sys.stderr)
+        return 130
+    print(report.table())
+    return 0 if report.passed else 1
 
 
 if __name__ == "__main__":

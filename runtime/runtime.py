@@ -406,16 +406,39 @@ class Runtime:
                 with times.stage("decode", e, sync):
                     g = self._decode_chunk(avatar, expressions[start:stop], False, copy=False)
                 with times.stage("rasterize", e, sync):
-                    means = g.means
-                    cams = kernels.Cameras(world2cam=_like(viewmats[start:stop], means),
-                                           K=_like(ks[start:stop], means))
-                    result = kernels.rasterize(kernels.Splats(**g.arrays()), cams, width, height,
-                                               background=_like(bg[None] if e == 1 else np.broadcast_to(bg, (e, 3)),
-                                                                means),
-                                               backend=self.rasterizer, check_values=self._check_values)
+                    result = self._rasterize(g.arrays(), viewmats[start:stop], ks[start:stop], width, height, bg)
                 with times.stage("to host", e):
                     frames = convert(result.rgb, result.alpha)       # the one host sync of the frame
             yield frames
+
+
+    def _rasterize(self, splats: dict, viewmats: np.ndarray, ks: np.ndarray, width: int, height: int,
+                   background: np.ndarray, like=None) -> kernels.RenderResult:
+        """One image per frame of ``splats`` (Splats fields, [E, G, …]) with this runtime's rasterizer; host arrays
+        are moved to where ``like`` (default: the means) lives. viewmats [E, 4, 4] world→camera, ks [E, 3, 3]."""
+        like = splats["means"] if like is None else like
+        e = len(viewmats)
+        cams = kernels.Cameras(world2cam=_like(viewmats, like), K=_like(ks, like))
+        arrays = {k: v if array_kind(v) == array_kind(like) else _like(v, like) for k, v in splats.items()}
+        return kernels.rasterize(kernels.Splats(**arrays), cams, width, height,
+                                 background=_like(background[None] if e == 1 else np.broadcast_to(background, (e, 3)),
+                                                  like),
+                                 backend=self.rasterizer, check_values=self._check_values)
+
+    def _rasterize_frames(self, splats: dict, viewmats: np.ndarray, ks: np.ndarray, width: int, height: int,
+                          like=None) -> np.ndarray:
+        """``_rasterize`` on white → float RGB [E, H, W, 3] on the host."""
+        with self.engine.stream():
+            return to_numpy(self._rasterize(splats, viewmats, ks, width, height, np.asarray(WHITE, np.float32),
+                                            like).rgb)
+
+    # ---- numerics on this machine -----------------------------------------------------------------------
+    def check_numerics(self):
+        """Run the bundle's check set (check.npz: inputs with the PyTorch fp32 outputs recorded at export)
+        through this engine, precision, device and rasterizer → ``NumericsReport`` (``report.passed``,
+        ``print(report.table())``). What the export checked on its own machine, checked where this runs."""
+        from .numerics import check_numerics
+        return check_numerics(self)
 
 
 def _is_count(value) -> bool:

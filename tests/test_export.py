@@ -202,7 +202,7 @@ def test_bundle_files_say_nothing_of_the_machine_that_made_them(full):
     sources = Path(flexavatar.__file__).resolve().parents[1]       # the checkout (or site-packages) here
     needles = {str(sources).encode(), str(Path(torch.__file__).resolve().parent).encode()}
     files = sorted(p for p in result.path.iterdir() if p.is_file())
-    assert {p.suffix for p in files} >= {".onnx", ".xml", ".bin", ".json"}
+    assert {p.suffix for p in files} >= {".onnx", ".xml", ".bin", ".json", ".npz"}
     for path in files:
         data = path.read_bytes()
         assert not [n for n in needles if n in data], path.name
@@ -378,7 +378,7 @@ def test_features_encoder_reproduces_the_official_avatar_code(features_bundle, o
     bundle = features_bundle
     assert {a.name for a in bundle.manifest.artifacts} == {"encoder_features.fp32.onnx", "decoder.fp32.onnx"}
     assert {p.name for p in bundle.root.iterdir()} == {"encoder_features.fp32.onnx", "decoder.fp32.onnx",
-                                                        "manifest.json"}            # stale.txt replaced
+                                                        "check.npz", "manifest.json"}   # stale.txt replaced
     inp = np.load(official_dir / "inputs.npz")
     ref = np.load(official_dir / "outputs.npz")
     session = _session(bundle.path(bundle.artifact(ROLE_ENCODER_FEATURES)))
@@ -419,7 +419,7 @@ def test_failure_after_first_file_leaves_no_partial_bundle(tmp_path, monkeypatch
     with pytest.raises(expected) as info:
         export_bundle(official_dir / "state_dict.safetensors", out, template=official_dir / "gghead_template.obj",
                       config=_config(official_dir), progress=None)
-    assert seen == [["encoder_features.fp32.onnx"]]            # the first file had been written
+    assert seen == [["check.npz", "encoder_features.fp32.onnx"]]   # the check set and the first model were written
     assert list(tmp_path.iterdir()) == []                       # ... and is gone, with its staging folder
     if expected is ExportStepError:
         assert info.value.step == "encoder_features.fp32.onnx" and "injected" in str(info.value)
@@ -449,7 +449,8 @@ def test_fp16_below_psnr_target_is_flagged_or_fatal(tmp_path, monkeypatch, offic
     assert {a.name for a in m.artifacts} == {"encoder_features.fp16.onnx", "decoder.fp16.onnx"}
     assert all(not a.parity.passed and a.parity.psnr_target_db == 500.0 for a in m.artifacts)
     assert sum("WARNING" in msg for msg in messages) == 2 and "FLAGGED" in result.summary
-    assert sorted(p.name for p in result.path.iterdir()) == ["decoder.fp16.onnx", "encoder_features.fp16.onnx",
+    assert sorted(p.name for p in result.path.iterdir()) == ["check.npz", "decoder.fp16.onnx",
+                                                            "encoder_features.fp16.onnx",
                                                             "manifest.json"]        # fp32 sources removed
 
 

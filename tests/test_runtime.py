@@ -28,8 +28,8 @@ if not torch.cuda.is_available() and "triton" not in sys.modules:
     os.environ.setdefault("TRITON_INTERPRET", "1")     # Triton's CPU interpreter: one more rasterizer to check
 
 from flexavatar import kernels
-from flexavatar.bundle import (ROLE_DECODER_AVATAR, BundleFileMissingError, BundleHashMismatchError,
-                               BundleMetadataError, ManifestError)
+from flexavatar.bundle import (ROLE_DECODER_AVATAR, ArtifactNotFoundError, Bundle, BundleFileError,
+                               BundleFileMissingError, BundleHashMismatchError, BundleMetadataError, ManifestError)
 from flexavatar.cameras import default_camera as torch_default_camera
 from flexavatar.cameras import orbit_cameras as torch_orbit_cameras
 from flexavatar.config import FlexConfig
@@ -44,8 +44,10 @@ from flexavatar.runtime import (Avatar, AvatarFileError, Camera, CameraInputErro
                                 ExpressionInputError, ImageInputError, ModelMismatchError, OutputFileError,
                                 RuntimeArgumentError, Runtime, StageTimes, UnknownEngineError, default_camera, load_expressions,
                                 orbit_camera)
+from flexavatar.images import psnr
 from flexavatar.runtime.cli import main as render_main
-from flexavatar.runtime.cameras import pixel_intrinsics
+from flexavatar.runtime.cli import verify_main
+from flexavatar.runtime.cameras import pixel_intrinsics, world2cam
 from flexavatar.runtime.expressions import (head_pose_matrix, quaternion_from_matrix, quaternion_multiply,
                                             rot6d_to_matrix, sequence_fps)
 from flexavatar.runtime.images import load_image
@@ -1053,3 +1055,153 @@ def test_torch_cuda_matches_cpu(bundle, model, expressions):
     want = _reference_gaussians(model.to("cpu"), avatar.code, expressions)   # back on the CPU for the other tests
     for f in FIELDS:
         assert _max_err(getattr(got, f), want[f]) <= GAUSSIAN_TOL
+
+
+# ---- numerics where the runtime runs (check.npz, Runtime.check_numerics, flexavatar-verify) -----------------
+
+def test_check_set_holds_the_pytorch_outputs(bundle, model):
+    """check.npz (hashed like every file) is what the PyTorch model gives for its inputs, recomputed here."""
+    b = Bundle.open(bundle)
+    assert b.manifest.check.file in b.manifest.files()
+    cs = b.check_set()
+    assert len(cs.expressions) == b.manifest.check.n_expressions == 3 and cs.features is None
+    # image 0 of the export is the --avatar photo: its code is the bundle's avatar code
+    np.testing.assert_array_equal(cs.code, b.avatar_code())
+    with torch.no_grad():
+        code = model.encode(torch.from_numpy(cs.image), torch.from_numpy(cs.cam2world),
+                            torch.from_numpy(cs.intrinsics)).tokens.transpose(0, 1).numpy()
+    np.testing.assert_allclose(code, cs.code, atol=1e-5, rtol=0)
+    want = _reference_gaussians(model, cs.code, cs.expressions)
+    for name in FIELDS:
+        np.testing.assert_allclose(cs.gaussians[name], want[name], atol=1e-5, rtol=0, err_msg=name)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_check_numerics_passes_on_every_engine(runtime_cache, engine):
+    report = runtime_cache(engine).check_numerics()
+    names = [c.name for c in report.checks]
+    assert names == ["encoder", "decoder"] + (["decoder_avatar"] if engine != "torch" else [])
+    assert report.passed, report.table()
+    for check in report.checks:
+        assert set(check.errors) == set(FIELDS) | ({"code"} if check.name == "encoder" else set())
+        assert max(check.errors.values()) <= GAUSSIAN_TOL          # fp32 engines: the export's tolerance
+        assert check.psnr_db >= check.target_db == 60.0
+    assert "all checks passed" in report.table()
+
+
+def test_check_numerics_uses_the_runtime_rasterizer(runtime_cache):
+    """The renders compared come from the chosen rasterizer: the reference rasterizer gives the same verdict."""
+    for rasterizer in RASTERIZERS:
+        report = runtime_cache("onnxruntime", rasterizer).check_numerics()
+        assert report.passed and f"rasterizer {rasterizer}" in report.runtime, report.table()
+
+
+def test_check_numerics_catches_a_wrong_engine(bundle, monkeypatch):
+    """A decoder that drifts (a colour offset of 7/255: the PSNR of a rendered frame falls) or gives NaN fails its
+    row, and only its row; the PSNR is that of the offset frames, computed independently."""
+    rt = Runtime(bundle, backend="onnxruntime", device="cpu", rasterizer="cpu")
+    decoder = rt.decoder
+    run = decoder.run
+
+    def drifting(feeds):
+        out = dict(run(feeds))
+        out["sh0"] = out["sh0"] + np.float32(0.1)
+        return out
+    monkeypatch.setattr(decoder, "run", drifting)
+    report = rt.check_numerics()
+    rows = {c.name: c for c in report.checks}
+    assert not report.passed and "NUMERICS CHECK FAILED" in report.table()
+    assert rows["decoder"].finite and not rows["decoder"].passed
+    assert rows["decoder_avatar"].passed                  # the specialised decoder is another model: untouched
+    assert abs(rows["decoder"].errors["sh0"] - 0.1) < 1e-4
+    cs = rt.bundle.check_set()
+    shifted = {**cs.gaussians, "sh0": cs.gaussians["sh0"] + np.float32(0.1)}
+    w2c = np.repeat(world2cam(cs.cam2world.astype(np.float64)).astype(np.float32), 3, 0)
+    ks = np.repeat(pixel_intrinsics(cs.intrinsics, SIZE, SIZE), 3, 0)
+    want = min(psnr(a, b) for a, b in zip(rt._rasterize_frames(shifted, w2c, ks, SIZE, SIZE),
+                                          rt._rasterize_frames(cs.gaussians, w2c, ks, SIZE, SIZE), strict=True))
+    assert rows["decoder"].psnr_db == pytest.approx(want, abs=0.01) and want < 50.0   # the decoder's own ~3e-6 too
+
+    def nan(feeds):
+        out = dict(run(feeds))
+        out["means"] = np.full_like(out["means"], np.nan)
+        return out
+    monkeypatch.setattr(decoder, "run", nan)
+    rows = {c.name: c for c in rt.check_numerics().checks}
+    assert not rows["decoder"].finite and "FAILED (non-finite)" in rows["decoder"].row()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed")
+def test_openvino_bf16_compute_fails_the_numerics_check(bundle):
+    """On CPUs with bf16 (AMX / AVX512-bf16) OpenVINO computes in bf16 when asked (its default there): the
+    check measures what that costs and fails it. Elsewhere OpenVINO keeps f32 and the check passes."""
+    rt = Runtime(bundle, backend="openvino", device="cpu", inference_precision="bf16")
+    report = rt.check_numerics()
+    if rt.decoder.inference_precision == "bf16":
+        assert not report.passed and all(c.psnr_db < 40.0 for c in report.checks), report.table()
+    else:
+        assert report.passed, report.table()
+
+
+def test_openvino_pins_f32_for_both_precisions_on_the_cpu(bundle):
+    """What the export checked (f32 compute) is what the CPU runs, fp16 files included; the GPU plugin keeps its
+    own choice for fp16 files; an explicit inference_precision wins everywhere."""
+    from flexavatar.runtime.engines import EngineOptions, OpenVinoBackend
+
+    artifact = Bundle.open(bundle, verify="none").artifact("decoder", "onnx")
+    fp16 = replace(artifact, precision="fp16")
+
+    def hint(device, art, asked=None):
+        backend = OpenVinoBackend.__new__(OpenVinoBackend)
+        backend.device, backend.options = device, EngineOptions(inference_precision=asked)
+        return backend.config(art).get("INFERENCE_PRECISION_HINT")
+    assert hint("cpu", artifact) == hint("cpu", fp16) == hint("gpu", artifact) == "f32"
+    assert hint("gpu", fp16) is None
+    assert hint("cpu", fp16, "bf16") == "bf16"
+
+
+def test_bundle_without_check_set_and_malformed_check_set(bundle, tmp_path):
+    copy = _copy(bundle, tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    old = json.loads(json.dumps(manifest))
+    del old["check"]                                        # a bundle written before check.npz existed
+    (copy / "manifest.json").write_text(json.dumps(old))
+    rt = Runtime(copy, backend="onnxruntime", device="cpu")
+    with pytest.raises(ArtifactNotFoundError, match="no check set.*re-export"):
+        rt.check_numerics()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    arrays = dict(np.load(copy / "check.npz"))
+    arrays["means"] = arrays["means"][:, :-1]
+    with open(copy / "check.npz", "wb") as fh:
+        np.savez(fh, **arrays)
+    with pytest.raises(BundleHashMismatchError, match="check.npz"):
+        Runtime(copy, backend="onnxruntime", device="cpu")
+    with pytest.raises(BundleFileError, match=r"means holds float32 \[3, 3404, 3\]; expected float32 \[3, 3405, 3\]"):
+        Runtime(copy, backend="onnxruntime", device="cpu", verify="none").check_numerics()
+    del arrays["means"]
+    with open(copy / "check.npz", "wb") as fh:
+        np.savez(fh, **arrays)
+    with pytest.raises(BundleFileError, match=r"arrays \['means'\] are missing"):
+        Bundle.open(copy, verify="none").check_set()
+    (copy / "check.npz").write_bytes(b"not an npz")
+    with pytest.raises(BundleFileError, match="not a readable .npz"):
+        Bundle.open(copy, verify="none").check_set()
+
+
+def test_verify_cli(bundle, tmp_path, capsys):
+    assert verify_main([str(bundle), "--backend", "onnxruntime", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "all checks passed" in out and "decoder_avatar.fp32.onnx" in out
+    copy = _copy(bundle, tmp_path)
+    (copy / "check.npz").write_bytes(b"x")
+    assert verify_main([str(copy), "--backend", "onnxruntime"]) == 2
+    assert "BundleHashMismatchError" in capsys.readouterr().err
+
+
+def test_check_numerics_on_a_bundle_without_dinov2(features_bundle):
+    """The encoder that takes DINOv2 features: check.npz holds the features it was fed."""
+    rt = Runtime(features_bundle, backend="onnxruntime", device="cpu")
+    assert rt.bundle.check_set().features is not None
+    report = rt.check_numerics()
+    assert [c.artifact for c in report.checks] == ["encoder_features.fp32.onnx", "decoder.fp32.onnx"]
+    assert report.passed and all(max(c.errors.values()) <= GAUSSIAN_TOL for c in report.checks), report.table()

@@ -269,6 +269,18 @@ Manifest manifest_from_json(const Json& raw) {
     a.str("photo_sha256");
     matrix(a, "cam2world", 4, m.avatar.cam2world);
     matrix(a, "intrinsics", 3, m.avatar.intrinsics);
+    if (!paths.insert(m.avatar.code.path).second)
+      fail("manifest lists the same file twice ('" + m.avatar.code.path + "')");
+  }
+  if (!r.is_null("check")) {
+    Reader c = r.sub("check");
+    m.has_check = true;
+    m.check_file = file_record(c.sub("file"));
+    const int64_t n_expressions = c.integer("n_expressions");
+    if (n_expressions < 0) fail(c.where() + ".n_expressions must be >= 0, got " + std::to_string(n_expressions));
+    c.str("description");
+    if (!paths.insert(m.check_file.path).second)
+      fail("manifest lists the same file twice ('" + m.check_file.path + "')");
   }
   r.str("created");
   for (const auto& item : r.object("versions").items()) (void)item;
@@ -323,6 +335,7 @@ std::vector<FileRecord> Manifest::files() const {
   std::vector<FileRecord> out;
   for (const auto& a : artifacts) out.insert(out.end(), a.files.begin(), a.files.end());
   if (has_avatar) out.push_back(avatar.code);
+  if (has_check) out.push_back(check_file);
   return out;
 }
 

@@ -60,10 +60,12 @@ struct Manifest {
   std::vector<ModelArtifact> artifacts;
   bool has_avatar = false;
   AvatarInfo avatar{};
+  bool has_check = false;
+  FileRecord check_file;  // check.npz: the numerics check set (flexavatar-verify); hashed like every file
 
   // The first artifact with this role/format/precision, or null.
   const ModelArtifact* find(const std::string& role, const std::string& format, const std::string& precision) const;
-  std::vector<FileRecord> files() const;  // every file listed (artifacts, then the avatar code)
+  std::vector<FileRecord> files() const;  // every file listed (artifacts, the avatar code, the check set)
 };
 
 // Parses manifest.json text. Errors: kBundleInvalid with "manifest.<field path> ..." messages.

@@ -86,6 +86,29 @@ TEST_CASE(valid_manifest_parses_into_typed_fields) {
   CHECK(!m.has_avatar);
 }
 
+TEST_CASE(check_set_file_is_listed_and_hashed_like_every_file) {
+  // bundle.py's Manifest.check: {"file": FileRecord, "n_expressions", "description"}; optional (older bundles)
+  const std::string check = R"("check": {"file": )" + test_bundle::file_json("check.npz", std::string(64, 'b'), 7) +
+                            R"(, "n_expressions": 3, "description": "d"}, "avatar": null)";
+  Manifest m;
+  CHECK(parse(replace_once(valid_manifest(), R"("avatar": null)", check), &m).ok());
+  CHECK(m.has_check && m.check_file.path == "check.npz" && m.check_file.size == 7);
+  CHECK(m.files().size() == 2 && m.files()[1].path == "check.npz");
+  const struct {
+    std::string from, to, expect;
+  } cases[] = {
+      {R"("n_expressions": 3)", R"("n_expressions": -1)", "manifest.check.n_expressions must be >= 0"},
+      {R"(, "description": "d")", "", "manifest.check.description is missing"},
+      {R"("path": "check.npz")", R"("path": "decoder.fp32.onnx")", "the same file twice ('decoder.fp32.onnx')"},
+      {R"("path": "check.npz")", R"("path": "../check.npz")", "without '..'"},
+  };
+  for (const auto& c : cases) {
+    const Status s = parse(replace_once(replace_once(valid_manifest(), R"("avatar": null)", check), c.from, c.to), &m);
+    CHECK(s.code() == StatusCode::kBundleInvalid);
+    if (!mentions(s, c.expect)) harness::fail(__FILE__, __LINE__, "'" + c.expect + "' not in: " + s.message());
+  }
+}
+
 TEST_CASE(bad_fields_are_rejected_with_the_field_named) {
   struct Case {
     std::string from, to, expect;
