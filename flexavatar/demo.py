@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. whole frame on every engine here (same bundle, avatar, sequence)
     print("\n== 3. whole frame (decode + rasterize + pixels), per engine, this machine ==")
-    print(f"{'engine + rasterizer':<34} {'p50 ms':>8} {'p95 ms':>8} {'fps':>7}  |Δ| vs the first, mean / max")
+    print(f"{'engine + rasterizer':<34} {'p50 ms':>8} {'p95 ms':>8} {'fps':>7}  |Δ| vs the first, mean / max"
+          "   flexavatar-verify (worst PSNR vs PyTorch)")
     first = None
     for engine in [e for e in ("onnxruntime", "openvino", "torch") if e in available_engines("cpu")]:
         other = Runtime(bundle, backend=engine, device="cpu", verify="none", model=model if engine == "torch" else None)
@@ -139,9 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         whole = times.whole_frame()
         first = frames if first is None else first
         delta = np.abs(frames.astype(int) - first.astype(int))
+        check = other.check_numerics()
+        worst = min(c.psnr_db for c in check.checks)
         print(f"{engine + ' + ' + other.rasterizer:<34} {np.percentile(whole, 50):>8.2f} "
               f"{np.percentile(whole, 95):>8.2f} {1e3 / whole.mean():>7.1f}  "
-              f"{delta.mean():.3f} / {delta.max()} (of 255)")
+              f"{delta.mean():.3f} / {delta.max()} (of 255)         "
+              f"{'identical' if worst == float('inf') else f'{worst:.1f} dB'} {'ok' if check.passed else 'FAILED'}")
 
     print(f"""
 Random weights: the clip shows a random cloud of Gaussians, not a face. With the real checkpoint the same
@@ -149,6 +153,8 @@ two commands give the real avatar (files you supply; nothing is downloaded):
 
   flexavatar-export ckpt-900k.pt --template gghead_template.obj --dinov2 dinov2_vitb14_reg4_pretrain.pth -o bundle
   flexavatar-render bundle --avatar me.png --expressions EMO-1-shout+laugh.npz --camera-orbit -o clip.mp4
+
+Check a bundle's numbers on the machine that runs it (any engine, device, precision): flexavatar-verify {bundle}
 
 The same with this demo's files: flexavatar-render {bundle} --avatar {out / 'avatar.npy'} \\
   --expressions {out / 'expressions.npy'} --size {args.size} --camera-orbit --focal {WIDE_FOCAL:.4g} \\

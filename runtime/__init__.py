@@ -6,8 +6,10 @@
     expressions = load_expressions("EMO-1-shout+laugh.npz")   # [T, 135]
     frames = rt.render(avatar, expressions, orbit_camera(len(expressions)))     # uint8 [T, 512, 512, 3]
 
-CLI: ``flexavatar-render BUNDLE --avatar PHOTO_OR_CODE --expressions SEQ -o clip.mp4``. Importing this
-package imports neither torch nor an inference library; the ONNX Runtime and OpenVINO paths with the
+    print(rt.check_numerics().table())                        # this engine vs PyTorch, on the bundle's check.npz
+
+CLI: ``flexavatar-render BUNDLE --avatar PHOTO_OR_CODE --expressions SEQ -o clip.mp4``; ``flexavatar-verify BUNDLE``.
+Importing this package imports neither torch nor an inference library; the ONNX Runtime and OpenVINO paths with the
 native CPU rasterizer never import torch.
 """
 from .avatar import Avatar
@@ -19,6 +21,7 @@ from .errors import (AvatarFileError, CameraInputError, EncoderUnavailableError,
                      RuntimeFailure, UnknownEngineError)
 from .expressions import (axis_angle_to_matrix, compose_expression, expression_parts, head_pose, head_pose_matrix,
                           load_expressions, neutral_expression, synthetic_expressions)
+from .numerics import GraphCheck, NumericsReport
 from .runtime import FRAME_FORMATS, WHITE, Gaussians, Runtime, apply_pose
 from .timing import StageTimes
 
@@ -26,7 +29,7 @@ __all__ = [
     "Runtime", "Avatar", "Gaussians", "Camera", "default_camera", "orbit_camera", "sequence_cameras", "look_at",
     "load_expressions", "compose_expression", "expression_parts", "axis_angle_to_matrix",
     "neutral_expression", "synthetic_expressions", "head_pose", "head_pose_matrix", "apply_pose", "StageTimes",
-    "FRAME_FORMATS", "WHITE",
+    "FRAME_FORMATS", "WHITE", "NumericsReport", "GraphCheck",
     "EngineOptions", "EngineSpec", "InferenceBackend", "register_engine", "registered_engines", "available_engines",
     "get_engine", "select_engine",
     "RuntimeFailure", "RuntimeArgumentError", "ImageInputError", "ExpressionInputError", "CameraInputError",

@@ -627,6 +627,7 @@ def test_onnx_and_openvino_paths_never_import_torch(engine, bundle, photo, tmp_p
                            apply_head_pose=True)
         frames = rt.render(rt.bundle_avatar(), codes, None, 64, 64, output="float")
         assert frames.shape == (2, 64, 64, 4), frames.shape
+        assert rt.check_numerics().passed                  # flexavatar-verify's path too
         print("torch imported:", "torch" in sys.modules)
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -9,7 +9,8 @@
 # 4. benchmarks/run_gpu.sh, stages in order of what the GPU sessions so far left open, each under its own time
 #    cap, all within FLEXAVATAR_SESSION_BUDGET_S (default 500 s: a device call may take 600 s): the build (skipped
 #    after prewarm.sh's), the GPU tests (the Python runtime's CUDA tests never completed: an abort in ONNX
-#    Runtime's non-graph CUDA mode, see benchmarks/device/README.md), the abort's frequency per ORT setting
+#    Runtime's non-graph CUDA mode, see benchmarks/device/README.md), flexavatar-verify of the FLEX-1 bundle on
+#    CUDA (fp16 and fp32: PSNR vs the PyTorch outputs recorded at export), the abort's frequency per ORT setting
 #    (ort-stress), the whole frame (#7, with the batched throughput cases), the C++ runtime's CUDA build + ctest
 #    and C++ vs Python on CUDA (#9), the FLEX-1 decoder's kernel time per op type on CUDA (where #7's time goes),
 #    then the settings probe, rasterizer timing + compute-sanitizer, ORT node placement. FLEXAVATAR_GPU_STAGES overrides the list.
