@@ -73,7 +73,7 @@ ROLE_DECODER = "decoder"                    # code [1,R²,D] + expressions [E,13
 ROLE_DECODER_AVATAR = "decoder_avatar"      # expressions [E,135] → Gaussians (code folded in)
 CHECK_FILE = "check.npz"                    # Manifest.check: the numerics check set (Bundle.check_set)
 # The least PSNR of a frame rendered from an artifact's Gaussians vs the PyTorch fp32 model's, per precision: the
-# export's fp16 check, and every artifact in flexavatar-verify. fp32 files render at ~95 dB on a CPU; 60 dB leaves
+# export's fp16 check, and every artifact in flexavatar-verify. fp32 files render at 95-105 dB on a CPU; 60 dB leaves
 # room for another machine's summation order and still fails bf16 compute (~32 dB on the reduced fixture model).
 PSNR_TARGET_DB = {"fp32": 60.0, "fp16": 40.0}
 ROLES = (ROLE_ENCODER, ROLE_ENCODER_FEATURES, ROLE_DECODER, ROLE_DECODER_AVATAR)

@@ -364,7 +364,7 @@ class OpenVinoBackend(InferenceBackend):
         self.core = ov.Core()
 
     def config(self, artifact: ModelArtifact) -> dict:
-        # CPUs with AMX or AVX512-bf16 compute in bf16 by default: 22 dB rendered PSNR for FLEX-1 (flexavatar-verify),
+        # CPUs with AMX or AVX512-bf16 compute in bf16 by default: 23 dB rendered PSNR for FLEX-1 (flexavatar-verify),
         # where the export checked f32. On the CPU both files (the fp16 IR holds fp16 weights) are pinned to f32 unless
         # asked; the GPU plugin keeps its own choice (f16) for the fp16 file.
         pinned = artifact.precision == "fp32" or self.device == "cpu"

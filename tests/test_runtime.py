@@ -989,6 +989,17 @@ def test_onnxruntime_cuda_with_the_cuda_rasterizer(cuda_graphs, bundle, model, e
         assert diff.mean() <= IMAGE_MEAN_TOL and diff.max() <= IMAGE_MAX_TOL
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graphs", (False, True))
+def test_check_numerics_on_cuda(cuda_graphs, bundle):
+    """flexavatar-verify's path on the GPU: device Gaussians and the CUDA rasterizer, the reference moved there."""
+    rt = _ort_cuda_runtime(bundle, cuda_graphs=cuda_graphs)
+    report = rt.check_numerics()
+    assert [c.name for c in report.checks] == ["encoder", "decoder", "decoder_avatar"]
+    assert report.passed and "rasterizer cuda" in report.runtime, report.table()
+    assert all(max(c.errors.values()) <= GAUSSIAN_TOL for c in report.checks[1:]), report.table()   # decoders
+
+
 def _ort_cuda_runtime(bundle: Path, **options) -> Runtime:
     pytest.importorskip("onnxruntime")
     import onnxruntime as ort
