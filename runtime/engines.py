@@ -171,7 +171,9 @@ def select_engine(name: str, device: str,
         if name != "auto" and len(rejected) == len(devices):
             spec, d, reason = rejected[-1]
             missing = d in spec.priorities and spec.availability(d) is not None
-            raise EngineUnavailableError(name, d, reason, spec.install_hint if missing else None)
+            # a reason that already names its package (e.g. onnxruntime-gpu for CUDA) needs no generic hint
+            hint = spec.install_hint if missing and "pip install" not in reason else None
+            raise EngineUnavailableError(name, d, reason, hint)
         detail = "; ".join(f"{s.name} on {d}: {r}" for s, d, r in rejected)
         # installing engines helps only when none that is installed here was turned down by the bundle
         bundle_says_no = any(s.unavailable_reason(d) is None for s, d, _ in rejected)

@@ -539,6 +539,11 @@ def test_argument_errors(bundle, model):
     with pytest.raises(EngineUnavailableError, match="no fp16 decoder") as refused:   # every engine, auto
         Runtime(bundle, precision="fp16")
     assert refused.value.hint is None          # the bundle said no: installing engines would not help
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" not in ort.get_available_providers():        # CPU build: names the GPU wheel once
+        with pytest.raises(EngineUnavailableError, match="onnxruntime-gpu") as no_cuda:
+            Runtime(bundle, backend="onnxruntime", device="cuda")
+        assert no_cuda.value.hint is None and str(no_cuda.value).count("pip install") == 1
     with pytest.raises(EngineUnavailableError, match="model="):
         Runtime(bundle, backend="torch")                                       # the bundle holds no PyTorch weights
     other = FlexAvatarModel.random(model.config, model.template, seed=1)
