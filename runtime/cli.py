@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-avatar", type=Path, metavar="CODE.npy", help="also save the avatar code (official layout)")
     p.add_argument("--save-ply", type=Path, metavar="FRAME.ply", help="also save the first frame's Gaussians as a "
                    "3D Gaussian Splatting PLY (splat viewers and editors read it)")
+    p.add_argument("--verify", action="store_true", help="first run flexavatar-verify's numerics check on this "
+                   "engine (the bundle's check.npz vs PyTorch); render only when it passes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -235,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
         tracked = _tracked_cameras(args, len(expressions)) if args.camera_tracked else None
         runtime = open_runtime(args, batch=args.batch)
         print(f"runtime: {runtime.describe()}", file=say, flush=True)
+        if args.verify:
+            numerics = runtime.check_numerics()
+            print(numerics.table(), file=say, flush=True)
+            if not numerics.passed:
+                print("flexavatar-render: the numerics check failed on this engine; nothing rendered (see above; "
+                      "another --backend, --precision or --inference-precision may pass)", file=sys.stderr)
+                return 1
         if args.frames is not None:
             expressions = expressions[:args.frames]
         timings = StageTimes()

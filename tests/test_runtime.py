@@ -1222,3 +1222,20 @@ def test_check_numerics_on_a_bundle_without_dinov2(features_bundle):
     report = rt.check_numerics()
     assert [c.artifact for c in report.checks] == ["encoder_features.fp32.onnx", "decoder.fp32.onnx"]
     assert report.passed and all(max(c.errors.values()) <= GAUSSIAN_TOL for c in report.checks), report.table()
+
+
+def test_render_cli_verify_first(bundle, driving_dir, tmp_path, capsys, monkeypatch):
+    """--verify: the numerics table, then the clip; a failing check renders nothing and exits 1."""
+    seq = driving_dir / "EMO-1-shout+laugh.npz"
+    args = ["--expressions", str(seq), "--frames", "2", "--size", "32", "--backend", "onnxruntime", "--verify"]
+    assert render_main([str(bundle), *args, "-o", str(tmp_path / "ok")]) == 0
+    out = capsys.readouterr().out
+    assert out.index("all checks passed") < out.index("wrote") and len(list((tmp_path / "ok").iterdir())) == 2
+    from flexavatar.runtime import numerics
+
+    real = numerics.check_numerics
+    failing = lambda rt: numerics.NumericsReport(                                    # noqa: E731
+        "x", "y", tuple(replace(c, psnr_db=1.0) for c in real(rt).checks))
+    monkeypatch.setattr(numerics, "check_numerics", failing)
+    assert render_main([str(bundle), *args, "-o", str(tmp_path / "no")]) == 1
+    assert "NUMERICS CHECK FAILED" in capsys.readouterr().out and not (tmp_path / "no").exists()
