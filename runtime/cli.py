@@ -292,6 +292,7 @@ def build_verify_parser() -> argparse.ArgumentParser:
                     "precision. Exit status 0: all checks passed; 1: a check failed; 2: an error.")
     p.add_argument("bundle", type=Path, help="bundle folder written by flexavatar-export")
     add_engine_arguments(p)
+    p.add_argument("--json", type=Path, metavar="REPORT.json", help="also write the report as JSON")
     return p
 
 
@@ -307,6 +308,12 @@ def verify_main(argv: list[str] | None = None) -> int:
         print("flexavatar-verify: interrupted", file=sys.stderr)
         return 130
     print(report.table())
+    if args.json is not None:
+        import json
+
+        from flexavatar.files import atomic_open
+        with atomic_open(args.json, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n")
     return 0 if report.passed else 1
 
 

@@ -62,6 +62,15 @@ class NumericsReport:
     def passed(self) -> bool:
         return all(c.passed for c in self.checks)
 
+    def to_dict(self) -> dict:
+        """JSON-ready (flexavatar-verify --json); an infinite PSNR (identical renders) is written as null."""
+        def finite(x: float) -> float | None:
+            return x if math.isfinite(x) else None
+        return {"runtime": self.runtime, "reference": self.reference, "passed": self.passed,
+                "checks": [{"name": c.name, "artifact": c.artifact, "passed": c.passed, "target_db": c.target_db,
+                            "psnr_db": finite(c.psnr_db), "max_abs_error": {k: finite(v) for k, v in c.errors.items()}}
+                           for c in self.checks]}
+
     def table(self) -> str:
         head = (f"numerics on {self.runtime}\nreference: {self.reference}\n"
                 f"  {'graph':<15} {'file':<30} {'max |err|':>10} {'(output)':<10} {'PSNR':>10}  target    result")

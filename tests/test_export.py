@@ -449,6 +449,7 @@ def test_fp16_below_psnr_target_is_flagged_or_fatal(tmp_path, monkeypatch, offic
     assert {a.name for a in m.artifacts} == {"encoder_features.fp16.onnx", "decoder.fp16.onnx"}
     assert all(not a.parity.passed and a.parity.psnr_target_db == 500.0 for a in m.artifacts)
     assert sum("WARNING" in msg for msg in messages) == 2 and "FLAGGED" in result.summary
+    assert "check.npz" in result.summary and f"flexavatar-verify {result.path}" in result.summary
     assert sorted(p.name for p in result.path.iterdir()) == ["check.npz", "decoder.fp16.onnx",
                                                             "encoder_features.fp16.onnx",
                                                             "manifest.json"]        # fp32 sources removed

@@ -1206,9 +1206,15 @@ def test_bundle_without_check_set_and_malformed_check_set(bundle, tmp_path):
 
 
 def test_verify_cli(bundle, tmp_path, capsys):
-    assert verify_main([str(bundle), "--backend", "onnxruntime", "--device", "cpu"]) == 0
+    report = tmp_path / "report.json"
+    assert verify_main([str(bundle), "--backend", "onnxruntime", "--device", "cpu", "--json", str(report)]) == 0
     out = capsys.readouterr().out
     assert "all checks passed" in out and "decoder_avatar.fp32.onnx" in out
+    written = json.loads(report.read_text())
+    assert written["passed"] is True and [c["name"] for c in written["checks"]] == ["encoder", "decoder",
+                                                                                     "decoder_avatar"]
+    assert all(c["psnr_db"] >= c["target_db"] == 60.0 and max(c["max_abs_error"].values()) <= GAUSSIAN_TOL
+               for c in written["checks"])
     copy = _copy(bundle, tmp_path)
     (copy / "check.npz").write_bytes(b"x")
     assert verify_main([str(copy), "--backend", "onnxruntime"]) == 2
