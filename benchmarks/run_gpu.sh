@@ -246,7 +246,8 @@ verify_numerics() {
   bundle=$(flex1_fp16_bundle) || return 1
   for precision in fp16 fp32; do
     pyrun -c "import sys; from flexavatar.runtime.cli import verify_main; sys.exit(verify_main(sys.argv[1:]))" \
-      "$bundle" --backend onnxruntime --device cuda --rasterizer cuda --precision $precision || rc=$?
+      "$bundle" --backend onnxruntime --device cuda --rasterizer cuda --precision $precision \
+      --json "$LOGS/verify_$precision.json" || rc=$?
   done
   return $rc
 }
