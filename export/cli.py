@@ -44,19 +44,15 @@ def _sigterm_as_interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)   # clean up the staging folder on kill, too
-    from flexavatar.errors import FlexAvatarError
+    from flexavatar.errors import FlexAvatarError, command_failed
 
     from .exporter import export_bundle
     try:
         export_bundle(args.checkpoint, args.output, template=args.template, dinov2=args.dinov2, config=args.config,
                       precisions=args.precision, targets=args.targets, avatar=args.avatar, camera=args.camera,
                       opset=args.opset, force=args.force, strict_fp16=args.strict_fp16, progress=lambda msg: print(msg, flush=True))
-    except FlexAvatarError as e:
-        print(f"flexavatar-export: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("flexavatar-export: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    except (FlexAvatarError, KeyboardInterrupt) as e:
+        return command_failed("flexavatar-export", e, interrupted="interrupted; nothing was written")
     return 0
 
 

@@ -23,3 +23,13 @@ class TemplateError(FlexAvatarError):
 
 class InputError(FlexAvatarError, ValueError):
     """A tensor argument has the wrong shape, dtype, range or contains NaN/inf."""
+
+
+def command_failed(prog: str, error: BaseException, interrupted: str = "interrupted") -> int:
+    """The exit status of a command line tool stopped by a typed error (2) or Ctrl-C (130); prints its one line."""
+    import sys
+    if isinstance(error, KeyboardInterrupt):
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        return 130
+    print(f"{prog}: error: {type(error).__name__}: {error}", file=sys.stderr)
+    return 2

@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from flexavatar.errors import FlexAvatarError
+    from flexavatar.errors import FlexAvatarError, command_failed
     say = sys.stderr if str(args.output) == STDOUT else sys.stdout      # stdout may carry the frames
     try:
         # the cheap checks first: a wrong output suffix should not wait for a bundle's hashes and an encoder run
@@ -269,12 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if bar is not None:
                 bar.close()
-    except FlexAvatarError as e:
-        print(f"flexavatar-render: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("flexavatar-render: interrupted", file=sys.stderr)
-        return 130
+    except (FlexAvatarError, KeyboardInterrupt) as e:
+        return command_failed("flexavatar-render", e)
     except BrokenPipeError:          # -o -: the reader (ffmpeg, head, ...) closed the pipe before the last frame
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error when Python flushes stdout
         print("flexavatar-render: standard output was closed before the last frame", file=sys.stderr)
@@ -298,15 +294,11 @@ def build_verify_parser() -> argparse.ArgumentParser:
 
 def verify_main(argv: list[str] | None = None) -> int:
     args = build_verify_parser().parse_args(argv)
-    from flexavatar.errors import FlexAvatarError
+    from flexavatar.errors import FlexAvatarError, command_failed
     try:
         report = open_runtime(args).check_numerics()
-    except FlexAvatarError as e:
-        print(f"flexavatar-verify: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("flexavatar-verify: interrupted", file=sys.stderr)
-        return 130
+    except (FlexAvatarError, KeyboardInterrupt) as e:
+        return command_failed("flexavatar-verify", e)
     print(report.table())
     if args.json is not None:
         import json
