@@ -179,3 +179,11 @@ def test_dinov2_file_of_another_size_hints_at_the_expected_weights(tmp_path):
         DinoV2.from_file(tmp_path / "vits.pth")
     assert "dinov2_vitb14_reg4_pretrain.pth (dim 768" in str(err.value)
     assert "model_config" not in str(err.value)
+
+
+def test_command_failed_gives_the_exit_status_and_one_line(capsys):
+    from flexavatar.errors import CheckpointError, command_failed
+    assert command_failed("flexavatar-x", CheckpointError("ckpt.pt: truncated")) == 2
+    assert capsys.readouterr().err == "flexavatar-x: error: CheckpointError: ckpt.pt: truncated\n"
+    assert command_failed("flexavatar-x", KeyboardInterrupt(), interrupted="interrupted; nothing was written") == 130
+    assert capsys.readouterr().err == "flexavatar-x: interrupted; nothing was written\n"
