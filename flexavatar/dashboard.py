@@ -482,6 +482,7 @@ class Case:
     floor_ms: float | None
     host_peak_rss_mib: float | None
     device_peak_mib: float | None
+    psnr_db: float | None = None    # fidelity of the case's output (extra_info "psnr_db": whole-frame records)
 
     @property
     def key(self) -> str:
@@ -588,7 +589,15 @@ def _parse_case(check: _Checker, raw: object, where: str) -> Case:
         floor_ms=check.non_negative(raw, "floor_ms", where, **opt),
         host_peak_rss_mib=check.non_negative(raw, "host_peak_rss_mib", where, **opt),
         device_peak_mib=check.non_negative(raw, "device_peak_mib", where, **opt),
+        psnr_db=_psnr_of(raw.get("extra")),
     )
+
+
+def _psnr_of(extra: object) -> float | None:
+    """extra_info's "psnr_db" when it is a finite number (free-form extras are never an error)."""
+    value = extra.get("psnr_db") if isinstance(extra, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        else None
 
 
 def parse_run(path: Path, raw: object) -> Run:
@@ -1222,6 +1231,7 @@ def _targets_table(run: Run, mid: str) -> str:
     head = (
         "<tr><th>stage</th><th>backend</th><th>size</th><th>device</th><th>p50 / p95 / p99 ms</th>"
         "<th>fps</th><th>GFLOP</th><th>floor ms</th><th>of peak</th><th>MiB host / dev</th>"
+        "<th title=\"rendered PSNR vs PyTorch + the reference rasterizer (whole-frame cases)\">PSNR dB</th>"
         "<th>target</th><th>measured</th><th></th></tr>"
     )
     body = []
@@ -1238,9 +1248,10 @@ def _targets_table(run: Run, mid: str) -> str:
                     f'<span title="{_esc(case.peak_source or "")}">{_fmt(case.floor_ms)}</span>',
                     "—" if case.fraction_of_peak is None else f"{100 * case.fraction_of_peak:.1f}%",
                     f"{_fmt(case.host_peak_rss_mib)} / {_fmt(case.device_peak_mib)}",
+                    _fmt(case.psnr_db),
                 ]  # fmt: skip
             else:
-                cells = [""] * 10
+                cells = [""] * 11
             tds = "".join(f"<td>{c}</td>" for c in cells)
             if res is None:
                 tds += '<td class="muted">—</td><td></td><td></td>'

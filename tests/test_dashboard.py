@@ -471,3 +471,23 @@ def test_latest_session_merges_the_records_of_one_gpu_session(history):
     assert db.latest_session(runs + [other_commit]).cases == other_commit.cases
     too_late = dataclasses.replace(second, started=last.started + 2 * db.SESSION_GAP)
     assert db.latest_session(runs + [too_late]).cases == too_late.cases
+
+
+def test_psnr_of_a_case_reaches_the_targets_table(tmp_path):
+    """A whole-frame record's "psnr_db" (bench_runtime) is read back and shown beside the speed; a missing,
+    non-numeric or non-finite value shows as a dash, never as an error."""
+    machine = H100
+    run = _run_record(machine, "dddd4444", 0, [("whole_frame", "ort-cuda-graphs+cuda", "flex1", "cuda", "fp16",
+                                                 2.0, None)] * 4, seed=1)
+    for case, value in zip(run["cases"], (48.7, "high", None, 200), strict=True):
+        case["extra"]["psnr_db"] = value
+        case["id"] += f"-{value}"
+    folder = tmp_path / "history"
+    folder.mkdir()
+    db.write_json_atomic(folder / db.run_file_name(db.utc_now(), machine["id"]), run)
+    [loaded] = db.load_history([folder])
+    assert [c.psnr_db for c in loaded.cases] == [48.7, None, None, 200.0]
+    out = tmp_path / "dash.html"
+    db.main([str(folder), "-o", str(out)])
+    page = out.read_text()
+    assert "<th title=" in page and ">PSNR dB</th>" in page and "<td>48.7</td>" in page
