@@ -411,7 +411,6 @@ class Runtime:
                     frames = convert(result.rgb, result.alpha)       # the one host sync of the frame
             yield frames
 
-
     def _rasterize(self, splats: dict, viewmats: np.ndarray, ks: np.ndarray, width: int, height: int,
                    background: np.ndarray, like=None) -> kernels.RenderResult:
         """One image per frame of ``splats`` (Splats fields, [E, G, …]) with this runtime's rasterizer; host arrays
