@@ -137,9 +137,13 @@ build() {
 }
 
 gpu_tests() {
-  # --capture=sys: what C++ libraries print (ONNX Runtime's message before an abort) reaches the log
+  # --capture=sys: what C++ libraries print (ONNX Runtime's message before an abort) reaches the log;
+  # pytest-xdist (in the GPU image) when present: a worker that a native abort kills fails its test and is
+  # replaced, and the rest of the tests still run
+  local workers=()
+  pyrun -c "import xdist" 2>/dev/null && workers=(-n 2)
   pyrun -m pytest "$REPO/tests" --rootdir "$REPO" -c "$REPO/pyproject.toml" -m gpu -p no:cacheprovider -q -rs \
-    --capture=sys
+    --capture=sys "${workers[@]}"
 }
 
 ort_placement() {
@@ -209,12 +213,45 @@ ort_profile_flex1() {
 ort_probe() {
   local bundle
   bundle=$(flex1_fp16_bundle) || return 1
-  if [[ ${1:-} == stress ]]; then
+  if [[ ${1:-} == conv ]]; then
+    # the fp16 upsampler convolutions took 2.7 of 4.6 GPU ms per frame on the H200 (cuDNN's implicit_convolve_sgemm
+    # and dgrad_engine, no tensor cores): which setting makes cuDNN pick faster kernels, all with CUDA graphs
+    pyrun "$REPO/benchmarks/device/ort_cuda_probe.py" "$bundle" --precision fp16 --frames 200 --timeout 60 \
+      --variants runtime+graphs,cudnn-heuristic+graphs,cudnn-default+graphs,prefer-nhwc+graphs,max-workspace+graphs \
+      --json "$LOGS/ort_cuda_conv.json"
+  elif [[ ${1:-} == stress ]]; then
     pyrun "$REPO/benchmarks/device/ort_cuda_probe.py" "$bundle" --precision fp16 --frames 3000 --timeout 120 \
       --variants runtime,runtime+graphs,sync-at-run-end,no-user-stream --json "$LOGS/ort_cuda_stress.json"
   else
     pyrun "$REPO/benchmarks/device/ort_cuda_probe.py" "$bundle" --precision fp16 --json "$LOGS/ort_cuda_probe.json"
   fi
+}
+
+# ONNX Runtime CUDA on the reduced bundles that stage.py --bundles exports here: "uneven" as exported before
+# export.graph_passes.uneven_concat_split_without_staging, "even" with it. Node by node (the abort of
+# benchmarks/device/README.md), two runtimes interleaved with and without CUDA graphs (graph_interleave.py), and
+# the C++ runtime's CUDA check on the uneven bundle (the cpp-runtime stage checks the even one it exports)
+staging_ab() {
+  local rc=0 which bundle ctest_dir=$REPO/build/gpu-check/cpp-runtime
+  for which in uneven even; do
+    bundle=$REPO/.device/bundles/reduced-$which
+    [[ -d $bundle ]] || { echo "no $bundle (run benchmarks/device/stage.py --bundles)"; return 1; }
+    echo "== $which: ONNX Runtime node by node on CUDA, 500 calls"
+    pyrun "$REPO/benchmarks/device/ort_cuda_probe.py" "$bundle" --precision fp32 --frames 500 --timeout 60 \
+      --variants runtime --json "$LOGS/ort_node_by_node_$which.json" || rc=$?
+    echo "== $which: two CUDA-graph runtimes in one process, interleaved"
+    pyrun "$REPO/benchmarks/device/graph_interleave.py" "$bundle" --json "$LOGS/interleave_$which.json" || rc=$?
+  done
+  echo "== even: two node-by-node runtimes in one process, interleaved"
+  pyrun "$REPO/benchmarks/device/graph_interleave.py" "$REPO/.device/bundles/reduced-even" --no-cuda-graphs \
+    --json "$LOGS/interleave_even_node_by_node.json" || rc=$?
+  if [[ -d $ctest_dir ]]; then
+    echo "== uneven: the C++ runtime's CUDA check"
+    FLEXAVATAR_TEST_BUNDLE=$REPO/.device/bundles/reduced-uneven FLEXAVATAR_TEST_CODE= timeout 120 \
+      ctest --test-dir "$ctest_dir" -R '^runtime_cuda_check$' --output-on-failure -V >"$LOGS/runtime_cuda_uneven.log" 2>&1
+    grep -E "FAIL|decode|tests passed|tests failed" "$LOGS/runtime_cuda_uneven.log" | tail -30
+  fi
+  return $rc
 }
 
 # the FLEX-1 decoder with and without export.graph_passes, fp32 and fp16, CUDA graphs, alternating rounds in one
@@ -275,10 +312,14 @@ for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement bench
     verify) stage verify 150 verify_numerics ;;
     benchmarks) stage benchmarks 100000 benchmarks ;;
     bench-runtime) stage bench-runtime 260 bench -k "bench_runtime and cuda" ;;
+    # the CUDA cases that do not run ONNX Runtime node by node (its non-graph CUDA mode aborts, README)
+    bench-graphs) stage bench-graphs 180 bench -k "bench_runtime and cuda and (graphs or eager)" ;;
     cpp-runtime) stage cpp-runtime 150 gpu_check runtime ;;
     bench-cpp) stage bench-cpp 120 bench_cpp ;;
     ort-probe) stage ort-probe 150 ort_probe ;;
     ort-stress) stage ort-stress 200 ort_probe stress ;;
+    ort-conv) stage ort-conv 100 ort_probe conv ;;
+    staging-ab) stage staging-ab 150 staging_ab ;;
     wait-prewarm) stage wait-prewarm 300 bash -c "until [[ -f '$REPO/build/gpu-prewarm/done' ]]; do sleep 2; done" ;;
     native-check) stage native-check 150 gpu_check timing memcheck ;;
     dashboard) ;;   # always last, below

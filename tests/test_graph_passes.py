@@ -182,3 +182,61 @@ def test_opset18_graph_gets_the_matmul_merge_only():
     with torch.no_grad():
         want = module(x, c).numpy()
     np.testing.assert_allclose(_run(slim, {"x": x.numpy(), "c": c.numpy()})[0], want, rtol=1e-5, atol=1e-5)
+
+
+def _uneven_graph() -> onnx.ModelProto:
+    """a [B, 4, 3] and b [B, 2, 3] joined along axis 1 (uneven) and along axis 2 with a copy of a (even); the
+    join split back unevenly [1, 3, 2] (p1 not a graph output) and evenly; and an int64 shape Concat, as the
+    exporter writes for Expand (integer: left to the CPU)."""
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["B", 4, 3])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, ["B", 2, 3])
+    nodes = [
+        helper.make_node("Concat", ["a", "b"], ["joined"], axis=-2),
+        helper.make_node("Concat", ["a", "a"], ["even"], axis=2),
+        helper.make_node("Split", ["joined", "sizes"], ["p0", "p1", "p2"], axis=1),
+        helper.make_node("Split", ["joined", "halves"], ["h0", "h1"], axis=1),
+        helper.make_node("Shape", ["a"], ["a_shape"]),
+        helper.make_node("Concat", ["a_shape", "one"], ["shape_joined"], axis=0),
+    ]
+    inits = [numpy_helper.from_array(np.asarray([1, 3, 2], np.int64), "sizes"),
+             numpy_helper.from_array(np.asarray([3, 3], np.int64), "halves"),
+             numpy_helper.from_array(np.asarray([1], np.int64), "one")]
+    shapes = {"joined": ["B", 6, 3], "even": ["B", 4, 6], "p0": ["B", 1, 3], "p2": ["B", 2, 3], "h0": ["B", 3, 3],
+              "h1": ["B", 3, 3]}
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n, shape in shapes.items()]
+    outputs.append(helper.make_tensor_value_info("shape_joined", TensorProto.INT64, [4]))
+    graph = helper.make_graph(nodes, "uneven", [a, b], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", DEFAULT_OPSET)])
+
+
+def test_uneven_concat_and_split_become_pads_and_slices_exactly():
+    model = _uneven_graph()
+    slim = _copy(model)
+    assert graph_passes.uneven_concat_split_without_staging(slim) == 2      # the uneven Concat and Split
+    onnx.checker.check_model(slim, full_check=True)
+    before, after = _ops(model), _ops(slim)
+    assert (before["Concat"], after["Concat"]) == (3, 2)                  # the even and the integer one stay
+    assert (before["Split"], after["Split"]) == (2, 1)                    # the even one stays
+    assert after["Pad"] == 2 and after["Add"] == 1 and after["Slice"] == 3
+    feeds = {"a": RNG.standard_normal((2, 4, 3)).astype(np.float32),
+             "b": RNG.standard_normal((2, 2, 3)).astype(np.float32)}
+    for want, got in zip(_run(model, feeds), _run(slim, feeds), strict=True):
+        np.testing.assert_array_equal(got, want)                         # adding zeros and slicing: bit-exact
+    assert graph_passes.uneven_concat_split_without_staging(slim) == 0   # a fixed point
+
+
+def test_exported_joint_attention_has_no_uneven_concat():
+    """The exporter's graphs (slim) keep no uneven Concat or Split of float tensors, and still match PyTorch."""
+    torch.manual_seed(4)
+    module = _TokenMajorAttention().eval()
+    slim = _export(module, passes=True)
+    dims, floats = graph_passes._static_dims(slim, with_float_names=True)
+    for node in slim.graph.node:
+        if node.op_type == "Concat" and all(i in floats for i in node.input):
+            axis = next(helper.get_attribute_value(a) for a in node.attribute if a.name == "axis")
+            assert len({dims[i][axis] for i in node.input}) == 1, node.name
+    assert _ops(slim)["Pad"] >= 2
+    x, c = torch.randn(2, 6, 16), torch.randn(2, 3, 16)
+    with torch.no_grad():
+        want = module(x, c).numpy()
+    np.testing.assert_allclose(_run(slim, {"x": x.numpy(), "c": c.numpy()})[0], want, rtol=1e-5, atol=1e-5)

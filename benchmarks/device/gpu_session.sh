@@ -56,7 +56,7 @@ fi
 BUILD_STAGE=build
 [[ -f $PREWARM/build.ok ]] && BUILD_STAGE=
 left=$((BUDGET - ($(date +%s) - START)))
-FLEXAVATAR_GPU_STAGES=${FLEXAVATAR_GPU_STAGES:-machine $BUILD_STAGE gpu-tests verify bench-runtime gpu-profile graph-passes-ab cpp-runtime bench-cpp ort-profile-flex1 ort-stress ort-probe native-check ort-placement} \
+FLEXAVATAR_GPU_STAGES=${FLEXAVATAR_GPU_STAGES:-machine $BUILD_STAGE cpp-runtime staging-ab gpu-tests wait-prewarm ort-conv bench-graphs verify bench-cpp bench-runtime gpu-profile graph-passes-ab ort-profile-flex1 ort-stress native-check ort-placement} \
   FLEXAVATAR_GPU_BUDGET_S=$((left - 10)) OUT=$OUT bash benchmarks/run_gpu.sh 2>&1 | tail -80
 if [[ -n "$RESULTS" ]]; then
   tar czf "$RESULTS/gpu-session.tar.gz" -C "$REPO/build" gpu-session

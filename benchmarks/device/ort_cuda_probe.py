@@ -32,6 +32,8 @@ VARIANTS = {
     # kernels (wheels built with CUDA NHWC ops; others ignore the option), with graphs as the runtime runs them
     "cudnn-heuristic+graphs": ({"cudnn_conv_algo_search": "HEURISTIC"}, False, True),
     "prefer-nhwc+graphs": ({"prefer_nhwc": "1"}, False, True),
+    "cudnn-default+graphs": ({"cudnn_conv_algo_search": "DEFAULT"}, False, True),
+    "max-workspace+graphs": ({"cudnn_conv_use_max_workspace": "1"}, False, True),
 }
 
 

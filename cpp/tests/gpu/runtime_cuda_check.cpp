@@ -25,6 +25,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "flexavatar/flexavatar.h"
@@ -345,6 +346,68 @@ int main(int argc, char** argv) {
     const Diff apart = diff(first_frames[0].rgb, first_frames[1].rgb, 3);
     std::printf("  expression 0 vs 1 (CPU): rgb mean |diff| %.2e\n", apart.mean);
     expect(apart.mean > 10 * kMeanTol, "the two test expressions render (almost) the same frame");
+  }
+
+  // decode() on the CUDA provider, zero copy and CUDA graph, expressions in the order 0 1 1 0 0 1: every call's
+  // Gaussians are those of its own expression (a call that decoded the previous call's input would match the
+  // other one), within the CUDA-vs-CPU-provider fp32 tolerance of the export (1e-4).
+  if (ok && zero_copy) {
+    const int64_t g = info.num_gaussians;
+    auto gather = [g](const flexavatar_gaussians& x) {
+      std::vector<float> all;
+      for (const auto& [p, n] : {std::pair{x.means, 3 * g}, {x.quats, 4 * g}, {x.scales, 3 * g},
+                                 {x.opacities, g}, {x.sh0, 3 * g}})
+        all.insert(all.end(), p, p + n);
+      return all;
+    };
+    auto max_diff = [](const std::vector<float>& a, const std::vector<float>& b) {
+      double worst = 0;
+      for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, double(std::fabs(a[i] - b[i])));
+      return worst;
+    };
+    std::vector<std::vector<float>> cpu_gaussians;
+    for (const auto& e : expressions) {
+      flexavatar_gaussians x;
+      if (flexavatar_runtime_decode(cpu, e.data(), info.expression_dim, &x) != FLEXAVATAR_OK) break;
+      cpu_gaussians.push_back(gather(x));
+    }
+    expect(cpu_gaussians.size() == 2, std::string("CPU decode: ") + flexavatar_last_error());
+    for (flexavatar_runtime* rt : {zero_copy, graphs}) {
+      if (!rt || cpu_gaussians.size() != 2) continue;
+      const char* name = rt == graphs ? "CUDA graph" : "zero copy";
+      for (int e : {0, 1, 1, 0, 0, 1}) {
+        flexavatar_gaussians x;
+        if (flexavatar_runtime_decode(rt, expressions[size_t(e)].data(), info.expression_dim, &x) != FLEXAVATAR_OK) {
+          expect(false, std::string("decode (") + name + "): " + flexavatar_last_error());
+          break;
+        }
+        const std::vector<float> got = gather(x);
+        const double same = max_diff(got, cpu_gaussians[size_t(e)]), other = max_diff(got, cpu_gaussians[size_t(1 - e)]);
+        std::printf("  decode %s, expression %d: max |diff| %.2e vs the CPU provider's (%.2e vs the other "
+                    "expression's)\n", name, e, same, other);
+        expect(same <= 1e-4, std::string("decode (") + name + ", expression " + std::to_string(e) +
+                                 ") differs from the CPU provider's Gaussians beyond 1e-4");
+      }
+    }
+    // Interleaved with another CUDA session of the process decoding the other expression: each runtime's
+    // Gaussians are still its own input's (sessions share nothing a replay reads).
+    if (graphs && cpu_gaussians.size() == 2) {
+      for (int e : {0, 1, 1, 0}) {
+        flexavatar_gaussians x;
+        if (flexavatar_runtime_decode(zero_copy, expressions[size_t(1 - e)].data(), info.expression_dim, &x) !=
+                FLEXAVATAR_OK ||
+            flexavatar_runtime_decode(graphs, expressions[size_t(e)].data(), info.expression_dim, &x) != FLEXAVATAR_OK) {
+          expect(false, std::string("interleaved decode: ") + flexavatar_last_error());
+          break;
+        }
+        const std::vector<float> got = gather(x);
+        const double same = max_diff(got, cpu_gaussians[size_t(e)]), other = max_diff(got, cpu_gaussians[size_t(1 - e)]);
+        std::printf("  decode CUDA graph after zero copy decoded the other expression, expression %d: max |diff| "
+                    "%.2e vs the CPU provider's (%.2e vs the other expression's)\n", e, same, other);
+        expect(same <= 1e-4, "interleaved decode (CUDA graph, expression " + std::to_string(e) +
+                                 ") differs from the CPU provider's Gaussians beyond 1e-4");
+      }
+    }
   }
 
   // Host Gaussians of the upload runtime (decode) equal the CPU runtime's (same ONNX Runtime CPU graph).
