@@ -214,11 +214,12 @@ ort_probe() {
   local bundle
   bundle=$(flex1_fp16_bundle) || return 1
   if [[ ${1:-} == conv ]]; then
-    # the fp16 upsampler convolutions took 2.7 of 4.6 GPU ms per frame on the H200 (cuDNN's implicit_convolve_sgemm
-    # and dgrad_engine, no tensor cores): which setting makes cuDNN pick faster kernels, all with CUDA graphs
+    # cuDNN's convolution search for the upsampler, side by side with CUDA graphs: the runtime's choice
+    # (HEURISTIC for fp16, EXHAUSTIVE for fp32) against the other (2026-11-27, H200, fp16: 5.44 vs 7.70 ms a call)
     pyrun "$REPO/benchmarks/device/ort_cuda_probe.py" "$bundle" --precision fp16 --frames 200 --timeout 60 \
-      --variants runtime+graphs,cudnn-heuristic+graphs,cudnn-default+graphs,prefer-nhwc+graphs,max-workspace+graphs \
-      --json "$LOGS/ort_cuda_conv.json"
+      --variants runtime+graphs,cudnn-exhaustive+graphs --json "$LOGS/ort_cuda_conv_fp16.json" &&
+    pyrun "$REPO/benchmarks/device/ort_cuda_probe.py" "$bundle" --precision fp32 --frames 200 --timeout 60 \
+      --variants runtime+graphs,cudnn-heuristic+graphs --json "$LOGS/ort_cuda_conv_fp32.json"
   elif [[ ${1:-} == stress ]]; then
     pyrun "$REPO/benchmarks/device/ort_cuda_probe.py" "$bundle" --precision fp16 --frames 3000 --timeout 120 \
       --variants runtime,runtime+graphs,sync-at-run-end,no-user-stream --json "$LOGS/ort_cuda_stress.json"
@@ -227,31 +228,12 @@ ort_probe() {
   fi
 }
 
-# ONNX Runtime CUDA on the reduced bundles that stage.py --bundles exports here: "uneven" as exported before
-# export.graph_passes.uneven_concat_split_without_staging, "even" with it. Node by node (the abort of
-# benchmarks/device/README.md), two runtimes interleaved with and without CUDA graphs (graph_interleave.py), and
-# the C++ runtime's CUDA check on the uneven bundle (the cpp-runtime stage checks the even one it exports)
-staging_ab() {
-  local rc=0 which bundle ctest_dir=$REPO/build/gpu-check/cpp-runtime
-  for which in uneven even; do
-    bundle=$REPO/.device/bundles/reduced-$which
-    [[ -d $bundle ]] || { echo "no $bundle (run benchmarks/device/stage.py --bundles)"; return 1; }
-    echo "== $which: ONNX Runtime node by node on CUDA, 500 calls"
-    pyrun "$REPO/benchmarks/device/ort_cuda_probe.py" "$bundle" --precision fp32 --frames 500 --timeout 60 \
-      --variants runtime --json "$LOGS/ort_node_by_node_$which.json" || rc=$?
-    echo "== $which: two CUDA-graph runtimes in one process, interleaved"
-    pyrun "$REPO/benchmarks/device/graph_interleave.py" "$bundle" --json "$LOGS/interleave_$which.json" || rc=$?
-  done
-  echo "== even: two node-by-node runtimes in one process, interleaved"
-  pyrun "$REPO/benchmarks/device/graph_interleave.py" "$REPO/.device/bundles/reduced-even" --no-cuda-graphs \
-    --json "$LOGS/interleave_even_node_by_node.json" || rc=$?
-  if [[ -d $ctest_dir ]]; then
-    echo "== uneven: the C++ runtime's CUDA check"
-    FLEXAVATAR_TEST_BUNDLE=$REPO/.device/bundles/reduced-uneven FLEXAVATAR_TEST_CODE= timeout 120 \
-      ctest --test-dir "$ctest_dir" -R '^runtime_cuda_check$' --output-on-failure -V >"$LOGS/runtime_cuda_uneven.log" 2>&1
-    grep -E "FAIL|decode|tests passed|tests failed" "$LOGS/runtime_cuda_uneven.log" | tail -30
-  fi
-  return $rc
+# two runtimes of the FLEX-1 bundle on ONNX Runtime CUDA in one process, decoding different expressions in turn
+# (graph_interleave.py): each call's Gaussians are its own input's, against the CPU provider
+interleave() {
+  local bundle
+  bundle=$(flex1_fp16_bundle) || return 1
+  pyrun "$REPO/benchmarks/device/graph_interleave.py" "$bundle" --precision fp32 --json "$LOGS/interleave.json"
 }
 
 # the FLEX-1 decoder with and without export.graph_passes, fp32 and fp16, CUDA graphs, alternating rounds in one
@@ -297,7 +279,7 @@ if [[ -z "${FLEXAVATAR_FIXTURES:-}" ]]; then
 fi
 export FLEXAVATAR_FIXTURES=${FLEXAVATAR_FIXTURES:-}
 export REPO PY MAX_TIME WORK SITE HISTORY LOGS
-export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp ort_probe ort_profile_flex1 flex1_fp16_bundle graph_passes_ab gpu_profile verify_numerics
+export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp ort_probe ort_profile_flex1 flex1_fp16_bundle graph_passes_ab gpu_profile verify_numerics interleave
 ls "$HISTORY" >"$WORK/history-before.txt" 2>/dev/null
 say "flexavatar GPU run $STAMP, budget ${BUDGET_S}s, repo $REPO, commit ${FLEXAVATAR_GIT_COMMIT:-unknown}"
 for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement benchmarks}; do
@@ -319,7 +301,7 @@ for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement bench
     ort-probe) stage ort-probe 150 ort_probe ;;
     ort-stress) stage ort-stress 200 ort_probe stress ;;
     ort-conv) stage ort-conv 100 ort_probe conv ;;
-    staging-ab) stage staging-ab 150 staging_ab ;;
+    interleave) stage interleave 90 interleave ;;
     wait-prewarm) stage wait-prewarm 300 bash -c "until [[ -f '$REPO/build/gpu-prewarm/done' ]]; do sleep 2; done" ;;
     native-check) stage native-check 150 gpu_check timing memcheck ;;
     dashboard) ;;   # always last, below

@@ -12,12 +12,6 @@ export checks every file against PyTorch afterwards, as for any conversion.
 - ``attention_token_major``: ``Transpose → Attention (4-D) → Transpose → Reshape`` becomes a 3-D
   Attention on the token-major tensors (``q_num_heads`` / ``kv_num_heads`` set): no layout copies around
   the attention.
-- ``uneven_concat_split_without_staging``: a float Concat of unequal parts becomes Pads (zeros) + Add, a
-  Split into unequal parts one Slice per part. ONNX Runtime's CUDA kernels for those two cases copy their
-  size tables from page-locked host buffers on every call and release the buffers from a host callback on
-  the stream; with onnxruntime-gpu 1.31.1 that release aborted the process (CUDA error 800, ``cudaFreeHost``
-  inside the callback) within a few frames of the FLEX-1 decoder, and a CUDA graph replays the copies from
-  buffers the allocator has already taken back. Pad and Slice pass their few sizes as kernel arguments.
 """
 from __future__ import annotations
 
@@ -47,7 +41,6 @@ def slim(model: onnx.ModelProto) -> PassReport:
     report = PassReport()
     report.counts["merged matmul groups"] = merge_sibling_matmuls(model)
     report.counts["token-major attentions"] = attention_token_major(model)
-    report.counts["uneven concat/split"] = uneven_concat_split_without_staging(model)
     return report
 
 
@@ -189,101 +182,15 @@ def _is_transpose(node: onnx.NodeProto, perm: list[int]) -> bool:
     return node.op_type == "Transpose" and any(a.name == "perm" and list(a.ints) == perm for a in node.attribute)
 
 
-def _static_dims(model: onnx.ModelProto, with_float_names: bool = False):
-    """name → dims (int, symbol or None) of every tensor shape inference types; with ``with_float_names``
-    also the set of names of float tensors (one inference either way)."""
+def _static_dims(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
     inferred = onnx.shape_inference.infer_shapes(model)
-    dims, floats = {}, set()
+    dims = {}
     for value in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
         tensor = value.type.tensor_type
         if tensor.HasField("shape"):
             dims[value.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                                 for d in tensor.shape.dim]
-        if tensor.elem_type in _FLOAT_TYPES:
-            floats.add(value.name)
-    return (dims, floats) if with_float_names else dims
-
-
-# ---- uneven Concat / Split --------------------------------------------------------------------------
-
-def uneven_concat_split_without_staging(model: onnx.ModelProto) -> int:
-    """Concat(a, b, ...) of float tensors whose lengths along the axis differ → Pad each to the full length
-    with zeros and Add them (exact: every output element is one input element plus zeros); Split with
-    constant unequal sizes → one Slice per output. Returns the number of nodes rewritten. Nodes whose ranks
-    or lengths shape inference cannot pin down, and integer (shape) Concats, are left as they are."""
-    graph = model.graph
-    nodes = list(graph.node)
-    if not any(n.op_type in ("Concat", "Split") for n in nodes):
-        return 0
-    shapes, float_tensors = _static_dims(model, with_float_names=True)
-    inits = {t.name: t for t in graph.initializer}
-    removed: set[int] = set()
-    new_nodes: dict[int, list[onnx.NodeProto]] = {}
-    for node in nodes:
-        if node.op_type == "Concat":
-            replacement = _concat_as_pads(node, shapes, float_tensors, graph)
-        elif node.op_type == "Split":
-            replacement = _split_as_slices(node, shapes, inits, graph)
-        else:
-            continue
-        if replacement:
-            new_nodes[id(node)] = replacement
-            removed.add(id(node))
-    if removed:
-        _replace_nodes(graph, nodes, removed, new_nodes)
-    return len(removed)
-
-
-def _concat_as_pads(node, shapes, float_tensors, graph) -> list[onnx.NodeProto] | None:
-    parts = list(node.input)
-    dims = [shapes.get(name) for name in parts]
-    if len(parts) < 2 or not all(name in float_tensors for name in parts) or any(d is None for d in dims):
-        return None
-    rank = len(dims[0])
-    axis = next(helper.get_attribute_value(a) for a in node.attribute if a.name == "axis")
-    axis = axis + rank if axis < 0 else axis
-    lengths = [d[axis] if len(d) == rank else None for d in dims]
-    if not all(isinstance(n, int) for n in lengths) or len(set(lengths)) == 1:
-        return None                       # equal parts: ONNX Runtime passes their pointers by value
-    base = node.name or node.output[0]
-    total, offset, padded, out = sum(lengths), 0, [], []
-    for k, (name, n) in enumerate(zip(parts, lengths)):
-        pads = [0] * (2 * rank)
-        pads[axis], pads[rank + axis] = offset, total - offset - n
-        pads_name = f"{base}__pads{k}"
-        graph.initializer.append(numpy_helper.from_array(np.asarray(pads, dtype=np.int64), pads_name))
-        padded.append(f"{base}__padded{k}")
-        out.append(helper.make_node("Pad", [name, pads_name], [padded[-1]], name=f"{base}__pad{k}"))
-        offset += n
-    acc = padded[0]
-    for k, name in enumerate(padded[1:], start=1):
-        target = node.output[0] if k == len(padded) - 1 else f"{base}__sum{k}"
-        out.append(helper.make_node("Add", [acc, name], [target], name=f"{base}__add{k}"))
-        acc = target
-    return out
-
-
-def _split_as_slices(node, shapes, inits, graph) -> list[onnx.NodeProto] | None:
-    if len(node.input) < 2 or node.input[1] not in inits:
-        return None                       # sizes from num_outputs (even) or computed at run time
-    sizes = [int(v) for v in numpy_helper.to_array(inits[node.input[1]]).reshape(-1)]
-    dims = shapes.get(node.input[0])
-    if len(set(sizes)) == 1 or dims is None or len(sizes) != len(node.output):
-        return None
-    axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
-    axis = axis + len(dims) if axis < 0 else axis
-    base = node.name or node.output[0]
-    axes_name = f"{base}__axes"
-    graph.initializer.append(numpy_helper.from_array(np.asarray([axis], dtype=np.int64), axes_name))
-    out, offset = [], 0
-    for k, (name, n) in enumerate(zip(node.output, sizes)):
-        bounds = [f"{base}__starts{k}", f"{base}__ends{k}"]
-        for bound, value in zip(bounds, (offset, offset + n)):
-            graph.initializer.append(numpy_helper.from_array(np.asarray([value], dtype=np.int64), bound))
-        offset += n
-        if name:                                      # an unused output of the Split is not computed
-            out.append(helper.make_node("Slice", [node.input[0], *bounds, axes_name], [name], name=f"{base}__slice{k}"))
-    return out
+    return dims
 
 
 # ---- shared helpers -------------------------------------------------------------------------------------

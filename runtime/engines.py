@@ -272,18 +272,19 @@ class OrtBackend(InferenceBackend):
 
     @property
     def graphs(self) -> bool:
-        """The decoder replays CUDA graphs: on CUDA unless cuda_graphs=False. Without them, onnxruntime-gpu 1.31.1
-        aborted the process at random calls on an H200 (CUDA error 800 from cudaFreeHost inside a stream callback:
-        benchmarks/device/README.md); in graph mode it releases those buffers on the host and never did."""
+        """Every graph of the bundle (decoders and encoder) replays CUDA graphs: on CUDA unless cuda_graphs=False.
+        A session that runs node by node releases its page-locked staging buffers from a callback on the stream;
+        with onnxruntime-gpu 1.31.1 that aborted the process on an H200 (CUDA error 800, cudaFreeHost inside the
+        callback), at random calls and at exit, in every GPU session of 2026-11-27 (benchmarks/device/README.md).
+        In graph mode ONNX Runtime releases them on the host; processes whose CUDA sessions all replayed graphs
+        never aborted. The encoder's capture costs two extra runs on its first call."""
         return self.device == "cuda" and self.options.cuda_graphs is not False
 
     def _open(self, artifact: ModelArtifact) -> Model:
         path = self.bundle.path(artifact)
         if self.device == "cuda":
             from .gpu import OrtCudaModel
-            # CUDA graphs for the per-frame decoders only (the encoder runs once per avatar)
-            graphs = self.graphs and artifact.role in (ROLE_DECODER, ROLE_DECODER_AVATAR)
-            return OrtCudaModel(path, artifact, self.options, self.cuda_stream, graphs)
+            return OrtCudaModel(path, artifact, self.options, self.cuda_stream, self.graphs)
         return OrtCpuModel(path, self.options)
 
     def stream(self):

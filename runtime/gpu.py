@@ -47,17 +47,22 @@ def to_cuda(x, device) -> Any:
     return host.pin_memory().to(device, non_blocking=True)
 
 
-def cuda_provider_options(device_id: int, stream_handle: int, cuda_graphs: bool) -> dict[str, str]:
-    """The CUDA provider's options, as the C++ runtime sets them (cpp/runtime/ort_session.cpp)."""
+def cuda_provider_options(device_id: int, stream_handle: int, cuda_graphs: bool, precision: str) -> dict[str, str]:
+    """The CUDA provider's options for a model file of ``precision``, as the C++ runtime sets them
+    (cpp/runtime/ort_session.cpp ``cuda_provider_options``)."""
     return {"device_id": str(device_id),
             "user_compute_stream": str(stream_handle),          # ORT, copies and the rasterizer share one stream
             "enable_cuda_graph": "1" if cuda_graphs else "0",
             # fp32 means fp32: ORT's CUDA provider runs float32 MatMul/Conv in TF32 by default (10-bit mantissa),
             # which moved a FLEX-1 frame by up to 0.08 against PyTorch on an H200; fp16 bundles are the fast path
             "use_tf32": "0",
-            # ORT's default exhaustive cuDNN search (the fastest conv algorithms for the upsampler, found once per
-            # shape during the first frames) and an arena that grows by what is asked, not by powers of two
-            "cudnn_conv_algo_search": "EXHAUSTIVE", "arena_extend_strategy": "kSameAsRequested"}
+            # cuDNN's convolution search. fp16: HEURISTIC. On an H200 the FLEX-1 fp16 decoder (CUDA graphs) took
+            # 5.44 ms a call with it against 7.70 ms with ORT's default EXHAUSTIVE, whose timed search picked
+            # implicit_convolve_sgemm / dgrad_engine kernels without tensor cores for the upsampler (2.7 of 4.6
+            # GPU ms a frame), and 18.5 ms with DEFAULT, side by side in one run. fp32: EXHAUSTIVE.
+            "cudnn_conv_algo_search": "HEURISTIC" if precision == "fp16" else "EXHAUSTIVE",
+            # an arena that grows by what is asked, not by powers of two
+            "arena_extend_strategy": "kSameAsRequested"}
 
 
 def cuda_run_options():
@@ -85,7 +90,8 @@ class OrtCudaModel:
         self.stream = stream                                    # ORT, copies and the rasterizer share it
         self.artifact = artifact
         self.cuda_graphs = bool(cuda_graphs)
-        provider = cuda_provider_options(options.device_id, self.stream.cuda_stream, self.cuda_graphs)
+        provider = cuda_provider_options(options.device_id, self.stream.cuda_stream, self.cuda_graphs,
+                                         artifact.precision)
         so = ort_session_options(options)
         try:
             self.session = ort.InferenceSession(str(path), so, providers=[("CUDAExecutionProvider", provider),

@@ -256,7 +256,9 @@ class Runtime:
         role = self._encoder_role(features is not None)
         if role == ROLE_ENCODER_FEATURES:
             feeds["features"] = self._features(features)
-        with self.engine.stream():              # CUDA: the read-back is ordered after the encoder on its stream
+        # CUDA: the read-back is ordered after the encoder on its stream; with CUDA graphs the code is the graph's
+        # fixed output buffer until it is read back, so the frame lock covers both
+        with self._frame_lock, self.engine.stream():
             code = to_numpy(self.engine.load(role).run(feeds)["code"])
         return Avatar(code, source=str(image) if isinstance(image, (str, Path)) else "photo")
 

@@ -31,6 +31,7 @@ VARIANTS = {
     # the decoder's upsampler convolutions (fp16, NCHW in the graph): cuDNN's algorithm choice and ORT's NHWC
     # kernels (wheels built with CUDA NHWC ops; others ignore the option), with graphs as the runtime runs them
     "cudnn-heuristic+graphs": ({"cudnn_conv_algo_search": "HEURISTIC"}, False, True),
+    "cudnn-exhaustive+graphs": ({"cudnn_conv_algo_search": "EXHAUSTIVE"}, False, True),
     "prefer-nhwc+graphs": ({"prefer_nhwc": "1"}, False, True),
     "cudnn-default+graphs": ({"cudnn_conv_algo_search": "DEFAULT"}, False, True),
     "max-workspace+graphs": ({"cudnn_conv_use_max_workspace": "1"}, False, True),
@@ -47,8 +48,8 @@ def child(bundle_dir: str, precision: str, variant: str, frames: int) -> None:
     changes, sync, graphs = VARIANTS[variant]
     base_options = gpu.cuda_provider_options
 
-    def provider_options(device_id, stream_handle, cuda_graphs):
-        opts = base_options(device_id, stream_handle, cuda_graphs)
+    def provider_options(device_id, stream_handle, cuda_graphs, file_precision):
+        opts = base_options(device_id, stream_handle, cuda_graphs, file_precision)
         for key, value in changes.items():
             if value is None:
                 opts.pop(key, None)

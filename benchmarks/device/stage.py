@@ -31,7 +31,6 @@ from flexavatar.dev_fixtures import fixtures_dir  # noqa: E402
 
 PARTS = REPO / ".device" / "parts"
 STAGED_FIXTURES = REPO / ".device" / "fixtures"
-STAGED_BUNDLES = REPO / ".device" / "bundles"
 FIXTURE_FILES = ("official_flex", "driving")     # 17 MB: everything the tests may read
 PIP_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
@@ -80,45 +79,13 @@ def split(wheel: Path, part_bytes: int) -> list[dict]:
     return parts
 
 
-def export_reduced_bundle(which: str) -> None:
-    """The reduced fixture's bundle (fp32 + fp16 ONNX, 6 MB) into .device/bundles/reduced-WHICH: "even" as the
-    exporter writes it, "uneven" without export.graph_passes.uneven_concat_split_without_staging (the graphs of
-    earlier exports, for run_gpu.sh's staging-ab stage)."""
-    import warnings
-
-    from flexavatar.config import FlexConfig
-    from flexavatar.export import export_bundle, graph_passes
-
-    if which == "uneven":
-        graph_passes.uneven_concat_split_without_staging = lambda model: 0
-    official = fixtures_dir() / "official_flex"
-    STAGED_BUNDLES.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        export_bundle(official / "state_dict.safetensors", STAGED_BUNDLES / f"reduced-{which}",
-                      template=official / "gghead_template.obj", config=FlexConfig.from_official_json(
-                          official / "config.json"), precisions=("fp32", "fp16"), targets=("onnx",), force=True,
-                      progress=None)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--wheel", action="append", default=[], help="pip spec, e.g. onnxruntime-gpu==1.31.1")
     ap.add_argument("--part-mib", type=int, default=54, help="part size (a call's tree must stay under 64 MiB)")
     ap.add_argument("--no-fixtures", action="store_true")
-    ap.add_argument("--bundles", action="store_true", help="also export the reduced bundles of the staging-ab "
-                    "stage into .device/bundles (11 MB, carried with the fixtures)")
-    ap.add_argument("--export-reduced", choices=("even", "uneven"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.export_reduced:
-        export_reduced_bundle(args.export_reduced)
-        return
     fixtures = [] if args.no_fixtures else [str(STAGED_FIXTURES.relative_to(REPO))]
-    if args.bundles:
-        for which in ("even", "uneven"):       # one process each: "uneven" switches a pass off
-            subprocess.run([sys.executable, __file__, "--export-reduced", which], check=True)
-        fixtures.append(str(STAGED_BUNDLES.relative_to(REPO)))
-        print(f"reduced bundles exported into {STAGED_BUNDLES.relative_to(REPO)}/ (even, uneven)")
     if fixtures:
         shutil.rmtree(STAGED_FIXTURES, ignore_errors=True)
         print(f"fixtures: {stage_fixtures() / 2**20:.1f} MiB staged in {fixtures[0]}/")

@@ -36,6 +36,7 @@ Status Runtime::open_encoder(bool with_features, OrtModel** out) {
   config.num_threads = options_.num_threads;
   config.require_cuda = decoder_->on_cuda();
   config.cuda_device = options_.cuda_device;
+  config.precision = artifact.precision;
   std::unique_ptr<OrtModel> model;
   Status st = OrtModel::open(bundle_.path(artifact.files[0].path), config, &model);
   if (!st.ok()) return st;

@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <onnxruntime_c_api.h>
@@ -49,7 +50,16 @@ struct SessionConfig {
   // CUDA provider with cuda_stream only: capture the graph on its first runs and replay it after (ORT
   // enable_cuda_graph). Every input and output must then be a device buffer bound once, at a fixed address.
   bool cuda_graphs = false;
+  // The model file's precision ("fp32" / "fp16"): picks the cuDNN convolution search (cuda_provider_options).
+  std::string precision = "fp32";
 };
+
+// The CUDA provider's string options for `config`, as (key, value) pairs. They go to ONNX Runtime in ONE
+// UpdateCUDAProviderOptions call: each call recreates the options from the defaults with only the keys it is
+// given, so a second call would silently undo the first (it did: a later enable_cuda_graph call turned TF32
+// back on and dropped the user stream, and the CUDA-graph decoder raced the rasterizer on its own stream).
+// The stream (a pointer) is set afterwards with UpdateCUDAProviderOptionsWithValue, which changes one key.
+std::vector<std::pair<std::string, std::string>> cuda_provider_options(const SessionConfig& config);
 
 // Where a bound buffer lives: host memory, or CUDA device memory on the session's device.
 enum class Memory { kHost, kCuda };

@@ -166,6 +166,7 @@ Status Runtime::create(const std::string& bundle_dir, const RuntimeOptions& opti
   config.cuda_device = options.cuda_device;
   config.cuda_stream = rt->cuda_ ? rt->cuda_->stream() : nullptr;
   config.cuda_graphs = options.cuda_graphs && rt->cuda_;   // zero copy only: device buffers at fixed addresses
+  config.precision = decoder->precision;
   s = OrtModel::open(rt->bundle_.path(decoder->files[0].path), config, &rt->decoder_);
   if (!s.ok()) return s;
   s = rt->check_decoder_signature(*decoder);

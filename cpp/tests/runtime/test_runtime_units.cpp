@@ -23,6 +23,7 @@
 #include "flexavatar/flexavatar.h"
 #include "harness.h"
 #include "manifest.h"
+#include "ort_session.h"
 #include "sha256.h"
 #include "test_bundle.h"
 
@@ -47,6 +48,39 @@ Status parse(const std::string& text, Manifest* m) { return parse_manifest(text.
 bool mentions(const Status& s, const std::string& word) { return s.message().find(word) != std::string::npos; }
 
 }  // namespace
+
+// ONNX Runtime recreates the CUDA options from its defaults on every UpdateCUDAProviderOptions call, so all of
+// them go in one call: one list, each key once, TF32 off and CUDA graphs in it whenever they are asked for.
+TEST_CASE(cuda_provider_options_are_one_complete_list) {
+  auto find = [](const std::vector<std::pair<std::string, std::string>>& options, const std::string& key) {
+    std::string value = "<absent>";
+    int count = 0;
+    for (const auto& [k, v] : options)
+      if (k == key) value = v, ++count;
+    CHECK(count <= 1);
+    return value;
+  };
+  SessionConfig config;
+  config.cuda_device = 1;
+  auto options = find(cuda_provider_options(config), "enable_cuda_graph");
+  CHECK(options == "<absent>");
+  int stream_stand_in = 0;
+  config.cuda_stream = &stream_stand_in;
+  config.cuda_graphs = true;
+  config.precision = "fp16";
+  const auto graphs = cuda_provider_options(config);
+  CHECK(find(graphs, "enable_cuda_graph") == "1");
+  CHECK(find(graphs, "use_tf32") == "0");
+  CHECK(find(graphs, "device_id") == "1");
+  CHECK(find(graphs, "cudnn_conv_algo_search") == "HEURISTIC");
+  CHECK(find(graphs, "arena_extend_strategy") == "kSameAsRequested");
+  config.precision = "fp32";
+  config.cuda_stream = nullptr;       // graphs need the rasterizer's stream: without it, none
+  const auto plain = cuda_provider_options(config);
+  CHECK(find(plain, "enable_cuda_graph") == "<absent>");
+  CHECK(find(plain, "cudnn_conv_algo_search") == "EXHAUSTIVE");
+  CHECK(find(plain, "use_tf32") == "0");
+}
 
 TEST_CASE(sha256_matches_fips_180_4_vectors) {
   CHECK(sha256_hex("abc", 3) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
