@@ -166,8 +166,8 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, help="with --backend torch: the checkpoint the bundle was exported from")
     p.add_argument("--template", type=Path, help="with --backend torch: its gghead_template.obj")
     p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
-                   help="ONNX Runtime CUDA: replay the decoder as CUDA graphs (default: on there; --no-cuda-graphs "
-                        "turns it off)")
+                   help="ONNX Runtime CUDA: replay the bundle's graphs as CUDA graphs (default: on there; "
+                        "--no-cuda-graphs runs them node by node, which onnxruntime-gpu 1.31 aborts at random)")
 
 
 def open_runtime(args: argparse.Namespace, **extra) -> Runtime:

@@ -25,6 +25,7 @@ This module imports torch and onnxruntime; it is only imported when device="cuda
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -45,6 +46,12 @@ def to_cuda(x, device) -> Any:
         return x.to(device=device, dtype=torch.float32, non_blocking=True).contiguous()
     host = torch.from_numpy(np.array(x, dtype=np.float32, order="C", copy=True))
     return host.pin_memory().to(device, non_blocking=True)
+
+
+log = logging.getLogger("flexavatar.runtime")
+
+# onnxruntime-gpu versions seen aborting CUDA sessions that run node by node (no CUDA graphs)
+NODE_BY_NODE_ABORTS = ("1.31.",)
 
 
 def cuda_provider_options(device_id: int, stream_handle: int, cuda_graphs: bool, precision: str) -> dict[str, str]:
@@ -104,6 +111,10 @@ class OrtCudaModel:
             raise EngineUnavailableError("onnxruntime", "cuda", f"CUDA graphs refused for {path.name}: "
                                          f"{str(e).splitlines()[0][:300]}",
                                          "run without cuda_graphs (or re-export with --opset 18)") from None
+        if not self.cuda_graphs and ort.__version__.startswith(NODE_BY_NODE_ABORTS):
+            log.warning("%s runs node by node on CUDA (cuda_graphs=False): onnxruntime-gpu %s aborted such sessions "
+                        "on an H200 (CUDA error 800, cudaFreeHost in a stream callback; benchmarks/device/README.md). "
+                        "The default, CUDA graphs, never did", path.name, ort.__version__)
         # get_available_providers() lists CUDA in every onnxruntime-gpu install: what counts is the session's
         active = self.session.get_providers()
         if not active or active[0] != "CUDAExecutionProvider":

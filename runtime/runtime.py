@@ -157,9 +157,10 @@ class Runtime:
     rasterizer: a ``flexavatar.kernels`` backend name or "auto" (the fastest for the decoder's arrays;
     ``self.rasterizer`` names the one chosen). precision: which artifacts, "fp32" or "fp16".
     verify: "full" (sha256 of every file, default), "size" or "none". batch: frames per decoder call.
-    cuda_graphs: ONNX Runtime on CUDA replays the decoder as CUDA graphs; None (default) = on there: faster (6.1 vs
-    8.6 ms a FLEX-1 fp16 frame on an H200) and the mode in which onnxruntime-gpu 1.31.1 never aborted (without it,
-    it did at random calls; benchmarks/device/README.md). False turns it off; other engines ignore it.
+    cuda_graphs: ONNX Runtime on CUDA replays the bundle's graphs (decoders and encoder) as CUDA graphs; None
+    (default) = on there: faster (6.1 vs 8.6 ms a FLEX-1 fp16 frame on an H200) and the mode in which
+    onnxruntime-gpu 1.31.1 never aborted (without it, it did at random calls and at exit;
+    benchmarks/device/README.md). False turns it off (with a warning on 1.31); other engines ignore it.
     num_threads: CPU threads per call (0: the library's default). inference_precision: OpenVINO only, its
     INFERENCE_PRECISION_HINT: None (f32 for fp32 artifacts, else the device's choice), "f32", "f16" or "bf16"
     (the other engines compute at the artifacts' precision and ignore it, with a warning).

@@ -63,29 +63,13 @@ Status check_effective_cuda_options(const OrtApi* api, const OrtCUDAProviderOpti
     api->ReleaseStatus(st);
     return Status::ok_status();
   }
-  std::map<std::string, std::string> effective;
   const std::string all = text ? text : "";
-  if (text) api->AllocatorFree(allocator, text);
-  size_t start = 0;
-  while (start < all.size()) {
-    size_t end = all.find(';', start);
-    if (end == std::string::npos) end = all.size();
-    const std::string item = all.substr(start, end - start);
-    const size_t eq = item.find('=');
-    if (eq != std::string::npos) effective[item.substr(0, eq)] = item.substr(eq + 1);
-    start = end + 1;
-  }
-  std::vector<std::pair<std::string, std::string>> checked;
-  for (const auto& [key, value] : wanted)
-    if (key == "device_id" || key == "use_tf32" || key == "enable_cuda_graph" || key == "do_copy_in_default_stream")
-      checked.emplace_back(key, value);
-  if (user_stream) checked.emplace_back("has_user_compute_stream", "1");
-  for (const auto& [key, value] : checked) {
-    const auto it = effective.find(key);
-    if (it != effective.end() && it->second != value)
-      return Status(StatusCode::kInternal, "ONNX Runtime's CUDA provider options did not take: " + key + " is " +
-                                               it->second + ", expected " + value + " (options: " + all + ")");
-  }
+  if (text)
+    if (OrtStatus* st = api->AllocatorFree(allocator, text)) api->ReleaseStatus(st);
+  const std::string mismatch = cuda_options_mismatch(all, wanted, user_stream);
+  if (!mismatch.empty())
+    return Status(StatusCode::kInternal, "ONNX Runtime's CUDA provider options did not take: " + mismatch +
+                                             " (options: " + all + ")");
   return Status::ok_status();
 }
 
@@ -96,6 +80,37 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 }
 
 }  // namespace
+
+std::string cuda_options_mismatch(const std::string& effective_text,
+                                  const std::vector<std::pair<std::string, std::string>>& wanted, bool user_stream) {
+  std::map<std::string, std::string> effective;
+  size_t start = 0;
+  while (start < effective_text.size()) {
+    size_t end = effective_text.find(';', start);
+    if (end == std::string::npos) end = effective_text.size();
+    const std::string item = effective_text.substr(start, end - start);
+    const size_t eq = item.find('=');
+    if (eq != std::string::npos) {
+      std::string value = item.substr(eq + 1);
+      if (value == "true") value = "1";
+      if (value == "false") value = "0";
+      effective[item.substr(0, eq)] = value;
+    }
+    start = end + 1;
+  }
+  std::vector<std::pair<std::string, std::string>> checked;
+  for (const auto& [key, value] : wanted)
+    if (key == "device_id" || key == "use_tf32" || key == "enable_cuda_graph" || key == "do_copy_in_default_stream")
+      checked.emplace_back(key, value);
+  if (user_stream) checked.emplace_back("has_user_compute_stream", "1");
+  std::string mismatches;
+  for (const auto& [key, value] : checked) {
+    const auto it = effective.find(key);
+    if (it != effective.end() && it->second != value)
+      mismatches += (mismatches.empty() ? "" : "; ") + key + " is " + it->second + ", expected " + value;
+  }
+  return mismatches;
+}
 
 std::vector<std::pair<std::string, std::string>> cuda_provider_options(const SessionConfig& config) {
   // As the Python runtime (runtime/gpu.py cuda_provider_options). cuDNN's convolution search: HEURISTIC for fp16

@@ -61,6 +61,12 @@ struct SessionConfig {
 // The stream (a pointer) is set afterwards with UpdateCUDAProviderOptionsWithValue, which changes one key.
 std::vector<std::pair<std::string, std::string>> cuda_provider_options(const SessionConfig& config);
 
+// "" when the options ONNX Runtime reports (GetCUDAProviderOptionsAsString: "key=value;...") agree with `wanted`
+// on the integer and boolean keys (their text form is unambiguous; keys it does not report are not judged) and
+// on the user stream; else each key that differs and how ("; "-separated).
+std::string cuda_options_mismatch(const std::string& effective_text,
+                                  const std::vector<std::pair<std::string, std::string>>& wanted, bool user_stream);
+
 // Where a bound buffer lives: host memory, or CUDA device memory on the session's device.
 enum class Memory { kHost, kCuda };
 

@@ -82,6 +82,27 @@ TEST_CASE(cuda_provider_options_are_one_complete_list) {
   CHECK(find(plain, "use_tf32") == "0");
 }
 
+// The read-back check of the effective CUDA options: what a second UpdateCUDAProviderOptions call did (TF32 back
+// on, the user stream dropped) is caught; what agrees, or is not reported, passes.
+TEST_CASE(cuda_options_mismatch_names_the_key_that_did_not_take) {
+  int stream_stand_in = 0;
+  SessionConfig config;
+  config.cuda_stream = &stream_stand_in;
+  config.cuda_graphs = true;
+  const auto wanted = cuda_provider_options(config);
+  const std::string good = "device_id=0;has_user_compute_stream=1;gpu_mem_limit=18446744073709551615;"
+                           "arena_extend_strategy=kSameAsRequested;use_tf32=0;enable_cuda_graph=1;"
+                           "do_copy_in_default_stream=1;cudnn_conv_algo_search=EXHAUSTIVE;";
+  CHECK(cuda_options_mismatch(good, wanted, true).empty());
+  CHECK(cuda_options_mismatch("", wanted, true).empty());                      // nothing reported: not judged
+  CHECK(cuda_options_mismatch("use_tf32=false;enable_cuda_graph=true", wanted, true).empty());
+  const std::string reset = "device_id=0;has_user_compute_stream=0;use_tf32=1;enable_cuda_graph=1;";
+  CHECK(cuda_options_mismatch(reset, wanted, true).find("has_user_compute_stream is 0, expected 1") !=
+        std::string::npos);
+  CHECK(cuda_options_mismatch("use_tf32=1", wanted, true) == "use_tf32 is 1, expected 0");
+  CHECK(cuda_options_mismatch("has_user_compute_stream=0", wanted, false).empty());   // no stream asked for
+}
+
 TEST_CASE(sha256_matches_fips_180_4_vectors) {
   CHECK(sha256_hex("abc", 3) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   CHECK(sha256_hex("", 0) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
