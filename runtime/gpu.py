@@ -124,7 +124,7 @@ class OrtCudaModel:
         self.output_names = [o.name for o in artifact.outputs]
         self.run_options = cuda_run_options()
         self._local = threading.local()          # IOBinding objects are not thread-safe
-        self._graphs: dict[int, _GraphSlot] = {}
+        self._graphs: dict[tuple, _GraphSlot] = {}        # per input shapes (batch size, feature map size)
         self._graph_lock = threading.Lock()
 
     # -- buffers --
@@ -182,9 +182,10 @@ class OrtCudaModel:
         # The outputs are the slot's fixed buffers, overwritten by the next replay: callers that share this
         # model across threads hold a lock until they have consumed them (Runtime does, per frame).
         with self._graph_lock:
-            slot = self._graphs.get(n)
+            shapes = tuple((name, tuple(x.shape)) for name, x in sorted(feeds.items()))
+            slot = self._graphs.get(shapes)
             if slot is None:
-                slot = self._graphs[n] = _GraphSlot(self, feeds, n, graph_id=len(self._graphs))
+                slot = self._graphs[shapes] = _GraphSlot(self, feeds, n, graph_id=len(self._graphs))
             slot.run(feeds)
             return slot.outputs
 
