@@ -225,6 +225,24 @@ def test_fp16_files_run_when_asked_and_equal_the_python_runtime_fp16(release_bui
         assert 1e-4 < worst < 0.1, worst     # the fp16 decoder ran (not fp32), with fp16-sized errors only
 
 
+def test_numerics_check_equals_the_python_runtimes(release_build, bundle_dir, python_runtime):
+    """flexavatar_runtime_check_numerics (tests/runtime_check) on the exported bundle gives the Python runtime's
+    check of its decoder on the same engine (ONNX Runtime CPU provider, CPU rasterizer): the same max errors per
+    output and the same worst-frame PSNR, read from the same check.npz (numpy's ZIP64-flavoured archive)."""
+    import json
+
+    proc = subprocess.run([str(release_build / "tests/runtime_check"), str(bundle_dir)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    want = next(c for c in python_runtime.check_numerics().checks if c.name == "decoder")
+    assert got["passed"] is True and got["target_db"] == want.target_db
+    assert got["num_expressions"] == len(Bundle.open(bundle_dir).check_set().expressions)
+    assert got["psnr_db"] == pytest.approx(want.psnr_db, abs=0.01) and want.psnr_db >= want.target_db
+    for name, error in want.errors.items():
+        assert got["max_abs_error"][name] == pytest.approx(error, rel=1e-3, abs=SAME_LIBRARY_TOLERANCE / 100)
+
+
 def test_rgba_frame_is_the_quantised_float_frame(cpp_outputs):
     for frame in cpp_outputs:
         expect_rgb = np.floor(np.clip(frame["rgb"], 0, 1) * 255 + 0.5).astype(np.uint8)
@@ -315,6 +333,40 @@ def test_example_writes_png_frames_equal_to_the_runtime_and_reports_latency(exam
         image = np.asarray(Image.open(png))
         assert image.shape == (RENDER_SIZE, RENDER_SIZE, 4) and image.dtype == np.uint8
         np.testing.assert_array_equal(image, frame["rgba"])
+
+
+def test_example_verify_checks_the_numerics_before_rendering(example_app, bundle_dir, inputs, tmp_path):
+    """--verify: the bundle's check set on the runtime first; frames only when it passes. A check set whose reference
+    Gaussians were moved (a copy of the bundle, manifest hash updated) fails it, and nothing is written."""
+    import hashlib
+    import json
+
+    args = [str(inputs["code_path"]), str(inputs["expressions_path"])]
+    out = tmp_path / "frames"
+    proc = subprocess.run([str(example_app), str(bundle_dir), *args, str(out), "--size", "32", "--verify"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"numerics \(CPUExecutionProvider, fp32, cpu rasterizer\): worst frame [0-9.]+ dB "
+                     r"\(target 60 dB\).*: ok", proc.stdout), proc.stdout
+    assert len(list(out.glob("frame_*.png"))) == len(inputs["expressions"])
+
+    moved = tmp_path / "moved"
+    shutil.copytree(bundle_dir, moved)
+    with np.load(moved / "check.npz") as check:
+        arrays = {k: check[k] for k in check.files}
+    arrays["means"] = arrays["means"] + np.float32(0.05)
+    with (moved / "check.npz").open("wb") as fh:
+        np.savez(fh, **arrays)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    data = (moved / "check.npz").read_bytes()
+    manifest["check"]["file"].update(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "not_written"
+    proc = subprocess.run([str(example_app), str(moved), *args, str(out), "--verify"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1 and "numerics check failed" in proc.stderr, proc.stdout + proc.stderr
+    assert "means 0.05" in proc.stdout and ": FAILED" in proc.stdout, proc.stdout
+    assert not list(out.glob("frame_*.png"))
 
 
 def test_example_shows_the_head_pose_like_the_python_runtime(example_app, bundle_dir, inputs, python_runtime,

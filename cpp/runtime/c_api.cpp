@@ -377,6 +377,26 @@ flexavatar_status flexavatar_runtime_render(flexavatar_runtime* runtime, const f
   });
 }
 
+flexavatar_status flexavatar_runtime_check_numerics(flexavatar_runtime* runtime, flexavatar_numerics* out) {
+  return with_runtime(runtime, "flexavatar_runtime_check_numerics", [&](Runtime& rt) {
+    if (!out) return Status(StatusCode::kNullPointer, "flexavatar_runtime_check_numerics: out is NULL");
+    if (out->struct_size != sizeof(flexavatar_numerics))
+      return Status(StatusCode::kInvalidArgument, "flexavatar_runtime_check_numerics: out->struct_size is " +
+                                                      std::to_string(out->struct_size) + ", expected " +
+                                                      std::to_string(sizeof(flexavatar_numerics)) +
+                                                      " (sizeof(flexavatar_numerics))");
+    flexavatar::runtime::NumericsCheck check;
+    Status s = rt.check_numerics(&check);
+    if (!s.ok()) return s;
+    out->passed = check.passed ? 1 : 0;
+    out->num_expressions = int32_t(check.expressions);
+    out->psnr_db = check.psnr_db;
+    out->target_db = check.target_db;
+    for (int i = 0; i < 5; ++i) out->max_abs_error[i] = check.max_abs_error[i];
+    return s;
+  });
+}
+
 flexavatar_status flexavatar_runtime_render_device(flexavatar_runtime* runtime, const float* expression,
                                                    int64_t expression_count, const flexavatar_camera* camera,
                                                    flexavatar_device_frame* out) {

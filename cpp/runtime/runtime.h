@@ -69,6 +69,18 @@ struct FrameView {
 };
 using DeviceFrameView = DeviceFrame;
 
+// The bundle's numerics check through this runtime (Runtime::check_numerics).
+struct NumericsCheck {
+  bool passed = false;        // every decoded value finite and the worst frame at or above target_db
+  int64_t expressions = 0;    // frames checked (the check set's expressions)
+  double psnr_db = 0;         // worst frame, decoded vs reference Gaussians through this rasterizer (+inf: identical)
+  double target_db = 0;       // psnr_target_db(precision)
+  double max_abs_error[5] = {0, 0, 0, 0, 0};  // means, quats, scales, opacities, sh0
+};
+// The PSNR a frame must reach against PyTorch's: 60 dB for fp32 decoders, 40 dB for fp16 (flexavatar.bundle's
+// PSNR_TARGET_DB, the export's own targets).
+double psnr_target_db(const std::string& precision);
+
 class Runtime {
  public:
   static Status create(const std::string& bundle_dir, const RuntimeOptions& options, std::unique_ptr<Runtime>* out);
@@ -97,6 +109,9 @@ class Runtime {
   Status render(const float* expression, int64_t count, const Camera& camera, FrameView* out);
   // The CUDA rasterizer's frame left on the device (kUnavailable with the CPU rasterizer).
   Status render_device(const float* expression, int64_t count, const Camera& camera, DeviceFrameView* out);
+  // check.npz (the check inputs and PyTorch's fp32 outputs, written at export) through this decoder and
+  // rasterizer. Uses the check's avatar code for the check and restores the runtime's afterwards.
+  Status check_numerics(NumericsCheck* out);
 
  private:
   Runtime() = default;
@@ -110,6 +125,8 @@ class Runtime {
   Status render_cuda(const float* expression, int64_t count, const Camera& camera, bool to_host, FrameView* host,
                      DeviceFrameView* device);
   Status open_encoder(bool with_features, OrtModel** out);
+  // Host Gaussians through this runtime's rasterizer (CPU, or CUDA via the page-locked block) → rgb [H, W, 3].
+  Status rasterize_gaussians(const GaussiansView& g, const Camera& camera, std::vector<float>* rgb);
   bool zero_copy() const { return cuda_ && decoder_ && decoder_->on_cuda(); }
 
   Bundle bundle_;

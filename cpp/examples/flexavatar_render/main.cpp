@@ -1,9 +1,10 @@
 // flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N] [--device auto|cpu|cuda|cuda:N]
-//                   [--rasterizer auto|cpu|cuda] [--features FEATURES.npy] [--head-pose]
+//                   [--rasterizer auto|cpu|cuda] [--features FEATURES.npy] [--head-pose] [--verify]
 //
 // Renders one PNG frame per expression (frame_00000.png, ...) from the bundle's default camera and prints
 // the per-frame latency (decoder + rasterizer + RGBA) as p50 / p95. --head-pose shows each code's rigid head
-// pose (the tracked head motion), as the official GUI does.
+// pose (the tracked head motion), as the official GUI does. --verify first runs the bundle's numerics check
+// on this runtime (flexavatar_runtime_check_numerics) and renders only if it passes.
 //   AVATAR       an avatar code .npy float32 (R², 1, D); "-" for the bundle's own avatar_code.npy; or a photo
 //                .npy float32 [S, S, 3] (or [3, S, S]) in [0, 1] on white, encoded by the bundle's encoder
 //                (with --features: its DINOv2 features [C, h, w], for bundles exported without DINOv2)
@@ -33,6 +34,7 @@ int usage() {
   std::fprintf(stderr,
                "usage: flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N] "
                "[--device auto|cpu|cuda|cuda:N] [--rasterizer auto|cpu|cuda] [--features FEATURES.npy] [--head-pose]\n"
+               "               [--verify]\n"
                "  AVATAR: avatar code .npy float32 (R^2, 1, D); - for the bundle's avatar_code.npy; or a photo\n"
                "          .npy float32 [S, S, 3] in [0, 1] to encode (--features: DINOv2 features [C, h, w])\n"
                "  EXPRESSIONS: .npy float32 [E, 135]\n");
@@ -239,7 +241,7 @@ int main(int argc, char** argv) {
   int size = 0, threads = 0;
   int device = FLEXAVATAR_DEVICE_AUTO, rasterizer = FLEXAVATAR_RASTERIZER_AUTO, cuda_device = 0;
   std::string features_path;
-  bool head_pose = false;
+  bool head_pose = false, verify = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") {
@@ -274,6 +276,8 @@ int main(int argc, char** argv) {
       }
     } else if (arg == "--head-pose") {
       head_pose = true;
+    } else if (arg == "--verify") {
+      verify = true;
     } else if (arg.size() > 1 && arg[0] == '-') {
       return usage_error("unknown option '" + arg + "'");
     } else {
@@ -336,6 +340,20 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "error: EXPRESSIONS %s: no frames (shape %s)\n", expr_path.c_str(),
                    shape_string(shape).c_str());
       return 1;
+    }
+    if (verify) {
+      // the export's check set through this provider, precision and rasterizer, before anything is written
+      const flexavatar_numerics n = rt.check_numerics();
+      std::printf("numerics (%s, %s, %s rasterizer): worst frame %.1f dB (target %.0f dB); max |err| means %.2g, "
+                  "quats %.2g, scales %.2g, opacities %.2g, sh0 %.2g: %s\n",
+                  info.decoder_provider, info.decoder_precision, info.rasterizer, n.psnr_db, n.target_db,
+                  n.max_abs_error[0], n.max_abs_error[1], n.max_abs_error[2], n.max_abs_error[3], n.max_abs_error[4],
+                  n.passed ? "ok" : "FAILED");
+      if (!n.passed) {
+        std::fprintf(stderr, "error: the numerics check failed: this runtime's frames are not the exported model's "
+                             "(nothing rendered)\n");
+        return 1;
+      }
     }
     set_avatar(rt, info, avatar, features_path);
 

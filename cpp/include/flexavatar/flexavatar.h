@@ -194,6 +194,19 @@ typedef struct flexavatar_device_frame {
   const float* depth;    /* device [H, W] */
 } flexavatar_device_frame;
 
+/* The bundle's numerics check through this runtime (flexavatar_runtime_check_numerics): per Gaussian output the
+ * max |error| against the PyTorch fp32 outputs recorded at export (check.npz), and the worst frame's PSNR
+ * between the decoded and the recorded Gaussians, both rendered by this runtime's rasterizer at image_size² on
+ * white from the check's camera. The targets are the export's: 60 dB for an fp32 decoder, 40 dB for fp16. */
+typedef struct flexavatar_numerics {
+  uint32_t struct_size;     /* set by the caller: sizeof(flexavatar_numerics) */
+  int32_t passed;           /* 1: every decoded value finite and every frame at or above target_db */
+  int32_t num_expressions;  /* frames checked */
+  double psnr_db;           /* the worst frame's; +inf when the frames are identical */
+  double target_db;
+  double max_abs_error[5];  /* means, quats, scales, opacities, sh0 */
+} flexavatar_numerics;
+
 /* A photo to encode into an avatar code (flexavatar_runtime_create_avatar_code). */
 typedef struct flexavatar_encoder_input {
   uint32_t struct_size;   /* sizeof(flexavatar_encoder_input); set by flexavatar_encoder_input_init */
@@ -265,6 +278,13 @@ FLEXAVATAR_API flexavatar_status flexavatar_runtime_render_device(flexavatar_run
                                                                   const float* expression, int64_t expression_count,
                                                                   const flexavatar_camera* camera,
                                                                   flexavatar_device_frame* out);
+
+/* Runs the bundle's numerics check (see flexavatar_numerics) on this runtime's provider, precision and
+ * rasterizer: what the export checked on its machine, checked where the runtime runs (a GPU's kernels, a
+ * library version, a CPU's compute precision). The check's avatar code is used for the check and the runtime's
+ * own code is restored after it. FLEXAVATAR_ERROR_UNAVAILABLE for a bundle without a check set (re-export). */
+FLEXAVATAR_API flexavatar_status flexavatar_runtime_check_numerics(flexavatar_runtime* runtime,
+                                                                  flexavatar_numerics* out);
 
 /* The bundle's default camera: the avatar photo's camera when the bundle has one, else a frontal camera
  * 1 m in front of the head with the encoder's field of view; image_size x image_size, white background. */

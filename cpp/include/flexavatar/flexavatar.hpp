@@ -98,6 +98,13 @@ class Runtime {
                                            &camera, &out));
     return out;
   }
+  // The bundle's numerics check on this runtime (check.npz against its decoder and rasterizer).
+  flexavatar_numerics check_numerics() {
+    flexavatar_numerics out{};
+    out.struct_size = sizeof(out);
+    check(flexavatar_runtime_check_numerics(handle_, &out));
+    return out;
+  }
 
  private:
   flexavatar_runtime* handle_ = nullptr;

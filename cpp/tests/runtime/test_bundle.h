@@ -4,9 +4,12 @@
 
 #include <unistd.h>
 
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "sha256.h"
 #include "tiny_onnx.h"
@@ -45,6 +48,77 @@ inline std::string valid_manifest(const std::string& model_path = "decoder.fp32.
     "fp32_ops": [], "notes": ""}],
   "avatar": null, "export_seconds": 1.5
 })";
+}
+
+// A float32 C-order .npy file (format 1.0), as numpy writes it.
+inline std::string npy_bytes(const std::vector<int64_t>& shape, const std::vector<float>& values,
+                             const std::string& descr = "<f4") {
+  std::string dims;
+  for (int64_t d : shape) dims += std::to_string(d) + ", ";
+  std::string header = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': (" + dims + "), }";
+  while ((10 + header.size() + 1) % 64) header += ' ';
+  header += '\n';
+  std::string bytes = std::string("\x93NUMPY\x01\x00", 8);
+  bytes += char(header.size() & 0xFF);
+  bytes += char(header.size() >> 8);
+  bytes += header;
+  bytes.append(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
+  return bytes;
+}
+
+// An .npz: a ZIP of the entries (name → .npy bytes), stored, with the ZIP64 extra field in each local header
+// (sizes 0xFFFFFFFF there) as np.savez writes it; `method` 8 labels the entries deflated (not applied).
+inline std::string npz_bytes(const std::vector<std::pair<std::string, std::string>>& entries, uint16_t method = 0) {
+  auto put = [](std::string& out, uint64_t v, int bytes) {
+    for (int i = 0; i < bytes; ++i) out += char((v >> (8 * i)) & 0xFF);
+  };
+  std::string zip, directory;
+  for (const auto& [name, data] : entries) {
+    const uint64_t offset = zip.size();
+    put(zip, 0x04034b50, 4);
+    put(zip, 45, 2);
+    put(zip, 0, 2);
+    put(zip, method, 2);
+    put(zip, 0, 4);  // time, date
+    put(zip, 0, 4);  // crc (not checked by the reader)
+    put(zip, 0xFFFFFFFFu, 4);
+    put(zip, 0xFFFFFFFFu, 4);
+    put(zip, name.size(), 2);
+    put(zip, 20, 2);  // the ZIP64 extra field: id, length 16, uncompressed and compressed sizes
+    zip += name;
+    put(zip, 0x0001, 2);
+    put(zip, 16, 2);
+    put(zip, data.size(), 8);
+    put(zip, data.size(), 8);
+    zip += data;
+    put(directory, 0x02014b50, 4);
+    put(directory, 45, 2);
+    put(directory, 45, 2);
+    put(directory, 0, 2);
+    put(directory, method, 2);
+    put(directory, 0, 4);
+    put(directory, 0, 4);
+    put(directory, data.size(), 4);
+    put(directory, data.size(), 4);
+    put(directory, name.size(), 2);
+    put(directory, 0, 2);
+    put(directory, 0, 2);
+    put(directory, 0, 2);
+    put(directory, 0, 2);
+    put(directory, 0, 4);
+    put(directory, offset, 4);
+    directory += name;
+  }
+  const uint64_t dir_offset = zip.size();
+  zip += directory;
+  put(zip, 0x06054b50, 4);
+  put(zip, 0, 4);
+  put(zip, entries.size(), 2);
+  put(zip, entries.size(), 2);
+  put(zip, directory.size(), 4);
+  put(zip, dir_offset, 4);
+  put(zip, 0, 2);
+  return zip;
 }
 
 inline void write_file(const fs::path& path, const std::string& bytes) {

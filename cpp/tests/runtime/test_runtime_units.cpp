@@ -23,6 +23,7 @@
 #include "flexavatar/flexavatar.h"
 #include "harness.h"
 #include "manifest.h"
+#include "npz.h"
 #include "ort_session.h"
 #include "sha256.h"
 #include "test_bundle.h"
@@ -284,6 +285,27 @@ TEST_CASE(npy_reader_accepts_float32_c_order_and_rejects_the_rest) {
   CHECK(parse_npy(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 1099511627776, 1099511627776), }", 0), &a).ok());
 }
 
+TEST_CASE(npz_reader_reads_numpy_archives_and_rejects_the_rest) {
+  auto parse = [](const std::string& bytes, std::map<std::string, NpyArray>* out) {
+    return parse_npz_float32(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), "t.npz", out);
+  };
+  const std::string good = npz_bytes({{"code.npy", npy_bytes({2, 3}, {0, 1, 2, 3, 4, 5})},
+                                      {"expressions.npy", npy_bytes({4}, {9, 8, 7, 6})}});
+  std::map<std::string, NpyArray> arrays;
+  CHECK(parse(good, &arrays).ok());
+  CHECK(arrays.size() == 2 && arrays["code"].shape == (std::vector<int64_t>{2, 3}) && arrays["code"].values[5] == 5.f);
+  CHECK(arrays["expressions"].values == (std::vector<float>{9, 8, 7, 6}));
+  const Status compressed = parse(npz_bytes({{"code.npy", npy_bytes({1}, {1})}}, 8), &arrays);
+  CHECK(compressed.code() == StatusCode::kBundleInvalid && mentions(compressed, "code.npy is compressed"));
+  const Status doubles = parse(npz_bytes({{"x.npy", npy_bytes({1}, {0, 0}, "<f8")}}), &arrays);
+  CHECK(doubles.code() == StatusCode::kBundleInvalid && mentions(doubles, "t.npz: x") && mentions(doubles, "float32"));
+  // every truncation is an error naming the archive, never a crash or a read past the end
+  for (size_t n = 0; n < good.size(); ++n) {
+    const Status s = parse(good.substr(0, n), &arrays);
+    CHECK(!s.ok() && s.code() == StatusCode::kBundleInvalid && mentions(s, "t.npz"));
+  }
+}
+
 TEST_CASE(bundle_files_are_checked_for_presence_size_and_hash) {
   const fs::path dir = scratch("verify");
   const std::string model = "not really an onnx model";
@@ -333,6 +355,9 @@ TEST_CASE(c_api_null_and_stale_handles_give_invalid_handle) {
     flexavatar_device_frame df{};
     df.struct_size = sizeof(df);
     CHECK(flexavatar_runtime_render_device(handle, expression, 135, &cam, &df) == FLEXAVATAR_ERROR_INVALID_HANDLE);
+    flexavatar_numerics numerics{};
+    numerics.struct_size = sizeof(numerics);
+    CHECK(flexavatar_runtime_check_numerics(handle, &numerics) == FLEXAVATAR_ERROR_INVALID_HANDLE);
     flexavatar_runtime_destroy(handle);  // ignored, no crash
   }
   CHECK(flexavatar_api_version() == FLEXAVATAR_API_VERSION);
@@ -508,6 +533,89 @@ TEST_CASE(c_api_tiny_bundle_decodes_its_constant_gaussians) {
   flexavatar_gaussians g{};
   CHECK(flexavatar_runtime_decode(rt, expression.data(), 135, &g) == FLEXAVATAR_OK);
   CHECK(g.num_gaussians == 4 && g.opacities && g.opacities[3] == 0.5f && g.quats && g.quats[4] == 1.f);
+  flexavatar_runtime_destroy(rt);
+  fs::remove_all(dir);
+}
+
+// The numerics check on a live runtime: a check set holding the runtime's own Gaussians passes exactly; a moved
+// reference value shows as that output's error; the runtime's avatar code (or its absence) survives the check.
+TEST_CASE(c_api_check_numerics_compares_with_the_check_set_and_restores_the_code) {
+  const fs::path dir = tiny_bundle("numerics");
+  flexavatar_runtime* rt = nullptr;
+  CHECK(create_cpu(dir, &rt) == FLEXAVATAR_OK);
+  flexavatar_numerics n{};
+  n.struct_size = sizeof(n);
+  CHECK(flexavatar_runtime_check_numerics(rt, &n) == FLEXAVATAR_ERROR_UNAVAILABLE &&
+        mentions(Status(StatusCode::kUnavailable, flexavatar_last_error()), "no numerics check set"));
+  // the reference: what this runtime decodes for the check's code and two expressions
+  const std::vector<float> check_code(32, 0.5f);
+  std::vector<float> expressions(2 * 135, 0.f);
+  expressions[135 + 7] = 0.3f;
+  CHECK(flexavatar_runtime_set_avatar_code(rt, check_code.data(), 32) == FLEXAVATAR_OK);
+  std::vector<float> fields[5];
+  const int widths[5] = {3, 4, 3, 1, 3};
+  for (int e = 0; e < 2; ++e) {
+    flexavatar_gaussians g{};
+    CHECK(flexavatar_runtime_decode(rt, expressions.data() + e * 135, 135, &g) == FLEXAVATAR_OK);
+    const float* got[5] = {g.means, g.quats, g.scales, g.opacities, g.sh0};
+    for (int i = 0; i < 5; ++i) fields[i].insert(fields[i].end(), got[i], got[i] + 4 * widths[i]);
+  }
+  flexavatar_camera camera{};
+  CHECK(flexavatar_runtime_default_camera(rt, &camera) == FLEXAVATAR_OK);
+  flexavatar_runtime_destroy(rt);
+
+  const std::string model_bytes = [&] {
+    std::ifstream in(dir / "decoder.fp32.onnx", std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  }();
+  auto write_check = [&](const std::vector<float>& means) {
+    const std::string npz = npz_bytes({{"code.npy", npy_bytes({1, 4, 8}, check_code)},
+                                       {"expressions.npy", npy_bytes({2, 135}, expressions)},
+                                       {"means.npy", npy_bytes({2, 4, 3}, means)},
+                                       {"quats.npy", npy_bytes({2, 4, 4}, fields[1])},
+                                       {"scales.npy", npy_bytes({2, 4, 3}, fields[2])},
+                                       {"opacities.npy", npy_bytes({2, 4}, fields[3])},
+                                       {"sh0.npy", npy_bytes({2, 4, 3}, fields[4])},
+                                       {"cam2world.npy", npy_bytes({1, 4, 4}, std::vector<float>(camera.cam2world,
+                                                                                                camera.cam2world + 16))},
+                                       {"intrinsics.npy", npy_bytes({1, 3, 3}, std::vector<float>(camera.intrinsics,
+                                                                                                 camera.intrinsics + 9))}});
+    write_file(dir / "check.npz", npz);
+    const std::string check = R"("check": {"file": )" +
+                              file_json("check.npz", sha256_hex(npz.data(), npz.size()), long(npz.size())) +
+                              R"(, "n_expressions": 2, "description": "d"}, "avatar": null)";
+    write_file(dir / "manifest.json",
+               replace_once(valid_manifest("decoder.fp32.onnx", sha256_hex(model_bytes.data(), model_bytes.size()),
+                                           long(model_bytes.size())),
+                            R"("avatar": null)", check));
+  };
+
+  write_check(fields[0]);
+  CHECK(create_cpu(dir, &rt) == FLEXAVATAR_OK);
+  const std::vector<float> own_code(32, -0.25f);
+  CHECK(flexavatar_runtime_set_avatar_code(rt, own_code.data(), 32) == FLEXAVATAR_OK);
+  n = flexavatar_numerics{};
+  n.struct_size = sizeof(n);
+  CHECK(flexavatar_runtime_check_numerics(rt, &n) == FLEXAVATAR_OK);
+  CHECK(n.passed == 1 && n.num_expressions == 2 && std::isinf(n.psnr_db) && n.target_db == 60.0);
+  for (double err : n.max_abs_error) CHECK(err == 0.0);
+  std::vector<float> code_after(32);
+  CHECK(flexavatar_runtime_get_avatar_code(rt, code_after.data(), 32) == FLEXAVATAR_OK && code_after == own_code);
+  n.struct_size = 8;
+  CHECK(flexavatar_runtime_check_numerics(rt, &n) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+  flexavatar_runtime_destroy(rt);
+
+  std::vector<float> moved = fields[0];
+  moved[3 * 4 + 1] += 0.5f;  // expression 1, Gaussian 0, y
+  write_check(moved);
+  CHECK(create_cpu(dir, &rt) == FLEXAVATAR_OK);  // no code of its own: none after the check either
+  n = flexavatar_numerics{};
+  n.struct_size = sizeof(n);
+  CHECK(flexavatar_runtime_check_numerics(rt, &n) == FLEXAVATAR_OK);
+  CHECK(std::fabs(n.max_abs_error[0] - 0.5) < 1e-6 && n.max_abs_error[1] == 0.0 && n.max_abs_error[4] == 0.0);
+  std::vector<float> expression(135, 0.f);
+  flexavatar_gaussians g{};
+  CHECK(flexavatar_runtime_decode(rt, expression.data(), 135, &g) == FLEXAVATAR_ERROR_NO_AVATAR_CODE);
   flexavatar_runtime_destroy(rt);
   fs::remove_all(dir);
 }
