@@ -114,11 +114,11 @@ PY
     FLEXAVATAR_TEST_GRAPHS_ONLY=1 FLEXAVATAR_TEST_BUNDLE=$RT_BUILD/test_bundle \
       FLEXAVATAR_TEST_CODE=$RT_BUILD/test_bundle_code.npy timeout 120 \
       ctest --test-dir "$RT_BUILD" -R '^runtime_cuda_check$' --output-on-failure -V 2>&1 | tee "$LOGS/runtime_cuda_graphs.log" \
-      | grep -E "SKIP|NOTE|FAIL|passed|failed|decode|latency|Skipped|tests passed" | tail -25
+      | grep -E "SKIP|NOTE|FAIL|passed|failed|decode|numerics|latency|Skipped|tests passed" | tail -25
     echo "   -- every path"
     FLEXAVATAR_TEST_BUNDLE=$RT_BUILD/test_bundle FLEXAVATAR_TEST_CODE=$RT_BUILD/test_bundle_code.npy timeout 180 \
       ctest --test-dir "$RT_BUILD" -R '^runtime_cuda_check$' --output-on-failure -V 2>&1 | tee "$LOGS/runtime_cuda.log" \
-      | grep -E "SKIP|NOTE|FAIL|passed|failed|frame|latency|rasterizer|Skipped|tests passed" | tail -40
+      | grep -E "SKIP|NOTE|FAIL|passed|failed|frame|numerics|latency|rasterizer|Skipped|tests passed" | tail -40
   else
     echo "   FAIL: exporting the test bundle failed:"; tail -15 "$LOGS/runtime_bundle.log"
   fi

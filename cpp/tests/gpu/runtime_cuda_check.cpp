@@ -18,6 +18,7 @@
 //  * with that provider and CUDA graphs: decode() in sequence and interleaved with another CUDA session, each
 //    call against the CPU provider's Gaussians. FLEXAVATAR_TEST_GRAPHS_ONLY=1 runs only the CUDA-graph runtime
 //    on the CUDA provider (onnxruntime-gpu 1.31.1 aborts node-by-node CUDA sessions at random).
+//  * the bundle's numerics check (check.npz) through the CUDA rasterizer and the CUDA-graph decoder passes.
 // Exit 0: passed; 1: failed; 77: skipped (no CUDA device, or no bundle), with the reason on stdout.
 #include <cuda_runtime.h>
 
@@ -437,6 +438,26 @@ int main(int argc, char** argv) {
     expect(worst <= 1e-5, "decode() of the CUDA-rasterizer runtime differs from the CPU runtime's");
   } else {
     expect(false, std::string("decode: ") + flexavatar_last_error());
+  }
+
+  // The bundle's numerics check (check.npz) through the CUDA rasterizer, and the CUDA provider with graphs: it
+  // passes as on the CPU, and leaves each runtime's avatar code as it was.
+  for (flexavatar_runtime* rt : {upload, graphs}) {
+    if (!ok || !rt) continue;
+    const char* name = rt == graphs ? "CUDA decoder (CUDA graph) + CUDA rasterizer" : "CPU decoder + CUDA rasterizer";
+    flexavatar_numerics n{};
+    n.struct_size = sizeof(n);
+    const flexavatar_status st = flexavatar_runtime_check_numerics(rt, &n);
+    if (st == FLEXAVATAR_ERROR_UNAVAILABLE) {
+      std::printf("NOTE: numerics check not run (%s)\n", flexavatar_last_error());
+      continue;
+    }
+    expect(st == FLEXAVATAR_OK, std::string("check_numerics (") + name + "): " + flexavatar_last_error());
+    if (st != FLEXAVATAR_OK) continue;
+    std::printf("  numerics %s: worst frame %.1f dB (target %.0f); max |err| means %.2g quats %.2g scales %.2g "
+                "opacities %.2g sh0 %.2g\n", name, n.psnr_db, n.target_db, n.max_abs_error[0], n.max_abs_error[1],
+                n.max_abs_error[2], n.max_abs_error[3], n.max_abs_error[4]);
+    expect(n.passed == 1, std::string("the numerics check fails with the ") + name);
   }
 
   // Whole-frame latency at 512² (informational; the benchmark suite owns the figures).
