@@ -235,12 +235,18 @@ def test_numerics_check_equals_the_python_runtimes(release_build, bundle_dir, py
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
-    want = next(c for c in python_runtime.check_numerics().checks if c.name == "decoder")
+    checks = {c.name: c for c in python_runtime.check_numerics().checks}
+    want = checks["decoder"]
     assert got["passed"] is True and got["target_db"] == want.target_db
     assert got["num_expressions"] == len(Bundle.open(bundle_dir).check_set().expressions)
     assert got["psnr_db"] == pytest.approx(want.psnr_db, abs=0.01) and want.psnr_db >= want.target_db
     for name, error in want.errors.items():
         assert got["max_abs_error"][name] == pytest.approx(error, rel=1e-3, abs=SAME_LIBRARY_TOLERANCE / 100)
+    # the encoder row: the check photo (with its DINOv2 features: this bundle's encoder takes them) → code → frames
+    encoder = checks["encoder"]
+    assert got["encoder_checked"] is True
+    assert got["code_max_abs_error"] == pytest.approx(encoder.errors["code"], rel=1e-3, abs=SAME_LIBRARY_TOLERANCE / 100)
+    assert got["encoder_psnr_db"] == pytest.approx(encoder.psnr_db, abs=0.01)
 
 
 def test_rgba_frame_is_the_quantised_float_frame(cpp_outputs):

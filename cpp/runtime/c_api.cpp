@@ -393,6 +393,9 @@ flexavatar_status flexavatar_runtime_check_numerics(flexavatar_runtime* runtime,
     out->psnr_db = check.psnr_db;
     out->target_db = check.target_db;
     for (int i = 0; i < 5; ++i) out->max_abs_error[i] = check.max_abs_error[i];
+    out->encoder_checked = check.encoder_checked ? 1 : 0;
+    out->code_max_abs_error = check.code_max_abs_error;
+    out->encoder_psnr_db = check.encoder_psnr_db;
     return s;
   });
 }

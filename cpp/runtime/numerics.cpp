@@ -138,34 +138,72 @@ Status Runtime::check_numerics(NumericsCheck* out) {
   NumericsCheck result;
   result.expressions = e_count;
   result.target_db = psnr_target_db(options_.precision);
-  result.psnr_db = std::numeric_limits<double>::infinity();
-  std::fill(std::begin(result.max_abs_error), std::end(result.max_abs_error), 0.0);
-  bool finite = true;
-  for (int64_t e = 0; e < e_count && s.ok(); ++e) {
-    const float* expression = expressions_it->second.values.data() + e * expression_dim_;
-    GaussiansView reference;
-    reference.num_gaussians = g;
-    const float** fields[5] = {&reference.means, &reference.quats, &reference.scales, &reference.opacities,
-                               &reference.sh0};
-    for (int i = 0; i < 5; ++i) *fields[i] = arrays[kOutputs[i]].values.data() + e * g * kWidths[i];
-    GaussiansView got;
-    s = decode(expression, expression_dim_, &got);
-    if (!s.ok()) break;
-    const float* got_fields[5] = {got.means, got.quats, got.scales, got.opacities, got.sh0};
-    for (int i = 0; i < 5; ++i) {
-      for (int64_t j = 0; j < g * kWidths[i]; ++j) {
-        const double d = std::fabs(double(got_fields[i][j]) - double((*fields[i])[j]));
-        if (!std::isfinite(d)) finite = false;
-        result.max_abs_error[i] = std::max(result.max_abs_error[i], std::isfinite(d) ? d : HUGE_VAL);
+  // the check's expressions through the decoder with the runtime's current code: max |error| per output against
+  // the reference Gaussians, and the worst frame's PSNR
+  auto judge = [&](double errors[5], double* worst, bool* finite) -> Status {
+    *worst = std::numeric_limits<double>::infinity();
+    std::fill(errors, errors + 5, 0.0);
+    for (int64_t e = 0; e < e_count; ++e) {
+      const float* expression = expressions_it->second.values.data() + e * expression_dim_;
+      GaussiansView reference;
+      reference.num_gaussians = g;
+      const float** fields[5] = {&reference.means, &reference.quats, &reference.scales, &reference.opacities,
+                                 &reference.sh0};
+      for (int i = 0; i < 5; ++i) *fields[i] = arrays[kOutputs[i]].values.data() + e * g * kWidths[i];
+      GaussiansView got;
+      Status st = decode(expression, expression_dim_, &got);
+      if (!st.ok()) return st;
+      const float* got_fields[5] = {got.means, got.quats, got.scales, got.opacities, got.sh0};
+      for (int i = 0; i < 5; ++i) {
+        for (int64_t j = 0; j < g * kWidths[i]; ++j) {
+          const double d = std::fabs(double(got_fields[i][j]) - double((*fields[i])[j]));
+          if (!std::isfinite(d)) *finite = false;
+          errors[i] = std::max(errors[i], std::isfinite(d) ? d : HUGE_VAL);
+        }
       }
+      FrameView frame;
+      st = render(expression, expression_dim_, camera, &frame);
+      if (!st.ok()) return st;
+      const std::vector<float> decoded(frame.rgb, frame.rgb + 3 * size_t(camera.width) * size_t(camera.height));
+      std::vector<float> expected;
+      st = rasterize_gaussians(reference, camera, &expected);
+      if (!st.ok()) return st;
+      *worst = std::min(*worst, psnr_db(decoded, expected));
     }
-    FrameView frame;
-    s = render(expression, expression_dim_, camera, &frame);
-    if (!s.ok()) break;
-    const std::vector<float> decoded(frame.rgb, frame.rgb + 3 * size_t(camera.width) * size_t(camera.height));
-    std::vector<float> expected;
-    s = rasterize_gaussians(reference, camera, &expected);
-    if (s.ok()) result.psnr_db = std::min(result.psnr_db, psnr_db(decoded, expected));
+    return Status::ok_status();
+  };
+  bool finite = true;
+  s = judge(result.max_abs_error, &result.psnr_db, &finite);
+  // The encoder, when the runtime has one for the check's inputs: the check photo → a code (against PyTorch's)
+  // → the decoder → Gaussians and frames, as flexavatar-verify's "encoder" row.
+  const auto features = arrays.find("features");
+  const bool with_features = features != arrays.end() && features->second.shape.size() == 4;
+  const bool encoder = !code_folded_in_ && (with_features ? encoder_features_artifact_ : encoder_artifact_) &&
+                       arrays.count("image");
+  if (s.ok() && encoder) {
+    EncoderInput in;
+    in.image = arrays["image"].values.data();
+    in.image_count = int64_t(arrays["image"].values.size());
+    std::copy_n(camera.cam2world, 16, in.cam2world);
+    std::copy_n(camera.intrinsics, 9, in.intrinsics);
+    if (with_features) {
+      in.features = features->second.values.data();
+      in.feature_channels = features->second.shape[1];
+      in.feature_height = features->second.shape[2];
+      in.feature_width = features->second.shape[3];
+    }
+    s = create_avatar_code(in);
+    if (s.ok()) {
+      result.encoder_checked = true;
+      const std::vector<float>& want = arrays["code"].values;
+      for (size_t i = 0; i < want.size(); ++i) {
+        const double d = std::fabs(double(code_[i]) - double(want[i]));
+        if (!std::isfinite(d)) finite = false;
+        result.code_max_abs_error = std::max(result.code_max_abs_error, std::isfinite(d) ? d : HUGE_VAL);
+      }
+      double encoder_errors[5];
+      s = judge(encoder_errors, &result.encoder_psnr_db, &finite);
+    }
   }
   // restore what the caller had (a failed check leaves the code as it was too)
   Status restored = Status::ok_status();
@@ -177,7 +215,8 @@ Status Runtime::check_numerics(NumericsCheck* out) {
   }
   if (!s.ok()) return s;
   if (!restored.ok()) return restored;
-  result.passed = finite && result.psnr_db >= result.target_db;
+  result.passed = finite && result.psnr_db >= result.target_db &&
+                  (!result.encoder_checked || result.encoder_psnr_db >= result.target_db);
   *out = result;
   return Status::ok_status();
 }

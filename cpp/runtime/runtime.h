@@ -76,6 +76,11 @@ struct NumericsCheck {
   double psnr_db = 0;         // worst frame, decoded vs reference Gaussians through this rasterizer (+inf: identical)
   double target_db = 0;       // psnr_target_db(precision)
   double max_abs_error[5] = {0, 0, 0, 0, 0};  // means, quats, scales, opacities, sh0
+  // The encoder, when the runtime has one for the check's inputs: the check photo's code against PyTorch's, and
+  // the worst frame of that code's decoded Gaussians (passed needs it at target too).
+  bool encoder_checked = false;
+  double code_max_abs_error = 0;
+  double encoder_psnr_db = 0;
 };
 // The PSNR a frame must reach against PyTorch's: 60 dB for fp32 decoders, 40 dB for fp16 (flexavatar.bundle's
 // PSNR_TARGET_DB, the export's own targets).

@@ -345,10 +345,12 @@ int main(int argc, char** argv) {
       // the export's check set through this provider, precision and rasterizer, before anything is written
       const flexavatar_numerics n = rt.check_numerics();
       std::printf("numerics (%s, %s, %s rasterizer): worst frame %.1f dB (target %.0f dB); max |err| means %.2g, "
-                  "quats %.2g, scales %.2g, opacities %.2g, sh0 %.2g: %s\n",
+                  "quats %.2g, scales %.2g, opacities %.2g, sh0 %.2g",
                   info.decoder_provider, info.decoder_precision, info.rasterizer, n.psnr_db, n.target_db,
-                  n.max_abs_error[0], n.max_abs_error[1], n.max_abs_error[2], n.max_abs_error[3], n.max_abs_error[4],
-                  n.passed ? "ok" : "FAILED");
+                  n.max_abs_error[0], n.max_abs_error[1], n.max_abs_error[2], n.max_abs_error[3], n.max_abs_error[4]);
+      if (n.encoder_checked)
+        std::printf("; encoder: code max |err| %.2g, worst frame %.1f dB", n.code_max_abs_error, n.encoder_psnr_db);
+      std::printf(": %s\n", n.passed ? "ok" : "FAILED");
       if (!n.passed) {
         std::fprintf(stderr, "error: the numerics check failed: this runtime's frames are not the exported model's "
                              "(nothing rendered)\n");

@@ -194,7 +194,8 @@ typedef struct flexavatar_device_frame {
   const float* depth;    /* device [H, W] */
 } flexavatar_device_frame;
 
-/* The bundle's numerics check through this runtime (flexavatar_runtime_check_numerics): per Gaussian output the
+/* The bundle's numerics check through this runtime (flexavatar_runtime_check_numerics), as flexavatar-verify's
+ * "decoder" and "encoder" rows: per Gaussian output the
  * max |error| against the PyTorch fp32 outputs recorded at export (check.npz), and the worst frame's PSNR
  * between the decoded and the recorded Gaussians, both rendered by this runtime's rasterizer at image_size² on
  * white from the check's camera. The targets are the export's: 60 dB for an fp32 decoder, 40 dB for fp16. */
@@ -205,6 +206,11 @@ typedef struct flexavatar_numerics {
   double psnr_db;           /* the worst frame's; +inf when the frames are identical */
   double target_db;
   double max_abs_error[5];  /* means, quats, scales, opacities, sh0 */
+  /* The encoder, when the runtime has one for the check's inputs (not with a code-folded decoder): the check
+   * photo → its code (against the recorded one) → the decoder → the worst frame, also held to target_db. */
+  int32_t encoder_checked;
+  double code_max_abs_error;
+  double encoder_psnr_db;   /* +inf when identical; 0 when not checked */
 } flexavatar_numerics;
 
 /* A photo to encode into an avatar code (flexavatar_runtime_create_avatar_code). */

@@ -24,7 +24,8 @@ int main(int argc, char** argv) {
                 n.passed ? "true" : "false", n.num_expressions, number(n.psnr_db).c_str(), number(n.target_db).c_str());
     const char* names[5] = {"means", "quats", "scales", "opacities", "sh0"};
     for (int i = 0; i < 5; ++i) std::printf("%s\"%s\": %.9g", i ? ", " : "", names[i], n.max_abs_error[i]);
-    std::printf("}}\n");
+    std::printf("}, \"encoder_checked\": %s, \"code_max_abs_error\": %.9g, \"encoder_psnr_db\": %s}\n",
+                n.encoder_checked ? "true" : "false", n.code_max_abs_error, number(n.encoder_psnr_db).c_str());
     return 0;
   } catch (const flexavatar::Error& e) {
     std::fprintf(stderr, "runtime_check: %s\n", e.what());
