@@ -195,10 +195,10 @@ typedef struct flexavatar_device_frame {
 } flexavatar_device_frame;
 
 /* The bundle's numerics check through this runtime (flexavatar_runtime_check_numerics), as flexavatar-verify's
- * "decoder" and "encoder" rows: per Gaussian output the
- * max |error| against the PyTorch fp32 outputs recorded at export (check.npz), and the worst frame's PSNR
- * between the decoded and the recorded Gaussians, both rendered by this runtime's rasterizer at image_size² on
- * white from the check's camera. The targets are the export's: 60 dB for an fp32 decoder, 40 dB for fp16. */
+ * "decoder" and "encoder" rows: per Gaussian output the max |error| against the PyTorch fp32 outputs recorded at
+ * export (check.npz), and the worst frame's PSNR between the decoded and the recorded Gaussians, both rendered by
+ * this runtime's rasterizer at image_size² on white from the check's camera. The targets are the export's: 60 dB
+ * for an fp32 decoder, 40 dB for fp16. */
 typedef struct flexavatar_numerics {
   uint32_t struct_size;     /* set by the caller: sizeof(flexavatar_numerics) */
   int32_t passed;           /* 1: every decoded value finite and every frame at or above target_db */
