@@ -75,24 +75,7 @@ Status Runtime::rasterize_gaussians(const GaussiansView& g, const Camera& camera
   }
   std::vector<float> alpha(pixels), depth(pixels);
   rgb->assign(3 * pixels, 0.f);
-  GaussianBuffers gaussians;
-  gaussians.num_batches = 1;
-  gaussians.num_gaussians = g.num_gaussians;
-  gaussians.means = g.means;
-  gaussians.quats = g.quats;
-  gaussians.scales = g.scales;
-  gaussians.opacities = g.opacities;
-  gaussians.sh0 = g.sh0;
-  CameraBuffers cameras;
-  cameras.num_cameras = 1;
-  cameras.viewmats = viewmat;
-  cameras.intrinsics = k;
-  cameras.backgrounds = camera.background;
-  RasterSettings settings;
-  settings.width = camera.width;
-  settings.height = camera.height;
-  settings.num_threads = options_.num_threads;
-  return rasterizer_.render(gaussians, cameras, settings, RasterOutputs{rgb->data(), alpha.data(), depth.data()});
+  return rasterize_on_cpu(g, viewmat, k, camera, rgb->data(), alpha.data(), depth.data());
 }
 
 Status Runtime::check_numerics(NumericsCheck* out) {

@@ -456,25 +456,7 @@ Status Runtime::render(const float* expression, int64_t count, const Camera& cam
     return Status(StatusCode::kOutOfMemory, "out of memory for a " + std::to_string(camera.width) + "x" +
                                                 std::to_string(camera.height) + " frame");
   }
-  GaussianBuffers gaussians;
-  gaussians.num_batches = 1;
-  gaussians.num_gaussians = num_gaussians_;
-  gaussians.means = g.means;
-  gaussians.quats = g.quats;
-  gaussians.scales = g.scales;
-  gaussians.opacities = g.opacities;
-  gaussians.sh0 = g.sh0;
-  CameraBuffers cameras;
-  cameras.num_cameras = 1;
-  cameras.viewmats = viewmat;
-  cameras.intrinsics = k;
-  cameras.backgrounds = camera.background;
-  RasterSettings settings;
-  settings.width = camera.width;
-  settings.height = camera.height;
-  settings.num_threads = options_.num_threads;
-  RasterOutputs outputs{image_.data(), alpha_.data(), depth_.data()};
-  s = rasterizer_.render(gaussians, cameras, settings, outputs);
+  s = rasterize_on_cpu(g, viewmat, k, camera, image_.data(), alpha_.data(), depth_.data());
   if (!s.ok()) return s;
 
   auto to_byte = [](float v) { return uint8_t(std::lround(std::min(std::max(v, 0.f), 1.f) * 255.f)); };
@@ -491,6 +473,28 @@ Status Runtime::render(const float* expression, int64_t count, const Camera& cam
   out->alpha = alpha_.data();
   out->depth = depth_.data();
   return Status::ok_status();
+}
+
+Status Runtime::rasterize_on_cpu(const GaussiansView& g, const float viewmat[16], const float k[9],
+                                 const Camera& camera, float* rgb, float* alpha, float* depth) {
+  GaussianBuffers gaussians;
+  gaussians.num_batches = 1;
+  gaussians.num_gaussians = g.num_gaussians;
+  gaussians.means = g.means;
+  gaussians.quats = g.quats;
+  gaussians.scales = g.scales;
+  gaussians.opacities = g.opacities;
+  gaussians.sh0 = g.sh0;
+  CameraBuffers cameras;
+  cameras.num_cameras = 1;
+  cameras.viewmats = viewmat;
+  cameras.intrinsics = k;
+  cameras.backgrounds = camera.background;
+  RasterSettings settings;
+  settings.width = camera.width;
+  settings.height = camera.height;
+  settings.num_threads = options_.num_threads;
+  return rasterizer_.render(gaussians, cameras, settings, RasterOutputs{rgb, alpha, depth});
 }
 
 Status Runtime::render_device(const float* expression, int64_t count, const Camera& camera, DeviceFrameView* out) {

@@ -132,6 +132,9 @@ class Runtime {
   Status open_encoder(bool with_features, OrtModel** out);
   // Host Gaussians through this runtime's rasterizer (CPU, or CUDA via the page-locked block) → rgb [H, W, 3].
   Status rasterize_gaussians(const GaussiansView& g, const Camera& camera, std::vector<float>* rgb);
+  // The CPU rasterizer on host Gaussians with a prepared camera (prepare_camera) into rgb / alpha / depth.
+  Status rasterize_on_cpu(const GaussiansView& g, const float viewmat[16], const float k[9], const Camera& camera,
+                          float* rgb, float* alpha, float* depth);
   bool zero_copy() const { return cuda_ && decoder_ && decoder_->on_cuda(); }
 
   Bundle bundle_;

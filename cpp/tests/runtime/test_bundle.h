@@ -50,12 +50,9 @@ inline std::string valid_manifest(const std::string& model_path = "decoder.fp32.
 })";
 }
 
-// A float32 C-order .npy file (format 1.0), as numpy writes it.
-inline std::string npy_bytes(const std::vector<int64_t>& shape, const std::vector<float>& values,
-                             const std::string& descr = "<f4") {
-  std::string dims;
-  for (int64_t d : shape) dims += std::to_string(d) + ", ";
-  std::string header = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': (" + dims + "), }";
+// A .npy file (format 1.0) with this header dict and these float32 values, padded as numpy pads it.
+inline std::string npy_from_header(const std::string& dict, const std::vector<float>& values) {
+  std::string header = dict;
   while ((10 + header.size() + 1) % 64) header += ' ';
   header += '\n';
   std::string bytes = std::string("\x93NUMPY\x01\x00", 8);
@@ -64,6 +61,14 @@ inline std::string npy_bytes(const std::vector<int64_t>& shape, const std::vecto
   bytes += header;
   bytes.append(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
   return bytes;
+}
+
+// A C-order .npy file of `shape`, as numpy writes it (descr: "<f4" unless a test wants another dtype's header).
+inline std::string npy_bytes(const std::vector<int64_t>& shape, const std::vector<float>& values,
+                             const std::string& descr = "<f4") {
+  std::string dims;
+  for (int64_t d : shape) dims += std::to_string(d) + ", ";
+  return npy_from_header("{'descr': '" + descr + "', 'fortran_order': False, 'shape': (" + dims + "), }", values);
 }
 
 // An .npz: a ZIP of the entries (name → .npy bytes), stored, with the ZIP64 extra field in each local header

@@ -251,18 +251,9 @@ TEST_CASE(every_truncation_of_the_manifest_is_an_error_not_a_crash) {
 
 TEST_CASE(npy_reader_accepts_float32_c_order_and_rejects_the_rest) {
   auto npy = [](const std::string& dict, size_t floats) {
-    std::string header = dict;
-    while ((10 + header.size() + 1) % 64) header += ' ';
-    header += '\n';
-    std::string bytes = std::string("\x93NUMPY\x01\x00", 8);
-    bytes += char(header.size() & 0xFF);
-    bytes += char(header.size() >> 8);
-    bytes += header;
-    for (size_t i = 0; i < floats; ++i) {
-      const float v = float(i) * 0.5f;
-      bytes.append(reinterpret_cast<const char*>(&v), 4);
-    }
-    return bytes;
+    std::vector<float> values(floats);
+    for (size_t i = 0; i < floats; ++i) values[i] = float(i) * 0.5f;
+    return npy_from_header(dict, values);
   };
   auto parse_npy = [](const std::string& bytes, NpyArray* out) {
     return parse_npy_float32(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), "t.npy", out);
