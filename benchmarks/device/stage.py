@@ -111,8 +111,9 @@ def main() -> None:
         first, last = n == 0, n == len(order) - 1
         carry = ([f".device/parts/{parts[k]['file']}"] + ([".device/parts/index.json"] if last else [])
                  + (fixtures if first else []))
-        command = ("FLEXAVATAR_GIT_COMMIT=$(commit) FLEXAVATAR_SESSION_BUDGET_S=<left - 90> "
-                   "bash benchmarks/device/gpu_session.sh" if last else prewarm if first else "ls .device/parts")
+        command = ("FLEXAVATAR_GIT_COMMIT=$(commit) FLEXAVATAR_SESSION_BUDGET_S=<min(left - 90, 550)> "
+                   "FLEXAVATAR_PREWARM_WAIT=build bash benchmarks/device/gpu_session.sh" if last
+                   else prewarm if first else "ls .device/parts")
         print(f"  run(carry={json.dumps(carry)}, command={command!r})")
 
 if __name__ == "__main__":
