@@ -248,6 +248,13 @@ graph_passes_ab() {
     --template "$FLEXAVATAR_FIXTURES/official_flex/gghead_template.obj" --json "$LOGS/graph_passes_ab.json"
 }
 
+# the upsampler in three exact forms (model's ConvTranspose + FIR; one sub-pixel Conv + DepthToSpace; im2col GEMMs),
+# ONNX Runtime CUDA graphs fp32/fp16 × cuDNN HEURISTIC/EXHAUSTIVE and PyTorch eager, alternating rounds
+# (benchmarks/device/upsampler_forms.py): which form the fp16 decoder should export (issue #7)
+upsampler_forms() {
+  pyrun "$REPO/benchmarks/device/upsampler_forms.py" --json "$LOGS/upsampler_forms.json"
+}
+
 # GPU time per kernel class of the whole frame as the GPU ran it (CUPTI through torch.profiler: ONNX Runtime's,
 # cuBLAS/cuDNN's and the rasterizer's kernels; benchmarks/device/gpu_kernel_profile.py), fp16 and fp32 with CUDA graphs
 gpu_profile() {
@@ -281,7 +288,7 @@ if [[ -z "${FLEXAVATAR_FIXTURES:-}" ]]; then
 fi
 export FLEXAVATAR_FIXTURES=${FLEXAVATAR_FIXTURES:-}
 export REPO PY MAX_TIME WORK SITE HISTORY LOGS
-export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp ort_probe ort_profile_flex1 flex1_fp16_bundle graph_passes_ab gpu_profile verify_numerics interleave
+export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp ort_probe ort_profile_flex1 flex1_fp16_bundle graph_passes_ab gpu_profile verify_numerics interleave upsampler_forms
 ls "$HISTORY" >"$WORK/history-before.txt" 2>/dev/null
 say "flexavatar GPU run $STAMP, budget ${BUDGET_S}s, repo $REPO, commit ${FLEXAVATAR_GIT_COMMIT:-unknown}"
 for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement benchmarks}; do
@@ -304,6 +311,7 @@ for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement bench
     ort-stress) stage ort-stress 200 ort_probe stress ;;
     ort-conv) stage ort-conv 100 ort_probe conv ;;
     interleave) stage interleave 90 interleave ;;
+    upsampler-forms) stage upsampler-forms 120 upsampler_forms ;;
     wait-prewarm) stage wait-prewarm 300 bash -c "until [[ -f '$REPO/build/gpu-prewarm/done' ]]; do sleep 2; done" ;;
     native-check) stage native-check 150 gpu_check timing memcheck ;;
     dashboard) ;;   # always last, below
