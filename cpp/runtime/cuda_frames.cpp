@@ -118,6 +118,15 @@ Status CudaFrames::wait() {
   return check(api_->stream_synchronize(stream_, device_, error, sizeof(error)), error, "waiting for the stream");
 }
 
+Status CudaFrames::allocate_device(size_t bytes, CudaBuffer* out) const {
+  return out->allocate(api_, true, device_, bytes);
+}
+
+Status CudaFrames::copy(void* dst, const void* src, size_t bytes, const char* what) const {
+  char error[kErrorLength] = {0};
+  return check(api_->memcpy_async(dst, src, bytes, device_, stream_, error, sizeof(error)), error, what);
+}
+
 Status CudaFrames::upload_code(const float* code) {
   if (!device_code_.data()) return Status(StatusCode::kInternal, "CUDA rasterizer path: no device code buffer");
   Status s = wait();  // a queued decoder may still read the previous code

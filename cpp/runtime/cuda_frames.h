@@ -112,6 +112,11 @@ class CudaFrames {
   Status download_gaussians();
   // Counts non-finite values of device_gaussians on the device and waits for the count.
   Status count_nonfinite_gaussians(uint32_t* count);
+  // Device memory on this path's device (for other graphs on its stream: the encoder's inputs and code).
+  Status allocate_device(size_t bytes, CudaBuffer* out) const;
+  // Queues a copy of `bytes` on the stream (host ↔ device, device ↔ device: unified addressing gives the
+  // direction). A pageable host source or destination makes it synchronous with the host, as cudaMemcpyAsync does.
+  Status copy(void* dst, const void* src, size_t bytes, const char* what) const;
   // Frame buffers for width x height (reallocated only when the size changes).
   Status ensure_frame(int32_t width, int32_t height);
   // Queues the CUDA rasterizer on device_gaussians with the staged camera, then the RGBA8 conversion.

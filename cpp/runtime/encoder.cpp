@@ -37,8 +37,19 @@ Status Runtime::open_encoder(bool with_features, OrtModel** out) {
   config.require_cuda = decoder_->on_cuda();
   config.cuda_device = options_.cuda_device;
   config.precision = artifact.precision;
+  // With the decoder's CUDA graphs, a graph too (EncoderDevice in runtime.h), on the rasterizer's stream. A graph
+  // that ONNX Runtime refuses to capture (a node placed on the CPU) runs node by node instead, as before.
+  const bool graphs = cuda_graphs();
+  config.cuda_stream = graphs ? cuda_->stream() : nullptr;
+  config.cuda_graphs = graphs;
   std::unique_ptr<OrtModel> model;
-  Status st = OrtModel::open(bundle_.path(artifact.files[0].path), config, &model);
+  const std::string path = bundle_.path(artifact.files[0].path);
+  Status st = OrtModel::open(path, config, &model);
+  if (!st.ok() && graphs) {
+    config.cuda_stream = nullptr;
+    config.cuda_graphs = false;
+    st = OrtModel::open(path, config, &model);
+  }
   if (!st.ok()) return st;
   std::vector<ExpectedTensor> expected = {{"image", {1, 3, s, s}, true},
                                           {"cam2world", {1, 4, 4}, true},
@@ -59,10 +70,20 @@ Status Runtime::open_encoder(bool with_features, OrtModel** out) {
     encoder_intrinsics_.assign(9, 0.f);
     encoder_code_.assign(size_t(num_head_tokens_ * code_dim_), 0.f);
   }
-  st = model->bind_input("image", encoder_image_.data(), {1, 3, s, s});
-  if (st.ok()) st = model->bind_input("cam2world", encoder_cam2world_.data(), {1, 4, 4});
-  if (st.ok()) st = model->bind_input("intrinsics", encoder_intrinsics_.data(), {1, 3, 3});
-  if (st.ok()) st = model->bind_output("code", encoder_code_.data(), {1, num_head_tokens_, code_dim_});
+  if (model->cuda_graphs()) {
+    st = encoder_device_buffers();
+    if (!st.ok()) return st;
+    const EncoderDevice& d = *encoder_device_;
+    st = model->bind_input("image", d.image.floats(), {1, 3, s, s}, Memory::kCuda);
+    if (st.ok()) st = model->bind_input("cam2world", d.cam2world.floats(), {1, 4, 4}, Memory::kCuda);
+    if (st.ok()) st = model->bind_input("intrinsics", d.intrinsics.floats(), {1, 3, 3}, Memory::kCuda);
+    if (st.ok()) st = model->bind_output("code", d.code.floats(), {1, num_head_tokens_, code_dim_}, Memory::kCuda);
+  } else {
+    st = model->bind_input("image", encoder_image_.data(), {1, 3, s, s});
+    if (st.ok()) st = model->bind_input("cam2world", encoder_cam2world_.data(), {1, 4, 4});
+    if (st.ok()) st = model->bind_input("intrinsics", encoder_intrinsics_.data(), {1, 3, 3});
+    if (st.ok()) st = model->bind_output("code", encoder_code_.data(), {1, num_head_tokens_, code_dim_});
+  }
   if (!st.ok()) return st;
   slot = std::move(model);
   *out = slot.get();
@@ -142,20 +163,24 @@ Status Runtime::create_avatar_code(const EncoderInput& in) {
   for (int64_t i = 0; i < want; ++i) encoder_image_[size_t(i)] = std::min(std::max(in.image[i], 0.f), 1.f);
   std::copy(in.cam2world, in.cam2world + 16, encoder_cam2world_.begin());
   std::copy(in.intrinsics, in.intrinsics + 9, encoder_intrinsics_.begin());
-  if (with_features) {
-    const size_t n = size_t(in.feature_channels * in.feature_height * in.feature_width);
-    if (feature_shape != bound_feature_shape_) {  // reallocated and rebound only when the shape changes
-      encoder_features_buffer_.resize(n);
-      st = model->bind_input("features", encoder_features_buffer_.data(), feature_shape);
-      if (!st.ok()) {
-        bound_feature_shape_.clear();
-        return st;
+  if (model->cuda_graphs()) {
+    st = run_encoder_graph(model, feature_shape, in.features);
+  } else {
+    if (with_features) {
+      const size_t n = size_t(in.feature_channels * in.feature_height * in.feature_width);
+      if (feature_shape != bound_feature_shape_) {  // reallocated and rebound only when the shape changes
+        encoder_features_buffer_.resize(n);
+        st = model->bind_input("features", encoder_features_buffer_.data(), feature_shape);
+        if (!st.ok()) {
+          bound_feature_shape_.clear();
+          return st;
+        }
+        bound_feature_shape_ = feature_shape;
       }
-      bound_feature_shape_ = feature_shape;
+      std::copy(in.features, in.features + n, encoder_features_buffer_.begin());
     }
-    std::copy(in.features, in.features + n, encoder_features_buffer_.begin());
+    st = model->run();
   }
-  st = model->run();
   if (!st.ok()) return st;
   for (size_t i = 0; i < encoder_code_.size(); ++i) {
     if (!std::isfinite(encoder_code_[i]))
@@ -163,6 +188,60 @@ Status Runtime::create_avatar_code(const EncoderInput& in) {
                                                  std::to_string(i) + "; corrupted model file or out-of-range inputs)");
   }
   return set_avatar_code(encoder_code_.data(), int64_t(encoder_code_.size()));
+}
+
+Status Runtime::encoder_device_buffers() {
+  if (encoder_device_) return Status::ok_status();
+  auto d = std::make_unique<EncoderDevice>();
+  const size_t f = sizeof(float);
+  Status st = cuda_->allocate_device(encoder_image_.size() * f, &d->image);
+  if (st.ok()) st = cuda_->allocate_device(16 * f, &d->cam2world);
+  if (st.ok()) st = cuda_->allocate_device(9 * f, &d->intrinsics);
+  if (st.ok()) st = cuda_->allocate_device(encoder_code_.size() * f, &d->code);
+  if (!st.ok()) return st;
+  encoder_device_ = std::move(d);
+  return Status::ok_status();
+}
+
+Status Runtime::run_encoder_graph(OrtModel* model, const std::vector<int64_t>& feature_shape, const float* features) {
+  EncoderDevice& d = *encoder_device_;
+  const size_t f = sizeof(float);
+  // The host staging (clipped photo, camera) is pageable: each copy returns once the data is on its way.
+  Status st = cuda_->copy(d.image.data(), encoder_image_.data(), encoder_image_.size() * f, "uploading the photo");
+  if (st.ok()) st = cuda_->copy(d.cam2world.data(), encoder_cam2world_.data(), 16 * f, "uploading cam2world");
+  if (st.ok()) st = cuda_->copy(d.intrinsics.data(), encoder_intrinsics_.data(), 9 * f, "uploading the intrinsics");
+  if (!st.ok()) return st;
+  int graph_id = 0;
+  if (!feature_shape.empty()) {
+    size_t n = 1;
+    for (int64_t dim : feature_shape) n *= size_t(dim);
+    std::unique_ptr<FeatureGraph>& slot = d.features[feature_shape];
+    if (!slot) {  // a new feature shape: a buffer and a graph of its own
+      auto graph = std::make_unique<FeatureGraph>();
+      graph->graph_id = int(d.features.size()) - 1;
+      st = cuda_->allocate_device(n * f, &graph->features);
+      if (!st.ok()) {
+        d.features.erase(feature_shape);
+        return st;
+      }
+      slot = std::move(graph);
+    }
+    if (feature_shape != bound_feature_shape_) {
+      st = model->bind_input("features", slot->features.floats(), feature_shape, Memory::kCuda);
+      if (!st.ok()) {
+        bound_feature_shape_.clear();
+        return st;
+      }
+      bound_feature_shape_ = feature_shape;
+    }
+    st = cuda_->copy(slot->features.data(), features, n * f, "uploading the DINOv2 features");
+    if (!st.ok()) return st;
+    graph_id = slot->graph_id;
+  }
+  st = model->run(graph_id);
+  if (st.ok()) st = cuda_->copy(encoder_code_.data(), d.code.data(), encoder_code_.size() * f, "reading the code");
+  if (st.ok()) st = cuda_->wait();
+  return st;
 }
 
 }  // namespace runtime

@@ -162,6 +162,7 @@ OrtModel::~OrtModel() {
   binding_.reset();  // before the values it references and the session
   bound_values_.clear();
   run_options_.reset();
+  graph_run_options_.clear();
   session_.reset();
 }
 
@@ -351,7 +352,32 @@ Status OrtModel::bind_output(const std::string& name, float* data, const std::ve
   return bind(false, name, data, shape, memory);
 }
 
-Status OrtModel::run() {
+Status OrtModel::run(int graph_id) {
+  OrtRunOptions* run_options = run_options_.get();
+  if (cuda_graphs_ && graph_id != 0) {
+    if (graph_id < 0) return Status(StatusCode::kInternal, "CUDA graph id " + std::to_string(graph_id) + " < 0");
+    OrtPtr<OrtRunOptions>& slot = graph_run_options_[graph_id];
+    if (!slot) {
+      OrtRunOptions* raw = nullptr;
+      Status s = check(api_->CreateRunOptions(&raw), "CreateRunOptions");
+      if (!s.ok()) {
+        graph_run_options_.erase(graph_id);
+        return s;
+      }
+      OrtPtr<OrtRunOptions> created(raw);
+      s = check(api_->AddRunConfigEntry(raw, "disable_synchronize_execution_providers", "1"),
+                "run option disable_synchronize_execution_providers");
+      if (s.ok())
+        s = check(api_->AddRunConfigEntry(raw, "gpu_graph_id", std::to_string(graph_id).c_str()),
+                  "run option gpu_graph_id");
+      if (!s.ok()) {
+        graph_run_options_.erase(graph_id);
+        return s;
+      }
+      slot = std::move(created);
+    }
+    run_options = slot.get();
+  }
   // A CUDA graph reads its inputs from the device buffers it was captured with: nothing to copy at bind time.
   if (on_cuda() && !cuda_graphs_) {
     // ONNX Runtime copies an input to the device its consumers run on when it is *bound*
@@ -364,7 +390,7 @@ Status OrtModel::run() {
       if (!s.ok()) return s;
     }
   }
-  return check(api_->RunWithBinding(session_.get(), run_options_.get(), binding_.get()), "Run");
+  return check(api_->RunWithBinding(session_.get(), run_options, binding_.get()), "Run");
 }
 
 }  // namespace runtime

@@ -91,7 +91,9 @@ class OrtModel {
                     Memory memory = Memory::kHost);
   Status bind_output(const std::string& name, float* data, const std::vector<int64_t>& shape,
                      Memory memory = Memory::kHost);
-  Status run();
+  // graph_id (CUDA graphs only): ONNX Runtime captures one graph per id, on the id's first runs, over the
+  // buffers bound then; later runs with that id replay it and must find the same buffer addresses bound.
+  Status run(int graph_id = 0);
 
  private:
   OrtModel() = default;
@@ -103,6 +105,7 @@ class OrtModel {
   Status bind(bool input, const std::string& name, float* data, const std::vector<int64_t>& shape, Memory memory);
   OrtPtr<OrtMemoryInfo> cpu_memory_, cuda_memory_;
   OrtPtr<OrtRunOptions> run_options_;  // set when run() must not wait for the CUDA stream
+  std::map<int, OrtPtr<OrtRunOptions>> graph_run_options_;  // CUDA graph ids other than 0
   std::map<std::string, OrtPtr<OrtValue>> bound_values_;  // "in:" / "out:" + name
   std::vector<TensorInfo> inputs_, outputs_;
   std::string path_, provider_, cuda_fallback_reason_;

@@ -182,6 +182,7 @@ Runtime::~Runtime() {
   // Sessions before the CUDA path: they reference its stream and device buffers.
   encoder_.reset();
   encoder_features_.reset();
+  encoder_device_.reset();  // its buffers are freed through the CUDA library that cuda_ holds
   decoder_.reset();
   cuda_.reset();
 }

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -161,6 +162,21 @@ class Runtime {
   std::unique_ptr<OrtModel> encoder_, encoder_features_;
   std::vector<float> encoder_image_, encoder_cam2world_, encoder_intrinsics_, encoder_features_buffer_, encoder_code_;
   std::vector<int64_t> bound_feature_shape_;
+  // When the decoder replays CUDA graphs, the encoders do too, on the rasterizer's stream, over device buffers
+  // (onnxruntime-gpu 1.31.1 aborted CUDA sessions that run node by node; graph sessions never did). One graph
+  // per encoder and, for encoder_features, per DINOv2 feature shape, each shape with a device buffer of its own
+  // (a replay reads the addresses it was captured with).
+  struct FeatureGraph {
+    CudaBuffer features;  // [1, C, h, w]
+    int graph_id = 0;
+  };
+  struct EncoderDevice {
+    CudaBuffer image, cam2world, intrinsics, code;  // [1, 3, S, S], [1, 4, 4], [1, 3, 3], [1, R², D]
+    std::map<std::vector<int64_t>, std::unique_ptr<FeatureGraph>> features;
+  };
+  std::unique_ptr<EncoderDevice> encoder_device_;  // allocated with the first encoder graph
+  Status encoder_device_buffers();
+  Status run_encoder_graph(OrtModel* model, const std::vector<int64_t>& feature_shape, const float* features);
 };
 
 }  // namespace runtime

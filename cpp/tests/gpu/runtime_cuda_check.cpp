@@ -16,8 +16,9 @@
 //    (two different photos, each against the CPU runtime's code): ONNX Runtime copies a host input when it
 //    is bound, not when the graph runs, so a runtime that binds once would decode / encode stale inputs.
 //  * with that provider and CUDA graphs: decode() in sequence and interleaved with another CUDA session, each
-//    call against the CPU provider's Gaussians. FLEXAVATAR_TEST_GRAPHS_ONLY=1 runs only the CUDA-graph runtime
-//    on the CUDA provider (onnxruntime-gpu 1.31.1 aborts node-by-node CUDA sessions at random).
+//    call against the CPU provider's Gaussians, and the encoder's CUDA graphs (per feature shape) against the
+//    CPU provider's codes. FLEXAVATAR_TEST_GRAPHS_ONLY=1 runs only the CUDA-graph runtime on the CUDA provider
+//    (onnxruntime-gpu 1.31.1 aborts node-by-node CUDA sessions at random).
 //  * the bundle's numerics check (check.npz) through the CUDA rasterizer and the CUDA-graph decoder passes.
 // Exit 0: passed; 1: failed; 77: skipped (no CUDA device, or no bundle), with the reason on stdout.
 #include <cuda_runtime.h>
@@ -440,10 +441,10 @@ int main(int argc, char** argv) {
     expect(false, std::string("decode: ") + flexavatar_last_error());
   }
 
-  // The bundle's numerics check (check.npz) through the CUDA rasterizer, and the CUDA provider with graphs: it
-  // passes as on the CPU, and leaves each runtime's avatar code as it was. (Not the graph runtime in the graphs-
-  // only mode: the check runs the encoder too, node by node on the CUDA provider.)
-  for (flexavatar_runtime* rt : {upload, graphs_only ? nullptr : graphs}) {
+  // The bundle's numerics check (check.npz) through the CUDA rasterizer, and the CUDA provider with graphs (its
+  // encoder row through the encoder's CUDA graph): it passes as on the CPU, and leaves each runtime's avatar code
+  // as it was.
+  for (flexavatar_runtime* rt : {upload, graphs}) {
     if (!ok || !rt) continue;
     const char* name = rt == graphs ? "CUDA decoder (CUDA graph) + CUDA rasterizer" : "CPU decoder + CUDA rasterizer";
     flexavatar_numerics n{};
@@ -486,14 +487,19 @@ int main(int argc, char** argv) {
     }
   }
 
-  // Last (it replaces the runtimes' codes): the encoder on the CUDA provider (it runs on the decoder's), two
-  // photos, each equal to the CPU runtime's code.
-  if (host_io && info.encoders) {
+  // Last (it replaces the runtimes' codes): the encoder on the CUDA provider (it runs on the decoder's): node by node
+  // with host buffers, and as CUDA graphs in the graph runtime. Three photos, each equal to the CPU runtime's code;
+  // with DINOv2 features the second has another feature shape (a graph of its own) and the third the first's again
+  // (a replay of the first graph on new data).
+  for (flexavatar_runtime* rt : {host_io, graphs}) {
+    if (!rt || !info.encoders) continue;
+    const char* name = rt == graphs ? "CUDA-graph encoder" : "node-by-node encoder";
     const int64_t side = info.image_size, tokens = info.num_head_tokens * info.code_dim;
     const bool features = (info.encoders & FLEXAVATAR_ENCODER_FEATURES) && !(info.encoders & FLEXAVATAR_ENCODER_IMAGE);
-    const int64_t fc = features ? info.feature_channels : 0, fh = features ? 16 : 0, fw = features ? 16 : 0;
     std::vector<float> cpu_code(static_cast<size_t>(tokens)), cuda_code(static_cast<size_t>(tokens)), previous;
-    for (int photo = 0; photo < 2; ++photo) {
+    for (int photo = 0; photo < 3; ++photo) {
+      const int64_t fc = features ? info.feature_channels : 0, fh = features ? (photo == 1 ? 12 : 16) : 0,
+                    fw = features ? (photo == 1 ? 14 : 16) : 0;
       std::vector<float> image(size_t(3 * side * side)), feats(size_t(fc * fh * fw));
       for (float& v : image) v = std::min(1.f, std::max(0.f, 0.5f + 0.2f * normal()));
       for (float& v : feats) v = normal();
@@ -507,11 +513,11 @@ int main(int argc, char** argv) {
         in.feature_height = fh;
         in.feature_width = fw;
       }
-      const std::string what = "encoder, photo " + std::to_string(photo);
+      const std::string what = std::string(name) + ", photo " + std::to_string(photo);
       if (flexavatar_runtime_create_avatar_code(cpu, &in) != FLEXAVATAR_OK ||
           flexavatar_runtime_get_avatar_code(cpu, cpu_code.data(), tokens) != FLEXAVATAR_OK ||
-          flexavatar_runtime_create_avatar_code(host_io, &in) != FLEXAVATAR_OK ||
-          flexavatar_runtime_get_avatar_code(host_io, cuda_code.data(), tokens) != FLEXAVATAR_OK) {
+          flexavatar_runtime_create_avatar_code(rt, &in) != FLEXAVATAR_OK ||
+          flexavatar_runtime_get_avatar_code(rt, cuda_code.data(), tokens) != FLEXAVATAR_OK) {
         expect(false, what + ": " + flexavatar_last_error());
         break;
       }
@@ -523,7 +529,7 @@ int main(int argc, char** argv) {
       }
       std::printf("  %s: CUDA-provider code vs CPU max |diff| %.2e (max |code| %.2e)\n", what.c_str(), worst, scale);
       expect(worst <= 1e-3 * std::max(1.0, scale), what + ": the CUDA provider's code differs from the CPU's");
-      if (!previous.empty()) expect(moved > 1e-2, "the two test photos encode to (almost) the same code");
+      if (!previous.empty()) expect(moved > 1e-2, "two test photos encode to (almost) the same code");
       previous = cpu_code;
     }
   }
