@@ -248,11 +248,14 @@ graph_passes_ab() {
     --template "$FLEXAVATAR_FIXTURES/official_flex/gghead_template.obj" --json "$LOGS/graph_passes_ab.json"
 }
 
-# the upsampler in three exact forms (model's ConvTranspose + FIR; one sub-pixel Conv + DepthToSpace; im2col GEMMs),
-# ONNX Runtime CUDA graphs fp32/fp16 × cuDNN HEURISTIC/EXHAUSTIVE and PyTorch eager, alternating rounds
-# (benchmarks/device/upsampler_forms.py): which form the fp16 decoder should export (issue #7)
+# the upsampler in three exact forms (ConvTranspose + FIR as bundles hold it; export.graph_passes.subpixel_upsampling;
+# im2col GEMMs), ONNX Runtime CUDA graphs fp32/fp16 × cuDNN HEURISTIC/EXHAUSTIVE, and the FLEX-1 bundle's decoders
+# with and without the sub-pixel pass, alternating rounds (benchmarks/device/upsampler_forms.py): which form the
+# fp16 decoder should export (issue #7)
 upsampler_forms() {
-  pyrun "$REPO/benchmarks/device/upsampler_forms.py" --json "$LOGS/upsampler_forms.json"
+  local bundle
+  bundle=$(flex1_fp16_bundle) || return 1
+  pyrun "$REPO/benchmarks/device/upsampler_forms.py" --bundle "$bundle" --json "$LOGS/upsampler_forms.json"
 }
 
 # GPU time per kernel class of the whole frame as the GPU ran it (CUPTI through torch.profiler: ONNX Runtime's,
@@ -311,7 +314,7 @@ for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement bench
     ort-stress) stage ort-stress 200 ort_probe stress ;;
     ort-conv) stage ort-conv 100 ort_probe conv ;;
     interleave) stage interleave 90 interleave ;;
-    upsampler-forms) stage upsampler-forms 120 upsampler_forms ;;
+    upsampler-forms) stage upsampler-forms 180 upsampler_forms ;;
     wait-prewarm) stage wait-prewarm 300 bash -c "until [[ -f '$REPO/build/gpu-prewarm/done' ]]; do sleep 2; done" ;;
     native-check) stage native-check 150 gpu_check timing memcheck ;;
     dashboard) ;;   # always last, below

@@ -12,6 +12,8 @@ export checks every file against PyTorch afterwards, as for any conversion.
 - ``attention_token_major``: ``Transpose → Attention (4-D) → Transpose → Reshape`` becomes a 3-D
   Attention on the token-major tensors (``q_num_heads`` / ``kv_num_heads`` set): no layout copies around
   the attention.
+
+Not in ``slim`` (a GPU-only candidate, measured before it is adopted): ``subpixel_upsampling``.
 """
 from __future__ import annotations
 
@@ -191,6 +193,91 @@ def _static_dims(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
             dims[value.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                                 for d in tensor.shape.dim]
     return dims
+
+
+# ---- sub-pixel upsampling -------------------------------------------------------------------------------
+
+def subpixel_upsampling(model: onnx.ModelProto) -> int:
+    """ConvTranspose(3×3, stride 2, no pads, no bias) → depthwise 4×4 Conv (pads 1, one filter for every channel,
+    no bias) — the StyleGAN upsampler's conv0 and its FIR low-pass (SPEC §10) — becomes one 3×3 Conv (pads 1) with
+    4× the output channels, then DepthToSpace(2, CRD): no transposed and no depthwise convolution, 4× conv0's
+    multiply-adds. Exact up to rounding (``subpixel_weight``); returns the number of pairs rewritten.
+
+    For GPUs, whose dense convolutions run on tensor cores where cuDNN's transposed / depthwise kernels may not
+    (benchmarks/device/upsampler_forms.py measures it); on a CPU it is slower (more arithmetic) and not applied."""
+    graph = model.graph
+    nodes = list(graph.node)
+    inits = {t.name: t for t in graph.initializer}
+    consumers = _consumers(nodes)
+    graph_outputs = {o.name for o in graph.output}
+    removed: set[int] = set()
+    new_nodes: dict[int, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        if (node.op_type != "ConvTranspose" or len([i for i in node.input if i]) != 2 or node.input[1] not in inits
+                or not _attrs_are(node, group=1, strides=[2, 2], pads=[0, 0, 0, 0], output_padding=[0, 0],
+                                  dilations=[1, 1], kernel_shape=[3, 3])):
+            continue
+        users = consumers.get(node.output[0], [])
+        if len(users) != 1 or node.output[0] in graph_outputs:
+            continue
+        fir_conv = users[0]
+        weight = numpy_helper.to_array(inits[node.input[1]])                 # [C, O, 3, 3]
+        if weight.ndim != 4 or weight.shape[2:] != (3, 3):
+            continue
+        c_out = weight.shape[1]
+        if (fir_conv.op_type != "Conv" or len([i for i in fir_conv.input if i]) != 2 or fir_conv.input[0] != node.output[0]
+                or fir_conv.input[1] not in inits or not _attrs_are(fir_conv, group=c_out, strides=[1, 1],
+                                                                    pads=[1, 1, 1, 1], dilations=[1, 1])):
+            continue
+        fir = numpy_helper.to_array(inits[fir_conv.input[1]])                # [O, 1, 4, 4]
+        if fir.shape != (c_out, 1, 4, 4) or not (fir == fir[:1]).all():
+            continue
+        base = f"{node.name or node.output[0]}__subpixel"
+        graph.initializer.append(numpy_helper.from_array(subpixel_weight(weight, fir[0, 0]), f"{base}_weight"))
+        new_nodes[id(node)] = [
+            helper.make_node("Conv", [node.input[0], f"{base}_weight"], [f"{base}_conv"], name=f"{base}_conv",
+                             kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1], dilations=[1, 1], group=1),
+            helper.make_node("DepthToSpace", [f"{base}_conv"], [fir_conv.output[0]], name=f"{base}_shuffle",
+                             blocksize=2, mode="CRD")]
+        removed.update((id(node), id(fir_conv)))
+    if removed:
+        _replace_nodes(graph, nodes, removed, new_nodes)
+    return len(removed) // 2
+
+
+def subpixel_weight(transposed_weight: np.ndarray, fir: np.ndarray) -> np.ndarray:
+    """The 3×3 pad-1 Conv weight [4·O, C, 3, 3] (channel 4·o + 2·a + b: output parity (a, b) of channel o, the
+    DepthToSpace CRD / PixelShuffle order) equal to ConvTranspose(stride 2) with ``transposed_weight`` [C, O, 3, 3]
+    followed by the pad-1 correlation with the 4×4 ``fir``. Computed in float64, returned in the weight's dtype.
+
+    1-D: t[j] = Σ_i x[i]·w[j − 2i], y[n] = Σ_m f[m]·t[n + m − 1], so y[n] = Σ_i x[i]·K[n − 2i] with
+    K[d] = Σ_m f[m]·w[d + m − 1], d ∈ [−2, 3]. For n = 2p + a the taps i = p + u − 1 (u = 0, 1, 2) carry
+    K[2(1 − u) + a]: a 3×3 window per output parity. In 2-D, K is the full correlation of w with the filter."""
+    w = np.asarray(transposed_weight, np.float64).transpose(1, 0, 2, 3)     # [O, C, 3, 3]
+    f = np.asarray(fir, np.float64)
+    o, c = w.shape[:2]
+    k = np.zeros((o, c, 6, 6))                                               # K at index d + 2 = k − m + 3
+    for my in range(4):
+        for mx in range(4):
+            k[:, :, 3 - my:6 - my, 3 - mx:6 - mx] += f[my, mx] * w
+    taps = [[4 - 2 * u + a for u in range(3)] for a in range(2)]             # K index of tap u, parity a
+    sub = np.stack([np.stack([k[:, :, taps[a]][:, :, :, taps[b]] for b in range(2)], 1) for a in range(2)], 1)
+    return sub.reshape(4 * o, c, 3, 3).astype(np.asarray(transposed_weight).dtype)
+
+
+def _attrs_are(node: onnx.NodeProto, **expected) -> bool:
+    """Every expected attribute has that value (absent: ONNX's default for the listed ones), auto_pad unset."""
+    defaults = {"group": 1, "strides": None, "pads": None, "output_padding": None, "dilations": None}
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return False
+    for name, value in expected.items():
+        got = attrs.get(name, defaults.get(name))
+        if got is None and isinstance(value, list) and name != "kernel_shape":
+            got = [0] * len(value) if name in ("pads", "output_padding") else [1] * len(value)
+        if (list(got) if isinstance(got, (list, tuple)) else got) != value:
+            return False
+    return True
 
 
 # ---- shared helpers -------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def test_session_default_stages_exist_and_wait_for_the_flex1_bundle_first():
     # stages that read the FLEX-1 bundle prewarm.sh exports come after wait-prewarm
     needs_bundle = {name for name, command in _stage_lines().items()
                     if re.search(rf"^{command}\(\) \{{[^}}]*flex1_fp16_bundle", RUN_GPU, re.M | re.S)}
-    assert {"interleave", "ort-conv", "verify"} <= needs_bundle
+    assert {"interleave", "ort-conv", "verify", "upsampler-forms"} <= needs_bundle
     wait = default.index("wait-prewarm")
     for name in needs_bundle & set(default):
         assert default.index(name) > wait, f"{name} runs before wait-prewarm"

@@ -182,3 +182,77 @@ def test_opset18_graph_gets_the_matmul_merge_only():
     with torch.no_grad():
         want = module(x, c).numpy()
     np.testing.assert_allclose(_run(slim, {"x": x.numpy(), "c": c.numpy()})[0], want, rtol=1e-5, atol=1e-5)
+
+
+# ---- sub-pixel upsampling ----------------------------------------------------------------------------------
+
+def test_subpixel_weight_equals_the_models_transposed_conv_and_fir_in_float64():
+    from flexavatar.upsampler import LRELU_GAIN, ModulatedConv
+
+    conv = ModulatedConv(6, 5, 4, up=True).double()
+    with torch.no_grad():
+        conv.weight.normal_()
+        conv.affine.bias.normal_(1, 0.25)
+    x = torch.randn(2, 6, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    w = (conv.baked_weight() * LRELU_GAIN).detach()                       # [O, C, 3, 3]
+    fir = (conv.resample_filter * 4).double()
+    with torch.no_grad():                                                 # the model's own up path, bias-free
+        expected = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
+        expected = F.conv2d(F.pad(expected, (1, 1, 1, 1)), fir[None, None].expand(5, 1, 4, 4), groups=5)
+    sub = torch.from_numpy(graph_passes.subpixel_weight(w.transpose(0, 1).numpy(), fir.numpy()))
+    got = F.pixel_shuffle(F.conv2d(x, sub, padding=1), 2)
+    assert sub.shape == (20, 6, 3, 3) and got.shape == expected.shape == (2, 5, 14, 14)
+    assert float((got - expected).abs().max()) <= 1e-12 * float(expected.abs().max())
+
+
+def _upsampler_pair_graph(fir_uniform: bool = True, stride: int = 2) -> onnx.ModelProto:
+    """x [N, 4, 5, 5] → ConvTranspose(3×3, stride) → depthwise 4×4 Conv (pads 1) → Relu: the exporter's pattern."""
+    c, o = 4, 3
+    fir = np.outer([1, 3, 3, 1], [1, 3, 3, 1]).astype(np.float32) / 16
+    firs = np.stack([fir * (1 + (k if not fir_uniform else 0)) for k in range(o)])[:, None]
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["t"], strides=[stride, stride], kernel_shape=[3, 3],
+                              pads=[0, 0, 0, 0]),
+             helper.make_node("Conv", ["t", "fir"], ["y0"], group=o, kernel_shape=[4, 4], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["y0"], ["y"])]
+    inits = [_init("w", c, o, 3, 3), numpy_helper.from_array(firs, "fir")]
+    graph = helper.make_graph(nodes, "up", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", o, None, None])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", DEFAULT_OPSET)])
+
+
+def test_subpixel_upsampling_rewrites_the_pattern_and_keeps_the_outputs():
+    model = _upsampler_pair_graph()
+    x = RNG.standard_normal((2, 4, 5, 5)).astype(np.float32)
+    (expected,) = _run(model, {"x": x})
+    rewritten = _copy(model)
+    assert graph_passes.subpixel_upsampling(rewritten) == 1
+    onnx.checker.check_model(rewritten, full_check=True)
+    assert _ops(rewritten) == {"Conv": 1, "DepthToSpace": 1, "Relu": 1}
+    (got,) = _run(rewritten, {"x": x})
+    assert got.shape == expected.shape == (2, 3, 10, 10)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    assert graph_passes.subpixel_upsampling(rewritten) == 0                               # a fixed point
+
+
+@pytest.mark.parametrize("variant", ["per-channel filters", "stride 1"])
+def test_subpixel_upsampling_leaves_other_convolutions_alone(variant):
+    model = _upsampler_pair_graph(fir_uniform=variant != "per-channel filters", stride=1 if variant == "stride 1" else 2)
+    assert graph_passes.subpixel_upsampling(model) == 0
+    assert _ops(model)["ConvTranspose"] == 1
+
+
+def test_subpixel_upsampling_on_an_exported_decoder_fp32_and_fp16(onnx_features_bundle):
+    from flexavatar.export.onnx_tools import to_fp16
+
+    decoder = onnx.load(str(onnx_features_bundle / "decoder.fp32.onnx"))
+    rng = np.random.default_rng(1)
+    feeds = {i.name: rng.standard_normal([d.dim_value or 1 for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+             * (0.5 if i.name == "code" else 0.3) for i in decoder.graph.input}
+    for graph, tolerance in ((decoder, 1e-5), (to_fp16(decoder), 1e-2)):
+        expected = _run(graph, feeds)
+        n_transposed = _ops(graph)["ConvTranspose"]
+        rewritten = _copy(graph)
+        assert graph_passes.subpixel_upsampling(rewritten) == n_transposed >= 1       # every upsampling block
+        assert _ops(rewritten)["ConvTranspose"] == 0
+        for want, got in zip(expected, _run(rewritten, feeds), strict=True):
+            np.testing.assert_allclose(got, want, rtol=0, atol=tolerance * max(1.0, float(np.abs(want).max())))

@@ -4,28 +4,28 @@ On an H200 (2026-11-27) 2.7 of a FLEX-1 fp16 frame's 4.6 GPU ms were the upsampl
 cuDNN kernels without tensor cores (``implicit_convolve_sgemm``, ``dgrad_engine``). The forms compute the same
 function (SPEC §10) with different kernels:
 
-- ``transposed``: the model's own graph. Per block: ConvTranspose 3×3 stride 2 → 4×4 FIR low-pass (a depthwise
-  Conv) → 3×3 Conv → 1×1 Conv (toRGB).
-- ``subpixel``: ConvTranspose and FIR fused into one 3×3 Conv with 4× the output channels, then DepthToSpace
-  (each output parity of a stride-2 transposed conv followed by a 4-tap filter reads a 3×3 input window). No
-  transposed or depthwise convolution left; conv0 does 4× the multiply-adds (≈ 51 more GFLOP a frame).
+- ``transposed``: the graph bundles hold. Per block: ConvTranspose 3×3 stride 2 → 4×4 FIR low-pass (a
+  depthwise Conv) → 3×3 Conv → 1×1 Conv (toRGB).
+- ``subpixel``: that graph after ``export.graph_passes.subpixel_upsampling``: ConvTranspose and FIR fused into
+  one 3×3 Conv with 4× the output channels, then DepthToSpace. No transposed or depthwise convolution left;
+  conv0 does 4× the multiply-adds (≈ 51 more GFLOP a frame).
 - ``gemm``: ``subpixel`` with every convolution written as im2col (Pad, Gather) + MatMul: cuBLAS GEMMs on
   tensor cores, whatever cuDNN's search picks.
 
-On this file's CPU (2 cores) ONNX Runtime ran them in 282 / 514 / 934 ms: the forms are for GPUs only.
+On the 2-core build CPU ONNX Runtime ran them in 282 / 514 / 934 ms: the forms are for GPUs only.
 
 Each form is exported at FLEX-1 size (768@32² → 48@128², random baked weights), checked against the model's
 own float64 forward, converted to fp16 as the exporter does, and timed on ONNX Runtime's CUDA provider with
-CUDA graphs and IO binding, cuDNN search HEURISTIC and EXHAUSTIVE, the variants alternating in rounds; PyTorch
-eager runs each form too. Prints one JSON line per variant.
+CUDA graphs and IO binding, cuDNN search HEURISTIC and EXHAUSTIVE, the variants alternating in rounds.
+``--bundle`` also times the bundle's own decoders (the whole per-frame graph) with and without the
+``subpixel`` pass, as the runtime runs them. One JSON line per variant.
 
-    python benchmarks/device/upsampler_forms.py [--frames 50 --rounds 5] [--json OUT.json]
+    python benchmarks/device/upsampler_forms.py [--bundle BUNDLE] [--frames 50 --rounds 5] [--json OUT.json]
 """
 from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import json
 import statistics
 import tempfile
@@ -39,25 +39,6 @@ from flexavatar.upsampler import CONV_CLAMP, LRELU_GAIN, ModulatedConv, StyleGAN
 
 FORMS = ("transposed", "subpixel", "gemm")
 SEARCHES = ("HEURISTIC", "EXHAUSTIVE")
-
-
-def subpixel_weight(conv: ModulatedConv) -> torch.Tensor:
-    """conv0's ConvTranspose(3×3, stride 2) + pad-1 4×4 FIR as one 3×3 pad-1 Conv before PixelShuffle(2):
-    [4·out, in, 3, 3], channel 4·o + 2·a + b = output parity (a, b) of channel o.
-
-    1-D: t[j] = Σ_i x[i]·w[j − 2i] (transposed conv), y[n] = Σ_m f[m]·t[n + m − 1] (FIR), so y[n] = Σ_i x[i]·K[n − 2i]
-    with K[d] = Σ_m f[m]·w[d + m − 1], d ∈ [−2, 3]. For n = 2p + a the taps i = p + u − 1 (u = 0, 1, 2) carry
-    K[2(1 − u) + a]: a 3×3 window per parity. In 2-D K is the full correlation of w with the 4×4 filter."""
-    w = conv.baked_weight() * LRELU_GAIN                               # [O, C, 3, 3]
-    fir = conv.resample_filter.to(w.dtype) * 4                         # [4, 4], up² gain
-    o, c = w.shape[:2]
-    k = w.new_zeros(o, c, 6, 6)                                        # K at index d + 2 = k − m + 3
-    for my in range(4):
-        for mx in range(4):
-            k[:, :, 3 - my:6 - my, 3 - mx:6 - mx] += fir[my, mx] * w
-    taps = [[4 - 2 * u + a for u in range(3)] for a in range(2)]       # K index of tap u for parity a
-    sub = torch.stack([torch.stack([k[:, :, taps[a]][:, :, :, taps[b]] for b in range(2)], 1) for a in range(2)], 1)
-    return sub.reshape(4 * o, c, 3, 3)                                 # [O, 2, 2, C, 3, 3] → [4·O, C, 3, 3]
 
 
 def conv_as_gemm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -74,33 +55,36 @@ def conv_as_gemm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (weight.reshape(o, c * k * k) @ columns).reshape(n, o, h, w)
 
 
+def subpixel_weight(conv: ModulatedConv) -> torch.Tensor:
+    """conv0 (ConvTranspose + FIR) as the 3×3 Conv weight [4·O, C, 3, 3] of ``subpixel_upsampling``."""
+    from flexavatar.export.graph_passes import subpixel_weight as fused
+
+    w = (conv.baked_weight() * LRELU_GAIN).detach()                       # [O, C, 3, 3]
+    fir = (conv.resample_filter * 4).detach()                             # [4, 4], up² gain
+    return torch.from_numpy(fused(w.transpose(0, 1).cpu().numpy(), fir.cpu().numpy())).to(w.device)
+
+
 def _activation(y: torch.Tensor, conv: ModulatedConv) -> torch.Tensor:
     y = F.leaky_relu(y + (conv.bias * LRELU_GAIN)[None, :, None, None], 0.2)
     return y.clamp(-CONV_CLAMP, CONV_CLAMP)
 
 
-class UpsamplerForm(torch.nn.Module):
-    """``upsampler`` computed in one of FORMS. The other forms bake their weights once (the model's own form
-    bakes them in every call, as the PyTorch eager pipeline runs it; exported graphs fold them either way)."""
+class GemmUpsampler(torch.nn.Module):
+    """``upsampler`` with every convolution as im2col + MatMul (the ``gemm`` form; weights baked once)."""
 
-    def __init__(self, upsampler: StyleGANUpsampler, form: str):
+    def __init__(self, upsampler: StyleGANUpsampler):
         super().__init__()
-        if form not in FORMS:
-            raise ValueError(f"unknown form {form!r}: expected one of {FORMS}")
-        self.upsampler, self.form = upsampler, form
+        self.upsampler = upsampler
         with torch.no_grad():
             self.weights = [(subpixel_weight(b.conv0), b.conv1.baked_weight() * LRELU_GAIN, b.torgb.baked_weight())
                             for b in upsampler.blocks]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:                # [N, D, R, R] → [N, D/4^k, R·2^k, R·2^k]
-        if self.form == "transposed":
-            return self.upsampler(x)
-        conv = (lambda t, w: F.conv2d(t, w, padding=w.shape[-1] // 2)) if self.form == "subpixel" else conv_as_gemm
         img = x
         for block, (up, mid, torgb) in zip(self.upsampler.blocks, self.weights):
-            x = _activation(F.pixel_shuffle(conv(x, up), 2), block.conv0)
-            x = _activation(conv(x, mid), block.conv1)
-            rgb = (conv(x, torgb) + block.torgb.bias[None, :, None, None]).clamp(-CONV_CLAMP, CONV_CLAMP)
+            x = _activation(F.pixel_shuffle(conv_as_gemm(x, up), 2), block.conv0)
+            x = _activation(conv_as_gemm(x, mid), block.conv1)
+            rgb = (conv_as_gemm(x, torgb) + block.torgb.bias[None, :, None, None]).clamp(-CONV_CLAMP, CONV_CLAMP)
             img = F.pixel_shuffle(img, 2) + rgb
         return img
 
@@ -122,16 +106,60 @@ def flex1_upsampler(seed: int = 0, d_in: int = 768, res_in: int = 32, channel_ba
 
 
 def export_form(upsampler: StyleGANUpsampler, form: str, x: torch.Tensor, opset: int):
-    """The form as the exporter writes graphs (folded, ``graph_passes`` applied), fp32, input ``x``, output ``y``."""
+    """The form as the exporter writes graphs (folded, ``graph_passes.slim`` applied), fp32, input ``x``, output ``y``."""
     from flexavatar.bundle import TensorSpec
+    from flexavatar.export import graph_passes
     from flexavatar.export.graphs import GraphSpec
     from flexavatar.export.onnx_tools import export_graph
 
+    if form not in FORMS:
+        raise ValueError(f"unknown form {form!r}: expected one of {FORMS}")
     with torch.no_grad():
-        y_shape = tuple(UpsamplerForm(upsampler, "transposed")(x).shape)
+        y_shape = tuple(upsampler(x).shape)
     spec = GraphSpec(f"upsampler-{form}", (TensorSpec("x", tuple(x.shape), "float32"),),
                      (TensorSpec("y", y_shape, "float32"),))
-    return export_graph(UpsamplerForm(upsampler, form), (x,), spec, opset)
+    model = export_graph(GemmUpsampler(upsampler) if form == "gemm" else upsampler, (x,), spec, opset)
+    if form == "subpixel":
+        graph_passes.subpixel_upsampling(model)
+    return model
+
+
+class _OrtRunner:
+    """One ONNX file on ONNX Runtime: the CUDA provider with CUDA graphs and IO binding (as the runtime runs
+    decoders: the runtime's provider options, ``search`` overriding cuDNN's), or the CPU provider (this script's
+    smoke test). ``outputs``: name → preallocated float32 tensor on the device."""
+
+    def __init__(self, path: Path, precision: str, search: str | None, inputs: dict, outputs: dict, stream):
+        import numpy as np
+        import onnxruntime as ort
+
+        import flexavatar.runtime.gpu as gpu
+        from flexavatar.runtime.engines import EngineOptions, ort_session_options
+
+        options = ort_session_options(EngineOptions(precision=precision))
+        self.outputs, self.stream = outputs, stream
+        if stream is None:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.feeds = {k: v.numpy() for k, v in inputs.items()}
+            return
+        provider = gpu.cuda_provider_options(0, stream.cuda_stream, True, precision)
+        if search:
+            provider["cudnn_conv_algo_search"] = search
+        self.session = ort.InferenceSession(str(path), options, providers=[("CUDAExecutionProvider", provider)])
+        self.binding = self.session.io_binding()
+        for bind, tensors in ((self.binding.bind_input, inputs), (self.binding.bind_output, outputs)):
+            for name, t in tensors.items():
+                bind(name, "cuda", 0, np.float32, tuple(t.shape), t.data_ptr())
+        self.run_options = gpu.cuda_run_options()
+
+    def __call__(self) -> None:
+        if self.stream is None:
+            names = list(self.outputs)
+            for name, value in zip(names, self.session.run(names, self.feeds), strict=True):
+                self.outputs[name].copy_(torch.from_numpy(value))
+            return
+        with torch.cuda.stream(self.stream):
+            self.session.run_with_iobinding(self.binding, self.run_options)
 
 
 def _time_rounds(runs: dict, frames: int, rounds: int, sync) -> dict[str, float]:
@@ -148,115 +176,109 @@ def _time_rounds(runs: dict, frames: int, rounds: int, sync) -> dict[str, float]
     return {key: round(statistics.median(t), 4) for key, t in times.items()}
 
 
-class _OrtVariant:
-    """One exported form on ONNX Runtime: CUDA provider with CUDA graphs and IO binding into ``y`` (as the
-    runtime runs decoders), or the CPU provider (the smoke test of this script)."""
-
-    def __init__(self, path: Path, precision: str, search: str, x: torch.Tensor, y: torch.Tensor, stream):
-        import numpy as np
-        import onnxruntime as ort
-
-        import flexavatar.runtime.gpu as gpu
-        from flexavatar.runtime.engines import EngineOptions, ort_session_options
-
-        options = ort_session_options(EngineOptions(precision=precision))
-        self.x, self.y, self.stream = x, y, stream
-        if stream is None:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            self.feeds = {"x": x.numpy()}
-            return
-        provider = gpu.cuda_provider_options(0, stream.cuda_stream, True, precision)
-        provider["cudnn_conv_algo_search"] = search
-        self.session = ort.InferenceSession(str(path), options, providers=[("CUDAExecutionProvider", provider)])
-        self.binding = self.session.io_binding()
-        self.binding.bind_input("x", "cuda", 0, np.float32, tuple(x.shape), x.data_ptr())
-        self.binding.bind_output("y", "cuda", 0, np.float32, tuple(y.shape), y.data_ptr())
-        self.run_options = gpu.cuda_run_options()
-
-    def __call__(self) -> None:
-        if self.stream is None:
-            self.y.copy_(torch.from_numpy(self.session.run(None, self.feeds)[0]))
-            return
-        with torch.cuda.stream(self.stream):
-            self.session.run_with_iobinding(self.binding, self.run_options)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--frames", type=int, default=50)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
-                    help="cpu: ONNX Runtime's CPU provider and eager fp32 only (this script's smoke test)")
-    ap.add_argument("--small", action="store_true", help="64@8² → 4@32² instead of FLEX-1's 768@32² → 48@128²")
-    ap.add_argument("--json")
-    args = ap.parse_args(argv)
-
+def _upsampler_variants(args, device: str, stream, tmp: Path, results: dict, runs: dict) -> None:
     import onnx
-    import onnxruntime as ort
 
     from flexavatar.export.exporter import DEFAULT_OPSET
     from flexavatar.export.onnx_tools import to_fp16
 
+    sizes = dict(d_in=64, res_in=8, channel_base=512, channel_max=32) if args.small else {}
+    upsampler = flex1_upsampler(**sizes)
+    res = sizes.get("res_in", 32)
+    x = torch.randn(1, upsampler.blocks[0].conv0.weight.shape[1], res, res, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = upsampler.double()(x.double()).float().to(device)
+    upsampler.float()
+    scale = float(reference.abs().max())
+    x_device = x.to(device)
+    for form in FORMS:
+        fp32 = export_form(upsampler, form, x, DEFAULT_OPSET)
+        for precision, graph in (("fp32", fp32), ("fp16", to_fp16(fp32))):
+            path = tmp / f"upsampler.{form}.{precision}.onnx"
+            onnx.save_model(graph, str(path))
+            for search in SEARCHES if stream is not None else (None,):
+                key = f"upsampler-{form}-{precision}" + (f"-{search.lower()}" if search else "")
+                y = torch.empty_like(reference)
+                runs[key] = _OrtRunner(path, precision, search, {"x": x_device}, {"y": y}, stream)
+                runs[key]()                  # warm-up and CUDA-graph capture
+                runs[key]()
+                if stream is not None:
+                    stream.synchronize()
+                error = float((y - reference).abs().max())
+                results[key] = {"form": form, "precision": precision, "search": search, "nodes": len(graph.graph.node),
+                                "ops": dict(collections.Counter(n.op_type for n in graph.graph.node).most_common()),
+                                "max_abs_error": error, "relative_error": error / scale}
+                print(json.dumps({"variant": key, **results[key]}), flush=True)
+
+
+def _bundle_variants(bundle_dir: str, device: str, stream, tmp: Path, results: dict, runs: dict) -> None:
+    """The bundle's decoders as they are and after ``subpixel_upsampling``, with the runtime's settings."""
+    import onnx
+
+    from flexavatar.bundle import Bundle
+    from flexavatar.export import graph_passes
+
+    bundle = Bundle.open(bundle_dir, verify="size")
+    conv = bundle.manifest.conventions
+    gen = torch.Generator().manual_seed(0)
+    inputs = {"code": 0.5 * torch.randn((1, conv.n_head_tokens, conv.d_code), generator=gen).to(device),
+              "expressions": 0.3 * torch.randn((1, conv.expression_dim), generator=gen).to(device)}
+    for artifact in bundle.manifest.artifacts:
+        if artifact.role != "decoder" or artifact.format != "onnx":
+            continue
+        plain = onnx.load(str(bundle.path(artifact)))
+        fused = onnx.ModelProto()
+        fused.CopyFrom(plain)
+        rewritten = graph_passes.subpixel_upsampling(fused)
+        outputs = {}
+        for name, graph in (("plain", plain), ("subpixel", fused)):
+            path = tmp / f"decoder.{name}.{artifact.precision}.onnx"
+            onnx.save_model(graph, str(path))
+            key = f"decoder-{name}-{artifact.precision}"
+            outputs[name] = {o.name: torch.empty(tuple(1 if isinstance(d, str) else d for d in o.shape),
+                                                 dtype=torch.float32, device=device) for o in artifact.outputs}
+            runs[key] = _OrtRunner(path, artifact.precision, None, inputs, outputs[name], stream)
+            runs[key]()
+            runs[key]()
+            results[key] = {"form": "transposed" if name == "plain" else "subpixel", "precision": artifact.precision,
+                            "nodes": len(graph.graph.node), "rewritten_pairs": rewritten if name == "subpixel" else 0}
+        if stream is not None:
+            stream.synchronize()
+        diff = max(float((outputs["plain"][k] - outputs["subpixel"][k]).abs().max()) for k in outputs["plain"])
+        results[f"decoder-subpixel-{artifact.precision}"]["max_abs_diff_vs_plain"] = diff
+        print(json.dumps({"variant": f"decoder-subpixel-{artifact.precision}",
+                          **results[f"decoder-subpixel-{artifact.precision}"]}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bundle", help="also A/B this bundle's decoders with and without the subpixel pass")
+    ap.add_argument("--frames", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                    help="cpu: ONNX Runtime's CPU provider (this script's smoke test)")
+    ap.add_argument("--small", action="store_true", help="upsampler 64@8² → 4@32² instead of FLEX-1's 768@32² → 48@128²")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+
+    import onnxruntime as ort
+
     cuda = args.device == "cuda"
     if cuda and hasattr(ort, "preload_dlls"):
         ort.preload_dlls()
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False     # fp32 means fp32
-    sizes = dict(d_in=64, res_in=8, channel_base=512, channel_max=32) if args.small else {}
-    upsampler = flex1_upsampler(**sizes)
-    x = torch.randn(1, upsampler.blocks[0].conv0.weight.shape[1], sizes.get("res_in", 32), sizes.get("res_in", 32),
-                    generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        reference = upsampler.double()(x.double()).float().to(args.device)
-    upsampler.float()
-    scale = float(reference.abs().max())
     stream = torch.cuda.Stream() if cuda else None
-    sync = stream.synchronize if cuda else (lambda: None)
-    x_device = x.to(args.device)
-
     results: dict[str, dict] = {}
     runs = {}
-
-    def record(key: str, y: torch.Tensor, **row) -> None:
-        error = float((y - reference).abs().max())
-        results[key] = {**row, "max_abs_error": error, "relative_error": error / scale}
-        print(json.dumps({"variant": key, **results[key]}), flush=True)
-
     with tempfile.TemporaryDirectory() as tmp:
-        for form in FORMS:
-            fp32 = export_form(upsampler, form, x, DEFAULT_OPSET)
-            for precision, graph in (("fp32", fp32), ("fp16", to_fp16(fp32))):
-                path = Path(tmp) / f"{form}.{precision}.onnx"
-                onnx.save_model(graph, str(path))
-                ops = dict(collections.Counter(n.op_type for n in graph.graph.node).most_common())
-                for search in SEARCHES if cuda else ("none",):
-                    key = f"ort-{form}-{precision}-{search.lower()}"
-                    y = torch.empty_like(reference)
-                    runs[key] = _OrtVariant(path, precision, search, x_device, y, stream)
-                    runs[key]()                  # warm-up and CUDA-graph capture
-                    runs[key]()
-                    sync()
-                    record(key, y, form=form, precision=precision, engine="onnxruntime", search=search,
-                           nodes=len(graph.graph.node), ops=ops)
-        for form in FORMS:
-            for precision, dtype in (("fp32", torch.float32), ("fp16", torch.float16))[:2 if cuda else 1]:
-                module = UpsamplerForm(flex1_upsampler(**sizes).to(args.device, dtype), form).eval()
-                xin = x_device.to(dtype)
-
-                def run(m=module, xin=xin):
-                    with torch.no_grad(), (torch.cuda.stream(stream) if cuda else contextlib.nullcontext()):
-                        return m(xin)
-                key = f"eager-{form}-{precision}"
-                y = run().float()
-                sync()
-                record(key, y, form=form, precision=precision, engine="torch-eager")
-                runs[key] = run
-        times = _time_rounds(runs, args.frames, args.rounds, sync)
+        _upsampler_variants(args, args.device, stream, Path(tmp), results, runs)
+        if args.bundle:
+            _bundle_variants(args.bundle, args.device, stream, Path(tmp), results, runs)
+        times = _time_rounds(runs, args.frames, args.rounds, stream.synchronize if cuda else (lambda: None))
     for key, ms in times.items():
-        engine, _, setting = key.split("-", 2)              # e.g. ort, subpixel, fp16-heuristic
-        baseline = times[f"{engine}-transposed-{setting}"]
-        results[key].update(ms_per_call=ms, speedup_vs_transposed=round(baseline / ms, 3))
-        print(json.dumps({"variant": key, "ms_per_call": ms, "speedup_vs_transposed": results[key]["speedup_vs_transposed"],
-                          "relative_error": round(results[key]["relative_error"], 7)}), flush=True)
+        kind, form, setting = key.split("-", 2)               # e.g. upsampler, subpixel, fp16-heuristic
+        baseline = times[f"{kind}-{'plain' if kind == 'decoder' else 'transposed'}-{setting}"]
+        results[key].update(ms_per_call=ms, speedup=round(baseline / ms, 3))
+        print(json.dumps({"variant": key, "ms_per_call": ms, "speedup": results[key]["speedup"]}), flush=True)
     print(json.dumps({"device": torch.cuda.get_device_name(0) if cuda else "cpu", "onnxruntime": ort.__version__,
                       "torch": torch.__version__, "frames": args.frames, "rounds": args.rounds}), flush=True)
     if args.json:
