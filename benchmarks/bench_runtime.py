@@ -159,3 +159,32 @@ def test_whole_frame_batched(benchmark, bench_meta, flex1_bundle, flex1_model, a
     # the bundle's PSNR targets, as flexavatar-verify: a batch runs other GEMM kernels than one frame does (the
     # H200's torch fp32 b8 moved one borderline Gaussian: 7 steps at one pixel, 77.7 dB over the frames)
     assert psnr >= PSNR_TARGET_DB[precision]
+
+
+# The frame left on the GPU (output="device", no readback: what a display, a video encoder or a torch pipeline
+# takes): the deployment path's whole frame without the copy to the host; each call waits for the GPU to finish.
+@pytest.mark.parametrize("label,precision", [pytest.param("ort-cuda-graphs+cuda", "fp16", marks=[_NO_CUDA],
+                                                          id="ort-cuda-graphs+cuda-fp16-device")])
+def test_whole_frame_on_device(benchmark, bench_meta, flex1_bundle, avatar, expressions, label, precision):
+    _skip_unless_runnable("onnxruntime", "cuda", flex1_bundle)
+    rt = Runtime(flex1_bundle, backend="onnxruntime", device="cuda", rasterizer="cuda", precision=precision,
+                 cuda_graphs=True, verify="size")
+    cameras = orbit_camera(N_FRAMES)
+    bench_meta(stage="whole_frame", backend=f"{label}-device", size="flex1", device="cuda", dtype=precision,
+               flops=DECODE_FLOPS, frames=1, rasterizer=rt.rasterizer, runtime=rt.describe())
+    host = rt.render(avatar, expressions[:1], Camera(cameras.cam2world[0], cameras.intrinsics), SIZE, SIZE,
+                     output="float")
+    step = iter(range(10**9))
+
+    def frame():
+        i = next(step) % N_FRAMES
+        out = rt.render(avatar, expressions[i:i + 1], Camera(cameras.cam2world[i], cameras.intrinsics), SIZE, SIZE,
+                        output="device")
+        torch.cuda.synchronize()
+        return out
+
+    benchmark.pedantic(frame, rounds=100, warmup_rounds=10)
+    first = rt.render(avatar, expressions[:1], Camera(cameras.cam2world[0], cameras.intrinsics), SIZE, SIZE,
+                      output="device")
+    assert first.is_cuda and tuple(first.shape) == (1, SIZE, SIZE, 4)
+    np.testing.assert_array_equal(first.cpu().numpy(), host)       # the host frame, before its copy

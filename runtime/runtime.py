@@ -135,15 +135,21 @@ def _uint8_rgb(rgb, alpha) -> np.ndarray:
     return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def _float_rgba(rgb, alpha) -> np.ndarray:
-    """→ float32 [E, H, W, 4]: rgb composited over the background, and alpha (1 − transmittance)."""
+def _device_rgba(rgb, alpha):
+    """→ float32 [E, H, W, 4] (rgb composited over the background, and alpha) where the rasterizer made it: a torch
+    tensor on the runtime's device (CUDA: no host sync), numpy on the CPU paths."""
     if array_kind(rgb) == TORCH:
         import torch
-        return torch.cat([rgb, alpha], -1).cpu().numpy()
+        return torch.cat([rgb, alpha], -1)
     return np.concatenate([rgb, alpha], -1)
 
 
-FRAME_FORMATS = {"uint8": _uint8_rgb, "float": _float_rgba}
+def _float_rgba(rgb, alpha) -> np.ndarray:
+    """→ float32 [E, H, W, 4] on the host: rgb composited over the background, and alpha (1 − transmittance)."""
+    return to_numpy(_device_rgba(rgb, alpha))
+
+
+FRAME_FORMATS = {"uint8": _uint8_rgb, "float": _float_rgba, "device": _device_rgba}
 
 
 # ---- the runtime --------------------------------------------------------------------------------------------
@@ -364,14 +370,19 @@ class Runtime:
         width, second row × height): for a non-square render give fy/fx = width/height, e.g.
         ``orbit_camera(T, aspect=width / height)``.
 
-        output "uint8": RGB uint8 [T, H, W, 3]; "float": float32 [T, H, W, 4], RGB over ``background`` + alpha.
+        output "uint8": RGB uint8 [T, H, W, 3]; "float": float32 [T, H, W, 4], RGB over ``background`` + alpha;
+        "device": the "float" frames left where they were rendered, without a host sync: a CUDA torch tensor on
+        the GPU path (ordered before later work on the caller's current CUDA stream), numpy or a torch CPU tensor
+        (the torch engine) otherwise.
         apply_head_pose: show the GUI's rigid head pose of each code (``head_pose_matrix``); rendered by folding
         it into the camera, which gives the pixels of the posed Gaussians (``decode(apply_head_pose=True)``).
         timings: a StageTimes to fill with per-frame decode / rasterize / readback latency (on a GPU this adds a
         host sync per stage)."""
         chunks = list(self.iter_render(avatar, expressions, cameras, width, height, background, apply_head_pose,
                                        output, timings))
-        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks, 0)     # one frame a call: no copy
+        if len(chunks) == 1:
+            return chunks[0]                                                     # one frame a call: no copy
+        return _CONCAT[array_kind(chunks[0])](chunks)
 
     def iter_render(self, avatar: Avatar, expressions, cameras: Camera | tuple | None = None, width: int = 512,
                     height: int = 512, background: Sequence[float] = WHITE, apply_head_pose: bool = False,
@@ -410,8 +421,10 @@ class Runtime:
                     g = self._decode_chunk(avatar, expressions[start:stop], False, copy=False)
                 with times.stage("rasterize", e, sync):
                     result = self._rasterize(g.arrays(), viewmats[start:stop], ks[start:stop], width, height, bg)
-                with times.stage("to host", e):
-                    frames = convert(result.rgb, result.alpha)       # the one host sync of the frame
+                with times.stage("to host" if output != "device" else "frame", e):
+                    frames = convert(result.rgb, result.alpha)       # the one host sync of the frame ("device": none)
+            if output == "device" and array_kind(frames) == TORCH:
+                self.engine.hand_over([frames])
             yield frames
 
     def _rasterize(self, splats: dict, viewmats: np.ndarray, ks: np.ndarray, width: int, height: int,

@@ -45,6 +45,7 @@ from flexavatar.runtime import (Avatar, AvatarFileError, Camera, CameraInputErro
                                 RuntimeArgumentError, Runtime, StageTimes, UnknownEngineError, default_camera, load_expressions,
                                 orbit_camera)
 from flexavatar.images import psnr
+from flexavatar.kernels.arrays import to_numpy
 from flexavatar.runtime.cli import main as render_main
 from flexavatar.runtime.cli import verify_main
 from flexavatar.runtime.cameras import pixel_intrinsics, world2cam
@@ -186,6 +187,20 @@ def test_uint8_frames_are_the_rounded_image(runtime_cache, oracle, expressions):
     assert frames.dtype == np.uint8 and frames.shape == (3, SIZE, SIZE, 3)
     # uint8 clips to [0, 1] (SH colours are only clamped below, so composited values may exceed 1)
     assert np.abs(frames.astype(np.float64) / 255 - np.clip(reference, 0, 1)).max() <= IMAGE_MAX_TOL + 0.5 / 255
+
+
+@pytest.mark.parametrize("engine,rasterizer", [("onnxruntime", "cpu"), ("torch", "reference")])
+def test_device_frames_are_the_float_frames_where_they_were_rendered(engine, rasterizer, runtime_cache, oracle,
+                                                                     expressions):
+    rt = runtime_cache(engine, rasterizer)                # batch 2: three frames are two chunks, concatenated
+    avatar = oracle[0]
+    cams = orbit_camera(len(expressions))
+    host = rt.render(avatar, expressions, cams, SIZE, SIZE, output="float")
+    frames = rt.render(avatar, expressions, cams, SIZE, SIZE, output="device")
+    # the rasterizer's own arrays: numpy from the native one, torch tensors from the PyTorch reference
+    assert isinstance(frames, torch.Tensor if rasterizer == "reference" else np.ndarray)
+    assert tuple(frames.shape) == (3, SIZE, SIZE, 4)
+    np.testing.assert_array_equal(to_numpy(frames), host)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -992,6 +1007,9 @@ def test_onnxruntime_cuda_with_the_cuda_rasterizer(cuda_graphs, bundle, model, e
         frames = rt.render(avatar, expressions, orbit_camera(3), SIZE, SIZE, output="float")
         diff = np.abs(frames[..., :3].astype(np.float64) - _reference_render(want, 3))
         assert diff.mean() <= IMAGE_MEAN_TOL and diff.max() <= IMAGE_MAX_TOL
+    on_device = rt.render(avatar, expressions, orbit_camera(3), SIZE, SIZE, output="device")   # no host sync
+    assert on_device.is_cuda and tuple(on_device.shape) == (3, SIZE, SIZE, 4)
+    np.testing.assert_array_equal(on_device.cpu().numpy(), frames)
 
 
 @pytest.mark.gpu
