@@ -13,7 +13,8 @@ export checks every file against PyTorch afterwards, as for any conversion.
   Attention on the token-major tensors (``q_num_heads`` / ``kv_num_heads`` set): no layout copies around
   the attention.
 
-Not in ``slim`` (a GPU-only candidate, measured before it is adopted): ``subpixel_upsampling``.
+Not in ``slim`` (GPU-only candidates, measured before one is adopted): ``subpixel_upsampling``,
+``convs_as_gemm``.
 """
 from __future__ import annotations
 
@@ -263,6 +264,80 @@ def subpixel_weight(transposed_weight: np.ndarray, fir: np.ndarray) -> np.ndarra
     taps = [[4 - 2 * u + a for u in range(3)] for a in range(2)]             # K index of tap u, parity a
     sub = np.stack([np.stack([k[:, :, taps[a]][:, :, :, taps[b]] for b in range(2)], 1) for a in range(2)], 1)
     return sub.reshape(4 * o, c, 3, 3).astype(np.asarray(transposed_weight).dtype)
+
+
+# ---- convolutions as GEMMs --------------------------------------------------------------------------------
+
+def convs_as_gemm(model: onnx.ModelProto) -> int:
+    """Conv (group 1, stride 1, dilation 1, odd square kernel k with pads k // 2 on every side, a constant weight,
+    a 4-D input of static spatial size) becomes im2col + one MatMul: Pad → Reshape [N, C, (H+2p)(W+2p)] → Gather
+    of the k² shifted windows → Reshape [N, C·k², H·W] → MatMul with the weight as [O, C·k²] (+ bias) → Reshape
+    [N, O, H, W]. Exact up to the summation order; returns the number of convolutions rewritten.
+
+    For GPUs: cuBLAS runs the MatMul on tensor cores whatever cuDNN's search would pick for the Conv, at the cost
+    of writing the k²-times larger column tensor (benchmarks/device/upsampler_forms.py measures it)."""
+    graph = model.graph
+    nodes = list(graph.node)
+    inits = {t.name: t for t in graph.initializer}
+    shapes = None
+    removed: set[int] = set()
+    new_nodes: dict[int, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])                 # [O, C, k, k]
+        if weight.ndim != 4 or weight.shape[2] != weight.shape[3] or weight.shape[2] % 2 == 0:
+            continue
+        o, c, k = weight.shape[0], weight.shape[1], weight.shape[2]
+        p = k // 2
+        if not _attrs_are(node, group=1, strides=[1, 1], dilations=[1, 1], pads=[p] * 4):
+            continue
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if bias is not None and bias not in inits:
+            continue
+        shapes = shapes if shapes is not None else _static_dims(model)
+        dims = shapes.get(node.input[0])
+        if dims is None or len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims[1:]) or dims[1] != c:
+            continue
+        h, w = dims[2], dims[3]
+        base = f"{node.name or node.output[0]}__gemm"
+        x, pieces = node.input[0], []
+        if p:
+            pieces.append(helper.make_node("Pad", [x, f"{base}_pads"], [f"{base}_padded"], name=f"{base}_pad"))
+            graph.initializer.append(numpy_helper.from_array(np.asarray([0, 0, p, p, 0, 0, p, p], np.int64),
+                                                             f"{base}_pads"))
+            x = f"{base}_padded"
+            hp, wp = h + 2 * p, w + 2 * p
+            ky, kx = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
+            py, px = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+            index = ((py[None] + ky.reshape(-1, 1, 1)) * wp + px[None] + kx.reshape(-1, 1, 1)).reshape(-1)
+            graph.initializer.append(numpy_helper.from_array(index.astype(np.int64), f"{base}_index"))
+            graph.initializer.append(numpy_helper.from_array(np.asarray([0, c, hp * wp], np.int64), f"{base}_flat"))
+            pieces += [helper.make_node("Reshape", [x, f"{base}_flat"], [f"{base}_rows"], name=f"{base}_rows"),
+                       helper.make_node("Gather", [f"{base}_rows", f"{base}_index"], [f"{base}_windows"], axis=2,
+                                        name=f"{base}_gather")]
+            x = f"{base}_windows"                                            # [N, C, k²·H·W], (c, ky, kx) order
+        graph.initializer.append(numpy_helper.from_array(np.asarray([0, c * k * k, h * w], np.int64),
+                                                         f"{base}_columns_shape"))
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight.reshape(o, c * k * k)),
+                                                         f"{base}_weight"))
+        graph.initializer.append(numpy_helper.from_array(np.asarray([0, o, h, w], np.int64), f"{base}_out_shape"))
+        pieces += [helper.make_node("Reshape", [x, f"{base}_columns_shape"], [f"{base}_columns"], name=f"{base}_cols"),
+                   helper.make_node("MatMul", [f"{base}_weight", f"{base}_columns"], [f"{base}_product"],
+                                    name=f"{base}_matmul")]
+        product = f"{base}_product"
+        if bias is not None:
+            b = numpy_helper.to_array(inits[bias]).reshape(o, 1)
+            graph.initializer.append(numpy_helper.from_array(b, f"{base}_bias"))
+            pieces.append(helper.make_node("Add", [product, f"{base}_bias"], [f"{base}_biased"], name=f"{base}_bias"))
+            product = f"{base}_biased"
+        pieces.append(helper.make_node("Reshape", [product, f"{base}_out_shape"], [node.output[0]],
+                                       name=f"{base}_out"))
+        new_nodes[id(node)] = pieces
+        removed.add(id(node))
+    if removed:
+        _replace_nodes(graph, nodes, removed, new_nodes)
+    return len(removed)
 
 
 def _attrs_are(node: onnx.NodeProto, **expected) -> bool:

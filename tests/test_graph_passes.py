@@ -256,3 +256,54 @@ def test_subpixel_upsampling_on_an_exported_decoder_fp32_and_fp16(onnx_features_
         assert _ops(rewritten)["ConvTranspose"] == 0
         for want, got in zip(expected, _run(rewritten, feeds), strict=True):
             np.testing.assert_allclose(got, want, rtol=0, atol=tolerance * max(1.0, float(np.abs(want).max())))
+
+
+# ---- convolutions as GEMMs ---------------------------------------------------------------------------------
+
+def _conv_graph() -> onnx.ModelProto:
+    """x [N, 4, 6, 5]: a biased 3×3 conv, a 1×1 conv, then convolutions the pass must leave: stride 2, grouped,
+    and one whose input has a dynamic spatial size."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 6, 5])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4, "H", "W"])
+    nodes = [helper.make_node("Conv", ["x", "w3", "b3"], ["a"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "w1"], ["b"], kernel_shape=[1, 1]),
+             helper.make_node("Conv", ["b", "w3s"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Conv", ["a", "wg"], ["d"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=2),
+             helper.make_node("Conv", ["z", "w3z"], ["e"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    inits = [_init("w3", 8, 4, 3, 3), _init("b3", 8), _init("w1", 3, 8, 1, 1), _init("w3s", 2, 3, 3, 3),
+             _init("wg", 6, 4, 3, 3), _init("w3z", 2, 4, 3, 3)]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", c, None, None])
+               for n, c in (("a", 8), ("b", 3), ("c", 2), ("d", 6), ("e", 2))]
+    graph = helper.make_graph(nodes, "convs", [x, z], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", DEFAULT_OPSET)])
+
+
+def test_convs_as_gemm_rewrites_dense_same_padded_convs_only():
+    model = _conv_graph()
+    feeds = {"x": RNG.standard_normal((2, 4, 6, 5)).astype(np.float32),
+             "z": RNG.standard_normal((2, 4, 3, 7)).astype(np.float32)}
+    expected = _run(model, feeds)
+    rewritten = _copy(model)
+    # the strided, the grouped and the dynamically sized one stay convolutions
+    assert graph_passes.convs_as_gemm(rewritten) == 2
+    assert _ops(rewritten)["Conv"] == 3 and _ops(rewritten)["MatMul"] == 2 and _ops(rewritten)["Gather"] == 1
+    for want, got in zip(expected, _run(rewritten, feeds), strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    assert graph_passes.convs_as_gemm(rewritten) == 0                                      # a fixed point
+
+
+def test_subpixel_then_gemm_on_an_exported_decoder(onnx_features_bundle):
+    decoder = onnx.load(str(onnx_features_bundle / "decoder.fp32.onnx"))
+    rng = np.random.default_rng(2)
+    feeds = {i.name: rng.standard_normal([d.dim_value or 2 for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+             * (0.5 if i.name == "code" else 0.3) for i in decoder.graph.input}
+    feeds["code"] = feeds["code"][:1]                        # one avatar, two expressions
+    expected = _run(decoder, feeds)
+    rewritten = _copy(decoder)
+    assert graph_passes.subpixel_upsampling(rewritten) >= 1
+    assert graph_passes.convs_as_gemm(rewritten) == _ops(decoder)["Conv"]     # conv0 (now dense), conv1, toRGB each
+    assert not _ops(rewritten)["Conv"] and not _ops(rewritten)["ConvTranspose"]
+    onnx.checker.check_model(rewritten, full_check=True)
+    for want, got in zip(expected, _run(rewritten, feeds), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * max(1.0, float(np.abs(want).max())))

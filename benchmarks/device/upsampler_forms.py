@@ -9,16 +9,16 @@ function (SPEC §10) with different kernels:
 - ``subpixel``: that graph after ``export.graph_passes.subpixel_upsampling``: ConvTranspose and FIR fused into
   one 3×3 Conv with 4× the output channels, then DepthToSpace. No transposed or depthwise convolution left;
   conv0 does 4× the multiply-adds (≈ 51 more GFLOP a frame).
-- ``gemm``: ``subpixel`` with every convolution written as im2col (Pad, Gather) + MatMul: cuBLAS GEMMs on
-  tensor cores, whatever cuDNN's search picks.
+- ``gemm``: ``subpixel``, then ``graph_passes.convs_as_gemm``: every convolution as im2col (Pad, Gather) +
+  MatMul, which cuBLAS runs on tensor cores whatever cuDNN's search picks.
 
 On the 2-core build CPU ONNX Runtime ran them in 282 / 514 / 934 ms: the forms are for GPUs only.
 
 Each form is exported at FLEX-1 size (768@32² → 48@128², random baked weights), checked against the model's
 own float64 forward, converted to fp16 as the exporter does, and timed on ONNX Runtime's CUDA provider with
 CUDA graphs and IO binding, cuDNN search HEURISTIC and EXHAUSTIVE, the variants alternating in rounds.
-``--bundle`` also times the bundle's own decoders (the whole per-frame graph) with and without the
-``subpixel`` pass, as the runtime runs them. One JSON line per variant.
+``--bundle`` also times the bundle's own decoders (the whole per-frame graph) in the three forms, as the runtime
+runs them, and compares their Gaussians. One JSON line per variant.
 
     python benchmarks/device/upsampler_forms.py [--bundle BUNDLE] [--frames 50 --rounds 5] [--json OUT.json]
 """
@@ -33,60 +33,32 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from flexavatar.upsampler import CONV_CLAMP, LRELU_GAIN, ModulatedConv, StyleGANUpsampler
+from flexavatar.upsampler import StyleGANUpsampler
 
-FORMS = ("transposed", "subpixel", "gemm")
 SEARCHES = ("HEURISTIC", "EXHAUSTIVE")
 
 
-def conv_as_gemm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Conv2d (stride 1, 'same' padding, odd square kernel) as im2col by Gather + one MatMul.
-    x: [N, C, H, W], weight: [O, C, k, k] → [N, O, H, W]"""
-    n, c, h, w = x.shape
-    o, k = weight.shape[0], weight.shape[-1]
-    p = k // 2
-    padded = F.pad(x, (p, p, p, p)).reshape(n, c, (h + 2 * p) * (w + 2 * p))
-    ky, kx = torch.meshgrid(torch.arange(k), torch.arange(k), indexing="ij")
-    py, px = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    index = ((py + ky.reshape(-1, 1, 1)) * (w + 2 * p) + px + kx.reshape(-1, 1, 1)).reshape(-1)  # [k²·H·W]
-    columns = padded.index_select(2, index.to(x.device)).reshape(n, c * k * k, h * w)      # (c, ky, kx) rows
-    return (weight.reshape(o, c * k * k) @ columns).reshape(n, o, h, w)
+def form_passes() -> dict:
+    """form → the graph passes that turn the exported (``transposed``) graph into it"""
+    from flexavatar.export import graph_passes
+
+    return {"transposed": (), "subpixel": (graph_passes.subpixel_upsampling,),
+            "gemm": (graph_passes.subpixel_upsampling, graph_passes.convs_as_gemm)}
 
 
-def subpixel_weight(conv: ModulatedConv) -> torch.Tensor:
-    """conv0 (ConvTranspose + FIR) as the 3×3 Conv weight [4·O, C, 3, 3] of ``subpixel_upsampling``."""
-    from flexavatar.export.graph_passes import subpixel_weight as fused
-
-    w = (conv.baked_weight() * LRELU_GAIN).detach()                       # [O, C, 3, 3]
-    fir = (conv.resample_filter * 4).detach()                             # [4, 4], up² gain
-    return torch.from_numpy(fused(w.transpose(0, 1).cpu().numpy(), fir.cpu().numpy())).to(w.device)
+FORMS = ("transposed", "subpixel", "gemm")
 
 
-def _activation(y: torch.Tensor, conv: ModulatedConv) -> torch.Tensor:
-    y = F.leaky_relu(y + (conv.bias * LRELU_GAIN)[None, :, None, None], 0.2)
-    return y.clamp(-CONV_CLAMP, CONV_CLAMP)
+def to_form(model, form: str):
+    """A copy of ``model`` (an exported graph, fp32 or fp16) in ``form``, and how many nodes each pass rewrote."""
+    import onnx
 
-
-class GemmUpsampler(torch.nn.Module):
-    """``upsampler`` with every convolution as im2col + MatMul (the ``gemm`` form; weights baked once)."""
-
-    def __init__(self, upsampler: StyleGANUpsampler):
-        super().__init__()
-        self.upsampler = upsampler
-        with torch.no_grad():
-            self.weights = [(subpixel_weight(b.conv0), b.conv1.baked_weight() * LRELU_GAIN, b.torgb.baked_weight())
-                            for b in upsampler.blocks]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:                # [N, D, R, R] → [N, D/4^k, R·2^k, R·2^k]
-        img = x
-        for block, (up, mid, torgb) in zip(self.upsampler.blocks, self.weights):
-            x = _activation(F.pixel_shuffle(conv_as_gemm(x, up), 2), block.conv0)
-            x = _activation(conv_as_gemm(x, mid), block.conv1)
-            rgb = (conv_as_gemm(x, torgb) + block.torgb.bias[None, :, None, None]).clamp(-CONV_CLAMP, CONV_CLAMP)
-            img = F.pixel_shuffle(img, 2) + rgb
-        return img
+    if form not in FORMS:
+        raise ValueError(f"unknown form {form!r}: expected one of {FORMS}")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out, [rewrite(out) for rewrite in form_passes()[form]]
 
 
 def flex1_upsampler(seed: int = 0, d_in: int = 768, res_in: int = 32, channel_base: int = 32768,
@@ -105,23 +77,17 @@ def flex1_upsampler(seed: int = 0, d_in: int = 768, res_in: int = 32, channel_ba
     return upsampler.eval()
 
 
-def export_form(upsampler: StyleGANUpsampler, form: str, x: torch.Tensor, opset: int):
-    """The form as the exporter writes graphs (folded, ``graph_passes.slim`` applied), fp32, input ``x``, output ``y``."""
+def export_upsampler(upsampler: StyleGANUpsampler, x: torch.Tensor, opset: int):
+    """The upsampler as the exporter writes graphs (folded, ``graph_passes.slim`` applied), fp32, input ``x``,
+    output ``y``."""
     from flexavatar.bundle import TensorSpec
-    from flexavatar.export import graph_passes
     from flexavatar.export.graphs import GraphSpec
     from flexavatar.export.onnx_tools import export_graph
 
-    if form not in FORMS:
-        raise ValueError(f"unknown form {form!r}: expected one of {FORMS}")
     with torch.no_grad():
         y_shape = tuple(upsampler(x).shape)
-    spec = GraphSpec(f"upsampler-{form}", (TensorSpec("x", tuple(x.shape), "float32"),),
-                     (TensorSpec("y", y_shape, "float32"),))
-    model = export_graph(GemmUpsampler(upsampler) if form == "gemm" else upsampler, (x,), spec, opset)
-    if form == "subpixel":
-        graph_passes.subpixel_upsampling(model)
-    return model
+    spec = GraphSpec("upsampler", (TensorSpec("x", tuple(x.shape), "float32"),), (TensorSpec("y", y_shape, "float32"),))
+    return export_graph(upsampler, (x,), spec, opset)
 
 
 class _OrtRunner:
@@ -191,8 +157,9 @@ def _upsampler_variants(args, device: str, stream, tmp: Path, results: dict, run
     upsampler.float()
     scale = float(reference.abs().max())
     x_device = x.to(device)
+    exported = export_upsampler(upsampler, x, DEFAULT_OPSET)
     for form in FORMS:
-        fp32 = export_form(upsampler, form, x, DEFAULT_OPSET)
+        fp32, rewritten = to_form(exported, form)
         for precision, graph in (("fp32", fp32), ("fp16", to_fp16(fp32))):
             path = tmp / f"upsampler.{form}.{precision}.onnx"
             onnx.save_model(graph, str(path))
@@ -205,18 +172,19 @@ def _upsampler_variants(args, device: str, stream, tmp: Path, results: dict, run
                 if stream is not None:
                     stream.synchronize()
                 error = float((y - reference).abs().max())
-                results[key] = {"form": form, "precision": precision, "search": search, "nodes": len(graph.graph.node),
+                results[key] = {"form": form, "precision": precision, "search": search, "rewritten": rewritten,
+                                "nodes": len(graph.graph.node),
                                 "ops": dict(collections.Counter(n.op_type for n in graph.graph.node).most_common()),
                                 "max_abs_error": error, "relative_error": error / scale}
                 print(json.dumps({"variant": key, **results[key]}), flush=True)
 
 
 def _bundle_variants(bundle_dir: str, device: str, stream, tmp: Path, results: dict, runs: dict) -> None:
-    """The bundle's decoders as they are and after ``subpixel_upsampling``, with the runtime's settings."""
+    """The bundle's decoders in every form (as exported, then rewritten by the forms' passes), with the runtime's
+    CUDA settings; each form's Gaussians against the exported graph's."""
     import onnx
 
     from flexavatar.bundle import Bundle
-    from flexavatar.export import graph_passes
 
     bundle = Bundle.open(bundle_dir, verify="size")
     conv = bundle.manifest.conventions
@@ -226,28 +194,24 @@ def _bundle_variants(bundle_dir: str, device: str, stream, tmp: Path, results: d
     for artifact in bundle.manifest.artifacts:
         if artifact.role != "decoder" or artifact.format != "onnx":
             continue
-        plain = onnx.load(str(bundle.path(artifact)))
-        fused = onnx.ModelProto()
-        fused.CopyFrom(plain)
-        rewritten = graph_passes.subpixel_upsampling(fused)
+        exported = onnx.load(str(bundle.path(artifact)))
         outputs = {}
-        for name, graph in (("plain", plain), ("subpixel", fused)):
-            path = tmp / f"decoder.{name}.{artifact.precision}.onnx"
+        for form in FORMS:
+            graph, rewritten = to_form(exported, form)
+            path = tmp / f"decoder.{form}.{artifact.precision}.onnx"
             onnx.save_model(graph, str(path))
-            key = f"decoder-{name}-{artifact.precision}"
-            outputs[name] = {o.name: torch.empty(tuple(1 if isinstance(d, str) else d for d in o.shape),
+            key = f"decoder-{form}-{artifact.precision}"
+            outputs[form] = {o.name: torch.empty(tuple(1 if isinstance(d, str) else d for d in o.shape),
                                                  dtype=torch.float32, device=device) for o in artifact.outputs}
-            runs[key] = _OrtRunner(path, artifact.precision, None, inputs, outputs[name], stream)
+            runs[key] = _OrtRunner(path, artifact.precision, None, inputs, outputs[form], stream)
             runs[key]()
             runs[key]()
-            results[key] = {"form": "transposed" if name == "plain" else "subpixel", "precision": artifact.precision,
-                            "nodes": len(graph.graph.node), "rewritten_pairs": rewritten if name == "subpixel" else 0}
-        if stream is not None:
-            stream.synchronize()
-        diff = max(float((outputs["plain"][k] - outputs["subpixel"][k]).abs().max()) for k in outputs["plain"])
-        results[f"decoder-subpixel-{artifact.precision}"]["max_abs_diff_vs_plain"] = diff
-        print(json.dumps({"variant": f"decoder-subpixel-{artifact.precision}",
-                          **results[f"decoder-subpixel-{artifact.precision}"]}), flush=True)
+            if stream is not None:
+                stream.synchronize()
+            diff = max(float((outputs[form][k] - outputs["transposed"][k]).abs().max()) for k in outputs[form])
+            results[key] = {"form": form, "precision": artifact.precision, "rewritten": rewritten,
+                            "nodes": len(graph.graph.node), "max_abs_diff_vs_exported": diff}
+            print(json.dumps({"variant": key, **results[key]}), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         times = _time_rounds(runs, args.frames, args.rounds, stream.synchronize if cuda else (lambda: None))
     for key, ms in times.items():
         kind, form, setting = key.split("-", 2)               # e.g. upsampler, subpixel, fp16-heuristic
-        baseline = times[f"{kind}-{'plain' if kind == 'decoder' else 'transposed'}-{setting}"]
+        baseline = times[f"{kind}-transposed-{setting}"]
         results[key].update(ms_per_call=ms, speedup=round(baseline / ms, 3))
         print(json.dumps({"variant": key, "ms_per_call": ms, "speedup": results[key]["speedup"]}), flush=True)
     print(json.dumps({"device": torch.cuda.get_device_name(0) if cuda else "cpu", "onnxruntime": ort.__version__,
