@@ -37,19 +37,16 @@ Status Runtime::open_encoder(bool with_features, OrtModel** out) {
   config.require_cuda = decoder_->on_cuda();
   config.cuda_device = options_.cuda_device;
   config.precision = artifact.precision;
-  // With the decoder's CUDA graphs, a graph too (EncoderDevice in runtime.h), on the rasterizer's stream. A graph
-  // that ONNX Runtime refuses to capture (a node placed on the CPU) runs node by node instead, as before.
+  // With the decoder's CUDA graphs, a graph too (EncoderDevice in runtime.h), on the rasterizer's stream; as for the
+  // decoder (and in Python), a graph ONNX Runtime refuses to capture (e.g. a node placed on the CPU) is an error.
   const bool graphs = cuda_graphs();
   config.cuda_stream = graphs ? cuda_->stream() : nullptr;
   config.cuda_graphs = graphs;
   std::unique_ptr<OrtModel> model;
-  const std::string path = bundle_.path(artifact.files[0].path);
-  Status st = OrtModel::open(path, config, &model);
-  if (!st.ok() && graphs) {
-    config.cuda_stream = nullptr;
-    config.cuda_graphs = false;
-    st = OrtModel::open(path, config, &model);
-  }
+  Status st = OrtModel::open(bundle_.path(artifact.files[0].path), config, &model);
+  if (!st.ok() && graphs)
+    return Status(st.code(), st.message() + " (the encoder as a CUDA graph, options.cuda_graphs = 1; with "
+                                            "cuda_graphs = 0 it runs node by node)");
   if (!st.ok()) return st;
   std::vector<ExpectedTensor> expected = {{"image", {1, 3, s, s}, true},
                                           {"cam2world", {1, 4, 4}, true},
