@@ -19,7 +19,8 @@ threads during a capture (the first frames of each batch size and thread) can in
 Needs onnxruntime-gpu ≥ 1.18 and a graph that runs entirely on the CUDA provider.
 
 Host syncs inside a frame: the native CUDA rasterizer waits once for its tile-intersection count (it sizes
-the sort buffers); nothing else waits until the pixels are read back.
+the sort buffers); nothing else waits until the pixels are read back (``Runtime.iter_render`` reads them back
+asynchronously and, over several decoder calls, hands a call's pixels out once the next call is decoding).
 
 This module imports torch and onnxruntime; it is only imported when device="cuda".
 """

@@ -127,29 +127,46 @@ def apply_pose(gaussians: Gaussians, expressions: np.ndarray) -> Gaussians:
 
 # ---- frame formats ------------------------------------------------------------------------------------------
 
-def _uint8_rgb(rgb, alpha) -> np.ndarray:
-    """→ uint8 [E, H, W, 3] (rounded); converted on the device before the one copy to the host."""
+def _uint8_rgb(rgb, alpha):
+    """→ uint8 [E, H, W, 3] (rounded), where the rasterizer made it (converted on the device: the copy to the host
+    is then a quarter of the float frame's)."""
     if array_kind(rgb) == TORCH:
         import torch
-        return (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+        return (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
     return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def _device_rgba(rgb, alpha):
-    """→ float32 [E, H, W, 4] (rgb composited over the background, and alpha) where the rasterizer made it: a torch
-    tensor on the runtime's device (CUDA: no host sync), numpy on the CPU paths."""
+def _float_rgba(rgb, alpha):
+    """→ float32 [E, H, W, 4] (rgb composited over the background, and alpha), where the rasterizer made it."""
     if array_kind(rgb) == TORCH:
         import torch
         return torch.cat([rgb, alpha], -1)
     return np.concatenate([rgb, alpha], -1)
 
 
-def _float_rgba(rgb, alpha) -> np.ndarray:
-    """→ float32 [E, H, W, 4] on the host: rgb composited over the background, and alpha (1 − transmittance)."""
-    return to_numpy(_device_rgba(rgb, alpha))
+class _HostFrames:
+    """Frames on their way to the host: a CUDA tensor is copied into page-locked memory on the current stream
+    (queued, no wait); ``result()`` waits for that copy only. Other arrays are on the host already."""
+
+    def __init__(self, frames):
+        self.done = None
+        if array_kind(frames) == TORCH and frames.is_cuda:
+            import torch
+            self.frames = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)
+            self.frames.copy_(frames, non_blocking=True)
+            self.done = torch.cuda.Event()
+            self.done.record(torch.cuda.current_stream(frames.device))
+        else:
+            self.frames = frames
+
+    def result(self) -> np.ndarray:
+        if self.done is not None:
+            self.done.synchronize()
+        return to_numpy(self.frames)
 
 
-FRAME_FORMATS = {"uint8": _uint8_rgb, "float": _float_rgba, "device": _device_rgba}
+# output → the frames from the rasterizer's rgb and alpha, on its device; every output but "device" then goes to the host
+FRAME_FORMATS = {"uint8": _uint8_rgb, "float": _float_rgba, "device": _float_rgba}
 
 
 # ---- the runtime --------------------------------------------------------------------------------------------
@@ -413,19 +430,44 @@ class Runtime:
         times = timings if timings is not None else _NO_TIMES
         sync = self.engine.synchronize if timings is not None else None
         convert = FRAME_FORMATS[output]
+
+        def frames_of(g: Gaussians, start: int, stop: int):
+            e = stop - start
+            with times.stage("rasterize", e, sync):
+                result = self._rasterize(g.arrays(), viewmats[start:stop], ks[start:stop], width, height, bg)
+            with times.stage("to host" if output != "device" else "frame", e):
+                frames = convert(result.rgb, result.alpha)
+                if output == "device":
+                    if array_kind(frames) == TORCH:
+                        self.engine.hand_over([frames])          # no host sync at all
+                    return frames
+                host = _HostFrames(frames)                       # the frame's one host sync, at host.result()
+                return host if timings is None else host.result()
+
+        pipelined = self._pipelines(n, output, timings)
+        pending = None
         for start in range(0, n, self.batch):
             stop = min(n, start + self.batch)
-            e = stop - start
             with self._frame_lock, self.engine.stream():  # CUDA: decoder, rasterizer, readback: one stream
-                with times.stage("decode", e, sync):
-                    g = self._decode_chunk(avatar, expressions[start:stop], False, copy=False)
-                with times.stage("rasterize", e, sync):
-                    result = self._rasterize(g.arrays(), viewmats[start:stop], ks[start:stop], width, height, bg)
-                with times.stage("to host" if output != "device" else "frame", e):
-                    frames = convert(result.rgb, result.alpha)       # the one host sync of the frame ("device": none)
-            if output == "device" and array_kind(frames) == TORCH:
-                self.engine.hand_over([frames])
-            yield frames
+                with times.stage("decode", stop - start, sync):
+                    # pipelined, the lock is let go before rasterizing: a copy out of a CUDA graph's fixed outputs
+                    g = self._decode_chunk(avatar, expressions[start:stop], False, copy=pipelined)
+                if not pipelined:
+                    frames = frames_of(g, start, stop)
+            if not pipelined:
+                yield frames.result() if isinstance(frames, _HostFrames) else frames
+                continue
+            if pending is not None:
+                yield pending.result()
+            with self._frame_lock, self.engine.stream():
+                pending = frames_of(g, start, stop)
+        if pending is not None:
+            yield pending.result()
+
+    def _pipelines(self, n_frames: int, output: str, timings: StageTimes | None) -> bool:
+        """On CUDA without timings, a render of several chunks hands out each chunk's pixels once the next chunk's
+        decoder is queued: the caller works on them (writes the video, shows them) while the GPU decodes."""
+        return timings is None and self.array_device == "cuda" and output != "device" and n_frames > self.batch
 
     def _rasterize(self, splats: dict, viewmats: np.ndarray, ks: np.ndarray, width: int, height: int,
                    background: np.ndarray, like=None) -> kernels.RenderResult:

@@ -203,6 +203,19 @@ def test_device_frames_are_the_float_frames_where_they_were_rendered(engine, ras
     np.testing.assert_array_equal(to_numpy(frames), host)
 
 
+def test_pipelined_chunks_are_the_sequential_chunks(runtime_cache, oracle, expressions, monkeypatch):
+    # the CUDA path's order of work (decode chunk i + 1, hand out chunk i, rasterize chunk i + 1) run on the CPU:
+    # same chunks, same pixels, in order, the last one included
+    rt = runtime_cache("onnxruntime", "cpu")                                # batch 2: chunks of 2 + 1 frames
+    avatar, cams = oracle[0], orbit_camera(len(expressions))
+    sequential = list(rt.iter_render(avatar, expressions, cams, SIZE, SIZE))
+    monkeypatch.setattr(Runtime, "_pipelines", lambda self, n, output, timings: True)
+    pipelined = list(rt.iter_render(avatar, expressions, cams, SIZE, SIZE))
+    assert [c.shape[0] for c in pipelined] == [c.shape[0] for c in sequential] == [2, 1]
+    for got, want in zip(pipelined, sequential, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_encoder_matches_pytorch(engine, runtimes, model, photo):
     avatar = runtimes[engine].create_avatar(photo)                 # RGBA file: composited onto white
@@ -1049,6 +1062,23 @@ def test_onnxruntime_cuda_encodes_each_photo_like_pytorch(bundle, model, photo, 
         assert _max_err(got, _reference_code(model, path)) <= GAUSSIAN_TOL
         codes.append(got)
     assert np.abs(codes[0] - codes[1]).max() > 100 * GAUSSIAN_TOL
+
+
+@pytest.mark.gpu
+def test_cuda_chunks_are_pipelined_without_changing_a_pixel(bundle, model, expressions):
+    """batch 1 over 3 frames: without timings each chunk's pixels are handed out once the next chunk is decoding
+    (copied out of the graph's buffers, read back asynchronously); with timings the chunks run one after the other."""
+    rt = _ort_cuda_runtime(bundle, cuda_graphs=True, batch=1)
+    avatar = Avatar(np.load(bundle / "avatar_code.npy").transpose(1, 0, 2))
+    cams = orbit_camera(3)
+    for output in ("float", "uint8"):
+        sequential = rt.render(avatar, expressions, cams, SIZE, SIZE, output=output, timings=StageTimes())
+        pipelined = rt.render(avatar, expressions, cams, SIZE, SIZE, output=output)
+        assert isinstance(pipelined, np.ndarray) and pipelined.shape == sequential.shape
+        np.testing.assert_array_equal(pipelined, sequential)
+    want = _reference_render(_reference_gaussians(model, avatar.code, expressions), 3)
+    diff = np.abs(rt.render(avatar, expressions, cams, SIZE, SIZE, output="float")[..., :3].astype(np.float64) - want)
+    assert diff.mean() <= IMAGE_MEAN_TOL and diff.max() <= IMAGE_MAX_TOL
 
 
 @pytest.mark.gpu
