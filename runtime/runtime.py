@@ -438,9 +438,7 @@ class Runtime:
             with times.stage("to host" if output != "device" else "frame", e):
                 frames = convert(result.rgb, result.alpha)
                 if output == "device":
-                    if array_kind(frames) == TORCH:
-                        self.engine.hand_over([frames])          # no host sync at all
-                    return frames
+                    return frames                                # no host sync at all
                 host = _HostFrames(frames)                       # the frame's one host sync, at host.result()
                 return host if timings is None else host.result()
 
@@ -455,6 +453,8 @@ class Runtime:
                 if not pipelined:
                     frames = frames_of(g, start, stop)
             if not pipelined:
+                if output == "device" and array_kind(frames) == TORCH:
+                    self.engine.hand_over([frames])      # outside the engine's stream: to the caller's current one
                 yield frames.result() if isinstance(frames, _HostFrames) else frames
                 continue
             if pending is not None:
