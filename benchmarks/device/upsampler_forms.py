@@ -12,7 +12,7 @@ function (SPEC §10) with different kernels:
 - ``gemm``: ``subpixel``, then ``graph_passes.convs_as_gemm``: every convolution as im2col (Pad, Gather) +
   MatMul, which cuBLAS runs on tensor cores whatever cuDNN's search picks.
 
-On the 2-core build CPU ONNX Runtime ran them in 282 / 514 / 934 ms: the forms are for GPUs only.
+On the 2-core build CPU ONNX Runtime ran them in 330 / 532 / 936 ms (fp32): the forms are for GPUs only.
 
 Each form is exported at FLEX-1 size (768@32² → 48@128², random baked weights), checked against the model's
 own float64 forward, converted to fp16 as the exporter does, and timed on ONNX Runtime's CUDA provider with
