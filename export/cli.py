@@ -8,7 +8,8 @@ from pathlib import Path
 
 from flexavatar.bundle import PRECISIONS
 
-from .exporter import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, TARGETS
+from .exporter import DEFAULT_GPU_CONV_FORM, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, TARGETS
+from .graph_passes import GPU_CONV_FORMS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--strict-fp16", action="store_true", help="fail when an fp16 file's rendered PSNR against "
                    "fp32 is below 40 dB (default: keep it, flag it in the manifest and warn)")
+    p.add_argument("--gpu-conv-form", choices=list(GPU_CONV_FORMS), default=DEFAULT_GPU_CONV_FORM,
+                   help="the upsampler's convolutions in the fp16 ONNX decoders (the GPU files): 'transposed' "
+                   "(as exported: ConvTranspose + FIR), 'subpixel' (one Conv + DepthToSpace) or 'gemm' (im2col + "
+                   f"MatMul); default {DEFAULT_GPU_CONV_FORM}. benchmarks/device/upsampler_forms.py times them on a GPU")
     return p
 
 
@@ -50,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         export_bundle(args.checkpoint, args.output, template=args.template, dinov2=args.dinov2, config=args.config,
                       precisions=args.precision, targets=args.targets, avatar=args.avatar, camera=args.camera,
-                      opset=args.opset, force=args.force, strict_fp16=args.strict_fp16, progress=lambda msg: print(msg, flush=True))
+                      opset=args.opset, force=args.force, strict_fp16=args.strict_fp16,
+                      gpu_conv_form=args.gpu_conv_form, progress=lambda msg: print(msg, flush=True))
     except (FlexAvatarError, KeyboardInterrupt) as e:
         return command_failed("flexavatar-export", e, interrupted="interrupted; nothing was written")
     return 0

@@ -25,13 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 import flexavatar
-from flexavatar.bundle import (CHECK_FILE, FORMAT_ONNX, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, PRECISIONS, SCHEMA,
-                               SCHEMA_VERSION, AvatarInfo, Bundle, CheckInfo, Conventions, Manifest,
-                               ModelArtifact, ModelInfo, ModelMetadata, OutputParity, ParityReport, TemplateInfo,
-                               file_record, sha256_file)
+from flexavatar.bundle import (CHECK_FILE, FORMAT_ONNX, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, PRECISIONS, ROLE_DECODER,
+                               ROLE_DECODER_AVATAR, SCHEMA, SCHEMA_VERSION, AvatarInfo, Bundle, CheckInfo, Conventions,
+                               Manifest, ModelArtifact, ModelInfo, ModelMetadata, OutputParity, ParityReport,
+                               TemplateInfo, file_record, sha256_file)
 from flexavatar.cameras import default_camera, orbit_cameras
 from flexavatar.config import FlexConfig
 from flexavatar.dinov2 import DinoV2
@@ -42,6 +43,7 @@ from flexavatar.model import MULTI_VIEW_DATASET_ID, AvatarCode, FlexAvatarModel
 from flexavatar.template import Template
 
 from .errors import ExportArgumentError, ExportStepError, OutputDirError, OutputExistsError, ParityError
+from .graph_passes import GPU_CONV_FORMS, apply_gpu_conv_form
 from .graphs import DecoderGraph, EncoderFeaturesGraph, EncoderGraph, GraphSpec, avatar_decoder_spec
 from .onnx_tools import FP16_FP32_OPS, export_graph, save_checked, set_metadata, specialise, to_fp16
 from .openvino_tools import save_ir
@@ -52,6 +54,9 @@ TARGETS = (FORMAT_ONNX, FORMAT_OPENVINO)
 # 23: one node each for attention, RMS norm and GELU (checked with ONNX Runtime 1.31-1.32 and OpenVINO 2026.4);
 # --opset 18 writes them out as primitive ops for older runtimes
 DEFAULT_OPSET = 23
+# the upsampler's convolutions in the fp16 ONNX decoders as exported (graph_passes.GPU_CONV_FORMS): the GPU forms
+# are measured on a GPU before one becomes the default (benchmarks/device/upsampler_forms.py)
+DEFAULT_GPU_CONV_FORM = "transposed"
 MIN_OPSET = 18
 MAX_OPSET = 25         # torch 2.13's exporter: asked for 26 or more it silently writes opset 18 with newer nodes
 TEMPLATE_FILE_NAME = "gghead_template.obj"
@@ -78,7 +83,7 @@ def export_bundle(checkpoint: str | Path | dict, out_dir: str | Path, *, templat
                   dinov2: str | Path | DinoV2 | None = None, config: str | Path | FlexConfig | None = None,
                   precisions: Iterable[str] = PRECISIONS, targets: Iterable[str] = TARGETS,
                   avatar: str | Path | None = None, camera: str | Path | None = None, opset: int = DEFAULT_OPSET,
-                  force: bool = False, strict_fp16: bool = False,
+                  force: bool = False, strict_fp16: bool = False, gpu_conv_form: str = DEFAULT_GPU_CONV_FORM,
                   progress: Progress | None = print) -> ExportResult:
     """Export a FlexAvatar checkpoint into a checked bundle folder ``out_dir`` (see the module docstring).
 
@@ -89,6 +94,8 @@ def export_bundle(checkpoint: str | Path | dict, out_dir: str | Path, *, templat
     decoder to; camera: JSON {"cam2world": 4×4, "intrinsics": 3×3 normalised} for that photo.
     fp32 files that miss the 1e-4 tolerance always abort the export; fp16 files below the 40 dB PSNR target are
     kept, flagged (``parity.passed = false`` in the manifest) and warned about — or abort with ``strict_fp16``.
+    gpu_conv_form: the upsampler's convolutions in the fp16 ONNX decoders (the GPU files; fp32 files and OpenVINO
+    IRs keep the exported form): a key of ``graph_passes.GPU_CONV_FORMS``, checked like any other conversion.
     """
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -97,6 +104,8 @@ def export_bundle(checkpoint: str | Path | dict, out_dir: str | Path, *, templat
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise ExportArgumentError(f"opset must be an integer in [{MIN_OPSET}, {MAX_OPSET}] (default {DEFAULT_OPSET}), "
                                   f"got {opset!r}")
+    if gpu_conv_form not in GPU_CONV_FORMS:
+        raise ExportArgumentError(f"gpu_conv_form must be one of {list(GPU_CONV_FORMS)}, got {gpu_conv_form!r}")
     if camera is not None and avatar is None:
         raise ExportArgumentError("camera is the photo's camera: it needs avatar=PHOTO")
     if avatar is not None and dinov2 is None:   # else the photo would be encoded with made-up DINOv2 features
@@ -119,7 +128,7 @@ def export_bundle(checkpoint: str | Path | dict, out_dir: str | Path, *, templat
             AvatarCode(torch.from_numpy(ref.decoder_code).transpose(0, 1)).save(staging.path / AVATAR_CODE_FILE)
             ref.avatar_code_sha256 = sha256_file(staging.path / AVATAR_CODE_FILE)
         check_info = _write_check_set(staging.path, ref)
-        jobs = _plan(model, ref, precisions, targets, opset)
+        jobs = _plan(model, ref, precisions, targets, opset, gpu_conv_form)
         steps.total = steps.done + len(jobs) + 1
         artifacts: list[ModelArtifact] = []
         for i, job in enumerate(jobs):
@@ -469,11 +478,25 @@ class _Job:
     ref: _References
     source: Callable[[], object]                  # → a copy of the graph's fp32 ONNX ModelProto (built once)
     release: Callable[[], None] = lambda: None    # after the graph's last job: frees its fp32 proto (GBs at FLEX-1)
+    # fp16 decoders: the graph's fp16 ONNX file holds this GPU convolution form (graph_passes.GPU_CONV_FORMS)
+    gpu_conv_form: str = DEFAULT_GPU_CONV_FORM
     written: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
         return f"{self.graph.spec.role}.{self.precision}.{self.format}"
+
+    @property
+    def rewrites_convs(self) -> bool:
+        """This file is the fp16 ONNX decoder in a GPU convolution form other than the exported one."""
+        return self.format == FORMAT_ONNX and self.gpu_conv_form != DEFAULT_GPU_CONV_FORM
+
+    @property
+    def notes(self) -> str:
+        if not self.rewrites_convs:
+            return self.graph.notes
+        form = f"upsampler convolutions in the GPU form {self.gpu_conv_form!r} (export.graph_passes)"
+        return f"{self.graph.notes}; {form}" if self.graph.notes else form
 
     @property
     def file_names(self) -> tuple[str, ...]:
@@ -516,7 +539,7 @@ class _Job:
         artifact = ModelArtifact(
             name=self.name, role=g.spec.role, format=self.format, precision=self.precision,
             files=tuple(file_record(folder, f) for f in self.file_names), inputs=g.spec.inputs,
-            outputs=g.spec.outputs, parity=report, fp32_ops=() if fp32 else _fp32_ops(self.format), notes=g.notes)
+            outputs=g.spec.outputs, parity=report, fp32_ops=() if fp32 else _fp32_ops(self.format), notes=self.notes)
         if not passed and (fp32 or strict_fp16 or not all(r.passed for r in rows)):
             raise ParityError(f"{self.name} does not match PyTorch: " + _failure_text(report))
         if not passed:
@@ -545,7 +568,10 @@ def _write_onnx_fp32(job: _Job, folder: Path, opset: int, props: dict[str, str])
 
 
 def _write_onnx_fp16(job: _Job, folder: Path, opset: int, props: dict[str, str]) -> None:
-    model = to_fp16(job.source())
+    source = job.source()
+    if job.rewrites_convs:
+        apply_gpu_conv_form(source, job.gpu_conv_form)      # on the fp32 graph: weights fused before rounding
+    model = to_fp16(source)
     set_metadata(model, props, _doc(job))
     save_checked(model, folder / job.file_names[0])
 
@@ -553,9 +579,18 @@ def _write_onnx_fp16(job: _Job, folder: Path, opset: int, props: dict[str, str])
 def _write_ir(job: _Job, folder: Path, opset: int, props: dict[str, str]) -> None:
     # from the ONNX file of the same precision (always written first, see _plan): the fp16 IR keeps the
     # fp16 ONNX's choice of which constants stay float32 (OpenVINO's own compress_to_fp16 would round
-    # every constant, GridSample's UV grid included)
+    # every constant, GridSample's UV grid included). An fp16 ONNX decoder in a GPU convolution form is not the
+    # source: the IR (CPUs, Intel GPUs) keeps the exported form, converted the same way.
     source = folder / f"{job.graph.spec.role}.{job.precision}.onnx"
-    save_ir(source, folder / job.file_names[0], props)
+    if job.gpu_conv_form == DEFAULT_GPU_CONV_FORM:
+        save_ir(source, folder / job.file_names[0], props)
+        return
+    plain = folder / f".{job.graph.spec.role}.{job.precision}.exported-form.onnx"
+    try:
+        onnx.save_model(to_fp16(job.source()), str(plain))
+        save_ir(plain, folder / job.file_names[0], props)
+    finally:
+        plain.unlink(missing_ok=True)
 
 
 WRITERS: dict[tuple[str, str], Callable[[_Job, Path, int, dict[str, str]], None]] = {
@@ -571,8 +606,11 @@ def _doc(job: _Job) -> str:
             "Conventions: see the bundle's manifest.json and the flexavatar.* metadata_props.")
 
 
+DECODER_ROLES = (ROLE_DECODER, ROLE_DECODER_AVATAR)
+
+
 def _plan(model: FlexAvatarModel, ref: _References, precisions: tuple[str, ...],
-          targets: tuple[str, ...], opset: int) -> list[_Job]:
+          targets: tuple[str, ...], opset: int, gpu_conv_form: str = DEFAULT_GPU_CONV_FORM) -> list[_Job]:
     """Jobs in order. The ONNX files of each graph come first (fp32, then fp16 from it; each IR derives
     from the ONNX of its precision); an ONNX file built only as a source is kept out of the manifest
     (and deleted) when ONNX was not asked for in that precision."""
@@ -596,7 +634,10 @@ def _plan(model: FlexAvatarModel, ref: _References, precisions: tuple[str, ...],
                 wanted = fmt in targets and precision in precisions
                 source_of_ir = fmt == FORMAT_ONNX and FORMAT_OPENVINO in targets and precision in precisions
                 if wanted or source_of_ir or (fmt, precision) == (FORMAT_ONNX, "fp32"):
-                    jobs.append(_Job(graph, fmt, precision, listed=wanted, ref=ref, source=source, release=release))
+                    form = gpu_conv_form if precision == "fp16" and graph.spec.role in DECODER_ROLES \
+                        else DEFAULT_GPU_CONV_FORM
+                    jobs.append(_Job(graph, fmt, precision, listed=wanted, ref=ref, source=source, release=release,
+                                     gpu_conv_form=form))
     return jobs
 
 

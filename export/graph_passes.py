@@ -19,6 +19,7 @@ Not in ``slim`` (GPU-only candidates, measured before one is adopted): ``subpixe
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -353,6 +354,24 @@ def _attrs_are(node: onnx.NodeProto, **expected) -> bool:
         if (list(got) if isinstance(got, (list, tuple)) else got) != value:
             return False
     return True
+
+
+# ---- GPU convolution forms ------------------------------------------------------------------------------
+
+# The decoder's upsampler convolutions as exported ("transposed") or rewritten for GPUs (see the two passes above);
+# flexavatar-export --gpu-conv-form applies one to the fp16 decoders (the GPU files).
+GPU_CONV_FORMS: dict[str, tuple[Callable[[onnx.ModelProto], int], ...]] = {
+    "transposed": (),
+    "subpixel": (subpixel_upsampling,),
+    "gemm": (subpixel_upsampling, convs_as_gemm),
+}
+
+
+def apply_gpu_conv_form(model: onnx.ModelProto, form: str) -> list[int]:
+    """Rewrite ``model`` in place into ``form`` (a key of GPU_CONV_FORMS): the number of nodes each pass rewrote."""
+    if form not in GPU_CONV_FORMS:
+        raise ValueError(f"unknown GPU convolution form {form!r}: expected one of {list(GPU_CONV_FORMS)}")
+    return [rewrite(model) for rewrite in GPU_CONV_FORMS[form]]
 
 
 # ---- shared helpers -------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from flexavatar.bundle import (FORMAT_ONNX, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, R
                                read_onnx_metadata_props, read_openvino_metadata)
 from flexavatar.config import FlexConfig
 from flexavatar.dinov2 import DinoV2Config
-from flexavatar.export import ExportStepError, export_bundle
+from flexavatar.export import ExportArgumentError, ExportStepError, export_bundle
 from flexavatar.export.cli import main as cli_main
 from flexavatar.export.exporter import DEFAULT_OPSET
 from flexavatar.export.onnx_tools import FP16_FP32_OPS, constant_only_nodes
@@ -514,3 +514,43 @@ def test_fp16_overflow_that_the_cpu_provider_hides_fails_the_export(tmp_path, mo
                       template=official_dir / "gghead_template.obj", config=_config(official_dir),
                       precisions="fp16", targets="onnx", progress=None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gpu_conv_form_rewrites_only_the_fp16_onnx_decoder_and_is_checked(tmp_path, monkeypatch, official_dir,
+                                                                            features_bundle):
+    """--gpu-conv-form subpixel: the fp16 ONNX decoder loses its transposed convolutions and passes the same parity
+    check as any file; the fp32 decoder and the fp16 IR (CPUs, Intel GPUs) keep the exported form."""
+    import flexavatar.export.exporter as exporter
+
+    cached = {role: onnx.load(str(features_bundle.path(features_bundle.artifact(role))))
+              for role in (ROLE_ENCODER_FEATURES, ROLE_DECODER)}
+    monkeypatch.setattr(exporter, "export_graph", lambda module, args, spec, opset: cached[spec.role])
+    out = tmp_path / "b"
+    rc = cli_main([str(official_dir / "state_dict.safetensors"), "-o", str(out), "--template",
+                   str(official_dir / "gghead_template.obj"), "--config", str(official_dir / "config.json"),
+                   "--precision", "fp32,fp16", "--targets", "onnx,openvino", "--gpu-conv-form", "subpixel"])
+    assert rc == 0
+    bundle = Bundle.open(out)
+    ops = {p: {n.op_type for n in onnx.load(str(out / f"decoder.{p}.onnx")).graph.node} for p in ("fp32", "fp16")}
+    assert "ConvTranspose" in ops["fp32"] and "ConvTranspose" not in ops["fp16"] and "DepthToSpace" in ops["fp16"]
+    fp16 = bundle.artifact(ROLE_DECODER, FORMAT_ONNX, "fp16")
+    assert fp16.parity.passed and "GPU form 'subpixel'" in fp16.notes
+    assert "GPU form" not in bundle.artifact(ROLE_DECODER, FORMAT_ONNX, "fp32").notes
+    ir = (out / "decoder.fp16.xml").read_text()
+    assert 'type="ConvolutionBackpropData"' in ir                          # the exported form, not the GPU one
+    assert bundle.artifact(ROLE_DECODER, FORMAT_OPENVINO, "fp16").parity.passed
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []   # no stray conversion file
+    # the two decoders compute the same Gaussians (fp16 rounding apart)
+    rng = np.random.default_rng(5)
+    feeds = {"code": (0.5 * rng.standard_normal((1, *fp16.input("code").shape[1:]))).astype(np.float32),
+             "expressions": (0.3 * rng.standard_normal((2, 135))).astype(np.float32)}
+    want, got = _run(bundle, bundle.artifact(ROLE_DECODER, FORMAT_ONNX, "fp32"), feeds), _run(bundle, fp16, feeds)
+    for name in GAUSSIAN_OUTPUTS:
+        assert np.abs(got[name] - want[name]).max() <= 2e-2 * max(1.0, np.abs(want[name]).max()), name
+
+
+def test_unknown_gpu_conv_form_is_refused_before_anything_is_written(tmp_path, official_dir):
+    with pytest.raises(ExportArgumentError, match="gpu_conv_form must be one of"):
+        export_bundle(official_dir / "state_dict.safetensors", tmp_path / "b", gpu_conv_form="winograd",
+                      template=official_dir / "gghead_template.obj", progress=None)
+    assert not (tmp_path / "b").exists()

@@ -6,10 +6,10 @@ function (SPEC §10) with different kernels:
 
 - ``transposed``: the graph bundles hold. Per block: ConvTranspose 3×3 stride 2 → 4×4 FIR low-pass (a
   depthwise Conv) → 3×3 Conv → 1×1 Conv (toRGB).
-- ``subpixel``: that graph after ``export.graph_passes.subpixel_upsampling``: ConvTranspose and FIR fused into
+- ``subpixel`` (``flexavatar-export --gpu-conv-form subpixel``): ``export.graph_passes.subpixel_upsampling``: ConvTranspose and FIR fused into
   one 3×3 Conv with 4× the output channels, then DepthToSpace. No transposed or depthwise convolution left;
   conv0 does 4× the multiply-adds (≈ 51 more GFLOP a frame).
-- ``gemm``: ``subpixel``, then ``graph_passes.convs_as_gemm``: every convolution as im2col (Pad, Gather) +
+- ``gemm`` (``--gpu-conv-form gemm``): ``subpixel``, then ``graph_passes.convs_as_gemm``: every convolution as im2col (Pad, Gather) +
   MatMul, which cuBLAS runs on tensor cores whatever cuDNN's search picks.
 
 On the 2-core build CPU ONNX Runtime ran them in 330 / 532 / 936 ms (fp32): the forms are for GPUs only.
@@ -34,31 +34,20 @@ from pathlib import Path
 
 import torch
 
+from flexavatar.export.graph_passes import GPU_CONV_FORMS, apply_gpu_conv_form
 from flexavatar.upsampler import StyleGANUpsampler
 
 SEARCHES = ("HEURISTIC", "EXHAUSTIVE")
-
-
-def form_passes() -> dict:
-    """form → the graph passes that turn the exported (``transposed``) graph into it"""
-    from flexavatar.export import graph_passes
-
-    return {"transposed": (), "subpixel": (graph_passes.subpixel_upsampling,),
-            "gemm": (graph_passes.subpixel_upsampling, graph_passes.convs_as_gemm)}
-
-
-FORMS = ("transposed", "subpixel", "gemm")
+FORMS = tuple(GPU_CONV_FORMS)
 
 
 def to_form(model, form: str):
     """A copy of ``model`` (an exported graph, fp32 or fp16) in ``form``, and how many nodes each pass rewrote."""
     import onnx
 
-    if form not in FORMS:
-        raise ValueError(f"unknown form {form!r}: expected one of {FORMS}")
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    return out, [rewrite(out) for rewrite in form_passes()[form]]
+    return out, apply_gpu_conv_form(out, form)
 
 
 def flex1_upsampler(seed: int = 0, d_in: int = 768, res_in: int = 32, channel_base: int = 32768,
