@@ -442,6 +442,8 @@ class Runtime:
                 host = _HostFrames(frames)                       # the frame's one host sync, at host.result()
                 return host if timings is None else host.result()
 
+        # Host waits (the pixels' readback) stay inside the frame lock: with CUDA graphs, another thread may be
+        # capturing outside it, and CUDA forbids other threads' synchronising calls during a global-mode capture.
         pipelined = self._pipelines(n, output, timings)
         pending = None
         for start in range(0, n, self.batch):
@@ -452,17 +454,22 @@ class Runtime:
                     g = self._decode_chunk(avatar, expressions[start:stop], False, copy=pipelined)
                 if not pipelined:
                     frames = frames_of(g, start, stop)
+                    frames = frames.result() if isinstance(frames, _HostFrames) else frames
+                else:   # the previous chunk's readback was queued before this decoder: a short wait
+                    ready, pending = (pending.result() if pending is not None else None), None
             if not pipelined:
                 if output == "device" and array_kind(frames) == TORCH:
                     self.engine.hand_over([frames])      # outside the engine's stream: to the caller's current one
-                yield frames.result() if isinstance(frames, _HostFrames) else frames
+                yield frames
                 continue
-            if pending is not None:
-                yield pending.result()
+            if ready is not None:
+                yield ready                              # the caller works on it while the GPU decodes this chunk
             with self._frame_lock, self.engine.stream():
                 pending = frames_of(g, start, stop)
         if pending is not None:
-            yield pending.result()
+            with self._frame_lock:
+                last = pending.result()
+            yield last
 
     def _pipelines(self, n_frames: int, output: str, timings: StageTimes | None) -> bool:
         """On CUDA without timings, a render of several chunks hands out each chunk's pixels once the next chunk's
