@@ -130,7 +130,9 @@ typedef struct flexavatar_runtime_options {
   int32_t precision;    /* flexavatar_precision (appended; default FP32) */
   int32_t cuda_graphs;  /* appended; 1: the decoder replays a CUDA graph (ONNX Runtime's CUDA provider with the CUDA
                            rasterizer, zero copy; elsewhere ignored, see info.cuda_graphs), and so do the encoders
-                           (one graph per DINOv2 feature shape).
+                           (one graph per DINOv2 feature shape). A graph is captured on its first calls, in CUDA's
+                           global capture mode: other threads' CUDA work must not synchronise meanwhile (render the
+                           first frame, and encode the first photo, before other threads start).
                            Default 0. Not yet run on a GPU: onnxruntime-gpu 1.31.1 aborted node-by-node CUDA runs at
                            random calls, never graph runs (Python); this mode is meant to fix that here too */
 } flexavatar_runtime_options;
