@@ -306,6 +306,40 @@ def test_encoder_code_and_its_frame_equal_the_python_runtime(release_build, bund
     np.testing.assert_allclose(cpp[3 * pixels:4 * pixels].reshape(frame.shape[:2]), frame[..., 3], rtol=0, atol=1e-4)
 
 
+def test_encoder_rebinds_its_features_per_shape(release_build, bundle_dir, official_dir, python_runtime, tmp_path):
+    """One C++ runtime encodes the photo with feature maps of two shapes, then the first again: each code equals
+    the Python runtime's for those features (the encoder's input is rebound per shape; on CUDA with graphs each
+    shape has its own graph, runtime_cuda_check)."""
+    from flexavatar.runtime import Camera
+
+    fixture = np.load(official_dir / "inputs.npz")
+    image = fixture["images"][1][0].astype(np.float32)
+    c2w, k = fixture["cam2world"][1][0].astype(np.float32), fixture["intrinsics"][1][0].astype(np.float32)
+    features = fixture["features"][1][0].astype(np.float32)                # [C, h, w]
+    c, h, w = features.shape
+    other = np.random.default_rng(7).standard_normal((c, h + 2, w + 1)).astype(np.float32)
+    image.tofile(tmp_path / "image.f32")
+    np.concatenate([c2w.ravel(), k.ravel()]).astype(np.float32).tofile(tmp_path / "photo.f32")
+    features.tofile(tmp_path / "features.f32")
+    other.tofile(tmp_path / "features2.f32")
+    fixture["expression_codes"][1][0].astype(np.float32).tofile(tmp_path / "expression.f32")
+    rc2w, rk = _default_camera()
+    np.concatenate([rc2w.ravel(), rk.ravel(), [RENDER_SIZE, RENDER_SIZE], [1.0, 1.0, 1.0]]).astype(
+        np.float32).tofile(tmp_path / "camera.f32")
+    proc = subprocess.run([str(release_build / "tests/runtime_encode"), str(bundle_dir), str(tmp_path / "image.f32"),
+                           str(tmp_path / "photo.f32"), str(tmp_path / "features.f32"), *map(str, features.shape),
+                           str(tmp_path / "expression.f32"), str(tmp_path / "camera.f32"), str(tmp_path),
+                           str(tmp_path / "features2.f32"), *map(str, other.shape)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    codes = {name: np.fromfile(tmp_path / f"{name}.f32", dtype=np.float32) for name in ("code", "code2", "code3")}
+    for name, feats in (("code", features), ("code2", other), ("code3", features)):
+        want = np.asarray(python_runtime.create_avatar(image.transpose(1, 2, 0), camera=Camera(c2w, k),
+                                                       features=feats).code)[0].ravel()
+        assert float(np.abs(codes[name] - want).max()) <= FP32_TOLERANCE, name
+    assert float(np.abs(codes["code2"] - codes["code"]).max()) > 1e-2       # the second map reaches the code
+
+
 # ---- the installed package and the example application ------------------------------------------------
 
 @pytest.fixture(scope="module")

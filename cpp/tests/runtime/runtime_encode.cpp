@@ -3,9 +3,12 @@
 // float32 files for the pytest to compare against flexavatar.runtime.Runtime.create_avatar / render.
 //
 //   runtime_encode BUNDLE IMAGE.f32 PHOTO_CAMERA.f32 FEATURES.f32|- C H W EXPRESSION.f32 CAMERA.f32 OUT_DIR
+//                  [FEATURES2.f32 C2 H2 W2]
 //     IMAGE.f32: [3, S, S]; PHOTO_CAMERA.f32: cam2world[16], intrinsics[9]; FEATURES.f32: [C, H, W] (or "-":
 //     none, the bundle's image-only encoder); EXPRESSION.f32: [135]; CAMERA.f32 as runtime_dump's.
-//   writes OUT_DIR/code.f32 ([R², D]) and OUT_DIR/frame.f32 (rgb [H,W,3], alpha [H,W], depth [H,W])
+//   writes OUT_DIR/code.f32 ([R², D]) and OUT_DIR/frame.f32 (rgb [H,W,3], alpha [H,W], depth [H,W]); with
+//   FEATURES2 (another feature map shape) the same runtime then encodes the photo with it (code2.f32) and with
+//   the first features again (code3.f32): the encoder's input rebound per shape.
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -19,10 +22,10 @@ using raw_files::read_floats;
 using raw_files::write;
 
 int main(int argc, char** argv) {
-  if (argc != 11) {
+  if (argc != 11 && argc != 15) {
     std::fprintf(stderr,
                  "usage: runtime_encode BUNDLE IMAGE.f32 PHOTO_CAMERA.f32 FEATURES.f32|- C H W EXPRESSION.f32 "
-                 "CAMERA.f32 OUT_DIR\n");
+                 "CAMERA.f32 OUT_DIR [FEATURES2.f32 C2 H2 W2]\n");
     return 2;
   }
   try {
@@ -54,6 +57,19 @@ int main(int argc, char** argv) {
     frame.insert(frame.end(), f.alpha, f.alpha + pixels);
     frame.insert(frame.end(), f.depth, f.depth + pixels);
     write(out + "/frame.f32", frame.data(), frame.size() * sizeof(float));
+    if (argc == 15) {
+      const std::vector<float> features2 = read_floats(argv[11]);
+      flexavatar_encoder_input second =
+          flexavatar::encoder_input(image, features2, std::stoll(argv[12]), std::stoll(argv[13]), std::stoll(argv[14]));
+      std::copy(input.cam2world, input.cam2world + 16, second.cam2world);
+      std::copy(input.intrinsics, input.intrinsics + 9, second.intrinsics);
+      rt.create_avatar_code(second);
+      const std::vector<float> code2 = rt.avatar_code();
+      write(out + "/code2.f32", code2.data(), code2.size() * sizeof(float));
+      rt.create_avatar_code(input);
+      const std::vector<float> code3 = rt.avatar_code();
+      write(out + "/code3.f32", code3.data(), code3.size() * sizeof(float));
+    }
     const flexavatar_runtime_info info = rt.info();
     std::printf("encoders %u feature_channels %lld rasterizer %s\n", info.encoders,
                 static_cast<long long>(info.feature_channels), info.rasterizer);
