@@ -146,7 +146,9 @@ def _float_rgba(rgb, alpha):
 
 class _HostFrames:
     """Frames on their way to the host: a CUDA tensor is copied into page-locked memory on the current stream
-    (queued, no wait); ``result()`` waits for that copy only. Other arrays are on the host already."""
+    (queued, no wait); ``result()`` waits for that copy only and hands out an ordinary copy, so the page-locked
+    block goes back to torch's host cache at once (a long render keeps one or two, not one per frame; a copy
+    to pageable memory stages through such a buffer anyway). Other arrays are on the host already."""
 
     def __init__(self, frames):
         self.done = None
@@ -160,9 +162,11 @@ class _HostFrames:
             self.frames = frames
 
     def result(self) -> np.ndarray:
-        if self.done is not None:
-            self.done.synchronize()
-        return to_numpy(self.frames)
+        if self.done is None:
+            return to_numpy(self.frames)
+        self.done.synchronize()
+        staged, self.frames = self.frames, None
+        return staged.numpy().copy()
 
 
 # output → the frames from the rasterizer's rgb and alpha, on its device; every output but "device" then goes to the host
