@@ -43,3 +43,23 @@ def test_script_checks_and_times_every_form_and_the_bundle_decoder_on_the_cpu(to
         row = rows[f"decoder-{form}-fp32"]
         assert row["rewritten"][0] >= 1 and row["max_abs_diff_vs_exported"] <= 1e-4, form
     assert '"device": "cpu"' in capsys.readouterr().out
+
+
+def test_a_form_that_fails_is_recorded_and_the_others_still_timed(tool, tmp_path, monkeypatch):
+    # GPU minutes are scarce: one refused form (e.g. ONNX Runtime declining a CUDA graph) must not cost the others
+    real = tool._OrtRunner
+
+    def runner(path, *args, **kwargs):
+        if ".gemm." in path.name:
+            raise RuntimeError("CUDA graphs refused\nsecond line")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(tool, "_OrtRunner", runner)
+    out = tmp_path / "forms.json"
+    assert tool.main(["--device", "cpu", "--small", "--frames", "1", "--rounds", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    for precision in ("fp32", "fp16"):
+        failed = rows[f"upsampler-gemm-{precision}"]
+        assert failed["error"] == "RuntimeError: CUDA graphs refused" and "ms_per_call" not in failed
+        assert rows[f"upsampler-subpixel-{precision}"]["ms_per_call"] > 0
+        assert rows[f"upsampler-subpixel-{precision}"]["speedup"] > 0

@@ -117,21 +117,43 @@ class _OrtRunner:
             self.session.run_with_iobinding(self.binding, self.run_options)
 
 
-def _time_rounds(runs: dict, frames: int, rounds: int, sync) -> dict[str, float]:
-    """median ms per call of each variant, the variants alternating within each round"""
+def _start(key: str, make, sync, results: dict, runs: dict, row: dict) -> bool:
+    """Create a variant's runner and run it twice (warm-up, CUDA-graph capture). A variant that fails is recorded
+    with its error and left out of the timing: one refused form must not cost the others their figures."""
+    try:
+        runner = make()
+        runner()
+        runner()
+        sync()
+    except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own types; the message is the result
+        results[key] = {**row, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
+        print(json.dumps({"variant": key, **results[key]}), flush=True)
+        return False
+    runs[key] = runner
+    return True
+
+
+def _time_rounds(runs: dict, frames: int, rounds: int, sync, results: dict) -> dict[str, float]:
+    """median ms per call of each variant, the variants alternating within each round (a variant that fails
+    while timed is recorded and dropped)"""
     times: dict[str, list[float]] = {key: [] for key in runs}
     for _ in range(rounds):
-        for key, run in runs.items():
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(frames):
-                run()
-            sync()
+        for key, run in list(runs.items()):
+            try:
+                sync()
+                t0 = time.perf_counter()
+                for _ in range(frames):
+                    run()
+                sync()
+            except Exception as e:  # noqa: BLE001
+                results[key]["error"] = f"{type(e).__name__} while timed: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                del runs[key], times[key]
+                continue
             times[key].append((time.perf_counter() - t0) / frames * 1e3)
-    return {key: round(statistics.median(t), 4) for key, t in times.items()}
+    return {key: round(statistics.median(t), 4) for key, t in times.items() if t}
 
 
-def _upsampler_variants(args, device: str, stream, tmp: Path, results: dict, runs: dict) -> None:
+def _upsampler_variants(args, device: str, stream, sync, tmp: Path, results: dict, runs: dict) -> None:
     import onnx
 
     from flexavatar.export.exporter import DEFAULT_OPSET
@@ -155,20 +177,18 @@ def _upsampler_variants(args, device: str, stream, tmp: Path, results: dict, run
             for search in SEARCHES if stream is not None else (None,):
                 key = f"upsampler-{form}-{precision}" + (f"-{search.lower()}" if search else "")
                 y = torch.empty_like(reference)
-                runs[key] = _OrtRunner(path, precision, search, {"x": x_device}, {"y": y}, stream)
-                runs[key]()                  # warm-up and CUDA-graph capture
-                runs[key]()
-                if stream is not None:
-                    stream.synchronize()
+                row = {"form": form, "precision": precision, "search": search, "rewritten": rewritten,
+                       "nodes": len(graph.graph.node),
+                       "ops": dict(collections.Counter(n.op_type for n in graph.graph.node).most_common())}
+                if not _start(key, lambda: _OrtRunner(path, precision, search, {"x": x_device}, {"y": y}, stream),
+                              sync, results, runs, row):
+                    continue
                 error = float((y - reference).abs().max())
-                results[key] = {"form": form, "precision": precision, "search": search, "rewritten": rewritten,
-                                "nodes": len(graph.graph.node),
-                                "ops": dict(collections.Counter(n.op_type for n in graph.graph.node).most_common()),
-                                "max_abs_error": error, "relative_error": error / scale}
+                results[key] = {**row, "max_abs_error": error, "relative_error": error / scale}
                 print(json.dumps({"variant": key, **results[key]}), flush=True)
 
 
-def _bundle_variants(bundle_dir: str, device: str, stream, tmp: Path, results: dict, runs: dict) -> None:
+def _bundle_variants(bundle_dir: str, device: str, stream, sync, tmp: Path, results: dict, runs: dict) -> None:
     """The bundle's decoders in every form (as exported, then rewritten by the forms' passes), with the runtime's
     CUDA settings; each form's Gaussians against the exported graph's."""
     import onnx
@@ -192,14 +212,13 @@ def _bundle_variants(bundle_dir: str, device: str, stream, tmp: Path, results: d
             key = f"decoder-{form}-{artifact.precision}"
             outputs[form] = {o.name: torch.empty(tuple(1 if isinstance(d, str) else d for d in o.shape),
                                                  dtype=torch.float32, device=device) for o in artifact.outputs}
-            runs[key] = _OrtRunner(path, artifact.precision, None, inputs, outputs[form], stream)
-            runs[key]()
-            runs[key]()
-            if stream is not None:
-                stream.synchronize()
-            diff = max(float((outputs[form][k] - outputs["transposed"][k]).abs().max()) for k in outputs[form])
-            results[key] = {"form": form, "precision": artifact.precision, "rewritten": rewritten,
-                            "nodes": len(graph.graph.node), "max_abs_diff_vs_exported": diff}
+            row = {"form": form, "precision": artifact.precision, "rewritten": rewritten, "nodes": len(graph.graph.node)}
+            if not _start(key, lambda: _OrtRunner(path, artifact.precision, None, inputs, outputs[form], stream),
+                          sync, results, runs, row):
+                continue
+            diff = (max(float((outputs[form][k] - outputs["transposed"][k]).abs().max()) for k in outputs[form])
+                    if f"decoder-transposed-{artifact.precision}" in runs else None)
+            results[key] = {**row, "max_abs_diff_vs_exported": diff}
             print(json.dumps({"variant": key, **results[key]}), flush=True)
 
 
@@ -220,17 +239,18 @@ def main(argv: list[str] | None = None) -> int:
     if cuda and hasattr(ort, "preload_dlls"):
         ort.preload_dlls()
     stream = torch.cuda.Stream() if cuda else None
+    sync = stream.synchronize if cuda else (lambda: None)
     results: dict[str, dict] = {}
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        _upsampler_variants(args, args.device, stream, Path(tmp), results, runs)
+        _upsampler_variants(args, args.device, stream, sync, Path(tmp), results, runs)
         if args.bundle:
-            _bundle_variants(args.bundle, args.device, stream, Path(tmp), results, runs)
-        times = _time_rounds(runs, args.frames, args.rounds, stream.synchronize if cuda else (lambda: None))
+            _bundle_variants(args.bundle, args.device, stream, sync, Path(tmp), results, runs)
+        times = _time_rounds(runs, args.frames, args.rounds, sync, results)
     for key, ms in times.items():
         kind, form, setting = key.split("-", 2)               # e.g. upsampler, subpixel, fp16-heuristic
-        baseline = times[f"{kind}-transposed-{setting}"]
-        results[key].update(ms_per_call=ms, speedup=round(baseline / ms, 3))
+        baseline = times.get(f"{kind}-transposed-{setting}")
+        results[key].update(ms_per_call=ms, speedup=round(baseline / ms, 3) if baseline else None)
         print(json.dumps({"variant": key, "ms_per_call": ms, "speedup": results[key]["speedup"]}), flush=True)
     print(json.dumps({"device": torch.cuda.get_device_name(0) if cuda else "cpu", "onnxruntime": ort.__version__,
                       "torch": torch.__version__, "frames": args.frames, "rounds": args.rounds}), flush=True)
