@@ -117,6 +117,10 @@ class _OrtRunner:
             self.session.run_with_iobinding(self.binding, self.run_options)
 
 
+def _first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+
+
 def _start(key: str, make, sync, results: dict, runs: dict, row: dict) -> bool:
     """Create a variant's runner and run it twice (warm-up, CUDA-graph capture). A variant that fails is recorded
     with its error and left out of the timing: one refused form must not cost the others their figures."""
@@ -126,7 +130,7 @@ def _start(key: str, make, sync, results: dict, runs: dict, row: dict) -> bool:
         runner()
         sync()
     except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own types; the message is the result
-        results[key] = {**row, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
+        results[key] = {**row, "error": _first_line(e)}
         print(json.dumps({"variant": key, **results[key]}), flush=True)
         return False
     runs[key] = runner
@@ -146,7 +150,7 @@ def _time_rounds(runs: dict, frames: int, rounds: int, sync, results: dict) -> d
                     run()
                 sync()
             except Exception as e:  # noqa: BLE001
-                results[key]["error"] = f"{type(e).__name__} while timed: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                results[key]["error"] = f"while timed: {_first_line(e)}"
                 del runs[key], times[key]
                 continue
             times[key].append((time.perf_counter() - t0) / frames * 1e3)
