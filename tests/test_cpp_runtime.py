@@ -367,6 +367,8 @@ def test_example_writes_png_frames_equal_to_the_runtime_and_reports_latency(exam
     assert proc.returncode == 0, proc.stderr
     match = re.search(r"p50 ([0-9.]+) ms, p95 ([0-9.]+) ms", proc.stdout)
     assert match and 0 < float(match[1]) <= float(match[2]), proc.stdout
+    # CUDA graphs are the default but take effect on the zero-copy CUDA path only
+    assert "decoder on CPUExecutionProvider, cpu rasterizer" in proc.stdout, proc.stdout
     pngs = sorted(out.glob("frame_*.png"))
     assert [p.name for p in pngs] == [f"frame_{e:05d}.png" for e in range(len(inputs["expressions"]))]
     for png, frame in zip(pngs, cpp_outputs, strict=True):
@@ -484,10 +486,13 @@ def test_example_reports_bad_input_with_exit_code(example_app, bundle_dir, input
     assert proc.returncode == 1 and "no avatar code" in proc.stderr
     for device, code in (("cuda:x", 2), ("cuda:", 2), ("cuda:1", 1)):      # cuda:1 parses; no CUDA here
         proc = subprocess.run([str(example_app), str(bundle_dir), str(inputs["code_path"]),
-                               str(inputs["expressions_path"]), str(tmp_path / "o"), "--device", device],
-                              capture_output=True, text=True)
+                               str(inputs["expressions_path"]), str(tmp_path / "o"), "--device", device,
+                               "--no-cuda-graphs"], capture_output=True, text=True)
         assert proc.returncode == code, (device, proc.stderr)
     assert "cuda" in proc.stderr.lower()
+    proc = subprocess.run([str(example_app), str(bundle_dir), "-", "e.npy", "o", "--cuda-graphs"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown option '--cuda-graphs'" in proc.stderr
 
 
 # ---- abuse: corrupt files, wrong shapes, bad handles (plain and ASan/LSan builds) ----------------------

@@ -61,6 +61,10 @@ RASTERIZERS = tuple(kernels.available_backends("cpu"))       # cpu (native), ref
 GAUSSIAN_TOL = 1e-4
 IMAGE_MEAN_TOL, IMAGE_MAX_TOL = 1e-3, 2 / 255
 SIZE = 128                                                    # the fixture model's image size; render size too
+# two replays of one fp32 CUDA graph may differ in the last bits: cuDNN's transposed convolutions (dgrad kernels)
+# accumulate in a varying order (H200: Gaussians 1.2e-7 apart, pixels 2.2e-6). A stale or raced frame (another
+# expression or camera) is off by orders of magnitude more.
+REPLAY_TOL = 1e-5
 FIELDS = ("means", "quats", "scales", "opacities", "sh0")
 REPO = Path(__file__).resolve().parents[1]
 
@@ -1022,7 +1026,7 @@ def test_onnxruntime_cuda_with_the_cuda_rasterizer(cuda_graphs, bundle, model, e
         assert diff.mean() <= IMAGE_MEAN_TOL and diff.max() <= IMAGE_MAX_TOL
     on_device = rt.render(avatar, expressions, orbit_camera(3), SIZE, SIZE, output="device")   # no host sync
     assert on_device.is_cuda and tuple(on_device.shape) == (3, SIZE, SIZE, 4)
-    np.testing.assert_array_equal(on_device.cpu().numpy(), frames)
+    _assert_same_frames(on_device.cpu().numpy(), frames)
 
 
 @pytest.mark.gpu
@@ -1034,6 +1038,14 @@ def test_check_numerics_on_cuda(cuda_graphs, bundle):
     assert [c.name for c in report.checks] == ["encoder", "decoder", "decoder_avatar"]
     assert report.passed and "rasterizer cuda" in report.runtime, report.table()
     assert all(max(c.errors.values()) <= GAUSSIAN_TOL for c in report.checks[1:]), report.table()   # decoders
+
+
+def _assert_same_frames(got: np.ndarray, want: np.ndarray) -> None:
+    """Frames of one render repeated on the GPU: equal up to REPLAY_TOL (float) or one step (uint8)."""
+    assert got.dtype == want.dtype and got.shape == want.shape
+    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    assert diff.max() <= (1 if want.dtype == np.uint8 else REPLAY_TOL), f"max |diff| {diff.max():.3g}"
+    assert diff.mean() <= REPLAY_TOL, f"mean |diff| {diff.mean():.3g}"
 
 
 def _ort_cuda_runtime(bundle: Path, **options) -> Runtime:
@@ -1065,7 +1077,7 @@ def test_onnxruntime_cuda_encodes_each_photo_like_pytorch(bundle, model, photo, 
 
 
 @pytest.mark.gpu
-def test_cuda_chunks_are_pipelined_without_changing_a_pixel(bundle, model, expressions):
+def test_cuda_chunks_are_pipelined_like_sequential_chunks(bundle, model, expressions):
     """batch 1 over 3 frames: without timings each chunk's pixels are handed out once the next chunk is decoding
     (copied out of the graph's buffers, read back asynchronously); with timings the chunks run one after the other."""
     rt = _ort_cuda_runtime(bundle, cuda_graphs=True, batch=1)
@@ -1075,7 +1087,7 @@ def test_cuda_chunks_are_pipelined_without_changing_a_pixel(bundle, model, expre
         sequential = rt.render(avatar, expressions, cams, SIZE, SIZE, output=output, timings=StageTimes())
         pipelined = rt.render(avatar, expressions, cams, SIZE, SIZE, output=output)
         assert isinstance(pipelined, np.ndarray) and pipelined.shape == sequential.shape
-        np.testing.assert_array_equal(pipelined, sequential)
+        _assert_same_frames(pipelined, sequential)
     want = _reference_render(_reference_gaussians(model, avatar.code, expressions), 3)
     diff = np.abs(rt.render(avatar, expressions, cams, SIZE, SIZE, output="float")[..., :3].astype(np.float64) - want)
     assert diff.mean() <= IMAGE_MEAN_TOL and diff.max() <= IMAGE_MAX_TOL

@@ -161,6 +161,7 @@ flexavatar_runtime_options default_options() {
   defaults.struct_size = sizeof(defaults);
   defaults.device = FLEXAVATAR_DEVICE_AUTO;
   defaults.verify = FLEXAVATAR_VERIFY_FULL;
+  defaults.cuda_graphs = 1;  // takes effect on the zero-copy CUDA path only (see flexavatar.h)
   return defaults;
 }
 

@@ -35,7 +35,7 @@ struct RuntimeOptions {
   int cuda_device = 0;
   RasterizerChoice rasterizer = RasterizerChoice::kAuto;
   std::string precision = "fp32";  // which ONNX files: "fp32" or "fp16" (the encoder falls back to fp32)
-  bool cuda_graphs = false;        // zero copy only: the decoder replays a CUDA graph (ORT enable_cuda_graph)
+  bool cuda_graphs = true;         // zero copy only: the decoder replays a CUDA graph (ORT enable_cuda_graph)
 };
 
 // Which encoder inputs the bundle supports (the C API's FLEXAVATAR_ENCODER_* flags).

@@ -1,5 +1,6 @@
 // flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N] [--device auto|cpu|cuda|cuda:N]
 //                   [--rasterizer auto|cpu|cuda] [--features FEATURES.npy] [--head-pose] [--verify]
+//                   [--no-cuda-graphs]
 //
 // Renders one PNG frame per expression (frame_00000.png, ...) from the bundle's default camera and prints
 // the per-frame latency (decoder + rasterizer + RGBA) as p50 / p95. --head-pose shows each code's rigid head
@@ -34,7 +35,7 @@ int usage() {
   std::fprintf(stderr,
                "usage: flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N] "
                "[--device auto|cpu|cuda|cuda:N] [--rasterizer auto|cpu|cuda] [--features FEATURES.npy] [--head-pose]\n"
-               "               [--verify]\n"
+               "               [--verify] [--no-cuda-graphs]\n"
                "  AVATAR: avatar code .npy float32 (R^2, 1, D); - for the bundle's avatar_code.npy; or a photo\n"
                "          .npy float32 [S, S, 3] in [0, 1] to encode (--features: DINOv2 features [C, h, w])\n"
                "  EXPRESSIONS: .npy float32 [E, 135]\n");
@@ -241,7 +242,7 @@ int main(int argc, char** argv) {
   int size = 0, threads = 0;
   int device = FLEXAVATAR_DEVICE_AUTO, rasterizer = FLEXAVATAR_RASTERIZER_AUTO, cuda_device = 0;
   std::string features_path;
-  bool head_pose = false, verify = false;
+  bool head_pose = false, verify = false, cuda_graphs = true;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") {
@@ -278,6 +279,8 @@ int main(int argc, char** argv) {
       head_pose = true;
     } else if (arg == "--verify") {
       verify = true;
+    } else if (arg == "--no-cuda-graphs") {  // the CUDA sessions node by node (default: replayed CUDA graphs)
+      cuda_graphs = false;
     } else if (arg.size() > 1 && arg[0] == '-') {
       return usage_error("unknown option '" + arg + "'");
     } else {
@@ -326,6 +329,7 @@ int main(int argc, char** argv) {
     options.cuda_device = cuda_device;
     options.rasterizer = rasterizer;
     options.num_threads = threads;
+    options.cuda_graphs = cuda_graphs ? 1 : 0;
     flexavatar::Runtime rt(bundle, &options);
     const flexavatar_runtime_info info = rt.info();
 
@@ -376,8 +380,9 @@ int main(int argc, char** argv) {
         return 1;
       }
     }
-    std::printf("flexavatar %s, %ld Gaussians, decoder on %s, %s rasterizer\n", flexavatar_version(),
-                long(info.num_gaussians), info.decoder_provider, info.rasterizer);
+    std::printf("flexavatar %s, %ld Gaussians, decoder on %s%s, %s rasterizer\n", flexavatar_version(),
+                long(info.num_gaussians), info.decoder_provider, info.cuda_graphs ? " (CUDA graphs)" : "",
+                info.rasterizer);
     std::printf("%ld frames %dx%d -> %s\n", frames, camera.width, camera.height, out_dir.c_str());
     std::printf("latency per frame: p50 %.3f ms, p95 %.3f ms (first frame %.3f ms)\n", percentile(ms, 0.5),
                 percentile(ms, 0.95), ms.front());

@@ -133,8 +133,8 @@ typedef struct flexavatar_runtime_options {
                            (one graph per DINOv2 feature shape). A graph is captured on its first calls, in CUDA's
                            global capture mode: other threads' CUDA work must not synchronise meanwhile (render the
                            first frame, and encode the first photo, before other threads start).
-                           Default 0. Not yet run on a GPU: onnxruntime-gpu 1.31.1 aborted node-by-node CUDA runs at
-                           random calls, never graph runs (Python); this mode is meant to fix that here too */
+                           Default 1 (also for callers whose struct predates the field); 0 runs the CUDA sessions
+                           node by node, which onnxruntime-gpu 1.31.1 aborts at random calls (CUDA error 800) */
 } flexavatar_runtime_options;
 
 typedef struct flexavatar_runtime_info {

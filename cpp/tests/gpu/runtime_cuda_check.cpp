@@ -147,13 +147,15 @@ void compare_to_cpu(const HostFrame& got, const HostFrame& cpu, const std::strin
   expect(double(rgba_over) / double(pixels) <= flip_fraction, what + ": RGBA8 differs by more than one step");
 }
 
+constexpr int kLibraryDefault = -1;  // create(): leave options.cuda_graphs at flexavatar_runtime_options_init's value
+
 flexavatar_runtime* create(const char* bundle, int device, int rasterizer, flexavatar_status* status,
                            int cuda_graphs = 0) {
   flexavatar_runtime_options options;
   flexavatar_runtime_options_init(&options, sizeof(options));
   options.device = device;
   options.rasterizer = rasterizer;
-  options.cuda_graphs = cuda_graphs;
+  if (cuda_graphs != kLibraryDefault) options.cuda_graphs = cuda_graphs;
   options.verify = FLEXAVATAR_VERIFY_SIZE;
   flexavatar_runtime* rt = nullptr;
   *status = flexavatar_runtime_create(bundle, &options, &rt);
@@ -228,16 +230,17 @@ int main(int argc, char** argv) {
   flexavatar_runtime* host_io = zero_copy ? create(bundle, FLEXAVATAR_DEVICE_CUDA, FLEXAVATAR_RASTERIZER_CPU, &s)
                                           : nullptr;
   if (zero_copy && !host_io) expect(false, std::string("device CUDA + CPU rasterizer: ") + flexavatar_last_error());
-  // zero copy with the decoder replayed as a CUDA graph (options.cuda_graphs)
-  flexavatar_runtime* graphs = zero_copy || graphs_only
-                                   ? create(bundle, FLEXAVATAR_DEVICE_CUDA, FLEXAVATAR_RASTERIZER_AUTO, &s, 1)
-                                   : nullptr;
-  if (zero_copy && !graphs) expect(false, std::string("cuda_graphs = 1: ") + flexavatar_last_error());
+  // zero copy with the decoder replayed as a CUDA graph: the library's default options (cuda_graphs = 1)
+  flexavatar_runtime* graphs =
+      zero_copy || graphs_only
+          ? create(bundle, FLEXAVATAR_DEVICE_CUDA, FLEXAVATAR_RASTERIZER_AUTO, &s, kLibraryDefault)
+          : nullptr;
+  if (zero_copy && !graphs) expect(false, std::string("default options (cuda_graphs = 1): ") + flexavatar_last_error());
   if (graphs) {
     flexavatar_runtime_info graph_info{};
     graph_info.struct_size = sizeof(graph_info);
     flexavatar_runtime_get_info(graphs, &graph_info);
-    expect(graph_info.cuda_graphs == 1, "info.cuda_graphs of the CUDA-graph runtime");
+    expect(graph_info.cuda_graphs == 1, "info.cuda_graphs of a CUDA runtime with default options");
   }
   if (graphs_only) std::printf("graphs only (FLEXAVATAR_TEST_GRAPHS_ONLY=1): no node-by-node CUDA session\n");
   std::string zero_copy_note;

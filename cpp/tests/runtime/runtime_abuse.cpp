@@ -478,13 +478,13 @@ TEST_CASE(precision_is_checked_and_reported) {
 TEST_CASE(cuda_graphs_is_checked_and_reported) {
   flexavatar_runtime_options options;
   flexavatar_runtime_options_init(&options, sizeof(options));
-  CHECK(options.cuda_graphs == 0);
+  CHECK(options.cuda_graphs == 1);  // the default: it takes effect on the zero-copy CUDA path only
   options.device = FLEXAVATAR_DEVICE_CPU;
   options.cuda_graphs = 2;
   flexavatar_runtime* rt = nullptr;
   CHECK(flexavatar_runtime_create(g_bundle.c_str(), &options, &rt) == FLEXAVATAR_ERROR_INVALID_ARGUMENT && !rt);
   CHECK(error_mentions("options.cuda_graphs is 2"));
-  // asked for on the CPU: it needs the CUDA provider and the CUDA rasterizer, so it does not take effect
+  // on the CPU (the default, 1): it needs the CUDA provider and the CUDA rasterizer, so it does not take effect
   options.cuda_graphs = 1;
   CHECK(flexavatar_runtime_create(g_bundle.c_str(), &options, &rt) == FLEXAVATAR_OK && rt);
   flexavatar_runtime_info info;
