@@ -56,6 +56,7 @@ def test_gpu_kernel_profile_classes_and_per_frame_summary():
         "void onnxruntime::cuda::_GridSampleKernel<float, true>": "grid sample",
         "void flexavatar::cuda::(anonymous namespace)::blend_forward_kernel(long, long, int, int, int2 const*)": "rasterizer",
         "void cub::CUB_300000_SM_900::detail::radix_sort::DeviceRadixSortOnesweepKernel<Policy, false>": "rasterizer",
+        "nvjet_sm90_hsh_96x64_64x8_1x2_h_bz_NNN": "gemm",                         # cuBLAS 13's JIT GEMMs
         "some_unknown_kernel": "other",
     }
     for name, cls in named.items():
@@ -65,3 +66,32 @@ def test_gpu_kernel_profile_classes_and_per_frame_summary():
     assert s["wall_ms_per_frame"] == 5.0 and s["gpu_busy_ms_per_frame"] == 0.06 and s["kernels_per_frame"] == 3.0
     assert s["gpu_ms_per_class"] == {"gemm": 0.04, "layout / copy": 0.02}
     assert s["top_kernels"][0] == {"name": "gemm_a", "ms_per_frame": 0.04, "launches_per_frame": 2.0}
+
+
+def test_gpu_kernel_profile_host_side_per_frame():
+    """gpu_kernel_profile.host_profile: the host's own time per function and frame, heaviest first."""
+    import time
+    spec = importlib.util.spec_from_file_location("gpu_kernel_profile", SCRIPT.parent / "gpu_kernel_profile.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    def wait_for_the_gpu():                                   # stands in for a native call that waits
+        time.sleep(0.004)
+
+    def glue(i):
+        return sum(range(50))
+
+    def frame(i):
+        glue(i)
+        glue(i)
+        wait_for_the_gpu()
+
+    host = tool.host_profile(frame, calls=5)
+    top = host["top_functions"]
+    assert host["calls"] == 5 and host["wall_ms_per_frame"] >= 4.0
+    assert "time.sleep" in top[0]["function"] and 3.5 <= top[0]["own_ms_per_frame"] <= host["wall_ms_per_frame"]
+    assert top[0]["calls_per_frame"] == 1.0
+    by_name = {row["function"].split(" ")[-1]: row for row in top}
+    assert by_name["glue"]["calls_per_frame"] == 2.0
+    assert by_name["frame"]["cumulative_ms_per_frame"] >= top[0]["own_ms_per_frame"]
+    assert [r["own_ms_per_frame"] for r in top] == sorted((r["own_ms_per_frame"] for r in top), reverse=True)

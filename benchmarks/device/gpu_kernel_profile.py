@@ -7,6 +7,11 @@ whole frames (decode + CUDA rasterizer + pixels on the host, as ``Runtime.render
 wall time per frame and GPU busy time per frame (the gap is launch latency, host work and syncs), kernels per
 frame, GPU time per kernel class (``CLASSES``) and the most expensive kernels by name.
 
+Then the host's side of the same frames (``host_profile``, cProfile): the functions where the host thread spends
+each frame, by own time. Native calls show as one row each (ONNX Runtime's ``run_with_iobinding``, the rasterizer's
+``_native`` call, whose own time includes its wait for the intersection count), so the rows split a frame into
+Python glue, launches and waits. cProfile adds about a microsecond per Python call to the glue.
+
     python benchmarks/device/gpu_kernel_profile.py BUNDLE [--precision fp16] [--calls 20] [--no-graphs] [--json OUT]
 """
 from __future__ import annotations
@@ -25,7 +30,7 @@ CLASSES = [
     ("attention", r"flash|fmha|attention|softmax"),
     ("rasterizer", r"flexavatar::|DeviceRadixSort|Onesweep|cub::"),     # cpp/cuda kernels and their CUB sort
     ("convolution", r"conv|fprop|dgrad|wgrad|implicit_gemm|winograd|nchwToNhwc|nhwcToNchw|cudnn"),
-    ("gemm", r"gemm|gemv|cutlass|xmma|cublas|s16816|s1688|h1688|h16816|matmul"),
+    ("gemm", r"gemm|gemv|cutlass|xmma|cublas|nvjet|s16816|s1688|h1688|h16816|matmul"),
     ("normalisation", r"layernorm|layer_norm|rmsnorm|rms_norm|LayerNorm|RMSNorm|SkipLayerNorm|cuApplyLayerNorm"),
     ("layout / copy", r"transpose|concat|split|expand|slice|depthtospace|memcpy|memset|copy|gather|pad"),
     ("elementwise", r"elementwise|binary|unary|impl_|_add|add_|cast|gelu|clip|relu|sigmoid|exp|mul|div|sub"),
@@ -56,6 +61,29 @@ def summarise(kernels: list[tuple[str, float]], calls: int, wall_ms: float, top:
             "gpu_ms_per_class": {c: round(us / per, 3) for c, us in by_class.most_common()},
             "top_kernels": [{"name": n[:160], "ms_per_frame": round(us / per, 4), "launches_per_frame": count[n] / calls}
                             for n, us in by_name.most_common(top)]}
+
+
+def host_profile(frame, calls: int, top: int = 25) -> dict:
+    """Run ``frame(i)`` for i < calls under cProfile → wall and the ``top`` functions by own (host) time, per frame."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    t0 = time.perf_counter()
+    profiler.enable()
+    for i in range(calls):
+        frame(i)
+    profiler.disable()
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    rows = []
+    for (path, line, name), (_, ncalls, own_s, cumulative_s, _) in pstats.Stats(profiler).stats.items():
+        where = name if path == "~" else f"{Path(path).parent.name}/{Path(path).name}:{line} {name}"
+        rows.append({"function": where[:160], "own_ms_per_frame": round(own_s * 1e3 / calls, 4),
+                     "cumulative_ms_per_frame": round(cumulative_s * 1e3 / calls, 4),
+                     "calls_per_frame": round(ncalls / calls, 2)})
+    rows.sort(key=lambda r: r["own_ms_per_frame"], reverse=True)
+    return {"calls": calls, "wall_ms_per_frame": round(wall_ms / calls, 3),
+            "python_calls_per_frame": round(sum(r["calls_per_frame"] for r in rows), 1), "top_functions": rows[:top]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
               "cuda_graphs": not args.no_graphs, **summarise(kernels, args.calls, wall_ms)}
     print(json.dumps({k: v for k, v in report.items() if k != "top_kernels"}), flush=True)
     for row in report["top_kernels"]:
+        print(json.dumps(row), flush=True)
+    report["host"] = host_profile(frame, args.calls)
+    print(json.dumps({k: v for k, v in report["host"].items() if k != "top_functions"}), flush=True)
+    for row in report["host"]["top_functions"]:
         print(json.dumps(row), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

@@ -8,10 +8,10 @@
 # 3. waits for prewarm.sh when an earlier call started it (build + FLEX-1 bundle export in the background);
 # 4. benchmarks/run_gpu.sh, stages in order of what the GPU sessions so far left open, each under its own time
 #    cap, all within FLEXAVATAR_SESSION_BUDGET_S (default 500 s: a device call may take 600 s): the build (skipped
-#    after prewarm.sh's), the C++ runtime's CUDA check (its CUDA-graph mode, fixed since the last session), the GPU
-#    tests, then with the FLEX-1 bundle: two runtimes interleaved in one process, cuDNN's convolution search side by
-#    side, the whole frame (CUDA graphs, eager, batched), flexavatar-verify on CUDA, C++ vs Python on CUDA, and the
-#    older profiling stages (benchmarks/device/README.md lists them). FLEXAVATAR_GPU_STAGES overrides the list.
+#    after prewarm.sh's), the GPU tests, then with the FLEX-1 bundle: where a frame's time goes (GPU kernels and the
+#    host's side), the whole frame (CUDA graphs, eager, batched), C++ vs Python on CUDA, flexavatar-verify on CUDA,
+#    the C++ runtime's CUDA check, two runtimes interleaved in one process, and the stages that have given their
+#    answers (benchmarks/device/README.md lists them). FLEXAVATAR_GPU_STAGES overrides the list.
 # $OUT receives gpu-session.tar.gz (every log) and the new benchmark records (*.json): the device returns
 # at most 8 files, so the logs travel as one archive.
 set -uo pipefail
@@ -54,7 +54,7 @@ fi
 BUILD_STAGE=build
 [[ -f $PREWARM/build.ok ]] && BUILD_STAGE=
 left=$((BUDGET - ($(date +%s) - START)))
-FLEXAVATAR_GPU_STAGES=${FLEXAVATAR_GPU_STAGES:-machine $BUILD_STAGE cpp-runtime gpu-tests wait-prewarm upsampler-forms bench-graphs verify bench-cpp ort-conv interleave bench-runtime gpu-profile graph-passes-ab ort-profile-flex1 ort-stress native-check ort-placement} \
+FLEXAVATAR_GPU_STAGES=${FLEXAVATAR_GPU_STAGES:-machine $BUILD_STAGE gpu-tests wait-prewarm gpu-profile bench-graphs bench-cpp verify cpp-runtime interleave bench-runtime ort-conv upsampler-forms graph-passes-ab ort-profile-flex1 ort-stress native-check ort-placement} \
   FLEXAVATAR_GPU_BUDGET_S=$((left - 10)) OUT=$OUT bash benchmarks/run_gpu.sh 2>&1 | tail -80
 if [[ -n "$RESULTS" ]]; then
   tar czf "$RESULTS/gpu-session.tar.gz" -C "$REPO/build" gpu-session
