@@ -25,7 +25,8 @@
 #                             calls of four of them), ort-profile-flex1 (kernel time per op type of the FLEX-1
 #                             bundle's files on CUDA), graph-passes-ab (the FLEX-1 decoder with and without
 #                             export.graph_passes, side by side), gpu-profile (GPU time per kernel class of
-#                             the FLEX-1 whole frame, CUPTI), verify (flexavatar-verify of the FLEX-1 bundle on
+#                             the FLEX-1 whole frame, CUPTI, and the host's side), torch-compile (the PyTorch
+#                             decoder under torch.compile vs the bundle's ORT decoders), verify (flexavatar-verify of the FLEX-1 bundle on
 #                             CUDA, fp16 and fp32), wait-prewarm (until prewarm.sh is done), native-check (gpu_check.sh's rasterizer
 #                             timing and compute-sanitizer; its tests are among gpu-tests). The build is for
 #                             this GPU's architecture only.
@@ -183,10 +184,10 @@ bench_cpp() {
   [[ -f $lib ]] || { echo "no CUDA build of the C++ runtime at $lib (the cpp-runtime stage failed?)"; return 1; }
   # one process per runtime and precision: ONNX Runtime's CUDA provider binds to the first ORT core of a process
   # (the C++ runtime's libonnxruntime or the Python module's), and an abort in one case leaves the others' figures
-  # the CUDA-graph pair first, each case in a process of its own: a node-by-node case may abort its process
-  # (onnxruntime-gpu 1.31.1, benchmarks/device/README.md) and must not take the graph case with it
+  # the CUDA-graph pair only: the node-by-node pairs ("not graphs and fp16/fp32") abort their processes on
+  # onnxruntime-gpu 1.31.1 (benchmarks/device/README.md); run them by hand with another version
   local rc=0 selection runtime
-  for selection in "cuda-graphs and fp16" "not graphs and fp16" "not graphs and fp32"; do
+  for selection in "cuda-graphs and fp16"; do
     for runtime in cpp python; do
       FLEXAVATAR_CPP_RUNTIME_LIB=$lib bench -k "test_whole_frame_${runtime}_runtime and flex1 and cuda and $selection" || rc=$?
     done
@@ -258,6 +259,14 @@ upsampler_forms() {
   pyrun "$REPO/benchmarks/device/upsampler_forms.py" --bundle "$bundle" --json "$LOGS/upsampler_forms.json"
 }
 
+# the PyTorch decoder under torch.compile (Inductor, CUDA graphs), fp32 and fp16 autocast, against eager and the
+# FLEX-1 bundle's ONNX Runtime decoders, side by side (benchmarks/device/torch_compile.py)
+torch_compile() {
+  local bundle
+  bundle=$(flex1_fp16_bundle) || return 1
+  pyrun "$REPO/benchmarks/device/torch_compile.py" --bundle "$bundle" --json "$LOGS/torch_compile.json"
+}
+
 # GPU time per kernel class of the whole frame as the GPU ran it (CUPTI through torch.profiler: ONNX Runtime's,
 # cuBLAS/cuDNN's and the rasterizer's kernels; benchmarks/device/gpu_kernel_profile.py), fp16 and fp32 with CUDA graphs
 gpu_profile() {
@@ -291,7 +300,7 @@ if [[ -z "${FLEXAVATAR_FIXTURES:-}" ]]; then
 fi
 export FLEXAVATAR_FIXTURES=${FLEXAVATAR_FIXTURES:-}
 export REPO PY MAX_TIME WORK SITE HISTORY LOGS
-export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp ort_probe ort_profile_flex1 flex1_fp16_bundle graph_passes_ab gpu_profile verify_numerics interleave upsampler_forms
+export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp ort_probe ort_profile_flex1 flex1_fp16_bundle graph_passes_ab gpu_profile verify_numerics interleave upsampler_forms torch_compile
 ls "$HISTORY" >"$WORK/history-before.txt" 2>/dev/null
 say "flexavatar GPU run $STAMP, budget ${BUDGET_S}s, repo $REPO, commit ${FLEXAVATAR_GIT_COMMIT:-unknown}"
 for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement benchmarks}; do
@@ -303,6 +312,7 @@ for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement bench
     ort-profile-flex1) stage ort-profile-flex1 90 ort_profile_flex1 ;;
     graph-passes-ab) stage graph-passes-ab 180 graph_passes_ab ;;
     gpu-profile) stage gpu-profile 150 gpu_profile ;;
+    torch-compile) stage torch-compile 240 torch_compile ;;
     verify) stage verify 150 verify_numerics ;;
     benchmarks) stage benchmarks 100000 benchmarks ;;
     bench-runtime) stage bench-runtime 260 bench -k "bench_runtime and cuda" ;;

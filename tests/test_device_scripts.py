@@ -48,6 +48,7 @@ def test_session_default_stages_exist_and_wait_for_the_flex1_bundle_first():
     needs_bundle = {name for name, command in _stage_lines().items()
                     if re.search(rf"^{command}\(\) \{{[^}}]*flex1_fp16_bundle", RUN_GPU, re.M | re.S)}
     assert {"interleave", "ort-conv", "verify", "upsampler-forms"} <= needs_bundle
+    assert default.index("bench-cpp") > default.index("cpp-runtime")      # its C++ runtime is cpp-runtime's build
     wait = default.index("wait-prewarm")
     for name in needs_bundle & set(default):
         assert default.index(name) > wait, f"{name} runs before wait-prewarm"
