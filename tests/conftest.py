@@ -1,6 +1,7 @@
 """Shared test fixtures: paths to the read-only official fixtures beside the repo (../shared)."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -75,3 +76,18 @@ def onnx_features_bundle(tmp_path_factory, official_dir) -> Path:
         export_bundle(official_dir / "state_dict.safetensors", out, template=official_dir / "gghead_template.obj",
                       config=config, precisions=("fp32",), targets=("onnx",), progress=None)
     return out
+
+
+@pytest.fixture(scope="session")
+def device_script():
+    """name → benchmarks/device/<name>.py loaded as a module (the GPU session's scripts are not a package)."""
+    loaded = {}
+
+    def load(name: str):
+        if name not in loaded:
+            spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "device" / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            loaded[name] = module
+        return loaded[name]
+    return load

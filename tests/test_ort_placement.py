@@ -1,23 +1,12 @@
 """benchmarks/device/ort_placement.py (the GPU session's node-placement report), run on the CPU provider."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import onnx
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "device" / "ort_placement.py"
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("ort_placement", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_every_node_of_the_bundle_is_counted_on_the_provider_that_ran_it(onnx_features_bundle, tmp_path, capsys):
-    tool = _load()
+def test_every_node_of_the_bundle_is_counted_on_the_provider_that_ran_it(device_script, onnx_features_bundle, tmp_path,
+                                                                          capsys):
+    tool = device_script("ort_placement")
     decoder = onnx_features_bundle / "decoder.fp32.onnx"
     report = tool.placement(decoder, tool.PROVIDERS["cpu"], tmp_path)
     # ONNX Runtime fuses some nodes, so the profiled count is positive and at most the graph's node count
@@ -37,12 +26,10 @@ def test_every_node_of_the_bundle_is_counted_on_the_provider_that_ran_it(onnx_fe
     assert "kernel time: " in out and " ms (" in out
 
 
-def test_gpu_kernel_profile_classes_and_per_frame_summary():
+def test_gpu_kernel_profile_classes_and_per_frame_summary(device_script):
     """benchmarks/device/gpu_kernel_profile.py's bookkeeping (its CUDA run needs a GPU): kernel names of cuBLAS,
     cuDNN, flash attention, ONNX Runtime and the rasterizer land in their classes, figures are per frame."""
-    spec = importlib.util.spec_from_file_location("gpu_kernel_profile", SCRIPT.parent / "gpu_kernel_profile.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = device_script("gpu_kernel_profile")
     named = {
         "sm90_xmma_gemm_f16f16_f16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_segment_k_off": "gemm",
         "ampere_fp16_s16816gemm_fp16_128x128_ldg8_f2f_stages_32x5_tn": "gemm",
@@ -68,12 +55,10 @@ def test_gpu_kernel_profile_classes_and_per_frame_summary():
     assert s["top_kernels"][0] == {"name": "gemm_a", "ms_per_frame": 0.04, "launches_per_frame": 2.0}
 
 
-def test_gpu_kernel_profile_host_side_per_frame():
+def test_gpu_kernel_profile_host_side_per_frame(device_script):
     """gpu_kernel_profile.host_profile: the host's own time per function and frame, heaviest first."""
     import time
-    spec = importlib.util.spec_from_file_location("gpu_kernel_profile", SCRIPT.parent / "gpu_kernel_profile.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = device_script("gpu_kernel_profile")
 
     def wait_for_the_gpu():                                   # stands in for a native call that waits
         time.sleep(0.004)

@@ -3,21 +3,14 @@ ONNX Runtime decoders, end to end on the CPU (torch.compile with the aot_eager b
 bookkeeping; Inductor and CUDA graphs are the GPU stage's)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "device" / "torch_compile.py"
-
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("torch_compile_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tool(device_script):
+    return device_script("torch_compile")
 
 
 def test_every_variant_is_timed_and_compared_with_eager_fp32(tool, official_dir, onnx_features_bundle, tmp_path):

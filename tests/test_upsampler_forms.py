@@ -2,21 +2,14 @@
 provider (its timing needs a GPU; a wrong form would time the wrong thing). The passes: tests/test_graph_passes.py."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "device" / "upsampler_forms.py"
-
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("upsampler_forms", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tool(device_script):
+    return device_script("upsampler_forms")
 
 
 def test_script_checks_and_times_every_form_and_the_bundle_decoder_on_the_cpu(tool, onnx_features_bundle, tmp_path,
