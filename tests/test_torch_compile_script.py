@@ -42,3 +42,16 @@ def test_relative_error_is_against_the_reference_scale(tool):
     got["scales"][0, 1, 2] = 2.5
     errors = tool.relative_errors(got, want)
     assert errors["scales"] == pytest.approx(0.25) and errors["positions"] == 0.0
+
+
+def test_variants_are_chosen_and_unknown_ones_refused(tool, official_dir, tmp_path):
+    common = ["--checkpoint", str(official_dir / "state_dict.safetensors"),
+              "--template", str(official_dir / "gghead_template.obj"), "--config", str(official_dir / "config.json"),
+              "--device", "cpu", "--backend", "aot_eager", "--calls", "1", "--rounds", "1"]
+    out = tmp_path / "one.json"
+    assert tool.main([*common, "--variants", "compiled-fp32", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["variants"]
+    assert [r["variant"] for r in rows] == ["eager-fp32", "compiled-fp32"]      # the reference always runs
+    assert max(rows[1]["relative_error"].values()) <= 1e-5
+    with pytest.raises(SystemExit, match="unknown \\['compiled-bf16'\\]"):
+        tool.main([*common, "--variants", "compiled-bf16"])

@@ -16,7 +16,8 @@ Per variant: the first call's time (compilation or capture), ms per call (median
 relative to that output's max |value|. A variant that fails is recorded with its error; the others still run.
 
     python benchmarks/device/torch_compile.py [--checkpoint C] [--template OBJ] [--config JSON] [--bundle B]
-        [--device cuda|cpu] [--mode reduce-overhead] [--backend inductor] [--calls 50] [--rounds 5] [--json OUT]
+        [--device cuda|cpu] [--mode reduce-overhead] [--backend inductor] [--calls 50] [--rounds 5]
+        [--variants eager-fp16,compiled-fp16,...] [--json OUT]
 """
 from __future__ import annotations
 
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="inductor", help="torch.compile backend (aot_eager: plumbing only)")
     ap.add_argument("--calls", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--variants", help="comma list of the variants to run (default: all); eager-fp32 always runs")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -136,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     variants = torch_variants(model, args.mode, args.backend, args.device)
     if args.bundle:
         variants.update(ort_variants(args.bundle, args.device))
+    if args.variants:
+        wanted = {"eager-fp32", *args.variants.split(",")}
+        if wanted - set(variants):
+            raise SystemExit(f"--variants: unknown {sorted(wanted - set(variants))}, expected some of {list(variants)}")
+        variants = {name: v for name, v in variants.items() if name in wanted}
     with torch.no_grad():
         reference = {k: v.float().cpu() for k, v in variants["eager-fp32"](tokens, expressions[:1], ids).items()}
     header = {"device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
