@@ -218,9 +218,10 @@ ort_probe() {
   bundle=$(flex1_fp16_bundle) || return 1
   if [[ ${1:-} == conv ]]; then
     # cuDNN's convolution search for the upsampler, side by side with CUDA graphs: the runtime's choice
-    # (HEURISTIC for fp16, EXHAUSTIVE for fp32) against the other (2026-11-27, H200, fp16: 5.44 vs 7.70 ms a call)
+    # (HEURISTIC for fp16, EXHAUSTIVE for fp32) against the other (2026-11-27, H200, fp16: 2.09 vs 4.36 ms a call),
+    # and ORT's NHWC convolutions with the fp16 choice (the profile's 8 nchwToNhwc transposes a frame, 0.065 ms)
     pyrun "$REPO/benchmarks/device/ort_cuda_probe.py" "$bundle" --precision fp16 --frames 200 --timeout 60 \
-      --variants runtime+graphs,cudnn-exhaustive+graphs --json "$LOGS/ort_cuda_conv_fp16.json" &&
+      --variants runtime+graphs,prefer-nhwc+graphs,cudnn-exhaustive+graphs --json "$LOGS/ort_cuda_conv_fp16.json" &&
     pyrun "$REPO/benchmarks/device/ort_cuda_probe.py" "$bundle" --precision fp32 --frames 200 --timeout 60 \
       --variants runtime+graphs,cudnn-heuristic+graphs --json "$LOGS/ort_cuda_conv_fp32.json"
   elif [[ ${1:-} == stress ]]; then
