@@ -65,9 +65,9 @@ def cuda_provider_options(device_id: int, stream_handle: int, cuda_graphs: bool,
             # which moved a FLEX-1 frame by up to 0.08 against PyTorch on an H200; fp16 bundles are the fast path
             "use_tf32": "0",
             # cuDNN's convolution search. fp16: HEURISTIC. On an H200 the FLEX-1 fp16 decoder (CUDA graphs) took
-            # 5.44 ms a call with it against 7.70 ms with ORT's default EXHAUSTIVE, whose timed search picked
-            # implicit_convolve_sgemm / dgrad_engine kernels without tensor cores for the upsampler (2.7 of 4.6
-            # GPU ms a frame), and 18.5 ms with DEFAULT, side by side in one run. fp32: EXHAUSTIVE.
+            # 2.09 ms a call with it against 4.36 ms with ORT's default EXHAUSTIVE, side by side (2026-11-27),
+            # whose timed search picks implicit_convolve_sgemm / dgrad_engine kernels without tensor cores for the
+            # upsampler (2.7 of 4.6 GPU ms a frame before); DEFAULT was slower still. fp32: EXHAUSTIVE.
             "cudnn_conv_algo_search": "HEURISTIC" if precision == "fp16" else "EXHAUSTIVE",
             # an arena that grows by what is asked, not by powers of two
             "arena_extend_strategy": "kSameAsRequested"}

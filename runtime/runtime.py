@@ -185,7 +185,8 @@ class Runtime:
     ``self.rasterizer`` names the one chosen). precision: which artifacts, "fp32" or "fp16".
     verify: "full" (sha256 of every file, default), "size" or "none". batch: frames per decoder call.
     cuda_graphs: ONNX Runtime on CUDA replays the bundle's graphs (decoders and encoder) as CUDA graphs; None
-    (default) = on there: faster (6.1 vs 8.6 ms a FLEX-1 fp16 frame on an H200) and the mode in which
+    (default) = on there: faster (6.1 vs 8.6 ms a FLEX-1 fp16 frame on an H200, before cuDNN's HEURISTIC choice
+    made it 3.05 ms) and the mode in which
     onnxruntime-gpu 1.31.1 never aborted (without it, it did at random calls and at exit;
     benchmarks/device/README.md). False turns it off (with a warning on 1.31); other engines ignore it.
     num_threads: CPU threads per call (0: the library's default). inference_precision: OpenVINO only, its

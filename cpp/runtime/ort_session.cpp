@@ -114,9 +114,9 @@ std::string cuda_options_mismatch(const std::string& effective_text,
 
 std::vector<std::pair<std::string, std::string>> cuda_provider_options(const SessionConfig& config) {
   // As the Python runtime (runtime/gpu.py cuda_provider_options). cuDNN's convolution search: HEURISTIC for fp16
-  // files (the FLEX-1 fp16 decoder, H200, CUDA graphs, side by side: 5.44 ms a call vs 7.70 ms with EXHAUSTIVE,
-  // whose timed search picked cuDNN's implicit_convolve_sgemm / dgrad_engine kernels, without tensor cores, and
-  // 18.5 ms with DEFAULT), EXHAUSTIVE for fp32. An arena that grows by what is asked. No TF32: fp32 means fp32
+  // files (the FLEX-1 fp16 decoder, H200, CUDA graphs, side by side: 2.09 ms a call vs 4.36 ms with EXHAUSTIVE,
+  // whose timed search picks cuDNN's implicit_convolve_sgemm / dgrad_engine kernels, without tensor cores; DEFAULT
+  // was slower still), EXHAUSTIVE for fp32. An arena that grows by what is asked. No TF32: fp32 means fp32
   // (ORT's default TF32 MatMul/Conv moved FLEX-1 frames by up to 0.08).
   std::vector<std::pair<std::string, std::string>> options = {
       {"device_id", std::to_string(config.cuda_device)},
