@@ -37,15 +37,12 @@ OUTPUTS = ("positions", "rotations", "scales", "opacities", "colors")
 
 
 def load_model(checkpoint: Path, template: Path | None, config: Path | None, device: str):
-    from flexavatar.config import FLEX1, FlexConfig
+    """The model from_checkpoint loads (config default FLEX-1); the template defaults to the fixtures' OBJ."""
     from flexavatar.dev_fixtures import fixtures_dir
     from flexavatar.model import FlexAvatarModel
-    from flexavatar.template import Template
 
-    cfg = FlexConfig.from_official_json(config) if config else FLEX1
     obj = template or fixtures_dir() / "official_flex" / "gghead_template.obj"
-    tmpl = Template.from_obj(obj, cfg.res_head_tokens, cfg.res_gaussian_grid)
-    return FlexAvatarModel.from_checkpoint(checkpoint, template=tmpl, config=cfg).to(device).eval()
+    return FlexAvatarModel.from_checkpoint(checkpoint, template=obj, config=config).to(device).eval()
 
 
 def torch_variants(model, mode: str, backend: str, device: str) -> dict:
