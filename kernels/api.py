@@ -1,6 +1,7 @@
 """``rasterize``: validate once, pick a backend from the registry, convert arrays, render."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from typing import Any
@@ -8,13 +9,13 @@ from typing import Any
 from .arrays import TORCH, array_kind, convert, device_of, dtype_name, to_torch
 from .registry import select_backend
 from .types import Cameras, RenderRequest, RenderResult, Splats
-from .validation import validate_request
+from .validation import check_intersection_capacity, validate_request
 
 log = logging.getLogger("flexavatar.kernels")
 
 
 def rasterize(splats: Splats, cameras: Cameras, width: int, height: int, background: Any = None,
-              backend: str = "auto", *, check_values: bool = True) -> RenderResult:
+              backend: str = "auto", *, check_values: bool = True, intersection_capacity: int = 0) -> RenderResult:
     """Render Gaussians ``splats`` from ``cameras`` into ``[N, H, W, *]`` images.
 
     ``background``: None (black), 3 floats, or an array ``[3]`` / ``[N, 3]``. ``backend``: a
@@ -24,8 +25,19 @@ def rasterize(splats: Splats, cameras: Cameras, width: int, height: int, backgro
     Outputs are arrays of the inputs' type (numpy or torch, on the inputs' device).
     ``check_values=False`` skips the value checks (NaN/inf, scale/quaternion/K domain), which
     synchronise with the GPU; type, dtype, device and shape checks always run.
+
+    ``intersection_capacity``, for backends that sort on the GPU (``cuda``; the others ignore it): 0 sizes the
+    sort of (tile, Gaussian) intersections exactly, by reading their number back to the host: one
+    synchronisation inside the call. N > 0 sorts N slots instead, with no synchronisation, and
+    ``RenderResult.intersections`` is a device int64 ``[1]`` array with the exact count: when, read after a
+    synchronisation, it exceeds N, the views are incomplete (intersections past N were dropped) and must be
+    rendered again with a larger capacity. The sort's cost grows with N: a few times the expected count is
+    right. Not with gradients (the backward needs the exact sort): a differentiable render ignores it.
     """
     request = validate_request(splats, cameras, width, height, background, check_values=check_values)
+    if intersection_capacity:
+        request = dataclasses.replace(request,
+                                      intersection_capacity=check_intersection_capacity(intersection_capacity))
     means = request.splats.means
     kind = array_kind(means)
     spec = select_backend(backend, device=device_of(means), dtype=dtype_name(means),
@@ -38,8 +50,9 @@ def rasterize(splats: Splats, cameras: Cameras, width: int, height: int, backgro
     result = spec.render(request)
     if spec.array_type != kind:
         back = (lambda x: to_torch(x, like=means)) if kind == TORCH else (lambda x: convert(x, kind))
-        result = RenderResult(rgb=back(result.rgb), alpha=back(result.alpha), depth=back(result.depth))
-    return RenderResult(rgb=result.rgb, alpha=result.alpha, depth=result.depth, backend=spec.name)
+        result = RenderResult(rgb=back(result.rgb), alpha=back(result.alpha), depth=back(result.depth),
+                              intersections=result.intersections)
+    return dataclasses.replace(result, backend=spec.name)
 
 
 def _requires_grad(request: RenderRequest) -> tuple[str, ...]:

@@ -101,9 +101,10 @@ def _cuda_availability(device: str) -> str | None:
     return None
 
 
-def _cuda_forward(torch, native, inputs: tuple, width: int, height: int):
+def _cuda_forward(torch, native, inputs: tuple, width: int, height: int, count=None, capacity: int = 0):
     """One forward on the caller's current stream. inputs: means [B,G,3], quats [B,G,4], scales [B,G,3],
-    opacities [B,G], sh0 [B,G,3], viewmats [B,C,4,4], Ks [B,C,3,3], backgrounds [B,C,3] (contiguous, detached)
+    opacities [B,G], sh0 [B,G,3], viewmats [B,C,4,4], Ks [B,C,3,3], backgrounds [B,C,3] (contiguous, detached);
+    count: int64 [1] on the device, for the exact intersection count (required when capacity > 0, no host sync)
     -> (state for the backward, image [B,C,H,W,3], alpha [B,C,H,W], depth [B,C,H,W])."""
     means = inputs[0]
     b, c = means.shape[0], inputs[5].shape[1]
@@ -112,7 +113,8 @@ def _cuda_forward(torch, native, inputs: tuple, width: int, height: int):
     depth = means.new_empty((b, c, height, width))
     stream = torch.cuda.current_stream(means.device).cuda_stream
     state = native.cuda_forward(*inputs, image, alpha, depth, width, height, eps2d=EPS2D,
-                                near_plane=NEAR_PLANE, far_plane=FAR_PLANE, stream=stream)
+                                near_plane=NEAR_PLANE, far_plane=FAR_PLANE, stream=stream,
+                                intersection_capacity=capacity, num_intersections_out=count)
     return state, image, alpha, depth
 
 
@@ -162,13 +164,18 @@ def render_cuda(request: RenderRequest) -> RenderResult:
               request.cameras.world2cam.reshape(b, c, 4, 4).contiguous(),
               request.cameras.K.reshape(b, c, 3, 3).contiguous(),
               request.background.reshape(b, c, 3).contiguous())
+    intersections = None
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        image, alpha, depth = _rasterize_function().apply(*inputs, w, h)
+        image, alpha, depth = _rasterize_function().apply(*inputs, w, h)       # exact sort: the backward needs it
     else:   # inference (every frame of the runtime): no autograd node, the forward state is freed at once
         inputs = tuple(t.detach() for t in inputs)      # e.g. leaves that require grad, under torch.no_grad()
-        _, image, alpha, depth = _cuda_forward(torch, native_module(), inputs, w, h)
+        capacity = request.intersection_capacity
+        count = torch.empty(1, dtype=torch.int64, device=inputs[0].device) if capacity else None
+        state, image, alpha, depth = _cuda_forward(torch, native_module(), inputs, w, h, count, capacity)
+        intersections = count if capacity else state.num_intersections
+        state.release()
     return RenderResult(rgb=image.reshape(n, h, w, 3), alpha=alpha.reshape(n, h, w, 1),
-                        depth=depth.reshape(n, h, w, 1))
+                        depth=depth.reshape(n, h, w, 1), intersections=intersections)
 
 
 register_backend(
@@ -182,5 +189,6 @@ register_backend(
     # its backward computes splat and background gradients, none for world2cam or K
     differentiable=SPLAT_AND_BACKGROUND_GRADS, availability=_cuda_availability,
     install_hint="build flexavatar with the CUDA toolkit installed (FLEXAVATAR_CUDA=ON) on a machine with a GPU",
-    description="CUDA tile rasterizer (CUB radix sort, shared-memory blending), forward and backward",
+    description="CUDA tile rasterizer (CUB radix sort, shared-memory blending), forward and backward; "
+                "sync-free with an intersection_capacity",
 )

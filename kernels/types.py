@@ -13,8 +13,10 @@ Shapes (G Gaussians, N views):
   ``K [N,3,3] | [3,3]`` pixel intrinsics (fx, fy, cx, cy; zero skew).
 * ``RenderResult``: ``rgb [N,H,W,3]`` (composited over the background), ``alpha [N,H,W,1]``
   (1 - final transmittance), ``depth [N,H,W,1]`` (expected depth, gsplat "ED":
-  sum(w z) / max(alpha, 1e-10), z = camera-space depth; 0 where nothing was drawn) and
-  ``backend``, the name of the backend that produced it.
+  sum(w z) / max(alpha, 1e-10), z = camera-space depth; 0 where nothing was drawn),
+  ``backend``, the name of the backend that produced it, and ``intersections``, the number of
+  (tile, Gaussian) pairs it blended where the backend reports it (see ``rasterize``'s
+  ``intersection_capacity``).
 """
 from __future__ import annotations
 
@@ -68,6 +70,7 @@ class RenderRequest:
     width: int
     height: int
     background: Array
+    intersection_capacity: int = 0   # > 0: sort into this many slots, no host sync (backends that sort on a GPU)
 
     @property
     def num_views(self) -> int:
@@ -80,9 +83,13 @@ class RenderRequest:
 
 @dataclass(frozen=True)
 class RenderResult:
-    """Rendered views. ``backend`` names the backend that produced them."""
+    """Rendered views. ``backend`` names the backend that produced them. ``intersections``: None (not
+    reported), an int (the exact count, read back to the host), or, from a sync-free render
+    (``intersection_capacity`` > 0), an int64 ``[1]`` array on the render's device holding it: read it after a
+    synchronisation; above the capacity, these views are incomplete."""
 
     rgb: Array
     alpha: Array
     depth: Array
     backend: str = ""
+    intersections: Any = None

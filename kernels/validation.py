@@ -86,6 +86,19 @@ def _check_size(name: str, value: Any) -> int:
     return int(value)
 
 
+MAX_INTERSECTION_CAPACITY = 2**31 - 1   # the CUDA sort indexes its slots with int32
+
+
+def check_intersection_capacity(value: Any) -> int:
+    """``rasterize``'s intersection_capacity: an int in [0, 2^31 - 1]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputTypeError("intersection_capacity", f"got {type(value).__name__} {value!r}", "an int")
+    if not 0 <= int(value) <= MAX_INTERSECTION_CAPACITY:
+        raise InputValueError("intersection_capacity", f"is {value}",
+                              f"0 (sized exactly) or a number of slots in [1, {MAX_INTERSECTION_CAPACITY}]")
+    return int(value)
+
+
 def _broadcast(x: Any, shape: tuple[int, ...]):
     have = tuple(x.shape)
     if have == shape:

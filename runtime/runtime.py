@@ -12,6 +12,7 @@ graphs its frames run one at a time.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
@@ -34,6 +35,7 @@ from .engines import INFERENCE_PRECISIONS, EngineOptions, EngineSpec, select_eng
 from .errors import CameraInputError, EncoderUnavailableError, EngineUnavailableError, RuntimeArgumentError
 from .expressions import as_expressions, head_pose, head_pose_matrix, quaternion_from_matrix, quaternion_multiply
 from .images import load_image
+from .intersections import CountReadback, IntersectionBudget
 from .timing import StageTimes
 
 log = logging.getLogger("flexavatar.runtime")
@@ -148,9 +150,13 @@ class _HostFrames:
     """Frames on their way to the host: a CUDA tensor is copied into page-locked memory on the current stream
     (queued, no wait); ``result()`` waits for that copy only and hands out an ordinary copy, so the page-locked
     block goes back to torch's host cache at once (a long render keeps one or two, not one per frame; a copy
-    to pageable memory stages through such a buffer anyway). Other arrays are on the host already."""
+    to pageable memory stages through such a buffer anyway). Other arrays are on the host already.
+    readback: the intersection count of a sync-free render (queued before the frames); when it did not fit,
+    ``result()`` hands out ``redo()``'s frames instead (rendered again, sized exactly)."""
 
-    def __init__(self, frames):
+    def __init__(self, frames, readback: CountReadback | None = None, budget: IntersectionBudget | None = None,
+                 redo=None):
+        self.readback, self.budget, self.redo = readback, budget, redo
         self.done = None
         if array_kind(frames) == TORCH and frames.is_cuda:
             import torch
@@ -163,10 +169,18 @@ class _HostFrames:
 
     def result(self) -> np.ndarray:
         if self.done is None:
-            return to_numpy(self.frames)
-        self.done.synchronize()
-        staged, self.frames = self.frames, None
-        return staged.numpy().copy()
+            frames = to_numpy(self.frames)
+        else:
+            self.done.synchronize()
+            staged, self.frames = self.frames, None
+            frames = staged.numpy().copy()
+        if self.readback is not None and not self.readback.fits(self.budget):
+            self.budget.rerendered()
+            log.info("a frame needed %d intersection slots, more than its %d: rendered again",
+                     self.readback.value(), self.readback.capacity)
+            again = self.redo()
+            return again.result() if isinstance(again, _HostFrames) else again
+        return frames
 
 
 # output → the frames from the rasterizer's rgb and alpha, on its device; every output but "device" then goes to the host
@@ -242,6 +256,9 @@ class Runtime:
         # captures in CUDA's global mode: one frame at a time (see gpu.py). Otherwise frames run concurrently.
         graphs = getattr(self.decoder, "cuda_graphs", False)
         self._frame_lock = threading.Lock() if graphs else contextlib.nullcontext()
+        # the GPU rasterizer's sort sizes (intersections.py): no host sync inside a frame after the first
+        self.intersections = IntersectionBudget()
+        self._unchecked: collections.deque[CountReadback] = collections.deque()   # device frames' counts
         log.info("flexavatar runtime: %s", self.describe())
 
     def _open_engine(self, backend: str, device: str, options: EngineOptions):
@@ -436,15 +453,27 @@ class Runtime:
         sync = self.engine.synchronize if timings is not None else None
         convert = FRAME_FORMATS[output]
 
-        def frames_of(g: Gaussians, start: int, stop: int):
+        budget = self.intersections
+
+        def frames_of(g: Gaussians, start: int, stop: int, exact: bool = False):
             e = stop - start
+            capacity = 0 if exact else budget.capacity(e)
             with times.stage("rasterize", e, sync):
-                result = self._rasterize(g.arrays(), viewmats[start:stop], ks[start:stop], width, height, bg)
+                result = self._rasterize(g.arrays(), viewmats[start:stop], ks[start:stop], width, height, bg,
+                                         intersection_capacity=capacity)
+            count, readback = result.intersections, None
+            if capacity and count is not None:
+                readback = CountReadback(count, capacity, e)     # queued ahead of the frame's pixels
+            elif isinstance(count, int):
+                budget.observe(count, e)                         # an exact render's count, on the host already
             with times.stage("to host" if output != "device" else "frame", e):
                 frames = convert(result.rgb, result.alpha)
                 if output == "device":
+                    if readback is not None:
+                        self._unchecked.append(readback)         # checked at the next chunk or call
                     return frames                                # no host sync at all
-                host = _HostFrames(frames)                       # the frame's one host sync, at host.result()
+                # the frame's one host sync, at host.result(), which also checks that the frame fit
+                host = _HostFrames(frames, readback, budget, lambda: frames_of(g, start, stop, exact=True))
                 return host if timings is None else host.result()
 
         # Host waits (the pixels' readback) stay inside the frame lock: with CUDA graphs, another thread may be
@@ -454,6 +483,7 @@ class Runtime:
         for start in range(0, n, self.batch):
             stop = min(n, start + self.batch)
             with self._frame_lock, self.engine.stream():  # CUDA: decoder, rasterizer, readback: one stream
+                self._check_device_frames()               # a wait, so inside the lock (see above)
                 with times.stage("decode", stop - start, sync):
                     # pipelined, the lock is let go before rasterizing: a copy out of a CUDA graph's fixed outputs
                     g = self._decode_chunk(avatar, expressions[start:stop], False, copy=pipelined)
@@ -472,9 +502,20 @@ class Runtime:
             with self._frame_lock, self.engine.stream():
                 pending = frames_of(g, start, stop)
         if pending is not None:
-            with self._frame_lock:
+            with self._frame_lock, self.engine.stream():     # (a frame rendered again goes on the engine's stream)
                 last = pending.result()
             yield last
+
+    def _check_device_frames(self) -> None:
+        """Counts of the frames handed out on the device: each waits for its frame's rasterizer only; one over
+        its capacity warns (IncompleteFrameWarning) and grows the budget."""
+        while self._unchecked:
+            try:
+                readback = self._unchecked.popleft()
+            except IndexError:                          # another thread took the last one
+                return
+            if not readback.fits(self.intersections):
+                self.intersections.report_incomplete(readback.value(), readback.capacity)
 
     def _pipelines(self, n_frames: int, output: str, timings: StageTimes | None) -> bool:
         """On CUDA without timings, a render of several chunks hands out each chunk's pixels once the next chunk's
@@ -482,9 +523,10 @@ class Runtime:
         return timings is None and self.array_device == "cuda" and output != "device" and n_frames > self.batch
 
     def _rasterize(self, splats: dict, viewmats: np.ndarray, ks: np.ndarray, width: int, height: int,
-                   background: np.ndarray, like=None) -> kernels.RenderResult:
+                   background: np.ndarray, like=None, intersection_capacity: int = 0) -> kernels.RenderResult:
         """One image per frame of ``splats`` (Splats fields, [E, G, …]) with this runtime's rasterizer; host arrays
-        are moved to where ``like`` (default: the means) lives. viewmats [E, 4, 4] world→camera, ks [E, 3, 3]."""
+        are moved to where ``like`` (default: the means) lives. viewmats [E, 4, 4] world→camera, ks [E, 3, 3].
+        intersection_capacity: see ``kernels.rasterize`` (0: sized exactly)."""
         like = splats["means"] if like is None else like
         e = len(viewmats)
         cams = kernels.Cameras(world2cam=_like(viewmats, like), K=_like(ks, like))
@@ -492,7 +534,8 @@ class Runtime:
         return kernels.rasterize(kernels.Splats(**arrays), cams, width, height,
                                  background=_like(background[None] if e == 1 else np.broadcast_to(background, (e, 3)),
                                                   like),
-                                 backend=self.rasterizer, check_values=self._check_values)
+                                 backend=self.rasterizer, check_values=self._check_values,
+                                 intersection_capacity=intersection_capacity)
 
     def _rasterize_frames(self, splats: dict, viewmats: np.ndarray, ks: np.ndarray, width: int, height: int,
                           like=None) -> np.ndarray:

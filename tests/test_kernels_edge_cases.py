@@ -241,3 +241,28 @@ def test_view_count_mismatch_message_names_the_batch_sizes():
         rasterize(frames, cameras, 16, 8, backend="reference")
     assert info.value.argument == "splats.means"
     assert info.value.expected == "1 (shared by all views) or 2 views, the batch size of cameras.world2cam"
+
+
+# ---------------------------------------------------------------------------------------------
+# intersection_capacity: the CUDA backend's sync-free sort; the others render exactly and ignore it
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value,error", [(-1, InputValueError), (2**31, InputValueError), (1.5, InputTypeError),
+                                         (True, InputTypeError), ("64", InputTypeError)])
+def test_intersection_capacity_is_checked(value, error):
+    splats, cameras = random_scene(16, 1, 32, 32, seed=3)
+    with pytest.raises(error, match="intersection_capacity"):
+        rasterize(splats, cameras, 32, 32, backend="cpu" if "cpu" in CPU_BACKENDS else "reference",
+                  intersection_capacity=value)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_backends_without_a_gpu_sort_ignore_the_intersection_capacity(backend):
+    splats, cameras = random_scene(200, 2, 40, 24, seed=8)
+    if backend != "cpu":
+        splats, cameras = to_torch(splats, cameras)
+    exact = rasterize(splats, cameras, 40, 24, backend=backend)
+    tiny = rasterize(splats, cameras, 40, 24, backend=backend, intersection_capacity=1)
+    assert tiny.intersections is None and tiny.backend == backend
+    for a, b in ((tiny.rgb, exact.rgb), (tiny.alpha, exact.alpha), (tiny.depth, exact.depth)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert float(np.asarray(exact.alpha).max()) > 0.1          # something was drawn

@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -254,7 +255,16 @@ class _RecordingNative:
         self.calls.append((args, kwargs))
         means, image, alpha, depth = args[0], args[8], args[9], args[10]
         image.fill_(float(means.sum())), alpha.fill_(0.5), depth.fill_(float(args[5].sum()))
-        return object()
+        return _RecordedState()
+
+
+class _RecordedState:
+    """The stand-in's forward state: an exact sort's count (the native one reads it back to the host)."""
+    num_intersections = 1234
+    released = False
+
+    def release(self):
+        self.released = True
 
 
 @pytest.mark.parametrize("shared_splats", [True, False])
@@ -297,6 +307,27 @@ def test_cuda_wrapper_hands_the_same_arguments_with_and_without_autograd(monkeyp
             torch.testing.assert_close(x, y, rtol=0, atol=0)
         for field in ("rgb", "alpha", "depth"):
             torch.testing.assert_close(getattr(results[0], field), getattr(results[1], field).detach(), rtol=0, atol=0)
+        assert plain_kwargs["intersection_capacity"] == 0 and plain_kwargs["num_intersections_out"] is None
+        assert results[0].intersections == _RecordedState.num_intersections      # exact: the host count
+        assert results[1].intersections is None                                 # autograd keeps its state
+
+        # sync-free: the capacity and an int64 [1] count on the splats' device go in; the count comes back
+        ts, tc = _torch_scene(splats, cameras, "cpu")
+        request = replace(validate_request(ts, tc, 24, 16, torch.tensor(_backgrounds(3, 4)), check_values=False),
+                          intersection_capacity=4096)
+        sync_free = native_backend.render_cuda(request)
+        kwargs = recorder.calls[-1][1]
+        count = kwargs["num_intersections_out"]
+        assert kwargs["intersection_capacity"] == 4096
+        assert count.dtype == torch.int64 and tuple(count.shape) == (1,) and count.device == ts.means.device
+        assert sync_free.intersections is count
+        torch.testing.assert_close(sync_free.rgb, results[0].rgb, rtol=0, atol=0)
+        # a differentiable render sorts exactly whatever the capacity (the backward needs every intersection)
+        gs, gc = _torch_scene(splats, cameras, "cpu", requires_grad=True)
+        request = replace(validate_request(gs, gc, 24, 16, torch.tensor(_backgrounds(3, 4)), check_values=False),
+                          intersection_capacity=4096)
+        native_backend.render_cuda(request)
+        assert recorder.calls[-1][1]["intersection_capacity"] == 0
     finally:
         native_backend._rasterize_function.cache_clear()
 
@@ -413,3 +444,61 @@ def test_cuda_head_scene_matches_reference():
     ref = rasterize(tsplats, tcams, 256, 256, backend="reference")
     _assert_matches([x.cpu().numpy() for x in (got.rgb, got.alpha, got.depth)],
                     [x.cpu().numpy() for x in (ref.rgb, ref.alpha, ref.depth)])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scene", ["head-512", "views-3"])
+def test_cuda_sync_free_sort_gives_the_exact_frames_and_count(scene):
+    """intersection_capacity > 0 (no host sync inside the call): while the count fits, the same pixels bit for bit
+    as the exact sort and the exact count on the device. 512² is 32 × 32 tiles, a power of two: the sentinel keys
+    then need the sort's extra bit. Below the count, the frame is incomplete (the caller renders it again) and
+    nothing is written out of bounds."""
+    import torch
+
+    if scene == "head-512":
+        splats, cameras = random_head_scene(num_gaussians=20000, seed=3, width=512, height=512)
+        width = height = 512
+    else:
+        num_gaussians, num_views, width, height, seed = SCENES[0]
+        splats, cameras = random_scene(num_gaussians, num_views, width, height, seed=seed)
+    tsplats, tcams = _torch_scene(splats, cameras, "cuda")
+    exact = rasterize(tsplats, tcams, width, height, backend="cuda")
+    n = exact.intersections
+    assert isinstance(n, int) and n > 0
+    for capacity in (n, 2 * n + 1, 1 << 20):
+        free = rasterize(tsplats, tcams, width, height, backend="cuda", intersection_capacity=capacity)
+        count = free.intersections
+        assert count.dtype == torch.int64 and tuple(count.shape) == (1,) and count.is_cuda
+        assert int(count.item()) == n, capacity
+        for a, b in ((free.rgb, exact.rgb), (free.alpha, exact.alpha), (free.depth, exact.depth)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    short = rasterize(tsplats, tcams, width, height, backend="cuda", intersection_capacity=n // 2)
+    assert int(short.intersections.item()) == n
+    assert float((short.alpha - exact.alpha).abs().max()) > 1e-2          # Gaussians missing: not the exact frame
+    torch.cuda.synchronize()                                              # and the device is still healthy
+    again = rasterize(tsplats, tcams, width, height, backend="cuda")
+    torch.testing.assert_close(again.rgb, exact.rgb, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_cuda_sync_free_arguments_are_checked():
+    import torch
+
+    splats, cameras = random_scene(300, 2, 48, 48, seed=5)
+    t, c = _torch_scene(splats, cameras, "cuda")
+    args = [x.reshape(1, *x.shape) for x in (t.means, t.quats, t.scales, t.opacities, t.sh0)]
+    args += [c.world2cam.reshape(1, 2, 4, 4), c.K.reshape(1, 2, 3, 3), None]
+    outs = [torch.empty(s, device="cuda") for s in ((1, 2, 48, 48, 3), (1, 2, 48, 48), (1, 2, 48, 48))]
+    with pytest.raises(native.InputError, match="num_intersections_out"):
+        native.cuda_forward(*args, *outs, 48, 48, intersection_capacity=1024)
+    with pytest.raises(native.InputError, match="intersection_capacity"):
+        native.cuda_forward(*args, *outs, 48, 48, intersection_capacity=-1)
+    with pytest.raises(native.DTypeError, match="int64"):
+        native.cuda_forward(*args, *outs, 48, 48, intersection_capacity=1024,
+                            num_intersections_out=torch.zeros(1, device="cuda"))
+    count = torch.zeros(1, dtype=torch.int64, device="cuda")
+    state = native.cuda_forward(*args, *outs, 48, 48, intersection_capacity=1024, num_intersections_out=count)
+    assert state.num_intersections == -1 and int(count.item()) > 0
+    grads = [torch.empty_like(x) for x in args[:5]]
+    with pytest.raises(native.NativeError, match="sync-free"):
+        native.cuda_backward(state, *args, None, outs[1], None, *grads)

@@ -52,6 +52,7 @@ from flexavatar.runtime.cameras import pixel_intrinsics, world2cam
 from flexavatar.runtime.expressions import (head_pose_matrix, quaternion_from_matrix, quaternion_multiply,
                                             rot6d_to_matrix, sequence_fps)
 from flexavatar.runtime.images import load_image
+from flexavatar.runtime.intersections import IncompleteFrameWarning, IntersectionBudget
 
 SMALL_DINO = DinoV2Config(dim=32, depth=2, n_heads=2, input_size=56)
 ENGINES = ("onnxruntime", "openvino", "torch")
@@ -218,6 +219,78 @@ def test_pipelined_chunks_are_the_sequential_chunks(runtime_cache, oracle, expre
     assert [c.shape[0] for c in pipelined] == [c.shape[0] for c in sequential] == [2, 1]
     for got, want in zip(pipelined, sequential, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+# ---- sync-free rasterizer sizing (runtime/intersections.py) ----------------------------------------------
+
+def test_intersection_budget_sizes():
+    budget = IntersectionBudget()
+    assert budget.capacity(1) == 0                            # nothing measured yet: the first frame is exact
+    budget.observe(1000, 1)
+    assert budget.capacity(1) == IntersectionBudget.MIN_SLOTS
+    budget.observe(300_000, 2)                                # 150,000 per view: the largest so far
+    budget.observe(1000, 1)                                   # a smaller count does not shrink it
+    for views in (1, 2, 4):
+        cap = budget.capacity(views)
+        assert cap & (cap - 1) == 0, cap                      # a power of two: the same pool blocks every frame
+        assert IntersectionBudget.HEADROOM * 150_000 * views <= cap < 2 * IntersectionBudget.HEADROOM * 150_000 * views
+    budget.observe(2**31, 1)
+    assert budget.capacity(1) == 0                            # past the sort's int32 slot index: exact again
+
+
+class _CapacityEmulator:
+    """A rasterizer with the CUDA backend's sizing contract, on the CPU: the native rasterizer's pixels, a count
+    of ``per_view`` × views, and, when a capacity is given and the count exceeds it, an incomplete frame (its
+    colours lost). Records each call's capacity."""
+
+    def __init__(self, per_view: int):
+        self.per_view, self.capacities = per_view, []
+
+    def __call__(self, request):
+        result = kernels.get_backend("cpu").render(request)
+        count, capacity = self.per_view * request.num_views, request.intersection_capacity
+        self.capacities.append(capacity)
+        if not capacity:
+            return replace(result, intersections=count)
+        if count > capacity:
+            result = replace(result, rgb=np.zeros_like(result.rgb))
+        return replace(result, intersections=np.array([count], np.int64))
+
+
+@pytest.fixture()
+def capacity_emulator():
+    emulator = _CapacityEmulator(per_view=5000)
+    kernels.register_backend("test-capacity", emulator, array_type="numpy", priorities={"cpu": 0},
+                             dtypes=("float32",), differentiable=False)
+    try:
+        yield emulator
+    finally:
+        kernels.unregister_backend("test-capacity")
+
+
+def test_frames_over_their_intersection_capacity_are_rendered_again(bundle, runtime_cache, oracle, expressions,
+                                                                   capacity_emulator):
+    rt = Runtime(bundle, backend="onnxruntime", device="cpu", rasterizer="test-capacity", batch=1)
+    avatar, cams = oracle[0], orbit_camera(len(expressions))
+    want = runtime_cache("onnxruntime", "cpu").render(avatar, expressions, cams, SIZE, SIZE)
+    np.testing.assert_array_equal(rt.render(avatar, expressions, cams, SIZE, SIZE), want)
+    small = IntersectionBudget.MIN_SLOTS                      # 2 × 5,000 rounds up to the floor
+    assert capacity_emulator.capacities == [0, small, small]  # the first frame measures, the others are sync-free
+    assert rt.intersections.per_view == 5000 and rt.intersections.rerenders == 0
+
+    capacity_emulator.per_view = 100_000                      # the head fills more of the view: a frame outgrows it
+    np.testing.assert_array_equal(rt.render(avatar, expressions, cams, SIZE, SIZE), want)
+    assert capacity_emulator.capacities[3:] == [small, 0, 262_144, 262_144]   # rendered again exactly, then grown
+    assert rt.intersections.rerenders == 1 and rt.intersections.incomplete == 0
+
+    capacity_emulator.per_view = 1_000_000                    # device frames: no sync to check them before hand-out
+    one = Camera(cams.cam2world[:1], cams.intrinsics)
+    first = rt.render(avatar, expressions[:1], one, SIZE, SIZE, output="device")
+    assert np.abs(first[..., :3]).max() == 0                  # the emulator's incomplete frame went out ...
+    with pytest.warns(IncompleteFrameWarning, match="1000000"):
+        second = rt.render(avatar, expressions[:1], one, SIZE, SIZE, output="device")    # ... reported at the next
+    assert rt.intersections.incomplete == 1 and capacity_emulator.capacities[-1] == 2**21
+    np.testing.assert_array_equal((np.clip(second[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8), want[:1])
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -1091,6 +1164,34 @@ def test_cuda_chunks_are_pipelined_like_sequential_chunks(bundle, model, express
     want = _reference_render(_reference_gaussians(model, avatar.code, expressions), 3)
     diff = np.abs(rt.render(avatar, expressions, cams, SIZE, SIZE, output="float")[..., :3].astype(np.float64) - want)
     assert diff.mean() <= IMAGE_MEAN_TOL and diff.max() <= IMAGE_MAX_TOL
+
+
+@pytest.mark.gpu
+def test_cuda_frames_after_the_first_sort_sync_free_and_outgrown_ones_are_rendered_again(bundle, expressions,
+                                                                                         monkeypatch):
+    """The rasterizer's one host sync (its intersection count) happens for the first frame only; the frames after
+    it sort a capacity (runtime/intersections.py) and equal the exactly sized frames. Frames over their capacity
+    are rendered again before they are handed out, pipelined chunks included; device frames are reported."""
+    rt = _ort_cuda_runtime(bundle, batch=1)
+    avatar, cams = Avatar(np.load(bundle / "avatar_code.npy").transpose(1, 0, 2)), orbit_camera(3)
+    budget, capacities = rt.intersections, []
+    sized = budget.capacity
+    monkeypatch.setattr(budget, "capacity", lambda views: capacities.append(sized(views)) or capacities[-1])
+    sync_free = rt.render(avatar, expressions, cams, SIZE, SIZE, output="float")        # pipelined: 3 chunks
+    assert capacities[0] == 0 and min(capacities[1:]) >= IntersectionBudget.MIN_SLOTS, capacities
+    assert budget.per_view > 0 and budget.rerenders == 0
+    monkeypatch.setattr(budget, "capacity", lambda views: 0)
+    exact = {output: rt.render(avatar, expressions, cams, SIZE, SIZE, output=output) for output in ("float", "uint8")}
+    _assert_same_frames(sync_free, exact["float"])
+    monkeypatch.setattr(budget, "capacity", lambda views: 16)                          # every frame outgrows it
+    for output, timings in (("float", None), ("float", StageTimes()), ("uint8", None)):
+        before = budget.rerenders
+        again = rt.render(avatar, expressions, cams, SIZE, SIZE, output=output, timings=timings)
+        _assert_same_frames(again, exact[output])
+        assert budget.rerenders - before == 3
+    with pytest.warns(IncompleteFrameWarning):
+        rt.render(avatar, expressions, cams, SIZE, SIZE, output="device")   # chunks 1 and 2 check the ones before
+    assert budget.incomplete == 2
 
 
 @pytest.mark.gpu

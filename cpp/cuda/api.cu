@@ -88,6 +88,15 @@ int api_forward(const FlexavatarCudaForwardArgs* args, void** state_out, char* e
   if (!st.ok()) return fail(st.code(), st.message(), error, error_len);
   if (a.num_batches * a.num_cameras * a.num_gaussians >= (int64_t(1) << 32))
     return fail(StatusCode::kInvalidSize, "views x Gaussians: expected fewer than 2^32 per call", error, error_len);
+  if (a.intersection_capacity < 0 || a.intersection_capacity > INT32_MAX)
+    return fail(StatusCode::kInvalidArgument,
+                "intersection_capacity: expected 0 (sized exactly) or 1 .. 2^31 - 1 slots, got " +
+                    std::to_string(a.intersection_capacity),
+                error, error_len);
+  if (a.intersection_capacity > 0 && !a.num_intersections_out)
+    return fail(StatusCode::kNullPointer,
+                "num_intersections_out: required with intersection_capacity > 0 (it tells whether the frame fit)",
+                error, error_len);
   ForwardState* state = nullptr;
   try {
     DeviceGuard guard(a.device);
@@ -113,6 +122,11 @@ int api_backward(void* state_ptr, const FlexavatarCudaBackwardArgs* args, char* 
   if (!state_ptr || !args) return fail(StatusCode::kNullPointer, "backward: null state or args", error, error_len);
   const ForwardState& s = *static_cast<const ForwardState*>(state_ptr);
   const FlexavatarCudaBackwardArgs& a = *args;
+  if (s.num_intersections < 0)
+    return fail(StatusCode::kInvalidArgument,
+                "backward: this state is from a sync-free forward (intersection_capacity > 0), which may have "
+                "dropped intersections; the backward needs a forward with intersection_capacity = 0",
+                error, error_len);
   if (s.num_batches * s.num_gaussians > 0) {
     const struct {
       const void* p;

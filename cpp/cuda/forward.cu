@@ -3,6 +3,8 @@
 //   2. scan the counts, emit one (tile | depth) key per intersection
 //   3. radix-sort the keys on only the bits they use
 //   4. find each tile's range in the sorted list
+// Steps 2–4 are sized either exactly (the count read back to the host: one synchronisation) or, sync-free, by
+// the caller's capacity: unused slots hold sentinel keys (all ones) that sort after every real key.
 //   5. blend each tile front to back, batches of Gaussians staged in shared memory
 #include <cstring>
 
@@ -55,18 +57,19 @@ __global__ void project_kernel(FlexavatarCudaForwardArgs a, int64_t num_views, i
 }
 
 // Key = (view·tiles + tile) << 31 | depth bits. Depths are ≥ near > 0, so their float bits are
-// monotonic and the sign bit is always 0: 31 bits suffice for the depth.
+// monotonic and the sign bit is always 0: 31 bits suffice for the depth. Intersections from slot `slots` on are
+// dropped (a sync-free frame over its capacity: the caller sees the count and renders again).
 __global__ void emit_intersections_kernel(FlexavatarCudaForwardArgs a, int64_t num_views, int tiles_x,
                                           const float4* xy_opacity, const float4* conic, const float4* color_depth,
-                                          const int4* tile_box, const int64_t* offsets_inclusive,
+                                          const int4* tile_box, const int64_t* offsets_inclusive, int64_t slots,
                                           uint64_t* keys, uint32_t* values) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (idx >= num_views * a.num_gaussians) return;
   const int4 box = tile_box[idx];
   if (box.z <= box.x || box.w <= box.y) return;
   int64_t out = idx == 0 ? 0 : offsets_inclusive[idx - 1];
-  const int64_t end = offsets_inclusive[idx];
-  if (out == end) return;
+  const int64_t end = min(offsets_inclusive[idx], slots);
+  if (out >= end) return;
   const int64_t view = idx / a.num_gaussians;
   const int64_t tiles_per_view = int64_t(tiles_x) * ((a.height + m::kTileSize - 1) / m::kTileSize);
   const float4 xo = xy_opacity[idx], co = conic[idx];
@@ -74,7 +77,7 @@ __global__ void emit_intersections_kernel(FlexavatarCudaForwardArgs a, int64_t n
   for (int ty = box.y; ty < box.w; ++ty)
     for (int tx = box.x; tx < box.z; ++tx)
       if (tile_touches(xo.x, xo.y, co.x, co.y, co.z, xo.w, tx, ty, int(a.width), int(a.height))) {
-        if (out == end) return;  // never reached while both kernels agree: no write past this Gaussian's slots
+        if (out == end) return;  // its last slot, or the capacity: no write past either
         const uint64_t tile = uint64_t(view * tiles_per_view + int64_t(ty) * tiles_x + tx);
         keys[out] = (tile << 31) | depth_bits;
         values[out] = uint32_t(idx);
@@ -82,20 +85,15 @@ __global__ void emit_intersections_kernel(FlexavatarCudaForwardArgs a, int64_t n
       }
 }
 
-__global__ void tile_ranges_kernel(const uint64_t* keys, int64_t n, int2* ranges) {
+// ranges[tile] = [first, last + 1) of the tile's keys in the sorted list; sentinel slots (tile field ≥ num_tiles)
+// are skipped. Tiles without keys keep the [0, 0) they were cleared to.
+__global__ void tile_ranges_kernel(const uint64_t* keys, int64_t n, int64_t num_tiles, int2* ranges) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= n) return;
   const int64_t tile = int64_t(keys[i] >> 31);
-  if (i == 0) {
-    ranges[tile].x = 0;
-  } else {
-    const int64_t prev = int64_t(keys[i - 1] >> 31);
-    if (prev != tile) {
-      ranges[prev].y = int(i);
-      ranges[tile].x = int(i);
-    }
-  }
-  if (i == n - 1) ranges[tile].y = int(n);
+  if (tile >= num_tiles) return;
+  if (i == 0 || int64_t(keys[i - 1] >> 31) != tile) ranges[tile].x = int(i);
+  if (i == n - 1 || int64_t(keys[i + 1] >> 31) != tile) ranges[tile].y = int(i + 1);
 }
 
 __global__ void __launch_bounds__(kBlockPixels)
@@ -209,6 +207,7 @@ void run_forward(const FlexavatarCudaForwardArgs& a, ForwardState& s) {
   check(cudaMemsetAsync(s.tile_ranges, 0, sizeof(int2) * num_tiles, stream), "cudaMemsetAsync");
 
   DeviceArena scratch(stream);  // freed (stream-ordered) when the forward returns
+  const int64_t capacity = a.intersection_capacity;  // 0: sized exactly, after a host synchronisation
   if (VG > 0) {
     int4* tile_box = scratch.alloc<int4>(VG);
     int64_t* touched = scratch.alloc<int64_t>(VG);
@@ -217,25 +216,44 @@ void run_forward(const FlexavatarCudaForwardArgs& a, ForwardState& s) {
     project_kernel<<<blocks_for(VG, kThreads), kThreads, 0, stream>>>(a, V, s.tiles_x, s.tiles_y, s.xy_opacity,
                                                                        s.conic, s.color_depth, tile_box, touched);
     check(cudaGetLastError(), "project_kernel launch");
-    s.num_intersections = inclusive_scan_int64(touched, offsets, VG, scratch, stream);
-    if (s.num_intersections > INT32_MAX)
-      throw CudaFailure{StatusCode::kInvalidSize, "too many tile/Gaussian intersections (" +
-                                                      std::to_string(s.num_intersections) +
-                                                      "): expected at most 2^31 - 1; render fewer views per call"};
-    if (s.num_intersections > 0) {
-      const int64_t n = s.num_intersections;
-      uint64_t* keys = scratch.alloc<uint64_t>(n);
-      uint64_t* keys_sorted = scratch.alloc<uint64_t>(n);
-      uint32_t* values = scratch.alloc<uint32_t>(n);
-      s.sorted_ids = s.arena.alloc<uint32_t>(n);
+    int64_t slots = capacity;
+    if (capacity == 0) {
+      s.num_intersections = slots = inclusive_scan_int64(touched, offsets, VG, scratch, stream);
+      if (s.num_intersections > INT32_MAX)
+        throw CudaFailure{StatusCode::kInvalidSize, "too many tile/Gaussian intersections (" +
+                                                        std::to_string(s.num_intersections) +
+                                                        "): expected at most 2^31 - 1; render fewer views per call"};
+    } else {
+      inclusive_scan_int64_async(touched, offsets, VG, scratch, stream);
+      s.num_intersections = -1;
+    }
+    if (a.num_intersections_out)
+      check(cudaMemcpyAsync(a.num_intersections_out, offsets + (VG - 1), sizeof(int64_t), cudaMemcpyDeviceToDevice,
+                            stream),
+            "copy the intersection count");
+    if (slots > 0) {
+      uint64_t* keys = scratch.alloc<uint64_t>(slots);
+      uint64_t* keys_sorted = scratch.alloc<uint64_t>(slots);
+      uint32_t* values = scratch.alloc<uint32_t>(slots);
+      s.sorted_ids = s.arena.alloc<uint32_t>(slots);
+      if (capacity > 0) {  // sentinels: all ones in the sorted bits is a tile field ≥ num_tiles (see end_bit)
+        check(cudaMemsetAsync(keys, 0xff, sizeof(uint64_t) * slots, stream), "cudaMemsetAsync");
+        check(cudaMemsetAsync(values, 0, sizeof(uint32_t) * slots, stream), "cudaMemsetAsync");
+      }
       emit_intersections_kernel<<<blocks_for(VG, kThreads), kThreads, 0, stream>>>(
-          a, V, s.tiles_x, s.xy_opacity, s.conic, s.color_depth, tile_box, offsets, keys, values);
+          a, V, s.tiles_x, s.xy_opacity, s.conic, s.color_depth, tile_box, offsets, slots, keys, values);
       check(cudaGetLastError(), "emit_intersections_kernel launch");
-      const int end_bit = 31 + bit_width(uint64_t(num_tiles - 1));
-      sort_pairs_u64_u32(keys, keys_sorted, values, s.sorted_ids, n, end_bit, scratch, stream);
-      tile_ranges_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream>>>(keys_sorted, n, s.tile_ranges);
+      // bit_width(num_tiles), not (num_tiles - 1): the all-ones tile field, 2^bits - 1, is then ≥ num_tiles
+      const int end_bit = 31 + bit_width(uint64_t(num_tiles));
+      sort_pairs_u64_u32(keys, keys_sorted, values, s.sorted_ids, slots, end_bit, scratch, stream);
+      tile_ranges_kernel<<<blocks_for(slots, kThreads), kThreads, 0, stream>>>(keys_sorted, slots, num_tiles,
+                                                                               s.tile_ranges);
       check(cudaGetLastError(), "tile_ranges_kernel launch");
     }
+  } else {
+    s.num_intersections = capacity == 0 ? 0 : -1;
+    if (a.num_intersections_out)
+      check(cudaMemsetAsync(a.num_intersections_out, 0, sizeof(int64_t), stream), "cudaMemsetAsync");
   }
   if (s.sorted_ids == nullptr) s.sorted_ids = s.arena.alloc<uint32_t>(1);
 

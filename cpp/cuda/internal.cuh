@@ -64,12 +64,12 @@ struct ForwardState {
   int64_t num_batches = 0, num_gaussians = 0, num_cameras = 0, num_views = 0, width = 0, height = 0;
   int tiles_x = 0, tiles_y = 0;
   float eps2d = 0.3f, near_plane = 0.01f, far_plane = 1e10f;
-  int64_t num_intersections = 0;
+  int64_t num_intersections = 0;    // -1: sync-free forward (count left on the device); no backward then
   // Per view × Gaussian, front-end of the blend: (x, y, opacity, _), (a, b, c, _), (r, g, b, z).
   float4* xy_opacity = nullptr;
   float4* conic = nullptr;
   float4* color_depth = nullptr;
-  uint32_t* sorted_ids = nullptr;   // [num_intersections] flat view·G + g, sorted by (tile, depth)
+  uint32_t* sorted_ids = nullptr;   // [slots] flat view·G + g, sorted by (tile, depth); tile_ranges index it
   int2* tile_ranges = nullptr;      // [V · tiles]: [begin, end) into sorted_ids
   // Per pixel.
   float* final_transmittance = nullptr;
@@ -78,7 +78,9 @@ struct ForwardState {
   DeviceArena arena;
 };
 
-// sort.cu: the only translation unit that includes CUB.
+// sort.cu: the only translation unit that includes CUB. inclusive_scan_int64 returns the total, read back to
+// the host (a synchronisation); the _async form leaves it on the device.
+void inclusive_scan_int64_async(const int64_t* in, int64_t* out, int64_t n, DeviceArena& arena, cudaStream_t stream);
 int64_t inclusive_scan_int64(const int64_t* in, int64_t* out, int64_t n, DeviceArena& arena, cudaStream_t stream);
 void sort_pairs_u64_u32(uint64_t* keys_in, uint64_t* keys_out, uint32_t* values_in, uint32_t* values_out, int64_t n,
                         int end_bit, DeviceArena& arena, cudaStream_t stream);

@@ -8,12 +8,17 @@
 namespace flexavatar {
 namespace cuda {
 
-int64_t inclusive_scan_int64(const int64_t* in, int64_t* out, int64_t n, DeviceArena& arena, cudaStream_t stream) {
-  if (n <= 0) return 0;
+void inclusive_scan_int64_async(const int64_t* in, int64_t* out, int64_t n, DeviceArena& arena, cudaStream_t stream) {
+  if (n <= 0) return;
   size_t temp_bytes = 0;
   check(cub::DeviceScan::InclusiveSum(nullptr, temp_bytes, in, out, n, stream), "cub::DeviceScan (size)");
   void* temp = arena.alloc<unsigned char>(static_cast<int64_t>(temp_bytes));
   check(cub::DeviceScan::InclusiveSum(temp, temp_bytes, in, out, n, stream), "cub::DeviceScan");
+}
+
+int64_t inclusive_scan_int64(const int64_t* in, int64_t* out, int64_t n, DeviceArena& arena, cudaStream_t stream) {
+  if (n <= 0) return 0;
+  inclusive_scan_int64_async(in, out, n, arena, stream);
   int64_t total = 0;
   check(cudaMemcpyAsync(&total, out + (n - 1), sizeof(int64_t), cudaMemcpyDeviceToHost, stream), "copy scan total");
   check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (scan total)");

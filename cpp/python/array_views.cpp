@@ -33,6 +33,7 @@ struct DLManagedTensor {
 };
 constexpr int32_t kDLCUDA = 2;
 constexpr int32_t kDLCUDAManaged = 13;
+constexpr uint8_t kDLInt = 0;
 constexpr uint8_t kDLFloat = 2;
 
 int64_t numel(const std::vector<int64_t>& shape) {
@@ -69,6 +70,9 @@ void check_device_pointer(DeviceArray& out, const char* name, const FlexavatarCu
 }
 
 }  // namespace
+
+const ElementType kFloat32{"float32", "<f4", kDLFloat, 32};
+const ElementType kInt64{"int64", "<i8", kDLInt, 64};
 
 void throw_if_error(const Status& status) {
   switch (status.code()) {
@@ -125,8 +129,9 @@ HostArray host_array(py::handle obj, const char* name, bool writable) {
   return out;
 }
 
-DeviceArray device_array(py::handle obj, const char* name, const FlexavatarCudaApi& api, bool writable) {
-  if (obj.is_none()) throw InputError(std::string(name) + ": got None, expected a float32 CUDA array");
+DeviceArray device_array(py::handle obj, const char* name, const FlexavatarCudaApi& api, bool writable,
+                         const ElementType& type) {
+  if (obj.is_none()) throw InputError(std::string(name) + ": got None, expected a " + type.name + " CUDA array");
   DeviceArray out;
   if (py::hasattr(obj, "requires_grad") && py::bool_(obj.attr("requires_grad")))
     throw InputError(std::string(name) + ": got a tensor that requires grad; pass tensor.detach() (the native "
@@ -140,7 +145,9 @@ DeviceArray device_array(py::handle obj, const char* name, const FlexavatarCudaA
                        "); for a PyTorch tensor that requires grad, pass tensor.detach()");
     }
     const std::string typestr = py::str(iface["typestr"]);
-    if (typestr != "<f4") throw DTypeError(std::string(name) + ": expected dtype float32 ('<f4'), got '" + typestr + "'");
+    if (typestr != type.typestr)
+      throw DTypeError(std::string(name) + ": expected dtype " + type.name + " ('" + type.typestr + "'), got '" +
+                       typestr + "'");
     for (auto s : iface["shape"].cast<py::tuple>()) out.shape.push_back(s.cast<int64_t>());
     const auto data = iface["data"].cast<py::tuple>();
     out.data = reinterpret_cast<float*>(static_cast<uintptr_t>(data[0].cast<uint64_t>()));
@@ -149,8 +156,9 @@ DeviceArray device_array(py::handle obj, const char* name, const FlexavatarCudaA
       std::vector<int64_t> strides;
       for (auto s : iface["strides"].cast<py::tuple>()) {
         const int64_t bytes = s.cast<int64_t>();
-        if (bytes % 4 != 0) throw InputError(std::string(name) + ": strides are not multiples of the item size");
-        strides.push_back(bytes / 4);
+        const int64_t item = type.bits / 8;
+        if (bytes % item != 0) throw InputError(std::string(name) + ": strides are not multiples of the item size");
+        strides.push_back(bytes / item);
       }
       if (!is_c_contiguous(out.shape, strides))
         throw InputError(std::string(name) + ": expected a C-contiguous CUDA array (call .contiguous())");
@@ -166,8 +174,8 @@ DeviceArray device_array(py::handle obj, const char* name, const FlexavatarCudaA
     if (t.device.device_type != kDLCUDA && t.device.device_type != kDLCUDAManaged)
       throw InputError(std::string(name) + ": expected a CUDA array, got DLPack device type " +
                        std::to_string(t.device.device_type));
-    if (t.dtype.code != kDLFloat || t.dtype.bits != 32 || t.dtype.lanes != 1)
-      throw DTypeError(std::string(name) + ": expected dtype float32");
+    if (t.dtype.code != type.dlpack_code || t.dtype.bits != type.bits || t.dtype.lanes != 1)
+      throw DTypeError(std::string(name) + ": expected dtype " + type.name);
     out.shape.assign(t.shape, t.shape + t.ndim);
     if (t.strides && !is_c_contiguous(out.shape, std::vector<int64_t>(t.strides, t.strides + t.ndim)))
       throw InputError(std::string(name) + ": expected a C-contiguous CUDA array");

@@ -48,7 +48,7 @@ struct HostArray {
 };
 
 struct DeviceArray {
-  float* data = nullptr;
+  float* data = nullptr;  // reinterpret for other element types (device_array's `type`)
   std::vector<int64_t> shape;
   int device = -1;
   py::object keepalive;  // DLPack capsule kept alive for the duration of the call
@@ -57,8 +57,20 @@ struct DeviceArray {
 // A C-contiguous float32 numpy array (read-only allowed unless `writable`).
 HostArray host_array(py::handle obj, const char* name, bool writable = false);
 
-// A C-contiguous float32 CUDA array; its device is checked through the CUDA library.
-DeviceArray device_array(py::handle obj, const char* name, const FlexavatarCudaApi& api, bool writable = false);
+// Element type a CUDA array must have: its name in errors, __cuda_array_interface__ typestr, DLPack code and bits.
+struct ElementType {
+  const char* name;
+  const char* typestr;
+  uint8_t dlpack_code;
+  uint8_t bits;
+};
+extern const ElementType kFloat32;  // the default: every Gaussian, camera and image array
+extern const ElementType kInt64;    // counts written by the rasterizer
+
+// A C-contiguous CUDA array of `type` (data points to its first element whatever the type); its device is
+// checked through the CUDA library.
+DeviceArray device_array(py::handle obj, const char* name, const FlexavatarCudaApi& api, bool writable = false,
+                         const ElementType& type = kFloat32);
 
 }  // namespace py_binding
 }  // namespace flexavatar

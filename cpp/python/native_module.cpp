@@ -148,7 +148,8 @@ std::unique_ptr<CudaForwardState> cuda_forward_py(py::handle means, py::handle q
                                                   py::handle opacities, py::handle sh0, py::handle viewmats,
                                                   py::handle Ks, py::handle backgrounds, py::handle image,
                                                   py::handle alpha, py::handle depth, int64_t width, int64_t height,
-                                                  float eps2d, float near_plane, float far_plane, uintptr_t stream) {
+                                                  float eps2d, float near_plane, float far_plane, uintptr_t stream,
+                                                  int64_t intersection_capacity, py::handle num_intersections_out) {
   auto lib = cuda_library();
   const auto& api = lib->api();
   const DeviceArray m = device_array(means, "means", api), q = device_array(quats, "quats", api);
@@ -167,8 +168,20 @@ std::unique_ptr<CudaForwardState> cuda_forward_py(py::handle means, py::handle q
   expect_shape("image", img.shape, {shape.B, shape.C, height, width, 3}, "[B, C, H, W, 3]");
   expect_shape("alpha", al.shape, {shape.B, shape.C, height, width}, "[B, C, H, W]");
   expect_shape("depth", dp.shape, {shape.B, shape.C, height, width}, "[B, C, H, W]");
+  if (intersection_capacity < 0 || intersection_capacity > INT32_MAX)
+    throw InputError("intersection_capacity: expected 0 (sized exactly) or 1 .. 2^31 - 1 slots, got " +
+                     std::to_string(intersection_capacity));
+  DeviceArray count;
+  if (!num_intersections_out.is_none()) {
+    count = device_array(num_intersections_out, "num_intersections_out", api, true, kInt64);
+    expect_shape("num_intersections_out", count.shape, {1}, "[1] int64");
+  } else if (intersection_capacity > 0) {
+    throw InputError("num_intersections_out: required with intersection_capacity > 0 (an int64 [1] CUDA array: "
+                     "the exact count, which tells whether the frame fit)");
+  }
   const int device = v.device;
-  for (const DeviceArray* a : std::initializer_list<const DeviceArray*>{&m, &q, &s, &o, &c, &k, &bg, &img, &al, &dp})
+  for (const DeviceArray* a :
+       std::initializer_list<const DeviceArray*>{&m, &q, &s, &o, &c, &k, &bg, &img, &al, &dp, &count})
     same_device("arrays", *a, device);
 
   FlexavatarCudaForwardArgs args{};
@@ -193,6 +206,8 @@ std::unique_ptr<CudaForwardState> cuda_forward_py(py::handle means, py::handle q
   args.depth = dp.data;
   args.device = device;
   args.stream = reinterpret_cast<void*>(stream);
+  args.intersection_capacity = intersection_capacity;
+  args.num_intersections_out = reinterpret_cast<int64_t*>(count.data);
   void* state = nullptr;
   char err[1024] = {0};
   int code;
@@ -327,8 +342,12 @@ alpha [B,C,H,W], depth [B,C,H,W]).)doc");
         py::arg("sh0"), py::arg("viewmats"), py::arg("Ks"), py::arg("backgrounds"), py::arg("image"), py::arg("alpha"),
         py::arg("depth"), py::arg("width"), py::arg("height"), py::arg("eps2d") = 0.3f,
         py::arg("near_plane") = 0.01f, py::arg("far_plane") = 1e10f, py::arg("stream") = 0,
+        py::arg("intersection_capacity") = 0, py::arg("num_intersections_out") = py::none(),
         "CUDA forward on CUDA arrays (same shapes as rasterize_cpu); writes image/alpha/depth in place and returns "
-        "a CudaForwardState. `stream` is a cudaStream_t as an integer (0 = default stream).");
+        "a CudaForwardState. `stream` is a cudaStream_t as an integer (0 = default stream). "
+        "intersection_capacity > 0: no host sync (the sort covers that many slots); num_intersections_out (int64 "
+        "[1] CUDA array, required then) receives the exact count in stream order: above the capacity, the frame "
+        "is incomplete and must be rendered again with a larger capacity (or 0). Backward needs capacity 0.");
   m.def("cuda_backward", &cuda_backward_py, py::arg("state"), py::arg("means"), py::arg("quats"), py::arg("scales"),
         py::arg("opacities"), py::arg("sh0"), py::arg("viewmats"), py::arg("Ks"), py::arg("backgrounds"),
         py::arg("v_image"), py::arg("v_alpha"), py::arg("v_depth"), py::arg("v_means"), py::arg("v_quats"),

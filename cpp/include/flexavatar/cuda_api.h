@@ -15,8 +15,9 @@ extern "C" {
 /* 2: memory, stream, copy and frame-conversion entry points for the embedding runtime (cpp/runtime),
  * which has no link-time CUDA dependency either. 3: host_alloc / host_free take the device (page-locked
  * memory is allocated and freed with that device current: no CUDA context on device 0 when the runtime
- * uses another one). The loader accepts exactly this version. */
-#define FLEXAVATAR_CUDA_ABI_VERSION 3
+ * uses another one). 4: sync-free sorting (FlexavatarCudaForwardArgs.intersection_capacity and
+ * num_intersections_out). The loader accepts exactly this version. */
+#define FLEXAVATAR_CUDA_ABI_VERSION 4
 #define FLEXAVATAR_CUDA_ENTRY_SYMBOL "flexavatar_cuda_api"
 
 /* Forward pass. All pointers are device memory on `device`, dense float32, C-contiguous, with the
@@ -37,6 +38,16 @@ typedef struct FlexavatarCudaForwardArgs {
   float* depth;             /* out [B, C, H, W] */
   int device;
   void* stream;             /* cudaStream_t; NULL = legacy default stream */
+  /* ABI 4: how the (tile, Gaussian) intersections are sized for the sort.
+   * 0: exactly; their number is read back to the host, the one host synchronisation inside the call.
+   * > 0 (at most 2^31 - 1): no host synchronisation. The intersections go into this many slots and the sort
+   * covers all of them (unused slots sort last and are never read). A frame with more intersections than
+   * slots is INCOMPLETE (those past the capacity are dropped): the caller reads *num_intersections_out after
+   * its own synchronisation and, when it exceeds the capacity, renders again with a larger one (or 0).
+   * The backward pass needs a forward with 0. */
+  int64_t intersection_capacity;
+  int64_t* num_intersections_out; /* device memory or NULL (required when intersection_capacity > 0): the
+                                   * exact number of intersections, written in stream order */
 } FlexavatarCudaForwardArgs;
 
 /* Backward pass: upstream gradients of the three outputs (any may be NULL = zero) and the same
@@ -71,7 +82,8 @@ typedef struct FlexavatarCudaApi {
   int (*forward)(const FlexavatarCudaForwardArgs* args, void** state, char* error, size_t error_len);
   int (*backward)(void* state, const FlexavatarCudaBackwardArgs* args, char* error, size_t error_len);
   void (*release_state)(void* state);
-  /* Number of (tile, Gaussian) intersections of a forward state (diagnostics, tests). */
+  /* Number of (tile, Gaussian) intersections of a forward state (diagnostics, tests); -1 for a sync-free
+   * forward (intersection_capacity > 0), whose count is in its num_intersections_out. */
   int64_t (*state_num_intersections)(const void* state);
 
   /* ---- ABI 2 (host_alloc / host_free: ABI 3) ---- */
