@@ -194,26 +194,45 @@ def test_whole_frame_on_device(benchmark, bench_meta, flex1_bundle, avatar, expr
 
 # A clip: N_FRAMES frames in one render call, one frame per decoder call (as flexavatar-render without --batch).
 # "pipelined" is the runtime's way (each frame's pixels are handed out once the next frame's decoder is queued);
-# "sequential" turns that off on this instance, for the side-by-side ratio.
+# "sequential" turns that off on this instance, for the side-by-side ratio. "device": N_FRAMES calls of one frame
+# each left on the GPU (output="device"), one wait at the end: the frame rate of a consumer on the GPU (display,
+# video encoder), where the host queues a frame while the GPU renders the one before. "-exact-sort" sizes the
+# rasterizer's sort exactly in every frame (a host sync inside each frame: the runtime before its sync-free sort).
+CLIP_MODES = ("pipelined", "sequential", "pipelined-exact-sort", "device", "device-exact-sort")
+
+
 @pytest.mark.parametrize("mode", [pytest.param(m, marks=[_NO_CUDA], id=f"ort-cuda-graphs+cuda-fp16-clip-{m}")
-                                  for m in ("pipelined", "sequential")])
+                                  for m in CLIP_MODES])
 def test_clip(benchmark, bench_meta, flex1_bundle, avatar, expressions, mode):
     _skip_unless_runnable("onnxruntime", "cuda", flex1_bundle)
     rt = Runtime(flex1_bundle, backend="onnxruntime", device="cuda", rasterizer="cuda", precision="fp16",
                  cuda_graphs=True, verify="size")
     if mode == "sequential":
         rt._pipelines = lambda n_frames, output, timings: False        # this instance only
+    if mode.endswith("-exact-sort"):
+        rt.intersections.capacity = lambda views: 0                     # this instance's budget only
     cameras = orbit_camera(N_FRAMES)
     bench_meta(stage="whole_frame", backend=f"ort-cuda-graphs+cuda-clip-{mode}", size="flex1", device="cuda",
                dtype="fp16", flops=DECODE_FLOPS * N_FRAMES, frames=N_FRAMES, rasterizer=rt.rasterizer,
                runtime=rt.describe())
+    one_by_one = np.concatenate([rt.render(avatar, expressions[i:i + 1], Camera(cameras.cam2world[i],
+                                                                                cameras.intrinsics), SIZE, SIZE)
+                                 for i in range(N_FRAMES)])
 
     def clip():
         return rt.render(avatar, expressions, cameras, SIZE, SIZE)
 
-    out = benchmark.pedantic(clip, rounds=10, warmup_rounds=2)
+    def device_clip():
+        frames = [rt.render(avatar, expressions[i:i + 1], Camera(cameras.cam2world[i], cameras.intrinsics), SIZE,
+                            SIZE, output="device") for i in range(N_FRAMES)]
+        torch.cuda.synchronize()
+        return frames
+
+    if mode.startswith("device"):
+        frames = benchmark.pedantic(device_clip, rounds=10, warmup_rounds=2)
+        out = np.concatenate([(f[..., :3].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy() for f in frames])
+    else:
+        out = benchmark.pedantic(clip, rounds=10, warmup_rounds=2)
     assert out.shape == (N_FRAMES, SIZE, SIZE, 3) and out.dtype == np.uint8
-    one_by_one = np.concatenate([rt.render(avatar, expressions[i:i + 1], Camera(cameras.cam2world[i],
-                                                                                cameras.intrinsics), SIZE, SIZE)
-                                 for i in range(N_FRAMES)])
     np.testing.assert_array_equal(out, one_by_one)      # the same decoder calls, the same pixels
+    assert rt.intersections.rerenders == 0 and rt.intersections.incomplete == 0

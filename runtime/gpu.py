@@ -18,9 +18,11 @@ frame lock: decode, rasterize, readback) and each new thread captures once; othe
 threads during a capture (the first frames of each batch size and thread) can invalidate it.
 Needs onnxruntime-gpu ≥ 1.18 and a graph that runs entirely on the CUDA provider.
 
-Host syncs inside a frame: the native CUDA rasterizer waits once for its tile-intersection count (it sizes
-the sort buffers); nothing else waits until the pixels are read back (``Runtime.iter_render`` reads them back
-asynchronously and, over several decoder calls, hands a call's pixels out once the next call is decoding).
+Host syncs inside a frame: none after a runtime's first frame. The native CUDA rasterizer sizes its sort by its
+tile-intersection count, read back to the host, in that first frame only; later frames sort into a capacity
+from the counts seen so far (``intersections.py``), and a frame that outgrows it is found when its pixels are
+read back, and rendered again. Nothing waits until the pixels are read back (``Runtime.iter_render`` reads them
+back asynchronously and, over several decoder calls, hands a call's pixels out once the next call is decoding).
 
 This module imports torch and onnxruntime; it is only imported when device="cuda".
 """

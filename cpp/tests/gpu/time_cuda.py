@@ -33,8 +33,14 @@ if "--small" in sys.argv:
     s, c = cuda_scene(splats, cameras, True)
     out = rasterize(s, c, 80, 56, background=[0.2, 0.3, 0.4], backend="cuda")
     (out.rgb.sum() + out.alpha.sum() + out.depth.sum()).backward()
+    # the sync-free sort, with room to spare and with too little (intersections dropped, nothing out of bounds)
+    with torch.no_grad():
+        n = rasterize(s, c, 80, 56, backend="cuda").intersections
+        for capacity in (2 * n, n // 3, 1):
+            free = rasterize(s, c, 80, 56, backend="cuda", intersection_capacity=capacity)
+            assert int(free.intersections.item()) == n, (capacity, n)
     torch.cuda.synchronize()
-    print("small ok", float(s.means.grad.abs().sum()))
+    print("small ok", float(s.means.grad.abs().sum()), "intersections", n)
     sys.exit(0)
 
 print(torch.cuda.get_device_name(0), "backends:", available_backends("cuda"))
@@ -50,8 +56,15 @@ outs = [torch.empty(1, 1, 512, 512, 3, device="cuda"), torch.empty(1, 1, 512, 51
         torch.empty(1, 1, 512, 512, device="cuda")]
 stream = torch.cuda.current_stream().cuda_stream
 state = _native.cuda_forward(*args, vm, ks, None, *outs, 512, 512, stream=stream)
-print("intersections", state.num_intersections)
+n_isect = state.num_intersections
+print("intersections", n_isect)
 print(f"native cuda_forward call: {time_ms(lambda: _native.cuda_forward(*args, vm, ks, None, *outs, 512, 512, stream=stream)):.3f} ms")
+count = torch.zeros(1, dtype=torch.int64, device="cuda")
+for headroom in (1, 2, 4):      # the sync-free sort: no host wait, the sort covers every slot of the capacity
+    capacity = headroom * n_isect
+    ms = time_ms(lambda: _native.cuda_forward(*args, vm, ks, None, *outs, 512, 512, stream=stream,
+                                              intersection_capacity=capacity, num_intersections_out=count))
+    print(f"native cuda_forward call, sync-free, capacity {headroom} x intersections: {ms:.3f} ms")
 
 for backend in ("cuda", "reference", "triton"):
     if backend not in available_backends("cuda"):
