@@ -37,11 +37,13 @@ class RenderReport:
     fps: float
     timings: StageTimes
     runtime: str
+    sort: str = ""          # the GPU rasterizer's sort sizing (intersections.py), when it sorted on the GPU
 
     def summary(self) -> str:
         target = "standard output" if str(self.output) == STDOUT else self.output
+        sort = f"rasterizer sort: {self.sort}\n" if self.sort else ""
         return (f"wrote {target} ({self.frames} frames, {self.width}x{self.height}, {self.fps:g} fps)\n"
-                f"runtime: {self.runtime}\n" + self.timings.table())
+                f"runtime: {self.runtime}\n{sort}" + self.timings.table())
 
 
 class ProgressBar:
@@ -84,7 +86,9 @@ def render_to_file(runtime: Runtime, avatar: Avatar, expressions: np.ndarray, ou
                 writer.write(straight_rgba(frames, background) if alpha else frames)
             if progress is not None:
                 progress(len(frames))
-    return RenderReport(Path(output), writer.count, size, size, fps, timings, runtime.describe())
+    budget = runtime.intersections
+    sort = f"sync-free after the first frame; {budget.describe()}" if budget.per_view else ""
+    return RenderReport(Path(output), writer.count, size, size, fps, timings, runtime.describe(), sort)
 
 
 def _tracked_cameras(args, n_frames: int) -> Camera:

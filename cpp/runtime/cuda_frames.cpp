@@ -85,8 +85,8 @@ Status CudaFrames::open(int device, int64_t num_gaussians, int64_t expression_di
         std::make_tuple(&frames->device_gaussians_, true, gaussian_bytes),
         std::make_tuple(&frames->host_stage_, false, stage_bytes),
         std::make_tuple(&frames->device_stage_, true, stage_bytes),
-        std::make_tuple(&frames->host_count_, false, sizeof(uint32_t)),
-        std::make_tuple(&frames->device_count_, true, sizeof(uint32_t))}) {
+        std::make_tuple(&frames->host_counters_, false, sizeof(FrameCounters)),
+        std::make_tuple(&frames->device_counters_, true, sizeof(FrameCounters))}) {
     s = buffer->allocate(api, on_device, device, bytes);
     if (!s.ok()) return s;
   }
@@ -162,20 +162,25 @@ Status CudaFrames::download_gaussians() {
   return wait();
 }
 
-Status CudaFrames::count_nonfinite_gaussians(uint32_t* count) {
+Status CudaFrames::queue_nonfinite_count() {
   char error[kErrorLength] = {0};
-  Status s = check(api_->count_nonfinite(device_gaussians(), GaussianLayout::total_floats(num_gaussians_),
-                                         static_cast<uint32_t*>(device_count_.data()), device_, stream_, error,
-                                         sizeof(error)),
-                   error, "checking the Gaussians");
+  auto* counters = static_cast<FrameCounters*>(device_counters_.data());
+  return check(api_->count_nonfinite(device_gaussians(), GaussianLayout::total_floats(num_gaussians_),
+                                     &counters->nonfinite, device_, stream_, error, sizeof(error)),
+               error, "checking the Gaussians");
+}
+
+Status CudaFrames::count_nonfinite_gaussians(uint32_t* count) {
+  Status s = queue_nonfinite_count();
   if (!s.ok()) return s;
-  s = check(api_->memcpy_async(host_count_.data(), device_count_.data(), sizeof(uint32_t), device_, stream_, error,
-                               sizeof(error)),
+  char error[kErrorLength] = {0};
+  s = check(api_->memcpy_async(host_counters_.data(), device_counters_.data(), sizeof(FrameCounters), device_,
+                               stream_, error, sizeof(error)),
             error, "reading the non-finite count");
   if (!s.ok()) return s;
   s = wait();
   if (!s.ok()) return s;
-  *count = *static_cast<const uint32_t*>(host_count_.data());
+  *count = counters().nonfinite;
   return Status::ok_status();
 }
 
@@ -200,7 +205,7 @@ Status CudaFrames::ensure_frame(int32_t width, int32_t height) {
   return Status::ok_status();
 }
 
-Status CudaFrames::rasterize(int32_t width, int32_t height) {
+Status CudaFrames::rasterize(int32_t width, int32_t height, bool exact) {
   if (width != width_ || height != height_)
     return Status(StatusCode::kInternal, "CUDA rasterizer path: frame buffers are not sized for this frame");
   const int64_t g = num_gaussians_, pixels = int64_t(width) * height;
@@ -230,10 +235,14 @@ Status CudaFrames::rasterize(int32_t width, int32_t height) {
   args.depth = frame.depth;
   args.device = device_;
   args.stream = stream_;
+  last_capacity_ = exact ? 0 : budget_.capacity();
+  args.intersection_capacity = last_capacity_;
+  args.num_intersections_out = &static_cast<FrameCounters*>(device_counters_.data())->intersections;
   char error[kErrorLength] = {0};
   void* state = nullptr;
   Status s = check(api_->forward(&args, &state, error, sizeof(error)), error, "rasterizing");
   if (!s.ok()) return s;
+  if (last_capacity_ == 0) budget_.observe(api_->state_num_intersections(state));  // read back by the forward
   api_->release_state(state);  // no backward pass here; its buffers go back to the pool in stream order
   return check(api_->frame_to_rgba8(frame.rgb, frame.alpha, reinterpret_cast<uint8_t*>(frame.rgba8), pixels, device_,
                                     stream_, error, sizeof(error)),
@@ -245,6 +254,10 @@ Status CudaFrames::download_frame(HostFrame* out) {
   Status s = check(api_->memcpy_async(host_frame_.data(), device_frame_.data(), device_frame_.bytes(), device_, stream_,
                                       error, sizeof(error)),
                    error, "downloading the frame");
+  if (s.ok())
+    s = check(api_->memcpy_async(host_counters_.data(), device_counters_.data(), sizeof(FrameCounters), device_,
+                                 stream_, error, sizeof(error)),
+              error, "downloading the frame's counters");
   if (!s.ok()) return s;
   s = wait();
   if (!s.ok()) return s;
@@ -254,6 +267,12 @@ Status CudaFrames::download_frame(HostFrame* out) {
   out->depth = frame.depth;
   out->rgba = reinterpret_cast<const uint8_t*>(frame.rgba8);
   return Status::ok_status();
+}
+
+bool CudaFrames::frame_incomplete() {
+  const int64_t count = counters().intersections;
+  budget_.observe(count);
+  return last_capacity_ > 0 && count > last_capacity_;
 }
 
 DeviceFrame CudaFrames::device_frame() const {

@@ -11,6 +11,7 @@
 
 #include "flexavatar/cuda_rasterizer.h"
 #include "flexavatar/status.h"
+#include "intersection_budget.h"
 
 namespace flexavatar {
 namespace runtime {
@@ -112,6 +113,8 @@ class CudaFrames {
   Status download_gaussians();
   // Counts non-finite values of device_gaussians on the device and waits for the count.
   Status count_nonfinite_gaussians(uint32_t* count);
+  // The same count, queued only: download_frame brings it back with the frame (FrameCounters::nonfinite).
+  Status queue_nonfinite_count();
   // Device memory on this path's device (for other graphs on its stream: the encoder's inputs and code).
   Status allocate_device(size_t bytes, CudaBuffer* out) const;
   // Queues a copy of `bytes` on the stream (host ↔ device, device ↔ device: unified addressing gives the
@@ -120,10 +123,25 @@ class CudaFrames {
   // Frame buffers for width x height (reallocated only when the size changes).
   Status ensure_frame(int32_t width, int32_t height);
   // Queues the CUDA rasterizer on device_gaussians with the staged camera, then the RGBA8 conversion.
-  Status rasterize(int32_t width, int32_t height);
-  // One copy of the whole frame (rgb, alpha, depth, rgba) to page-locked host memory, then waits.
+  // exact: size the sort by the intersection count read back to the host (a wait); otherwise sort the
+  // budget's capacity without waiting (the first frame is exact either way: nothing is measured yet).
+  Status rasterize(int32_t width, int32_t height, bool exact);
+  // One copy of the whole frame (rgb, alpha, depth, rgba) and of the frame's counters to page-locked host
+  // memory, then waits. Then `counters()` holds the frame's counts.
   Status download_frame(HostFrame* out);
   DeviceFrame device_frame() const;
+  // Read back with the frame by download_frame: non-finite Gaussian values (after queue_nonfinite_count) and
+  // the exact intersection count of the last rasterize.
+  struct FrameCounters {
+    uint32_t nonfinite;
+    uint32_t padding;
+    int64_t intersections;
+  };
+  const FrameCounters& counters() const { return *static_cast<const FrameCounters*>(host_counters_.data()); }
+  // After download_frame: whether the last rasterize (sync-free) had fewer slots than intersections; records
+  // the count in the budget either way.
+  bool frame_incomplete();
+  const IntersectionBudget& intersection_budget() const { return budget_; }
 
  private:
   CudaFrames() = default;
@@ -136,7 +154,9 @@ class CudaFrames {
   int64_t num_gaussians_ = 0, expression_dim_ = 0, code_floats_ = 0;
   int32_t width_ = 0, height_ = 0;
   CudaBuffer host_gaussians_, device_gaussians_, device_code_, host_stage_, device_stage_;
-  CudaBuffer host_count_, device_count_;
+  CudaBuffer host_counters_, device_counters_;  // FrameCounters
+  IntersectionBudget budget_;
+  int64_t last_capacity_ = 0;  // of the last rasterize (0: sized exactly)
   // Frame, floats: rgb [3P] | alpha [P] | depth [P] | rgba [4P bytes] (P = width·height).
   CudaBuffer host_frame_, device_frame_;
 };

@@ -66,7 +66,7 @@ Status Runtime::rasterize_gaussians(const GaussiansView& g, const Camera& camera
                 host_gaussians_ + GaussianLayout::offset(i, g.num_gaussians));
     s = cuda_->upload_stage();
     if (s.ok()) s = cuda_->upload_gaussians();
-    if (s.ok()) s = cuda_->rasterize(camera.width, camera.height);
+    if (s.ok()) s = cuda_->rasterize(camera.width, camera.height, /*exact=*/true);  // check set: other Gaussians
     HostFrame frame;
     if (s.ok()) s = cuda_->download_frame(&frame);
     if (!s.ok()) return s;

@@ -360,6 +360,13 @@ Status Runtime::check_expression(const float* expression, int64_t count) const {
   return Status::ok_status();
 }
 
+// The error of a frame whose decoder produced `count` non-finite values (counted on the GPU).
+static Status nonfinite_gaussians(uint32_t count) {
+  return Status(StatusCode::kModelError, "the decoder produced " + std::to_string(count) +
+                                             " non-finite Gaussian attributes (corrupted model file or out-of-range "
+                                             "inputs)");
+}
+
 Status Runtime::check_host_gaussians() const {
   // A corrupted model can load and still produce garbage: never hand non-finite Gaussians on.
   const size_t n = size_t(GaussianLayout::total_floats(num_gaussians_));
@@ -534,13 +541,12 @@ Status Runtime::render_cuda(const float* expression, int64_t count, const Camera
     // only queued (it runs on this stream).
     if (s.ok()) s = cuda_->wait();
     if (s.ok()) s = decoder_->run();
+    // A host frame's count of non-finite values comes back with its pixels (no wait here); a device frame has
+    // no such read-back, so it waits for the count before it is handed out.
     uint32_t bad = 0;
-    if (s.ok()) s = cuda_->count_nonfinite_gaussians(&bad);
+    if (s.ok()) s = to_host ? cuda_->queue_nonfinite_count() : cuda_->count_nonfinite_gaussians(&bad);
     if (!s.ok()) return s;
-    if (bad)
-      return Status(StatusCode::kModelError, "the decoder produced " + std::to_string(bad) +
-                                                 " non-finite Gaussian attributes (corrupted model file or "
-                                                 "out-of-range inputs)");
+    if (bad) return nonfinite_gaussians(bad);
   } else {
     std::copy(expression, expression + count, expression_.begin());
     s = decoder_->run();  // on the CPU, into the page-locked host block
@@ -549,7 +555,9 @@ Status Runtime::render_cuda(const float* expression, int64_t count, const Camera
     if (s.ok()) s = cuda_->upload_gaussians();
     if (!s.ok()) return s;
   }
-  s = cuda_->rasterize(camera.width, camera.height);
+  // A host frame's sort is sync-free (after the first frame): its intersection count comes back with its pixels,
+  // and a frame that outgrew the capacity is rendered again. A device frame has no read-back: sized exactly.
+  s = cuda_->rasterize(camera.width, camera.height, /*exact=*/!to_host);
   if (!s.ok()) return s;
   if (!to_host) {
     *device = cuda_->device_frame();
@@ -558,6 +566,12 @@ Status Runtime::render_cuda(const float* expression, int64_t count, const Camera
   HostFrame frame;
   s = cuda_->download_frame(&frame);
   if (!s.ok()) return s;
+  if (zero_copy() && cuda_->counters().nonfinite) return nonfinite_gaussians(cuda_->counters().nonfinite);
+  if (cuda_->frame_incomplete()) {
+    s = cuda_->rasterize(camera.width, camera.height, /*exact=*/true);
+    if (s.ok()) s = cuda_->download_frame(&frame);
+    if (!s.ok()) return s;
+  }
   host->width = camera.width;
   host->height = camera.height;
   host->rgba = frame.rgba;

@@ -277,12 +277,14 @@ FLEXAVATAR_API flexavatar_status flexavatar_runtime_create_avatar_code(flexavata
 /* Runs the decoder on one expression (expression_dim floats). */
 FLEXAVATAR_API flexavatar_status flexavatar_runtime_decode(flexavatar_runtime* runtime, const float* expression,
                                                            int64_t expression_count, flexavatar_gaussians* out);
-/* decode + rasterize: one RGBA frame in host memory (with the CUDA rasterizer: one copy from the device). */
+/* decode + rasterize: one RGBA frame in host memory (with the CUDA rasterizer: one copy from the device, the
+ * call's one wait for the GPU after the first frame). */
 FLEXAVATAR_API flexavatar_status flexavatar_runtime_render(flexavatar_runtime* runtime, const float* expression,
                                                            int64_t expression_count,
                                                            const flexavatar_camera* camera, flexavatar_frame* out);
 /* decode + rasterize, the frame left in CUDA device memory (no copy to the host). Needs the CUDA
- * rasterizer (info.rasterizer "cuda"), else FLEXAVATAR_ERROR_UNAVAILABLE. */
+ * rasterizer (info.rasterizer "cuda"), else FLEXAVATAR_ERROR_UNAVAILABLE. The call waits for the decoder's
+ * count of non-finite values and the rasterizer's intersection count (a frame is never handed out unchecked). */
 FLEXAVATAR_API flexavatar_status flexavatar_runtime_render_device(flexavatar_runtime* runtime,
                                                                   const float* expression, int64_t expression_count,
                                                                   const flexavatar_camera* camera,

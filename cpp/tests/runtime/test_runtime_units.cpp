@@ -22,6 +22,7 @@
 #include "bundle.h"
 #include "flexavatar/flexavatar.h"
 #include "harness.h"
+#include "intersection_budget.h"
 #include "manifest.h"
 #include "npz.h"
 #include "ort_session.h"
@@ -49,6 +50,22 @@ Status parse(const std::string& text, Manifest* m) { return parse_manifest(text.
 bool mentions(const Status& s, const std::string& word) { return s.message().find(word) != std::string::npos; }
 
 }  // namespace
+
+// The CUDA path's sort sizing (intersection_budget.h), the policy of the Python runtime's intersections.py.
+TEST_CASE(intersection_budget_sizes_the_sort_from_the_largest_count) {
+  IntersectionBudget budget;
+  CHECK(budget.capacity() == 0);  // nothing measured: the first frame is sized exactly
+  budget.observe(1000);
+  CHECK(budget.capacity() == IntersectionBudget::kMinSlots);
+  budget.observe(150000);
+  budget.observe(2000);  // a smaller count does not shrink it
+  const int64_t cap = budget.capacity();
+  CHECK((cap & (cap - 1)) == 0);  // a power of two
+  CHECK(cap >= 2 * 150000 && cap < 4 * 150000);
+  CHECK(budget.largest() == 150000);
+  budget.observe(int64_t(1) << 30);  // 2^31 slots would overflow the sort's int32 index: exact again
+  CHECK(budget.capacity() == 0);
+}
 
 // ONNX Runtime recreates the CUDA options from its defaults on every UpdateCUDAProviderOptions call, so all of
 // them go in one call: one list, each key once, TF32 off and CUDA graphs in it whenever they are asked for.
