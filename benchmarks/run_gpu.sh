@@ -27,7 +27,7 @@
 #                             export.graph_passes, side by side), gpu-profile (GPU time per kernel class of
 #                             the FLEX-1 whole frame, CUPTI, and the host's side), torch-compile (the PyTorch
 #                             decoder under torch.compile vs the bundle's ORT decoders), verify (flexavatar-verify of the FLEX-1 bundle on
-#                             CUDA, fp16 and fp32), wait-prewarm (until prewarm.sh is done), native-check (gpu_check.sh's rasterizer
+#                             CUDA, fp16 and fp32), wait-prewarm (until prewarm.sh is done), memcheck (compute-sanitizer on the rasterizer), native-check (gpu_check.sh's rasterizer
 #                             timing and compute-sanitizer; its tests are among gpu-tests). The build is for
 #                             this GPU's architecture only.
 #   FLEXAVATAR_FIXTURES       the fixtures folder (default: .device/fixtures staged in the tree by
@@ -330,6 +330,7 @@ for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement bench
     upsampler-forms) stage upsampler-forms 180 upsampler_forms ;;
     wait-prewarm) stage wait-prewarm 300 bash -c "until [[ -f '$REPO/build/gpu-prewarm/done' ]]; do sleep 2; done" ;;
     native-check) stage native-check 150 gpu_check timing memcheck ;;
+    memcheck) stage memcheck 90 gpu_check memcheck ;;   # compute-sanitizer alone (the sync-free sort's first run)
     dashboard) ;;   # always last, below
     *) say "[$name] unknown stage (FLEXAVATAR_GPU_STAGES)" ;;
   esac
