@@ -3,7 +3,7 @@ the host, per inference engine + rasterizer, random weights (the same seed as be
 
 Cases are labelled ``<decode engine>+<rasterizer>``: ``ort-cpu+cpu``, ``openvino+cpu``, ``torch-eager+cpu``,
 ``torch-eager+reference`` on the CPU; ``ort-cuda+cuda`` (fp32, fp16; ``ort-cuda-graphs+cuda`` with CUDA
-graphs) and ``torch-eager+cuda`` on a GPU, and there also: batches of 8 frames per decoder call (``-b8``), the frame
+graphs), ``torch-eager+cuda`` and ``torch-compile+cuda`` (Inductor + CUDA graphs, fp16 autocast) on a GPU, and there also: batches of 8 frames per decoder call (``-b8``), the frame
 left on the GPU (``-device``: no readback) and a 16-frame clip per call, pipelined as the runtime renders it against
 one chunk after the other (``-clip-pipelined`` / ``-clip-sequential``). The FLEX-1 bundle (fp32, + fp16 on a CUDA machine; ONNX +
 OpenVINO) is exported once and kept in ``benchmarks/.cache/`` (git-ignored; minutes on a 2-core CPU).
@@ -45,6 +45,8 @@ CASES = [
     # GPU: the reference pipeline first, then the deployment path (fp16 + CUDA graphs) before the others
     ("torch-eager+cuda", "torch", "cuda", "fp32", "cuda", False),
     ("ort-cuda-graphs+cuda", "onnxruntime", "cuda", "fp16", "cuda", True),
+    # the PyTorch decoder under Inductor + CUDA graphs (fp16 autocast): its first frame compiles (tens of seconds)
+    ("torch-compile+cuda", "torch-compile", "cuda", "fp16", "cuda", False),
     ("ort-cuda-graphs+cuda", "onnxruntime", "cuda", "fp32", "cuda", True),
     ("ort-cuda+cuda", "onnxruntime", "cuda", "fp32", "cuda", False),
     ("ort-cuda+cuda", "onnxruntime", "cuda", "fp16", "cuda", False),
@@ -96,7 +98,7 @@ def test_whole_frame(benchmark, bench_meta, flex1_bundle, flex1_model, avatar, e
                      label, engine, device, precision, rasterizer, graphs):
     _skip_unless_runnable(engine, device, flex1_bundle)
     rt = Runtime(flex1_bundle, backend=engine, device=device, rasterizer=rasterizer, precision=precision,
-                 cuda_graphs=graphs, verify="size", model=flex1_model if engine == "torch" else None)
+                 cuda_graphs=graphs, verify="size", model=flex1_model if engine.startswith("torch") else None)
     cameras = orbit_camera(N_FRAMES)
     bench_meta(stage="whole_frame", backend=label, size="flex1", device=device, dtype=precision,
                flops=DECODE_FLOPS, frames=1, rasterizer=rt.rasterizer, runtime=rt.describe())

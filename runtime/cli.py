@@ -159,7 +159,7 @@ def _is_code_file(path: Path) -> bool:
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     """The options that choose how a bundle runs (``open_runtime``), shared by flexavatar-render and -verify."""
-    p.add_argument("--backend", default="auto", help="onnxruntime, openvino, torch or auto (default)")
+    p.add_argument("--backend", default="auto", help="onnxruntime, openvino, torch, torch-compile or auto (default)")
     p.add_argument("--device", default="auto", type=parse_device,
                    help="cpu, cuda, cuda:N (the N-th CUDA device), gpu (OpenVINO Intel GPU) or auto (default)")
     p.add_argument("--rasterizer", default="auto", help="cpu, cuda, triton, reference or auto (default)")
@@ -167,8 +167,9 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inference-precision", choices=INFERENCE_PRECISIONS,
                    help="OpenVINO only: its compute precision (default f32 on the CPU; the GPU plugin's own choice "
                         "for fp16 files)")
-    p.add_argument("--checkpoint", type=Path, help="with --backend torch: the checkpoint the bundle was exported from")
-    p.add_argument("--template", type=Path, help="with --backend torch: its gghead_template.obj")
+    p.add_argument("--checkpoint", type=Path,
+                   help="with --backend torch / torch-compile: the checkpoint the bundle was exported from")
+    p.add_argument("--template", type=Path, help="with --backend torch / torch-compile: its gghead_template.obj")
     p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="ONNX Runtime CUDA: replay the bundle's graphs as CUDA graphs (default: on there; "
                         "--no-cuda-graphs runs them node by node, which onnxruntime-gpu 1.31 aborts at random)")

@@ -426,6 +426,67 @@ class TorchDecoderModel:
         return dict(zip(GAUSSIAN_OUTPUTS, (g.means, g.quats, g.scales, g.opacities, g.sh0), strict=True))
 
 
+# torch.compile settings of the "torch-compile" engine: Inductor; on CUDA "reduce-overhead" (its kernels replayed as
+# CUDA graphs). Module constants: tests swap the backend for "aot_eager" (the same graph, no code generation).
+TORCH_COMPILE_BACKEND = "inductor"
+TORCH_COMPILE_MODES = {"cuda": "reduce-overhead", "cpu": "default"}
+NETWORK_OUTPUTS = ("positions", "rotations", "scales", "opacities", "colors")   # FlexNetwork.decode's, in
+                                                                                 # GAUSSIAN_OUTPUTS' order
+
+
+def network_decode_function(network, device_type: str, half: bool):
+    """The function the "torch-compile" engine compiles (and benchmarks/device/torch_compile.py times):
+    ``network.decode`` (code [R², 1, D], expressions [1, E, 135], dataset ids [1] → 5 tensors [E, G, …]) under
+    fp16 autocast when ``half`` (PyTorch's per-op precision policy), its outputs float32 (the rasterizers' dtype)."""
+    import torch
+
+    def decode(code, expressions, ids):
+        with torch.autocast(device_type, dtype=torch.float16, enabled=half):
+            out = network.decode(code, expressions, ids)
+        return tuple(out[k].float() for k in NETWORK_OUTPUTS)
+    return decode
+
+
+class TorchCompiledDecoderModel:
+    """``FlexNetwork.decode`` under ``torch.compile`` (``network_decode_function``): Inductor fuses the normalisations,
+    bias and residual adds and activations into a few generated kernels, and on CUDA replays them as CUDA graphs,
+    whose outputs the next call overwrites (``cuda_graphs``: Runtime copies or consumes them first, one frame at a
+    time). Precision "fp16" is fp16 autocast. Every new expression count (batch) compiles once: tens of seconds.
+    The inputs come from Runtime, checked on the host (finite expressions, the code's shape): nothing here
+    synchronises with the GPU."""
+    array_type = TORCH
+
+    def __init__(self, model, device: str, precision: str):
+        import torch
+        self.device = torch.device(device)
+        mode = TORCH_COMPILE_MODES[self.device.type]
+        self.cuda_graphs = self.device.type == "cuda" and mode == "reduce-overhead"
+        decode = network_decode_function(model.network, self.device.type, half=precision == "fp16")
+        self._decode = torch.compile(decode, backend=TORCH_COMPILE_BACKEND, dynamic=False,
+                                     mode=mode if TORCH_COMPILE_BACKEND == "inductor" else None)
+        from flexavatar.model import MULTI_VIEW_DATASET_ID
+        self._ids = torch.full((1,), MULTI_VIEW_DATASET_ID, dtype=torch.long, device=self.device)
+        self._dtype = model.network._conv_patchify.weight.dtype
+
+    def _input(self, x):
+        if self.device.type == "cuda":
+            from .gpu import to_cuda
+            return to_cuda(x, self.device)                 # pinned and queued: no host wait
+        return _tensor(x, self.device).to(self._dtype)
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        import torch
+        code = self._input(feeds["code"]).transpose(0, 1)                                # [R², 1, D]
+        expressions = self._input(feeds["expressions"])[None]                            # [1, E, 135]
+        cudnn = torch.backends.cudnn
+        with torch.no_grad(), cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
+                                          deterministic=cudnn.deterministic, allow_tf32=False):
+            if self.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()     # the previous call's outputs are consumed
+            out = self._decode(code, expressions, self._ids)
+        return dict(zip(GAUSSIAN_OUTPUTS, out, strict=True))
+
+
 class TorchEncoderModel:
     """image [B, 3, S, S] + cam2world + intrinsics (+ features [B, C, h, w]) → code [B, R², D] (numpy)."""
     array_type = NUMPY
@@ -479,6 +540,27 @@ class TorchBackend(InferenceBackend):
             torch.cuda.synchronize(self.torch_device)
 
 
+class TorchCompileBackend(TorchBackend):
+    """The PyTorch model's decoder under ``torch.compile`` (``TorchCompiledDecoderModel``): fp32, or fp16 autocast
+    with precision="fp16"; the encoder runs eagerly (once per avatar). Same model checks as "torch"."""
+    name = "torch-compile"
+
+    def load(self, role: str) -> Model:
+        if role != ROLE_DECODER:
+            return super().load(role)
+        with self._lock:
+            if ROLE_DECODER not in self._models:
+                self._models[ROLE_DECODER] = TorchCompiledDecoderModel(self.model, self.torch_device,
+                                                                       self.options.precision)
+            return self._models[ROLE_DECODER]
+
+    def describe(self) -> str:
+        import torch
+        mode = TORCH_COMPILE_MODES["cuda" if self.device == "cuda" else "cpu"]
+        return (f"torch {torch.__version__} compiled ({TORCH_COMPILE_BACKEND}, {mode}, "
+                f"{'fp16 autocast' if self.options.precision == 'fp16' else 'fp32'}; {self.torch_device})")
+
+
 def _torch_model(bundle: Bundle, options: EngineOptions):
     from flexavatar.bundle import sha256_file
     from flexavatar.config import FlexConfig
@@ -518,3 +600,9 @@ register_engine("openvino", OpenVinoBackend, priorities={"cpu": 100, "gpu": 150}
 register_engine("torch", TorchBackend, priorities={"cuda": 200, "cpu": 10}, availability=_torch_availability,
                 install_hint="pip install torch",
                 description="the PyTorch model itself (needs the checkpoint); the parity reference")
+# below "torch": "auto" does not pick it (its first frame of each batch size compiles for tens of seconds)
+register_engine("torch-compile", TorchCompileBackend, priorities={"cuda": 150, "cpu": 5},
+                availability=_torch_availability, install_hint="pip install torch (Inductor needs a C++ compiler "
+                "on the CPU, Triton on CUDA)",
+                description="the PyTorch model's decoder under torch.compile (Inductor; CUDA graphs on CUDA), "
+                            "fp32 or fp16 autocast; needs the checkpoint")

@@ -192,8 +192,8 @@ FRAME_FORMATS = {"uint8": _uint8_rgb, "float": _float_rgba, "device": _float_rgb
 class Runtime:
     """A loaded bundle on one inference engine and one rasterizer.
 
-    bundle_dir: a folder written by ``flexavatar-export``. backend: "onnxruntime", "openvino", "torch" or
-    "auto" (registry of ``engines.py``; the fastest one that can run this bundle here). device: "cpu",
+    bundle_dir: a folder written by ``flexavatar-export``. backend: "onnxruntime", "openvino", "torch",
+    "torch-compile" or "auto" (registry of ``engines.py``; the fastest one that can run this bundle here). device: "cpu",
     "cuda", "gpu" (OpenVINO Intel GPU) or "auto" (CUDA when the engine can use it, else CPU).
     rasterizer: a ``flexavatar.kernels`` backend name or "auto" (the fastest for the decoder's arrays;
     ``self.rasterizer`` names the one chosen). precision: which artifacts, "fp32" or "fp16".
@@ -206,7 +206,8 @@ class Runtime:
     num_threads: CPU threads per call (0: the library's default). inference_precision: OpenVINO only, its
     INFERENCE_PRECISION_HINT: None (f32 for fp32 artifacts, else the device's choice), "f32", "f16" or "bf16"
     (the other engines compute at the artifacts' precision and ignore it, with a warning).
-    For backend="torch": ``model=`` (FlexAvatarModel) or ``checkpoint=`` + ``template=`` (+ ``dinov2=``).
+    For backend="torch" / "torch-compile": ``model=`` (FlexAvatarModel) or ``checkpoint=`` + ``template=``
+    (+ ``dinov2=``); "torch-compile" decodes under torch.compile (fp16 autocast with precision="fp16").
     """
 
     def __init__(self, bundle_dir: str | Path, backend: str = "auto", device: str = "auto", rasterizer: str = "auto",

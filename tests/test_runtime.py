@@ -293,6 +293,29 @@ def test_frames_over_their_intersection_capacity_are_rendered_again(bundle, runt
     np.testing.assert_array_equal((np.clip(second[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8), want[:1])
 
 
+# ---- the torch-compile engine ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_torch_compile_engine_matches_pytorch(compiler, bundle, model, oracle, expressions, monkeypatch):
+    """The decoder under torch.compile, fp32 on the CPU: "aot_eager" (the graph Dynamo captures, run by PyTorch's
+    kernels) and Inductor itself (generated C++ kernels; about a minute to compile on 2 cores). Gaussians and frames
+    as the PyTorch model + reference rasterizer; the bundle's numerics check passes on it."""
+    from flexavatar.runtime import engines
+    monkeypatch.setattr(engines, "TORCH_COMPILE_BACKEND", compiler)
+    rt = Runtime(bundle, backend="torch-compile", device="cpu", rasterizer="cpu", model=model, batch=2)
+    assert rt.backend == "torch-compile" and compiler in rt.describe()
+    avatar, want, reference = oracle
+    got = rt.decode(avatar, expressions).numpy()                   # chunks of 2 and 1: two compiled shapes
+    for f in FIELDS:
+        assert _max_err(getattr(got, f), want[f]) <= GAUSSIAN_TOL, f
+    frames = rt.render(avatar, expressions, orbit_camera(len(expressions)), SIZE, SIZE, output="float")
+    diff = np.abs(frames[..., :3].astype(np.float64) - reference)
+    assert diff.mean() <= IMAGE_MEAN_TOL and diff.max() <= IMAGE_MAX_TOL
+    if compiler == "inductor":
+        report = rt.check_numerics()
+        assert report.passed, report.table()
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_encoder_matches_pytorch(engine, runtimes, model, photo):
     avatar = runtimes[engine].create_avatar(photo)                 # RGBA file: composited onto white
@@ -1229,6 +1252,36 @@ def test_onnxruntime_cuda_graphs_from_two_threads(bundle, model, expressions, dr
         assert len(results[t]) == 4
         for frames in results[t]:
             assert np.abs(frames.astype(int) - alone[t].astype(int)).max() <= 1
+
+
+@pytest.mark.gpu
+def test_torch_compile_engine_on_cuda(bundle, model, expressions, driving_dir):
+    """Inductor + CUDA graphs ("reduce-overhead"), fp16 autocast: the bundle's fp16 numerics target; decoded
+    Gaussians are copies (a later replay does not change them); pipelined chunks equal one-by-one frames."""
+    try:
+        rt = Runtime(bundle, backend="torch-compile", device="cuda", rasterizer="cuda", precision="fp16",
+                     model=model, batch=1)                                                # moves model to cuda
+        assert rt.decoder.cuda_graphs
+        report = rt.check_numerics()
+        assert report.passed, report.table()
+        avatar = Avatar(np.load(bundle / "avatar_code.npy").transpose(1, 0, 2))
+        first = rt.decode(avatar, expressions)
+        kept = first.numpy()
+        other = load_expressions(driving_dir / "SEN-10-port_strong_smokey.npz")[:3]
+        rt.decode(avatar, other)                                                          # replays the graphs
+        for f in FIELDS:
+            np.testing.assert_array_equal(getattr(first, f).cpu().numpy(), getattr(kept, f))
+        # replays of fp16 kernels: equal up to a few fp16 steps at most (another expression: ~0.2 off)
+        again = rt.decode(avatar, expressions).numpy()
+        for f in FIELDS:
+            assert _max_err(getattr(again, f), getattr(kept, f)) <= 2e-3, f
+        cams = orbit_camera(3)
+        pipelined = rt.render(avatar, expressions, cams, SIZE, SIZE, output="float")
+        sequential = rt.render(avatar, expressions, cams, SIZE, SIZE, output="float", timings=StageTimes())
+        assert pipelined.shape == sequential.shape == (3, SIZE, SIZE, 4)
+        assert _max_err(pipelined, sequential) <= 2e-3
+    finally:
+        model.to("cpu")                                             # the module's model, for the other tests
 
 
 @pytest.mark.gpu

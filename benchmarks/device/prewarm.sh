@@ -7,9 +7,10 @@
 # 1. builds and installs the package for this GPU (benchmarks/run_gpu.sh's build stage, into build/gpu-run/site);
 # 2. builds the FLEX-1 benchmark bundle (random weights, fp32 + fp16 ONNX, checked against PyTorch): the CUDA
 #    whole-frame case of bench_runtime.py builds it as a fixture into benchmarks/.cache, then skips while this
-#    onnxruntime has no CUDA provider.
+#    onnxruntime has no CUDA provider;
+# 3. compiles the decoder under torch.compile once (below).
 # A setsid process outlives the call that started it (the device tool ends only the call's own process group).
-# Markers in build/gpu-prewarm/: build.ok (the package is installed), bundle.ok, done (finished, either way);
+# Markers in build/gpu-prewarm/: build.ok (the package is installed), bundle.ok, compile.ok, done (finished, either way);
 # gpu_session.sh waits for done and skips its own build after build.ok. Logs: build/gpu-prewarm/*.log.
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -27,4 +28,9 @@ WORK=$REPO/build/gpu-run
   "$REPO/benchmarks/bench_runtime.py" --rootdir "$REPO" -c "$REPO/pyproject.toml" -p no:cacheprovider \
   --benchmark-only -s -rs -k "ort-cuda and fp32 and not graphs") >"$MARK/bundle.log" 2>&1
 ls "$REPO"/benchmarks/.cache/bundle-flex1-*fp16*/manifest.json >/dev/null 2>&1 && touch "$MARK/bundle.ok"
+# 3. compiles the FLEX-1 decoder as the "torch-compile" engine does (fp16, Inductor, CUDA graphs) once, so that
+#    Inductor's on-disk cache serves the benchmark's torch-compile+cuda case and the torch-compile stage
+(cd "$WORK" && PYTHONPATH="$WORK/site" PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1 timeout 300 "$PY" \
+  "$REPO/benchmarks/device/torch_compile.py" --variants compiled-fp16 --calls 2 --rounds 1 \
+  --json "$MARK/compile.json") >"$MARK/compile.log" 2>&1 && touch "$MARK/compile.ok"
 echo "prewarm finished in $(($(date +%s) - $(cat "$MARK/started"))) s" >>"$MARK/build.log"

@@ -46,22 +46,26 @@ def load_model(checkpoint: Path, template: Path | None, config: Path | None, dev
 
 
 def torch_variants(model, mode: str, backend: str, device: str) -> dict:
-    """name → decode(tokens [R², 1, D], expressions [1, E, 135], ids [1]) → outputs dict."""
-    network = model.network
-    autocast_device = "cuda" if device.startswith("cuda") else "cpu"
+    """name → decode(tokens [R², 1, D], expressions [1, E, 135], ids [1]) → outputs dict. The functions are the
+    runtime's own (``network_decode_function``, what the "torch-compile" engine compiles), outputs float32."""
+    from flexavatar.runtime.engines import NETWORK_OUTPUTS, network_decode_function
 
-    def eager_fp32(tokens, expressions, ids):
-        return network.decode(tokens, expressions, ids)
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    eager = {half: network_decode_function(model.network, device_type, half) for half in (False, True)}
 
-    def eager_fp16(tokens, expressions, ids):
-        with torch.autocast(autocast_device, dtype=torch.float16):
-            return network.decode(tokens, expressions, ids)
+    def named(fn, compiled: bool):
+        def decode(tokens, expressions, ids):
+            if compiled and mode == "reduce-overhead" and backend == "inductor":
+                torch.compiler.cudagraph_mark_step_begin()       # as the engine: the last outputs are consumed
+            return dict(zip(OUTPUTS, fn(tokens, expressions, ids), strict=True))
+        return decode
 
     def compiled(fn):
         return torch.compile(fn, mode=mode if backend == "inductor" else None, backend=backend, dynamic=False)
 
-    return {"eager-fp32": eager_fp32, "eager-fp16": eager_fp16,
-            "compiled-fp32": compiled(eager_fp32), "compiled-fp16": compiled(eager_fp16)}
+    assert OUTPUTS == NETWORK_OUTPUTS
+    return {"eager-fp32": named(eager[False], False), "eager-fp16": named(eager[True], False),
+            "compiled-fp32": named(compiled(eager[False]), True), "compiled-fp16": named(compiled(eager[True]), True)}
 
 
 def ort_variants(bundle: Path, device: str) -> dict:
