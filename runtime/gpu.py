@@ -51,6 +51,17 @@ def to_cuda(x, device) -> Any:
     return host.pin_memory().to(device, non_blocking=True)
 
 
+def copy_to_host_async(x) -> tuple[Any, Any]:
+    """CUDA tensor → (its page-locked host copy, a CUDA event recorded after the copy on the current stream):
+    queued, no wait; read the copy after ``event.synchronize()``."""
+    import torch
+    host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    host.copy_(x, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record(torch.cuda.current_stream(x.device))
+    return host, done
+
+
 log = logging.getLogger("flexavatar.runtime")
 
 # onnxruntime-gpu versions seen aborting CUDA sessions that run node by node (no CUDA graphs)

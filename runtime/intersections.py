@@ -84,11 +84,8 @@ class CountReadback:
         self.capacity, self.views = capacity, views
         self._done = None
         if array_kind(count) == TORCH and count.is_cuda:
-            import torch
-            self._host = torch.empty(count.shape, dtype=count.dtype, pin_memory=True)
-            self._host.copy_(count, non_blocking=True)
-            self._done = torch.cuda.Event()
-            self._done.record(torch.cuda.current_stream(count.device))
+            from .gpu import copy_to_host_async
+            self._host, self._done = copy_to_host_async(count)
         else:
             self._host = count
 

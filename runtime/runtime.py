@@ -159,11 +159,8 @@ class _HostFrames:
         self.readback, self.budget, self.redo = readback, budget, redo
         self.done = None
         if array_kind(frames) == TORCH and frames.is_cuda:
-            import torch
-            self.frames = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)
-            self.frames.copy_(frames, non_blocking=True)
-            self.done = torch.cuda.Event()
-            self.done.record(torch.cuda.current_stream(frames.device))
+            from .gpu import copy_to_host_async
+            self.frames, self.done = copy_to_host_async(frames)
         else:
             self.frames = frames
 
