@@ -279,6 +279,9 @@ gpu_profile() {
     pyrun "$REPO/benchmarks/device/gpu_kernel_profile.py" "$bundle" --precision $precision \
       --json "$LOGS/gpu_kernel_profile_$precision.json" || rc=$?
   done
+  # the same frames decoded under torch.compile (Inductor + CUDA graphs, fp16): the kernels its fusion leaves
+  pyrun "$REPO/benchmarks/device/gpu_kernel_profile.py" "$bundle" --precision fp16 --engine torch-compile \
+    --json "$LOGS/gpu_kernel_profile_torch_compile_fp16.json" || rc=$?
   return $rc
 }
 

@@ -44,6 +44,10 @@ def test_gpu_kernel_profile_classes_and_per_frame_summary(device_script):
         "void flexavatar::cuda::(anonymous namespace)::blend_forward_kernel(long, long, int, int, int2 const*)": "rasterizer",
         "void cub::CUB_300000_SM_900::detail::radix_sort::DeviceRadixSortOnesweepKernel<Policy, false>": "rasterizer",
         "nvjet_sm90_hsh_96x64_64x8_1x2_h_bz_NNN": "gemm",                         # cuBLAS 13's JIT GEMMs
+        "triton_per_fused_native_layer_norm_3": "normalisation",                   # Inductor (torch-compile)
+        "triton_poi_fused_add_gelu_view_7": "fused (Inductor)",
+        "triton_red_fused_mean_pow_2": "fused (Inductor)",
+        "triton_tem_fused_mm_5": "gemm",
         "some_unknown_kernel": "other",
     }
     for name, cls in named.items():

@@ -13,6 +13,10 @@ each frame, by own time. Native calls show as one row each (ONNX Runtime's ``run
 Python glue, launches and waits. cProfile adds about a microsecond per Python call to the glue.
 
     python benchmarks/device/gpu_kernel_profile.py BUNDLE [--precision fp16] [--calls 20] [--no-graphs] [--json OUT]
+        [--engine onnxruntime|torch-compile [--checkpoint C] [--template OBJ]]
+
+``--engine torch-compile`` profiles the same frames decoded by the PyTorch model under torch.compile (Inductor +
+CUDA graphs; the FLEX-1 benchmark checkpoint by default): how many kernels Inductor's fusion leaves.
 """
 from __future__ import annotations
 
@@ -30,8 +34,11 @@ CLASSES = [
     ("attention", r"flash|fmha|attention|softmax"),
     ("rasterizer", r"flexavatar::|DeviceRadixSort|Onesweep|cub::"),     # cpp/cuda kernels and their CUB sort
     ("convolution", r"conv|fprop|dgrad|wgrad|implicit_gemm|winograd|nchwToNhwc|nhwcToNchw|cudnn"),
-    ("gemm", r"gemm|gemv|cutlass|xmma|cublas|nvjet|s16816|s1688|h1688|h16816|matmul"),
+    # (triton_tem_: Inductor's GEMM templates)
+    ("gemm", r"gemm|gemv|cutlass|xmma|cublas|nvjet|s16816|s1688|h1688|h16816|matmul|^triton_tem_"),
     ("normalisation", r"layernorm|layer_norm|rmsnorm|rms_norm|LayerNorm|RMSNorm|SkipLayerNorm|cuApplyLayerNorm"),
+    # Inductor's generated Triton kernels (pointwise / persistent or plain reductions), each a fusion of several ops
+    ("fused (Inductor)", r"^triton_(poi|per|red)_"),
     ("layout / copy", r"transpose|concat|split|expand|slice|depthtospace|memcpy|memset|copy|gather|pad"),
     ("elementwise", r"elementwise|binary|unary|impl_|_add|add_|cast|gelu|clip|relu|sigmoid|exp|mul|div|sub"),
     ("grid sample", r"gridsample|grid_sample|grid_sampler"),
@@ -93,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--no-graphs", action="store_true", help="run the decoder node by node (no CUDA graphs)")
+    ap.add_argument("--engine", default="onnxruntime", choices=("onnxruntime", "torch-compile"))
+    ap.add_argument("--checkpoint", type=Path, help="torch-compile: the bundle's checkpoint (default: the FLEX-1 "
+                    "benchmarks' benchmarks/.cache/flex1-random-seed0.safetensors)")
+    ap.add_argument("--template", type=Path, help="torch-compile: gghead_template.obj (default: the fixtures')")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
@@ -104,8 +115,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA device (torch.cuda.is_available() is False)")
-    rt = Runtime(args.bundle, backend="onnxruntime", device="cuda", rasterizer="cuda", precision=args.precision,
-                 cuda_graphs=not args.no_graphs, verify="size")
+    model = None
+    if args.engine == "torch-compile":
+        from flexavatar.dev_fixtures import fixtures_dir
+        from flexavatar.model import FlexAvatarModel
+        repo = Path(__file__).resolve().parents[2]
+        checkpoint = args.checkpoint or repo / "benchmarks" / ".cache" / "flex1-random-seed0.safetensors"
+        template = args.template or fixtures_dir() / "official_flex" / "gghead_template.obj"
+        model = FlexAvatarModel.from_checkpoint(checkpoint, template=template)
+    rt = Runtime(args.bundle, backend=args.engine, device="cuda", rasterizer="cuda", precision=args.precision,
+                 cuda_graphs=not args.no_graphs, verify="size", model=model)
     code_shape = (1, rt.manifest.conventions.n_head_tokens, rt.manifest.conventions.d_code)
     avatar = Avatar(np.random.default_rng(0).standard_normal(code_shape).astype(np.float32) * 0.5)
     expressions = synthetic_expressions(args.calls)
@@ -127,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     kernels = [(e.name(), e.duration_ns() / 1e3) for e in prof.profiler.kineto_results.events()
                if e.device_type().name == "CUDA" and e.duration_ns() > 0]
     report = {"runtime": rt.describe(), "device": torch.cuda.get_device_name(0), "precision": args.precision,
-              "cuda_graphs": not args.no_graphs, **summarise(kernels, args.calls, wall_ms)}
+              "engine": args.engine, "cuda_graphs": not args.no_graphs, **summarise(kernels, args.calls, wall_ms)}
     print(json.dumps({k: v for k, v in report.items() if k != "top_kernels"}), flush=True)
     for row in report["top_kernels"]:
         print(json.dumps(row), flush=True)
