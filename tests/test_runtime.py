@@ -269,7 +269,7 @@ def capacity_emulator():
 
 
 def test_frames_over_their_intersection_capacity_are_rendered_again(bundle, runtime_cache, oracle, expressions,
-                                                                   capacity_emulator):
+                                                                   capacity_emulator, monkeypatch):
     rt = Runtime(bundle, backend="onnxruntime", device="cpu", rasterizer="test-capacity", batch=1)
     avatar, cams = oracle[0], orbit_camera(len(expressions))
     want = runtime_cache("onnxruntime", "cpu").render(avatar, expressions, cams, SIZE, SIZE)
@@ -283,13 +283,20 @@ def test_frames_over_their_intersection_capacity_are_rendered_again(bundle, runt
     assert capacity_emulator.capacities[3:] == [small, 0, 262_144, 262_144]   # rendered again exactly, then grown
     assert rt.intersections.rerenders == 1 and rt.intersections.incomplete == 0
 
-    capacity_emulator.per_view = 1_000_000                    # device frames: no sync to check them before hand-out
+    # the CUDA path's pipelined order (chunk i handed out while chunk i + 1 decodes): rendered again there too
+    capacity_emulator.per_view = 400_000
+    monkeypatch.setattr(Runtime, "_pipelines", lambda self, n, output, timings: True)
+    np.testing.assert_array_equal(rt.render(avatar, expressions, cams, SIZE, SIZE), want)
+    assert capacity_emulator.capacities[7:] == [262_144, 0, 2**20, 2**20] and rt.intersections.rerenders == 2
+    monkeypatch.undo()
+
+    capacity_emulator.per_view = 3_000_000                    # device frames: no sync to check them before hand-out
     one = Camera(cams.cam2world[:1], cams.intrinsics)
     first = rt.render(avatar, expressions[:1], one, SIZE, SIZE, output="device")
     assert np.abs(first[..., :3]).max() == 0                  # the emulator's incomplete frame went out ...
-    with pytest.warns(IncompleteFrameWarning, match="1000000"):
+    with pytest.warns(IncompleteFrameWarning, match="3000000"):
         second = rt.render(avatar, expressions[:1], one, SIZE, SIZE, output="device")    # ... reported at the next
-    assert rt.intersections.incomplete == 1 and capacity_emulator.capacities[-1] == 2**21
+    assert rt.intersections.incomplete == 1 and capacity_emulator.capacities[-1] == 2**23
     np.testing.assert_array_equal((np.clip(second[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8), want[:1])
 
 
