@@ -21,6 +21,7 @@ from .errors import (AvatarFileError, CameraInputError, EncoderUnavailableError,
                      RuntimeFailure, UnknownEngineError)
 from .expressions import (axis_angle_to_matrix, compose_expression, expression_parts, head_pose, head_pose_matrix,
                           load_expressions, neutral_expression, synthetic_expressions)
+from .intersections import IncompleteFrameWarning, IntersectionBudget
 from .numerics import GraphCheck, NumericsReport
 from .runtime import FRAME_FORMATS, WHITE, Gaussians, Runtime, apply_pose
 from .timing import StageTimes
@@ -34,5 +35,5 @@ __all__ = [
     "get_engine", "select_engine",
     "RuntimeFailure", "RuntimeArgumentError", "ImageInputError", "ExpressionInputError", "CameraInputError",
     "AvatarFileError", "EngineUnavailableError", "UnknownEngineError", "EncoderUnavailableError",
-    "ModelMismatchError", "OutputFileError",
+    "ModelMismatchError", "OutputFileError", "IncompleteFrameWarning", "IntersectionBudget",
 ]
