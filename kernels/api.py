@@ -26,9 +26,9 @@ def rasterize(splats: Splats, cameras: Cameras, width: int, height: int, backgro
     ``check_values=False`` skips the value checks (NaN/inf, scale/quaternion/K domain), which
     synchronise with the GPU; type, dtype, device and shape checks always run.
 
-    ``intersection_capacity``, for backends that sort on the GPU (``cuda``; the others ignore it): 0 sizes the
-    sort of (tile, Gaussian) intersections exactly, by reading their number back to the host: one
-    synchronisation inside the call. N > 0 sorts N slots instead, with no synchronisation, and
+    ``intersection_capacity``, for backends that sort on the device (``cuda``, ``triton``; the others ignore
+    it): 0 sizes the sort of (tile, Gaussian) intersections exactly, by reading their number back to the host:
+    one synchronisation inside the call. N > 0 sorts N slots instead, with no synchronisation, and
     ``RenderResult.intersections`` is a device int64 ``[1]`` array with the exact count: when, read after a
     synchronisation, it exceeds N, the views are incomplete (intersections past N were dropped) and must be
     rendered again with a larger capacity. The sort's cost grows with N: a few times the expected count is

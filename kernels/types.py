@@ -70,7 +70,7 @@ class RenderRequest:
     width: int
     height: int
     background: Array
-    intersection_capacity: int = 0   # > 0: sort into this many slots, no host sync (backends that sort on a GPU)
+    intersection_capacity: int = 0   # > 0: sort into this many slots, no host sync (cuda, triton)
 
     @property
     def num_views(self) -> int:

@@ -185,3 +185,36 @@ def test_gpu_matches_reference_on_cuda_256px_20k_gaussians():
     assert got[0].rgb.device.type == "cuda"
     assert float(ref[0].alpha.detach().mean()) > 0.1
     assert_close_to_reference(got, ref, flip_fraction=1e-4)
+
+
+@pytest.mark.parametrize("num_views,width,height", [(2, 40, 24), (1, 64, 64)])     # 64² = 4 tiles: a power of 2
+def test_sync_free_sort_gives_the_exact_frames_and_count(num_views, width, height):
+    """intersection_capacity (rasterize's contract, shared with the CUDA backend): N slots and no host sync; while
+    the count fits, the same pixels as the exact sort bit for bit and the exact count on the device; below it, an
+    incomplete frame (the caller renders again) with the exact count."""
+    splats, cameras = random_scene(300, num_views, width, height, seed=11)
+    ts, tc = to_torch(splats, cameras)
+    exact = rasterize(ts, tc, width, height, backend="triton")
+    n = exact.intersections
+    assert isinstance(n, int) and n > 0
+    for capacity in (n, 2 * n + 1):
+        free = rasterize(ts, tc, width, height, backend="triton", intersection_capacity=capacity)
+        assert free.intersections.dtype == torch.int64 and tuple(free.intersections.shape) == (1,)
+        assert int(free.intersections[0]) == n
+        for a, b in ((free.rgb, exact.rgb), (free.alpha, exact.alpha), (free.depth, exact.depth)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    short = rasterize(ts, tc, width, height, backend="triton", intersection_capacity=n // 2)
+    assert int(short.intersections[0]) == n
+    assert float((short.alpha - exact.alpha).abs().max()) > 1e-2
+    ref = rasterize(ts, tc, width, height, backend="reference")
+    assert_image_close(exact.rgb, ref.rgb, IMAGE_TOL)          # the exact frame itself is the reference's
+
+
+def test_a_differentiable_render_sorts_exactly_whatever_the_capacity():
+    splats, cameras = random_scene(120, 1, 32, 32, seed=12)
+    ts, tc = to_torch(splats, cameras, requires_grad=True)
+    result = rasterize(ts, tc, 32, 32, backend="triton", intersection_capacity=1)
+    assert result.intersections is None and result.rgb.requires_grad
+    with torch.no_grad():
+        exact = rasterize(ts, tc, 32, 32, backend="triton")
+    torch.testing.assert_close(result.rgb.detach(), exact.rgb, rtol=0, atol=0)

@@ -33,39 +33,50 @@ def _check_strides(*tensors):
     return [t if t.stride(-1) == 1 else t.contiguous() for t in tensors]
 
 
+def rasterize_forward(means, quats, scales, opacities, colors, world2cam, K, background, width, height,
+                      capacity: int = 0):
+    """The forward kernels. Inputs [N, G, *] (broadcasts welcome) -> rgb [N,H,W,3], alpha [N,H,W],
+    depth_sum [N,H,W], the intersection count (binning.bin_gaussians: an int, or with ``capacity`` a device
+    tensor), and what the backward needs (tensors, shape)."""
+    means, quats, scales = _check_strides(means, quats, scales)
+    world2cam, K, background = world2cam.contiguous(), K.contiguous(), background.contiguous()
+    colors = colors.contiguous()
+    n, g = opacities.shape
+    tiles_x, tiles_y = triton.cdiv(width, TILE_SIZE), triton.cdiv(height, TILE_SIZE)
+    tiles_per_view = tiles_x * tiles_y
+    num_tiles = n * tiles_per_view
+    means2d, conics, depths, radii, rects, counts = _project(
+        means, quats, scales, opacities, world2cam, K, width, height, tiles_x, tiles_y)
+    flat_ids, tile_start, tile_end, intersections = binning.bin_gaussians(
+        depths, rects, counts, g, tiles_x, num_tiles, tiles_per_view, capacity)
+
+    dev = means.device
+    rgb = torch.empty(n, height, width, 3, dtype=torch.float32, device=dev)
+    alpha = torch.empty(n, height, width, dtype=torch.float32, device=dev)
+    depth_sum = torch.empty(n, height, width, dtype=torch.float32, device=dev)
+    trans = torch.empty(n, height, width, dtype=torch.float32, device=dev)
+    last = torch.empty(n, height, width, dtype=torch.int32, device=dev)
+    flat_opac = opacities.contiguous().reshape(-1)
+    batch = config.BLEND_BATCH
+    blend.blend_fwd_kernel[(num_tiles,)](
+        means2d, conics, flat_opac, colors, depths, flat_ids, tile_start, tile_end, background,
+        rgb, alpha, depth_sum, trans, last, width, height, tiles_x, tiles_per_view,
+        TILE=TILE_SIZE, BATCH=batch, num_warps=config.BLEND_WARPS)
+    saved = (means, quats, scales, flat_opac, colors, world2cam, K, background,
+             means2d, conics, depths, radii, flat_ids, tile_start, trans, last)
+    shape = (n, g, width, height, tiles_x, tiles_per_view, num_tiles, batch)
+    return rgb, alpha, depth_sum, intersections, saved, shape
+
+
 class RasterizeFunction(torch.autograd.Function):
-    """Inputs [N, G, *] (broadcasts welcome); returns rgb [N,H,W,3], alpha [N,H,W], depth_sum [N,H,W]."""
+    """Inputs [N, G, *] (broadcasts welcome); returns rgb [N,H,W,3], alpha [N,H,W], depth_sum [N,H,W]. The sort is
+    sized exactly: the backward needs every intersection."""
 
     @staticmethod
     def forward(ctx, means, quats, scales, opacities, colors, world2cam, K, background, width, height):
-        means, quats, scales = _check_strides(means, quats, scales)
-        world2cam, K, background = world2cam.contiguous(), K.contiguous(), background.contiguous()
-        colors = colors.contiguous()
-        n, g = opacities.shape
-        tiles_x, tiles_y = triton.cdiv(width, TILE_SIZE), triton.cdiv(height, TILE_SIZE)
-        tiles_per_view = tiles_x * tiles_y
-        num_tiles = n * tiles_per_view
-        means2d, conics, depths, radii, rects, counts = _project(
-            means, quats, scales, opacities, world2cam, K, width, height, tiles_x, tiles_y)
-        flat_ids, tile_start, tile_end = binning.bin_gaussians(
-            depths, rects, counts, g, tiles_x, num_tiles, tiles_per_view)
-
-        dev = means.device
-        rgb = torch.empty(n, height, width, 3, dtype=torch.float32, device=dev)
-        alpha = torch.empty(n, height, width, dtype=torch.float32, device=dev)
-        depth_sum = torch.empty(n, height, width, dtype=torch.float32, device=dev)
-        trans = torch.empty(n, height, width, dtype=torch.float32, device=dev)
-        last = torch.empty(n, height, width, dtype=torch.int32, device=dev)
-        flat_opac = opacities.contiguous().reshape(-1)
-        batch = config.BLEND_BATCH
-        blend.blend_fwd_kernel[(num_tiles,)](
-            means2d, conics, flat_opac, colors, depths, flat_ids, tile_start, tile_end, background,
-            rgb, alpha, depth_sum, trans, last, width, height, tiles_x, tiles_per_view,
-            TILE=TILE_SIZE, BATCH=batch, num_warps=config.BLEND_WARPS)
-
-        ctx.save_for_backward(means, quats, scales, flat_opac, colors, world2cam, K, background,
-                              means2d, conics, depths, radii, flat_ids, tile_start, trans, last)
-        ctx.shape = (n, g, width, height, tiles_x, tiles_per_view, num_tiles, batch)
+        rgb, alpha, depth_sum, _, saved, ctx.shape = rasterize_forward(
+            means, quats, scales, opacities, colors, world2cam, K, background, width, height)
+        ctx.save_for_backward(*saved)
         return rgb, alpha, depth_sum
 
     @staticmethod
