@@ -67,6 +67,32 @@ def test_rasterize_forward(benchmark, bench_meta, backend, device):
     assert out.backend == backend and np.isfinite(alpha).all() and 0.15 < alpha.mean() < 0.6
 
 
+# The sort sized in advance (rasterize(intersection_capacity=...), as the runtime sizes it: 2x the count, a power
+# of two): no host sync inside the call; beside test_rasterize_forward's exact sort of the same backend.
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_rasterize_forward_sync_free(benchmark, bench_meta, backend):
+    _skip_unless_runnable(backend, "cuda", requires_grad=False)
+    splats, cameras = _scene("cuda", requires_grad=False)
+    with torch.no_grad():
+        exact = rasterize(splats, cameras, SIZE, SIZE, background=[1.0, 1.0, 1.0], backend=backend,
+                          check_values=False)
+    capacity = 1 << (2 * exact.intersections - 1).bit_length()
+    bench_meta(stage="rasterize", backend=f"{backend}-sync-free", size="flex1", device="cuda", dtype="fp32",
+               frames=1, direction="forward", gaussians=FLEX1_NUM_GAUSSIANS, resolution=SIZE,
+               intersections=exact.intersections, capacity=capacity)
+
+    def forward():
+        with torch.no_grad():
+            out = rasterize(splats, cameras, SIZE, SIZE, background=[1.0, 1.0, 1.0], backend=backend,
+                            check_values=False, intersection_capacity=capacity)
+        _sync("cuda")
+        return out
+
+    out = benchmark.pedantic(forward, rounds=ROUNDS["cuda"], warmup_rounds=1)
+    assert int(out.intersections.item()) == exact.intersections
+    torch.testing.assert_close(out.rgb, exact.rgb, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_rasterize_backward(benchmark, bench_meta, backend, device):
