@@ -3,7 +3,8 @@ the host, per inference engine + rasterizer, random weights (the same seed as be
 
 Cases are labelled ``<decode engine>+<rasterizer>``: ``ort-cpu+cpu``, ``openvino+cpu``, ``torch-eager+cpu``,
 ``torch-eager+reference`` on the CPU; ``ort-cuda+cuda`` (fp32, fp16; ``ort-cuda-graphs+cuda`` with CUDA
-graphs), ``torch-eager+cuda`` and ``torch-compile+cuda`` (Inductor + CUDA graphs, fp16 autocast) on a GPU, and there also: batches of 8 frames per decoder call (``-b8``), the frame
+graphs), ``torch-eager+cuda`` and ``torch-compile+cuda`` (Inductor + CUDA graphs, fp16 autocast) on a GPU, and
+there also: batches of 8 frames per decoder call (``-b8``), the frame
 left on the GPU (``-device``: no readback) and a 16-frame clip per call, pipelined as the runtime renders it against
 one chunk after the other (``-clip-pipelined`` / ``-clip-sequential``). The FLEX-1 bundle (fp32, + fp16 on a CUDA machine; ONNX +
 OpenVINO) is exported once and kept in ``benchmarks/.cache/`` (git-ignored; minutes on a 2-core CPU).

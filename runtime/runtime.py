@@ -190,8 +190,8 @@ class Runtime:
     """A loaded bundle on one inference engine and one rasterizer.
 
     bundle_dir: a folder written by ``flexavatar-export``. backend: "onnxruntime", "openvino", "torch",
-    "torch-compile" or "auto" (registry of ``engines.py``; the fastest one that can run this bundle here). device: "cpu",
-    "cuda", "gpu" (OpenVINO Intel GPU) or "auto" (CUDA when the engine can use it, else CPU).
+    "torch-compile" or "auto" (registry of ``engines.py``; the fastest one that can run this bundle here).
+    device: "cpu", "cuda", "gpu" (OpenVINO Intel GPU) or "auto" (CUDA when the engine can use it, else CPU).
     rasterizer: a ``flexavatar.kernels`` backend name or "auto" (the fastest for the decoder's arrays;
     ``self.rasterizer`` names the one chosen). precision: which artifacts, "fp32" or "fp16".
     verify: "full" (sha256 of every file, default), "size" or "none". batch: frames per decoder call.
