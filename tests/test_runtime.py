@@ -1225,6 +1225,29 @@ def test_cuda_frames_after_the_first_sort_sync_free_and_outgrown_ones_are_render
 
 
 @pytest.mark.gpu
+def test_cuda_device_frames_make_no_synchronising_torch_call(bundle, expressions):
+    """Issue #7: no host sync inside a frame unless the caller asks for pixels. After a runtime's first frame (its
+    one exact sort), a frame left on the device makes no synchronising torch call: torch's sync debug mode
+    "error" raises on any (.item(), a blocking copy, a value check). The native rasterizer sorts sync-free then
+    (its own host wait is in exact mode only, test_cuda_sync_free_sort_gives_the_exact_frames_and_count)."""
+    import torch
+    rt = _ort_cuda_runtime(bundle, batch=1)
+    avatar, cams = Avatar(np.load(bundle / "avatar_code.npy").transpose(1, 0, 2)), orbit_camera(3)
+    one = [Camera(cams.cam2world[i], cams.intrinsics) for i in range(3)]
+    rt.render(avatar, expressions[:1], one[0], SIZE, SIZE, output="device")     # exact sort; graph captured
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        frame = rt.render(avatar, expressions[1:2], one[1], SIZE, SIZE, output="device")
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert rt.intersections.per_view > 0 and len(rt._unchecked) == 1           # sorted sync-free, count queued
+    host = rt.render(avatar, expressions[1:2], one[1], SIZE, SIZE, output="float")
+    _assert_same_frames(frame.cpu().numpy(), host)
+    assert rt.intersections.incomplete == 0 and not rt._unchecked
+
+
+@pytest.mark.gpu
 def test_onnxruntime_cuda_graphs_from_two_threads(bundle, model, expressions, driving_dir):
     """CUDA graphs with a partial last chunk (batch 2 over 5 frames), the generic and the code-folded decoder,
     rendered from two threads at once: each thread's frames equal its own frames rendered alone."""
