@@ -265,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             camera = Camera(tracked.cam2world[:len(expressions)], tracked.intrinsics[:len(expressions)])
         if args.focal is not None:
             camera = Camera(camera.cam2world, demo_intrinsics(focal=args.focal))
+        if runtime.backend == "torch-compile":   # compiled on its first call: not inside the latency figures
+            print("compiling the decoder (torch.compile; tens of seconds) ...", file=say, flush=True)
+            runtime.decode(avatar, expressions[:args.batch])
         bar = None if args.no_progress else ProgressBar(len(expressions))
         try:
             report = render_to_file(runtime, avatar, expressions, args.output, size=args.size, camera=camera, fps=fps,
