@@ -451,7 +451,9 @@ class TorchCompiledDecoderModel:
     """``FlexNetwork.decode`` under ``torch.compile`` (``network_decode_function``): Inductor fuses the normalisations,
     bias and residual adds and activations into a few generated kernels, and on CUDA replays them as CUDA graphs,
     whose outputs the next call overwrites (``cuda_graphs``: Runtime copies or consumes them first, one frame at a
-    time). Precision "fp16" is fp16 autocast. Every new expression count (batch) compiles once: tens of seconds.
+    time). Precision "fp16" is fp16 autocast. Every new expression count (batch) compiles once: tens of seconds;
+    Dynamo keeps at most ``torch._dynamo.config.recompile_limit`` compilations of the function per process (every
+    runtime and batch size is one), then runs it eagerly with a warning.
     The inputs come from Runtime, checked on the host (finite expressions, the code's shape): nothing here
     synchronises with the GPU."""
     array_type = TORCH
