@@ -213,7 +213,7 @@ def test_clip(benchmark, bench_meta, flex1_bundle, avatar, expressions, mode):
     if mode == "sequential":
         rt._pipelines = lambda n_frames, output, timings: False        # this instance only
     if mode.endswith("-exact-sort"):
-        rt.intersections.capacity = lambda views: 0                     # this instance's budget only
+        rt.intersections.sync_free = False                              # this instance's budget only
     cameras = orbit_camera(N_FRAMES)
     bench_meta(stage="whole_frame", backend=f"ort-cuda-graphs+cuda-clip-{mode}", size="flex1", device="cuda",
                dtype="fp16", flops=DECODE_FLOPS * N_FRAMES, frames=N_FRAMES, rasterizer=rt.rasterizer,

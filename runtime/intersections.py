@@ -38,8 +38,9 @@ class IntersectionBudget:
     HEADROOM = 2.0
     MIN_SLOTS = 1 << 16
 
-    def __init__(self):
+    def __init__(self, sync_free: bool = True):
         self._lock = threading.Lock()
+        self.sync_free = sync_free   # False: every render sized exactly (a host sync in each frame, as before)
         self.per_view = 0            # the largest count per view seen (0: none yet, the next render is exact)
         self.rerenders = 0           # frames rendered again because they did not fit
         self.incomplete = 0          # device frames found over their capacity after they were handed out
@@ -47,7 +48,7 @@ class IntersectionBudget:
     def capacity(self, views: int) -> int:
         """Slots for a render of ``views`` views; 0 = size it exactly (nothing measured yet, or too many)."""
         with self._lock:
-            if self.per_view == 0:
+            if self.per_view == 0 or not self.sync_free:
                 return 0
             need = max(self.MIN_SLOTS, math.ceil(self.per_view * views * self.HEADROOM))
         slots = 1 << (need - 1).bit_length()

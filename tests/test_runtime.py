@@ -234,6 +234,9 @@ def test_intersection_budget_sizes():
         cap = budget.capacity(views)
         assert cap & (cap - 1) == 0, cap                      # a power of two: the same pool blocks every frame
         assert IntersectionBudget.HEADROOM * 150_000 * views <= cap < 2 * IntersectionBudget.HEADROOM * 150_000 * views
+    budget.sync_free = False
+    assert budget.capacity(1) == 0                            # switched off: every render sized exactly
+    budget.sync_free = True
     budget.observe(2**31, 1)
     assert budget.capacity(1) == 0                            # past the sort's int32 slot index: exact again
 
@@ -1216,7 +1219,8 @@ def test_cuda_frames_after_the_first_sort_sync_free_and_outgrown_ones_are_render
     sync_free = rt.render(avatar, expressions, cams, SIZE, SIZE, output="float")        # pipelined: 3 chunks
     assert capacities[0] == 0 and min(capacities[1:]) >= IntersectionBudget.MIN_SLOTS, capacities
     assert budget.per_view > 0 and budget.rerenders == 0
-    monkeypatch.setattr(budget, "capacity", lambda views: 0)
+    monkeypatch.setattr(budget, "capacity", sized)
+    budget.sync_free = False
     exact = {output: rt.render(avatar, expressions, cams, SIZE, SIZE, output=output) for output in ("float", "uint8")}
     _assert_same_frames(sync_free, exact["float"])
     monkeypatch.setattr(budget, "capacity", lambda views: 16)                          # every frame outgrows it
