@@ -168,16 +168,11 @@ std::unique_ptr<CudaForwardState> cuda_forward_py(py::handle means, py::handle q
   expect_shape("image", img.shape, {shape.B, shape.C, height, width, 3}, "[B, C, H, W, 3]");
   expect_shape("alpha", al.shape, {shape.B, shape.C, height, width}, "[B, C, H, W]");
   expect_shape("depth", dp.shape, {shape.B, shape.C, height, width}, "[B, C, H, W]");
-  if (intersection_capacity < 0 || intersection_capacity > INT32_MAX)
-    throw InputError("intersection_capacity: expected 0 (sized exactly) or 1 .. 2^31 - 1 slots, got " +
-                     std::to_string(intersection_capacity));
+  // (the capacity's range and the count's presence are the C ABI's checks, which raise InputError alike)
   DeviceArray count;
   if (!num_intersections_out.is_none()) {
     count = device_array(num_intersections_out, "num_intersections_out", api, true, kInt64);
     expect_shape("num_intersections_out", count.shape, {1}, "[1] int64");
-  } else if (intersection_capacity > 0) {
-    throw InputError("num_intersections_out: required with intersection_capacity > 0 (an int64 [1] CUDA array: "
-                     "the exact count, which tells whether the frame fit)");
   }
   const int device = v.device;
   for (const DeviceArray* a :

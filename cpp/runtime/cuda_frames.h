@@ -141,7 +141,6 @@ class CudaFrames {
   // After download_frame: whether the last rasterize (sync-free) had fewer slots than intersections; records
   // the count in the budget either way.
   bool frame_incomplete();
-  const IntersectionBudget& intersection_budget() const { return budget_; }
 
  private:
   CudaFrames() = default;
