@@ -326,6 +326,47 @@ def test_torch_compile_engine_matches_pytorch(compiler, bundle, model, oracle, e
         assert report.passed, report.table()
 
 
+def test_compiled_decoder_with_frozen_weights_reads_only_its_inputs(bundle, model, expressions):
+    """freeze=True (the CUDA default), compiled here by Inductor on the CPU: every weight is a compile-time constant,
+    so the generated frame function takes the three inputs alone (code, expressions, dataset ids), not the model's
+    parameters, and its Gaussians are eager PyTorch's."""
+    import torch
+    from torch._inductor.utils import run_and_get_code
+
+    from flexavatar.runtime.engines import CompiledNetworkDecode, network_decode_function
+    code = torch.from_numpy(np.load(bundle / "avatar_code.npy"))                           # [R², 1, D]
+    e = torch.from_numpy(expressions[:1])[None]                                            # [1, 1, 135]
+    ids = torch.ones(1, dtype=torch.long)
+    decode = CompiledNetworkDecode(model.network, "cpu", half=False, backend="inductor", freeze=True)
+    got, sources = run_and_get_code(decode, code, e, ids)
+    unpacked = [line.split("=")[0] for source in sources for line in source.splitlines()
+                if line.strip().endswith("= args")]
+    assert len(unpacked) == 1, unpacked
+    assert len([name for name in unpacked[0].split(",") if name.strip()]) == 3, unpacked
+    with torch.no_grad():
+        want = network_decode_function(model.network, "cpu", half=False)(code, e, ids)
+    for g, w in zip(got, want, strict=True):
+        assert _max_err(g, w) <= GAUSSIAN_TOL
+
+
+def test_compiled_decoder_freezes_in_each_call_that_may_compile(model):
+    """Dynamo reads Inductor's freezing switch while it traces: the switch is on in the first call of each input
+    shape (each compiles), and off the hot path after that; CUDA freezes by default, the CPU and aot_eager do not."""
+    import torch
+    import torch._inductor.config as inductor_config
+
+    from flexavatar.runtime.engines import CompiledNetworkDecode
+    decode = CompiledNetworkDecode(model.network, "cpu", half=False, backend="inductor", freeze=True)
+    seen = []
+    decode._compiled = lambda code, e, ids: seen.append((e.shape[1], inductor_config.freezing))
+    for n in (1, 1, 2, 2, 1):
+        decode(torch.zeros(16, 1, 8), torch.zeros(1, n, 135), torch.ones(1, dtype=torch.long))
+    assert seen == [(1, True), (1, False), (2, True), (2, False), (1, False)]
+    assert CompiledNetworkDecode(model.network, "cuda", half=True, backend="inductor").freeze      # lazy: no GPU
+    assert not CompiledNetworkDecode(model.network, "cpu", half=False, backend="inductor").freeze
+    assert not CompiledNetworkDecode(model.network, "cuda", half=True, backend="aot_eager", freeze=True).freeze
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_encoder_matches_pytorch(engine, runtimes, model, photo):
     avatar = runtimes[engine].create_avatar(photo)                 # RGBA file: composited onto white

@@ -7,7 +7,8 @@ replays CUDA graphs. Variants, each decoding one expression of FLEX-1 with rando
 
 - ``eager-fp32``: ``FlexAvatarModel.network.decode``, the reference for every error below;
 - ``eager-fp16``: the same under ``torch.autocast(float16)`` (PyTorch's per-op precision policy);
-- ``compiled-fp32`` / ``compiled-fp16``: ``torch.compile(mode=--mode)`` of those two;
+- ``compiled-fp32`` / ``compiled-fp16``: ``torch.compile(mode=--mode)`` of those two, weights frozen with
+  Inductor (``CompiledNetworkDecode``, the engine's);
 - ``ort-fp16`` / ``ort-fp32`` (with ``--bundle``): the bundle's decoders as ``Runtime`` runs them (ONNX Runtime
   CUDA, CUDA graphs).
 
@@ -47,25 +48,25 @@ def load_model(checkpoint: Path, template: Path | None, config: Path | None, dev
 
 def torch_variants(model, mode: str, backend: str, device: str) -> dict:
     """name → decode(tokens [R², 1, D], expressions [1, E, 135], ids [1]) → outputs dict. The functions are the
-    runtime's own (``network_decode_function``, what the "torch-compile" engine compiles), outputs float32."""
-    from flexavatar.runtime.engines import NETWORK_OUTPUTS, network_decode_function
+    runtime's own (``network_decode_function``, and ``CompiledNetworkDecode``: what the "torch-compile" engine runs,
+    weights frozen with Inductor), outputs float32."""
+    from flexavatar.runtime.engines import NETWORK_OUTPUTS, CompiledNetworkDecode, network_decode_function
 
     device_type = "cuda" if device.startswith("cuda") else "cpu"
-    eager = {half: network_decode_function(model.network, device_type, half) for half in (False, True)}
 
-    def named(fn, compiled: bool):
+    def named(fn):
         def decode(tokens, expressions, ids):
-            if compiled and mode == "reduce-overhead" and backend == "inductor":
-                torch.compiler.cudagraph_mark_step_begin()       # as the engine: the last outputs are consumed
             return dict(zip(OUTPUTS, fn(tokens, expressions, ids), strict=True))
         return decode
 
-    def compiled(fn):
-        return torch.compile(fn, mode=mode if backend == "inductor" else None, backend=backend, dynamic=False)
-
     assert OUTPUTS == NETWORK_OUTPUTS
-    return {"eager-fp32": named(eager[False], False), "eager-fp16": named(eager[True], False),
-            "compiled-fp32": named(compiled(eager[False]), True), "compiled-fp16": named(compiled(eager[True]), True)}
+    variants = {}
+    for half, suffix in ((False, "fp32"), (True, "fp16")):
+        variants[f"eager-{suffix}"] = named(network_decode_function(model.network, device_type, half))
+    for half, suffix in ((False, "fp32"), (True, "fp16")):
+        variants[f"compiled-{suffix}"] = named(CompiledNetworkDecode(model.network, device_type, half, mode=mode,
+                                                                     backend=backend))
+    return variants
 
 
 def ort_variants(bundle: Path, device: str) -> dict:
