@@ -26,7 +26,8 @@
 #                             bundle's files on CUDA), graph-passes-ab (the FLEX-1 decoder with and without
 #                             export.graph_passes, side by side), gpu-profile (GPU time per kernel class of
 #                             the FLEX-1 whole frame, CUPTI, and the host's side), torch-compile (the PyTorch
-#                             decoder under torch.compile vs the bundle's ORT decoders), verify (flexavatar-verify of the FLEX-1 bundle on
+#                             decoder under torch.compile vs the bundle's ORT decoders), ort-fusions (the FLEX-1 decoders with ONNX
+#                             Runtime's fused transformer kernels vs as exported), verify (flexavatar-verify of the FLEX-1 bundle on
 #                             CUDA, fp16 and fp32), wait-prewarm (until prewarm.sh is done), memcheck (compute-sanitizer on the rasterizer), native-check (gpu_check.sh's rasterizer
 #                             timing and compute-sanitizer; its tests are among gpu-tests). The build is for
 #                             this GPU's architecture only.
@@ -250,6 +251,15 @@ graph_passes_ab() {
     --template "$FLEXAVATAR_FIXTURES/official_flex/gghead_template.obj" --json "$LOGS/graph_passes_ab.json"
 }
 
+# the FLEX-1 bundle's decoders with ONNX Runtime's fused transformer kernels (export/ort_fusions.py:
+# SkipLayerNormalization, FastGelu; 75 nodes fewer in fp16) against the files as exported, CUDA graphs, alternating
+# rounds (benchmarks/device/ort_fusions_ab.py): the ONNX Runtime route to fewer kernels a frame (issue #7)
+ort_fusions() {
+  local bundle
+  bundle=$(flex1_fp16_bundle) || return 1
+  pyrun "$REPO/benchmarks/device/ort_fusions_ab.py" "$bundle" --precision fp16 --json "$LOGS/ort_fusions_ab.json"
+}
+
 # the upsampler in three exact forms (ConvTranspose + FIR as bundles hold it; export.graph_passes.subpixel_upsampling;
 # im2col GEMMs), ONNX Runtime CUDA graphs fp32/fp16 × cuDNN HEURISTIC/EXHAUSTIVE, and the FLEX-1 bundle's decoders
 # with and without the sub-pixel pass, alternating rounds (benchmarks/device/upsampler_forms.py): which form the
@@ -307,7 +317,7 @@ if [[ -z "${FLEXAVATAR_FIXTURES:-}" ]]; then
 fi
 export FLEXAVATAR_FIXTURES=${FLEXAVATAR_FIXTURES:-}
 export REPO PY MAX_TIME WORK SITE HISTORY LOGS
-export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp ort_probe ort_profile_flex1 flex1_fp16_bundle graph_passes_ab gpu_profile verify_numerics interleave upsampler_forms torch_compile
+export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp ort_probe ort_profile_flex1 flex1_fp16_bundle graph_passes_ab gpu_profile verify_numerics interleave upsampler_forms torch_compile ort_fusions
 ls "$HISTORY" >"$WORK/history-before.txt" 2>/dev/null
 say "flexavatar GPU run $STAMP, budget ${BUDGET_S}s, repo $REPO, commit ${FLEXAVATAR_GIT_COMMIT:-unknown}"
 for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement benchmarks}; do
@@ -333,6 +343,7 @@ for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement bench
     ort-conv) stage ort-conv 100 ort_probe conv ;;
     interleave) stage interleave 90 interleave ;;
     upsampler-forms) stage upsampler-forms 180 upsampler_forms ;;
+    ort-fusions) stage ort-fusions 120 ort_fusions ;;
     wait-prewarm) stage wait-prewarm 300 bash -c "until [[ -f '$REPO/build/gpu-prewarm/done' ]]; do sleep 2; done" ;;
     native-check) stage native-check 150 gpu_check timing memcheck ;;
     memcheck) stage memcheck 90 gpu_check memcheck ;;   # compute-sanitizer alone (the sync-free sort's first run)

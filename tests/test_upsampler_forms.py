@@ -40,14 +40,14 @@ def test_script_checks_and_times_every_form_and_the_bundle_decoder_on_the_cpu(to
 
 def test_a_form_that_fails_is_recorded_and_the_others_still_timed(tool, tmp_path, monkeypatch):
     # GPU minutes are scarce: one refused form (e.g. ONNX Runtime declining a CUDA graph) must not cost the others
-    real = tool._OrtRunner
+    real = tool.OrtRunner
 
     def runner(path, *args, **kwargs):
         if ".gemm." in path.name:
             raise RuntimeError("CUDA graphs refused\nsecond line")
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(tool, "_OrtRunner", runner)
+    monkeypatch.setattr(tool, "OrtRunner", runner)
     out = tmp_path / "forms.json"
     assert tool.main(["--device", "cpu", "--small", "--frames", "1", "--rounds", "1", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())

@@ -27,12 +27,14 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+
+sys.path.append(str(Path(__file__).resolve().parent))   # this folder's shared helpers (run_gpu.sh runs the
+from ort_ab import OrtRunner, start_variant, time_rounds  # noqa: E402   scripts with PYTHONSAFEPATH=1)
 
 from flexavatar.export.graph_passes import GPU_CONV_FORMS, apply_gpu_conv_form
 from flexavatar.upsampler import StyleGANUpsampler
@@ -79,84 +81,6 @@ def export_upsampler(upsampler: StyleGANUpsampler, x: torch.Tensor, opset: int):
     return export_graph(upsampler, (x,), spec, opset)
 
 
-class _OrtRunner:
-    """One ONNX file on ONNX Runtime: the CUDA provider with CUDA graphs and IO binding (as the runtime runs
-    decoders: the runtime's provider options, ``search`` overriding cuDNN's), or the CPU provider (this script's
-    smoke test). ``outputs``: name → preallocated float32 tensor on the device."""
-
-    def __init__(self, path: Path, precision: str, search: str | None, inputs: dict, outputs: dict, stream):
-        import numpy as np
-        import onnxruntime as ort
-
-        import flexavatar.runtime.gpu as gpu
-        from flexavatar.runtime.engines import EngineOptions, ort_session_options
-
-        options = ort_session_options(EngineOptions(precision=precision))
-        self.outputs, self.stream = outputs, stream
-        if stream is None:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            self.feeds = {k: v.numpy() for k, v in inputs.items()}
-            return
-        provider = gpu.cuda_provider_options(0, stream.cuda_stream, True, precision)
-        if search:
-            provider["cudnn_conv_algo_search"] = search
-        self.session = ort.InferenceSession(str(path), options, providers=[("CUDAExecutionProvider", provider)])
-        self.binding = self.session.io_binding()
-        for bind, tensors in ((self.binding.bind_input, inputs), (self.binding.bind_output, outputs)):
-            for name, t in tensors.items():
-                bind(name, "cuda", 0, np.float32, tuple(t.shape), t.data_ptr())
-        self.run_options = gpu.cuda_run_options()
-
-    def __call__(self) -> None:
-        if self.stream is None:
-            names = list(self.outputs)
-            for name, value in zip(names, self.session.run(names, self.feeds), strict=True):
-                self.outputs[name].copy_(torch.from_numpy(value))
-            return
-        with torch.cuda.stream(self.stream):
-            self.session.run_with_iobinding(self.binding, self.run_options)
-
-
-def _first_line(e: Exception) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-
-
-def _start(key: str, make, sync, results: dict, runs: dict, row: dict) -> bool:
-    """Create a variant's runner and run it twice (warm-up, CUDA-graph capture). A variant that fails is recorded
-    with its error and left out of the timing: one refused form must not cost the others their figures."""
-    try:
-        runner = make()
-        runner()
-        runner()
-        sync()
-    except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own types; the message is the result
-        results[key] = {**row, "error": _first_line(e)}
-        print(json.dumps({"variant": key, **results[key]}), flush=True)
-        return False
-    runs[key] = runner
-    return True
-
-
-def _time_rounds(runs: dict, frames: int, rounds: int, sync, results: dict) -> dict[str, float]:
-    """median ms per call of each variant, the variants alternating within each round (a variant that fails
-    while timed is recorded and dropped)"""
-    times: dict[str, list[float]] = {key: [] for key in runs}
-    for _ in range(rounds):
-        for key, run in list(runs.items()):
-            try:
-                sync()
-                t0 = time.perf_counter()
-                for _ in range(frames):
-                    run()
-                sync()
-            except Exception as e:  # noqa: BLE001
-                results[key]["error"] = f"while timed: {_first_line(e)}"
-                del runs[key], times[key]
-                continue
-            times[key].append((time.perf_counter() - t0) / frames * 1e3)
-    return {key: round(statistics.median(t), 4) for key, t in times.items() if t}
-
-
 def _upsampler_variants(args, device: str, stream, sync, tmp: Path, results: dict, runs: dict) -> None:
     import onnx
 
@@ -184,7 +108,7 @@ def _upsampler_variants(args, device: str, stream, sync, tmp: Path, results: dic
                 row = {"form": form, "precision": precision, "search": search, "rewritten": rewritten,
                        "nodes": len(graph.graph.node),
                        "ops": dict(collections.Counter(n.op_type for n in graph.graph.node).most_common())}
-                if not _start(key, lambda: _OrtRunner(path, precision, search, {"x": x_device}, {"y": y}, stream),
+                if not start_variant(key, lambda: OrtRunner(path, precision, search, {"x": x_device}, {"y": y}, stream),
                               sync, results, runs, row):
                     continue
                 error = float((y - reference).abs().max())
@@ -217,7 +141,7 @@ def _bundle_variants(bundle_dir: str, device: str, stream, sync, tmp: Path, resu
             outputs[form] = {o.name: torch.empty(tuple(1 if isinstance(d, str) else d for d in o.shape),
                                                  dtype=torch.float32, device=device) for o in artifact.outputs}
             row = {"form": form, "precision": artifact.precision, "rewritten": rewritten, "nodes": len(graph.graph.node)}
-            if not _start(key, lambda: _OrtRunner(path, artifact.precision, None, inputs, outputs[form], stream),
+            if not start_variant(key, lambda: OrtRunner(path, artifact.precision, None, inputs, outputs[form], stream),
                           sync, results, runs, row):
                 continue
             diff = (max(float((outputs[form][k] - outputs["transposed"][k]).abs().max()) for k in outputs[form])
@@ -250,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         _upsampler_variants(args, args.device, stream, sync, Path(tmp), results, runs)
         if args.bundle:
             _bundle_variants(args.bundle, args.device, stream, sync, Path(tmp), results, runs)
-        times = _time_rounds(runs, args.frames, args.rounds, sync, results)
+        times = time_rounds(runs, args.frames, args.rounds, sync, results)
     for key, ms in times.items():
         kind, form, setting = key.split("-", 2)               # e.g. upsampler, subpixel, fp16-heuristic
         baseline = times.get(f"{kind}-transposed-{setting}")

@@ -1,0 +1,89 @@
+"""Shared by the A/B scripts of this folder that time ONNX files as the runtime runs them: a runner per file (ONNX
+Runtime's CUDA provider with the runtime's options, CUDA graphs and IO binding; or the CPU provider for the scripts'
+smoke tests), a guarded start, and rounds that alternate the variants so that clock and thermal drift fall on all."""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+class OrtRunner:
+    """One ONNX file on ONNX Runtime: the CUDA provider with CUDA graphs and IO binding (as the runtime runs
+    decoders: the runtime's provider options, ``search`` overriding cuDNN's), or the CPU provider (this script's
+    smoke test). ``outputs``: name → preallocated float32 tensor on the device."""
+
+    def __init__(self, path: Path, precision: str, search: str | None, inputs: dict, outputs: dict, stream):
+        import numpy as np
+        import onnxruntime as ort
+
+        import flexavatar.runtime.gpu as gpu
+        from flexavatar.runtime.engines import EngineOptions, ort_session_options
+
+        options = ort_session_options(EngineOptions(precision=precision))
+        self.outputs, self.stream = outputs, stream
+        if stream is None:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.feeds = {k: v.numpy() for k, v in inputs.items()}
+            return
+        provider = gpu.cuda_provider_options(0, stream.cuda_stream, True, precision)
+        if search:
+            provider["cudnn_conv_algo_search"] = search
+        self.session = ort.InferenceSession(str(path), options, providers=[("CUDAExecutionProvider", provider)])
+        self.binding = self.session.io_binding()
+        for bind, tensors in ((self.binding.bind_input, inputs), (self.binding.bind_output, outputs)):
+            for name, t in tensors.items():
+                bind(name, "cuda", 0, np.float32, tuple(t.shape), t.data_ptr())
+        self.run_options = gpu.cuda_run_options()
+
+    def __call__(self) -> None:
+        if self.stream is None:
+            names = list(self.outputs)
+            for name, value in zip(names, self.session.run(names, self.feeds), strict=True):
+                self.outputs[name].copy_(torch.from_numpy(value))
+            return
+        with torch.cuda.stream(self.stream):
+            self.session.run_with_iobinding(self.binding, self.run_options)
+
+
+def first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+
+
+def start_variant(key: str, make, sync, results: dict, runs: dict, row: dict) -> bool:
+    """Create a variant's runner and run it twice (warm-up, CUDA-graph capture). A variant that fails is recorded
+    with its error and left out of the timing: one refused form must not cost the others their figures."""
+    try:
+        runner = make()
+        runner()
+        runner()
+        sync()
+    except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own types; the message is the result
+        results[key] = {**row, "error": first_line(e)}
+        print(json.dumps({"variant": key, **results[key]}), flush=True)
+        return False
+    runs[key] = runner
+    return True
+
+
+def time_rounds(runs: dict, frames: int, rounds: int, sync, results: dict) -> dict[str, float]:
+    """median ms per call of each variant, the variants alternating within each round (a variant that fails
+    while timed is recorded and dropped)"""
+    times: dict[str, list[float]] = {key: [] for key in runs}
+    for _ in range(rounds):
+        for key, run in list(runs.items()):
+            try:
+                sync()
+                t0 = time.perf_counter()
+                for _ in range(frames):
+                    run()
+                sync()
+            except Exception as e:  # noqa: BLE001
+                results[key]["error"] = f"while timed: {first_line(e)}"
+                del runs[key], times[key]
+                continue
+            times[key].append((time.perf_counter() - t0) / frames * 1e3)
+    return {key: round(statistics.median(t), 4) for key, t in times.items() if t}

@@ -1,0 +1,116 @@
+"""A bundle's decoders with ONNX Runtime's fused transformer kernels against the files as exported, side by side on
+one GPU (issue #7's frame rate).
+
+The FLEX-1 fp16 decoder is 442 nodes, most of them small passes over [E, T, 768] token tensors (on an H200, 2.33 ms
+of GPU work a frame in 466 kernels). ``export/ort_fusions.py`` writes ONNX Runtime's contrib kernels into a copy:
+bias + residual Add + LayerNorm → ``SkipLayerNormalization`` (30 sites, the residual sum as its fourth output) and
+bias Add + tanh GELU → ``FastGelu`` (15 sites): 75 nodes fewer. Both variants run as the runtime runs decoders (the
+CUDA provider with its options, CUDA graphs, IO binding), the variants alternating in rounds, on the bundle's check
+set inputs (its avatar code and first expression). Per variant: nodes, ms per call (median of rounds), the largest
+error of each output against the PyTorch float32 outputs recorded at export (relative to that output's largest
+value), and the fused file's largest difference from the exported one. One JSON line per variant.
+
+    python benchmarks/device/ort_fusions_ab.py BUNDLE [--precision fp16|fp32|both] [--frames 50 --rounds 5]
+        [--device cuda|cpu] [--json OUT.json]
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+sys.path.append(str(Path(__file__).resolve().parent))   # this folder's shared helpers (run_gpu.sh runs the
+from ort_ab import OrtRunner, start_variant, time_rounds  # noqa: E402   scripts with PYTHONSAFEPATH=1)
+
+EXPORTED, FUSED = "exported", "ort-fusions"
+
+
+def decoder_variants(bundle, precisions: tuple[str, ...], device: str, stream, sync, tmp: Path, results: dict,
+                     runs: dict) -> None:
+    """Each ONNX decoder of the bundle in ``precisions`` as exported and with ``fuse_for_onnxruntime``; their
+    outputs checked."""
+    import onnx
+
+    from flexavatar.export.ort_fusions import fuse_for_onnxruntime
+
+    check = bundle.check_set()
+    inputs = {"code": torch.from_numpy(check.code[:1]).to(device),
+              "expressions": torch.from_numpy(check.expressions[:1]).to(device)}
+    for artifact in bundle.manifest.artifacts:
+        if artifact.role != "decoder" or artifact.format != "onnx" or artifact.precision not in precisions:
+            continue
+        exported = onnx.load(str(bundle.path(artifact)))
+        fused = onnx.ModelProto()
+        fused.CopyFrom(exported)
+        report = fuse_for_onnxruntime(fused)
+        outputs = {}
+        for variant, graph in ((EXPORTED, exported), (FUSED, fused)):
+            path = tmp / f"decoder.{variant}.{artifact.precision}.onnx"
+            onnx.save_model(graph, str(path))
+            key = f"{artifact.precision}-{variant}"
+            outputs[variant] = {o.name: torch.empty(tuple(1 if isinstance(d, str) else d for d in o.shape),
+                                                    dtype=torch.float32, device=device) for o in artifact.outputs}
+            row = {"precision": artifact.precision, "graph": variant, "nodes": len(graph.graph.node),
+                   "ops": dict(collections.Counter(n.op_type for n in graph.graph.node).most_common())}
+            if variant == FUSED:
+                row["fused"] = report.counts
+            if not start_variant(key, lambda: OrtRunner(path, artifact.precision, None, inputs, outputs[variant],
+                                                        stream), sync, results, runs, row):
+                continue
+            row["relative_error"] = {
+                name: float((out.cpu() - torch.from_numpy(check.gaussians[name][:1])).abs().max()
+                            / max(float(abs(check.gaussians[name][:1]).max()), 1e-12))
+                for name, out in outputs[variant].items()}
+            if variant == FUSED and f"{artifact.precision}-{EXPORTED}" in runs:
+                row["max_abs_diff_vs_exported"] = max(float((outputs[FUSED][k] - outputs[EXPORTED][k]).abs().max())
+                                                      for k in outputs[FUSED])
+            results[key] = row
+            print(json.dumps({"variant": key, **{k: v for k, v in row.items() if k != "ops"}}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("bundle")
+    ap.add_argument("--frames", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--precision", choices=("fp16", "fp32", "both"), default="both",
+                    help="which of the bundle's decoders (fp16: the GPU path)")
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                    help="cpu: ONNX Runtime's CPU provider (this script's smoke test)")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+
+    import onnxruntime as ort
+
+    from flexavatar.bundle import Bundle
+
+    cuda = args.device == "cuda"
+    if cuda and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+    stream = torch.cuda.Stream() if cuda else None
+    sync = stream.synchronize if cuda else (lambda: None)
+    results: dict[str, dict] = {}
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        precisions = ("fp16", "fp32") if args.precision == "both" else (args.precision,)
+        decoder_variants(Bundle.open(args.bundle, verify="size"), precisions, args.device, stream, sync, Path(tmp),
+                         results, runs)
+        times = time_rounds(runs, args.frames, args.rounds, sync, results)
+    for key, ms in times.items():
+        precision = key.split("-", 1)[0]
+        baseline = times.get(f"{precision}-{EXPORTED}")
+        results[key].update(ms_per_call=ms, speedup=round(baseline / ms, 3) if baseline else None)
+        print(json.dumps({"variant": key, "ms_per_call": ms, "speedup": results[key]["speedup"]}), flush=True)
+    print(json.dumps({"device": torch.cuda.get_device_name(0) if cuda else "cpu", "onnxruntime": ort.__version__,
+                      "frames": args.frames, "rounds": args.rounds}), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0 if any(key.endswith(FUSED) for key in times) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
