@@ -25,6 +25,13 @@ FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 # of them would cost a pass over the tensor for nothing; Shape and Size read no values at all).
 LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Concat", "Slice", "Expand", "Unsqueeze", "Squeeze", "Gather",
                         "Identity", "DepthToSpace", "SpaceToDepth", "Flatten", "Split", "Tile", "Pad", "Shape", "Size"})
+# Layout ops whose outputs hold all of their input's values: when every reader of their outputs computes in float32
+# (or is a graph output), one Cast of the input replaces one Cast per output (the Gaussian head's Split: 5 → 1).
+WHOLE_LAYOUT_OPS = frozenset({"Split", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity",
+                              "DepthToSpace", "SpaceToDepth"})
+# Cheap elementwise ops that stay float32 when every computed input is float32 (downstream of a float32 island,
+# e.g. the Clip after the scales' Exp): no Cast pair around them, and a graph output then needs no Cast either.
+FOLLOWING_OPS = frozenset({"Add", "Sub", "Mul", "Clip", "Neg", "Abs", "Min", "Max"})
 # (op, input index) that must keep the dtype they have whatever the node's precision (scales, ROIs, ...).
 _FIXED_INPUTS = frozenset({("Resize", 1), ("Resize", 2), ("Pad", 2)})
 
@@ -51,6 +58,7 @@ def convert(model: onnx.ModelProto, policy: Policy) -> onnx.ModelProto:
     casts: dict[tuple[str, int], str] = {}
     nodes: list[onnx.NodeProto] = []
     readers: dict[str, list[onnx.NodeProto]] = {}
+    graph_outputs = {o.name for o in graph.output}
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
@@ -71,7 +79,7 @@ def convert(model: onnx.ModelProto, policy: Policy) -> onnx.ModelProto:
     for node in graph.node:
         float_inputs = [(k, n) for k, n in enumerate(node.input)
                         if n and n in float_tensors and (node.op_type, k) not in _FIXED_INPUTS]
-        precision = _node_precision(node, policy, float_inputs, dtype, readers)
+        precision = _node_precision(node, policy, float_inputs, dtype, readers, graph_outputs)
         for k, name in float_inputs:
             node.input[k] = as_dtype(name, precision)
         _retype_attributes(node, precision)
@@ -125,17 +133,24 @@ def _half_name(name: str) -> str:
     return f"{name}__fp16"
 
 
-def _node_precision(node, policy: Policy, float_inputs, dtype: dict[str, int], readers) -> int:
+def _node_precision(node, policy: Policy, float_inputs, dtype: dict[str, int], readers, graph_outputs) -> int:
     if policy.keeps_fp32(node):
         return FLOAT
+    produced = [dtype[n] for _, n in float_inputs if n in dtype]
     if node.op_type in LAYOUT_OPS:
-        produced = [dtype[n] for _, n in float_inputs if n in dtype]
-        if produced:             # follow the data (fp32 only when every produced input is fp32)
-            return HALF if HALF in produced else FLOAT
+        if produced and HALF in produced:   # follow the data (fp32 only when every produced input is fp32) ...
+            # ... unless everything reading the outputs is float32: then cast once, in front
+            fp32_readers = all((out in graph_outputs or readers.get(out)) and
+                               all(policy.keeps_fp32(r) for r in readers.get(out, [])) for out in node.output)
+            return FLOAT if node.op_type in WHOLE_LAYOUT_OPS and fp32_readers else HALF
+        if produced:
+            return FLOAT
         # a constant reshaped/expanded for an fp32 consumer (e.g. the UV grid of GridSample, whose fp16
         # rounding alone moves samples by ~0.1 texel) must not pass through fp16 on the way
         if any(policy.keeps_fp32(r) for out in node.output for r in readers.get(out, [])):
             return FLOAT
+    if node.op_type in FOLLOWING_OPS and produced and HALF not in produced:
+        return FLOAT
     return HALF
 
 

@@ -12,7 +12,7 @@ a pre-norm transformer the sum also feeds the next residual Add, so it fused 2 o
 
 The rewrites are exact up to rounding (the fused kernels add in float32 before rounding to the file's type). The
 result runs on ONNX Runtime only (CPU and CUDA providers both have these kernels, float and float16); the bundle's
-portable files keep standard ONNX (``graph_passes``). In FLEX-1 the passes remove 75 of the fp16 decoder's 442
+portable files keep standard ONNX (``graph_passes``). In FLEX-1 the passes remove 75 of the fp16 decoder's 432
 nodes: 30 skip-LayerNorm sites (2 nodes each) and 15 bias-GELUs.
 """
 from __future__ import annotations

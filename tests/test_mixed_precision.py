@@ -64,10 +64,11 @@ def test_policy_decides_precisions_constants_and_casts():
     assert half.graph.output[0].type.tensor_type.elem_type == FLOAT
     casts = sorted((n.input[0], n.attribute[0].i) for n in half.graph.node if n.op_type == "Cast")
     # x → fp16 for the Conv; Conv's output → fp32 for GridSample; the fp32 sample → fp16 for the head MatMul
-    # (the Transpose/Reshape follow the fp32 data); the head logits → fp32 for Sigmoid; the template Add runs
-    # in fp16 (its output is cast to fp32 as the graph output)
-    assert casts == sorted([("x", HALF), ("feat", FLOAT), ("flat", HALF), ("logits", FLOAT),
-                            ("offsets", HALF), ("out__fp16", FLOAT)])
+    # (the Transpose/Reshape follow the fp32 data); the head logits → fp32 for Sigmoid; the template Add follows
+    # the fp32 Sigmoid (FOLLOWING_OPS) and writes the float32 output itself: no Cast pair after the Sigmoid
+    assert casts == sorted([("x", HALF), ("feat", FLOAT), ("flat", HALF), ("logits", FLOAT)])
+    add = next(n for n in half.graph.node if n.name == "add_template")
+    assert list(add.input) == ["template", "offsets"] and list(add.output) == ["out"]
     x = np.random.default_rng(1).standard_normal((1, 4, 16, 16)).astype(np.float32)
     want, got = _run(src, {"x": x})[0], _run(half, {"x": x})[0]
     assert got.dtype == np.float32
@@ -108,9 +109,48 @@ def test_constant_read_by_both_precisions_is_stored_twice_and_outputs_stay_float
         np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)
 
 
+def _head_tail(third_reader: str) -> onnx.ModelProto:
+    """The decoder's Gaussian-head tail: x [2, 6] → MatMul (fp16) → Split in 3 → Exp → Clip → out0; Sigmoid → Sub
+    from 1 → out1; the third part → ``third_reader`` ("output": a graph output; "matmul": an fp16 MatMul)."""
+    g = np.random.default_rng(2)
+    third = "out2" if third_reader == "output" else "c"
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="head"),
+             helper.make_node("Split", ["h", "sizes"], ["a", "b", third], axis=-1, name="split"),
+             helper.make_node("Exp", ["a"], ["e"], name="exp"),
+             helper.make_node("Clip", ["e", "lo", "hi"], ["out0"], name="clip"),
+             helper.make_node("Sigmoid", ["b"], ["s"], name="sigmoid"),
+             helper.make_node("Sub", ["one", "s"], ["out1"], name="sub")]
+    if third_reader == "matmul":
+        nodes.append(helper.make_node("MatMul", ["c", "w2"], ["out2"], name="matmul"))
+    inits = [numpy_helper.from_array(g.standard_normal((6, 6)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([2, 2, 2], np.int64), "sizes"),
+             numpy_helper.from_array(np.float32(0.01), "lo"), numpy_helper.from_array(np.float32(3.0), "hi"),
+             numpy_helper.from_array(np.float32(1.0), "one"),
+             numpy_helper.from_array(g.standard_normal((2, 2)).astype(np.float32), "w2")]
+    graph = helper.make_graph(nodes, "tail", [helper.make_tensor_value_info("x", FLOAT, [2, 6])],
+                              [helper.make_tensor_value_info(f"out{i}", FLOAT, [2, 2]) for i in range(3)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+def test_float32_readers_decide_a_split_and_elementwise_ops_follow_float32_data():
+    """Every part of the Split read in float32 (Exp, Sigmoid, a graph output): one Cast in front of the Split, not
+    one per part; the Clip and Sub after the float32 Exp / Sigmoid stay float32 and write the outputs without a
+    Cast. With one part read by an fp16 MatMul the Split stays fp16 and its float32 parts are cast."""
+    x = np.random.default_rng(3).standard_normal((2, 6)).astype(np.float32)
+    for third, casts in (("output", [("x", HALF), ("h", FLOAT)]),
+                         ("matmul", [("x", HALF), ("a", FLOAT), ("b", FLOAT), ("out2__fp16", FLOAT)])):
+        src = _head_tail(third)
+        half = to_fp16(src)
+        onnx.checker.check_model(half, full_check=True)
+        assert sorted((n.input[0], n.attribute[0].i) for n in half.graph.node if n.op_type == "Cast") == sorted(casts)
+        for got, want in zip(_run(half, {"x": x}), _run(src, {"x": x}), strict=True):
+            np.testing.assert_allclose(got, want, rtol=0, atol=2e-2 * max(1.0, float(np.abs(want).max())))
+
+
 def test_out_of_range_constants_saturate_instead_of_becoming_inf():
     fill = np.array([-np.finfo(np.float32).max, 1e6, -np.inf, 3.0], np.float32)
-    nodes = [helper.make_node("Add", ["x", "fill"], ["y"], name="add")]
+    # (after a Relu: an Add on the float32 input itself would stay float32, FOLLOWING_OPS)
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"), helper.make_node("Add", ["r", "fill"], ["y"], name="add")]
     graph = helper.make_graph(nodes, "sat", [helper.make_tensor_value_info("x", FLOAT, [4])],
                               [helper.make_tensor_value_info("y", FLOAT, [4])], [numpy_helper.from_array(fill, "fill")])
     half = to_fp16(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]))

@@ -1,7 +1,7 @@
 """A bundle's decoders with ONNX Runtime's fused transformer kernels against the files as exported, side by side on
 one GPU (issue #7's frame rate).
 
-The FLEX-1 fp16 decoder is 442 nodes, most of them small passes over [E, T, 768] token tensors (on an H200, 2.33 ms
+The FLEX-1 fp16 decoder is 432 nodes, most of them small passes over [E, T, 768] token tensors (on an H200, 2.33 ms
 of GPU work a frame in 466 kernels). ``export/ort_fusions.py`` writes ONNX Runtime's contrib kernels into a copy:
 bias + residual Add + LayerNorm → ``SkipLayerNormalization`` (30 sites, the residual sum as its fourth output) and
 bias Add + tanh GELU → ``FastGelu`` (15 sites): 75 nodes fewer. Both variants run as the runtime runs decoders (the
