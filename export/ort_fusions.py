@@ -40,12 +40,7 @@ def skip_layer_norms(model: onnx.ModelProto) -> int:
     read by the residual Add alone, and 3-D operands → SkipLayerNormalization(input m, skip r, γ, β, bias b).
     m goes first because ONNX Runtime broadcasts the skip only ([1, T, D] against [E, T, D]: the first layer's
     residual is the avatar code shared by every expression). Returns the number of sites fused."""
-    graph = model.graph
-    nodes = list(graph.node)
-    consumers = _consumers(nodes)
-    producers = {o: n for n in nodes for o in n.output}
-    inits = {t.name: t for t in graph.initializer}
-    graph_outputs = {o.name for o in graph.output}
+    graph, nodes, consumers, producers, inits, graph_outputs = _index(model)
     dims = _static_dims(model)
     removed: set[int] = set()
     new_nodes: dict[int, list[onnx.NodeProto]] = {}
@@ -80,12 +75,7 @@ def skip_layer_norms(model: onnx.ModelProto) -> int:
 def bias_fast_gelus(model: onnx.ModelProto) -> int:
     """Gelu(approximate "tanh") of ``m + b`` (b a 1-D constant, the sum read by the Gelu alone) → FastGelu(m, b).
     Returns the number of sites fused."""
-    graph = model.graph
-    nodes = list(graph.node)
-    consumers = _consumers(nodes)
-    producers = {o: n for n in nodes for o in n.output}
-    inits = {t.name: t for t in graph.initializer}
-    graph_outputs = {o.name for o in graph.output}
+    graph, nodes, consumers, producers, inits, graph_outputs = _index(model)
     removed: set[int] = set()
     new_nodes: dict[int, list[onnx.NodeProto]] = {}
     for gelu in nodes:
@@ -104,6 +94,15 @@ def bias_fast_gelus(model: onnx.ModelProto) -> int:
     if new_nodes:
         _replace_nodes(graph, nodes, removed, new_nodes)
     return len(new_nodes)
+
+
+def _index(model: onnx.ModelProto):
+    """graph, its nodes (one set of objects for a pass), tensor → readers, tensor → producer, initializers by
+    name, graph output names."""
+    graph = model.graph
+    nodes = list(graph.node)
+    return (graph, nodes, _consumers(nodes), {o: n for n in nodes for o in n.output},
+            {t.name: t for t in graph.initializer}, {o.name for o in graph.output})
 
 
 def _bias_operand(residual_add: onnx.NodeProto, producers, consumers, inits, graph_outputs, width: int | None):

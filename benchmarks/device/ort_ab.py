@@ -87,3 +87,16 @@ def time_rounds(runs: dict, frames: int, rounds: int, sync, results: dict) -> di
                 continue
             times[key].append((time.perf_counter() - t0) / frames * 1e3)
     return {key: round(statistics.median(t), 4) for key, t in times.items() if t}
+
+
+def device_stream(device: str):
+    """(stream, sync) for ``device``: on "cuda" ONNX Runtime's CUDA libraries are preloaded (onnxruntime-gpu >= 1.21
+    finds them in the nvidia-* wheels) and the variants share one stream; on "cpu" (None, a no-op)."""
+    if device != "cuda":
+        return None, lambda: None
+    import onnxruntime as ort
+
+    if hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+    stream = torch.cuda.Stream()
+    return stream, stream.synchronize

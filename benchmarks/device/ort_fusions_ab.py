@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 sys.path.append(str(Path(__file__).resolve().parent))   # this folder's shared helpers (run_gpu.sh runs the
-from ort_ab import OrtRunner, start_variant, time_rounds  # noqa: E402   scripts with PYTHONSAFEPATH=1)
+from ort_ab import OrtRunner, device_stream, start_variant, time_rounds  # noqa: E402   scripts with PYTHONSAFEPATH=1)
 
 EXPORTED, FUSED = "exported", "ort-fusions"
 
@@ -89,10 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     from flexavatar.bundle import Bundle
 
     cuda = args.device == "cuda"
-    if cuda and hasattr(ort, "preload_dlls"):
-        ort.preload_dlls()
-    stream = torch.cuda.Stream() if cuda else None
-    sync = stream.synchronize if cuda else (lambda: None)
+    stream, sync = device_stream(args.device)
     results: dict[str, dict] = {}
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:

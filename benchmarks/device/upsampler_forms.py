@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.append(str(Path(__file__).resolve().parent))   # this folder's shared helpers (run_gpu.sh runs the
-from ort_ab import OrtRunner, start_variant, time_rounds  # noqa: E402   scripts with PYTHONSAFEPATH=1)
+from ort_ab import OrtRunner, device_stream, start_variant, time_rounds  # noqa: E402   scripts with PYTHONSAFEPATH=1)
 
 from flexavatar.export.graph_passes import GPU_CONV_FORMS, apply_gpu_conv_form
 from flexavatar.upsampler import StyleGANUpsampler
@@ -164,10 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
 
     cuda = args.device == "cuda"
-    if cuda and hasattr(ort, "preload_dlls"):
-        ort.preload_dlls()
-    stream = torch.cuda.Stream() if cuda else None
-    sync = stream.synchronize if cuda else (lambda: None)
+    stream, sync = device_stream(args.device)
     results: dict[str, dict] = {}
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
