@@ -204,7 +204,8 @@ class Runtime:
     INFERENCE_PRECISION_HINT: None (f32 for fp32 artifacts, else the device's choice), "f32", "f16" or "bf16"
     (the other engines compute at the artifacts' precision and ignore it, with a warning).
     For backend="torch" / "torch-compile": ``model=`` (FlexAvatarModel) or ``checkpoint=`` + ``template=``
-    (+ ``dinov2=``); "torch-compile" decodes under torch.compile (fp16 autocast with precision="fp16").
+    (+ ``dinov2=``); "torch-compile" decodes under torch.compile (fp16 autocast with precision="fp16"; on CUDA the
+    model's weights are frozen into the compiled decoder: do not change them while the runtime is in use).
     """
 
     def __init__(self, bundle_dir: str | Path, backend: str = "auto", device: str = "auto", rasterizer: str = "auto",
