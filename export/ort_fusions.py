@@ -56,8 +56,11 @@ def skip_layer_norms(model: onnx.ModelProto) -> int:
             continue
         bias_add, projected, bias = site
         residual = _other_input(residual_add, bias_add.output[0])
-        if len(dims.get(projected) or ()) != 3 or len(dims.get(residual) or ()) != 3:
+        projected_dims, residual_dims = dims.get(projected) or [], dims.get(residual) or []
+        if len(projected_dims) != 3 or len(residual_dims) != 3:
             continue
+        if projected_dims[0] == 1 and residual_dims[0] != 1:
+            continue        # the fused output takes the input's shape: only the skip may broadcast
         total = residual_add.output[0]
         read_elsewhere = total in graph_outputs or any(u is not ln for u in consumers.get(total, []))
         beta = ln.input[2] if len(ln.input) > 2 else ""

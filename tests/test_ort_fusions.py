@@ -73,9 +73,11 @@ def _init(name: str, *shape: int) -> onnx.TensorProto:
 def test_sites_that_do_not_match_are_left_alone():
     """Fused: a bias + residual + LayerNorm whose sum is also a graph output (handed out as the fourth output), and a
     bias + tanh GELU. Left: a bias Add that something else reads too, a LayerNorm over another axis, an erf GELU,
-    a 2-D bias, a residual of two computed tensors (no constant bias)."""
+    a 2-D bias, a residual of two computed tensors (no constant bias), a one-row projection with a batched residual
+    (SkipLayerNormalization broadcasts its skip only)."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3, 8])
     r = helper.make_tensor_value_info("r", TensorProto.FLOAT, ["B", 3, 8])
+    x1 = helper.make_tensor_value_info("x1", TensorProto.FLOAT, [1, 3, 8])
     nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"m{i}"]) for i in range(7)]
     nodes += [
         # fused into SkipLayerNormalization, s0 as its fourth output
@@ -89,6 +91,9 @@ def test_sites_that_do_not_match_are_left_alone():
         helper.make_node("LayerNormalization", ["s2", "gamma3"], ["y2"], axis=1),
         # no constant bias: both operands computed
         helper.make_node("Add", ["m3", "r"], ["s3"]), helper.make_node("LayerNormalization", ["s3", "gamma"], ["y3"]),
+        # the projection of a one-row input, the residual [B, 3, 8]: the broadcast would be the input's
+        helper.make_node("MatMul", ["x1", "w0"], ["m7"]), helper.make_node("Add", ["m7", "bias"], ["b7"]),
+        helper.make_node("Add", ["r", "b7"], ["s7"]), helper.make_node("LayerNormalization", ["s7", "gamma"], ["y7"]),
         # tanh GELU of a biased projection: FastGelu; the erf GELU and the 2-D bias stay
         helper.make_node("Add", ["m4", "bias"], ["b4"]), helper.make_node("Gelu", ["b4"], ["y4"], approximate="tanh"),
         helper.make_node("Add", ["m5", "bias"], ["b5"]), helper.make_node("Gelu", ["b5"], ["y5"]),
@@ -96,12 +101,13 @@ def test_sites_that_do_not_match_are_left_alone():
     ]
     inits = [_init(f"w{i}", 8, 8) for i in range(7)] + [_init("bias", 8), _init("gamma", 8), _init("beta", 8),
                                                         _init("gamma3", 3, 8), _init("bias2d", 3, 8)]
-    names = ["y0", "s0", "y1", "b1", "y2", "y3", "y4", "y5", "y6"]
+    names = ["y0", "s0", "y1", "b1", "y2", "y3", "y4", "y5", "y6", "y7"]
     outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names]
-    model = helper.make_model(helper.make_graph(nodes, "sites", [x, r], outputs, inits),
+    model = helper.make_model(helper.make_graph(nodes, "sites", [x, r, x1], outputs, inits),
                               opset_imports=[helper.make_opsetid("", DEFAULT_OPSET)])
     feeds = {"x": RNG.standard_normal((2, 3, 8)).astype(np.float32),
-             "r": RNG.standard_normal((2, 3, 8)).astype(np.float32)}
+             "r": RNG.standard_normal((2, 3, 8)).astype(np.float32),
+             "x1": RNG.standard_normal((1, 3, 8)).astype(np.float32)}
     fused, counts = _fused(model)
     assert counts == {"skip layer norms": 1, "bias fast gelus": 1}
     skip = next(n for n in fused.graph.node if n.op_type == "SkipLayerNormalization")
