@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from flexavatar.bundle import (FORMAT_ONNX, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, R
                                ROLE_ENCODER, ROLE_ENCODER_FEATURES, Bundle, ModelArtifact)
 
 from .errors import EngineUnavailableError, ModelMismatchError, RuntimeArgumentError, UnknownEngineError
+
+log = logging.getLogger("flexavatar.runtime")
 
 DEVICES = ("cpu", "cuda", "gpu")       # "gpu": OpenVINO's (Intel) GPU plugin
 INFERENCE_PRECISIONS = ("f32", "f16", "bf16")   # OpenVINO's INFERENCE_PRECISION_HINT values (EngineOptions)
@@ -485,8 +488,18 @@ class CompiledNetworkDecode:
             if not self.freeze or shapes in self._frozen_shapes:
                 return self._compiled(code, expressions, ids)
             import torch._inductor.config as inductor_config
-            with inductor_config.patch(freezing=True):
-                out = self._compiled(code, expressions, ids)
+            try:
+                with inductor_config.patch(freezing=True):
+                    out = self._compiled(code, expressions, ids)
+            except torch._dynamo.exc.BackendCompilerFailed as e:
+                # frozen weights are an optimisation: if Inductor's freezing passes fail on some version or GPU,
+                # the decoder still compiles without them (Dynamo caches no failed compilation), and says so
+                cause = getattr(e, "inner_exception", None) or e
+                text = str(cause).strip().splitlines()
+                log.warning("torch-compile: compiling with frozen weights failed (%s: %s); compiling without them",
+                            type(cause).__name__, text[0][:300] if text else "")
+                self.freeze = False
+                return self._compiled(code, expressions, ids)
             self._frozen_shapes.add(shapes)
             return out
 

@@ -367,6 +367,31 @@ def test_compiled_decoder_freezes_in_each_call_that_may_compile(model):
     assert not CompiledNetworkDecode(model.network, "cuda", half=True, backend="aot_eager", freeze=True).freeze
 
 
+def test_compiled_decoder_compiles_without_frozen_weights_when_freezing_fails(model, caplog):
+    """Frozen weights are an optimisation: a freezing compile that Inductor refuses (BackendCompilerFailed) is
+    retried without them, with a warning that names the error, and later calls no longer try."""
+    import torch
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+
+    from flexavatar.runtime.engines import CompiledNetworkDecode
+    decode = CompiledNetworkDecode(model.network, "cpu", half=False, backend="inductor", freeze=True)
+    calls = []
+
+    def compiled(code, e, ids):
+        calls.append(inductor_config.freezing)
+        if inductor_config.freezing:
+            raise torch._dynamo.exc.BackendCompilerFailed(compiled, RuntimeError("no constant folding here"), None)
+        return ("decoded",)
+
+    decode._compiled = compiled
+    args = (torch.zeros(16, 1, 8), torch.zeros(1, 1, 135), torch.ones(1, dtype=torch.long))
+    with caplog.at_level("WARNING", logger="flexavatar.runtime"):
+        assert decode(*args) == ("decoded",)
+    assert "frozen weights failed" in caplog.text and "no constant folding here" in caplog.text
+    assert decode(*args) == ("decoded",) and calls == [True, False, False] and not decode.freeze
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_encoder_matches_pytorch(engine, runtimes, model, photo):
     avatar = runtimes[engine].create_avatar(photo)                 # RGBA file: composited onto white
