@@ -13,8 +13,8 @@ import torch
 
 class OrtRunner:
     """One ONNX file on ONNX Runtime: the CUDA provider with CUDA graphs and IO binding (as the runtime runs
-    decoders: the runtime's provider options, ``search`` overriding cuDNN's), or the CPU provider (this script's
-    smoke test). ``outputs``: name → preallocated float32 tensor on the device."""
+    decoders: the runtime's provider options, ``search`` overriding cuDNN's), or the CPU provider (the scripts'
+    smoke tests). ``outputs``: name → preallocated float32 tensor on the device."""
 
     def __init__(self, path: Path, precision: str, search: str | None, inputs: dict, outputs: dict, stream):
         import numpy as np
