@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -100,3 +101,37 @@ def device_stream(device: str):
         ort.preload_dlls()
     stream = torch.cuda.Stream()
     return stream, stream.synchronize
+
+
+def add_timing_arguments(ap) -> None:
+    """The options every A/B script of this folder takes: calls per round, rounds, device, JSON report."""
+    ap.add_argument("--frames", type=int, default=50, help="calls per variant and round")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                    help="cpu: ONNX Runtime's CPU provider (the script's smoke test)")
+    ap.add_argument("--json", help="write the rows here")
+
+
+def run_ab(args, add_variants, baseline_of) -> dict[str, float]:
+    """The A/B of a script's ``main``: ``add_variants(stream, sync, tmp, results, runs)`` starts the variants
+    (``start_variant``, files in the temporary folder ``tmp``); they are timed in alternating rounds; each timed row
+    gets its ms per call and its speedup over the row ``baseline_of(key)`` names; a line names the machine, and the
+    rows go to ``args.json``. Returns ms per call of every variant timed."""
+    import onnxruntime as ort
+
+    stream, sync = device_stream(args.device)
+    results: dict[str, dict] = {}
+    runs: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        add_variants(stream, sync, Path(tmp), results, runs)
+        times = time_rounds(runs, args.frames, args.rounds, sync, results)
+    for key, ms in times.items():
+        baseline = times.get(baseline_of(key))
+        results[key].update(ms_per_call=ms, speedup=round(baseline / ms, 3) if baseline else None)
+        print(json.dumps({"variant": key, "ms_per_call": ms, "speedup": results[key]["speedup"]}), flush=True)
+    print(json.dumps({"device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
+                      "onnxruntime": ort.__version__, "torch": torch.__version__, "frames": args.frames,
+                      "rounds": args.rounds}), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return times

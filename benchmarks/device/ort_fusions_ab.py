@@ -19,12 +19,12 @@ import argparse
 import collections
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
-sys.path.append(str(Path(__file__).resolve().parent))   # this folder's shared helpers (run_gpu.sh runs the
-from ort_ab import OrtRunner, device_stream, start_variant, time_rounds  # noqa: E402   scripts with PYTHONSAFEPATH=1)
+# this folder's shared A/B helpers (run_gpu.sh runs the scripts with PYTHONSAFEPATH=1: their folder is not on sys.path)
+sys.path.append(str(Path(__file__).resolve().parent))
+from ort_ab import OrtRunner, add_timing_arguments, run_ab, start_variant  # noqa: E402
 
 EXPORTED, FUSED = "exported", "ort-fusions"
 
@@ -75,39 +75,19 @@ def decoder_variants(bundle, precisions: tuple[str, ...], device: str, stream, s
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("bundle")
-    ap.add_argument("--frames", type=int, default=50)
-    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--precision", choices=("fp16", "fp32", "both"), default="both",
                     help="which of the bundle's decoders (fp16: the GPU path)")
-    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
-                    help="cpu: ONNX Runtime's CPU provider (this script's smoke test)")
-    ap.add_argument("--json")
+    add_timing_arguments(ap)
     args = ap.parse_args(argv)
-
-    import onnxruntime as ort
 
     from flexavatar.bundle import Bundle
 
-    cuda = args.device == "cuda"
-    stream, sync = device_stream(args.device)
-    results: dict[str, dict] = {}
-    runs = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        precisions = ("fp16", "fp32") if args.precision == "both" else (args.precision,)
-        decoder_variants(Bundle.open(args.bundle, verify="size"), precisions, args.device, stream, sync, Path(tmp),
-                         results, runs)
-        times = time_rounds(runs, args.frames, args.rounds, sync, results)
-    for key, ms in times.items():
-        precision = key.split("-", 1)[0]
-        baseline = times.get(f"{precision}-{EXPORTED}")
-        results[key].update(ms_per_call=ms, speedup=round(baseline / ms, 3) if baseline else None)
-        print(json.dumps({"variant": key, "ms_per_call": ms, "speedup": results[key]["speedup"]}), flush=True)
-    print(json.dumps({"device": torch.cuda.get_device_name(0) if cuda else "cpu", "onnxruntime": ort.__version__,
-                      "frames": args.frames, "rounds": args.rounds}), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+    bundle = Bundle.open(args.bundle, verify="size")
+    precisions = ("fp16", "fp32") if args.precision == "both" else (args.precision,)
+    times = run_ab(args, lambda stream, sync, tmp, results, runs: decoder_variants(
+        bundle, precisions, args.device, stream, sync, tmp, results, runs),
+        lambda key: f"{key.split('-', 1)[0]}-{EXPORTED}")                   # e.g. fp16-ort-fusions → fp16-exported
     return 0 if any(key.endswith(FUSED) for key in times) else 1
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

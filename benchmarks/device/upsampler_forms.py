@@ -28,13 +28,13 @@ import argparse
 import collections
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.append(str(Path(__file__).resolve().parent))   # this folder's shared helpers (run_gpu.sh runs the
-from ort_ab import OrtRunner, device_stream, start_variant, time_rounds  # noqa: E402   scripts with PYTHONSAFEPATH=1)
+# this folder's shared A/B helpers (run_gpu.sh runs the scripts with PYTHONSAFEPATH=1: their folder is not on sys.path)
+sys.path.append(str(Path(__file__).resolve().parent))
+from ort_ab import OrtRunner, add_timing_arguments, run_ab, start_variant  # noqa: E402
 
 from flexavatar.export.graph_passes import GPU_CONV_FORMS, apply_gpu_conv_form
 from flexavatar.upsampler import StyleGANUpsampler
@@ -153,36 +153,21 @@ def _bundle_variants(bundle_dir: str, device: str, stream, sync, tmp: Path, resu
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", help="also A/B this bundle's decoders with and without the subpixel pass")
-    ap.add_argument("--frames", type=int, default=50)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
-                    help="cpu: ONNX Runtime's CPU provider (this script's smoke test)")
     ap.add_argument("--small", action="store_true", help="upsampler 64@8² → 4@32² instead of FLEX-1's 768@32² → 48@128²")
-    ap.add_argument("--json")
+    add_timing_arguments(ap)
     args = ap.parse_args(argv)
 
-    import onnxruntime as ort
-
-    cuda = args.device == "cuda"
-    stream, sync = device_stream(args.device)
-    results: dict[str, dict] = {}
-    runs = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        _upsampler_variants(args, args.device, stream, sync, Path(tmp), results, runs)
+    def add_variants(stream, sync, tmp, results, runs):
+        _upsampler_variants(args, args.device, stream, sync, tmp, results, runs)
         if args.bundle:
-            _bundle_variants(args.bundle, args.device, stream, sync, Path(tmp), results, runs)
-        times = time_rounds(runs, args.frames, args.rounds, sync, results)
-    for key, ms in times.items():
-        kind, form, setting = key.split("-", 2)               # e.g. upsampler, subpixel, fp16-heuristic
-        baseline = times.get(f"{kind}-transposed-{setting}")
-        results[key].update(ms_per_call=ms, speedup=round(baseline / ms, 3) if baseline else None)
-        print(json.dumps({"variant": key, "ms_per_call": ms, "speedup": results[key]["speedup"]}), flush=True)
-    print(json.dumps({"device": torch.cuda.get_device_name(0) if cuda else "cpu", "onnxruntime": ort.__version__,
-                      "torch": torch.__version__, "frames": args.frames, "rounds": args.rounds}), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
-    return 0
+            _bundle_variants(args.bundle, args.device, stream, sync, tmp, results, runs)
 
+    def baseline_of(key: str) -> str:
+        kind, _, setting = key.split("-", 2)               # e.g. upsampler, subpixel, fp16-heuristic
+        return f"{kind}-transposed-{setting}"
+
+    run_ab(args, add_variants, baseline_of)
+    return 0
 
 if __name__ == "__main__":
     raise SystemExit(main())
