@@ -21,17 +21,30 @@ import onnx
 from onnx import helper
 
 from .graph_passes import PassReport, _consumers, _other_input, _replace_nodes, _static_dims
+from .mixed_precision import _infer_types
 
 MS_DOMAIN = "com.microsoft"
 
 
 def fuse_for_onnxruntime(model: onnx.ModelProto) -> PassReport:
-    """Both passes, in place; the model then imports the ``com.microsoft`` opset."""
+    """Both passes, in place; the model then imports the ``com.microsoft`` opset, and declares the type and shape of
+    every fused node's outputs (ONNX shape inference does not know contrib ops: without them the tensors after a
+    fused node would be untyped, and the fp16 twin, ``mixed_precision.emulate_fp16_storage``, could not round them)."""
+    inferred = {v.name: v for v in _infer_types(model).graph.value_info}    # the fused outputs keep their names
     report = PassReport()
     report.counts["skip layer norms"] = skip_layer_norms(model)
     report.counts["bias fast gelus"] = bias_fast_gelus(model)
     if any(report.counts.values()) and not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    graph = model.graph
+    declared = {v.name for v in graph.value_info} | {o.name for o in graph.output}
+    for node in graph.node:
+        if node.domain != MS_DOMAIN:
+            continue
+        for name in node.output:
+            if name and name not in declared and name in inferred:
+                graph.value_info.append(inferred[name])
+                declared.add(name)
     return report
 
 

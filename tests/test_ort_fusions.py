@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from flexavatar.config import FlexConfig
 from flexavatar.export.exporter import DEFAULT_OPSET
+from flexavatar.export.mixed_precision import _tensor_types, emulate_fp16_storage
 from flexavatar.export.onnx_tools import to_fp16
 from flexavatar.export.ort_fusions import MS_DOMAIN, fuse_for_onnxruntime
 
@@ -64,6 +65,17 @@ def test_decoder_fuses_every_layer_and_keeps_its_outputs_fp32_and_fp16(onnx_feat
         onnx.checker.check_model(fused)
         for want, got in zip(expected, _run(fused, feeds), strict=True):
             np.testing.assert_allclose(got, want, rtol=0, atol=tolerance * max(1.0, float(np.abs(want).max())))
+    # the fp16 file's twin (the export's fp16 check) sees the fused nodes' fp16 outputs and rounds them as a GPU
+    # stores them: their types are declared; the twin's outputs are the exported twin's, to fp16 rounding
+    half = to_fp16(decoder)
+    fused, _ = _fused(half)
+    types = _tensor_types(fused)
+    outputs = [o for n in fused.graph.node if n.domain == MS_DOMAIN for o in n.output if o]
+    assert outputs and all(types.get(o) == TensorProto.FLOAT16 for o in outputs)
+    twin = emulate_fp16_storage(fused)
+    assert {f"{o}__round" for o in outputs} <= {n.name for n in twin.graph.node}
+    for want, got in zip(_run(emulate_fp16_storage(half), feeds), _run(twin, feeds), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-2 * max(1.0, float(np.abs(want).max())))
 
 
 def _init(name: str, *shape: int) -> onnx.TensorProto:
