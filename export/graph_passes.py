@@ -187,7 +187,11 @@ def _is_transpose(node: onnx.NodeProto, perm: list[int]) -> bool:
 
 
 def _static_dims(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
-    inferred = onnx.shape_inference.infer_shapes(model)
+    return _dims(onnx.shape_inference.infer_shapes(model))
+
+
+def _dims(inferred: onnx.ModelProto) -> dict[str, list[int | str | None]]:
+    """tensor name → its dims (an int, a symbol or None each) in a shape-inferred model."""
     dims = {}
     for value in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
         tensor = value.type.tensor_type

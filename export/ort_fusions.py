@@ -20,8 +20,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from .graph_passes import PassReport, _consumers, _other_input, _replace_nodes, _static_dims
-from .mixed_precision import _infer_types
+from .graph_passes import PassReport, _consumers, _dims, _other_input, _replace_nodes, _static_dims
 
 MS_DOMAIN = "com.microsoft"
 
@@ -30,9 +29,10 @@ def fuse_for_onnxruntime(model: onnx.ModelProto) -> PassReport:
     """Both passes, in place; the model then imports the ``com.microsoft`` opset, and declares the type and shape of
     every fused node's outputs (ONNX shape inference does not know contrib ops: without them the tensors after a
     fused node would be untyped, and the fp16 twin, ``mixed_precision.emulate_fp16_storage``, could not round them)."""
-    inferred = {v.name: v for v in _infer_types(model).graph.value_info}    # the fused outputs keep their names
+    inferred_model = onnx.shape_inference.infer_shapes(model)        # one shape inference for both uses
+    inferred = {v.name: v for v in inferred_model.graph.value_info}    # the fused outputs keep their names
     report = PassReport()
-    report.counts["skip layer norms"] = skip_layer_norms(model)
+    report.counts["skip layer norms"] = skip_layer_norms(model, _dims(inferred_model))
     report.counts["bias fast gelus"] = bias_fast_gelus(model)
     if any(report.counts.values()) and not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
@@ -48,13 +48,14 @@ def fuse_for_onnxruntime(model: onnx.ModelProto) -> PassReport:
     return report
 
 
-def skip_layer_norms(model: onnx.ModelProto) -> int:
+def skip_layer_norms(model: onnx.ModelProto, dims: dict | None = None) -> int:
     """LayerNormalization(axis -1) of ``r + (m + b)`` with b a 1-D constant of the normalised width, the bias sum
     read by the residual Add alone, and 3-D operands → SkipLayerNormalization(input m, skip r, γ, β, bias b).
     m goes first because ONNX Runtime broadcasts the skip only ([1, T, D] against [E, T, D]: the first layer's
-    residual is the avatar code shared by every expression). Returns the number of sites fused."""
+    residual is the avatar code shared by every expression). dims: ``graph_passes._static_dims(model)`` when the
+    caller has it. Returns the number of sites fused."""
     graph, nodes, consumers, producers, inits, graph_outputs = _index(model)
-    dims = _static_dims(model)
+    dims = _static_dims(model) if dims is None else dims
     removed: set[int] = set()
     new_nodes: dict[int, list[onnx.NodeProto]] = {}
     for ln in nodes:
