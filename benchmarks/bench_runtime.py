@@ -3,11 +3,12 @@ the host, per inference engine + rasterizer, random weights (the same seed as be
 
 Cases are labelled ``<decode engine>+<rasterizer>``: ``ort-cpu+cpu``, ``openvino+cpu``, ``torch-eager+cpu``,
 ``torch-eager+reference`` on the CPU; ``ort-cuda+cuda`` (fp32, fp16; ``ort-cuda-graphs+cuda`` with CUDA
-graphs), ``torch-eager+cuda`` and ``torch-compile+cuda`` (Inductor + CUDA graphs, fp16 autocast) on a GPU, and
+graphs; ``ort-cuda-graphs-fused+cuda``: the decoder with ONNX Runtime's fused kernels, export target onnx-ort, the
+runtime's default on CUDA; the unfused cases run the portable files, ``fused_decoders=False``), ``torch-eager+cuda`` and ``torch-compile+cuda`` (Inductor + CUDA graphs, fp16 autocast) on a GPU, and
 there also: batches of 8 frames per decoder call (``-b8``), the frame
 left on the GPU (``-device``: no readback) and a 16-frame clip per call, pipelined as the runtime renders it against
 one chunk after the other (``-clip-pipelined`` / ``-clip-sequential``). The FLEX-1 bundle (fp32, + fp16 on a CUDA machine; ONNX +
-OpenVINO) is exported once and kept in ``benchmarks/.cache/`` (git-ignored; minutes on a 2-core CPU).
+OpenVINO; + the fused fp32 / fp16 decoders on a CUDA machine) is exported once and kept in ``benchmarks/.cache/`` (git-ignored; minutes on a 2-core CPU).
 Each case checks its first frame against the PyTorch model + reference rasterizer (correctness may fail
 a benchmark; speed never does).
 
@@ -37,20 +38,21 @@ SIZE = 512
 DECODE_FLOPS = 199.6e9          # SPEC §17, per decoded frame
 N_FRAMES = 16                   # frames cycled through by the rounds
 
-# (label, engine, device, precision, rasterizer, cuda graphs)
+# (label, engine, device, precision, rasterizer, cuda graphs, fused decoders: ONNX Runtime's onnx-ort files)
 CASES = [
-    ("ort-cpu+cpu", "onnxruntime", "cpu", "fp32", "cpu", False),
-    ("openvino+cpu", "openvino", "cpu", "fp32", "cpu", False),
-    ("torch-eager+cpu", "torch", "cpu", "fp32", "cpu", False),
-    ("torch-eager+reference", "torch", "cpu", "fp32", "reference", False),
+    ("ort-cpu+cpu", "onnxruntime", "cpu", "fp32", "cpu", False, False),
+    ("openvino+cpu", "openvino", "cpu", "fp32", "cpu", False, None),
+    ("torch-eager+cpu", "torch", "cpu", "fp32", "cpu", False, None),
+    ("torch-eager+reference", "torch", "cpu", "fp32", "reference", False, None),
     # GPU: the reference pipeline first, then the deployment path (fp16 + CUDA graphs) before the others
-    ("torch-eager+cuda", "torch", "cuda", "fp32", "cuda", False),
-    ("ort-cuda-graphs+cuda", "onnxruntime", "cuda", "fp16", "cuda", True),
+    ("torch-eager+cuda", "torch", "cuda", "fp32", "cuda", False, None),
+    ("ort-cuda-graphs+cuda", "onnxruntime", "cuda", "fp16", "cuda", True, False),
+    ("ort-cuda-graphs-fused+cuda", "onnxruntime", "cuda", "fp16", "cuda", True, True),
     # the PyTorch decoder under Inductor + CUDA graphs (fp16 autocast): its first frame compiles (tens of seconds)
-    ("torch-compile+cuda", "torch-compile", "cuda", "fp16", "cuda", False),
-    ("ort-cuda-graphs+cuda", "onnxruntime", "cuda", "fp32", "cuda", True),
-    ("ort-cuda+cuda", "onnxruntime", "cuda", "fp32", "cuda", False),
-    ("ort-cuda+cuda", "onnxruntime", "cuda", "fp16", "cuda", False),
+    ("torch-compile+cuda", "torch-compile", "cuda", "fp16", "cuda", False, None),
+    ("ort-cuda-graphs+cuda", "onnxruntime", "cuda", "fp32", "cuda", True, False),
+    ("ort-cuda+cuda", "onnxruntime", "cuda", "fp32", "cuda", False, False),
+    ("ort-cuda+cuda", "onnxruntime", "cuda", "fp16", "cuda", False, False),
 ]
 
 
@@ -94,12 +96,13 @@ _NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA dev
 _PARAMS = [pytest.param(*c, id=f"{c[0]}-{c[3]}", marks=[_NO_CUDA] if c[2] == "cuda" else []) for c in CASES]
 
 
-@pytest.mark.parametrize("label,engine,device,precision,rasterizer,graphs", _PARAMS)
+@pytest.mark.parametrize("label,engine,device,precision,rasterizer,graphs,fused", _PARAMS)
 def test_whole_frame(benchmark, bench_meta, flex1_bundle, flex1_model, avatar, expressions, reference_frame,
-                     label, engine, device, precision, rasterizer, graphs):
+                     label, engine, device, precision, rasterizer, graphs, fused):
     _skip_unless_runnable(engine, device, flex1_bundle)
     rt = Runtime(flex1_bundle, backend=engine, device=device, rasterizer=rasterizer, precision=precision,
-                 cuda_graphs=graphs, verify="size", model=flex1_model if engine.startswith("torch") else None)
+                 cuda_graphs=graphs, fused_decoders=fused, verify="size",
+                 model=flex1_model if engine.startswith("torch") else None)
     cameras = orbit_camera(N_FRAMES)
     bench_meta(stage="whole_frame", backend=label, size="flex1", device=device, dtype=precision,
                flops=DECODE_FLOPS, frames=1, rasterizer=rt.rasterizer, runtime=rt.describe())
@@ -139,7 +142,8 @@ def test_whole_frame_batched(benchmark, bench_meta, flex1_bundle, flex1_model, a
                              precision, graphs):
     _skip_unless_runnable(engine, "cuda", flex1_bundle)
     rt = Runtime(flex1_bundle, backend=engine, device="cuda", rasterizer="cuda", precision=precision, batch=BATCH,
-                 cuda_graphs=graphs, verify="size", model=flex1_model if engine == "torch" else None)
+                 cuda_graphs=graphs, fused_decoders=False, verify="size",
+                 model=flex1_model if engine == "torch" else None)
     cameras = orbit_camera(N_FRAMES)
     bench_meta(stage="whole_frame", backend=f"{label}-b{BATCH}", size="flex1", device="cuda", dtype=precision,
                flops=DECODE_FLOPS * BATCH, frames=BATCH, rasterizer=rt.rasterizer, runtime=rt.describe())
@@ -173,7 +177,7 @@ def test_whole_frame_batched(benchmark, bench_meta, flex1_bundle, flex1_model, a
 def test_whole_frame_on_device(benchmark, bench_meta, flex1_bundle, avatar, expressions, label, precision):
     _skip_unless_runnable("onnxruntime", "cuda", flex1_bundle)
     rt = Runtime(flex1_bundle, backend="onnxruntime", device="cuda", rasterizer="cuda", precision=precision,
-                 cuda_graphs=True, verify="size")
+                 cuda_graphs=True, fused_decoders=False, verify="size")
     cameras = orbit_camera(N_FRAMES)
     bench_meta(stage="whole_frame", backend=f"{label}-device", size="flex1", device="cuda", dtype=precision,
                flops=DECODE_FLOPS, frames=1, rasterizer=rt.rasterizer, runtime=rt.describe())
@@ -201,7 +205,8 @@ def test_whole_frame_on_device(benchmark, bench_meta, flex1_bundle, avatar, expr
 # each left on the GPU (output="device"), one wait at the end: the frame rate of a consumer on the GPU (display,
 # video encoder), where the host queues a frame while the GPU renders the one before. "-exact-sort" sizes the
 # rasterizer's sort exactly in every frame (a host sync inside each frame: the runtime before its sync-free sort).
-CLIP_MODES = ("pipelined", "sequential", "pipelined-exact-sort", "device", "device-exact-sort")
+# "-fused": the decoder with ONNX Runtime's fused kernels (the other modes run the portable files).
+CLIP_MODES = ("pipelined", "sequential", "pipelined-exact-sort", "device", "device-exact-sort", "device-fused")
 
 
 @pytest.mark.parametrize("mode", [pytest.param(m, marks=[_NO_CUDA], id=f"ort-cuda-graphs+cuda-fp16-clip-{m}")
@@ -209,7 +214,7 @@ CLIP_MODES = ("pipelined", "sequential", "pipelined-exact-sort", "device", "devi
 def test_clip(benchmark, bench_meta, flex1_bundle, avatar, expressions, mode):
     _skip_unless_runnable("onnxruntime", "cuda", flex1_bundle)
     rt = Runtime(flex1_bundle, backend="onnxruntime", device="cuda", rasterizer="cuda", precision="fp16",
-                 cuda_graphs=True, verify="size")
+                 cuda_graphs=True, fused_decoders=mode.endswith("-fused"), verify="size")
     if mode == "sequential":
         rt._pipelines = lambda n_frames, output, timings: False        # this instance only
     if mode.endswith("-exact-sort"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flexavatar.bundle import PRECISIONS
 
-from .exporter import DEFAULT_GPU_CONV_FORM, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, TARGETS
+from .exporter import DEFAULT_GPU_CONV_FORM, DEFAULT_OPSET, DEFAULT_TARGETS, MAX_OPSET, MIN_OPSET, TARGETS
 from .graph_passes import GPU_CONV_FORMS
 
 
@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(without it the encoder takes DINOv2 features as an input)")
     p.add_argument("--config", type=Path, help="model_config.json (default: FLEX-1)")
     p.add_argument("--precision", default=",".join(PRECISIONS), help=f"comma list of {list(PRECISIONS)}")
-    p.add_argument("--targets", default=",".join(TARGETS), help=f"comma list of {list(TARGETS)}")
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                   help=f"comma list of {list(TARGETS)} (default {','.join(DEFAULT_TARGETS)}); 'onnx-ort' adds the "
+                   "decoders with ONNX Runtime's fused kernels (ONNX Runtime only; its CUDA provider prefers them)")
     p.add_argument("--avatar", type=Path, metavar="PHOTO", help="also encode this square photo (on white) and "
                    "write its code plus a decoder specialised to it (needs --dinov2)")
     p.add_argument("--camera", type=Path, metavar="JSON", help='the photo\'s camera: {"cam2world": 4x4 OpenCV, '

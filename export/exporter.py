@@ -3,7 +3,8 @@
 Steps (each reported through ``progress``):
   1. load the model (checkpoint, template, config, optional DINOv2) and, with ``avatar``, the photo;
   2. build fixed, seeded reference inputs and the PyTorch fp32 reference outputs (public model API);
-  3. per artifact: export / convert into a staging folder, run it (ONNX Runtime or OpenVINO, CPU) on the
+  3. per artifact: export / convert into a staging folder (with target ``onnx-ort``, the decoders also with ONNX
+     Runtime's fused contrib kernels, ``ort_fusions``), run it (ONNX Runtime or OpenVINO, CPU) on the
      reference inputs and compare with PyTorch (fp32: max abs error ≤ 1e-4 on every output; fp16: errors
      reported, PSNR of a rendered 512² image against the fp32 render ≥ 40 dB) — a failure aborts;
   4. write manifest.json, re-open the staged bundle (hashes + metadata), rename it into place.
@@ -29,8 +30,8 @@ import onnx
 import torch
 
 import flexavatar
-from flexavatar.bundle import (CHECK_FILE, FORMAT_ONNX, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, PRECISIONS, ROLE_DECODER,
-                               ROLE_DECODER_AVATAR, SCHEMA, SCHEMA_VERSION, AvatarInfo, Bundle, CheckInfo, Conventions,
+from flexavatar.bundle import (CHECK_FILE, FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS,
+                               PRECISIONS, ROLE_DECODER, ROLE_DECODER_AVATAR, SCHEMA, SCHEMA_VERSION, AvatarInfo, Bundle, CheckInfo, Conventions,
                                Manifest, ModelArtifact, ModelInfo, ModelMetadata, OutputParity, ParityReport,
                                TemplateInfo, file_record, sha256_file)
 from flexavatar.cameras import default_camera, orbit_cameras
@@ -45,12 +46,16 @@ from flexavatar.template import Template
 from .errors import ExportArgumentError, ExportStepError, OutputDirError, OutputExistsError, ParityError
 from .graph_passes import GPU_CONV_FORMS, apply_gpu_conv_form
 from .graphs import DecoderGraph, EncoderFeaturesGraph, EncoderGraph, GraphSpec, avatar_decoder_spec
+from .ort_fusions import fuse_for_onnxruntime
 from .onnx_tools import FP16_FP32_OPS, export_graph, save_checked, set_metadata, specialise, to_fp16
 from .openvino_tools import save_ir
 from .parity import (FP16_PSNR_TARGET_DB, FP32_TOLERANCE, MAX_RECORDED_PSNR_DB, RENDER_DESCRIPTION, RUNNERS,
                      compare, psnr, render_frontal)
 
-TARGETS = (FORMAT_ONNX, FORMAT_OPENVINO)
+TARGETS = (FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO)
+# onnx-ort (the decoders with ONNX Runtime's fused kernels, export.ort_fusions) is written on request: it runs on
+# ONNX Runtime only, and whether it pays on a GPU is measured by benchmarks/device/ort_fusions_ab.py
+DEFAULT_TARGETS = (FORMAT_ONNX, FORMAT_OPENVINO)
 # 23: one node each for attention, RMS norm and GELU (checked with ONNX Runtime 1.31-1.32 and OpenVINO 2026.4);
 # --opset 18 writes them out as primitive ops for older runtimes
 DEFAULT_OPSET = 23
@@ -81,7 +86,7 @@ class ExportResult:
 
 def export_bundle(checkpoint: str | Path | dict, out_dir: str | Path, *, template: str | Path | Template | None = None,
                   dinov2: str | Path | DinoV2 | None = None, config: str | Path | FlexConfig | None = None,
-                  precisions: Iterable[str] = PRECISIONS, targets: Iterable[str] = TARGETS,
+                  precisions: Iterable[str] = PRECISIONS, targets: Iterable[str] = DEFAULT_TARGETS,
                   avatar: str | Path | None = None, camera: str | Path | None = None, opset: int = DEFAULT_OPSET,
                   force: bool = False, strict_fp16: bool = False, gpu_conv_form: str = DEFAULT_GPU_CONV_FORM,
                   progress: Progress | None = print) -> ExportResult:
@@ -96,6 +101,8 @@ def export_bundle(checkpoint: str | Path | dict, out_dir: str | Path, *, templat
     kept, flagged (``parity.passed = false`` in the manifest) and warned about — or abort with ``strict_fp16``.
     gpu_conv_form: the upsampler's convolutions in the fp16 ONNX decoders (the GPU files; fp32 files and OpenVINO
     IRs keep the exported form): a key of ``graph_passes.GPU_CONV_FORMS``, checked like any other conversion.
+    targets: subset of ``TARGETS`` (default ``DEFAULT_TARGETS``); ``onnx-ort`` adds each decoder (both roles, every
+    precision asked for) with ONNX Runtime's fused kernels as ``<role>.<precision>.ort.onnx``, checked like the rest.
     """
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -481,6 +488,7 @@ class _Job:
     # fp16 decoders: the graph's fp16 ONNX file holds this GPU convolution form (graph_passes.GPU_CONV_FORMS)
     gpu_conv_form: str = DEFAULT_GPU_CONV_FORM
     written: tuple[str, ...] = ()
+    fusions: str = ""                             # onnx-ort: what fuse_for_onnxruntime wrote (the manifest's notes)
 
     @property
     def name(self) -> str:
@@ -488,20 +496,23 @@ class _Job:
 
     @property
     def rewrites_convs(self) -> bool:
-        """This file is the fp16 ONNX decoder in a GPU convolution form other than the exported one."""
-        return self.format == FORMAT_ONNX and self.gpu_conv_form != DEFAULT_GPU_CONV_FORM
+        """This file is (derived from) the fp16 ONNX decoder in a GPU convolution form other than the exported one."""
+        return self.format in (FORMAT_ONNX, FORMAT_ONNX_ORT) and self.gpu_conv_form != DEFAULT_GPU_CONV_FORM
 
     @property
     def notes(self) -> str:
-        if not self.rewrites_convs:
-            return self.graph.notes
-        form = f"upsampler convolutions in the GPU form {self.gpu_conv_form!r} (export.graph_passes)"
-        return f"{self.graph.notes}; {form}" if self.graph.notes else form
+        parts = [self.graph.notes]
+        if self.rewrites_convs:
+            parts.append(f"upsampler convolutions in the GPU form {self.gpu_conv_form!r} (export.graph_passes)")
+        if self.fusions:
+            parts.append(f"ONNX Runtime only: {self.fusions} (export.ort_fusions)")
+        return "; ".join(p for p in parts if p)
 
     @property
     def file_names(self) -> tuple[str, ...]:
         stem = f"{self.graph.spec.role}.{self.precision}"
-        return (f"{stem}.onnx",) if self.format == FORMAT_ONNX else (f"{stem}.xml", f"{stem}.bin")
+        return {FORMAT_ONNX: (f"{stem}.onnx",), FORMAT_ONNX_ORT: (f"{stem}.ort.onnx",),
+                FORMAT_OPENVINO: (f"{stem}.xml", f"{stem}.bin")}[self.format]
 
     def run(self, folder: Path, opset: int, strict_fp16: bool, warn: Progress) -> ModelArtifact:
         props = _metadata(self.ref.model, self.graph, self.precision).to_props()
@@ -551,7 +562,9 @@ class _Job:
 def _fp32_ops(fmt: str) -> tuple[str, ...]:
     # OpenVINO's fp16 IR stores the fp16 ONNX's weights; the device picks the compute precision (f32 on
     # CPU when INFERENCE_PRECISION_HINT=f32, as checked here), so every op computes in float32 there.
-    return FP16_FP32_OPS if fmt == FORMAT_ONNX else ("all (fp16 weights only; compute precision set by the device)",)
+    if fmt == FORMAT_OPENVINO:
+        return ("all (fp16 weights only; compute precision set by the device)",)
+    return FP16_FP32_OPS
 
 
 def _failure_text(report: ParityReport) -> str:
@@ -576,6 +589,16 @@ def _write_onnx_fp16(job: _Job, folder: Path, opset: int, props: dict[str, str])
     save_checked(model, folder / job.file_names[0])
 
 
+def _write_onnx_ort(job: _Job, folder: Path, opset: int, props: dict[str, str]) -> None:
+    # from the ONNX file of the same precision (written first, see _plan): the same weights, fp16 rounding and GPU
+    # convolution form, with ONNX Runtime's fused kernels where the patterns allow (checked like every file)
+    model = onnx.load(str(folder / f"{job.graph.spec.role}.{job.precision}.onnx"))
+    report = fuse_for_onnxruntime(model)
+    job.fusions = ", ".join(f"{n} {what}" for what, n in report.counts.items())
+    set_metadata(model, props, _doc(job))
+    save_checked(model, folder / job.file_names[0])
+
+
 def _write_ir(job: _Job, folder: Path, opset: int, props: dict[str, str]) -> None:
     # from the ONNX file of the same precision (always written first, see _plan): the fp16 IR keeps the
     # fp16 ONNX's choice of which constants stay float32 (OpenVINO's own compress_to_fp16 would round
@@ -596,6 +619,8 @@ def _write_ir(job: _Job, folder: Path, opset: int, props: dict[str, str]) -> Non
 WRITERS: dict[tuple[str, str], Callable[[_Job, Path, int, dict[str, str]], None]] = {
     (FORMAT_ONNX, "fp32"): _write_onnx_fp32,
     (FORMAT_ONNX, "fp16"): _write_onnx_fp16,
+    (FORMAT_ONNX_ORT, "fp32"): _write_onnx_ort,
+    (FORMAT_ONNX_ORT, "fp16"): _write_onnx_ort,
     (FORMAT_OPENVINO, "fp32"): _write_ir,
     (FORMAT_OPENVINO, "fp16"): _write_ir,
 }
@@ -611,9 +636,9 @@ DECODER_ROLES = (ROLE_DECODER, ROLE_DECODER_AVATAR)
 
 def _plan(model: FlexAvatarModel, ref: _References, precisions: tuple[str, ...],
           targets: tuple[str, ...], opset: int, gpu_conv_form: str = DEFAULT_GPU_CONV_FORM) -> list[_Job]:
-    """Jobs in order. The ONNX files of each graph come first (fp32, then fp16 from it; each IR derives
-    from the ONNX of its precision); an ONNX file built only as a source is kept out of the manifest
-    (and deleted) when ONNX was not asked for in that precision."""
+    """Jobs in order. The ONNX files of each graph come first (fp32, then fp16 from it; each fused decoder and
+    each IR derives from the ONNX of its precision); an ONNX file built only as a source is kept out of the
+    manifest (and deleted) when ONNX was not asked for in that precision. Fused files are for decoders only."""
     jobs = []
     for graph in _graphs(model, ref, opset):
         cache: dict[str, object] = {}
@@ -629,11 +654,14 @@ def _plan(model: FlexAvatarModel, ref: _References, precisions: tuple[str, ...],
             cache.clear()
             graph.forget()
 
-        for fmt in (FORMAT_ONNX, FORMAT_OPENVINO):
+        derived = {FORMAT_OPENVINO} | ({FORMAT_ONNX_ORT} if graph.spec.role in DECODER_ROLES else set())
+        for fmt in (FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO):
+            if fmt == FORMAT_ONNX_ORT and graph.spec.role not in DECODER_ROLES:
+                continue                            # the encoder runs once per avatar: nothing to gain
             for precision in PRECISIONS:
                 wanted = fmt in targets and precision in precisions
-                source_of_ir = fmt == FORMAT_ONNX and FORMAT_OPENVINO in targets and precision in precisions
-                if wanted or source_of_ir or (fmt, precision) == (FORMAT_ONNX, "fp32"):
+                source_of_derived = fmt == FORMAT_ONNX and bool(derived & set(targets)) and precision in precisions
+                if wanted or source_of_derived or (fmt, precision) == (FORMAT_ONNX, "fp32"):
                     form = gpu_conv_form if precision == "fp16" and graph.spec.role in DECODER_ROLES \
                         else DEFAULT_GPU_CONV_FORM
                     jobs.append(_Job(graph, fmt, precision, listed=wanted, ref=ref, source=source, release=release,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flexavatar.bundle import FORMAT_ONNX, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, PSNR_TARGET_DB, OutputParity
+from flexavatar.bundle import FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, PSNR_TARGET_DB, OutputParity
 from flexavatar.images import psnr  # noqa: F401  (the exporter's and the tests' PSNR)
 
 FP32_TOLERANCE = 1e-4          # max abs error on every attribute and on the avatar code
@@ -87,6 +87,10 @@ class Runner:
 RUNNERS: dict[tuple[str, str], Runner] = {
     (FORMAT_ONNX, "fp32"): Runner(_run_onnx, _onnx_runtime_name),
     (FORMAT_ONNX, "fp16"): Runner(_run_onnx_fp16_storage, _onnx_fp16_storage_name),
+    # the fused kernels exist on ONNX Runtime's CPU provider too (float and float16), and the fused outputs are
+    # typed in the file, so the fp16 twin rounds them as a GPU stores them
+    (FORMAT_ONNX_ORT, "fp32"): Runner(_run_onnx, _onnx_runtime_name),
+    (FORMAT_ONNX_ORT, "fp16"): Runner(_run_onnx_fp16_storage, _onnx_fp16_storage_name),
     # the fp16 IR holds fp16 weights; the CPU device computes in f32 (pinned), so nothing to emulate
     (FORMAT_OPENVINO, "fp32"): Runner(_run_openvino, _openvino_runtime_name),
     (FORMAT_OPENVINO, "fp16"): Runner(_run_openvino, _openvino_runtime_name),

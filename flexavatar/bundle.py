@@ -8,6 +8,8 @@ A bundle is a folder written by ``flexavatar-export`` (``flexavatar.export.expor
       encoder_features.fp32.onnx ... or this variant when no DINOv2 weights were given (features input)
       decoder.fp32.onnx          avatar code + expressions [E, 135] → Gaussians [E, G, …] (per frame)
       decoder.fp16.onnx          fp16 variant (inputs/outputs stay float32)
+      decoder.fp16.ort.onnx      with target onnx-ort: the same decoder with ONNX Runtime's fused contrib kernels
+                                 (runs on ONNX Runtime only; its CUDA provider prefers it)
       decoder.fp32.xml / .bin    OpenVINO IR (one artifact, two files)
       avatar_code.npy            with --avatar: the photo's code, official layout (R², 1, D) float32
       decoder_avatar.fp32.onnx   with --avatar: decoder specialised to that code (input: expressions only)
@@ -32,7 +34,8 @@ Stable API (used by the exporter and by the runtimes)
     ``read_onnx_signature`` / ``read_openvino_signature``: the graph's inputs and outputs (names, dims).
 ``Manifest.from_dict / to_dict / read / write``; ``ModelMetadata.from_props / to_props``.
 Roles: ``ROLE_ENCODER``, ``ROLE_ENCODER_FEATURES``, ``ROLE_DECODER``, ``ROLE_DECODER_AVATAR``; formats
-``FORMAT_ONNX``, ``FORMAT_OPENVINO``; precisions ``"fp32"``, ``"fp16"``.
+``FORMAT_ONNX``, ``FORMAT_ONNX_ORT`` (ONNX with ONNX Runtime's ``com.microsoft`` contrib ops: ONNX Runtime
+only), ``FORMAT_OPENVINO``; precisions ``"fp32"``, ``"fp16"``.
 
 Tensor conventions (also recorded in ``Manifest.conventions`` and in every model's metadata):
 OpenCV camera axes (+x right, +y down, +z forward), cam2world 4×4 in the canonical head frame, metres;
@@ -77,9 +80,10 @@ CHECK_FILE = "check.npz"                    # Manifest.check: the numerics check
 # room for another machine's summation order and still fails bf16 compute (~32 dB on the reduced fixture model).
 PSNR_TARGET_DB = {"fp32": 60.0, "fp16": 40.0}
 ROLES = (ROLE_ENCODER, ROLE_ENCODER_FEATURES, ROLE_DECODER, ROLE_DECODER_AVATAR)
-FORMAT_ONNX = "onnx"
+FORMAT_ONNX = "onnx"                        # standard ONNX: ONNX Runtime, OpenVINO, any ONNX runtime
+FORMAT_ONNX_ORT = "onnx-ort"                # ONNX with ONNX Runtime's contrib ops (com.microsoft): ONNX Runtime only
 FORMAT_OPENVINO = "openvino"
-FORMATS = (FORMAT_ONNX, FORMAT_OPENVINO)
+FORMATS = (FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO)
 PRECISIONS = ("fp32", "fp16")
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "bool")
 VERIFY_MODES = ("full", "size", "none")
@@ -497,6 +501,21 @@ def read_openvino_metadata(xml_path: str | Path) -> ModelMetadata:
     return ModelMetadata.from_props(props, where=str(xml_path))
 
 
+@dataclass(frozen=True)
+class _FormatReader:
+    """How a format's model file is named and read (metadata and declared inputs / outputs)."""
+    suffix: str
+    metadata: Any
+    signature: Any
+
+
+_FORMAT_READERS = {
+    FORMAT_ONNX: _FormatReader(".onnx", read_onnx_metadata, read_onnx_signature),
+    FORMAT_ONNX_ORT: _FormatReader(".onnx", read_onnx_metadata, read_onnx_signature),
+    FORMAT_OPENVINO: _FormatReader(".xml", read_openvino_metadata, read_openvino_signature),
+}
+
+
 def _onnx_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
@@ -559,9 +578,9 @@ class Bundle:
     def metadata(self, artifact: ModelArtifact) -> ModelMetadata:
         """The model file's own metadata and declared inputs / outputs, checked against the manifest (role,
         precision, template, conventions; tensor names, ranks and fixed dims)."""
-        reader = {FORMAT_ONNX: read_onnx_metadata, FORMAT_OPENVINO: read_openvino_metadata}[artifact.format]
+        reader = _FORMAT_READERS[artifact.format]
         path = self.path(artifact)
-        meta = reader(path)
+        meta = reader.metadata(path)
         m, c = self.manifest, self.manifest.conventions
         expect = {"role": artifact.role, "precision": artifact.precision, "n_gaussians": c.n_gaussians,
                   "template_sha256": m.template.sha256,
@@ -574,8 +593,7 @@ class Bundle:
         if bad:
             detail = ", ".join(f"{k}: file says {got!r}, manifest {want!r}" for k, (got, want) in bad.items())
             raise BundleMetadataError(f"{artifact.path}: metadata disagrees with the manifest ({detail})")
-        signature = {FORMAT_ONNX: read_onnx_signature, FORMAT_OPENVINO: read_openvino_signature}[artifact.format]
-        graph_inputs, graph_outputs = signature(path)
+        graph_inputs, graph_outputs = reader.signature(path)
         _check_signature(artifact.inputs, graph_inputs, f"{artifact.path}: input")
         _check_signature(artifact.outputs, graph_outputs, f"{artifact.path}: output")
         return meta
@@ -788,7 +806,7 @@ def _artifact(r: _Reader) -> ModelArtifact:
     if not files:
         raise ManifestError(f"{r.where}.files must list at least the model file")
     fmt = r.choice("format", FORMATS)
-    suffix = {FORMAT_ONNX: ".onnx", FORMAT_OPENVINO: ".xml"}[fmt]
+    suffix = _FORMAT_READERS[fmt].suffix
     if not files[0].path.endswith(suffix):
         raise ManifestError(f"{r.where}.files[0] must be the {suffix} model file, got {files[0].path!r}")
     if fmt == FORMAT_OPENVINO:      # OpenVINO reads the weights from the .bin beside the .xml: it must be verified

@@ -173,13 +173,17 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="ONNX Runtime CUDA: replay the bundle's graphs as CUDA graphs (default: on there; "
                         "--no-cuda-graphs runs them node by node, which onnxruntime-gpu 1.31 aborts at random)")
+    p.add_argument("--fused-decoders", action=argparse.BooleanOptionalAction, default=None,
+                   help="ONNX Runtime: run the bundle's decoders with ONNX Runtime's fused kernels when it has them "
+                        "(export --targets ...,onnx-ort; default: on CUDA; --no-fused-decoders: the portable files)")
 
 
 def open_runtime(args: argparse.Namespace, **extra) -> Runtime:
     device, device_id = args.device
     return Runtime(args.bundle, backend=args.backend, device=device, device_id=device_id, rasterizer=args.rasterizer,
                    precision=args.precision, inference_precision=args.inference_precision,
-                   cuda_graphs=args.cuda_graphs, checkpoint=args.checkpoint, template=args.template, **extra)
+                   cuda_graphs=args.cuda_graphs, fused_decoders=args.fused_decoders, checkpoint=args.checkpoint,
+                   template=args.template, **extra)
 
 
 def build_parser() -> argparse.ArgumentParser:

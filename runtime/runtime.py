@@ -200,6 +200,9 @@ class Runtime:
     made it 3.05 ms) and the mode in which
     onnxruntime-gpu 1.31.1 never aborted (without it, it did at random calls and at exit;
     benchmarks/device/README.md). False turns it off (with a warning on 1.31); other engines ignore it.
+    fused_decoders: ONNX Runtime runs the bundle's decoders with its fused kernels when the bundle has them (export
+    target ``onnx-ort``): None (default) = on CUDA (fewer kernels a frame), the portable files first on the CPU;
+    True = fused first everywhere; False = the portable files only. ``describe()`` names the file that runs.
     num_threads: CPU threads per call (0: the library's default). inference_precision: OpenVINO only, its
     INFERENCE_PRECISION_HINT: None (f32 for fp32 artifacts, else the device's choice), "f32", "f16" or "bf16"
     (the other engines compute at the artifacts' precision and ignore it, with a warning).
@@ -210,8 +213,8 @@ class Runtime:
 
     def __init__(self, bundle_dir: str | Path, backend: str = "auto", device: str = "auto", rasterizer: str = "auto",
                  *, precision: str = "fp32", verify: str = "full", batch: int = 1, num_threads: int = 0,
-                 inference_precision: str | None = None, cuda_graphs: bool | None = None, device_id: int = 0,
-                 model=None, checkpoint=None, template=None, dinov2=None):
+                 inference_precision: str | None = None, cuda_graphs: bool | None = None,
+                 fused_decoders: bool | None = None, device_id: int = 0, model=None, checkpoint=None, template=None, dinov2=None):
         for name, value in (("backend", backend), ("device", device), ("rasterizer", rasterizer)):
             if not isinstance(value, str):
                 raise RuntimeArgumentError(name, f"is {value!r}", "a name (a string), or 'auto'")
@@ -227,6 +230,9 @@ class Runtime:
         if cuda_graphs is not None and not isinstance(cuda_graphs, bool):
             raise RuntimeArgumentError("cuda_graphs", f"is {cuda_graphs!r}", "True, False or None (on for ONNX Runtime "
                                        "on CUDA)")
+        if fused_decoders is not None and not isinstance(fused_decoders, bool):
+            raise RuntimeArgumentError("fused_decoders", f"is {fused_decoders!r}", "True, False or None (ONNX "
+                                       "Runtime's fused decoders first on CUDA when the bundle has them)")
         if not _is_count(device_id) or device_id < 0:
             raise RuntimeArgumentError("device_id", f"is {device_id!r}", "a device index ≥ 0")
         if inference_precision is not None and (not isinstance(inference_precision, str)
@@ -239,8 +245,8 @@ class Runtime:
         self.image_size, self.n_tokens, self.code_width = c.image_size, c.n_head_tokens, c.d_code
         self.precision, self.batch = precision, batch
         options = EngineOptions(precision=precision, num_threads=num_threads, inference_precision=inference_precision,
-                                cuda_graphs=cuda_graphs, device_id=device_id, model=model, checkpoint=checkpoint,
-                                template=template, dinov2=dinov2)
+                                cuda_graphs=cuda_graphs, fused_decoders=fused_decoders, device_id=device_id,
+                                model=model, checkpoint=checkpoint, template=template, dinov2=dinov2)
         self.engine = self._open_engine(backend, device, options)
         self.backend, self.device = self.engine.name, self.engine.device
         if inference_precision is not None and self.backend != "openvino":
@@ -261,10 +267,12 @@ class Runtime:
         log.info("flexavatar runtime: %s", self.describe())
 
     def _open_engine(self, backend: str, device: str, options: EngineOptions):
-        def runs_bundle(spec: EngineSpec) -> str | None:
-            probe = getattr(spec.factory, "format", None)
-            if probe is not None and not self.bundle.artifacts(ROLE_DECODER, probe, options.precision):
-                return f"the bundle has no {options.precision} decoder in format {probe!r}"
+        def runs_bundle(spec: EngineSpec, device: str) -> str | None:
+            formats = spec.factory.formats_for(device, options) if hasattr(spec.factory, "formats_for") else (None,)
+            if formats != (None,) and not any(self.bundle.artifacts(ROLE_DECODER, f, options.precision)
+                                              for f in formats):
+                return (f"the bundle has no {options.precision} decoder in format "
+                        f"{' or '.join(repr(f) for f in formats)}")
             if getattr(spec.factory, "requires_model", False) and options.model is None and options.checkpoint is None:
                 return ("it runs the PyTorch model itself: pass model= (FlexAvatarModel) or checkpoint= + template= "
                         "(flexavatar-render: --checkpoint CKPT --template OBJ)")
@@ -283,7 +291,8 @@ class Runtime:
             return spec.factory(self.bundle, dev, options)
 
     def describe(self) -> str:
-        return (f"{self.engine.describe()} · {self.precision} · rasterizer {self.rasterizer} · "
+        decoder = f"{self.engine.artifact(ROLE_DECODER).files[0].path}" if self.engine.format else self.precision
+        return (f"{self.engine.describe()} · {decoder} · rasterizer {self.rasterizer} · "
                 f"bundle {self.bundle.root.name} (G = {self.manifest.conventions.n_gaussians})")
 
     # ---- avatars ----------------------------------------------------------------------------------------

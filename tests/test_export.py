@@ -20,14 +20,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from flexavatar.bundle import (FORMAT_ONNX, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, ROLE_DECODER, ROLE_DECODER_AVATAR,
+from flexavatar.bundle import (FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, ROLE_DECODER, ROLE_DECODER_AVATAR,
                                ROLE_ENCODER, ROLE_ENCODER_FEATURES, Bundle, read_onnx_metadata,
                                read_onnx_metadata_props, read_openvino_metadata)
 from flexavatar.config import FlexConfig
 from flexavatar.dinov2 import DinoV2Config
 from flexavatar.export import ExportArgumentError, ExportStepError, export_bundle
 from flexavatar.export.cli import main as cli_main
-from flexavatar.export.exporter import DEFAULT_OPSET
+from flexavatar.export.exporter import DEFAULT_OPSET, TARGETS
 from flexavatar.export.onnx_tools import FP16_FP32_OPS, constant_only_nodes
 from flexavatar.export.openvino_tools import compile_ir, run_compiled
 from flexavatar.export.parity import psnr, render_frontal
@@ -77,7 +77,8 @@ def full(tmp_path_factory, official_dir, fixture_model):
         mp.setattr(exporter, "export_graph", counted)
         result = export_bundle(official_dir / "state_dict.safetensors", root / "bundle",
                                template=official_dir / "gghead_template.obj", config=_config(official_dir),
-                               dinov2=fixture_model.dinov2, avatar=photo, progress=messages.append)
+                               dinov2=fixture_model.dinov2, avatar=photo, targets=TARGETS,
+                               progress=messages.append)
     return result, messages, photo
 
 
@@ -115,7 +116,7 @@ def _session(path: Path) -> ort.InferenceSession:
 
 def _run(bundle: Bundle, artifact, feeds: dict) -> dict[str, np.ndarray]:
     path = bundle.path(artifact)
-    if artifact.format == FORMAT_ONNX:
+    if artifact.format in (FORMAT_ONNX, FORMAT_ONNX_ORT):
         out = _session(path).run(None, feeds)
     else:
         out = run_compiled(compile_ir(path), feeds)
@@ -134,13 +135,17 @@ def test_bundle_lists_every_target_and_progress_is_reported(full):
     result, messages, _ = full
     m = result.manifest
     names = {a.name for a in m.artifacts}
-    assert names == {f"{role}.{p}.{fmt}" for role in (ROLE_ENCODER, ROLE_DECODER, ROLE_DECODER_AVATAR)
-                     for p in ("fp32", "fp16") for fmt in (FORMAT_ONNX, FORMAT_OPENVINO)}
+    assert names == ({f"{role}.{p}.{fmt}" for role in (ROLE_ENCODER, ROLE_DECODER, ROLE_DECODER_AVATAR)
+                      for p in ("fp32", "fp16") for fmt in (FORMAT_ONNX, FORMAT_OPENVINO)}
+                     | {f"{role}.{p}.{FORMAT_ONNX_ORT}" for role in (ROLE_DECODER, ROLE_DECODER_AVATAR)
+                        for p in ("fp32", "fp16")})          # the fused files: decoders only
+    assert {a.path for a in m.find(format=FORMAT_ONNX_ORT)} == {f"{role}.{p}.ort.onnx" for p in ("fp32", "fp16")
+                                                                 for role in (ROLE_DECODER, ROLE_DECODER_AVATAR)}
     on_disk = {p.name for p in result.path.iterdir()}
     listed = {Path(f.path).name for f in m.files()} | {"manifest.json"}
     assert on_disk == listed                                   # nothing unlisted, nothing missing
     assert not list(result.path.parent.glob(".bundle.partial-*"))
-    assert any(msg.startswith("[15/15]") for msg in messages)
+    assert any(msg.startswith("[19/19]") for msg in messages)
     assert "decoder_avatar.fp16.onnx" in result.summary and "PSNR" in result.summary
 
 
@@ -193,6 +198,32 @@ def test_onnx_files_pass_the_checker_and_carry_metadata(full):
         for spec, node in zip(artifact.inputs + artifact.outputs, nodes, strict=True):
             assert spec.name == node.name and list(spec.shape) == node.shape
             assert node.type == "tensor(float)" and spec.dtype == "float32"
+
+
+def test_fused_decoders_are_the_portable_files_with_onnxruntime_kernels(full):
+    """Target onnx-ort: each decoder of each precision again, its bias + residual + LayerNorm chains and bias GELUs
+    as ONNX Runtime's contrib kernels (export.ort_fusions), the rest (weights, metadata, io) as the portable file."""
+    result = full[0]
+    count = lambda m, op: sum(n.op_type == op for n in m.graph.node)  # noqa: E731
+    fused_artifacts = result.manifest.find(format=FORMAT_ONNX_ORT)
+    assert len(fused_artifacts) == 4
+    for artifact in fused_artifacts:
+        path = result.path / artifact.path
+        fused = onnx.load(str(path))
+        portable = onnx.load(str(result.path / artifact.path.replace(".ort.onnx", ".onnx")))
+        onnx.checker.check_model(fused, full_check=True)
+        assert {o.domain: o.version for o in fused.opset_import}["com.microsoft"] == 1
+        skips, gelus = count(fused, "SkipLayerNormalization"), count(fused, "FastGelu")
+        assert skips == count(portable, "LayerNormalization") - count(fused, "LayerNormalization") >= 2
+        assert gelus == count(portable, "Gelu") >= 1 and count(fused, "Gelu") == 0
+        assert count(portable, "Add") - count(fused, "Add") == 2 * skips + gelus    # bias and residual Adds
+        assert count(fused, "MatMul") == count(portable, "MatMul")
+        assert f"{skips} skip layer norms, {gelus} bias fast gelus" in artifact.notes
+        assert read_onnx_metadata_props(path) == read_onnx_metadata_props(path.with_name(
+            artifact.path.replace(".ort.onnx", ".onnx")))
+        assert [i.name for i in fused.graph.input] == [i.name for i in portable.graph.input]
+        assert [o.name for o in fused.graph.output] == [o.name for o in portable.graph.output]
+        assert artifact.parity.passed and artifact.fp32_ops == (() if artifact.precision == "fp32" else FP16_FP32_OPS)
 
 
 def test_bundle_files_say_nothing_of_the_machine_that_made_them(full):
@@ -360,7 +391,8 @@ def test_fp16_error_and_psnr_are_reported_and_reproducible(full, fixture_model):
     for artifact in bundle.artifacts(precision="fp16"):
         # the fp16 twin measured the headroom of the ONNX files (the IR computes in f32 on the CPU)
         peak = artifact.parity.fp16_peak_abs
-        assert (0 < peak < 65504 / 8) if artifact.format == FORMAT_ONNX else peak is None, artifact.name
+        onnx_file = artifact.format in (FORMAT_ONNX, FORMAT_ONNX_ORT)
+        assert (0 < peak < 65504 / 8) if onnx_file else peak is None, artifact.name
     for artifact in bundle.artifacts(role=ROLE_DECODER_AVATAR, precision="fp16"):
         report = artifact.parity
         assert report.psnr_db >= report.psnr_target_db == 40.0 and report.passed

@@ -254,6 +254,24 @@ def test_openvino_artifact_lists_its_xml_and_bin(bundle):
             Manifest.from_dict(raw)
 
 
+def test_onnx_runtime_artifact_is_an_onnx_file_beside_the_portable_one(bundle):
+    """Format onnx-ort (ONNX with ONNX Runtime's contrib ops): its model file is a .onnx file, and it may sit beside
+    the portable file of the same role and precision (each format once)."""
+    raw = bundle.manifest.to_dict()
+    fused = _renamed(raw["artifacts"][0], "decoder.fp32.onnx-ort", "decoder.fp32.ort.onnx")
+    fused["format"] = "onnx-ort"
+    raw["artifacts"].append(fused)
+    m = Manifest.from_dict(raw)
+    assert m.artifact("decoder", "onnx-ort").files[0].path == "decoder.fp32.ort.onnx"
+    assert m.artifact("decoder", "onnx").files[0].path == "decoder.fp32.onnx"
+    fused["files"][0]["path"] = "decoder.fp32.ort.xml"
+    with pytest.raises(ManifestError, match=r"artifacts\[1\].files\[0\] must be the .onnx model file"):
+        Manifest.from_dict(raw)
+    fused["format"] = "tensorrt"
+    with pytest.raises(ManifestError, match=r"artifacts\[1\].format is 'tensorrt'"):
+        Manifest.from_dict(raw)
+
+
 def test_files_linking_out_of_the_bundle_are_refused(bundle, tmp_path):
     outside = tmp_path / "outside.onnx"
     model = bundle.root / "decoder.fp32.onnx"

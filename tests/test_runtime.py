@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from PIL import Image
@@ -28,7 +29,7 @@ if not torch.cuda.is_available() and "triton" not in sys.modules:
     os.environ.setdefault("TRITON_INTERPRET", "1")     # Triton's CPU interpreter: one more rasterizer to check
 
 from flexavatar import kernels
-from flexavatar.bundle import (ROLE_DECODER_AVATAR, ArtifactNotFoundError, Bundle, BundleFileError,
+from flexavatar.bundle import (ROLE_DECODER, ROLE_DECODER_AVATAR, ROLE_ENCODER, ArtifactNotFoundError, Bundle, BundleFileError,
                                BundleFileMissingError, BundleHashMismatchError, BundleMetadataError, ManifestError)
 from flexavatar.cameras import default_camera as torch_default_camera
 from flexavatar.cameras import orbit_cameras as torch_orbit_cameras
@@ -57,7 +58,8 @@ from flexavatar.runtime.intersections import IncompleteFrameWarning, Intersectio
 SMALL_DINO = DinoV2Config(dim=32, depth=2, n_heads=2, input_size=56)
 ENGINES = ("onnxruntime", "openvino", "torch")
 # the GPU machine's image has no OpenVINO (a CPU engine, tested on CPU machines, where it is a dependency)
-BUNDLE_TARGETS = ("onnx", "openvino") if importlib.util.find_spec("openvino") else ("onnx",)
+# onnx-ort: the decoders with ONNX Runtime's fused kernels too (ONNX Runtime prefers them on CUDA)
+BUNDLE_TARGETS = ("onnx", "onnx-ort") + (("openvino",) if importlib.util.find_spec("openvino") else ())
 RASTERIZERS = tuple(kernels.available_backends("cpu"))       # cpu (native), reference, triton under TRITON_INTERPRET
 GAUSSIAN_TOL = 1e-4
 IMAGE_MEAN_TOL, IMAGE_MAX_TOL = 1e-3, 2 / 255
@@ -1185,6 +1187,62 @@ def test_cuda_graphs_default_on_for_onnxruntime_on_cuda_only(bundle):
         [None, True, False]
 
 
+def test_fused_decoders_first_on_cuda_and_where_asked(bundle, tmp_path):
+    """ONNX Runtime's formats, preferred first: the fused decoders (onnx-ort) on CUDA, the portable files on the CPU;
+    fused_decoders=True puts the fused ones first everywhere, False leaves them out. The CLI flag follows."""
+    from flexavatar.runtime.cli import build_parser
+    from flexavatar.runtime.engines import ort_formats
+
+    assert ort_formats("cuda", None) == ort_formats("cuda", True) == ort_formats("cpu", True) == ("onnx-ort", "onnx")
+    assert ort_formats("cpu", None) == ("onnx", "onnx-ort")
+    assert ort_formats("cuda", False) == ort_formats("cpu", False) == ("onnx",)
+    ran = {}
+    for fused in (None, True, False):
+        rt = Runtime(bundle, backend="onnxruntime", device="cpu", rasterizer="cpu", fused_decoders=fused)
+        ran[fused] = (rt.engine.artifact(ROLE_DECODER).path, rt.engine.artifact(ROLE_DECODER_AVATAR).path)
+        assert ran[fused][0] in rt.describe()
+        assert rt.engine.artifact(ROLE_ENCODER).path == "encoder.fp32.onnx"      # encoders: portable files only
+    assert ran == {None: ("decoder.fp32.onnx", "decoder_avatar.fp32.onnx"),
+                   True: ("decoder.fp32.ort.onnx", "decoder_avatar.fp32.ort.onnx"),
+                   False: ("decoder.fp32.onnx", "decoder_avatar.fp32.onnx")}
+    with pytest.raises(RuntimeArgumentError, match="fused_decoders.*True, False or None"):
+        Runtime(bundle, backend="onnxruntime", device="cpu", fused_decoders=1)
+    parse = build_parser().parse_args
+    required = ["b", "--expressions", "seq.npy", "-o", "clip.gif"]
+    assert [parse([*required, *flag]).fused_decoders
+            for flag in ([], ["--fused-decoders"], ["--no-fused-decoders"])] == [None, True, False]
+
+    # a bundle whose decoders are fused only: the CPU falls back to them; False finds no decoder and says so
+    only_fused = _copy(bundle, tmp_path)
+    manifest = json.loads((only_fused / "manifest.json").read_text())
+    manifest["artifacts"] = [a for a in manifest["artifacts"]
+                             if not (a["role"].startswith("decoder") and a["format"] != "onnx-ort")]
+    (only_fused / "manifest.json").write_text(json.dumps(manifest))
+    rt = Runtime(only_fused, backend="onnxruntime", device="cpu", verify="size")
+    assert rt.engine.artifact(ROLE_DECODER).path == "decoder.fp32.ort.onnx"
+    with pytest.raises(EngineUnavailableError, match="no fp32 decoder in format 'onnx'$"):
+        Runtime(only_fused, backend="onnxruntime", device="cpu", verify="size", fused_decoders=False)
+
+
+def test_fused_decoders_give_the_portable_files_frames(bundle, runtime_cache, model, oracle, expressions):
+    """The fused files (ONNX Runtime's CPU provider has their kernels) against PyTorch, and frame for frame against
+    the portable files, for the generic decoder and the bundle avatar's specialised one."""
+    fused = Runtime(bundle, backend="onnxruntime", device="cpu", rasterizer="cpu", batch=2, fused_decoders=True)
+    portable = runtime_cache("onnxruntime", "cpu")
+    avatar, want, _ = oracle
+    got = fused.decode(avatar, expressions).numpy()
+    for f in FIELDS:
+        assert _max_err(getattr(got, f), want[f]) <= GAUSSIAN_TOL, f
+    cams = orbit_camera(len(expressions))
+    for a in (avatar, fused.bundle_avatar()):
+        frames = fused.render(a, expressions, cams, SIZE, SIZE, output="float")
+        diff = np.abs(frames - portable.render(a, expressions, cams, SIZE, SIZE, output="float"))
+        # the same frames up to rounding (2e-7 mean here); a borderline Gaussian may move one pixel by 3.5e-3
+        assert diff.mean() <= 1e-5 and diff.max() <= IMAGE_MAX_TOL, (diff.mean(), diff.max())
+    assert ROLE_DECODER_AVATAR in fused.engine._models                  # the bundle avatar ran its fused decoder
+    assert "SkipLayerNormalization" in {n.op_type for n in onnx.load(bundle / "decoder.fp32.ort.onnx").graph.node}
+
+
 # ---- GPU (skipped without CUDA) -------------------------------------------------------------------------
 
 @pytest.mark.gpu
@@ -1205,6 +1263,22 @@ def test_onnxruntime_cuda_with_the_cuda_rasterizer(cuda_graphs, bundle, model, e
     on_device = rt.render(avatar, expressions, orbit_camera(3), SIZE, SIZE, output="device")   # no host sync
     assert on_device.is_cuda and tuple(on_device.shape) == (3, SIZE, SIZE, 4)
     _assert_same_frames(on_device.cpu().numpy(), frames)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fused_decoders", (True, False))
+def test_onnxruntime_cuda_fused_and_portable_decoders(fused_decoders, bundle, model, expressions):
+    """The fused decoders (the default on CUDA) and the portable ones, CUDA graphs, against PyTorch."""
+    rt = _ort_cuda_runtime(bundle, fused_decoders=fused_decoders, batch=3)
+    assert rt.engine.artifact(ROLE_DECODER).path == ("decoder.fp32.ort.onnx" if fused_decoders else "decoder.fp32.onnx")
+    avatar = Avatar(np.load(bundle / "avatar_code.npy").transpose(1, 0, 2))
+    want = _reference_gaussians(model, avatar.code, expressions)
+    g = rt.decode(avatar, expressions)
+    for f in FIELDS:
+        assert _max_err(getattr(g, f).cpu().numpy(), want[f]) <= GAUSSIAN_TOL, f
+    frames = rt.render(avatar, expressions, orbit_camera(3), SIZE, SIZE, output="float")
+    diff = np.abs(frames[..., :3].astype(np.float64) - _reference_render(want, 3))
+    assert diff.mean() <= IMAGE_MEAN_TOL and diff.max() <= IMAGE_MAX_TOL
 
 
 @pytest.mark.gpu
