@@ -58,7 +58,8 @@ _CPP_FRAMES: dict[tuple[str, str, str], np.ndarray] = {}  # (size, backend, prec
 class _Options(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_uint32), ("device", ctypes.c_int32), ("verify", ctypes.c_int32),
                 ("num_threads", ctypes.c_int32), ("cuda_device", ctypes.c_int32), ("rasterizer", ctypes.c_int32),
-                ("precision", ctypes.c_int32), ("cuda_graphs", ctypes.c_int32)]
+                ("precision", ctypes.c_int32), ("cuda_graphs", ctypes.c_int32),
+                ("fused_decoders", ctypes.c_int32)]    # 0 = AUTO: ONNX Runtime's fused decoder first on CUDA
 
 
 class _Camera(ctypes.Structure):

@@ -5,7 +5,8 @@ features → avatar code, then a frame with it), the example application, and ab
 (``runtime_abuse``), including the CUDA rasterizer choice failing cleanly on machines without CUDA.
 
 One bundle is exported during the run (the reduced official fixture, fp32 ONNX: encoder_features +
-decoder, ≈ 70 s on 2 cores); the C++ programs are built by ``cpp/tests/run_ctest.sh --build-only`` into
+decoder, ≈ 70 s on 2 cores), and one more for this module (fp32 + fp16, each decoder also with ONNX Runtime's
+fused kernels, target onnx-ort: ≈ 13 s) for the fp16 and fused-decoder tests; the C++ programs are built by ``cpp/tests/run_ctest.sh --build-only`` into
 ``build/ctest-{release,asan}`` (the same folders the later ctest run in ``.ci/run`` reuses).
 
 Oracles: the Python runtime (``flexavatar.runtime.Runtime``, onnxruntime's Python API on the same graph
@@ -85,16 +86,20 @@ def _default_camera() -> tuple[np.ndarray, np.ndarray]:
     return c2w, k
 
 
-def _run_dump(build: Path, bundle: Path, inputs: dict, work: Path, precision: str = "fp32") -> list[dict]:
-    """runtime_dump on the inputs' code and expressions: per frame Gaussians, float frame and RGBA frame."""
+def _run_dump(build: Path, bundle: Path, inputs: dict, work: Path, precision: str = "fp32", fused: str = "auto",
+              decoder_file: str | None = None) -> list[dict]:
+    """runtime_dump on the inputs' code and expressions: per frame Gaussians, float frame and RGBA frame.
+    fused: options.fused_decoders (auto, on, off); decoder_file: the decoder file the runtime must report."""
     c2w, k = _default_camera()
     camera = np.concatenate([c2w.ravel(), k.ravel(), [RENDER_SIZE, RENDER_SIZE], [1.0, 1.0, 1.0]]).astype(np.float32)
     camera.tofile(work / "camera.f32")
     proc = subprocess.run([str(build / "tests/runtime_dump"), str(bundle), str(inputs["code_path"]),
-                           str(inputs["expressions_f32"]), str(work / "camera.f32"), str(work), precision],
+                           str(inputs["expressions_f32"]), str(work / "camera.f32"), str(work), precision, fused],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert f"provider CPUExecutionProvider precision {precision}" in proc.stdout
+    assert f"provider CPUExecutionProvider precision {precision} decoder_file " in proc.stdout, proc.stdout
+    if decoder_file is not None:
+        assert f"decoder_file {decoder_file}\n" in proc.stdout, proc.stdout
     g = Bundle.open(bundle).manifest.conventions.n_gaussians
     frames = []
     for e in range(len(inputs["expressions"])):
@@ -199,21 +204,33 @@ def test_images_equal_the_python_runtime(cpp_outputs, python_runtime, inputs, to
         assert mse == 0 or 10 * np.log10(1 / mse) > 60
 
 
-def test_fp16_files_run_when_asked_and_equal_the_python_runtime_fp16(release_build, official_dir, inputs,
-                                                                    torch_gaussians, tmp_path):
+@pytest.fixture(scope="module")
+def fused_bundle(official_dir, tmp_path_factory) -> Path:
+    """The fixture exported with fp32 and fp16 ONNX decoders, each also with ONNX Runtime's fused kernels (target
+    onnx-ort: decoder.<precision>.ort.onnx beside decoder.<precision>.onnx). Read-only."""
     from flexavatar.config import FlexConfig
     from flexavatar.export import export_bundle
-    from flexavatar.runtime import Avatar, Runtime
 
-    bundle = tmp_path / "bundle"
+    bundle = tmp_path_factory.mktemp("fused") / "bundle"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         config = FlexConfig.from_official_json(official_dir / "config.json")
         export_bundle(official_dir / "state_dict.safetensors", bundle, template=official_dir / "gghead_template.obj",
-                      config=config, precisions=("fp32", "fp16"), targets=("onnx",), progress=None)
+                      config=config, precisions=("fp32", "fp16"), targets=("onnx", "onnx-ort"), progress=None)
+    return bundle
+
+
+def test_fp16_files_run_when_asked_and_equal_the_python_runtime_fp16(release_build, fused_bundle, inputs,
+                                                                    torch_gaussians, tmp_path):
+    from flexavatar.runtime import Avatar, Runtime
+
+    bundle = fused_bundle
     (tmp_path / "dump").mkdir()
-    frames = _run_dump(release_build, bundle, inputs, tmp_path / "dump", precision="fp16")
+    # fused_decoders AUTO on the CPU: the portable file first, as the Python runtime's default there
+    frames = _run_dump(release_build, bundle, inputs, tmp_path / "dump", precision="fp16",
+                       decoder_file="decoder.fp16.onnx")
     python = Runtime(bundle, backend="onnxruntime", device="cpu", rasterizer="cpu", precision="fp16")
+    assert "decoder.fp16.onnx" in python.describe()
     avatar = Avatar(inputs["code"].copy())
     for frame, expression, ref in zip(frames, inputs["expressions"], torch_gaussians, strict=True):
         py = python.decode(avatar, expression[None]).arrays()
@@ -223,6 +240,44 @@ def test_fp16_files_run_when_asked_and_equal_the_python_runtime_fp16(release_bui
             np.testing.assert_allclose(cpp, np.asarray(py[name])[0], rtol=0, atol=SAME_LIBRARY_TOLERANCE, err_msg=name)
             worst = max(worst, float(np.abs(cpp - ref[name]).max()))
         assert 1e-4 < worst < 0.1, worst     # the fp16 decoder ran (not fp32), with fp16-sized errors only
+
+
+def test_fused_decoder_runs_when_asked_and_equals_the_python_runtimes(release_build, fused_bundle, inputs,
+                                                                      torch_gaussians, tmp_path):
+    """options.fused_decoders ON runs the bundle's decoder with ONNX Runtime's fused kernels (decoder.fp32.ort.onnx)
+    on the CPU too: its Gaussians and frames are the Python runtime's with fused_decoders=True (the same file on the
+    same provider), and the PyTorch model's within the exporter's tolerance. AUTO (on the CPU) and OFF run the
+    portable file."""
+    from flexavatar.runtime import Avatar, Camera, Runtime
+
+    (tmp_path / "dump").mkdir()
+    frames = _run_dump(release_build, fused_bundle, inputs, tmp_path / "dump", fused="on",
+                       decoder_file="decoder.fp32.ort.onnx")
+    python = Runtime(fused_bundle, backend="onnxruntime", device="cpu", rasterizer="cpu", fused_decoders=True)
+    assert "decoder.fp32.ort.onnx" in python.describe()
+    avatar = Avatar(inputs["code"].copy())
+    for frame, expression, ref in zip(frames, inputs["expressions"], torch_gaussians, strict=True):
+        py = python.decode(avatar, expression[None]).arrays()
+        for name in GAUSSIAN_OUTPUTS:
+            cpp = frame["gaussians"][name]
+            assert np.isfinite(cpp).all(), name
+            np.testing.assert_allclose(cpp, np.asarray(py[name])[0], rtol=0, atol=SAME_LIBRARY_TOLERANCE, err_msg=name)
+            np.testing.assert_allclose(cpp, ref[name], rtol=0, atol=FP32_TOLERANCE, err_msg=name)
+    c2w, k = _default_camera()
+    want = python.render(avatar, inputs["expressions"], Camera(c2w, k), RENDER_SIZE, RENDER_SIZE, output="float")
+    for frame, py in zip(frames, want, strict=True):
+        assert py[..., 3].max() > 0.5
+        np.testing.assert_allclose(frame["rgb"], py[..., :3], rtol=0, atol=1e-4)
+        np.testing.assert_allclose(frame["alpha"], py[..., 3], rtol=0, atol=1e-4)
+    # the numerics check through each choice (runtime_check reports the decoder file that ran)
+    import json
+
+    for fused, file in (("auto", "decoder.fp32.onnx"), ("off", "decoder.fp32.onnx"), ("on", "decoder.fp32.ort.onnx")):
+        proc = subprocess.run([str(release_build / "tests/runtime_check"), str(fused_bundle), "fp32", fused],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        got = json.loads(proc.stdout)
+        assert got["decoder_file"] == file and got["passed"] is True, (fused, got)
 
 
 def test_numerics_check_equals_the_python_runtimes(release_build, bundle_dir, python_runtime):
@@ -368,13 +423,28 @@ def test_example_writes_png_frames_equal_to_the_runtime_and_reports_latency(exam
     match = re.search(r"p50 ([0-9.]+) ms, p95 ([0-9.]+) ms", proc.stdout)
     assert match and 0 < float(match[1]) <= float(match[2]), proc.stdout
     # CUDA graphs are the default but take effect on the zero-copy CUDA path only
-    assert "decoder on CPUExecutionProvider, cpu rasterizer" in proc.stdout, proc.stdout
+    assert "decoder on CPUExecutionProvider, cpu rasterizer, decoder file decoder.fp32.onnx" in proc.stdout, \
+        proc.stdout
     pngs = sorted(out.glob("frame_*.png"))
     assert [p.name for p in pngs] == [f"frame_{e:05d}.png" for e in range(len(inputs["expressions"]))]
     for png, frame in zip(pngs, cpp_outputs, strict=True):
         image = np.asarray(Image.open(png))
         assert image.shape == (RENDER_SIZE, RENDER_SIZE, 4) and image.dtype == np.uint8
         np.testing.assert_array_equal(image, frame["rgba"])
+
+
+def test_example_fused_decoders_option_picks_the_decoder_file(example_app, fused_bundle, inputs, tmp_path):
+    """--fused-decoders (options.fused_decoders): the file that runs is printed; auto is the portable one on the CPU."""
+    for flag, file in (("on", "decoder.fp32.ort.onnx"), ("off", "decoder.fp32.onnx"), ("auto", "decoder.fp32.onnx")):
+        proc = subprocess.run([str(example_app), str(fused_bundle), str(inputs["code_path"]),
+                               str(inputs["expressions_path"]), str(tmp_path / flag), "--size", "32", "--device", "cpu",
+                               "--fused-decoders", flag], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert f"cpu rasterizer, decoder file {file}\n" in proc.stdout, proc.stdout
+        assert len(list((tmp_path / flag).glob("frame_*.png"))) == len(inputs["expressions"])
+    proc = subprocess.run([str(example_app), str(fused_bundle), "-", "e.npy", "o", "--fused-decoders", "yes"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "--fused-decoders: expected auto, on or off, got 'yes'" in proc.stderr
 
 
 def test_example_verify_checks_the_numerics_before_rendering(example_app, bundle_dir, inputs, tmp_path):

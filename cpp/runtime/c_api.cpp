@@ -162,6 +162,7 @@ flexavatar_runtime_options default_options() {
   defaults.device = FLEXAVATAR_DEVICE_AUTO;
   defaults.verify = FLEXAVATAR_VERIFY_FULL;
   defaults.cuda_graphs = 1;  // takes effect on the zero-copy CUDA path only (see flexavatar.h)
+  defaults.fused_decoders = FLEXAVATAR_FUSED_DECODERS_AUTO;
   return defaults;
 }
 
@@ -233,6 +234,11 @@ flexavatar_status flexavatar_runtime_create(const char* bundle_dir, const flexav
     if (defaults.cuda_graphs != 0 && defaults.cuda_graphs != 1)
       return Status(StatusCode::kInvalidArgument, "options.cuda_graphs is " + std::to_string(defaults.cuda_graphs) +
                                                       ", expected 0 (off) or 1 (replay the decoder as a CUDA graph)");
+    if (defaults.fused_decoders < FLEXAVATAR_FUSED_DECODERS_AUTO ||
+        defaults.fused_decoders > FLEXAVATAR_FUSED_DECODERS_OFF)
+      return Status(StatusCode::kInvalidArgument,
+                    "options.fused_decoders is " + std::to_string(defaults.fused_decoders) +
+                        ", expected FLEXAVATAR_FUSED_DECODERS_AUTO (0), ON (1) or OFF (2)");
     flexavatar::runtime::RuntimeOptions opts;
     opts.device = static_cast<flexavatar::runtime::Device>(defaults.device);
     opts.verify = static_cast<flexavatar::runtime::Verify>(defaults.verify);
@@ -241,6 +247,7 @@ flexavatar_status flexavatar_runtime_create(const char* bundle_dir, const flexav
     opts.rasterizer = static_cast<flexavatar::runtime::RasterizerChoice>(defaults.rasterizer);
     opts.precision = defaults.precision == FLEXAVATAR_PRECISION_FP16 ? "fp16" : "fp32";
     opts.cuda_graphs = defaults.cuda_graphs == 1;
+    opts.fused_decoders = static_cast<flexavatar::runtime::FusedDecoders>(defaults.fused_decoders);
     // Owned by a smart pointer until registered: an allocation failure on the way frees the runtime.
     auto entry = std::make_shared<Entry>();
     Status s = Runtime::create(bundle_dir, opts, &entry->impl);
@@ -301,6 +308,10 @@ flexavatar_status flexavatar_runtime_get_info(const flexavatar_runtime* runtime,
       std::strncpy(info->decoder_precision, rt.precision().c_str(), sizeof(info->decoder_precision) - 1);
     }
     if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, cuda_graphs)) info->cuda_graphs = rt.cuda_graphs() ? 1 : 0;
+    if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, decoder_file)) {
+      std::memset(info->decoder_file, 0, sizeof(info->decoder_file));
+      std::strncpy(info->decoder_file, rt.decoder_file().c_str(), sizeof(info->decoder_file) - 1);
+    }
     return Status::ok_status();
   });
 }

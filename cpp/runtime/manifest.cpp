@@ -111,7 +111,8 @@ class Reader {
 };
 
 const std::vector<std::string> kRoles = {"encoder", "encoder_features", "decoder", "decoder_avatar"};
-const std::vector<std::string> kFormats = {"onnx", "openvino"};
+// "onnx-ort": ONNX with ONNX Runtime's com.microsoft contrib ops (fused decoders): ONNX Runtime only.
+const std::vector<std::string> kFormats = {"onnx", "onnx-ort", "openvino"};
 const std::vector<std::string> kPrecisions = {"fp32", "fp16"};
 const std::vector<std::string> kDtypes = {"float32", "float16", "int64", "int32", "uint8", "bool"};
 
@@ -187,7 +188,7 @@ ModelArtifact artifact(const Reader& r) {
   for (const Reader& f : r.objects("files")) a.files.push_back(file_record(f));
   if (a.files.empty()) fail(r.where() + ".files must list at least the model file");
   a.format = r.choice("format", kFormats);
-  const std::string suffix = a.format == "onnx" ? ".onnx" : ".xml";
+  const std::string suffix = a.format == "openvino" ? ".xml" : ".onnx";  // onnx and onnx-ort: an .onnx file
   const std::string& first = a.files[0].path;
   if (first.size() < suffix.size() || first.compare(first.size() - suffix.size(), suffix.size(), suffix) != 0)
     fail(r.where() + ".files[0] must be the " + suffix + " model file, got '" + first + "'");

@@ -116,18 +116,33 @@ Status Runtime::create(const std::string& bundle_dir, const RuntimeOptions& opti
   if (!s.ok()) return s;
   const Manifest& m = rt->bundle_.manifest;
   const std::string& precision = options.precision;
-  const ModelArtifact* decoder = m.find("decoder", "onnx", precision);
-  if (!decoder) {
-    decoder = m.find("decoder_avatar", "onnx", precision);
-    rt->code_folded_in_ = decoder != nullptr;
-  }
-  if (!decoder) {
-    std::string have;
-    for (const auto& a : m.artifacts) have += (have.empty() ? "" : ", ") + a.name;
-    return Status(StatusCode::kBundleInvalid, "bundle " + bundle_dir +
-                                                  " has no " + precision +
-                                                  " ONNX decoder (role 'decoder' or 'decoder_avatar'); it has: " +
-                                                  (have.empty() ? std::string("none") : have));
+  // The decoder's role first (choose_rasterizer depends on it): "decoder" when the bundle has one of this
+  // precision in a format that may run, else "decoder_avatar". Its file is chosen once the rasterizer is known.
+  const bool fused_allowed = options.fused_decoders != FusedDecoders::kOff;
+  auto decoder_files = [&](const char* role, const ModelArtifact** portable, const ModelArtifact** fused) {
+    *portable = m.find(role, "onnx", precision);
+    *fused = fused_allowed ? m.find(role, "onnx-ort", precision) : nullptr;
+    return *portable || *fused;
+  };
+  const ModelArtifact *portable = nullptr, *fused = nullptr;
+  if (!decoder_files("decoder", &portable, &fused))
+    rt->code_folded_in_ = decoder_files("decoder_avatar", &portable, &fused);
+  if (!portable && !fused) {
+    std::string have, excluded;
+    for (const auto& a : m.artifacts) {
+      have += (have.empty() ? "" : ", ") + a.name;
+      if (!fused_allowed && a.format == "onnx-ort" && a.precision == precision &&
+          (a.role == "decoder" || a.role == "decoder_avatar"))
+        excluded += (excluded.empty() ? "" : ", ") + a.files[0].path;
+    }
+    return Status(StatusCode::kBundleInvalid,
+                  "bundle " + bundle_dir + " has no " + precision +
+                      " ONNX decoder (role 'decoder' or 'decoder_avatar'); it has: " +
+                      (have.empty() ? std::string("none") : have) +
+                      (excluded.empty() ? std::string()
+                                        : "; options.fused_decoders OFF excludes its decoders with ONNX Runtime's "
+                                          "fused kernels (format onnx-ort: " + excluded +
+                                              "): pass fused_decoders AUTO or ON to run them"));
   }
   rt->num_gaussians_ = m.conventions.n_gaussians;
   rt->num_head_tokens_ = m.conventions.n_head_tokens;
@@ -159,6 +174,14 @@ Status Runtime::create(const std::string& bundle_dir, const RuntimeOptions& opti
   // The rasterizer first: with the CUDA one, the decoder session runs on its stream.
   s = rt->choose_rasterizer();
   if (!s.ok()) return s;
+  // The fused file first where a frame is bound by kernel launches (the decoder on CUDA: device CUDA, or AUTO with
+  // the CUDA rasterizer, the zero-copy path), the portable one first on the CPU (compute-bound: the fused file
+  // measured 0.96-0.98x there); either when it is the only one.
+  const bool cuda_path = options.device == Device::kCuda || (rt->cuda_ && options.device != Device::kCpu);
+  const bool fused_first = options.fused_decoders == FusedDecoders::kOn ||
+                           (options.fused_decoders == FusedDecoders::kAuto && cuda_path);
+  const ModelArtifact* decoder = fused_first ? (fused ? fused : portable) : (portable ? portable : fused);
+  rt->decoder_file_ = decoder->files[0].path;
   SessionConfig config;
   config.num_threads = options.num_threads;
   config.try_cuda = options.device == Device::kAuto;

@@ -27,6 +27,10 @@ namespace runtime {
 
 enum class Device { kAuto = 0, kCpu = 1, kCuda = 2 };
 enum class RasterizerChoice { kAuto = 0, kCpu = 1, kCuda = 2 };
+// Which decoder file runs when the bundle has a portable one (format "onnx") and one with ONNX Runtime's fused
+// contrib kernels ("onnx-ort"): kAuto = fused first on CUDA (fewer kernel launches per frame), portable
+// first elsewhere (the CPU is compute-bound: fused measured 0.96-0.98x); kOn = fused first; kOff = portable only.
+enum class FusedDecoders { kAuto = 0, kOn = 1, kOff = 2 };
 
 struct RuntimeOptions {
   Device device = Device::kAuto;
@@ -36,6 +40,7 @@ struct RuntimeOptions {
   RasterizerChoice rasterizer = RasterizerChoice::kAuto;
   std::string precision = "fp32";  // which ONNX files: "fp32" or "fp16" (the encoder falls back to fp32)
   bool cuda_graphs = true;         // zero copy only: the decoder replays a CUDA graph (ORT enable_cuda_graph)
+  FusedDecoders fused_decoders = FusedDecoders::kAuto;
 };
 
 // Which encoder inputs the bundle supports (the C API's FLEXAVATAR_ENCODER_* flags).
@@ -101,6 +106,8 @@ class Runtime {
   const std::string& decoder_provider() const { return decoder_->provider(); }
   const std::string& precision() const { return options_.precision; }
   bool cuda_graphs() const { return decoder_ && decoder_->cuda_graphs(); }
+  // The decoder model file that runs, relative to the bundle folder (e.g. "decoder.fp16.ort.onnx").
+  const std::string& decoder_file() const { return decoder_file_; }
   const char* rasterizer_name() const { return cuda_ ? "cuda" : "cpu"; }
   int rasterizer_device() const { return cuda_ ? cuda_->device() : -1; }
   uint32_t encoders() const;
@@ -144,6 +151,7 @@ class Runtime {
   std::unique_ptr<CudaFrames> cuda_;
   std::unique_ptr<OrtModel> decoder_;
   bool code_folded_in_ = false;  // decoder_avatar: the avatar code is part of the graph
+  std::string decoder_file_;     // the decoder artifact's model file (files[0].path)
   bool has_code_ = false;
   int64_t num_gaussians_ = 0, num_head_tokens_ = 0, code_dim_ = 0, expression_dim_ = 0;
   // Decoder buffers: code [1, R², D], expressions [1, 135]; the outputs [1, G, k] lie in one block

@@ -1,11 +1,13 @@
 // flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N] [--device auto|cpu|cuda|cuda:N]
 //                   [--rasterizer auto|cpu|cuda] [--features FEATURES.npy] [--head-pose] [--verify]
-//                   [--no-cuda-graphs]
+//                   [--no-cuda-graphs] [--fused-decoders auto|on|off]
 //
 // Renders one PNG frame per expression (frame_00000.png, ...) from the bundle's default camera and prints
 // the per-frame latency (decoder + rasterizer + RGBA) as p50 / p95. --head-pose shows each code's rigid head
 // pose (the tracked head motion), as the official GUI does. --verify first runs the bundle's numerics check
-// on this runtime (flexavatar_runtime_check_numerics) and renders only if it passes.
+// on this runtime (flexavatar_runtime_check_numerics) and renders only if it passes. --fused-decoders picks the
+// bundle's decoder with ONNX Runtime's fused kernels (format onnx-ort) or its portable one (options.fused_decoders;
+// auto: fused on the CUDA path, portable on the CPU); the decoder file that runs is printed.
 //   AVATAR       an avatar code .npy float32 (R², 1, D); "-" for the bundle's own avatar_code.npy; or a photo
 //                .npy float32 [S, S, 3] (or [3, S, S]) in [0, 1] on white, encoded by the bundle's encoder
 //                (with --features: its DINOv2 features [C, h, w], for bundles exported without DINOv2)
@@ -35,7 +37,7 @@ int usage() {
   std::fprintf(stderr,
                "usage: flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N] "
                "[--device auto|cpu|cuda|cuda:N] [--rasterizer auto|cpu|cuda] [--features FEATURES.npy] [--head-pose]\n"
-               "               [--verify] [--no-cuda-graphs]\n"
+               "               [--verify] [--no-cuda-graphs] [--fused-decoders auto|on|off]\n"
                "  AVATAR: avatar code .npy float32 (R^2, 1, D); - for the bundle's avatar_code.npy; or a photo\n"
                "          .npy float32 [S, S, 3] in [0, 1] to encode (--features: DINOv2 features [C, h, w])\n"
                "  EXPRESSIONS: .npy float32 [E, 135]\n");
@@ -243,13 +245,15 @@ int main(int argc, char** argv) {
   int device = FLEXAVATAR_DEVICE_AUTO, rasterizer = FLEXAVATAR_RASTERIZER_AUTO, cuda_device = 0;
   std::string features_path;
   bool head_pose = false, verify = false, cuda_graphs = true;
+  int fused_decoders = FLEXAVATAR_FUSED_DECODERS_AUTO;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") {
       usage();
       return 0;
     }
-    if (arg == "--size" || arg == "--threads" || arg == "--device" || arg == "--rasterizer" || arg == "--features") {
+    if (arg == "--size" || arg == "--threads" || arg == "--device" || arg == "--rasterizer" || arg == "--features" ||
+        arg == "--fused-decoders") {
       if (i + 1 >= argc) return usage_error(arg + ": missing value");
       const std::string value = argv[++i];
       if (arg == "--size") {
@@ -263,6 +267,16 @@ int main(int argc, char** argv) {
       } else if (arg == "--features") {
         if (value.empty()) return usage_error("--features: expected a DINOv2 features .npy path, got ''");
         features_path = value;
+      } else if (arg == "--fused-decoders") {
+        if (value == "auto") {
+          fused_decoders = FLEXAVATAR_FUSED_DECODERS_AUTO;
+        } else if (value == "on") {
+          fused_decoders = FLEXAVATAR_FUSED_DECODERS_ON;
+        } else if (value == "off") {
+          fused_decoders = FLEXAVATAR_FUSED_DECODERS_OFF;
+        } else {
+          return usage_error("--fused-decoders: expected auto, on or off, got '" + value + "'");
+        }
       } else if (arg == "--device") {
         if (value.rfind("cuda:", 0) == 0) {  // cuda:N, the N-th CUDA device
           const long ordinal = parse_count(value.substr(5), 1023);
@@ -330,6 +344,7 @@ int main(int argc, char** argv) {
     options.rasterizer = rasterizer;
     options.num_threads = threads;
     options.cuda_graphs = cuda_graphs ? 1 : 0;
+    options.fused_decoders = fused_decoders;
     flexavatar::Runtime rt(bundle, &options);
     const flexavatar_runtime_info info = rt.info();
 
@@ -380,9 +395,9 @@ int main(int argc, char** argv) {
         return 1;
       }
     }
-    std::printf("flexavatar %s, %ld Gaussians, decoder on %s%s, %s rasterizer\n", flexavatar_version(),
-                long(info.num_gaussians), info.decoder_provider, info.cuda_graphs ? " (CUDA graphs)" : "",
-                info.rasterizer);
+    std::printf("flexavatar %s, %ld Gaussians, decoder on %s%s, %s rasterizer, decoder file %s\n",
+                flexavatar_version(), long(info.num_gaussians), info.decoder_provider,
+                info.cuda_graphs ? " (CUDA graphs)" : "", info.rasterizer, info.decoder_file);
     std::printf("%ld frames %dx%d -> %s\n", frames, camera.width, camera.height, out_dir.c_str());
     std::printf("latency per frame: p50 %.3f ms, p95 %.3f ms (first frame %.3f ms)\n", percentile(ms, 0.5),
                 percentile(ms, 0.95), ms.front());

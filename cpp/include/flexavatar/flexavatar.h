@@ -108,6 +108,19 @@ typedef enum flexavatar_precision {
   FLEXAVATAR_PRECISION_FP16 = 1  /* FLEXAVATAR_ERROR_BUNDLE_INVALID when the bundle has no fp16 ONNX decoder */
 } flexavatar_precision;
 
+/* Which decoder file runs when the bundle has both a portable ONNX decoder (format "onnx") and one with ONNX
+ * Runtime's fused contrib kernels (format "onnx-ort", e.g. decoder.fp16.ort.onnx: com.microsoft
+ * SkipLayerNormalization / FastGelu; export target onnx-ort). The fused file launches fewer kernels per frame,
+ * which is what a GPU frame is bound by; on a compute-bound CPU it measured 0.96-0.98x the portable file. The
+ * encoders always run their portable file (the exporter writes no fused encoders). */
+typedef enum flexavatar_fused_decoders {
+  FLEXAVATAR_FUSED_DECODERS_AUTO = 0, /* the fused file first when the decoder runs on CUDA (device CUDA, or AUTO
+                                         with the CUDA rasterizer), the portable one first elsewhere; either when
+                                         the bundle has only one */
+  FLEXAVATAR_FUSED_DECODERS_ON = 1,   /* the fused file first everywhere (the portable one when there is none) */
+  FLEXAVATAR_FUSED_DECODERS_OFF = 2   /* the portable file only (FLEXAVATAR_ERROR_BUNDLE_INVALID without one) */
+} flexavatar_fused_decoders;
+
 /* Which inputs flexavatar_runtime_create_avatar_code accepts (flexavatar_runtime_info.encoders). */
 #define FLEXAVATAR_ENCODER_IMAGE 1u    /* bundle role "encoder": photo + camera (DINOv2 inside the graph) */
 #define FLEXAVATAR_ENCODER_FEATURES 2u /* bundle role "encoder_features": photo + camera + DINOv2 features */
@@ -135,6 +148,8 @@ typedef struct flexavatar_runtime_options {
                            first frame, and encode the first photo, before other threads start).
                            Default 1 (also for callers whose struct predates the field); 0 runs the CUDA sessions
                            node by node, which onnxruntime-gpu 1.31.1 aborts at random calls (CUDA error 800) */
+  int32_t fused_decoders; /* flexavatar_fused_decoders (appended; default AUTO, also for callers whose struct
+                             predates the field); info.decoder_file says which file runs */
 } flexavatar_runtime_options;
 
 typedef struct flexavatar_runtime_info {
@@ -153,6 +168,8 @@ typedef struct flexavatar_runtime_info {
   int64_t feature_channels;       /* C of the DINOv2 features input (FLEXAVATAR_ENCODER_FEATURES), else 0 */
   char decoder_precision[8];      /* "fp32" or "fp16": the decoder file that runs */
   int32_t cuda_graphs;            /* 1 when the decoder replays a CUDA graph (options.cuda_graphs took effect) */
+  char decoder_file[128];         /* the decoder model file that runs, relative to the bundle folder (e.g.
+                                     "decoder.fp16.ort.onnx"), NUL-terminated (truncated to fit) */
 } flexavatar_runtime_info;
 
 /* A decoded frame's Gaussians, [G, ...] float32 each, owned by the runtime. */

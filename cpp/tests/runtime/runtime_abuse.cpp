@@ -503,6 +503,49 @@ TEST_CASE(cuda_graphs_is_checked_and_reported) {
   flexavatar_runtime_destroy(rt);
 }
 
+TEST_CASE(fused_decoders_is_checked_and_reported) {
+  flexavatar_runtime_options options;
+  flexavatar_runtime_options_init(&options, sizeof(options));
+  CHECK(options.fused_decoders == FLEXAVATAR_FUSED_DECODERS_AUTO);  // the default
+  options.device = FLEXAVATAR_DEVICE_CPU;
+  options.fused_decoders = 3;
+  flexavatar_runtime* rt = nullptr;
+  CHECK(flexavatar_runtime_create(g_bundle.c_str(), &options, &rt) == FLEXAVATAR_ERROR_INVALID_ARGUMENT && !rt);
+  CHECK(error_mentions("options.fused_decoders is 3") && error_mentions("AUTO (0), ON (1) or OFF (2)"));
+  // the test bundle has the portable decoder only: every choice runs it, and info names it
+  for (int fused : {int(FLEXAVATAR_FUSED_DECODERS_AUTO), int(FLEXAVATAR_FUSED_DECODERS_ON),
+                    int(FLEXAVATAR_FUSED_DECODERS_OFF)}) {
+    options.fused_decoders = fused;
+    CHECK(flexavatar_runtime_create(g_bundle.c_str(), &options, &rt) == FLEXAVATAR_OK && rt);
+    flexavatar_runtime_info info;
+    std::memset(&info, 0xff, sizeof(info));
+    info.struct_size = sizeof(info);
+    CHECK(flexavatar_runtime_get_info(rt, &info) == FLEXAVATAR_OK);
+    CHECK(std::string(info.decoder_file) == "decoder.fp32.onnx");
+    flexavatar_runtime_destroy(rt);
+    rt = nullptr;
+  }
+  // an older caller's options struct (without the field): AUTO, whatever lies beyond its size
+  options.struct_size = uint32_t(offsetof(flexavatar_runtime_options, fused_decoders));
+  options.fused_decoders = 99;
+  CHECK(flexavatar_runtime_create(g_bundle.c_str(), &options, &rt) == FLEXAVATAR_OK && rt);
+  // an older caller's info struct (without decoder_file) gets nothing written past its size
+  flexavatar_runtime_info older;
+  std::memset(&older, 0xab, sizeof(older));
+  older.struct_size = uint32_t(offsetof(flexavatar_runtime_info, decoder_file));
+  CHECK(flexavatar_runtime_get_info(rt, &older) == FLEXAVATAR_OK);
+  bool untouched = true;
+  for (char c : older.decoder_file) untouched = untouched && static_cast<unsigned char>(c) == 0xab;
+  CHECK(untouched && older.cuda_graphs == 0);
+  // a struct that ends inside decoder_file does not get it either (no partial, unterminated copy)
+  std::memset(&older, 0xab, sizeof(older));
+  older.struct_size = uint32_t(offsetof(flexavatar_runtime_info, decoder_file) + 8);
+  CHECK(flexavatar_runtime_get_info(rt, &older) == FLEXAVATAR_OK);
+  for (char c : older.decoder_file) untouched = untouched && static_cast<unsigned char>(c) == 0xab;
+  CHECK(untouched);
+  flexavatar_runtime_destroy(rt);
+}
+
 int main(int argc, char** argv) {
   if (argc != 3) {
     std::fprintf(stderr, "usage: runtime_abuse BUNDLE SCRATCH_DIR\n");

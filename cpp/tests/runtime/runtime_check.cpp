@@ -1,7 +1,7 @@
 // Test tool driven by tests/test_cpp_runtime.py: the C++ runtime's numerics check (flexavatar_runtime_check_numerics,
 // through the C++ RAII wrapper) on a bundle, printed as one JSON line for comparison with the Python runtime's.
 //
-//   runtime_check BUNDLE [fp32|fp16]
+//   runtime_check BUNDLE [fp32|fp16 [auto|on|off]]     (auto|on|off: options.fused_decoders, default auto)
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -9,18 +9,25 @@
 #include "flexavatar/flexavatar.hpp"
 
 int main(int argc, char** argv) {
-  if (argc != 2 && argc != 3) {
-    std::fprintf(stderr, "usage: runtime_check BUNDLE [fp32|fp16]\n");
+  const std::string precision = argc >= 3 ? argv[2] : "fp32", fused = argc >= 4 ? argv[3] : "auto";
+  if (argc < 2 || argc > 4 || (precision != "fp32" && precision != "fp16") ||
+      (fused != "auto" && fused != "on" && fused != "off")) {
+    std::fprintf(stderr, "usage: runtime_check BUNDLE [fp32|fp16 [auto|on|off]]\n"
+                         "  auto|on|off: options.fused_decoders (default auto)\n");
     return 2;
   }
   try {
     flexavatar_runtime_options options = flexavatar::default_options();
     options.device = FLEXAVATAR_DEVICE_CPU;
-    if (argc == 3 && std::string(argv[2]) == "fp16") options.precision = FLEXAVATAR_PRECISION_FP16;
+    if (precision == "fp16") options.precision = FLEXAVATAR_PRECISION_FP16;
+    options.fused_decoders = fused == "on"    ? FLEXAVATAR_FUSED_DECODERS_ON
+                             : fused == "off" ? FLEXAVATAR_FUSED_DECODERS_OFF
+                                              : FLEXAVATAR_FUSED_DECODERS_AUTO;
     flexavatar::Runtime rt(argv[1], &options);
     const flexavatar_numerics n = rt.check_numerics();
     auto number = [](double v) { return std::isfinite(v) ? std::to_string(v) : std::string("null"); };
-    std::printf("{\"passed\": %s, \"num_expressions\": %d, \"psnr_db\": %s, \"target_db\": %s, \"max_abs_error\": {",
+    std::printf("{\"decoder_file\": \"%s\", ", rt.info().decoder_file);
+    std::printf("\"passed\": %s, \"num_expressions\": %d, \"psnr_db\": %s, \"target_db\": %s, \"max_abs_error\": {",
                 n.passed ? "true" : "false", n.num_expressions, number(n.psnr_db).c_str(), number(n.target_db).c_str());
     const char* names[5] = {"means", "quats", "scales", "opacities", "sh0"};
     for (int i = 0; i < 5; ++i) std::printf("%s\"%s\": %.9g", i ? ", " : "", names[i], n.max_abs_error[i]);

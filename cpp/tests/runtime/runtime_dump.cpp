@@ -2,8 +2,9 @@
 // the C API) on a bundle and writes what it computed as raw little-endian float32 files, which the pytest
 // compares against the Python side (PyTorch model + flexavatar.kernels CPU rasterizer).
 //
-//   runtime_dump BUNDLE CODE.npy|- EXPRESSIONS.f32 CAMERA.f32 OUT_DIR [fp32|fp16]
+//   runtime_dump BUNDLE CODE.npy|- EXPRESSIONS.f32 CAMERA.f32 OUT_DIR [fp32|fp16 [auto|on|off]]
 //     EXPRESSIONS.f32: E x 135 float32; CAMERA.f32: cam2world[16], intrinsics[9], width, height, background[3]
+//     auto|on|off: options.fused_decoders (default auto); the decoder file that ran is printed
 //   writes OUT_DIR/gaussians_<e>.f32 (means, quats, scales, opacities, sh0 of frame e, concatenated)
 //          OUT_DIR/frame_<e>.f32 (rgb [H,W,3], alpha [H,W], depth [H,W]) and OUT_DIR/frame_<e>.rgba ([H,W,4] uint8)
 #include <cstdio>
@@ -18,15 +19,32 @@
 using raw_files::read_floats;
 using raw_files::write;
 
+namespace {
+
+// options.fused_decoders from "auto" / "on" / "off", or -1.
+int fused_decoders(const std::string& value) {
+  if (value == "auto") return FLEXAVATAR_FUSED_DECODERS_AUTO;
+  if (value == "on") return FLEXAVATAR_FUSED_DECODERS_ON;
+  if (value == "off") return FLEXAVATAR_FUSED_DECODERS_OFF;
+  return -1;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
-  if (argc != 6 && argc != 7) {
-    std::fprintf(stderr, "usage: runtime_dump BUNDLE CODE.npy|- EXPRESSIONS.f32 CAMERA.f32 OUT_DIR [fp32|fp16]\n");
+  const std::string precision = argc >= 7 ? argv[6] : "fp32";
+  const int fused = argc >= 8 ? fused_decoders(argv[7]) : FLEXAVATAR_FUSED_DECODERS_AUTO;
+  if (argc < 6 || argc > 8 || (precision != "fp32" && precision != "fp16") || fused < 0) {
+    std::fprintf(stderr,
+                 "usage: runtime_dump BUNDLE CODE.npy|- EXPRESSIONS.f32 CAMERA.f32 OUT_DIR [fp32|fp16 [auto|on|off]]\n"
+                 "  auto|on|off: options.fused_decoders (default auto)\n");
     return 2;
   }
   try {
     flexavatar_runtime_options options = flexavatar::default_options();
     options.device = FLEXAVATAR_DEVICE_CPU;
-    if (argc == 7 && std::string(argv[6]) == "fp16") options.precision = FLEXAVATAR_PRECISION_FP16;
+    if (precision == "fp16") options.precision = FLEXAVATAR_PRECISION_FP16;
+    options.fused_decoders = fused;
     flexavatar::Runtime rt(argv[1], &options);
     rt.load_avatar_code(std::string(argv[2]) == "-" ? std::string() : argv[2]);
     const flexavatar_runtime_info info = rt.info();
@@ -52,7 +70,8 @@ int main(int argc, char** argv) {
       write(out + "/frame_" + std::to_string(e) + ".f32", frame.data(), frame.size() * sizeof(float));
       write(out + "/frame_" + std::to_string(e) + ".rgba", f.rgba, 4 * pixels);
     }
-    std::printf("provider %s precision %s\n", info.decoder_provider, info.decoder_precision);
+    std::printf("provider %s precision %s decoder_file %s\n", info.decoder_provider, info.decoder_precision,
+                info.decoder_file);
     return 0;
   } catch (const flexavatar::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

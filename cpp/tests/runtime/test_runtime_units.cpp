@@ -159,6 +159,25 @@ TEST_CASE(valid_manifest_parses_into_typed_fields) {
   CHECK(!m.has_avatar);
 }
 
+// Format "onnx-ort" (ONNX with ONNX Runtime's contrib ops, bundle.py FORMAT_ONNX_ORT): an .onnx model file, found
+// by its own format only.
+TEST_CASE(onnx_ort_format_parses_with_an_onnx_file) {
+  Manifest m;
+  const std::string fused =
+      replace_once(replace_once(valid_manifest(), R"("format": "onnx")", R"("format": "onnx-ort")"),
+                   R"("path": "decoder.fp32.onnx")", R"("path": "decoder.fp32.ort.onnx")");
+  const Status s = parse(fused, &m);
+  CHECK(s.ok());
+  CHECK(m.artifacts.size() == 1 && m.artifacts[0].format == "onnx-ort");
+  CHECK(m.find("decoder", "onnx-ort", "fp32") != nullptr && m.find("decoder", "onnx", "fp32") == nullptr);
+  CHECK(m.artifacts[0].files[0].path == "decoder.fp32.ort.onnx");
+  Status bad = parse(replace_once(fused, R"("path": "decoder.fp32.ort.onnx")", R"("path": "decoder.fp32.xml")"), &m);
+  CHECK(bad.code() == StatusCode::kBundleInvalid && mentions(bad, "files[0] must be the .onnx model file") &&
+        mentions(bad, "decoder.fp32.xml"));
+  bad = parse(replace_once(valid_manifest(), R"("format": "onnx")", R"("format": "onnx_ort")"), &m);
+  CHECK(bad.code() == StatusCode::kBundleInvalid && mentions(bad, "'onnx', 'onnx-ort', 'openvino'"));
+}
+
 TEST_CASE(check_set_file_is_listed_and_hashed_like_every_file) {
   // bundle.py's Manifest.check: {"file": FileRecord, "n_expressions", "description"}; optional (older bundles)
   const std::string check = R"("check": {"file": )" + test_bundle::file_json("check.npz", std::string(64, 'b'), 7) +
@@ -699,6 +718,119 @@ TEST_CASE(c_api_destroy_racing_calls_on_the_same_handle_is_safe) {
     flexavatar_runtime_destroy(rt);  // again: ignored
   }
   fs::remove_all(dir);
+}
+
+namespace {
+
+// A tiny bundle whose decoder is listed as the portable file (format onnx, decoder.fp32.onnx), the fused one
+// (format onnx-ort, decoder.fp32.ort.onnx), or both: the same tiny graph in each file.
+fs::path fused_bundle(const std::string& name, bool portable, bool fused) {
+  const fs::path dir = scratch(name);
+  const std::string model = tiny_onnx::decoder(4, 4, 8, 135);
+  std::string text = valid_manifest("decoder.fp32.onnx", sha256_hex(model.data(), model.size()), long(model.size()));
+  const size_t start = text.find(R"({"name": "decoder.fp32.onnx")");
+  const size_t end = text.rfind(']', text.find(R"(  "avatar")"));
+  const std::string artifact = text.substr(start, end - start);
+  std::string ort = replace_once(artifact, R"("name": "decoder.fp32.onnx")", R"("name": "decoder.fp32.ort.onnx")");
+  ort = replace_once(ort, R"("format": "onnx")", R"("format": "onnx-ort")");
+  ort = replace_once(ort, R"("path": "decoder.fp32.onnx")", R"("path": "decoder.fp32.ort.onnx")");
+  text.replace(start, end - start, portable && fused ? artifact + ", " + ort : fused ? ort : artifact);
+  if (portable) write_file(dir / "decoder.fp32.onnx", model);
+  if (fused) write_file(dir / "decoder.fp32.ort.onnx", model);
+  write_file(dir / "manifest.json", text);
+  return dir;
+}
+
+// A CPU runtime with this fused_decoders and verify mode; on success, the decoder file it reports.
+flexavatar_status create_fused(const fs::path& dir, int fused, std::string* decoder_file,
+                               int verify = FLEXAVATAR_VERIFY_FULL, uint32_t struct_size = 0) {
+  flexavatar_runtime_options options;
+  flexavatar_runtime_options_init(&options, sizeof(options));
+  options.device = FLEXAVATAR_DEVICE_CPU;
+  options.num_threads = 1;
+  options.verify = verify;
+  options.fused_decoders = fused;
+  if (struct_size) options.struct_size = struct_size;
+  flexavatar_runtime* rt = nullptr;
+  const flexavatar_status s = flexavatar_runtime_create(dir.c_str(), &options, &rt);
+  if (s == FLEXAVATAR_OK) {
+    flexavatar_runtime_info info{};
+    info.struct_size = sizeof(info);
+    CHECK(flexavatar_runtime_get_info(rt, &info) == FLEXAVATAR_OK);
+    *decoder_file = info.decoder_file;
+    std::vector<float> code(32, 0.f), expression(135, 0.f);
+    flexavatar_gaussians g{};
+    CHECK(flexavatar_runtime_set_avatar_code(rt, code.data(), 32) == FLEXAVATAR_OK);
+    CHECK(flexavatar_runtime_decode(rt, expression.data(), 135, &g) == FLEXAVATAR_OK && g.opacities[0] == 0.5f);
+  } else {
+    CHECK(rt == nullptr);
+  }
+  flexavatar_runtime_destroy(rt);
+  return s;
+}
+
+}  // namespace
+
+// options.fused_decoders on the CPU (flexavatar.h, as runtime/engines.py ort_formats): AUTO runs the portable
+// file first, ON the fused one, OFF only the portable one; a bundle with only the fused file runs it (AUTO, ON)
+// and OFF says why it cannot.
+TEST_CASE(c_api_fused_decoders_pick_the_decoder_file) {
+  const fs::path both = fused_bundle("fused_both", true, true);
+  std::string file;
+  CHECK(create_fused(both, FLEXAVATAR_FUSED_DECODERS_AUTO, &file) == FLEXAVATAR_OK && file == "decoder.fp32.onnx");
+  CHECK(create_fused(both, FLEXAVATAR_FUSED_DECODERS_ON, &file) == FLEXAVATAR_OK && file == "decoder.fp32.ort.onnx");
+  CHECK(create_fused(both, FLEXAVATAR_FUSED_DECODERS_OFF, &file) == FLEXAVATAR_OK && file == "decoder.fp32.onnx");
+  // the file reported is the file opened: with the portable file garbage (not verified), ON still runs and OFF
+  // fails in ONNX Runtime on that file
+  write_file(both / "decoder.fp32.onnx", std::string(64, '\x7f'));
+  file.clear();
+  CHECK(create_fused(both, FLEXAVATAR_FUSED_DECODERS_ON, &file, FLEXAVATAR_VERIFY_NONE) == FLEXAVATAR_OK &&
+        file == "decoder.fp32.ort.onnx");
+  CHECK(create_fused(both, FLEXAVATAR_FUSED_DECODERS_OFF, &file, FLEXAVATAR_VERIFY_NONE) == FLEXAVATAR_ERROR_MODEL);
+  CHECK(std::string(flexavatar_last_error()).find("decoder.fp32.onnx") != std::string::npos);
+  fs::remove_all(both);
+
+  const fs::path fused_only = fused_bundle("fused_only", false, true);
+  file.clear();
+  CHECK(create_fused(fused_only, FLEXAVATAR_FUSED_DECODERS_AUTO, &file) == FLEXAVATAR_OK &&
+        file == "decoder.fp32.ort.onnx");
+  CHECK(create_fused(fused_only, FLEXAVATAR_FUSED_DECODERS_ON, &file) == FLEXAVATAR_OK &&
+        file == "decoder.fp32.ort.onnx");
+  CHECK(create_fused(fused_only, FLEXAVATAR_FUSED_DECODERS_OFF, &file) == FLEXAVATAR_ERROR_BUNDLE_INVALID);
+  const std::string why = flexavatar_last_error();
+  if (why.find("no fp32 ONNX decoder") == std::string::npos ||
+      why.find("options.fused_decoders OFF excludes") == std::string::npos ||
+      why.find("decoder.fp32.ort.onnx") == std::string::npos)
+    harness::fail(__FILE__, __LINE__, "the OFF error does not say why: " + why);
+  // a caller whose options struct predates the field gets AUTO, whatever lies beyond its struct_size
+  const uint32_t older = uint32_t(offsetof(flexavatar_runtime_options, fused_decoders));
+  for (int beyond : {int(FLEXAVATAR_FUSED_DECODERS_OFF), 77}) {
+    file.clear();
+    CHECK(create_fused(fused_only, beyond, &file, FLEXAVATAR_VERIFY_FULL, older) == FLEXAVATAR_OK &&
+          file == "decoder.fp32.ort.onnx");
+  }
+  fs::remove_all(fused_only);
+  // ON on a bundle without a fused file: the portable one
+  const fs::path portable_only = fused_bundle("portable_only", true, false);
+  CHECK(create_fused(portable_only, FLEXAVATAR_FUSED_DECODERS_ON, &file) == FLEXAVATAR_OK &&
+        file == "decoder.fp32.onnx");
+  fs::remove_all(portable_only);
+}
+
+TEST_CASE(c_api_fused_decoders_is_validated) {
+  flexavatar_runtime_options options;
+  CHECK(flexavatar_runtime_options_init(&options, sizeof(options)) == FLEXAVATAR_OK);
+  CHECK(options.fused_decoders == FLEXAVATAR_FUSED_DECODERS_AUTO);
+  flexavatar_runtime* rt = nullptr;
+  for (int bad : {3, -1}) {
+    options.fused_decoders = bad;
+    CHECK(flexavatar_runtime_create("/nonexistent/bundle", &options, &rt) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+    const std::string message = flexavatar_last_error();
+    if (message.find("options.fused_decoders is " + std::to_string(bad)) == std::string::npos ||
+        message.find("FLEXAVATAR_FUSED_DECODERS_AUTO (0), ON (1) or OFF (2)") == std::string::npos)
+      harness::fail(__FILE__, __LINE__, "unexpected message: " + message);
+    CHECK(rt == nullptr);
+  }
 }
 
 HARNESS_MAIN()
