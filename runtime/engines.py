@@ -67,6 +67,7 @@ class InferenceBackend:
     def __init__(self, bundle: Bundle, device: str, options: EngineOptions):
         self.bundle, self.device, self.options = bundle, device, options
         self._models: dict[str, Model] = {}
+        self._opened: dict[str, ModelArtifact] = {}      # role → the artifact its model runs
         self._lock = threading.Lock()
 
     @classmethod
@@ -81,19 +82,27 @@ class InferenceBackend:
     def has(self, role: str) -> bool:
         return any(self.bundle.artifacts(role, f, self.options.precision) for f in self.formats)
 
+    def candidates(self, role: str) -> list[ModelArtifact]:
+        """The bundle's artifacts of ``role`` this engine runs, preferred first."""
+        return [a for f in self.formats for a in self.bundle.artifacts(role, f, self.options.precision)]
+
     def artifact(self, role: str) -> ModelArtifact:
-        for f in self.formats:
-            if self.bundle.artifacts(role, f, self.options.precision):
-                return self.bundle.artifact(role, f, self.options.precision)
-        return self.bundle.artifact(role, self.formats[0], self.options.precision)    # raises, naming the first
+        """The artifact of ``role`` that runs (once loaded), or would run."""
+        if role in self._opened:
+            return self._opened[role]
+        found = self.candidates(role)
+        return found[0] if found else self.bundle.artifact(role, self.formats[0], self.options.precision)  # raises
 
     def load(self, role: str) -> Model:
         with self._lock:
             if role not in self._models:
                 artifact = self.artifact(role)
                 self.bundle.metadata(artifact)          # the file's own metadata agrees with the manifest
-                self._models[role] = self._open(artifact)
+                self._models[role], self._opened[role] = self._open_role(role, artifact)
             return self._models[role]
+
+    def _open_role(self, role: str, artifact: ModelArtifact) -> tuple[Model, ModelArtifact]:
+        return self._open(artifact), artifact
 
     def _open(self, artifact: ModelArtifact) -> Model:
         raise NotImplementedError
@@ -312,6 +321,21 @@ class OrtBackend(InferenceBackend):
         In graph mode ONNX Runtime releases them on the host; processes whose CUDA sessions all replayed graphs
         never aborted. The encoder's capture costs two extra runs on its first call."""
         return self.device == "cuda" and self.options.cuda_graphs is not False
+
+    def _open_role(self, role: str, artifact: ModelArtifact) -> tuple[Model, ModelArtifact]:
+        """With the default choice (fused_decoders=None) a decoder file this ONNX Runtime cannot open as asked (e.g.
+        a fused kernel it lacks on this provider: a node off CUDA, which CUDA graphs refuse) gives way to the role's
+        other file, with a warning; a choice made explicitly (True / False) fails as it is."""
+        try:
+            return self._open(artifact), artifact
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own Fail / RuntimeException types
+            others = [a for a in self.candidates(role) if a.format != artifact.format]
+            if self.options.fused_decoders is not None or not others:
+                raise
+            log.warning("%s does not run on %s here (%s): running %s instead", artifact.path, self.describe(),
+                        str(e).splitlines()[0][:300] if str(e) else type(e).__name__, others[0].path)
+            self.bundle.metadata(others[0])
+            return self._open(others[0]), others[0]
 
     def _open(self, artifact: ModelArtifact) -> Model:
         path = self.bundle.path(artifact)

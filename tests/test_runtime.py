@@ -1224,6 +1224,34 @@ def test_fused_decoders_first_on_cuda_and_where_asked(bundle, tmp_path):
         Runtime(only_fused, backend="onnxruntime", device="cpu", verify="size", fused_decoders=False)
 
 
+def test_a_fused_decoder_that_cannot_run_gives_way_to_the_portable_file_unless_asked_for(bundle, monkeypatch,
+                                                                                         caplog):
+    """By default (CUDA's preference, emulated here) a fused file this ONNX Runtime cannot run as asked (e.g. a node
+    off CUDA, refused by CUDA graphs) falls back to the portable file with a warning; fused_decoders=True fails."""
+    from flexavatar.runtime import engines
+
+    monkeypatch.setattr(engines, "ort_formats", lambda device, fused: ("onnx",) if fused is False
+                        else ("onnx-ort", "onnx"))
+    real = engines.OrtCpuModel.__init__
+
+    def refuse_fused(self, path, options):
+        if str(path).endswith(".ort.onnx"):
+            raise EngineUnavailableError("onnxruntime", "cuda", f"CUDA graphs refused for {Path(path).name}: "
+                                         "a node is on the CPU")
+        real(self, path, options)
+
+    monkeypatch.setattr(engines.OrtCpuModel, "__init__", refuse_fused)
+    with caplog.at_level("WARNING", logger="flexavatar.runtime"):
+        rt = Runtime(bundle, backend="onnxruntime", device="cpu", rasterizer="cpu")
+    assert rt.engine.artifact(ROLE_DECODER).path == "decoder.fp32.onnx" and "decoder.fp32.onnx" in rt.describe()
+    assert "decoder.fp32.ort.onnx does not run" in caplog.text and "running decoder.fp32.onnx instead" in caplog.text
+    assert rt.engine.artifact(ROLE_DECODER_AVATAR).path == "decoder_avatar.fp32.ort.onnx"     # not opened yet
+    rt.decode(rt.bundle_avatar(), np.zeros((1, 135), np.float32))
+    assert rt.engine.artifact(ROLE_DECODER_AVATAR).path == "decoder_avatar.fp32.onnx"
+    with pytest.raises(EngineUnavailableError, match="CUDA graphs refused for decoder.fp32.ort.onnx"):
+        Runtime(bundle, backend="onnxruntime", device="cpu", rasterizer="cpu", fused_decoders=True)
+
+
 def test_fused_decoders_give_the_portable_files_frames(bundle, runtime_cache, model, oracle, expressions):
     """The fused files (ONNX Runtime's CPU provider has their kernels) against PyTorch, and frame for frame against
     the portable files, for the generic decoder and the bundle avatar's specialised one."""

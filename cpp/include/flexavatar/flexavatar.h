@@ -116,7 +116,9 @@ typedef enum flexavatar_precision {
 typedef enum flexavatar_fused_decoders {
   FLEXAVATAR_FUSED_DECODERS_AUTO = 0, /* the fused file first when the decoder runs on CUDA (device CUDA, or AUTO
                                          with the CUDA rasterizer), the portable one first elsewhere; either when
-                                         the bundle has only one */
+                                         the bundle has only one. Unlike the Python runtime, no second try: when
+                                         ONNX Runtime cannot open the chosen file, runtime creation fails (OFF
+                                         then runs the portable file) */
   FLEXAVATAR_FUSED_DECODERS_ON = 1,   /* the fused file first everywhere (the portable one when there is none) */
   FLEXAVATAR_FUSED_DECODERS_OFF = 2   /* the portable file only (FLEXAVATAR_ERROR_BUNDLE_INVALID without one) */
 } flexavatar_fused_decoders;
