@@ -205,8 +205,11 @@ def test_whole_frame_on_device(benchmark, bench_meta, flex1_bundle, avatar, expr
 # each left on the GPU (output="device"), one wait at the end: the frame rate of a consumer on the GPU (display,
 # video encoder), where the host queues a frame while the GPU renders the one before. "-exact-sort" sizes the
 # rasterizer's sort exactly in every frame (a host sync inside each frame: the runtime before its sync-free sort).
+# "live": a live loop, one frame per call as expressions would arrive, pixels on the host: frame i + 1 is queued
+# (Runtime.render_async) before frame i's pixels are taken, so the host's work overlaps the GPU's.
 # "-fused": the decoder with ONNX Runtime's fused kernels (the other modes run the portable files).
-CLIP_MODES = ("pipelined", "sequential", "pipelined-exact-sort", "device", "device-exact-sort", "device-fused")
+CLIP_MODES = ("pipelined", "sequential", "pipelined-exact-sort", "device", "device-exact-sort", "device-fused",
+              "live", "live-fused")
 
 
 @pytest.mark.parametrize("mode", [pytest.param(m, marks=[_NO_CUDA], id=f"ort-cuda-graphs+cuda-fp16-clip-{m}")
@@ -236,7 +239,20 @@ def test_clip(benchmark, bench_meta, flex1_bundle, avatar, expressions, mode):
         torch.cuda.synchronize()
         return frames
 
-    if mode.startswith("device"):
+    def live_clip():
+        frames, pending = [], None
+        for i in range(N_FRAMES):
+            queued = rt.render_async(avatar, expressions[i:i + 1], Camera(cameras.cam2world[i], cameras.intrinsics),
+                                     SIZE, SIZE)
+            if pending is not None:
+                frames.append(pending.result())
+            pending = queued
+        frames.append(pending.result())
+        return np.concatenate(frames)
+
+    if mode.startswith("live"):
+        out = benchmark.pedantic(live_clip, rounds=10, warmup_rounds=2)
+    elif mode.startswith("device"):
         frames = benchmark.pedantic(device_clip, rounds=10, warmup_rounds=2)
         out = np.concatenate([(f[..., :3].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy() for f in frames])
     else:

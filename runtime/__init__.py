@@ -5,6 +5,8 @@
     avatar = rt.create_avatar("me.png")                       # once; avatar.save("me.npy"), Avatar.load(...)
     expressions = load_expressions("EMO-1-shout+laugh.npz")   # [T, 135]
     frames = rt.render(avatar, expressions, orbit_camera(len(expressions)))     # uint8 [T, 512, 512, 3]
+    pending = rt.render_async(avatar, expressions[:1])       # live loops: queue frame i + 1, then take frame i
+    frame = pending.result()
 
     print(rt.check_numerics().table())                        # this engine vs PyTorch, on the bundle's check.npz
 
@@ -23,11 +25,11 @@ from .expressions import (axis_angle_to_matrix, compose_expression, expression_p
                           load_expressions, neutral_expression, synthetic_expressions)
 from .intersections import IncompleteFrameWarning, IntersectionBudget
 from .numerics import GraphCheck, NumericsReport
-from .runtime import FRAME_FORMATS, WHITE, Gaussians, Runtime, apply_pose
+from .runtime import FRAME_FORMATS, WHITE, Gaussians, PendingFrames, Runtime, apply_pose
 from .timing import StageTimes
 
 __all__ = [
-    "Runtime", "Avatar", "Gaussians", "Camera", "default_camera", "orbit_camera", "sequence_cameras", "look_at",
+    "Runtime", "PendingFrames", "Avatar", "Gaussians", "Camera", "default_camera", "orbit_camera", "sequence_cameras", "look_at",
     "load_expressions", "compose_expression", "expression_parts", "axis_angle_to_matrix",
     "neutral_expression", "synthetic_expressions", "head_pose", "head_pose_matrix", "apply_pose", "StageTimes",
     "FRAME_FORMATS", "WHITE", "NumericsReport", "GraphCheck",

@@ -180,6 +180,42 @@ class _HostFrames:
         return frames
 
 
+@dataclass(frozen=True)
+class _FramePlan:
+    """A render's checked arguments: expressions [T, 135], world→camera viewmats [T, 4, 4] and pixel intrinsics
+    ks [T, 3, 3] (float32), the size, the background RGB and the output kind."""
+    expressions: np.ndarray
+    viewmats: np.ndarray
+    ks: np.ndarray
+    width: int
+    height: int
+    background: np.ndarray
+    output: str
+
+
+class PendingFrames:
+    """Frames of ``Runtime.render_async``, queued; ``result()`` waits for them (once) and returns them as
+    ``render`` does."""
+
+    def __init__(self, runtime: "Runtime", chunks: list):
+        self._runtime, self._chunks, self._frames = runtime, chunks, None
+        self._lock = threading.Lock()
+
+    def result(self):
+        with self._lock:
+            if self._frames is None:
+                rt = self._runtime
+                # the host waits inside the frame lock (see iter_render); a frame rendered again goes on the
+                # engine's stream
+                with rt._frame_lock, rt.engine.stream():
+                    parts = [c.result() if isinstance(c, _HostFrames) else c for c in self._chunks]
+                self._chunks = []
+                if array_kind(parts[0]) == TORCH:
+                    rt.engine.hand_over(parts)               # CUDA frames: to the caller's current stream
+                self._frames = parts[0] if len(parts) == 1 else _CONCAT[array_kind(parts[0])](parts)
+            return self._frames
+
+
 # output → the frames from the rasterizer's rgb and alpha, on its device; every output but "device" then goes to the host
 FRAME_FORMATS = {"uint8": _uint8_rgb, "float": _float_rgba, "device": _float_rgba}
 
@@ -435,6 +471,71 @@ class Runtime:
                     height: int = 512, background: Sequence[float] = WHITE, apply_head_pose: bool = False,
                     output: str = "uint8", timings: StageTimes | None = None) -> Iterator[np.ndarray]:
         """``render`` as a generator: yields the frames of each decoder call ([≤ batch, H, W, C])."""
+        plan = self._plan(expressions, cameras, width, height, background, apply_head_pose, output)
+        n = len(plan.expressions)
+        times = timings if timings is not None else _NO_TIMES
+        sync = self.engine.synchronize if timings is not None else None
+
+        # Host waits (the pixels' readback) stay inside the frame lock: with CUDA graphs, another thread may be
+        # capturing outside it, and CUDA forbids other threads' synchronising calls during a global-mode capture.
+        pipelined = self._pipelines(n, output, timings)
+        pending = None
+        for start in range(0, n, self.batch):
+            stop = min(n, start + self.batch)
+            with self._frame_lock, self.engine.stream():  # CUDA: decoder, rasterizer, readback: one stream
+                self._check_device_frames()               # a wait, so inside the lock (see above)
+                with times.stage("decode", stop - start, sync):
+                    # pipelined, the lock is let go before rasterizing: a copy out of a CUDA graph's fixed outputs
+                    g = self._decode_chunk(avatar, plan.expressions[start:stop], False, copy=pipelined)
+                if not pipelined:
+                    frames = self._frames_of(plan, g, start, stop, times, sync)
+                    frames = frames.result() if isinstance(frames, _HostFrames) else frames
+                else:   # the previous chunk's readback was queued before this decoder: a short wait
+                    ready, pending = (pending.result() if pending is not None else None), None
+            if not pipelined:
+                if output == "device" and array_kind(frames) == TORCH:
+                    self.engine.hand_over([frames])      # outside the engine's stream: to the caller's current one
+                yield frames
+                continue
+            if ready is not None:
+                yield ready                              # the caller works on it while the GPU decodes this chunk
+            with self._frame_lock, self.engine.stream():
+                pending = self._frames_of(plan, g, start, stop, times, sync)
+        if pending is not None:
+            with self._frame_lock, self.engine.stream():     # (a frame rendered again goes on the engine's stream)
+                last = pending.result()
+            yield last
+
+    def render_async(self, avatar: Avatar, expressions, cameras: Camera | tuple | None = None, width: int = 512,
+                     height: int = 512, background: Sequence[float] = WHITE, apply_head_pose: bool = False,
+                     output: str = "uint8") -> "PendingFrames":
+        """``render`` without waiting for the pixels: returns once the frames' work is queued (on CUDA: decoder,
+        rasterizer and the copy to page-locked host memory, on the engine's stream; on the CPU engines the work is
+        done by then), and ``.result()`` waits for them and returns what ``render`` would have.
+
+        For live rendering, one frame a call: submit frame i + 1, then take frame i's result. The host's work
+        on one frame (the next expression, the caller's use of the pixels) then overlaps the GPU's on the other,
+        and the frame rate is set by the slower of the two instead of their sum; latency is one frame more.
+        Results may be taken in any order; each is handed out once. The sync-free sort's check holds (a frame
+        that outgrew its capacity is rendered again, decoder included, when its result is taken)."""
+        plan = self._plan(expressions, cameras, width, height, background, apply_head_pose, output)
+        chunks = []
+        for start in range(0, len(plan.expressions), self.batch):
+            stop = min(len(plan.expressions), start + self.batch)
+            with self._frame_lock, self.engine.stream():  # decode and rasterize under one hold: no graph-output copy
+                self._check_device_frames()
+                chunks.append(self._submit_chunk(avatar, plan, start, stop))
+        return PendingFrames(self, chunks)
+
+    def _submit_chunk(self, avatar: Avatar, plan: "_FramePlan", start: int, stop: int, exact: bool = False):
+        """Decode and rasterize frames start:stop, the pixels' readback queued (frame lock held, engine stream)."""
+        g = self._decode_chunk(avatar, plan.expressions[start:stop], False, copy=False)
+        return self._frames_of(plan, g, start, stop, _NO_TIMES, None, exact,
+                               redo=lambda: self._submit_chunk(avatar, plan, start, stop, exact=True))
+
+    def _plan(self, expressions, cameras, width: int, height: int, background, apply_head_pose: bool,
+              output: str) -> "_FramePlan":
+        """A render's arguments, checked, with its cameras as the rasterizer takes them."""
         expressions = as_expressions(expressions)
         if output not in FRAME_FORMATS:
             raise RuntimeArgumentError("output", f"is {output!r}", f"one of {list(FRAME_FORMATS)}")
@@ -455,64 +556,35 @@ class Runtime:
             # moving the Gaussians by the rigid pose M is rendering them unmoved from the camera w2c · M: exact,
             # and no per-Gaussian work (decode(apply_head_pose=True) moves them, to return them posed)
             w2c = w2c @ head_pose_matrix(expressions)
-        viewmats = w2c.astype(np.float32)
-        ks = pixel_intrinsics(k, width, height)                                           # [T, 3, 3]
-        times = timings if timings is not None else _NO_TIMES
-        sync = self.engine.synchronize if timings is not None else None
-        convert = FRAME_FORMATS[output]
+        return _FramePlan(expressions, w2c.astype(np.float32), pixel_intrinsics(k, width, height), width, height,
+                          bg, output)
 
+    def _frames_of(self, plan: "_FramePlan", g: Gaussians, start: int, stop: int, times, sync, exact: bool = False,
+                   redo=None):
+        """Rasterize frames start:stop of ``plan`` from their Gaussians ``g`` → device frames (output "device"), or
+        ``_HostFrames`` on their way to the host (their one host sync is ``result()``, which also checks that the
+        frames fit their sort's capacity and otherwise hands out ``redo()``'s; default: ``g`` rasterized again,
+        sized exactly)."""
+        e = stop - start
         budget = self.intersections
-
-        def frames_of(g: Gaussians, start: int, stop: int, exact: bool = False):
-            e = stop - start
-            capacity = 0 if exact else budget.capacity(e)
-            with times.stage("rasterize", e, sync):
-                result = self._rasterize(g.arrays(), viewmats[start:stop], ks[start:stop], width, height, bg,
-                                         intersection_capacity=capacity)
-            count, readback = result.intersections, None
-            if capacity and count is not None:
-                readback = CountReadback(count, capacity, e)     # queued ahead of the frame's pixels
-            elif isinstance(count, int):
-                budget.observe(count, e)                         # an exact render's count, on the host already
-            with times.stage("to host" if output != "device" else "frame", e):
-                frames = convert(result.rgb, result.alpha)
-                if output == "device":
-                    if readback is not None:
-                        self._unchecked.append(readback)         # checked at the next chunk or call
-                    return frames                                # no host sync at all
-                # the frame's one host sync, at host.result(), which also checks that the frame fit
-                host = _HostFrames(frames, readback, budget, lambda: frames_of(g, start, stop, exact=True))
-                return host if timings is None else host.result()
-
-        # Host waits (the pixels' readback) stay inside the frame lock: with CUDA graphs, another thread may be
-        # capturing outside it, and CUDA forbids other threads' synchronising calls during a global-mode capture.
-        pipelined = self._pipelines(n, output, timings)
-        pending = None
-        for start in range(0, n, self.batch):
-            stop = min(n, start + self.batch)
-            with self._frame_lock, self.engine.stream():  # CUDA: decoder, rasterizer, readback: one stream
-                self._check_device_frames()               # a wait, so inside the lock (see above)
-                with times.stage("decode", stop - start, sync):
-                    # pipelined, the lock is let go before rasterizing: a copy out of a CUDA graph's fixed outputs
-                    g = self._decode_chunk(avatar, expressions[start:stop], False, copy=pipelined)
-                if not pipelined:
-                    frames = frames_of(g, start, stop)
-                    frames = frames.result() if isinstance(frames, _HostFrames) else frames
-                else:   # the previous chunk's readback was queued before this decoder: a short wait
-                    ready, pending = (pending.result() if pending is not None else None), None
-            if not pipelined:
-                if output == "device" and array_kind(frames) == TORCH:
-                    self.engine.hand_over([frames])      # outside the engine's stream: to the caller's current one
-                yield frames
-                continue
-            if ready is not None:
-                yield ready                              # the caller works on it while the GPU decodes this chunk
-            with self._frame_lock, self.engine.stream():
-                pending = frames_of(g, start, stop)
-        if pending is not None:
-            with self._frame_lock, self.engine.stream():     # (a frame rendered again goes on the engine's stream)
-                last = pending.result()
-            yield last
+        capacity = 0 if exact else budget.capacity(e)
+        with times.stage("rasterize", e, sync):
+            result = self._rasterize(g.arrays(), plan.viewmats[start:stop], plan.ks[start:stop], plan.width,
+                                     plan.height, plan.background, intersection_capacity=capacity)
+        count, readback = result.intersections, None
+        if capacity and count is not None:
+            readback = CountReadback(count, capacity, e)         # queued ahead of the frame's pixels
+        elif isinstance(count, int):
+            budget.observe(count, e)                             # an exact render's count, on the host already
+        with times.stage("to host" if plan.output != "device" else "frame", e):
+            frames = FRAME_FORMATS[plan.output](result.rgb, result.alpha)
+            if plan.output == "device":
+                if readback is not None:
+                    self._unchecked.append(readback)             # checked at the next chunk or call
+                return frames                                    # no host sync at all
+            redo = redo or (lambda: self._frames_of(plan, g, start, stop, times, sync, exact=True))
+            host = _HostFrames(frames, readback, budget, redo)
+            return host if times is _NO_TIMES else host.result()
 
     def _check_device_frames(self) -> None:
         """Counts of the frames handed out on the device: each waits for its frame's rasterizer only; one over
@@ -584,4 +656,4 @@ _NULL_CONTEXT = _NullContext()
 _NO_TIMES = _NoTimes()
 
 
-__all__ = ["Runtime", "Gaussians", "apply_pose", "FRAME_FORMATS", "WHITE"]
+__all__ = ["Runtime", "Gaussians", "PendingFrames", "apply_pose", "FRAME_FORMATS", "WHITE"]

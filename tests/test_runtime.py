@@ -223,6 +223,50 @@ def test_pipelined_chunks_are_the_sequential_chunks(runtime_cache, oracle, expre
         np.testing.assert_array_equal(got, want)
 
 
+def test_render_async_results_are_the_render_frames(runtime_cache, oracle, expressions):
+    """Live-loop use: frames queued one call at a time, several before any result is taken, results taken in
+    another order; each is what render gives, and taking one twice gives the same array."""
+    rt = runtime_cache("onnxruntime", "cpu")                            # batch 2: a 3-frame call is two chunks
+    avatar, cams = oracle[0], orbit_camera(len(expressions))
+    want = rt.render(avatar, expressions, cams, SIZE, SIZE)
+    one_by_one = [rt.render_async(avatar, expressions[i:i + 1], Camera(cams.cam2world[i], cams.intrinsics), SIZE,
+                                  SIZE) for i in range(len(expressions))]
+    whole = rt.render_async(avatar, expressions, cams, SIZE, SIZE)
+    floats = rt.render_async(avatar, expressions, cams, SIZE, SIZE, output="float")
+    np.testing.assert_array_equal(whole.result(), want)
+    for i in reversed(range(len(expressions))):
+        got = one_by_one[i].result()
+        assert got.shape == (1, SIZE, SIZE, 3) and got.dtype == np.uint8
+        np.testing.assert_array_equal(got, want[i:i + 1])
+        assert one_by_one[i].result() is got                            # handed out once, kept
+    np.testing.assert_array_equal(floats.result(), rt.render(avatar, expressions, cams, SIZE, SIZE, output="float"))
+    with pytest.raises(RuntimeArgumentError, match="output"):
+        rt.render_async(avatar, expressions, cams, SIZE, SIZE, output="png")
+
+
+def test_render_async_renders_an_outgrown_frame_again_decoder_included(bundle, runtime_cache, oracle, expressions,
+                                                                       capacity_emulator):
+    """A queued frame that outgrew its sort's capacity is rendered again when its result is taken, after later
+    frames were queued (which, with CUDA graphs, overwrote the decoder's outputs: it decodes again)."""
+    rt = Runtime(bundle, backend="onnxruntime", device="cpu", rasterizer="test-capacity", batch=1)
+    avatar, cams = oracle[0], orbit_camera(len(expressions))
+    want = runtime_cache("onnxruntime", "cpu").render(avatar, expressions, cams, SIZE, SIZE)
+    rt.render(avatar, expressions[:1], Camera(cams.cam2world[0], cams.intrinsics), SIZE, SIZE)     # measures
+    capacity_emulator.per_view = 100_000
+    decoded = []
+    real = rt._decode_chunk
+    rt._decode_chunk = lambda *args, **kw: decoded.append(args[1].copy()) or real(*args, **kw)
+    pending = [rt.render_async(avatar, expressions[i:i + 1], Camera(cams.cam2world[i], cams.intrinsics), SIZE, SIZE)
+               for i in range(len(expressions))]
+    assert len(decoded) == len(expressions)
+    np.testing.assert_array_equal(pending[0].result(), want[:1])
+    np.testing.assert_array_equal(decoded[-1], expressions[:1])           # frame 0 decoded again after frame 2
+    assert rt.intersections.rerenders == 1
+    for i in (1, 2):                                                      # sized by their own, older capacity
+        np.testing.assert_array_equal(pending[i].result(), want[i:i + 1])
+    assert rt.intersections.rerenders == 3
+
+
 # ---- sync-free rasterizer sizing (runtime/intersections.py) ----------------------------------------------
 
 def test_intersection_budget_sizes():
