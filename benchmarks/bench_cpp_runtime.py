@@ -3,7 +3,9 @@
 One frame = decoder (ONNX Runtime) on one expression + native rasterizer at 512² + 8-bit pixels on the host, per
 backend: ``ort-cpu+cpu`` (CPU execution provider + CPU rasterizer, fp32) and, on a CUDA machine with
 onnxruntime-gpu, ``ort-cuda+cuda`` (CUDA execution provider + CUDA rasterizer, fp32 and fp16) and
-``ort-cuda-graphs+cuda`` (fp16, the decoder replayed as a CUDA graph: ``options.cuda_graphs`` / ``cuda_graphs=True``).
+``ort-cuda-graphs+cuda`` (fp16, the decoder replayed as a CUDA graph: ``options.cuda_graphs`` / ``cuda_graphs=True``),
+``ort-cuda-graphs-fused+cuda`` (the same with the bundle's decoder with ONNX Runtime's fused kernels, target onnx-ort:
+``options.fused_decoders`` ON / ``fused_decoders=True``; the other cases run the portable file: OFF / False).
 Per backend:
 * ``cpp-<backend>``: ``flexavatar_runtime_render`` of the C API (libflexavatar_runtime, called through ctypes:
   one foreign call per frame, microseconds of overhead);
@@ -47,8 +49,11 @@ DECODE_FLOPS = {"small": None, "flex1": 199.6e9}     # SPEC §17, per decoded fr
 ROUNDS = {("flex1", "cpu"): (3, 1), ("flex1", "cuda"): (100, 10), ("small", "cuda"): (100, 10)}
 VERIFY_SIZE = 1                                      # flexavatar.h enums
 # backend -> (options.device, options.rasterizer): flexavatar.h's CPU = 1, CUDA = 2
-BACKENDS = {"ort-cpu+cpu": (1, 1), "ort-cuda+cuda": (2, 2), "ort-cuda-graphs+cuda": (2, 2)}
-GRAPHS = {"ort-cuda-graphs+cuda"}                    # the decoder replays a CUDA graph (options.cuda_graphs = 1)
+BACKENDS = {"ort-cpu+cpu": (1, 1), "ort-cuda+cuda": (2, 2), "ort-cuda-graphs+cuda": (2, 2),
+            "ort-cuda-graphs-fused+cuda": (2, 2)}
+GRAPHS = {"ort-cuda-graphs+cuda", "ort-cuda-graphs-fused+cuda"}   # the decoder replays a CUDA graph (cuda_graphs = 1)
+FUSED = {"ort-cuda-graphs-fused+cuda"}               # ONNX Runtime's fused decoder (options.fused_decoders ON)
+FUSED_DECODERS_ON, FUSED_DECODERS_OFF = 1, 2         # flexavatar.h flexavatar_fused_decoders
 PRECISIONS = {"fp32": 0, "fp16": 1}
 
 _MEANS: dict[tuple[str, str, str, str], float] = {}  # (size, backend, precision, "cpp" | "python") -> mean seconds
@@ -59,7 +64,7 @@ class _Options(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_uint32), ("device", ctypes.c_int32), ("verify", ctypes.c_int32),
                 ("num_threads", ctypes.c_int32), ("cuda_device", ctypes.c_int32), ("rasterizer", ctypes.c_int32),
                 ("precision", ctypes.c_int32), ("cuda_graphs", ctypes.c_int32),
-                ("fused_decoders", ctypes.c_int32)]    # 0 = AUTO: ONNX Runtime's fused decoder first on CUDA
+                ("fused_decoders", ctypes.c_int32)]
 
 
 class _Camera(ctypes.Structure):
@@ -145,7 +150,7 @@ _NO_CUDA = _cuda_unavailable()
 BACKEND_PARAMS = [pytest.param(b, p, id=f"{b}-{p}",
                                marks=pytest.mark.skipif(bool(_NO_CUDA) and b != "ort-cpu+cpu", reason=_NO_CUDA))
                   for b, p in (("ort-cpu+cpu", "fp32"), ("ort-cuda+cuda", "fp32"), ("ort-cuda+cuda", "fp16"),
-                               ("ort-cuda-graphs+cuda", "fp16"))]
+                               ("ort-cuda-graphs+cuda", "fp16"), ("ort-cuda-graphs-fused+cuda", "fp16"))]
 
 
 # ONNX Runtime's CUDA provider library binds to the first ONNX Runtime core that loads it in a process: the C++
@@ -162,16 +167,17 @@ def _claim_cuda(runtime: str) -> None:
     _CUDA_ORT_OWNER[:] = [runtime]
 
 
-def _require_precision(bundle_dir: Path, precision: str) -> None:
-    if not Bundle.open(bundle_dir, verify="none").artifacts("decoder", "onnx", precision):
-        pytest.skip(f"the bundle has no {precision} ONNX decoder")
+def _require_decoder(bundle_dir: Path, backend: str, precision: str) -> None:
+    fmt = "onnx-ort" if backend in FUSED else "onnx"
+    if not Bundle.open(bundle_dir, verify="none").artifacts("decoder", fmt, precision):
+        pytest.skip(f"the bundle has no {precision} decoder in format {fmt!r}")
 
 
 @pytest.mark.parametrize("backend,precision", BACKEND_PARAMS)
 def test_whole_frame_cpp_runtime(benchmark, bench_meta, cpp_library, case, backend, precision):
     lib = cpp_library
     size, bundle_dir, (code, expression, c2w, k) = case
-    _require_precision(bundle_dir, precision)
+    _require_decoder(bundle_dir, backend, precision)
     if backend != "ort-cpu+cpu":
         _claim_cuda("cpp")
     options = _Options()
@@ -179,6 +185,7 @@ def test_whole_frame_cpp_runtime(benchmark, bench_meta, cpp_library, case, backe
     options.device, options.rasterizer = BACKENDS[backend]
     options.verify, options.precision = VERIFY_SIZE, PRECISIONS[precision]
     options.cuda_graphs = int(backend in GRAPHS)
+    options.fused_decoders = FUSED_DECODERS_ON if backend in FUSED else FUSED_DECODERS_OFF
     rt = ctypes.c_void_p()
     status = lib.flexavatar_runtime_create(str(bundle_dir).encode(), ctypes.byref(options), ctypes.byref(rt))
     if status != 0 and backend != "ort-cpu+cpu":
@@ -215,12 +222,12 @@ def test_whole_frame_python_runtime(benchmark, bench_meta, case, backend, precis
     from flexavatar.runtime import Avatar, Camera, Runtime
 
     size, bundle_dir, (code, expression, c2w, k) = case
-    _require_precision(bundle_dir, precision)
+    _require_decoder(bundle_dir, backend, precision)
     device = "cpu" if backend == "ort-cpu+cpu" else "cuda"
     if device == "cuda":
         _claim_cuda("python")
     rt = Runtime(bundle_dir, backend="onnxruntime", device=device, rasterizer=device, precision=precision,
-                 verify="size", cuda_graphs=backend in GRAPHS)          # as the C++ case
+                 verify="size", cuda_graphs=backend in GRAPHS, fused_decoders=backend in FUSED)   # as the C++ case
     avatar, camera = Avatar(code), Camera(c2w, k)
     bench_meta(stage="whole_frame", backend=f"python-{backend}", size=size, device=device, dtype=precision,
                frames=1, flops=DECODE_FLOPS[size])

@@ -188,7 +188,7 @@ bench_cpp() {
   # the CUDA-graph pair only: the node-by-node pairs ("not graphs and fp16/fp32") abort their processes on
   # onnxruntime-gpu 1.31.1 (benchmarks/device/README.md); run them by hand with another version
   local rc=0 selection runtime
-  for selection in "cuda-graphs and fp16"; do
+  for selection in "cuda-graphs and not fused and fp16" "fused and fp16"; do
     for runtime in cpp python; do
       FLEXAVATAR_CPP_RUNTIME_LIB=$lib bench -k "test_whole_frame_${runtime}_runtime and flex1 and cuda and $selection" || rc=$?
     done
