@@ -108,6 +108,9 @@ def export_bundle(checkpoint: str | Path | dict, out_dir: str | Path, *, templat
     say = progress or (lambda _msg: None)
     precisions, targets = _choices(precisions, PRECISIONS, "precisions"), _choices(targets, TARGETS, "targets")
     _require_packages(with_openvino="openvino" in targets)
+    if not {FORMAT_ONNX, FORMAT_OPENVINO} & set(targets):
+        say(f"WARNING: targets {list(targets)} hold decoders only: the bundle will have no encoder, so photos cannot "
+            "be turned into avatars with it (add onnx or openvino to the targets)")
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise ExportArgumentError(f"opset must be an integer in [{MIN_OPSET}, {MAX_OPSET}] (default {DEFAULT_OPSET}), "
                                   f"got {opset!r}")
@@ -655,6 +658,7 @@ def _plan(model: FlexAvatarModel, ref: _References, precisions: tuple[str, ...],
             graph.forget()
 
         derived = {FORMAT_OPENVINO} | ({FORMAT_ONNX_ORT} if graph.spec.role in DECODER_ROLES else set())
+        graph_jobs = []
         for fmt in (FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO):
             if fmt == FORMAT_ONNX_ORT and graph.spec.role not in DECODER_ROLES:
                 continue                            # the encoder runs once per avatar: nothing to gain
@@ -664,8 +668,10 @@ def _plan(model: FlexAvatarModel, ref: _References, precisions: tuple[str, ...],
                 if wanted or source_of_derived or (fmt, precision) == (FORMAT_ONNX, "fp32"):
                     form = gpu_conv_form if precision == "fp16" and graph.spec.role in DECODER_ROLES \
                         else DEFAULT_GPU_CONV_FORM
-                    jobs.append(_Job(graph, fmt, precision, listed=wanted, ref=ref, source=source, release=release,
-                                     gpu_conv_form=form))
+                    graph_jobs.append(_Job(graph, fmt, precision, listed=wanted, ref=ref, source=source,
+                                           release=release, gpu_conv_form=form))
+        if any(job.listed for job in graph_jobs):      # a graph no target asks for (onnx-ort's encoder) is skipped
+            jobs += graph_jobs
     return jobs
 
 

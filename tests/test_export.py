@@ -583,6 +583,34 @@ def test_gpu_conv_form_rewrites_only_the_fp16_onnx_decoder_and_is_checked(tmp_pa
         assert np.abs(got[name] - want[name]).max() <= 2e-2 * max(1.0, np.abs(want[name]).max()), name
 
 
+def test_fused_decoders_alone_skip_the_encoder_and_keep_the_gpu_conv_form(tmp_path, official_dir, capsys,
+                                                                          monkeypatch):
+    """--targets onnx-ort alone: the fused fp16 decoder, derived from the fp16 file in its GPU convolution form
+    (written as a source, then removed); the encoder, which no target asks for, is not even traced; a warning says
+    the bundle cannot encode photos."""
+    import flexavatar.export.exporter as exporter
+
+    traced = []
+    real = exporter.export_graph
+    monkeypatch.setattr(exporter, "export_graph", lambda module, args, spec, opset: traced.append(spec.role)
+                        or real(module, args, spec, opset))
+    out = tmp_path / "b"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # official config fields without effect on inference
+        rc = cli_main([str(official_dir / "state_dict.safetensors"), "-o", str(out), "--template",
+                       str(official_dir / "gghead_template.obj"), "--config", str(official_dir / "config.json"),
+                       "--precision", "fp16", "--targets", "onnx-ort", "--gpu-conv-form", "subpixel"])
+    assert rc == 0 and traced == [ROLE_DECODER]
+    assert "WARNING: targets ['onnx-ort'] hold decoders only" in capsys.readouterr().out
+    bundle = Bundle.open(out)
+    assert [a.name for a in bundle.manifest.artifacts] == ["decoder.fp16.onnx-ort"]
+    assert sorted(p.name for p in out.iterdir()) == ["check.npz", "decoder.fp16.ort.onnx", "manifest.json"]
+    fused = bundle.artifact(ROLE_DECODER, FORMAT_ONNX_ORT, "fp16")
+    assert fused.parity.passed and "GPU form 'subpixel'" in fused.notes and "ONNX Runtime only" in fused.notes
+    ops = {n.op_type for n in onnx.load(str(out / "decoder.fp16.ort.onnx")).graph.node}
+    assert {"DepthToSpace", "SkipLayerNormalization", "FastGelu"} <= ops and "ConvTranspose" not in ops
+
+
 def test_unknown_gpu_conv_form_is_refused_before_anything_is_written(tmp_path, official_dir):
     with pytest.raises(ExportArgumentError, match="gpu_conv_form must be one of"):
         export_bundle(official_dir / "state_dict.safetensors", tmp_path / "b", gpu_conv_form="winograd",
