@@ -54,6 +54,8 @@ BACKENDS = {"ort-cpu+cpu": (1, 1), "ort-cuda+cuda": (2, 2), "ort-cuda-graphs+cud
 GRAPHS = {"ort-cuda-graphs+cuda", "ort-cuda-graphs-fused+cuda"}   # the decoder replays a CUDA graph (cuda_graphs = 1)
 FUSED = {"ort-cuda-graphs-fused+cuda"}               # ONNX Runtime's fused decoder (options.fused_decoders ON)
 FUSED_DECODERS_ON, FUSED_DECODERS_OFF = 1, 2         # flexavatar.h flexavatar_fused_decoders
+FRAME_RGBA8 = 1                                      # flexavatar.h FLEXAVATAR_FRAME_RGBA8: the 8-bit frame alone comes
+                                                     # back (as the Python case's uint8 frames), not 24 bytes a pixel
 PRECISIONS = {"fp32": 0, "fp16": 1}
 
 _MEANS: dict[tuple[str, str, str, str], float] = {}  # (size, backend, precision, "cpp" | "python") -> mean seconds
@@ -64,7 +66,7 @@ class _Options(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_uint32), ("device", ctypes.c_int32), ("verify", ctypes.c_int32),
                 ("num_threads", ctypes.c_int32), ("cuda_device", ctypes.c_int32), ("rasterizer", ctypes.c_int32),
                 ("precision", ctypes.c_int32), ("cuda_graphs", ctypes.c_int32),
-                ("fused_decoders", ctypes.c_int32)]
+                ("fused_decoders", ctypes.c_int32), ("frame_outputs", ctypes.c_uint32)]
 
 
 class _Camera(ctypes.Structure):
@@ -186,6 +188,7 @@ def test_whole_frame_cpp_runtime(benchmark, bench_meta, cpp_library, case, backe
     options.verify, options.precision = VERIFY_SIZE, PRECISIONS[precision]
     options.cuda_graphs = int(backend in GRAPHS)
     options.fused_decoders = FUSED_DECODERS_ON if backend in FUSED else FUSED_DECODERS_OFF
+    options.frame_outputs = FRAME_RGBA8
     rt = ctypes.c_void_p()
     status = lib.flexavatar_runtime_create(str(bundle_dir).encode(), ctypes.byref(options), ctypes.byref(rt))
     if status != 0 and backend != "ort-cpu+cpu":
@@ -209,9 +212,10 @@ def test_whole_frame_cpp_runtime(benchmark, bench_meta, cpp_library, case, backe
                    device="cpu" if backend == "ort-cpu+cpu" else "cuda", dtype=precision, frames=1,
                    flops=DECODE_FLOPS[size])
         _run(benchmark, size, "cpu" if backend == "ort-cpu+cpu" else "cuda", render)
-        alpha = np.ctypeslib.as_array(frame.alpha, shape=(SIZE, SIZE))
-        assert alpha.max() > 0.5                                        # a head drawn, not the background
-        _CPP_FRAMES[(size, backend, precision)] = np.ctypeslib.as_array(frame.rgba, shape=(SIZE, SIZE, 4))[..., :3].copy()
+        assert not frame.rgb and not frame.alpha and not frame.depth     # frame_outputs: RGBA8 alone
+        rgba = np.ctypeslib.as_array(frame.rgba, shape=(SIZE, SIZE, 4))
+        assert rgba[..., 3].max() > 128                                 # a head drawn, not the background
+        _CPP_FRAMES[(size, backend, precision)] = rgba[..., :3].copy()
         _MEANS[(size, backend, precision, "cpp")] = benchmark.stats.stats.mean
     finally:
         lib.flexavatar_runtime_destroy(rt)

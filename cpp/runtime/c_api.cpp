@@ -155,6 +155,13 @@ Status init_sized(T* out, uint32_t struct_size, T defaults, size_t v1_size, cons
   return Status::ok_status();
 }
 
+static_assert(FLEXAVATAR_FRAME_RGBA8 == flexavatar::runtime::kFrameRgba8 &&
+                  FLEXAVATAR_FRAME_RGB == flexavatar::runtime::kFrameRgb &&
+                  FLEXAVATAR_FRAME_ALPHA == flexavatar::runtime::kFrameAlpha &&
+                  FLEXAVATAR_FRAME_DEPTH == flexavatar::runtime::kFrameDepth &&
+                  FLEXAVATAR_FRAME_ALL == flexavatar::runtime::kFrameAll,
+              "the C API's frame flags are the runtime's");
+
 flexavatar_runtime_options default_options() {
   flexavatar_runtime_options defaults;
   std::memset(&defaults, 0, sizeof(defaults));
@@ -239,6 +246,10 @@ flexavatar_status flexavatar_runtime_create(const char* bundle_dir, const flexav
       return Status(StatusCode::kInvalidArgument,
                     "options.fused_decoders is " + std::to_string(defaults.fused_decoders) +
                         ", expected FLEXAVATAR_FUSED_DECODERS_AUTO (0), ON (1) or OFF (2)");
+    if (defaults.frame_outputs & ~FLEXAVATAR_FRAME_ALL)
+      return Status(StatusCode::kInvalidArgument,
+                    "options.frame_outputs is " + std::to_string(defaults.frame_outputs) +
+                        ", expected FLEXAVATAR_FRAME_* flags (RGBA8 1, RGB 2, ALPHA 4, DEPTH 8) or 0 for all");
     flexavatar::runtime::RuntimeOptions opts;
     opts.device = static_cast<flexavatar::runtime::Device>(defaults.device);
     opts.verify = static_cast<flexavatar::runtime::Verify>(defaults.verify);
@@ -248,6 +259,7 @@ flexavatar_status flexavatar_runtime_create(const char* bundle_dir, const flexav
     opts.precision = defaults.precision == FLEXAVATAR_PRECISION_FP16 ? "fp16" : "fp32";
     opts.cuda_graphs = defaults.cuda_graphs == 1;
     opts.fused_decoders = static_cast<flexavatar::runtime::FusedDecoders>(defaults.fused_decoders);
+    opts.frame_outputs = defaults.frame_outputs ? defaults.frame_outputs : FLEXAVATAR_FRAME_ALL;
     // Owned by a smart pointer until registered: an allocation failure on the way frees the runtime.
     auto entry = std::make_shared<Entry>();
     Status s = Runtime::create(bundle_dir, opts, &entry->impl);

@@ -249,11 +249,32 @@ Status CudaFrames::rasterize(int32_t width, int32_t height, bool exact) {
                error, "converting to RGBA8");
 }
 
-Status CudaFrames::download_frame(HostFrame* out) {
+Status CudaFrames::download_frame(HostFrame* out, uint32_t outputs) {
   char error[kErrorLength] = {0};
-  Status s = check(api_->memcpy_async(host_frame_.data(), device_frame_.data(), device_frame_.bytes(), device_, stream_,
-                                      error, sizeof(error)),
-                   error, "downloading the frame");
+  const int64_t pixels = int64_t(width_) * height_;
+  const FrameSlices<float> device(device_frame_.floats(), pixels);
+  const FrameSlices<float> host(host_frame_.floats(), pixels);
+  Status s;
+  if ((outputs & kFrameAll) == kFrameAll) {  // one copy of the whole block
+    s = check(api_->memcpy_async(host_frame_.data(), device_frame_.data(), device_frame_.bytes(), device_, stream_,
+                                 error, sizeof(error)),
+              error, "downloading the frame");
+  } else {  // only the slices asked for: RGBA8 alone is 4 of the block's 24 bytes a pixel
+    const struct {
+      uint32_t flag;
+      float *to, *from;
+      int64_t floats;  // per pixel
+    } slices[] = {{kFrameRgb, host.rgb, device.rgb, 3},
+                  {kFrameAlpha, host.alpha, device.alpha, 1},
+                  {kFrameDepth, host.depth, device.depth, 1},
+                  {kFrameRgba8, host.rgba8, device.rgba8, 1}};
+    for (const auto& slice : slices) {
+      if (!(outputs & slice.flag) || !s.ok()) continue;
+      s = check(api_->memcpy_async(slice.to, slice.from, size_t(slice.floats * pixels) * sizeof(float), device_,
+                                   stream_, error, sizeof(error)),
+                error, "downloading the frame");
+    }
+  }
   if (s.ok())
     s = check(api_->memcpy_async(host_counters_.data(), device_counters_.data(), sizeof(FrameCounters), device_,
                                  stream_, error, sizeof(error)),
@@ -261,11 +282,10 @@ Status CudaFrames::download_frame(HostFrame* out) {
   if (!s.ok()) return s;
   s = wait();
   if (!s.ok()) return s;
-  const FrameSlices<const float> frame(host_frame_.floats(), int64_t(width_) * height_);
-  out->rgb = frame.rgb;
-  out->alpha = frame.alpha;
-  out->depth = frame.depth;
-  out->rgba = reinterpret_cast<const uint8_t*>(frame.rgba8);
+  out->rgb = outputs & kFrameRgb ? host.rgb : nullptr;
+  out->alpha = outputs & kFrameAlpha ? host.alpha : nullptr;
+  out->depth = outputs & kFrameDepth ? host.depth : nullptr;
+  out->rgba = outputs & kFrameRgba8 ? reinterpret_cast<const uint8_t*>(host.rgba8) : nullptr;
   return Status::ok_status();
 }
 

@@ -73,6 +73,9 @@ struct DeviceFrame {
   const uint8_t* rgba = nullptr;
   const float *rgb = nullptr, *alpha = nullptr, *depth = nullptr;
 };
+// Frame fields a host render fills (the C API's FLEXAVATAR_FRAME_* flags); on the CUDA path, the slices copied.
+constexpr uint32_t kFrameRgba8 = 1u, kFrameRgb = 2u, kFrameAlpha = 4u, kFrameDepth = 8u, kFrameAll = 15u;
+
 struct HostFrame {
   const uint8_t* rgba = nullptr;
   const float *rgb = nullptr, *alpha = nullptr, *depth = nullptr;
@@ -128,7 +131,7 @@ class CudaFrames {
   Status rasterize(int32_t width, int32_t height, bool exact);
   // One copy of the whole frame (rgb, alpha, depth, rgba) and of the frame's counters to page-locked host
   // memory, then waits. Then `counters()` holds the frame's counts.
-  Status download_frame(HostFrame* out);
+  Status download_frame(HostFrame* out, uint32_t outputs);
   DeviceFrame device_frame() const;
   // Read back with the frame by download_frame: non-finite Gaussian values (after queue_nonfinite_count) and
   // the exact intersection count of the last rasterize.

@@ -68,7 +68,7 @@ Status Runtime::rasterize_gaussians(const GaussiansView& g, const Camera& camera
     if (s.ok()) s = cuda_->upload_gaussians();
     if (s.ok()) s = cuda_->rasterize(camera.width, camera.height, /*exact=*/true);  // check set: other Gaussians
     HostFrame frame;
-    if (s.ok()) s = cuda_->download_frame(&frame);
+    if (s.ok()) s = cuda_->download_frame(&frame, kFrameRgb);
     if (!s.ok()) return s;
     rgb->assign(frame.rgb, frame.rgb + 3 * pixels);
     return Status::ok_status();
@@ -145,7 +145,7 @@ Status Runtime::check_numerics(NumericsCheck* out) {
         }
       }
       FrameView frame;
-      st = render(expression, expression_dim_, camera, &frame);
+      st = render_fields(expression, expression_dim_, camera, kFrameRgb, &frame);
       if (!st.ok()) return st;
       const std::vector<float> decoded(frame.rgb, frame.rgb + 3 * size_t(camera.width) * size_t(camera.height));
       std::vector<float> expected;

@@ -466,8 +466,13 @@ Status Runtime::prepare_camera(const Camera& camera, float viewmat[16], float k[
 }
 
 Status Runtime::render(const float* expression, int64_t count, const Camera& camera, FrameView* out) {
+  return render_fields(expression, count, camera, options_.frame_outputs, out);
+}
+
+Status Runtime::render_fields(const float* expression, int64_t count, const Camera& camera, uint32_t fields,
+                              FrameView* out) {
   if (!out) return Status(StatusCode::kNullPointer, "out: got a null pointer");
-  if (cuda_) return render_cuda(expression, count, camera, true, out, nullptr);
+  if (cuda_) return render_cuda(expression, count, camera, fields, out, nullptr);
   float viewmat[16], k[9];
   Status s = prepare_camera(camera, viewmat, k);
   if (!s.ok()) return s;
@@ -499,10 +504,10 @@ Status Runtime::render(const float* expression, int64_t count, const Camera& cam
   }
   out->width = camera.width;
   out->height = camera.height;
-  out->rgba = rgba_.data();
-  out->rgb = image_.data();
-  out->alpha = alpha_.data();
-  out->depth = depth_.data();
+  out->rgba = fields & kFrameRgba8 ? rgba_.data() : nullptr;
+  out->rgb = fields & kFrameRgb ? image_.data() : nullptr;
+  out->alpha = fields & kFrameAlpha ? alpha_.data() : nullptr;
+  out->depth = fields & kFrameDepth ? depth_.data() : nullptr;
   return Status::ok_status();
 }
 
@@ -534,11 +539,12 @@ Status Runtime::render_device(const float* expression, int64_t count, const Came
     return Status(StatusCode::kUnavailable,
                   "render_device needs the CUDA rasterizer; this runtime rasterizes on the CPU (create it with "
                   "rasterizer CUDA, or device AUTO / CUDA on a machine with a CUDA device and libflexavatar_cuda)");
-  return render_cuda(expression, count, camera, false, nullptr, out);
+  return render_cuda(expression, count, camera, 0, nullptr, out);
 }
 
-Status Runtime::render_cuda(const float* expression, int64_t count, const Camera& camera, bool to_host,
+Status Runtime::render_cuda(const float* expression, int64_t count, const Camera& camera, uint32_t fields,
                             FrameView* host, DeviceFrameView* device) {
+  const bool to_host = host != nullptr;  // else the frame stays on the device (fields unused)
   float viewmat[16], k[9];
   Status s = prepare_camera(camera, viewmat, k);
   if (!s.ok()) return s;
@@ -587,12 +593,12 @@ Status Runtime::render_cuda(const float* expression, int64_t count, const Camera
     return Status::ok_status();
   }
   HostFrame frame;
-  s = cuda_->download_frame(&frame);
+  s = cuda_->download_frame(&frame, fields);
   if (!s.ok()) return s;
   if (zero_copy() && cuda_->counters().nonfinite) return nonfinite_gaussians(cuda_->counters().nonfinite);
   if (cuda_->frame_incomplete()) {
     s = cuda_->rasterize(camera.width, camera.height, /*exact=*/true);
-    if (s.ok()) s = cuda_->download_frame(&frame);
+    if (s.ok()) s = cuda_->download_frame(&frame, fields);
     if (!s.ok()) return s;
   }
   host->width = camera.width;

@@ -41,6 +41,7 @@ struct RuntimeOptions {
   std::string precision = "fp32";  // which ONNX files: "fp32" or "fp16" (the encoder falls back to fp32)
   bool cuda_graphs = true;         // zero copy only: the decoder replays a CUDA graph (ORT enable_cuda_graph)
   FusedDecoders fused_decoders = FusedDecoders::kAuto;
+  uint32_t frame_outputs = kFrameAll;  // kFrame* flags: the FrameView fields render fills (the others null)
 };
 
 // Which encoder inputs the bundle supports (the C API's FLEXAVATAR_ENCODER_* flags).
@@ -119,6 +120,7 @@ class Runtime {
   Status get_avatar_code(float* out, int64_t count) const;
   Status create_avatar_code(const EncoderInput& input);
   Status decode(const float* expression, int64_t count, GaussiansView* out);
+  // The frame fields in options.frame_outputs (the others null).
   Status render(const float* expression, int64_t count, const Camera& camera, FrameView* out);
   // The CUDA rasterizer's frame left on the device (kUnavailable with the CPU rasterizer).
   Status render_device(const float* expression, int64_t count, const Camera& camera, DeviceFrameView* out);
@@ -135,8 +137,11 @@ class Runtime {
   Status check_host_gaussians() const;
   // Camera checks; world-to-camera and pixel K of the frame.
   Status prepare_camera(const Camera& camera, float viewmat[16], float k[9]) const;
-  Status render_cuda(const float* expression, int64_t count, const Camera& camera, bool to_host, FrameView* host,
-                     DeviceFrameView* device);
+  // render with these kFrame* fields (check_numerics needs rgb whatever the options say).
+  Status render_fields(const float* expression, int64_t count, const Camera& camera, uint32_t fields,
+                       FrameView* out);
+  Status render_cuda(const float* expression, int64_t count, const Camera& camera, uint32_t fields,
+                     FrameView* host, DeviceFrameView* device);
   Status open_encoder(bool with_features, OrtModel** out);
   // Host Gaussians through this runtime's rasterizer (CPU, or CUDA via the page-locked block) → rgb [H, W, 3].
   Status rasterize_gaussians(const GaussiansView& g, const Camera& camera, std::vector<float>* rgb);

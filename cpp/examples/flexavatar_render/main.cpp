@@ -345,6 +345,7 @@ int main(int argc, char** argv) {
     options.num_threads = threads;
     options.cuda_graphs = cuda_graphs ? 1 : 0;
     options.fused_decoders = fused_decoders;
+    options.frame_outputs = FLEXAVATAR_FRAME_RGBA8;  // the PNGs need nothing else: 1 of 6 MiB a 512² frame on CUDA
     flexavatar::Runtime rt(bundle, &options);
     const flexavatar_runtime_info info = rt.info();
 

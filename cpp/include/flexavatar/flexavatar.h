@@ -123,6 +123,15 @@ typedef enum flexavatar_fused_decoders {
   FLEXAVATAR_FUSED_DECODERS_OFF = 2   /* the portable file only (FLEXAVATAR_ERROR_BUNDLE_INVALID without one) */
 } flexavatar_fused_decoders;
 
+/* Which fields of flexavatar_frame flexavatar_runtime_render fills (flexavatar_runtime_options.frame_outputs). With
+ * the CUDA rasterizer each one is a copy from the device: RGBA8 alone is 4 of a frame's 24 bytes a pixel (1 MiB
+ * instead of 6 MiB at 512 x 512), which is most of a frame's read-back time. The fields not asked for are NULL. */
+#define FLEXAVATAR_FRAME_RGBA8 1u /* rgba */
+#define FLEXAVATAR_FRAME_RGB 2u   /* rgb */
+#define FLEXAVATAR_FRAME_ALPHA 4u /* alpha */
+#define FLEXAVATAR_FRAME_DEPTH 8u /* depth */
+#define FLEXAVATAR_FRAME_ALL 15u
+
 /* Which inputs flexavatar_runtime_create_avatar_code accepts (flexavatar_runtime_info.encoders). */
 #define FLEXAVATAR_ENCODER_IMAGE 1u    /* bundle role "encoder": photo + camera (DINOv2 inside the graph) */
 #define FLEXAVATAR_ENCODER_FEATURES 2u /* bundle role "encoder_features": photo + camera + DINOv2 features */
@@ -152,6 +161,8 @@ typedef struct flexavatar_runtime_options {
                            node by node, which onnxruntime-gpu 1.31.1 aborts at random calls (CUDA error 800) */
   int32_t fused_decoders; /* flexavatar_fused_decoders (appended; default AUTO, also for callers whose struct
                              predates the field); info.decoder_file says which file runs */
+  uint32_t frame_outputs; /* appended: FLEXAVATAR_FRAME_* flags, the frame fields flexavatar_runtime_render fills
+                             (the others are NULL); 0 (the default) = FLEXAVATAR_FRAME_ALL */
 } flexavatar_runtime_options;
 
 typedef struct flexavatar_runtime_info {
@@ -296,8 +307,8 @@ FLEXAVATAR_API flexavatar_status flexavatar_runtime_create_avatar_code(flexavata
 /* Runs the decoder on one expression (expression_dim floats). */
 FLEXAVATAR_API flexavatar_status flexavatar_runtime_decode(flexavatar_runtime* runtime, const float* expression,
                                                            int64_t expression_count, flexavatar_gaussians* out);
-/* decode + rasterize: one RGBA frame in host memory (with the CUDA rasterizer: one copy from the device, the
- * call's one wait for the GPU after the first frame). */
+/* decode + rasterize: one RGBA frame in host memory (with the CUDA rasterizer: the fields of
+ * options.frame_outputs copied from the device, the call's one wait for the GPU after the first frame). */
 FLEXAVATAR_API flexavatar_status flexavatar_runtime_render(flexavatar_runtime* runtime, const float* expression,
                                                            int64_t expression_count,
                                                            const flexavatar_camera* camera, flexavatar_frame* out);

@@ -242,6 +242,17 @@ int main(int argc, char** argv) {
     flexavatar_runtime_get_info(graphs, &graph_info);
     expect(graph_info.cuda_graphs == 1, "info.cuda_graphs of a CUDA runtime with default options");
   }
+  // the same with options.frame_outputs = RGBA8: only that slice of the frame comes back to the host
+  flexavatar_runtime* rgba_only = nullptr;
+  if (graphs) {
+    flexavatar_runtime_options options;
+    flexavatar_runtime_options_init(&options, sizeof(options));
+    options.device = FLEXAVATAR_DEVICE_CUDA;
+    options.verify = FLEXAVATAR_VERIFY_SIZE;
+    options.frame_outputs = FLEXAVATAR_FRAME_RGBA8;
+    if (flexavatar_runtime_create(bundle, &options, &rgba_only) != FLEXAVATAR_OK)
+      expect(false, std::string("frame_outputs RGBA8: ") + flexavatar_last_error());
+  }
   if (graphs_only) std::printf("graphs only (FLEXAVATAR_TEST_GRAPHS_ONLY=1): no node-by-node CUDA session\n");
   std::string zero_copy_note;
   if (!zero_copy && !graphs) {
@@ -269,7 +280,8 @@ int main(int argc, char** argv) {
   bool ok = set_code(cpu, info, code_path, random_code) && set_code(upload, info, code_path, random_code) &&
             (!zero_copy || set_code(zero_copy, info, code_path, random_code)) &&
             (!host_io || set_code(host_io, info, code_path, random_code)) &&
-            (!graphs || set_code(graphs, info, code_path, random_code));
+            (!graphs || set_code(graphs, info, code_path, random_code)) &&
+            (!rgba_only || set_code(rgba_only, info, code_path, random_code));
   std::vector<std::vector<float>> expressions(2, std::vector<float>(size_t(info.expression_dim), 0.f));
   for (float& v : expressions[1]) v = 0.3f * normal();
 
@@ -352,7 +364,21 @@ int main(int argc, char** argv) {
           expect(false, what + ": CUDA-graph render: " + flexavatar_last_error());
           continue;
         }
-        compare_to_cpu(copy_frame(f), reference, what + " CUDA decoder (CUDA graph) + CUDA rasterizer", 5e-3);
+        const HostFrame full = copy_frame(f);
+        compare_to_cpu(full, reference, what + " CUDA decoder (CUDA graph) + CUDA rasterizer", 5e-3);
+        if (rgba_only) {  // only the RGBA8 slice copied back: the same bytes (another session: one step apart)
+          if (flexavatar_runtime_render(rgba_only, expressions[e].data(), info.expression_dim, &camera, &f) !=
+              FLEXAVATAR_OK) {
+            expect(false, what + ": frame_outputs RGBA8 render: " + flexavatar_last_error());
+            continue;
+          }
+          expect(f.rgba && !f.rgb && !f.alpha && !f.depth, what + ": frame_outputs RGBA8 fills rgba alone");
+          int worst = 0;
+          for (size_t i = 0; f.rgba && i < full.rgba.size(); ++i)
+            worst = std::max(worst, std::abs(int(f.rgba[i]) - int(full.rgba[i])));
+          expect(f.rgba && worst <= 1, what + ": frame_outputs RGBA8 frame differs from the full frame's rgba by " +
+                                           std::to_string(worst) + " steps");
+        }
       }
     }
   }
@@ -539,6 +565,7 @@ int main(int argc, char** argv) {
 
   if (!zero_copy && !graphs)
     std::printf("NOTE: zero-copy path (decoder on ONNX Runtime's CUDA provider) not run: %s\n", zero_copy_note.c_str());
+  flexavatar_runtime_destroy(rgba_only);
   flexavatar_runtime_destroy(graphs);
   flexavatar_runtime_destroy(host_io);
   flexavatar_runtime_destroy(zero_copy);

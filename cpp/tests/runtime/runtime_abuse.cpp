@@ -546,6 +546,68 @@ TEST_CASE(fused_decoders_is_checked_and_reported) {
   flexavatar_runtime_destroy(rt);
 }
 
+namespace {
+// One frame of the test bundle (code 0.1, neutral expression, 40x24) by a CPU runtime with these frame_outputs
+// (options_size: the caller's sizeof, for an older struct); the frame's fields copied out, empty where NULL.
+struct FrameCopy {
+  std::vector<uint8_t> rgba;
+  std::vector<float> rgb, alpha, depth;
+};
+
+FrameCopy render_with(uint32_t frame_outputs, uint32_t options_size = sizeof(flexavatar_runtime_options)) {
+  flexavatar_runtime_options options;
+  flexavatar_runtime_options_init(&options, sizeof(options));
+  options.device = FLEXAVATAR_DEVICE_CPU;
+  options.frame_outputs = frame_outputs;
+  options.struct_size = options_size;
+  flexavatar_runtime* rt = nullptr;
+  FrameCopy copy;
+  CHECK(flexavatar_runtime_create(g_bundle.c_str(), &options, &rt) == FLEXAVATAR_OK && rt);
+  if (!rt) return copy;
+  flexavatar_runtime_info info{};
+  info.struct_size = sizeof(info);
+  CHECK(flexavatar_runtime_get_info(rt, &info) == FLEXAVATAR_OK);
+  const std::vector<float> code(size_t(info.num_head_tokens * info.code_dim), 0.1f), expression(135, 0.f);
+  CHECK(flexavatar_runtime_set_avatar_code(rt, code.data(), int64_t(code.size())) == FLEXAVATAR_OK);
+  flexavatar_camera cam;
+  CHECK(flexavatar_runtime_default_camera(rt, &cam) == FLEXAVATAR_OK);
+  cam.width = 40;
+  cam.height = 24;
+  flexavatar_frame f;
+  CHECK(flexavatar_runtime_render(rt, expression.data(), 135, &cam, &f) == FLEXAVATAR_OK);
+  const size_t pixels = size_t(cam.width) * cam.height;
+  if (f.rgba) copy.rgba.assign(f.rgba, f.rgba + 4 * pixels);
+  if (f.rgb) copy.rgb.assign(f.rgb, f.rgb + 3 * pixels);
+  if (f.alpha) copy.alpha.assign(f.alpha, f.alpha + pixels);
+  if (f.depth) copy.depth.assign(f.depth, f.depth + pixels);
+  flexavatar_runtime_destroy(rt);
+  return copy;
+}
+}  // namespace
+
+TEST_CASE(frame_outputs_choose_the_fields_render_fills) {
+  flexavatar_runtime_options options;
+  flexavatar_runtime_options_init(&options, sizeof(options));
+  CHECK(options.frame_outputs == 0);  // the default: every field
+  options.device = FLEXAVATAR_DEVICE_CPU;
+  options.frame_outputs = 16;
+  flexavatar_runtime* rt = nullptr;
+  CHECK(flexavatar_runtime_create(g_bundle.c_str(), &options, &rt) == FLEXAVATAR_ERROR_INVALID_ARGUMENT && !rt);
+  CHECK(error_mentions("options.frame_outputs is 16") && error_mentions("RGBA8 1, RGB 2, ALPHA 4, DEPTH 8"));
+
+  const FrameCopy all = render_with(0);
+  CHECK(!all.rgba.empty() && !all.rgb.empty() && !all.alpha.empty() && !all.depth.empty());
+  CHECK(render_with(FLEXAVATAR_FRAME_ALL).rgba == all.rgba);
+  const FrameCopy rgba = render_with(FLEXAVATAR_FRAME_RGBA8);   // what an app that shows the frame needs
+  CHECK(rgba.rgba == all.rgba && rgba.rgb.empty() && rgba.alpha.empty() && rgba.depth.empty());
+  const FrameCopy some = render_with(FLEXAVATAR_FRAME_RGB | FLEXAVATAR_FRAME_DEPTH);
+  CHECK(some.rgba.empty() && some.rgb == all.rgb && some.alpha.empty() && some.depth == all.depth);
+  // an older caller's options struct (without the field): every field, whatever lies beyond its size
+  const FrameCopy older = render_with(FLEXAVATAR_FRAME_RGBA8, uint32_t(offsetof(flexavatar_runtime_options,
+                                                                                frame_outputs)));
+  CHECK(older.rgba == all.rgba && older.rgb == all.rgb && older.alpha == all.alpha && older.depth == all.depth);
+}
+
 int main(int argc, char** argv) {
   if (argc != 3) {
     std::fprintf(stderr, "usage: runtime_abuse BUNDLE SCRATCH_DIR\n");
