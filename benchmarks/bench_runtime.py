@@ -239,19 +239,8 @@ def test_clip(benchmark, bench_meta, flex1_bundle, avatar, expressions, mode):
         torch.cuda.synchronize()
         return frames
 
-    def live_clip():
-        frames, pending = [], None
-        for i in range(N_FRAMES):
-            queued = rt.render_async(avatar, expressions[i:i + 1], Camera(cameras.cam2world[i], cameras.intrinsics),
-                                     SIZE, SIZE)
-            if pending is not None:
-                frames.append(pending.result())
-            pending = queued
-        frames.append(pending.result())
-        return np.concatenate(frames)
-
     if mode.startswith("live"):
-        out = benchmark.pedantic(live_clip, rounds=10, warmup_rounds=2)
+        out = benchmark.pedantic(lambda: _live_clip(rt, avatar, expressions, cameras), rounds=10, warmup_rounds=2)
     elif mode.startswith("device"):
         frames = benchmark.pedantic(device_clip, rounds=10, warmup_rounds=2)
         out = np.concatenate([(f[..., :3].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy() for f in frames])
@@ -260,3 +249,35 @@ def test_clip(benchmark, bench_meta, flex1_bundle, avatar, expressions, mode):
     assert out.shape == (N_FRAMES, SIZE, SIZE, 3) and out.dtype == np.uint8
     np.testing.assert_array_equal(out, one_by_one)      # the same decoder calls, the same pixels
     assert rt.intersections.rerenders == 0 and rt.intersections.incomplete == 0
+
+
+def _live_clip(rt: Runtime, avatar: Avatar, expressions: np.ndarray, cameras: Camera) -> np.ndarray:
+    """A live loop over the clip: one frame a call, frame i + 1 queued before frame i's pixels are taken."""
+    frames, pending = [], None
+    for i in range(len(expressions)):
+        queued = rt.render_async(avatar, expressions[i:i + 1], Camera(cameras.cam2world[i], cameras.intrinsics),
+                                 SIZE, SIZE)
+        if pending is not None:
+            frames.append(pending.result())
+        pending = queued
+    frames.append(pending.result())
+    return np.concatenate(frames)
+
+
+# The live loop with the torch-compile engine (Inductor's fused kernels + CUDA graphs, fp16 autocast): the other
+# route to fewer kernels a frame, in the loop an interactive app runs.
+@pytest.mark.parametrize("label", [pytest.param("torch-compile+cuda", marks=[_NO_CUDA],
+                                                id="torch-compile+cuda-fp16-clip-live")])
+def test_live_clip_torch_compile(benchmark, bench_meta, flex1_bundle, flex1_model, avatar, expressions, label):
+    _skip_unless_runnable("torch-compile", "cuda", flex1_bundle)
+    rt = Runtime(flex1_bundle, backend="torch-compile", device="cuda", rasterizer="cuda", precision="fp16",
+                 verify="size", model=flex1_model)
+    cameras = orbit_camera(N_FRAMES)
+    bench_meta(stage="whole_frame", backend=f"{label}-clip-live", size="flex1", device="cuda", dtype="fp16",
+               flops=DECODE_FLOPS * N_FRAMES, frames=N_FRAMES, rasterizer=rt.rasterizer, runtime=rt.describe())
+    one_by_one = np.concatenate([rt.render(avatar, expressions[i:i + 1], Camera(cameras.cam2world[i],
+                                                                                cameras.intrinsics), SIZE, SIZE)
+                                 for i in range(N_FRAMES)])
+    out = benchmark.pedantic(lambda: _live_clip(rt, avatar, expressions, cameras), rounds=10, warmup_rounds=2)
+    assert out.shape == (N_FRAMES, SIZE, SIZE, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, one_by_one)      # the same decoder calls, the same pixels

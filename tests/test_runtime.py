@@ -911,6 +911,10 @@ def test_one_runtime_from_several_threads(engine, runtimes, driving_dir):
             for repeat in range(3):                      # each thread renders its slice three times, all at once
                 frames.append(rt.render(avatar, codes[2 * t:2 * t + 2],
                                         Camera(cams.cam2world[2 * t:2 * t + 2], cams.intrinsics), 64, 64))
+            # and as a live loop: both frames queued, one a call, before either result is taken
+            queued = [rt.render_async(avatar, codes[i:i + 1], Camera(cams.cam2world[i], cams.intrinsics), 64, 64)
+                      for i in (2 * t, 2 * t + 1)]
+            frames.append(np.concatenate([q.result() for q in queued]))
             results[t] = frames
         except BaseException as e:                       # noqa: BLE001 - reported below
             errors.append(e)
