@@ -2,13 +2,14 @@
 the host, per inference engine + rasterizer, random weights (the same seed as bench_model.py).
 
 Cases are labelled ``<decode engine>+<rasterizer>``: ``ort-cpu+cpu``, ``openvino+cpu``, ``torch-eager+cpu``,
-``torch-eager+reference`` on the CPU; ``ort-cuda+cuda`` (fp32, fp16; ``ort-cuda-graphs+cuda`` with CUDA
-graphs; ``ort-cuda-graphs-fused+cuda``: the decoder with ONNX Runtime's fused kernels, export target onnx-ort, the
-runtime's default on CUDA; the unfused cases run the portable files, ``fused_decoders=False``), ``torch-eager+cuda`` and ``torch-compile+cuda`` (Inductor + CUDA graphs, fp16 autocast) on a GPU, and
-there also: batches of 8 frames per decoder call (``-b8``), the frame
-left on the GPU (``-device``: no readback) and a 16-frame clip per call, pipelined as the runtime renders it against
-one chunk after the other (``-clip-pipelined`` / ``-clip-sequential``). The FLEX-1 bundle (fp32, + fp16 on a CUDA machine; ONNX +
-OpenVINO; + the fused fp32 / fp16 decoders on a CUDA machine) is exported once and kept in ``benchmarks/.cache/`` (git-ignored; minutes on a 2-core CPU).
+``torch-eager+reference`` on the CPU; on a GPU ``ort-cuda+cuda`` (fp32, fp16), ``ort-cuda-graphs+cuda`` (CUDA
+graphs), ``ort-cuda-graphs-fused+cuda`` (the decoder with ONNX Runtime's fused kernels, export target onnx-ort: the
+runtime's default on CUDA; the unfused cases run the portable files, ``fused_decoders=False``), ``torch-eager+cuda``
+and ``torch-compile+cuda`` (Inductor + CUDA graphs, fp16 autocast), and there also: batches of 8 frames per decoder
+call (``-b8``), the frame left on the GPU (``-device``: no readback) and 16-frame clips (``-clip-<mode>``, see
+CLIP_MODES: pipelined as the runtime renders a clip, one chunk after the other, frames left on the device, live
+loops). The FLEX-1 bundle (fp32, + fp16 and the fused decoders on a CUDA machine; ONNX + OpenVINO on a CPU
+machine) is exported once and kept in ``benchmarks/.cache/`` (git-ignored; minutes on a 2-core CPU).
 Each case checks its first frame against the PyTorch model + reference rasterizer (correctness may fail
 a benchmark; speed never does).
 

@@ -31,7 +31,8 @@ import torch
 
 import flexavatar
 from flexavatar.bundle import (CHECK_FILE, FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS,
-                               PRECISIONS, ROLE_DECODER, ROLE_DECODER_AVATAR, SCHEMA, SCHEMA_VERSION, AvatarInfo, Bundle, CheckInfo, Conventions,
+                               PRECISIONS, ROLE_DECODER, ROLE_DECODER_AVATAR, SCHEMA, SCHEMA_VERSION, AvatarInfo,
+                               Bundle, CheckInfo, Conventions,
                                Manifest, ModelArtifact, ModelInfo, ModelMetadata, OutputParity, ParityReport,
                                TemplateInfo, file_record, sha256_file)
 from flexavatar.cameras import default_camera, orbit_cameras

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flexavatar.bundle import FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, PSNR_TARGET_DB, OutputParity
+from flexavatar.bundle import (FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, PSNR_TARGET_DB,
+                               OutputParity)
 from flexavatar.images import psnr  # noqa: F401  (the exporter's and the tests' PSNR)
 
 FP32_TOLERANCE = 1e-4          # max abs error on every attribute and on the avatar code

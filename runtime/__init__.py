@@ -29,7 +29,8 @@ from .runtime import FRAME_FORMATS, WHITE, Gaussians, PendingFrames, Runtime, ap
 from .timing import StageTimes
 
 __all__ = [
-    "Runtime", "PendingFrames", "Avatar", "Gaussians", "Camera", "default_camera", "orbit_camera", "sequence_cameras", "look_at",
+    "Runtime", "PendingFrames", "Avatar", "Gaussians",
+    "Camera", "default_camera", "orbit_camera", "sequence_cameras", "look_at",
     "load_expressions", "compose_expression", "expression_parts", "axis_angle_to_matrix",
     "neutral_expression", "synthetic_expressions", "head_pose", "head_pose_matrix", "apply_pose", "StageTimes",
     "FRAME_FORMATS", "WHITE", "NumericsReport", "GraphCheck",

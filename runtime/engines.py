@@ -24,8 +24,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from flexavatar.bundle import (FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, ROLE_DECODER, ROLE_DECODER_AVATAR,
-                               ROLE_ENCODER, ROLE_ENCODER_FEATURES, Bundle, ModelArtifact)
+from flexavatar.bundle import (FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, ROLE_DECODER,
+                               ROLE_DECODER_AVATAR, ROLE_ENCODER, ROLE_ENCODER_FEATURES, Bundle, ModelArtifact)
 
 from .errors import EngineUnavailableError, ModelMismatchError, RuntimeArgumentError, UnknownEngineError
 

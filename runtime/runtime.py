@@ -250,7 +250,8 @@ class Runtime:
     def __init__(self, bundle_dir: str | Path, backend: str = "auto", device: str = "auto", rasterizer: str = "auto",
                  *, precision: str = "fp32", verify: str = "full", batch: int = 1, num_threads: int = 0,
                  inference_precision: str | None = None, cuda_graphs: bool | None = None,
-                 fused_decoders: bool | None = None, device_id: int = 0, model=None, checkpoint=None, template=None, dinov2=None):
+                 fused_decoders: bool | None = None, device_id: int = 0, model=None, checkpoint=None, template=None,
+                 dinov2=None):
         for name, value in (("backend", backend), ("device", device), ("rasterizer", rasterizer)):
             if not isinstance(value, str):
                 raise RuntimeArgumentError(name, f"is {value!r}", "a name (a string), or 'auto'")

@@ -6,8 +6,9 @@ features → avatar code, then a frame with it), the example application, and ab
 
 One bundle is exported during the run (the reduced official fixture, fp32 ONNX: encoder_features +
 decoder, ≈ 70 s on 2 cores), and one more for this module (fp32 + fp16, each decoder also with ONNX Runtime's
-fused kernels, target onnx-ort: ≈ 13 s) for the fp16 and fused-decoder tests; the C++ programs are built by ``cpp/tests/run_ctest.sh --build-only`` into
-``build/ctest-{release,asan}`` (the same folders the later ctest run in ``.ci/run`` reuses).
+fused kernels, target onnx-ort: ≈ 13 s) for the fp16 and fused-decoder tests; the C++ programs are built by
+``cpp/tests/run_ctest.sh --build-only`` into ``build/ctest-{release,asan}`` (the same folders the later ctest run
+in ``.ci/run`` reuses).
 
 Oracles: the Python runtime (``flexavatar.runtime.Runtime``, onnxruntime's Python API on the same graph
 and the native CPU rasterizer: Gaussians and images, tight tolerances) and the PyTorch model's decode

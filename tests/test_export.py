@@ -20,7 +20,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from flexavatar.bundle import (FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, ROLE_DECODER, ROLE_DECODER_AVATAR,
+from flexavatar.bundle import (FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, ROLE_DECODER,
+                               ROLE_DECODER_AVATAR,
                                ROLE_ENCODER, ROLE_ENCODER_FEATURES, Bundle, read_onnx_metadata,
                                read_onnx_metadata_props, read_openvino_metadata)
 from flexavatar.config import FlexConfig

@@ -29,7 +29,8 @@ if not torch.cuda.is_available() and "triton" not in sys.modules:
     os.environ.setdefault("TRITON_INTERPRET", "1")     # Triton's CPU interpreter: one more rasterizer to check
 
 from flexavatar import kernels
-from flexavatar.bundle import (ROLE_DECODER, ROLE_DECODER_AVATAR, ROLE_ENCODER, ArtifactNotFoundError, Bundle, BundleFileError,
+from flexavatar.bundle import (ROLE_DECODER, ROLE_DECODER_AVATAR, ROLE_ENCODER, ArtifactNotFoundError, Bundle,
+                               BundleFileError,
                                BundleFileMissingError, BundleHashMismatchError, BundleMetadataError, ManifestError)
 from flexavatar.cameras import default_camera as torch_default_camera
 from flexavatar.cameras import orbit_cameras as torch_orbit_cameras
