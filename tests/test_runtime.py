@@ -1475,6 +1475,28 @@ def test_cuda_device_frames_make_no_synchronising_torch_call(bundle, expressions
 
 
 @pytest.mark.gpu
+def test_cuda_live_loop_queues_without_a_sync_and_gives_the_render_frames(bundle, expressions):
+    """render_async on the GPU path: after the first frame, queueing a frame makes no synchronising torch call (the
+    pixels' copy is queued too), and each result is the frame render gives (CUDA graphs: each queued frame's
+    rasterizer read its Gaussians before the next replay overwrote them). The torch-compile engine's live loop is
+    checked frame for frame by bench_runtime.py's test_live_clip_torch_compile."""
+    import torch
+    rt = _ort_cuda_runtime(bundle, batch=1)
+    avatar, cams = Avatar(np.load(bundle / "avatar_code.npy").transpose(1, 0, 2)), orbit_camera(3)
+    one = [Camera(cams.cam2world[i], cams.intrinsics) for i in range(3)]
+    want = [rt.render(avatar, expressions[i:i + 1], one[i], SIZE, SIZE) for i in range(3)]   # first: exact sort
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        queued = [rt.render_async(avatar, expressions[i:i + 1], one[i], SIZE, SIZE) for i in range(3)]
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    for i in (2, 0, 1):
+        _assert_same_frames(queued[i].result(), want[i])
+    assert rt.intersections.rerenders == 0
+
+
+@pytest.mark.gpu
 def test_onnxruntime_cuda_graphs_from_two_threads(bundle, model, expressions, driving_dir):
     """CUDA graphs with a partial last chunk (batch 2 over 5 frames), the generic and the code-folded decoder,
     rendered from two threads at once: each thread's frames equal its own frames rendered alone."""
