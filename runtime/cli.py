@@ -6,10 +6,11 @@ rasterize every frame, stream them into the writer, time each stage, report p50 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import numpy as np
 
 from .avatar import Avatar, check_avatar_path
 from .cameras import Camera, default_camera, demo_intrinsics, orbit_camera, sequence_cameras
-from .expressions import load_expressions, sequence_fps
+from .expressions import (RECORD_BYTES, load_expressions, neutral_expression, read_expression_records,
+                          sequence_fps)
 from .engines import INFERENCE_PRECISIONS
 from .errors import RuntimeArgumentError
 from .runtime import MAX_RENDER_SIZE, WHITE, Runtime
@@ -77,11 +79,32 @@ def render_to_file(runtime: Runtime, avatar: Avatar, expressions: np.ndarray, ou
     """Render ``expressions`` [T, 135] of ``avatar`` into ``output`` (.mp4, .gif or a PNG folder), size² pixels.
     camera: one camera or T (default: the official demo camera). alpha: RGBA PNG frames (straight alpha, for
     compositing; PNG folders only). progress(n) is called after each n frames."""
-    camera = camera or default_camera()
     timings = timings if timings is not None else StageTimes()
+    chunks = runtime.iter_render(avatar, expressions, camera or default_camera(), size, size, background,
+                                 apply_head_pose, "float" if alpha else "uint8", timings)
+    return _write(runtime, chunks, output, size, fps, background, alpha, timings, progress)
+
+
+def render_stream(runtime: Runtime, avatar: Avatar, expressions: Iterable[np.ndarray], output: str | Path, *,
+                  size: int = 512, camera: Camera | None = None, fps: float = DEFAULT_FPS,
+                  apply_head_pose: bool = False, background: Sequence[float] = WHITE, alpha: bool = False,
+                  timings: StageTimes | None = None, progress: Callable[[int], None] | None = None) -> RenderReport:
+    """Render expression codes as they arrive (``expressions``: [1, 135] arrays, e.g. ``read_expression_records``
+    of a pipe) into ``output``, each frame written before the next code is read: a live source's frames leave with
+    no more delay than their own render. camera: one camera for every frame (default: the demo camera)."""
+    timings = timings if timings is not None else StageTimes()
+    camera = camera or default_camera()
+    chunks = (runtime.render(avatar, expression, camera, size, size, background, apply_head_pose,
+                             "float" if alpha else "uint8", timings) for expression in expressions)
+    return _write(runtime, chunks, output, size, fps, background, alpha, timings, progress)
+
+
+def _write(runtime: Runtime, chunks: Iterable[np.ndarray], output: str | Path, size: int, fps: float,
+           background: Sequence[float], alpha: bool, timings: StageTimes,
+           progress: Callable[[int], None] | None) -> RenderReport:
+    """Rendered frames (chunks of [n, size, size, C]) into ``output`` as they come → the render's report."""
     with open_writer(output, size, size, fps, channels=4 if alpha else 3) as writer:
-        for frames in runtime.iter_render(avatar, expressions, camera, size, size, background, apply_head_pose,
-                                          "float" if alpha else "uint8", timings):
+        for frames in chunks:
             with timings.stage("write", len(frames)):
                 writer.write(straight_rgba(frames, background) if alpha else frames)
             if progress is not None:
@@ -195,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--avatar", help="photo to encode (square, on white, the bundle's image size) or an avatar code "
                    ".npy (official (R², 1, D) layout); default: the bundle's own avatar (export --avatar)")
     p.add_argument("--expressions", required=True, type=Path, metavar="SEQ",
-                   help=".npy [T, 135] or .npz with expression_codes (e.g. ../shared/fixtures/driving/*.npz)")
+                   help=".npy [T, 135] or .npz with expression_codes (e.g. ../shared/fixtures/driving/*.npz), or - "
+                   f"to render codes as they arrive on standard input ({RECORD_BYTES} bytes a frame: 135 "
+                   "little-endian float32, e.g. from a tracker)")
     p.add_argument("-o", "--output", required=True, type=Path,
                    help="clip.mp4, clip.gif, a folder for PNG frames, or - for raw rgb24 (rgba with --alpha) frames "
                    "on standard output (messages then go to stderr)")
@@ -241,8 +266,16 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeArgumentError("--size", f"is {args.size}", f"an integer in [1, {MAX_RENDER_SIZE}]")
         if args.frames is not None and args.frames < 1:
             raise RuntimeArgumentError("--frames", f"is {args.frames}", "a number of frames ≥ 1")
-        expressions = load_expressions(args.expressions)
-        fps = check_fps(args.fps if args.fps is not None else sequence_fps(args.expressions, DEFAULT_FPS))
+        streaming = str(args.expressions) == STDOUT          # "-": codes as they arrive on standard input
+        if streaming:
+            _check_stream_options(args)
+            expressions = read_expression_records(sys.stdin.buffer)
+            if args.frames is not None:
+                expressions = itertools.islice(expressions, args.frames)
+            fps = check_fps(args.fps if args.fps is not None else DEFAULT_FPS)
+        else:
+            expressions = load_expressions(args.expressions)
+            fps = check_fps(args.fps if args.fps is not None else sequence_fps(args.expressions, DEFAULT_FPS))
         tracked = _tracked_cameras(args, len(expressions)) if args.camera_tracked else None
         runtime = open_runtime(args, batch=args.batch)
         print(f"runtime: {runtime.describe()}", file=say, flush=True)
@@ -253,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("flexavatar-render: the numerics check failed on this engine; nothing rendered (see above; "
                       "another --backend, --precision or --inference-precision may pass)", file=sys.stderr)
                 return 1
-        if args.frames is not None:
+        if args.frames is not None and not streaming:
             expressions = expressions[:args.frames]
         timings = StageTimes()
         avatar = resolve_avatar(runtime, args.avatar, timings)
@@ -264,23 +297,29 @@ def main(argv: list[str] | None = None) -> int:
             first = runtime.decode(avatar, expressions[:1], apply_head_pose=args.head_pose)
             first.save_ply(args.save_ply, comment=f"flexavatar-render: frame 0 of {args.expressions.name}")
             print(f"saved the first frame's {first.n_gaussians} Gaussians {args.save_ply}", file=say)
-        camera = orbit_camera(len(expressions)) if args.camera_orbit else default_camera()
-        if tracked is not None:
-            camera = Camera(tracked.cam2world[:len(expressions)], tracked.intrinsics[:len(expressions)])
+        if streaming:
+            camera = default_camera()
+        else:
+            camera = orbit_camera(len(expressions)) if args.camera_orbit else default_camera()
+            if tracked is not None:
+                camera = Camera(tracked.cam2world[:len(expressions)], tracked.intrinsics[:len(expressions)])
         if args.focal is not None:
             camera = Camera(camera.cam2world, demo_intrinsics(focal=args.focal))
         if runtime.backend == "torch-compile":   # compiled on its first call: not inside the latency figures
             print("compiling the decoder (torch.compile; tens of seconds) ...", file=say, flush=True)
-            runtime.decode(avatar, expressions[:args.batch])
-        bar = None if args.no_progress else ProgressBar(len(expressions))
-        try:
-            report = render_to_file(runtime, avatar, expressions, args.output, size=args.size, camera=camera, fps=fps,
-                                    apply_head_pose=args.head_pose, background=args.background,
-                                    alpha=args.alpha, timings=timings,
-                                    progress=bar.update if bar else None)
-        finally:
-            if bar is not None:
-                bar.close()
+            runtime.decode(avatar, neutral_expression(args.batch) if streaming else expressions[:args.batch])
+        options = dict(size=args.size, camera=camera, fps=fps, apply_head_pose=args.head_pose,
+                       background=args.background, alpha=args.alpha, timings=timings)
+        if streaming:                            # no length: no progress bar
+            report = render_stream(runtime, avatar, expressions, args.output, **options)
+        else:
+            bar = None if args.no_progress else ProgressBar(len(expressions))
+            try:
+                report = render_to_file(runtime, avatar, expressions, args.output,
+                                        progress=bar.update if bar else None, **options)
+            finally:
+                if bar is not None:
+                    bar.close()
     except (FlexAvatarError, KeyboardInterrupt) as e:
         return command_failed("flexavatar-render", e)
     except BrokenPipeError:          # -o -: the reader (ffmpeg, head, ...) closed the pipe before the last frame
@@ -289,6 +328,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(report.summary(), file=say)
     return 0
+
+
+def _check_stream_options(args) -> None:
+    """--expressions -: the options that need the whole sequence up front are refused, by name."""
+    for flag, given in (("--camera-orbit", args.camera_orbit), ("--camera-tracked", args.camera_tracked),
+                        ("--save-ply", args.save_ply is not None)):
+        if given:
+            raise RuntimeArgumentError(flag, "was given with --expressions - (codes streamed on standard input)",
+                                       "an expressions file (.npy / .npz): a stream has no length and no cameras, "
+                                       "and its first code is not known before rendering starts")
 
 
 def build_verify_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,9 @@ stay in the canonical head frame; the official GUI then applies the rigid pose
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -89,6 +91,31 @@ def load_expressions(path: str | Path) -> np.ndarray:
                 raise ExpressionInputError("expressions", f"cannot read {NPZ_KEY} of {path.name} ({e})",
                                            f"a float array {NPZ_KEY} [T, 135]") from None
     return as_expressions(data, f"expressions ({path.name})")
+
+
+RECORD_BYTES = 4 * EXPRESSION_DIM     # a streamed expression: 135 little-endian float32 values
+
+
+def read_expression_records(stream: BinaryIO) -> Iterator[np.ndarray]:
+    """Expression codes as they arrive on a binary stream (e.g. a tracker's pipe on standard input): records of
+    135 little-endian float32 values (540 bytes), each yielded as [1, 135] float32 once it is complete. A stream
+    that ends inside a record raises ``ExpressionInputError`` after the complete ones."""
+    frame = 0
+    while True:
+        record = bytearray()
+        while len(record) < RECORD_BYTES:           # a pipe may deliver a record in pieces
+            chunk = stream.read(RECORD_BYTES - len(record))
+            if not chunk:
+                break
+            record += chunk
+        if not record:
+            return
+        if len(record) < RECORD_BYTES:
+            raise ExpressionInputError("expressions", f"stream ended inside record {frame} ({len(record)} of "
+                                       f"{RECORD_BYTES} bytes)", f"{EXPRESSION_DIM} little-endian float32 values "
+                                       "per frame")
+        yield as_expressions(np.frombuffer(bytes(record), dtype="<f4"), f"expressions (streamed record {frame})")
+        frame += 1
 
 
 def sequence_fps(path: str | Path, default: float) -> float:

@@ -514,9 +514,11 @@ class Runtime:
         rasterizer and the copy to page-locked host memory, on the engine's stream; on the CPU engines the work is
         done by then), and ``.result()`` waits for them and returns what ``render`` would have.
 
-        For live rendering, one frame a call: submit frame i + 1, then take frame i's result. The host's work
-        on one frame (the next expression, the caller's use of the pixels) then overlaps the GPU's on the other,
-        and the frame rate is set by the slower of the two instead of their sum; latency is one frame more.
+        For a render loop at the GPU's rate, one frame a call (e.g. every display refresh, with the tracker's latest
+        code): submit frame i + 1, then take frame i's result. The host's work on one frame (the next code, the
+        caller's use of the pixels) then overlaps the GPU's on the other, and the frame rate is set by the slower
+        of the two instead of their sum; latency is one rendered frame more. A source slower than the renderer
+        gains nothing: render each code as it arrives.
         Results may be taken in any order; each is handed out once. The sync-free sort's check holds (a frame
         that outgrew its capacity is rendered again, decoder included, when its result is taken)."""
         plan = self._plan(expressions, cameras, width, height, background, apply_head_pose, output)

@@ -8,6 +8,7 @@ no DINOv2 (the encoder takes DINOv2 features), ONNX fp32 only. The oracle everyw
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -1122,6 +1123,58 @@ def test_cli_streams_raw_frames_to_stdout(bundle, driving_dir, tmp_path, capsysb
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 1, err
     assert "standard output was closed before the last frame" in err and "Traceback" not in err
+
+
+class _Trickle(io.RawIOBase):
+    """A pipe that hands out at most ``step`` bytes a read (as a tracker's pipe may)."""
+
+    def __init__(self, data: bytes, step: int):
+        self.data, self.step = data, step
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        out, self.data = self.data[:min(n, self.step)], self.data[min(n, self.step):]
+        return out
+
+
+def test_cli_renders_codes_streamed_on_standard_input(bundle, driving_dir, tmp_path, capsysbinary, monkeypatch):
+    """--expressions -: 540-byte records (135 little-endian float32) rendered as they arrive, here to raw frames on
+    stdout (a tracker → flexavatar-render → virtual camera pipe); the frames are the file sequence's."""
+    from types import SimpleNamespace
+
+    codes = load_expressions(driving_dir / "EMO-1-shout+laugh.npz")[:3]
+    np.save(tmp_path / "seq.npy", codes)
+    common = ["--size", "48", "--no-progress", "--head-pose", "-o", "-"]
+    assert render_main([str(bundle), "--expressions", str(tmp_path / "seq.npy"), *common]) == 0
+    want = capsysbinary.readouterr().out
+    data = codes.astype("<f4").tobytes()
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=_Trickle(data, step=100)))
+    assert render_main([str(bundle), "--expressions", "-", *common]) == 0
+    captured = capsysbinary.readouterr()
+    assert len(want) == 3 * 48 * 48 * 3 and captured.out == want
+    assert b"wrote standard output (3 frames, 48x48" in captured.err
+    # --frames stops reading after N codes
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=_Trickle(data, step=540)))
+    assert render_main([str(bundle), "--expressions", "-", "--frames", "2", *common]) == 0
+    assert capsysbinary.readouterr().out == want[:2 * 48 * 48 * 3]
+    # a stream that ends inside a record: the complete frames went out, then a typed error naming the record
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=_Trickle(data[:540 + 100], step=540)))
+    assert render_main([str(bundle), "--expressions", "-", *common]) == 2
+    captured = capsysbinary.readouterr()
+    assert captured.out == want[:48 * 48 * 3]
+    assert b"ExpressionInputError" in captured.err and b"ended inside record 1 (100 of 540 bytes)" in captured.err
+    # NaN in a record is refused like in a file
+    bad = codes.copy()
+    bad[1, 7] = np.nan
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=_Trickle(bad.astype("<f4").tobytes(), step=540)))
+    assert render_main([str(bundle), "--expressions", "-", *common]) == 2
+    assert b"streamed record 1" in capsysbinary.readouterr().err
+    # what a stream cannot have: its length (orbit), its cameras, its first code up front
+    for flag in (["--camera-orbit"], ["--camera-tracked"], ["--save-ply", str(tmp_path / "f.ply")]):
+        assert render_main([str(bundle), "--expressions", "-", *flag, "-o", str(tmp_path / "x.gif")]) == 2
+        assert f"{flag[0]}: was given with --expressions -".encode() in capsysbinary.readouterr().err
 
 
 def test_cli_tracked_cameras_render_each_frame_from_its_camera(bundle, runtimes, driving_dir, tmp_path, capsys):
