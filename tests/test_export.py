@@ -124,6 +124,15 @@ def _run(bundle: Bundle, artifact, feeds: dict) -> dict[str, np.ndarray]:
     return dict(zip([o.name for o in artifact.outputs], out, strict=True))
 
 
+def _export_fixture_with_cli(official_dir: Path, out: Path, *options: str) -> int:
+    """flexavatar-export of the reduced official fixture into ``out`` with these options → its exit status."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # official config fields without effect on inference
+        return cli_main([str(official_dir / "state_dict.safetensors"), "-o", str(out), "--template",
+                         str(official_dir / "gghead_template.obj"), "--config", str(official_dir / "config.json"),
+                         *options])
+
+
 def _torch_gaussians(model: FlexAvatarModel, code_1rd: np.ndarray, expressions: np.ndarray) -> dict:
     g = model.decode(AvatarCode(torch.from_numpy(code_1rd).transpose(0, 1)), torch.from_numpy(expressions),
                      dataset_id=1)
@@ -559,12 +568,8 @@ def test_gpu_conv_form_rewrites_only_the_fp16_onnx_decoder_and_is_checked(tmp_pa
               for role in (ROLE_ENCODER_FEATURES, ROLE_DECODER)}
     monkeypatch.setattr(exporter, "export_graph", lambda module, args, spec, opset: cached[spec.role])
     out = tmp_path / "b"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")     # official config fields without effect on inference
-        rc = cli_main([str(official_dir / "state_dict.safetensors"), "-o", str(out), "--template",
-                       str(official_dir / "gghead_template.obj"), "--config", str(official_dir / "config.json"),
-                       "--precision", "fp32,fp16", "--targets", "onnx,openvino", "--gpu-conv-form", "subpixel"])
-    assert rc == 0
+    assert _export_fixture_with_cli(official_dir, out, "--precision", "fp32,fp16", "--targets", "onnx,openvino",
+                                    "--gpu-conv-form", "subpixel") == 0
     bundle = Bundle.open(out)
     ops = {p: {n.op_type for n in onnx.load(str(out / f"decoder.{p}.onnx")).graph.node} for p in ("fp32", "fp16")}
     assert "ConvTranspose" in ops["fp32"] and "ConvTranspose" not in ops["fp16"] and "DepthToSpace" in ops["fp16"]
@@ -596,12 +601,9 @@ def test_fused_decoders_alone_skip_the_encoder_and_keep_the_gpu_conv_form(tmp_pa
     monkeypatch.setattr(exporter, "export_graph", lambda module, args, spec, opset: traced.append(spec.role)
                         or real(module, args, spec, opset))
     out = tmp_path / "b"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")     # official config fields without effect on inference
-        rc = cli_main([str(official_dir / "state_dict.safetensors"), "-o", str(out), "--template",
-                       str(official_dir / "gghead_template.obj"), "--config", str(official_dir / "config.json"),
-                       "--precision", "fp16", "--targets", "onnx-ort", "--gpu-conv-form", "subpixel"])
-    assert rc == 0 and traced == [ROLE_DECODER]
+    assert _export_fixture_with_cli(official_dir, out, "--precision", "fp16", "--targets", "onnx-ort",
+                                    "--gpu-conv-form", "subpixel") == 0
+    assert traced == [ROLE_DECODER]
     assert "WARNING: targets ['onnx-ort'] hold decoders only" in capsys.readouterr().out
     bundle = Bundle.open(out)
     assert [a.name for a in bundle.manifest.artifacts] == ["decoder.fp16.onnx-ort"]
