@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=",".join(PRECISIONS), help=f"comma list of {list(PRECISIONS)}")
     p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                    help=f"comma list of {list(TARGETS)} (default {','.join(DEFAULT_TARGETS)}); 'onnx-ort' adds the "
-                   "decoders with ONNX Runtime's fused kernels (ONNX Runtime only; its CUDA provider prefers them)")
+                   "decoders with ONNX Runtime's fused kernels (ONNX Runtime only; its CUDA provider prefers them); "
+                   "'pytorch' adds model.safetensors, the PyTorch model itself, for the torch and torch-compile "
+                   "engines (no checkpoint needed beside the bundle)")
     p.add_argument("--avatar", type=Path, metavar="PHOTO", help="also encode this square photo (on white) and "
                    "write its code plus a decoder specialised to it (needs --dinov2)")
     p.add_argument("--camera", type=Path, metavar="JSON", help='the photo\'s camera: {"cam2world": 4x4 OpenCV, '

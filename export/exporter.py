@@ -31,8 +31,8 @@ import torch
 
 import flexavatar
 from flexavatar.bundle import (CHECK_FILE, FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS,
-                               PRECISIONS, ROLE_DECODER, ROLE_DECODER_AVATAR, SCHEMA, SCHEMA_VERSION, AvatarInfo,
-                               Bundle, CheckInfo, Conventions,
+                               PRECISIONS, ROLE_DECODER, ROLE_DECODER_AVATAR, SCHEMA, SCHEMA_VERSION, TORCH_MODEL_FILE,
+                               AvatarInfo, Bundle, CheckInfo, Conventions, FileRecord,
                                Manifest, ModelArtifact, ModelInfo, ModelMetadata, OutputParity, ParityReport,
                                TemplateInfo, file_record, sha256_file)
 from flexavatar.cameras import default_camera, orbit_cameras
@@ -53,7 +53,8 @@ from .openvino_tools import save_ir
 from .parity import (FP16_PSNR_TARGET_DB, FP32_TOLERANCE, MAX_RECORDED_PSNR_DB, RENDER_DESCRIPTION, RUNNERS,
                      compare, psnr, render_frontal)
 
-TARGETS = (FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO)
+TARGET_PYTORCH = "pytorch"          # model.safetensors: the PyTorch model itself (FlexAvatarModel.save)
+TARGETS = (FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO, TARGET_PYTORCH)
 # onnx-ort (the decoders with ONNX Runtime's fused kernels, export.ort_fusions) is written on request: it runs on
 # ONNX Runtime only, and whether it pays on a GPU is measured by benchmarks/device/ort_fusions_ab.py
 DEFAULT_TARGETS = (FORMAT_ONNX, FORMAT_OPENVINO)
@@ -109,7 +110,7 @@ def export_bundle(checkpoint: str | Path | dict, out_dir: str | Path, *, templat
     say = progress or (lambda _msg: None)
     precisions, targets = _choices(precisions, PRECISIONS, "precisions"), _choices(targets, TARGETS, "targets")
     _require_packages(with_openvino="openvino" in targets)
-    if not {FORMAT_ONNX, FORMAT_OPENVINO} & set(targets):
+    if set(targets) == {FORMAT_ONNX_ORT}:
         say(f"WARNING: targets {list(targets)} hold decoders only: the bundle will have no encoder, so photos cannot "
             "be turned into avatars with it (add onnx or openvino to the targets)")
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
@@ -140,7 +141,7 @@ def export_bundle(checkpoint: str | Path | dict, out_dir: str | Path, *, templat
             ref.avatar_code_sha256 = sha256_file(staging.path / AVATAR_CODE_FILE)
         check_info = _write_check_set(staging.path, ref)
         jobs = _plan(model, ref, precisions, targets, opset, gpu_conv_form)
-        steps.total = steps.done + len(jobs) + 1
+        steps.total = steps.done + len(jobs) + 1 + (TARGET_PYTORCH in targets)
         artifacts: list[ModelArtifact] = []
         for i, job in enumerate(jobs):
             with steps.step(f"{job.name}"):
@@ -150,6 +151,11 @@ def export_bundle(checkpoint: str | Path | dict, out_dir: str | Path, *, templat
                 say(f"      {_row_text(artifact, staging.path)}")
             if all(later.graph is not job.graph for later in jobs[i + 1:]):
                 job.release()
+        torch_model = None
+        if TARGET_PYTORCH in targets:
+            with steps.step(TORCH_MODEL_FILE):
+                torch_model = _write_torch_model(staging.path, model, ref)
+                say(f"      {TORCH_MODEL_FILE}: {torch_model.size / 2**20:.1f} MiB, reloaded: the same Gaussians")
         with steps.step("manifest + verify"):
             avatar_info = _avatar_info(staging.path, ref, Path(avatar)) if photo is not None else None
             for job in jobs:
@@ -161,7 +167,7 @@ def export_bundle(checkpoint: str | Path | dict, out_dir: str | Path, *, templat
                 created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 versions=_versions(), opset=opset, model=ckpt_info, template=_template_info(model, template_source),
                 conventions=_conventions(model), artifacts=tuple(artifacts), avatar=avatar_info,
-                export_seconds=round(time.perf_counter() - started, 2), check=check_info)
+                export_seconds=round(time.perf_counter() - started, 2), check=check_info, torch_model=torch_model)
             manifest.write(staging.path)
             bundle = Bundle.open(staging.path, verify="full")
             for artifact in bundle.manifest.artifacts:
@@ -755,6 +761,20 @@ def _template_info(model: FlexAvatarModel, source: str) -> TemplateInfo:
     return TemplateInfo(sha256=model.template.sha256(), n_gaussians=model.template.n_gaussians,
                         res_head_tokens=cfg.res_head_tokens, res_gaussian_grid=cfg.res_gaussian_grid,
                         source=source)
+
+
+def _write_torch_model(folder: Path, model: FlexAvatarModel, ref: _References) -> FileRecord:
+    """model.safetensors (``FlexAvatarModel.save``), checked: the file loads back into a model whose Gaussians on
+    the reference inputs are PyTorch's reference outputs, bit for bit (the same weights on the same machine)."""
+    path = folder / TORCH_MODEL_FILE
+    model.save(path)
+    reloaded = FlexAvatarModel.load(path)
+    got = _decode(reloaded, torch.from_numpy(ref.decoder_code).transpose(0, 1), torch.from_numpy(ref.expressions))
+    bad = [name for name, g, w in zip(GAUSSIAN_OUTPUTS, got, ref.decoded, strict=True) if not np.array_equal(g, w)]
+    if bad or reloaded.template.sha256() != model.template.sha256():
+        raise ParityError(f"{TORCH_MODEL_FILE} does not reload into the exported model: "
+                          f"{bad or 'its template'} differ")
+    return file_record(folder, TORCH_MODEL_FILE)
 
 
 def _write_check_set(folder: Path, ref: _References) -> CheckInfo:

@@ -15,6 +15,8 @@ A bundle is a folder written by ``flexavatar-export`` (``flexavatar.export.expor
       decoder_avatar.fp32.onnx   with --avatar: decoder specialised to that code (input: expressions only)
       check.npz                  fixed inputs and the PyTorch fp32 outputs they gave at export: checks an engine
                                  on the machine that runs it (``Bundle.check_set``; flexavatar-verify)
+      model.safetensors          with target pytorch: the PyTorch model itself (FlexAvatarModel.save: weights,
+                                 template tensors, DINOv2, configs), for the torch / torch-compile engines
 
 This module imports neither torch nor onnx (only the standard library; numpy lazily for
 ``Bundle.avatar_code``), so a runtime built on ONNX Runtime or OpenVINO alone can use it.
@@ -75,6 +77,7 @@ ROLE_ENCODER_FEATURES = "encoder_features"  # same + DINOv2 features [B,C,h,w] a
 ROLE_DECODER = "decoder"                    # code [1,R²,D] + expressions [E,135] → Gaussians [E,G,…]
 ROLE_DECODER_AVATAR = "decoder_avatar"      # expressions [E,135] → Gaussians (code folded in)
 CHECK_FILE = "check.npz"                    # Manifest.check: the numerics check set (Bundle.check_set)
+TORCH_MODEL_FILE = "model.safetensors"      # Manifest.torch_model: FlexAvatarModel.save of the exported model
 # The least PSNR of a frame rendered from an artifact's Gaussians vs the PyTorch fp32 model's, per precision: the
 # export's fp16 check, and every artifact in flexavatar-verify. fp32 files render at 95-105 dB on a CPU; 60 dB leaves
 # room for another machine's summation order and still fails bf16 compute (~32 dB on the reduced fixture model).
@@ -303,6 +306,7 @@ class Manifest:
     avatar: AvatarInfo | None = None
     export_seconds: float = 0.0
     check: CheckInfo | None = None      # absent in bundles written before check.npz existed
+    torch_model: FileRecord | None = None   # model.safetensors (export target pytorch), else absent
 
     # -- lookup --
     def find(self, role: str | None = None, format: str | None = None,
@@ -320,7 +324,8 @@ class Manifest:
 
     def files(self) -> list[FileRecord]:
         out = [f for a in self.artifacts for f in a.files]
-        return out + ([self.avatar.code] if self.avatar else []) + ([self.check.file] if self.check else [])
+        return (out + ([self.avatar.code] if self.avatar else []) + ([self.check.file] if self.check else [])
+                + ([self.torch_model] if self.torch_model else []))
 
     # -- (de)serialisation --
     def to_dict(self) -> dict[str, Any]:
@@ -347,13 +352,14 @@ class Manifest:
             c = r.sub("check")
             check = CheckInfo(file=_file(c.sub("file")), n_expressions=c.count("n_expressions"),
                               description=c.str("description"))
-        _check_unique(artifacts, avatar, check)
+        torch_model = _file(r.sub("torch_model")) if r.get("torch_model") is not None else None
+        _check_unique(artifacts, avatar, check, torch_model)
         return cls(
             schema=schema, schema_version=version, created=r.str("created"),
             versions={k: str(v) for k, v in r.obj("versions").items()}, opset=r.int("opset"),
             model=_model_info(r.sub("model")), template=_template(r.sub("template")),
             conventions=_conventions(r.sub("conventions")), artifacts=artifacts, avatar=avatar,
-            export_seconds=r.float("export_seconds", default=0.0), check=check)
+            export_seconds=r.float("export_seconds", default=0.0), check=check, torch_model=torch_model)
 
     @classmethod
     def read(cls, path: str | Path) -> "Manifest":
@@ -837,7 +843,8 @@ def _check_role_tensors(specs: tuple[TensorSpec, ...], want: dict[str, int], whe
                                 f"{list(s.shape)}")
 
 
-def _check_unique(artifacts: tuple[ModelArtifact, ...], avatar: AvatarInfo | None, check: CheckInfo | None) -> None:
+def _check_unique(artifacts: tuple[ModelArtifact, ...], avatar: AvatarInfo | None, check: CheckInfo | None,
+                  torch_model: FileRecord | None) -> None:
     names = [a.name for a in artifacts]
     if len(set(names)) != len(names):
         raise ManifestError(f"manifest.artifacts has duplicate names: {sorted(names)}")
@@ -847,11 +854,11 @@ def _check_unique(artifacts: tuple[ModelArtifact, ...], avatar: AvatarInfo | Non
             raise ManifestError(f"manifest.artifacts lists {kinds.count(kind)} {kind[0]} models in format "
                                 f"{kind[1]!r} at precision {kind[2]!r}; each may appear once")
     paths = ([f.path for a in artifacts for f in a.files] + ([avatar.code.path] if avatar else [])
-             + ([check.file.path] if check else []))
+             + ([check.file.path] if check else []) + ([torch_model.path] if torch_model else []))
     twice = sorted({p for p in paths if paths.count(p) > 1})
     if twice:
-        raise ManifestError(f"manifest lists the same file twice: {twice} (artifacts' files, avatar.code and "
-                            "check.file)")
+        raise ManifestError(f"manifest lists the same file twice: {twice} (artifacts' files, avatar.code, "
+                            "check.file and torch_model)")
 
 
 def _conventions(r: _Reader) -> Conventions:

@@ -6,6 +6,8 @@ typed public API: ``encode`` (once per avatar) and ``decode`` (every frame).
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -18,10 +20,10 @@ import torch.nn.functional as F
 from .cameras import plucker_rays
 from .checkpoint import atomic_save, check_state_dict, read_state_dict
 from .config import FlexConfig
-from .dinov2 import DinoV2
+from .dinov2 import DinoV2, DinoV2Config
 from .errors import CheckpointError, InputError
 from .expression import EXPRESSION_CODE_DIM
-from .files import atomic_open
+from .files import atomic_open, atomic_path
 from .layers import GPTEncoder, JointTransformer, PointEmbedder
 from .template import Template
 from .upsampler import StyleGANUpsampler
@@ -233,6 +235,9 @@ class FlexNetwork(nn.Module):
 
 # ---- the public model ---------------------------------------------------------------------------
 
+MODEL_FILE_KIND = "flexavatar-model"   # the "kind" metadata of FlexAvatarModel.save files
+
+
 class FlexAvatarModel(nn.Module):
     """FLEX-1: ``encode`` (image + camera → AvatarCode, once) and ``decode`` (code + expressions → Gaussians)."""
 
@@ -284,6 +289,52 @@ class FlexAvatarModel(nn.Module):
 
     def save_checkpoint(self, path: str | Path) -> None:
         atomic_save(self.official_state_dict(), path)
+
+    def save(self, path: str | Path) -> None:
+        """Everything ``load`` needs in one safetensors file: the network's weights (the official key names), the
+        template's tensors (``template.*``), DINOv2's (``dinov2.*``, when the model has it), and the configs in
+        its metadata. Written to a temporary file beside ``path``, then renamed."""
+        from safetensors.torch import save_file
+
+        tensors = {k: v.contiguous() for k, v in self.official_state_dict().items()}
+        for f in fields(Template):
+            tensors[f"template.{f.name}"] = getattr(self.template, f.name).detach().contiguous()
+        metadata = {"kind": MODEL_FILE_KIND, "config": json.dumps(self.config.to_dict())}
+        if self.dinov2 is not None:
+            tensors.update({f"dinov2.{k}": v.detach().contiguous() for k, v in self.dinov2.state_dict().items()})
+            metadata["dinov2_config"] = json.dumps(dataclasses.asdict(self.dinov2.cfg))
+        with atomic_path(path, suffix=".safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FlexAvatarModel":
+        """A ``save`` file → the model (eval mode), loaded strictly (network, template and DINOv2 tensors)."""
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        expected = "a file written by FlexAvatarModel.save (a checkpoint loads with from_checkpoint)"
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()} if metadata.get("kind") == MODEL_FILE_KIND else {}
+        except (OSError, SafetensorError) as e:
+            raise CheckpointError(f"cannot read model file {path}: {e}; expected {expected}") from None
+        if metadata.get("kind") != MODEL_FILE_KIND:
+            raise CheckpointError(f"{path} is not a FlexAvatarModel file (metadata kind "
+                                  f"{metadata.get('kind')!r}); expected {expected}")
+        missing = [f"template.{f.name}" for f in fields(Template) if f"template.{f.name}" not in tensors]
+        if missing:
+            raise CheckpointError(f"model file {path} has no {missing}; expected {expected}")
+        template = Template(*(tensors.pop(f"template.{f.name}") for f in fields(Template)))
+        dinov2 = None
+        if "dinov2_config" in metadata:
+            dinov2 = DinoV2(DinoV2Config(**json.loads(metadata["dinov2_config"])))
+            state = {k[len("dinov2."):]: tensors.pop(k) for k in list(tensors) if k.startswith("dinov2.")}
+            check_state_dict(dinov2, state, what=f"DINOv2 tensors of {path.name}")
+            dinov2.load_state_dict(state)
+            dinov2.eval()
+        config = FlexConfig.from_dict(json.loads(metadata["config"]))
+        return cls.from_checkpoint(tensors, template=template, dinov2=dinov2, config=config)
 
     # -- encode ---------------------------------------------------------------------------------
     @torch.no_grad()

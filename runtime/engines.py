@@ -617,7 +617,7 @@ class TorchBackend(InferenceBackend):
     It runs no bundle file, but the bundle still says which model it must be: the template hash and
     config must match (and the checkpoint's sha256 when a file is given)."""
     name = "torch"
-    requires_model = True                       # "auto" skips it unless model= or checkpoint= is given
+    requires_model = True       # "auto" skips it without model=, checkpoint= or the bundle's model.safetensors
 
     def __init__(self, bundle, device, options):
         super().__init__(bundle, device, options)
@@ -677,10 +677,13 @@ def _torch_model(bundle: Bundle, options: EngineOptions):
 
     m = bundle.manifest
     model = options.model
+    if model is None and options.checkpoint is None and m.torch_model is not None:
+        model = FlexAvatarModel.load(bundle.path(m.torch_model.path))      # the bundle's own (target pytorch)
     if model is None:
         if options.checkpoint is None:
             raise RuntimeArgumentError("model", "is missing for backend='torch'", "model=FlexAvatarModel or "
-                                       "checkpoint=path (+ template=, dinov2=): the bundle holds ONNX/IR files only")
+                                       "checkpoint=path (+ template=, dinov2=): the bundle holds no PyTorch model "
+                                       "(export it with --targets ...,pytorch to carry one)")
         digest = sha256_file(options.checkpoint)
         if digest != m.model.checkpoint_sha256:
             raise ModelMismatchError(f"checkpoint {options.checkpoint}: sha256 {digest[:16]}… is not the bundle's "

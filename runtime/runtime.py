@@ -243,7 +243,7 @@ class Runtime:
     INFERENCE_PRECISION_HINT: None (f32 for fp32 artifacts, else the device's choice), "f32", "f16" or "bf16"
     (the other engines compute at the artifacts' precision and ignore it, with a warning).
     For backend="torch" / "torch-compile": ``model=`` (FlexAvatarModel) or ``checkpoint=`` + ``template=``
-    (+ ``dinov2=``); "torch-compile" decodes under torch.compile (fp16 autocast with precision="fp16"; on CUDA the
+    (+ ``dinov2=``), or nothing when the bundle carries the model (export target pytorch); "torch-compile" decodes under torch.compile (fp16 autocast with precision="fp16"; on CUDA the
     model's weights are frozen into the compiled decoder: do not change them while the runtime is in use).
     """
 
@@ -310,9 +310,11 @@ class Runtime:
                                               for f in formats):
                 return (f"the bundle has no {options.precision} decoder in format "
                         f"{' or '.join(repr(f) for f in formats)}")
-            if getattr(spec.factory, "requires_model", False) and options.model is None and options.checkpoint is None:
+            if (getattr(spec.factory, "requires_model", False) and options.model is None and options.checkpoint is None
+                    and self.bundle.manifest.torch_model is None):
                 return ("it runs the PyTorch model itself: pass model= (FlexAvatarModel) or checkpoint= + template= "
-                        "(flexavatar-render: --checkpoint CKPT --template OBJ)")
+                        "(flexavatar-render: --checkpoint CKPT --template OBJ), or export the bundle with --targets "
+                        "...,pytorch")
             return None
 
         spec, dev = select_engine(backend, device, runs_bundle)

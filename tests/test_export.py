@@ -155,7 +155,8 @@ def test_bundle_lists_every_target_and_progress_is_reported(full):
     listed = {Path(f.path).name for f in m.files()} | {"manifest.json"}
     assert on_disk == listed                                   # nothing unlisted, nothing missing
     assert not list(result.path.parent.glob(".bundle.partial-*"))
-    assert any(msg.startswith("[19/19]") for msg in messages)
+    assert any(msg.startswith("[20/20]") for msg in messages)
+    assert m.torch_model.path == "model.safetensors"           # target pytorch
     assert "decoder_avatar.fp16.onnx" in result.summary and "PSNR" in result.summary
 
 
@@ -234,6 +235,18 @@ def test_fused_decoders_are_the_portable_files_with_onnxruntime_kernels(full):
         assert [i.name for i in fused.graph.input] == [i.name for i in portable.graph.input]
         assert [o.name for o in fused.graph.output] == [o.name for o in portable.graph.output]
         assert artifact.parity.passed and artifact.fp32_ops == (() if artifact.precision == "fp32" else FP16_FP32_OPS)
+
+
+def test_pytorch_target_carries_the_model_itself(full, fixture_model):
+    """model.safetensors (target pytorch) is the exported model: weights, template and DINOv2, nothing else needed."""
+    result = full[0]
+    loaded = FlexAvatarModel.load(result.path / result.manifest.torch_model.path)
+    assert loaded.template.sha256() == result.manifest.template.sha256 and loaded.dinov2 is not None
+    assert loaded.config.to_dict() == result.manifest.model.config
+    code = AvatarCode(torch.from_numpy(np.load(result.path / "avatar_code.npy")))
+    expressions = (np.random.default_rng(4).standard_normal((2, 135)) * 0.5).astype(np.float32)
+    want, got = fixture_model.decode(code, expressions, dataset_id=1), loaded.decode(code, expressions, dataset_id=1)
+    assert all(torch.equal(getattr(got, f), getattr(want, f)) for f in GAUSSIAN_OUTPUTS)
 
 
 def test_bundle_files_say_nothing_of_the_machine_that_made_them(full):

@@ -141,6 +141,8 @@ def test_size_only_verification_skips_hashes(bundle):
      "lists 2 decoder models in format 'onnx' at precision 'fp32'"),
     (lambda d: d["artifacts"].append({**_renamed(d["artifacts"][0], "x.fp16", "./decoder.fp32.onnx"),
                                       "precision": "fp16"}), r"the same file twice: \['decoder.fp32.onnx'\]"),
+    (lambda d: d.update(torch_model=dict(d["artifacts"][0]["files"][0])), r"the same file twice.*torch_model"),
+    (lambda d: d.update(torch_model={"path": "model.safetensors"}), r"torch_model.sha256 is missing"),
     (lambda d: d["avatar"]["code"].update(path="sub/../decoder.fp32.onnx"), "without '..'"),
     (lambda d: d["avatar"]["code"].update(path="decoder.fp32.onnx//"), r"the same file twice"),
     *[(lambda d, v=v: d["avatar"]["code"].update(path=v), "must name a file") for v in ("", ".", "./", "a\0b")],

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from flexavatar.cameras import default_camera
 from flexavatar.config import FLEX1, FlexConfig, small_config
 from flexavatar.errors import CheckpointError, ConfigError, InputError, TemplateError
 from flexavatar.expression import head_pose, matrix_to_rot6d, neutral_expression, rot6d_to_matrix
@@ -99,6 +100,42 @@ def test_truncated_random_foreign_and_missing_checkpoints(small, tmp_path):
         with pytest.raises(CheckpointError, match=pattern):
             FlexAvatarModel.from_checkpoint(tmp_path / name, template=small.template, config=small.config)
     FlexAvatarModel.from_checkpoint(good, template=small.template, config=small.config)  # control
+
+
+def test_model_file_carries_weights_template_dinov2_and_configs(small, tmp_path):
+    """FlexAvatarModel.save → load: one file, nothing else needed; the same codes and Gaussians, bit for bit (with
+    and without DINOv2); other files are refused by name."""
+    from safetensors.torch import save_file
+
+    from flexavatar.dinov2 import DinoV2Config
+    from flexavatar.export.testing import random_dinov2
+
+    cfg = small.config
+    with_dino = FlexAvatarModel.random(cfg, small.template, seed=1,
+                                       dinov2=random_dinov2(DinoV2Config(dim=cfg.feature_dim, depth=1, n_heads=2,
+                                                                         input_size=56), seed=2))
+    images = torch.rand(1, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0))
+    c2w, k = default_camera()
+    expressions = neutral_expression(2) + 0.1
+    for model, name in ((small, "plain.safetensors"), (with_dino, "dino.safetensors")):
+        model.save(tmp_path / name)
+        loaded = FlexAvatarModel.load(tmp_path / name)
+        assert loaded.config == cfg and loaded.template.sha256() == model.template.sha256()
+        assert (loaded.dinov2 is None) == (model.dinov2 is None) and not loaded.training
+        code = AvatarCode(torch.randn(cfg.n_head_tokens, 1, cfg.d_hidden, generator=torch.Generator().manual_seed(1)))
+        want, got = model.decode(code, expressions), loaded.decode(code, expressions)
+        for field in ("means", "quats", "scales", "opacities", "sh0"):
+            assert torch.equal(getattr(got, field), getattr(want, field)), field
+        if model.dinov2 is not None:
+            assert torch.equal(loaded.encode(images, c2w[None], k[None]).tokens,
+                               model.encode(images, c2w[None], k[None]).tokens)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dino.safetensors", "plain.safetensors"]   # no temp files
+    save_file({k: v.contiguous() for k, v in small.official_state_dict().items()}, str(tmp_path / "ckpt.safetensors"))
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "plain.safetensors").read_bytes()[:5000])
+    for name, pattern in (("ckpt.safetensors", "not a FlexAvatarModel file .*from_checkpoint"),
+                          ("cut.safetensors", "cannot read model file"), ("absent.safetensors", "cannot read")):
+        with pytest.raises(CheckpointError, match=pattern):
+            FlexAvatarModel.load(tmp_path / name)
 
 
 def test_renamed_key_and_wrong_shape_are_listed(small):

@@ -807,6 +807,33 @@ def test_argument_errors(bundle, model):
         Runtime(bundle, backend="onnxruntime", rasterizer="nope")
 
 
+def test_a_bundle_that_carries_the_model_runs_the_torch_engines_alone(bundle, model, oracle, expressions, tmp_path,
+                                                                      driving_dir, capsys):
+    """model.safetensors in the bundle (export target pytorch; added here to a copy): backend "torch" and
+    "torch-compile" need no model=, checkpoint= or template=, the Gaussians are the model's; "auto" still picks ONNX
+    Runtime; the file is hashed like every bundle file."""
+    from flexavatar.bundle import Manifest, file_record
+
+    carried = _copy(bundle, tmp_path)
+    model.save(carried / "model.safetensors")
+    manifest = Manifest.read(carried)
+    replace(manifest, torch_model=file_record(carried, "model.safetensors")).write(carried)
+    avatar, want, _ = oracle
+    for backend in ("torch", "torch-compile"):
+        rt = Runtime(carried, backend=backend, device="cpu", rasterizer="cpu")
+        got = rt.decode(avatar, expressions).numpy()
+        assert all(_max_err(getattr(got, f), want[f]) <= GAUSSIAN_TOL for f in FIELDS), backend
+    assert Runtime(carried, device="cpu").backend == "onnxruntime"
+    assert render_main([str(carried), "--backend", "torch", "--expressions", str(driving_dir / "EMO-1-shout+laugh.npz"),
+                        "--frames", "1", "--size", "32", "--no-progress", "-o", str(tmp_path / "f")]) == 0
+    assert "torch" in capsys.readouterr().out
+    data = bytearray((carried / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (carried / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(BundleHashMismatchError, match="model.safetensors"):
+        Runtime(carried, backend="torch", device="cpu")
+
+
 def test_torch_model_from_a_different_template_is_rejected(bundle, model):
     from flexavatar.template import Template
     other = FlexAvatarModel.random(model.config, Template.synthetic(model.config.res_head_tokens,

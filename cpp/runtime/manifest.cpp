@@ -283,6 +283,13 @@ Manifest manifest_from_json(const Json& raw) {
     if (!paths.insert(m.check_file.path).second)
       fail("manifest lists the same file twice ('" + m.check_file.path + "')");
   }
+  if (!r.is_null("torch_model")) {
+    // model.safetensors (export target pytorch) is for the Python runtime's torch engines: validated as a record,
+    // not hashed (this runtime never reads it)
+    const FileRecord torch_model = file_record(r.sub("torch_model"));
+    if (!paths.insert(torch_model.path).second)
+      fail("manifest lists the same file twice ('" + torch_model.path + "')");
+  }
   r.str("created");
   for (const auto& item : r.object("versions").items()) (void)item;
   m.opset = r.integer("opset");

@@ -178,6 +178,23 @@ TEST_CASE(onnx_ort_format_parses_with_an_onnx_file) {
   CHECK(bad.code() == StatusCode::kBundleInvalid && mentions(bad, "'onnx', 'onnx-ort', 'openvino'"));
 }
 
+TEST_CASE(torch_model_record_is_validated_but_not_hashed) {
+  // bundle.py's Manifest.torch_model (export target pytorch): a FileRecord for the Python runtime's torch engines
+  const std::string carried = R"("torch_model": )" +
+                              test_bundle::file_json("model.safetensors", std::string(64, 'c'), 9) +
+                              R"(, "avatar": null)";
+  Manifest m;
+  CHECK(parse(replace_once(valid_manifest(), R"("avatar": null)", carried), &m).ok());
+  CHECK(m.files().size() == 1);  // this runtime never reads it: not hashed
+  Status bad = parse(replace_once(replace_once(valid_manifest(), R"("avatar": null)", carried),
+                                  R"("path": "model.safetensors")", R"("path": "decoder.fp32.onnx")"),
+                     &m);
+  CHECK(bad.code() == StatusCode::kBundleInvalid && mentions(bad, "the same file twice ('decoder.fp32.onnx')"));
+  bad = parse(replace_once(valid_manifest(), R"("avatar": null)", R"("torch_model": {"path": "m"}, "avatar": null)"),
+              &m);
+  CHECK(bad.code() == StatusCode::kBundleInvalid && mentions(bad, "torch_model"));
+}
+
 TEST_CASE(check_set_file_is_listed_and_hashed_like_every_file) {
   // bundle.py's Manifest.check: {"file": FileRecord, "n_expressions", "description"}; optional (older bundles)
   const std::string check = R"("check": {"file": )" + test_bundle::file_json("check.npz", std::string(64, 'b'), 7) +
