@@ -844,6 +844,9 @@ def summary_table(manifest: Manifest, folder: Path) -> str:
                      f"{'ok' if a.parity.passed else 'FLAGGED'}")
     if manifest.avatar is not None:
         lines.append(f"{'avatar code':<30} {manifest.avatar.code.path:<36} {manifest.avatar.code.size / 2**20:>8.2f}")
+    if manifest.torch_model is not None:
+        lines.append(f"{'PyTorch model':<30} {manifest.torch_model.path:<36} {manifest.torch_model.size / 2**20:>8.2f}  "
+                     "reloaded: the same Gaussians (the torch / torch-compile engines need nothing else)")
     if manifest.check is not None:
         lines.append(f"{'check set':<30} {manifest.check.file.path:<36} {manifest.check.file.size / 2**20:>8.2f}  "
                      f"on the machine that runs the bundle: flexavatar-verify {folder}")

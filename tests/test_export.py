@@ -156,7 +156,7 @@ def test_bundle_lists_every_target_and_progress_is_reported(full):
     assert on_disk == listed                                   # nothing unlisted, nothing missing
     assert not list(result.path.parent.glob(".bundle.partial-*"))
     assert any(msg.startswith("[20/20]") for msg in messages)
-    assert m.torch_model.path == "model.safetensors"           # target pytorch
+    assert m.torch_model.path == "model.safetensors" and "PyTorch model" in result.summary   # target pytorch
     assert "decoder_avatar.fp16.onnx" in result.summary and "PSNR" in result.summary
 
 
