@@ -242,6 +242,8 @@ def test_render_async_results_are_the_render_frames(runtime_cache, oracle, expre
         np.testing.assert_array_equal(got, want[i:i + 1])
         assert one_by_one[i].result() is got                            # handed out once, kept
     np.testing.assert_array_equal(floats.result(), rt.render(avatar, expressions, cams, SIZE, SIZE, output="float"))
+    on_device = rt.render_async(avatar, expressions, cams, SIZE, SIZE, output="device").result()
+    np.testing.assert_array_equal(on_device, rt.render(avatar, expressions, cams, SIZE, SIZE, output="device"))
     with pytest.raises(RuntimeArgumentError, match="output"):
         rt.render_async(avatar, expressions, cams, SIZE, SIZE, output="png")
 
