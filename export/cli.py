@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="model_config.json (default: FLEX-1)")
     p.add_argument("--precision", default=",".join(PRECISIONS), help=f"comma list of {list(PRECISIONS)}")
     p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
-                   help=f"comma list of {list(TARGETS)} (default {','.join(DEFAULT_TARGETS)}); 'onnx-ort' adds the "
+                   help=f"comma list of {list(TARGETS)} (default {','.join(DEFAULT_TARGETS)}); 'onnx-ort': the "
                    "decoders with ONNX Runtime's fused kernels (ONNX Runtime only; its CUDA provider prefers them); "
                    "'pytorch' adds model.safetensors, the PyTorch model itself, for the torch and torch-compile "
                    "engines (no checkpoint needed beside the bundle)")
