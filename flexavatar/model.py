@@ -212,8 +212,10 @@ class FlexNetwork(nn.Module):
         dataset_token = head._dataset_embedding(dataset_ids).repeat_interleave(e, dim=0)[:, None]  # [B·E, 1, D]
         return torch.cat([dataset_token, expr_tokens], dim=1).transpose(0, 1)
 
-    def decode(self, code: torch.Tensor, expressions: torch.Tensor, dataset_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        """code [R², B, D], expressions [B, E, 135], dataset_ids [B] → attributes [B·E, G, …]."""
+    def decode(self, code: torch.Tensor, expressions: torch.Tensor, dataset_ids: torch.Tensor,
+               fir_as_taps: bool = False) -> dict[str, torch.Tensor]:
+        """code [R², B, D], expressions [B, E, 135], dataset_ids [B] → attributes [B·E, G, …].
+        ``fir_as_taps``: the upsampler's FIR as multiply-adds, for compiled decoders (``StyleGANUpsampler``)."""
         e = expressions.shape[1]
         context = self.expression_context(expressions, dataset_ids)
         # one avatar: its code is shared by the E frames (layer 0 projects it once, then broadcasts)
@@ -221,7 +223,7 @@ class FlexNetwork(nn.Module):
         x = self._head_transformer._expression_transformer(queries, context)            # [R², B·E, D]
         r = self.cfg.res_head_tokens
         uv_map = x.permute(1, 2, 0).reshape(x.shape[1], -1, r, r)                        # [B·E, D, R, R]
-        upsampled = self._gaussian_decoder._stylegan_upsampler(uv_map)                  # [B·E, C, 4R, 4R]
+        upsampled = self._gaussian_decoder._stylegan_upsampler(uv_map, fir_as_taps)     # [B·E, C, 4R, 4R]
         return self.gaussians_from_uv_features(upsampled)
 
     def gaussians_from_uv_features(self, upsampled: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -44,20 +44,36 @@ class ModulatedConv(nn.Module):
         w = self.weight * self.affine.bias[None, :, None, None]
         return w * torch.rsqrt(w.pow(2).sum(dim=(1, 2, 3), keepdim=True) + 1e-8)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:                      # [N, in, r, r]
+    def forward(self, x: torch.Tensor, fir_as_taps: bool = False) -> torch.Tensor:     # [N, in, r, r]
         # lrelu(z)·g = lrelu(g·z) for g > 0, and the convolutions are linear: the gain goes into the constant
         # weights and bias (an exported graph then has no Mul pass over the feature map)
         w = self.baked_weight() * LRELU_GAIN
         if self.up:
             # transposed conv, stride 2 (→ 2r+1), then the 4×4 FIR low-pass with up² gain (→ 2r)
             y = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
-            c = y.shape[1]
-            fir = (self.resample_filter * 4).to(y.dtype)[None, None].expand(c, 1, 4, 4)
-            y = F.conv2d(F.pad(y, (1, 1, 1, 1)), fir, groups=c)
+            fir = (self.resample_filter * 4).to(y.dtype)                                       # [4, 4]
+            y = F.pad(y, (1, 1, 1, 1))
+            y = fir_taps(y, fir) if fir_as_taps else F.conv2d(y, fir.expand(y.shape[1], 1, 4, 4), groups=y.shape[1])
         else:
             y = F.conv2d(x, w, padding=1)
         y = F.leaky_relu(y + (self.bias * LRELU_GAIN)[None, :, None, None], 0.2)
         return y.clamp(-CONV_CLAMP, CONV_CLAMP)
+
+
+def fir_taps(x: torch.Tensor, fir: torch.Tensor) -> torch.Tensor:
+    """The depthwise ``F.conv2d(x, fir, groups=C)`` (valid, cross-correlation) as its 16 shifted multiply-adds:
+    x [N, C, H, W], fir [4, 4] → [N, C, H - 3, W - 3]. The same sums, in another order. Eagerly it is 32 kernels
+    instead of one; a compiler that fuses elementwise work (Inductor) makes it one kernel together with the bias,
+    activation and clamp that follow, where cuDNN's depthwise convolution in the compiled FLEX-1 decoder took 0.54 ms
+    of a 2.08 ms frame (H200, fp16; issue #7)."""
+    kh, kw = fir.shape
+    h, w = x.shape[-2] - kh + 1, x.shape[-1] - kw + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            tap = fir[i, j] * x[..., i:i + h, j:j + w]
+            out = tap if out is None else out + tap
+    return out
 
 
 class ToRGB(nn.Module):
@@ -84,14 +100,17 @@ class UpsamplerBlock(nn.Module):
         self.conv1 = ModulatedConv(c_out, c_out, w_dim, up=False)
         self.torgb = ToRGB(c_out, c_img_out, w_dim)
 
-    def forward(self, x: torch.Tensor, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.conv1(self.conv0(x))
+    def forward(self, x: torch.Tensor, img: torch.Tensor,
+                fir_as_taps: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.conv1(self.conv0(x, fir_as_taps))
         img = F.pixel_shuffle(img, 2) + self.torgb(x)
         return x, img
 
 
 class StyleGANUpsampler(nn.Module):
-    """[N, D, R, R] → [N, D/4^k, R·2^k, R·2^k]; the skip ("img") path starts as the input itself."""
+    """[N, D, R, R] → [N, D/4^k, R·2^k, R·2^k]; the skip ("img") path starts as the input itself.
+    ``fir_as_taps``: the up-sampling FIR low-pass as shifted multiply-adds (``fir_taps``) instead of a depthwise
+    convolution, for compiled decoders; the convolution (default) is eager PyTorch's and the exported graphs' form."""
 
     def __init__(self, d_in: int, res_in: int, n_blocks: int, channel_base: int, channel_max: int, w_dim: int):
         super().__init__()
@@ -103,8 +122,8 @@ class StyleGANUpsampler(nn.Module):
             c_prev, c_img = c, c_img // 4
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, fir_as_taps: bool = False) -> torch.Tensor:
         img = x
         for block in self.blocks:
-            x, img = block(x, img)
+            x, img = block(x, img, fir_as_taps)
         return img

@@ -492,15 +492,18 @@ NETWORK_OUTPUTS = ("positions", "rotations", "scales", "opacities", "colors")   
                                                                                  # GAUSSIAN_OUTPUTS' order
 
 
-def network_decode_function(network, device_type: str, half: bool):
+def network_decode_function(network, device_type: str, half: bool, fir_as_taps: bool = True):
     """The function the "torch-compile" engine compiles (and benchmarks/device/torch_compile.py times):
     ``network.decode`` (code [R², 1, D], expressions [1, E, 135], dataset ids [1] → 5 tensors [E, G, …]) under
-    fp16 autocast when ``half`` (PyTorch's per-op precision policy), its outputs float32 (the rasterizers' dtype)."""
+    fp16 autocast when ``half`` (PyTorch's per-op precision policy), its outputs float32 (the rasterizers' dtype).
+    ``fir_as_taps``: the upsampler's FIR low-pass as multiply-adds, which Inductor fuses with the bias and activation
+    after it (``flexavatar.upsampler.fir_taps``), instead of cuDNN's depthwise convolution (False: the A/B baseline of
+    benchmarks/device/torch_compile.py)."""
     import torch
 
     def decode(code, expressions, ids):
         with torch.autocast(device_type, dtype=torch.float16, enabled=half):
-            out = network.decode(code, expressions, ids)
+            out = network.decode(code, expressions, ids, fir_as_taps=fir_as_taps)
         return tuple(out[k].float() for k in NETWORK_OUTPUTS)
     return decode
 
@@ -521,15 +524,15 @@ class CompiledNetworkDecode:
     patching every call would cost 16 µs of host time a frame on a 2-core CPU."""
 
     def __init__(self, network, device_type: str, half: bool, mode: str | None = None, backend: str | None = None,
-                 freeze: bool | None = None):
+                 freeze: bool | None = None, fir_as_taps: bool = True):
         import torch
         backend = TORCH_COMPILE_BACKEND if backend is None else backend
         mode = TORCH_COMPILE_MODES[device_type] if mode is None else mode
         inductor = backend == "inductor"
         self.mode, self.backend = mode, backend
         self.cuda_graphs = inductor and device_type == "cuda" and mode in CUDA_GRAPH_MODES
-        self._compiled = torch.compile(network_decode_function(network, device_type, half), backend=backend,
-                                       dynamic=False, mode=mode if inductor else None)
+        self._compiled = torch.compile(network_decode_function(network, device_type, half, fir_as_taps),
+                                       backend=backend, dynamic=False, mode=mode if inductor else None)
         self.freeze = inductor and (device_type == "cuda" if freeze is None else freeze)
         self._frozen_shapes: set[tuple] = set()
 

@@ -112,6 +112,37 @@ def test_float64_run_matches_f64_reference(fixture, official_dir):
                                    msg=lambda m: f"{name}: {m}")
 
 
+def test_fir_as_taps_decodes_the_f64_reference(fixture, official_dir):
+    """The upsampler's FIR as multiply-adds (``fir_as_taps``, the compiled decoders' form) decodes the official
+    float64 outputs as the convolution does (float64 run, so only the order of the sums differs)."""
+    model, inp, _ = fixture
+    ref = np.load(official_dir / "outputs_f64.npz")
+    model64 = FlexAvatarModel(model.config, model.template).double()
+    model64.network.load_state_dict(model.official_state_dict())
+    args = model64._check_decode_inputs(AvatarCode(torch.from_numpy(ref["avatar_code"])),
+                                        inp["expression_codes"].double(), inp["dataset_ids"][:, 0])
+    conv = model64.network.decode(*args)
+    taps = model64.network.decode(*args, fir_as_taps=True)
+    for name in ATOL_FINAL:
+        torch.testing.assert_close(taps[name], conv[name], atol=1e-12, rtol=0, msg=lambda m: f"{name}: {m}")
+        if name in ref:
+            torch.testing.assert_close(taps[name].reshape(ref[name].shape), torch.from_numpy(ref[name]), atol=1e-6,
+                                       rtol=0, msg=lambda m: f"{name}: {m}")
+
+
+def test_fir_taps_is_the_depthwise_convolution():
+    """``fir_taps`` against ``F.conv2d(groups=C)`` in float64, with an asymmetric filter (a flipped or transposed
+    tap would show) on a non-square map."""
+    from flexavatar.upsampler import fir_taps
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 11, 9, generator=gen, dtype=torch.float64)
+    fir = torch.randn(4, 4, generator=gen, dtype=torch.float64)
+    want = torch.nn.functional.conv2d(x, fir.expand(5, 1, 4, 4), groups=5)
+    got = fir_taps(x, fir)
+    assert got.shape == want.shape == (2, 5, 8, 6)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+
+
 def test_templates_equal_official_buffers_exactly(official_dir):
     obj = official_dir / "gghead_template.obj"
     full = Template.from_obj(obj, 32, 256)
