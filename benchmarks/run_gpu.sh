@@ -25,7 +25,8 @@
 #                             calls of four of them), ort-profile-flex1 (kernel time per op type of the FLEX-1
 #                             bundle's files on CUDA), graph-passes-ab (the FLEX-1 decoder with and without
 #                             export.graph_passes, side by side), gpu-profile (GPU time per kernel class of
-#                             the FLEX-1 whole frame, CUPTI, and the host's side), torch-compile (the PyTorch
+#                             the FLEX-1 whole frame, CUPTI, and the host's side), host-probe (the Python runtime's
+#                             host time a frame: stages, collections, render_cuda line by line), torch-compile (the PyTorch
 #                             decoder under torch.compile vs the bundle's ORT decoders), ort-fusions (the FLEX-1 decoders with ONNX
 #                             Runtime's fused transformer kernels vs as exported), verify (flexavatar-verify of the FLEX-1 bundle on
 #                             CUDA, fp16 and fp32), wait-prewarm (until prewarm.sh is done), memcheck (compute-sanitizer on the rasterizer), native-check (gpu_check.sh's rasterizer
@@ -296,6 +297,18 @@ gpu_profile() {
   return $rc
 }
 
+# where the Python runtime's host time goes, one frame at a time, without cProfile (benchmarks/device/host_probe.py):
+# render / render_async p50, garbage collections, timed stages, and render_cuda line by line; ONNX Runtime fp16
+# (fused decoder, CUDA graphs), then torch-compile fp16
+host_probe() {
+  local bundle rc=0
+  bundle=$(flex1_fp16_bundle) || return 1
+  pyrun "$REPO/benchmarks/device/host_probe.py" "$bundle" --json "$LOGS/host_probe_ort_fp16.json" || rc=$?
+  pyrun "$REPO/benchmarks/device/host_probe.py" "$bundle" --engine torch-compile \
+    --json "$LOGS/host_probe_torch_compile_fp16.json" || rc=$?
+  return $rc
+}
+
 # the bundle's numerics check on this GPU (flexavatar-verify: check.npz through ONNX Runtime CUDA, fp16 and fp32,
 # with the runtime's defaults, CUDA graphs included): PSNR per graph vs the PyTorch fp32 outputs recorded at export
 verify_numerics() {
@@ -317,7 +330,7 @@ if [[ -z "${FLEXAVATAR_FIXTURES:-}" ]]; then
 fi
 export FLEXAVATAR_FIXTURES=${FLEXAVATAR_FIXTURES:-}
 export REPO PY MAX_TIME WORK SITE HISTORY LOGS
-export -f pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp ort_probe ort_profile_flex1 flex1_fp16_bundle graph_passes_ab gpu_profile verify_numerics interleave upsampler_forms torch_compile ort_fusions
+export -f host_probe pyrun machine_info pip_install source_site build gpu_tests ort_placement bench benchmarks gpu_check bench_cpp ort_probe ort_profile_flex1 flex1_fp16_bundle graph_passes_ab gpu_profile verify_numerics interleave upsampler_forms torch_compile ort_fusions
 ls "$HISTORY" >"$WORK/history-before.txt" 2>/dev/null
 say "flexavatar GPU run $STAMP, budget ${BUDGET_S}s, repo $REPO, commit ${FLEXAVATAR_GIT_COMMIT:-unknown}"
 for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement benchmarks}; do
@@ -330,6 +343,7 @@ for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement bench
     graph-passes-ab) stage graph-passes-ab 180 graph_passes_ab ;;
     gpu-profile) stage gpu-profile 150 gpu_profile ;;
     torch-compile) stage torch-compile 240 torch_compile ;;
+    host-probe) stage host-probe 150 host_probe ;;
     verify) stage verify 150 verify_numerics ;;
     benchmarks) stage benchmarks 100000 benchmarks ;;
     bench-runtime) stage bench-runtime 260 bench -k "bench_runtime and cuda" ;;
