@@ -5,7 +5,8 @@ Cases are labelled ``<decode engine>+<rasterizer>``: ``ort-cpu+cpu``, ``openvino
 ``torch-eager+reference`` on the CPU; on a GPU ``ort-cuda+cuda`` (fp32, fp16), ``ort-cuda-graphs+cuda`` (CUDA
 graphs), ``ort-cuda-graphs-fused+cuda`` (the decoder with ONNX Runtime's fused kernels, export target onnx-ort: the
 runtime's default on CUDA; the unfused cases run the portable files, ``fused_decoders=False``), ``torch-eager+cuda``
-and ``torch-compile+cuda`` (Inductor + CUDA graphs, fp16 autocast), and there also: batches of 8 frames per decoder
+and ``torch-compile+cuda`` (Inductor + CUDA graphs, fp16 autocast; ``torch-compile-frames+cuda``: the whole frame
+compiled as one, ``Runtime(compiled_frames=True)``, the default on CUDA), and there also: batches of 8 frames per decoder
 call (``-b8``), the frame left on the GPU (``-device``: no readback) and 16-frame clips (``-clip-<mode>``, see
 CLIP_MODES: pipelined as the runtime renders a clip, one chunk after the other, frames left on the device, live
 loops). The FLEX-1 bundle (fp32, + fp16 and the fused decoders on a CUDA machine; ONNX + OpenVINO on a CPU
@@ -49,8 +50,10 @@ CASES = [
     ("torch-eager+cuda", "torch", "cuda", "fp32", "cuda", False, None),
     ("ort-cuda-graphs+cuda", "onnxruntime", "cuda", "fp16", "cuda", True, False),
     ("ort-cuda-graphs-fused+cuda", "onnxruntime", "cuda", "fp16", "cuda", True, True),
-    # the PyTorch decoder under Inductor + CUDA graphs (fp16 autocast): its first frame compiles (tens of seconds)
+    # the PyTorch decoder under Inductor + CUDA graphs (fp16 autocast): its first frame compiles (tens of seconds);
+    # "-frames": the whole frame compiled as one (decoder, rasterizer, pixels: Runtime(compiled_frames=True))
     ("torch-compile+cuda", "torch-compile", "cuda", "fp16", "cuda", False, None),
+    ("torch-compile-frames+cuda", "torch-compile", "cuda", "fp16", "cuda", False, None),
     ("ort-cuda-graphs+cuda", "onnxruntime", "cuda", "fp32", "cuda", True, False),
     ("ort-cuda+cuda", "onnxruntime", "cuda", "fp32", "cuda", False, False),
     ("ort-cuda+cuda", "onnxruntime", "cuda", "fp16", "cuda", False, False),
@@ -80,6 +83,12 @@ def reference_frame(flex1_bundle, flex1_model, avatar, expressions) -> np.ndarra
                      output="float")[0, ..., :3]
 
 
+def _compiled_frames(label: str, engine: str) -> bool | None:
+    """Runtime(compiled_frames=): on for the "-frames" cases; the other torch-compile cases pinned to the separate
+    calls (their history predates compiled frames, which are the CUDA default)."""
+    return label.startswith("torch-compile-frames") if engine == "torch-compile" else None
+
+
 def _skip_unless_runnable(engine: str, device: str, bundle: Path):
     if engine == "openvino" and not any(bundle.glob("decoder.*.xml")):
         pytest.skip("the GPU machine's bundle holds no OpenVINO IR (a CPU engine, measured on CPU machines)")
@@ -103,7 +112,8 @@ def test_whole_frame(benchmark, bench_meta, flex1_bundle, flex1_model, avatar, e
     _skip_unless_runnable(engine, device, flex1_bundle)
     rt = Runtime(flex1_bundle, backend=engine, device=device, rasterizer=rasterizer, precision=precision,
                  cuda_graphs=graphs, fused_decoders=fused, verify="size",
-                 model=flex1_model if engine.startswith("torch") else None)
+                 model=flex1_model if engine.startswith("torch") else None,
+                 compiled_frames=_compiled_frames(label, engine))
     cameras = orbit_camera(N_FRAMES)
     bench_meta(stage="whole_frame", backend=label, size="flex1", device=device, dtype=precision,
                flops=DECODE_FLOPS, frames=1, rasterizer=rt.rasterizer, runtime=rt.describe())
@@ -267,12 +277,12 @@ def _live_clip(rt: Runtime, avatar: Avatar, expressions: np.ndarray, cameras: Ca
 
 # The live loop with the torch-compile engine (Inductor's fused kernels + CUDA graphs, fp16 autocast): the other
 # route to fewer kernels a frame, in the loop an interactive app runs.
-@pytest.mark.parametrize("label", [pytest.param("torch-compile+cuda", marks=[_NO_CUDA],
-                                                id="torch-compile+cuda-fp16-clip-live")])
+@pytest.mark.parametrize("label", [pytest.param(label, marks=[_NO_CUDA], id=f"{label}-fp16-clip-live")
+                                   for label in ("torch-compile+cuda", "torch-compile-frames+cuda")])
 def test_live_clip_torch_compile(benchmark, bench_meta, flex1_bundle, flex1_model, avatar, expressions, label):
     _skip_unless_runnable("torch-compile", "cuda", flex1_bundle)
     rt = Runtime(flex1_bundle, backend="torch-compile", device="cuda", rasterizer="cuda", precision="fp16",
-                 verify="size", model=flex1_model)
+                 verify="size", model=flex1_model, compiled_frames=_compiled_frames(label, "torch-compile"))
     cameras = orbit_camera(N_FRAMES)
     bench_meta(stage="whole_frame", backend=f"{label}-clip-live", size="flex1", device="cuda", dtype="fp16",
                flops=DECODE_FLOPS * N_FRAMES, frames=N_FRAMES, rasterizer=rt.rasterizer, runtime=rt.describe())

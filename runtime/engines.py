@@ -470,15 +470,10 @@ class TorchDecoderModel:
         self.model, self.device = model, device
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
-        import torch
-
         from flexavatar.model import MULTI_VIEW_DATASET_ID, AvatarCode
         code = _tensor(feeds["code"], self.device).transpose(0, 1)                           # [R², 1, D]
         expressions = _tensor(feeds["expressions"], self.device)
-        # fp32 means fp32 on every engine: cuDNN convolutions would run in TF32 by PyTorch's default
-        cudnn = torch.backends.cudnn
-        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
-                         allow_tf32=False):
+        with _no_tf32():
             g = self.model.decode(AvatarCode(code), expressions, dataset_id=MULTI_VIEW_DATASET_ID)
         return dict(zip(GAUSSIAN_OUTPUTS, (g.means, g.quats, g.scales, g.opacities, g.sh0), strict=True))
 
@@ -508,10 +503,32 @@ def network_decode_function(network, device_type: str, half: bool, fir_as_taps: 
     return decode
 
 
+def network_frame_function(network, device_type: str, half: bool, pixels):
+    """A whole frame as one function, for the "torch-compile" engine's compiled frames: ``network_decode_function``,
+    the native rasterizer (``torch.ops.flexavatar.rasterize``) and ``pixels`` (the runtime's frame format, e.g. uint8
+    RGB). code [R², 1, D], expressions [1, E, 135], ids [1], viewmats [E, 1, 4, 4] (world→camera), ks [E, 1, 3, 3]
+    (pixel intrinsics), backgrounds [E, 1, 3], width, height, capacity (the sort's intersection slots: > 0 on CUDA, no
+    host sync) → (pixels(rgb [E, H, W, 3], alpha [E, H, W, 1]), count int64 [1]: the exact intersection count, -1 on
+    the CPU). Each frame's Gaussians are seen by its own camera."""
+    from flexavatar.kernels.torch_op import rasterize_op
+
+    decode = network_decode_function(network, device_type, half)
+    rasterize = rasterize_op()
+
+    def frame(code, expressions, ids, viewmats, ks, backgrounds, width: int, height: int, capacity: int):
+        means, quats, scales, opacities, sh0 = decode(code, expressions, ids)                  # [E, G, …]
+        image, alpha, _, count = rasterize(means, quats, scales, opacities, sh0, viewmats, ks, backgrounds, width,
+                                           height, capacity)
+        e = means.shape[0]
+        return pixels(image.reshape(e, height, width, 3), alpha.reshape(e, height, width, 1)), count
+    return frame
+
+
 class CompiledNetworkDecode:
-    """``network_decode_function`` under ``torch.compile``: call it as that function. What the "torch-compile"
-    engine runs and benchmarks/device/torch_compile.py times. mode: torch.compile's (default: the engine's, per
-    device type); ``cuda_graphs``: whether the outputs are CUDA-graph buffers that the next call overwrites.
+    """``network_decode_function`` (or ``function``, e.g. ``network_frame_function``) under ``torch.compile``: call it
+    as that function. What the "torch-compile" engine runs and benchmarks/device/torch_compile.py times. mode:
+    torch.compile's (default: the engine's, per device type); ``cuda_graphs``: whether the outputs are CUDA-graph
+    buffers that the next call overwrites.
 
     freeze (Inductor only; default: on CUDA): the weights become compile-time constants
     (``torch._inductor.config.freezing``), so work that depends on them alone is done once, not every frame: the fp16
@@ -524,30 +541,30 @@ class CompiledNetworkDecode:
     patching every call would cost 16 µs of host time a frame on a 2-core CPU."""
 
     def __init__(self, network, device_type: str, half: bool, mode: str | None = None, backend: str | None = None,
-                 freeze: bool | None = None, fir_as_taps: bool = True):
+                 freeze: bool | None = None, fir_as_taps: bool = True, function=None):
         import torch
         backend = TORCH_COMPILE_BACKEND if backend is None else backend
         mode = TORCH_COMPILE_MODES[device_type] if mode is None else mode
         inductor = backend == "inductor"
         self.mode, self.backend = mode, backend
         self.cuda_graphs = inductor and device_type == "cuda" and mode in CUDA_GRAPH_MODES
-        self._compiled = torch.compile(network_decode_function(network, device_type, half, fir_as_taps),
-                                       backend=backend, dynamic=False, mode=mode if inductor else None)
+        function = network_decode_function(network, device_type, half, fir_as_taps) if function is None else function
+        self._compiled = torch.compile(function, backend=backend, dynamic=False, mode=mode if inductor else None)
         self.freeze = inductor and (device_type == "cuda" if freeze is None else freeze)
         self._frozen_shapes: set[tuple] = set()
 
-    def __call__(self, code, expressions, ids) -> tuple:
+    def __call__(self, *args) -> tuple:
         import torch
         with torch.no_grad():                            # freezing folds weights only in inference graphs
             if self.cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()     # the previous call's outputs are consumed
-            shapes = (tuple(code.shape), tuple(expressions.shape))
+            shapes = tuple(tuple(a.shape) if hasattr(a, "shape") else a for a in args)    # what Dynamo guards on
             if not self.freeze or shapes in self._frozen_shapes:
-                return self._compiled(code, expressions, ids)
+                return self._compiled(*args)
             import torch._inductor.config as inductor_config
             try:
                 with inductor_config.patch(freezing=True):
-                    out = self._compiled(code, expressions, ids)
+                    out = self._compiled(*args)
             except torch._dynamo.exc.BackendCompilerFailed as e:
                 # frozen weights are an optimisation: if Inductor's freezing passes fail on some version or GPU,
                 # the decoder still compiles without them (Dynamo caches no failed compilation), and says so
@@ -556,7 +573,7 @@ class CompiledNetworkDecode:
                 log.warning("torch-compile: compiling with frozen weights failed (%s: %s); compiling without them",
                             type(cause).__name__, text[0][:300] if text else "")
                 self.freeze = False
-                return self._compiled(code, expressions, ids)
+                return self._compiled(*args)
             self._frozen_shapes.add(shapes)
             return out
 
@@ -576,7 +593,9 @@ class TorchCompiledDecoderModel:
     def __init__(self, model, device: str, precision: str):
         import torch
         self.device = torch.device(device)
-        self._decode = CompiledNetworkDecode(model.network, self.device.type, half=precision == "fp16")
+        self._network, self._half = model.network, precision == "fp16"
+        self._decode = CompiledNetworkDecode(model.network, self.device.type, half=self._half)
+        self._frames: dict[Any, CompiledNetworkDecode] = {}         # per pixel format: compiled whole frames
         self.cuda_graphs = self._decode.cuda_graphs
         from flexavatar.model import MULTI_VIEW_DATASET_ID
         self._ids = torch.full((1,), MULTI_VIEW_DATASET_ID, dtype=torch.long, device=self.device)
@@ -589,14 +608,42 @@ class TorchCompiledDecoderModel:
         return _tensor(x, self.device).to(self._dtype)
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
-        import torch
         code = self._input(feeds["code"]).transpose(0, 1)                                # [R², 1, D]
         expressions = self._input(feeds["expressions"])[None]                            # [1, E, 135]
-        cudnn = torch.backends.cudnn
-        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
-                         allow_tf32=False):
+        with _no_tf32():
             out = self._decode(code, expressions, self._ids)
         return dict(zip(GAUSSIAN_OUTPUTS, out, strict=True))
+
+    def frames(self, code, expressions, viewmats, ks, background, width: int, height: int, capacity: int,
+               pixels) -> tuple:
+        """A whole frame per expression, compiled as one function (``network_frame_function``; on CUDA one replay of
+        its CUDA graphs): code [1, R², D], expressions [E, 135], viewmats [E, 4, 4], ks [E, 3, 3], background [3],
+        capacity: the sort's intersection slots (> 0 on CUDA: no host sync), pixels: the frame format function →
+        (frames, count int64 [1]), on this model's device. Every pixel format, size, capacity and E compiles once.
+        With CUDA graphs, the outputs are overwritten by the next call: consume (or copy) them before it."""
+        compiled = self._frames.get(pixels)
+        if compiled is None:
+            function = network_frame_function(self._network, self.device.type, self._half, pixels)
+            compiled = self._frames[pixels] = CompiledNetworkDecode(self._network, self.device.type, self._half,
+                                                                    function=function)
+        e = len(expressions)
+        code = self._input(code).transpose(0, 1)                                         # [R², 1, D]
+        # the frame's small inputs in one upload (on CUDA one page-locked copy, not four)
+        parts = [np.asarray(x, np.float32).reshape(e, -1) for x in (expressions, viewmats, ks,
+                                                                     np.broadcast_to(background, (e, 3)))]
+        packed = self._input(np.concatenate(parts, axis=1))                               # [E, 135 + 16 + 9 + 3]
+        expressions, viewmats, ks, backgrounds = packed.split([p.shape[1] for p in parts], dim=1)
+        with _no_tf32():
+            return compiled(code, expressions[None], self._ids, viewmats.reshape(e, 1, 4, 4),
+                            ks.reshape(e, 1, 3, 3), backgrounds.reshape(e, 1, 3), width, height, capacity)
+
+
+def _no_tf32():
+    """fp32 means fp32 on every engine: cuDNN convolutions would run in TF32 by PyTorch's default."""
+    import torch
+    cudnn = torch.backends.cudnn
+    return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                       allow_tf32=False)
 
 
 class TorchEncoderModel:

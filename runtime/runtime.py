@@ -245,13 +245,20 @@ class Runtime:
     For backend="torch" / "torch-compile": ``model=`` (FlexAvatarModel) or ``checkpoint=`` + ``template=``
     (+ ``dinov2=``), or nothing when the bundle carries the model (export target pytorch); "torch-compile" decodes under torch.compile (fp16 autocast with precision="fp16"; on CUDA the
     model's weights are frozen into the compiled decoder: do not change them while the runtime is in use).
+    compiled_frames ("torch-compile" only): a frame's decoder, rasterizer (``torch.ops.flexavatar.rasterize``) and
+    pixel format compiled as one function, on CUDA replayed as one set of CUDA graphs, so that a frame's host work is
+    one call (the Python live loop was bound by its host work, ≈ 2.5 ms a frame on an H200). None (default) = on
+    CUDA with the cuda rasterizer; True = also on the CPU with the cpu rasterizer (its Gaussians then go unchecked for
+    NaN, as on CUDA); False = the decoder and the rasterizer called one after the other. Renders with ``timings``,
+    and those whose sort must be sized exactly (a CUDA runtime's first frame, a frame rendered again), take the
+    separate calls. Every pixel format, size and batch compiles once (tens of seconds on CUDA).
     """
 
     def __init__(self, bundle_dir: str | Path, backend: str = "auto", device: str = "auto", rasterizer: str = "auto",
                  *, precision: str = "fp32", verify: str = "full", batch: int = 1, num_threads: int = 0,
                  inference_precision: str | None = None, cuda_graphs: bool | None = None,
                  fused_decoders: bool | None = None, device_id: int = 0, model=None, checkpoint=None, template=None,
-                 dinov2=None):
+                 dinov2=None, compiled_frames: bool | None = None):
         for name, value in (("backend", backend), ("device", device), ("rasterizer", rasterizer)):
             if not isinstance(value, str):
                 raise RuntimeArgumentError(name, f"is {value!r}", "a name (a string), or 'auto'")
@@ -270,6 +277,9 @@ class Runtime:
         if fused_decoders is not None and not isinstance(fused_decoders, bool):
             raise RuntimeArgumentError("fused_decoders", f"is {fused_decoders!r}", "True, False or None (ONNX "
                                        "Runtime's fused decoders first on CUDA when the bundle has them)")
+        if compiled_frames is not None and not isinstance(compiled_frames, bool):
+            raise RuntimeArgumentError("compiled_frames", f"is {compiled_frames!r}", "True, False or None (on for "
+                                       "backend='torch-compile' on CUDA)")
         if not _is_count(device_id) or device_id < 0:
             raise RuntimeArgumentError("device_id", f"is {device_id!r}", "a device index ≥ 0")
         if inference_precision is not None and (not isinstance(inference_precision, str)
@@ -294,6 +304,7 @@ class Runtime:
         spec = kernels.select_backend(rasterizer, device=self.array_device, dtype="float32")
         self.rasterizer = spec.name
         self._check_values = self.array_device == "cpu"     # value checks sync the GPU: skipped there
+        self._compiled_frames = self._wants_compiled_frames(compiled_frames)
         # CUDA graphs: the decoder's outputs are fixed buffers that the next replay overwrites, and ONNX Runtime
         # captures in CUDA's global mode: one frame at a time (see gpu.py). Otherwise frames run concurrently.
         graphs = getattr(self.decoder, "cuda_graphs", False)
@@ -329,9 +340,20 @@ class Runtime:
             spec, dev = select_engine(spec.name, "cpu", runs_bundle)
             return spec.factory(self.bundle, dev, options)
 
+    def _wants_compiled_frames(self, asked: bool | None) -> bool:
+        """Whether frames go through the engine's compiled whole frame (see the class docstring)."""
+        native = {"cuda": "cuda", "cpu": "cpu"}[self.array_device]       # the rasterizer torch.ops.flexavatar runs
+        able = hasattr(self.decoder, "frames") and self.rasterizer == native
+        if asked and not able:
+            raise RuntimeArgumentError("compiled_frames", "is True",
+                                       f"backend='torch-compile' with rasterizer={native!r} (got backend="
+                                       f"{self.backend!r}, rasterizer={self.rasterizer!r})")
+        return able and (asked or (asked is None and self.array_device == "cuda"))
+
     def describe(self) -> str:
         decoder = f"{self.engine.artifact(ROLE_DECODER).files[0].path}" if self.engine.format else self.precision
-        return (f"{self.engine.describe()} · {decoder} · rasterizer {self.rasterizer} · "
+        frames = " · compiled frames" if self._compiled_frames else ""
+        return (f"{self.engine.describe()} · {decoder} · rasterizer {self.rasterizer}{frames} · "
                 f"bundle {self.bundle.root.name} (G = {self.manifest.conventions.n_gaussians})")
 
     # ---- avatars ----------------------------------------------------------------------------------------
@@ -487,6 +509,19 @@ class Runtime:
             stop = min(n, start + self.batch)
             with self._frame_lock, self.engine.stream():  # CUDA: decoder, rasterizer, readback: one stream
                 self._check_device_frames()               # a wait, so inside the lock (see above)
+                queued = self._compiled_chunk(avatar, plan, start, stop) if timings is None else None
+                if queued is not None:      # the whole chunk is queued; pipelined, the previous one's pixels
+                    if pipelined:           # (their copy was queued before this chunk) are handed out meanwhile
+                        ready, pending = (pending.result() if pending is not None else None), queued
+                    else:
+                        ready = queued.result() if isinstance(queued, _HostFrames) else queued
+            if queued is not None:
+                if output == "device" and array_kind(ready) == TORCH:
+                    self.engine.hand_over([ready])       # outside the engine's stream: to the caller's current one
+                if ready is not None:
+                    yield ready
+                continue
+            with self._frame_lock, self.engine.stream():
                 with times.stage("decode", stop - start, sync):
                     # pipelined, the lock is let go before rasterizing: a copy out of a CUDA graph's fixed outputs
                     g = self._decode_chunk(avatar, plan.expressions[start:stop], False, copy=pipelined)
@@ -534,6 +569,9 @@ class Runtime:
 
     def _submit_chunk(self, avatar: Avatar, plan: "_FramePlan", start: int, stop: int, exact: bool = False):
         """Decode and rasterize frames start:stop, the pixels' readback queued (frame lock held, engine stream)."""
+        queued = None if exact else self._compiled_chunk(avatar, plan, start, stop)
+        if queued is not None:
+            return queued
         g = self._decode_chunk(avatar, plan.expressions[start:stop], False, copy=False)
         return self._frames_of(plan, g, start, stop, _NO_TIMES, None, exact,
                                redo=lambda: self._submit_chunk(avatar, plan, start, stop, exact=True))
@@ -590,6 +628,31 @@ class Runtime:
             redo = redo or (lambda: self._frames_of(plan, g, start, stop, times, sync, exact=True))
             host = _HostFrames(frames, readback, budget, redo)
             return host if times is _NO_TIMES else host.result()
+
+    def _compiled_chunk(self, avatar: Avatar, plan: "_FramePlan", start: int, stop: int):
+        """Frames start:stop through the engine's compiled whole frame (frame lock held, engine stream) → as
+        ``_frames_of``; None where it does not apply: no compiled frames, a code folded into its decoder, or a CUDA
+        sort to size exactly (its host sync cannot be part of a CUDA graph)."""
+        if not self._compiled_frames:
+            return None
+        e = stop - start
+        capacity = self.intersections.capacity(e)
+        if capacity == 0 and self.array_device == "cuda":
+            return None
+        model, feeds = self._decoder_for(avatar)
+        if model is not self.decoder:
+            return None
+        frames, count = model.frames(feeds["code"], plan.expressions[start:stop], plan.viewmats[start:stop],
+                                     plan.ks[start:stop], plan.background, plan.width, plan.height, capacity,
+                                     FRAME_FORMATS[plan.output])
+        # everything that reads the compiled outputs is queued now, before the next call overwrites them
+        readback = CountReadback(count, capacity, e) if capacity else None
+        if plan.output == "device":
+            if readback is not None:
+                self._unchecked.append(readback)          # checked at the next chunk or call
+            return frames.clone() if getattr(model, "cuda_graphs", False) else frames
+        return _HostFrames(frames, readback, self.intersections,
+                           redo=lambda: self._submit_chunk(avatar, plan, start, stop, exact=True))
 
     def _check_device_frames(self) -> None:
         """Counts of the frames handed out on the device: each waits for its frame's rasterizer only; one over

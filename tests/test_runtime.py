@@ -359,10 +359,12 @@ def test_frames_over_their_intersection_capacity_are_rendered_again(bundle, runt
 def test_torch_compile_engine_matches_pytorch(compiler, bundle, model, oracle, expressions, monkeypatch):
     """The decoder under torch.compile, fp32 on the CPU: "aot_eager" (the graph Dynamo captures, run by PyTorch's
     kernels) and Inductor itself (generated C++ kernels; about a minute to compile on 2 cores). Gaussians and frames
-    as the PyTorch model + reference rasterizer; the bundle's numerics check passes on it."""
+    (compiled whole: decoder, rasterizer and pixels in one graph) as the PyTorch model + reference rasterizer; the
+    bundle's numerics check passes on it."""
     from flexavatar.runtime import engines
     monkeypatch.setattr(engines, "TORCH_COMPILE_BACKEND", compiler)
-    rt = Runtime(bundle, backend="torch-compile", device="cpu", rasterizer="cpu", model=model, batch=2)
+    rt = Runtime(bundle, backend="torch-compile", device="cpu", rasterizer="cpu", model=model, batch=2,
+                 compiled_frames=True)
     assert rt.backend == "torch-compile" and compiler in rt.describe()
     avatar, want, reference = oracle
     got = rt.decode(avatar, expressions).numpy()                   # chunks of 2 and 1: two compiled shapes
@@ -397,6 +399,51 @@ def test_compiled_decoder_with_frozen_weights_reads_only_its_inputs(bundle, mode
         want = network_decode_function(model.network, "cpu", half=False)(code, e, ids)
     for g, w in zip(got, want, strict=True):
         assert _max_err(g, w) <= GAUSSIAN_TOL
+
+
+def test_compiled_frames_are_the_separate_calls_frames(bundle, model, expressions, monkeypatch):
+    """compiled_frames=True on the CPU ("aot_eager": the captured graph run by PyTorch's kernels): the decoder, the
+    rasterizer (torch.ops.flexavatar.rasterize) and the pixel format compiled as one function give the frames of the
+    decoder and rasterizer called one after the other, bit for bit, in every output format, in one chunk or several
+    (render, iter_render, render_async). A render with timings takes the separate calls (its stages are timed)."""
+    from flexavatar.runtime import engines
+    monkeypatch.setattr(engines, "TORCH_COMPILE_BACKEND", "aot_eager")
+    compiled = Runtime(bundle, backend="torch-compile", device="cpu", rasterizer="cpu", model=model, batch=2,
+                       compiled_frames=True)
+    separate = Runtime(bundle, backend="torch-compile", device="cpu", rasterizer="cpu", model=model, batch=2)
+    assert "compiled frames" in compiled.describe() and "compiled frames" not in separate.describe()  # CPU: off
+    frames_of = compiled.decoder.frames
+    calls = []
+    monkeypatch.setattr(compiled.decoder, "frames", lambda *a: calls.append(len(a[1])) or frames_of(*a))
+    avatar = compiled.bundle_avatar()
+    cams = orbit_camera(len(expressions))
+    for output in ("uint8", "float", "device"):
+        want = to_numpy(separate.render(avatar, expressions, cams, SIZE, SIZE, output=output))
+        got = to_numpy(compiled.render(avatar, expressions, cams, SIZE, SIZE, output=output))
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    assert calls == [2, 1] * 3                                     # 3 frames in chunks of batch=2
+    one = Camera(cams.cam2world[1], cams.intrinsics)
+    pending = [compiled.render_async(avatar, expressions[i:i + 1], one, SIZE, SIZE) for i in range(3)]
+    for i in reversed(range(3)):
+        np.testing.assert_array_equal(pending[i].result(), separate.render(avatar, expressions[i:i + 1], one, SIZE,
+                                                                           SIZE))
+    assert len(calls) == 9
+    compiled.render(avatar, expressions, cams, SIZE, SIZE, timings=StageTimes())
+    assert len(calls) == 9
+
+
+def test_compiled_frames_only_where_they_apply(bundle, model):
+    """None: on with torch-compile on CUDA only (GPU test below); True elsewhere is a typed error naming what it
+    needs; a value that is not a bool is refused."""
+    with pytest.raises(RuntimeArgumentError, match="compiled_frames.*torch-compile"):
+        Runtime(bundle, backend="onnxruntime", device="cpu", compiled_frames=True)
+    with pytest.raises(RuntimeArgumentError, match="compiled_frames.*rasterizer='cpu'"):
+        Runtime(bundle, backend="torch-compile", device="cpu", rasterizer="reference", model=model,
+                compiled_frames=True)
+    with pytest.raises(RuntimeArgumentError, match="compiled_frames"):
+        Runtime(bundle, backend="torch-compile", device="cpu", model=model, compiled_frames="yes")
+    assert not Runtime(bundle, backend="onnxruntime", device="cpu")._compiled_frames
 
 
 def test_compiled_decoder_runs_the_fir_as_multiply_adds(bundle, model):
@@ -1675,6 +1722,38 @@ def test_torch_compile_engine_on_cuda(bundle, model, expressions, driving_dir):
         sequential = rt.render(avatar, expressions, cams, SIZE, SIZE, output="float", timings=StageTimes())
         assert pipelined.shape == sequential.shape == (3, SIZE, SIZE, 4)
         assert _max_err(pipelined, sequential) <= 2e-3
+    finally:
+        model.to("cpu")                                             # the module's model, for the other tests
+
+
+@pytest.mark.gpu
+def test_compiled_frames_on_cuda(bundle, model, expressions, monkeypatch):
+    """The CUDA default with torch-compile: after a runtime's first frame (its sort sized exactly, so the separate
+    calls) each chunk is one compiled call, its rasterizer captured in the CUDA graphs, and the rasterizer's Python
+    entry no longer runs. Frames: the separate calls' within fp16 replay noise, one by one or queued."""
+    try:
+        rt = Runtime(bundle, backend="torch-compile", device="cuda", rasterizer="cuda", precision="fp16",
+                     model=model)
+        separate = Runtime(bundle, backend="torch-compile", device="cuda", rasterizer="cuda", precision="fp16",
+                           model=model, compiled_frames=False)
+        assert "compiled frames" in rt.describe() and "compiled frames" not in separate.describe()
+        avatar = Avatar(np.load(bundle / "avatar_code.npy").transpose(1, 0, 2))
+        cams = orbit_camera(len(expressions))
+        want = separate.render(avatar, expressions, cams, SIZE, SIZE, output="float")
+        rt.render(avatar, expressions[:1], Camera(cams.cam2world[0], cams.intrinsics), SIZE, SIZE)   # sized exactly
+        rasterizer_entries, compiled_calls, frames_of = [], [], rt.decoder.frames
+        spec = kernels.get_backend("cuda")
+        monkeypatch.setitem(kernels.registry._BACKENDS, "cuda",
+                            replace(spec, render=lambda request: rasterizer_entries.append(1) or spec.render(request)))
+        monkeypatch.setattr(rt.decoder, "frames", lambda *a: compiled_calls.append(1) or frames_of(*a))
+        got = rt.render(avatar, expressions, cams, SIZE, SIZE, output="float")
+        assert got.shape == want.shape and _max_err(got, want) <= 2e-3
+        pending = [rt.render_async(avatar, expressions[i:i + 1], Camera(cams.cam2world[i], cams.intrinsics), SIZE,
+                                   SIZE, output="float") for i in range(len(expressions))]
+        for i in reversed(range(len(expressions))):
+            assert _max_err(pending[i].result(), want[i:i + 1]) <= 2e-3
+        assert not rasterizer_entries and rt.intersections.rerenders == 0
+        assert len(compiled_calls) == 2 * len(expressions)                # batch 1: a call a frame
     finally:
         model.to("cpu")                                             # the module's model, for the other tests
 

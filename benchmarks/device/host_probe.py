@@ -14,8 +14,12 @@ cProfile:
   ``render_cuda`` on CUDA), traced with ``sys.settrace`` for that function's code only: a line's time runs from its
   start to the next line's, callees included, so a line that hides a wait or an allocation stands out.
 
+With the torch-compile engine on CUDA the frames are compiled whole (``Runtime(compiled_frames=None)``): the
+rasterizer's Python entry then runs only in the first frame; ``--separate-calls`` probes the decoder and rasterizer
+called one after the other.
+
     python benchmarks/device/host_probe.py BUNDLE [--device cuda|cpu] [--engine onnxruntime|torch-compile]
-        [--precision fp16] [--frames 200] [--size 512] [--json OUT]
+        [--separate-calls] [--precision fp16] [--frames 200] [--size 512] [--json OUT]
 """
 from __future__ import annotations
 
@@ -272,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine", default="onnxruntime", choices=("onnxruntime", "torch-compile"))
     ap.add_argument("--precision", default="fp16", choices=("fp32", "fp16"))
     ap.add_argument("--rasterizer", help="default: cuda on CUDA, cpu on the CPU")
+    ap.add_argument("--separate-calls", action="store_true", help="torch-compile: the decoder and the rasterizer "
+                    "called one after the other (Runtime(compiled_frames=False)), not the compiled whole frame")
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--checkpoint", type=Path, help="torch-compile, when the bundle carries no model.safetensors: "
@@ -290,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         repo = Path(__file__).resolve().parents[2]
         options = {"checkpoint": args.checkpoint or repo / "benchmarks" / ".cache" / "flex1-random-seed0.safetensors",
                    "template": args.template or fixtures_dir() / "official_flex" / "gghead_template.obj"}
+    if args.separate_calls:
+        options["compiled_frames"] = False
     rt = Runtime(args.bundle, backend=args.engine, device=args.device, rasterizer=rasterizer,
                  precision=args.precision, verify="size", **options)
     conventions = rt.manifest.conventions

@@ -8,7 +8,7 @@
 # 2. builds the FLEX-1 benchmark bundle (random weights, fp32 + fp16 ONNX, checked against PyTorch): the CUDA
 #    whole-frame case of bench_runtime.py builds it as a fixture into benchmarks/.cache, then skips while this
 #    onnxruntime has no CUDA provider;
-# 3. compiles the decoder under torch.compile once (below).
+# 3. compiles the decoder under torch.compile once, and (4.) the whole frame (below).
 # A setsid process outlives the call that started it (the device tool ends only the call's own process group).
 # Markers in build/gpu-prewarm/: build.ok (the package is installed), bundle.ok, compile.ok, done (finished, either way);
 # gpu_session.sh waits for done and skips its own build after build.ok. Logs: build/gpu-prewarm/*.log.
@@ -33,4 +33,9 @@ ls "$REPO"/benchmarks/.cache/bundle-flex1-*fp16*/manifest.json >/dev/null 2>&1 &
 (cd "$WORK" && PYTHONPATH="$WORK/site" PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1 timeout 300 "$PY" \
   "$REPO/benchmarks/device/torch_compile.py" --variants compiled-fp16 --calls 2 --rounds 1 \
   --json "$MARK/compile.json") >"$MARK/compile.log" 2>&1 && touch "$MARK/compile.ok"
+# 4. the same decoder compiled into whole frames (Runtime(compiled_frames=None) on CUDA: decoder, rasterizer and
+#    pixels as one graph), through a short host probe (its numbers land in build/gpu-prewarm/host_probe.json)
+(cd "$WORK" && PYTHONPATH="$WORK/site" PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1 timeout 300 "$PY" \
+  "$REPO/benchmarks/device/host_probe.py" "$(ls -d "$REPO"/benchmarks/.cache/bundle-flex1-*fp16* | head -1)" \
+  --engine torch-compile --frames 20 --json "$MARK/host_probe.json") >"$MARK/frames.log" 2>&1 && touch "$MARK/frames.ok"
 echo "prewarm finished in $(($(date +%s) - $(cat "$MARK/started"))) s" >>"$MARK/build.log"

@@ -2,7 +2,9 @@
 // every failure into a status code plus message (nothing escapes as an exception or abort).
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <new>
+#include <set>
 
 #include "flexavatar/raster_types.h"
 #include "internal.cuh"
@@ -32,8 +34,14 @@ class DeviceGuard {
   int previous_ = 0;
 };
 
-// Keeps freed stream-ordered memory in the pool instead of returning it at every synchronisation.
+// Keeps freed stream-ordered memory in the pool instead of returning it at every synchronisation. Once per device
+// (the first call on it): a forward may later run inside a CUDA graph capture (PyTorch's compiled frames), where
+// calls outside the stream's work have no business.
 void keep_pool_memory(int device) {
+  static std::mutex mutex;
+  static std::set<int> done;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (!done.insert(device).second) return;
   cudaMemPool_t pool;
   if (cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess) {
     uint64_t threshold = UINT64_MAX;
