@@ -342,7 +342,7 @@ class Runtime:
 
     def _wants_compiled_frames(self, asked: bool | None) -> bool:
         """Whether frames go through the engine's compiled whole frame (see the class docstring)."""
-        native = {"cuda": "cuda", "cpu": "cpu"}[self.array_device]       # the rasterizer torch.ops.flexavatar runs
+        native = self.array_device          # torch.ops.flexavatar.rasterize runs the native backend of that name
         able = hasattr(self.decoder, "frames") and self.rasterizer == native
         if asked and not able:
             raise RuntimeArgumentError("compiled_frames", "is True",
@@ -642,9 +642,18 @@ class Runtime:
         model, feeds = self._decoder_for(avatar)
         if model is not self.decoder:
             return None
-        frames, count = model.frames(feeds["code"], plan.expressions[start:stop], plan.viewmats[start:stop],
-                                     plan.ks[start:stop], plan.background, plan.width, plan.height, capacity,
-                                     FRAME_FORMATS[plan.output])
+        try:
+            frames, count = model.frames(feeds["code"], plan.expressions[start:stop], plan.viewmats[start:stop],
+                                         plan.ks[start:stop], plan.background, plan.width, plan.height, capacity,
+                                         FRAME_FORMATS[plan.output])
+        except Exception as e:  # noqa: BLE001 - compiling or capturing a whole frame is an optimisation
+            # (Dynamo, Inductor and CUDA-graph capture can each refuse one on some version or GPU): the separate
+            # calls still render it, and every frame after it
+            text = str(e).strip().splitlines()
+            log.warning("compiled frames failed (%s: %s); rendering with the decoder and the rasterizer called one "
+                        "after the other from now on", type(e).__name__, text[0][:300] if text else "")
+            self._compiled_frames = False
+            return None
         # everything that reads the compiled outputs is queued now, before the next call overwrites them
         readback = CountReadback(count, capacity, e) if capacity else None
         if plan.output == "device":

@@ -433,6 +433,29 @@ def test_compiled_frames_are_the_separate_calls_frames(bundle, model, expression
     assert len(calls) == 9
 
 
+def test_compiled_frames_that_fail_give_way_to_the_separate_calls(bundle, model, expressions, monkeypatch, caplog):
+    """A whole frame that does not compile or capture (here: the compiler raises) is rendered by the separate calls,
+    with a warning naming the error, and so is every later frame (no second try a frame)."""
+    from flexavatar.runtime import engines
+    monkeypatch.setattr(engines, "TORCH_COMPILE_BACKEND", "aot_eager")
+    rt = Runtime(bundle, backend="torch-compile", device="cpu", rasterizer="cpu", model=model, compiled_frames=True)
+    tries = []
+
+    def refuse(*args):
+        tries.append(1)
+        raise RuntimeError("capture refused: operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(rt.decoder, "frames", refuse)
+    avatar = rt.bundle_avatar()
+    cams = orbit_camera(len(expressions))
+    with caplog.at_level("WARNING", logger="flexavatar.runtime"):
+        got = rt.render(avatar, expressions, cams, SIZE, SIZE)
+    assert "compiled frames failed (RuntimeError: capture refused" in caplog.text
+    separate = Runtime(bundle, backend="torch-compile", device="cpu", rasterizer="cpu", model=model)
+    np.testing.assert_array_equal(got, separate.render(avatar, expressions, cams, SIZE, SIZE))
+    assert tries == [1] and "compiled frames" not in rt.describe()
+
+
 def test_compiled_frames_only_where_they_apply(bundle, model):
     """None: on with torch-compile on CUDA only (GPU test below); True elsewhere is a typed error naming what it
     needs; a value that is not a bool is refused."""

@@ -136,13 +136,24 @@ DeviceArray device_array(py::handle obj, const char* name, const FlexavatarCudaA
   if (py::hasattr(obj, "requires_grad") && py::bool_(obj.attr("requires_grad")))
     throw InputError(std::string(name) + ": got a tensor that requires grad; pass tensor.detach() (the native "
                                          "module does not record gradients: use the cuda backend's autograd)");
-  if (py::hasattr(obj, "__cuda_array_interface__")) {
-    py::dict iface;
-    try {
-      iface = obj.attr("__cuda_array_interface__").cast<py::dict>();
-    } catch (py::error_already_set& e) {
+  // Read once (PyTorch computes the interface in Python on every read: a hasattr and a read cost two): an
+  // AttributeError means "not a CUDA array interface", any other error an unusable one.
+  py::object interface_obj = py::reinterpret_steal<py::object>(PyObject_GetAttrString(obj.ptr(),
+                                                                                      "__cuda_array_interface__"));
+  if (!interface_obj) {
+    if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+      py::error_already_set e;
       throw InputError(std::string(name) + ": its __cuda_array_interface__ is not usable (" + e.what() +
                        "); for a PyTorch tensor that requires grad, pass tensor.detach()");
+    }
+    PyErr_Clear();
+  }
+  if (interface_obj) {
+    py::dict iface;
+    try {
+      iface = interface_obj.cast<py::dict>();
+    } catch (py::cast_error& e) {
+      throw InputError(std::string(name) + ": its __cuda_array_interface__ is not a dict (" + e.what() + ")");
     }
     const std::string typestr = py::str(iface["typestr"]);
     if (typestr != type.typestr)
