@@ -114,6 +114,16 @@ def _like(x: np.ndarray, like):
     return x.astype(np.float32)
 
 
+def _like_all(arrays: Sequence[np.ndarray], like) -> list:
+    """``_like`` of each of several small host arrays, moved together: on a torch device one transfer (on CUDA one
+    page-locked copy instead of one each), each result a contiguous view of it."""
+    if array_kind(like) != TORCH:
+        return [_like(x, like) for x in arrays]
+    flat = [np.asarray(x, np.float32).reshape(-1) for x in arrays]
+    moved = _like(np.concatenate(flat), like)
+    return [part.view(np.shape(x)) for part, x in zip(moved.split([f.size for f in flat]), arrays, strict=True)]
+
+
 def apply_pose(gaussians: Gaussians, expressions: np.ndarray) -> Gaussians:
     """Move each frame's Gaussians by the GUI's rigid head pose ``[rot6d(code[126:132]) | code[132:135]]``:
     means' = R·means + t, quats' = q(R) ⊗ quats (scales, opacities and colours are unchanged)."""
@@ -686,13 +696,11 @@ class Runtime:
         intersection_capacity: see ``kernels.rasterize`` (0: sized exactly)."""
         like = splats["means"] if like is None else like
         e = len(viewmats)
-        cams = kernels.Cameras(world2cam=_like(viewmats, like), K=_like(ks, like))
+        world2cam, intrinsics, backgrounds = _like_all((viewmats, ks, np.broadcast_to(background, (e, 3))), like)
         arrays = {k: v if array_kind(v) == array_kind(like) else _like(v, like) for k, v in splats.items()}
-        return kernels.rasterize(kernels.Splats(**arrays), cams, width, height,
-                                 background=_like(background[None] if e == 1 else np.broadcast_to(background, (e, 3)),
-                                                  like),
-                                 backend=self.rasterizer, check_values=self._check_values,
-                                 intersection_capacity=intersection_capacity)
+        return kernels.rasterize(kernels.Splats(**arrays), kernels.Cameras(world2cam=world2cam, K=intrinsics),
+                                 width, height, background=backgrounds, backend=self.rasterizer,
+                                 check_values=self._check_values, intersection_capacity=intersection_capacity)
 
     def _rasterize_frames(self, splats: dict, viewmats: np.ndarray, ks: np.ndarray, width: int, height: int,
                           like=None) -> np.ndarray:

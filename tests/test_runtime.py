@@ -431,6 +431,12 @@ def test_compiled_frames_are_the_separate_calls_frames(bundle, model, expression
     assert len(calls) == 9
     compiled.render(avatar, expressions, cams, SIZE, SIZE, timings=StageTimes())
     assert len(calls) == 9
+    # a wide frame, a background, the tracked head pose (folded into the cameras): what the separate calls render
+    wide = orbit_camera(len(expressions), aspect=96 / 64)
+    kwargs = dict(background=(0.2, 0.4, 0.6), apply_head_pose=True, output="float")
+    np.testing.assert_array_equal(compiled.render(avatar, expressions, wide, 96, 64, **kwargs),
+                                  separate.render(avatar, expressions, wide, 96, 64, **kwargs))
+    assert len(calls) == 11
 
 
 def test_compiled_frames_that_fail_give_way_to_the_separate_calls(bundle, model, expressions, monkeypatch, caplog):
