@@ -6,7 +6,8 @@ Cases are labelled ``<decode engine>+<rasterizer>``: ``ort-cpu+cpu``, ``openvino
 graphs), ``ort-cuda-graphs-fused+cuda`` (the decoder with ONNX Runtime's fused kernels, export target onnx-ort: the
 runtime's default on CUDA; the unfused cases run the portable files, ``fused_decoders=False``), ``torch-eager+cuda``
 and ``torch-compile+cuda`` (Inductor + CUDA graphs, fp16 autocast; ``torch-compile-frames+cuda``: the whole frame
-compiled as one, ``Runtime(compiled_frames=True)``, the default on CUDA), and there also: batches of 8 frames per decoder
+compiled as one, ``Runtime(compiled_frames=True)``, the default on CUDA; ``ort-cuda-graphs-fused-frames+cuda``: ONNX
+Runtime's decoder, then the rasterizer and pixels compiled as one), and there also: batches of 8 frames per decoder
 call (``-b8``), the frame left on the GPU (``-device``: no readback) and 16-frame clips (``-clip-<mode>``, see
 CLIP_MODES: pipelined as the runtime renders a clip, one chunk after the other, frames left on the device, live
 loops). The FLEX-1 bundle (fp32, + fp16 and the fused decoders on a CUDA machine; ONNX + OpenVINO on a CPU
@@ -50,6 +51,8 @@ CASES = [
     ("torch-eager+cuda", "torch", "cuda", "fp32", "cuda", False, None),
     ("ort-cuda-graphs+cuda", "onnxruntime", "cuda", "fp16", "cuda", True, False),
     ("ort-cuda-graphs-fused+cuda", "onnxruntime", "cuda", "fp16", "cuda", True, True),
+    # "-frames": the rasterizer and the pixel format compiled as one (Runtime(compiled_frames=True))
+    ("ort-cuda-graphs-fused-frames+cuda", "onnxruntime", "cuda", "fp16", "cuda", True, True),
     # the PyTorch decoder under Inductor + CUDA graphs (fp16 autocast): its first frame compiles (tens of seconds);
     # "-frames": the whole frame compiled as one (decoder, rasterizer, pixels: Runtime(compiled_frames=True))
     ("torch-compile+cuda", "torch-compile", "cuda", "fp16", "cuda", False, None),
@@ -85,8 +88,10 @@ def reference_frame(flex1_bundle, flex1_model, avatar, expressions) -> np.ndarra
 
 def _compiled_frames(label: str, engine: str) -> bool | None:
     """Runtime(compiled_frames=): on for the "-frames" cases; the other torch-compile cases pinned to the separate
-    calls (their history predates compiled frames, which are the CUDA default)."""
-    return label.startswith("torch-compile-frames") if engine == "torch-compile" else None
+    calls (their history predates compiled frames, which are torch-compile's CUDA default)."""
+    if "-frames" in label:
+        return True
+    return False if engine == "torch-compile" else None
 
 
 def _skip_unless_runnable(engine: str, device: str, bundle: Path):
@@ -220,7 +225,7 @@ def test_whole_frame_on_device(benchmark, bench_meta, flex1_bundle, avatar, expr
 # (Runtime.render_async) before frame i's pixels are taken, so the host's work overlaps the GPU's.
 # "-fused": the decoder with ONNX Runtime's fused kernels (the other modes run the portable files).
 CLIP_MODES = ("pipelined", "sequential", "pipelined-exact-sort", "device", "device-exact-sort", "device-fused",
-              "live", "live-fused")
+              "live", "live-fused", "live-fused-frames")
 
 
 @pytest.mark.parametrize("mode", [pytest.param(m, marks=[_NO_CUDA], id=f"ort-cuda-graphs+cuda-fp16-clip-{m}")
@@ -228,7 +233,8 @@ CLIP_MODES = ("pipelined", "sequential", "pipelined-exact-sort", "device", "devi
 def test_clip(benchmark, bench_meta, flex1_bundle, avatar, expressions, mode):
     _skip_unless_runnable("onnxruntime", "cuda", flex1_bundle)
     rt = Runtime(flex1_bundle, backend="onnxruntime", device="cuda", rasterizer="cuda", precision="fp16",
-                 cuda_graphs=True, fused_decoders=mode.endswith("-fused"), verify="size")
+                 cuda_graphs=True, fused_decoders="-fused" in mode, verify="size",
+                 compiled_frames=_compiled_frames(mode, "onnxruntime"))
     if mode == "sequential":
         rt._pipelines = lambda n_frames, output, timings: False        # this instance only
     if mode.endswith("-exact-sort"):

@@ -503,20 +503,19 @@ def network_decode_function(network, device_type: str, half: bool, fir_as_taps: 
     return decode
 
 
-def network_frame_function(network, device_type: str, half: bool, pixels):
-    """A whole frame as one function, for the "torch-compile" engine's compiled frames: ``network_decode_function``,
-    the native rasterizer (``torch.ops.flexavatar.rasterize``) and ``pixels`` (the runtime's frame format, e.g. uint8
-    RGB). code [R², 1, D], expressions [1, E, 135], ids [1], viewmats [E, 1, 4, 4] (world→camera), ks [E, 1, 3, 3]
-    (pixel intrinsics), backgrounds [E, 1, 3], width, height, capacity (the sort's intersection slots: > 0 on CUDA, no
-    host sync) → (pixels(rgb [E, H, W, 3], alpha [E, H, W, 1]), count int64 [1]: the exact intersection count, -1 on
-    the CPU). Each frame's Gaussians are seen by its own camera."""
+def raster_function(pixels):
+    """The native rasterizer (``torch.ops.flexavatar.rasterize``) and ``pixels`` (the runtime's frame format, e.g.
+    uint8 RGB) as one function, for compiled frames: means [E, G, 3], quats [E, G, 4], scales [E, G, 3], opacities
+    [E, G], sh0 [E, G, 3], viewmats [E, 1, 4, 4] (world→camera), ks [E, 1, 3, 3] (pixel intrinsics), backgrounds
+    [E, 1, 3], width, height, capacity (the sort's intersection slots: > 0 on CUDA, no host sync) → (pixels(rgb
+    [E, H, W, 3], alpha [E, H, W, 1]), count int64 [1]: the exact intersection count, -1 on the CPU). Each frame's
+    Gaussians are seen by its own camera."""
     from flexavatar.kernels.torch_op import rasterize_op
 
-    decode = network_decode_function(network, device_type, half)
     rasterize = rasterize_op()
 
-    def frame(code, expressions, ids, viewmats, ks, backgrounds, width: int, height: int, capacity: int):
-        means, quats, scales, opacities, sh0 = decode(code, expressions, ids)                  # [E, G, …]
+    def frame(means, quats, scales, opacities, sh0, viewmats, ks, backgrounds, width: int, height: int,
+              capacity: int):
         image, alpha, _, count = rasterize(means, quats, scales, opacities, sh0, viewmats, ks, backgrounds, width,
                                            height, capacity)
         e = means.shape[0]
@@ -524,9 +523,21 @@ def network_frame_function(network, device_type: str, half: bool, pixels):
     return frame
 
 
+def network_frame_function(network, device_type: str, half: bool, pixels):
+    """A whole frame as one function, for the "torch-compile" engine's compiled frames: ``network_decode_function``
+    then ``raster_function``: code [R², 1, D], expressions [1, E, 135], ids [1], then viewmats … capacity as there →
+    (frames, count)."""
+    decode = network_decode_function(network, device_type, half)
+    raster = raster_function(pixels)
+
+    def frame(code, expressions, ids, viewmats, ks, backgrounds, width: int, height: int, capacity: int):
+        return raster(*decode(code, expressions, ids), viewmats, ks, backgrounds, width, height, capacity)
+    return frame
+
+
 class CompiledNetworkDecode:
-    """``network_decode_function`` (or ``function``, e.g. ``network_frame_function``) under ``torch.compile``: call it
-    as that function. What the "torch-compile" engine runs and benchmarks/device/torch_compile.py times. mode:
+    """``network_decode_function`` (or ``function``, e.g. ``network_frame_function`` or ``raster_function``, which need
+    no network) under ``torch.compile``: call it as that function. What the "torch-compile" engine runs and benchmarks/device/torch_compile.py times. mode:
     torch.compile's (default: the engine's, per device type); ``cuda_graphs``: whether the outputs are CUDA-graph
     buffers that the next call overwrites.
 

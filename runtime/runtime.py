@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import importlib.util
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -26,6 +27,7 @@ import numpy as np
 from flexavatar import kernels
 from flexavatar.bundle import (GAUSSIAN_OUTPUTS, PRECISIONS, ROLE_DECODER, ROLE_DECODER_AVATAR, ROLE_ENCODER,
                                ROLE_ENCODER_FEATURES, VERIFY_MODES, Bundle)
+from flexavatar.errors import FlexAvatarError
 from flexavatar.kernels.arrays import NUMPY, TORCH, array_kind, to_numpy
 from flexavatar.kernels.validation import MAX_IMAGE_SIZE
 
@@ -255,13 +257,15 @@ class Runtime:
     For backend="torch" / "torch-compile": ``model=`` (FlexAvatarModel) or ``checkpoint=`` + ``template=``
     (+ ``dinov2=``), or nothing when the bundle carries the model (export target pytorch); "torch-compile" decodes under torch.compile (fp16 autocast with precision="fp16"; on CUDA the
     model's weights are frozen into the compiled decoder: do not change them while the runtime is in use).
-    compiled_frames ("torch-compile" only): a frame's decoder, rasterizer (``torch.ops.flexavatar.rasterize``) and
-    pixel format compiled as one function, on CUDA replayed as one set of CUDA graphs, so that a frame's host work is
-    one call (the Python live loop was bound by its host work, ≈ 2.5 ms a frame on an H200). None (default) = on
-    CUDA with the cuda rasterizer; True = also on the CPU with the cpu rasterizer (its Gaussians then go unchecked for
-    NaN, as on CUDA); False = the decoder and the rasterizer called one after the other. Renders with ``timings``,
-    and those whose sort must be sized exactly (a CUDA runtime's first frame, a frame rendered again), take the
-    separate calls. Every pixel format, size and batch compiles once (tens of seconds on CUDA).
+    compiled_frames: the rasterizer (``torch.ops.flexavatar.rasterize``, the native one) and the pixel format, and
+    with "torch-compile" the decoder too, compiled as one function (``torch.compile``; on CUDA replayed as CUDA graphs),
+    so that a frame's host work is a call or two instead of the rasterizer's Python wrapper, checks and conversions
+    (the Python live loop was bound by its host work, ≈ 2.5 ms a frame on an H200). None (default) = on for
+    "torch-compile" on CUDA; True = on for any engine with the native rasterizer of its device (PyTorch needed; on the
+    CPU the Gaussians then go unchecked for NaN, as on CUDA); False = off. Renders with ``timings``, and those whose
+    sort must be sized exactly (a CUDA runtime's first frame, a frame rendered again), take the separate calls.
+    Every pixel format, size and batch compiles once (tens of seconds for a whole frame on CUDA). A frame that fails
+    to compile or capture is rendered by the separate calls, and so is every later one (with a warning).
     """
 
     def __init__(self, bundle_dir: str | Path, backend: str = "auto", device: str = "auto", rasterizer: str = "auto",
@@ -315,6 +319,7 @@ class Runtime:
         self.rasterizer = spec.name
         self._check_values = self.array_device == "cpu"     # value checks sync the GPU: skipped there
         self._compiled_frames = self._wants_compiled_frames(compiled_frames)
+        self._rasters: dict[Any, Any] = {}        # compiled rasterizer + pixel format, per format (compiled frames)
         # CUDA graphs: the decoder's outputs are fixed buffers that the next replay overwrites, and ONNX Runtime
         # captures in CUDA's global mode: one frame at a time (see gpu.py). Otherwise frames run concurrently.
         graphs = getattr(self.decoder, "cuda_graphs", False)
@@ -351,14 +356,15 @@ class Runtime:
             return spec.factory(self.bundle, dev, options)
 
     def _wants_compiled_frames(self, asked: bool | None) -> bool:
-        """Whether frames go through the engine's compiled whole frame (see the class docstring)."""
+        """Whether frames go through compiled frames (see the class docstring)."""
         native = self.array_device          # torch.ops.flexavatar.rasterize runs the native backend of that name
-        able = hasattr(self.decoder, "frames") and self.rasterizer == native
-        if asked and not able:
-            raise RuntimeArgumentError("compiled_frames", "is True",
-                                       f"backend='torch-compile' with rasterizer={native!r} (got backend="
-                                       f"{self.backend!r}, rasterizer={self.rasterizer!r})")
-        return able and (asked or (asked is None and self.array_device == "cuda"))
+        if asked and self.rasterizer != native:
+            raise RuntimeArgumentError("compiled_frames", "is True", f"rasterizer={native!r} here (the native "
+                                       f"rasterizer, which compiled frames call), got {self.rasterizer!r}")
+        if asked and importlib.util.find_spec("torch") is None:
+            raise RuntimeArgumentError("compiled_frames", "is True", "PyTorch installed (torch.compile)")
+        whole = hasattr(self.decoder, "frames")                       # torch-compile: the decoder compiles too
+        return self.rasterizer == native and bool(asked or (asked is None and whole and self.array_device == "cuda"))
 
     def describe(self) -> str:
         decoder = f"{self.engine.artifact(ROLE_DECODER).files[0].path}" if self.engine.format else self.precision
@@ -649,29 +655,50 @@ class Runtime:
         capacity = self.intersections.capacity(e)
         if capacity == 0 and self.array_device == "cuda":
             return None
-        model, feeds = self._decoder_for(avatar)
-        if model is not self.decoder:
-            return None
         try:
-            frames, count = model.frames(feeds["code"], plan.expressions[start:stop], plan.viewmats[start:stop],
-                                         plan.ks[start:stop], plan.background, plan.width, plan.height, capacity,
-                                         FRAME_FORMATS[plan.output])
-        except Exception as e:  # noqa: BLE001 - compiling or capturing a whole frame is an optimisation
+            frames, count = self._compiled_frames_of(avatar, plan, start, stop, capacity)
+        except FlexAvatarError:
+            raise                                          # a typed error (the caller's input): not the compiler's
+        except Exception as err:  # noqa: BLE001 - compiling or capturing a frame is an optimisation
             # (Dynamo, Inductor and CUDA-graph capture can each refuse one on some version or GPU): the separate
             # calls still render it, and every frame after it
-            text = str(e).strip().splitlines()
+            text = str(err).strip().splitlines()
             log.warning("compiled frames failed (%s: %s); rendering with the decoder and the rasterizer called one "
-                        "after the other from now on", type(e).__name__, text[0][:300] if text else "")
+                        "after the other from now on", type(err).__name__, text[0][:300] if text else "")
             self._compiled_frames = False
             return None
-        # everything that reads the compiled outputs is queued now, before the next call overwrites them
+        # everything that reads the compiled outputs is queued now, before the next call overwrites them (on CUDA
+        # they are CUDA-graph buffers)
         readback = CountReadback(count, capacity, e) if capacity else None
         if plan.output == "device":
             if readback is not None:
                 self._unchecked.append(readback)          # checked at the next chunk or call
-            return frames.clone() if getattr(model, "cuda_graphs", False) else frames
+            return frames.clone() if self.array_device == "cuda" else frames
         return _HostFrames(frames, readback, self.intersections,
                            redo=lambda: self._submit_chunk(avatar, plan, start, stop, exact=True))
+
+    def _compiled_frames_of(self, avatar: Avatar, plan: "_FramePlan", start: int, stop: int, capacity: int):
+        """(frames, count) of frames start:stop: the torch-compile engine's whole frame (``frames``), or this engine's
+        decoder then the compiled rasterizer and pixel format (``engines.raster_function``)."""
+        pixels = FRAME_FORMATS[plan.output]
+        model, feeds = self._decoder_for(avatar)
+        if hasattr(model, "frames"):
+            return model.frames(feeds["code"], plan.expressions[start:stop], plan.viewmats[start:stop],
+                                plan.ks[start:stop], plan.background, plan.width, plan.height, capacity, pixels)
+        import torch
+
+        from .engines import CompiledNetworkDecode, raster_function
+        raster = self._rasters.get(pixels)
+        if raster is None:
+            raster = self._rasters[pixels] = CompiledNetworkDecode(None, self.array_device, half=False, freeze=False,
+                                                                   function=raster_function(pixels))
+        g = self._decode_chunk(avatar, plan.expressions[start:stop], False, copy=False)
+        splats = [torch.from_numpy(x) if isinstance(x, np.ndarray) else x for x in g.arrays().values()]
+        e = stop - start
+        world2cam, intrinsics, backgrounds = _like_all((plan.viewmats[start:stop], plan.ks[start:stop],
+                                                        np.broadcast_to(plan.background, (e, 3))), splats[0])
+        return raster(*splats, world2cam.view(e, 1, 4, 4), intrinsics.view(e, 1, 3, 3), backgrounds.view(e, 1, 3),
+                      plan.width, plan.height, capacity)
 
     def _check_device_frames(self) -> None:
         """Counts of the frames handed out on the device: each waits for its frame's rasterizer only; one over

@@ -462,17 +462,35 @@ def test_compiled_frames_that_fail_give_way_to_the_separate_calls(bundle, model,
     assert tries == [1] and "compiled frames" not in rt.describe()
 
 
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino", "torch"])
+def test_compiled_rasterizer_behind_any_engine(engine, runtime_cache, bundle, model, expressions, monkeypatch):
+    """compiled_frames=True with another engine: its decoder as always, then the rasterizer and the pixel format
+    compiled as one ("aot_eager" here): the separate calls' frames, bit for bit, uint8 and float, one chunk or
+    several; each pixel format compiles once."""
+    from flexavatar.runtime import engines
+    monkeypatch.setattr(engines, "TORCH_COMPILE_BACKEND", "aot_eager")
+    separate = runtime_cache(engine, "cpu")
+    compiled = Runtime(bundle, backend=engine, device="cpu", rasterizer="cpu", batch=2, compiled_frames=True,
+                       model=model if engine == "torch" else None)
+    assert "compiled frames" in compiled.describe()
+    avatar = compiled.bundle_avatar()
+    cams = orbit_camera(len(expressions))
+    for output in ("uint8", "float"):
+        np.testing.assert_array_equal(compiled.render(avatar, expressions, cams, SIZE, SIZE, output=output),
+                                      separate.render(avatar, expressions, cams, SIZE, SIZE, output=output))
+    assert len(compiled._rasters) == 2
+
+
 def test_compiled_frames_only_where_they_apply(bundle, model):
-    """None: on with torch-compile on CUDA only (GPU test below); True elsewhere is a typed error naming what it
-    needs; a value that is not a bool is refused."""
-    with pytest.raises(RuntimeArgumentError, match="compiled_frames.*torch-compile"):
-        Runtime(bundle, backend="onnxruntime", device="cpu", compiled_frames=True)
-    with pytest.raises(RuntimeArgumentError, match="compiled_frames.*rasterizer='cpu'"):
+    """None: on with torch-compile on CUDA only (GPU test below); True with a rasterizer other than the device's
+    native one is a typed error naming what it needs; a value that is not a bool is refused."""
+    with pytest.raises(RuntimeArgumentError, match="compiled_frames.*rasterizer='cpu'.*'reference'"):
         Runtime(bundle, backend="torch-compile", device="cpu", rasterizer="reference", model=model,
                 compiled_frames=True)
     with pytest.raises(RuntimeArgumentError, match="compiled_frames"):
         Runtime(bundle, backend="torch-compile", device="cpu", model=model, compiled_frames="yes")
     assert not Runtime(bundle, backend="onnxruntime", device="cpu")._compiled_frames
+    assert not Runtime(bundle, backend="torch-compile", device="cpu", model=model)._compiled_frames     # CPU: off
 
 
 def test_compiled_decoder_runs_the_fir_as_multiply_adds(bundle, model):
@@ -1785,6 +1803,29 @@ def test_compiled_frames_on_cuda(bundle, model, expressions, monkeypatch):
         assert len(compiled_calls) == 2 * len(expressions)                # batch 1: a call a frame
     finally:
         model.to("cpu")                                             # the module's model, for the other tests
+
+
+@pytest.mark.gpu
+def test_compiled_rasterizer_on_cuda_behind_onnxruntime(bundle, expressions, monkeypatch):
+    """compiled_frames=True with ONNX Runtime (CUDA graphs): after the first frame its decoder's graph replays, then
+    the compiled rasterizer and pixels replay theirs; the rasterizer's Python entry no longer runs; frames as the
+    separate calls' (the same fp32 graphs and kernels: within replay noise), one by one, as a clip, queued."""
+    rt = Runtime(bundle, backend="onnxruntime", device="cuda", rasterizer="cuda", compiled_frames=True)
+    separate = Runtime(bundle, backend="onnxruntime", device="cuda", rasterizer="cuda")
+    assert "compiled frames" in rt.describe() and "compiled frames" not in separate.describe()
+    avatar = rt.bundle_avatar()
+    cams = orbit_camera(len(expressions))
+    want = separate.render(avatar, expressions, cams, SIZE, SIZE, output="float")
+    rt.render(avatar, expressions[:1], Camera(cams.cam2world[0], cams.intrinsics), SIZE, SIZE)       # sized exactly
+    entries, spec = [], kernels.get_backend("cuda")
+    monkeypatch.setitem(kernels.registry._BACKENDS, "cuda",
+                        replace(spec, render=lambda request: entries.append(1) or spec.render(request)))
+    assert _max_err(rt.render(avatar, expressions, cams, SIZE, SIZE, output="float"), want) <= REPLAY_TOL
+    pending = [rt.render_async(avatar, expressions[i:i + 1], Camera(cams.cam2world[i], cams.intrinsics), SIZE, SIZE,
+                               output="float") for i in range(len(expressions))]
+    for i in reversed(range(len(expressions))):
+        assert _max_err(pending[i].result(), want[i:i + 1]) <= REPLAY_TOL
+    assert not entries and rt.intersections.rerenders == 0 and len(rt._rasters) == 1
 
 
 @pytest.mark.gpu
