@@ -299,14 +299,17 @@ gpu_profile() {
 
 # where the Python runtime's host time goes, one frame at a time, without cProfile (benchmarks/device/host_probe.py):
 # render / render_async p50, garbage collections, timed stages, and render_cuda line by line; ONNX Runtime fp16
-# (fused decoder, CUDA graphs), then torch-compile fp16 with compiled whole frames, and with separate calls
+# (fused decoder, CUDA graphs; then with the compiled rasterizer), then torch-compile fp16 with compiled whole
+# frames, and with separate calls
 host_probe() {
   local bundle rc=0
   bundle=$(flex1_fp16_bundle) || return 1
-  pyrun "$REPO/benchmarks/device/host_probe.py" "$bundle" --json "$LOGS/host_probe_ort_fp16.json" || rc=$?
-  pyrun "$REPO/benchmarks/device/host_probe.py" "$bundle" --engine torch-compile \
+  pyrun "$REPO/benchmarks/device/host_probe.py" "$bundle" --frames 100 --json "$LOGS/host_probe_ort_fp16.json" || rc=$?
+  pyrun "$REPO/benchmarks/device/host_probe.py" "$bundle" --frames 100 --compiled-frames \
+    --json "$LOGS/host_probe_ort_frames_fp16.json" || rc=$?
+  pyrun "$REPO/benchmarks/device/host_probe.py" "$bundle" --frames 100 --engine torch-compile \
     --json "$LOGS/host_probe_torch_compile_frames_fp16.json" || rc=$?
-  pyrun "$REPO/benchmarks/device/host_probe.py" "$bundle" --engine torch-compile --separate-calls \
+  pyrun "$REPO/benchmarks/device/host_probe.py" "$bundle" --frames 100 --engine torch-compile --separate-calls \
     --json "$LOGS/host_probe_torch_compile_fp16.json" || rc=$?
   return $rc
 }

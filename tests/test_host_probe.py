@@ -66,3 +66,17 @@ def test_probe_runs_on_the_cpu_and_leaves_the_runtime_as_it_was(tool, onnx_featu
     assert lines["function"].endswith("render_cpu") and lines["calls_per_frame"] == 1
     heaviest = max(lines["rows"], key=lambda r: r["ms_per_frame"])
     assert "native.rasterize_cpu(" in heaviest["source"]               # the C++ rasterizer does the work
+
+
+def test_probe_with_compiled_frames_times_the_compiled_calls(tool, onnx_features_bundle, tmp_path, monkeypatch):
+    """--compiled-frames on the CPU ("aot_eager"): the frames go through the compiled rasterizer, which the stage
+    timers see, and the rasterizer backend's Python entry is not called."""
+    from flexavatar.runtime import engines
+    monkeypatch.setattr(engines, "TORCH_COMPILE_BACKEND", "aot_eager")
+    out = tmp_path / "probe.json"
+    assert tool.main([str(onnx_features_bundle), "--device", "cpu", "--precision", "fp32", "--frames", "2",
+                      "--size", "32", "--compiled-frames", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert "compiled frames" in report["runtime"]
+    assert report["stages"]["runtime.Runtime._compiled_chunk"]["calls_per_frame"] == 1
+    assert "backend cpu (render_cpu)" not in report["stages"] and report["lines"]["calls_per_frame"] == 0

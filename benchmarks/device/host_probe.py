@@ -16,10 +16,10 @@ cProfile:
 
 With the torch-compile engine on CUDA the frames are compiled whole (``Runtime(compiled_frames=None)``): the
 rasterizer's Python entry then runs only in the first frame; ``--separate-calls`` probes the decoder and rasterizer
-called one after the other.
+called one after the other. ``--compiled-frames`` compiles the rasterizer and pixels behind another engine's decoder.
 
     python benchmarks/device/host_probe.py BUNDLE [--device cuda|cpu] [--engine onnxruntime|torch-compile]
-        [--separate-calls] [--precision fp16] [--frames 200] [--size 512] [--json OUT]
+        [--separate-calls | --compiled-frames] [--precision fp16] [--frames 200] [--size 512] [--json OUT]
 """
 from __future__ import annotations
 
@@ -279,8 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine", default="onnxruntime", choices=("onnxruntime", "torch-compile"))
     ap.add_argument("--precision", default="fp16", choices=("fp32", "fp16"))
     ap.add_argument("--rasterizer", help="default: cuda on CUDA, cpu on the CPU")
-    ap.add_argument("--separate-calls", action="store_true", help="torch-compile: the decoder and the rasterizer "
-                    "called one after the other (Runtime(compiled_frames=False)), not the compiled whole frame")
+    frames = ap.add_mutually_exclusive_group()
+    frames.add_argument("--separate-calls", action="store_true", help="torch-compile: the decoder and the rasterizer "
+                        "called one after the other (Runtime(compiled_frames=False)), not the compiled whole frame")
+    frames.add_argument("--compiled-frames", action="store_true", help="other engines: the rasterizer and pixels "
+                        "compiled as one behind the decoder (Runtime(compiled_frames=True))")
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--checkpoint", type=Path, help="torch-compile, when the bundle carries no model.safetensors: "
@@ -299,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         repo = Path(__file__).resolve().parents[2]
         options = {"checkpoint": args.checkpoint or repo / "benchmarks" / ".cache" / "flex1-random-seed0.safetensors",
                    "template": args.template or fixtures_dir() / "official_flex" / "gghead_template.obj"}
-    if args.separate_calls:
-        options["compiled_frames"] = False
+    if args.separate_calls or args.compiled_frames:
+        options["compiled_frames"] = args.compiled_frames
     rt = Runtime(args.bundle, backend=args.engine, device=args.device, rasterizer=rasterizer,
                  precision=args.precision, verify="size", **options)
     conventions = rt.manifest.conventions
