@@ -366,6 +366,11 @@ class Runtime:
         whole = hasattr(self.decoder, "frames")                       # torch-compile: the decoder compiles too
         return self.rasterizer == native and bool(asked or (asked is None and whole and self.array_device == "cuda"))
 
+    @property
+    def compiled_frames(self) -> bool:
+        """Whether frames go through compiled frames (``compiled_frames=``); False once one failed to compile."""
+        return self._compiled_frames
+
     def describe(self) -> str:
         decoder = f"{self.engine.artifact(ROLE_DECODER).files[0].path}" if self.engine.format else self.precision
         frames = " · compiled frames" if self._compiled_frames else ""
