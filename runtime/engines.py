@@ -28,6 +28,7 @@ from flexavatar.bundle import (FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO, GA
                                ROLE_DECODER_AVATAR, ROLE_ENCODER, ROLE_ENCODER_FEATURES, Bundle, ModelArtifact)
 
 from .errors import EngineUnavailableError, ModelMismatchError, RuntimeArgumentError, UnknownEngineError
+from .expressions import EXPRESSION_DIM
 
 log = logging.getLogger("flexavatar.runtime")
 
@@ -537,9 +538,9 @@ def network_frame_function(network, device_type: str, half: bool, pixels):
 
 class CompiledNetworkDecode:
     """``network_decode_function`` (or ``function``, e.g. ``network_frame_function`` or ``raster_function``, which need
-    no network) under ``torch.compile``: call it as that function. What the "torch-compile" engine runs and benchmarks/device/torch_compile.py times. mode:
-    torch.compile's (default: the engine's, per device type); ``cuda_graphs``: whether the outputs are CUDA-graph
-    buffers that the next call overwrites.
+    no network) under ``torch.compile``: call it as that function. What the "torch-compile" engine runs and
+    benchmarks/device/torch_compile.py times. mode: torch.compile's (default: the engine's, per device type);
+    ``cuda_graphs``: whether the outputs are CUDA-graph buffers that the next call overwrites.
 
     freeze (Inductor only; default: on CUDA): the weights become compile-time constants
     (``torch._inductor.config.freezing``), so work that depends on them alone is done once, not every frame: the fp16
@@ -639,14 +640,15 @@ class TorchCompiledDecoderModel:
                                                                     function=function)
         e = len(expressions)
         code = self._input(code).transpose(0, 1)                                         # [R², 1, D]
-        # the frame's small inputs in one upload (on CUDA one page-locked copy, not four)
-        parts = [np.asarray(x, np.float32).reshape(e, -1) for x in (expressions, viewmats, ks,
-                                                                     np.broadcast_to(background, (e, 3)))]
-        packed = self._input(np.concatenate(parts, axis=1))                               # [E, 135 + 16 + 9 + 3]
-        expressions, viewmats, ks, backgrounds = packed.split([p.shape[1] for p in parts], dim=1)
+        # the frame's small inputs in one upload (on CUDA one page-locked copy, not four), each a contiguous view
+        shapes = ((1, e, EXPRESSION_DIM), (e, 1, 4, 4), (e, 1, 3, 3), (e, 1, 3))
+        parts = [np.asarray(x, np.float32).reshape(-1) for x in (expressions, viewmats, ks,
+                                                                  np.broadcast_to(background, (e, 3)))]
+        packed = self._input(np.concatenate(parts))
+        expressions, viewmats, ks, backgrounds = (part.view(shape) for part, shape in
+                                                  zip(packed.split([p.size for p in parts]), shapes, strict=True))
         with _no_tf32():
-            return compiled(code, expressions[None], self._ids, viewmats.reshape(e, 1, 4, 4),
-                            ks.reshape(e, 1, 3, 3), backgrounds.reshape(e, 1, 3), width, height, capacity)
+            return compiled(code, expressions, self._ids, viewmats, ks, backgrounds, width, height, capacity)
 
 
 def _no_tf32():
