@@ -297,4 +297,10 @@ def test_live_clip_torch_compile(benchmark, bench_meta, flex1_bundle, flex1_mode
                                  for i in range(N_FRAMES)])
     out = benchmark.pedantic(lambda: _live_clip(rt, avatar, expressions, cameras), rounds=10, warmup_rounds=2)
     assert out.shape == (N_FRAMES, SIZE, SIZE, 3) and out.dtype == np.uint8
-    np.testing.assert_array_equal(out, one_by_one)      # the same decoder calls, the same pixels
+    if rt.compiled_frames:
+        # one-by-one frame 0 is the separate calls' (its sort sized exactly): Inductor fuses the compiled whole frame's
+        # fp16 kernels otherwise, a step of 8-bit rounding at most; the frames after it are the same compiled calls
+        assert np.abs(out[:1].astype(int) - one_by_one[:1]).max() <= 1
+        np.testing.assert_array_equal(out[1:], one_by_one[1:])
+    else:
+        np.testing.assert_array_equal(out, one_by_one)      # the same decoder calls, the same pixels
