@@ -262,7 +262,9 @@ class Runtime:
     so that a frame's host work is a call or two instead of the rasterizer's Python wrapper, checks and conversions
     (the Python live loop was bound by its host work, ≈ 2.5 ms a frame on an H200). None (default) = on for
     "torch-compile" on CUDA; True = on for any engine with the native rasterizer of its device (PyTorch needed; on the
-    CPU the Gaussians then go unchecked for NaN, as on CUDA); False = off. Renders with ``timings``, and those whose
+    CPU the Gaussians then go unchecked for NaN, as on CUDA, and it does not pay: Inductor's OpenMP threads spin after
+    its kernels and slow the C++ rasterizer's: 6.5 against 3.2 ms a 64² fixture frame on 2 cores, 3.0 against 2.9
+    with OMP_WAIT_POLICY=passive); False = off. Renders with ``timings``, and those whose
     sort must be sized exactly (a CUDA runtime's first frame, a frame rendered again), take the separate calls.
     Every pixel format, size and batch compiles once (tens of seconds for a whole frame on CUDA). A frame that fails
     to compile or capture is rendered by the separate calls, and so is every later one (with a warning).
