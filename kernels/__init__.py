@@ -6,6 +6,8 @@
 
 Backends plug in through ``registry.register_backend`` (see its module docstring). Importing this
 package imports numpy only: torch and triton are imported by the backends that need them.
+For compiled code (``torch.compile``, CUDA graphs) the native backends are also a PyTorch operator,
+``torch.ops.flexavatar.rasterize`` (``kernels.torch_op.rasterize_op()`` registers it).
 """
 import importlib.util as _importlib_util
 
