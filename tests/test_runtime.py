@@ -462,13 +462,15 @@ def test_compiled_frames_that_fail_give_way_to_the_separate_calls(bundle, model,
     assert tries == [1] and "compiled frames" not in rt.describe() and not rt.compiled_frames
 
 
-@pytest.mark.parametrize("engine", ["onnxruntime", "openvino", "torch"])
-def test_compiled_rasterizer_behind_any_engine(engine, runtime_cache, bundle, model, expressions, monkeypatch):
+@pytest.mark.parametrize("engine,compiler", [("onnxruntime", "aot_eager"), ("openvino", "aot_eager"),
+                                             ("torch", "aot_eager"), ("onnxruntime", "inductor")])
+def test_compiled_rasterizer_behind_any_engine(engine, compiler, runtime_cache, bundle, model, expressions,
+                                               monkeypatch):
     """compiled_frames=True with another engine: its decoder as always, then the rasterizer and the pixel format
-    compiled as one ("aot_eager" here): the separate calls' frames, bit for bit, uint8 and float, one chunk or
-    several; each pixel format compiles once."""
+    compiled as one ("aot_eager", and Inductor's generated code once): the separate calls' frames, bit for bit, uint8
+    and float, one chunk or several; each pixel format compiles once."""
     from flexavatar.runtime import engines
-    monkeypatch.setattr(engines, "TORCH_COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(engines, "TORCH_COMPILE_BACKEND", compiler)
     separate = runtime_cache(engine, "cpu")
     compiled = Runtime(bundle, backend=engine, device="cpu", rasterizer="cpu", batch=2, compiled_frames=True,
                        model=model if engine == "torch" else None)
