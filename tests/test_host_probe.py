@@ -79,4 +79,7 @@ def test_probe_with_compiled_frames_times_the_compiled_calls(tool, onnx_features
     report = json.loads(out.read_text())
     assert "compiled frames" in report["runtime"]
     assert report["stages"]["runtime.Runtime._compiled_chunk"]["calls_per_frame"] == 1
-    assert "backend cpu (render_cpu)" not in report["stages"] and report["lines"]["calls_per_frame"] == 0
+    assert "backend cpu (render_cpu)" not in report["stages"]
+    lines = report["lines"]                                    # the compiled frames' Python side, line by line
+    assert lines["function"].endswith("Runtime._compiled_frames_of") and lines["calls_per_frame"] == 1
+    assert any("raster(" in row["source"] for row in lines["rows"])

@@ -10,9 +10,10 @@ cProfile:
   loop, the frame rate is set by the larger of ``submit`` (+ the caller's own work) and the GPU's time;
 - ``gc``: Python's garbage collections during those frames (``gc.callbacks``): count and ms a frame per generation;
 - ``stages``: inclusive host ms a frame of the functions a frame goes through (each wrapped by a timer);
-- ``lines``: per-line host ms a frame of one function (default: the rasterizer backend's entry,
-  ``render_cuda`` on CUDA), traced with ``sys.settrace`` for that function's code only: a line's time runs from its
-  start to the next line's, callees included, so a line that hides a wait or an allocation stands out.
+- ``lines``: per-line host ms a frame of one function (the rasterizer backend's entry, ``render_cuda`` on CUDA; with
+  compiled frames ``Runtime._compiled_frames_of``), traced with ``sys.settrace`` for that function's code only: a
+  line's time runs from its start to the next line's, callees included, so a line that hides a wait or an
+  allocation stands out.
 
 With the torch-compile engine on CUDA the frames are compiled whole (``Runtime(compiled_frames=None)``): the
 rasterizer's Python entry then runs only in the first frame; ``--separate-calls`` probes the decoder and rasterizer
@@ -310,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     code = np.random.default_rng(0).standard_normal((1, conventions.n_head_tokens, conventions.d_code))
     avatar = Avatar((0.5 * code).astype(np.float32))
     expressions = synthetic_expressions(64)
-    line_function = {"cuda": native.render_cuda, "cpu": native.render_cpu}.get(rasterizer)
+    # the compiled frames' Python side, or the rasterizer's entry that the separate calls go through
+    line_function = (Runtime._compiled_frames_of if rt.compiled_frames
+                     else {"cuda": native.render_cuda, "cpu": native.render_cpu}.get(rasterizer))
     report = {"runtime": rt.describe(), "device": args.device, "python": sys.version.split()[0],
               **probe(rt, avatar, expressions, orbit_camera(64), args.size, args.frames, line_function)}
     print(json.dumps({k: report[k] for k in ("runtime", "python", "frames", "frame", "gc")}), flush=True)
