@@ -12,6 +12,10 @@ export checks every file against PyTorch afterwards, as for any conversion.
 - ``attention_token_major``: ``Transpose → Attention (4-D) → Transpose → Reshape`` becomes a 3-D
   Attention on the token-major tensors (``q_num_heads`` / ``kv_num_heads`` set): no layout copies around
   the attention.
+- ``joint_attention_streams``: a joint attention's two token streams (FLEX-1's expression transformer, the
+  layers whose context also asks queries) are joined before their merged q / k / v projections are split,
+  not after: one Concat and one Split instead of three Concats and two Splits, the per-head RMSNorms of q and k
+  once over both streams with the streams' gains as a per-token Mul (9 kernels a layer → 6).
 
 Not in ``slim`` (GPU-only candidates, measured before one is adopted): ``subpixel_upsampling``,
 ``convs_as_gemm``.
@@ -45,6 +49,7 @@ def slim(model: onnx.ModelProto) -> PassReport:
     report = PassReport()
     report.counts["merged matmul groups"] = merge_sibling_matmuls(model)
     report.counts["token-major attentions"] = attention_token_major(model)
+    report.counts["joined attention streams"] = joint_attention_streams(model)
     return report
 
 
@@ -180,6 +185,136 @@ def attention_token_major(model: onnx.ModelProto) -> int:
         graph.initializer.append(numpy_helper.from_array(np.asarray([0, 0, -1], dtype=np.int64), shape_name))
         _replace_nodes(graph, nodes, removed, new_nodes)
     return rewritten
+
+
+def joint_attention_streams(model: onnx.ModelProto) -> int:
+    """For a 3-D Attention (``attention_token_major``'s form) whose q, k and v are each the token-axis Concat of
+    two streams, x and c, where each stream's q / k / v come out of one Split of its merged projection (the same
+    order in both) and q and k through a per-head RMSNormalization with a gain per stream:
+
+        Concat_T(P_x, P_c) → Split → q, k, v [B, T, D]; q, k → Reshape [B, T, nh, hd] → RMSNormalization (gain 1)
+        → Mul(per-token gains [T, 1, hd]: the x gain on the x tokens, the c gain on the c tokens) → token-major.
+
+    Exact but for rounding: RMSNorm(h)·g computed as RMSNorm(h)·1, then ·g. Token counts and head sizes come from
+    shape inference; where they are not static, or anything differs from the pattern (the first layer's shared
+    queries, the last layer without context queries), the attention stays as it is. Returns the number rewritten."""
+    graph = model.graph
+    nodes = list(graph.node)
+    if not any(n.op_type == "Attention" for n in nodes):
+        return 0
+    consumers = _consumers(nodes)
+    producers = {o: n for n in nodes for o in n.output}
+    inits = {t.name: t for t in graph.initializer}
+    graph_outputs = {o.name for o in graph.output}
+    shapes = None                                        # shape inference only where the pattern is present
+
+    def only_use(name: str) -> bool:
+        return len(consumers.get(name, [])) == 1 and name not in graph_outputs
+
+    def made_by(name: str, op_type: str) -> onnx.NodeProto | None:
+        node = producers.get(name)
+        return node if node is not None and node.op_type == op_type and only_use(name) else None
+
+    def stream(name: str):
+        """name ← [RMSNormalization ←] Reshape ← Split output: (split, output index, norm or None, reshape)."""
+        norm = made_by(name, "RMSNormalization")
+        reshape = made_by(norm.input[0] if norm is not None else name, "Reshape")
+        split = made_by(reshape.input[0], "Split") if reshape is not None else None
+        if split is None:
+            return None
+        return split, list(split.output).index(reshape.input[0]), norm, reshape
+
+    removed: set[int] = set()
+    new_nodes: dict[int, list[onnx.NodeProto]] = {}
+    rewritten = 0
+    for node in nodes:
+        if node.op_type != "Attention" or not any(a.name == "q_num_heads" for a in node.attribute):
+            continue
+        roles = []                                       # per q, k, v: (token-major reshape, concat, x, c)
+        for name in node.input[:3]:
+            tokens = made_by(name, "Reshape")
+            concat = made_by(tokens.input[0], "Concat") if tokens is not None else None
+            if concat is None or len(concat.input) != 2 or _axis(concat) != 1:
+                break
+            x, c = stream(concat.input[0]), stream(concat.input[1])
+            if x is None or c is None:
+                break
+            roles.append((tokens, concat, x, c))
+        if len(roles) != 3:
+            continue
+        split_x, split_c = roles[0][2][0], roles[0][3][0]
+        if (split_x is split_c or len(split_x.output) != 3 or len(split_c.output) != 3
+                or any(r[2][0] is not split_x or r[3][0] is not split_c or r[2][1] != r[3][1] for r in roles)
+                or sorted(r[2][1] for r in roles) != [0, 1, 2]
+                or _split_sizes(split_x, inits) != _split_sizes(split_c, inits) or _axis(split_x) != _axis(split_c)
+                or [n is None for r in roles for n in (r[2][2], r[3][2])] != [False, False, False, False, True, True]):
+            continue                                     # q and k normalised in both streams, v in neither
+        norms = [(r[2][2], r[3][2]) for r in roles[:2]]
+        if any(_attrs(nx) != _attrs(nc) or nx.input[1] not in inits or nc.input[1] not in inits
+               for nx, nc in norms):
+            continue
+        if shapes is None:
+            shapes = _static_dims(model)
+        x_dims, c_dims = shapes.get(split_x.input[0]), shapes.get(split_c.input[0])
+        heads = shapes.get(roles[0][2][3].output[0])      # [B, Tx, nh, hd]
+        if (x_dims is None or c_dims is None or heads is None or len(x_dims) != 3 or len(c_dims) != 3
+                or len(heads) != 4 or not all(isinstance(d, int) for d in (x_dims[1], c_dims[1], *heads[2:]))):
+            continue
+        tx, tc, (nh, hd) = x_dims[1], c_dims[1], heads[2:]
+        prefix = node.name or node.output[0]
+        joined, parts = f"{prefix}__joint_qkv", [f"{prefix}__joint_qkv_{i}" for i in range(3)]
+        split_attrs = {a.name: helper.get_attribute_value(a) for a in split_x.attribute}
+        replacement = [helper.make_node("Concat", [split_x.input[0], split_c.input[0]], [joined], axis=1,
+                                        name=f"{joined}_concat"),
+                       helper.make_node("Split", [joined, *split_x.input[1:]], parts, name=f"{joined}_split",
+                                        **split_attrs)]
+        heads_shape = f"{prefix}__joint_heads_shape"
+        graph.initializer.append(numpy_helper.from_array(np.asarray([0, tx + tc, nh, hd], np.int64), heads_shape))
+        for role, (tokens, concat, x, c) in enumerate(roles):
+            part = parts[x[1]]
+            if x[2] is None:                                                         # v: no normalisation
+                replacement.append(helper.make_node("Reshape", [part, tokens.input[1]], [tokens.output[0]],
+                                                    name=f"{part}_tokens"))
+            else:
+                gain_x, gain_c = (numpy_helper.to_array(inits[n.input[1]]) for n in (x[2], c[2]))
+                gains = np.concatenate([np.broadcast_to(gain_x, (tx, hd)), np.broadcast_to(gain_c, (tc, hd))])
+                ones, per_token = f"{part}__unit_gain", f"{part}__token_gains"
+                graph.initializer.extend([numpy_helper.from_array(np.ones(hd, gain_x.dtype), ones),
+                                          numpy_helper.from_array(gains[:, None, :].astype(gain_x.dtype),
+                                                                  per_token)])
+                replacement += [
+                    helper.make_node("Reshape", [part, heads_shape], [f"{part}_heads"], name=f"{part}_heads"),
+                    helper.make_node("RMSNormalization", [f"{part}_heads", ones], [f"{part}_normed"],
+                                     name=f"{part}_norm", **_attrs(x[2])),
+                    helper.make_node("Mul", [f"{part}_normed", per_token], [f"{part}_scaled"], name=f"{part}_gain"),
+                    helper.make_node("Reshape", [f"{part}_scaled", tokens.input[1]], [tokens.output[0]],
+                                     name=f"{part}_tokens")]
+            removed.update(id(n) for n in (tokens, concat, x[3], c[3]) if n is not None)
+            removed.update(id(n) for n in (x[2], c[2]) if n is not None)
+        removed.update((id(split_x), id(split_c)))
+        new_nodes[id(node)] = [*replacement, node]
+        removed.add(id(node))
+        rewritten += 1
+    if rewritten:
+        _replace_nodes(graph, nodes, removed, new_nodes)
+    return rewritten
+
+
+def _axis(node: onnx.NodeProto, default: int = 0) -> int:
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), default)
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _split_sizes(node: onnx.NodeProto, inits: dict) -> tuple | None:
+    """A Split's sizes: its split input (an initializer), its ``split`` attribute, or None (equal parts)."""
+    if len(node.input) > 1 and node.input[1]:
+        if node.input[1] not in inits:
+            return ("computed", node.input[1])                # equal only to a Split of the same sizes tensor
+        return tuple(numpy_helper.to_array(inits[node.input[1]]).tolist())
+    return tuple(_attrs(node).get("split", ())) or None
 
 
 def _is_transpose(node: onnx.NodeProto, perm: list[int]) -> bool:

@@ -170,6 +170,99 @@ def test_token_major_attention_runs_on_every_runtime(runtime):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+class _JointLayer(torch.nn.Module):
+    """FLEX-1's JointAttention of a layer whose context asks queries too (layers 1-6 of 8), gains not 1."""
+
+    def __init__(self, context_pre_only: bool = False, x_shared: bool = False):
+        super().__init__()
+        from flexavatar.layers import JointAttention
+        self.attn, self.x_shared = JointAttention(16, 2, context_pre_only), x_shared
+        with torch.no_grad():
+            for norm in (self.attn.norm_q, self.attn.norm_k, self.attn.norm_added_q, self.attn.norm_added_k):
+                norm.weight.copy_(torch.rand(norm.weight.shape) + 0.5)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor):
+        y_x, y_c = self.attn(x[:1] if self.x_shared else x, c, self.x_shared)
+        return y_x if y_c is None else (y_x, y_c)
+
+
+def _export_joint(module: torch.nn.Module, passes: bool) -> onnx.ModelProto:
+    outputs = [TensorSpec("y", ("E", 6, 16), "float32")]
+    if not module.attn.context_pre_only:
+        outputs.append(TensorSpec("y_c", ("E", 3, 16), "float32"))
+    spec = GraphSpec("joint", (TensorSpec("x", ("E", 6, 16), "float32"), TensorSpec("c", ("E", 3, 16), "float32")),
+                     tuple(outputs))
+    return export_graph(module, (torch.randn(2, 6, 16), torch.randn(2, 3, 16)), spec, DEFAULT_OPSET, passes=passes)
+
+
+def test_joint_attention_streams_join_before_the_split():
+    """A middle layer: the streams' merged projections joined first — Concat 3 → 1, Split 3 → 2 (one of them the
+    attention output's), RMSNormalization 4 → 2 plus 2 per-token gain Muls — and the outputs as before (PyTorch and
+    the graph without the passes), for another batch than the trace's."""
+    torch.manual_seed(3)
+    module = _JointLayer().eval()
+    plain, slim = _export_joint(module, passes=False), _export_joint(module, passes=True)
+    onnx.checker.check_model(slim, full_check=True)
+    before, ops = _ops(plain), _ops(slim)
+    assert (before["Concat"], before["RMSNormalization"], before["Mul"]) == (3, 4, 0), before
+    assert (ops["Concat"], ops["Split"], ops["RMSNormalization"], ops["Mul"]) == (1, 2, 2, 2), ops
+    assert ops["Attention"] == 1 and ops["Transpose"] == 0
+    x, c = torch.randn(3, 6, 16), torch.randn(3, 3, 16)
+    with torch.no_grad():
+        want = [t.numpy() for t in module(x, c)]
+    feeds = {"x": x.numpy(), "c": c.numpy()}
+    for model in (plain, slim):
+        for got, w in zip(_run(model, feeds), want, strict=True):
+            np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-5)
+    assert graph_passes.joint_attention_streams(slim) == 0                  # a fixed point
+
+
+@pytest.mark.parametrize("variant", ["last layer", "first layer"])
+def test_joint_attention_streams_leave_the_other_layers_alone(variant):
+    """The last layer (no context queries) and the first (queries shared by every context: an Expand on the x
+    stream) do not match: nothing is joined, the outputs are PyTorch's."""
+    torch.manual_seed(4)
+    module = _JointLayer(context_pre_only=variant == "last layer", x_shared=variant == "first layer").eval()
+    slim = _copy(_export_joint(module, passes=False))
+    graph_passes.merge_sibling_matmuls(slim)
+    assert graph_passes.attention_token_major(slim) == 1             # the form the pass looks for
+    assert graph_passes.joint_attention_streams(slim) == 0
+    x, c = torch.randn(2, 6, 16), torch.randn(2, 3, 16)
+    with torch.no_grad():
+        want = module(x, c)
+    want = [t.numpy() for t in (want if isinstance(want, tuple) else (want,))]
+    for got, w in zip(_run(slim, {"x": x.numpy(), "c": c.numpy()}), want, strict=True):
+        np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-5)
+
+
+def test_joint_attention_streams_in_an_exported_bundle(tmp_path):
+    """A small random model with 4 expression-transformer layers (FLEX-1 has 8) and qk-norm gains ≠ 1, exported
+    fp32 + fp16: the two middle layers are joined (4 RMSNormalizations fewer in the decoder, 2 per layer, and their
+    gain Muls), and every file passes the export's check against PyTorch (fp32 within 1e-4, fp16 PSNR)."""
+    import dataclasses
+
+    from flexavatar.config import small_config
+    from flexavatar.export import export_bundle
+    from flexavatar.model import FlexAvatarModel
+    from flexavatar.template import Template
+
+    cfg = dataclasses.replace(small_config(), n_layers_expression=4)
+    template = Template.synthetic(cfg.res_head_tokens, cfg.res_gaussian_grid)
+    weights = FlexAvatarModel.random(cfg, template, seed=0).official_state_dict()
+    gen = torch.Generator().manual_seed(0)
+    for name in weights:
+        if ".attn.norm_" in name:
+            weights[name] = torch.rand(weights[name].shape, generator=gen) + 0.5
+    result = export_bundle(weights, tmp_path / "bundle", template=template, config=cfg, precisions=("fp32", "fp16"),
+                           targets=("onnx",), progress=None)
+    rows = [line for line in result.summary.splitlines() if line.startswith(("decoder.", "encoder"))]
+    assert len(rows) == 4 and all(line.rstrip().endswith(" ok") for line in rows), result.summary  # else it raises
+    for precision in ("fp32", "fp16"):
+        ops = _ops(onnx.load(tmp_path / "bundle" / f"decoder.{precision}.onnx"))
+        # layer 0 (shared queries) 4, layers 1-2 joined 2 each, layer 3 (no context queries) 3
+        assert ops["RMSNormalization"] == 11 and ops["Mul"] >= 4, ops
+
+
 def test_opset18_graph_gets_the_matmul_merge_only():
     """--opset 18 writes attention as primitive ops: nothing for the attention pass, the sibling merge still applies
     (q / k / v of x, k / v of c) and the result matches PyTorch."""
