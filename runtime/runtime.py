@@ -653,9 +653,9 @@ class Runtime:
             return host if times is _NO_TIMES else host.result()
 
     def _compiled_chunk(self, avatar: Avatar, plan: "_FramePlan", start: int, stop: int):
-        """Frames start:stop through the engine's compiled whole frame (frame lock held, engine stream) → as
-        ``_frames_of``; None where it does not apply: no compiled frames, a code folded into its decoder, or a CUDA
-        sort to size exactly (its host sync cannot be part of a CUDA graph)."""
+        """Frames start:stop through compiled frames (frame lock held, engine stream) → as ``_frames_of``; None where
+        they do not apply: off (or off since one failed), or a CUDA sort to size exactly (its host sync cannot be
+        part of a CUDA graph)."""
         if not self._compiled_frames:
             return None
         e = stop - start
