@@ -195,9 +195,12 @@ def joint_attention_streams(model: onnx.ModelProto) -> int:
         Concat_T(P_x, P_c) → Split → q, k, v [B, T, D]; q, k → Reshape [B, T, nh, hd] → RMSNormalization (gain 1)
         → Mul(per-token gains [T, 1, hd]: the x gain on the x tokens, the c gain on the c tokens) → token-major.
 
+    The first layer's x stream is one query set shared by the batch: an Expand of each of q, k and v to the context's
+    batch. There the merged projection is expanded once instead ([1, Tx, 3D] → [B, Tx, 3D], B from the context's
+    shape), and the normalisation runs after it (12 kernels → 7).
     Exact but for rounding: RMSNorm(h)·g computed as RMSNorm(h)·1, then ·g. Token counts and head sizes come from
-    shape inference; where they are not static, or anything differs from the pattern (the first layer's shared
-    queries, the last layer without context queries), the attention stays as it is. Returns the number rewritten."""
+    shape inference; where they are not static, or anything differs from the pattern (the last layer, without context
+    queries), the attention stays as it is. Returns the number rewritten."""
     graph = model.graph
     nodes = list(graph.node)
     if not any(n.op_type == "Attention" for n in nodes):
@@ -216,13 +219,17 @@ def joint_attention_streams(model: onnx.ModelProto) -> int:
         return node if node is not None and node.op_type == op_type and only_use(name) else None
 
     def stream(name: str):
-        """name ← [RMSNormalization ←] Reshape ← Split output: (split, output index, norm or None, reshape)."""
+        """name ← [Expand ←] [RMSNormalization ←] Reshape ← Split output:
+        (split, output index, norm or None, reshape, expand or None)."""
+        expand = made_by(name, "Expand")
+        if expand is not None:
+            name = expand.input[0]
         norm = made_by(name, "RMSNormalization")
         reshape = made_by(norm.input[0] if norm is not None else name, "Reshape")
         split = made_by(reshape.input[0], "Split") if reshape is not None else None
         if split is None:
             return None
-        return split, list(split.output).index(reshape.input[0]), norm, reshape
+        return split, list(split.output).index(reshape.input[0]), norm, reshape, expand
 
     removed: set[int] = set()
     new_nodes: dict[int, list[onnx.NodeProto]] = {}
@@ -247,8 +254,10 @@ def joint_attention_streams(model: onnx.ModelProto) -> int:
                 or any(r[2][0] is not split_x or r[3][0] is not split_c or r[2][1] != r[3][1] for r in roles)
                 or sorted(r[2][1] for r in roles) != [0, 1, 2]
                 or _split_sizes(split_x, inits) != _split_sizes(split_c, inits) or _axis(split_x) != _axis(split_c)
-                or [n is None for r in roles for n in (r[2][2], r[3][2])] != [False, False, False, False, True, True]):
-            continue                                     # q and k normalised in both streams, v in neither
+                or [n is None for r in roles for n in (r[2][2], r[3][2])] != [False, False, False, False, True, True]
+                or any(r[3][4] is not None for r in roles)
+                or len({r[2][4].input[1] if r[2][4] is not None else None for r in roles}) != 1):
+            continue       # q and k normalised in both streams, v in neither; x expanded in all roles or none
         norms = [(r[2][2], r[3][2]) for r in roles[:2]]
         if any(_attrs(nx) != _attrs(nc) or nx.input[1] not in inits or nc.input[1] not in inits
                for nx, nc in norms):
@@ -260,14 +269,26 @@ def joint_attention_streams(model: onnx.ModelProto) -> int:
         if (x_dims is None or c_dims is None or heads is None or len(x_dims) != 3 or len(c_dims) != 3
                 or len(heads) != 4 or not all(isinstance(d, int) for d in (x_dims[1], c_dims[1], *heads[2:]))):
             continue
+        shared = roles[0][2][4] is not None
+        if shared and x_dims[0] != 1:
+            continue
         tx, tc, (nh, hd) = x_dims[1], c_dims[1], heads[2:]
         prefix = node.name or node.output[0]
         joined, parts = f"{prefix}__joint_qkv", [f"{prefix}__joint_qkv_{i}" for i in range(3)]
         split_attrs = {a.name: helper.get_attribute_value(a) for a in split_x.attribute}
-        replacement = [helper.make_node("Concat", [split_x.input[0], split_c.input[0]], [joined], axis=1,
-                                        name=f"{joined}_concat"),
-                       helper.make_node("Split", [joined, *split_x.input[1:]], parts, name=f"{joined}_split",
-                                        **split_attrs)]
+        replacement, x_projection = [], split_x.input[0]
+        if shared:                    # [1, Tx, 3D] → [B, Tx, 3D], B the context's batch: one Expand, not three
+            batch, ones2 = f"{prefix}__joint_batch", f"{prefix}__joint_ones"
+            graph.initializer.append(numpy_helper.from_array(np.ones(2, np.int64), ones2))
+            x_projection = f"{prefix}__joint_x_expanded"
+            replacement += [
+                helper.make_node("Shape", [split_c.input[0]], [f"{batch}_full"], name=f"{batch}_shape", end=1),
+                helper.make_node("Concat", [f"{batch}_full", ones2], [batch], axis=0, name=f"{batch}_concat"),
+                helper.make_node("Expand", [split_x.input[0], batch], [x_projection], name=f"{x_projection}_expand")]
+        replacement += [helper.make_node("Concat", [x_projection, split_c.input[0]], [joined], axis=1,
+                                         name=f"{joined}_concat"),
+                        helper.make_node("Split", [joined, *split_x.input[1:]], parts, name=f"{joined}_split",
+                                         **split_attrs)]
         heads_shape = f"{prefix}__joint_heads_shape"
         graph.initializer.append(numpy_helper.from_array(np.asarray([0, tx + tc, nh, hd], np.int64), heads_shape))
         for role, (tokens, concat, x, c) in enumerate(roles):
@@ -289,15 +310,26 @@ def joint_attention_streams(model: onnx.ModelProto) -> int:
                     helper.make_node("Mul", [f"{part}_normed", per_token], [f"{part}_scaled"], name=f"{part}_gain"),
                     helper.make_node("Reshape", [f"{part}_scaled", tokens.input[1]], [tokens.output[0]],
                                      name=f"{part}_tokens")]
-            removed.update(id(n) for n in (tokens, concat, x[3], c[3]) if n is not None)
-            removed.update(id(n) for n in (x[2], c[2]) if n is not None)
+            removed.update(id(n) for n in (tokens, concat, x[3], c[3], x[2], c[2], x[4]) if n is not None)
         removed.update((id(split_x), id(split_c)))
         new_nodes[id(node)] = [*replacement, node]
         removed.add(id(node))
         rewritten += 1
     if rewritten:
         _replace_nodes(graph, nodes, removed, new_nodes)
+        _drop_dead_nodes(graph)                # e.g. the shape chain of the shared queries' three Expands
     return rewritten
+
+
+def _drop_dead_nodes(graph: onnx.GraphProto) -> None:
+    """Remove nodes none of whose outputs is read (by a node or as a graph output), until none is left."""
+    while True:
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not any(o in used for o in n.output if o)]
+        if not dead:
+            return
+        for node in dead:
+            graph.node.remove(node)
 
 
 def _axis(node: onnx.NodeProto, default: int = 0) -> int:
