@@ -12,10 +12,11 @@ export checks every file against PyTorch afterwards, as for any conversion.
 - ``attention_token_major``: ``Transpose → Attention (4-D) → Transpose → Reshape`` becomes a 3-D
   Attention on the token-major tensors (``q_num_heads`` / ``kv_num_heads`` set): no layout copies around
   the attention.
-- ``joint_attention_streams``: a joint attention's two token streams (FLEX-1's expression transformer, the
-  layers whose context also asks queries) are joined before their merged q / k / v projections are split,
+- ``joint_attention_streams``: a joint attention's two token streams (FLEX-1's expression and head transformers,
+  every layer whose context also asks queries) are joined before their merged q / k / v projections are split,
   not after: one Concat and one Split instead of three Concats and two Splits, the per-head RMSNorms of q and k
-  once over both streams with the streams' gains as a per-token Mul (9 kernels a layer → 6).
+  once over both streams with the streams' gains as a per-token Mul (9 kernels a layer → 6; the first layer's
+  shared queries expanded once, not as q, k and v: 12 → 7).
 
 Not in ``slim`` (GPU-only candidates, measured before one is adopted): ``subpixel_upsampling``,
 ``convs_as_gemm``.
@@ -291,7 +292,7 @@ def joint_attention_streams(model: onnx.ModelProto) -> int:
                                          **split_attrs)]
         heads_shape = f"{prefix}__joint_heads_shape"
         graph.initializer.append(numpy_helper.from_array(np.asarray([0, tx + tc, nh, hd], np.int64), heads_shape))
-        for role, (tokens, concat, x, c) in enumerate(roles):
+        for tokens, concat, x, c in roles:
             part = parts[x[1]]
             if x[2] is None:                                                         # v: no normalisation
                 replacement.append(helper.make_node("Reshape", [part, tokens.input[1]], [tokens.output[0]],
