@@ -417,3 +417,19 @@ def test_subpixel_then_gemm_on_an_exported_decoder(onnx_features_bundle):
     onnx.checker.check_model(rewritten, full_check=True)
     for want, got in zip(expected, _run(rewritten, feeds), strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+
+
+def test_graph_passes_ab_times_the_join_alone(device_script):
+    """benchmarks/device/graph_passes_ab.py's "unjoined" variant is the bundles' graph but the joined streams: the
+    merged projections and token-major attention are there, the three Concats too; its outputs are the others'."""
+    tool = device_script("graph_passes_ab")
+    torch.manual_seed(6)
+    module = _JointLayer().eval()
+    plain = _export_joint(module, passes=False)
+    unjoined, slim = tool._without_joined_streams(plain), _export_joint(module, passes=True)
+    assert (_ops(unjoined)["Concat"], _ops(unjoined)["Transpose"], _ops(unjoined)["MatMul"]) == (3, 0, 4)
+    assert _ops(slim)["Concat"] == 1 and _ops(plain)["Transpose"] > 0
+    feeds = {"x": RNG.standard_normal((2, 6, 16)).astype(np.float32),
+             "c": RNG.standard_normal((2, 3, 16)).astype(np.float32)}
+    for a, b in zip(_run(unjoined, feeds), _run(slim, feeds), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

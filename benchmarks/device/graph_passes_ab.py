@@ -1,7 +1,8 @@
 """The FLEX-1 decoder with and without ``export.graph_passes``, side by side on one GPU (issue #7's frame rate).
 
-Exports the decoder of the checkpoint twice from one model (``export_graph(passes=False)``: the graph as traced
-and folded; ``passes=True``: what bundles hold), converts both to fp16 as the exporter does, then runs each
+Exports the decoder of the checkpoint from one model (``export_graph(passes=False)``: the graph as traced
+and folded; ``passes=True``: what bundles hold; "unjoined": every pass but ``joint_attention_streams``, to time
+that pass alone), converts each to fp16 as the exporter does, then runs each
 file through the runtime's ``OrtCudaModel`` (IO binding, CUDA graphs unless --no-graphs), alternating the
 variants in rounds so clock and thermal drift fall on both. Prints nodes per op type, ms per call (median of
 rounds) and the largest output difference between the two graphs.
@@ -40,16 +41,33 @@ def _export(checkpoint: str, template: str, out_dir: Path) -> dict[str, Path]:
     for passes in (False, True):
         t0 = time.perf_counter()
         fp32 = export_graph(DecoderGraph(net), (code, expressions), DecoderGraph.spec(net), DEFAULT_OPSET, passes=passes)
-        name = "slim" if passes else "plain"
-        for precision, graph in (("fp32", fp32), ("fp16", to_fp16(fp32))):
-            path = out_dir / f"decoder.{name}.{precision}.onnx"
-            onnx.save_model(graph, str(path))
-            files[f"{name}-{precision}"] = path
-            ops = collections.Counter(n.op_type for n in graph.graph.node)
-            print(json.dumps({"graph": f"{name}-{precision}", "nodes": len(graph.graph.node),
-                              "ops": dict(ops.most_common())}), flush=True)
-        print(f"exported {name} in {time.perf_counter() - t0:.1f} s", flush=True)
+        variants = {"slim" if passes else "plain": fp32}
+        if not passes:
+            variants["unjoined"] = _without_joined_streams(fp32)
+        for name, graph32 in variants.items():
+            for precision, graph in (("fp32", graph32), ("fp16", to_fp16(graph32))):
+                path = out_dir / f"decoder.{name}.{precision}.onnx"
+                onnx.save_model(graph, str(path))
+                files[f"{name}-{precision}"] = path
+                ops = collections.Counter(n.op_type for n in graph.graph.node)
+                print(json.dumps({"graph": f"{name}-{precision}", "nodes": len(graph.graph.node),
+                                  "ops": dict(ops.most_common())}), flush=True)
+        print(f"exported {'/'.join(variants)} in {time.perf_counter() - t0:.1f} s", flush=True)
     return files
+
+
+def _without_joined_streams(plain):
+    """The bundles' passes but ``joint_attention_streams`` (the joined q / k / v streams, 2026-11-28): "slim" against
+    this variant is what that pass alone buys."""
+    import onnx
+
+    from flexavatar.export import graph_passes
+
+    model = onnx.ModelProto()
+    model.CopyFrom(plain)
+    graph_passes.merge_sibling_matmuls(model)
+    graph_passes.attention_token_major(model)
+    return model
 
 
 def main() -> int:
@@ -102,10 +120,12 @@ def main() -> int:
             results[key] = {"ms_per_call": round(statistics.median(times[key]), 3),
                             "rounds_ms": [round(t, 3) for t in times[key]]}
         for precision in ("fp32", "fp16"):
-            a, b = firsts[f"plain-{precision}"], firsts[f"slim-{precision}"]
-            diff = max(float((a[k] - b[k]).abs().max()) for k in a)
-            speedup = results[f"plain-{precision}"]["ms_per_call"] / results[f"slim-{precision}"]["ms_per_call"]
-            results[f"slim-{precision}"].update(max_abs_diff_vs_plain=diff, speedup_vs_plain=round(speedup, 3))
+            for name, base in (("slim", "plain"), ("slim", "unjoined"), ("unjoined", "plain")):
+                a, b = firsts[f"{base}-{precision}"], firsts[f"{name}-{precision}"]
+                diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+                speedup = results[f"{base}-{precision}"]["ms_per_call"] / results[f"{name}-{precision}"]["ms_per_call"]
+                results[f"{name}-{precision}"].update({f"max_abs_diff_vs_{base}": diff,
+                                                       f"speedup_vs_{base}": round(speedup, 3)})
     for key, row in results.items():
         print(json.dumps({"graph": key, **row}), flush=True)
     print(json.dumps({"device": torch.cuda.get_device_name(0), "cuda_graphs": not args.no_graphs}), flush=True)
