@@ -688,8 +688,8 @@ class Runtime:
         """(frames, count) of frames start:stop: the torch-compile engine's whole frame (``frames``), or this engine's
         decoder then the compiled rasterizer and pixel format (``engines.raster_function``)."""
         pixels = FRAME_FORMATS[plan.output]
-        model, feeds = self._decoder_for(avatar)
-        if hasattr(model, "frames"):
+        if hasattr(self.decoder, "frames"):              # torch-compile (it has no code-folded decoder)
+            model, feeds = self._decoder_for(avatar)
             return model.frames(feeds["code"], plan.expressions[start:stop], plan.viewmats[start:stop],
                                 plan.ks[start:stop], plan.background, plan.width, plan.height, capacity, pixels)
         import torch
