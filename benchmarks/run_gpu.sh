@@ -30,7 +30,8 @@
 #                             host time a frame: stages, collections, render_cuda line by line), torch-compile (the PyTorch
 #                             decoder under torch.compile vs the bundle's ORT decoders), ort-fusions (the FLEX-1 decoders with ONNX
 #                             Runtime's fused transformer kernels vs as exported), verify (flexavatar-verify of the FLEX-1 bundle on
-#                             CUDA, fp16 and fp32), wait-prewarm (until prewarm.sh is done), memcheck (compute-sanitizer on the rasterizer), native-check (gpu_check.sh's rasterizer
+#                             CUDA, fp16 and fp32), wait-prewarm (until prewarm.sh is done), memcheck (compute-sanitizer on the rasterizer), sort-ab (the CUDA
+#                             sort's two forms side by side, cpp/tests/gpu/time_cuda.py --sort-ab), native-check (gpu_check.sh's rasterizer
 #                             timing and compute-sanitizer; its tests are among gpu-tests). The build is for
 #                             this GPU's architecture only.
 #   FLEXAVATAR_FIXTURES       the fixtures folder (default: .device/fixtures staged in the tree by
@@ -367,6 +368,7 @@ for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement bench
     wait-prewarm) stage wait-prewarm 300 bash -c "until [[ -f '$REPO/build/gpu-prewarm/done' ]]; do sleep 2; done" ;;
     native-check) stage native-check 150 gpu_check timing memcheck ;;
     memcheck) stage memcheck 90 gpu_check memcheck ;;   # compute-sanitizer alone (the sync-free sort's first run)
+    sort-ab) stage sort-ab 70 gpu_check sort-ab ;;   # the CUDA sort's two forms, native forward side by side
     dashboard) ;;   # always last, below
     *) say "[$name] unknown stage (FLEXAVATAR_GPU_STAGES)" ;;
   esac

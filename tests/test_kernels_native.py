@@ -481,6 +481,51 @@ def test_cuda_sync_free_sort_gives_the_exact_frames_and_count(scene):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("scene", ["head-512", "views-4", "per-view-splats"])
+def test_cuda_depth_first_sort_gives_the_frames_and_gradients_of_tile_depth_keys(scene, monkeypatch):
+    """The default sort (Gaussians by depth, then a stable sort of the intersections by tile) orders every tile's
+    Gaussians as the (tile << 31 | depth)-key sort does, ties by (view, Gaussian): the same frames bit for bit,
+    exact and sync-free, the same count, and the same gradients (up to the backward's atomic summation order)."""
+    import torch
+
+    if scene == "head-512":
+        splats, cameras = random_head_scene(num_gaussians=20000, seed=4, width=512, height=512)
+        width = height = 512
+    else:
+        num_gaussians, num_views, width, height, seed = SCENES[3] if scene == "views-4" else SCENES[1]
+        splats, cameras = random_scene(num_gaussians, num_views, width, height, seed=seed)
+        # equal depths: the ties must break the same way in both forms
+        splats.means[1::7] = splats.means[0::7][: len(splats.means[1::7])]
+    if scene == "per-view-splats":
+        splats = Splats(**{k: np.ascontiguousarray(np.stack([v] * cameras.K.shape[0]))
+                           for k, v in splats.arrays().items()})
+        splats.means[1:] += 0.02
+    num_views = cameras.K.shape[0]
+    weights = _loss_weights((num_views, height, width, 3), (num_views, height, width, 1), "cuda", 7)
+    frames = {}
+    for form in ("tile-depth-keys", "depth-first"):
+        monkeypatch.setenv("FLEXAVATAR_CUDA_SORT", form)
+        tsplats, tcams = _torch_scene(splats, cameras, "cuda")
+        exact = rasterize(tsplats, tcams, width, height, backend="cuda")
+        free = rasterize(tsplats, tcams, width, height, backend="cuda",
+                         intersection_capacity=2 * exact.intersections + 1)
+        grads, _ = _grads("cuda", splats, cameras, width, height, None, weights)   # autograd: sorted exactly
+        frames[form] = (exact, free, grads)
+    (old, old_free, old_grads), (new, new_free, new_grads) = frames["tile-depth-keys"], frames["depth-first"]
+    assert new.intersections == old.intersections > 0
+    assert int(new_free.intersections.item()) == new.intersections
+    for got, want in ((new, old), (new_free, old_free), (new_free, new)):
+        for a, b in ((got.rgb, want.rgb), (got.alpha, want.alpha), (got.depth, want.depth)):
+            torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=0)
+    for name in old_grads:   # the backward sums with atomics (order not fixed): within float rounding
+        scale = old_grads[name].abs().max().item()
+        torch.testing.assert_close(new_grads[name], old_grads[name], rtol=1e-5, atol=1e-5 * scale, msg=name)
+    monkeypatch.setenv("FLEXAVATAR_CUDA_SORT", "bitonic")
+    with pytest.raises(native.NativeError, match="FLEXAVATAR_CUDA_SORT: expected depth-first or tile-depth-keys"):
+        rasterize(tsplats, tcams, width, height, backend="cuda")
+
+
+@pytest.mark.gpu
 def test_cuda_sync_free_arguments_are_checked():
     import torch
 

@@ -54,7 +54,7 @@ fi
 BUILD_STAGE=build
 [[ -f $PREWARM/build.ok ]] && BUILD_STAGE=
 left=$((BUDGET - ($(date +%s) - START)))
-FLEXAVATAR_GPU_STAGES=${FLEXAVATAR_GPU_STAGES:-machine $BUILD_STAGE gpu-tests memcheck wait-prewarm bench-graphs ort-fusions gpu-profile host-probe torch-compile cpp-runtime bench-cpp verify interleave bench-runtime graph-passes-ab ort-conv upsampler-forms ort-profile-flex1 ort-stress native-check ort-placement} \
+FLEXAVATAR_GPU_STAGES=${FLEXAVATAR_GPU_STAGES:-machine $BUILD_STAGE gpu-tests memcheck sort-ab wait-prewarm bench-graphs ort-fusions gpu-profile host-probe torch-compile cpp-runtime bench-cpp verify interleave bench-runtime graph-passes-ab ort-conv upsampler-forms ort-profile-flex1 ort-stress native-check ort-placement} \
   FLEXAVATAR_GPU_BUDGET_S=$((left - 10)) OUT=$OUT bash benchmarks/run_gpu.sh 2>&1 | tail -80
 if [[ -n "$RESULTS" ]]; then
   tar czf "$RESULTS/gpu-session.tar.gz" -C "$REPO/build" gpu-session

@@ -96,6 +96,13 @@ int api_forward(const FlexavatarCudaForwardArgs* args, void** state_out, char* e
   if (!st.ok()) return fail(st.code(), st.message(), error, error_len);
   if (a.num_batches * a.num_cameras * a.num_gaussians >= (int64_t(1) << 32))
     return fail(StatusCode::kInvalidSize, "views x Gaussians: expected fewer than 2^32 per call", error, error_len);
+  const int64_t tiles_per_view = ((a.width + math::kTileSize - 1) / math::kTileSize) *
+                                 ((a.height + math::kTileSize - 1) / math::kTileSize);
+  if (a.num_batches * a.num_cameras * tiles_per_view > INT32_MAX)  // the sort's tile keys are 31-bit
+    return fail(StatusCode::kInvalidSize,
+                "views x " + std::to_string(math::kTileSize) + "-pixel tiles: expected at most 2^31 - 1 per call, got " +
+                    std::to_string(a.num_batches * a.num_cameras * tiles_per_view) + "; render fewer views per call",
+                error, error_len);
   if (a.intersection_capacity < 0 || a.intersection_capacity > INT32_MAX)
     return fail(StatusCode::kInvalidArgument,
                 "intersection_capacity: expected 0 (sized exactly) or 1 .. 2^31 - 1 slots, got " +

@@ -1,11 +1,17 @@
 // Forward pass of the CUDA rasterizer:
 //   1. project every (view, Gaussian) and count the tiles its α ≥ 1/255 ellipse really touches
-//   2. scan the counts, emit one (tile | depth) key per intersection
-//   3. radix-sort the keys on only the bits they use
-//   4. find each tile's range in the sorted list
+//   2. sort the (view, Gaussian)s by depth (31-bit keys, one per Gaussian: 58k at FLEX-1 size)
+//   3. scan the counts in that order, emit one tile key per intersection, front to back
+//   4. stable radix sort of the intersections by tile on only the tile bits (11 at 512², one view): each tile's
+//      intersections keep the depth order of step 2
+//   5. find each tile's range in the sorted list
+// The order equals a sort of (tile << 31 | depth) keys over the intersections with ties in (view, Gaussian) order,
+// the form before (42-bit keys of 64 bits: 6 radix passes over the intersections instead of 2 of half the width);
+// FLEXAVATAR_CUDA_SORT=tile-depth-keys still runs that form, for side-by-side timing on a GPU.
 // Steps 2–4 are sized either exactly (the count read back to the host: one synchronisation) or, sync-free, by
 // the caller's capacity: unused slots hold sentinel keys (all ones) that sort after every real key.
-//   5. blend each tile front to back, batches of Gaussians staged in shared memory
+//   6. blend each tile front to back, batches of Gaussians staged in shared memory
+#include <cstdlib>
 #include <cstring>
 
 #include "internal.cuh"
@@ -24,9 +30,12 @@ __device__ __noinline__ bool tile_touches(float mean_x, float mean_y, float coni
   return m::tile_touches_gaussian(mean_x, mean_y, conic_a, conic_b, conic_c, sigma_cut, tx, ty, width, height);
 }
 
+// Depths are ≥ near > 0, so their float bits are monotonic and the sign bit is always 0: 31 bits order them.
+__device__ __forceinline__ uint32_t depth_bits(float depth) { return __float_as_uint(depth) & 0x7fffffffu; }
+
 __global__ void project_kernel(FlexavatarCudaForwardArgs a, int64_t num_views, int tiles_x, int tiles_y,
                                float4* xy_opacity, float4* conic, float4* color_depth, int4* tile_box,
-                               int64_t* tiles_touched) {
+                               int64_t* tiles_touched, uint32_t* depth_keys, uint32_t* ids) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (idx >= num_views * a.num_gaussians) return;
   const int64_t view = idx / a.num_gaussians;
@@ -39,7 +48,9 @@ __global__ void project_kernel(FlexavatarCudaForwardArgs a, int64_t num_views, i
                                                            opacity, a.eps2d, a.near_plane, a.far_plane);
   int64_t touched = 0;
   int4 box = make_int4(0, 0, 0, 0);
+  uint32_t depth_key = 0x7fffffffu;  // a Gaussian that is not drawn touches no tile: its place in the order is moot
   if (p.visible) {
+    depth_key = depth_bits(p.depth);
     const m::TileRect r = m::tile_rect(p.mean_x, p.mean_y, p.radius_x, p.radius_y, tiles_x, tiles_y);
     box = make_int4(r.x0, r.y0, r.x1, r.y1);
     const float cut = m::culling_sigma_cut(opacity);
@@ -54,12 +65,16 @@ __global__ void project_kernel(FlexavatarCudaForwardArgs a, int64_t num_views, i
   }
   tile_box[idx] = box;
   tiles_touched[idx] = touched;
+  if (depth_keys) {
+    depth_keys[idx] = depth_key;
+    ids[idx] = uint32_t(idx);
+  }
 }
 
-// Key = (view·tiles + tile) << 31 | depth bits. Depths are ≥ near > 0, so their float bits are
-// monotonic and the sign bit is always 0: 31 bits suffice for the depth. Intersections from slot `slots` on are
-// dropped (a sync-free frame over its capacity: the caller sees the count and renders again).
-__global__ void emit_intersections_kernel(FlexavatarCudaForwardArgs a, int64_t num_views, int tiles_x,
+// The tile-depth-keys form: key = (view·tiles + tile) << 31 | depth bits, emitted in (view, Gaussian) order.
+// Intersections from slot `slots` on are dropped (a sync-free frame over its capacity: the caller sees the count
+// and renders again).
+__global__ void emit_tile_depth_keys_kernel(FlexavatarCudaForwardArgs a, int64_t num_views, int tiles_x,
                                           const float4* xy_opacity, const float4* conic, const float4* color_depth,
                                           const int4* tile_box, const int64_t* offsets_inclusive, int64_t slots,
                                           uint64_t* keys, uint32_t* values) {
@@ -73,27 +88,64 @@ __global__ void emit_intersections_kernel(FlexavatarCudaForwardArgs a, int64_t n
   const int64_t view = idx / a.num_gaussians;
   const int64_t tiles_per_view = int64_t(tiles_x) * ((a.height + m::kTileSize - 1) / m::kTileSize);
   const float4 xo = xy_opacity[idx], co = conic[idx];
-  const uint64_t depth_bits = uint64_t(__float_as_uint(color_depth[idx].w)) & 0x7fffffffull;
+  const uint64_t depth = depth_bits(color_depth[idx].w);
   for (int ty = box.y; ty < box.w; ++ty)
     for (int tx = box.x; tx < box.z; ++tx)
       if (tile_touches(xo.x, xo.y, co.x, co.y, co.z, xo.w, tx, ty, int(a.width), int(a.height))) {
         if (out == end) return;  // its last slot, or the capacity: no write past either
         const uint64_t tile = uint64_t(view * tiles_per_view + int64_t(ty) * tiles_x + tx);
-        keys[out] = (tile << 31) | depth_bits;
+        keys[out] = (tile << 31) | depth;
         values[out] = uint32_t(idx);
+        ++out;
+      }
+}
+
+// touched_in_order[k] = touched[order[k]]: the counts in depth order, for the scan that places each Gaussian's
+// intersections.
+__global__ void gather_touched_kernel(const uint32_t* order, const int64_t* touched, int64_t n,
+                                      int64_t* touched_in_order) {
+  const int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (k < n) touched_in_order[k] = touched[order[k]];
+}
+
+// The depth-first form: thread k emits the intersections of the k-th (view, Gaussian) in depth order, key =
+// view·tiles + tile, into the slots the scan in that order gave it. Dropped past `slots` as above.
+__global__ void emit_tile_keys_kernel(FlexavatarCudaForwardArgs a, int64_t num_views, int tiles_x,
+                                      const float4* xy_opacity, const float4* conic, const int4* tile_box,
+                                      const uint32_t* order, const int64_t* offsets_inclusive, int64_t slots,
+                                      uint32_t* keys, uint32_t* values) {
+  const int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (k >= num_views * a.num_gaussians) return;
+  const uint32_t idx = order[k];
+  const int4 box = tile_box[idx];
+  if (box.z <= box.x || box.w <= box.y) return;
+  int64_t out = k == 0 ? 0 : offsets_inclusive[k - 1];
+  const int64_t end = min(offsets_inclusive[k], slots);
+  if (out >= end) return;
+  const int64_t view = int64_t(idx) / a.num_gaussians;
+  const int64_t tiles_per_view = int64_t(tiles_x) * ((a.height + m::kTileSize - 1) / m::kTileSize);
+  const float4 xo = xy_opacity[idx], co = conic[idx];
+  for (int ty = box.y; ty < box.w; ++ty)
+    for (int tx = box.x; tx < box.z; ++tx)
+      if (tile_touches(xo.x, xo.y, co.x, co.y, co.z, xo.w, tx, ty, int(a.width), int(a.height))) {
+        if (out == end) return;
+        keys[out] = uint32_t(view * tiles_per_view + int64_t(ty) * tiles_x + tx);
+        values[out] = idx;
         ++out;
       }
 }
 
 // ranges[tile] = [first, last + 1) of the tile's keys in the sorted list; sentinel slots (tile field ≥ num_tiles)
 // are skipped. Tiles without keys keep the [0, 0) they were cleared to.
-__global__ void tile_ranges_kernel(const uint64_t* keys, int64_t n, int64_t num_tiles, int2* ranges) {
+// Key is uint64_t (tile << 31 | depth: kShift 31) or uint32_t (the tile alone: kShift 0).
+template <typename Key, int kShift>
+__global__ void tile_ranges_kernel(const Key* keys, int64_t n, int64_t num_tiles, int2* ranges) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= n) return;
-  const int64_t tile = int64_t(keys[i] >> 31);
+  const int64_t tile = int64_t(keys[i] >> kShift);
   if (tile >= num_tiles) return;
-  if (i == 0 || int64_t(keys[i - 1] >> 31) != tile) ranges[tile].x = int(i);
-  if (i == n - 1 || int64_t(keys[i + 1] >> 31) != tile) ranges[tile].y = int(i + 1);
+  if (i == 0 || int64_t(keys[i - 1] >> kShift) != tile) ranges[tile].x = int(i);
+  if (i == n - 1 || int64_t(keys[i + 1] >> kShift) != tile) ranges[tile].y = int(i + 1);
 }
 
 __global__ void __launch_bounds__(kBlockPixels)
@@ -177,6 +229,16 @@ inline int bit_width(uint64_t v) {
   return bits;
 }
 
+// FLEXAVATAR_CUDA_SORT: unset or "depth-first" (the default), or "tile-depth-keys" (the form before, kept for
+// side-by-side timing on a GPU until one has measured both).
+bool depth_first_sort() {
+  const char* form = std::getenv("FLEXAVATAR_CUDA_SORT");
+  if (form == nullptr || form[0] == '\0' || std::strcmp(form, "depth-first") == 0) return true;
+  if (std::strcmp(form, "tile-depth-keys") == 0) return false;
+  throw CudaFailure{StatusCode::kInvalidArgument, std::string("FLEXAVATAR_CUDA_SORT: expected depth-first or "
+                                                              "tile-depth-keys, got '") + form + "'"};
+}
+
 }  // namespace
 
 void run_forward(const FlexavatarCudaForwardArgs& a, ForwardState& s) {
@@ -209,13 +271,28 @@ void run_forward(const FlexavatarCudaForwardArgs& a, ForwardState& s) {
   DeviceArena scratch(stream);  // freed (stream-ordered) when the forward returns
   const int64_t capacity = a.intersection_capacity;  // 0: sized exactly, after a host synchronisation
   if (VG > 0) {
+    const bool depth_first = depth_first_sort();
     int4* tile_box = scratch.alloc<int4>(VG);
     int64_t* touched = scratch.alloc<int64_t>(VG);
     int64_t* offsets = scratch.alloc<int64_t>(VG);
+    uint32_t* depth_keys = depth_first ? scratch.alloc<uint32_t>(VG) : nullptr;
+    uint32_t* ids = depth_first ? scratch.alloc<uint32_t>(VG) : nullptr;
     constexpr int kThreads = 256;
     project_kernel<<<blocks_for(VG, kThreads), kThreads, 0, stream>>>(a, V, s.tiles_x, s.tiles_y, s.xy_opacity,
-                                                                       s.conic, s.color_depth, tile_box, touched);
+                                                                       s.conic, s.color_depth, tile_box, touched,
+                                                                       depth_keys, ids);
     check(cudaGetLastError(), "project_kernel launch");
+    uint32_t* order = nullptr;  // depth-first: the (view, Gaussian)s front to back; touched in that order
+    if (depth_first) {
+      uint32_t* depth_keys_sorted = scratch.alloc<uint32_t>(VG);
+      order = scratch.alloc<uint32_t>(VG);
+      sort_pairs_u32_u32(depth_keys, depth_keys_sorted, ids, order, VG, 31, scratch, stream);
+      int64_t* touched_in_order = scratch.alloc<int64_t>(VG);
+      gather_touched_kernel<<<blocks_for(VG, kThreads), kThreads, 0, stream>>>(order, touched, VG,
+                                                                               touched_in_order);
+      check(cudaGetLastError(), "gather_touched_kernel launch");
+      touched = touched_in_order;
+    }
     int64_t slots = capacity;
     if (capacity == 0) {
       s.num_intersections = slots = inclusive_scan_int64(touched, offsets, VG, scratch, stream);
@@ -232,22 +309,33 @@ void run_forward(const FlexavatarCudaForwardArgs& a, ForwardState& s) {
                             stream),
             "copy the intersection count");
     if (slots > 0) {
-      uint64_t* keys = scratch.alloc<uint64_t>(slots);
-      uint64_t* keys_sorted = scratch.alloc<uint64_t>(slots);
-      uint32_t* values = scratch.alloc<uint32_t>(slots);
       s.sorted_ids = s.arena.alloc<uint32_t>(slots);
-      if (capacity > 0) {  // sentinels: all ones in the sorted bits is a tile field ≥ num_tiles (see end_bit)
-        check(cudaMemsetAsync(keys, 0xff, sizeof(uint64_t) * slots, stream), "cudaMemsetAsync");
-        check(cudaMemsetAsync(values, 0, sizeof(uint32_t) * slots, stream), "cudaMemsetAsync");
+      uint32_t* values = scratch.alloc<uint32_t>(slots);
+      if (capacity > 0) check(cudaMemsetAsync(values, 0, sizeof(uint32_t) * slots, stream), "cudaMemsetAsync");
+      // Sentinels (capacity > 0): all ones in the sorted bits, a tile field ≥ num_tiles since the sort covers
+      // bit_width(num_tiles) tile bits, not bit_width(num_tiles - 1).
+      const int tile_bits = bit_width(uint64_t(num_tiles));
+      if (depth_first) {
+        uint32_t* keys = scratch.alloc<uint32_t>(slots);
+        uint32_t* keys_sorted = scratch.alloc<uint32_t>(slots);
+        if (capacity > 0) check(cudaMemsetAsync(keys, 0xff, sizeof(uint32_t) * slots, stream), "cudaMemsetAsync");
+        emit_tile_keys_kernel<<<blocks_for(VG, kThreads), kThreads, 0, stream>>>(
+            a, V, s.tiles_x, s.xy_opacity, s.conic, tile_box, order, offsets, slots, keys, values);
+        check(cudaGetLastError(), "emit_tile_keys_kernel launch");
+        sort_pairs_u32_u32(keys, keys_sorted, values, s.sorted_ids, slots, tile_bits, scratch, stream);
+        tile_ranges_kernel<uint32_t, 0><<<blocks_for(slots, kThreads), kThreads, 0, stream>>>(
+            keys_sorted, slots, num_tiles, s.tile_ranges);
+      } else {
+        uint64_t* keys = scratch.alloc<uint64_t>(slots);
+        uint64_t* keys_sorted = scratch.alloc<uint64_t>(slots);
+        if (capacity > 0) check(cudaMemsetAsync(keys, 0xff, sizeof(uint64_t) * slots, stream), "cudaMemsetAsync");
+        emit_tile_depth_keys_kernel<<<blocks_for(VG, kThreads), kThreads, 0, stream>>>(
+            a, V, s.tiles_x, s.xy_opacity, s.conic, s.color_depth, tile_box, offsets, slots, keys, values);
+        check(cudaGetLastError(), "emit_tile_depth_keys_kernel launch");
+        sort_pairs_u64_u32(keys, keys_sorted, values, s.sorted_ids, slots, 31 + tile_bits, scratch, stream);
+        tile_ranges_kernel<uint64_t, 31><<<blocks_for(slots, kThreads), kThreads, 0, stream>>>(
+            keys_sorted, slots, num_tiles, s.tile_ranges);
       }
-      emit_intersections_kernel<<<blocks_for(VG, kThreads), kThreads, 0, stream>>>(
-          a, V, s.tiles_x, s.xy_opacity, s.conic, s.color_depth, tile_box, offsets, slots, keys, values);
-      check(cudaGetLastError(), "emit_intersections_kernel launch");
-      // bit_width(num_tiles), not (num_tiles - 1): the all-ones tile field, 2^bits - 1, is then ≥ num_tiles
-      const int end_bit = 31 + bit_width(uint64_t(num_tiles));
-      sort_pairs_u64_u32(keys, keys_sorted, values, s.sorted_ids, slots, end_bit, scratch, stream);
-      tile_ranges_kernel<<<blocks_for(slots, kThreads), kThreads, 0, stream>>>(keys_sorted, slots, num_tiles,
-                                                                               s.tile_ranges);
       check(cudaGetLastError(), "tile_ranges_kernel launch");
     }
   } else {

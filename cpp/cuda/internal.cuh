@@ -79,10 +79,13 @@ struct ForwardState {
 };
 
 // sort.cu: the only translation unit that includes CUB. inclusive_scan_int64 returns the total, read back to
-// the host (a synchronisation); the _async form leaves it on the device.
+// the host (a synchronisation); the _async form leaves it on the device. The sorts are stable and sort bits
+// [0, end_bit) of the keys.
 void inclusive_scan_int64_async(const int64_t* in, int64_t* out, int64_t n, DeviceArena& arena, cudaStream_t stream);
 int64_t inclusive_scan_int64(const int64_t* in, int64_t* out, int64_t n, DeviceArena& arena, cudaStream_t stream);
 void sort_pairs_u64_u32(uint64_t* keys_in, uint64_t* keys_out, uint32_t* values_in, uint32_t* values_out, int64_t n,
+                        int end_bit, DeviceArena& arena, cudaStream_t stream);
+void sort_pairs_u32_u32(uint32_t* keys_in, uint32_t* keys_out, uint32_t* values_in, uint32_t* values_out, int64_t n,
                         int end_bit, DeviceArena& arena, cudaStream_t stream);
 
 // forward.cu / backward.cu

@@ -7,7 +7,8 @@
 # small forward+backward; then builds the C++ embedding runtime with CUDA and runs its GPU ctest
 # (runtime_cuda_check: CUDA vs CPU rasterizer through the C API, device-pointer frames). Logs go to $OUT
 # when set (else build/gpu-check).
-#   bash cpp/tests/gpu/gpu_check.sh [PART ...]     PART: build tests timing memcheck runtime (default: all, in order)
+#   bash cpp/tests/gpu/gpu_check.sh [PART ...]     PART: build tests timing memcheck runtime (default: all, in order),
+#                                                  or sort-ab (the CUDA sort's two forms timed side by side)
 # FLEXAVATAR_SITE: an installed flexavatar with a CUDA-built _native (e.g. benchmarks/run_gpu.sh's): used instead
 # of the build part's own folder, and the build part is skipped when it imports.
 set -uo pipefail
@@ -50,6 +51,12 @@ if want timing; then
 echo "== timing"
 timeout 100 bash -c "cd '$WORK' && PYTHONPATH='$SITE$EXTRA_PATH' PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1 '$PY' '$REPO/cpp/tests/gpu/time_cuda.py'" 2>&1 \
   | tee "$LOGS/timing.log"
+
+fi
+if want sort-ab; then
+echo "== sort forms side by side (FLEXAVATAR_CUDA_SORT)"
+timeout 60 bash -c "cd '$WORK' && PYTHONPATH='$SITE$EXTRA_PATH' PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1 '$PY' '$REPO/cpp/tests/gpu/time_cuda.py' --sort-ab" 2>&1 \
+  | tee "$LOGS/sort-ab.log"
 
 fi
 if want memcheck && command -v compute-sanitizer >/dev/null; then

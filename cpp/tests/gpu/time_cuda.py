@@ -1,6 +1,9 @@
 """Times the cuda backend (forward, forward+backward) at 512x512 with 58,361 Gaussians next to the
-reference and Triton, with CUDA events; ``--small`` runs one small forward+backward (for
-compute-sanitizer)."""
+reference and Triton, with CUDA events; ``--small`` runs one small forward+backward in each sort form (for
+compute-sanitizer); ``--sort-ab`` times the native forward's two sort forms (FLEXAVATAR_CUDA_SORT) side by side,
+exact and sync-free, in alternating rounds."""
+import os
+import statistics
 import sys
 
 import torch
@@ -28,20 +31,59 @@ def time_ms(fn, iters=50, warmup=5):
     return start.elapsed_time(end) / iters
 
 
+SORT_FORMS = ("depth-first", "tile-depth-keys")   # FLEXAVATAR_CUDA_SORT (cpp/cuda/forward.cu)
+
 if "--small" in sys.argv:
     splats, cameras = random_scene(500, 2, 80, 56, seed=0)
-    s, c = cuda_scene(splats, cameras, True)
-    out = rasterize(s, c, 80, 56, background=[0.2, 0.3, 0.4], backend="cuda")
-    (out.rgb.sum() + out.alpha.sum() + out.depth.sum()).backward()
-    # the sync-free sort, with room to spare and with too little (intersections dropped, nothing out of bounds)
-    with torch.no_grad():
-        n = rasterize(s, c, 80, 56, backend="cuda").intersections
-        for capacity in (2 * n, n // 3, 1):
-            free = rasterize(s, c, 80, 56, backend="cuda", intersection_capacity=capacity)
-            assert int(free.intersections.item()) == n, (capacity, n)
-    torch.cuda.synchronize()
-    print("small ok", float(s.means.grad.abs().sum()), "intersections", n)
+    for form in SORT_FORMS:
+        os.environ["FLEXAVATAR_CUDA_SORT"] = form
+        s, c = cuda_scene(splats, cameras, True)
+        out = rasterize(s, c, 80, 56, background=[0.2, 0.3, 0.4], backend="cuda")
+        (out.rgb.sum() + out.alpha.sum() + out.depth.sum()).backward()
+        # the sync-free sort, with room to spare and with too little (intersections dropped, nothing out of bounds)
+        with torch.no_grad():
+            n = rasterize(s, c, 80, 56, backend="cuda").intersections
+            for capacity in (2 * n, n // 3, 1):
+                free = rasterize(s, c, 80, 56, backend="cuda", intersection_capacity=capacity)
+                assert int(free.intersections.item()) == n, (capacity, n)
+        torch.cuda.synchronize()
+        print(f"small ok ({form} sort)", float(s.means.grad.abs().sum()), "intersections", n)
     sys.exit(0)
+
+def native_forward_args():
+    """The FLEX-1-size head scene at 512² as the native entry point takes it, preallocated outputs."""
+    splats, cameras = random_head_scene(width=512, height=512)
+    s, c = cuda_scene(splats, cameras, False)
+    args = [getattr(s, k)[None].contiguous() for k in ("means", "quats", "scales", "opacities", "sh0")]
+    args += [c.world2cam[None].contiguous(), c.K[None].contiguous(), None]  # [1, 1, 4, 4], [1, 1, 3, 3]
+    outs = [torch.empty(1, 1, 512, 512, 3, device="cuda"), torch.empty(1, 1, 512, 512, device="cuda"),
+            torch.empty(1, 1, 512, 512, device="cuda")]
+    return args + outs
+
+
+if "--sort-ab" in sys.argv:
+    print(torch.cuda.get_device_name(0), "native forward at 512², 58,361 Gaussians, both sort forms, 7 rounds")
+    args = native_forward_args()
+    stream = torch.cuda.current_stream().cuda_stream
+    count = torch.zeros(1, dtype=torch.int64, device="cuda")
+    n = _native.cuda_forward(*args, 512, 512, stream=stream).num_intersections
+    cases = {"exact": {}, "sync-free 2x": dict(intersection_capacity=2 * n, num_intersections_out=count)}
+    times = {(form, case): [] for form in SORT_FORMS for case in cases}
+    frames = {}
+    for _ in range(7):
+        for form in SORT_FORMS:
+            os.environ["FLEXAVATAR_CUDA_SORT"] = form
+            for case, kwargs in cases.items():
+                times[form, case].append(time_ms(lambda: _native.cuda_forward(*args, 512, 512, stream=stream,
+                                                                              **kwargs), iters=30, warmup=3))
+            frames[form] = args[8].clone()
+    same = torch.equal(frames["depth-first"], frames["tile-depth-keys"])
+    print(f"intersections {n}; the two forms' frames bit-identical: {same}")
+    for case in cases:
+        a, b = (statistics.median(times[form, case]) for form in SORT_FORMS)
+        print(f"{case:13s} depth-first {a:.4f} ms   tile-depth-keys {b:.4f} ms   ratio {b / a:.2f}x")
+    os.environ.pop("FLEXAVATAR_CUDA_SORT")
+    sys.exit(0 if same else 1)
 
 print(torch.cuda.get_device_name(0), "backends:", available_backends("cuda"))
 splats, cameras = random_head_scene(width=512, height=512)
