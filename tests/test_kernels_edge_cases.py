@@ -266,3 +266,34 @@ def test_backends_without_a_gpu_sort_ignore_the_intersection_capacity(backend):
     for a, b in ((tiny.rgb, exact.rgb), (tiny.alpha, exact.alpha), (tiny.depth, exact.depth)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert float(np.asarray(exact.alpha).max()) > 0.1          # something was drawn
+
+
+# ---------------------------------------------------------------------------------------------
+# Equal depths: every backend composites them in Gaussian order, as the reference does
+# ---------------------------------------------------------------------------------------------
+GPU_SORT_BACKENDS = [b for b in ("cuda", "triton") if torch.cuda.is_available() and b in available_backends("cuda")]
+
+
+@pytest.mark.parametrize("device,backend", [("cpu", b) for b in CPU_BACKENDS if b != "reference"]
+                         + [pytest.param("cuda", b, marks=pytest.mark.gpu) for b in GPU_SORT_BACKENDS])
+def test_gaussians_at_equal_depths_composite_in_gaussian_order(device, backend):
+    """Groups of Gaussians with the same mean (the same depth bits) and different colours and opacities: the
+    order inside a group decides the pixels. The sorts order Gaussians by depth before (or with) tiles, stably:
+    ties keep Gaussian order in every view, also past the capacity-sized sort's sentinels."""
+    splats, cameras = random_scene(400, 3, 72, 56, seed=21)
+    splats.means[:] = np.repeat(splats.means[::4], 4, axis=0)[: len(splats.means)]   # groups of 4 at one depth
+    splats.opacities[:] = np.clip(splats.opacities * 3.0, 0.0, 0.99)                   # let the first hide the rest
+    ts, tc = to_torch(splats, cameras)
+    want = rasterize(ts, tc, 72, 56, backend="reference")
+    ts, tc = (Splats(**{k: v.to(device) for k, v in ts.arrays().items()}),
+              Cameras(tc.world2cam.to(device), tc.K.to(device)))
+    reversed_groups = Splats(**{k: v.reshape(100, 4, *v.shape[1:]).flip(1).reshape(v.shape)
+                                for k, v in ts.arrays().items()})
+    captures = [{}] + ([{"intersection_capacity": 1 << 16}] if backend in ("cuda", "triton") else [])
+    for kwargs in captures:
+        got = rasterize(ts, tc, 72, 56, backend=backend, **kwargs)
+        np.testing.assert_allclose(got.rgb.cpu().numpy(), want.rgb.numpy(), rtol=0, atol=1e-4)
+        np.testing.assert_allclose(got.alpha.cpu().numpy(), want.alpha.numpy(), rtol=0, atol=1e-4)
+    # the test can fail: reversing each group's order changes the image
+    flipped = rasterize(reversed_groups, tc, 72, 56, backend=backend)
+    assert np.abs(flipped.rgb.cpu().numpy() - want.rgb.numpy()).max() > 0.05
