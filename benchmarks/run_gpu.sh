@@ -370,8 +370,7 @@ for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement bench
     memcheck) stage memcheck 90 gpu_check memcheck ;;   # compute-sanitizer alone (the sync-free sort's first run)
     # the CUDA sort's two forms, native forward side by side; the later stages keep the old form when the new
     # one's frames are not the old one's (or it did not run), so that their figures stay those of right frames
-    sort-ab)
-      stage sort-ab 70 gpu_check sort-ab
+    sort-ab) stage sort-ab 70 gpu_check sort-ab
       if ! grep -q "frames bit-identical: True" "$LOGS/sort-ab.log" 2>/dev/null; then
         export FLEXAVATAR_CUDA_SORT=tile-depth-keys
         say "   [sort-ab] the depth-first sort's frames were not confirmed: FLEXAVATAR_CUDA_SORT=tile-depth-keys from here on"
