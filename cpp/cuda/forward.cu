@@ -71,30 +71,46 @@ __global__ void project_kernel(FlexavatarCudaForwardArgs a, int64_t num_views, i
   }
 }
 
-// The tile-depth-keys form: key = (view·tiles + tile) << 31 | depth bits, emitted in (view, Gaussian) order.
-// Intersections from slot `slots` on are dropped (a sync-free frame over its capacity: the caller sees the count
-// and renders again).
-__global__ void emit_tile_depth_keys_kernel(FlexavatarCudaForwardArgs a, int64_t num_views, int tiles_x,
+// Intersection keys. TileKey (depth-first form): the global tile, 32 bits; the depth order comes from the order the
+// Gaussians are emitted in. TileDepthKey (tile-depth-keys form): (view·tiles + tile) << 31 | depth bits.
+struct TileKey {
+  using Bits = uint32_t;
+  __device__ explicit TileKey(float) {}
+  __device__ Bits operator()(int64_t tile) const { return Bits(tile); }
+};
+struct TileDepthKey {
+  using Bits = uint64_t;
+  Bits depth;
+  __device__ explicit TileDepthKey(float z) : depth(depth_bits(z)) {}
+  __device__ Bits operator()(int64_t tile) const { return (Bits(tile) << 31) | depth; }
+};
+
+// Thread k emits the intersections of one (view, Gaussian), idx = order[k] (front to back; order null: idx = k),
+// into the slots the scan (in the same order) gave it. Intersections from slot `slots` on are dropped (a sync-free
+// frame over its capacity: the caller sees the count and renders again).
+template <typename Key>
+__global__ void emit_intersections_kernel(FlexavatarCudaForwardArgs a, int64_t num_views, int tiles_x,
                                           const float4* xy_opacity, const float4* conic, const float4* color_depth,
-                                          const int4* tile_box, const int64_t* offsets_inclusive, int64_t slots,
-                                          uint64_t* keys, uint32_t* values) {
-  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (idx >= num_views * a.num_gaussians) return;
+                                          const int4* tile_box, const uint32_t* order,
+                                          const int64_t* offsets_inclusive, int64_t slots,
+                                          typename Key::Bits* keys, uint32_t* values) {
+  const int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (k >= num_views * a.num_gaussians) return;
+  const int64_t idx = order ? int64_t(order[k]) : k;
   const int4 box = tile_box[idx];
   if (box.z <= box.x || box.w <= box.y) return;
-  int64_t out = idx == 0 ? 0 : offsets_inclusive[idx - 1];
-  const int64_t end = min(offsets_inclusive[idx], slots);
+  int64_t out = k == 0 ? 0 : offsets_inclusive[k - 1];
+  const int64_t end = min(offsets_inclusive[k], slots);
   if (out >= end) return;
   const int64_t view = idx / a.num_gaussians;
   const int64_t tiles_per_view = int64_t(tiles_x) * ((a.height + m::kTileSize - 1) / m::kTileSize);
   const float4 xo = xy_opacity[idx], co = conic[idx];
-  const uint64_t depth = depth_bits(color_depth[idx].w);
+  const Key key(color_depth[idx].w);
   for (int ty = box.y; ty < box.w; ++ty)
     for (int tx = box.x; tx < box.z; ++tx)
       if (tile_touches(xo.x, xo.y, co.x, co.y, co.z, xo.w, tx, ty, int(a.width), int(a.height))) {
         if (out == end) return;  // its last slot, or the capacity: no write past either
-        const uint64_t tile = uint64_t(view * tiles_per_view + int64_t(ty) * tiles_x + tx);
-        keys[out] = (tile << 31) | depth;
+        keys[out] = key(view * tiles_per_view + int64_t(ty) * tiles_x + tx);
         values[out] = uint32_t(idx);
         ++out;
       }
@@ -106,33 +122,6 @@ __global__ void gather_touched_kernel(const uint32_t* order, const int64_t* touc
                                       int64_t* touched_in_order) {
   const int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (k < n) touched_in_order[k] = touched[order[k]];
-}
-
-// The depth-first form: thread k emits the intersections of the k-th (view, Gaussian) in depth order, key =
-// view·tiles + tile, into the slots the scan in that order gave it. Dropped past `slots` as above.
-__global__ void emit_tile_keys_kernel(FlexavatarCudaForwardArgs a, int64_t num_views, int tiles_x,
-                                      const float4* xy_opacity, const float4* conic, const int4* tile_box,
-                                      const uint32_t* order, const int64_t* offsets_inclusive, int64_t slots,
-                                      uint32_t* keys, uint32_t* values) {
-  const int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (k >= num_views * a.num_gaussians) return;
-  const uint32_t idx = order[k];
-  const int4 box = tile_box[idx];
-  if (box.z <= box.x || box.w <= box.y) return;
-  int64_t out = k == 0 ? 0 : offsets_inclusive[k - 1];
-  const int64_t end = min(offsets_inclusive[k], slots);
-  if (out >= end) return;
-  const int64_t view = int64_t(idx) / a.num_gaussians;
-  const int64_t tiles_per_view = int64_t(tiles_x) * ((a.height + m::kTileSize - 1) / m::kTileSize);
-  const float4 xo = xy_opacity[idx], co = conic[idx];
-  for (int ty = box.y; ty < box.w; ++ty)
-    for (int tx = box.x; tx < box.z; ++tx)
-      if (tile_touches(xo.x, xo.y, co.x, co.y, co.z, xo.w, tx, ty, int(a.width), int(a.height))) {
-        if (out == end) return;
-        keys[out] = uint32_t(view * tiles_per_view + int64_t(ty) * tiles_x + tx);
-        values[out] = idx;
-        ++out;
-      }
 }
 
 // ranges[tile] = [first, last + 1) of the tile's keys in the sorted list; sentinel slots (tile field ≥ num_tiles)
@@ -319,9 +308,9 @@ void run_forward(const FlexavatarCudaForwardArgs& a, ForwardState& s) {
         uint32_t* keys = scratch.alloc<uint32_t>(slots);
         uint32_t* keys_sorted = scratch.alloc<uint32_t>(slots);
         if (capacity > 0) check(cudaMemsetAsync(keys, 0xff, sizeof(uint32_t) * slots, stream), "cudaMemsetAsync");
-        emit_tile_keys_kernel<<<blocks_for(VG, kThreads), kThreads, 0, stream>>>(
-            a, V, s.tiles_x, s.xy_opacity, s.conic, tile_box, order, offsets, slots, keys, values);
-        check(cudaGetLastError(), "emit_tile_keys_kernel launch");
+        emit_intersections_kernel<TileKey><<<blocks_for(VG, kThreads), kThreads, 0, stream>>>(
+            a, V, s.tiles_x, s.xy_opacity, s.conic, s.color_depth, tile_box, order, offsets, slots, keys, values);
+        check(cudaGetLastError(), "emit_intersections_kernel launch");
         sort_pairs_u32_u32(keys, keys_sorted, values, s.sorted_ids, slots, tile_bits, scratch, stream);
         tile_ranges_kernel<uint32_t, 0><<<blocks_for(slots, kThreads), kThreads, 0, stream>>>(
             keys_sorted, slots, num_tiles, s.tile_ranges);
@@ -329,9 +318,9 @@ void run_forward(const FlexavatarCudaForwardArgs& a, ForwardState& s) {
         uint64_t* keys = scratch.alloc<uint64_t>(slots);
         uint64_t* keys_sorted = scratch.alloc<uint64_t>(slots);
         if (capacity > 0) check(cudaMemsetAsync(keys, 0xff, sizeof(uint64_t) * slots, stream), "cudaMemsetAsync");
-        emit_tile_depth_keys_kernel<<<blocks_for(VG, kThreads), kThreads, 0, stream>>>(
-            a, V, s.tiles_x, s.xy_opacity, s.conic, s.color_depth, tile_box, offsets, slots, keys, values);
-        check(cudaGetLastError(), "emit_tile_depth_keys_kernel launch");
+        emit_intersections_kernel<TileDepthKey><<<blocks_for(VG, kThreads), kThreads, 0, stream>>>(
+            a, V, s.tiles_x, s.xy_opacity, s.conic, s.color_depth, tile_box, nullptr, offsets, slots, keys, values);
+        check(cudaGetLastError(), "emit_intersections_kernel launch");
         sort_pairs_u64_u32(keys, keys_sorted, values, s.sorted_ids, slots, 31 + tile_bits, scratch, stream);
         tile_ranges_kernel<uint64_t, 31><<<blocks_for(slots, kThreads), kThreads, 0, stream>>>(
             keys_sorted, slots, num_tiles, s.tile_ranges);
