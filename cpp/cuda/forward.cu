@@ -75,11 +75,13 @@ __global__ void project_kernel(FlexavatarCudaForwardArgs a, int64_t num_views, i
 // Gaussians are emitted in. TileDepthKey (tile-depth-keys form): (view·tiles + tile) << 31 | depth bits.
 struct TileKey {
   using Bits = uint32_t;
+  static constexpr int kTileShift = 0;
   __device__ explicit TileKey(float) {}
   __device__ Bits operator()(int64_t tile) const { return Bits(tile); }
 };
 struct TileDepthKey {
   using Bits = uint64_t;
+  static constexpr int kTileShift = 31;
   Bits depth;
   __device__ explicit TileDepthKey(float z) : depth(depth_bits(z)) {}
   __device__ Bits operator()(int64_t tile) const { return (Bits(tile) << 31) | depth; }
@@ -126,7 +128,7 @@ __global__ void gather_touched_kernel(const uint32_t* order, const int64_t* touc
 
 // ranges[tile] = [first, last + 1) of the tile's keys in the sorted list; sentinel slots (tile field ≥ num_tiles)
 // are skipped. Tiles without keys keep the [0, 0) they were cleared to.
-// Key is uint64_t (tile << 31 | depth: kShift 31) or uint32_t (the tile alone: kShift 0).
+// Key bits: uint64_t (tile << 31 | depth: kShift 31) or uint32_t (the tile alone: kShift 0).
 template <typename Key, int kShift>
 __global__ void tile_ranges_kernel(const Key* keys, int64_t n, int64_t num_tiles, int2* ranges) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
@@ -207,6 +209,7 @@ __global__ void __launch_bounds__(kBlockPixels)
   last_index[pix] = last;
 }
 
+constexpr int kThreads = 256;  // per block of the per-Gaussian and per-intersection kernels
 inline int blocks_for(int64_t n, int threads) { return int((n + threads - 1) / threads); }
 
 inline int bit_width(uint64_t v) {
@@ -216,6 +219,26 @@ inline int bit_width(uint64_t v) {
     v >>= 1;
   }
   return bits;
+}
+
+// Emits the intersections as Key bits into `slots` slots (sentinels: all ones in the unused ones), sorts them
+// stably on bits [0, end_bit) with the Gaussian ids in `values`, and finds each tile's range.
+template <typename Key>
+void sort_by_tile(const FlexavatarCudaForwardArgs& a, ForwardState& s, int64_t num_views, const int4* tile_box,
+                  const uint32_t* order, const int64_t* offsets, int64_t slots, bool sentinels, uint32_t* values,
+                  int64_t num_tiles, int end_bit, DeviceArena& scratch) {
+  using Bits = typename Key::Bits;
+  const int64_t VG = num_views * a.num_gaussians;
+  Bits* keys = scratch.alloc<Bits>(slots);
+  Bits* keys_sorted = scratch.alloc<Bits>(slots);
+  if (sentinels) check(cudaMemsetAsync(keys, 0xff, sizeof(Bits) * slots, s.stream), "cudaMemsetAsync");
+  emit_intersections_kernel<Key><<<blocks_for(VG, kThreads), kThreads, 0, s.stream>>>(
+      a, num_views, s.tiles_x, s.xy_opacity, s.conic, s.color_depth, tile_box, order, offsets, slots, keys, values);
+  check(cudaGetLastError(), "emit_intersections_kernel launch");
+  sort_pairs(keys, keys_sorted, values, s.sorted_ids, slots, end_bit, scratch, s.stream);
+  tile_ranges_kernel<Bits, Key::kTileShift><<<blocks_for(slots, kThreads), kThreads, 0, s.stream>>>(keys_sorted, slots,
+                                                                                             num_tiles, s.tile_ranges);
+  check(cudaGetLastError(), "tile_ranges_kernel launch");
 }
 
 // FLEXAVATAR_CUDA_SORT: unset or "depth-first" (the default), or "tile-depth-keys" (the form before, kept for
@@ -266,7 +289,6 @@ void run_forward(const FlexavatarCudaForwardArgs& a, ForwardState& s) {
     int64_t* offsets = scratch.alloc<int64_t>(VG);
     uint32_t* depth_keys = depth_first ? scratch.alloc<uint32_t>(VG) : nullptr;
     uint32_t* ids = depth_first ? scratch.alloc<uint32_t>(VG) : nullptr;
-    constexpr int kThreads = 256;
     project_kernel<<<blocks_for(VG, kThreads), kThreads, 0, stream>>>(a, V, s.tiles_x, s.tiles_y, s.xy_opacity,
                                                                        s.conic, s.color_depth, tile_box, touched,
                                                                        depth_keys, ids);
@@ -275,7 +297,7 @@ void run_forward(const FlexavatarCudaForwardArgs& a, ForwardState& s) {
     if (depth_first) {
       uint32_t* depth_keys_sorted = scratch.alloc<uint32_t>(VG);
       order = scratch.alloc<uint32_t>(VG);
-      sort_pairs_u32_u32(depth_keys, depth_keys_sorted, ids, order, VG, 31, scratch, stream);
+      sort_pairs(depth_keys, depth_keys_sorted, ids, order, VG, 31, scratch, stream);
       int64_t* touched_in_order = scratch.alloc<int64_t>(VG);
       gather_touched_kernel<<<blocks_for(VG, kThreads), kThreads, 0, stream>>>(order, touched, VG,
                                                                                touched_in_order);
@@ -304,28 +326,12 @@ void run_forward(const FlexavatarCudaForwardArgs& a, ForwardState& s) {
       // Sentinels (capacity > 0): all ones in the sorted bits, a tile field ≥ num_tiles since the sort covers
       // bit_width(num_tiles) tile bits, not bit_width(num_tiles - 1).
       const int tile_bits = bit_width(uint64_t(num_tiles));
-      if (depth_first) {
-        uint32_t* keys = scratch.alloc<uint32_t>(slots);
-        uint32_t* keys_sorted = scratch.alloc<uint32_t>(slots);
-        if (capacity > 0) check(cudaMemsetAsync(keys, 0xff, sizeof(uint32_t) * slots, stream), "cudaMemsetAsync");
-        emit_intersections_kernel<TileKey><<<blocks_for(VG, kThreads), kThreads, 0, stream>>>(
-            a, V, s.tiles_x, s.xy_opacity, s.conic, s.color_depth, tile_box, order, offsets, slots, keys, values);
-        check(cudaGetLastError(), "emit_intersections_kernel launch");
-        sort_pairs_u32_u32(keys, keys_sorted, values, s.sorted_ids, slots, tile_bits, scratch, stream);
-        tile_ranges_kernel<uint32_t, 0><<<blocks_for(slots, kThreads), kThreads, 0, stream>>>(
-            keys_sorted, slots, num_tiles, s.tile_ranges);
-      } else {
-        uint64_t* keys = scratch.alloc<uint64_t>(slots);
-        uint64_t* keys_sorted = scratch.alloc<uint64_t>(slots);
-        if (capacity > 0) check(cudaMemsetAsync(keys, 0xff, sizeof(uint64_t) * slots, stream), "cudaMemsetAsync");
-        emit_intersections_kernel<TileDepthKey><<<blocks_for(VG, kThreads), kThreads, 0, stream>>>(
-            a, V, s.tiles_x, s.xy_opacity, s.conic, s.color_depth, tile_box, nullptr, offsets, slots, keys, values);
-        check(cudaGetLastError(), "emit_intersections_kernel launch");
-        sort_pairs_u64_u32(keys, keys_sorted, values, s.sorted_ids, slots, 31 + tile_bits, scratch, stream);
-        tile_ranges_kernel<uint64_t, 31><<<blocks_for(slots, kThreads), kThreads, 0, stream>>>(
-            keys_sorted, slots, num_tiles, s.tile_ranges);
-      }
-      check(cudaGetLastError(), "tile_ranges_kernel launch");
+      if (depth_first)
+        sort_by_tile<TileKey>(a, s, V, tile_box, order, offsets, slots, capacity > 0, values, num_tiles, tile_bits,
+                              scratch);
+      else
+        sort_by_tile<TileDepthKey>(a, s, V, tile_box, nullptr, offsets, slots, capacity > 0, values, num_tiles,
+                                   31 + tile_bits, scratch);
     }
   } else {
     s.num_intersections = capacity == 0 ? 0 : -1;

@@ -83,10 +83,10 @@ struct ForwardState {
 // [0, end_bit) of the keys.
 void inclusive_scan_int64_async(const int64_t* in, int64_t* out, int64_t n, DeviceArena& arena, cudaStream_t stream);
 int64_t inclusive_scan_int64(const int64_t* in, int64_t* out, int64_t n, DeviceArena& arena, cudaStream_t stream);
-void sort_pairs_u64_u32(uint64_t* keys_in, uint64_t* keys_out, uint32_t* values_in, uint32_t* values_out, int64_t n,
-                        int end_bit, DeviceArena& arena, cudaStream_t stream);
-void sort_pairs_u32_u32(uint32_t* keys_in, uint32_t* keys_out, uint32_t* values_in, uint32_t* values_out, int64_t n,
-                        int end_bit, DeviceArena& arena, cudaStream_t stream);
+void sort_pairs(uint64_t* keys_in, uint64_t* keys_out, uint32_t* values_in, uint32_t* values_out, int64_t n,
+                int end_bit, DeviceArena& arena, cudaStream_t stream);
+void sort_pairs(uint32_t* keys_in, uint32_t* keys_out, uint32_t* values_in, uint32_t* values_out, int64_t n,
+                int end_bit, DeviceArena& arena, cudaStream_t stream);
 
 // forward.cu / backward.cu
 void run_forward(const FlexavatarCudaForwardArgs& args, ForwardState& state);

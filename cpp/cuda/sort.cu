@@ -28,8 +28,8 @@ int64_t inclusive_scan_int64(const int64_t* in, int64_t* out, int64_t n, DeviceA
 namespace {
 
 template <typename Key>
-void sort_pairs(Key* keys_in, Key* keys_out, uint32_t* values_in, uint32_t* values_out, int64_t n, int end_bit,
-                DeviceArena& arena, cudaStream_t stream) {
+void sort_pairs_impl(Key* keys_in, Key* keys_out, uint32_t* values_in, uint32_t* values_out, int64_t n, int end_bit,
+                     DeviceArena& arena, cudaStream_t stream) {
   if (n <= 0) return;
   size_t temp_bytes = 0;
   check(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys_in, keys_out, values_in, values_out, n, 0, end_bit,
@@ -43,14 +43,14 @@ void sort_pairs(Key* keys_in, Key* keys_out, uint32_t* values_in, uint32_t* valu
 
 }  // namespace
 
-void sort_pairs_u64_u32(uint64_t* keys_in, uint64_t* keys_out, uint32_t* values_in, uint32_t* values_out, int64_t n,
-                        int end_bit, DeviceArena& arena, cudaStream_t stream) {
-  sort_pairs(keys_in, keys_out, values_in, values_out, n, end_bit, arena, stream);
+void sort_pairs(uint64_t* keys_in, uint64_t* keys_out, uint32_t* values_in, uint32_t* values_out, int64_t n,
+                int end_bit, DeviceArena& arena, cudaStream_t stream) {
+  sort_pairs_impl(keys_in, keys_out, values_in, values_out, n, end_bit, arena, stream);
 }
 
-void sort_pairs_u32_u32(uint32_t* keys_in, uint32_t* keys_out, uint32_t* values_in, uint32_t* values_out, int64_t n,
-                        int end_bit, DeviceArena& arena, cudaStream_t stream) {
-  sort_pairs(keys_in, keys_out, values_in, values_out, n, end_bit, arena, stream);
+void sort_pairs(uint32_t* keys_in, uint32_t* keys_out, uint32_t* values_in, uint32_t* values_out, int64_t n,
+                int end_bit, DeviceArena& arena, cudaStream_t stream) {
+  sort_pairs_impl(keys_in, keys_out, values_in, values_out, n, end_bit, arena, stream);
 }
 
 }  // namespace cuda
