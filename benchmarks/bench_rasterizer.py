@@ -14,6 +14,7 @@ import pytest
 
 from flexavatar.kernels import BackendUnavailableError, Cameras, Splats, get_backend, rasterize, select_backend
 from flexavatar.kernels.testing import FLEX1_NUM_GAUSSIANS, random_head_scene
+from flexavatar.runtime.intersections import IntersectionBudget
 
 torch = pytest.importorskip("torch")
 
@@ -67,8 +68,9 @@ def test_rasterize_forward(benchmark, bench_meta, backend, device):
     assert out.backend == backend and np.isfinite(alpha).all() and 0.15 < alpha.mean() < 0.6
 
 
-# The sort sized in advance (rasterize(intersection_capacity=...), as the runtime sizes it: 2x the count, a power
-# of two): no host sync inside the call; beside test_rasterize_forward's exact sort of the same backend.
+# The sort sized in advance (rasterize(intersection_capacity=...), as the runtime sizes it: IntersectionBudget's
+# HEADROOM x the count, a multiple of its GRANULE): no host sync inside the call; beside test_rasterize_forward's
+# exact sort of the same backend.
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_rasterize_forward_sync_free(benchmark, bench_meta, backend):
     _skip_unless_runnable(backend, "cuda", requires_grad=False)
@@ -76,7 +78,9 @@ def test_rasterize_forward_sync_free(benchmark, bench_meta, backend):
     with torch.no_grad():
         exact = rasterize(splats, cameras, SIZE, SIZE, background=[1.0, 1.0, 1.0], backend=backend,
                           check_values=False)
-    capacity = 1 << (2 * exact.intersections - 1).bit_length()
+    budget = IntersectionBudget()
+    budget.observe(exact.intersections, 1)
+    capacity = budget.capacity(1)
     bench_meta(stage="rasterize", backend=f"{backend}-sync-free", size="flex1", device="cuda", dtype="fp32",
                frames=1, direction="forward", gaussians=FLEX1_NUM_GAUSSIANS, resolution=SIZE,
                intersections=exact.intersections, capacity=capacity)

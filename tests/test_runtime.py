@@ -280,10 +280,15 @@ def test_intersection_budget_sizes():
     assert budget.capacity(1) == IntersectionBudget.MIN_SLOTS
     budget.observe(300_000, 2)                                # 150,000 per view: the largest so far
     budget.observe(1000, 1)                                   # a smaller count does not shrink it
-    for views in (1, 2, 4):
-        cap = budget.capacity(views)
-        assert cap & (cap - 1) == 0, cap                      # a power of two: the same pool blocks every frame
-        assert IntersectionBudget.HEADROOM * 150_000 * views <= cap < 2 * IntersectionBudget.HEADROOM * 150_000 * views
+    granule, headroom = IntersectionBudget.GRANULE, IntersectionBudget.HEADROOM
+    sized = {views: budget.capacity(views) for views in (1, 2, 4)}
+    for views, cap in sized.items():
+        assert cap % granule == 0 and headroom * 150_000 * views <= cap < headroom * 150_000 * views + granule
+    budget.observe(190_000, 1)                                # within 1 / REFIT of the capacity: it stays put
+    assert {views: budget.capacity(views) for views in (1, 2, 4)} == sized
+    budget.observe(210_000, 1)                                # past it: sized again at HEADROOM × the new largest
+    cap = budget.capacity(1)
+    assert cap % granule == 0 and headroom * 210_000 <= cap < headroom * 210_000 + granule
     budget.sync_free = False
     assert budget.capacity(1) == 0                            # switched off: every render sized exactly
     budget.sync_free = True
@@ -333,14 +338,15 @@ def test_frames_over_their_intersection_capacity_are_rendered_again(bundle, runt
 
     capacity_emulator.per_view = 100_000                      # the head fills more of the view: a frame outgrows it
     np.testing.assert_array_equal(rt.render(avatar, expressions, cams, SIZE, SIZE), want)
-    assert capacity_emulator.capacities[3:] == [small, 0, 262_144, 262_144]   # rendered again exactly, then grown
+    assert capacity_emulator.capacities[3:] == [small, 0, 262_144, 262_144]   # rendered again exactly, then 2 × 100,000 rounded up
     assert rt.intersections.rerenders == 1 and rt.intersections.incomplete == 0
 
     # the CUDA path's pipelined order (chunk i handed out while chunk i + 1 decodes): rendered again there too
     capacity_emulator.per_view = 400_000
     monkeypatch.setattr(Runtime, "_pipelines", lambda self, n, output, timings: True)
     np.testing.assert_array_equal(rt.render(avatar, expressions, cams, SIZE, SIZE), want)
-    assert capacity_emulator.capacities[7:] == [262_144, 0, 2**20, 2**20] and rt.intersections.rerenders == 2
+    grown = 13 * IntersectionBudget.GRANULE                  # 2 × 400,000 rounded up to the granule
+    assert capacity_emulator.capacities[7:] == [262_144, 0, grown, grown] and rt.intersections.rerenders == 2
     monkeypatch.undo()
 
     capacity_emulator.per_view = 3_000_000                    # device frames: no sync to check them before hand-out
@@ -349,7 +355,8 @@ def test_frames_over_their_intersection_capacity_are_rendered_again(bundle, runt
     assert np.abs(first[..., :3]).max() == 0                  # the emulator's incomplete frame went out ...
     with pytest.warns(IncompleteFrameWarning, match="3000000"):
         second = rt.render(avatar, expressions[:1], one, SIZE, SIZE, output="device")    # ... reported at the next
-    assert rt.intersections.incomplete == 1 and capacity_emulator.capacities[-1] == 2**23
+    assert rt.intersections.incomplete == 1                   # grown to 2 × 3,000,000 rounded up to the granule
+    assert capacity_emulator.capacities[-1] == 92 * IntersectionBudget.GRANULE
     np.testing.assert_array_equal((np.clip(second[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8), want[:1])
 
 

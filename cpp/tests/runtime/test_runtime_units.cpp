@@ -60,9 +60,13 @@ TEST_CASE(intersection_budget_sizes_the_sort_from_the_largest_count) {
   budget.observe(150000);
   budget.observe(2000);  // a smaller count does not shrink it
   const int64_t cap = budget.capacity();
-  CHECK((cap & (cap - 1)) == 0);  // a power of two
-  CHECK(cap >= 2 * 150000 && cap < 4 * 150000);
+  CHECK(cap % IntersectionBudget::kGranule == 0);
+  CHECK(cap >= 2 * 150000 && cap < 2 * 150000 + IntersectionBudget::kGranule);
   CHECK(budget.largest() == 150000);
+  budget.observe(190000);  // 1.5 x 190,000 still fits: the capacity stays put
+  CHECK(budget.capacity() == cap);
+  budget.observe(210000);  // it does not any more: sized again at 2 x the largest
+  CHECK(budget.capacity() >= 2 * 210000 && budget.capacity() < 2 * 210000 + IntersectionBudget::kGranule);
   budget.observe(int64_t(1) << 30);  // 2^31 slots would overflow the sort's int32 index: exact again
   CHECK(budget.capacity() == 0);
 }
