@@ -98,10 +98,11 @@ int api_forward(const FlexavatarCudaForwardArgs* args, void** state_out, char* e
     return fail(StatusCode::kInvalidSize, "views x Gaussians: expected fewer than 2^32 per call", error, error_len);
   const int64_t tiles_per_view = ((a.width + math::kTileSize - 1) / math::kTileSize) *
                                  ((a.height + math::kTileSize - 1) / math::kTileSize);
-  if (a.num_batches * a.num_cameras * tiles_per_view > INT32_MAX)  // the sort's tile keys are 31-bit
+  const int64_t num_tiles = a.num_batches * a.num_cameras * tiles_per_view;
+  if (num_tiles > INT32_MAX)  // the sort's tile keys are 31-bit
     return fail(StatusCode::kInvalidSize,
-                "views x " + std::to_string(math::kTileSize) + "-pixel tiles: expected at most 2^31 - 1 per call, got " +
-                    std::to_string(a.num_batches * a.num_cameras * tiles_per_view) + "; render fewer views per call",
+                "views x " + std::to_string(math::kTileSize) + "-pixel tiles: expected at most 2^31 - 1 per call, " +
+                    "got " + std::to_string(num_tiles) + "; render fewer views per call",
                 error, error_len);
   if (a.intersection_capacity < 0 || a.intersection_capacity > INT32_MAX)
     return fail(StatusCode::kInvalidArgument,
