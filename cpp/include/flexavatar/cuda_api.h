@@ -21,7 +21,9 @@ extern "C" {
 #define FLEXAVATAR_CUDA_ENTRY_SYMBOL "flexavatar_cuda_api"
 
 /* Forward pass. All pointers are device memory on `device`, dense float32, C-contiguous, with the
- * shapes of flexavatar/raster_types.h (B batches × C cameras = V views, G Gaussians each). */
+ * shapes of flexavatar/raster_types.h (B batches × C cameras = V views, G Gaussians each); V × 16-pixel tiles
+ * at most 2^31 - 1. The environment variable FLEXAVATAR_CUDA_SORT=tile-depth-keys selects the sort's previous
+ * form (one 64-bit tile|depth key sort instead of depth first), for side-by-side timing only: same frames. */
 typedef struct FlexavatarCudaForwardArgs {
   int64_t num_batches, num_gaussians, num_cameras, width, height;
   float eps2d, near_plane, far_plane;
