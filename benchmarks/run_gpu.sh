@@ -383,6 +383,9 @@ RESERVE=0 stage dashboard 30 pyrun -m flexavatar.dashboard "$HISTORY" -o "$WORK/
 
 NEW=$(ls "$HISTORY" | grep -vxF -f "$WORK/history-before.txt" || true)
 say "new run records: ${NEW:-none}"
+if [[ -n "$NEW" ]]; then   # issue #7's target against this run's figures, in full in the summary
+  (cd "$HISTORY" && "$PY" "$REPO/benchmarks/device/target_summary.py" $NEW) 2>&1 | tee -a "$SUMMARY"
+fi
 say "done in $(($(date +%s) - START))s"
 if [[ -n "${OUT:-}" ]]; then
   mkdir -p "$OUT/history" "$OUT/logs"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,7 @@ def device_script():
         if name not in loaded:
             spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "device" / f"{name}.py")
             module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module        # as an import would: dataclasses look their module up there
             spec.loader.exec_module(module)
             loaded[name] = module
         return loaded[name]
