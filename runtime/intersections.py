@@ -8,9 +8,9 @@ synchronisation; the exact count comes back on the device). ``IntersectionBudget
 * the first frame of a runtime is sized exactly, which measures the count;
 * later frames sort a capacity sized at ``HEADROOM`` × the largest count per view seen so far (a multiple of
   ``GRANULE`` slots, at least ``MIN_SLOTS``). It stays put while the largest count is within ``1 / REFIT`` of it,
-  and is sized again once it is not: the same size frame after frame (the pool allocator reuses the same blocks;
-  a compiled frame is not recompiled), between 1.5× and 2× the largest count (2.9× on average with the powers of
-  two before);
+  and is sized again once it is not: the same size frame after frame (the pool allocator reuses the same blocks),
+  between 1.5× and 2× the largest count (2.9× on average with the powers of two before). Compiled frames, which
+  are compiled per capacity, round it up to a power of two (the same compilation across runs);
 * a frame over its capacity is found when its pixels are read back with its count (one host sync, which the
   caller asked for anyway) and rendered again exactly; the budget then grows. Frames left on the device
   (``output="device"``) have no such sync: their counts are checked at the runtime's next call, and an

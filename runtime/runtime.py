@@ -29,7 +29,7 @@ from flexavatar.bundle import (GAUSSIAN_OUTPUTS, PRECISIONS, ROLE_DECODER, ROLE_
                                ROLE_ENCODER_FEATURES, VERIFY_MODES, Bundle)
 from flexavatar.errors import FlexAvatarError
 from flexavatar.kernels.arrays import NUMPY, TORCH, array_kind, to_numpy
-from flexavatar.kernels.validation import MAX_IMAGE_SIZE
+from flexavatar.kernels.validation import MAX_IMAGE_SIZE, MAX_INTERSECTION_CAPACITY
 
 from .avatar import Avatar
 from .cameras import Camera, as_camera, pixel_intrinsics, world2cam
@@ -659,7 +659,7 @@ class Runtime:
         if not self._compiled_frames:
             return None
         e = stop - start
-        capacity = self.intersections.capacity(e)
+        capacity = _compiled_capacity(self.intersections.capacity(e))
         if capacity == 0 and self.array_device == "cuda":
             return None
         try:
@@ -750,6 +750,16 @@ class Runtime:
         ``print(report.table())``). What the export checked on its own machine, checked where this runs."""
         from .numerics import check_numerics
         return check_numerics(self)
+
+
+def _compiled_capacity(capacity: int) -> int:
+    """The budget's sort capacity as compiled frames take it: rounded up to a power of two. A compiled frame is
+    compiled for its capacity (an int, specialised by Dynamo); powers of two keep it the same as the count creeps
+    up and from one run to the next (Inductor's cache on disk then serves it), for at most 2× the slots."""
+    if capacity <= 0:
+        return capacity
+    rounded = 1 << (capacity - 1).bit_length()
+    return rounded if rounded <= MAX_INTERSECTION_CAPACITY else capacity
 
 
 def _is_count(value) -> bool:

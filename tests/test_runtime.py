@@ -469,6 +469,30 @@ def test_compiled_frames_that_fail_give_way_to_the_separate_calls(bundle, model,
     assert tries == [1] and "compiled frames" not in rt.describe() and not rt.compiled_frames
 
 
+def test_compiled_frames_sort_a_power_of_two_capacity(bundle, model, expressions, monkeypatch):
+    """Compiled frames are compiled per sort capacity: they take the budget's capacity rounded up to a power of two
+    (the same compilation as the count creeps up and across runs), and check their frames' counts against it."""
+    from flexavatar.runtime import engines
+    monkeypatch.setattr(engines, "TORCH_COMPILE_BACKEND", "aot_eager")
+    rt = Runtime(bundle, backend="torch-compile", device="cpu", rasterizer="cpu", model=model, compiled_frames=True,
+                 batch=1)
+    capacities = []
+
+    def frames(code, expressions, viewmats, ks, background, width, height, capacity, pixels):
+        capacities.append(capacity)
+        frame = pixels(np.zeros((len(expressions), height, width, 3), np.float32),
+                       np.zeros((len(expressions), height, width, 1), np.float32))
+        return frame, np.array([150_000 * len(expressions)], np.int64)
+
+    monkeypatch.setattr(rt.decoder, "frames", frames)
+    rt.intersections.observe(100_000, 1)              # the budget: 2 × 100,000 in multiples of 65,536 = 262,144
+    assert rt.intersections.capacity(1) == 4 * IntersectionBudget.GRANULE
+    rt.render(rt.bundle_avatar(), expressions[:1], orbit_camera(1), SIZE, SIZE)
+    assert rt.intersections.per_view == 150_000 and rt.intersections.rerenders == 0   # its count, read back: fits
+    rt.render(rt.bundle_avatar(), expressions[:1], orbit_camera(1), SIZE, SIZE)       # sized again: 2 × 150,000
+    assert capacities == [262_144, 524_288] and rt.intersections.capacity(1) == 5 * IntersectionBudget.GRANULE
+
+
 @pytest.mark.parametrize("engine,compiler", [("onnxruntime", "aot_eager"), ("openvino", "aot_eager"),
                                              ("torch", "aot_eager"), ("onnxruntime", "inductor")])
 def test_compiled_rasterizer_behind_any_engine(engine, compiler, runtime_cache, bundle, model, expressions,
