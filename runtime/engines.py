@@ -18,6 +18,7 @@ import functools
 import importlib.util
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -563,7 +564,8 @@ class CompiledNetworkDecode:
         function = network_decode_function(network, device_type, half, fir_as_taps) if function is None else function
         self._compiled = torch.compile(function, backend=backend, dynamic=False, mode=mode if inductor else None)
         self.freeze = inductor and (device_type == "cuda" if freeze is None else freeze)
-        self._frozen_shapes: set[tuple] = set()
+        self.name = getattr(function, "__name__", "function")
+        self._compiled_for: set[tuple] = set()          # the input shapes (and ints) compiled so far
 
     def __call__(self, *args) -> tuple:
         import torch
@@ -571,23 +573,34 @@ class CompiledNetworkDecode:
             if self.cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()     # the previous call's outputs are consumed
             shapes = tuple(tuple(a.shape) if hasattr(a, "shape") else a for a in args)    # what Dynamo guards on
-            if not self.freeze or shapes in self._frozen_shapes:
+            if shapes in self._compiled_for:
                 return self._compiled(*args)
-            import torch._inductor.config as inductor_config
-            try:
-                with inductor_config.patch(freezing=True):
-                    out = self._compiled(*args)
-            except torch._dynamo.exc.BackendCompilerFailed as e:
-                # frozen weights are an optimisation: if Inductor's freezing passes fail on some version or GPU,
-                # the decoder still compiles without them (Dynamo caches no failed compilation), and says so
-                cause = getattr(e, "inner_exception", None) or e
-                text = str(cause).strip().splitlines()
-                log.warning("torch-compile: compiling with frozen weights failed (%s: %s); compiling without them",
-                            type(cause).__name__, text[0][:300] if text else "")
-                self.freeze = False
-                return self._compiled(*args)
-            self._frozen_shapes.add(shapes)
+            # a new size compiles (dynamic=False): tens of seconds, said so instead of a silent stall
+            log.info("torch-compile: compiling %s for inputs %s (%s, once per input size)", self.name, shapes,
+                     self.backend)
+            start = time.perf_counter()
+            out = self._first_call(*args)
+            self._compiled_for.add(shapes)
+            log.info("torch-compile: %s compiled in %.1f s", self.name, time.perf_counter() - start)
             return out
+
+    def _first_call(self, *args) -> tuple:
+        if not self.freeze:
+            return self._compiled(*args)
+        import torch
+        import torch._inductor.config as inductor_config
+        try:
+            with inductor_config.patch(freezing=True):
+                return self._compiled(*args)
+        except torch._dynamo.exc.BackendCompilerFailed as e:
+            # frozen weights are an optimisation: if Inductor's freezing passes fail on some version or GPU,
+            # the decoder still compiles without them (Dynamo caches no failed compilation), and says so
+            cause = getattr(e, "inner_exception", None) or e
+            text = str(cause).strip().splitlines()
+            log.warning("torch-compile: compiling with frozen weights failed (%s: %s); compiling without them",
+                        type(cause).__name__, text[0][:300] if text else "")
+            self.freeze = False
+            return self._compiled(*args)
 
 
 class TorchCompiledDecoderModel:

@@ -469,6 +469,27 @@ def test_compiled_frames_that_fail_give_way_to_the_separate_calls(bundle, model,
     assert tries == [1] and "compiled frames" not in rt.describe() and not rt.compiled_frames
 
 
+def test_compiled_functions_say_when_they_compile(caplog):
+    """torch.compile(dynamic=False) compiles once per input size (tens of seconds on a GPU): each compilation is
+    logged with its inputs and how long it took, and a size compiled before is not."""
+    import torch
+
+    from flexavatar.runtime.engines import CompiledNetworkDecode
+
+    def double(x, scale: int):
+        return x * scale
+
+    compiled = CompiledNetworkDecode(None, "cpu", half=False, backend="aot_eager", function=double)
+    with caplog.at_level("INFO", logger="flexavatar.runtime"):
+        for n in (3, 3, 4):
+            torch.testing.assert_close(compiled(torch.ones(n), 2), torch.full((n,), 2.0))
+    messages = [r.getMessage() for r in caplog.records if r.name == "flexavatar.runtime"]
+    assert [m for m in messages if "compiling" in m] == [
+        "torch-compile: compiling double for inputs ((3,), 2) (aot_eager, once per input size)",
+        "torch-compile: compiling double for inputs ((4,), 2) (aot_eager, once per input size)"]
+    assert sum(m.startswith("torch-compile: double compiled in ") for m in messages) == 2
+
+
 def test_compiled_frames_sort_a_power_of_two_capacity(bundle, model, expressions, monkeypatch):
     """Compiled frames are compiled per sort capacity: they take the budget's capacity rounded up to a power of two
     (the same compilation as the count creeps up and across runs), and check their frames' counts against it."""
