@@ -19,6 +19,7 @@ import importlib.util
 import logging
 import threading
 import time
+import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -562,6 +563,12 @@ class CompiledNetworkDecode:
         self.mode, self.backend = mode, backend
         self.cuda_graphs = inductor and device_type == "cuda" and mode in CUDA_GRAPH_MODES
         function = network_decode_function(network, device_type, half, fir_as_taps) if function is None else function
+        # Dynamo keeps its compilations, and counts them against recompile_limit (8), per code object: the closures
+        # made by one factory (every pixel format's frame, every runtime's decoder) would share one count and one
+        # cache, and past 8 sizes, formats and capacities in a process run eagerly. A copy of the code is this
+        # instance's own.
+        function = types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__,
+                                      function.__defaults__, function.__closure__)
         self._compiled = torch.compile(function, backend=backend, dynamic=False, mode=mode if inductor else None)
         self.freeze = inductor and (device_type == "cuda" if freeze is None else freeze)
         self.name = getattr(function, "__name__", "function")
@@ -609,8 +616,8 @@ class TorchCompiledDecoderModel:
     and on CUDA replays the kernels as CUDA graphs, whose outputs the next call overwrites (``cuda_graphs``: Runtime
     copies or consumes them first, one frame at a time). Precision "fp16" is fp16 autocast. Every new expression
     count (batch) compiles once: tens of seconds; Dynamo keeps at most ``torch._dynamo.config.recompile_limit``
-    compilations of the function per process (every runtime and batch size is one), then runs it eagerly with a
-    warning. The model's weights must not change once it has compiled (they are frozen into it).
+    (8) compilations of each compiled function (this decoder; the whole frames of each pixel format), then runs it
+    eagerly with a warning. The model's weights must not change once it has compiled (they are frozen into it).
     The inputs come from Runtime, checked on the host (finite expressions, the code's shape): nothing here
     synchronises with the GPU."""
     array_type = TORCH

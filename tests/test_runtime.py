@@ -49,6 +49,7 @@ from flexavatar.runtime import (Avatar, AvatarFileError, Camera, CameraInputErro
                                 orbit_camera)
 from flexavatar.images import psnr
 from flexavatar.kernels.arrays import to_numpy
+from flexavatar.kernels.testing import random_scene
 from flexavatar.runtime.cli import main as render_main
 from flexavatar.runtime.cli import verify_main
 from flexavatar.runtime.cameras import pixel_intrinsics, world2cam
@@ -488,6 +489,29 @@ def test_compiled_functions_say_when_they_compile(caplog):
         "torch-compile: compiling double for inputs ((3,), 2) (aot_eager, once per input size)",
         "torch-compile: compiling double for inputs ((4,), 2) (aot_eager, once per input size)"]
     assert sum(m.startswith("torch-compile: double compiled in ") for m in messages) == 2
+
+
+def test_compiled_functions_have_their_own_compilation_limit():
+    """Dynamo counts compilations against its recompile_limit per code object: two compiled functions made by one
+    factory (two pixel formats' frames, two runtimes' decoders) must not share the count, or the second would run
+    eagerly once the first used it up."""
+    import torch
+    import torch._dynamo.testing
+
+    from flexavatar.runtime.engines import CompiledNetworkDecode, raster_function
+    from flexavatar.runtime.runtime import _float_rgba, _uint8_rgb
+
+    counter = torch._dynamo.testing.CompileCounter()
+    made = [CompiledNetworkDecode(None, "cpu", half=False, backend=counter, function=raster_function(pixels))
+            for pixels in (_uint8_rgb, _float_rgba)]
+    splats, cameras = random_scene(50, 1, 16, 16, seed=0)
+    inputs = [torch.from_numpy(np.ascontiguousarray(v[None])) for v in splats.arrays().values()]
+    views = [torch.from_numpy(cameras.world2cam).view(1, 1, 4, 4), torch.from_numpy(cameras.K).view(1, 1, 3, 3),
+             torch.ones(1, 1, 3)]
+    with torch._dynamo.config.patch(recompile_limit=1):     # (monkeypatch would delete the config entry on undo)
+        frames = [compiled(*inputs, *views, 16, 16, 0)[0] for compiled in made]
+    assert counter.frame_count == 2                       # each compiled, neither fell back to eager
+    assert frames[0].dtype == torch.uint8 and frames[1].shape == (1, 16, 16, 4)
 
 
 def test_compiled_frames_sort_a_power_of_two_capacity(bundle, model, expressions, monkeypatch):
