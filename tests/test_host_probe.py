@@ -83,3 +83,20 @@ def test_probe_with_compiled_frames_times_the_compiled_calls(tool, onnx_features
     lines = report["lines"]                                    # the compiled frames' Python side, line by line
     assert lines["function"].endswith("Runtime._compiled_frames_of") and lines["calls_per_frame"] == 1
     assert any("raster(" in row["source"] for row in lines["rows"])
+
+
+def test_probe_drives_with_the_benchmarks_sequence(tool, driving_dir, tmp_path, monkeypatch):
+    """By default the driving sequence bench_runtime.py renders (its first frame, hence its sort capacity, is the
+    benchmark's: the compiled frames prewarm.sh makes are then the ones it uses); a given file; synthetic codes
+    where the fixtures are not there."""
+    import numpy as np
+
+    from flexavatar.runtime import load_expressions, synthetic_expressions
+    driving = driving_dir / "EMO-1-shout+laugh.npz"
+    monkeypatch.setenv("FLEXAVATAR_FIXTURES", str(driving_dir.parent))
+    np.testing.assert_array_equal(tool.driving_expressions(None), load_expressions(driving))
+    codes = np.zeros((3, 135), np.float32)
+    np.save(tmp_path / "codes.npy", codes)
+    np.testing.assert_array_equal(tool.driving_expressions(tmp_path / "codes.npy"), codes)
+    monkeypatch.setenv("FLEXAVATAR_FIXTURES", str(tmp_path))
+    np.testing.assert_array_equal(tool.driving_expressions(None), synthetic_expressions(64))

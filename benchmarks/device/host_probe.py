@@ -273,6 +273,17 @@ def probe(rt, avatar, expressions: np.ndarray, cameras, size: int, frames: int, 
     return report
 
 
+def driving_expressions(path: Path | None) -> np.ndarray:
+    """[T, 135]: ``path``, else the sequence bench_runtime.py drives its frames with (the same first frame, so the
+    same sort capacity: prewarm.sh's compiled frames are then the benchmark's), else 64 synthetic ones."""
+    from flexavatar.runtime import load_expressions, synthetic_expressions
+    if path is None:
+        from flexavatar.dev_fixtures import fixtures_dir
+        candidate = fixtures_dir() / "driving" / "EMO-1-shout+laugh.npz"
+        path = candidate if candidate.is_file() else None
+    return load_expressions(path) if path is not None else synthetic_expressions(64)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("bundle")
@@ -290,11 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", type=Path, help="torch-compile, when the bundle carries no model.safetensors: "
                     "its checkpoint (default: the FLEX-1 benchmarks' benchmarks/.cache/flex1-random-seed0.safetensors)")
     ap.add_argument("--template", type=Path, help="with --checkpoint (default: the fixtures' gghead_template.obj)")
+    ap.add_argument("--expressions", type=Path, help="a [T, 135] .npy or tracked .npz (default: the benchmarks' "
+                    "driving sequence, EMO-1-shout+laugh.npz, when the fixtures are there; else synthetic)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
     from flexavatar.kernels import native
-    from flexavatar.runtime import Avatar, Runtime, orbit_camera, synthetic_expressions
+    from flexavatar.runtime import Avatar, Runtime, orbit_camera
 
     rasterizer = args.rasterizer or ("cuda" if args.device == "cuda" else "cpu")
     options = {}
@@ -310,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     conventions = rt.manifest.conventions
     code = np.random.default_rng(0).standard_normal((1, conventions.n_head_tokens, conventions.d_code))
     avatar = Avatar((0.5 * code).astype(np.float32))
-    expressions = synthetic_expressions(64)
+    expressions = driving_expressions(args.expressions)
     # the compiled frames' Python side, or the rasterizer's entry that the separate calls go through
     line_function = (Runtime._compiled_frames_of if rt.compiled_frames
                      else {"cuda": native.render_cuda, "cpu": native.render_cpu}.get(rasterizer))
