@@ -14,6 +14,7 @@ import pytest
 
 from flexavatar.kernels import BackendUnavailableError, Cameras, Splats, get_backend, rasterize, select_backend
 from flexavatar.kernels.testing import FLEX1_NUM_GAUSSIANS, random_head_scene
+from flexavatar.kernels.types import SPLAT_FIELDS
 from flexavatar.runtime.intersections import IntersectionBudget
 
 torch = pytest.importorskip("torch")
@@ -38,7 +39,9 @@ def _skip_unless_runnable(backend: str, device: str, requires_grad: bool):
         pytest.skip("Triton on CPU runs only in the interpreter, which would take hours at this size")
     try:
         get_backend(backend)
-        select_backend(backend, device=device, dtype="float32", requires_grad=requires_grad)
+        # the splats' gradients, by the registry's names (GRAD_INPUTS), when the case differentiates
+        grads = tuple(f"splats.{field}" for field in SPLAT_FIELDS) if requires_grad else ()
+        select_backend(backend, device=device, dtype="float32", requires_grad=grads)
     except (BackendUnavailableError, LookupError) as err:
         pytest.skip(str(err))
 
