@@ -51,7 +51,7 @@ def _skip_unless_differentiable_here(backend: str, device: str) -> None:
     spec = kernels.get_backend(backend) if backend in kernels.registered_backends() else None
     if spec is None:
         pytest.skip(f"rasterizer backend {backend!r} is not registered here")
-    reason = spec.unavailable_reason(device, "float32", requires_grad=True)
+    reason = spec.unavailable_reason(device, "float32", requires_grad=kernels.SPLAT_GRADS)
     if reason is not None:
         pytest.skip(f"{backend} on {device}: {reason}")
 
@@ -147,7 +147,7 @@ def test_fit_200_steps_flex1(benchmark, bench_meta, flex1_model):
     obs = _observations(model, 512, device)
     init = _initial(model, device)
     bench_meta(stage="fit", backend=kernels.select_backend("auto", device="cuda", dtype="float32",
-                                                            requires_grad=True).name,
+                                                            requires_grad=kernels.SPLAT_GRADS).name,
                size="flex1", device="cuda", dtype="fp32", direction="forward+backward", frames=FLEX1_FIT_STEPS)
 
     def run():

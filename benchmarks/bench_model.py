@@ -162,7 +162,7 @@ def test_whole_frame_flex1_cuda(benchmark, bench_meta, flex1_model, rasterizer):
     from flexavatar import kernels
     from flexavatar.cameras import orbit_cameras
     try:
-        kernels.select_backend(rasterizer, device="cuda", dtype="float32", requires_grad=False)
+        kernels.select_backend(rasterizer, device="cuda", dtype="float32")
     except kernels.BackendError as e:
         pytest.skip(str(e))
     model = flex1_model.to(device)

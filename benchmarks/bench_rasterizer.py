@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flexavatar.kernels import BackendUnavailableError, Cameras, Splats, get_backend, rasterize, select_backend
+from flexavatar.kernels import (SPLAT_GRADS, BackendUnavailableError, Cameras, Splats, get_backend, rasterize,
+                                select_backend)
 from flexavatar.kernels.testing import FLEX1_NUM_GAUSSIANS, random_head_scene
-from flexavatar.kernels.types import SPLAT_FIELDS
 from flexavatar.runtime.intersections import IntersectionBudget
 
 torch = pytest.importorskip("torch")
@@ -39,9 +39,7 @@ def _skip_unless_runnable(backend: str, device: str, requires_grad: bool):
         pytest.skip("Triton on CPU runs only in the interpreter, which would take hours at this size")
     try:
         get_backend(backend)
-        # the splats' gradients, by the registry's names (GRAD_INPUTS), when the case differentiates
-        grads = tuple(f"splats.{field}" for field in SPLAT_FIELDS) if requires_grad else ()
-        select_backend(backend, device=device, dtype="float32", requires_grad=grads)
+        select_backend(backend, device=device, dtype="float32", requires_grad=SPLAT_GRADS if requires_grad else ())
     except (BackendUnavailableError, LookupError) as err:
         pytest.skip(str(err))
 

@@ -28,6 +28,8 @@ from .errors import (
     UnknownBackendError,
 )
 from .registry import (
+    GRAD_INPUTS,
+    SPLAT_GRADS,
     BackendSpec,
     available_backends,
     get_backend,
@@ -47,7 +49,8 @@ if _importlib_util.find_spec(__name__ + ".native") is not None:
 __all__ = [
     "rasterize", "Splats", "Cameras", "RenderRequest", "RenderResult", "validate_request",
     "register_backend", "unregister_backend", "registered_backends", "available_backends",
-    "get_backend", "select_backend", "BackendSpec", "pixel_intrinsics", "world2cam_from_cam2world",
+    "get_backend", "select_backend", "BackendSpec", "GRAD_INPUTS", "SPLAT_GRADS", "pixel_intrinsics",
+    "world2cam_from_cam2world",
     "KernelError", "InvalidInputError", "InputShapeError", "InputTypeError", "InputDeviceError",
     "NonFiniteInputError", "InputValueError", "BackendError", "UnknownBackendError",
     "BackendUnavailableError", "BackendRegistrationError",

@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Collection, Iterable, Mapping
 
 from .arrays import NUMPY, TORCH
-from .errors import BackendRegistrationError, BackendUnavailableError, UnknownBackendError
+from .errors import (BackendRegistrationError, BackendUnavailableError, InputTypeError, InputValueError,
+                     UnknownBackendError)
 from .types import SPLAT_FIELDS, RenderRequest, RenderResult
 
 RenderFn = Callable[[RenderRequest], RenderResult]
@@ -49,6 +50,7 @@ AvailabilityFn = Callable[[str], "str | None"]
 # The inputs of ``rasterize`` a backend may differentiate (names as in the typed input errors).
 GRAD_INPUTS = (*(f"splats.{f}" for f in SPLAT_FIELDS), "cameras.world2cam", "cameras.K", "background")
 SPLAT_AND_BACKGROUND_GRADS = tuple(name for name in GRAD_INPUTS if not name.startswith("cameras."))
+SPLAT_GRADS = tuple(name for name in GRAD_INPUTS if name.startswith("splats."))      # e.g. fitting a decoder
 
 
 def _always_available(device: str) -> None:
@@ -86,6 +88,7 @@ class BackendSpec:
                            requires_grad: Collection[str] = ()) -> str | None:
         """None if this backend can render inputs of that device type and dtype and differentiate
         every input named in ``requires_grad``, else why not."""
+        requires_grad = _grad_names(requires_grad)
         if device not in self.priorities:
             return f"it does not run on device {device!r} (it runs on: {', '.join(self.devices)})"
         if dtype is not None and dtype not in self.dtypes:
@@ -148,6 +151,18 @@ def get_backend(name: str) -> BackendSpec:
         raise UnknownBackendError(name, registered_backends()) from None
 
 
+def _grad_names(requires_grad) -> tuple[str, ...]:
+    """``requires_grad`` checked: a collection of names from GRAD_INPUTS (not a bool: which inputs?)."""
+    if isinstance(requires_grad, (str, bytes, bool)) or not isinstance(requires_grad, Collection):
+        raise InputTypeError("requires_grad", f"is {requires_grad!r}",
+                             f"a collection of input names from {GRAD_INPUTS}, e.g. SPLAT_GRADS {SPLAT_GRADS} "
+                             "for the splats, or () for none")
+    unknown = [n for n in requires_grad if n not in GRAD_INPUTS]
+    if unknown:
+        raise InputValueError("requires_grad", f"names {unknown}", f"names from {GRAD_INPUTS}")
+    return tuple(requires_grad)
+
+
 def available_backends(device: str | None = None) -> list[str]:
     """Backends that can run here: on ``device`` (a device type such as "cpu"), or on any device."""
     names = []
@@ -162,6 +177,7 @@ def select_backend(name: str, *, device: str, dtype: str | None = None,
                    requires_grad: Collection[str] = ()) -> BackendSpec:
     """The backend to use: ``name`` itself (checked), or for "auto" the highest-priority usable one.
     ``requires_grad``: names from GRAD_INPUTS of the inputs that need gradients."""
+    requires_grad = _grad_names(requires_grad)
     if name != "auto":
         spec = get_backend(name)
         reason = spec.unavailable_reason(device, dtype, requires_grad)

@@ -5,6 +5,7 @@ differences, closed forms. The Triton cases run in its interpreter on CPU (tiny 
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from flexavatar.kernels import (  # noqa: E402
     RenderResult,
     Splats,
     available_backends,
+    get_backend,
     rasterize,
     register_backend,
     select_backend,
@@ -77,6 +79,25 @@ def test_backends_without_camera_gradients_refuse_cameras_that_require_grad(back
         select_backend(backend, device="cuda", dtype="float32", requires_grad=("splats.means", argument))
     assert info.value.inputs == (argument,) and info.value.install_hint is None
     select_backend("reference", device="cpu", requires_grad=("splats.means", argument))   # it does
+
+
+@pytest.mark.parametrize("requires_grad,error,words", [
+    (True, InputTypeError, "is True; expected a collection of input names"),
+    ("splats.means", InputTypeError, "is 'splats.means'"),
+    (("splats.means", "splats.colors"), InputValueError, "names ['splats.colors']"),
+])
+def test_requires_grad_names_the_inputs(requires_grad, error, words):
+    """select_backend / BackendSpec.unavailable_reason take the names of the inputs that need gradients: a bool (which
+    inputs?), a bare string or an unknown name is a typed error naming the argument, not a TypeError deep inside."""
+    from flexavatar.kernels import SPLAT_GRADS
+    with pytest.raises(error, match=re.escape(words)) as info:
+        select_backend("reference", device="cpu", requires_grad=requires_grad)
+    assert info.value.argument == "requires_grad"
+    with pytest.raises(error, match=re.escape(words)):
+        get_backend("reference").unavailable_reason("cpu", requires_grad=requires_grad)
+    assert select_backend("reference", device="cpu", requires_grad=SPLAT_GRADS).name == "reference"
+    assert get_backend("cpu").unavailable_reason("cpu", requires_grad=SPLAT_GRADS).startswith("it is not "
+                                                                                           "differentiable")
 
 
 @pytest.mark.skipif("triton" not in CPU_BACKENDS, reason="triton interpreter unavailable")
