@@ -88,7 +88,10 @@ class BackendSpec:
                            requires_grad: Collection[str] = ()) -> str | None:
         """None if this backend can render inputs of that device type and dtype and differentiate
         every input named in ``requires_grad``, else why not."""
-        requires_grad = _grad_names(requires_grad)
+        return self._unavailable_reason(device, dtype, _grad_names(requires_grad))
+
+    def _unavailable_reason(self, device: str, dtype: str | None, requires_grad: tuple[str, ...]) -> str | None:
+        """``unavailable_reason`` with ``requires_grad`` already checked (select_backend checks it once a call)."""
         if device not in self.priorities:
             return f"it does not run on device {device!r} (it runs on: {', '.join(self.devices)})"
         if dtype is not None and dtype not in self.dtypes:
@@ -180,7 +183,7 @@ def select_backend(name: str, *, device: str, dtype: str | None = None,
     requires_grad = _grad_names(requires_grad)
     if name != "auto":
         spec = get_backend(name)
-        reason = spec.unavailable_reason(device, dtype, requires_grad)
+        reason = spec._unavailable_reason(device, dtype, requires_grad)
         if reason is not None:
             # Installing something helps only when the backend itself is missing here.
             missing = device in spec.priorities and reason == spec.availability(device)
@@ -189,7 +192,7 @@ def select_backend(name: str, *, device: str, dtype: str | None = None,
         return spec
     usable, rejected = [], []
     for spec in _BACKENDS.values():
-        reason = spec.unavailable_reason(device, dtype, requires_grad)
+        reason = spec._unavailable_reason(device, dtype, requires_grad)
         if reason is None:
             usable.append(spec)
         else:
