@@ -50,12 +50,11 @@ if "--small" in sys.argv:
         print(f"small ok ({form} sort)", float(s.means.grad.abs().sum()), "intersections", n)
     sys.exit(0)
 
-def native_forward_args():
-    """The FLEX-1-size head scene at 512² as the native entry point takes it, preallocated outputs."""
-    splats, cameras = random_head_scene(width=512, height=512)
-    s, c = cuda_scene(splats, cameras, False)
+def native_forward_args(s, c):
+    """The native entry point's arguments for the torch scene (s, c) at 512²: splats [1, G, …], viewmats
+    [1, 1, 4, 4], Ks [1, 1, 3, 3], no background, then preallocated image, alpha and depth."""
     args = [getattr(s, k)[None].contiguous() for k in ("means", "quats", "scales", "opacities", "sh0")]
-    args += [c.world2cam[None].contiguous(), c.K[None].contiguous(), None]  # [1, 1, 4, 4], [1, 1, 3, 3]
+    args += [c.world2cam[None].contiguous(), c.K[None].contiguous(), None]
     outs = [torch.empty(1, 1, 512, 512, 3, device="cuda"), torch.empty(1, 1, 512, 512, device="cuda"),
             torch.empty(1, 1, 512, 512, device="cuda")]
     return args + outs
@@ -63,7 +62,7 @@ def native_forward_args():
 
 if "--sort-ab" in sys.argv:
     print(torch.cuda.get_device_name(0), "native forward at 512², 58,361 Gaussians, both sort forms, 7 rounds")
-    args = native_forward_args()
+    args = native_forward_args(*cuda_scene(*random_head_scene(width=512, height=512), False))
     stream = torch.cuda.current_stream().cuda_stream
     count = torch.zeros(1, dtype=torch.int64, device="cuda")
     n = _native.cuda_forward(*args, 512, 512, stream=stream).num_intersections
@@ -92,20 +91,17 @@ sg, cg = cuda_scene(splats, cameras, True)
 w = torch.randn(1, 512, 512, 3, device="cuda")
 
 # Kernel-only view: the native entry point with preallocated outputs.
-args = [getattr(s, k)[None].contiguous() for k in ("means", "quats", "scales", "opacities", "sh0")]
-vm, ks = c.world2cam[None].contiguous(), c.K[None].contiguous()  # [1, 1, 4, 4], [1, 1, 3, 3]
-outs = [torch.empty(1, 1, 512, 512, 3, device="cuda"), torch.empty(1, 1, 512, 512, device="cuda"),
-        torch.empty(1, 1, 512, 512, device="cuda")]
+args = native_forward_args(s, c)
 stream = torch.cuda.current_stream().cuda_stream
-state = _native.cuda_forward(*args, vm, ks, None, *outs, 512, 512, stream=stream)
+state = _native.cuda_forward(*args, 512, 512, stream=stream)
 n_isect = state.num_intersections
 print("intersections", n_isect)
-print(f"native cuda_forward call: {time_ms(lambda: _native.cuda_forward(*args, vm, ks, None, *outs, 512, 512, stream=stream)):.3f} ms")
+print(f"native cuda_forward call: {time_ms(lambda: _native.cuda_forward(*args, 512, 512, stream=stream)):.3f} ms")
 count = torch.zeros(1, dtype=torch.int64, device="cuda")
 for headroom in (1, 2, 4):      # the sync-free sort: no host wait, the sort covers every slot of the capacity
     capacity = headroom * n_isect
-    ms = time_ms(lambda: _native.cuda_forward(*args, vm, ks, None, *outs, 512, 512, stream=stream,
-                                              intersection_capacity=capacity, num_intersections_out=count))
+    ms = time_ms(lambda: _native.cuda_forward(*args, 512, 512, stream=stream, intersection_capacity=capacity,
+                                              num_intersections_out=count))
     print(f"native cuda_forward call, sync-free, capacity {headroom} x intersections: {ms:.3f} ms")
 
 for backend in ("cuda", "reference", "triton"):
