@@ -116,9 +116,11 @@ def _like(x: np.ndarray, like):
     return x.astype(np.float32)
 
 
-def _like_all(arrays: Sequence[np.ndarray], like) -> list:
-    """``_like`` of each of several small host arrays, moved together: on a torch device one transfer (on CUDA one
-    page-locked copy instead of one each), each result a contiguous view of it."""
+def _cameras_like(viewmats: np.ndarray, ks: np.ndarray, background: np.ndarray, like) -> list:
+    """A frame chunk's cameras where ``like`` lives: world2cam [E, 4, 4], K [E, 3, 3] and the background [3] per
+    frame [E, 3]. On a torch device one transfer (on CUDA one page-locked copy instead of three), each result a
+    contiguous view of it."""
+    arrays = (viewmats, ks, np.broadcast_to(background, (len(viewmats), 3)))
     if array_kind(like) != TORCH:
         return [_like(x, like) for x in arrays]
     flat = [np.asarray(x, np.float32).reshape(-1) for x in arrays]
@@ -702,8 +704,8 @@ class Runtime:
         g = self._decode_chunk(avatar, plan.expressions[start:stop], False, copy=False)
         splats = [torch.from_numpy(x) if isinstance(x, np.ndarray) else x for x in g.arrays().values()]
         e = stop - start
-        world2cam, intrinsics, backgrounds = _like_all((plan.viewmats[start:stop], plan.ks[start:stop],
-                                                        np.broadcast_to(plan.background, (e, 3))), splats[0])
+        world2cam, intrinsics, backgrounds = _cameras_like(plan.viewmats[start:stop], plan.ks[start:stop],
+                                                           plan.background, splats[0])
         return raster(*splats, world2cam.view(e, 1, 4, 4), intrinsics.view(e, 1, 3, 3), backgrounds.view(e, 1, 3),
                       plan.width, plan.height, capacity)
 
@@ -729,8 +731,7 @@ class Runtime:
         are moved to where ``like`` (default: the means) lives. viewmats [E, 4, 4] world→camera, ks [E, 3, 3].
         intersection_capacity: see ``kernels.rasterize`` (0: sized exactly)."""
         like = splats["means"] if like is None else like
-        e = len(viewmats)
-        world2cam, intrinsics, backgrounds = _like_all((viewmats, ks, np.broadcast_to(background, (e, 3))), like)
+        world2cam, intrinsics, backgrounds = _cameras_like(viewmats, ks, background, like)
         arrays = {k: v if array_kind(v) == array_kind(like) else _like(v, like) for k, v in splats.items()}
         return kernels.rasterize(kernels.Splats(**arrays), kernels.Cameras(world2cam=world2cam, K=intrinsics),
                                  width, height, background=backgrounds, backend=self.rasterizer,
