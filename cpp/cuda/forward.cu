@@ -8,8 +8,9 @@
 // The order equals a sort of (tile << 31 | depth) keys over the intersections with ties in (view, Gaussian) order,
 // the form before (42-bit keys of 64 bits: 6 radix passes over the intersections instead of 2 of half the width);
 // FLEXAVATAR_CUDA_SORT=tile-depth-keys still runs that form, for side-by-side timing on a GPU.
-// Steps 2–4 are sized either exactly (the count read back to the host: one synchronisation) or, sync-free, by
+// Steps 3–4 are sized either exactly (the count read back to the host: one synchronisation) or, sync-free, by
 // the caller's capacity: unused slots hold sentinel keys (all ones) that sort after every real key.
+// Past the capacity, the farthest intersections are the ones dropped (the emission runs front to back).
 //   6. blend each tile front to back, batches of Gaussians staged in shared memory
 #include <cstdlib>
 #include <cstring>
@@ -270,6 +271,7 @@ void run_forward(const FlexavatarCudaForwardArgs& a, ForwardState& s) {
   const int64_t VG = V * G;
   const int64_t num_tiles = V * s.tiles_x * s.tiles_y;
   const int64_t num_pixels = V * a.width * a.height;
+  const bool depth_first = depth_first_sort();  // read before any work: a bad value fails every call alike
 
   s.xy_opacity = s.arena.alloc<float4>(VG);
   s.conic = s.arena.alloc<float4>(VG);
@@ -283,7 +285,6 @@ void run_forward(const FlexavatarCudaForwardArgs& a, ForwardState& s) {
   DeviceArena scratch(stream);  // freed (stream-ordered) when the forward returns
   const int64_t capacity = a.intersection_capacity;  // 0: sized exactly, after a host synchronisation
   if (VG > 0) {
-    const bool depth_first = depth_first_sort();
     int4* tile_box = scratch.alloc<int4>(VG);
     int64_t* touched = scratch.alloc<int64_t>(VG);
     int64_t* offsets = scratch.alloc<int64_t>(VG);

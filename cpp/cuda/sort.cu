@@ -7,13 +7,27 @@
 
 namespace flexavatar {
 namespace cuda {
+namespace {
+
+// CUB sizes its offsets by the count's type: a 32-bit count gets its 32-bit kernels (a 64-bit one, 64-bit offsets
+// in every pass). Every count here is at most 2^32 - 1: (view, Gaussian)s are numbered by uint32 ids and the
+// intersection slots are at most 2^31 - 1.
+uint32_t cub_count(int64_t n, const char* what) {
+  if (n > int64_t(UINT32_MAX))
+    throw CudaFailure{StatusCode::kInvalidSize, std::string(what) + ": " + std::to_string(n) +
+                                                    " items, expected at most 2^32 - 1"};
+  return uint32_t(n);
+}
+
+}  // namespace
 
 void inclusive_scan_int64_async(const int64_t* in, int64_t* out, int64_t n, DeviceArena& arena, cudaStream_t stream) {
   if (n <= 0) return;
+  const uint32_t count = cub_count(n, "scan");
   size_t temp_bytes = 0;
-  check(cub::DeviceScan::InclusiveSum(nullptr, temp_bytes, in, out, n, stream), "cub::DeviceScan (size)");
+  check(cub::DeviceScan::InclusiveSum(nullptr, temp_bytes, in, out, count, stream), "cub::DeviceScan (size)");
   void* temp = arena.alloc<unsigned char>(static_cast<int64_t>(temp_bytes));
-  check(cub::DeviceScan::InclusiveSum(temp, temp_bytes, in, out, n, stream), "cub::DeviceScan");
+  check(cub::DeviceScan::InclusiveSum(temp, temp_bytes, in, out, count, stream), "cub::DeviceScan");
 }
 
 int64_t inclusive_scan_int64(const int64_t* in, int64_t* out, int64_t n, DeviceArena& arena, cudaStream_t stream) {
@@ -31,13 +45,14 @@ template <typename Key>
 void sort_pairs_impl(Key* keys_in, Key* keys_out, uint32_t* values_in, uint32_t* values_out, int64_t n, int end_bit,
                      DeviceArena& arena, cudaStream_t stream) {
   if (n <= 0) return;
+  const uint32_t count = cub_count(n, "radix sort");
   size_t temp_bytes = 0;
-  check(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys_in, keys_out, values_in, values_out, n, 0, end_bit,
-                                        stream),
+  check(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys_in, keys_out, values_in, values_out, count, 0,
+                                        end_bit, stream),
         "cub::DeviceRadixSort (size)");
   void* temp = arena.alloc<unsigned char>(static_cast<int64_t>(temp_bytes));
-  check(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, values_in, values_out, n, 0, end_bit,
-                                        stream),
+  check(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, values_in, values_out, count, 0,
+                                        end_bit, stream),
         "cub::DeviceRadixSort");
 }
 

@@ -44,8 +44,9 @@ typedef struct FlexavatarCudaForwardArgs {
    * 0: exactly; their number is read back to the host, the one host synchronisation inside the call.
    * > 0 (at most 2^31 - 1): no host synchronisation. The intersections go into this many slots and the sort
    * covers all of them (unused slots sort last and are never read). A frame with more intersections than
-   * slots is INCOMPLETE (those past the capacity are dropped): the caller reads *num_intersections_out after
-   * its own synchronisation and, when it exceeds the capacity, renders again with a larger one (or 0).
+   * slots is INCOMPLETE (those past the capacity, the farthest, are dropped): the caller reads
+   * *num_intersections_out after its own synchronisation and, when it exceeds the capacity, renders again with
+   * a larger one (or 0).
    * The backward pass needs a forward with 0. */
   int64_t intersection_capacity;
   int64_t* num_intersections_out; /* device memory or NULL (required when intersection_capacity > 0): the

@@ -75,9 +75,10 @@ if "--sort-ab" in sys.argv:
             for case, kwargs in cases.items():
                 times[form, case].append(time_ms(lambda: _native.cuda_forward(*args, 512, 512, stream=stream,
                                                                               **kwargs), iters=30, warmup=3))
-            frames[form] = args[8].clone()
-    same = torch.equal(frames["depth-first"], frames["tile-depth-keys"])
-    print(f"intersections {n}; the two forms' frames bit-identical: {same}")
+                frames[form, case] = [t.clone() for t in args[8:11]]      # image, alpha, depth
+    same = all(torch.equal(x, y) for case in cases
+               for x, y in zip(frames["depth-first", case], frames["tile-depth-keys", case]))
+    print(f"intersections {n}; the two forms' frames bit-identical: {same} (image, alpha, depth; exact and sync-free)")
     for case in cases:
         a, b = (statistics.median(times[form, case]) for form in SORT_FORMS)
         print(f"{case:13s} depth-first {a:.4f} ms   tile-depth-keys {b:.4f} ms   ratio {b / a:.2f}x")
