@@ -15,14 +15,24 @@ Importing this module imports neither torch nor the native module; ``rasterize_o
 from __future__ import annotations
 
 import functools
+import threading
 
 from .constants import EPS2D, FAR_PLANE, NEAR_PLANE
 from .native import _cuda_forward, native_module
 
 
-@functools.cache
+_REGISTRATION = threading.Lock()
+
+
 def rasterize_op():
-    """``torch.ops.flexavatar.rasterize.default``, registered on first use:
+    """``torch.ops.flexavatar.rasterize.default``, registered once (threads that ask at once wait for it)."""
+    with _REGISTRATION:
+        return _register_rasterize_op()
+
+
+@functools.cache
+def _register_rasterize_op():
+    """``torch.ops.flexavatar.rasterize.default``:
     (means [B,G,3], quats [B,G,4], scales [B,G,3], opacities [B,G], sh0 [B,G,3], viewmats [B,C,4,4], ks [B,C,3,3],
     backgrounds [B,C,3], width, height, capacity) → (image [B,C,H,W,3], alpha [B,C,H,W], depth [B,C,H,W],
     count int64 [1]); float32 inputs, all on one device."""

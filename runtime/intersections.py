@@ -97,6 +97,10 @@ class CountReadback:
         else:
             self._host = count
 
+    def ready(self) -> bool:
+        """Whether the count has reached the host (``value()`` would not wait)."""
+        return self._done is None or self._done.query()
+
     def value(self) -> int:
         if self._done is not None:
             self._done.synchronize()

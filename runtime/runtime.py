@@ -7,8 +7,8 @@
 Every frame: decoder (the bundle's graph on the chosen engine) → rasterizer (``flexavatar.kernels``), the
 optional rigid head pose folded into the camera. On the ONNX Runtime / OpenVINO engines with the native CPU
 rasterizer nothing imports PyTorch. One ``Runtime`` may be used from several threads at once (engines keep
-per-thread state where their library needs it; see ``engines.py`` and ``gpu.py``); with ONNX Runtime's CUDA
-graphs its frames run one at a time.
+per-thread state where their library needs it; see ``engines.py`` and ``gpu.py``); with CUDA graphs (ONNX
+Runtime's, or compiled frames on CUDA) its frames run one at a time.
 """
 from __future__ import annotations
 
@@ -257,8 +257,9 @@ class Runtime:
     INFERENCE_PRECISION_HINT: None (f32 for fp32 artifacts, else the device's choice), "f32", "f16" or "bf16"
     (the other engines compute at the artifacts' precision and ignore it, with a warning).
     For backend="torch" / "torch-compile": ``model=`` (FlexAvatarModel) or ``checkpoint=`` + ``template=``
-    (+ ``dinov2=``), or nothing when the bundle carries the model (export target pytorch); "torch-compile" decodes under torch.compile (fp16 autocast with precision="fp16"; on CUDA the
-    model's weights are frozen into the compiled decoder: do not change them while the runtime is in use).
+    (+ ``dinov2=``), or nothing when the bundle carries the model (export target pytorch); "torch-compile" decodes
+    under torch.compile (fp16 autocast with precision="fp16"; on CUDA the model's weights are frozen into the
+    compiled decoder: do not change them while the runtime is in use).
     compiled_frames: the rasterizer (``torch.ops.flexavatar.rasterize``, the native one) and the pixel format, and
     with "torch-compile" the decoder too, compiled as one function (``torch.compile``; on CUDA replayed as CUDA graphs),
     so that a frame's host work is a call or two instead of the rasterizer's Python wrapper, checks and conversions
@@ -325,8 +326,10 @@ class Runtime:
         self._compiled_frames = self._wants_compiled_frames(compiled_frames)
         self._rasters: dict[Any, Any] = {}        # compiled rasterizer + pixel format, per format (compiled frames)
         # CUDA graphs: the decoder's outputs are fixed buffers that the next replay overwrites, and ONNX Runtime
-        # captures in CUDA's global mode: one frame at a time (see gpu.py). Otherwise frames run concurrently.
-        graphs = getattr(self.decoder, "cuda_graphs", False)
+        # captures in CUDA's global mode: one frame at a time (see gpu.py). So do compiled frames on CUDA behind
+        # any engine: their rasterizer replays CUDA graphs (one set of buffers for every thread), and marking a
+        # step (cudagraph_mark_step_begin) is process-wide. Otherwise frames run concurrently.
+        graphs = getattr(self.decoder, "cuda_graphs", False) or (self._compiled_frames and self.array_device == "cuda")
         self._frame_lock = threading.Lock() if graphs else contextlib.nullcontext()
         # the GPU rasterizer's sort sizes (intersections.py): no host sync inside a frame after the first
         self.intersections = IntersectionBudget()
@@ -533,7 +536,7 @@ class Runtime:
         for start in range(0, n, self.batch):
             stop = min(n, start + self.batch)
             with self._frame_lock, self.engine.stream():  # CUDA: decoder, rasterizer, readback: one stream
-                self._check_device_frames()               # a wait, so inside the lock (see above)
+                self._check_device_frames(wait=output != "device")     # a wait, so inside the lock (see above)
                 queued = self._compiled_chunk(avatar, plan, start, stop) if timings is None else None
                 if queued is not None:      # the whole chunk is queued; pipelined, the previous one's pixels
                     if pipelined:           # (their copy was queued before this chunk) are handed out meanwhile
@@ -588,7 +591,7 @@ class Runtime:
         for start in range(0, len(plan.expressions), self.batch):
             stop = min(len(plan.expressions), start + self.batch)
             with self._frame_lock, self.engine.stream():  # decode and rasterize under one hold: no graph-output copy
-                self._check_device_frames()
+                self._check_device_frames(wait=output != "device")
                 chunks.append(self._submit_chunk(avatar, plan, start, stop))
         return PendingFrames(self, chunks)
 
@@ -648,7 +651,7 @@ class Runtime:
             frames = FRAME_FORMATS[plan.output](result.rgb, result.alpha)
             if plan.output == "device":
                 if readback is not None:
-                    self._unchecked.append(readback)             # checked at the next chunk or call
+                    self._unchecked.append(readback)             # checked once its frame is done (a later call)
                 return frames                                    # no host sync at all
             redo = redo or (lambda: self._frames_of(plan, g, start, stop, times, sync, exact=True))
             host = _HostFrames(frames, readback, budget, redo)
@@ -681,7 +684,7 @@ class Runtime:
         readback = CountReadback(count, capacity, e) if capacity else None
         if plan.output == "device":
             if readback is not None:
-                self._unchecked.append(readback)          # checked at the next chunk or call
+                self._unchecked.append(readback)          # checked once its frame is done (a later call)
             return frames.clone() if self.array_device == "cuda" else frames
         return _HostFrames(frames, readback, self.intersections,
                            redo=lambda: self._submit_chunk(avatar, plan, start, stop, exact=True))
@@ -709,13 +712,21 @@ class Runtime:
         return raster(*splats, world2cam.view(e, 1, 4, 4), intrinsics.view(e, 1, 3, 3), backgrounds.view(e, 1, 3),
                       plan.width, plan.height, capacity)
 
-    def _check_device_frames(self) -> None:
-        """Counts of the frames handed out on the device: each waits for its frame's rasterizer only; one over
-        its capacity warns (IncompleteFrameWarning) and grows the budget."""
+    # device frames whose counts may stay unchecked: past this many, the oldest's rasterizer is waited for
+    UNCHECKED_BACKLOG = 3
+
+    def _check_device_frames(self, wait: bool = False) -> None:
+        """Counts of the frames handed out on the device, those whose rasterizer has finished (no wait: a live loop
+        of device frames queues frame i + 1 while frame i runs), the oldest past UNCHECKED_BACKLOG, and with
+        ``wait`` all (a render whose pixels go to the host waits for the GPU anyway); one over its capacity warns
+        (IncompleteFrameWarning) and grows the budget."""
         while self._unchecked:
             try:
                 readback = self._unchecked.popleft()
             except IndexError:                          # another thread took the last one
+                return
+            if not (wait or readback.ready()) and len(self._unchecked) < self.UNCHECKED_BACKLOG:
+                self._unchecked.appendleft(readback)    # its frame still runs: checked at a later call
                 return
             if not readback.fits(self.intersections):
                 self.intersections.report_incomplete(readback.value(), readback.capacity)

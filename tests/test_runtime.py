@@ -7,6 +7,9 @@ no DINOv2 (the encoder takes DINOv2 features), ONNX fp32 only. The oracle everyw
 """
 from __future__ import annotations
 
+import collections
+import contextlib
+import functools
 import importlib.util
 import io
 import json
@@ -16,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import types
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -295,6 +299,51 @@ def test_intersection_budget_sizes():
     budget.sync_free = True
     budget.observe(2**31, 1)
     assert budget.capacity(1) == 0                            # past the sort's int32 slot index: exact again
+
+
+class _QueuedCount:
+    """A device frame's count on its way to the host (CountReadback's interface): ``ready`` says whether its frame
+    has finished; ``fits`` records that it was waited for."""
+
+    def __init__(self, count: int, capacity: int = 1000):
+        self.count, self.capacity, self.ready_now, self.waited = count, capacity, False, False
+
+    def ready(self) -> bool:
+        return self.ready_now
+
+    def value(self) -> int:
+        self.waited = True
+        return self.count
+
+    def fits(self, budget: IntersectionBudget) -> bool:
+        budget.observe(self.value(), 1)
+        return self.count <= self.capacity
+
+
+def test_device_frames_counts_are_checked_without_waiting_for_running_frames():
+    """A live loop of device frames queues frame i + 1 while frame i runs: the counts of frames still running are
+    left for a later call (waiting for them would serialise the host and the GPU), up to UNCHECKED_BACKLOG of
+    them; a render whose pixels go to the host (wait=True) checks them all."""
+    backlog = Runtime.UNCHECKED_BACKLOG
+    rt = types.SimpleNamespace(_unchecked=collections.deque(), intersections=IntersectionBudget(),
+                               UNCHECKED_BACKLOG=backlog)
+    check = functools.partial(Runtime._check_device_frames, rt)
+    first, second = _QueuedCount(500), _QueuedCount(600)
+    rt._unchecked.extend([first, second])
+    check()
+    assert list(rt._unchecked) == [first, second] and not first.waited      # both still running: no wait
+    first.ready_now = True
+    check()
+    assert list(rt._unchecked) == [second] and first.waited and not second.waited
+    assert rt.intersections.per_view == 500
+    rt._unchecked.extend(_QueuedCount(700) for _ in range(backlog + 1))     # more running than the backlog
+    check()
+    assert len(rt._unchecked) == backlog and second.waited                  # the two oldest waited for
+    over = _QueuedCount(5000)
+    rt._unchecked.append(over)
+    with pytest.warns(IncompleteFrameWarning, match="5000"):
+        check(wait=True)
+    assert not rt._unchecked and rt.intersections.incomplete == 1 and rt.intersections.per_view == 5000
 
 
 class _CapacityEmulator:
@@ -1797,6 +1846,12 @@ def test_onnxruntime_cuda_graphs_from_two_threads(bundle, model, expressions, dr
     got = rt.decode(jobs[1][0], jobs[1][1])
     for f in FIELDS:
         assert _max_err(getattr(got, f).cpu().numpy(), want[f]) <= GAUSSIAN_TOL
+    _assert_two_threads_render_their_frames(rt, jobs, alone, orbit_camera(5))
+
+
+def _assert_two_threads_render_their_frames(rt: Runtime, jobs: dict, alone: dict, cameras: Camera) -> None:
+    """Threads 0 and 1 render jobs[t] (avatar, expressions) 4 times each at once, at 64²: each render equals
+    alone[t] (the thread's frames rendered alone) within one 8-bit step."""
     results: dict[int, list[np.ndarray]] = {0: [], 1: []}
     errors = []
     barrier = threading.Barrier(2)
@@ -1805,7 +1860,7 @@ def test_onnxruntime_cuda_graphs_from_two_threads(bundle, model, expressions, dr
         try:
             barrier.wait()
             for _ in range(4):
-                results[t].append(rt.render(*jobs[t], orbit_camera(5), 64, 64))
+                results[t].append(rt.render(*jobs[t], cameras, 64, 64))
         except BaseException as e:                       # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -1819,6 +1874,25 @@ def test_onnxruntime_cuda_graphs_from_two_threads(bundle, model, expressions, dr
         assert len(results[t]) == 4
         for frames in results[t]:
             assert np.abs(frames.astype(int) - alone[t].astype(int)).max() <= 1
+
+
+@pytest.mark.gpu
+def test_compiled_frames_on_cuda_from_two_threads(bundle, model, driving_dir):
+    """Compiled frames behind an engine without CUDA graphs of its own (PyTorch eager): the compiled rasterizer
+    replays CUDA graphs whose buffers every thread shares, so its frames take the frame lock; two threads at once
+    each get their own frames (within one 8-bit step of the frames rendered alone)."""
+    try:
+        rt = Runtime(bundle, backend="torch", device="cuda", rasterizer="cuda", model=model, batch=2,
+                     compiled_frames=True)                                               # moves model to cuda
+        codes = load_expressions(driving_dir / "SEN-10-port_strong_smokey.npz")[:5]
+        avatar = Avatar(np.load(bundle / "avatar_code.npy").transpose(1, 0, 2))
+        jobs = {0: (avatar, codes), 1: (avatar, codes[::-1].copy())}
+        alone = {t: rt.render(*job, orbit_camera(5), 64, 64) for t, job in jobs.items()}
+        assert rt.compiled_frames and not isinstance(rt._frame_lock, contextlib.nullcontext)
+        _assert_two_threads_render_their_frames(rt, jobs, alone, orbit_camera(5))
+        assert rt.compiled_frames                        # no fallback to the separate calls on the way
+    finally:
+        model.to("cpu")                                  # back on the CPU for the other tests
 
 
 @pytest.mark.gpu
