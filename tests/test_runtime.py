@@ -1929,7 +1929,10 @@ def test_torch_compile_engine_on_cuda(bundle, model, expressions, driving_dir):
 def test_compiled_frames_on_cuda(bundle, model, expressions, monkeypatch):
     """The CUDA default with torch-compile: after a runtime's first frame (its sort sized exactly, so the separate
     calls) each chunk is one compiled call, its rasterizer captured in the CUDA graphs, and the rasterizer's Python
-    entry no longer runs. Frames: the separate calls' within fp16 replay noise, one by one or queued."""
+    entry no longer runs. Frames: the separate calls' within fp16 replay noise, one by one or queued. Inductor
+    skipped no CUDA graph (it only logs a skip, and the frame then runs kernel by kernel)."""
+    from torch._dynamo.utils import counters
+    skips = counters["inductor"]["cudagraph_skips"]
     try:
         rt = Runtime(bundle, backend="torch-compile", device="cuda", rasterizer="cuda", precision="fp16",
                      model=model)
@@ -1953,6 +1956,7 @@ def test_compiled_frames_on_cuda(bundle, model, expressions, monkeypatch):
             assert _max_err(pending[i].result(), want[i:i + 1]) <= 2e-3
         assert not rasterizer_entries and rt.intersections.rerenders == 0
         assert len(compiled_calls) == 2 * len(expressions)                # batch 1: a call a frame
+        assert counters["inductor"]["cudagraph_skips"] == skips
     finally:
         model.to("cpu")                                             # the module's model, for the other tests
 
@@ -1961,7 +1965,10 @@ def test_compiled_frames_on_cuda(bundle, model, expressions, monkeypatch):
 def test_compiled_rasterizer_on_cuda_behind_onnxruntime(bundle, expressions, monkeypatch):
     """compiled_frames=True with ONNX Runtime (CUDA graphs): after the first frame its decoder's graph replays, then
     the compiled rasterizer and pixels replay theirs; the rasterizer's Python entry no longer runs; frames as the
-    separate calls' (the same fp32 graphs and kernels: within replay noise), one by one, as a clip, queued."""
+    separate calls' (the same fp32 graphs and kernels: within replay noise), one by one, as a clip, queued; no
+    CUDA graph skipped by Inductor."""
+    from torch._dynamo.utils import counters
+    skips = counters["inductor"]["cudagraph_skips"]
     rt = Runtime(bundle, backend="onnxruntime", device="cuda", rasterizer="cuda", compiled_frames=True)
     separate = Runtime(bundle, backend="onnxruntime", device="cuda", rasterizer="cuda")
     assert "compiled frames" in rt.describe() and "compiled frames" not in separate.describe()
@@ -1978,6 +1985,7 @@ def test_compiled_rasterizer_on_cuda_behind_onnxruntime(bundle, expressions, mon
     for i in reversed(range(len(expressions))):
         assert _max_err(pending[i].result(), want[i:i + 1]) <= REPLAY_TOL
     assert not entries and rt.intersections.rerenders == 0 and len(rt._rasters) == 1
+    assert counters["inductor"]["cudagraph_skips"] == skips
 
 
 @pytest.mark.gpu
