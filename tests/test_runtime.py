@@ -1989,6 +1989,36 @@ def test_compiled_rasterizer_on_cuda_behind_onnxruntime(bundle, expressions, mon
 
 
 @pytest.mark.gpu
+def test_compiled_frames_that_fail_inside_a_cuda_capture_give_way(bundle, expressions, monkeypatch, caplog):
+    """The CPU test's fallback (test_compiled_frames_that_fail_give_way_to_the_separate_calls) where it matters: the
+    native rasterizer raises while its CUDA graph is being captured (cudagraph trees capture at a function's second
+    call). The runtime warns, renders that frame and every later one with the separate calls, and their frames
+    are those of a runtime without compiled frames: the failed capture left the stream and the allocator usable."""
+    import torch
+
+    from flexavatar.kernels import torch_op
+    native_forward, captures = torch_op._cuda_forward, []
+
+    def refuse_capture(*args, **kwargs):
+        if torch.cuda.is_current_stream_capturing():
+            captures.append(1)
+            raise RuntimeError("injected: refused while capturing")
+        return native_forward(*args, **kwargs)
+
+    monkeypatch.setattr(torch_op, "_cuda_forward", refuse_capture)
+    rt = _ort_cuda_runtime(bundle, compiled_frames=True)
+    separate = _ort_cuda_runtime(bundle)
+    clip = np.concatenate([expressions, expressions[::-1]])     # frame 0 exact, then warm-up, then the capture
+    avatar, cams = rt.bundle_avatar(), orbit_camera(len(clip))
+    want = separate.render(avatar, clip, cams, SIZE, SIZE, output="float")
+    with caplog.at_level("WARNING", logger="flexavatar.runtime"):
+        got = rt.render(avatar, clip, cams, SIZE, SIZE, output="float")
+    assert captures == [1] and "compiled frames failed" in caplog.text and not rt.compiled_frames
+    assert _max_err(got, want) <= REPLAY_TOL
+    assert _max_err(rt.render(avatar, clip, cams, SIZE, SIZE, output="float"), want) <= REPLAY_TOL
+
+
+@pytest.mark.gpu
 def test_torch_cuda_matches_cpu(bundle, model, expressions):
     rt = Runtime(bundle, backend="torch", device="cuda", rasterizer="cuda", model=model)    # moves model to cuda
     avatar = Avatar(np.load(bundle / "avatar_code.npy").transpose(1, 0, 2))
