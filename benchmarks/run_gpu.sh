@@ -49,6 +49,9 @@ WORK=$REPO/build/gpu-run
 SITE=$WORK/site
 LOGS=$WORK/logs-$STAMP
 HISTORY=$REPO/benchmarks/history
+# one Inductor cache for prewarm.sh and every stage (the same folder whatever each call's TMPDIR): the benchmark's
+# compiled frames are then loaded from prewarm's compilation, not compiled again
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$REPO/build/inductor-cache}
 mkdir -p "$LOGS" "$HISTORY" || { echo "cannot create $LOGS" >&2; exit 1; }
 SUMMARY=$LOGS/summary.txt
 
@@ -162,11 +165,12 @@ ort_placement() {
 }
 
 # bench [-k EXPRESSION]: the benchmark suite (or a selection) into the history; -s: the export's progress and
-# each case's correctness line reach the log as they happen
+# each case's correctness line reach the log as they happen; log_cli: the runtime's warnings too (e.g. "compiled
+# frames failed"), which pytest otherwise shows for failed cases only
 bench() {
   # shellcheck disable=SC2086  # FLEXAVATAR_BENCH_ARGS is a list of words on purpose
   pyrun -m pytest "$REPO/benchmarks" --rootdir "$REPO" -c "$REPO/pyproject.toml" -p no:cacheprovider \
-    --benchmark-only --benchmark-max-time="$MAX_TIME" --benchmark-min-rounds=5 \
+    -o log_cli=true --log-cli-level=WARNING --benchmark-only --benchmark-max-time="$MAX_TIME" --benchmark-min-rounds=5 \
     --benchmark-warmup=on --benchmark-warmup-iterations=3 --benchmark-columns=min,median,mean,ops,rounds \
     --bench-history "$HISTORY" -rs -s "$@" ${FLEXAVATAR_BENCH_ARGS:-}
 }
@@ -365,7 +369,8 @@ for name in ${FLEXAVATAR_GPU_STAGES:-machine build gpu-tests ort-placement bench
     interleave) stage interleave 90 interleave ;;
     upsampler-forms) stage upsampler-forms 180 upsampler_forms ;;
     ort-fusions) stage ort-fusions 120 ort_fusions ;;
-    wait-prewarm) stage wait-prewarm 300 bash -c "until [[ -f '$REPO/build/gpu-prewarm/done' ]]; do sleep 2; done" ;;
+    # (no prewarm.sh on this machine, e.g. a single-call session or a fresh machine: nothing to wait for)
+    wait-prewarm) stage wait-prewarm 300 bash -c "until [[ ! -f '$REPO/build/gpu-prewarm/started' || -f '$REPO/build/gpu-prewarm/done' ]]; do sleep 2; done" ;;
     native-check) stage native-check 150 gpu_check timing memcheck ;;
     memcheck) stage memcheck 90 gpu_check memcheck ;;   # compute-sanitizer alone (the sync-free sort's first run)
     # the CUDA sort's two forms, native forward side by side; the later stages keep the old form when the new

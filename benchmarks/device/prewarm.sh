@@ -21,6 +21,7 @@ rm -rf "$MARK" && mkdir -p "$MARK"
 trap 'touch "$MARK/done"' EXIT
 date +%s >"$MARK/started"
 [[ -d .device/fixtures ]] && export FLEXAVATAR_FIXTURES=$REPO/.device/fixtures
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$REPO/build/inductor-cache}   # run_gpu.sh's
 FLEXAVATAR_GPU_STAGES=build FLEXAVATAR_GPU_BUDGET_S=400 OUT=$MARK/build-out bash benchmarks/run_gpu.sh >"$MARK/build.log" 2>&1
 grep -q '\[build\] ok' "$MARK/build.log" && touch "$MARK/build.ok"
 WORK=$REPO/build/gpu-run
