@@ -4,6 +4,7 @@ checks (torch.library.opcheck: schema, fake implementation, dispatch), and the e
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from flexavatar.kernels import Cameras, Splats, rasterize
@@ -61,3 +62,41 @@ def test_operator_inside_an_inductor_graph():
     got = torch.compile(frame, backend="inductor", fullgraph=True)(*args)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, atol=0, rtol=0)
+
+
+# The operator's first native call of a fresh process, inside a CUDA-graph capture (thread-local mode, as
+# PyTorch's compiled frames capture): the native library's once-per-device memory-pool setting must not invalidate
+# the capture. The replayed graph's frame equals the eager operator's, and the count is the exact one.
+_CAPTURED_FIRST_CALL = r'''
+import sys
+import torch
+sys.path.insert(0, sys.argv[1])
+from test_kernels_torch_op import _scene
+from flexavatar.kernels.torch_op import rasterize_op
+
+op = rasterize_op()
+splats, w2c, ks, bg = _scene()
+args = [t.cuda() for t in (*splats, w2c[:, None], ks[:, None], bg[:, None])]
+stream = torch.cuda.Stream()
+graph = torch.cuda.CUDAGraph()
+with torch.cuda.stream(stream):
+    with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+        captured = op(*args, 64, 48, 1 << 16)          # the first native call of this process
+graph.replay()
+torch.cuda.synchronize()
+eager = op(*args, 64, 48, 0)                            # exact sort, outside any capture
+assert torch.equal(captured[0], eager[0]) and torch.equal(captured[1], eager[1]), "captured frame differs"
+assert int(captured[3]) == int(eager[3]) > 0, (int(captured[3]), int(eager[3]))
+print("captured first call ok", int(eager[3]))
+'''
+
+
+@pytest.mark.gpu
+def test_operator_first_called_inside_a_cuda_capture():
+    import subprocess
+    import sys
+    from pathlib import Path
+    out = subprocess.run([sys.executable, "-c", _CAPTURED_FIRST_CALL, str(Path(__file__).parent)],
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "captured first call ok" in out.stdout

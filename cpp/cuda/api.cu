@@ -36,17 +36,22 @@ class DeviceGuard {
 
 // Keeps freed stream-ordered memory in the pool instead of returning it at every synchronisation. Once per device
 // (the first call on it): a forward may later run inside a CUDA graph capture (PyTorch's compiled frames), where
-// calls outside the stream's work have no business.
+// calls outside the stream's work have no business. Should the first call be inside a capture already, this
+// thread is in relaxed capture mode for the pool call: setting a pool attribute is a "potentially unsafe" call,
+// which in global or thread-local mode would fail and invalidate the capture.
 void keep_pool_memory(int device) {
   static std::mutex mutex;
   static std::set<int> done;
   std::lock_guard<std::mutex> lock(mutex);
   if (!done.insert(device).second) return;
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  const bool exchanged = cudaThreadExchangeStreamCaptureMode(&mode) == cudaSuccess;
   cudaMemPool_t pool;
   if (cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess) {
     uint64_t threshold = UINT64_MAX;
     cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold);
   }
+  if (exchanged) cudaThreadExchangeStreamCaptureMode(&mode);      // this thread's mode as it was
   cudaGetLastError();
 }
 
