@@ -230,7 +230,8 @@ class PendingFrames:
             return self._frames
 
 
-# output → the frames from the rasterizer's rgb and alpha, on its device; every output but "device" then goes to the host
+# output → the frames from the rasterizer's rgb and alpha, on its device; every output but "device" then goes to
+# the host
 FRAME_FORMATS = {"uint8": _uint8_rgb, "float": _float_rgba, "device": _float_rgba}
 
 
