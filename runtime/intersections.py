@@ -13,8 +13,9 @@ synchronisation; the exact count comes back on the device). ``IntersectionBudget
   are compiled per capacity, round it up to a power of two (the same compilation across runs);
 * a frame over its capacity is found when its pixels are read back with its count (one host sync, which the
   caller asked for anyway) and rendered again exactly; the budget then grows. Frames left on the device
-  (``output="device"``) have no such sync: their counts are checked at the runtime's next call, and an
-  incomplete one is reported (``IncompleteFrameWarning``), not repaired: the caller may have used it already.
+  (``output="device"``) have no such sync: their counts are checked at a later call of the runtime, once their
+  frame is done (past three outstanding, the oldest is waited for), and an incomplete one is reported
+  (``IncompleteFrameWarning``), not repaired: the caller may have used it already.
 
 The sort's cost grows with its capacity (a radix sort over every slot, sentinels too).
 """
