@@ -33,7 +33,7 @@ from flexavatar.export.parity import MAX_RECORDED_PSNR_DB  # noqa: E402  (inf is
 from flexavatar.images import psnr as frame_psnr  # noqa: E402
 from flexavatar.runtime import (Avatar, Camera, Runtime, load_expressions, orbit_camera,  # noqa: E402
                                 synthetic_expressions)
-from flexavatar.runtime.gpu import NODE_BY_NODE_ABORTS  # noqa: E402
+from flexavatar.runtime.gpu import node_by_node_aborts  # noqa: E402
 
 SHARED = fixtures_dir()
 TEMPLATE_OBJ = SHARED / "official_flex" / "gghead_template.obj"      # G = 58,361 (synthetic template otherwise)
@@ -114,7 +114,7 @@ def _skip_unless_runnable(engine: str, device: str, bundle: Path, graphs: bool |
             ort = pytest.importorskip("onnxruntime")
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 pytest.skip("this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)")
-            if graphs is False and ort.__version__.startswith(NODE_BY_NODE_ABORTS):
+            if graphs is False and node_by_node_aborts(ort.__version__):
                 # the process would die, and with it every case after this one
                 pytest.skip(f"onnxruntime-gpu {ort.__version__} aborts CUDA sessions that run node by node "
                             "(benchmarks/device/README.md)")

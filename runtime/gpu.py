@@ -68,6 +68,11 @@ log = logging.getLogger("flexavatar.runtime")
 NODE_BY_NODE_ABORTS = ("1.31.",)
 
 
+def node_by_node_aborts(ort_version: str) -> bool:
+    """Whether this onnxruntime-gpu version is one seen aborting CUDA sessions that run node by node."""
+    return ort_version.startswith(NODE_BY_NODE_ABORTS)
+
+
 def cuda_provider_options(device_id: int, stream_handle: int, cuda_graphs: bool, precision: str) -> dict[str, str]:
     """The CUDA provider's options for a model file of ``precision``, as the C++ runtime sets them
     (cpp/runtime/ort_session.cpp ``cuda_provider_options``)."""
@@ -125,7 +130,7 @@ class OrtCudaModel:
             raise EngineUnavailableError("onnxruntime", "cuda", f"CUDA graphs refused for {path.name}: "
                                          f"{str(e).splitlines()[0][:300]}",
                                          "run without cuda_graphs (or re-export with --opset 18)") from None
-        if not self.cuda_graphs and ort.__version__.startswith(NODE_BY_NODE_ABORTS):
+        if not self.cuda_graphs and node_by_node_aborts(ort.__version__):
             log.warning("%s runs node by node on CUDA (cuda_graphs=False): onnxruntime-gpu %s aborted such sessions "
                         "on an H200 (CUDA error 800, cudaFreeHost in a stream callback; benchmarks/device/README.md). "
                         "The default, CUDA graphs, never did", path.name, ort.__version__)

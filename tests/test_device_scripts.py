@@ -5,6 +5,8 @@ not exported fails with "command not found" on the GPU (it happened once)."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,8 +66,6 @@ def _wait_prewarm_command(repo: Path) -> str:
 def test_wait_prewarm_waits_only_for_a_prewarm_that_started(tmp_path):
     """Without prewarm.sh on the machine (a one-call session, a fresh machine) there is nothing to wait for: the
     stage once slept out its whole cap there, and the budget then skipped every stage after it."""
-    import subprocess
-
     def waits(seconds: float = 3) -> bool:
         try:
             subprocess.run(["bash", "-c", _wait_prewarm_command(tmp_path)], timeout=seconds, check=True)
@@ -94,9 +94,6 @@ def test_sort_ab_fallback_reads_the_line_time_cuda_prints():
 def test_bench_graphs_selects_the_target_cases_first():
     """The bench-graphs stage must time issue #7's candidates and the eager baseline, the candidates before the
     rest (a session's budget may cut the stage short): its -k expression, collected as pytest collects it."""
-    import subprocess
-    import sys
-
     line = next(ln for ln in RUN_GPU.splitlines() if ln.strip().startswith("bench-graphs)"))
     selection = re.search(r'bench -k "([^"]+)"', line)[1]
     out = subprocess.run([sys.executable, "-m", "pytest", str(REPO / "benchmarks" / "bench_runtime.py"),

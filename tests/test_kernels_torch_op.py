@@ -3,6 +3,10 @@ compiled frames. Oracles: the cpu backend through kernels.rasterize (the same C+
 checks (torch.library.opcheck: schema, fake implementation, dispatch), and the eager operator under Inductor."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -93,9 +97,6 @@ print("captured first call ok", int(eager[3]))
 
 @pytest.mark.gpu
 def test_operator_first_called_inside_a_cuda_capture():
-    import subprocess
-    import sys
-    from pathlib import Path
     out = subprocess.run([sys.executable, "-c", _CAPTURED_FIRST_CALL, str(Path(__file__).parent)],
                          capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr

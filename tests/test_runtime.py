@@ -1719,8 +1719,8 @@ def _ort_cuda_runtime(bundle: Path, **options) -> Runtime:
     import onnxruntime as ort
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
-    from flexavatar.runtime.gpu import NODE_BY_NODE_ABORTS
-    if options.get("cuda_graphs") is False and ort.__version__.startswith(NODE_BY_NODE_ABORTS):
+    from flexavatar.runtime.gpu import node_by_node_aborts
+    if options.get("cuda_graphs") is False and node_by_node_aborts(ort.__version__):
         # the process dies (no test outcome at all) and takes the rest of the run with it
         pytest.skip(f"onnxruntime-gpu {ort.__version__} aborts CUDA sessions that run node by node (CUDA error 800, "
                     "cudaFreeHost in a stream callback: benchmarks/device/README.md); the runtime's default replays "
