@@ -2,7 +2,9 @@
 the host, per inference engine + rasterizer, random weights (the same seed as bench_model.py).
 
 Cases are labelled ``<decode engine>+<rasterizer>``: ``ort-cpu+cpu``, ``openvino+cpu``, ``torch-eager+cpu``,
-``torch-eager+reference`` on the CPU; on a GPU ``ort-cuda+cuda`` (fp32, fp16), ``ort-cuda-graphs+cuda`` (CUDA
+``torch-eager+reference`` on the CPU; on a GPU or NPU without CUDA ``ort-gpu+cpu``, ``openvino-gpu+cpu``,
+``ort-npu+cpu``, ``openvino-npu+cpu`` (DirectML, CoreML, QNN, OpenVINO's plugins, ...: host arrays, the C++ CPU
+rasterizer; skipped without one); on a CUDA GPU ``ort-cuda+cuda`` (fp32, fp16), ``ort-cuda-graphs+cuda`` (CUDA
 graphs), ``ort-cuda-graphs-fused+cuda`` (the decoder with ONNX Runtime's fused kernels, export target onnx-ort: the
 runtime's default on CUDA; the unfused cases run the portable files, ``fused_decoders=False``), ``torch-eager+cuda``
 and ``torch-compile+cuda`` (Inductor + CUDA graphs, fp16 autocast; ``torch-compile-frames+cuda``: the whole frame
@@ -31,8 +33,8 @@ from flexavatar.config import FLEX1  # noqa: E402
 from flexavatar.dev_fixtures import fixtures_dir  # noqa: E402
 from flexavatar.export.parity import MAX_RECORDED_PSNR_DB  # noqa: E402  (inf is not JSON)
 from flexavatar.images import psnr as frame_psnr  # noqa: E402
-from flexavatar.runtime import (Avatar, Camera, Runtime, load_expressions, orbit_camera,  # noqa: E402
-                                synthetic_expressions)
+from flexavatar.runtime import (Avatar, Camera, Runtime, get_engine, load_expressions,  # noqa: E402
+                                orbit_camera, synthetic_expressions)
 from flexavatar.runtime.gpu import node_by_node_aborts  # noqa: E402
 
 SHARED = fixtures_dir()
@@ -61,6 +63,12 @@ CASES = [
     ("ort-cuda-graphs+cuda", "onnxruntime", "cuda", "fp32", "cuda", True, False),
     ("ort-cuda+cuda", "onnxruntime", "cuda", "fp32", "cuda", False, False),
     ("ort-cuda+cuda", "onnxruntime", "cuda", "fp16", "cuda", False, False),
+    # GPUs and NPUs without CUDA (DirectML, CoreML, MIGraphX, QNN, OpenVINO's plugins, ...): host arrays, the C++ CPU
+    # rasterizer; skipped on machines without one
+    ("ort-gpu+cpu", "onnxruntime", "gpu", "fp32", "cpu", False, None),
+    ("openvino-gpu+cpu", "openvino", "gpu", "fp32", "cpu", False, None),
+    ("ort-npu+cpu", "onnxruntime", "npu", "fp32", "cpu", False, None),
+    ("openvino-npu+cpu", "openvino", "npu", "fp32", "cpu", False, None),
 ]
 
 
@@ -120,9 +128,19 @@ def _skip_unless_runnable(engine: str, device: str, bundle: Path, graphs: bool |
                             "(benchmarks/device/README.md)")
 
 
-# CUDA cases skip at collection on machines without a CUDA device (before the FLEX-1 bundle is built for them)
+# CUDA cases skip at collection on machines without a CUDA device (before the FLEX-1 bundle is built for them), and
+# so do GPU / NPU cases whose engine cannot reach such a device here
 _NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False)")
-_PARAMS = [pytest.param(*c, id=f"{c[0]}-{c[3]}", marks=[_NO_CUDA] if c[2] == "cuda" else []) for c in CASES]
+
+
+def _device_marks(engine: str, device: str) -> list:
+    if device == "cuda":
+        return [_NO_CUDA]
+    reason = get_engine(engine).unavailable_reason(device) if device in ("gpu", "npu") else None
+    return [pytest.mark.skip(reason=reason)] if reason else []
+
+
+_PARAMS = [pytest.param(*c, id=f"{c[0]}-{c[3]}", marks=_device_marks(c[1], c[2])) for c in CASES]
 
 
 @pytest.mark.parametrize("label,engine,device,precision,rasterizer,graphs,fused", _PARAMS)

@@ -19,7 +19,7 @@ from .cameras import Camera, default_camera, look_at, orbit_camera, sequence_cam
 from .engines import (EngineOptions, EngineSpec, InferenceBackend, available_engines, get_engine, register_engine,
                       registered_engines, select_engine)
 from .errors import (AvatarFileError, CameraInputError, EncoderUnavailableError, EngineUnavailableError,
-                     ExpressionInputError, ImageInputError, ModelMismatchError, OutputFileError, RuntimeArgumentError,
+                     ExecutionProviderError, ExpressionInputError, ImageInputError, ModelMismatchError, OutputFileError, RuntimeArgumentError,
                      RuntimeFailure, UnknownEngineError)
 from .expressions import (axis_angle_to_matrix, compose_expression, expression_parts, head_pose, head_pose_matrix,
                           load_expressions, neutral_expression, synthetic_expressions)
@@ -37,6 +37,6 @@ __all__ = [
     "EngineOptions", "EngineSpec", "InferenceBackend", "register_engine", "registered_engines", "available_engines",
     "get_engine", "select_engine",
     "RuntimeFailure", "RuntimeArgumentError", "ImageInputError", "ExpressionInputError", "CameraInputError",
-    "AvatarFileError", "EngineUnavailableError", "UnknownEngineError", "EncoderUnavailableError",
+    "AvatarFileError", "EngineUnavailableError", "ExecutionProviderError", "UnknownEngineError", "EncoderUnavailableError",
     "ModelMismatchError", "OutputFileError", "IncompleteFrameWarning", "IntersectionBudget",
 ]

@@ -130,12 +130,13 @@ def _tracked_cameras(args, n_frames: int) -> Camera:
 
 
 def parse_device(text: str) -> tuple[str, int]:
-    """--device: "cuda:N" → ("cuda", N); any other name → (name, 0) (the runtime checks the name)."""
+    """--device: "cuda:N" / "gpu:N" → (name, N); any other name → (name, 0) (the runtime checks the name)."""
     name, sep, index = text.partition(":")
     if not sep:
         return text, 0
-    if name != "cuda" or not index.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r}: expected cpu, cuda, cuda:N (N = 0, 1, ...), gpu or auto")
+    if name not in ("cuda", "gpu") or not index.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected cpu, cuda, cuda:N, gpu, gpu:N (N = 0, 1, ...), npu "
+                                         "or auto")
     return name, int(index)
 
 
@@ -184,7 +185,9 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     """The options that choose how a bundle runs (``open_runtime``), shared by flexavatar-render and -verify."""
     p.add_argument("--backend", default="auto", help="onnxruntime, openvino, torch, torch-compile or auto (default)")
     p.add_argument("--device", default="auto", type=parse_device,
-                   help="cpu, cuda, cuda:N (the N-th CUDA device), gpu (OpenVINO Intel GPU) or auto (default)")
+                   help="cpu, cuda, cuda:N (the N-th CUDA device), gpu / gpu:N (a GPU without CUDA: OpenVINO's "
+                        "Intel GPU, or ONNX Runtime's DirectML, MIGraphX, CoreML, ... provider), npu (OpenVINO's NPU, "
+                        "or ONNX Runtime's QNN, VitisAI, CoreML provider) or auto (default: CUDA, else the CPU)")
     p.add_argument("--rasterizer", default="auto", help="cpu, cuda, triton, reference or auto (default)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
     p.add_argument("--inference-precision", choices=INFERENCE_PRECISIONS,

@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 import types
+from pathlib import Path
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,12 +30,16 @@ import numpy as np
 from flexavatar.bundle import (FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, ROLE_DECODER,
                                ROLE_DECODER_AVATAR, ROLE_ENCODER, ROLE_ENCODER_FEATURES, Bundle, ModelArtifact)
 
-from .errors import EngineUnavailableError, ModelMismatchError, RuntimeArgumentError, UnknownEngineError
+from .errors import (EngineUnavailableError, ExecutionProviderError, ModelMismatchError, RuntimeArgumentError,
+                     UnknownEngineError)
 from .expressions import EXPRESSION_DIM
 
 log = logging.getLogger("flexavatar.runtime")
 
-DEVICES = ("cpu", "cuda", "gpu")       # "gpu": OpenVINO's (Intel) GPU plugin
+# "gpu": a GPU reached other than through CUDA (OpenVINO's GPU plugin, ONNX Runtime's DirectML, MIGraphX, CoreML, ...
+# providers: ORT_HOST_PROVIDERS); "npu": a neural processor (OpenVINO's NPU plugin; ONNX Runtime's QNN, VitisAI, ...).
+# Their engines take and give host arrays, so the CPU rasterizer draws their frames.
+DEVICES = ("cpu", "cuda", "gpu", "npu")
 INFERENCE_PRECISIONS = ("f32", "f16", "bf16")   # OpenVINO's INFERENCE_PRECISION_HINT values (EngineOptions)
 NUMPY, TORCH = "numpy", "torch"
 
@@ -180,8 +185,8 @@ def select_engine(name: str, device: str,
                   requirement: Callable[[EngineSpec, str], str | None] | None = None) -> tuple[EngineSpec, str]:
     """(engine, concrete device) for a backend name or "auto" and a device or "auto".
 
-    device "auto" prefers a CUDA device when the engine can use one here, else the CPU (OpenVINO's
-    Intel "gpu" is only used when asked for). ``requirement(spec, device)`` may reject an engine on a device with
+    device "auto" prefers a CUDA device when the engine can use one here, else the CPU ("gpu" and "npu" are
+    only used when asked for). ``requirement(spec, device)`` may reject an engine on a device with
     a reason (e.g. the bundle has no file in a format it runs there)."""
     if device != "auto" and device not in DEVICES:
         raise RuntimeArgumentError("device", f"is {device!r}", f"'auto' or one of {DEVICES}")
@@ -244,16 +249,53 @@ def _needs_torch_cuda() -> str | None:
 
 # ---- ONNX Runtime -----------------------------------------------------------------------------------------
 
+# ONNX Runtime's execution providers for the devices whose arrays stay on the host, preferred first, each with the
+# options that point it at that device. Each onnxruntime package ships its own set (ORT_HOST_PACKAGES). ONNX Runtime
+# copies the inputs to the device and the outputs back inside each run.
+ORT_CPU = "CPUExecutionProvider"
+_COREML = "CoreMLExecutionProvider"
+ORT_HOST_PROVIDERS: dict[str, tuple[tuple[str, Mapping[str, str]], ...]] = {
+    "cpu": ((ORT_CPU, {}),),
+    "gpu": (("DmlExecutionProvider", {}), ("MIGraphXExecutionProvider", {}), ("ROCMExecutionProvider", {}),
+            (_COREML, {"ModelFormat": "MLProgram", "MLComputeUnits": "CPUAndGPU"}),
+            ("WebGpuExecutionProvider", {}), ("OpenVINOExecutionProvider", {"device_type": "GPU"})),
+    "npu": (("QNNExecutionProvider", {"backend_type": "htp"}), ("VitisAIExecutionProvider", {}),
+            (_COREML, {"ModelFormat": "MLProgram", "MLComputeUnits": "CPUAndNeuralEngine"}),
+            ("OpenVINOExecutionProvider", {"device_type": "NPU"})),
+}
+ORT_DEVICE_ID_PROVIDERS = frozenset({"DmlExecutionProvider", "MIGraphXExecutionProvider", "ROCMExecutionProvider"})
+ORT_HOST_PACKAGES = {"gpu": "pip install onnxruntime-directml (Windows, any GPU) or onnxruntime-openvino (Intel), or "
+                            "AMD's ROCm build of onnxruntime (MIGraphX, Linux); on macOS onnxruntime has CoreML",
+                     "npu": "pip install onnxruntime-qnn (Snapdragon) or onnxruntime-openvino (Intel), or AMD's Ryzen "
+                            "AI build of onnxruntime (VitisAI); on macOS onnxruntime has CoreML"}
+
+
+def ort_host_provider(device: str, device_id: int = 0) -> tuple[str, dict[str, str]] | None:
+    """(provider name, its options) that ONNX Runtime runs a host-array ``device`` ("cpu", "gpu", "npu") with
+    here: the first of ``ORT_HOST_PROVIDERS[device]`` this onnxruntime build has; None if it has none."""
+    import onnxruntime as ort
+    available = set(ort.get_available_providers())
+    for name, options in ORT_HOST_PROVIDERS[device]:
+        if name in available:
+            return name, {**options, **({"device_id": str(device_id)} if name in ORT_DEVICE_ID_PROVIDERS else {})}
+    return None
+
+
 def _ort_availability(device: str) -> str | None:
     if not _installed("onnxruntime"):
         return "onnxruntime is not installed"
+    import onnxruntime as ort
     if device == "cuda":
-        import onnxruntime as ort
         # get_available_providers() lists CUDA in every onnxruntime-gpu install, GPU or not: the session
         # itself is checked again after it is created (OrtCudaModel).
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             return "this onnxruntime build has no CUDAExecutionProvider (pip install onnxruntime-gpu instead)"
         return _needs_torch_cuda()
+    if ort_host_provider(device) is None:
+        looked_for = ", ".join(dict.fromkeys(name for name, _ in ORT_HOST_PROVIDERS[device]))
+        return (f"this onnxruntime build has no {device.upper()} execution provider (looked for {looked_for}; it has "
+                f"{', '.join(ort.get_available_providers())}): {ORT_HOST_PACKAGES[device]} (in place of onnxruntime: "
+                "one onnxruntime package per environment)")
     return None
 
 
@@ -285,19 +327,54 @@ def ort_formats(device: str, fused_decoders: bool | None) -> tuple[str, ...]:
     return (FORMAT_ONNX, FORMAT_ONNX_ORT)
 
 
-class OrtCpuModel:
+class OrtHostModel:
+    """One graph of the bundle on an ONNX Runtime provider that takes and gives host (numpy) arrays: the CPU's, or
+    a GPU's or NPU's (``ORT_HOST_PROVIDERS``), with the CPU provider under it for the nodes it does not take.
+    ``nodes``: how many of the graph's nodes each provider runs, where this ONNX Runtime reports it, else None."""
     array_type = NUMPY
 
-    def __init__(self, path, options: EngineOptions):
+    def __init__(self, path, options: EngineOptions, provider: tuple[str, Mapping[str, str]], device: str = "cpu"):
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(str(path), ort_session_options(options), providers=["CPUExecutionProvider"])
+        name, provider_options = provider
+        so = ort_session_options(options)
+        so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+        below = [] if name == ORT_CPU else [ORT_CPU]
+        self.session = ort.InferenceSession(str(path), so, providers=[(name, dict(provider_options)), *below])
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.providers = self.session.get_providers()
+        self.provider = name
+        if not self.providers or self.providers[0] != name:     # ORT drops a provider it cannot create, with a warning
+            raise ExecutionProviderError("onnxruntime", device, f"the session of {Path(path).name} did not get {name} "
+                                         f"(it runs on {self.providers})")
+        self.nodes = ort_nodes_per_provider(self.session)
+        if name != ORT_CPU and self.nodes is not None:
+            total, taken = sum(self.nodes.values()), self.nodes.get(name, 0)
+            if not taken:
+                raise ExecutionProviderError("onnxruntime", device, f"{name} took none of the {total} nodes of "
+                                             f"{Path(path).name}: all of it would run on the CPU")
+            if taken < total:
+                log.info("%s: %d of %d nodes on %s, the rest on the CPU (with copies between them)", Path(path).name,
+                         taken, total, name)
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         # InferenceSession.run is thread-safe
         return dict(zip(self.output_names, self.session.run(self.output_names, dict(feeds)), strict=True))
+
+
+def ort_nodes_per_provider(session) -> dict[str, int] | None:
+    """{provider: nodes it runs} of a session made with "session.record_ep_graph_assignment_info" = "1";
+    None where this onnxruntime cannot say."""
+    if not hasattr(session, "get_provider_graph_assignment_info"):
+        return None
+    try:
+        subgraphs = session.get_provider_graph_assignment_info()
+    except Exception:  # noqa: BLE001 - ORT raises its own types when the recording is unsupported
+        return None
+    counts: dict[str, int] = {}
+    for subgraph in subgraphs:
+        counts[subgraph.ep_name] = counts.get(subgraph.ep_name, 0) + len(subgraph.get_nodes())
+    return counts or None
 
 
 class OrtBackend(InferenceBackend):
@@ -310,6 +387,11 @@ class OrtBackend(InferenceBackend):
         if device == "cuda":                    # one stream for every graph of the bundle and the rasterizer
             import torch
             self.cuda_stream = torch.cuda.Stream(torch.device("cuda", options.device_id))
+            self.provider = ("CUDAExecutionProvider", {})
+        else:
+            self.provider = ort_host_provider(device, options.device_id)
+            if self.provider is None:
+                raise EngineUnavailableError("onnxruntime", device, _ort_availability(device) or "no provider")
 
     @classmethod
     def formats_for(cls, device: str, options: EngineOptions) -> tuple[str, ...]:
@@ -331,6 +413,8 @@ class OrtBackend(InferenceBackend):
         other file, with a warning; a choice made explicitly (True / False) fails as it is."""
         try:
             return self._open(artifact), artifact
+        except ExecutionProviderError:
+            raise                               # the provider, not the file: the other file would fare no better
         except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own Fail / RuntimeException types
             others = [a for a in self.candidates(role) if a.format != artifact.format]
             if self.options.fused_decoders is not None or not others:
@@ -345,7 +429,7 @@ class OrtBackend(InferenceBackend):
         if self.device == "cuda":
             from .gpu import OrtCudaModel
             return OrtCudaModel(path, artifact, self.options, self.cuda_stream, self.graphs)
-        return OrtCpuModel(path, self.options)
+        return OrtHostModel(path, self.options, self.provider, self.device)
 
     def stream(self):
         if self.cuda_stream is None:
@@ -364,9 +448,12 @@ class OrtBackend(InferenceBackend):
 
     def describe(self) -> str:
         import onnxruntime as ort
-        provider = "CUDAExecutionProvider" if self.device == "cuda" else "CPUExecutionProvider"
+        name = self.provider[0]
         graphs = ", CUDA graphs" if self.graphs else ""
-        return f"onnxruntime {ort.__version__} {provider}{graphs}"
+        nodes = getattr(self._models.get(ROLE_DECODER), "nodes", None)
+        share = (f" ({nodes.get(name, 0)} of {sum(nodes.values())} decoder nodes)"
+                 if nodes and name != ORT_CPU and self.device != "cuda" else "")
+        return f"onnxruntime {ort.__version__} {name}{share}{graphs}"
 
     def synchronize(self) -> None:
         if self.device == "cuda":
@@ -376,14 +463,14 @@ class OrtBackend(InferenceBackend):
 
 # ---- OpenVINO ---------------------------------------------------------------------------------------------
 
-OPENVINO_DEVICES = {"cpu": "CPU", "gpu": "GPU"}
+OPENVINO_DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
 
 
 def _openvino_availability(device: str) -> str | None:
     if not _installed("openvino"):
         return "openvino is not installed"
-    if device == "gpu":
-        return _openvino_devices().get("GPU")
+    if device != "cpu":
+        return _openvino_devices()[OPENVINO_DEVICES[device]]
     return None
 
 
@@ -429,8 +516,8 @@ class OpenVinoBackend(InferenceBackend):
     def config(self, artifact: ModelArtifact) -> dict:
         # CPUs with AMX or AVX512-bf16 compute in bf16 by default: 23 dB rendered PSNR for FLEX-1 (flexavatar-verify),
         # where the export checked f32. On the CPU both files (the fp16 IR holds fp16 weights) are pinned to f32 unless
-        # asked; the GPU plugin keeps its own choice (f16) for the fp16 file.
-        pinned = artifact.precision == "fp32" or self.device == "cpu"
+        # asked; the GPU plugin keeps its own choice (f16) for the fp16 file, the NPU plugin (an f16 device) for both.
+        pinned = self.device == "cpu" or (self.device == "gpu" and artifact.precision == "fp32")
         hint = self.options.inference_precision or ("f32" if pinned else None)
         config = {"INFERENCE_PRECISION_HINT": hint} if hint else {}
         if self.options.num_threads:
@@ -786,12 +873,15 @@ def _torch_model(bundle: Bundle, options: EngineOptions):
     return model.eval()
 
 
-register_engine("onnxruntime", OrtBackend, priorities={"cuda": 300, "cpu": 150}, availability=_ort_availability,
+# "gpu" / "npu": OpenVINO first where both can (its plugins reach Intel devices only; ONNX Runtime's providers the rest)
+register_engine("onnxruntime", OrtBackend, priorities={"cuda": 300, "cpu": 150, "gpu": 140, "npu": 140},
+                availability=_ort_availability,
                 install_hint="pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA)",
-                description="ONNX Runtime: CPU provider, or CUDA provider with IO binding and optional CUDA graphs")
-register_engine("openvino", OpenVinoBackend, priorities={"cpu": 100, "gpu": 150},
+                description="ONNX Runtime: CPU provider, CUDA provider with IO binding and optional CUDA graphs, or a "
+                            "GPU / NPU provider (DirectML, MIGraphX, CoreML, QNN, ...) with host arrays")
+register_engine("openvino", OpenVinoBackend, priorities={"cpu": 100, "gpu": 150, "npu": 150},
                 availability=_openvino_availability, install_hint="pip install openvino",
-                description="OpenVINO IR on the CPU (or Intel GPU) plugin, f32 precision hint for fp32 bundles")
+                description="OpenVINO IR on the CPU (or Intel GPU / NPU) plugin, f32 precision hint for fp32 bundles")
 register_engine("torch", TorchBackend, priorities={"cuda": 200, "cpu": 10}, availability=_torch_availability,
                 install_hint="pip install torch",
                 description="the PyTorch model itself (needs the checkpoint); the parity reference")

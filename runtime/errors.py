@@ -46,6 +46,11 @@ class EngineUnavailableError(RuntimeFailure):
         super().__init__(text + (f" ({hint})" if hint else ""))
 
 
+class ExecutionProviderError(EngineUnavailableError):
+    """ONNX Runtime's session did not get the execution provider asked for, or the provider took none of the graph's
+    nodes: the graph would run on the CPU, whichever file of the bundle it is."""
+
+
 class UnknownEngineError(RuntimeArgumentError, LookupError):
     """No inference backend of that name is registered."""
 

@@ -242,7 +242,10 @@ class Runtime:
 
     bundle_dir: a folder written by ``flexavatar-export``. backend: "onnxruntime", "openvino", "torch",
     "torch-compile" or "auto" (registry of ``engines.py``; the fastest one that can run this bundle here).
-    device: "cpu", "cuda", "gpu" (OpenVINO Intel GPU) or "auto" (CUDA when the engine can use it, else CPU).
+    device: "cpu", "cuda", "gpu" (a GPU without CUDA: OpenVINO's Intel GPU plugin, or ONNX Runtime's DirectML,
+    MIGraphX, CoreML, ... provider, ``engines.ORT_HOST_PROVIDERS``), "npu" (OpenVINO's NPU plugin, or ONNX Runtime's
+    QNN, VitisAI, CoreML provider) or "auto" (CUDA when the engine can use it, else CPU). device_id: the CUDA
+    device, or the GPU of the DirectML / MIGraphX / ROCm providers.
     rasterizer: a ``flexavatar.kernels`` backend name or "auto" (the fastest for the decoder's arrays;
     ``self.rasterizer`` names the one chosen). precision: which artifacts, "fp32" or "fp16".
     verify: "full" (sha256 of every file, default), "size" or "none". batch: frames per decoder call.

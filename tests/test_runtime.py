@@ -47,7 +47,7 @@ from flexavatar.export import export_bundle
 from flexavatar.export.testing import random_dinov2, write_synthetic_photo
 from flexavatar.model import AvatarCode, FlexAvatarModel
 from flexavatar.runtime import (Avatar, AvatarFileError, Camera, CameraInputError, EncoderUnavailableError,
-                                EngineUnavailableError,
+                                EngineUnavailableError, ExecutionProviderError,
                                 ExpressionInputError, ImageInputError, ModelMismatchError, OutputFileError,
                                 RuntimeArgumentError, Runtime, StageTimes, UnknownEngineError, default_camera, load_expressions,
                                 orbit_camera)
@@ -1506,11 +1506,13 @@ def test_cli_device_ordinal_reaches_the_runtime(bundle, driving_dir, tmp_path, c
     assert (seen["device"], seen["device_id"]) == ("cuda", 1)
     assert render_main([str(bundle), "--expressions", str(seq), "--device", "cpu", "-o", str(tmp_path / "x")]) == 2
     assert (seen["device"], seen["device_id"]) == ("cpu", 0)
+    assert render_main([str(bundle), "--expressions", str(seq), "--device", "gpu:2", "-o", str(tmp_path / "x")]) == 2
+    assert (seen["device"], seen["device_id"]) == ("gpu", 2)
     capsys.readouterr()
-    for bad in ("cuda:x", "gpu:1", "cuda:-1"):
+    for bad in ("cuda:x", "npu:1", "cpu:0", "cuda:-1"):
         with pytest.raises(SystemExit):
             render_main([str(bundle), "--expressions", str(seq), "--device", bad, "-o", str(tmp_path / "x")])
-        assert "cuda:N" in capsys.readouterr().err
+        assert "cuda:N, gpu, gpu:N" in capsys.readouterr().err
 
 
 def test_cli_torch_backend_from_the_checkpoint_renders_the_bundles_frames(bundle, official_dir, driving_dir,
@@ -1618,15 +1620,15 @@ def test_a_fused_decoder_that_cannot_run_gives_way_to_the_portable_file_unless_a
 
     monkeypatch.setattr(engines, "ort_formats", lambda device, fused: ("onnx",) if fused is False
                         else ("onnx-ort", "onnx"))
-    real = engines.OrtCpuModel.__init__
+    real = engines.OrtHostModel.__init__
 
-    def refuse_fused(self, path, options):
+    def refuse_fused(self, path, options, provider, device):
         if str(path).endswith(".ort.onnx"):
             raise EngineUnavailableError("onnxruntime", "cuda", f"CUDA graphs refused for {Path(path).name}: "
                                          "a node is on the CPU")
-        real(self, path, options)
+        real(self, path, options, provider, device)
 
-    monkeypatch.setattr(engines.OrtCpuModel, "__init__", refuse_fused)
+    monkeypatch.setattr(engines.OrtHostModel, "__init__", refuse_fused)
     with caplog.at_level("WARNING", logger="flexavatar.runtime"):
         rt = Runtime(bundle, backend="onnxruntime", device="cpu", rasterizer="cpu")
     assert rt.engine.artifact(ROLE_DECODER).path == "decoder.fp32.onnx" and "decoder.fp32.onnx" in rt.describe()
@@ -1636,6 +1638,94 @@ def test_a_fused_decoder_that_cannot_run_gives_way_to_the_portable_file_unless_a
     assert rt.engine.artifact(ROLE_DECODER_AVATAR).path == "decoder_avatar.fp32.onnx"
     with pytest.raises(EngineUnavailableError, match="CUDA graphs refused for decoder.fp32.ort.onnx"):
         Runtime(bundle, backend="onnxruntime", device="cpu", rasterizer="cpu", fused_decoders=True)
+
+
+# ---- GPUs and NPUs without CUDA: ONNX Runtime's other providers, OpenVINO's plugins ------------------------
+
+def test_gpu_and_npu_devices_name_what_to_install_when_no_provider_reaches_them(bundle, monkeypatch):
+    """An onnxruntime build with only the CPU provider: device "gpu" / "npu" says which providers it looked for and
+    which package brings one; with backend="auto" both engines' reasons are given."""
+    import onnxruntime as ort
+
+    from flexavatar.runtime import engines
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(engines, "_openvino_devices", lambda: {"CPU": None, "GPU": "OpenVINO sees no GPU device",
+                                                               "NPU": "OpenVINO sees no NPU device"})
+    for device, provider, package in (("gpu", "DmlExecutionProvider", "onnxruntime-directml"),
+                                      ("npu", "QNNExecutionProvider", "onnxruntime-qnn")):
+        with pytest.raises(EngineUnavailableError, match=f"no {device.upper()} execution provider") as refused:
+            Runtime(bundle, backend="onnxruntime", device=device, verify="none")
+        text = str(refused.value)
+        assert provider in text and package in text and "CoreMLExecutionProvider" in text
+        assert text.count("pip install") == 1 and refused.value.device == device
+        with pytest.raises(EngineUnavailableError, match=f"onnxruntime on {device}: .*openvino on {device}: "
+                                                         f"OpenVINO sees no {device.upper()} device"):
+            Runtime(bundle, device=device, verify="none")
+
+
+def test_a_provider_the_session_does_not_get_is_an_error(bundle, monkeypatch):
+    """ONNX Runtime drops a provider it cannot create (with a warning) and runs on the CPU: the runtime says so
+    instead of running a "GPU" runtime on the CPU. Here DirectML is listed but not in the build."""
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["DmlExecutionProvider", "CPUExecutionProvider"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)               # ORT's "not in available provider names"
+        with pytest.raises(ExecutionProviderError, match=r"decoder.fp32.onnx did not get DmlExecutionProvider "
+                                                         r"\(it runs on \['CPUExecutionProvider'\]\)"):
+            Runtime(bundle, backend="onnxruntime", device="gpu", verify="none")
+
+
+def test_a_provider_that_takes_no_node_is_an_error(bundle, monkeypatch):
+    """A provider that the session gets but that takes none of the graph's nodes would run the frame on the CPU:
+    refused, with the node count. ONNX Runtime's Azure provider (in the CPU build) is such a provider."""
+    import onnxruntime as ort
+
+    from flexavatar.runtime import engines
+
+    if "AzureExecutionProvider" not in ort.get_available_providers():
+        pytest.skip(f"this onnxruntime {ort.__version__} build has no AzureExecutionProvider to stand in")
+    if not hasattr(ort.InferenceSession, "get_provider_graph_assignment_info"):
+        pytest.skip(f"onnxruntime {ort.__version__} does not report which provider runs which node")
+    monkeypatch.setitem(engines.ORT_HOST_PROVIDERS, "gpu", (("AzureExecutionProvider", {}),))
+    n_nodes = len(onnx.load(bundle / "decoder.fp32.onnx", load_external_data=False).graph.node)
+    with pytest.raises(ExecutionProviderError, match=r"AzureExecutionProvider took none of the \d+ nodes of "
+                                                     r"decoder.fp32.onnx: all of it would run on the CPU") as refused:
+        Runtime(bundle, backend="onnxruntime", device="gpu", verify="none")
+    # ONNX Runtime's optimised graph: its node count is at most the file's
+    assert 0 < int(str(refused.value).split("none of the ")[1].split()[0]) <= n_nodes
+
+
+def test_a_host_array_provider_device_renders_the_cpu_frames(bundle, runtime_cache, oracle, expressions, monkeypatch):
+    """A "gpu" runtime whose provider hands back host arrays, here the CPU provider standing in for DirectML /
+    CoreML / ...: the CPU rasterizer draws its frames, and they are the CPU runtime's. describe() names the provider
+    and how many decoder nodes it runs."""
+    from flexavatar.runtime import engines
+
+    monkeypatch.setitem(engines.ORT_HOST_PROVIDERS, "gpu", (("CPUExecutionProvider", {}),))
+    rt = Runtime(bundle, device="gpu", verify="none", batch=2)
+    assert (rt.backend, rt.device, rt.rasterizer, rt.array_device) == ("onnxruntime", "gpu", "cpu", "cpu")
+    assert "CPUExecutionProvider" in rt.describe()
+    avatar, want, _ = oracle
+    got = rt.decode(avatar, expressions).numpy()
+    for f in FIELDS:
+        assert _max_err(getattr(got, f), want[f]) <= GAUSSIAN_TOL, f
+    cams = orbit_camera(len(expressions))
+    frames = rt.render(avatar, expressions, cams, SIZE, SIZE, output="float")
+    cpu = runtime_cache("onnxruntime", "cpu").render(avatar, expressions, cams, SIZE, SIZE, output="float")
+    assert np.abs(frames - cpu).max() <= 1e-6
+    nodes = rt.decoder.nodes
+    if nodes is not None:                       # newer onnxruntime versions report placement (1.32 does)
+        assert set(nodes) == {"CPUExecutionProvider"} and nodes["CPUExecutionProvider"] > 0
+
+
+def test_openvino_npu_is_a_device_it_names(bundle):
+    import openvino as ov
+    if "NPU" in {d.split(".")[0] for d in ov.Core().available_devices}:
+        pytest.skip("this machine has an NPU: the refusal cannot be shown")
+    with pytest.raises(EngineUnavailableError, match="OpenVINO sees no NPU device"):
+        Runtime(bundle, backend="openvino", device="npu", verify="none")
 
 
 def test_fused_decoders_give_the_portable_files_frames(bundle, runtime_cache, model, oracle, expressions):
@@ -2116,7 +2206,7 @@ def test_openvino_bf16_compute_fails_the_numerics_check(bundle):
 
 def test_openvino_pins_f32_for_both_precisions_on_the_cpu(bundle):
     """What the export checked (f32 compute) is what the CPU runs, fp16 files included; the GPU plugin keeps its
-    own choice for fp16 files; an explicit inference_precision wins everywhere."""
+    own choice for fp16 files, the NPU plugin (an f16 device) for both; an explicit inference_precision wins."""
     from flexavatar.runtime.engines import EngineOptions, OpenVinoBackend
 
     artifact = Bundle.open(bundle, verify="none").artifact("decoder", "onnx")
@@ -2127,8 +2217,8 @@ def test_openvino_pins_f32_for_both_precisions_on_the_cpu(bundle):
         backend.device, backend.options = device, EngineOptions(inference_precision=asked)
         return backend.config(art).get("INFERENCE_PRECISION_HINT")
     assert hint("cpu", artifact) == hint("cpu", fp16) == hint("gpu", artifact) == "f32"
-    assert hint("gpu", fp16) is None
-    assert hint("cpu", fp16, "bf16") == "bf16"
+    assert hint("gpu", fp16) is None and hint("npu", fp16) is None and hint("npu", artifact) is None
+    assert hint("cpu", fp16, "bf16") == "bf16" and hint("npu", artifact, "f16") == "f16"
 
 
 def test_bundle_without_check_set_and_malformed_check_set(bundle, tmp_path):
