@@ -4,7 +4,8 @@ the host, per inference engine + rasterizer, random weights (the same seed as be
 Cases are labelled ``<decode engine>+<rasterizer>``: ``ort-cpu+cpu``, ``openvino+cpu``, ``torch-eager+cpu``,
 ``torch-eager+reference`` on the CPU; on a GPU or NPU without CUDA ``ort-gpu+cpu``, ``openvino-gpu+cpu``,
 ``ort-npu+cpu``, ``openvino-npu+cpu`` (DirectML, CoreML, QNN, OpenVINO's plugins, ...: host arrays, the C++ CPU
-rasterizer; skipped without one); on a CUDA GPU ``ort-cuda+cuda`` (fp32, fp16), ``ort-cuda-graphs+cuda`` (CUDA
+rasterizer; skipped without one), and ``-stereo`` (``test_stereo_frame``: two eyes a frame, one decode); on a
+CUDA GPU ``ort-cuda+cuda`` (fp32, fp16), ``ort-cuda-graphs+cuda`` (CUDA
 graphs), ``ort-cuda-graphs-fused+cuda`` (the decoder with ONNX Runtime's fused kernels, export target onnx-ort: the
 runtime's default on CUDA; the unfused cases run the portable files, ``fused_decoders=False``), ``torch-eager+cuda``
 and ``torch-compile+cuda`` (Inductor + CUDA graphs, fp16 autocast; ``torch-compile-frames+cuda``: the whole frame
@@ -34,7 +35,7 @@ from flexavatar.dev_fixtures import fixtures_dir  # noqa: E402
 from flexavatar.export.parity import MAX_RECORDED_PSNR_DB  # noqa: E402  (inf is not JSON)
 from flexavatar.images import psnr as frame_psnr  # noqa: E402
 from flexavatar.runtime import (Avatar, Camera, Runtime, get_engine, load_expressions,  # noqa: E402
-                                orbit_camera, synthetic_expressions)
+                                orbit_camera, stereo_camera, synthetic_expressions)
 from flexavatar.runtime.gpu import node_by_node_aborts  # noqa: E402
 
 SHARED = fixtures_dir()
@@ -175,6 +176,38 @@ def test_whole_frame(benchmark, bench_meta, flex1_bundle, flex1_model, avatar, e
         assert diff.mean() <= 1e-3 and diff.max() <= 2 / 255 + 1e-6
     else:
         assert psnr >= 35.0
+
+
+# Stereo (multiview=True with the two eyes of the demo camera, 63 mm apart): one decode, two rasterizations a frame.
+# Beside test_whole_frame's single frames of the same engine, in the same run: a headset's cost against 2 frames.
+STEREO_CASES = [("ort-cpu+cpu", "onnxruntime", "cpu", "fp32", "cpu", False, False),
+                ("ort-cuda-graphs-fused+cuda", "onnxruntime", "cuda", "fp16", "cuda", True, True)]
+
+
+@pytest.mark.parametrize("label,engine,device,precision,rasterizer,graphs,fused",
+                         [pytest.param(*c, id=f"{c[0]}-{c[3]}-stereo", marks=_device_marks(c[1], c[2]))
+                          for c in STEREO_CASES])
+def test_stereo_frame(benchmark, bench_meta, flex1_bundle, avatar, expressions, label, engine, device, precision,
+                      rasterizer, graphs, fused):
+    _skip_unless_runnable(engine, device, flex1_bundle, graphs)
+    rt = Runtime(flex1_bundle, backend=engine, device=device, rasterizer=rasterizer, precision=precision,
+                 cuda_graphs=graphs, fused_decoders=fused, verify="size")
+    eyes = stereo_camera()
+    bench_meta(stage="whole_frame", backend=f"{label}-stereo", size="flex1", device=device, dtype=precision,
+               flops=DECODE_FLOPS, frames=1, rasterizer=rt.rasterizer, runtime=rt.describe(), views=2)
+    step = iter(range(10**9))
+
+    def frame():
+        i = next(step) % N_FRAMES                  # both eyes' pixels reach the host: the whole frame is timed
+        return rt.render(avatar, expressions[i:i + 1], eyes, SIZE, SIZE, multiview=True)
+
+    cpu = device == "cpu"
+    out = benchmark.pedantic(frame, rounds=3 if cpu else 100, warmup_rounds=1 if cpu else 10)
+    assert out.shape == (1, 2, SIZE, SIZE, 3) and out.dtype == np.uint8
+    last = (next(step) - 1) % N_FRAMES
+    for v in range(2):                              # each eye is that eye's own frame (one step of rounding on CUDA)
+        alone = rt.render(avatar, expressions[last:last + 1], Camera(eyes.cam2world[v], eyes.intrinsics), SIZE, SIZE)
+        assert np.abs(out[:, v].astype(int) - alone).max() <= (0 if cpu else 1)
 
 
 def _live_clip(rt: Runtime, avatar: Avatar, expressions: np.ndarray, cameras: Camera) -> np.ndarray:

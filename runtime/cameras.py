@@ -142,6 +142,22 @@ def orbit_camera(n: int, radius: float = 0.3, distance: float = 1.0, intrinsics:
     return Camera(c2w, demo_intrinsics(aspect) if intrinsics is None else intrinsics)
 
 
+def stereo_camera(camera: Camera | None = None, eye_distance: float = 0.063) -> Camera:
+    """The left and right eyes of one camera (default: the demo camera), for ``Runtime.render(..., multiview=True)``
+    → a Camera of 2 ([left, right]): the same orientation and intrinsics, the centres ``eye_distance`` metres apart
+    along the camera's own x axis (default 63 mm, an adult's average). A headset gives its own per-eye poses and
+    projections: pass those as a Camera of 2 instead."""
+    camera = default_camera() if camera is None else camera
+    if len(camera) != 1:
+        raise CameraInputError("camera", f"holds {len(camera)} cameras", "one camera (the point between the eyes)")
+    if not (isinstance(eye_distance, (int, float)) and math.isfinite(eye_distance) and eye_distance >= 0):
+        raise CameraInputError("eye_distance", f"is {eye_distance!r}", "metres between the eyes, ≥ 0")
+    c2w = camera.cam2world.reshape(4, 4).astype(np.float64)
+    eyes = np.stack([c2w, c2w])                                                        # [2, 4, 4]
+    eyes[:, :3, 3] += np.array([-0.5, 0.5])[:, None] * eye_distance * c2w[:3, 0]       # ∓ half along the camera's x
+    return Camera(eyes.astype(np.float32), camera.intrinsics.reshape(3, 3))
+
+
 def sequence_cameras(path: str | Path) -> Camera:
     """The tracked camera of every frame of a tracked ``.npz`` sequence (``cam2world`` [T, 4, 4] in the canonical
     head frame and normalised ``intrinsics`` [T, 3, 3], the layout of ``../shared/fixtures/driving/``). Rendering

@@ -128,6 +128,15 @@ def _cameras_like(viewmats: np.ndarray, ks: np.ndarray, background: np.ndarray, 
     return [part.view(np.shape(x)) for part, x in zip(moved.split([f.size for f in flat]), arrays, strict=True)]
 
 
+def _per_view(splats: dict, views: int) -> dict:
+    """A chunk's splats ([E, G, …]) for E·V images, frame-major: one frame's are shared by all its views as they
+    are (the rasterizer broadcasts a batch of 1), several frames' are repeated V times each."""
+    if views == 1 or len(splats["means"]) == 1:
+        return splats
+    return {k: np.repeat(v, views, axis=0) if array_kind(v) == NUMPY else v.repeat_interleave(views, 0)
+            for k, v in splats.items()}
+
+
 def apply_pose(gaussians: Gaussians, expressions: np.ndarray) -> Gaussians:
     """Move each frame's Gaussians by the GUI's rigid head pose ``[rot6d(code[126:132]) | code[132:135]]``:
     means' = R·means + t, quats' = q(R) ⊗ quats (scales, opacities and colours are unchanged)."""
@@ -196,8 +205,9 @@ class _HostFrames:
 
 @dataclass(frozen=True)
 class _FramePlan:
-    """A render's checked arguments: expressions [T, 135], world→camera viewmats [T, 4, 4] and pixel intrinsics
-    ks [T, 3, 3] (float32), the size, the background RGB and the output kind."""
+    """A render's checked arguments: expressions [T, 135], world→camera viewmats [T·V, 4, 4] and pixel intrinsics
+    ks [T·V, 3, 3] (float32, frame-major), the size, the background RGB and the output kind. views: V cameras see
+    every frame (multiview: frames [T, V, H, W, C]), or 0: one camera a frame (frames [T, H, W, C])."""
     expressions: np.ndarray
     viewmats: np.ndarray
     ks: np.ndarray
@@ -205,6 +215,11 @@ class _FramePlan:
     height: int
     background: np.ndarray
     output: str
+    views: int = 0
+
+    @property
+    def images_per_frame(self) -> int:
+        return max(self.views, 1)
 
 
 class PendingFrames:
@@ -504,7 +519,7 @@ class Runtime:
     # ---- render -----------------------------------------------------------------------------------------
     def render(self, avatar: Avatar, expressions, cameras: Camera | tuple | None = None, width: int = 512,
                height: int = 512, background: Sequence[float] = WHITE, apply_head_pose: bool = False,
-               output: str = "uint8", timings: StageTimes | None = None) -> np.ndarray:
+               output: str = "uint8", timings: StageTimes | None = None, multiview: bool = False) -> np.ndarray:
         """Frames of ``expressions`` [T, 135] seen by ``cameras`` (one camera or T; default: the demo camera, with
         square pixels at any width × height). A Camera's normalised intrinsics are per axis (K's first row ×
         width, second row × height): for a non-square render give fy/fx = width/height, e.g.
@@ -517,18 +532,24 @@ class Runtime:
         apply_head_pose: show the GUI's rigid head pose of each code (``head_pose_matrix``); rendered by folding
         it into the camera, which gives the pixels of the posed Gaussians (``decode(apply_head_pose=True)``).
         timings: a StageTimes to fill with per-frame decode / rasterize / readback latency (on a GPU this adds a
-        host sync per stage)."""
+        host sync per stage).
+        multiview: every frame is seen by every camera of ``cameras`` (V of them: a stereo pair, a turntable, a
+        light-field display's views), each frame decoded once → frames [T, V, H, W, C]. The head pose, with
+        apply_head_pose, moves the head in every view. (Compiled frames take one camera a frame: multiview frames
+        take the separate calls.)"""
         chunks = list(self.iter_render(avatar, expressions, cameras, width, height, background, apply_head_pose,
-                                       output, timings))
+                                       output, timings, multiview))
         if len(chunks) == 1:
             return chunks[0]                                                     # one frame a call: no copy
         return _CONCAT[array_kind(chunks[0])](chunks)
 
     def iter_render(self, avatar: Avatar, expressions, cameras: Camera | tuple | None = None, width: int = 512,
                     height: int = 512, background: Sequence[float] = WHITE, apply_head_pose: bool = False,
-                    output: str = "uint8", timings: StageTimes | None = None) -> Iterator[np.ndarray]:
-        """``render`` as a generator: yields the frames of each decoder call ([≤ batch, H, W, C])."""
-        plan = self._plan(expressions, cameras, width, height, background, apply_head_pose, output)
+                    output: str = "uint8", timings: StageTimes | None = None,
+                    multiview: bool = False) -> Iterator[np.ndarray]:
+        """``render`` as a generator: yields the frames of each decoder call ([≤ batch, H, W, C]; multiview
+        [≤ batch, V, H, W, C])."""
+        plan = self._plan(expressions, cameras, width, height, background, apply_head_pose, output, multiview)
         n = len(plan.expressions)
         times = timings if timings is not None else _NO_TIMES
         sync = self.engine.synchronize if timings is not None else None
@@ -578,7 +599,7 @@ class Runtime:
 
     def render_async(self, avatar: Avatar, expressions, cameras: Camera | tuple | None = None, width: int = 512,
                      height: int = 512, background: Sequence[float] = WHITE, apply_head_pose: bool = False,
-                     output: str = "uint8") -> "PendingFrames":
+                     output: str = "uint8", multiview: bool = False) -> "PendingFrames":
         """``render`` without waiting for the pixels: returns once the frames' work is queued (on CUDA: decoder,
         rasterizer and the copy to page-locked host memory, on the engine's stream; on the CPU engines the work is
         done by then), and ``.result()`` waits for them and returns what ``render`` would have.
@@ -589,8 +610,10 @@ class Runtime:
         of the two instead of their sum; latency is one rendered frame more. A source slower than the renderer
         gains nothing: render each code as it arrives.
         Results may be taken in any order; each is handed out once. The sync-free sort's check holds (a frame
-        that outgrew its capacity is rendered again, decoder included, when its result is taken)."""
-        plan = self._plan(expressions, cameras, width, height, background, apply_head_pose, output)
+        that outgrew its capacity is rendered again, decoder included, when its result is taken).
+        A VR headset's loop renders each code with ``multiview=True`` and the frame's two eye cameras
+        (``stereo_camera``): one decode, two images [1, 2, H, W, C]."""
+        plan = self._plan(expressions, cameras, width, height, background, apply_head_pose, output, multiview)
         chunks = []
         for start in range(0, len(plan.expressions), self.batch):
             stop = min(len(plan.expressions), start + self.batch)
@@ -609,9 +632,12 @@ class Runtime:
                                redo=lambda: self._submit_chunk(avatar, plan, start, stop, exact=True))
 
     def _plan(self, expressions, cameras, width: int, height: int, background, apply_head_pose: bool,
-              output: str) -> "_FramePlan":
+              output: str, multiview: bool = False) -> "_FramePlan":
         """A render's arguments, checked, with its cameras as the rasterizer takes them."""
         expressions = as_expressions(expressions)
+        if not isinstance(multiview, bool):
+            raise RuntimeArgumentError("multiview", f"is {multiview!r}", "True (every camera sees every frame) or "
+                                       "False (one camera a frame)")
         if output not in FRAME_FORMATS:
             raise RuntimeArgumentError("output", f"is {output!r}", f"one of {list(FRAME_FORMATS)}")
         for name, v in (("width", width), ("height", height)):
@@ -625,14 +651,21 @@ class Runtime:
             raise RuntimeArgumentError("background", f"is {background!r}",
                                        "3 floats, RGB in [0, 1] (divide 0–255 values by 255)")
         n = len(expressions)
-        c2w, k = as_camera(cameras, width / height).for_frames(n)
-        w2c = world2cam(c2w.astype(np.float64))                                           # [T, 4, 4]
+        camera = as_camera(cameras, width / height)
+        views = len(camera) if multiview else 0
+        c2w, k = camera.for_frames(views or n)                        # [V or T, 4, 4], [V or T, 3, 3]
+        w2c = world2cam(c2w.astype(np.float64))
+        if views:                                                     # every frame by every camera: [T·V], frame-major
+            w2c = np.broadcast_to(w2c, (n, views, 4, 4))
+            k = np.broadcast_to(k, (n, views, 3, 3)).reshape(n * views, 3, 3)
         if apply_head_pose:
             # moving the Gaussians by the rigid pose M is rendering them unmoved from the camera w2c · M: exact,
             # and no per-Gaussian work (decode(apply_head_pose=True) moves them, to return them posed)
-            w2c = w2c @ head_pose_matrix(expressions)
+            pose = head_pose_matrix(expressions)                                          # [T, 4, 4]
+            w2c = w2c @ (pose[:, None] if views else pose)
+        w2c = w2c.reshape(-1, 4, 4)
         return _FramePlan(expressions, w2c.astype(np.float32), pixel_intrinsics(k, width, height), width, height,
-                          bg, output)
+                          bg, output, views)
 
     def _frames_of(self, plan: "_FramePlan", g: Gaussians, start: int, stop: int, times, sync, exact: bool = False,
                    redo=None):
@@ -640,19 +673,22 @@ class Runtime:
         ``_HostFrames`` on their way to the host (their one host sync is ``result()``, which also checks that the
         frames fit their sort's capacity and otherwise hands out ``redo()``'s; default: ``g`` rasterized again,
         sized exactly)."""
-        e = stop - start
+        e, v = stop - start, plan.images_per_frame
         budget = self.intersections
-        capacity = 0 if exact else budget.capacity(e)
+        capacity = 0 if exact else budget.capacity(e * v)
         with times.stage("rasterize", e, sync):
-            result = self._rasterize(g.arrays(), plan.viewmats[start:stop], plan.ks[start:stop], plan.width,
-                                     plan.height, plan.background, intersection_capacity=capacity)
+            result = self._rasterize(_per_view(g.arrays(), v), plan.viewmats[start * v:stop * v],
+                                     plan.ks[start * v:stop * v], plan.width, plan.height, plan.background,
+                                     intersection_capacity=capacity)
         count, readback = result.intersections, None
         if capacity and count is not None:
-            readback = CountReadback(count, capacity, e)         # queued ahead of the frame's pixels
+            readback = CountReadback(count, capacity, e * v)     # queued ahead of the frame's pixels
         elif isinstance(count, int):
-            budget.observe(count, e)                             # an exact render's count, on the host already
+            budget.observe(count, e * v)                         # an exact render's count, on the host already
         with times.stage("to host" if plan.output != "device" else "frame", e):
             frames = FRAME_FORMATS[plan.output](result.rgb, result.alpha)
+            if plan.views:
+                frames = frames.reshape(e, v, *frames.shape[1:])     # [E, V, H, W, C]
             if plan.output == "device":
                 if readback is not None:
                     self._unchecked.append(readback)             # checked once its frame is done (a later call)
@@ -665,7 +701,7 @@ class Runtime:
         """Frames start:stop through compiled frames (frame lock held, engine stream) → as ``_frames_of``; None where
         they do not apply: off (or off since one failed), or a CUDA sort to size exactly (its host sync cannot be
         part of a CUDA graph)."""
-        if not self._compiled_frames:
+        if not self._compiled_frames or plan.views:
             return None
         e = stop - start
         capacity = _compiled_capacity(self.intersections.capacity(e))

@@ -1640,6 +1640,65 @@ def test_a_fused_decoder_that_cannot_run_gives_way_to_the_portable_file_unless_a
         Runtime(bundle, backend="onnxruntime", device="cpu", rasterizer="cpu", fused_decoders=True)
 
 
+# ---- multiview: every frame seen by several cameras, decoded once -----------------------------------------
+
+def _each_view(rt: Runtime, avatar, expressions, cams: Camera, **kwargs) -> list[np.ndarray]:
+    """The frames of each camera of ``cams`` rendered on its own (one camera for every frame): [V] × [T, H, W, C]."""
+    return [rt.render(avatar, expressions, Camera(cams.cam2world[v], cams.intrinsics), SIZE, SIZE, **kwargs)
+            for v in range(len(cams))]
+
+
+def test_multiview_frames_are_each_cameras_own_frames_from_one_decode(runtime_cache, oracle, expressions,
+                                                                      monkeypatch):
+    """3 expressions × 3 cameras, batch 2: a chunk of two frames (their Gaussians repeated per view) and one of one
+    (shared by its views). Each view equals that camera's ordinary render, the head pose included, in every output
+    format and through iter_render / render_async; the decoder runs once per chunk, not once per view."""
+    rt = runtime_cache("onnxruntime", "cpu")
+    avatar = oracle[0]
+    cams = orbit_camera(3)
+    decodes = []
+    real = rt._decode_chunk
+    monkeypatch.setattr(rt, "_decode_chunk", lambda *a, **k: decodes.append(len(a[1])) or real(*a, **k))
+    for output, pose in (("float", False), ("uint8", False), ("float", True)):
+        decodes.clear()
+        got = rt.render(avatar, expressions, cams, SIZE, SIZE, output=output, apply_head_pose=pose, multiview=True)
+        assert decodes == [2, 1], decodes                               # frames per decoder call: 3 in all
+        channels = 4 if output == "float" else 3
+        assert got.shape == (3, 3, SIZE, SIZE, channels)
+        for v, want in enumerate(_each_view(rt, avatar, expressions, cams, output=output, apply_head_pose=pose)):
+            np.testing.assert_allclose(got[:, v], want, rtol=0, atol=1e-6 if output == "float" else 0,
+                                       err_msg=f"view {v}, {output}, head pose {pose}")
+        assert np.abs(got[:, 0].astype(float) - got[:, 1]).max() > 0.1          # the views differ
+    chunks = list(rt.iter_render(avatar, expressions, cams, SIZE, SIZE, multiview=True))
+    assert [c.shape[:2] for c in chunks] == [(2, 3), (1, 3)]
+    pending = rt.render_async(avatar, expressions[:1], cams, SIZE, SIZE, multiview=True)
+    np.testing.assert_array_equal(pending.result(), np.concatenate(chunks)[:1])
+    with pytest.raises(RuntimeArgumentError, match="^multiview: is 'yes'"):
+        rt.render(avatar, expressions, cams, multiview="yes")
+
+
+def test_stereo_camera_puts_the_eyes_apart_along_the_cameras_x_axis():
+    from flexavatar.runtime import default_camera, stereo_camera
+
+    centre = orbit_camera(4)
+    one = Camera(centre.cam2world[1], centre.intrinsics)
+    eyes = stereo_camera(one, eye_distance=0.07)
+    assert len(eyes) == 2 and eyes.cam2world.shape == (2, 4, 4)
+    c2w = one.cam2world.astype(np.float64)
+    for eye in eyes.cam2world:
+        np.testing.assert_allclose(eye[:3, :3], c2w[:3, :3], atol=0)                # same orientation
+    np.testing.assert_allclose(eyes.cam2world[:, :3, 3].mean(0), c2w[:3, 3], atol=1e-6)     # centred on the camera
+    step = eyes.cam2world[1, :3, 3] - eyes.cam2world[0, :3, 3]                          # left → right
+    np.testing.assert_allclose(step, 0.07 * c2w[:3, 0], atol=1e-6)                       # along the camera's +x
+    np.testing.assert_allclose(eyes.intrinsics, one.intrinsics)
+    assert len(stereo_camera()) == 2 and np.allclose(stereo_camera().cam2world[:, :3, :3],
+                                                     default_camera().cam2world[:3, :3])
+    with pytest.raises(CameraInputError, match="holds 4 cameras"):
+        stereo_camera(centre)
+    with pytest.raises(CameraInputError, match="eye_distance"):
+        stereo_camera(one, eye_distance=-0.01)
+
+
 # ---- GPUs and NPUs without CUDA: ONNX Runtime's other providers, OpenVINO's plugins ------------------------
 
 def test_gpu_and_npu_devices_name_what_to_install_when_no_provider_reaches_them(bundle, monkeypatch):
@@ -1830,6 +1889,25 @@ def test_onnxruntime_cuda_encodes_each_photo_like_pytorch(bundle, model, photo, 
         assert _max_err(got, _reference_code(model, path)) <= GAUSSIAN_TOL
         codes.append(got)
     assert np.abs(codes[0] - codes[1]).max() > 100 * GAUSSIAN_TOL
+
+
+@pytest.mark.gpu
+def test_cuda_multiview_frames_are_each_cameras_own_frames(bundle, expressions):
+    """Multiview on the GPU path (ONNX Runtime CUDA graphs + the CUDA rasterizer): chunks of two frames (Gaussians
+    repeated per view on the device) and of one (shared), pipelined, on the host and left on the device."""
+    from flexavatar.runtime import stereo_camera
+    rt = _ort_cuda_runtime(bundle, batch=2)
+    avatar = Avatar(np.load(bundle / "avatar_code.npy").transpose(1, 0, 2))
+    eyes = stereo_camera(eye_distance=0.1)
+    for output in ("float", "uint8"):
+        got = rt.render(avatar, expressions, eyes, SIZE, SIZE, output=output, multiview=True)
+        assert got.shape[:2] == (3, 2)
+        for v, want in enumerate(_each_view(rt, avatar, expressions, eyes, output=output)):
+            _assert_same_frames(np.ascontiguousarray(got[:, v]), want)
+    on_device = rt.render(avatar, expressions, eyes, SIZE, SIZE, output="device", multiview=True)
+    assert tuple(on_device.shape[:2]) == (3, 2) and on_device.is_cuda
+    _assert_same_frames(on_device.cpu().numpy(), rt.render(avatar, expressions, eyes, SIZE, SIZE, output="float",
+                                                           multiview=True))
 
 
 @pytest.mark.gpu
