@@ -508,6 +508,36 @@ def test_example_shows_the_head_pose_like_the_python_runtime(example_app, bundle
         assert np.abs(got - unposed[e, ..., :3]).mean() > 0.01                   # the pose does move the head
 
 
+def test_example_stereo_eyes_from_one_decode_are_the_python_runtimes_multiview(example_app, bundle_dir, inputs,
+                                                                              python_runtime, tmp_path):
+    """--stereo (a render for the left eye, flexavatar_runtime_render_view for the right: one decode) gives the
+    frames of the Python runtime's render(stereo_camera(...), multiview=True)."""
+    from PIL import Image
+
+    from flexavatar.runtime import Avatar, Camera, stereo_camera
+
+    proc = subprocess.run([str(example_app), str(bundle_dir), str(inputs["code_path"]), str(inputs["expressions_path"]),
+                           str(tmp_path / "eyes"), "--size", str(RENDER_SIZE), "--stereo", "0.08"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "(stereo: left and right eye, one decode)" in proc.stdout, proc.stdout
+    c2w, k = _default_camera()
+    want = python_runtime.render(Avatar(inputs["code"]), inputs["expressions"],
+                                 stereo_camera(Camera(c2w, k), eye_distance=0.08), RENDER_SIZE, RENDER_SIZE,
+                                 output="float", multiview=True)                      # [E, 2, H, W, 4]
+    for e in range(len(inputs["expressions"])):
+        eyes = [np.asarray(Image.open(tmp_path / "eyes" / f"frame_{e:05d}_{side}.png"), np.float64)[..., :3] / 255
+                for side in ("left", "right")]
+        for v, got in enumerate(eyes):
+            diff = np.abs(got - want[e, v, ..., :3])
+            assert diff.mean() <= 1e-3 + 0.5 / 255 and diff.max() <= 2 / 255 + 0.5 / 255, (e, v, diff.mean(),
+                                                                                         diff.max())
+        assert np.abs(eyes[0] - eyes[1]).mean() > 1e-3                                # the eyes see different images
+    bad = subprocess.run([str(example_app), str(bundle_dir), "-", str(inputs["expressions_path"]), str(tmp_path / "x"),
+                          "--stereo", "-1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--stereo: expected the distance between the eyes" in bad.stderr
+
+
 def test_example_encodes_a_photo_and_renders_it_like_the_python_runtime(example_app, bundle_dir, official_dir,
                                                                        python_runtime, tmp_path):
     """AVATAR as a photo .npy [S, S, 3] (+ --features): the example runs the bundle's encoder through the C API."""

@@ -183,6 +183,33 @@ flexavatar::runtime::Camera to_camera(const flexavatar_camera& camera) {
   return cam;
 }
 
+using flexavatar::runtime::DeviceFrameView;
+
+// The checks of a device-frame call's camera and out (struct_size), then `render`'s frame copied into *out.
+template <class Render>
+Status device_frame_out(const char* name, const flexavatar_camera* camera, flexavatar_device_frame* out,
+                        Render render) {
+  if (!camera) return Status(StatusCode::kNullPointer, std::string(name) + ": camera is NULL");
+  if (!out) return Status(StatusCode::kNullPointer, std::string(name) + ": out is NULL");
+  if (!sized_ok(out->struct_size, kDeviceFrameV1Size))
+    return Status(StatusCode::kInvalidArgument, std::string(name) + ": out->struct_size is " +
+                                                    std::to_string(out->struct_size) +
+                                                    ", expected sizeof(flexavatar_device_frame) = " +
+                                                    std::to_string(sizeof(flexavatar_device_frame)));
+  DeviceFrameView f;
+  Status s = render(&f);
+  if (!s.ok()) return s;
+  out->width = f.width;
+  out->height = f.height;
+  out->cuda_device = f.device;
+  out->stream = f.stream;
+  out->rgba = f.rgba;
+  out->rgb = f.rgb;
+  out->alpha = f.alpha;
+  out->depth = f.depth;
+  return s;
+}
+
 }  // namespace
 
 extern "C" {
@@ -428,25 +455,30 @@ flexavatar_status flexavatar_runtime_render_device(flexavatar_runtime* runtime, 
                                                    int64_t expression_count, const flexavatar_camera* camera,
                                                    flexavatar_device_frame* out) {
   return with_runtime(runtime, "flexavatar_runtime_render_device", [&](Runtime& rt) {
-    if (!camera) return Status(StatusCode::kNullPointer, "flexavatar_runtime_render_device: camera is NULL");
-    if (!out) return Status(StatusCode::kNullPointer, "flexavatar_runtime_render_device: out is NULL");
-    if (!sized_ok(out->struct_size, kDeviceFrameV1Size))
-      return Status(StatusCode::kInvalidArgument, "flexavatar_runtime_render_device: out->struct_size is " +
-                                                      std::to_string(out->struct_size) +
-                                                      ", expected sizeof(flexavatar_device_frame) = " +
-                                                      std::to_string(sizeof(flexavatar_device_frame)));
-    flexavatar::runtime::DeviceFrameView f;
-    Status s = rt.render_device(expression, expression_count, to_camera(*camera), &f);
+    return device_frame_out("flexavatar_runtime_render_device", camera, out, [&](DeviceFrameView* f) {
+      return rt.render_device(expression, expression_count, to_camera(*camera), f);
+    });
+  });
+}
+
+flexavatar_status flexavatar_runtime_render_view(flexavatar_runtime* runtime, const flexavatar_camera* camera,
+                                                 flexavatar_frame* out) {
+  return with_runtime(runtime, "flexavatar_runtime_render_view", [&](Runtime& rt) {
+    if (!camera) return Status(StatusCode::kNullPointer, "flexavatar_runtime_render_view: camera is NULL");
+    if (!out) return Status(StatusCode::kNullPointer, "flexavatar_runtime_render_view: out is NULL");
+    flexavatar::runtime::FrameView f;
+    Status s = rt.render_view(to_camera(*camera), &f);
     if (!s.ok()) return s;
-    out->width = f.width;
-    out->height = f.height;
-    out->cuda_device = f.device;
-    out->stream = f.stream;
-    out->rgba = f.rgba;
-    out->rgb = f.rgb;
-    out->alpha = f.alpha;
-    out->depth = f.depth;
+    *out = flexavatar_frame{f.width, f.height, f.rgba, f.rgb, f.alpha, f.depth};
     return s;
+  });
+}
+
+flexavatar_status flexavatar_runtime_render_view_device(flexavatar_runtime* runtime, const flexavatar_camera* camera,
+                                                        flexavatar_device_frame* out) {
+  return with_runtime(runtime, "flexavatar_runtime_render_view_device", [&](Runtime& rt) {
+    return device_frame_out("flexavatar_runtime_render_view_device", camera, out,
+                            [&](DeviceFrameView* f) { return rt.render_view_device(to_camera(*camera), f); });
   });
 }
 

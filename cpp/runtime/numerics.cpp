@@ -188,7 +188,8 @@ Status Runtime::check_numerics(NumericsCheck* out) {
       s = judge(encoder_errors, &result.encoder_psnr_db, &finite);
     }
   }
-  // restore what the caller had (a failed check leaves the code as it was too)
+  // restore what the caller had (a failed check leaves the code as it was too); the decoded frame is the check's
+  frame_decoded_ = false;
   Status restored = Status::ok_status();
   if (!code_folded_in_) {
     if (had_code)

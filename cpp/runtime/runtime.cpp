@@ -314,6 +314,7 @@ Status Runtime::set_avatar_code(const float* code, int64_t count) {
     if (!std::isfinite(code[i]))
       return Status(StatusCode::kInvalidArgument, "code: element " + std::to_string(i) + " is not finite");
   }
+  frame_decoded_ = false;  // the decoded frame is the old code's
   if (zero_copy()) {
     Status s = cuda_->upload_code(code);
     if (!s.ok()) {
@@ -405,6 +406,7 @@ Status Runtime::decode(const float* expression, int64_t count, GaussiansView* ou
   Status s = check_expression(expression, count);
   if (!s.ok()) return s;
   if (!out) return Status(StatusCode::kNullPointer, "out: got a null pointer");
+  frame_decoded_ = false;  // the outputs are being rewritten
   if (zero_copy()) {
     s = cuda_->wait();  // the staging block may still be read by a queued copy
     if (!s.ok()) return s;
@@ -429,6 +431,7 @@ Status Runtime::decode(const float* expression, int64_t count, GaussiansView* ou
   out->scales = host_gaussians_ + GaussianLayout::offset(2, g);
   out->opacities = host_gaussians_ + GaussianLayout::offset(3, g);
   out->sh0 = host_gaussians_ + GaussianLayout::offset(4, g);
+  frame_decoded_ = true;
   return Status::ok_status();
 }
 
@@ -479,7 +482,19 @@ Status Runtime::render_fields(const float* expression, int64_t count, const Came
   GaussiansView g;
   s = decode(expression, count, &g);
   if (!s.ok()) return s;
+  return cpu_frame(camera, viewmat, k, fields, out);
+}
 
+Status Runtime::cpu_frame(const Camera& camera, const float viewmat[16], const float k[9], uint32_t fields,
+                          FrameView* out) {
+  const int64_t n = num_gaussians_;
+  GaussiansView g;
+  g.num_gaussians = n;
+  g.means = host_gaussians_ + GaussianLayout::offset(0, n);
+  g.quats = host_gaussians_ + GaussianLayout::offset(1, n);
+  g.scales = host_gaussians_ + GaussianLayout::offset(2, n);
+  g.opacities = host_gaussians_ + GaussianLayout::offset(3, n);
+  g.sh0 = host_gaussians_ + GaussianLayout::offset(4, n);
   const size_t pixels = size_t(camera.width) * size_t(camera.height);
   try {
     if (image_.size() != pixels * 3) {  // only when the frame size changes
@@ -492,7 +507,7 @@ Status Runtime::render_fields(const float* expression, int64_t count, const Came
     return Status(StatusCode::kOutOfMemory, "out of memory for a " + std::to_string(camera.width) + "x" +
                                                 std::to_string(camera.height) + " frame");
   }
-  s = rasterize_on_cpu(g, viewmat, k, camera, image_.data(), alpha_.data(), depth_.data());
+  Status s = rasterize_on_cpu(g, viewmat, k, camera, image_.data(), alpha_.data(), depth_.data());
   if (!s.ok()) return s;
 
   auto to_byte = [](float v) { return uint8_t(std::lround(std::min(std::max(v, 0.f), 1.f) * 255.f)); };
@@ -550,19 +565,17 @@ Status Runtime::render_cuda(const float* expression, int64_t count, const Camera
   if (!s.ok()) return s;
   s = check_expression(expression, count);
   if (!s.ok()) return s;
+  frame_decoded_ = false;  // the decoder's outputs are being rewritten
   // Nothing queued may still read the staging blocks before they are rewritten (normally already idle:
   // the previous forward pass waited for its intersection count).
   s = cuda_->wait();
   if (!s.ok()) return s;
   s = cuda_->ensure_frame(camera.width, camera.height);
   if (!s.ok()) return s;
-  float* stage = cuda_->host_stage();
-  std::copy(viewmat, viewmat + 16, stage);
-  std::copy(k, k + 9, stage + 16);
-  std::copy(camera.background, camera.background + 3, stage + 25);
+  stage_camera(camera, viewmat, k);
   if (zero_copy()) {
     // Expression up with the camera; the decoder runs on the stream into the device Gaussians.
-    std::copy(expression, expression + count, stage + CudaFrames::kCameraFloats);
+    std::copy(expression, expression + count, cuda_->host_stage() + CudaFrames::kCameraFloats);
     s = cuda_->upload_stage();
     // Waited for (a few hundred bytes): a graph input that ONNX Runtime copies to the host for a CPU-placed
     // node is copied when run() binds it again (OrtModel::run), through a synchronous cudaMemcpy on the
@@ -584,9 +597,24 @@ Status Runtime::render_cuda(const float* expression, int64_t count, const Camera
     if (s.ok()) s = cuda_->upload_gaussians();
     if (!s.ok()) return s;
   }
+  s = cuda_frame(camera, fields, /*check_nonfinite=*/true, host, device);
+  frame_decoded_ = s.ok();
+  return s;
+}
+
+void Runtime::stage_camera(const Camera& camera, const float viewmat[16], const float k[9]) {
+  float* stage = cuda_->host_stage();
+  std::copy(viewmat, viewmat + 16, stage);
+  std::copy(k, k + 9, stage + 16);
+  std::copy(camera.background, camera.background + 3, stage + 25);
+}
+
+Status Runtime::cuda_frame(const Camera& camera, uint32_t fields, bool check_nonfinite, FrameView* host,
+                           DeviceFrameView* device) {
+  const bool to_host = host != nullptr;
   // A host frame's sort is sync-free (after the first frame): its intersection count comes back with its pixels,
   // and a frame that outgrew the capacity is rendered again. A device frame has no read-back: sized exactly.
-  s = cuda_->rasterize(camera.width, camera.height, /*exact=*/!to_host);
+  Status s = cuda_->rasterize(camera.width, camera.height, /*exact=*/!to_host);
   if (!s.ok()) return s;
   if (!to_host) {
     *device = cuda_->device_frame();
@@ -595,7 +623,8 @@ Status Runtime::render_cuda(const float* expression, int64_t count, const Camera
   HostFrame frame;
   s = cuda_->download_frame(&frame, fields);
   if (!s.ok()) return s;
-  if (zero_copy() && cuda_->counters().nonfinite) return nonfinite_gaussians(cuda_->counters().nonfinite);
+  if (check_nonfinite && zero_copy() && cuda_->counters().nonfinite)
+    return nonfinite_gaussians(cuda_->counters().nonfinite);
   if (cuda_->frame_incomplete()) {
     s = cuda_->rasterize(camera.width, camera.height, /*exact=*/true);
     if (s.ok()) s = cuda_->download_frame(&frame, fields);
@@ -608,6 +637,51 @@ Status Runtime::render_cuda(const float* expression, int64_t count, const Camera
   host->alpha = frame.alpha;
   host->depth = frame.depth;
   return Status::ok_status();
+}
+
+Status Runtime::check_frame_decoded() const {
+  if (frame_decoded_) return Status::ok_status();
+  return Status(StatusCode::kNoFrame,
+                "no decoded frame to view: render_view shows the Gaussians of the last successful decode or render "
+                "of the current avatar code (set / load / create_avatar_code and check_numerics replace them)");
+}
+
+Status Runtime::render_view(const Camera& camera, FrameView* out) {
+  if (!out) return Status(StatusCode::kNullPointer, "out: got a null pointer");
+  Status s = check_frame_decoded();
+  if (!s.ok()) return s;
+  float viewmat[16], k[9];
+  s = prepare_camera(camera, viewmat, k);
+  if (!s.ok()) return s;
+  if (!cuda_) return cpu_frame(camera, viewmat, k, options_.frame_outputs, out);
+  return render_view_cuda(camera, viewmat, k, out, nullptr);
+}
+
+Status Runtime::render_view_device(const Camera& camera, DeviceFrameView* out) {
+  if (!out) return Status(StatusCode::kNullPointer, "out: got a null pointer");
+  if (!cuda_)
+    return Status(StatusCode::kUnavailable, "render_view_device needs the CUDA rasterizer; this runtime rasterizes "
+                                            "on the CPU (use render_view)");
+  Status s = check_frame_decoded();
+  if (!s.ok()) return s;
+  float viewmat[16], k[9];
+  s = prepare_camera(camera, viewmat, k);
+  if (!s.ok()) return s;
+  return render_view_cuda(camera, viewmat, k, nullptr, out);
+}
+
+Status Runtime::render_view_cuda(const Camera& camera, const float viewmat[16], const float k[9], FrameView* host,
+                                 DeviceFrameView* device) {
+  Status s = cuda_->wait();  // a queued copy may still read the staging block
+  if (s.ok()) s = cuda_->ensure_frame(camera.width, camera.height);
+  if (!s.ok()) return s;
+  // The stage's expression is the last decoded one (zero copy: the decoder's input, uploaded again unchanged).
+  stage_camera(camera, viewmat, k);
+  s = cuda_->upload_stage();
+  // The CPU decoder's Gaussians reach the device with a render, not with a decode: uploaded again here.
+  if (s.ok() && !zero_copy()) s = cuda_->upload_gaussians();
+  if (!s.ok()) return s;
+  return cuda_frame(camera, options_.frame_outputs, /*check_nonfinite=*/false, host, device);
 }
 
 }  // namespace runtime

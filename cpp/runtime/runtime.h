@@ -124,6 +124,10 @@ class Runtime {
   Status render(const float* expression, int64_t count, const Camera& camera, FrameView* out);
   // The CUDA rasterizer's frame left on the device (kUnavailable with the CPU rasterizer).
   Status render_device(const float* expression, int64_t count, const Camera& camera, DeviceFrameView* out);
+  // The Gaussians of the last decode / render from another camera, without a decoder run (a stereo pair, or
+  // several views of one frame, for one decode). kNoFrame when there is none (see frame_decoded_).
+  Status render_view(const Camera& camera, FrameView* out);
+  Status render_view_device(const Camera& camera, DeviceFrameView* out);
   // check.npz (the check inputs and PyTorch's fp32 outputs, written at export) through this decoder and
   // rasterizer. Uses the check's avatar code for the check and restores the runtime's afterwards.
   Status check_numerics(NumericsCheck* out);
@@ -142,6 +146,17 @@ class Runtime {
                        FrameView* out);
   Status render_cuda(const float* expression, int64_t count, const Camera& camera, uint32_t fields,
                      FrameView* host, DeviceFrameView* device);
+  // The frame of the Gaussians in the CPU rasterizer's input (host_gaussians_) from a prepared camera.
+  Status cpu_frame(const Camera& camera, const float viewmat[16], const float k[9], uint32_t fields, FrameView* out);
+  // The CUDA rasterizer's frame of the device Gaussians, the camera staged and uploaded: to the host (fields) or
+  // left on the device; checks the decoder's non-finite count when `check_nonfinite` (queued with the decoder).
+  Status cuda_frame(const Camera& camera, uint32_t fields, bool check_nonfinite, FrameView* host,
+                    DeviceFrameView* device);
+  Status check_frame_decoded() const;
+  Status render_view_cuda(const Camera& camera, const float viewmat[16], const float k[9], FrameView* host,
+                          DeviceFrameView* device);
+  // Stage a prepared camera for the CUDA rasterizer (after cuda_->wait()).
+  void stage_camera(const Camera& camera, const float viewmat[16], const float k[9]);
   Status open_encoder(bool with_features, OrtModel** out);
   // Host Gaussians through this runtime's rasterizer (CPU, or CUDA via the page-locked block) → rgb [H, W, 3].
   Status rasterize_gaussians(const GaussiansView& g, const Camera& camera, std::vector<float>* rgb);
@@ -158,6 +173,9 @@ class Runtime {
   bool code_folded_in_ = false;  // decoder_avatar: the avatar code is part of the graph
   std::string decoder_file_;     // the decoder artifact's model file (files[0].path)
   bool has_code_ = false;
+  // The decoder's outputs hold the frame of the current avatar code's last successful decode / render, for
+  // render_view; false before one, after a failed one, and once the code or the outputs are replaced.
+  bool frame_decoded_ = false;
   int64_t num_gaussians_ = 0, num_head_tokens_ = 0, code_dim_ = 0, expression_dim_ = 0;
   // Decoder buffers: code [1, R², D], expressions [1, 135]; the outputs [1, G, k] lie in one block
   // (GaussianLayout): host_gaussians_ points into gaussians_ or, with the CUDA rasterizer, into its

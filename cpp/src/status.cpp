@@ -19,6 +19,7 @@ const char* status_code_name(StatusCode code) {
     case StatusCode::kNoAvatarCode: return "no avatar code";
     case StatusCode::kIoError: return "i/o error";
     case StatusCode::kInternal: return "internal error";
+    case StatusCode::kNoFrame: return "no frame";
   }
   return "unknown";
 }

@@ -1,13 +1,15 @@
 // flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N] [--device auto|cpu|cuda|cuda:N]
 //                   [--rasterizer auto|cpu|cuda] [--features FEATURES.npy] [--head-pose] [--verify]
-//                   [--no-cuda-graphs] [--fused-decoders auto|on|off]
+//                   [--no-cuda-graphs] [--fused-decoders auto|on|off] [--stereo EYE_DISTANCE_M]
 //
 // Renders one PNG frame per expression (frame_00000.png, ...) from the bundle's default camera and prints
 // the per-frame latency (decoder + rasterizer + RGBA) as p50 / p95. --head-pose shows each code's rigid head
 // pose (the tracked head motion), as the official GUI does. --verify first runs the bundle's numerics check
 // on this runtime (flexavatar_runtime_check_numerics) and renders only if it passes. --fused-decoders picks the
 // bundle's decoder with ONNX Runtime's fused kernels (format onnx-ort) or its portable one (options.fused_decoders;
-// auto: fused on the CUDA path, portable on the CPU); the decoder file that runs is printed.
+// auto: fused on the CUDA path, portable on the CPU); the decoder file that runs is printed. --stereo D renders
+// each code for two eyes D metres apart along the camera's x axis (frame_*_left.png, frame_*_right.png): the left
+// eye with a render, the right one with flexavatar_runtime_render_view (the same Gaussians, no second decode).
 //   AVATAR       an avatar code .npy float32 (R², 1, D); "-" for the bundle's own avatar_code.npy; or a photo
 //                .npy float32 [S, S, 3] (or [3, S, S]) in [0, 1] on white, encoded by the bundle's encoder
 //                (with --features: its DINOv2 features [C, h, w], for bundles exported without DINOv2)
@@ -37,7 +39,7 @@ int usage() {
   std::fprintf(stderr,
                "usage: flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N] "
                "[--device auto|cpu|cuda|cuda:N] [--rasterizer auto|cpu|cuda] [--features FEATURES.npy] [--head-pose]\n"
-               "               [--verify] [--no-cuda-graphs] [--fused-decoders auto|on|off]\n"
+               "               [--verify] [--no-cuda-graphs] [--fused-decoders auto|on|off] [--stereo EYE_DISTANCE_M]\n"
                "  AVATAR: avatar code .npy float32 (R^2, 1, D); - for the bundle's avatar_code.npy; or a photo\n"
                "          .npy float32 [S, S, 3] in [0, 1] to encode (--features: DINOv2 features [C, h, w])\n"
                "  EXPRESSIONS: .npy float32 [E, 135]\n");
@@ -245,6 +247,7 @@ int main(int argc, char** argv) {
   int device = FLEXAVATAR_DEVICE_AUTO, rasterizer = FLEXAVATAR_RASTERIZER_AUTO, cuda_device = 0;
   std::string features_path;
   bool head_pose = false, verify = false, cuda_graphs = true;
+  double eye_distance = -1;  // --stereo: metres between the eyes; < 0: one view
   int fused_decoders = FLEXAVATAR_FUSED_DECODERS_AUTO;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -253,7 +256,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (arg == "--size" || arg == "--threads" || arg == "--device" || arg == "--rasterizer" || arg == "--features" ||
-        arg == "--fused-decoders") {
+        arg == "--fused-decoders" || arg == "--stereo") {
       if (i + 1 >= argc) return usage_error(arg + ": missing value");
       const std::string value = argv[++i];
       if (arg == "--size") {
@@ -264,6 +267,12 @@ int main(int argc, char** argv) {
         const long v = parse_count(value, 1024);
         if (v < 0) return usage_error("--threads: expected an integer 0..1024 (0 = default), got '" + value + "'");
         threads = int(v);
+      } else if (arg == "--stereo") {
+        char* end = nullptr;
+        eye_distance = std::strtod(value.c_str(), &end);
+        if (value.empty() || *end != '\0' || !(eye_distance >= 0 && eye_distance <= 1))
+          return usage_error("--stereo: expected the distance between the eyes in metres, 0..1 (e.g. 0.063), "
+                             "got '" + value + "'");
       } else if (arg == "--features") {
         if (value.empty()) return usage_error("--features: expected a DINOv2 features .npy path, got ''");
         features_path = value;
@@ -381,25 +390,48 @@ int main(int argc, char** argv) {
 
     flexavatar_camera camera = rt.default_camera();
     if (size > 0) camera.width = camera.height = size;
+    const bool stereo = eye_distance >= 0;
+    // the eyes: the camera moved by ∓ half the distance along its own x axis (row-major: column 0 is x)
+    flexavatar_camera eyes[2] = {camera, camera};
+    for (int side = 0; side < 2; ++side)
+      for (int r = 0; r < 3; ++r)
+        eyes[side].cam2world[4 * r + 3] += float((side ? 0.5 : -0.5) * eye_distance * camera.cam2world[4 * r]);
     std::vector<double> ms;
     std::vector<float> expression(static_cast<size_t>(dim));
     for (long f = 0; f < frames; ++f) {
       std::copy(expressions.begin() + f * dim, expressions.begin() + (f + 1) * dim, expression.begin());
       const auto start = std::chrono::steady_clock::now();
+      const flexavatar_camera& first = stereo ? eyes[0] : camera;
       const flexavatar_frame frame =
-          rt.render(expression, head_pose ? flexavatar::posed_camera(camera, expression) : camera);
-      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
-      char name[32];
-      std::snprintf(name, sizeof(name), "frame_%05ld.png", f);
+          rt.render(expression, head_pose ? flexavatar::posed_camera(first, expression) : first);
+      char name[40];
+      std::snprintf(name, sizeof(name), stereo ? "frame_%05ld_left.png" : "frame_%05ld.png", f);
+      // the frame is the runtime's until its next call: written before the right eye is rendered (not timed)
+      const auto written = std::chrono::steady_clock::now();
       if (!write_frame(out_dir + "/" + name, frame, &error)) {
         std::fprintf(stderr, "error: %s\n", error.c_str());
         return 1;
+      }
+      const auto resumed = std::chrono::steady_clock::now();
+      if (stereo) {
+        const flexavatar_frame right =
+            rt.render_view(head_pose ? flexavatar::posed_camera(eyes[1], expression) : eyes[1]);
+        std::snprintf(name, sizeof(name), "frame_%05ld_right.png", f);
+        const auto done = std::chrono::steady_clock::now();
+        if (!write_frame(out_dir + "/" + name, right, &error)) {
+          std::fprintf(stderr, "error: %s\n", error.c_str());
+          return 1;
+        }
+        ms.push_back(std::chrono::duration<double, std::milli>((written - start) + (done - resumed)).count());
+      } else {
+        ms.push_back(std::chrono::duration<double, std::milli>(written - start).count());
       }
     }
     std::printf("flexavatar %s, %ld Gaussians, decoder on %s%s, %s rasterizer, decoder file %s\n",
                 flexavatar_version(), long(info.num_gaussians), info.decoder_provider,
                 info.cuda_graphs ? " (CUDA graphs)" : "", info.rasterizer, info.decoder_file);
-    std::printf("%ld frames %dx%d -> %s\n", frames, camera.width, camera.height, out_dir.c_str());
+    std::printf("%ld frames %dx%d%s -> %s\n", frames, camera.width, camera.height,
+                stereo ? " (stereo: left and right eye, one decode)" : "", out_dir.c_str());
     std::printf("latency per frame: p50 %.3f ms, p95 %.3f ms (first frame %.3f ms)\n", percentile(ms, 0.5),
                 percentile(ms, 0.95), ms.front());
     return 0;

@@ -82,7 +82,8 @@ typedef enum flexavatar_status {
   FLEXAVATAR_ERROR_MODEL = 11,           /* ONNX Runtime could not load or run a model */
   FLEXAVATAR_ERROR_NO_AVATAR_CODE = 12,  /* render/decode before an avatar code was set */
   FLEXAVATAR_ERROR_IO = 13,              /* reading a file failed */
-  FLEXAVATAR_ERROR_INTERNAL = 14         /* a bug: please report the message */
+  FLEXAVATAR_ERROR_INTERNAL = 14,        /* a bug: please report the message */
+  FLEXAVATAR_ERROR_NO_FRAME = 15         /* render_view before a decode / render of the current avatar code */
 } flexavatar_status;
 
 /* Where the models run (ONNX Runtime's execution provider) and, with rasterizer AUTO, where frames are
@@ -319,6 +320,19 @@ FLEXAVATAR_API flexavatar_status flexavatar_runtime_render_device(flexavatar_run
                                                                   const float* expression, int64_t expression_count,
                                                                   const flexavatar_camera* camera,
                                                                   flexavatar_device_frame* out);
+
+/* The Gaussians of the last flexavatar_runtime_decode / _render / _render_device seen from another camera, without
+ * running the decoder: after one render, a call per further view gives a stereo pair (or V views of one frame) for
+ * one decode. Each frame is the runtime's, valid until its next decode / render / render_view call: copy or upload
+ * it before the next view. FLEXAVATAR_ERROR_NO_FRAME before any decode or render, and after set / load /
+ * create_avatar_code or check_numerics, which replace the decoded frame (as may a decode or render that fails). */
+FLEXAVATAR_API flexavatar_status flexavatar_runtime_render_view(flexavatar_runtime* runtime,
+                                                                const flexavatar_camera* camera,
+                                                                flexavatar_frame* out);
+/* render_view with the frame left in CUDA device memory (as flexavatar_runtime_render_device). */
+FLEXAVATAR_API flexavatar_status flexavatar_runtime_render_view_device(flexavatar_runtime* runtime,
+                                                                       const flexavatar_camera* camera,
+                                                                       flexavatar_device_frame* out);
 
 /* Runs the bundle's numerics check (see flexavatar_numerics) on this runtime's provider, precision and
  * rasterizer: what the export checked on its machine, checked where the runtime runs (a GPU's kernels, a

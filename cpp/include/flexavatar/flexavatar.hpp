@@ -98,6 +98,19 @@ class Runtime {
                                            &camera, &out));
     return out;
   }
+  // The last decoded frame from another camera (no decoder run): e.g. the right eye after render() of the left.
+  // The returned frame is valid until the next decode / render / render_view.
+  flexavatar_frame render_view(const flexavatar_camera& camera) {
+    flexavatar_frame out{};
+    check(flexavatar_runtime_render_view(handle_, &camera, &out));
+    return out;
+  }
+  flexavatar_device_frame render_view_device(const flexavatar_camera& camera) {
+    flexavatar_device_frame out{};
+    out.struct_size = sizeof(out);
+    check(flexavatar_runtime_render_view_device(handle_, &camera, &out));
+    return out;
+  }
   // The bundle's numerics check on this runtime (check.npz against its decoder and rasterizer).
   flexavatar_numerics check_numerics() {
     flexavatar_numerics out{};

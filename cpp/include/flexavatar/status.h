@@ -24,6 +24,7 @@ enum class StatusCode : int {
   kNoAvatarCode = 12,       // decode/render before an avatar code was set
   kIoError = 13,            // reading a file failed
   kInternal = 14,           // a bug (an unexpected exception caught at the C boundary)
+  kNoFrame = 15,            // render_view before a decode/render of the current avatar code
 };
 
 const char* status_code_name(StatusCode code);

@@ -669,6 +669,57 @@ TEST_CASE(c_api_check_numerics_compares_with_the_check_set_and_restores_the_code
   fs::remove_all(dir);
 }
 
+// One decode, several views: render_view rasterizes the last decoded Gaussians from another camera, as a render
+// from that camera would; there is no frame to view before a decode and after a new avatar code.
+TEST_CASE(c_api_render_view_shows_the_last_decoded_frame_from_another_camera) {
+  const fs::path dir = tiny_bundle("views");
+  flexavatar_runtime* rt = nullptr;
+  CHECK(create_cpu(dir, &rt) == FLEXAVATAR_OK);
+  flexavatar_camera left{}, right{};
+  CHECK(flexavatar_runtime_default_camera(rt, &left) == FLEXAVATAR_OK);
+  left.width = left.height = 32;
+  right = left;
+  left.cam2world[3] -= 0.003f;  // row-major: x of the camera centre; the Gaussians (at the origin) move apart
+  right.cam2world[3] += 0.003f;
+  const size_t floats = 32 * 32 * 3;
+  auto rgb = [&](const flexavatar_frame& f) { return std::vector<float>(f.rgb, f.rgb + floats); };
+  flexavatar_frame f{};
+  CHECK(flexavatar_runtime_render_view(rt, &left, &f) == FLEXAVATAR_ERROR_NO_FRAME);  // no code yet
+  std::vector<float> code(32, 0.f), expression(135, 0.f);
+  CHECK(flexavatar_runtime_set_avatar_code(rt, code.data(), 32) == FLEXAVATAR_OK);
+  CHECK(flexavatar_runtime_render_view(rt, &left, &f) == FLEXAVATAR_ERROR_NO_FRAME);  // nothing decoded yet
+  CHECK(std::string(flexavatar_last_error()).find("no decoded frame") != std::string::npos);
+
+  CHECK(flexavatar_runtime_render(rt, expression.data(), 135, &left, &f) == FLEXAVATAR_OK);
+  const std::vector<float> left_rendered = rgb(f);
+  CHECK(flexavatar_runtime_render_view(rt, &right, &f) == FLEXAVATAR_OK && f.width == 32 && f.rgba != nullptr);
+  const std::vector<float> right_view = rgb(f);
+  CHECK(right_view != left_rendered);                                                   // the views differ
+  CHECK(flexavatar_runtime_render_view(rt, &left, &f) == FLEXAVATAR_OK && rgb(f) == left_rendered);
+  CHECK(flexavatar_runtime_render(rt, expression.data(), 135, &right, &f) == FLEXAVATAR_OK && rgb(f) == right_view);
+  flexavatar_camera wide = left;
+  wide.width = 48;  // another frame size from the same Gaussians
+  CHECK(flexavatar_runtime_render_view(rt, &wide, &f) == FLEXAVATAR_OK && f.width == 48 && f.height == 32);
+  flexavatar_camera bad = left;
+  bad.width = 0;
+  CHECK(flexavatar_runtime_render_view(rt, &bad, &f) == FLEXAVATAR_ERROR_INVALID_SIZE);
+  CHECK(flexavatar_runtime_render_view(rt, nullptr, &f) == FLEXAVATAR_ERROR_NULL_POINTER);
+  CHECK(flexavatar_runtime_render_view(rt, &left, nullptr) == FLEXAVATAR_ERROR_NULL_POINTER);
+  flexavatar_device_frame d{};
+  d.struct_size = sizeof(d);
+  CHECK(flexavatar_runtime_render_view_device(rt, &left, &d) == FLEXAVATAR_ERROR_UNAVAILABLE);  // CPU rasterizer
+
+  flexavatar_gaussians g{};
+  CHECK(flexavatar_runtime_decode(rt, expression.data(), 135, &g) == FLEXAVATAR_OK);   // a decode is a frame too
+  CHECK(flexavatar_runtime_render_view(rt, &right, &f) == FLEXAVATAR_OK && rgb(f) == right_view);
+  CHECK(flexavatar_runtime_set_avatar_code(rt, code.data(), 32) == FLEXAVATAR_OK);     // a new code: no frame
+  CHECK(flexavatar_runtime_render_view(rt, &left, &f) == FLEXAVATAR_ERROR_NO_FRAME);
+  CHECK(std::string(flexavatar_status_name(FLEXAVATAR_ERROR_NO_FRAME)) == "no frame");
+  flexavatar_runtime_destroy(rt);
+  CHECK(flexavatar_runtime_render_view(rt, &left, &f) == FLEXAVATAR_ERROR_INVALID_HANDLE);
+  fs::remove_all(dir);
+}
+
 // The size arithmetic on conventions.image_size (3·S·S floats for the photo) must not see 2^32.
 TEST_CASE(c_api_create_checks_the_image_size) {
   for (const char* size : {"4294967296", "0", "16385"}) {
