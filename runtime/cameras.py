@@ -18,21 +18,31 @@ DEMO_FOCAL_PX = 1500.0          # official demo: fx = fy = 1500 px at 512², c =
 DEMO_SIZE = 512
 MAX_NORMALISED_FOCAL = 50.0     # above this the intrinsics are almost certainly in pixels
 RIGID_TOLERANCE = 1e-3
+DEFAULT_EYE_DISTANCE = 0.063    # metres between the eyes (stereo_camera): an adult's average
 
 
 @dataclass(frozen=True)
 class Camera:
-    """One camera ([4, 4] / [3, 3]) or one per frame ([T, 4, 4] / [T, 3, 3])."""
+    """One camera ([4, 4] / [3, 3]), one per frame ([T, 4, 4] / [T, 3, 3]), or a rig of V cameras per frame
+    ([T, V, 4, 4], with intrinsics [3, 3], one per view [V, 3, 3] or [T, V, 3, 3]; for ``multiview`` renders)."""
     cam2world: np.ndarray
     intrinsics: np.ndarray
 
     def __post_init__(self):
         c2w = _float32(self.cam2world, "camera.cam2world")
         k = _float32(self.intrinsics, "camera.intrinsics")
-        if c2w.shape[-2:] != (4, 4) or c2w.ndim not in (2, 3):
-            raise CameraInputError("camera.cam2world", f"has shape {list(c2w.shape)}", "[4, 4] or [T, 4, 4]")
-        if k.shape[-2:] != (3, 3) or k.ndim not in (2, 3):
-            raise CameraInputError("camera.intrinsics", f"has shape {list(k.shape)}", "[3, 3] or [T, 3, 3]")
+        if c2w.shape[-2:] != (4, 4) or c2w.ndim not in (2, 3, 4):
+            raise CameraInputError("camera.cam2world", f"has shape {list(c2w.shape)}",
+                                   "[4, 4], [T, 4, 4] or a rig per frame [T, V, 4, 4]")
+        rig = c2w.ndim == 4
+        if k.shape[-2:] != (3, 3) or k.ndim not in ((2, 3, 4) if rig else (2, 3)):
+            raise CameraInputError("camera.intrinsics", f"has shape {list(k.shape)}",
+                                   "[3, 3], [V, 3, 3] or [T, V, 3, 3] for cam2world [T, V, 4, 4]" if rig
+                                   else "[3, 3] or [T, 3, 3]")
+        if rig and ((k.ndim == 3 and k.shape[0] != c2w.shape[1]) or (k.ndim == 4 and k.shape[:2] != c2w.shape[:2])):
+            raise CameraInputError("camera.intrinsics", f"has shape {list(k.shape)} for cam2world "
+                                   f"{list(c2w.shape)}", f"[3, 3], [{c2w.shape[1]}, 3, 3] (one per view) or "
+                                   f"[{c2w.shape[0]}, {c2w.shape[1]}, 3, 3]")
         for name, m in (("camera.cam2world", c2w), ("camera.intrinsics", k)):
             if m.size == 0:
                 raise CameraInputError(name, f"has shape {list(m.shape)} (no cameras)", "T ≥ 1 cameras")
@@ -41,12 +51,23 @@ class Camera:
         object.__setattr__(self, "cam2world", c2w)
         object.__setattr__(self, "intrinsics", k)
 
+    @property
+    def views(self) -> int:
+        """V for a rig per frame ([T, V, 4, 4]), else 0."""
+        return self.cam2world.shape[1] if self.cam2world.ndim == 4 else 0
+
     def __len__(self) -> int:
-        """Number of distinct cameras (1 for a single camera shared by all frames)."""
+        """Number of distinct cameras (1 for a single camera shared by all frames); of rigs, for a rig camera."""
+        if self.views:
+            return self.cam2world.shape[0]
         return max(_count(self.cam2world), _count(self.intrinsics))
 
     def for_frames(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(cam2world [n, 4, 4], intrinsics [n, 3, 3]): a single camera broadcast, or exactly n cameras."""
+        if self.views:
+            raise CameraInputError("camera", f"holds a rig of {self.views} views per frame (cam2world "
+                                   f"{list(self.cam2world.shape)})", "multiview=True to render every view, or one "
+                                   "camera a frame")
         out = []
         for name, m in (("cam2world", self.cam2world), ("intrinsics", self.intrinsics)):
             if m.ndim == 3 and m.shape[0] != 1 and m.shape[0] != n:
@@ -55,6 +76,19 @@ class Camera:
             m = m if m.ndim == 3 else m[None]
             out.append(m if m.shape[0] == n else np.broadcast_to(m, (n,) + m.shape[-2:]))   # (broadcast_to: ~10 µs)
         return out[0], out[1]
+
+    def as_rigs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(cam2world [n, V, 4, 4], intrinsics [n, V, 3, 3]) for n frames each seen by V cameras: a rig camera's
+        rigs (one, or one per frame), or all of a camera's V cameras as one rig shared by every frame."""
+        if not self.views:
+            c2w, k = self.for_frames(len(self))                              # [V, 4, 4], [V, 3, 3]
+            return np.broadcast_to(c2w, (n,) + c2w.shape), np.broadcast_to(k, (n,) + k.shape)
+        t, v = self.cam2world.shape[:2]
+        if t not in (1, n):
+            raise CameraInputError("camera.cam2world", f"holds {t} rigs for {n} frames", f"one rig or one per frame "
+                                   f"({n})")
+        k = self.intrinsics if self.intrinsics.ndim == 4 else np.broadcast_to(self.intrinsics, (t, v, 3, 3))
+        return np.broadcast_to(self.cam2world, (n, v, 4, 4)), np.broadcast_to(k, (n, v, 3, 3))
 
 
 def _count(m: np.ndarray) -> int:
@@ -142,20 +176,23 @@ def orbit_camera(n: int, radius: float = 0.3, distance: float = 1.0, intrinsics:
     return Camera(c2w, demo_intrinsics(aspect) if intrinsics is None else intrinsics)
 
 
-def stereo_camera(camera: Camera | None = None, eye_distance: float = 0.063) -> Camera:
-    """The left and right eyes of one camera (default: the demo camera), for ``Runtime.render(..., multiview=True)``
-    → a Camera of 2 ([left, right]): the same orientation and intrinsics, the centres ``eye_distance`` metres apart
-    along the camera's own x axis (default 63 mm, an adult's average). A headset gives its own per-eye poses and
-    projections: pass those as a Camera of 2 instead."""
+def stereo_camera(camera: Camera | None = None, eye_distance: float = DEFAULT_EYE_DISTANCE) -> Camera:
+    """The left and right eyes of a camera (default: the demo camera), or of each of a sequence's cameras, for
+    ``Runtime.render(..., multiview=True)`` → a rig camera [T, 2] ([left, right]): the same orientation and
+    intrinsics, the centres ``eye_distance`` metres apart along each camera's own x axis (default 63 mm, an adult's
+    average). A headset gives its own per-eye poses and projections: pass those as a rig instead."""
     camera = default_camera() if camera is None else camera
-    if len(camera) != 1:
-        raise CameraInputError("camera", f"holds {len(camera)} cameras", "one camera (the point between the eyes)")
+    if camera.views:
+        raise CameraInputError("camera", f"is a rig of {camera.views} views per frame", "one camera, or one per frame "
+                               "(the point between the eyes)")
     if not (isinstance(eye_distance, (int, float)) and math.isfinite(eye_distance) and eye_distance >= 0):
         raise CameraInputError("eye_distance", f"is {eye_distance!r}", "metres between the eyes, ≥ 0")
-    c2w = camera.cam2world.reshape(4, 4).astype(np.float64)
-    eyes = np.stack([c2w, c2w])                                                        # [2, 4, 4]
-    eyes[:, :3, 3] += np.array([-0.5, 0.5])[:, None] * eye_distance * c2w[:3, 0]       # ∓ half along the camera's x
-    return Camera(eyes.astype(np.float32), camera.intrinsics.reshape(3, 3))
+    c2w, k = camera.for_frames(len(camera))                                            # [T, 4, 4], [T, 3, 3]
+    eyes = np.repeat(c2w[:, None].astype(np.float64), 2, axis=1)                       # [T, 2, 4, 4]
+    half = np.array([-0.5, 0.5])[None, :, None] * eye_distance                         # ∓ half along the camera's x
+    eyes[:, :, :3, 3] += half * c2w[:, None, :3, 0]
+    intrinsics = camera.intrinsics if camera.intrinsics.ndim == 2 else np.repeat(k[:, None], 2, axis=1)
+    return Camera(eyes.astype(np.float32), intrinsics)
 
 
 def sequence_cameras(path: str | Path) -> Camera:

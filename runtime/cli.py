@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 import sys
 import time
@@ -17,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from .avatar import Avatar, check_avatar_path
-from .cameras import Camera, default_camera, demo_intrinsics, orbit_camera, sequence_cameras
+from .cameras import (DEFAULT_EYE_DISTANCE, Camera, default_camera, demo_intrinsics, orbit_camera, sequence_cameras,
+                      stereo_camera)
 from .expressions import (RECORD_BYTES, load_expressions, neutral_expression, read_expression_records,
                           sequence_fps)
 from .engines import INFERENCE_PRECISIONS
@@ -75,35 +77,55 @@ class ProgressBar:
 def render_to_file(runtime: Runtime, avatar: Avatar, expressions: np.ndarray, output: str | Path, *, size: int = 512,
                    camera: Camera | None = None, fps: float = DEFAULT_FPS, apply_head_pose: bool = False,
                    background: Sequence[float] = WHITE, alpha: bool = False, timings: StageTimes | None = None,
-                   progress: Callable[[int], None] | None = None) -> RenderReport:
+                   progress: Callable[[int], None] | None = None, stereo: float | None = None) -> RenderReport:
     """Render ``expressions`` [T, 135] of ``avatar`` into ``output`` (.mp4, .gif or a PNG folder), size² pixels.
     camera: one camera or T (default: the official demo camera). alpha: RGBA PNG frames (straight alpha, for
-    compositing; PNG folders only). progress(n) is called after each n frames."""
+    compositing; PNG folders only). progress(n) is called after each n frames. stereo: the distance between the
+    eyes in metres: each frame is the left and the right eye's image side by side (2·size wide; one decode)."""
     timings = timings if timings is not None else StageTimes()
-    chunks = runtime.iter_render(avatar, expressions, camera or default_camera(), size, size, background,
-                                 apply_head_pose, "float" if alpha else "uint8", timings)
-    return _write(runtime, chunks, output, size, fps, background, alpha, timings, progress)
+    camera = camera or default_camera()
+    chunks = runtime.iter_render(avatar, expressions, camera if stereo is None else stereo_camera(camera, stereo),
+                                 size, size, background, apply_head_pose, "float" if alpha else "uint8", timings,
+                                 multiview=stereo is not None)
+    return _write(runtime, _side_by_side(chunks, stereo), output, size, fps, background, alpha, timings, progress,
+                  stereo)
 
 
 def render_stream(runtime: Runtime, avatar: Avatar, expressions: Iterable[np.ndarray], output: str | Path, *,
                   size: int = 512, camera: Camera | None = None, fps: float = DEFAULT_FPS,
                   apply_head_pose: bool = False, background: Sequence[float] = WHITE, alpha: bool = False,
-                  timings: StageTimes | None = None, progress: Callable[[int], None] | None = None) -> RenderReport:
+                  timings: StageTimes | None = None, progress: Callable[[int], None] | None = None,
+                  stereo: float | None = None) -> RenderReport:
     """Render expression codes as they arrive (``expressions``: [1, 135] arrays, e.g. ``read_expression_records``
     of a pipe) into ``output``, each frame written before the next code is read: a live source's frames leave with
-    no more delay than their own render. camera: one camera for every frame (default: the demo camera)."""
+    no more delay than their own render. camera: one camera for every frame (default: the demo camera). stereo:
+    as ``render_to_file``."""
     timings = timings if timings is not None else StageTimes()
     camera = camera or default_camera()
+    if stereo is not None:
+        camera = stereo_camera(camera, stereo)
     chunks = (runtime.render(avatar, expression, camera, size, size, background, apply_head_pose,
-                             "float" if alpha else "uint8", timings) for expression in expressions)
-    return _write(runtime, chunks, output, size, fps, background, alpha, timings, progress)
+                             "float" if alpha else "uint8", timings, multiview=stereo is not None)
+              for expression in expressions)
+    return _write(runtime, _side_by_side(chunks, stereo), output, size, fps, background, alpha, timings, progress,
+                  stereo)
+
+
+def _side_by_side(chunks: Iterable[np.ndarray], stereo: float | None) -> Iterable[np.ndarray]:
+    """Stereo chunks [n, 2, H, W, C] → [n, H, 2·W, C]: the left eye's image, then the right one's (the layout of
+    side-by-side 3D video); other chunks as they are."""
+    if stereo is None:
+        return chunks
+    return (np.concatenate([frames[:, 0], frames[:, 1]], axis=2) for frames in chunks)
 
 
 def _write(runtime: Runtime, chunks: Iterable[np.ndarray], output: str | Path, size: int, fps: float,
            background: Sequence[float], alpha: bool, timings: StageTimes,
-           progress: Callable[[int], None] | None) -> RenderReport:
-    """Rendered frames (chunks of [n, size, size, C]) into ``output`` as they come → the render's report."""
-    with open_writer(output, size, size, fps, channels=4 if alpha else 3) as writer:
+           progress: Callable[[int], None] | None, stereo: float | None = None) -> RenderReport:
+    """Rendered frames (chunks of [n, size, size, C], side by side [n, size, 2·size, C] with stereo) into ``output``
+    as they come → the render's report."""
+    width = 2 * size if stereo is not None else size
+    with open_writer(output, width, size, fps, channels=4 if alpha else 3) as writer:
         for frames in chunks:
             with timings.stage("write", len(frames)):
                 writer.write(straight_rgba(frames, background) if alpha else frames)
@@ -111,7 +133,7 @@ def _write(runtime: Runtime, chunks: Iterable[np.ndarray], output: str | Path, s
                 progress(len(frames))
     budget = runtime.intersections
     sort = f"sync-free after the first frame; {budget.describe()}" if budget.per_view else ""
-    return RenderReport(Path(output), writer.count, size, size, fps, timings, runtime.describe(), sort)
+    return RenderReport(Path(output), writer.count, width, size, fps, timings, runtime.describe(), sort)
 
 
 def _tracked_cameras(args, n_frames: int) -> Camera:
@@ -237,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "1500/512 ≈ 2.93, the official demo camera)")
     p.add_argument("--head-pose", action="store_true", help="apply the rigid head pose of each expression code, as "
                    "the official GUI does")
+    p.add_argument("--stereo", type=float, nargs="?", const=DEFAULT_EYE_DISTANCE, metavar="METRES",
+                   help="side-by-side stereo for VR players and 3D displays: the left and the right eye's image in "
+                   "one frame twice as wide, the eyes METRES apart along the camera's x axis (default "
+                   f"{DEFAULT_EYE_DISTANCE}); each code is decoded once for both")
     p.add_argument("--background", type=parse_colour, default=WHITE, metavar="COLOUR",
                    help="background colour: R,G,B in [0, 1] or #RRGGBB (default white, as the model was trained)")
     p.add_argument("--alpha", action="store_true", help="RGBA with straight alpha, for compositing (a PNG frames "
@@ -260,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     say = sys.stderr if str(args.output) == STDOUT else sys.stdout      # stdout may carry the frames
     try:
         # the cheap checks first: a wrong output suffix should not wait for a bundle's hashes and an encoder run
-        output_kind(args.output, args.size, args.size, channels=4 if args.alpha else 3)
+        if args.stereo is not None and not (math.isfinite(args.stereo) and 0 <= args.stereo <= 1):
+            raise RuntimeArgumentError("--stereo", f"is {args.stereo}", "the distance between the eyes in metres, "
+                                       f"0 to 1 (e.g. {DEFAULT_EYE_DISTANCE})")
+        output_kind(args.output, args.size * (2 if args.stereo is not None else 1), args.size,
+                    channels=4 if args.alpha else 3)
         if args.save_ply is not None:
             check_ply_path(args.save_ply)
         if args.save_avatar is not None:
@@ -312,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             print("compiling the decoder (torch.compile; tens of seconds) ...", file=say, flush=True)
             runtime.decode(avatar, neutral_expression(args.batch) if streaming else expressions[:args.batch])
         options = dict(size=args.size, camera=camera, fps=fps, apply_head_pose=args.head_pose,
-                       background=args.background, alpha=args.alpha, timings=timings)
+                       background=args.background, alpha=args.alpha, timings=timings, stereo=args.stereo)
         if streaming:                            # no length: no progress bar
             report = render_stream(runtime, avatar, expressions, args.output, **options)
         else:

@@ -533,10 +533,11 @@ class Runtime:
         it into the camera, which gives the pixels of the posed Gaussians (``decode(apply_head_pose=True)``).
         timings: a StageTimes to fill with per-frame decode / rasterize / readback latency (on a GPU this adds a
         host sync per stage).
-        multiview: every frame is seen by every camera of ``cameras`` (V of them: a stereo pair, a turntable, a
-        light-field display's views), each frame decoded once → frames [T, V, H, W, C]. The head pose, with
-        apply_head_pose, moves the head in every view. (Compiled frames take one camera a frame: multiview frames
-        take the separate calls.)"""
+        multiview: every frame is seen by V cameras, each frame decoded once → frames [T, V, H, W, C]: all the
+        cameras of ``cameras`` (a Camera of V: a turntable, a light-field display's views), or a rig camera's
+        ([T, V, 4, 4]: one rig per frame, e.g. ``stereo_camera`` of a moving camera; [1, V, 4, 4]: one for all).
+        The head pose, with apply_head_pose, moves the head in every view. (Compiled frames take one camera a
+        frame: multiview frames take the separate calls.)"""
         chunks = list(self.iter_render(avatar, expressions, cameras, width, height, background, apply_head_pose,
                                        output, timings, multiview))
         if len(chunks) == 1:
@@ -652,12 +653,14 @@ class Runtime:
                                        "3 floats, RGB in [0, 1] (divide 0–255 values by 255)")
         n = len(expressions)
         camera = as_camera(cameras, width / height)
-        views = len(camera) if multiview else 0
-        c2w, k = camera.for_frames(views or n)                        # [V or T, 4, 4], [V or T, 3, 3]
+        views = 0
+        if multiview:                                   # [T, V, 4, 4], [T, V, 3, 3] → [T·V, …], frame-major
+            c2w, k = camera.as_rigs(n)
+            views = c2w.shape[1]
+            k = k.reshape(n * views, 3, 3)
+        else:
+            c2w, k = camera.for_frames(n)                                                 # [T, 4, 4], [T, 3, 3]
         w2c = world2cam(c2w.astype(np.float64))
-        if views:                                                     # every frame by every camera: [T·V], frame-major
-            w2c = np.broadcast_to(w2c, (n, views, 4, 4))
-            k = np.broadcast_to(k, (n, views, 3, 3)).reshape(n * views, 3, 3)
         if apply_head_pose:
             # moving the Gaussians by the rigid pose M is rendering them unmoved from the camera w2c · M: exact,
             # and no per-Gaussian work (decode(apply_head_pose=True) moves them, to return them posed)

@@ -1384,6 +1384,32 @@ def test_cli_background_and_transparent_png_frames(bundle, driving_dir, tmp_path
     assert "R,G,B in [0, 1]" in capsys.readouterr().err
 
 
+def test_cli_stereo_writes_the_eyes_side_by_side(bundle, runtimes, driving_dir, tmp_path, capsys):
+    """--stereo: frames twice as wide, the left eye's image then the right one's, as the runtime's multiview
+    render of stereo_camera (an orbiting camera: a rig per frame); an .mp4 of them reads back at that size."""
+    import imageio_ffmpeg
+
+    from flexavatar.runtime import stereo_camera
+    seq = driving_dir / "EMO-1-shout+laugh.npz"
+    base = [str(bundle), "--expressions", str(seq), "--frames", "3", "--size", "48", "--no-progress", "--camera-orbit",
+            "--backend", "onnxruntime", "--stereo", "0.1", "-o"]
+    assert render_main([*base, str(tmp_path / "eyes")]) == 0
+    assert "(3 frames, 96x48," in capsys.readouterr().out
+    got = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "eyes").glob("frame_*.png"))])
+    assert got.shape == (3, 48, 96, 3)
+    want = runtimes["onnxruntime"].render(runtimes["onnxruntime"].bundle_avatar(), load_expressions(seq)[:3],
+                                          stereo_camera(orbit_camera(3), 0.1), 48, 48, multiview=True)
+    np.testing.assert_array_equal(got[:, :, :48], want[:, 0])
+    np.testing.assert_array_equal(got[:, :, 48:], want[:, 1])
+    assert np.abs(got[:, :, :48].astype(int) - got[:, :, 48:]).max() > 10             # two different eyes
+    assert render_main([*base, str(tmp_path / "eyes.mp4")]) == 0
+    assert "wrote " in capsys.readouterr().out
+    reader = imageio_ffmpeg.read_frames(str(tmp_path / "eyes.mp4"))
+    assert tuple(next(reader)["size"]) == (96, 48) and sum(1 for _ in reader) == 3
+    assert render_main([*base[:-3], "--stereo", "-0.5", "-o", str(tmp_path / "x")]) == 2
+    assert "--stereo: is -0.5" in capsys.readouterr().err
+
+
 def test_cli_streams_raw_frames_to_stdout(bundle, driving_dir, tmp_path, capsysbinary):
     """-o -: the PNG frames' bytes, frame after frame, on stdout (rgba with --alpha); messages go to stderr."""
     seq = driving_dir / "EMO-1-shout+laugh.npz"
@@ -1642,10 +1668,19 @@ def test_a_fused_decoder_that_cannot_run_gives_way_to_the_portable_file_unless_a
 
 # ---- multiview: every frame seen by several cameras, decoded once -----------------------------------------
 
+def _view(cams: Camera, v: int) -> Camera:
+    """View v of a multiview camera as an ordinary one: camera v of a Camera of V (for every frame), or view v of
+    each rig of a rig camera ([T, V, 4, 4]: one camera per frame)."""
+    if not cams.views:
+        return Camera(cams.cam2world[v], cams.intrinsics if cams.intrinsics.ndim == 2 else cams.intrinsics[v])
+    k = cams.intrinsics
+    return Camera(cams.cam2world[:, v], k if k.ndim == 2 else k[v] if k.ndim == 3 else k[:, v])
+
+
 def _each_view(rt: Runtime, avatar, expressions, cams: Camera, **kwargs) -> list[np.ndarray]:
-    """The frames of each camera of ``cams`` rendered on its own (one camera for every frame): [V] × [T, H, W, C]."""
-    return [rt.render(avatar, expressions, Camera(cams.cam2world[v], cams.intrinsics), SIZE, SIZE, **kwargs)
-            for v in range(len(cams))]
+    """The frames of each view of ``cams`` rendered on their own: [V] × [T, H, W, C]."""
+    views = cams.views or len(cams)
+    return [rt.render(avatar, expressions, _view(cams, v), SIZE, SIZE, **kwargs) for v in range(views)]
 
 
 def test_multiview_frames_are_each_cameras_own_frames_from_one_decode(runtime_cache, oracle, expressions,
@@ -1677,26 +1712,50 @@ def test_multiview_frames_are_each_cameras_own_frames_from_one_decode(runtime_ca
         rt.render(avatar, expressions, cams, multiview="yes")
 
 
+def test_multiview_rigs_per_frame_follow_a_moving_camera(runtime_cache, oracle, expressions):
+    """A rig camera [T, V, 4, 4] (stereo eyes of an orbiting camera): frame t's views are rig t's cameras; a rig
+    camera without multiview, or with a rig count that is neither 1 nor T, is a typed error."""
+    from flexavatar.runtime import stereo_camera
+
+    rt = runtime_cache("onnxruntime", "cpu")
+    avatar = oracle[0]
+    rigs = stereo_camera(orbit_camera(3), eye_distance=0.1)
+    got = rt.render(avatar, expressions, rigs, SIZE, SIZE, output="float", multiview=True)
+    assert got.shape == (3, 2, SIZE, SIZE, 4)
+    for v, want in enumerate(_each_view(rt, avatar, expressions, rigs, output="float")):
+        np.testing.assert_allclose(got[:, v], want, rtol=0, atol=1e-6, err_msg=f"view {v}")
+    one_rig = stereo_camera(Camera(orbit_camera(3).cam2world[1], orbit_camera(3).intrinsics), eye_distance=0.1)
+    np.testing.assert_allclose(rt.render(avatar, expressions[1:2], one_rig, SIZE, SIZE, output="float",
+                                         multiview=True), got[1:2], rtol=0, atol=1e-6)
+    with pytest.raises(CameraInputError, match="multiview=True"):
+        rt.render(avatar, expressions, rigs)
+    with pytest.raises(CameraInputError, match="holds 3 rigs for 2 frames"):
+        rt.render(avatar, expressions[:2], rigs, multiview=True)
+
+
 def test_stereo_camera_puts_the_eyes_apart_along_the_cameras_x_axis():
     from flexavatar.runtime import default_camera, stereo_camera
 
     centre = orbit_camera(4)
-    one = Camera(centre.cam2world[1], centre.intrinsics)
-    eyes = stereo_camera(one, eye_distance=0.07)
-    assert len(eyes) == 2 and eyes.cam2world.shape == (2, 4, 4)
-    c2w = one.cam2world.astype(np.float64)
-    for eye in eyes.cam2world:
-        np.testing.assert_allclose(eye[:3, :3], c2w[:3, :3], atol=0)                # same orientation
-    np.testing.assert_allclose(eyes.cam2world[:, :3, 3].mean(0), c2w[:3, 3], atol=1e-6)     # centred on the camera
-    step = eyes.cam2world[1, :3, 3] - eyes.cam2world[0, :3, 3]                          # left → right
-    np.testing.assert_allclose(step, 0.07 * c2w[:3, 0], atol=1e-6)                       # along the camera's +x
-    np.testing.assert_allclose(eyes.intrinsics, one.intrinsics)
-    assert len(stereo_camera()) == 2 and np.allclose(stereo_camera().cam2world[:, :3, :3],
-                                                     default_camera().cam2world[:3, :3])
-    with pytest.raises(CameraInputError, match="holds 4 cameras"):
-        stereo_camera(centre)
+    eyes = stereo_camera(centre, eye_distance=0.07)                          # a rig per frame: [4, 2, 4, 4]
+    assert eyes.cam2world.shape == (4, 2, 4, 4) and eyes.views == 2 and len(eyes) == 4
+    c2w = centre.cam2world.astype(np.float64)
+    np.testing.assert_allclose(eyes.cam2world[:, :, :3, :3], np.repeat(c2w[:, None, :3, :3], 2, 1), atol=0)
+    np.testing.assert_allclose(eyes.cam2world[..., :3, 3].mean(1), c2w[:, :3, 3], atol=1e-6)   # centred
+    step = eyes.cam2world[:, 1, :3, 3] - eyes.cam2world[:, 0, :3, 3]                          # left → right
+    np.testing.assert_allclose(step, 0.07 * c2w[:, :3, 0], atol=1e-6)                         # along each +x
+    np.testing.assert_allclose(eyes.intrinsics, centre.intrinsics)
+    demo = stereo_camera()
+    assert demo.cam2world.shape == (1, 2, 4, 4)
+    np.testing.assert_allclose(demo.cam2world[0, :, :3, :3], np.repeat(default_camera().cam2world[None, :3, :3], 2, 0))
+    per_frame_k = Camera(centre.cam2world, np.repeat(centre.intrinsics[None], 4, 0))
+    assert stereo_camera(per_frame_k).intrinsics.shape == (4, 2, 3, 3)
+    with pytest.raises(CameraInputError, match="is a rig of 2 views"):
+        stereo_camera(eyes)
     with pytest.raises(CameraInputError, match="eye_distance"):
-        stereo_camera(one, eye_distance=-0.01)
+        stereo_camera(centre, eye_distance=-0.01)
+    with pytest.raises(CameraInputError, match=r"\[2, 3, 3\] \(one per view\)"):
+        Camera(eyes.cam2world, np.repeat(centre.intrinsics[None], 3, 0))        # 3 intrinsics for 2 views
 
 
 # ---- GPUs and NPUs without CUDA: ONNX Runtime's other providers, OpenVINO's plugins ------------------------
