@@ -7,6 +7,7 @@ first two rows divided by the image width / height), so one camera works at any 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,11 +182,11 @@ def stereo_camera(camera: Camera | None = None, eye_distance: float = DEFAULT_EY
     ``Runtime.render(..., multiview=True)`` → a rig camera [T, 2] ([left, right]): the same orientation and
     intrinsics, the centres ``eye_distance`` metres apart along each camera's own x axis (default 63 mm, an adult's
     average). A headset gives its own per-eye poses and projections: pass those as a rig instead."""
-    camera = default_camera() if camera is None else camera
+    camera = as_camera(camera)
     if camera.views:
         raise CameraInputError("camera", f"is a rig of {camera.views} views per frame", "one camera, or one per frame "
                                "(the point between the eyes)")
-    if not (isinstance(eye_distance, (int, float)) and math.isfinite(eye_distance) and eye_distance >= 0):
+    if not (isinstance(eye_distance, numbers.Real) and math.isfinite(eye_distance) and eye_distance >= 0):
         raise CameraInputError("eye_distance", f"is {eye_distance!r}", "metres between the eyes, ≥ 0")
     c2w, k = camera.for_frames(len(camera))                                            # [T, 4, 4], [T, 3, 3]
     eyes = np.repeat(c2w[:, None].astype(np.float64), 2, axis=1)                       # [T, 2, 4, 4]

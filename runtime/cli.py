@@ -259,10 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "1500/512 ≈ 2.93, the official demo camera)")
     p.add_argument("--head-pose", action="store_true", help="apply the rigid head pose of each expression code, as "
                    "the official GUI does")
-    p.add_argument("--stereo", type=float, nargs="?", const=DEFAULT_EYE_DISTANCE, metavar="METRES",
+    p.add_argument("--stereo", action="store_true",
                    help="side-by-side stereo for VR players and 3D displays: the left and the right eye's image in "
-                   "one frame twice as wide, the eyes METRES apart along the camera's x axis (default "
-                   f"{DEFAULT_EYE_DISTANCE}); each code is decoded once for both")
+                   "one frame twice as wide, the eyes --eye-distance apart along the camera's x axis; each code is "
+                   "decoded once for both")
+    p.add_argument("--eye-distance", type=float, default=DEFAULT_EYE_DISTANCE, metavar="METRES",
+                   help=f"with --stereo: metres between the eyes (default {DEFAULT_EYE_DISTANCE})")
     p.add_argument("--background", type=parse_colour, default=WHITE, metavar="COLOUR",
                    help="background colour: R,G,B in [0, 1] or #RRGGBB (default white, as the model was trained)")
     p.add_argument("--alpha", action="store_true", help="RGBA with straight alpha, for compositing (a PNG frames "
@@ -286,11 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     say = sys.stderr if str(args.output) == STDOUT else sys.stdout      # stdout may carry the frames
     try:
         # the cheap checks first: a wrong output suffix should not wait for a bundle's hashes and an encoder run
-        if args.stereo is not None and not (math.isfinite(args.stereo) and 0 <= args.stereo <= 1):
-            raise RuntimeArgumentError("--stereo", f"is {args.stereo}", "the distance between the eyes in metres, "
-                                       f"0 to 1 (e.g. {DEFAULT_EYE_DISTANCE})")
-        output_kind(args.output, args.size * (2 if args.stereo is not None else 1), args.size,
-                    channels=4 if args.alpha else 3)
+        if not (math.isfinite(args.eye_distance) and 0 <= args.eye_distance <= 1):
+            raise RuntimeArgumentError("--eye-distance", f"is {args.eye_distance}", "metres between the eyes, 0 to 1 "
+                                       f"(e.g. {DEFAULT_EYE_DISTANCE})")
+        output_kind(args.output, args.size * (2 if args.stereo else 1), args.size, channels=4 if args.alpha else 3)
         if args.save_ply is not None:
             check_ply_path(args.save_ply)
         if args.save_avatar is not None:
@@ -342,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
             print("compiling the decoder (torch.compile; tens of seconds) ...", file=say, flush=True)
             runtime.decode(avatar, neutral_expression(args.batch) if streaming else expressions[:args.batch])
         options = dict(size=args.size, camera=camera, fps=fps, apply_head_pose=args.head_pose,
-                       background=args.background, alpha=args.alpha, timings=timings, stereo=args.stereo)
+                       background=args.background, alpha=args.alpha, timings=timings,
+                       stereo=args.eye_distance if args.stereo else None)
         if streaming:                            # no length: no progress bar
             report = render_stream(runtime, avatar, expressions, args.output, **options)
         else:

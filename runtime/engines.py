@@ -42,6 +42,7 @@ log = logging.getLogger("flexavatar.runtime")
 DEVICES = ("cpu", "cuda", "gpu", "npu")
 INFERENCE_PRECISIONS = ("f32", "f16", "bf16")   # OpenVINO's INFERENCE_PRECISION_HINT values (EngineOptions)
 NUMPY, TORCH = "numpy", "torch"
+NOT_INSTALLED = "is not installed"          # the end of an engine's reason when its library is missing
 
 
 @dataclass(frozen=True)
@@ -208,11 +209,12 @@ def select_engine(name: str, device: str,
             hint = spec.install_hint if missing and "pip install" not in reason else None
             raise EngineUnavailableError(name, d, reason, hint)
         detail = "; ".join(f"{s.name} on {d}: {r}" for s, d, r in rejected)
-        # installing engines helps only when none that is installed here was turned down by the bundle
+        # installing engines helps only when one is missing and none that is installed was turned down by the bundle
         bundle_says_no = any(s.unavailable_reason(d) is None for s, d, _ in rejected)
+        missing = any(r.endswith(NOT_INSTALLED) for _, _, r in rejected)
         raise EngineUnavailableError(name, device, f"nothing can run here ({detail})",
-                                     None if bundle_says_no else
-                                     "pip install 'flexavatar[runtime]' (ONNX Runtime and OpenVINO)")
+                                     "pip install 'flexavatar[runtime]' (ONNX Runtime and OpenVINO)"
+                                     if missing and not bundle_says_no else None)
     _, _, spec, d = max(candidates, key=lambda c: (c[0], c[1]))
     return spec, d
 
@@ -264,6 +266,7 @@ ORT_HOST_PROVIDERS: dict[str, tuple[tuple[str, Mapping[str, str]], ...]] = {
             ("OpenVINOExecutionProvider", {"device_type": "NPU"})),
 }
 ORT_DEVICE_ID_PROVIDERS = frozenset({"DmlExecutionProvider", "MIGraphXExecutionProvider", "ROCMExecutionProvider"})
+_ORT_OPENVINO = "OpenVINOExecutionProvider"                 # picks its device by name: device_type "GPU.1"
 ORT_HOST_PACKAGES = {"gpu": "pip install onnxruntime-directml (Windows, any GPU) or onnxruntime-openvino (Intel), or "
                             "AMD's ROCm build of onnxruntime (MIGraphX, Linux); on macOS onnxruntime has CoreML",
                      "npu": "pip install onnxruntime-qnn (Snapdragon) or onnxruntime-openvino (Intel), or AMD's Ryzen "
@@ -272,18 +275,29 @@ ORT_HOST_PACKAGES = {"gpu": "pip install onnxruntime-directml (Windows, any GPU)
 
 def ort_host_provider(device: str, device_id: int = 0) -> tuple[str, dict[str, str]] | None:
     """(provider name, its options) that ONNX Runtime runs a host-array ``device`` ("cpu", "gpu", "npu") with
-    here: the first of ``ORT_HOST_PROVIDERS[device]`` this onnxruntime build has; None if it has none."""
+    here: the first of ``ORT_HOST_PROVIDERS[device]`` this onnxruntime build has, pointed at device ``device_id``
+    (the CPU has one); None if it has none. A device_id ≠ 0 for a provider that picks its device itself (CoreML,
+    WebGPU, QNN, VitisAI) is a RuntimeArgumentError."""
     import onnxruntime as ort
     available = set(ort.get_available_providers())
     for name, options in ORT_HOST_PROVIDERS[device]:
-        if name in available:
-            return name, {**options, **({"device_id": str(device_id)} if name in ORT_DEVICE_ID_PROVIDERS else {})}
+        if name not in available:
+            continue
+        options = dict(options)
+        if name in ORT_DEVICE_ID_PROVIDERS:
+            options["device_id"] = str(device_id)
+        elif name == _ORT_OPENVINO and device_id:
+            options["device_type"] = f"{options['device_type']}.{device_id}"
+        elif device_id and device != "cpu":
+            raise RuntimeArgumentError("device_id", f"is {device_id} for {name}", "0: this provider picks its "
+                                       "device itself")
+        return name, options
     return None
 
 
 def _ort_availability(device: str) -> str | None:
     if not _installed("onnxruntime"):
-        return "onnxruntime is not installed"
+        return f"onnxruntime {NOT_INSTALLED}"
     import onnxruntime as ort
     if device == "cuda":
         # get_available_providers() lists CUDA in every onnxruntime-gpu install, GPU or not: the session
@@ -292,6 +306,9 @@ def _ort_availability(device: str) -> str | None:
             return "this onnxruntime build has no CUDAExecutionProvider (pip install onnxruntime-gpu instead)"
         return _needs_torch_cuda()
     if ort_host_provider(device) is None:
+        if device == "gpu" and "CUDAExecutionProvider" in ort.get_available_providers():
+            return ("this onnxruntime build (onnxruntime-gpu) reaches NVIDIA GPUs through CUDA: use device 'cuda' "
+                    "(it has no other GPU provider)")
         looked_for = ", ".join(dict.fromkeys(name for name, _ in ORT_HOST_PROVIDERS[device]))
         return (f"this onnxruntime build has no {device.upper()} execution provider (looked for {looked_for}; it has "
                 f"{', '.join(ort.get_available_providers())}): {ORT_HOST_PACKAGES[device]} (in place of onnxruntime: "
@@ -330,20 +347,32 @@ def ort_formats(device: str, fused_decoders: bool | None) -> tuple[str, ...]:
 class OrtHostModel:
     """One graph of the bundle on an ONNX Runtime provider that takes and gives host (numpy) arrays: the CPU's, or
     a GPU's or NPU's (``ORT_HOST_PROVIDERS``), with the CPU provider under it for the nodes it does not take.
-    ``nodes``: how many of the graph's nodes each provider runs, where this ONNX Runtime reports it, else None."""
+    ``nodes``: how many of the graph's nodes each provider runs, where this ONNX Runtime reports it, else None.
+    A GPU / NPU provider that fails, when the session is made or in a run, is an ExecutionProviderError: ONNX
+    Runtime's own fallback (the whole session moved to the CPU, announced on stdout) is off."""
     array_type = NUMPY
 
     def __init__(self, path, options: EngineOptions, provider: tuple[str, Mapping[str, str]], device: str = "cpu"):
         import onnxruntime as ort
 
         name, provider_options = provider
+        self.provider, self.device, self.file = name, device, Path(path).name
         so = ort_session_options(options)
         so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
         below = [] if name == ORT_CPU else [ORT_CPU]
-        self.session = ort.InferenceSession(str(path), so, providers=[(name, dict(provider_options)), *below])
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=[(name, dict(provider_options)), *below])
+        except Exception as e:  # noqa: BLE001 - ORT raises its own Fail / EPFail / RuntimeException types
+            if name == ORT_CPU:
+                raise
+            raise ExecutionProviderError("onnxruntime", device, f"{name} could not open {self.file}: "
+                                         f"{_first_line(e)}") from None
+        # DirectML (and other device providers) take one Run at a time per session; the CPU provider any number
+        self._run_lock = contextlib.nullcontext() if name == ORT_CPU else threading.Lock()
+        if name != ORT_CPU:
+            self.session.disable_fallback()
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.providers = self.session.get_providers()
-        self.provider = name
         if not self.providers or self.providers[0] != name:     # ORT drops a provider it cannot create, with a warning
             raise ExecutionProviderError("onnxruntime", device, f"the session of {Path(path).name} did not get {name} "
                                          f"(it runs on {self.providers})")
@@ -358,8 +387,20 @@ class OrtHostModel:
                          taken, total, name)
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        # InferenceSession.run is thread-safe
-        return dict(zip(self.output_names, self.session.run(self.output_names, dict(feeds)), strict=True))
+        with self._run_lock:
+            try:
+                outputs = self.session.run(self.output_names, dict(feeds))
+            except Exception as e:  # noqa: BLE001 - ORT's own types; a device provider's failure is typed here
+                if self.provider == ORT_CPU:
+                    raise
+                raise ExecutionProviderError("onnxruntime", self.device, f"{self.provider} failed running "
+                                             f"{self.file}: {_first_line(e)}") from None
+        return dict(zip(self.output_names, outputs, strict=True))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
 
 
 def ort_nodes_per_provider(session) -> dict[str, int] | None:
@@ -420,7 +461,7 @@ class OrtBackend(InferenceBackend):
             if self.options.fused_decoders is not None or not others:
                 raise
             log.warning("%s does not run on %s here (%s): running %s instead", artifact.path, self.describe(),
-                        str(e).splitlines()[0][:300] if str(e) else type(e).__name__, others[0].path)
+                        _first_line(e), others[0].path)
             self.bundle.metadata(others[0])
             return self._open(others[0]), others[0]
 
@@ -468,16 +509,22 @@ OPENVINO_DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
 
 def _openvino_availability(device: str) -> str | None:
     if not _installed("openvino"):
-        return "openvino is not installed"
+        return f"openvino {NOT_INSTALLED}"
     if device != "cpu":
         return _openvino_devices()[OPENVINO_DEVICES[device]]
     return None
 
 
 @functools.cache
-def _openvino_devices() -> dict[str, str | None]:
+def _openvino_devices_present() -> frozenset[str]:
+    """OpenVINO's device names here, e.g. {"CPU", "GPU"} or {"CPU", "GPU.0", "GPU.1"}."""
     import openvino as ov
-    present = set(d.split(".")[0] for d in ov.Core().available_devices)
+    return frozenset(ov.Core().available_devices)
+
+
+@functools.cache
+def _openvino_devices() -> dict[str, str | None]:
+    present = set(d.split(".")[0] for d in _openvino_devices_present())
     return {name: None if name in present else f"OpenVINO sees no {name} device (it has: {sorted(present)})"
             for name in OPENVINO_DEVICES.values()}
 
@@ -487,7 +534,7 @@ class OpenVinoModel:
     array_type = NUMPY
 
     def __init__(self, core, path, device: str, config: dict):
-        self.compiled = core.compile_model(str(path), OPENVINO_DEVICES[device], config)
+        self.compiled = core.compile_model(str(path), device, config)       # "CPU", "GPU", "GPU.1", "NPU", ...
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
         self._local = threading.local()
 
@@ -512,6 +559,12 @@ class OpenVinoBackend(InferenceBackend):
         super().__init__(bundle, device, options)
         import openvino as ov
         self.core = ov.Core()
+        # OpenVINO names a second GPU "GPU.1" (the first "GPU" or "GPU.0"); the CPU has no index
+        self.device_name = OPENVINO_DEVICES[device] + (f".{options.device_id}" if options.device_id and
+                                                       device != "cpu" else "")
+        if self.device_name not in _openvino_devices_present() and options.device_id:
+            raise EngineUnavailableError("openvino", device, f"OpenVINO sees no {self.device_name} (it has: "
+                                         f"{sorted(_openvino_devices_present())})")
 
     def config(self, artifact: ModelArtifact) -> dict:
         # CPUs with AMX or AVX512-bf16 compute in bf16 by default: 23 dB rendered PSNR for FLEX-1 (flexavatar-verify),
@@ -525,20 +578,20 @@ class OpenVinoBackend(InferenceBackend):
         return config
 
     def _open(self, artifact: ModelArtifact) -> Model:
-        return OpenVinoModel(self.core, self.bundle.path(artifact), self.device, self.config(artifact))
+        return OpenVinoModel(self.core, self.bundle.path(artifact), self.device_name, self.config(artifact))
 
     def describe(self) -> str:
         import openvino as ov
         decoder = self._models.get(ROLE_DECODER)
         hint = decoder.inference_precision if decoder is not None else self.options.inference_precision or "f32"
-        return f"openvino {ov.get_version().split('-')[0]} {OPENVINO_DEVICES[self.device]}, inference precision {hint}"
+        return f"openvino {ov.get_version().split('-')[0]} {self.device_name}, inference precision {hint}"
 
 
 # ---- PyTorch (the reference model) ------------------------------------------------------------------------
 
 def _torch_availability(device: str) -> str | None:
     if not _installed("torch"):
-        return "PyTorch is not installed"
+        return f"PyTorch {NOT_INSTALLED}"
     if device == "cuda" and not cuda_device_present():
         return "no CUDA device is visible"
     return None

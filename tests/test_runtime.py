@@ -1392,7 +1392,7 @@ def test_cli_stereo_writes_the_eyes_side_by_side(bundle, runtimes, driving_dir, 
     from flexavatar.runtime import stereo_camera
     seq = driving_dir / "EMO-1-shout+laugh.npz"
     base = [str(bundle), "--expressions", str(seq), "--frames", "3", "--size", "48", "--no-progress", "--camera-orbit",
-            "--backend", "onnxruntime", "--stereo", "0.1", "-o"]
+            "--backend", "onnxruntime", "--stereo", "--eye-distance", "0.1", "-o"]
     assert render_main([*base, str(tmp_path / "eyes")]) == 0
     assert "(3 frames, 96x48," in capsys.readouterr().out
     got = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "eyes").glob("frame_*.png"))])
@@ -1406,8 +1406,10 @@ def test_cli_stereo_writes_the_eyes_side_by_side(bundle, runtimes, driving_dir, 
     assert "wrote " in capsys.readouterr().out
     reader = imageio_ffmpeg.read_frames(str(tmp_path / "eyes.mp4"))
     assert tuple(next(reader)["size"]) == (96, 48) and sum(1 for _ in reader) == 3
-    assert render_main([*base[:-3], "--stereo", "-0.5", "-o", str(tmp_path / "x")]) == 2
-    assert "--stereo: is -0.5" in capsys.readouterr().err
+    assert render_main([*base[:-2], "-0.5", "-o", str(tmp_path / "x")]) == 2
+    assert "--eye-distance: is -0.5" in capsys.readouterr().err
+    assert base[-4:] == ["--stereo", "--eye-distance", "0.1", "-o"]
+    assert render_main(["--stereo", str(bundle), *base[1:-4], "-o", str(tmp_path / "first")]) == 0  # takes no word
 
 
 def test_cli_streams_raw_frames_to_stdout(bundle, driving_dir, tmp_path, capsysbinary):
@@ -1750,6 +1752,8 @@ def test_stereo_camera_puts_the_eyes_apart_along_the_cameras_x_axis():
     np.testing.assert_allclose(demo.cam2world[0, :, :3, :3], np.repeat(default_camera().cam2world[None, :3, :3], 2, 0))
     per_frame_k = Camera(centre.cam2world, np.repeat(centre.intrinsics[None], 4, 0))
     assert stereo_camera(per_frame_k).intrinsics.shape == (4, 2, 3, 3)
+    pair = stereo_camera((centre.cam2world, centre.intrinsics), np.float32(0.07))      # a (cam2world, K) pair
+    np.testing.assert_allclose(pair.cam2world, eyes.cam2world, atol=1e-6)
     with pytest.raises(CameraInputError, match="is a rig of 2 views"):
         stereo_camera(eyes)
     with pytest.raises(CameraInputError, match="eye_distance"):
@@ -1813,6 +1817,73 @@ def test_a_provider_that_takes_no_node_is_an_error(bundle, monkeypatch):
         Runtime(bundle, backend="onnxruntime", device="gpu", verify="none")
     # ONNX Runtime's optimised graph: its node count is at most the file's
     assert 0 < int(str(refused.value).split("none of the ")[1].split()[0]) <= n_nodes
+
+
+def test_a_provider_that_fails_is_a_typed_error_not_a_quiet_cpu_run(bundle, monkeypatch, capsys):
+    """A GPU / NPU provider that fails when its session is made, or in a run, is an ExecutionProviderError (ONNX
+    Runtime would otherwise move the whole session to the CPU and say so on stdout, inside a raw frame stream);
+    nothing is retried with the bundle's other decoder file. Azure's provider stands in for a device provider."""
+    import onnxruntime as ort
+
+    from flexavatar.runtime import engines
+
+    if "AzureExecutionProvider" not in ort.get_available_providers():
+        pytest.skip(f"this onnxruntime {ort.__version__} build has no AzureExecutionProvider to stand in")
+    monkeypatch.setitem(engines.ORT_HOST_PROVIDERS, "gpu", (("AzureExecutionProvider", {}),))
+    monkeypatch.setattr(engines, "ort_nodes_per_provider", lambda session: None)     # let it past the node check
+    real_session = ort.InferenceSession
+
+    class FailingSession(real_session):
+        fail_on_open = False
+
+        def __init__(self, *args, **kwargs):
+            if FailingSession.fail_on_open:
+                raise ort.capi.onnxruntime_pybind11_state.EPFail("device lost while compiling")
+            super().__init__(*args, **kwargs)
+
+        def run(self, *args, **kwargs):
+            assert not self._enable_fallback                    # ONNX Runtime's fallback to the CPU is off
+            raise ort.capi.onnxruntime_pybind11_state.EPFail("device lost while running")
+
+    monkeypatch.setattr(ort, "InferenceSession", FailingSession)
+    rt = Runtime(bundle, backend="onnxruntime", device="gpu", verify="none")
+    with pytest.raises(ExecutionProviderError, match="AzureExecutionProvider failed running decoder.fp32.onnx: "
+                                                     "device lost while running"):
+        rt.decode(Avatar(np.load(bundle / "avatar_code.npy").transpose(1, 0, 2)), np.zeros((1, 135), np.float32))
+    assert "Falling back" not in capsys.readouterr().out
+    FailingSession.fail_on_open = True
+    with pytest.raises(ExecutionProviderError, match="AzureExecutionProvider could not open decoder.fp32.onnx: "
+                                                     "device lost while compiling"):
+        Runtime(bundle, backend="onnxruntime", device="gpu", verify="none")
+
+
+def test_gpu_device_ids_reach_the_provider_or_are_refused(bundle, monkeypatch):
+    """device_id N: DirectML / MIGraphX / ROCm take it as device_id, ONNX Runtime's OpenVINO provider as GPU.N;
+    a provider that picks its device itself refuses N ≠ 0 rather than running on another GPU; on a CUDA build,
+    device "gpu" points at device "cuda"."""
+    import onnxruntime as ort
+
+    from flexavatar.runtime import engines
+
+    for provider, want in (("DmlExecutionProvider", {"device_id": "2"}),
+                           ("OpenVINOExecutionProvider", {"device_type": "GPU.2"})):
+        monkeypatch.setattr(ort, "get_available_providers", lambda p=provider: [p, "CPUExecutionProvider"])
+        assert engines.ort_host_provider("gpu", 2) == (provider, want)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CoreMLExecutionProvider", "CPUExecutionProvider"])
+    assert engines.ort_host_provider("gpu", 0)[0] == "CoreMLExecutionProvider"
+    with pytest.raises(RuntimeArgumentError, match="device_id: is 1 for CoreMLExecutionProvider"):
+        engines.ort_host_provider("gpu", 1)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                                 "CPUExecutionProvider"])
+    reason = engines.get_engine("onnxruntime").unavailable_reason("gpu")
+    assert "use device 'cuda'" in reason and "pip install" not in reason
+    # OpenVINO: a second GPU is "GPU.1"; one it does not see is refused by name
+    monkeypatch.setattr(engines, "_openvino_devices_present", lambda: frozenset({"CPU", "GPU.0", "GPU.1"}))
+    opened = Bundle.open(bundle, verify="none")
+    assert engines.OpenVinoBackend(opened, "gpu", engines.EngineOptions(device_id=1)).device_name == "GPU.1"
+    assert engines.OpenVinoBackend(opened, "gpu", engines.EngineOptions()).device_name == "GPU"
+    with pytest.raises(EngineUnavailableError, match=r"OpenVINO sees no GPU.2 \(it has: \['CPU', 'GPU.0', 'GPU.1'\]"):
+        engines.OpenVinoBackend(opened, "gpu", engines.EngineOptions(device_id=2))
 
 
 def test_a_host_array_provider_device_renders_the_cpu_frames(bundle, runtime_cache, oracle, expressions, monkeypatch):
