@@ -146,6 +146,13 @@ Status CudaFrames::upload_stage() {
                error, "uploading the camera and expression");
 }
 
+Status CudaFrames::upload_camera() {
+  char error[kErrorLength] = {0};
+  return check(api_->memcpy_async(device_stage_.data(), host_stage_.data(), kCameraFloats * sizeof(float), device_,
+                                  stream_, error, sizeof(error)),
+               error, "uploading the camera");
+}
+
 Status CudaFrames::upload_gaussians() {
   char error[kErrorLength] = {0};
   return check(api_->memcpy_async(device_gaussians_.data(), host_gaussians_.data(), host_gaussians_.bytes(), device_,

@@ -110,6 +110,8 @@ class CudaFrames {
   Status upload_code(const float* code);
   // Queues host_stage → device_stage.
   Status upload_stage();
+  // The camera part of the stage only (the first kCameraFloats floats): the decoder's input is left alone.
+  Status upload_camera();
   // Queues host_gaussians → device_gaussians.
   Status upload_gaussians();
   // device_gaussians → host_gaussians, then waits.

@@ -79,6 +79,7 @@ Status Runtime::rasterize_gaussians(const GaussiansView& g, const Camera& camera
 }
 
 Status Runtime::check_numerics(NumericsCheck* out) {
+  frame_decoded_ = false;  // the check decodes its own expressions (whether or not it gets that far)
   if (!out) return Status(StatusCode::kNullPointer, "out: got a null pointer");
   const Manifest& m = bundle_.manifest;
   if (!m.has_check)

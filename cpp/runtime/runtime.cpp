@@ -403,10 +403,10 @@ Status Runtime::check_host_gaussians() const {
 }
 
 Status Runtime::decode(const float* expression, int64_t count, GaussiansView* out) {
+  frame_decoded_ = false;  // any decode, failed ones included, ends the last frame's views
   Status s = check_expression(expression, count);
   if (!s.ok()) return s;
   if (!out) return Status(StatusCode::kNullPointer, "out: got a null pointer");
-  frame_decoded_ = false;  // the outputs are being rewritten
   if (zero_copy()) {
     s = cuda_->wait();  // the staging block may still be read by a queued copy
     if (!s.ok()) return s;
@@ -474,6 +474,7 @@ Status Runtime::render(const float* expression, int64_t count, const Camera& cam
 
 Status Runtime::render_fields(const float* expression, int64_t count, const Camera& camera, uint32_t fields,
                               FrameView* out) {
+  frame_decoded_ = false;  // any render, failed ones included, ends the last frame's views
   if (!out) return Status(StatusCode::kNullPointer, "out: got a null pointer");
   if (cuda_) return render_cuda(expression, count, camera, fields, out, nullptr);
   float viewmat[16], k[9];
@@ -481,8 +482,9 @@ Status Runtime::render_fields(const float* expression, int64_t count, const Came
   if (!s.ok()) return s;
   GaussiansView g;
   s = decode(expression, count, &g);
-  if (!s.ok()) return s;
-  return cpu_frame(camera, viewmat, k, fields, out);
+  if (s.ok()) s = cpu_frame(camera, viewmat, k, fields, out);
+  frame_decoded_ = s.ok();
+  return s;
 }
 
 Status Runtime::cpu_frame(const Camera& camera, const float viewmat[16], const float k[9], uint32_t fields,
@@ -549,6 +551,7 @@ Status Runtime::rasterize_on_cpu(const GaussiansView& g, const float viewmat[16]
 }
 
 Status Runtime::render_device(const float* expression, int64_t count, const Camera& camera, DeviceFrameView* out) {
+  frame_decoded_ = false;  // any render, failed ones included, ends the last frame's views
   if (!out) return Status(StatusCode::kNullPointer, "out: got a null pointer");
   if (!cuda_)
     return Status(StatusCode::kUnavailable,
@@ -560,12 +563,12 @@ Status Runtime::render_device(const float* expression, int64_t count, const Came
 Status Runtime::render_cuda(const float* expression, int64_t count, const Camera& camera, uint32_t fields,
                             FrameView* host, DeviceFrameView* device) {
   const bool to_host = host != nullptr;  // else the frame stays on the device (fields unused)
+  frame_decoded_ = false;  // any render, failed ones included, ends the last frame's views
   float viewmat[16], k[9];
   Status s = prepare_camera(camera, viewmat, k);
   if (!s.ok()) return s;
   s = check_expression(expression, count);
   if (!s.ok()) return s;
-  frame_decoded_ = false;  // the decoder's outputs are being rewritten
   // Nothing queued may still read the staging blocks before they are rewritten (normally already idle:
   // the previous forward pass waited for its intersection count).
   s = cuda_->wait();
@@ -675,9 +678,8 @@ Status Runtime::render_view_cuda(const Camera& camera, const float viewmat[16], 
   Status s = cuda_->wait();  // a queued copy may still read the staging block
   if (s.ok()) s = cuda_->ensure_frame(camera.width, camera.height);
   if (!s.ok()) return s;
-  // The stage's expression is the last decoded one (zero copy: the decoder's input, uploaded again unchanged).
   stage_camera(camera, viewmat, k);
-  s = cuda_->upload_stage();
+  s = cuda_->upload_camera();  // not the expression: in zero copy that is the decoder's (graph's) input
   // The CPU decoder's Gaussians reach the device with a render, not with a decode: uploaded again here.
   if (s.ok() && !zero_copy()) s = cuda_->upload_gaussians();
   if (!s.ok()) return s;

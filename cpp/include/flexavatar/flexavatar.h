@@ -27,7 +27,8 @@
  *    while another thread calls it is safe: destroy waits for a call in flight, and later calls get
  *    FLEXAVATAR_ERROR_INVALID_HANDLE.
  *  - Buffers returned in flexavatar_gaussians / flexavatar_frame / flexavatar_device_frame belong to the
- *    runtime and stay valid until the next decode/render call on it, or its destruction. The runtime
+ *    runtime and stay valid until the next decode/render call on it (a frame also until the next
+ *    render_view), or its destruction. The runtime
  *    reuses them: after the first frame nothing is allocated per frame (the CUDA rasterizer's scratch
  *    comes from CUDA's stream-ordered pool, which keeps it).
  *  - One runtime is used by one thread at a time (calls on one runtime are serialised by a lock);
@@ -324,8 +325,9 @@ FLEXAVATAR_API flexavatar_status flexavatar_runtime_render_device(flexavatar_run
 /* The Gaussians of the last flexavatar_runtime_decode / _render / _render_device seen from another camera, without
  * running the decoder: after one render, a call per further view gives a stereo pair (or V views of one frame) for
  * one decode. Each frame is the runtime's, valid until its next decode / render / render_view call: copy or upload
- * it before the next view. FLEXAVATAR_ERROR_NO_FRAME before any decode or render, and after set / load /
- * create_avatar_code or check_numerics, which replace the decoded frame (as may a decode or render that fails). */
+ * it before the next view. FLEXAVATAR_ERROR_NO_FRAME before any decode or render, after one that failed (whatever
+ * the reason: a headset app never shows the previous frame's Gaussians in one eye), and after set / load /
+ * create_avatar_code or check_numerics, which replace the decoded frame. */
 FLEXAVATAR_API flexavatar_status flexavatar_runtime_render_view(flexavatar_runtime* runtime,
                                                                 const flexavatar_camera* camera,
                                                                 flexavatar_frame* out);

@@ -21,8 +21,9 @@
 //    (onnxruntime-gpu 1.31.1 aborts node-by-node CUDA sessions at random).
 //  * the bundle's numerics check (check.npz) through the CUDA rasterizer and the CUDA-graph decoder passes.
 //  * render_view (the last render's Gaussians from another camera, no decoder run) equals a render from that camera
-//    on the same runtime, byte for byte (uploaded Gaussians, zero copy, CUDA graph); after a decode() (CPU decoder)
-//    render_view_device shows that decode's Gaussians.
+//    on the same runtime, byte for byte (uploaded Gaussians, zero copy, CUDA graph), as does render_view_device;
+//    after a decode() a view shows that decode's Gaussians (CPU decoder: byte for byte; CUDA decoder: against the
+//    CPU runtime within the renders' tolerance).
 // Exit 0: passed; 1: failed; 77: skipped (no CUDA device, or no bundle), with the reason on stdout.
 #include <cuda_runtime.h>
 
@@ -418,7 +419,31 @@ int main(int argc, char** argv) {
       const bool same = viewed.rgb == rendered.rgb && viewed.alpha == rendered.alpha && viewed.rgba == rendered.rgba;
       expect(same, what + ": the side view differs from the side's render");
       std::printf("  %s: %s the render from its camera\n", what.c_str(), same ? "equals" : "DIFFERS FROM");
-      if (viewer != upload) continue;
+      // the device frame of a view: sized exactly, the same pixels as the sync-free host frame of that view
+      flexavatar_device_frame side_df{};
+      side_df.struct_size = sizeof(side_df);
+      expect(flexavatar_runtime_render_view_device(viewer, &side, &side_df) == FLEXAVATAR_OK &&
+                 copy_device_frame(side_df).rgba == rendered.rgba,
+             what + ": render_view_device differs from the host view");
+      if (viewer != upload) {
+        // a CUDA decoder's decode() then a view: that decode's Gaussians (checked against the CPU runtime's render
+        // of the same expression within the CUDA-vs-CPU-provider tolerance, as the renders above)
+        const std::vector<float>& other = expressions[(e + 1) % expressions.size()];
+        flexavatar_gaussians g{};
+        flexavatar_frame cpu_frame;
+        if (flexavatar_runtime_decode(viewer, other.data(), info.expression_dim, &g) != FLEXAVATAR_OK ||
+            flexavatar_runtime_render_view(viewer, &side, &f) != FLEXAVATAR_OK) {
+          expect(false, what + ": decode + render_view: " + flexavatar_last_error());
+          continue;
+        }
+        const HostFrame after_decode = copy_frame(f);
+        if (flexavatar_runtime_render(cpu, other.data(), info.expression_dim, &side, &cpu_frame) != FLEXAVATAR_OK) {
+          expect(false, what + ": CPU render of the other expression: " + flexavatar_last_error());
+          continue;
+        }
+        compare_to_cpu(after_decode, copy_frame(cpu_frame), what + " after decode()", 5e-3);
+        continue;
+      }
       const std::vector<float>& other = expressions[(e + 1) % expressions.size()];
       flexavatar_gaussians g{};
       flexavatar_device_frame df{};

@@ -642,9 +642,16 @@ TEST_CASE(c_api_check_numerics_compares_with_the_check_set_and_restores_the_code
   CHECK(create_cpu(dir, &rt) == FLEXAVATAR_OK);
   const std::vector<float> own_code(32, -0.25f);
   CHECK(flexavatar_runtime_set_avatar_code(rt, own_code.data(), 32) == FLEXAVATAR_OK);
+  flexavatar_camera view_camera{};
+  flexavatar_frame view{};
+  const std::vector<float> zero_expression(135, 0.f);
+  CHECK(flexavatar_runtime_default_camera(rt, &view_camera) == FLEXAVATAR_OK &&
+        flexavatar_runtime_render(rt, zero_expression.data(), 135, &view_camera, &view) == FLEXAVATAR_OK);
   n = flexavatar_numerics{};
   n.struct_size = sizeof(n);
   CHECK(flexavatar_runtime_check_numerics(rt, &n) == FLEXAVATAR_OK);
+  // the check decoded its own expressions: the frame rendered before it is gone, not replaced by the check's
+  CHECK(flexavatar_runtime_render_view(rt, &view_camera, &view) == FLEXAVATAR_ERROR_NO_FRAME);
   CHECK(n.passed == 1 && n.num_expressions == 2 && std::isinf(n.psnr_db) && n.target_db == 60.0);
   CHECK(n.encoder_checked == 0 && n.encoder_psnr_db == 0.0);  // the tiny bundle has no encoder
   for (double err : n.max_abs_error) CHECK(err == 0.0);
@@ -714,6 +721,14 @@ TEST_CASE(c_api_render_view_shows_the_last_decoded_frame_from_another_camera) {
   CHECK(flexavatar_runtime_render_view(rt, &right, &f) == FLEXAVATAR_OK && rgb(f) == right_view);
   CHECK(flexavatar_runtime_set_avatar_code(rt, code.data(), 32) == FLEXAVATAR_OK);     // a new code: no frame
   CHECK(flexavatar_runtime_render_view(rt, &left, &f) == FLEXAVATAR_ERROR_NO_FRAME);
+  CHECK(flexavatar_runtime_render(rt, expression.data(), 135, &left, &f) == FLEXAVATAR_OK);
+  std::vector<float> broken = expression;
+  broken[7] = std::nanf("");
+  CHECK(flexavatar_runtime_render(rt, broken.data(), 135, &left, &f) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+  CHECK(flexavatar_runtime_render_view(rt, &right, &f) == FLEXAVATAR_ERROR_NO_FRAME);  // not the frame before it
+  CHECK(flexavatar_runtime_render(rt, expression.data(), 135, &left, &f) == FLEXAVATAR_OK);
+  CHECK(flexavatar_runtime_render(rt, expression.data(), 135, &bad, &f) == FLEXAVATAR_ERROR_INVALID_SIZE);
+  CHECK(flexavatar_runtime_render_view(rt, &right, &f) == FLEXAVATAR_ERROR_NO_FRAME);
   CHECK(std::string(flexavatar_status_name(FLEXAVATAR_ERROR_NO_FRAME)) == "no frame");
   flexavatar_runtime_destroy(rt);
   CHECK(flexavatar_runtime_render_view(rt, &left, &f) == FLEXAVATAR_ERROR_INVALID_HANDLE);
