@@ -56,7 +56,7 @@ FUSED = {"ort-cuda-graphs-fused+cuda"}               # ONNX Runtime's fused deco
 FUSED_DECODERS_ON, FUSED_DECODERS_OFF = 1, 2         # flexavatar.h flexavatar_fused_decoders
 FRAME_RGBA8 = 1                                      # flexavatar.h FLEXAVATAR_FRAME_RGBA8: the 8-bit frame alone comes
                                                      # back (as the Python case's uint8 frames), not 24 bytes a pixel
-PRECISIONS = {"fp32": 0, "fp16": 1}
+PRECISIONS = {"fp32": 0, "fp16": 1, "int8": 2}           # flexavatar_precision
 
 _MEANS: dict[tuple[str, str, str, str], float] = {}  # (size, backend, precision, "cpp" | "python") -> mean seconds
 _CPP_FRAMES: dict[tuple[str, str, str], np.ndarray] = {}  # (size, backend, precision) -> C++ rgb8 [H, W, 3]
@@ -81,7 +81,8 @@ class _Frame(ctypes.Structure):
 
 
 def _small_bundle() -> Path:
-    if not (SMALL_CACHE / "manifest.json").is_file():
+    if not (SMALL_CACHE / "manifest.json").is_file() or not Bundle.open(SMALL_CACHE, verify="none").artifacts(
+            "decoder", "onnx", "int8"):             # a cache from before the int8 decoders: export it again
         from flexavatar.config import FlexConfig
         from flexavatar.export import export_bundle
 
@@ -89,7 +90,7 @@ def _small_bundle() -> Path:
             warnings.simplefilter("ignore")
             config = FlexConfig.from_official_json(OFFICIAL / "config.json")
             export_bundle(OFFICIAL / "state_dict.safetensors", SMALL_CACHE, template=OFFICIAL / "gghead_template.obj",
-                          config=config, precisions=("fp32",), targets=("onnx",), force=True, progress=None)
+                          config=config, precisions=("fp32", "int8"), targets=("onnx",), force=True, progress=None)
     return SMALL_CACHE
 
 
@@ -148,10 +149,11 @@ def _cuda_unavailable() -> str:
 
 
 _NO_CUDA = _cuda_unavailable()
-# (backend, precision): fp32 on the CPU; on CUDA fp32, then the bundle's fp16 decoder (the GPU deployment)
+# (backend, precision): fp32 and the int8 decoder on the CPU; on CUDA fp32, then the bundle's fp16 decoder (the GPU
+# deployment)
 BACKEND_PARAMS = [pytest.param(b, p, id=f"{b}-{p}",
                                marks=pytest.mark.skipif(bool(_NO_CUDA) and b != "ort-cpu+cpu", reason=_NO_CUDA))
-                  for b, p in (("ort-cpu+cpu", "fp32"), ("ort-cuda+cuda", "fp32"), ("ort-cuda+cuda", "fp16"),
+                  for b, p in (("ort-cpu+cpu", "fp32"), ("ort-cpu+cpu", "int8"), ("ort-cuda+cuda", "fp32"), ("ort-cuda+cuda", "fp16"),
                                ("ort-cuda-graphs+cuda", "fp16"), ("ort-cuda-graphs-fused+cuda", "fp16"))]
 
 

@@ -372,9 +372,10 @@ def flex1_bundle(weights_cache, flex1_model) -> Path:
     """The FLEX-1 bundle of flex1_model's cached weights (runtime and C++ runtime benchmarks), exported once into
     benchmarks/.cache and reused while its files verify (sizes), it holds exactly these weights (the
     checkpoint's sha256) and the model and exporter sources are those that wrote it (a code change re-exports:
-    the graphs depend on it). CPU machine: fp32 ONNX + OpenVINO. CUDA machine: fp32 + fp16 ONNX only (the export's
-    CPU parity checks dominate its time; OpenVINO is a CPU engine, measured on CPU machines), and there also the
-    decoders with ONNX Runtime's fused kernels (target onnx-ort: the CUDA runtime's default)."""
+    the graphs depend on it). CPU machine: fp32 ONNX + OpenVINO, and the int8 decoders (CPU files). CUDA machine:
+    fp32 + fp16 ONNX only (the export's CPU parity checks dominate its time; OpenVINO is a CPU engine, measured on CPU
+    machines), and there also the decoders with ONNX Runtime's fused kernels (target onnx-ort: the CUDA runtime's
+    default)."""
     import shutil
 
     import torch
@@ -384,7 +385,8 @@ def flex1_bundle(weights_cache, flex1_model) -> Path:
     from flexavatar.export.exporter import DEFAULT_OPSET
 
     gpu = torch.cuda.is_available()
-    precisions, targets = (("fp32", "fp16"), ("onnx", "onnx-ort")) if gpu else (("fp32",), ("onnx", "openvino"))
+    precisions, targets = ((("fp32", "fp16"), ("onnx", "onnx-ort")) if gpu
+                           else (("fp32", "int8"), ("onnx", "openvino")))
     checkpoint = weights_cache.path("flex1-random-seed0")             # written by flex1_model's weights_cache.get
     tag = "obj" if _TEMPLATE_OBJ.is_file() else "synthetic"
     name = f"bundle-flex1-random-seed0-{tag}-{'-'.join(precisions + targets)}-opset{DEFAULT_OPSET}"

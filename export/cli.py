@@ -8,7 +8,8 @@ from pathlib import Path
 
 from flexavatar.bundle import PRECISIONS
 
-from .exporter import DEFAULT_GPU_CONV_FORM, DEFAULT_OPSET, DEFAULT_TARGETS, MAX_OPSET, MIN_OPSET, TARGETS
+from .exporter import (DEFAULT_GPU_CONV_FORM, DEFAULT_OPSET, DEFAULT_PRECISIONS, DEFAULT_TARGETS, MAX_OPSET, MIN_OPSET,
+                       TARGETS)
 from .graph_passes import GPU_CONV_FORMS
 
 
@@ -23,7 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dinov2", type=Path, help="dinov2_vitb14_reg4_pretrain.pth: put DINOv2 inside the encoder "
                    "(without it the encoder takes DINOv2 features as an input)")
     p.add_argument("--config", type=Path, help="model_config.json (default: FLEX-1)")
-    p.add_argument("--precision", default=",".join(PRECISIONS), help=f"comma list of {list(PRECISIONS)}")
+    p.add_argument("--precision", default=",".join(DEFAULT_PRECISIONS),
+                   help=f"comma list of {list(PRECISIONS)} (default {','.join(DEFAULT_PRECISIONS)}); 'int8': the "
+                   "decoders as ONNX with int8 MatMul weights, for CPUs (lossy: checked against a 30 dB rendered-PSNR "
+                   "target)")
     p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                    help=f"comma list of {list(TARGETS)} (default {','.join(DEFAULT_TARGETS)}); 'onnx-ort': the "
                    "decoders with ONNX Runtime's fused kernels (ONNX Runtime only; its CUDA provider prefers them); "
@@ -38,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "single nodes; 18 for runtimes that lack them)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--strict-fp16", action="store_true", help="fail when an fp16 file's rendered PSNR against "
-                   "fp32 is below 40 dB (default: keep it, flag it in the manifest and warn)")
+                   "fp32 is below 40 dB, or an int8 file's below 30 dB (default: keep it, flag it in the manifest and "
+                   "warn)")
     p.add_argument("--gpu-conv-form", choices=list(GPU_CONV_FORMS), default=DEFAULT_GPU_CONV_FORM,
                    help="the upsampler's convolutions in the fp16 ONNX decoders (the GPU files): 'transposed' "
                    "(as exported: ConvTranspose + FIR), 'subpixel' (one Conv + DepthToSpace) or 'gemm' (im2col + "

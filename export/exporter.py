@@ -31,8 +31,8 @@ import torch
 
 import flexavatar
 from flexavatar.bundle import (CHECK_FILE, FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS,
-                               PRECISIONS, ROLE_DECODER, ROLE_DECODER_AVATAR, SCHEMA, SCHEMA_VERSION, TORCH_MODEL_FILE,
-                               AvatarInfo, Bundle, CheckInfo, Conventions, FileRecord,
+                               PRECISIONS, PSNR_TARGET_DB, ROLE_DECODER, ROLE_DECODER_AVATAR, SCHEMA, SCHEMA_VERSION,
+                               TORCH_MODEL_FILE, AvatarInfo, Bundle, CheckInfo, Conventions, FileRecord,
                                Manifest, ModelArtifact, ModelInfo, ModelMetadata, OutputParity, ParityReport,
                                TemplateInfo, file_record, sha256_file)
 from flexavatar.cameras import default_camera, orbit_cameras
@@ -48,10 +48,10 @@ from .errors import ExportArgumentError, ExportStepError, OutputDirError, Output
 from .graph_passes import GPU_CONV_FORMS, apply_gpu_conv_form
 from .graphs import DecoderGraph, EncoderFeaturesGraph, EncoderGraph, GraphSpec, avatar_decoder_spec
 from .ort_fusions import fuse_for_onnxruntime
-from .onnx_tools import FP16_FP32_OPS, export_graph, save_checked, set_metadata, specialise, to_fp16
+from .onnx_tools import (FP16_FP32_OPS, INT8_OPS, export_graph, save_checked, set_metadata, specialise, to_fp16,
+                         to_int8)
 from .openvino_tools import save_ir
-from .parity import (FP16_PSNR_TARGET_DB, FP32_TOLERANCE, MAX_RECORDED_PSNR_DB, RENDER_DESCRIPTION, RUNNERS,
-                     compare, psnr, render_frontal)
+from .parity import FP32_TOLERANCE, MAX_RECORDED_PSNR_DB, RENDER_DESCRIPTION, RUNNERS, compare, psnr, render_frontal
 
 TARGET_PYTORCH = "pytorch"          # model.safetensors: the PyTorch model itself (FlexAvatarModel.save)
 TARGETS = (FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO, TARGET_PYTORCH)
@@ -59,6 +59,11 @@ TARGETS = (FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO, TARGET_PYTORCH)
 # H200 it made the fp16 decoder 1.13x and the whole frame 1.07x (Python) / 1.12x (C++) faster (2026-11-27), so it
 # is written by default. pytorch (model.safetensors, as large as the checkpoint) is written on request.
 DEFAULT_TARGETS = (FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO)
+# int8 (lossy: ~33 dB against fp32 on the random-weight FLEX-1 decoder, 1.5x faster on a CPU) on request
+DEFAULT_PRECISIONS = ("fp32", "fp16")
+INT8 = "int8"
+# int8 files: the decoders (every frame; the encoder runs once per avatar and stays fp32) as standard ONNX
+INT8_ROLES = (ROLE_DECODER, ROLE_DECODER_AVATAR)
 # 23: one node each for attention, RMS norm and GELU (checked with ONNX Runtime 1.31-1.32 and OpenVINO 2026.4);
 # --opset 18 writes them out as primitive ops for older runtimes
 DEFAULT_OPSET = 23
@@ -89,7 +94,7 @@ class ExportResult:
 
 def export_bundle(checkpoint: str | Path | dict, out_dir: str | Path, *, template: str | Path | Template | None = None,
                   dinov2: str | Path | DinoV2 | None = None, config: str | Path | FlexConfig | None = None,
-                  precisions: Iterable[str] = PRECISIONS, targets: Iterable[str] = DEFAULT_TARGETS,
+                  precisions: Iterable[str] = DEFAULT_PRECISIONS, targets: Iterable[str] = DEFAULT_TARGETS,
                   avatar: str | Path | None = None, camera: str | Path | None = None, opset: int = DEFAULT_OPSET,
                   force: bool = False, strict_fp16: bool = False, gpu_conv_form: str = DEFAULT_GPU_CONV_FORM,
                   progress: Progress | None = print) -> ExportResult:
@@ -100,8 +105,10 @@ def export_bundle(checkpoint: str | Path | dict, out_dir: str | Path, *, templat
     input: role ``encoder_features``); config: FlexConfig or model_config.json (default FLEX-1);
     avatar: a photo (square RGB(A) image file or .npy [S, S, 3] in [0, 1]) to encode and specialise a
     decoder to; camera: JSON {"cam2world": 4×4, "intrinsics": 3×3 normalised} for that photo.
-    fp32 files that miss the 1e-4 tolerance always abort the export; fp16 files below the 40 dB PSNR target are
-    kept, flagged (``parity.passed = false`` in the manifest) and warned about — or abort with ``strict_fp16``.
+    precisions: subset of ``PRECISIONS`` (default ``DEFAULT_PRECISIONS``); "int8" adds the decoders as ONNX with int8
+    MatMul weights (``<role>.int8.onnx``, for CPUs; needs the onnx target). fp32 files that miss the 1e-4 tolerance
+    always abort the export; fp16 / int8 files below their PSNR target (``PSNR_TARGET_DB``: 40 / 30 dB) are kept,
+    flagged (``parity.passed = false`` in the manifest) and warned about — or abort with ``strict_fp16``.
     gpu_conv_form: the upsampler's convolutions in the fp16 ONNX decoders (the GPU files; fp32 files and OpenVINO
     IRs keep the exported form): a key of ``graph_passes.GPU_CONV_FORMS``, checked like any other conversion.
     targets: subset of ``TARGETS`` (default ``DEFAULT_TARGETS``); ``onnx-ort`` adds each decoder (both roles, every
@@ -111,6 +118,9 @@ def export_bundle(checkpoint: str | Path | dict, out_dir: str | Path, *, templat
     say = progress or (lambda _msg: None)
     precisions, targets = _choices(precisions, PRECISIONS, "precisions"), _choices(targets, TARGETS, "targets")
     _require_packages(with_openvino="openvino" in targets)
+    if INT8 in precisions and FORMAT_ONNX not in targets:
+        raise ExportArgumentError(f"precision int8 is written as ONNX only (the decoders, for ONNX Runtime's CPU "
+                                  f"provider): add onnx to the targets (got {list(targets)})")
     if set(targets) == {FORMAT_ONNX_ORT}:
         say(f"WARNING: targets {list(targets)} hold decoders only: the bundle will have no encoder, so photos cannot "
             "be turned into avatars with it (add onnx or openvino to the targets)")
@@ -543,25 +553,28 @@ class _Job:
         if not fp32 and (overflow or not all(np.isfinite(o).all() for o in got)):
             bad = [n for n, o in zip(names, got, strict=True) if not np.isfinite(o).all()]
             where = f"non-finite values on {bad}" if bad else f"an fp16 tensor reaching {peak:g}"
-            raise ParityError(f"{self.name} gives {where} ({runner.describe()}): an activation exceeds the fp16 "
-                              f"range (±{FP16_MAX:g}) with these weights; export fp32 only (--precision fp32)")
+            why = (f"an activation exceeds the fp16 range (±{FP16_MAX:g}) with these weights"
+                   if self.precision == "fp16" else "the quantized graph is not finite with these weights")
+            raise ParityError(f"{self.name} gives {where} ({runner.describe()}): {why}; export fp32 only "
+                              "(--precision fp32)")
         if peak is not None and peak > FP16_MAX / FP16_MIN_HEADROOM:
             warn(f"      WARNING: {self.name}: an fp16 tensor reaches {peak:.4g}, within {FP16_MIN_HEADROOM}x of fp16's "
                  f"{FP16_MAX:g}: other inputs may overflow on a GPU (prefer the fp32 files there)")
-        psnr_db = None
+        psnr_db, target_db = None, None if fp32 else PSNR_TARGET_DB[self.precision]
         if not fp32:
             # identical renders give inf, which strict JSON (the manifest) cannot hold: recorded as the cap
             psnr_db = round(min(psnr(g.fp16_render(got), self.ref.render), MAX_RECORDED_PSNR_DB), 2)
-        passed = all(r.passed for r in rows) and (psnr_db is None or psnr_db >= FP16_PSNR_TARGET_DB)
+        passed = all(r.passed for r in rows) and (psnr_db is None or psnr_db >= target_db)
         report = ParityReport(
             reference="pytorch-fp32", runtime=runner.describe(), inputs=g.inputs_text, outputs=rows, passed=passed,
-            psnr_db=psnr_db, psnr_target_db=None if fp32 else FP16_PSNR_TARGET_DB,
+            psnr_db=psnr_db, psnr_target_db=target_db,
             render=None if fp32 else RENDER_DESCRIPTION,
             fp16_peak_abs=None if peak is None else float(f"{peak:.4g}"))
         artifact = ModelArtifact(
             name=self.name, role=g.spec.role, format=self.format, precision=self.precision,
             files=tuple(file_record(folder, f) for f in self.file_names), inputs=g.spec.inputs,
-            outputs=g.spec.outputs, parity=report, fp32_ops=() if fp32 else _fp32_ops(self.format), notes=self.notes)
+            outputs=g.spec.outputs, parity=report, fp32_ops=() if fp32 else _fp32_ops(self.format, self.precision),
+            notes=self.notes)
         if not passed and (fp32 or strict_fp16 or not all(r.passed for r in rows)):
             raise ParityError(f"{self.name} does not match PyTorch: " + _failure_text(report))
         if not passed:
@@ -570,11 +583,14 @@ class _Job:
         return artifact
 
 
-def _fp32_ops(fmt: str) -> tuple[str, ...]:
+def _fp32_ops(fmt: str, precision: str) -> tuple[str, ...]:
     # OpenVINO's fp16 IR stores the fp16 ONNX's weights; the device picks the compute precision (f32 on
     # CPU when INFERENCE_PRECISION_HINT=f32, as checked here), so every op computes in float32 there.
     if fmt == FORMAT_OPENVINO:
         return ("all (fp16 weights only; compute precision set by the device)",)
+    if precision == INT8:
+        return (f"all but {' and '.join(INT8_OPS)} (int8 weights per output channel, inputs quantized to uint8 per "
+                "tensor at run time)",)
     return FP16_FP32_OPS
 
 
@@ -596,6 +612,12 @@ def _write_onnx_fp16(job: _Job, folder: Path, opset: int, props: dict[str, str])
     if job.rewrites_convs:
         apply_gpu_conv_form(source, job.gpu_conv_form)      # on the fp32 graph: weights fused before rounding
     model = to_fp16(source)
+    set_metadata(model, props, _doc(job))
+    save_checked(model, folder / job.file_names[0])
+
+
+def _write_onnx_int8(job: _Job, folder: Path, opset: int, props: dict[str, str]) -> None:
+    model = to_int8(job.source())                 # from the fp32 graph (the exported convolution form)
     set_metadata(model, props, _doc(job))
     save_checked(model, folder / job.file_names[0])
 
@@ -630,6 +652,7 @@ def _write_ir(job: _Job, folder: Path, opset: int, props: dict[str, str]) -> Non
 WRITERS: dict[tuple[str, str], Callable[[_Job, Path, int, dict[str, str]], None]] = {
     (FORMAT_ONNX, "fp32"): _write_onnx_fp32,
     (FORMAT_ONNX, "fp16"): _write_onnx_fp16,
+    (FORMAT_ONNX, INT8): _write_onnx_int8,
     (FORMAT_ONNX_ORT, "fp32"): _write_onnx_ort,
     (FORMAT_ONNX_ORT, "fp16"): _write_onnx_ort,
     (FORMAT_OPENVINO, "fp32"): _write_ir,
@@ -671,6 +694,8 @@ def _plan(model: FlexAvatarModel, ref: _References, precisions: tuple[str, ...],
             if fmt == FORMAT_ONNX_ORT and graph.spec.role not in DECODER_ROLES:
                 continue                            # the encoder runs once per avatar: nothing to gain
             for precision in PRECISIONS:
+                if precision == INT8 and (fmt != FORMAT_ONNX or graph.spec.role not in INT8_ROLES):
+                    continue
                 wanted = fmt in targets and precision in precisions
                 source_of_derived = fmt == FORMAT_ONNX and bool(derived & set(targets)) and precision in precisions
                 if wanted or source_of_derived or (fmt, precision) == (FORMAT_ONNX, "fp32"):

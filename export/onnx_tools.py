@@ -198,6 +198,37 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     return mixed_precision.convert(model, FP16_POLICY)
 
 
+# int8 decoders: the weights of these ops become int8 (symmetric, one scale per output channel); ONNX Runtime
+# quantizes their inputs to uint8 per tensor at run time (DynamicQuantizeLinear + MatMulInteger, standard ONNX ops).
+# Half the FLEX-1 decoder's CPU time is MatMul; convolutions and attention stay float32 (ConvInteger is slower
+# than float convolution on ONNX Runtime's CPU provider). Weight-only int8 (MatMulNBits, 8 bits) was measured
+# too: no faster than fp32 on a 2-core AVX-512 VNNI CPU (README, "int8 decoders for CPUs").
+INT8_OPS = ("MatMul", "Gemm")
+
+
+def to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Dynamic int8 quantization of INT8_OPS (ONNX Runtime's quantizer; inputs/outputs stay float32)."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # the quantizer's advice ("consider pre-processing") goes through logging.warning, which also configures the
+    # root logger when it has no handler: a handler of our own keeps the caller's logging as it was
+    root, quiet = logging.getLogger(), logging.NullHandler()
+    level = root.level
+    with tempfile.TemporaryDirectory(prefix="flexavatar-int8-") as tmp:
+        out = Path(tmp) / "int8.onnx"
+        root.addHandler(quiet)
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_dynamic(model, out, op_types_to_quantize=list(INT8_OPS), per_channel=True,
+                             weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
+        finally:
+            root.setLevel(level)
+            root.removeHandler(quiet)
+        return onnx.load(str(out))
+
+
 def save_checked(model: onnx.ModelProto, path: Path) -> None:
     """onnx.checker (full, with shape inference) then save as one file."""
     onnx.checker.check_model(model, full_check=True)

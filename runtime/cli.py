@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flexavatar.bundle import PRECISIONS
+
 from .avatar import Avatar, check_avatar_path
 from .cameras import (DEFAULT_EYE_DISTANCE, Camera, default_camera, demo_intrinsics, orbit_camera, sequence_cameras,
                       stereo_camera)
@@ -211,7 +213,9 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
                         "Intel GPU, or ONNX Runtime's DirectML, MIGraphX, CoreML, ... provider), npu (OpenVINO's NPU, "
                         "or ONNX Runtime's QNN, VitisAI, CoreML provider) or auto (default: CUDA, else the CPU)")
     p.add_argument("--rasterizer", default="auto", help="cpu, cuda, triton, reference or auto (default)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="which of the bundle's files run (default fp32); int8: the int8 decoders (exported with "
+                        "--precision ...,int8), on the CPU with onnxruntime")
     p.add_argument("--inference-precision", choices=INFERENCE_PRECISIONS,
                    help="OpenVINO only: its compute precision (default f32 on the CPU; the GPU plugin's own choice "
                         "for fp16 files)")

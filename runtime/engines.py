@@ -27,8 +27,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from flexavatar.bundle import (FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, ROLE_DECODER,
-                               ROLE_DECODER_AVATAR, ROLE_ENCODER, ROLE_ENCODER_FEATURES, Bundle, ModelArtifact)
+from flexavatar.bundle import (FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO, GAUSSIAN_OUTPUTS, PRECISIONS,
+                               ROLE_DECODER, ROLE_DECODER_AVATAR, ROLE_ENCODER, ROLE_ENCODER_FEATURES, Bundle,
+                               ModelArtifact)
 
 from .errors import (EngineUnavailableError, ExecutionProviderError, ModelMismatchError, RuntimeArgumentError,
                      UnknownEngineError)
@@ -43,12 +44,16 @@ DEVICES = ("cpu", "cuda", "gpu", "npu")
 INFERENCE_PRECISIONS = ("f32", "f16", "bf16")   # OpenVINO's INFERENCE_PRECISION_HINT values (EngineOptions)
 NUMPY, TORCH = "numpy", "torch"
 NOT_INSTALLED = "is not installed"          # the end of an engine's reason when its library is missing
+ENCODER_ROLES = (ROLE_ENCODER, ROLE_ENCODER_FEATURES)
+# int8 decoders (DynamicQuantizeLinear + MatMulInteger) are made for CPUs: ONNX Runtime's CPU provider runs them;
+# the other engines and devices run the float files
+FLOAT_PRECISIONS = ("fp32", "fp16")
 
 
 @dataclass(frozen=True)
 class EngineOptions:
     """Settings shared by the engines (each uses the ones that apply to it)."""
-    precision: str = "fp32"                 # which bundle artifacts: "fp32" or "fp16"
+    precision: str = "fp32"                 # which bundle artifacts: "fp32", "fp16" or "int8" (decoders; CPUs)
     num_threads: int = 0                    # CPU threads per call; 0 = the library's default
     inference_precision: str | None = None  # OpenVINO only: INFERENCE_PRECISION_HINT, one of INFERENCE_PRECISIONS;
                                             # None = "f32" for fp32 artifacts (Runtime checks the value)
@@ -88,12 +93,23 @@ class InferenceBackend:
     def formats(self) -> tuple[str | None, ...]:
         return self.formats_for(self.device, self.options)
 
+    @classmethod
+    def precisions_for(cls, device: str) -> tuple[str, ...]:
+        """The bundle precisions it runs on ``device``."""
+        return PRECISIONS
+
     def has(self, role: str) -> bool:
-        return any(self.bundle.artifacts(role, f, self.options.precision) for f in self.formats)
+        return bool(self.candidates(role))
 
     def candidates(self, role: str) -> list[ModelArtifact]:
-        """The bundle's artifacts of ``role`` this engine runs, preferred first."""
-        return [a for f in self.formats for a in self.bundle.artifacts(role, f, self.options.precision)]
+        """The bundle's artifacts of ``role`` this engine runs, preferred first. The encoder runs once per avatar:
+        its fp32 file does when the bundle has none of the asked precision (int8 bundles never have one)."""
+        precisions = [self.options.precision] + (["fp32"] if role in ENCODER_ROLES else [])
+        for precision in precisions:
+            found = [a for f in self.formats for a in self.bundle.artifacts(role, f, precision)]
+            if found:
+                return found
+        return []
 
     def artifact(self, role: str) -> ModelArtifact:
         """The artifact of ``role`` that runs (once loaded), or would run."""
@@ -438,6 +454,10 @@ class OrtBackend(InferenceBackend):
     def formats_for(cls, device: str, options: EngineOptions) -> tuple[str, ...]:
         return ort_formats(device, options.fused_decoders)
 
+    @classmethod
+    def precisions_for(cls, device: str) -> tuple[str, ...]:
+        return PRECISIONS if device == "cpu" else FLOAT_PRECISIONS
+
     @property
     def graphs(self) -> bool:
         """Every graph of the bundle (decoders and encoder) replays CUDA graphs: on CUDA unless cuda_graphs=False.
@@ -554,6 +574,10 @@ class OpenVinoModel:
 class OpenVinoBackend(InferenceBackend):
     name = "openvino"
     format = FORMAT_OPENVINO
+
+    @classmethod
+    def precisions_for(cls, device: str) -> tuple[str, ...]:
+        return FLOAT_PRECISIONS
 
     def __init__(self, bundle, device, options):
         super().__init__(bundle, device, options)
@@ -841,6 +865,10 @@ class TorchBackend(InferenceBackend):
     config must match (and the checkpoint's sha256 when a file is given)."""
     name = "torch"
     requires_model = True       # "auto" skips it without model=, checkpoint= or the bundle's model.safetensors
+
+    @classmethod
+    def precisions_for(cls, device: str) -> tuple[str, ...]:
+        return FLOAT_PRECISIONS                 # fp32, or fp16 autocast
 
     def __init__(self, bundle, device, options):
         super().__init__(bundle, device, options)

@@ -262,7 +262,9 @@ class Runtime:
     QNN, VitisAI, CoreML provider) or "auto" (CUDA when the engine can use it, else CPU). device_id: the CUDA
     device, or the GPU of the DirectML / MIGraphX / ROCm providers.
     rasterizer: a ``flexavatar.kernels`` backend name or "auto" (the fastest for the decoder's arrays;
-    ``self.rasterizer`` names the one chosen). precision: which artifacts, "fp32" or "fp16".
+    ``self.rasterizer`` names the one chosen). precision: which artifacts, "fp32", "fp16" or "int8" (the
+    decoders with int8 MatMul weights, for CPUs: onnxruntime on cpu only; lossy, checked at export against a 30 dB
+    rendered-PSNR target); the encoder runs its fp32 file when the bundle has none of that precision.
     verify: "full" (sha256 of every file, default), "size" or "none". batch: frames per decoder call.
     cuda_graphs: ONNX Runtime on CUDA replays the bundle's graphs (decoders and encoder) as CUDA graphs; None
     (default) = on there: faster (6.1 vs 8.6 ms a FLEX-1 fp16 frame on an H200, before cuDNN's HEURISTIC choice
@@ -357,6 +359,10 @@ class Runtime:
 
     def _open_engine(self, backend: str, device: str, options: EngineOptions):
         def runs_bundle(spec: EngineSpec, device: str) -> str | None:
+            precisions = spec.factory.precisions_for(device)
+            if options.precision not in precisions:
+                return (f"it runs {' and '.join(precisions)} files on {device}"
+                        + (" (int8 decoders: onnxruntime on the CPU)" if options.precision == "int8" else ""))
             formats = spec.factory.formats_for(device, options) if hasattr(spec.factory, "formats_for") else (None,)
             if formats != (None,) and not any(self.bundle.artifacts(ROLE_DECODER, f, options.precision)
                                               for f in formats):

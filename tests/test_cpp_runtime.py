@@ -5,8 +5,9 @@ features → avatar code, then a frame with it), the example application, and ab
 (``runtime_abuse``), including the CUDA rasterizer choice failing cleanly on machines without CUDA.
 
 One bundle is exported during the run (the reduced official fixture, fp32 ONNX: encoder_features +
-decoder, ≈ 70 s on 2 cores), and one more for this module (fp32 + fp16, each decoder also with ONNX Runtime's
-fused kernels, target onnx-ort: ≈ 13 s) for the fp16 and fused-decoder tests; the C++ programs are built by
+decoder, ≈ 70 s on 2 cores), and two more for this module: fp32 + fp16, each decoder also with ONNX Runtime's
+fused kernels (target onnx-ort: ≈ 13 s), for the fp16 and fused-decoder tests, and fp32 + int8 ONNX (≈ 20 s) for
+the int8 test; the C++ programs are built by
 ``cpp/tests/run_ctest.sh --build-only`` into ``build/ctest-{release,asan}`` (the same folders the later ctest run
 in ``.ci/run`` reuses).
 
@@ -29,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flexavatar.bundle import GAUSSIAN_OUTPUTS, Bundle
+from flexavatar.bundle import GAUSSIAN_OUTPUTS, PSNR_TARGET_DB, Bundle
+from flexavatar.images import psnr
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_ROOT = Path(os.environ.get("FLEXAVATAR_CTEST_BUILD_ROOT", REPO / "build"))
@@ -279,6 +281,62 @@ def test_fused_decoder_runs_when_asked_and_equals_the_python_runtimes(release_bu
         assert proc.returncode == 0, proc.stderr
         got = json.loads(proc.stdout)
         assert got["decoder_file"] == file and got["passed"] is True, (fused, got)
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(official_dir, tmp_path_factory) -> Path:
+    """The fixture exported with fp32 and int8 ONNX decoders (decoder.int8.onnx: int8 MatMul weights, activations
+    quantized at run time; no int8 encoder: the fp32 one serves both). Read-only."""
+    from flexavatar.config import FlexConfig
+    from flexavatar.export import export_bundle
+
+    bundle = tmp_path_factory.mktemp("int8") / "bundle"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = FlexConfig.from_official_json(official_dir / "config.json")
+        export_bundle(official_dir / "state_dict.safetensors", bundle, template=official_dir / "gghead_template.obj",
+                      config=config, precisions=("fp32", "int8"), targets=("onnx",), progress=None)
+    return bundle
+
+
+def test_int8_decoder_runs_when_asked_and_equals_onnxruntime(release_build, int8_bundle, inputs, tmp_path):
+    """precision int8 (FLEXAVATAR_PRECISION_INT8) runs decoder.int8.onnx on the CPU provider: its Gaussians are
+    onnxruntime's (Python, CPU provider) on the same file and inputs (the same library and kernels), and its frames
+    are within the int8 PSNR target of the fp32 decoder's frames through the same C++ runtime. The numerics check
+    holds it (and the fp32 encoder whose code goes through it) to the int8 target."""
+    import json
+
+    import onnxruntime as ort
+
+    (tmp_path / "int8").mkdir()
+    (tmp_path / "fp32").mkdir()
+    frames = _run_dump(release_build, int8_bundle, inputs, tmp_path / "int8", precision="int8",
+                       decoder_file="decoder.int8.onnx")
+    fp32_frames = _run_dump(release_build, int8_bundle, inputs, tmp_path / "fp32", decoder_file="decoder.fp32.onnx")
+    session = ort.InferenceSession(str(int8_bundle / "decoder.int8.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    worst_psnr = float("inf")
+    for frame, fp32, expression in zip(frames, fp32_frames, inputs["expressions"], strict=True):
+        want = dict(zip(names, session.run(None, {"code": inputs["code"], "expressions": expression[None]}),
+                        strict=True))
+        for name in GAUSSIAN_OUTPUTS:
+            cpp = frame["gaussians"][name]
+            assert np.isfinite(cpp).all(), name
+            np.testing.assert_allclose(cpp, want[name][0], rtol=0, atol=FP32_TOLERANCE, err_msg=name)
+        # the int8 file ran, not the fp32 one: quantization-sized differences from the fp32 decoder's Gaussians
+        assert max(float(np.abs(frame["gaussians"][n] - fp32["gaussians"][n]).max()) for n in GAUSSIAN_OUTPUTS) > 1e-3
+        assert fp32["alpha"].max() > 0.5
+        worst_psnr = min(worst_psnr, psnr(frame["rgb"], fp32["rgb"]))
+    assert PSNR_TARGET_DB["int8"] <= worst_psnr < PSNR_TARGET_DB["fp32"], worst_psnr
+
+    proc = subprocess.run([str(release_build / "tests/runtime_check"), str(int8_bundle), "int8"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["decoder_file"] == "decoder.int8.onnx" and got["target_db"] == PSNR_TARGET_DB["int8"], got
+    assert got["passed"] is True and got["encoder_checked"] is True, got
+    assert got["code_max_abs_error"] <= FP32_TOLERANCE, got      # the fp32 encoder ran: its code is PyTorch's
+    assert PSNR_TARGET_DB["int8"] <= got["encoder_psnr_db"] < PSNR_TARGET_DB["fp32"], got
 
 
 def test_numerics_check_equals_the_python_runtimes(release_build, bundle_dir, python_runtime):

@@ -490,7 +490,7 @@ def test_fp16_below_psnr_target_is_flagged_or_fatal(tmp_path, monkeypatch, offic
     cached = {role: onnx.load(str(features_bundle.path(features_bundle.artifact(role))))
               for role in (ROLE_ENCODER_FEATURES, ROLE_DECODER)}
     monkeypatch.setattr(exporter, "export_graph", lambda module, args, spec, opset: cached[spec.role])
-    monkeypatch.setattr(exporter, "FP16_PSNR_TARGET_DB", 500.0)          # unreachable
+    monkeypatch.setitem(exporter.PSNR_TARGET_DB, "fp16", 500.0)        # unreachable
     messages: list[str] = []
     run = lambda: export_bundle(official_dir / "state_dict.safetensors", tmp_path / "b",  # noqa: E731
                                 template=official_dir / "gghead_template.obj", config=_config(official_dir),

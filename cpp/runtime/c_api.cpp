@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -262,9 +263,9 @@ flexavatar_status flexavatar_runtime_create(const char* bundle_dir, const flexav
     if (defaults.rasterizer < FLEXAVATAR_RASTERIZER_AUTO || defaults.rasterizer > FLEXAVATAR_RASTERIZER_CUDA)
       return Status(StatusCode::kInvalidArgument, "options.rasterizer is " + std::to_string(defaults.rasterizer) +
                                                       ", expected FLEXAVATAR_RASTERIZER_AUTO (0), CPU (1) or CUDA (2)");
-    if (defaults.precision < FLEXAVATAR_PRECISION_FP32 || defaults.precision > FLEXAVATAR_PRECISION_FP16)
+    if (defaults.precision < FLEXAVATAR_PRECISION_FP32 || defaults.precision > FLEXAVATAR_PRECISION_INT8)
       return Status(StatusCode::kInvalidArgument, "options.precision is " + std::to_string(defaults.precision) +
-                                                      ", expected FLEXAVATAR_PRECISION_FP32 (0) or FP16 (1)");
+                                                      ", expected FLEXAVATAR_PRECISION_FP32 (0), FP16 (1) or INT8 (2)");
     if (defaults.cuda_graphs != 0 && defaults.cuda_graphs != 1)
       return Status(StatusCode::kInvalidArgument, "options.cuda_graphs is " + std::to_string(defaults.cuda_graphs) +
                                                       ", expected 0 (off) or 1 (replay the decoder as a CUDA graph)");
@@ -283,7 +284,10 @@ flexavatar_status flexavatar_runtime_create(const char* bundle_dir, const flexav
     opts.num_threads = defaults.num_threads;
     opts.cuda_device = defaults.cuda_device;
     opts.rasterizer = static_cast<flexavatar::runtime::RasterizerChoice>(defaults.rasterizer);
-    opts.precision = defaults.precision == FLEXAVATAR_PRECISION_FP16 ? "fp16" : "fp32";
+    // the manifest's precision names, indexed by flexavatar_precision (range-checked above)
+    static constexpr const char* kPrecisionNames[] = {"fp32", "fp16", "int8"};
+    static_assert(std::size(kPrecisionNames) == FLEXAVATAR_PRECISION_INT8 + 1, "a name for every precision");
+    opts.precision = kPrecisionNames[defaults.precision];
     opts.cuda_graphs = defaults.cuda_graphs == 1;
     opts.fused_decoders = static_cast<flexavatar::runtime::FusedDecoders>(defaults.fused_decoders);
     opts.frame_outputs = defaults.frame_outputs ? defaults.frame_outputs : FLEXAVATAR_FRAME_ALL;

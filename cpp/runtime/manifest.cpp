@@ -113,7 +113,8 @@ class Reader {
 const std::vector<std::string> kRoles = {"encoder", "encoder_features", "decoder", "decoder_avatar"};
 // "onnx-ort": ONNX with ONNX Runtime's com.microsoft contrib ops (fused decoders): ONNX Runtime only.
 const std::vector<std::string> kFormats = {"onnx", "onnx-ort", "openvino"};
-const std::vector<std::string> kPrecisions = {"fp32", "fp16"};
+// "int8": the exporter writes it for ONNX decoders only (int8 MatMul weights, activations quantized at run time)
+const std::vector<std::string> kPrecisions = {"fp32", "fp16", "int8"};
 const std::vector<std::string> kDtypes = {"float32", "float16", "int64", "int32", "uint8", "bool"};
 
 bool is_lower_hex(const std::string& s) {

@@ -50,7 +50,8 @@ struct SessionConfig {
   // CUDA provider with cuda_stream only: capture the graph on its first runs and replay it after (ORT
   // enable_cuda_graph). Every input and output must then be a device buffer bound once, at a fixed address.
   bool cuda_graphs = false;
-  // The model file's precision ("fp32" / "fp16"): picks the cuDNN convolution search (cuda_provider_options).
+  // The model file's precision ("fp32", "fp16" or "int8"): picks the cuDNN convolution search
+  // (cuda_provider_options). int8 files never get here with CUDA: Runtime::create keeps them on the CPU provider.
   std::string precision = "fp32";
 };
 

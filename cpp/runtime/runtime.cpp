@@ -17,6 +17,12 @@ struct OutputSpec {
 };
 constexpr OutputSpec kGaussianOutputs[] = {{"means", 3}, {"quats", 4}, {"scales", 3}, {"opacities", 0}, {"sh0", 3}};
 
+// int8 decoders (DynamicQuantizeLinear + MatMulInteger: export/onnx_tools.py to_int8) are made for ONNX Runtime's CPU
+// provider. In a CUDA session ONNX Runtime quietly places the nodes the CUDA provider has no kernel for on the CPU,
+// with copies to and from the device around them; as in the Python runtime (runtime/engines.py FLOAT_PRECISIONS),
+// they run on the CPU provider only.
+bool cpu_provider_only(const std::string& precision) { return precision == "int8"; }
+
 }  // namespace
 
 std::string shape_text(const std::vector<int64_t>& shape) {
@@ -110,6 +116,13 @@ Status check_model_signature(const ModelArtifact& artifact, const OrtModel& mode
 
 Status Runtime::create(const std::string& bundle_dir, const RuntimeOptions& options, std::unique_ptr<Runtime>* out) {
   if (!out) return Status(StatusCode::kNullPointer, "Runtime::create: out is null");
+  // Before the bundle is read and any CUDA work: an int8 decoder never runs on the CUDA provider (AUTO runs it on the
+  // CPU provider; the rasterizer may still be CUDA's).
+  if (options.device == Device::kCuda && cpu_provider_only(options.precision))
+    return Status(StatusCode::kInvalidArgument,
+                  "precision " + options.precision + " runs on ONNX Runtime's CPU provider only (its decoders are "
+                      "made for CPUs), not on device CUDA: pass device CPU, or AUTO (the decoder on the CPU, frames on "
+                      "the CUDA rasterizer where it is available), or precision fp32 or fp16 for CUDA");
   std::unique_ptr<Runtime> rt(new Runtime());
   rt->options_ = options;
   Status s = open_bundle(bundle_dir, options.verify, &rt->bundle_);
@@ -177,14 +190,17 @@ Status Runtime::create(const std::string& bundle_dir, const RuntimeOptions& opti
   // The fused file first where a frame is bound by kernel launches (the decoder on CUDA: device CUDA, or AUTO with
   // the CUDA rasterizer, the zero-copy path), the portable one first on the CPU (compute-bound: the fused file
   // measured 0.96-0.98x there); either when it is the only one.
-  const bool cuda_path = options.device == Device::kCuda || (rt->cuda_ && options.device != Device::kCpu);
+  const bool cuda_provider = !cpu_provider_only(precision);
+  const bool cuda_path =
+      cuda_provider && (options.device == Device::kCuda || (rt->cuda_ && options.device != Device::kCpu));
   const bool fused_first = options.fused_decoders == FusedDecoders::kOn ||
                            (options.fused_decoders == FusedDecoders::kAuto && cuda_path);
   const ModelArtifact* decoder = fused_first ? (fused ? fused : portable) : (portable ? portable : fused);
   rt->decoder_file_ = decoder->files[0].path;
+  rt->decoder_precision_ = decoder->precision;
   SessionConfig config;
   config.num_threads = options.num_threads;
-  config.try_cuda = options.device == Device::kAuto;
+  config.try_cuda = options.device == Device::kAuto && cuda_provider;
   config.require_cuda = options.device == Device::kCuda;
   config.cuda_device = options.cuda_device;
   config.cuda_stream = rt->cuda_ ? rt->cuda_->stream() : nullptr;
@@ -218,7 +234,8 @@ Status Runtime::choose_rasterizer() {
   const bool required = choice == RasterizerChoice::kCuda || options_.device == Device::kCuda;
   // The device copy of the avatar code is only needed when the decoder runs on CUDA; the provider is
   // known after the session opens, so it is allocated whenever ONNX Runtime may pick CUDA.
-  const int64_t code_floats = (options_.device != Device::kCpu && !code_folded_in_) ? num_head_tokens_ * code_dim_ : 0;
+  const bool decoder_may_use_cuda = options_.device != Device::kCpu && !cpu_provider_only(options_.precision);
+  const int64_t code_floats = (decoder_may_use_cuda && !code_folded_in_) ? num_head_tokens_ * code_dim_ : 0;
   Status s = CudaFrames::open(options_.cuda_device, num_gaussians_, expression_dim_, code_floats, &cuda_);
   if (s.ok()) return s;
   cuda_.reset();

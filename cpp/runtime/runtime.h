@@ -38,7 +38,9 @@ struct RuntimeOptions {
   int num_threads = 0;
   int cuda_device = 0;
   RasterizerChoice rasterizer = RasterizerChoice::kAuto;
-  std::string precision = "fp32";  // which ONNX files: "fp32" or "fp16" (the encoder falls back to fp32)
+  // Which ONNX files: "fp32", "fp16" or "int8" (decoders only, on ONNX Runtime's CPU provider). The encoder runs
+  // its fp32 file when the bundle has none of this precision.
+  std::string precision = "fp32";
   bool cuda_graphs = true;         // zero copy only: the decoder replays a CUDA graph (ORT enable_cuda_graph)
   FusedDecoders fused_decoders = FusedDecoders::kAuto;
   uint32_t frame_outputs = kFrameAll;  // kFrame* flags: the FrameView fields render fills (the others null)
@@ -81,7 +83,7 @@ struct NumericsCheck {
   bool passed = false;        // every decoded value finite and the worst frame at or above target_db
   int64_t expressions = 0;    // frames checked (the check set's expressions)
   double psnr_db = 0;         // worst frame, decoded vs reference Gaussians through this rasterizer (+inf: identical)
-  double target_db = 0;       // psnr_target_db(precision)
+  double target_db = 0;       // psnr_target_db(the decoder's precision)
   double max_abs_error[5] = {0, 0, 0, 0, 0};  // means, quats, scales, opacities, sh0
   // The encoder, when the runtime has one for the check's inputs: the check photo's code against PyTorch's, and
   // the worst frame of that code's decoded Gaussians (passed needs it at target too).
@@ -89,8 +91,8 @@ struct NumericsCheck {
   double code_max_abs_error = 0;
   double encoder_psnr_db = 0;
 };
-// The PSNR a frame must reach against PyTorch's: 60 dB for fp32 decoders, 40 dB for fp16 (flexavatar.bundle's
-// PSNR_TARGET_DB, the export's own targets).
+// The PSNR a frame must reach against PyTorch's: 60 dB for fp32 decoders, 40 dB for fp16, 30 dB for int8
+// (flexavatar.bundle's PSNR_TARGET_DB, the export's own targets).
 double psnr_target_db(const std::string& precision);
 
 class Runtime {
@@ -105,7 +107,8 @@ class Runtime {
   int64_t image_size() const { return bundle_.manifest.conventions.image_size; }
   bool has_bundle_avatar_code() const { return bundle_.manifest.has_avatar; }
   const std::string& decoder_provider() const { return decoder_->provider(); }
-  const std::string& precision() const { return options_.precision; }
+  // The decoder file's precision ("fp32", "fp16" or "int8").
+  const std::string& precision() const { return decoder_precision_; }
   bool cuda_graphs() const { return decoder_ && decoder_->cuda_graphs(); }
   // The decoder model file that runs, relative to the bundle folder (e.g. "decoder.fp16.ort.onnx").
   const std::string& decoder_file() const { return decoder_file_; }
@@ -172,6 +175,7 @@ class Runtime {
   std::unique_ptr<OrtModel> decoder_;
   bool code_folded_in_ = false;  // decoder_avatar: the avatar code is part of the graph
   std::string decoder_file_;     // the decoder artifact's model file (files[0].path)
+  std::string decoder_precision_;  // its precision (the numerics check's target)
   bool has_code_ = false;
   // The decoder's outputs hold the frame of the current avatar code's last successful decode / render, for
   // render_view; false before one, after a failed one, and once the code or the outputs are replaced.

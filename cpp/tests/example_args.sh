@@ -38,7 +38,7 @@ expect 2 "missing argument OUT_DIR" bundle - e.npy
 expect 2 "extra argument 'more'" bundle - e.npy o more
 expect 2 "unknown option '--bogus'" bundle - e.npy o --bogus
 expect 2 "unknown option '-x'" bundle - e.npy o -x
-for flag in --size --threads --device --rasterizer --features --fused-decoders; do expect 2 "$flag: missing value" bundle - e.npy o $flag; done
+for flag in --size --threads --device --rasterizer --features --fused-decoders --precision; do expect 2 "$flag: missing value" bundle - e.npy o $flag; done
 expect 2 "size: expected an integer" bundle - e.npy o --size abc
 expect 2 "size: expected an integer" bundle - e.npy o --size 0
 expect 2 "threads: expected an integer" bundle - e.npy o --threads 99999999999999999999
@@ -46,8 +46,10 @@ expect 2 "device: expected" bundle - e.npy o --device gpu
 expect 2 "device: expected cuda:N" bundle - e.npy o --device cuda:
 expect 2 "rasterizer: expected" bundle - e.npy o --rasterizer gpu
 expect 2 "fused-decoders: expected auto, on or off, got 'yes'" bundle - e.npy o --fused-decoders yes
+expect 2 "precision: expected fp32, fp16 or int8, got 'int4'" bundle - e.npy o --precision int4
 expect 2 "features needs a photo" bundle - e.npy o --features f.npy
 expect 1 "BUNDLE nobundle" nobundle - e.npy o
+expect 1 "BUNDLE nobundle" nobundle - e.npy o --precision int8   # accepted: the bundle is what fails
 expect 1 "AVATAR missing.npy: no such file" bundle missing.npy e.npy o
 expect 1 "AVATAR bundle: not a regular file" bundle bundle e.npy o
 expect 1 "features missing.npy: no such file" bundle e.npy e.npy o --features missing.npy

@@ -1,13 +1,15 @@
 // flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N] [--device auto|cpu|cuda|cuda:N]
 //                   [--rasterizer auto|cpu|cuda] [--features FEATURES.npy] [--head-pose] [--verify]
-//                   [--no-cuda-graphs] [--fused-decoders auto|on|off] [--stereo EYE_DISTANCE_M]
+//                   [--no-cuda-graphs] [--fused-decoders auto|on|off] [--precision fp32|fp16|int8]
+//                   [--stereo EYE_DISTANCE_M]
 //
 // Renders one PNG frame per expression (frame_00000.png, ...) from the bundle's default camera and prints
 // the per-frame latency (decoder + rasterizer + RGBA) as p50 / p95. --head-pose shows each code's rigid head
 // pose (the tracked head motion), as the official GUI does. --verify first runs the bundle's numerics check
 // on this runtime (flexavatar_runtime_check_numerics) and renders only if it passes. --fused-decoders picks the
 // bundle's decoder with ONNX Runtime's fused kernels (format onnx-ort) or its portable one (options.fused_decoders;
-// auto: fused on the CUDA path, portable on the CPU); the decoder file that runs is printed. --stereo D renders
+// auto: fused on the CUDA path, portable on the CPU); the decoder file that runs is printed. --precision picks the
+// bundle's fp32, fp16 or int8 ONNX files (options.precision; int8: the decoder on the CPU). --stereo D renders
 // each code for two eyes D metres apart along the camera's x axis (frame_*_left.png, frame_*_right.png): the left
 // eye with a render, the right one with flexavatar_runtime_render_view (the same Gaussians, no second decode).
 //   AVATAR       an avatar code .npy float32 (R², 1, D); "-" for the bundle's own avatar_code.npy; or a photo
@@ -39,7 +41,8 @@ int usage() {
   std::fprintf(stderr,
                "usage: flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N] "
                "[--device auto|cpu|cuda|cuda:N] [--rasterizer auto|cpu|cuda] [--features FEATURES.npy] [--head-pose]\n"
-               "               [--verify] [--no-cuda-graphs] [--fused-decoders auto|on|off] [--stereo EYE_DISTANCE_M]\n"
+               "               [--verify] [--no-cuda-graphs] [--fused-decoders auto|on|off] [--precision fp32|fp16|int8]\n"
+               "               [--stereo EYE_DISTANCE_M]\n"
                "  AVATAR: avatar code .npy float32 (R^2, 1, D); - for the bundle's avatar_code.npy; or a photo\n"
                "          .npy float32 [S, S, 3] in [0, 1] to encode (--features: DINOv2 features [C, h, w])\n"
                "  EXPRESSIONS: .npy float32 [E, 135]\n");
@@ -249,6 +252,7 @@ int main(int argc, char** argv) {
   bool head_pose = false, verify = false, cuda_graphs = true;
   double eye_distance = -1;  // --stereo: metres between the eyes; < 0: one view
   int fused_decoders = FLEXAVATAR_FUSED_DECODERS_AUTO;
+  int precision = FLEXAVATAR_PRECISION_FP32;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") {
@@ -256,7 +260,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (arg == "--size" || arg == "--threads" || arg == "--device" || arg == "--rasterizer" || arg == "--features" ||
-        arg == "--fused-decoders" || arg == "--stereo") {
+        arg == "--fused-decoders" || arg == "--precision" || arg == "--stereo") {
       if (i + 1 >= argc) return usage_error(arg + ": missing value");
       const std::string value = argv[++i];
       if (arg == "--size") {
@@ -286,6 +290,11 @@ int main(int argc, char** argv) {
         } else {
           return usage_error("--fused-decoders: expected auto, on or off, got '" + value + "'");
         }
+      } else if (arg == "--precision") {
+        static const char* const kPrecisions[] = {"fp32", "fp16", "int8"};  // indexed by flexavatar_precision
+        precision = int(std::find(std::begin(kPrecisions), std::end(kPrecisions), value) - std::begin(kPrecisions));
+        if (precision == int(std::size(kPrecisions)))
+          return usage_error("--precision: expected fp32, fp16 or int8, got '" + value + "'");
       } else if (arg == "--device") {
         if (value.rfind("cuda:", 0) == 0) {  // cuda:N, the N-th CUDA device
           const long ordinal = parse_count(value.substr(5), 1023);
@@ -354,6 +363,7 @@ int main(int argc, char** argv) {
     options.num_threads = threads;
     options.cuda_graphs = cuda_graphs ? 1 : 0;
     options.fused_decoders = fused_decoders;
+    options.precision = precision;
     options.frame_outputs = FLEXAVATAR_FRAME_RGBA8;  // the PNGs need nothing else: 1 of 6 MiB a 512² frame on CUDA
     flexavatar::Runtime rt(bundle, &options);
     const flexavatar_runtime_info info = rt.info();

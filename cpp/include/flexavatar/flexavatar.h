@@ -102,12 +102,19 @@ typedef enum flexavatar_rasterizer {
   FLEXAVATAR_RASTERIZER_CUDA = 2  /* fails with FLEXAVATAR_ERROR_UNAVAILABLE without the library or the device */
 } flexavatar_rasterizer;
 
-/* Which of the bundle's ONNX files run: fp32, or the fp16 ones (fp16 weights and compute with float32
+/* Which of the bundle's ONNX files run: fp32, the fp16 ones (fp16 weights and compute with float32
  * inputs/outputs and precision-sensitive ops kept in float32: made for GPUs; on the CPU provider fp16 is not
- * faster). The encoder falls back to fp32 when the bundle has no fp16 encoder. */
+ * faster), or the int8 decoders (made for CPUs). The encoder falls back to fp32 when the bundle has no encoder of
+ * that precision (there are no int8 encoders). */
 typedef enum flexavatar_precision {
   FLEXAVATAR_PRECISION_FP32 = 0,
-  FLEXAVATAR_PRECISION_FP16 = 1  /* FLEXAVATAR_ERROR_BUNDLE_INVALID when the bundle has no fp16 ONNX decoder */
+  FLEXAVATAR_PRECISION_FP16 = 1, /* FLEXAVATAR_ERROR_BUNDLE_INVALID when the bundle has no fp16 ONNX decoder */
+  FLEXAVATAR_PRECISION_INT8 = 2  /* int8 MatMul weights, activations quantized at run time: lossy (~30-40 dB
+                                    rendered PSNR against fp32; the export's target is 30 dB). ONNX Runtime's CPU
+                                    provider only: device AUTO runs the decoder there (the rasterizer may still be
+                                    CUDA's), device CUDA fails with FLEXAVATAR_ERROR_INVALID_ARGUMENT.
+                                    FLEXAVATAR_ERROR_BUNDLE_INVALID when the bundle has no int8 ONNX decoder
+                                    (flexavatar-export --precision fp32,int8) */
 } flexavatar_precision;
 
 /* Which decoder file runs when the bundle has both a portable ONNX decoder (format "onnx") and one with ONNX
@@ -181,7 +188,7 @@ typedef struct flexavatar_runtime_info {
   int32_t rasterizer_device;      /* the CUDA rasterizer's device ordinal; -1 for the CPU rasterizer */
   uint32_t encoders;              /* FLEXAVATAR_ENCODER_* flags; 0: the bundle has no encoder */
   int64_t feature_channels;       /* C of the DINOv2 features input (FLEXAVATAR_ENCODER_FEATURES), else 0 */
-  char decoder_precision[8];      /* "fp32" or "fp16": the decoder file that runs */
+  char decoder_precision[8];      /* "fp32", "fp16" or "int8": the decoder file that runs */
   int32_t cuda_graphs;            /* 1 when the decoder replays a CUDA graph (options.cuda_graphs took effect) */
   char decoder_file[128];         /* the decoder model file that runs, relative to the bundle folder (e.g.
                                      "decoder.fp16.ort.onnx"), NUL-terminated (truncated to fit) */
@@ -233,7 +240,8 @@ typedef struct flexavatar_device_frame {
  * "decoder" and "encoder" rows: per Gaussian output the max |error| against the PyTorch fp32 outputs recorded at
  * export (check.npz), and the worst frame's PSNR between the decoded and the recorded Gaussians, both rendered by
  * this runtime's rasterizer at image_size² on white from the check's camera. The targets are the export's: 60 dB
- * for an fp32 decoder, 40 dB for fp16. */
+ * for an fp32 decoder, 40 dB for fp16, 30 dB for int8 (the decoder's, for the encoder row too: its frames come out
+ * of the same decoder). */
 typedef struct flexavatar_numerics {
   uint32_t struct_size;     /* set by the caller: sizeof(flexavatar_numerics) */
   int32_t passed;           /* 1: every decoded value finite and every frame at or above target_db */

@@ -473,6 +473,9 @@ TEST_CASE(precision_is_checked_and_reported) {
   options.precision = FLEXAVATAR_PRECISION_FP16;
   CHECK(flexavatar_runtime_create(g_bundle.c_str(), &options, &rt) == FLEXAVATAR_ERROR_BUNDLE_INVALID && !rt);
   CHECK(error_mentions("no fp16 ONNX decoder") && error_mentions("decoder.fp32.onnx"));
+  options.precision = FLEXAVATAR_PRECISION_INT8;  // likewise int8 (flexavatar-export --precision fp32,int8)
+  CHECK(flexavatar_runtime_create(g_bundle.c_str(), &options, &rt) == FLEXAVATAR_ERROR_BUNDLE_INVALID && !rt);
+  CHECK(error_mentions("no int8 ONNX decoder") && error_mentions("decoder.fp32.onnx"));
 }
 
 TEST_CASE(cuda_graphs_is_checked_and_reported) {

@@ -1,25 +1,37 @@
 // Test tool driven by tests/test_cpp_runtime.py: the C++ runtime's numerics check (flexavatar_runtime_check_numerics,
 // through the C++ RAII wrapper) on a bundle, printed as one JSON line for comparison with the Python runtime's.
 //
-//   runtime_check BUNDLE [fp32|fp16 [auto|on|off]]     (auto|on|off: options.fused_decoders, default auto)
+//   runtime_check BUNDLE [fp32|fp16|int8 [auto|on|off]]     (auto|on|off: options.fused_decoders, default auto)
 #include <cmath>
 #include <cstdio>
 #include <string>
 
 #include "flexavatar/flexavatar.hpp"
 
+namespace {
+
+// options.precision from "fp32" / "fp16" / "int8", or -1.
+int precision_option(const std::string& value) {
+  if (value == "fp32") return FLEXAVATAR_PRECISION_FP32;
+  if (value == "fp16") return FLEXAVATAR_PRECISION_FP16;
+  if (value == "int8") return FLEXAVATAR_PRECISION_INT8;
+  return -1;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   const std::string precision = argc >= 3 ? argv[2] : "fp32", fused = argc >= 4 ? argv[3] : "auto";
-  if (argc < 2 || argc > 4 || (precision != "fp32" && precision != "fp16") ||
+  if (argc < 2 || argc > 4 || precision_option(precision) < 0 ||
       (fused != "auto" && fused != "on" && fused != "off")) {
-    std::fprintf(stderr, "usage: runtime_check BUNDLE [fp32|fp16 [auto|on|off]]\n"
+    std::fprintf(stderr, "usage: runtime_check BUNDLE [fp32|fp16|int8 [auto|on|off]]\n"
                          "  auto|on|off: options.fused_decoders (default auto)\n");
     return 2;
   }
   try {
     flexavatar_runtime_options options = flexavatar::default_options();
     options.device = FLEXAVATAR_DEVICE_CPU;
-    if (precision == "fp16") options.precision = FLEXAVATAR_PRECISION_FP16;
+    options.precision = precision_option(precision);
     options.fused_decoders = fused == "on"    ? FLEXAVATAR_FUSED_DECODERS_ON
                              : fused == "off" ? FLEXAVATAR_FUSED_DECODERS_OFF
                                               : FLEXAVATAR_FUSED_DECODERS_AUTO;

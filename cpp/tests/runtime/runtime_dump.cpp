@@ -2,7 +2,7 @@
 // the C API) on a bundle and writes what it computed as raw little-endian float32 files, which the pytest
 // compares against the Python side (PyTorch model + flexavatar.kernels CPU rasterizer).
 //
-//   runtime_dump BUNDLE CODE.npy|- EXPRESSIONS.f32 CAMERA.f32 OUT_DIR [fp32|fp16 [auto|on|off]]
+//   runtime_dump BUNDLE CODE.npy|- EXPRESSIONS.f32 CAMERA.f32 OUT_DIR [fp32|fp16|int8 [auto|on|off]]
 //     EXPRESSIONS.f32: E x 135 float32; CAMERA.f32: cam2world[16], intrinsics[9], width, height, background[3]
 //     auto|on|off: options.fused_decoders (default auto); the decoder file that ran is printed
 //   writes OUT_DIR/gaussians_<e>.f32 (means, quats, scales, opacities, sh0 of frame e, concatenated)
@@ -21,6 +21,14 @@ using raw_files::write;
 
 namespace {
 
+// options.precision from "fp32" / "fp16" / "int8", or -1.
+int precision_option(const std::string& value) {
+  if (value == "fp32") return FLEXAVATAR_PRECISION_FP32;
+  if (value == "fp16") return FLEXAVATAR_PRECISION_FP16;
+  if (value == "int8") return FLEXAVATAR_PRECISION_INT8;
+  return -1;
+}
+
 // options.fused_decoders from "auto" / "on" / "off", or -1.
 int fused_decoders(const std::string& value) {
   if (value == "auto") return FLEXAVATAR_FUSED_DECODERS_AUTO;
@@ -32,18 +40,18 @@ int fused_decoders(const std::string& value) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string precision = argc >= 7 ? argv[6] : "fp32";
+  const int precision = argc >= 7 ? precision_option(argv[6]) : FLEXAVATAR_PRECISION_FP32;
   const int fused = argc >= 8 ? fused_decoders(argv[7]) : FLEXAVATAR_FUSED_DECODERS_AUTO;
-  if (argc < 6 || argc > 8 || (precision != "fp32" && precision != "fp16") || fused < 0) {
+  if (argc < 6 || argc > 8 || precision < 0 || fused < 0) {
     std::fprintf(stderr,
-                 "usage: runtime_dump BUNDLE CODE.npy|- EXPRESSIONS.f32 CAMERA.f32 OUT_DIR [fp32|fp16 [auto|on|off]]\n"
+                 "usage: runtime_dump BUNDLE CODE.npy|- EXPRESSIONS.f32 CAMERA.f32 OUT_DIR [fp32|fp16|int8 [auto|on|off]]\n"
                  "  auto|on|off: options.fused_decoders (default auto)\n");
     return 2;
   }
   try {
     flexavatar_runtime_options options = flexavatar::default_options();
     options.device = FLEXAVATAR_DEVICE_CPU;
-    if (precision == "fp16") options.precision = FLEXAVATAR_PRECISION_FP16;
+    options.precision = precision;
     options.fused_decoders = fused;
     flexavatar::Runtime rt(argv[1], &options);
     rt.load_avatar_code(std::string(argv[2]) == "-" ? std::string() : argv[2]);

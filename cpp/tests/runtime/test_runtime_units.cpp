@@ -26,6 +26,7 @@
 #include "manifest.h"
 #include "npz.h"
 #include "ort_session.h"
+#include "runtime.h"
 #include "sha256.h"
 #include "test_bundle.h"
 
@@ -233,7 +234,7 @@ TEST_CASE(bad_fields_are_rejected_with_the_field_named) {
       {R"("schema_version": 1)", R"("schema_version": 1.0)", "must be an integer"},
       {R"("opset": 18)", R"("opset": "18")", "manifest.opset must be an integer"},
       {R"("role": "decoder")", R"("role": "renderer")", "expected one of"},
-      {R"("precision": "fp32")", R"("precision": "int8")", "precision"},
+      {R"("precision": "fp32")", R"("precision": "int4")", "precision"},
       {R"("shape": [1, 4, 8], "dtype": "float32")", R"("shape": [1, 4, 8], "dtype": "f64")", "dtype"},
       {R"("shape": [1, 4, 8])", R"("shape": [1, -4, 8])", "non-negative"},
       {R"("n_gaussians": 4, "n_head)", R"("n_gaussians": "4", "n_head)", "conventions.n_gaussians"},
@@ -279,6 +280,25 @@ TEST_CASE(bad_fields_are_rejected_with_the_field_named) {
 }
 
 // nlohmann's dump() (error messages) and destructors recurse: deep nesting is refused while parsing.
+// Precision "int8" (bundle.py PRECISIONS: the int8 ONNX decoders of flexavatar-export --precision fp32,int8) parses
+// and is found by its own name; any other name is still a manifest error naming the field and the choices.
+TEST_CASE(int8_precision_parses_and_unknown_precisions_fail) {
+  Manifest m;
+  CHECK(parse(replace_once(valid_manifest(), R"("precision": "fp32")", R"("precision": "int8")"), &m).ok());
+  CHECK(m.find("decoder", "onnx", "int8") != nullptr && m.find("decoder", "onnx", "fp32") == nullptr);
+  const Status s = parse(replace_once(valid_manifest(), R"("precision": "fp32")", R"("precision": "int4")"), &m);
+  CHECK(s.code() == StatusCode::kBundleInvalid);
+  if (!mentions(s, "precision is 'int4'") || !mentions(s, "'fp32', 'fp16', 'int8'"))
+    harness::fail(__FILE__, __LINE__, "unexpected message: " + s.message());
+}
+
+// The numerics check's targets: the export's (flexavatar/bundle.py PSNR_TARGET_DB).
+TEST_CASE(psnr_targets_are_the_exports_per_precision) {
+  CHECK(psnr_target_db("fp32") == 60.0);
+  CHECK(psnr_target_db("fp16") == 40.0);
+  CHECK(psnr_target_db("int8") == 30.0);
+}
+
 TEST_CASE(deep_nesting_is_a_manifest_error_not_a_stack_overflow) {
   auto nested = [](size_t depth) { return std::string(depth, '[') + std::string(depth, ']'); };
   Manifest m;
@@ -918,6 +938,65 @@ TEST_CASE(c_api_fused_decoders_is_validated) {
       harness::fail(__FILE__, __LINE__, "unexpected message: " + message);
     CHECK(rt == nullptr);
   }
+}
+
+// options.precision: INT8 (2) is the last value, 3 an invalid argument naming the choices. INT8 with device CUDA is
+// refused before the bundle is read or CUDA touched: the int8 decoders run on ONNX Runtime's CPU provider only.
+TEST_CASE(c_api_precision_int8_is_validated) {
+  flexavatar_runtime_options options;
+  CHECK(flexavatar_runtime_options_init(&options, sizeof(options)) == FLEXAVATAR_OK);
+  flexavatar_runtime* rt = nullptr;
+  options.precision = 3;
+  CHECK(flexavatar_runtime_create("/nonexistent/bundle", &options, &rt) == FLEXAVATAR_ERROR_INVALID_ARGUMENT && !rt);
+  std::string message = flexavatar_last_error();
+  if (message.find("options.precision is 3") == std::string::npos ||
+      message.find("FLEXAVATAR_PRECISION_FP32 (0), FP16 (1) or INT8 (2)") == std::string::npos)
+    harness::fail(__FILE__, __LINE__, "unexpected message: " + message);
+  options.precision = FLEXAVATAR_PRECISION_INT8;  // accepted: the missing bundle is what fails
+  CHECK(flexavatar_runtime_create("/nonexistent/bundle", &options, &rt) == FLEXAVATAR_ERROR_BUNDLE_FILE_MISSING);
+  options.device = FLEXAVATAR_DEVICE_CUDA;
+  CHECK(flexavatar_runtime_create("/nonexistent/bundle", &options, &rt) == FLEXAVATAR_ERROR_INVALID_ARGUMENT && !rt);
+  message = flexavatar_last_error();
+  if (message.find("precision int8") == std::string::npos ||
+      message.find("CPU provider only") == std::string::npos || message.find("device CUDA") == std::string::npos)
+    harness::fail(__FILE__, __LINE__, "unexpected message: " + message);
+}
+
+// A bundle whose decoder is labelled int8 (the tiny graph itself is float: the runtime picks files by the manifest):
+// precision INT8 runs it on the CPU provider with device CPU and AUTO and reports "int8"; without an fp32 decoder,
+// FP32 says what the bundle has.
+TEST_CASE(c_api_int8_decoder_runs_on_the_cpu_provider) {
+  const fs::path dir = tiny_bundle("int8", [](const std::string& text) {
+    return replace_once(replace_once(text, R"("name": "decoder.fp32.onnx")", R"("name": "decoder.int8.onnx")"),
+                        R"("precision": "fp32")", R"("precision": "int8")");
+  });
+  for (int device : {FLEXAVATAR_DEVICE_CPU, FLEXAVATAR_DEVICE_AUTO}) {
+    flexavatar_runtime_options options;
+    flexavatar_runtime_options_init(&options, sizeof(options));
+    options.device = device;
+    options.rasterizer = FLEXAVATAR_RASTERIZER_CPU;
+    options.num_threads = 1;
+    options.precision = FLEXAVATAR_PRECISION_INT8;
+    flexavatar_runtime* rt = nullptr;
+    CHECK(flexavatar_runtime_create(dir.c_str(), &options, &rt) == FLEXAVATAR_OK && rt);
+    flexavatar_runtime_info info{};
+    info.struct_size = sizeof(info);
+    CHECK(flexavatar_runtime_get_info(rt, &info) == FLEXAVATAR_OK);
+    CHECK(std::string(info.decoder_precision) == "int8");
+    CHECK(std::string(info.decoder_provider) == "CPUExecutionProvider" && info.cuda_graphs == 0);
+    CHECK(std::string(info.decoder_file) == "decoder.fp32.onnx");
+    std::vector<float> code(32, 0.f), expression(135, 0.f);
+    flexavatar_gaussians g{};
+    CHECK(flexavatar_runtime_set_avatar_code(rt, code.data(), 32) == FLEXAVATAR_OK);
+    CHECK(flexavatar_runtime_decode(rt, expression.data(), 135, &g) == FLEXAVATAR_OK && g.opacities[3] == 0.5f);
+    flexavatar_runtime_destroy(rt);
+  }
+  flexavatar_runtime* rt = nullptr;
+  CHECK(create_cpu(dir, &rt) == FLEXAVATAR_ERROR_BUNDLE_INVALID && !rt);
+  const std::string why = flexavatar_last_error();
+  if (why.find("no fp32 ONNX decoder") == std::string::npos || why.find("decoder.int8.onnx") == std::string::npos)
+    harness::fail(__FILE__, __LINE__, "unexpected message: " + why);
+  fs::remove_all(dir);
 }
 
 HARNESS_MAIN()
