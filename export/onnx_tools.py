@@ -200,8 +200,8 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 
 # int8 decoders: the weights of these ops become int8 (symmetric, one scale per output channel); ONNX Runtime
 # quantizes their inputs to uint8 per tensor at run time (DynamicQuantizeLinear + MatMulInteger, standard ONNX ops).
-# Half the FLEX-1 decoder's CPU time is MatMul; convolutions and attention stay float32 (ConvInteger is slower
-# than float convolution on ONNX Runtime's CPU provider). Weight-only int8 (MatMulNBits, 8 bits) was measured
+# Half the FLEX-1 decoder's CPU time is MatMul; convolutions and attention stay float32 (with its Convs quantized
+# too, ConvInteger, the FLEX-1 decoder took 2.2x as long on ONNX Runtime's CPU provider, 2 cores, side by side). Weight-only int8 (MatMulNBits, 8 bits) was measured
 # too: no faster than fp32 on a 2-core AVX-512 VNNI CPU (README, "int8 decoders for CPUs").
 INT8_OPS = ("MatMul", "Gemm")
 
