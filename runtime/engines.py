@@ -41,6 +41,7 @@ log = logging.getLogger("flexavatar.runtime")
 # providers: ORT_HOST_PROVIDERS); "npu": a neural processor (OpenVINO's NPU plugin; ONNX Runtime's QNN, VitisAI, ...).
 # Their engines take and give host arrays, so the CPU rasterizer draws their frames.
 DEVICES = ("cpu", "cuda", "gpu", "npu")
+HOST_ACCELERATORS = ("gpu", "npu")             # devices reached through host arrays (ORT_HOST_PROVIDERS, OpenVINO)
 INFERENCE_PRECISIONS = ("f32", "f16", "bf16")   # OpenVINO's INFERENCE_PRECISION_HINT values (EngineOptions)
 NUMPY, TORCH = "numpy", "torch"
 NOT_INSTALLED = "is not installed"          # the end of an engine's reason when its library is missing
@@ -474,7 +475,12 @@ class OrtBackend(InferenceBackend):
         other file, with a warning; a choice made explicitly (True / False) fails as it is."""
         try:
             return self._open(artifact), artifact
-        except ExecutionProviderError:
+        except ExecutionProviderError as e:
+            if role in ENCODER_ROLES and self.device in HOST_ACCELERATORS:
+                # the encoder runs once per avatar, and an NPU's compiler may not take it (DINOv2, dynamic shapes):
+                # the CPU provider runs it, the frames stay on the device
+                log.warning("%s; the encoder runs once per avatar: running %s on the CPU", e, artifact.path)
+                return OrtHostModel(self.bundle.path(artifact), self.options, (ORT_CPU, {})), artifact
             raise                               # the provider, not the file: the other file would fare no better
         except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own Fail / RuntimeException types
             others = [a for a in self.candidates(role) if a.format != artifact.format]
@@ -603,6 +609,20 @@ class OpenVinoBackend(InferenceBackend):
 
     def _open(self, artifact: ModelArtifact) -> Model:
         return OpenVinoModel(self.core, self.bundle.path(artifact), self.device_name, self.config(artifact))
+
+    def _open_role(self, role: str, artifact: ModelArtifact) -> tuple[Model, ModelArtifact]:
+        try:
+            return self._open(artifact), artifact
+        except RuntimeError as e:               # OpenVINO's compile errors (a plugin that does not take the graph)
+            if role not in ENCODER_ROLES or self.device not in HOST_ACCELERATORS:
+                raise
+            # as for ONNX Runtime's providers: the encoder runs once per avatar, on the CPU plugin when it must
+            log.warning("OpenVINO %s could not compile %s (%s); the encoder runs once per avatar: running it on the CPU",
+                        self.device_name, artifact.path, _first_line(e))
+            cpu = {"INFERENCE_PRECISION_HINT": self.options.inference_precision or "f32"}
+            if self.options.num_threads:
+                cpu["INFERENCE_NUM_THREADS"] = self.options.num_threads
+            return OpenVinoModel(self.core, self.bundle.path(artifact), "CPU", cpu), artifact
 
     def describe(self) -> str:
         import openvino as ov

@@ -1857,6 +1857,71 @@ def test_a_provider_that_fails_is_a_typed_error_not_a_quiet_cpu_run(bundle, monk
         Runtime(bundle, backend="onnxruntime", device="gpu", verify="none")
 
 
+def test_an_encoder_the_provider_cannot_open_runs_on_the_cpu(bundle, photo, monkeypatch, caplog):
+    """The encoder runs once per avatar: where the GPU / NPU provider cannot open it (an NPU compiler that does not
+    take DINOv2, say) the CPU provider runs it, with a warning, and the decoder stays on the device; a decoder the
+    provider cannot open is still an error. Azure's provider stands in for an NPU's."""
+    import onnxruntime as ort
+
+    from flexavatar.runtime import engines
+
+    if "AzureExecutionProvider" not in ort.get_available_providers():
+        pytest.skip(f"this onnxruntime {ort.__version__} build has no AzureExecutionProvider to stand in")
+    monkeypatch.setitem(engines.ORT_HOST_PROVIDERS, "npu", (("AzureExecutionProvider", {}),))
+    monkeypatch.setattr(engines, "ort_nodes_per_provider", lambda session: None)     # let it past the node check
+    real_session = ort.InferenceSession
+    refuse = {"encoder"}
+
+    class CompilerSession(real_session):                   # the device's compiler refuses some graphs
+        def __init__(self, path, *args, providers=(), **kwargs):
+            if Path(path).name.split(".")[0] in refuse and providers[0][0] == "AzureExecutionProvider":
+                raise ort.capi.onnxruntime_pybind11_state.EPFail("unsupported operation in the graph")
+            super().__init__(path, *args, providers=providers, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", CompilerSession)
+    rt = Runtime(bundle, backend="onnxruntime", device="npu", rasterizer="cpu", verify="none")
+    with caplog.at_level("WARNING", logger="flexavatar.runtime"):
+        avatar = rt.create_avatar(photo)
+    assert ("AzureExecutionProvider could not open encoder.fp32.onnx: unsupported operation in the graph; the "
+            "encoder runs once per avatar: running encoder.fp32.onnx on the CPU") in caplog.text
+    assert rt.engine.load(ROLE_ENCODER).provider == "CPUExecutionProvider"
+    assert rt.engine.load(ROLE_DECODER).provider == "AzureExecutionProvider"
+    on_cpu = Runtime(bundle, backend="onnxruntime", device="cpu", rasterizer="cpu", verify="none").create_avatar(photo)
+    assert _max_err(avatar.code, on_cpu.code) <= 1e-6
+    refuse.add("decoder")
+    with pytest.raises(ExecutionProviderError, match="AzureExecutionProvider could not open decoder.fp32.onnx"):
+        Runtime(bundle, backend="onnxruntime", device="npu", verify="none")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed")
+def test_an_encoder_the_openvino_plugin_cannot_compile_runs_on_the_cpu_plugin(bundle, photo, monkeypatch, caplog):
+    """As for ONNX Runtime's providers: OpenVINO's NPU plugin refusing the encoder → the CPU plugin (f32) runs it.
+    Here the "NPU" is the CPU plugin for the decoder and a compile error for the encoder."""
+    from flexavatar.runtime import engines
+
+    monkeypatch.setattr(engines, "_openvino_devices", lambda: {"CPU": None, "GPU": "no GPU", "NPU": None})
+    real_init = engines.OpenVinoModel.__init__
+    compiled: list[tuple[str, str]] = []
+
+    def init(self, core, path, device, config):
+        if device == "NPU":
+            if Path(path).name.startswith("encoder"):
+                raise RuntimeError("Exception from src/plugins/intel_npu: unsupported operation\nmore detail")
+            device, config = "CPU", {"INFERENCE_PRECISION_HINT": "f32"}            # the decoder "on the NPU"
+        compiled.append((Path(path).name, device))
+        real_init(self, core, path, device, config)
+
+    monkeypatch.setattr(engines.OpenVinoModel, "__init__", init)
+    rt = Runtime(bundle, backend="openvino", device="npu", rasterizer="cpu", verify="none")
+    with caplog.at_level("WARNING", logger="flexavatar.runtime"):
+        avatar = rt.create_avatar(photo)
+    assert ("OpenVINO NPU could not compile encoder.fp32.xml (Exception from src/plugins/intel_npu: unsupported "
+            "operation); the encoder runs once per avatar: running it on the CPU") in caplog.text
+    assert ("encoder.fp32.xml", "CPU") in compiled
+    on_cpu = Runtime(bundle, backend="openvino", device="cpu", rasterizer="cpu", verify="none").create_avatar(photo)
+    assert _max_err(avatar.code, on_cpu.code) <= 1e-6
+
+
 def test_gpu_device_ids_reach_the_provider_or_are_refused(bundle, monkeypatch):
     """device_id N: DirectML / MIGraphX / ROCm take it as device_id, ONNX Runtime's OpenVINO provider as GPU.N;
     a provider that picks its device itself refuses N ≠ 0 rather than running on another GPU; on a CUDA build,
