@@ -654,6 +654,33 @@ def test_example_reports_bad_input_with_exit_code(example_app, bundle_dir, input
     assert proc.returncode == 2 and "unknown option '--cuda-graphs'" in proc.stderr
 
 
+def test_example_gpu_and_npu_devices_fail_unavailable_without_their_provider(example_app, bundle_dir, inputs,
+                                                                             tmp_path):
+    """--device gpu / gpu:N / npu (FLEXAVATAR_DEVICE_GPU / NPU: ONNX Runtime's DirectML, MIGraphX, ... or QNN, ...
+    providers). The onnxruntime library here has none of them, so the runtime refuses with FLEXAVATAR_ERROR_UNAVAILABLE,
+    naming the providers it looked for and those the library has, and no frame is written. Only this path and the
+    argument checks are tested: no machine of this project has such a provider (a run on one is untested)."""
+    from flexavatar.runtime.engines import ort_host_provider
+
+    for device, kind, looked_for in (("gpu", "GPU", "DmlExecutionProvider"), ("gpu:1", "GPU", "DmlExecutionProvider"),
+                                     ("npu", "NPU", "QNNExecutionProvider")):
+        if ort_host_provider(kind.lower()) is not None:
+            pytest.skip(f"this onnxruntime has a {kind} provider: the unavailable path cannot be tested here")
+        out = tmp_path / device.replace(":", "_")
+        proc = subprocess.run([str(example_app), str(bundle_dir), str(inputs["code_path"]),
+                               str(inputs["expressions_path"]), str(out), "--device", device],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1, (device, proc.stdout, proc.stderr)
+        assert f"error: unavailable: device {kind}: this ONNX Runtime build" in proc.stderr, proc.stderr
+        # a CUDA build of onnxruntime is told to use device CUDA instead of listing the providers
+        assert (f"looked for {looked_for}" in proc.stderr and "CPUExecutionProvider" in proc.stderr) or \
+            (kind == "GPU" and "use device CUDA" in proc.stderr), proc.stderr
+        assert not list(out.glob("*.png")), device
+    proc = subprocess.run([str(example_app), str(bundle_dir), "-", "e.npy", "o", "--device", "npu:1"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "--device: expected auto, cpu, cuda, cuda:N, gpu, gpu:N or npu" in proc.stderr
+
+
 # ---- abuse: corrupt files, wrong shapes, bad handles (plain and ASan/LSan builds) ----------------------
 
 def _run_abuse(build: Path, bundle_dir: Path, scratch: Path, env: dict | None = None) -> str:

@@ -248,9 +248,15 @@ flexavatar_status flexavatar_runtime_create(const char* bundle_dir, const flexav
       std::memcpy(&defaults, options, std::min<size_t>(options->struct_size, sizeof(defaults)));
       defaults.struct_size = sizeof(defaults);
     }
-    if (defaults.device < FLEXAVATAR_DEVICE_AUTO || defaults.device > FLEXAVATAR_DEVICE_CUDA)
-      return Status(StatusCode::kInvalidArgument, "options.device is " + std::to_string(defaults.device) +
-                                                      ", expected FLEXAVATAR_DEVICE_AUTO (0), CPU (1) or CUDA (2)");
+    // the runtime's devices, indexed by flexavatar_device
+    static constexpr flexavatar::runtime::Device kDevices[] = {
+        flexavatar::runtime::Device::kAuto, flexavatar::runtime::Device::kCpu, flexavatar::runtime::Device::kCuda,
+        flexavatar::runtime::Device::kGpu, flexavatar::runtime::Device::kNpu};
+    static_assert(std::size(kDevices) == FLEXAVATAR_DEVICE_NPU + 1, "a device for every flexavatar_device");
+    if (defaults.device < FLEXAVATAR_DEVICE_AUTO || defaults.device > FLEXAVATAR_DEVICE_NPU)
+      return Status(StatusCode::kInvalidArgument,
+                    "options.device is " + std::to_string(defaults.device) +
+                        ", expected FLEXAVATAR_DEVICE_AUTO (0), CPU (1), CUDA (2), GPU (3) or NPU (4)");
     if (defaults.verify < FLEXAVATAR_VERIFY_FULL || defaults.verify > FLEXAVATAR_VERIFY_NONE)
       return Status(StatusCode::kInvalidArgument, "options.verify is " + std::to_string(defaults.verify) +
                                                       ", expected FLEXAVATAR_VERIFY_FULL (0), SIZE (1) or NONE (2)");
@@ -259,7 +265,8 @@ flexavatar_status flexavatar_runtime_create(const char* bundle_dir, const flexav
                     "options.num_threads is " + std::to_string(defaults.num_threads) + ", expected 0 (all) .. 4096");
     if (defaults.cuda_device < 0)
       return Status(StatusCode::kInvalidArgument, "options.cuda_device is " + std::to_string(defaults.cuda_device) +
-                                                      ", expected a device ordinal >= 0");
+                                                      ", expected a device ordinal >= 0 (the CUDA device's, or the "
+                                                      "GPU's / NPU's)");
     if (defaults.rasterizer < FLEXAVATAR_RASTERIZER_AUTO || defaults.rasterizer > FLEXAVATAR_RASTERIZER_CUDA)
       return Status(StatusCode::kInvalidArgument, "options.rasterizer is " + std::to_string(defaults.rasterizer) +
                                                       ", expected FLEXAVATAR_RASTERIZER_AUTO (0), CPU (1) or CUDA (2)");
@@ -279,7 +286,7 @@ flexavatar_status flexavatar_runtime_create(const char* bundle_dir, const flexav
                     "options.frame_outputs is " + std::to_string(defaults.frame_outputs) +
                         ", expected FLEXAVATAR_FRAME_* flags (RGBA8 1, RGB 2, ALPHA 4, DEPTH 8) or 0 for all");
     flexavatar::runtime::RuntimeOptions opts;
-    opts.device = static_cast<flexavatar::runtime::Device>(defaults.device);
+    opts.device = kDevices[defaults.device];
     opts.verify = static_cast<flexavatar::runtime::Verify>(defaults.verify);
     opts.num_threads = defaults.num_threads;
     opts.cuda_device = defaults.cuda_device;

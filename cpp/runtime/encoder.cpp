@@ -31,12 +31,13 @@ Status Runtime::open_encoder(bool with_features, OrtModel** out) {
   }
   const ModelArtifact& artifact = *(with_features ? encoder_features_artifact_ : encoder_artifact_);
   const int64_t s = image_size();  // 1 .. 16384, checked by Runtime::create
-  // The decoder's execution provider: CUDA only if the decoder really got it.
+  // The decoder's execution provider: CUDA only if the decoder really got it; a GPU / NPU one as the decoder's.
   SessionConfig config;
   config.num_threads = options_.num_threads;
   config.require_cuda = decoder_->on_cuda();
   config.cuda_device = options_.cuda_device;
   config.precision = artifact.precision;
+  config.host_provider = host_provider_;  // device GPU / NPU: the decoder's provider too
   // With the decoder's CUDA graphs, a graph too (EncoderDevice in runtime.h), on the rasterizer's stream; as for the
   // decoder (and in Python), a graph ONNX Runtime refuses to capture (e.g. a node placed on the CPU) is an error.
   const bool graphs = cuda_graphs();

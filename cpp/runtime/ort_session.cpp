@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <mutex>
 
 namespace flexavatar {
@@ -79,7 +80,191 @@ std::string shape_text(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
+std::string file_name(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// ---- GPU / NPU providers (choose_host_provider) ----
+
+// How a provider is added to the session options. ONNX Runtime's generic SessionOptionsAppendExecutionProvider takes
+// DML, QNN and CoreML by a short name (CoreML since 1.20, before this header's 1.21), WebGPU and MIGraphX in newer
+// releases (1.32, the one here, takes all five; a release that does not know a name answers "Unknown provider name",
+// reported as kUnavailable); the header's comment on it still lists QNN only. Not MIGraphX's own entry point: it
+// takes a struct the caller allocates, whose layout changed after 1.21 (a field inserted in the middle), so this
+// header's struct would be misread by the libraries that have MIGraphX now. OpenVINO and VitisAI have string-keyed
+// entry points of their own (the header asks for those where they exist); ROCm takes an options object that the
+// library allocates (its own layout).
+enum class Append { kGeneric, kOpenVino, kVitisAi, kRocm };
+// How the device index reaches the provider (runtime/engines.py ort_host_provider).
+enum class Index { kDeviceId, kOpenVinoDeviceType, kOwnChoice };
+
+struct ProviderOption {
+  const char* key;
+  const char* value;
+};
+
+struct HostProviderSpec {
+  HostDevice device;
+  const char* name;        // GetAvailableProviders' name
+  Append append;
+  const char* short_name;  // Append::kGeneric: the name the generic entry point takes
+  Index index;
+  ProviderOption options[2];  // {nullptr, nullptr}: none
+};
+
+// Python's ORT_HOST_PROVIDERS, in its order (preferred first), with the same options.
+constexpr HostProviderSpec kHostProviders[] = {
+    {HostDevice::kGpu, "DmlExecutionProvider", Append::kGeneric, "DML", Index::kDeviceId, {}},
+    {HostDevice::kGpu, "MIGraphXExecutionProvider", Append::kGeneric, "MIGraphX", Index::kDeviceId, {}},
+    {HostDevice::kGpu, "ROCMExecutionProvider", Append::kRocm, nullptr, Index::kDeviceId, {}},
+    {HostDevice::kGpu, "CoreMLExecutionProvider", Append::kGeneric, "CoreML", Index::kOwnChoice,
+     {{"ModelFormat", "MLProgram"}, {"MLComputeUnits", "CPUAndGPU"}}},
+    {HostDevice::kGpu, "WebGpuExecutionProvider", Append::kGeneric, "WebGPU", Index::kOwnChoice, {}},
+    {HostDevice::kGpu, "OpenVINOExecutionProvider", Append::kOpenVino, nullptr, Index::kOpenVinoDeviceType,
+     {{"device_type", "GPU"}}},
+    {HostDevice::kNpu, "QNNExecutionProvider", Append::kGeneric, "QNN", Index::kOwnChoice, {{"backend_type", "htp"}}},
+    {HostDevice::kNpu, "VitisAIExecutionProvider", Append::kVitisAi, nullptr, Index::kOwnChoice, {}},
+    {HostDevice::kNpu, "CoreMLExecutionProvider", Append::kGeneric, "CoreML", Index::kOwnChoice,
+     {{"ModelFormat", "MLProgram"}, {"MLComputeUnits", "CPUAndNeuralEngine"}}},
+    {HostDevice::kNpu, "OpenVINOExecutionProvider", Append::kOpenVino, nullptr, Index::kOpenVinoDeviceType,
+     {{"device_type", "NPU"}}},
+};
+
+// Indexed by HostDevice: its name in messages, and the ONNX Runtime builds that have its providers (Python's
+// ORT_HOST_PACKAGES, with the release packages a C / C++ app links).
+constexpr const char* kHostDeviceNames[] = {"GPU", "NPU"};
+constexpr const char* kHostDeviceBuilds[] = {
+    "use an ONNX Runtime build that has one: DirectML (Windows, any GPU: NuGet Microsoft.ML.OnnxRuntime.DirectML, "
+    "pip onnxruntime-directml), OpenVINO (Intel: pip onnxruntime-openvino), or AMD's ROCm build (MIGraphX, Linux); "
+    "on macOS ONNX Runtime's own release has CoreML",
+    "use an ONNX Runtime build that has one: QNN (Snapdragon: NuGet Microsoft.ML.OnnxRuntime.QNN, pip "
+    "onnxruntime-qnn), OpenVINO (Intel: pip onnxruntime-openvino), or AMD's Ryzen AI build (VitisAI); on macOS and "
+    "iOS ONNX Runtime's own release has CoreML"};
+
+// By name: a provider is added the same way for either device (its options, in HostProvider, say which).
+const HostProviderSpec* find_host_provider(const std::string& name) {
+  for (const auto& spec : kHostProviders)
+    if (name == spec.name) return &spec;
+  return nullptr;
+}
+
+std::string joined(const std::vector<std::string>& names) {
+  std::string text;
+  for (const auto& name : names) text += (text.empty() ? "" : ", ") + name;
+  return text.empty() ? std::string("none") : text;
+}
+
+// Adds `provider` (a choose_host_provider result) to the session options; kUnavailable with ONNX Runtime's reason.
+Status append_host_provider(const OrtApi* api, OrtSessionOptions* options, const HostProvider& provider) {
+  const HostProviderSpec* spec = find_host_provider(provider.name);
+  if (!spec) return Status(StatusCode::kInternal, "no entry point for execution provider " + provider.name);
+  std::vector<const char*> keys, values;
+  for (const auto& [key, value] : provider.options) {
+    keys.push_back(key.c_str());
+    values.push_back(value.c_str());
+  }
+  OrtStatus* status = nullptr;
+  switch (spec->append) {
+    case Append::kGeneric:
+      status = api->SessionOptionsAppendExecutionProvider(options, spec->short_name, keys.data(), values.data(),
+                                                          keys.size());
+      break;
+    case Append::kOpenVino:
+      status = api->SessionOptionsAppendExecutionProvider_OpenVINO_V2(options, keys.data(), values.data(), keys.size());
+      break;
+    case Append::kVitisAi:
+      status = api->SessionOptionsAppendExecutionProvider_VitisAI(options, keys.data(), values.data(), keys.size());
+      break;
+    case Append::kRocm: {
+      OrtROCMProviderOptions* rocm = nullptr;
+      status = api->CreateROCMProviderOptions(&rocm);
+      if (!status) status = api->UpdateROCMProviderOptions(rocm, keys.data(), values.data(), keys.size());
+      if (!status) status = api->SessionOptionsAppendExecutionProvider_ROCM(options, rocm);
+      if (rocm) api->ReleaseROCMProviderOptions(rocm);
+      break;
+    }
+  }
+  if (!status) return Status::ok_status();
+  const std::string message = api->GetErrorMessage(status);
+  api->ReleaseStatus(status);
+  return Status(StatusCode::kUnavailable, "ONNX Runtime could not add " + provider.name + ": " + message);
+}
+
 }  // namespace
+
+std::vector<std::string> host_provider_names(HostDevice device) {
+  std::vector<std::string> names;
+  for (const auto& spec : kHostProviders)
+    if (spec.device == device && std::find(names.begin(), names.end(), spec.name) == names.end())
+      names.push_back(spec.name);
+  return names;
+}
+
+Status choose_host_provider(HostDevice device, int device_index, const std::vector<std::string>& available,
+                            const std::string& version, HostProvider* out) {
+  const std::string device_name = kHostDeviceNames[int(device)];
+  auto has = [&](const std::string& name) {
+    return std::find(available.begin(), available.end(), name) != available.end();
+  };
+  for (const auto& spec : kHostProviders) {
+    if (spec.device != device || !has(spec.name)) continue;
+    HostProvider chosen{spec.name, {}};
+    for (const auto& option : spec.options)
+      if (option.key) chosen.options.emplace_back(option.key, option.value);
+    switch (spec.index) {
+      case Index::kDeviceId:
+        chosen.options.emplace_back("device_id", std::to_string(device_index));
+        break;
+      case Index::kOpenVinoDeviceType:  // OpenVINO names its devices: "GPU" is the first GPU, "GPU.1" the second
+        for (auto& [key, value] : chosen.options)
+          if (key == "device_type" && device_index) value += "." + std::to_string(device_index);
+        break;
+      case Index::kOwnChoice:
+        if (device_index)
+          return Status(StatusCode::kInvalidArgument,
+                        "device " + device_name + ": the device index (options.cuda_device) is " +
+                            std::to_string(device_index) + " for " + spec.name +
+                            ", expected 0: this provider picks its device itself");
+        break;
+    }
+    *out = std::move(chosen);
+    return Status::ok_status();
+  }
+  if (device == HostDevice::kGpu && has("CUDAExecutionProvider"))
+    return Status(StatusCode::kUnavailable,
+                  "device GPU: this ONNX Runtime build (" + version + ", onnxruntime-gpu) reaches NVIDIA GPUs through "
+                  "CUDA: use device CUDA (it has no other GPU provider; it has " + joined(available) + ")");
+  return Status(StatusCode::kUnavailable,
+                "device " + device_name + ": this ONNX Runtime build (" + version + ") has no " + device_name +
+                    " execution provider (looked for " + joined(host_provider_names(device)) + "; it has " +
+                    joined(available) + "): " + kHostDeviceBuilds[int(device)]);
+}
+
+Status ort_available_providers(std::vector<std::string>* out, std::string* version) {
+  const OrtApi* api = nullptr;
+  Status s = ort_api(&api);
+  if (!s.ok()) return s;
+  char** names = nullptr;
+  int count = 0;
+  if (OrtStatus* st = api->GetAvailableProviders(&names, &count)) {
+    const std::string message = api->GetErrorMessage(st);
+    api->ReleaseStatus(st);
+    return Status(StatusCode::kModelError, "ONNX Runtime: GetAvailableProviders failed: " + message);
+  }
+  // released however the copy ends (it may throw bad_alloc, caught at the C boundary)
+  struct Release {
+    const OrtApi* api;
+    char** names;
+    int count;
+    ~Release() {
+      if (OrtStatus* st = api->ReleaseAvailableProviders(names, count)) api->ReleaseStatus(st);
+    }
+  } release{api, names, count};
+  out->assign(names, names + count);
+  *version = OrtGetApiBase()->GetVersionString();
+  return Status::ok_status();
+}
 
 std::string cuda_options_mismatch(const std::string& effective_text,
                                   const std::vector<std::pair<std::string, std::string>>& wanted, bool user_stream) {
@@ -197,9 +382,16 @@ Status OrtModel::open(const std::string& path, const SessionConfig& config, std:
   if (!s.ok()) return s;
 
   model->provider_ = "CPUExecutionProvider";
-  const bool cuda_possible = (config.try_cuda || config.require_cuda) &&
+  const bool host_device = !config.host_provider.name.empty();
+  const bool cuda_possible = !host_device && (config.try_cuda || config.require_cuda) &&
                              (config.require_cuda || cuda_provider_present(&model->cuda_fallback_reason_));
-  if (cuda_possible) {
+  if (host_device) {
+    // The CPU provider stays below it (ONNX Runtime appends it last) for the nodes the device provider does not take.
+    s = append_host_provider(api, options.get(), config.host_provider);
+    if (!s.ok()) return s;
+    model->provider_ = config.host_provider.name;
+    model->host_device_ = true;
+  } else if (cuda_possible) {
     OrtStatus* cuda_status = nullptr;
     OrtCUDAProviderOptionsV2* cuda = nullptr;
     const auto pairs = cuda_provider_options(config);
@@ -235,7 +427,17 @@ Status OrtModel::open(const std::string& path, const SessionConfig& config, std:
   }
 
   OrtSession* raw_session = nullptr;
-  s = model->check(api->CreateSession(model->env_.get(), path.c_str(), options.get(), &raw_session), "CreateSession");
+  OrtStatus* created = api->CreateSession(model->env_.get(), path.c_str(), options.get(), &raw_session);
+  if (created && host_device && api->GetErrorCode(created) != ORT_NO_SUCHFILE &&
+      api->GetErrorCode(created) != ORT_INVALID_PROTOBUF) {
+    // The provider, not the file (which the CPU provider would open): as Python's ExecutionProviderError. The C API
+    // has no fallback to a CPU session of its own, so a session that exists runs on this provider.
+    const std::string message = api->GetErrorMessage(created);
+    api->ReleaseStatus(created);
+    return Status(StatusCode::kUnavailable,
+                  model->provider_ + " could not open " + file_name(path) + ": " + message);
+  }
+  s = model->check(created, "CreateSession");
   if (!s.ok() && model->on_cuda() && !config.require_cuda) {
     // The CUDA provider loaded but its session cannot start (no CUDA device, a driver too old for it): the
     // C API does not fall back by itself (the Python API does); device AUTO then runs on the CPU provider.
@@ -378,19 +580,28 @@ Status OrtModel::run(int graph_id) {
     }
     run_options = slot.get();
   }
+  // A run a GPU / NPU provider fails names it (Python: ExecutionProviderError "... failed running FILE: ...").
+  auto device_check = [&](OrtStatus* status, const std::string& what) -> Status {
+    if (!status || !host_device_) return check(status, what);
+    const std::string message = api_->GetErrorMessage(status);
+    api_->ReleaseStatus(status);
+    return Status(StatusCode::kDeviceError, provider_ + " failed running " + file_name(path_) + " (" + what + "): " +
+                                                message);
+  };
   // A CUDA graph reads its inputs from the device buffers it was captured with: nothing to copy at bind time.
-  if (on_cuda() && !cuda_graphs_) {
+  if ((on_cuda() && !cuda_graphs_) || host_device_) {
     // ONNX Runtime copies an input to the device its consumers run on when it is *bound*
     // (IOBinding::BindInput → CopyOneInputAcrossDevices), not when the graph runs: a host buffer bound to
-    // a CUDA session would be read as it was at bind time forever. Binding again before each run copies
-    // what the buffers hold now (a no-op for device buffers whose consumers are on the device).
+    // a CUDA (or any device provider's) session would be read as it was at bind time forever. Binding again
+    // before each run copies what the buffers hold now (a no-op for device buffers whose consumers are on the device).
     for (const auto& [key, value] : bound_values_) {
       if (key.rfind("in:", 0) != 0) continue;
-      Status s = check(api_->BindInput(binding_.get(), key.c_str() + 3, value.get()), "BindInput " + key.substr(3));
+      Status s = device_check(api_->BindInput(binding_.get(), key.c_str() + 3, value.get()),
+                              "BindInput " + key.substr(3));
       if (!s.ok()) return s;
     }
   }
-  return check(api_->RunWithBinding(session_.get(), run_options, binding_.get()), "Run");
+  return device_check(api_->RunWithBinding(session_.get(), run_options, binding_.get()), "Run");
 }
 
 }  // namespace runtime

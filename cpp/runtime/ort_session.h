@@ -39,6 +39,31 @@ struct TensorInfo {
   ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
 };
 
+// ---- GPUs and NPUs without CUDA: ONNX Runtime's providers that take and give host arrays ----
+// As the Python runtime (runtime/engines.py ORT_HOST_PROVIDERS): ONNX Runtime copies the inputs to the device and
+// the outputs back inside each run, and the CPU provider stays below for the nodes the device provider does not take.
+enum class HostDevice { kGpu, kNpu };
+
+// One execution provider and the options that point it at its device.
+struct HostProvider {
+  std::string name;  // as GetAvailableProviders names it, e.g. "DmlExecutionProvider"; "" = none
+  std::vector<std::pair<std::string, std::string>> options;
+};
+
+// The providers that may run `device`, preferred first: Python's ORT_HOST_PROVIDERS[device], all of it, in its order.
+std::vector<std::string> host_provider_names(HostDevice device);
+
+// The first of host_provider_names(device) in `available` (the loaded library's GetAvailableProviders), with its
+// options for device `device_index`: "device_id" for DirectML, MIGraphX and ROCm, OpenVINO's device_type "GPU.N" /
+// "NPU.N". kUnavailable when `available` has none of them (naming what was looked for, what there is, and the ONNX
+// Runtime builds that have them; `version`: the library's, for the message); kInvalidArgument for an index other than
+// 0 when that provider picks its device itself (CoreML, WebGPU, QNN, VitisAI). Pure: unit-tested with made-up lists.
+Status choose_host_provider(HostDevice device, int device_index, const std::vector<std::string>& available,
+                            const std::string& version, HostProvider* out);
+
+// The execution providers the loaded ONNX Runtime library has (GetAvailableProviders), and its version.
+Status ort_available_providers(std::vector<std::string>* out, std::string* version);
+
 struct SessionConfig {
   int num_threads = 0;     // 0 = ORT default (all cores)
   bool try_cuda = false;   // append the CUDA execution provider first
@@ -53,6 +78,10 @@ struct SessionConfig {
   // The model file's precision ("fp32", "fp16" or "int8"): picks the cuDNN convolution search
   // (cuda_provider_options). int8 files never get here with CUDA: Runtime::create keeps them on the CPU provider.
   std::string precision = "fp32";
+  // A GPU / NPU provider (choose_host_provider) in place of CUDA, with the CPU provider below it. Never a silent CPU
+  // session: a provider that cannot be added, or whose session cannot be created, is kUnavailable naming it; a run it
+  // fails is kDeviceError naming it.
+  HostProvider host_provider;
 };
 
 // The CUDA provider's string options for `config`, as (key, value) pairs. They go to ONNX Runtime in ONE
@@ -111,6 +140,7 @@ class OrtModel {
   std::vector<TensorInfo> inputs_, outputs_;
   std::string path_, provider_, cuda_fallback_reason_;
   bool cuda_graphs_ = false;
+  bool host_device_ = false;  // on a GPU / NPU provider (SessionConfig::host_provider)
 };
 
 }  // namespace runtime

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 
 #include "runtime_internal.h"
 
@@ -22,6 +23,23 @@ constexpr OutputSpec kGaussianOutputs[] = {{"means", 3}, {"quats", 4}, {"scales"
 // with copies to and from the device around them; as in the Python runtime (runtime/engines.py FLOAT_PRECISIONS),
 // they run on the CPU provider only.
 bool cpu_provider_only(const std::string& precision) { return precision == "int8"; }
+
+// Indexed by Device: its name in messages.
+constexpr const char* kDeviceNames[] = {"AUTO", "CPU", "CUDA", "GPU", "NPU"};
+static_assert(std::size(kDeviceNames) == size_t(Device::kNpu) + 1, "a name for every device");
+
+// A GPU or NPU reached through ONNX Runtime's provider for it, with host arrays (not CUDA's device buffers).
+bool host_array_device(Device device) { return device == Device::kGpu || device == Device::kNpu; }
+
+// The provider that runs device GPU / NPU here (ort_session.h choose_host_provider on the loaded library's list).
+Status host_provider_for(Device device, int device_index, HostProvider* out) {
+  std::vector<std::string> available;
+  std::string version;
+  Status s = ort_available_providers(&available, &version);
+  if (!s.ok()) return s;
+  return choose_host_provider(device == Device::kGpu ? HostDevice::kGpu : HostDevice::kNpu, device_index, available,
+                              version, out);
+}
 
 }  // namespace
 
@@ -116,15 +134,23 @@ Status check_model_signature(const ModelArtifact& artifact, const OrtModel& mode
 
 Status Runtime::create(const std::string& bundle_dir, const RuntimeOptions& options, std::unique_ptr<Runtime>* out) {
   if (!out) return Status(StatusCode::kNullPointer, "Runtime::create: out is null");
-  // Before the bundle is read and any CUDA work: an int8 decoder never runs on the CUDA provider (AUTO runs it on the
-  // CPU provider; the rasterizer may still be CUDA's).
-  if (options.device == Device::kCuda && cpu_provider_only(options.precision))
+  // Before the bundle is read and any CUDA work: an int8 decoder never runs on the CUDA provider, nor on a GPU / NPU
+  // one (AUTO runs it on the CPU provider; the rasterizer may still be CUDA's).
+  const bool host_device = host_array_device(options.device);
+  const std::string device_name = kDeviceNames[size_t(options.device)];
+  if ((options.device == Device::kCuda || host_device) && cpu_provider_only(options.precision))
     return Status(StatusCode::kInvalidArgument,
                   "precision " + options.precision + " runs on ONNX Runtime's CPU provider only (its decoders are "
-                      "made for CPUs), not on device CUDA: pass device CPU, or AUTO (the decoder on the CPU, frames on "
-                      "the CUDA rasterizer where it is available), or precision fp32 or fp16 for CUDA");
+                      "made for CPUs), not on device " + device_name + ": pass device CPU, or AUTO (the decoder on "
+                      "the CPU, frames on the CUDA rasterizer where it is available), or precision fp32 or fp16 for " +
+                      device_name);
   std::unique_ptr<Runtime> rt(new Runtime());
   rt->options_ = options;
+  // Which provider runs a GPU / NPU is known before the bundle is read: a library without one fails fast.
+  if (host_device) {
+    Status chosen = host_provider_for(options.device, options.cuda_device, &rt->host_provider_);
+    if (!chosen.ok()) return chosen;
+  }
   Status s = open_bundle(bundle_dir, options.verify, &rt->bundle_);
   if (!s.ok()) return s;
   const Manifest& m = rt->bundle_.manifest;
@@ -192,7 +218,7 @@ Status Runtime::create(const std::string& bundle_dir, const RuntimeOptions& opti
   // measured 0.96-0.98x there); either when it is the only one.
   const bool cuda_provider = !cpu_provider_only(precision);
   const bool cuda_path =
-      cuda_provider && (options.device == Device::kCuda || (rt->cuda_ && options.device != Device::kCpu));
+      cuda_provider && (options.device == Device::kCuda || (rt->cuda_ && options.device == Device::kAuto));
   const bool fused_first = options.fused_decoders == FusedDecoders::kOn ||
                            (options.fused_decoders == FusedDecoders::kAuto && cuda_path);
   const ModelArtifact* decoder = fused_first ? (fused ? fused : portable) : (portable ? portable : fused);
@@ -206,6 +232,7 @@ Status Runtime::create(const std::string& bundle_dir, const RuntimeOptions& opti
   config.cuda_stream = rt->cuda_ ? rt->cuda_->stream() : nullptr;
   config.cuda_graphs = options.cuda_graphs && rt->cuda_;   // zero copy only: device buffers at fixed addresses
   config.precision = decoder->precision;
+  config.host_provider = rt->host_provider_;
   s = OrtModel::open(rt->bundle_.path(decoder->files[0].path), config, &rt->decoder_);
   if (!s.ok()) return s;
   s = rt->check_decoder_signature(*decoder);
@@ -228,13 +255,15 @@ Runtime::~Runtime() {
 
 Status Runtime::choose_rasterizer() {
   const RasterizerChoice choice = options_.rasterizer;
-  const bool wanted = choice == RasterizerChoice::kCuda ||
-                      (choice == RasterizerChoice::kAuto && options_.device != Device::kCpu);
+  // Device GPU / NPU with rasterizer AUTO: the CPU rasterizer (the Gaussians come back to the host from any
+  // provider but CUDA's; as the Python runtime). Rasterizer CUDA there uploads them, as from the CPU provider.
+  const bool cuda_devices = options_.device == Device::kAuto || options_.device == Device::kCuda;
+  const bool wanted = choice == RasterizerChoice::kCuda || (choice == RasterizerChoice::kAuto && cuda_devices);
   if (!wanted) return Status::ok_status();
   const bool required = choice == RasterizerChoice::kCuda || options_.device == Device::kCuda;
   // The device copy of the avatar code is only needed when the decoder runs on CUDA; the provider is
   // known after the session opens, so it is allocated whenever ONNX Runtime may pick CUDA.
-  const bool decoder_may_use_cuda = options_.device != Device::kCpu && !cpu_provider_only(options_.precision);
+  const bool decoder_may_use_cuda = cuda_devices && !cpu_provider_only(options_.precision);
   const int64_t code_floats = (decoder_may_use_cuda && !code_folded_in_) ? num_head_tokens_ * code_dim_ : 0;
   Status s = CudaFrames::open(options_.cuda_device, num_gaussians_, expression_dim_, code_floats, &cuda_);
   if (s.ok()) return s;

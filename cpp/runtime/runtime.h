@@ -25,7 +25,10 @@
 namespace flexavatar {
 namespace runtime {
 
-enum class Device { kAuto = 0, kCpu = 1, kCuda = 2 };
+// kGpu / kNpu: a GPU or NPU through ONNX Runtime's provider for it (choose_host_provider in ort_session.h), with host
+// arrays; frames on the CPU rasterizer unless rasterizer CUDA is asked for (the Gaussians are then uploaded, as from
+// the CPU provider).
+enum class Device { kAuto = 0, kCpu = 1, kCuda = 2, kGpu = 3, kNpu = 4 };
 enum class RasterizerChoice { kAuto = 0, kCpu = 1, kCuda = 2 };
 // Which decoder file runs when the bundle has a portable one (format "onnx") and one with ONNX Runtime's fused
 // contrib kernels ("onnx-ort"): kAuto = fused first on CUDA (fewer kernel launches per frame), portable
@@ -36,7 +39,7 @@ struct RuntimeOptions {
   Device device = Device::kAuto;
   Verify verify = Verify::kFull;
   int num_threads = 0;
-  int cuda_device = 0;
+  int cuda_device = 0;      // also the device index of kGpu / kNpu (choose_host_provider)
   RasterizerChoice rasterizer = RasterizerChoice::kAuto;
   // Which ONNX files: "fp32", "fp16" or "int8" (decoders only, on ONNX Runtime's CPU provider). The encoder runs
   // its fp32 file when the bundle has none of this precision.
@@ -173,6 +176,7 @@ class Runtime {
   // Declared before the sessions: destroyed after them (they run on its stream and buffers).
   std::unique_ptr<CudaFrames> cuda_;
   std::unique_ptr<OrtModel> decoder_;
+  HostProvider host_provider_;   // device GPU / NPU: the provider of the decoder and the encoders; else none
   bool code_folded_in_ = false;  // decoder_avatar: the avatar code is part of the graph
   std::string decoder_file_;     // the decoder artifact's model file (files[0].path)
   std::string decoder_precision_;  // its precision (the numerics check's target)

@@ -42,8 +42,11 @@ for flag in --size --threads --device --rasterizer --features --fused-decoders -
 expect 2 "size: expected an integer" bundle - e.npy o --size abc
 expect 2 "size: expected an integer" bundle - e.npy o --size 0
 expect 2 "threads: expected an integer" bundle - e.npy o --threads 99999999999999999999
-expect 2 "device: expected" bundle - e.npy o --device gpu
+expect 2 "device: expected auto, cpu, cuda, cuda:N, gpu, gpu:N or npu, got 'tpu'" bundle - e.npy o --device tpu
+expect 2 "device: expected auto, cpu, cuda, cuda:N, gpu, gpu:N or npu, got 'npu:1'" bundle - e.npy o --device npu:1
 expect 2 "device: expected cuda:N" bundle - e.npy o --device cuda:
+expect 2 "device: expected gpu:N with N a device index, got 'gpu:x'" bundle - e.npy o --device gpu:x
+for device in gpu gpu:1 npu; do expect 1 "BUNDLE nobundle" nobundle - e.npy o --device $device; done  # accepted
 expect 2 "rasterizer: expected" bundle - e.npy o --rasterizer gpu
 expect 2 "fused-decoders: expected auto, on or off, got 'yes'" bundle - e.npy o --fused-decoders yes
 expect 2 "precision: expected fp32, fp16 or int8, got 'int4'" bundle - e.npy o --precision int4

@@ -1,7 +1,7 @@
-// flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N] [--device auto|cpu|cuda|cuda:N]
-//                   [--rasterizer auto|cpu|cuda] [--features FEATURES.npy] [--head-pose] [--verify]
-//                   [--no-cuda-graphs] [--fused-decoders auto|on|off] [--precision fp32|fp16|int8]
-//                   [--stereo EYE_DISTANCE_M]
+// flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N]
+//                   [--device auto|cpu|cuda|cuda:N|gpu|gpu:N|npu] [--rasterizer auto|cpu|cuda]
+//                   [--features FEATURES.npy] [--head-pose] [--verify] [--no-cuda-graphs]
+//                   [--fused-decoders auto|on|off] [--precision fp32|fp16|int8] [--stereo EYE_DISTANCE_M]
 //
 // Renders one PNG frame per expression (frame_00000.png, ...) from the bundle's default camera and prints
 // the per-frame latency (decoder + rasterizer + RGBA) as p50 / p95. --head-pose shows each code's rigid head
@@ -12,6 +12,9 @@
 // bundle's fp32, fp16 or int8 ONNX files (options.precision; int8: the decoder on the CPU). --stereo D renders
 // each code for two eyes D metres apart along the camera's x axis (frame_*_left.png, frame_*_right.png): the left
 // eye with a render, the right one with flexavatar_runtime_render_view (the same Gaussians, no second decode).
+// --device gpu / gpu:N / npu runs the bundle's graphs on a GPU or NPU without CUDA through ONNX Runtime's provider
+// for it (DirectML, MIGraphX, ROCm, CoreML, WebGPU, OpenVINO; QNN, VitisAI, CoreML, OpenVINO) and draws the frames
+// on the CPU; the provider that runs is printed.
 //   AVATAR       an avatar code .npy float32 (R², 1, D); "-" for the bundle's own avatar_code.npy; or a photo
 //                .npy float32 [S, S, 3] (or [3, S, S]) in [0, 1] on white, encoded by the bundle's encoder
 //                (with --features: its DINOv2 features [C, h, w], for bundles exported without DINOv2)
@@ -40,9 +43,10 @@ namespace {
 int usage() {
   std::fprintf(stderr,
                "usage: flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N] "
-               "[--device auto|cpu|cuda|cuda:N] [--rasterizer auto|cpu|cuda] [--features FEATURES.npy] [--head-pose]\n"
-               "               [--verify] [--no-cuda-graphs] [--fused-decoders auto|on|off] [--precision fp32|fp16|int8]\n"
-               "               [--stereo EYE_DISTANCE_M]\n"
+               "[--device auto|cpu|cuda|cuda:N|gpu|gpu:N|npu]\n"
+               "               [--rasterizer auto|cpu|cuda] [--features FEATURES.npy] [--head-pose] [--verify] "
+               "[--no-cuda-graphs]\n"
+               "               [--fused-decoders auto|on|off] [--precision fp32|fp16|int8] [--stereo EYE_DISTANCE_M]\n"
                "  AVATAR: avatar code .npy float32 (R^2, 1, D); - for the bundle's avatar_code.npy; or a photo\n"
                "          .npy float32 [S, S, 3] in [0, 1] to encode (--features: DINOv2 features [C, h, w])\n"
                "  EXPRESSIONS: .npy float32 [E, 135]\n");
@@ -161,6 +165,37 @@ int choice(const std::string& value, int fallback_error) {
   if (value == "cpu") return 1;
   if (value == "cuda") return 2;
   return fallback_error;
+}
+
+// --device: a flexavatar_device and its index (options.cuda_device), or -1 with a usage error.
+struct DeviceSpec {
+  const char* name;  // "cuda": also "cuda:N"
+  int device;
+  bool indexed;      // takes ":N"
+};
+constexpr DeviceSpec kDevices[] = {{"auto", FLEXAVATAR_DEVICE_AUTO, false}, {"cpu", FLEXAVATAR_DEVICE_CPU, false},
+                                   {"cuda", FLEXAVATAR_DEVICE_CUDA, true},  {"gpu", FLEXAVATAR_DEVICE_GPU, true},
+                                   {"npu", FLEXAVATAR_DEVICE_NPU, false}};
+
+int parse_device(const std::string& value, int* index, std::string* error) {
+  for (const auto& spec : kDevices) {
+    const std::string name = spec.name;
+    if (value == name) {
+      *index = 0;
+      return spec.device;
+    }
+    if (spec.indexed && value.rfind(name + ":", 0) == 0) {  // name:N, the N-th device
+      const long ordinal = parse_count(value.substr(name.size() + 1), 1023);
+      if (ordinal < 0) {
+        *error = "--device: expected " + name + ":N with N a device index, got '" + value + "'";
+        return -1;
+      }
+      *index = int(ordinal);
+      return spec.device;
+    }
+  }
+  *error = "--device: expected auto, cpu, cuda, cuda:N, gpu, gpu:N or npu, got '" + value + "'";
+  return -1;
 }
 
 // The avatar: a code file, the bundle's code, or a photo (+ features) run through the bundle's encoder.
@@ -296,14 +331,8 @@ int main(int argc, char** argv) {
         if (precision == int(std::size(kPrecisions)))
           return usage_error("--precision: expected fp32, fp16 or int8, got '" + value + "'");
       } else if (arg == "--device") {
-        if (value.rfind("cuda:", 0) == 0) {  // cuda:N, the N-th CUDA device
-          const long ordinal = parse_count(value.substr(5), 1023);
-          if (ordinal < 0) return usage_error("--device: expected cuda:N with N a device index, got '" + value + "'");
-          device = FLEXAVATAR_DEVICE_CUDA;
-          cuda_device = int(ordinal);
-        } else if ((device = choice(value, -1)) < 0) {
-          return usage_error("--device: expected auto, cpu, cuda or cuda:N, got '" + value + "'");
-        }
+        std::string error;
+        if ((device = parse_device(value, &cuda_device, &error)) < 0) return usage_error(error);
       } else if ((rasterizer = choice(value, -1)) < 0) {
         return usage_error("--rasterizer: expected auto, cpu or cuda, got '" + value + "'");
       }

@@ -90,14 +90,36 @@ typedef enum flexavatar_status {
 /* Where the models run (ONNX Runtime's execution provider) and, with rasterizer AUTO, where frames are
  * rasterized. */
 typedef enum flexavatar_device {
-  FLEXAVATAR_DEVICE_AUTO = 0, /* CUDA where available (execution provider; rasterizer), else the CPU */
+  FLEXAVATAR_DEVICE_AUTO = 0, /* CUDA where available (execution provider; rasterizer), else the CPU; never GPU/NPU */
   FLEXAVATAR_DEVICE_CPU = 1,
-  FLEXAVATAR_DEVICE_CUDA = 2  /* fails with FLEXAVATAR_ERROR_UNAVAILABLE when ONNX Runtime has no CUDA, or (with
+  FLEXAVATAR_DEVICE_CUDA = 2, /* fails with FLEXAVATAR_ERROR_UNAVAILABLE when ONNX Runtime has no CUDA, or (with
                                  rasterizer AUTO) the CUDA rasterizer library or the CUDA device is missing */
+  /* Appended: GPUs and NPUs without CUDA (AMD, Intel, Apple, Qualcomm; as the Python runtime's devices "gpu" and
+   * "npu"), through the first of these execution providers that the loaded ONNX Runtime library has, in this order:
+   *   GPU: DirectML (DmlExecutionProvider), MIGraphX, ROCm, CoreML (ModelFormat MLProgram, MLComputeUnits
+   *        CPUAndGPU), WebGPU, OpenVINO (device_type GPU);
+   *   NPU: QNN (backend_type htp), VitisAI, CoreML (MLProgram, CPUAndNeuralEngine), OpenVINO (device_type NPU).
+   * The decoder and the encoders run on it, with ONNX Runtime's CPU provider below it for the nodes it does not take;
+   * their inputs and outputs stay host arrays (ONNX Runtime copies them to the device and back in each run), and the
+   * frames are drawn by the CPU rasterizer from them (rasterizer AUTO; rasterizer CUDA uploads the Gaussians, as from
+   * the CPU provider). options.cuda_device is the device's index for DirectML, MIGraphX and ROCm (their device_id)
+   * and OpenVINO (device_type "GPU.N" / "NPU.N"); a non-zero index for a provider that picks its device itself
+   * (CoreML, WebGPU, QNN, VitisAI) is FLEXAVATAR_ERROR_INVALID_ARGUMENT. FLEXAVATAR_ERROR_UNAVAILABLE when the library
+   * has none of them (the message names those looked for, those it has, and the ONNX Runtime builds that have
+   * them), or when the provider cannot be added or cannot open a model file (the message names it and gives ONNX
+   * Runtime's reason): never a session quietly moved to the CPU. A run the provider fails is FLEXAVATAR_ERROR_DEVICE
+   * naming it. info.decoder_provider names the provider. Precision INT8: FLEXAVATAR_ERROR_INVALID_ARGUMENT.
+   * MIGraphX and WebGPU are added through ONNX Runtime's generic entry point, which takes them by name in recent
+   * releases (1.32 does; an older one answers that the name is unknown: FLEXAVATAR_ERROR_UNAVAILABLE). Unlike the
+   * Python runtime, the C API of ONNX Runtime 1.21 that this library uses cannot say how many of a graph's nodes the
+   * provider took. */
+  FLEXAVATAR_DEVICE_GPU = 3,
+  FLEXAVATAR_DEVICE_NPU = 4
 } flexavatar_device;
 
 typedef enum flexavatar_rasterizer {
-  FLEXAVATAR_RASTERIZER_AUTO = 0, /* CUDA when device is not CPU, libflexavatar_cuda loads and the device exists */
+  FLEXAVATAR_RASTERIZER_AUTO = 0, /* CUDA when device is AUTO or CUDA, libflexavatar_cuda loads and the device exists;
+                                     else (device CPU, GPU, NPU too) the CPU */
   FLEXAVATAR_RASTERIZER_CPU = 1,
   FLEXAVATAR_RASTERIZER_CUDA = 2  /* fails with FLEXAVATAR_ERROR_UNAVAILABLE without the library or the device */
 } flexavatar_rasterizer;
@@ -112,7 +134,7 @@ typedef enum flexavatar_precision {
   FLEXAVATAR_PRECISION_INT8 = 2  /* int8 MatMul weights, activations quantized at run time: lossy (~30-40 dB
                                     rendered PSNR against fp32; the export's target is 30 dB). ONNX Runtime's CPU
                                     provider only: device AUTO runs the decoder there (the rasterizer may still be
-                                    CUDA's), device CUDA fails with FLEXAVATAR_ERROR_INVALID_ARGUMENT.
+                                    CUDA's), device CUDA, GPU or NPU fails with FLEXAVATAR_ERROR_INVALID_ARGUMENT.
                                     FLEXAVATAR_ERROR_BUNDLE_INVALID when the bundle has no int8 ONNX decoder
                                     (flexavatar-export --precision fp32,int8) */
 } flexavatar_precision;
@@ -158,7 +180,9 @@ typedef struct flexavatar_runtime_options {
   int32_t device;       /* flexavatar_device */
   int32_t verify;       /* flexavatar_verify */
   int32_t num_threads;  /* CPU threads for ONNX Runtime and the rasterizer; 0 = all cores */
-  int32_t cuda_device;  /* CUDA device ordinal (device CUDA / AUTO), for the execution provider and rasterizer */
+  int32_t cuda_device;  /* CUDA device ordinal (device CUDA / AUTO), for the execution provider and rasterizer;
+                           with device GPU / NPU the device index of their provider (see flexavatar_device; with
+                           rasterizer CUDA also the CUDA rasterizer's ordinal) */
   int32_t rasterizer;   /* flexavatar_rasterizer (appended: read when struct_size covers it; default AUTO) */
   int32_t precision;    /* flexavatar_precision (appended; default FP32) */
   int32_t cuda_graphs;  /* appended; 1: the decoder replays a CUDA graph (ONNX Runtime's CUDA provider with the CUDA
@@ -182,7 +206,8 @@ typedef struct flexavatar_runtime_info {
   int64_t expression_dim;   /* 135 */
   int64_t image_size;       /* S of the encoder (the default render size) */
   int32_t has_bundle_avatar_code; /* the bundle carries avatar_code.npy */
-  char decoder_provider[64];      /* e.g. "CPUExecutionProvider" */
+  char decoder_provider[64];      /* the execution provider that runs the decoder (and the encoders), e.g.
+                                     "CPUExecutionProvider", "CUDAExecutionProvider", "DmlExecutionProvider" */
   /* Appended fields: filled when struct_size covers them. */
   char rasterizer[16];            /* "cpu" or "cuda" */
   int32_t rasterizer_device;      /* the CUDA rasterizer's device ordinal; -1 for the CPU rasterizer */

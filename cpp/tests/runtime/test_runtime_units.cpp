@@ -999,4 +999,177 @@ TEST_CASE(c_api_int8_decoder_runs_on_the_cpu_provider) {
   fs::remove_all(dir);
 }
 
+// ---- devices GPU / NPU: ONNX Runtime's providers for GPUs and NPUs without CUDA ----
+// choose_host_provider is pure: these lists stand in for what a DirectML / OpenVINO / QNN / CoreML build of ONNX
+// Runtime reports (this machine's wheel has the CPU provider only).
+
+namespace {
+
+const std::string kOrtVersion = "1.99.0";
+const std::vector<std::string> kGpuOrder = {"DmlExecutionProvider",   "MIGraphXExecutionProvider",
+                                            "ROCMExecutionProvider",  "CoreMLExecutionProvider",
+                                            "WebGpuExecutionProvider", "OpenVINOExecutionProvider"};
+const std::vector<std::string> kNpuOrder = {"QNNExecutionProvider", "VitisAIExecutionProvider",
+                                            "CoreMLExecutionProvider", "OpenVINOExecutionProvider"};
+
+std::string option(const HostProvider& p, const std::string& key) {
+  for (const auto& [k, v] : p.options)
+    if (k == key) return v;
+  return "<absent>";
+}
+
+HostProvider chosen(HostDevice device, int index, const std::vector<std::string>& available) {
+  HostProvider out;
+  const Status s = choose_host_provider(device, index, available, kOrtVersion, &out);
+  if (!s.ok()) harness::fail(__FILE__, __LINE__, "unexpected error: " + s.message());
+  return out;
+}
+
+}  // namespace
+
+// The order of preference is Python's ORT_HOST_PROVIDERS: with every provider present the first wins, and taking it
+// away gives the next. The CPU provider (and CUDA's) never stand in for a GPU / NPU one.
+TEST_CASE(host_provider_order_is_the_python_runtimes) {
+  CHECK(host_provider_names(HostDevice::kGpu) == kGpuOrder);
+  CHECK(host_provider_names(HostDevice::kNpu) == kNpuOrder);
+  for (const auto& [device, order] : {std::make_pair(HostDevice::kGpu, kGpuOrder),
+                                      std::make_pair(HostDevice::kNpu, kNpuOrder)}) {
+    std::vector<std::string> available(order.rbegin(), order.rend());  // the library's own order does not matter
+    available.insert(available.begin(), "CPUExecutionProvider");
+    available.push_back("CUDAExecutionProvider");
+    for (const auto& expected : order) {
+      const HostProvider p = chosen(device, 0, available);
+      if (p.name != expected) harness::fail(__FILE__, __LINE__, "chose " + p.name + ", expected " + expected);
+      available.erase(std::find(available.begin(), available.end(), expected));
+    }
+  }
+}
+
+// Options as Python's: the device index as "device_id" (DirectML, MIGraphX, ROCm; "0" too), OpenVINO's device_type
+// "GPU" / "GPU.N" / "NPU.N", CoreML's MLProgram on the GPU or the Neural Engine, QNN's HTP backend.
+TEST_CASE(host_provider_options_point_it_at_the_device) {
+  using Options = std::vector<std::pair<std::string, std::string>>;
+  CHECK((chosen(HostDevice::kGpu, 0, {"DmlExecutionProvider"}).options == Options{{"device_id", "0"}}));
+  CHECK((chosen(HostDevice::kGpu, 2, {"DmlExecutionProvider"}).options == Options{{"device_id", "2"}}));
+  CHECK(option(chosen(HostDevice::kGpu, 1, {"MIGraphXExecutionProvider"}), "device_id") == "1");
+  CHECK(option(chosen(HostDevice::kGpu, 3, {"ROCMExecutionProvider"}), "device_id") == "3");
+  CHECK((chosen(HostDevice::kGpu, 0, {"OpenVINOExecutionProvider"}).options == Options{{"device_type", "GPU"}}));
+  CHECK((chosen(HostDevice::kGpu, 1, {"OpenVINOExecutionProvider"}).options == Options{{"device_type", "GPU.1"}}));
+  CHECK((chosen(HostDevice::kNpu, 0, {"OpenVINOExecutionProvider"}).options == Options{{"device_type", "NPU"}}));
+  CHECK((chosen(HostDevice::kNpu, 2, {"OpenVINOExecutionProvider"}).options == Options{{"device_type", "NPU.2"}}));
+  CHECK((chosen(HostDevice::kGpu, 0, {"CoreMLExecutionProvider"}).options ==
+         Options{{"ModelFormat", "MLProgram"}, {"MLComputeUnits", "CPUAndGPU"}}));
+  CHECK((chosen(HostDevice::kNpu, 0, {"CoreMLExecutionProvider"}).options ==
+         Options{{"ModelFormat", "MLProgram"}, {"MLComputeUnits", "CPUAndNeuralEngine"}}));
+  CHECK((chosen(HostDevice::kNpu, 0, {"QNNExecutionProvider"}).options == Options{{"backend_type", "htp"}}));
+  CHECK(chosen(HostDevice::kGpu, 0, {"WebGpuExecutionProvider"}).options.empty());
+  CHECK(chosen(HostDevice::kNpu, 0, {"VitisAIExecutionProvider"}).options.empty());
+}
+
+// A provider that picks its device itself takes no index: 1 is an invalid argument naming it (as Python's
+// RuntimeArgumentError), decided by the provider that would run (a later one that takes an index does not matter).
+TEST_CASE(host_provider_that_picks_its_device_refuses_an_index) {
+  for (const auto& [device, name] : {std::make_pair(HostDevice::kGpu, "CoreMLExecutionProvider"),
+                                     std::make_pair(HostDevice::kGpu, "WebGpuExecutionProvider"),
+                                     std::make_pair(HostDevice::kNpu, "QNNExecutionProvider"),
+                                     std::make_pair(HostDevice::kNpu, "VitisAIExecutionProvider"),
+                                     std::make_pair(HostDevice::kNpu, "CoreMLExecutionProvider")}) {
+    HostProvider out;
+    const Status s = choose_host_provider(device, 1, {name, "OpenVINOExecutionProvider"}, kOrtVersion, &out);
+    CHECK(s.code() == StatusCode::kInvalidArgument && out.name.empty());
+    if (!mentions(s, name) || !mentions(s, "is 1") || !mentions(s, "picks its device itself"))
+      harness::fail(__FILE__, __LINE__, "unexpected message: " + s.message());
+    CHECK(chosen(device, 0, {name, "OpenVINOExecutionProvider"}).name == name);  // index 0: fine
+  }
+}
+
+// No provider for the device: kUnavailable naming what was looked for, what the library has and where to get one;
+// a CUDA build asked for a GPU is told to use device CUDA. A provider of the other device does not count.
+TEST_CASE(host_provider_absent_is_unavailable_and_says_what_there_is) {
+  HostProvider out;
+  Status s = choose_host_provider(HostDevice::kGpu, 0, {"AzureExecutionProvider", "CPUExecutionProvider"},
+                                  kOrtVersion, &out);
+  CHECK(s.code() == StatusCode::kUnavailable && out.name.empty());
+  if (!mentions(s, "device GPU") || !mentions(s, "1.99.0") ||
+      !mentions(s, "looked for DmlExecutionProvider, MIGraphXExecutionProvider, ROCMExecutionProvider, "
+                   "CoreMLExecutionProvider, WebGpuExecutionProvider, OpenVINOExecutionProvider") ||
+      !mentions(s, "it has AzureExecutionProvider, CPUExecutionProvider") || !mentions(s, "DirectML"))
+    harness::fail(__FILE__, __LINE__, "unexpected message: " + s.message());
+  s = choose_host_provider(HostDevice::kNpu, 3, {"DmlExecutionProvider", "CPUExecutionProvider"}, kOrtVersion, &out);
+  CHECK(s.code() == StatusCode::kUnavailable);  // not kInvalidArgument: there is no provider to judge the index by
+  if (!mentions(s, "device NPU") ||
+      !mentions(s, "looked for QNNExecutionProvider, VitisAIExecutionProvider, CoreMLExecutionProvider, "
+                   "OpenVINOExecutionProvider") ||
+      !mentions(s, "it has DmlExecutionProvider, CPUExecutionProvider") || !mentions(s, "QNN (Snapdragon"))
+    harness::fail(__FILE__, __LINE__, "unexpected message: " + s.message());
+  s = choose_host_provider(HostDevice::kGpu, 0, {"CUDAExecutionProvider", "CPUExecutionProvider"}, kOrtVersion, &out);
+  CHECK(s.code() == StatusCode::kUnavailable && mentions(s, "use device CUDA"));
+  s = choose_host_provider(HostDevice::kGpu, 0, {}, kOrtVersion, &out);
+  CHECK(s.code() == StatusCode::kUnavailable && mentions(s, "it has none"));
+}
+
+// Each provider of the table through ONNX Runtime's real entry point for it, on this CPU-only library: adding it
+// fails (it is not in this build) and that is kUnavailable naming the provider, never a session on the CPU.
+TEST_CASE(host_provider_that_cannot_be_added_is_unavailable_not_a_cpu_session) {
+  const fs::path dir = tiny_bundle("hostep");
+  std::vector<std::string> available;
+  std::string version;
+  CHECK(ort_available_providers(&available, &version).ok() && !version.empty());
+  CHECK(std::find(available.begin(), available.end(), "CPUExecutionProvider") != available.end());
+  for (HostDevice device : {HostDevice::kGpu, HostDevice::kNpu}) {
+    for (const auto& name : host_provider_names(device)) {
+      if (std::find(available.begin(), available.end(), name) != available.end()) continue;  // a real one: not here
+      SessionConfig config;
+      config.num_threads = 1;
+      config.host_provider = chosen(device, 0, {name});
+      std::unique_ptr<OrtModel> model;
+      const Status s = OrtModel::open((dir / "decoder.fp32.onnx").string(), config, &model);
+      CHECK(s.code() == StatusCode::kUnavailable && !model);
+      if (!mentions(s, name)) harness::fail(__FILE__, __LINE__, name + ": unexpected message: " + s.message());
+    }
+  }
+  fs::remove_all(dir);
+}
+
+// The C API: devices GPU (3) and NPU (4) are accepted values, 5 is not; on this library (CPU provider only) both are
+// FLEXAVATAR_ERROR_UNAVAILABLE naming what was looked for and what there is, before the bundle is read; int8 on them
+// is an invalid argument first (made for the CPU provider).
+TEST_CASE(c_api_devices_gpu_and_npu_are_unavailable_on_a_cpu_only_onnx_runtime) {
+  flexavatar_runtime_options options;
+  CHECK(flexavatar_runtime_options_init(&options, sizeof(options)) == FLEXAVATAR_OK);
+  flexavatar_runtime* rt = nullptr;
+  options.device = 5;
+  CHECK(flexavatar_runtime_create("/nonexistent/bundle", &options, &rt) == FLEXAVATAR_ERROR_INVALID_ARGUMENT && !rt);
+  std::string message = flexavatar_last_error();
+  if (message.find("options.device is 5") == std::string::npos ||
+      message.find("GPU (3) or NPU (4)") == std::string::npos)
+    harness::fail(__FILE__, __LINE__, "unexpected message: " + message);
+
+  const fs::path dir = tiny_bundle("gpu_npu");
+  for (const auto& [device, looked_for] : {std::make_pair(int(FLEXAVATAR_DEVICE_GPU), "DmlExecutionProvider"),
+                                           std::make_pair(int(FLEXAVATAR_DEVICE_NPU), "QNNExecutionProvider")}) {
+    for (int index : {0, 1}) {
+      CHECK(flexavatar_runtime_options_init(&options, sizeof(options)) == FLEXAVATAR_OK);
+      options.device = device;
+      options.cuda_device = index;
+      options.num_threads = 1;
+      CHECK(flexavatar_runtime_create(dir.c_str(), &options, &rt) == FLEXAVATAR_ERROR_UNAVAILABLE && !rt);
+      message = flexavatar_last_error();
+      if (message.find(device == FLEXAVATAR_DEVICE_GPU ? "device GPU" : "device NPU") == std::string::npos ||
+          message.find(std::string("looked for ") + looked_for) == std::string::npos ||
+          message.find("CPUExecutionProvider") == std::string::npos)
+        harness::fail(__FILE__, __LINE__, "unexpected message: " + message);
+    }
+    CHECK(flexavatar_runtime_options_init(&options, sizeof(options)) == FLEXAVATAR_OK);
+    options.device = device;
+    options.precision = FLEXAVATAR_PRECISION_INT8;
+    CHECK(flexavatar_runtime_create(dir.c_str(), &options, &rt) == FLEXAVATAR_ERROR_INVALID_ARGUMENT && !rt);
+    message = flexavatar_last_error();
+    if (message.find("precision int8") == std::string::npos || message.find("CPU provider only") == std::string::npos ||
+        message.find(device == FLEXAVATAR_DEVICE_GPU ? "device GPU" : "device NPU") == std::string::npos)
+      harness::fail(__FILE__, __LINE__, "unexpected message: " + message);
+  }
+  fs::remove_all(dir);
+}
+
 HARNESS_MAIN()
