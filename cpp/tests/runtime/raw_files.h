@@ -11,6 +11,14 @@
 
 namespace raw_files {
 
+// The test tools' precision argument ("fp32" / "fp16" / "int8") → options.precision, or -1 (indexed like the enum).
+inline int precision_option(const std::string& value) {
+  static const char* const kNames[] = {"fp32", "fp16", "int8"};
+  static_assert(std::size(kNames) == FLEXAVATAR_PRECISION_INT8 + 1, "a name for every flexavatar_precision");
+  const auto it = std::find(std::begin(kNames), std::end(kNames), value);
+  return it == std::end(kNames) ? -1 : int(it - std::begin(kNames));
+}
+
 inline std::vector<float> read_floats(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw flexavatar::Error(FLEXAVATAR_ERROR_IO, "cannot open " + path);

@@ -7,18 +7,9 @@
 #include <string>
 
 #include "flexavatar/flexavatar.hpp"
+#include "raw_files.h"
 
-namespace {
-
-// options.precision from "fp32" / "fp16" / "int8", or -1.
-int precision_option(const std::string& value) {
-  if (value == "fp32") return FLEXAVATAR_PRECISION_FP32;
-  if (value == "fp16") return FLEXAVATAR_PRECISION_FP16;
-  if (value == "int8") return FLEXAVATAR_PRECISION_INT8;
-  return -1;
-}
-
-}  // namespace
+using raw_files::precision_option;
 
 int main(int argc, char** argv) {
   const std::string precision = argc >= 3 ? argv[2] : "fp32", fused = argc >= 4 ? argv[3] : "auto";

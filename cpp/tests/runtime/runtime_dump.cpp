@@ -16,18 +16,11 @@
 #include "flexavatar/flexavatar.hpp"
 #include "raw_files.h"
 
+using raw_files::precision_option;
 using raw_files::read_floats;
 using raw_files::write;
 
 namespace {
-
-// options.precision from "fp32" / "fp16" / "int8", or -1.
-int precision_option(const std::string& value) {
-  if (value == "fp32") return FLEXAVATAR_PRECISION_FP32;
-  if (value == "fp16") return FLEXAVATAR_PRECISION_FP16;
-  if (value == "int8") return FLEXAVATAR_PRECISION_INT8;
-  return -1;
-}
 
 // options.fused_decoders from "auto" / "on" / "off", or -1.
 int fused_decoders(const std::string& value) {
