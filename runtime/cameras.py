@@ -25,7 +25,9 @@ DEFAULT_EYE_DISTANCE = 0.063    # metres between the eyes (stereo_camera): an ad
 @dataclass(frozen=True)
 class Camera:
     """One camera ([4, 4] / [3, 3]), one per frame ([T, 4, 4] / [T, 3, 3]), or a rig of V cameras per frame
-    ([T, V, 4, 4], with intrinsics [3, 3], one per view [V, 3, 3] or [T, V, 3, 3]; for ``multiview`` renders)."""
+    ([T, V, 4, 4], with intrinsics [3, 3], one per view [V, 3, 3] or [T, V, 3, 3]; for ``multiview`` renders). A rig
+    count of 1 on either side is shared by the other's T rigs (a fixed rig zooming: cam2world [1, V, 4, 4] with
+    intrinsics [T, V, 3, 3])."""
     cam2world: np.ndarray
     intrinsics: np.ndarray
 
@@ -40,10 +42,12 @@ class Camera:
             raise CameraInputError("camera.intrinsics", f"has shape {list(k.shape)}",
                                    "[3, 3], [V, 3, 3] or [T, V, 3, 3] for cam2world [T, V, 4, 4]" if rig
                                    else "[3, 3] or [T, 3, 3]")
-        if rig and ((k.ndim == 3 and k.shape[0] != c2w.shape[1]) or (k.ndim == 4 and k.shape[:2] != c2w.shape[:2])):
+        rigs_agree = k.ndim != 4 or k.shape[0] == c2w.shape[0] or 1 in (k.shape[0], c2w.shape[0])
+        if rig and ((k.ndim == 3 and k.shape[0] != c2w.shape[1])
+                    or (k.ndim == 4 and (k.shape[1] != c2w.shape[1] or not rigs_agree))):
             raise CameraInputError("camera.intrinsics", f"has shape {list(k.shape)} for cam2world "
                                    f"{list(c2w.shape)}", f"[3, 3], [{c2w.shape[1]}, 3, 3] (one per view) or "
-                                   f"[{c2w.shape[0]}, {c2w.shape[1]}, 3, 3]")
+                                   f"[T, {c2w.shape[1]}, 3, 3] with T = {c2w.shape[0]} or 1 (or cam2world's T = 1)")
         for name, m in (("camera.cam2world", c2w), ("camera.intrinsics", k)):
             if m.size == 0:
                 raise CameraInputError(name, f"has shape {list(m.shape)} (no cameras)", "T ≥ 1 cameras")
@@ -60,7 +64,7 @@ class Camera:
     def __len__(self) -> int:
         """Number of distinct cameras (1 for a single camera shared by all frames); of rigs, for a rig camera."""
         if self.views:
-            return self.cam2world.shape[0]
+            return max(self.cam2world.shape[0], self.intrinsics.shape[0] if self.intrinsics.ndim == 4 else 1)
         return max(_count(self.cam2world), _count(self.intrinsics))
 
     def for_frames(self, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,12 +88,11 @@ class Camera:
         if not self.views:
             c2w, k = self.for_frames(len(self))                              # [V, 4, 4], [V, 3, 3]
             return np.broadcast_to(c2w, (n,) + c2w.shape), np.broadcast_to(k, (n,) + k.shape)
-        t, v = self.cam2world.shape[:2]
+        t, v = len(self), self.views
         if t not in (1, n):
-            raise CameraInputError("camera.cam2world", f"holds {t} rigs for {n} frames", f"one rig or one per frame "
-                                   f"({n})")
-        k = self.intrinsics if self.intrinsics.ndim == 4 else np.broadcast_to(self.intrinsics, (t, v, 3, 3))
-        return np.broadcast_to(self.cam2world, (n, v, 4, 4)), np.broadcast_to(k, (n, v, 3, 3))
+            raise CameraInputError("camera", f"holds {t} rigs for {n} frames", f"one rig or one per frame ({n})")
+        # [3, 3], [V, 3, 3], [1 or n, V, 3, 3] intrinsics and [1 or n, V, 4, 4] cam2world all broadcast to n rigs
+        return np.broadcast_to(self.cam2world, (n, v, 4, 4)), np.broadcast_to(self.intrinsics, (n, v, 3, 3))
 
 
 def _count(m: np.ndarray) -> int:

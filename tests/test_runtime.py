@@ -1733,6 +1733,21 @@ def test_multiview_rigs_per_frame_follow_a_moving_camera(runtime_cache, oracle, 
         rt.render(avatar, expressions, rigs)
     with pytest.raises(CameraInputError, match="holds 3 rigs for 2 frames"):
         rt.render(avatar, expressions[:2], rigs, multiview=True)
+    # a fixed rig whose intrinsics change every frame (a zoom): cam2world [1, V], intrinsics [T, V] → T rigs, each
+    # view of frame t the camera (rig 0's pose, intrinsics t)
+    zoom = np.broadcast_to(rigs.intrinsics, (3, 2, 3, 3)).copy()                          # [T, V, 3, 3]
+    zoom[..., :2, :2] *= np.array([1.0, 1.2, 1.4], np.float32)[:, None, None, None]     # fx, fy per frame
+    fixed = Camera(rigs.cam2world[:1], zoom)
+    assert len(fixed) == 3 and fixed.views == 2
+    got = rt.render(avatar, expressions, fixed, SIZE, SIZE, output="float", multiview=True)
+    for t in range(3):
+        for v in range(2):
+            want = rt.render(avatar, expressions[t:t + 1], Camera(rigs.cam2world[0, v], zoom[t, v]), SIZE, SIZE,
+                             output="float")
+            np.testing.assert_allclose(got[t:t + 1, v], want, rtol=0, atol=1e-6, err_msg=f"frame {t} view {v}")
+    assert not np.allclose(got[0], got[2])                                                 # the zoom shows
+    with pytest.raises(CameraInputError, match=r"\[T, 2, 3, 3\] with T = 3 or 1"):
+        Camera(rigs.cam2world, zoom[:2])                                                    # 3 rigs, 2 intrinsics
 
 
 def test_stereo_camera_puts_the_eyes_apart_along_the_cameras_x_axis():
