@@ -134,6 +134,21 @@ def test_int8_avatar_decoder_is_within_target(runtime, bundle, model, expression
     assert all(INT8_TARGET_DB <= s < FP32_LIKE_DB for s in scores), scores
 
 
+def test_int8_frames_do_not_depend_on_the_batch(bundle, runtime, expressions):
+    """The int8 decoder's activation ranges are per call: the runtime decodes one frame a call whatever its batch, so
+    a frame is the same alone or among others (decoded together, the same file gives each frame other values)."""
+    import onnxruntime as ort
+
+    batched = Runtime(bundle, backend="onnxruntime", device="cpu", rasterizer="cpu", precision="int8", batch=4)
+    avatar = runtime.bundle_avatar()
+    together, alone = batched.decode(avatar, expressions).numpy(), runtime.decode(avatar, expressions[2:3]).numpy()
+    for f in FIELDS:
+        np.testing.assert_array_equal(getattr(together, f)[2:3], getattr(alone, f), err_msg=f)
+    session = ort.InferenceSession(str(bundle / "decoder_avatar.int8.onnx"), providers=["CPUExecutionProvider"])
+    one_call = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"expressions": expressions})))
+    assert max(float(np.abs(one_call[f][2] - getattr(alone, f)[0]).max()) for f in FIELDS) > 1e-3
+
+
 def test_numerics_check_judges_int8_against_its_target(runtime):
     report = check_numerics(runtime)
     assert report.passed, report.table()
