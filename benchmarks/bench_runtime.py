@@ -115,9 +115,12 @@ def _check_compiled_as_labelled(benchmark, rt: Runtime, label: str) -> None:
         f"{label}: compiled frames gave way to the separate calls (the 'compiled frames failed' warning says why)")
 
 
-def _skip_unless_runnable(engine: str, device: str, bundle: Path, graphs: bool | None = True):
+def _skip_unless_runnable(engine: str, device: str, bundle: Path, graphs: bool | None = True,
+                          precision: str = "fp32"):
     if engine == "openvino" and not any(bundle.glob("decoder.*.xml")):
         pytest.skip("the GPU machine's bundle holds no OpenVINO IR (a CPU engine, measured on CPU machines)")
+    if precision == "int8" and not any(bundle.glob("decoder.int8.onnx")):
+        pytest.skip("the GPU machine's bundle holds no int8 decoder (CPU files, measured on CPU machines)")
     if device == "cuda":
         if not torch.cuda.is_available():
             pytest.skip("no CUDA device (torch.cuda.is_available() is False)")
@@ -149,7 +152,7 @@ _PARAMS = [pytest.param(*c, id=f"{c[0]}-{c[3]}", marks=_device_marks(c[1], c[2])
 @pytest.mark.parametrize("label,engine,device,precision,rasterizer,graphs,fused", _PARAMS)
 def test_whole_frame(benchmark, bench_meta, flex1_bundle, flex1_model, avatar, expressions, reference_frame,
                      label, engine, device, precision, rasterizer, graphs, fused):
-    _skip_unless_runnable(engine, device, flex1_bundle, graphs)
+    _skip_unless_runnable(engine, device, flex1_bundle, graphs, precision)
     rt = Runtime(flex1_bundle, backend=engine, device=device, rasterizer=rasterizer, precision=precision,
                  cuda_graphs=graphs, fused_decoders=fused, verify="size",
                  model=flex1_model if engine.startswith("torch") else None,

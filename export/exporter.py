@@ -696,7 +696,10 @@ def _plan(model: FlexAvatarModel, ref: _References, precisions: tuple[str, ...],
             for precision in PRECISIONS:
                 if precision == INT8 and (fmt != FORMAT_ONNX or graph.spec.role not in INT8_ROLES):
                     continue
-                wanted = fmt in targets and precision in precisions
+                # an int8 bundle's encoder is its fp32 ONNX file (the runtime opens it for int8): always listed
+                int8_encoder = (INT8 in precisions and (fmt, precision) == (FORMAT_ONNX, "fp32")
+                                and graph.spec.role not in INT8_ROLES)
+                wanted = fmt in targets and (precision in precisions or int8_encoder)
                 source_of_derived = fmt == FORMAT_ONNX and bool(derived & set(targets)) and precision in precisions
                 if wanted or source_of_derived or (fmt, precision) == (FORMAT_ONNX, "fp32"):
                     form = gpu_conv_form if precision == "fp16" and graph.spec.role in DECODER_ROLES \

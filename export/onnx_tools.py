@@ -202,8 +202,9 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 # quantizes their inputs to uint8 per tensor at run time (DynamicQuantizeLinear + MatMulInteger, standard ONNX ops).
 # Half the FLEX-1 decoder's CPU time is MatMul; convolutions and attention stay float32 (with its Convs quantized
 # too, ConvInteger, the FLEX-1 decoder took 2.2x as long on ONNX Runtime's CPU provider, 2 cores, side by side). Weight-only int8 (MatMulNBits, 8 bits) was measured
-# too: no faster than fp32 on a 2-core AVX-512 VNNI CPU (README, "int8 decoders for CPUs").
-INT8_OPS = ("MatMul", "Gemm")
+# too: no faster than fp32 on a 2-core AVX-512 VNNI CPU (README, "int8 decoders for CPUs"). Gemm is not listed: the
+# dynamic quantizer has no integer Gemm (and the decoders' linear layers export as MatMul + Add).
+INT8_OPS = ("MatMul",)
 
 
 def to_int8(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -133,6 +133,15 @@ class InferenceBackend:
     def _open(self, artifact: ModelArtifact) -> Model:
         raise NotImplementedError
 
+    def _host_encoder(self, artifact: ModelArtifact) -> ModelArtifact:
+        """The file an encoder that the device cannot run runs on the CPU instead: the fp32 file of its format (the
+        fp16 one was chosen for the device; a CPU gains nothing from it), else the same file."""
+        fp32 = self.bundle.artifacts(artifact.role, artifact.format, "fp32")
+        if not fp32:
+            return artifact
+        self.bundle.metadata(fp32[0])
+        return fp32[0]
+
     def describe(self) -> str:
         return self.name
 
@@ -479,8 +488,9 @@ class OrtBackend(InferenceBackend):
             if role in ENCODER_ROLES and self.device in HOST_ACCELERATORS:
                 # the encoder runs once per avatar, and an NPU's compiler may not take it (DINOv2, dynamic shapes):
                 # the CPU provider runs it, the frames stay on the device
-                log.warning("%s; the encoder runs once per avatar: running %s on the CPU", e, artifact.path)
-                return OrtHostModel(self.bundle.path(artifact), self.options, (ORT_CPU, {})), artifact
+                host = self._host_encoder(artifact)
+                log.warning("%s; the encoder runs once per avatar: running %s on the CPU", e, host.path)
+                return OrtHostModel(self.bundle.path(host), self.options, (ORT_CPU, {})), host
             raise                               # the provider, not the file: the other file would fare no better
         except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own Fail / RuntimeException types
             others = [a for a in self.candidates(role) if a.format != artifact.format]
@@ -617,12 +627,14 @@ class OpenVinoBackend(InferenceBackend):
             if role not in ENCODER_ROLES or self.device not in HOST_ACCELERATORS:
                 raise
             # as for ONNX Runtime's providers: the encoder runs once per avatar, on the CPU plugin when it must
-            log.warning("OpenVINO %s could not compile %s (%s); the encoder runs once per avatar: running it on the CPU",
-                        self.device_name, artifact.path, _first_line(e))
-            cpu = {"INFERENCE_PRECISION_HINT": self.options.inference_precision or "f32"}
+            host = self._host_encoder(artifact)
+            log.warning("OpenVINO %s could not compile %s (%s); the encoder runs once per avatar: running %s on the "
+                        "CPU", self.device_name, artifact.path, _first_line(e), host.path)
+            # f32 whatever was asked for the device: the CPU's own default may be bf16 (see config)
+            cpu = {"INFERENCE_PRECISION_HINT": "f32"}
             if self.options.num_threads:
                 cpu["INFERENCE_NUM_THREADS"] = self.options.num_threads
-            return OpenVinoModel(self.core, self.bundle.path(artifact), "CPU", cpu), artifact
+            return OpenVinoModel(self.core, self.bundle.path(host), "CPU", cpu), host
 
     def describe(self) -> str:
         import openvino as ov

@@ -33,7 +33,7 @@ from flexavatar.kernels.validation import MAX_IMAGE_SIZE, MAX_INTERSECTION_CAPAC
 
 from .avatar import Avatar
 from .cameras import Camera, as_camera, pixel_intrinsics, world2cam
-from .engines import INFERENCE_PRECISIONS, EngineOptions, EngineSpec, select_engine
+from .engines import INFERENCE_PRECISIONS, EngineOptions, EngineSpec, InferenceBackend, select_engine
 from .errors import CameraInputError, EncoderUnavailableError, EngineUnavailableError, RuntimeArgumentError
 from .expressions import as_expressions, head_pose, head_pose_matrix, quaternion_from_matrix, quaternion_multiply
 from .images import load_image
@@ -334,9 +334,10 @@ class Runtime:
         options = EngineOptions(precision=precision, num_threads=num_threads, inference_precision=inference_precision,
                                 cuda_graphs=cuda_graphs, fused_decoders=fused_decoders, device_id=device_id,
                                 model=model, checkpoint=checkpoint, template=template, dinov2=dinov2)
-        self.engine = self._open_engine(backend, device, options)
-        self.backend, self.device = self.engine.name, self.engine.device
-        if inference_precision is not None and self.backend != "openvino":
+        # backend: the registered name (a factory registered by an app may wrap a built-in engine)
+        self.backend, self.engine = self._open_engine(backend, device, options)
+        self.device = self.engine.device
+        if inference_precision is not None and self.engine.name != "openvino":
             log.warning("inference_precision=%r applies to OpenVINO only: ignored by %s", inference_precision,
                         self.backend)
         self.decoder = self.engine.load(ROLE_DECODER)
@@ -357,9 +358,10 @@ class Runtime:
         self._unchecked: collections.deque[CountReadback] = collections.deque()   # device frames' counts
         log.info("flexavatar runtime: %s", self.describe())
 
-    def _open_engine(self, backend: str, device: str, options: EngineOptions):
+    def _open_engine(self, backend: str, device: str, options: EngineOptions) -> tuple[str, InferenceBackend]:
         def runs_bundle(spec: EngineSpec, device: str) -> str | None:
-            precisions = spec.factory.precisions_for(device)
+            # a factory function registered with register_engine may not say: it is offered every precision
+            precisions = getattr(spec.factory, "precisions_for", lambda device: PRECISIONS)(device)
             if options.precision not in precisions:
                 return (f"it runs {' and '.join(precisions)} files on {device}"
                         + (" (int8 decoders: onnxruntime on the CPU)" if options.precision == "int8" else ""))
@@ -379,13 +381,13 @@ class Runtime:
         try:
             engine = spec.factory(self.bundle, dev, options)
             engine.load(ROLE_DECODER)
-            return engine
+            return spec.name, engine
         except EngineUnavailableError as e:
             if device != "auto" or dev == "cpu":
                 raise
             log.warning("%s; falling back to the CPU", e)     # e.g. the CUDA session fell back to the CPU
             spec, dev = select_engine(spec.name, "cpu", runs_bundle)
-            return spec.factory(self.bundle, dev, options)
+            return spec.name, spec.factory(self.bundle, dev, options)
 
     def _wants_compiled_frames(self, asked: bool | None) -> bool:
         """Whether frames go through compiled frames (see the class docstring)."""

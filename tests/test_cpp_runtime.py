@@ -32,6 +32,7 @@ import pytest
 
 from flexavatar.bundle import GAUSSIAN_OUTPUTS, PSNR_TARGET_DB, Bundle
 from flexavatar.images import psnr
+from flexavatar.runtime import RuntimeArgumentError
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_ROOT = Path(os.environ.get("FLEXAVATAR_CTEST_BUILD_ROOT", REPO / "build"))
@@ -399,6 +400,8 @@ def test_encoder_code_and_its_frame_equal_the_python_runtime(release_build, bund
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert f"encoders 2 feature_channels {features.shape[0]}" in proc.stdout   # FLEXAVATAR_ENCODER_FEATURES only
+    # the encoder ran on the decoder's provider (no GPU / NPU provider to fall back from)
+    assert "encoder_provider CPUExecutionProvider encoder_fallback ''" in proc.stdout, proc.stdout
 
     avatar = python_runtime.create_avatar(image.transpose(1, 2, 0), camera=Camera(c2w, k), features=features)
     expected = np.asarray(avatar.code)[0]                                   # [R², D]
@@ -679,6 +682,30 @@ def test_example_gpu_and_npu_devices_fail_unavailable_without_their_provider(exa
     proc = subprocess.run([str(example_app), str(bundle_dir), "-", "e.npy", "o", "--device", "npu:1"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "--device: expected auto, cpu, cuda, cuda:N, gpu, gpu:N or npu" in proc.stderr
+
+
+def test_gpu_and_npu_providers_are_the_python_runtimes(release_build):
+    """The C++ runtime's GPU / NPU execution providers, their order and the options each gets for device indices 0
+    and 1 (or its refusal of index 1) are the Python runtime's (engines.ORT_HOST_PROVIDERS via ort_host_provider)."""
+    import onnxruntime as ort
+
+    from flexavatar.runtime import engines
+
+    proc = subprocess.run([str(release_build / "tests/host_providers")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    want = []
+    for device in engines.HOST_ACCELERATORS:
+        for name, _ in engines.ORT_HOST_PROVIDERS[device]:
+            for index in (0, 1):
+                with pytest.MonkeyPatch.context() as mp:
+                    mp.setattr(ort, "get_available_providers", lambda n=name: [n, "CPUExecutionProvider"])
+                    try:
+                        _, options = engines.ort_host_provider(device, index)
+                        got = ";".join(f"{k}={v}" for k, v in options.items())
+                    except RuntimeArgumentError:
+                        got = "refused"
+                want.append(f"{device} {index} {name} {got}")
+    assert proc.stdout.splitlines() == want
 
 
 # ---- abuse: corrupt files, wrong shapes, bad handles (plain and ASan/LSan builds) ----------------------

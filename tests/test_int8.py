@@ -87,7 +87,7 @@ def _reference_frames(model: FlexAvatarModel, code: np.ndarray, expressions: np.
 
 
 def _matmul_weights(model: onnx.ModelProto) -> int:
-    """MatMul / Gemm nodes of a float graph whose second input is a constant (the ones to_int8 quantizes)."""
+    """MatMul nodes of a float graph whose second input is a constant (the ones to_int8 quantizes)."""
     constants = {i.name for i in model.graph.initializer}
     return sum(1 for n in model.graph.node if n.op_type in INT8_OPS and n.input[1] in constants)
 
@@ -107,10 +107,41 @@ def test_export_writes_checked_int8_decoders_only(bundle):
         assert any("MatMul" in op for op in art.fp32_ops)
         quantized, source = onnx.load(str(b.path(art))), onnx.load(str(b.path(fp32)))
         ops = [n.op_type for n in quantized.graph.node]
-        # every constant-weight MatMul / Gemm of the fp32 graph became an integer MatMul, none is left in float
+        # every constant-weight MatMul of the fp32 graph became an integer MatMul, none is left in float
         assert ops.count("MatMulInteger") == _matmul_weights(source) > 0
         assert _matmul_weights(quantized) == 0
         assert b.path(art).stat().st_size < 0.6 * b.path(fp32).stat().st_size
+
+
+def test_export_check_decodes_int8_one_frame_per_call_as_the_runtime_does(bundle):
+    """The manifest's errors of an int8 decoder are those of the runtime's calls (one expression each, its own
+    activation ranges) on the check set, not of one call over every check expression."""
+    import onnxruntime as ort
+
+    b = Bundle.open(bundle)
+    check, art = b.check_set(), b.artifact(ROLE_DECODER, "onnx", "int8")
+    session = ort.InferenceSession(str(b.path(art)), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    frames = [dict(zip(names, session.run(None, {"code": check.code, "expressions": e[None]})))
+              for e in check.expressions]
+    assert len(frames) > 1
+    for f in FIELDS:
+        got = np.concatenate([frame[f] for frame in frames])
+        err = float(np.abs(got.astype(np.float64) - check.gaussians[f]).max())
+        assert art.parity.output(f).max_abs_error == pytest.approx(err, rel=1e-6, abs=1e-9), f
+    assert "one frame per call" in art.parity.runtime
+
+
+def test_an_int8_bundle_always_lists_the_fp32_encoder(fp16_int8_bundle, runtime, photo):
+    """int8 files are decoders only: asked for int8 without fp32, the export still lists the fp32 encoder (the one
+    an int8 runtime opens), so every int8 bundle turns photos into avatars."""
+    m = Bundle.open(fp16_int8_bundle).manifest
+    assert sorted(a.name for a in m.artifacts) == sorted([
+        "encoder.fp32.onnx", "encoder.fp16.onnx", "decoder.fp16.onnx", "decoder.int8.onnx"])
+    int8 = Runtime(fp16_int8_bundle, backend="onnxruntime", device="cpu", rasterizer="cpu", precision="int8")
+    assert int8.engine.artifact(ROLE_ENCODER).name == "encoder.fp32.onnx"
+    # the same model's fp32 encoder as the fp32 + int8 bundle's: the same code
+    np.testing.assert_allclose(int8.create_avatar(photo).code, runtime.create_avatar(photo).code, atol=1e-6)
 
 
 def test_int8_render_is_within_target_of_pytorch(runtime, model, photo, expressions):

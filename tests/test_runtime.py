@@ -1872,7 +1872,7 @@ def test_a_provider_that_fails_is_a_typed_error_not_a_quiet_cpu_run(bundle, monk
         Runtime(bundle, backend="onnxruntime", device="gpu", verify="none")
 
 
-def test_an_encoder_the_provider_cannot_open_runs_on_the_cpu(bundle, photo, monkeypatch, caplog):
+def test_an_encoder_the_provider_cannot_open_runs_on_the_cpu(bundle, fp16_int8_bundle, photo, monkeypatch, caplog):
     """The encoder runs once per avatar: where the GPU / NPU provider cannot open it (an NPU compiler that does not
     take DINOv2, say) the CPU provider runs it, with a warning, and the decoder stays on the device; a decoder the
     provider cannot open is still an error. Azure's provider stands in for an NPU's."""
@@ -1903,6 +1903,14 @@ def test_an_encoder_the_provider_cannot_open_runs_on_the_cpu(bundle, photo, monk
     assert rt.engine.load(ROLE_DECODER).provider == "AzureExecutionProvider"
     on_cpu = Runtime(bundle, backend="onnxruntime", device="cpu", rasterizer="cpu", verify="none").create_avatar(photo)
     assert _max_err(avatar.code, on_cpu.code) <= 1e-6
+    # an fp16 runtime (the device's precision) runs the fp32 encoder on the CPU, where fp16 gains nothing
+    half = Runtime(fp16_int8_bundle, backend="onnxruntime", device="npu", rasterizer="cpu", precision="fp16",
+                   verify="none")
+    with caplog.at_level("WARNING", logger="flexavatar.runtime"):
+        half_avatar = half.create_avatar(photo)
+    assert "could not open encoder.fp16.onnx" in caplog.text and "running encoder.fp32.onnx on the CPU" in caplog.text
+    assert half.engine.artifact(ROLE_ENCODER).name == "encoder.fp32.onnx"
+    assert _max_err(half_avatar.code, on_cpu.code) <= 1e-6             # the same model and DINOv2 weights
     refuse.add("decoder")
     with pytest.raises(ExecutionProviderError, match="AzureExecutionProvider could not open decoder.fp32.onnx"):
         Runtime(bundle, backend="onnxruntime", device="npu", verify="none")
@@ -1923,16 +1931,17 @@ def test_an_encoder_the_openvino_plugin_cannot_compile_runs_on_the_cpu_plugin(bu
             if Path(path).name.startswith("encoder"):
                 raise RuntimeError("Exception from src/plugins/intel_npu: unsupported operation\nmore detail")
             device, config = "CPU", {"INFERENCE_PRECISION_HINT": "f32"}            # the decoder "on the NPU"
-        compiled.append((Path(path).name, device))
+        compiled.append((Path(path).name, device, config["INFERENCE_PRECISION_HINT"]))
         real_init(self, core, path, device, config)
 
     monkeypatch.setattr(engines.OpenVinoModel, "__init__", init)
-    rt = Runtime(bundle, backend="openvino", device="npu", rasterizer="cpu", verify="none")
+    # a precision hint meant for the NPU (f16) does not follow the encoder to the CPU: f32 there
+    rt = Runtime(bundle, backend="openvino", device="npu", rasterizer="cpu", verify="none", inference_precision="f16")
     with caplog.at_level("WARNING", logger="flexavatar.runtime"):
         avatar = rt.create_avatar(photo)
     assert ("OpenVINO NPU could not compile encoder.fp32.xml (Exception from src/plugins/intel_npu: unsupported "
-            "operation); the encoder runs once per avatar: running it on the CPU") in caplog.text
-    assert ("encoder.fp32.xml", "CPU") in compiled
+            "operation); the encoder runs once per avatar: running encoder.fp32.xml on the CPU") in caplog.text
+    assert ("encoder.fp32.xml", "CPU", "f32") in compiled
     on_cpu = Runtime(bundle, backend="openvino", device="cpu", rasterizer="cpu", verify="none").create_avatar(photo)
     assert _max_err(avatar.code, on_cpu.code) <= 1e-6
 
@@ -1995,6 +2004,28 @@ def test_openvino_npu_is_a_device_it_names(bundle):
         pytest.skip("this machine has an NPU: the refusal cannot be shown")
     with pytest.raises(EngineUnavailableError, match="OpenVINO sees no NPU device"):
         Runtime(bundle, backend="openvino", device="npu", verify="none")
+
+
+def test_an_engine_registered_as_a_function_is_chosen_by_auto(bundle, runtime_cache, oracle, expressions,
+                                                            monkeypatch):
+    """register_engine takes any callable factory, not only an InferenceBackend class: backend="auto" ranks it
+    by its priority and asks a factory that does not say which precisions it runs for none of them."""
+    from flexavatar.runtime import engines
+
+    monkeypatch.setattr(engines, "_ENGINES", dict(engines._ENGINES))        # the registry as it was, afterwards
+    opened = []
+
+    def plugin(bundle, device, options):
+        opened.append((device, options.precision))
+        return engines.OrtBackend(bundle, device, options)
+
+    engines.register_engine("test-plugin", plugin, priorities={"cpu": 10_000})
+    rt = Runtime(bundle, device="cpu", rasterizer="cpu", verify="none", batch=2)
+    assert rt.backend == "test-plugin" and opened == [("cpu", "fp32")]
+    avatar, _, _ = oracle
+    cams = orbit_camera(len(expressions))
+    want = runtime_cache("onnxruntime", "cpu").render(avatar, expressions, cams, SIZE, SIZE, output="float")
+    assert np.abs(rt.render(avatar, expressions, cams, SIZE, SIZE, output="float") - want).max() <= 1e-6
 
 
 def test_fused_decoders_give_the_portable_files_frames(bundle, runtime_cache, model, oracle, expressions):

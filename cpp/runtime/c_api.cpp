@@ -362,6 +362,14 @@ flexavatar_status flexavatar_runtime_get_info(const flexavatar_runtime* runtime,
       std::memset(info->decoder_file, 0, sizeof(info->decoder_file));
       std::strncpy(info->decoder_file, rt.decoder_file().c_str(), sizeof(info->decoder_file) - 1);
     }
+    if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, encoder_provider)) {
+      std::memset(info->encoder_provider, 0, sizeof(info->encoder_provider));
+      std::strncpy(info->encoder_provider, rt.encoder_provider().c_str(), sizeof(info->encoder_provider) - 1);
+    }
+    if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, encoder_fallback)) {
+      std::memset(info->encoder_fallback, 0, sizeof(info->encoder_fallback));
+      std::strncpy(info->encoder_fallback, rt.encoder_fallback().c_str(), sizeof(info->encoder_fallback) - 1);
+    }
     return Status::ok_status();
   });
 }

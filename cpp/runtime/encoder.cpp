@@ -29,14 +29,14 @@ Status Runtime::open_encoder(bool with_features, OrtModel** out) {
     *out = slot.get();
     return Status::ok_status();
   }
-  const ModelArtifact& artifact = *(with_features ? encoder_features_artifact_ : encoder_artifact_);
+  const ModelArtifact* chosen = with_features ? encoder_features_artifact_ : encoder_artifact_;
   const int64_t s = image_size();  // 1 .. 16384, checked by Runtime::create
   // The decoder's execution provider: CUDA only if the decoder really got it; a GPU / NPU one as the decoder's.
   SessionConfig config;
   config.num_threads = options_.num_threads;
   config.require_cuda = decoder_->on_cuda();
   config.cuda_device = options_.cuda_device;
-  config.precision = artifact.precision;
+  config.precision = chosen->precision;
   config.host_provider = host_provider_;  // device GPU / NPU: the decoder's provider too
   // With the decoder's CUDA graphs, a graph too (EncoderDevice in runtime.h), on the rasterizer's stream; as for the
   // decoder (and in Python), a graph ONNX Runtime refuses to capture (e.g. a node placed on the CPU) is an error.
@@ -44,11 +44,24 @@ Status Runtime::open_encoder(bool with_features, OrtModel** out) {
   config.cuda_stream = graphs ? cuda_->stream() : nullptr;
   config.cuda_graphs = graphs;
   std::unique_ptr<OrtModel> model;
-  Status st = OrtModel::open(bundle_.path(artifact.files[0].path), config, &model);
+  Status st = OrtModel::open(bundle_.path(chosen->files[0].path), config, &model);
   if (!st.ok() && graphs)
     return Status(st.code(), st.message() + " (the encoder as a CUDA graph, options.cuda_graphs = 1; with "
                                             "cuda_graphs = 0 it runs node by node)");
+  if (!st.ok() && st.code() == StatusCode::kUnavailable && !host_provider_.name.empty()) {
+    // As the Python runtime (engines.py _open_role): the encoder runs once per avatar, and an NPU's compiler may not
+    // take it (DINOv2, dynamic shapes): the CPU provider runs its fp32 file (the fp16 one was chosen for the device),
+    // the frames stay on the device. info.encoder_provider and info.encoder_fallback say so.
+    const ModelArtifact* fp32 = bundle_.manifest.find(chosen->role, "onnx", "fp32");
+    if (fp32) chosen = fp32;
+    encoder_fallback_ = st.message();
+    config.host_provider = HostProvider{};
+    config.precision = chosen->precision;
+    st = OrtModel::open(bundle_.path(chosen->files[0].path), config, &model);
+    if (!st.ok()) encoder_fallback_.clear();
+  }
   if (!st.ok()) return st;
+  const ModelArtifact& artifact = *chosen;
   std::vector<ExpectedTensor> expected = {{"image", {1, 3, s, s}, true},
                                           {"cam2world", {1, 4, 4}, true},
                                           {"intrinsics", {1, 3, 3}, true},
@@ -83,6 +96,8 @@ Status Runtime::open_encoder(bool with_features, OrtModel** out) {
     if (st.ok()) st = model->bind_output("code", encoder_code_.data(), {1, num_head_tokens_, code_dim_});
   }
   if (!st.ok()) return st;
+  (with_features ? encoder_features_artifact_ : encoder_artifact_) = chosen;  // the file numerics checks
+  encoder_provider_ = model->provider();
   slot = std::move(model);
   *out = slot.get();
   return Status::ok_status();

@@ -110,6 +110,10 @@ class Runtime {
   int64_t image_size() const { return bundle_.manifest.conventions.image_size; }
   bool has_bundle_avatar_code() const { return bundle_.manifest.has_avatar; }
   const std::string& decoder_provider() const { return decoder_->provider(); }
+  // The provider of the encoder last opened ("" before create_avatar_code opened one): the decoder's, or the CPU's
+  // where a GPU / NPU provider could not open it; then encoder_fallback() is that provider's error, else "".
+  const std::string& encoder_provider() const { return encoder_provider_; }
+  const std::string& encoder_fallback() const { return encoder_fallback_; }
   // The decoder file's precision ("fp32", "fp16" or "int8").
   const std::string& precision() const { return decoder_precision_; }
   bool cuda_graphs() const { return decoder_ && decoder_->cuda_graphs(); }
@@ -199,6 +203,7 @@ class Runtime {
   const ModelArtifact* encoder_features_artifact_ = nullptr;  // role "encoder_features"
   int64_t feature_channels_ = -1;                             // -1: dynamic in the graph
   std::unique_ptr<OrtModel> encoder_, encoder_features_;
+  std::string encoder_provider_, encoder_fallback_;
   std::vector<float> encoder_image_, encoder_cam2world_, encoder_intrinsics_, encoder_features_buffer_, encoder_code_;
   std::vector<int64_t> bound_feature_shape_;
   // When the decoder replays CUDA graphs, the encoders do too, on the rasterizer's stream, over device buffers

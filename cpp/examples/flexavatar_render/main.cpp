@@ -247,6 +247,10 @@ void set_avatar(flexavatar::Runtime& rt, const flexavatar_runtime_info& info, co
   } else {
     rt.create_avatar_code(flexavatar::encoder_input(image));
   }
+  const flexavatar_runtime_info ran = rt.info();
+  if (ran.encoder_fallback[0])  // the device's provider could not open the encoder: it ran once on the CPU
+    std::fprintf(stderr, "warning: %s; the encoder runs once per avatar: it ran on %s\n", ran.encoder_fallback,
+                 ran.encoder_provider);
 }
 
 // OUT_DIR: an existing directory, or one mkdir creates (its parent must exist).

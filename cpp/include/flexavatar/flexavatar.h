@@ -99,7 +99,9 @@ typedef enum flexavatar_device {
    *   GPU: DirectML (DmlExecutionProvider), MIGraphX, ROCm, CoreML (ModelFormat MLProgram, MLComputeUnits
    *        CPUAndGPU), WebGPU, OpenVINO (device_type GPU);
    *   NPU: QNN (backend_type htp), VitisAI, CoreML (MLProgram, CPUAndNeuralEngine), OpenVINO (device_type NPU).
-   * The decoder and the encoders run on it, with ONNX Runtime's CPU provider below it for the nodes it does not take;
+   * The decoder and the encoders run on it, with ONNX Runtime's CPU provider below it for the nodes it does not take
+   * (an encoder the provider cannot open runs on the CPU provider instead, its fp32 file: it runs once per avatar;
+   * info.encoder_provider and info.encoder_fallback say so);
    * their inputs and outputs stay host arrays (ONNX Runtime copies them to the device and back in each run), and the
    * frames are drawn by the CPU rasterizer from them (rasterizer AUTO; rasterizer CUDA uploads the Gaussians, as from
    * the CPU provider). options.cuda_device is the device's index for DirectML, MIGraphX and ROCm (their device_id)
@@ -217,6 +219,11 @@ typedef struct flexavatar_runtime_info {
   int32_t cuda_graphs;            /* 1 when the decoder replays a CUDA graph (options.cuda_graphs took effect) */
   char decoder_file[128];         /* the decoder model file that runs, relative to the bundle folder (e.g.
                                      "decoder.fp16.ort.onnx"), NUL-terminated (truncated to fit) */
+  char encoder_provider[64];      /* the execution provider of the encoder that ran last: decoder_provider's, or
+                                     "CPUExecutionProvider" where a GPU / NPU provider could not open the encoder
+                                     (it runs once per avatar; its fp32 file then runs on the CPU); "" until
+                                     flexavatar_runtime_create_avatar_code opened one */
+  char encoder_fallback[256];     /* with that CPU fallback: the GPU / NPU provider's error (truncated), else "" */
 } flexavatar_runtime_info;
 
 /* A decoded frame's Gaussians, [G, ...] float32 each, owned by the runtime. */

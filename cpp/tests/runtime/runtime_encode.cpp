@@ -71,8 +71,9 @@ int main(int argc, char** argv) {
       write(out + "/code3.f32", code3.data(), code3.size() * sizeof(float));
     }
     const flexavatar_runtime_info info = rt.info();
-    std::printf("encoders %u feature_channels %lld rasterizer %s\n", info.encoders,
-                static_cast<long long>(info.feature_channels), info.rasterizer);
+    std::printf("encoders %u feature_channels %lld rasterizer %s encoder_provider %s encoder_fallback '%s'\n",
+                info.encoders, static_cast<long long>(info.feature_channels), info.rasterizer, info.encoder_provider,
+                info.encoder_fallback);
     return 0;
   } catch (const flexavatar::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
