@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -67,6 +68,8 @@ from typing import Any
 
 from .errors import FlexAvatarError
 from .files import atomic_open
+
+log = logging.getLogger(__name__)
 
 SCHEMA = "flexavatar-bundle"
 SCHEMA_VERSION = 1
@@ -309,6 +312,9 @@ class Manifest:
     export_seconds: float = 0.0
     check: CheckInfo | None = None      # absent in bundles written before check.npz existed
     torch_model: FileRecord | None = None   # model.safetensors (export target pytorch), else absent
+    # artifacts of a role, format or precision this flexavatar does not know (a newer exporter's): "NAME (why)".
+    # Not part of the file (to_dict leaves it out): what this reader left aside.
+    ignored: tuple[str, ...] = field(default=(), compare=False)
 
     # -- lookup --
     def find(self, role: str | None = None, format: str | None = None,
@@ -319,10 +325,14 @@ class Manifest:
     def artifact(self, role: str, format: str = FORMAT_ONNX, precision: str = "fp32") -> ModelArtifact:
         hits = self.find(role, format, precision)
         if not hits:
-            have = ", ".join(a.name for a in self.artifacts) or "none"
             raise ArtifactNotFoundError(f"bundle has no {role} model in format {format!r} at precision "
-                                        f"{precision!r}; it has: {have}")
+                                        f"{precision!r}; it has: {self.inventory()}")
         return hits[0]
+
+    def inventory(self) -> str:
+        """The artifacts by name, and those left aside (``ignored``), for error messages."""
+        have = ", ".join(a.name for a in self.artifacts) or "none"
+        return have + (f" (and, unknown to this flexavatar: {', '.join(self.ignored)})" if self.ignored else "")
 
     def files(self) -> list[FileRecord]:
         out = [f for a in self.artifacts for f in a.files]
@@ -331,7 +341,9 @@ class Manifest:
 
     # -- (de)serialisation --
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self), "manifest")
+        raw = asdict(self)
+        del raw["ignored"]
+        return _jsonable(raw, "manifest")
 
     @classmethod
     def from_dict(cls, raw: Any) -> "Manifest":
@@ -343,7 +355,18 @@ class Manifest:
         if version != SCHEMA_VERSION:
             raise ManifestError(f"manifest.schema_version is {version}; this flexavatar reads version "
                                 f"{SCHEMA_VERSION} — re-export the bundle or upgrade flexavatar")
-        artifacts = tuple(_artifact(a) for a in r.list("artifacts", _Reader.obj))
+        # an artifact of a kind this flexavatar does not know (a newer exporter's format, role or precision) is left
+        # aside, not an error: the bundle's other files still run here
+        artifacts, ignored = [], []
+        for entry in r.list("artifacts", _Reader.obj):
+            unknown = _unknown_kind(entry)
+            if unknown:
+                ignored.append(f"{entry.str('name')} ({unknown})")
+                log.warning("%s: %s: left aside (flexavatar %s does not know it; upgrade flexavatar to run it)",
+                            entry.where, ignored[-1], _package_version())
+            else:
+                artifacts.append(_artifact(entry))
+        artifacts = tuple(artifacts)
         avatar = None
         if r.get("avatar") is not None:
             a = r.sub("avatar")
@@ -361,7 +384,8 @@ class Manifest:
             versions={k: str(v) for k, v in r.obj("versions").items()}, opset=r.int("opset"),
             model=_model_info(r.sub("model")), template=_template(r.sub("template")),
             conventions=_conventions(r.sub("conventions")), artifacts=artifacts, avatar=avatar,
-            export_seconds=r.float("export_seconds", default=0.0), check=check, torch_model=torch_model)
+            export_seconds=r.float("export_seconds", default=0.0), check=check, torch_model=torch_model,
+            ignored=tuple(ignored))
 
     @classmethod
     def read(cls, path: str | Path) -> "Manifest":
@@ -807,6 +831,18 @@ def _parity(r: _Reader) -> ParityReport:
                         outputs=outs, passed=r.bool("passed"), psnr_db=r.opt_float("psnr_db"),
                         psnr_target_db=r.opt_float("psnr_target_db"), render=render if isinstance(render, str) else None,
                         fp16_peak_abs=r.opt_float("fp16_peak_abs"))
+
+
+def _unknown_kind(r: _Reader) -> str:
+    """"" for an artifact whose format, role and precision this flexavatar knows, else which are new to it (each
+    still a string: a value of the wrong type is an error, not something newer)."""
+    known = {"format": FORMATS, "role": ROLES, "precision": PRECISIONS}
+    return ", ".join(f"{key} {r.str(key)!r}" for key, values in known.items() if r.str(key) not in values)
+
+
+def _package_version() -> str:
+    from . import __version__
+    return __version__
 
 
 def _artifact(r: _Reader) -> ModelArtifact:

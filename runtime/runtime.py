@@ -447,8 +447,8 @@ class Runtime:
                 "Pass features=[C, h, w] (DINOv2 ViT-B/14-reg patch features of the photo), or re-export with "
                 "flexavatar-export --dinov2 dinov2_vitb14_reg4_pretrain.pth to encode photos directly")
         raise EncoderUnavailableError(f"this bundle has no encoder for {self.backend} at {self.precision} (it has: "
-                                      f"{', '.join(a.name for a in self.manifest.artifacts)}); load a saved avatar "
-                                      "code instead (Avatar.load) or re-export")
+                                      f"{self.manifest.inventory()}); load a saved avatar code instead (Avatar.load) "
+                                      "or re-export")
 
     def _features(self, features) -> np.ndarray:
         spec = self.engine.artifact(ROLE_ENCODER_FEATURES).input("features") if self.engine.format else None

@@ -108,7 +108,7 @@ def test_size_only_verification_skips_hashes(bundle):
     (lambda d: d.update(schema="something-else"), "not a flexavatar bundle"),
     (lambda d: d.update(schema_version=99), "schema_version is 99"),
     (lambda d: d.pop("template"), r"manifest.template is missing"),
-    (lambda d: d["artifacts"][0].update(role="renderer"), r"artifacts\[0\].role is 'renderer'"),
+    (lambda d: d["artifacts"][0].update(role=3), r"artifacts\[0\].role must be a string, got 3"),
     (lambda d: d["artifacts"][0]["files"][0].update(path="../evil.onnx"), "without '..'"),
     (lambda d: d["artifacts"][0]["files"][0].update(sha256="xyz"), "64 lowercase hex"),
     (lambda d: d["artifacts"][0]["inputs"][0].update(dtype="float64"), r"inputs\[0\].dtype"),
@@ -269,8 +269,36 @@ def test_onnx_runtime_artifact_is_an_onnx_file_beside_the_portable_one(bundle):
     fused["files"][0]["path"] = "decoder.fp32.ort.xml"
     with pytest.raises(ManifestError, match=r"artifacts\[1\].files\[0\] must be the .onnx model file"):
         Manifest.from_dict(raw)
-    fused["format"] = "tensorrt"
-    with pytest.raises(ManifestError, match=r"artifacts\[1\].format is 'tensorrt'"):
+    fused["format"] = 7
+    with pytest.raises(ManifestError, match=r"artifacts\[1\].format must be a string, got 7"):
+        Manifest.from_dict(raw)
+
+
+def test_artifacts_of_kinds_this_flexavatar_does_not_know_are_left_aside(bundle, caplog):
+    """A newer exporter's artifact (a format, role or precision this reader does not know) does not make the bundle
+    unreadable: it is left aside with a warning (its files are not opened, so not checked), the rest runs, and a
+    lookup that finds nothing names what was left aside. Its fields must still have their types."""
+    raw = bundle.manifest.to_dict()
+    newer = {"format": "tensorrt", "role": "decoder_lite", "precision": "int4"}
+    for key, value in newer.items():
+        entry = _renamed(raw["artifacts"][0], f"decoder.{key}.plan", f"decoder.{key}.plan")
+        entry[key] = value
+        raw["artifacts"].append(entry)
+    (bundle.root / "manifest.json").write_text(json.dumps(raw))
+    with caplog.at_level("WARNING", logger="flexavatar.bundle"):
+        opened = Bundle.open(bundle.root, verify="full")             # the .plan files do not exist: never opened
+    m = opened.manifest
+    assert [a.name for a in m.artifacts] == ["decoder.fp32.onnx"]
+    assert m.ignored == ("decoder.format.plan (format 'tensorrt')", "decoder.role.plan (role 'decoder_lite')",
+                         "decoder.precision.plan (precision 'int4')")
+    assert "manifest.artifacts[3]: decoder.precision.plan (precision 'int4'): left aside (flexavatar" in caplog.text
+    assert "ignored" not in m.to_dict()                              # what a reader left aside is not written
+    assert opened.artifact("decoder").name == "decoder.fp32.onnx"
+    with pytest.raises(ArtifactNotFoundError, match=r"it has: decoder.fp32.onnx \(and, unknown to this flexavatar: "
+                                                    r"decoder.format.plan \(format 'tensorrt'\), "):
+        opened.artifact("decoder", "onnx", "fp16")
+    raw["artifacts"][-1]["precision"] = None
+    with pytest.raises(ManifestError, match=r"artifacts\[3\].precision must be a string, got None"):
         Manifest.from_dict(raw)
 
 

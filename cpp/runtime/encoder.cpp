@@ -15,12 +15,6 @@ namespace {
 constexpr float kRangeSlack = 1e-3f;          // runtime/images.py RANGE_SLACK: clipped, not rejected
 constexpr int64_t kMaxFeatureSide = 4096;
 
-std::string artifact_names(const Manifest& m) {
-  std::string have;
-  for (const auto& a : m.artifacts) have += (have.empty() ? "" : ", ") + a.name;
-  return have.empty() ? std::string("none") : have;
-}
-
 }  // namespace
 
 Status Runtime::open_encoder(bool with_features, OrtModel** out) {
@@ -108,7 +102,7 @@ Status Runtime::create_avatar_code(const EncoderInput& in) {
     return Status(StatusCode::kInvalidArgument,
                   "this bundle's decoder has its avatar code folded in (role decoder_avatar); it takes no code");
   const bool with_features = in.features != nullptr;
-  const std::string no_encoder = "this bundle has no fp32 ONNX encoder (it has: " + artifact_names(bundle_.manifest) +
+  const std::string no_encoder = "this bundle has no fp32 ONNX encoder (it has: " + bundle_.manifest.inventory() +
                                  "); load a saved avatar code instead (load_avatar_code) or re-export";
   if (with_features && !encoder_features_artifact_) {
     if (encoder_artifact_)

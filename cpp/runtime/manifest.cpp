@@ -1,5 +1,6 @@
 #include "manifest.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <set>
@@ -184,6 +185,19 @@ void check_parity(const Reader& r) {
   r.opt_number("psnr_target_db");
 }
 
+// "" for an artifact whose format, role and precision this runtime knows, else which are new to it (each still a
+// string: a value of the wrong type is an error, not something newer).
+std::string unknown_kind(const Reader& r) {
+  std::string unknown;
+  for (const auto& [key, known] : {std::make_pair("format", &kFormats), std::make_pair("role", &kRoles),
+                                   std::make_pair("precision", &kPrecisions)}) {
+    const std::string value = r.str(key);
+    if (std::find(known->begin(), known->end(), value) == known->end())
+      unknown += (unknown.empty() ? "" : ", ") + std::string(key) + " '" + value + "'";
+  }
+  return unknown;
+}
+
 ModelArtifact artifact(const Reader& r) {
   ModelArtifact a;
   for (const Reader& f : r.objects("files")) a.files.push_back(file_record(f));
@@ -255,7 +269,13 @@ Manifest manifest_from_json(const Json& raw) {
   if (m.schema_version != kSchemaVersion)
     fail("manifest.schema_version is " + std::to_string(m.schema_version) + "; this flexavatar reads version " +
          std::to_string(kSchemaVersion) + " - re-export the bundle or upgrade flexavatar");
-  for (const Reader& a : r.objects("artifacts")) m.artifacts.push_back(artifact(a));
+  for (const Reader& a : r.objects("artifacts")) {
+    const std::string unknown = unknown_kind(a);
+    if (unknown.empty())
+      m.artifacts.push_back(artifact(a));
+    else
+      m.ignored.push_back(a.str("name") + " (" + unknown + ")");
+  }
   std::set<std::string> names, paths;
   for (const auto& a : m.artifacts) {
     if (!names.insert(a.name).second) fail("manifest.artifacts has duplicate names ('" + a.name + "')");
@@ -338,6 +358,14 @@ const ModelArtifact* Manifest::find(const std::string& role, const std::string& 
     if (a.role == role && a.format == format && a.precision == precision) return &a;
   }
   return nullptr;
+}
+
+std::string Manifest::inventory() const {
+  std::string have, left_aside;
+  for (const auto& a : artifacts) have += (have.empty() ? "" : ", ") + a.name;
+  for (const auto& name : ignored) left_aside += (left_aside.empty() ? "" : ", ") + name;
+  return (have.empty() ? std::string("none") : have) +
+         (left_aside.empty() ? std::string() : " (and, unknown to this flexavatar: " + left_aside + ")");
 }
 
 std::vector<FileRecord> Manifest::files() const {

@@ -58,6 +58,9 @@ struct Manifest {
   std::string template_sha256;
   Conventions conventions;
   std::vector<ModelArtifact> artifacts;
+  // Artifacts of a format, role or precision this runtime does not know (a newer exporter's), left aside rather than
+  // refused, as in Python (Manifest.ignored): "NAME (format 'x', ...)". Their files are never opened nor hashed.
+  std::vector<std::string> ignored;
   bool has_avatar = false;
   AvatarInfo avatar{};
   bool has_check = false;
@@ -66,6 +69,8 @@ struct Manifest {
   // The first artifact with this role/format/precision, or null.
   const ModelArtifact* find(const std::string& role, const std::string& format, const std::string& precision) const;
   std::vector<FileRecord> files() const;  // every file listed (artifacts, the avatar code, the check set)
+  // The artifacts by name, and those left aside, for error messages (Python's Manifest.inventory).
+  std::string inventory() const;
 };
 
 // Parses manifest.json text. Errors: kBundleInvalid with "manifest.<field path> ..." messages.

@@ -167,17 +167,15 @@ Status Runtime::create(const std::string& bundle_dir, const RuntimeOptions& opti
   if (!decoder_files("decoder", &portable, &fused))
     rt->code_folded_in_ = decoder_files("decoder_avatar", &portable, &fused);
   if (!portable && !fused) {
-    std::string have, excluded;
+    std::string excluded;
     for (const auto& a : m.artifacts) {
-      have += (have.empty() ? "" : ", ") + a.name;
       if (!fused_allowed && a.format == "onnx-ort" && a.precision == precision &&
           (a.role == "decoder" || a.role == "decoder_avatar"))
         excluded += (excluded.empty() ? "" : ", ") + a.files[0].path;
     }
     return Status(StatusCode::kBundleInvalid,
                   "bundle " + bundle_dir + " has no " + precision +
-                      " ONNX decoder (role 'decoder' or 'decoder_avatar'); it has: " +
-                      (have.empty() ? std::string("none") : have) +
+                      " ONNX decoder (role 'decoder' or 'decoder_avatar'); it has: " + m.inventory() +
                       (excluded.empty() ? std::string()
                                         : "; options.fused_decoders OFF excludes its decoders with ONNX Runtime's "
                                           "fused kernels (format onnx-ort: " + excluded +
