@@ -21,7 +21,7 @@ import threading
 import time
 import types
 from pathlib import Path
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -98,6 +98,19 @@ class InferenceBackend:
     def precisions_for(cls, device: str) -> tuple[str, ...]:
         """The bundle precisions it runs on ``device``."""
         return PRECISIONS
+
+    @property
+    def frames_per_call(self) -> int | None:
+        """How many frames each decoder call takes: None = any. GPUs and NPUs reached through host arrays run
+        static shapes (``static_shapes``): one frame a call there."""
+        return 1 if self.device in HOST_ACCELERATORS else None
+
+    @staticmethod
+    def static_shapes(artifact: ModelArtifact) -> dict[str, int]:
+        """The leading dynamic dims of ``artifact``'s inputs (frames "E" of a decoder, photos "B" of an encoder),
+        each pinned to 1: NPU compilers (QNN's HTP, OpenVINO's NPU plugin) take static shapes only, and DirectML and
+        CoreML plan static graphs better. Other dynamic dims (an encoder's DINOv2 feature grid) stay dynamic."""
+        return {t.shape[0]: 1 for t in artifact.inputs if t.shape and isinstance(t.shape[0], str)}
 
     def has(self, role: str) -> bool:
         return bool(self.candidates(role))
@@ -378,13 +391,17 @@ class OrtHostModel:
     Runtime's own fallback (the whole session moved to the CPU, announced on stdout) is off."""
     array_type = NUMPY
 
-    def __init__(self, path, options: EngineOptions, provider: tuple[str, Mapping[str, str]], device: str = "cpu"):
+    def __init__(self, path, options: EngineOptions, provider: tuple[str, Mapping[str, str]], device: str = "cpu",
+                 static_shapes: Mapping[str, int] | None = None):
         import onnxruntime as ort
 
         name, provider_options = provider
         self.provider, self.device, self.file = name, device, Path(path).name
+        self.static_shapes = dict(static_shapes or {})          # dim name → value (InferenceBackend.static_shapes)
         so = ort_session_options(options)
         so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+        for dim, value in self.static_shapes.items():
+            so.add_free_dimension_override_by_name(dim, value)
         below = [] if name == ORT_CPU else [ORT_CPU]
         try:
             self.session = ort.InferenceSession(str(path), so, providers=[(name, dict(provider_options)), *below])
@@ -506,7 +523,8 @@ class OrtBackend(InferenceBackend):
         if self.device == "cuda":
             from .gpu import OrtCudaModel
             return OrtCudaModel(path, artifact, self.options, self.cuda_stream, self.graphs)
-        return OrtHostModel(path, self.options, self.provider, self.device)
+        pinned = self.static_shapes(artifact) if self.device in HOST_ACCELERATORS else None
+        return OrtHostModel(path, self.options, self.provider, self.device, pinned)
 
     def stream(self):
         if self.cuda_stream is None:
@@ -530,7 +548,8 @@ class OrtBackend(InferenceBackend):
         nodes = getattr(self._models.get(ROLE_DECODER), "nodes", None)
         share = (f" ({nodes.get(name, 0)} of {sum(nodes.values())} decoder nodes)"
                  if nodes and name != ORT_CPU and self.device != "cuda" else "")
-        return f"onnxruntime {ort.__version__} {name}{share}{graphs}"
+        static = ", static shapes (1 frame a call)" if self.frames_per_call == 1 else ""
+        return f"onnxruntime {ort.__version__} {name}{share}{graphs}{static}"
 
     def synchronize(self) -> None:
         if self.device == "cuda":
@@ -569,8 +588,15 @@ class OpenVinoModel:
     """A compiled model with one infer request per calling thread (requests are not thread-safe)."""
     array_type = NUMPY
 
-    def __init__(self, core, path, device: str, config: dict):
-        self.compiled = core.compile_model(str(path), device, config)       # "CPU", "GPU", "GPU.1", "NPU", ...
+    def __init__(self, core, path, device: str, config: dict,
+                 input_shapes: Mapping[str, Sequence[int]] | None = None):
+        model = str(path)
+        if input_shapes:                    # input name → its dims, -1 where dynamic (InferenceBackend.static_shapes)
+            import openvino as ov
+            model = core.read_model(model)
+            model.reshape({name: ov.PartialShape([ov.Dimension() if d < 0 else ov.Dimension(d) for d in dims])
+                           for name, dims in input_shapes.items()})
+        self.compiled = core.compile_model(model, device, config)       # "CPU", "GPU", "GPU.1", "NPU", ...
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
         self._local = threading.local()
 
@@ -618,7 +644,12 @@ class OpenVinoBackend(InferenceBackend):
         return config
 
     def _open(self, artifact: ModelArtifact) -> Model:
-        return OpenVinoModel(self.core, self.bundle.path(artifact), self.device_name, self.config(artifact))
+        shapes = None
+        if self.device in HOST_ACCELERATORS:
+            pinned = self.static_shapes(artifact)
+            shapes = {t.name: [pinned.get(d, -1) if isinstance(d, str) else d for d in t.shape]
+                      for t in artifact.inputs if any(isinstance(d, str) and d in pinned for d in t.shape)}
+        return OpenVinoModel(self.core, self.bundle.path(artifact), self.device_name, self.config(artifact), shapes)
 
     def _open_role(self, role: str, artifact: ModelArtifact) -> tuple[Model, ModelArtifact]:
         try:
@@ -640,7 +671,8 @@ class OpenVinoBackend(InferenceBackend):
         import openvino as ov
         decoder = self._models.get(ROLE_DECODER)
         hint = decoder.inference_precision if decoder is not None else self.options.inference_precision or "f32"
-        return f"openvino {ov.get_version().split('-')[0]} {self.device_name}, inference precision {hint}"
+        static = ", static shapes (1 frame a call)" if self.frames_per_call == 1 else ""
+        return f"openvino {ov.get_version().split('-')[0]} {self.device_name}, inference precision {hint}{static}"
 
 
 # ---- PyTorch (the reference model) ------------------------------------------------------------------------

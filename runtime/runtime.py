@@ -492,10 +492,11 @@ class Runtime:
         return g
 
     def _decode_chunk(self, avatar: Avatar, expressions: np.ndarray, posed: bool, copy: bool) -> Gaussians:
-        if self.precision == "int8" and len(expressions) > 1:
-            # an int8 decoder quantizes its activations with one range per call: a frame decoded beside others would
-            # depend on them, by as much as the quantization error itself (the fixture model: 0.08 on sh0). One call
-            # a frame keeps every frame its own whatever the batch (the CPU is compute-bound: no speed lost).
+        # One call a frame where the decoder takes one (a GPU / NPU with static shapes: engine.frames_per_call), and
+        # for int8: its activations are quantized with one range per call, so a frame decoded beside others would
+        # depend on them, by as much as the quantization error itself (the fixture model: 0.08 on sh0). One call a
+        # frame keeps every frame its own whatever the batch (the CPU is compute-bound: no speed lost).
+        if (self.precision == "int8" or self.engine.frames_per_call == 1) and len(expressions) > 1:
             return _concat([self._decode_chunk(avatar, expressions[i:i + 1], posed, copy)
                             for i in range(len(expressions))])
         model, feeds = self._decoder_for(avatar)

@@ -1650,11 +1650,11 @@ def test_a_fused_decoder_that_cannot_run_gives_way_to_the_portable_file_unless_a
                         else ("onnx-ort", "onnx"))
     real = engines.OrtHostModel.__init__
 
-    def refuse_fused(self, path, options, provider, device):
+    def refuse_fused(self, path, options, provider, device, static_shapes=None):
         if str(path).endswith(".ort.onnx"):
             raise EngineUnavailableError("onnxruntime", "cuda", f"CUDA graphs refused for {Path(path).name}: "
                                          "a node is on the CPU")
-        real(self, path, options, provider, device)
+        real(self, path, options, provider, device, static_shapes)
 
     monkeypatch.setattr(engines.OrtHostModel, "__init__", refuse_fused)
     with caplog.at_level("WARNING", logger="flexavatar.runtime"):
@@ -1830,8 +1830,8 @@ def test_a_provider_that_takes_no_node_is_an_error(bundle, monkeypatch):
     with pytest.raises(ExecutionProviderError, match=r"AzureExecutionProvider took none of the \d+ nodes of "
                                                      r"decoder.fp32.onnx: all of it would run on the CPU") as refused:
         Runtime(bundle, backend="onnxruntime", device="gpu", verify="none")
-    # ONNX Runtime's optimised graph: its node count is at most the file's
-    assert 0 < int(str(refused.value).split("none of the ")[1].split()[0]) <= n_nodes
+    # ONNX Runtime's optimised graph: about the file's node count (with static shapes it fuses and splits otherwise)
+    assert 0.5 * n_nodes <= int(str(refused.value).split("none of the ")[1].split()[0]) <= 1.5 * n_nodes
 
 
 def test_a_provider_that_fails_is_a_typed_error_not_a_quiet_cpu_run(bundle, monkeypatch, capsys):
@@ -1926,13 +1926,14 @@ def test_an_encoder_the_openvino_plugin_cannot_compile_runs_on_the_cpu_plugin(bu
     real_init = engines.OpenVinoModel.__init__
     compiled: list[tuple[str, str]] = []
 
-    def init(self, core, path, device, config):
+    def init(self, core, path, device, config, input_shapes=None):
         if device == "NPU":
+            assert input_shapes, "the NPU is given static shapes"
             if Path(path).name.startswith("encoder"):
                 raise RuntimeError("Exception from src/plugins/intel_npu: unsupported operation\nmore detail")
             device, config = "CPU", {"INFERENCE_PRECISION_HINT": "f32"}            # the decoder "on the NPU"
         compiled.append((Path(path).name, device, config["INFERENCE_PRECISION_HINT"]))
-        real_init(self, core, path, device, config)
+        real_init(self, core, path, device, config, input_shapes)
 
     monkeypatch.setattr(engines.OpenVinoModel, "__init__", init)
     # a precision hint meant for the NPU (f16) does not follow the encoder to the CPU: f32 there
@@ -1984,7 +1985,10 @@ def test_a_host_array_provider_device_renders_the_cpu_frames(bundle, runtime_cac
     monkeypatch.setitem(engines.ORT_HOST_PROVIDERS, "gpu", (("CPUExecutionProvider", {}),))
     rt = Runtime(bundle, device="gpu", verify="none", batch=2)
     assert (rt.backend, rt.device, rt.rasterizer, rt.array_device) == ("onnxruntime", "gpu", "cpu", "cpu")
-    assert "CPUExecutionProvider" in rt.describe()
+    assert "CPUExecutionProvider" in rt.describe() and "static shapes (1 frame a call)" in rt.describe()
+    # static shapes: the decoder's frames and the encoder's photos pinned to 1 (batch=2 decodes a frame a call)
+    assert [i.shape for i in rt.decoder.session.get_inputs()] == [[1, rt.n_tokens, rt.code_width], [1, 135]]
+    assert rt.decoder.static_shapes == {"E": 1} and rt.engine.load(ROLE_ENCODER).static_shapes == {"B": 1}
     avatar, want, _ = oracle
     got = rt.decode(avatar, expressions).numpy()
     for f in FIELDS:
@@ -1992,10 +1996,41 @@ def test_a_host_array_provider_device_renders_the_cpu_frames(bundle, runtime_cac
     cams = orbit_camera(len(expressions))
     frames = rt.render(avatar, expressions, cams, SIZE, SIZE, output="float")
     cpu = runtime_cache("onnxruntime", "cpu").render(avatar, expressions, cams, SIZE, SIZE, output="float")
-    assert np.abs(frames - cpu).max() <= 1e-6
+    # the static-shape session's Gaussians differ from the dynamic one's in the last bits (1e-6): a pixel at an
+    # opacity threshold may flip, so the images are compared with the parity tolerances
+    diff = np.abs(frames.astype(np.float64) - cpu)
+    assert diff.mean() <= IMAGE_MEAN_TOL and diff.max() <= IMAGE_MAX_TOL, (diff.mean(), diff.max())
     nodes = rt.decoder.nodes
     if nodes is not None:                       # newer onnxruntime versions report placement (1.32 does)
         assert set(nodes) == {"CPUExecutionProvider"} and nodes["CPUExecutionProvider"] > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed")
+def test_openvino_gpu_and_npu_compile_static_shapes(bundle, runtime_cache, oracle, expressions, monkeypatch):
+    """On a GPU / NPU plugin the IRs are reshaped before they compile: one frame a decoder call, one photo an encoder
+    call (NPU compilers take static shapes only). The "GPU" here is the CPU plugin; its frames are the CPU
+    runtime's."""
+    from flexavatar.runtime import engines
+
+    monkeypatch.setattr(engines, "_openvino_devices", lambda: {"CPU": None, "GPU": None, "NPU": "no NPU"})
+    real_init = engines.OpenVinoModel.__init__
+
+    def init(self, core, path, device, config, input_shapes=None):
+        real_init(self, core, path, "CPU" if device == "GPU" else device, {"INFERENCE_PRECISION_HINT": "f32"},
+                  input_shapes)
+
+    monkeypatch.setattr(engines.OpenVinoModel, "__init__", init)
+    rt = Runtime(bundle, backend="openvino", device="gpu", rasterizer="cpu", verify="none", batch=2)
+    assert "static shapes (1 frame a call)" in rt.describe()
+    shapes = {p.get_any_name(): p.get_partial_shape() for p in rt.decoder.compiled.inputs}
+    assert all(s.is_static for s in shapes.values()) and list(shapes["expressions"].to_shape()) == [1, 135]
+    encoder = rt.engine.load(ROLE_ENCODER).compiled
+    assert list(encoder.inputs[0].get_partial_shape().to_shape())[0] == 1
+    avatar, _, _ = oracle
+    cams = orbit_camera(len(expressions))
+    want = runtime_cache("openvino", "cpu").render(avatar, expressions, cams, SIZE, SIZE, output="float")
+    diff = np.abs(rt.render(avatar, expressions, cams, SIZE, SIZE, output="float").astype(np.float64) - want)
+    assert diff.mean() <= IMAGE_MEAN_TOL and diff.max() <= IMAGE_MAX_TOL, (diff.mean(), diff.max())   # see above
 
 
 def test_openvino_npu_is_a_device_it_names(bundle):

@@ -32,6 +32,7 @@ Status Runtime::open_encoder(bool with_features, OrtModel** out) {
   config.cuda_device = options_.cuda_device;
   config.precision = chosen->precision;
   config.host_provider = host_provider_;  // device GPU / NPU: the decoder's provider too
+  if (!host_provider_.name.empty()) config.static_dims = static_dims_of(*chosen);  // one photo a call
   // With the decoder's CUDA graphs, a graph too (EncoderDevice in runtime.h), on the rasterizer's stream; as for the
   // decoder (and in Python), a graph ONNX Runtime refuses to capture (e.g. a node placed on the CPU) is an error.
   const bool graphs = cuda_graphs();
@@ -50,6 +51,7 @@ Status Runtime::open_encoder(bool with_features, OrtModel** out) {
     if (fp32) chosen = fp32;
     encoder_fallback_ = st.message();
     config.host_provider = HostProvider{};
+    config.static_dims.clear();
     config.precision = chosen->precision;
     st = OrtModel::open(bundle_.path(chosen->files[0].path), config, &model);
     if (!st.ok()) encoder_fallback_.clear();

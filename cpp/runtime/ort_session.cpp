@@ -375,6 +375,11 @@ Status OrtModel::open(const std::string& path, const SessionConfig& config, std:
     st = model->check(api->AddSessionConfigEntry(options.get(), "session.force_spinning_stop", "1"),
                       "session.force_spinning_stop");
     if (!st.ok()) return st;
+    for (const auto& [dim, value] : config.static_dims) {
+      st = model->check(api->AddFreeDimensionOverrideByName(options.get(), dim.c_str(), value),
+                        "AddFreeDimensionOverrideByName " + dim);
+      if (!st.ok()) return st;
+    }
     return model->check(api->SetSessionGraphOptimizationLevel(options.get(), ORT_ENABLE_ALL),
                         "graph optimisation level");
   };

@@ -82,6 +82,10 @@ struct SessionConfig {
   // session: a provider that cannot be added, or whose session cannot be created, is kUnavailable naming it; a run it
   // fails is kDeviceError naming it.
   HostProvider host_provider;
+  // Dynamic dims pinned by name (ONNX Runtime's free dimension overrides), e.g. {"E", 1}: with a GPU / NPU provider
+  // the runtime pins the leading dim of each graph's inputs to 1 (static_dims_of), as the Python runtime does (NPU
+  // compilers take static shapes only; DirectML and CoreML plan static graphs better).
+  std::vector<std::pair<std::string, int64_t>> static_dims;
 };
 
 // The CUDA provider's string options for `config`, as (key, value) pairs. They go to ONNX Runtime in ONE

@@ -95,6 +95,16 @@ Status check_camera(const float c2w[16], const float k[9]) {
   return Status::ok_status();
 }
 
+std::vector<std::pair<std::string, int64_t>> static_dims_of(const ModelArtifact& artifact) {
+  std::vector<std::pair<std::string, int64_t>> dims;
+  for (const TensorSpec& t : artifact.inputs) {
+    if (t.dim_names.empty() || t.dim_names[0].empty()) continue;
+    const std::pair<std::string, int64_t> pinned{t.dim_names[0], 1};
+    if (std::find(dims.begin(), dims.end(), pinned) == dims.end()) dims.push_back(pinned);
+  }
+  return dims;
+}
+
 Status check_model_signature(const ModelArtifact& artifact, const OrtModel& model,
                              const std::vector<ExpectedTensor>& expected, size_t want_inputs,
                              const std::string& input_names) {
@@ -231,6 +241,7 @@ Status Runtime::create(const std::string& bundle_dir, const RuntimeOptions& opti
   config.cuda_graphs = options.cuda_graphs && rt->cuda_;   // zero copy only: device buffers at fixed addresses
   config.precision = decoder->precision;
   config.host_provider = rt->host_provider_;
+  if (!rt->host_provider_.name.empty()) config.static_dims = static_dims_of(*decoder);  // one frame a call anyway
   s = OrtModel::open(rt->bundle_.path(decoder->files[0].path), config, &rt->decoder_);
   if (!s.ok()) return s;
   s = rt->check_decoder_signature(*decoder);

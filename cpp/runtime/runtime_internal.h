@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "flexavatar/status.h"
@@ -33,6 +34,10 @@ bool shape_compatible(const std::vector<int64_t>& model, const std::vector<int64
 Status check_model_signature(const ModelArtifact& artifact, const OrtModel& model,
                              const std::vector<ExpectedTensor>& expected, size_t want_inputs,
                              const std::string& input_names);
+// The leading dynamic dim of each of the artifact's inputs (a decoder's frames "E", an encoder's photos "B"), pinned
+// to 1, for SessionConfig::static_dims on GPU / NPU providers (runtime/engines.py InferenceBackend.static_shapes).
+// The runtime binds one frame and one photo a call anyway; other dynamic dims (DINOv2 features' h, w) stay dynamic.
+std::vector<std::pair<std::string, int64_t>> static_dims_of(const ModelArtifact& artifact);
 
 }  // namespace runtime
 }  // namespace flexavatar

@@ -102,7 +102,8 @@ typedef enum flexavatar_device {
    * The decoder and the encoders run on it, with ONNX Runtime's CPU provider below it for the nodes it does not take
    * (an encoder the provider cannot open runs on the CPU provider instead, its fp32 file: it runs once per avatar;
    * info.encoder_provider and info.encoder_fallback say so);
-   * their inputs and outputs stay host arrays (ONNX Runtime copies them to the device and back in each run), and the
+   * their inputs and outputs stay host arrays (ONNX Runtime copies them to the device and back in each run), each
+   * graph's leading dynamic dim is pinned to 1 (static shapes: NPU compilers take no others), and the
    * frames are drawn by the CPU rasterizer from them (rasterizer AUTO; rasterizer CUDA uploads the Gaussians, as from
    * the CPU provider). options.cuda_device is the device's index for DirectML, MIGraphX and ROCm (their device_id)
    * and OpenVINO (device_type "GPU.N" / "NPU.N"); a non-zero index for a provider that picks its device itself

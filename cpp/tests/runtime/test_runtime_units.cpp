@@ -28,6 +28,7 @@
 #include "npz.h"
 #include "ort_session.h"
 #include "runtime.h"
+#include "runtime_internal.h"
 #include "sha256.h"
 #include "test_bundle.h"
 
@@ -1214,4 +1215,25 @@ TEST_CASE(c_api_bundle_with_an_unknown_artifact_runs_its_known_ones) {
       std::string::npos)
     harness::fail(__FILE__, __LINE__, "unexpected message: " + why);
   fs::remove_all(only);
+}
+
+// Static shapes for GPU / NPU providers: the leading dynamic dim of each input, pinned to 1 (as Python's
+// InferenceBackend.static_shapes), reaches ONNX Runtime as a free dimension override: the session's input is [1, 3].
+TEST_CASE(static_dims_pin_the_leading_dynamic_dims) {
+  Manifest m;
+  CHECK(parse(valid_manifest(), &m).ok());
+  CHECK(static_dims_of(m.artifacts[0]) == (std::vector<std::pair<std::string, int64_t>>{{"E", 1}}));
+  const fs::path dir = scratch("static_dims");
+  write_file(dir / "identity.onnx", tiny_onnx::dynamic_identity(3));
+  for (bool pinned : {false, true}) {
+    SessionConfig config;
+    config.num_threads = 1;
+    if (pinned) config.static_dims = {{"E", 1}};
+    std::unique_ptr<OrtModel> model;
+    const Status s = OrtModel::open((dir / "identity.onnx").string(), config, &model);
+    if (!s.ok()) harness::fail(__FILE__, __LINE__, s.message());
+    CHECK(model->inputs().size() == 1);
+    CHECK(model->inputs()[0].shape == (pinned ? std::vector<int64_t>{1, 3} : std::vector<int64_t>{-1, 3}));
+  }
+  fs::remove_all(dir);
 }

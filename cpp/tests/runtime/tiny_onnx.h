@@ -71,4 +71,13 @@ inline std::string decoder(int64_t gaussians, int64_t head_tokens, int64_t code_
   return field(1, 8) + field(8, field(1, std::string()) + field(2, 18)) + field(7, graph);
 }
 
+// ModelProto bytes of y = Identity(x), x and y float [E, width] with a dynamic dim named "E" (dim_param).
+inline std::string dynamic_identity(int64_t width) {
+  const std::string dims = field(1, field(2, std::string("E"))) + field(1, field(1, uint64_t(width)));
+  auto info = [&](const std::string& name) { return field(1, name) + field(2, field(1, field(1, 1) + field(2, dims))); };
+  std::string graph = field(1, field(1, std::string("x")) + field(2, std::string("y")) + field(4, std::string("Identity")));
+  graph += field(2, "dynamic_identity") + field(11, info("x")) + field(12, info("y"));
+  return field(1, 8) + field(8, field(1, std::string()) + field(2, 18)) + field(7, graph);
+}
+
 }  // namespace tiny_onnx
