@@ -41,3 +41,28 @@ def write_synthetic_photo(path: str | Path, size: int, seed: int = 0) -> Path:
     rgba = (np.concatenate([rgb, alpha], -1) * 255).round().astype(np.uint8)
     Image.fromarray(rgba, "RGBA").save(path)
     return Path(path)
+
+
+# The reduced official fixture (../shared/fixtures/official_flex: a small FLEX config with seeded random weights)
+# with a small random DINOv2 whose 4×4 feature grid is the fixture's: the model the export and runtime tests share.
+FIXTURE_DINO = DinoV2Config(dim=32, depth=2, n_heads=2, input_size=56)
+
+
+def fixture_config(official_dir: str | Path):
+    """The fixture's config.json as a FlexConfig (its official fields without effect on inference: not warned)."""
+    import warnings
+
+    from flexavatar.config import FlexConfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return FlexConfig.from_official_json(Path(official_dir) / "config.json")
+
+
+def fixture_model(official_dir: str | Path, dinov2_seed: int = 3):
+    """The fixture checkpoint and template, with ``random_dinov2(FIXTURE_DINO, dinov2_seed)`` inside the encoder."""
+    from flexavatar.model import FlexAvatarModel
+    official_dir = Path(official_dir)
+    return FlexAvatarModel.from_checkpoint(official_dir / "state_dict.safetensors",
+                                           template=official_dir / "gghead_template.obj",
+                                           config=fixture_config(official_dir),
+                                           dinov2=random_dinov2(FIXTURE_DINO, seed=dinov2_seed))

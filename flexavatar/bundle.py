@@ -38,7 +38,8 @@ Stable API (used by the exporter and by the runtimes)
 Roles: ``ROLE_ENCODER``, ``ROLE_ENCODER_FEATURES``, ``ROLE_DECODER``, ``ROLE_DECODER_AVATAR``; formats
 ``FORMAT_ONNX``, ``FORMAT_ONNX_ORT`` (ONNX with ONNX Runtime's ``com.microsoft`` contrib ops: ONNX Runtime
 only), ``FORMAT_OPENVINO``; precisions ``"fp32"``, ``"fp16"``, ``"int8"`` (decoders as ONNX only: int8 weights of the
-MatMuls, activations quantized at run time; for CPUs).
+MatMuls, activations quantized at run time; for CPUs). An artifact of a role, format or precision not listed here (a
+newer exporter's) is left aside by ``Manifest.from_dict`` with a warning and named in ``Manifest.ignored``.
 
 Tensor conventions (also recorded in ``Manifest.conventions`` and in every model's metadata):
 OpenCV camera axes (+x right, +y down, +z forward), cam2world 4×4 in the canonical head frame, metres;

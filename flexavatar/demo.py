@@ -4,10 +4,12 @@ A SMALL RANDOM-WEIGHT model (not a trained avatar model: the output is a random 
 synthetic template, a synthetic portrait and a synthetic talking sequence. It runs the same library
 functions as the two commands an app would use with the real checkpoint:
 
-  1. export   (``flexavatar-export``):  random checkpoint → checked bundle (ONNX + OpenVINO, manifest);
+  1. export   (``flexavatar-export``):  random checkpoint → checked bundle (ONNX + OpenVINO + int8 decoders,
+                                         manifest);
   2. render   (``flexavatar-render``):  bundle + portrait + expression sequence, orbiting camera → clip;
 
-then times the whole frame (decode + rasterize + pixels) on every inference engine available here.
+then times the whole frame (decode + rasterize + pixels) on every inference engine available here, and on the int8
+decoders (ONNX Runtime's CPU provider).
 """
 from __future__ import annotations
 
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== 1. export (flexavatar-export) ==")
     bundle = out / "bundle"
     result = export_bundle(checkpoint, bundle, template=template, dinov2=model.dinov2, config=cfg,
-                           precisions=("fp32",), force=True, progress=lambda msg: None)
+                           precisions=("fp32", "int8"), force=True, progress=lambda msg: None)
     print(result.summary)
 
     # 2. render — what `flexavatar-render BUNDLE --avatar PHOTO --expressions SEQ --camera-orbit -o CLIP` does
@@ -133,8 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'engine + rasterizer':<34} {'p50 ms':>8} {'p95 ms':>8} {'fps':>7}  |Δ| vs the first, mean / max"
           "   flexavatar-verify (worst PSNR vs PyTorch)")
     first = None
-    for engine in [e for e in ("onnxruntime", "openvino", "torch") if e in available_engines("cpu")]:
-        other = Runtime(bundle, backend=engine, device="cpu", verify="none", model=model if engine == "torch" else None)
+    here = available_engines("cpu")
+    # every engine on the fp32 files, then the int8 decoders (lossy, for CPUs: ONNX Runtime's CPU provider)
+    runs = [(e, "fp32") for e in ("onnxruntime", "openvino", "torch") if e in here]
+    runs += [("onnxruntime", "int8")] if "onnxruntime" in here else []
+    for engine, precision in runs:
+        other = Runtime(bundle, backend=engine, device="cpu", verify="none", precision=precision,
+                        model=model if engine == "torch" else None)
         times = StageTimes()
         frames = other.render(avatar, expressions, camera, args.size, args.size, timings=times)
         whole = times.whole_frame()
@@ -142,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         delta = np.abs(frames.astype(int) - first.astype(int))
         check = other.check_numerics()
         worst = min(c.psnr_db for c in check.checks)
-        print(f"{engine + ' + ' + other.rasterizer:<34} {np.percentile(whole, 50):>8.2f} "
+        label = f"{engine}{' int8' if precision == 'int8' else ''} + {other.rasterizer}"
+        print(f"{label:<34} {np.percentile(whole, 50):>8.2f} "
               f"{np.percentile(whole, 95):>8.2f} {1e3 / whole.mean():>7.1f}  "
               f"{delta.mean():.3f} / {delta.max()} (of 255)         "
               f"{'identical' if worst == float('inf') else f'{worst:.1f} dB'} {'ok' if check.passed else 'FAILED'}")

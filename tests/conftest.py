@@ -84,21 +84,13 @@ def fp16_int8_bundle(tmp_path_factory, official_dir) -> Path:
     """The fixture checkpoint with a small random DINOv2 (seed 3, the runtime and int8 tests' model), exported once
     per session as ONNX in precisions fp16 + int8, no avatar: fp16 and fp32 encoders, fp16 and int8 decoders.
     Read-only."""
-    import warnings
-
-    from flexavatar.config import FlexConfig
-    from flexavatar.dinov2 import DinoV2Config
     from flexavatar.export import export_bundle
-    from flexavatar.export.testing import random_dinov2
+    from flexavatar.export.testing import FIXTURE_DINO, fixture_config, random_dinov2
 
     out = tmp_path_factory.mktemp("fp16_int8") / "bundle"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        config = FlexConfig.from_official_json(official_dir / "config.json")
-        export_bundle(official_dir / "state_dict.safetensors", out, template=official_dir / "gghead_template.obj",
-                      config=config, dinov2=random_dinov2(DinoV2Config(dim=32, depth=2, n_heads=2, input_size=56),
-                                                          seed=3), precisions=("fp16", "int8"),
-                      targets=("onnx",), progress=None)
+    export_bundle(official_dir / "state_dict.safetensors", out, template=official_dir / "gghead_template.obj",
+                  config=fixture_config(official_dir), dinov2=random_dinov2(FIXTURE_DINO, seed=3),
+                  precisions=("fp16", "int8"), targets=("onnx",), progress=None)
     return out
 
 

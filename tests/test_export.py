@@ -24,15 +24,14 @@ from flexavatar.bundle import (FORMAT_ONNX, FORMAT_ONNX_ORT, FORMAT_OPENVINO, GA
                                ROLE_DECODER_AVATAR,
                                ROLE_ENCODER, ROLE_ENCODER_FEATURES, Bundle, read_onnx_metadata,
                                read_onnx_metadata_props, read_openvino_metadata)
-from flexavatar.config import FlexConfig
-from flexavatar.dinov2 import DinoV2Config
 from flexavatar.export import ExportArgumentError, ExportStepError, export_bundle
 from flexavatar.export.cli import main as cli_main
 from flexavatar.export.exporter import DEFAULT_OPSET, TARGETS
 from flexavatar.export.onnx_tools import FP16_FP32_OPS, constant_only_nodes
 from flexavatar.export.openvino_tools import compile_ir, run_compiled
 from flexavatar.export.parity import psnr, render_frontal
-from flexavatar.export.testing import random_dinov2, write_synthetic_photo
+from flexavatar.export.testing import fixture_config, write_synthetic_photo
+from flexavatar.export.testing import fixture_model as load_fixture_model
 from flexavatar.model import AvatarCode, FlexAvatarModel
 from flexavatar.template import Template
 
@@ -40,22 +39,11 @@ from flexavatar.template import Template
 ATOL_FINAL = {"means": 2e-5, "scales": 2e-5, "opacities": 2e-5, "quats": 1e-4, "sh0": 1e-4}
 FIXTURE_NAMES = {"means": "positions", "quats": "rotations", "scales": "scales", "opacities": "opacities",
                  "sh0": "colors"}
-SMALL_DINO = DinoV2Config(dim=32, depth=2, n_heads=2, input_size=56)   # 4×4 features = the fixture's grid
-
-
-def _config(official_dir: Path) -> FlexConfig:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return FlexConfig.from_official_json(official_dir / "config.json")
 
 
 @pytest.fixture(scope="module")
 def fixture_model(official_dir):
-    dino = random_dinov2(SMALL_DINO, seed=3)
-    model = FlexAvatarModel.from_checkpoint(official_dir / "state_dict.safetensors",
-                                            template=official_dir / "gghead_template.obj",
-                                            config=_config(official_dir), dinov2=dino)
-    return model
+    return load_fixture_model(official_dir)
 
 
 TRACED: list[str] = []          # roles torch.onnx traced during the `full` export
@@ -77,7 +65,7 @@ def full(tmp_path_factory, official_dir, fixture_model):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(exporter, "export_graph", counted)
         result = export_bundle(official_dir / "state_dict.safetensors", root / "bundle",
-                               template=official_dir / "gghead_template.obj", config=_config(official_dir),
+                               template=official_dir / "gghead_template.obj", config=fixture_config(official_dir),
                                dinov2=fixture_model.dinov2, avatar=photo, targets=TARGETS,
                                progress=messages.append)
     return result, messages, photo
@@ -474,7 +462,7 @@ def test_failure_after_first_file_leaves_no_partial_bundle(tmp_path, monkeypatch
     expected = ExportStepError if isinstance(failure, Exception) else KeyboardInterrupt
     with pytest.raises(expected) as info:
         export_bundle(official_dir / "state_dict.safetensors", out, template=official_dir / "gghead_template.obj",
-                      config=_config(official_dir), progress=None)
+                      config=fixture_config(official_dir), progress=None)
     assert seen == [["check.npz", "encoder_features.fp32.onnx"]]   # the check set and the first model were written
     assert list(tmp_path.iterdir()) == []                       # ... and is gone, with its staging folder
     if expected is ExportStepError:
@@ -493,7 +481,7 @@ def test_fp16_below_psnr_target_is_flagged_or_fatal(tmp_path, monkeypatch, offic
     monkeypatch.setitem(exporter.PSNR_TARGET_DB, "fp16", 500.0)        # unreachable
     messages: list[str] = []
     run = lambda: export_bundle(official_dir / "state_dict.safetensors", tmp_path / "b",  # noqa: E731
-                                template=official_dir / "gghead_template.obj", config=_config(official_dir),
+                                template=official_dir / "gghead_template.obj", config=fixture_config(official_dir),
                                 precisions="fp16", targets="onnx", strict_fp16=strict, progress=messages.append)
     if strict:
         with pytest.raises(ParityError, match="PSNR .* < target 500 dB"):
@@ -522,7 +510,7 @@ def test_identical_fp16_render_is_recorded_as_the_psnr_cap(tmp_path, monkeypatch
     monkeypatch.setattr(exporter, "export_graph", lambda module, args, spec, opset: cached[spec.role])
     monkeypatch.setattr(exporter, "psnr", lambda a, b: math.inf)                     # identical renders
     result = export_bundle(official_dir / "state_dict.safetensors", tmp_path / "b",
-                           template=official_dir / "gghead_template.obj", config=_config(official_dir),
+                           template=official_dir / "gghead_template.obj", config=fixture_config(official_dir),
                            precisions="fp16", targets="onnx", progress=None)
     text = (result.path / "manifest.json").read_text()
     assert "Infinity" not in text
@@ -567,7 +555,7 @@ def test_fp16_overflow_that_the_cpu_provider_hides_fails_the_export(tmp_path, mo
     with pytest.raises(ParityError, match=r"decoder\.fp16\.onnx gives (non-finite values|an fp16 tensor "
                                           r"reaching inf) .*fp16 range"):
         export_bundle(official_dir / "state_dict.safetensors", tmp_path / "b",
-                      template=official_dir / "gghead_template.obj", config=_config(official_dir),
+                      template=official_dir / "gghead_template.obj", config=fixture_config(official_dir),
                       precisions="fp16", targets="onnx", progress=None)
     assert list(tmp_path.iterdir()) == []
 

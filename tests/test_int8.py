@@ -7,7 +7,6 @@ encoder and an avatar photo (so the specialised avatar decoder is quantized too)
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +18,15 @@ from flexavatar import kernels
 from flexavatar.bundle import PSNR_TARGET_DB, ROLE_DECODER, ROLE_DECODER_AVATAR, ROLE_ENCODER, Bundle
 from flexavatar.cameras import default_camera as torch_default_camera
 from flexavatar.cameras import orbit_cameras as torch_orbit_cameras
-from flexavatar.config import FlexConfig
-from flexavatar.dinov2 import DinoV2Config
 from flexavatar.export import ExportArgumentError, export_bundle
 from flexavatar.export.onnx_tools import INT8_OPS
-from flexavatar.export.testing import random_dinov2, write_synthetic_photo
+from flexavatar.export.testing import fixture_config, fixture_model, write_synthetic_photo
 from flexavatar.images import psnr
 from flexavatar.model import AvatarCode, FlexAvatarModel
 from flexavatar.runtime import EngineUnavailableError, Runtime, load_expressions, orbit_camera
 from flexavatar.runtime.cli import main as render_main
 from flexavatar.runtime.numerics import check_numerics
 
-SMALL_DINO = DinoV2Config(dim=32, depth=2, n_heads=2, input_size=56)
 SIZE = 128                                    # the fixture model's image size; render size too
 FIELDS = ("means", "quats", "scales", "opacities", "sh0")
 INT8_TARGET_DB = PSNR_TARGET_DB["int8"]
@@ -38,17 +34,9 @@ INT8_TARGET_DB = PSNR_TARGET_DB["int8"]
 FP32_LIKE_DB = PSNR_TARGET_DB["fp32"]
 
 
-def _config(official_dir: Path) -> FlexConfig:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return FlexConfig.from_official_json(official_dir / "config.json")
-
-
 @pytest.fixture(scope="module")
 def model(official_dir) -> FlexAvatarModel:
-    return FlexAvatarModel.from_checkpoint(official_dir / "state_dict.safetensors",
-                                           template=official_dir / "gghead_template.obj",
-                                           config=_config(official_dir), dinov2=random_dinov2(SMALL_DINO, seed=3))
+    return fixture_model(official_dir)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +48,7 @@ def photo(tmp_path_factory) -> Path:
 def bundle(tmp_path_factory, official_dir, model, photo) -> Path:
     out = tmp_path_factory.mktemp("int8") / "bundle"
     export_bundle(official_dir / "state_dict.safetensors", out, template=official_dir / "gghead_template.obj",
-                  config=_config(official_dir), dinov2=model.dinov2, precisions=("fp32", "int8"), avatar=photo,
+                  config=fixture_config(official_dir), dinov2=model.dinov2, precisions=("fp32", "int8"), avatar=photo,
                   targets=("onnx",), progress=None)
     return out
 
@@ -203,7 +191,7 @@ def test_int8_needs_an_int8_bundle(onnx_features_bundle):
 def test_export_int8_needs_the_onnx_target(official_dir, tmp_path):
     with pytest.raises(ExportArgumentError, match="int8 is written as ONNX only"):
         export_bundle(official_dir / "state_dict.safetensors", tmp_path / "b",
-                      template=official_dir / "gghead_template.obj", config=_config(official_dir),
+                      template=official_dir / "gghead_template.obj", config=fixture_config(official_dir),
                       precisions="fp32,int8", targets="openvino", progress=None)
     assert not (tmp_path / "b").exists()
 

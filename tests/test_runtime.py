@@ -39,12 +39,10 @@ from flexavatar.bundle import (ROLE_DECODER, ROLE_DECODER_AVATAR, ROLE_ENCODER, 
                                BundleFileMissingError, BundleHashMismatchError, BundleMetadataError, ManifestError)
 from flexavatar.cameras import default_camera as torch_default_camera
 from flexavatar.cameras import orbit_cameras as torch_orbit_cameras
-from flexavatar.config import FlexConfig
-from flexavatar.dinov2 import DinoV2Config
 from flexavatar.expression import head_pose as torch_head_pose
 from flexavatar.expression import rot6d_to_matrix as torch_rot6d_to_matrix
 from flexavatar.export import export_bundle
-from flexavatar.export.testing import random_dinov2, write_synthetic_photo
+from flexavatar.export.testing import fixture_config, fixture_model, write_synthetic_photo
 from flexavatar.model import AvatarCode, FlexAvatarModel
 from flexavatar.runtime import (Avatar, AvatarFileError, Camera, CameraInputError, EncoderUnavailableError,
                                 EngineUnavailableError, ExecutionProviderError,
@@ -62,7 +60,6 @@ from flexavatar.runtime.expressions import (head_pose_matrix, quaternion_from_ma
 from flexavatar.runtime.images import load_image
 from flexavatar.runtime.intersections import IncompleteFrameWarning, IntersectionBudget
 
-SMALL_DINO = DinoV2Config(dim=32, depth=2, n_heads=2, input_size=56)
 ENGINES = ("onnxruntime", "openvino", "torch")
 # the GPU machine's image has no OpenVINO (a CPU engine, tested on CPU machines, where it is a dependency)
 # onnx-ort: the decoders with ONNX Runtime's fused kernels too (ONNX Runtime prefers them on CUDA)
@@ -79,17 +76,9 @@ FIELDS = ("means", "quats", "scales", "opacities", "sh0")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _config(official_dir: Path) -> FlexConfig:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return FlexConfig.from_official_json(official_dir / "config.json")
-
-
 @pytest.fixture(scope="module")
 def model(official_dir) -> FlexAvatarModel:
-    return FlexAvatarModel.from_checkpoint(official_dir / "state_dict.safetensors",
-                                           template=official_dir / "gghead_template.obj",
-                                           config=_config(official_dir), dinov2=random_dinov2(SMALL_DINO, seed=3))
+    return fixture_model(official_dir)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +90,7 @@ def photo(tmp_path_factory) -> Path:
 def bundle(tmp_path_factory, official_dir, model, photo) -> Path:
     out = tmp_path_factory.mktemp("runtime") / "bundle"
     export_bundle(official_dir / "state_dict.safetensors", out, template=official_dir / "gghead_template.obj",
-                  config=_config(official_dir), dinov2=model.dinov2, precisions=("fp32",), avatar=photo,
+                  config=fixture_config(official_dir), dinov2=model.dinov2, precisions=("fp32",), avatar=photo,
                   targets=BUNDLE_TARGETS, progress=None)
     return out
 
