@@ -599,6 +599,134 @@ def test_example_stereo_eyes_from_one_decode_are_the_python_runtimes_multiview(e
     assert bad.returncode == 2 and "--stereo: expected the distance between the eyes" in bad.stderr
 
 
+def _raw_frames(data: bytes, height: int, width: int) -> np.ndarray:
+    """rgb24 frames read back from a raw stream → [n, H, W, 3] uint8 (the stream holds whole frames only)."""
+    frame = height * width * 3
+    assert len(data) % frame == 0, (len(data), frame)
+    return np.frombuffer(data, np.uint8).reshape(-1, height, width, 3)
+
+
+def test_example_streams_codes_from_stdin_and_raw_frames_to_stdout(example_app, bundle_dir, inputs, cpp_outputs,
+                                                                   tmp_path):
+    """EXPRESSIONS - and OUT_DIR - (flexavatar-render's live protocol: 540-byte records in, rgb24 frames out): the
+    frames of the .npy run, byte for byte, with the report on standard error; the same records into PNG frames;
+    an empty stream renders nothing; a stream ending inside a record is an error after its whole frames."""
+    from PIL import Image
+
+    records = inputs["expressions_f32"].read_bytes()                      # [E, 135] little-endian float32
+    proc = subprocess.run([str(example_app), str(bundle_dir), str(inputs["code_path"]), "-", "-", "--size",
+                           str(RENDER_SIZE)], input=records, capture_output=True, timeout=300)
+    report = proc.stderr.decode()
+    assert proc.returncode == 0, report
+    frames = _raw_frames(proc.stdout, RENDER_SIZE, RENDER_SIZE)
+    assert len(frames) == len(inputs["expressions"])
+    for got, want in zip(frames, cpp_outputs, strict=True):
+        np.testing.assert_array_equal(got, want["rgba"][..., :3])
+    assert f"{len(frames)} frames {RENDER_SIZE}x{RENDER_SIZE} -> standard output (rgb24)" in report, report
+    assert re.search(r"p50 [0-9.]+ ms, p95 [0-9.]+ ms", report), report
+
+    out = tmp_path / "pngs"
+    proc = subprocess.run([str(example_app), str(bundle_dir), str(inputs["code_path"]), "-", str(out), "--size",
+                           str(RENDER_SIZE)], input=records, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    pngs = sorted(out.glob("frame_*.png"))
+    assert len(pngs) == len(frames)
+    for png, want in zip(pngs, cpp_outputs, strict=True):
+        np.testing.assert_array_equal(np.asarray(Image.open(png)), want["rgba"])
+
+    proc = subprocess.run([str(example_app), str(bundle_dir), str(inputs["code_path"]), "-", "-", "--size", "32"],
+                          input=b"", capture_output=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout == b"", proc.stderr
+    assert "no frames: the expression stream was empty" in proc.stderr.decode()
+
+    record = 135 * 4
+    proc = subprocess.run([str(example_app), str(bundle_dir), str(inputs["code_path"]), "-", "-", "--size", "32"],
+                          input=records[:2 * record + 100], capture_output=True, timeout=300)
+    assert proc.returncode == 1
+    assert ("EXPRESSIONS -: stream ended inside record 2 (100 of 540 bytes; expected 135 little-endian float32 "
+            "values per frame) (2 frames written)") in proc.stderr.decode(), proc.stderr
+    assert len(_raw_frames(proc.stdout, 32, 32)) == 2
+
+
+def test_example_raw_stream_equals_flexavatar_render_and_stereo_sits_side_by_side(example_app, bundle_dir, inputs,
+                                                                                  tmp_path):
+    """The C++ example's live stream against the Python CLI's (flexavatar-render --expressions - -o -) on the same
+    records: the same frames within the runtime parity tolerance; --stereo streams the two eyes side by side, each
+    the PNG of that eye."""
+    from PIL import Image
+
+    records = inputs["expressions_f32"].read_bytes()
+    proc = subprocess.run([str(example_app), str(bundle_dir), str(inputs["code_path"]), "-", "-", "--size",
+                           str(RENDER_SIZE)], input=records, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    ours = _raw_frames(proc.stdout, RENDER_SIZE, RENDER_SIZE).astype(np.float64) / 255
+    python = subprocess.run(["flexavatar-render", str(bundle_dir), "--avatar", str(inputs["code_path"]),
+                             "--expressions", "-", "-o", "-", "--size", str(RENDER_SIZE), "--backend", "onnxruntime",
+                             "--device", "cpu", "--rasterizer", "cpu"], input=records, capture_output=True,
+                            timeout=300)
+    assert python.returncode == 0, python.stderr.decode()
+    theirs = _raw_frames(python.stdout, RENDER_SIZE, RENDER_SIZE).astype(np.float64) / 255
+    assert ours.shape == theirs.shape
+    diff = np.abs(ours - theirs)
+    assert diff.mean() <= 1e-3 and diff.max() <= 2 / 255 + 1e-9, (diff.mean(), diff.max())
+    assert ours.std() > 0.01                                                # a rendered head, not a blank stream
+
+    proc = subprocess.run([str(example_app), str(bundle_dir), str(inputs["code_path"]), "-", "-", "--size",
+                           str(RENDER_SIZE), "--stereo", "0.08"], input=records, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "(stereo: left and right eye side by side, one decode)" in proc.stderr.decode()
+    pairs = _raw_frames(proc.stdout, RENDER_SIZE, 2 * RENDER_SIZE)
+    subprocess.run([str(example_app), str(bundle_dir), str(inputs["code_path"]), str(inputs["expressions_path"]),
+                    str(tmp_path / "eyes"), "--size", str(RENDER_SIZE), "--stereo", "0.08"], check=True,
+                   capture_output=True, timeout=300)
+    assert len(pairs) == len(inputs["expressions"])
+    for e, pair in enumerate(pairs):
+        for side, half in (("left", pair[:, :RENDER_SIZE]), ("right", pair[:, RENDER_SIZE:])):
+            png = np.asarray(Image.open(tmp_path / "eyes" / f"frame_{e:05d}_{side}.png"))
+            np.testing.assert_array_equal(half, png[..., :3])
+
+
+def test_example_stops_cleanly_when_the_reader_closes_the_stream(example_app, bundle_dir, inputs, tmp_path):
+    """OUT_DIR -: a reader that leaves after one frame (head -c, a closed viewer) ends the example with an error
+    naming it (exit 1), not a SIGPIPE death, and it stops reading its input."""
+    expressions = np.repeat(inputs["expressions"][:1], 200, axis=0).astype("<f4")
+    (tmp_path / "codes.f32").write_bytes(expressions.tobytes())
+    with (tmp_path / "codes.f32").open("rb") as codes:
+        proc = subprocess.Popen([str(example_app), str(bundle_dir), str(inputs["code_path"]), "-", "-", "--size", "64"],
+                                stdin=codes, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        first = proc.stdout.read(64 * 64 * 3)
+        proc.stdout.close()
+        stderr = proc.stderr.read().decode()
+        assert proc.wait(timeout=300) == 1, stderr
+    assert len(first) == 64 * 64 * 3
+    assert "standard output was closed before the last frame" in stderr, stderr
+    assert "frames written" in stderr
+
+
+def test_example_warns_of_artifacts_it_leaves_aside(example_app, bundle_dir, inputs, tmp_path):
+    """A newer exporter's artifact (format unknown here): the example says which it leaves aside
+    (flexavatar_runtime_info.ignored_names) and renders with the rest."""
+    import json
+
+    newer = tmp_path / "newer"
+    shutil.copytree(bundle_dir, newer)
+    manifest = json.loads((newer / "manifest.json").read_text())
+    extra = json.loads(json.dumps(next(a for a in manifest["artifacts"] if a["role"] == "decoder")))
+    extra.update(name="decoder.fp32.plan", format="tensorrt")     # its file does not exist: never opened
+    extra["files"] = [dict(f, path=f["path"].replace(".onnx", ".plan")) for f in extra["files"]]
+    manifest["artifacts"].append(extra)
+    (newer / "manifest.json").write_text(json.dumps(manifest))
+    proc = subprocess.run([str(example_app), str(newer), str(inputs["code_path"]), str(inputs["expressions_path"]),
+                           str(tmp_path / "frames"), "--size", "32"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert ("1 artifact(s) of this bundle are of a kind this flexavatar" in proc.stderr and
+            "left aside: decoder.fp32.plan (format 'tensorrt')" in proc.stderr), proc.stderr
+    assert len(list((tmp_path / "frames").glob("frame_*.png"))) == len(inputs["expressions"])
+    proc = subprocess.run([str(example_app), str(bundle_dir), str(inputs["code_path"]), str(inputs["expressions_path"]),
+                           str(tmp_path / "plain"), "--size", "32"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "left aside" not in proc.stderr, proc.stderr
+
+
 def test_example_encodes_a_photo_and_renders_it_like_the_python_runtime(example_app, bundle_dir, official_dir,
                                                                        python_runtime, tmp_path):
     """AVATAR as a photo .npy [S, S, 3] (+ --features): the example runs the bundle's encoder through the C API."""

@@ -130,6 +130,13 @@ flexavatar_status with_runtime(const flexavatar_runtime* handle, const char* fun
 
 bool sized_ok(uint32_t struct_size, size_t minimum) { return struct_size >= minimum; }
 
+// A string into a fixed char field: truncated to fit, NUL-terminated, the rest zeroed.
+template <size_t N>
+void copy_text(char (&field)[N], const std::string& text) {
+  std::memset(field, 0, N);
+  std::memcpy(field, text.data(), std::min(text.size(), N - 1));
+}
+
 // Whether a field appended to a struct_size-versioned struct lies inside the caller's struct.
 #define FLEXAVATAR_HAS_FIELD(type, object, field) \
   (size_t((object).struct_size) >= offsetof(type, field) + sizeof((object).field))
@@ -342,33 +349,29 @@ flexavatar_status flexavatar_runtime_get_info(const flexavatar_runtime* runtime,
     info->expression_dim = rt.expression_dim();
     info->image_size = rt.image_size();
     info->has_bundle_avatar_code = rt.has_bundle_avatar_code() ? 1 : 0;
-    std::memset(info->decoder_provider, 0, sizeof(info->decoder_provider));
-    std::strncpy(info->decoder_provider, rt.decoder_provider().c_str(), sizeof(info->decoder_provider) - 1);
-    if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, rasterizer)) {
-      std::memset(info->rasterizer, 0, sizeof(info->rasterizer));
-      std::strncpy(info->rasterizer, rt.rasterizer_name(), sizeof(info->rasterizer) - 1);
-    }
+    copy_text(info->decoder_provider, rt.decoder_provider());
+    if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, rasterizer))
+      copy_text(info->rasterizer, rt.rasterizer_name());
     if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, rasterizer_device))
       info->rasterizer_device = rt.rasterizer_device();
     if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, encoders)) info->encoders = rt.encoders();
     if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, feature_channels))
       info->feature_channels = rt.feature_channels();
-    if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, decoder_precision)) {
-      std::memset(info->decoder_precision, 0, sizeof(info->decoder_precision));
-      std::strncpy(info->decoder_precision, rt.precision().c_str(), sizeof(info->decoder_precision) - 1);
-    }
+    if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, decoder_precision))
+      copy_text(info->decoder_precision, rt.precision());
     if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, cuda_graphs)) info->cuda_graphs = rt.cuda_graphs() ? 1 : 0;
-    if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, decoder_file)) {
-      std::memset(info->decoder_file, 0, sizeof(info->decoder_file));
-      std::strncpy(info->decoder_file, rt.decoder_file().c_str(), sizeof(info->decoder_file) - 1);
-    }
-    if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, encoder_provider)) {
-      std::memset(info->encoder_provider, 0, sizeof(info->encoder_provider));
-      std::strncpy(info->encoder_provider, rt.encoder_provider().c_str(), sizeof(info->encoder_provider) - 1);
-    }
-    if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, encoder_fallback)) {
-      std::memset(info->encoder_fallback, 0, sizeof(info->encoder_fallback));
-      std::strncpy(info->encoder_fallback, rt.encoder_fallback().c_str(), sizeof(info->encoder_fallback) - 1);
+    if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, decoder_file))
+      copy_text(info->decoder_file, rt.decoder_file());
+    if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, encoder_provider))
+      copy_text(info->encoder_provider, rt.encoder_provider());
+    if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, encoder_fallback))
+      copy_text(info->encoder_fallback, rt.encoder_fallback());
+    if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, ignored_artifacts))
+      info->ignored_artifacts = int32_t(rt.ignored_artifacts().size());
+    if (FLEXAVATAR_HAS_FIELD(flexavatar_runtime_info, *info, ignored_names)) {
+      std::string names;
+      for (const auto& name : rt.ignored_artifacts()) names += (names.empty() ? "" : ", ") + name;
+      copy_text(info->ignored_names, names);
     }
     return Status::ok_status();
   });

@@ -114,6 +114,8 @@ class Runtime {
   // where a GPU / NPU provider could not open it; then encoder_fallback() is that provider's error, else "".
   const std::string& encoder_provider() const { return encoder_provider_; }
   const std::string& encoder_fallback() const { return encoder_fallback_; }
+  // The manifest's artifacts this runtime left aside (a newer exporter's kinds): "NAME (format 'x')" each.
+  const std::vector<std::string>& ignored_artifacts() const { return bundle_.manifest.ignored; }
   // The decoder file's precision ("fp32", "fp16" or "int8").
   const std::string& precision() const { return decoder_precision_; }
   bool cuda_graphs() const { return decoder_ && decoder_->cuda_graphs(); }

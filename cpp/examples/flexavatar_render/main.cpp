@@ -18,11 +18,17 @@
 //   AVATAR       an avatar code .npy float32 (R², 1, D); "-" for the bundle's own avatar_code.npy; or a photo
 //                .npy float32 [S, S, 3] (or [3, S, S]) in [0, 1] on white, encoded by the bundle's encoder
 //                (with --features: its DINOv2 features [C, h, w], for bundles exported without DINOv2)
-//   EXPRESSIONS  .npy float32 [E, 135] (or [135] for one frame)
+//   EXPRESSIONS  .npy float32 [E, 135] (or [135] for one frame); or "-": codes streamed on standard input as they
+//                arrive, 540 bytes a frame (135 little-endian float32), each rendered and written before the next
+//                is read (flexavatar-render's --expressions - protocol), until the stream ends
+//   OUT_DIR      a folder for the PNG frames; or "-": raw rgb24 frames on standard output, frame after frame (with
+//                --stereo the two eyes side by side, 2S wide), for a pipe into ffmpeg -f rawvideo, a virtual
+//                camera or a compositor; the report then goes to standard error
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 
 #include <algorithm>
 #include <chrono>
@@ -49,7 +55,8 @@ int usage() {
                "               [--fused-decoders auto|on|off] [--precision fp32|fp16|int8] [--stereo EYE_DISTANCE_M]\n"
                "  AVATAR: avatar code .npy float32 (R^2, 1, D); - for the bundle's avatar_code.npy; or a photo\n"
                "          .npy float32 [S, S, 3] in [0, 1] to encode (--features: DINOv2 features [C, h, w])\n"
-               "  EXPRESSIONS: .npy float32 [E, 135]\n");
+               "  EXPRESSIONS: .npy float32 [E, 135]; - for 540-byte records (135 float32) streamed on stdin\n"
+               "  OUT_DIR: a folder for PNG frames; - for raw rgb24 frames on stdout (the report on stderr)\n");
   return 2;
 }
 
@@ -280,6 +287,58 @@ bool write_frame(const std::string& path, const flexavatar_frame& frame, std::st
   return true;
 }
 
+// EXPRESSIONS "-": one record of `dim` little-endian float32 values from standard input, as it arrives (a pipe may
+// deliver it in pieces). false at the end of the stream; a stream that ends inside a record also sets *error.
+bool read_record(long dim, long index, std::vector<float>* expression, std::string* error) {
+  const size_t need = size_t(dim) * sizeof(float);
+  std::vector<unsigned char> bytes(need);
+  size_t got = 0;
+  while (got < need) {
+    const ssize_t n = ::read(STDIN_FILENO, bytes.data() + got, need - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return *error = std::string("EXPRESSIONS -: cannot read standard input: ") + std::strerror(errno), false;
+    if (n == 0) break;
+    got += size_t(n);
+  }
+  if (got == 0) return false;
+  if (got < need)
+    return *error = "EXPRESSIONS -: stream ended inside record " + std::to_string(index) + " (" + std::to_string(got) +
+                    " of " + std::to_string(need) + " bytes; expected " + std::to_string(dim) +
+                    " little-endian float32 values per frame)",
+           false;
+  expression->resize(size_t(dim));
+  for (size_t i = 0; i < size_t(dim); ++i) {  // little-endian on the wire, whatever this machine's byte order
+    const unsigned char* b = bytes.data() + 4 * i;
+    const uint32_t bits = uint32_t(b[0]) | uint32_t(b[1]) << 8 | uint32_t(b[2]) << 16 | uint32_t(b[3]) << 24;
+    std::memcpy(&(*expression)[i], &bits, 4);
+  }
+  return true;
+}
+
+// OUT_DIR "-": all of `data` to standard output, unbuffered, so a live reader gets each frame as it is rendered.
+bool write_stdout(const unsigned char* data, size_t size, std::string* error) {
+  while (size > 0) {
+    const ssize_t n = ::write(STDOUT_FILENO, data, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0)
+      return *error = errno == EPIPE ? "standard output was closed before the last frame"
+                                     : std::string("cannot write standard output: ") + std::strerror(errno),
+             false;
+    data += n;
+    size -= size_t(n);
+  }
+  return true;
+}
+
+// A frame's colour as rgb24 into `out`, a row of `stride` pixels; column `x0` onwards (the right eye's half).
+void put_rgb(const flexavatar_frame& frame, int stride, int x0, std::vector<unsigned char>* out) {
+  for (int y = 0; y < frame.height; ++y)
+    for (int x = 0; x < frame.width; ++x)
+      for (int c = 0; c < 3; ++c)
+        (*out)[(size_t(y) * size_t(stride) + size_t(x0 + x)) * 3 + size_t(c)] =
+            frame.rgba[(size_t(y) * size_t(frame.width) + size_t(x)) * 4 + size_t(c)];
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -364,6 +423,10 @@ int main(int argc, char** argv) {
     if (positional[k].empty()) return usage_error(std::string(kNames[k]) + ": empty argument");
   if (avatar == "-" && !features_path.empty())
     return usage_error("--features needs a photo .npy as AVATAR, not '-' (the bundle's avatar_code.npy)");
+  const bool stream_in = expr_path == "-";   // codes as they arrive on standard input
+  const bool stream_out = out_dir == "-";    // raw frames on standard output
+  FILE* const say = stream_out ? stderr : stdout;  // stdout may carry the frames
+  if (stream_out) std::signal(SIGPIPE, SIG_IGN);  // a reader that leaves: a write error to report, not a silent death
   try {
     // The inputs and OUT_DIR before loading the bundle (which can take seconds): fail fast, write nothing.
     std::string error;
@@ -380,11 +443,11 @@ int main(int argc, char** argv) {
     }
     std::vector<float> expressions;
     std::vector<long> shape;
-    if (!read_npy("EXPRESSIONS", expr_path, &expressions, &shape, &error)) {
+    if (!stream_in && !read_npy("EXPRESSIONS", expr_path, &expressions, &shape, &error)) {
       std::fprintf(stderr, "error: %s\n", error.c_str());
       return 1;
     }
-    if (!prepare_out_dir(out_dir, &error)) {
+    if (!stream_out && !prepare_out_dir(out_dir, &error)) {
       std::fprintf(stderr, "error: %s\n", error.c_str());
       return 1;
     }
@@ -400,15 +463,19 @@ int main(int argc, char** argv) {
     options.frame_outputs = FLEXAVATAR_FRAME_RGBA8;  // the PNGs need nothing else: 1 of 6 MiB a 512² frame on CUDA
     flexavatar::Runtime rt(bundle, &options);
     const flexavatar_runtime_info info = rt.info();
+    if (info.ignored_artifacts > 0)  // a newer exporter's files: the bundle runs without them
+      std::fprintf(stderr, "warning: %d artifact(s) of this bundle are of a kind this flexavatar %s does not know and "
+                           "are left aside: %s\n", int(info.ignored_artifacts), flexavatar_version(),
+                   info.ignored_names);
 
     const long dim = info.expression_dim;
-    if (shape.empty() || shape.size() > 2 || shape.back() != dim) {
+    if (!stream_in && (shape.empty() || shape.size() > 2 || shape.back() != dim)) {
       std::fprintf(stderr, "error: EXPRESSIONS %s: expected shape [E, %ld] (or [%ld]), got %s\n", expr_path.c_str(),
                    dim, dim, shape_string(shape).c_str());
       return 1;
     }
-    const long frames = long(expressions.size()) / dim;
-    if (frames == 0) {
+    const long frames = long(expressions.size()) / dim;  // of the .npy; a stream's are counted as they come
+    if (!stream_in && frames == 0) {
       std::fprintf(stderr, "error: EXPRESSIONS %s: no frames (shape %s)\n", expr_path.c_str(),
                    shape_string(shape).c_str());
       return 1;
@@ -416,13 +483,14 @@ int main(int argc, char** argv) {
     if (verify) {
       // the export's check set through this provider, precision and rasterizer, before anything is written
       const flexavatar_numerics n = rt.check_numerics();
-      std::printf("numerics (%s, %s, %s rasterizer): worst frame %.1f dB (target %.0f dB); max |err| means %.2g, "
-                  "quats %.2g, scales %.2g, opacities %.2g, sh0 %.2g",
-                  info.decoder_provider, info.decoder_precision, info.rasterizer, n.psnr_db, n.target_db,
+      std::fprintf(say, "numerics (%s, %s, %s rasterizer): worst frame %.1f dB (target %.0f dB); max |err| means "
+                   "%.2g, quats %.2g, scales %.2g, opacities %.2g, sh0 %.2g",
+                   info.decoder_provider, info.decoder_precision, info.rasterizer, n.psnr_db, n.target_db,
                   n.max_abs_error[0], n.max_abs_error[1], n.max_abs_error[2], n.max_abs_error[3], n.max_abs_error[4]);
       if (n.encoder_checked)
-        std::printf("; encoder: code max |err| %.2g, worst frame %.1f dB", n.code_max_abs_error, n.encoder_psnr_db);
-      std::printf(": %s\n", n.passed ? "ok" : "FAILED");
+        std::fprintf(say, "; encoder: code max |err| %.2g, worst frame %.1f dB", n.code_max_abs_error,
+                     n.encoder_psnr_db);
+      std::fprintf(say, ": %s\n", n.passed ? "ok" : "FAILED");
       if (!n.passed) {
         std::fprintf(stderr, "error: the numerics check failed: this runtime's frames are not the exported model's "
                              "(nothing rendered)\n");
@@ -441,42 +509,73 @@ int main(int argc, char** argv) {
         eyes[side].cam2world[4 * r + 3] += float((side ? 0.5 : -0.5) * eye_distance * camera.cam2world[4 * r]);
     std::vector<double> ms;
     std::vector<float> expression(static_cast<size_t>(dim));
-    for (long f = 0; f < frames; ++f) {
-      std::copy(expressions.begin() + f * dim, expressions.begin() + (f + 1) * dim, expression.begin());
+    // OUT_DIR "-": one rgb24 frame, the eyes side by side with --stereo (the frame is the runtime's until its next
+    // call: the left eye is copied out before the right one is rendered)
+    const int views = stereo ? 2 : 1;
+    std::vector<unsigned char> raw(stream_out ? size_t(camera.width) * size_t(views) * size_t(camera.height) * 3 : 0);
+    long rendered = 0;
+    for (;; ++rendered) {
+      if (stream_in) {
+        if (!read_record(dim, rendered, &expression, &error)) {
+          if (error.empty()) break;  // the stream ended between records
+          std::fprintf(stderr, "error: %s (%ld frames written)\n", error.c_str(), rendered);
+          return 1;
+        }
+      } else {
+        if (rendered == frames) break;
+        std::copy(expressions.begin() + rendered * dim, expressions.begin() + (rendered + 1) * dim,
+                  expression.begin());
+      }
       const auto start = std::chrono::steady_clock::now();
       const flexavatar_camera& first = stereo ? eyes[0] : camera;
       const flexavatar_frame frame =
           rt.render(expression, head_pose ? flexavatar::posed_camera(first, expression) : first);
       char name[40];
-      std::snprintf(name, sizeof(name), stereo ? "frame_%05ld_left.png" : "frame_%05ld.png", f);
-      // the frame is the runtime's until its next call: written before the right eye is rendered (not timed)
+      std::snprintf(name, sizeof(name), stereo ? "frame_%05ld_left.png" : "frame_%05ld.png", rendered);
+      // the frame is the runtime's until its next call: written (or copied) before the right eye is rendered (not
+      // timed)
       const auto written = std::chrono::steady_clock::now();
-      if (!write_frame(out_dir + "/" + name, frame, &error)) {
+      if (stream_out) {
+        put_rgb(frame, camera.width * views, 0, &raw);
+      } else if (!write_frame(out_dir + "/" + name, frame, &error)) {
         std::fprintf(stderr, "error: %s\n", error.c_str());
         return 1;
       }
       const auto resumed = std::chrono::steady_clock::now();
+      double frame_ms = std::chrono::duration<double, std::milli>(written - start).count();
       if (stereo) {
         const flexavatar_frame right =
             rt.render_view(head_pose ? flexavatar::posed_camera(eyes[1], expression) : eyes[1]);
-        std::snprintf(name, sizeof(name), "frame_%05ld_right.png", f);
+        std::snprintf(name, sizeof(name), "frame_%05ld_right.png", rendered);
         const auto done = std::chrono::steady_clock::now();
-        if (!write_frame(out_dir + "/" + name, right, &error)) {
+        frame_ms += std::chrono::duration<double, std::milli>(done - resumed).count();
+        if (stream_out) {
+          put_rgb(right, camera.width * views, camera.width, &raw);
+        } else if (!write_frame(out_dir + "/" + name, right, &error)) {
           std::fprintf(stderr, "error: %s\n", error.c_str());
           return 1;
         }
-        ms.push_back(std::chrono::duration<double, std::milli>((written - start) + (done - resumed)).count());
-      } else {
-        ms.push_back(std::chrono::duration<double, std::milli>(written - start).count());
       }
+      if (stream_out && !write_stdout(raw.data(), raw.size(), &error)) {
+        std::fprintf(stderr, "error: %s (%ld frames written)\n", error.c_str(), rendered);
+        return 1;
+      }
+      ms.push_back(frame_ms);
     }
-    std::printf("flexavatar %s, %ld Gaussians, decoder on %s%s, %s rasterizer, decoder file %s\n",
-                flexavatar_version(), long(info.num_gaussians), info.decoder_provider,
-                info.cuda_graphs ? " (CUDA graphs)" : "", info.rasterizer, info.decoder_file);
-    std::printf("%ld frames %dx%d%s -> %s\n", frames, camera.width, camera.height,
-                stereo ? " (stereo: left and right eye, one decode)" : "", out_dir.c_str());
-    std::printf("latency per frame: p50 %.3f ms, p95 %.3f ms (first frame %.3f ms)\n", percentile(ms, 0.5),
-                percentile(ms, 0.95), ms.front());
+    std::fprintf(say, "flexavatar %s, %ld Gaussians, decoder on %s%s, %s rasterizer, decoder file %s\n",
+                 flexavatar_version(), long(info.num_gaussians), info.decoder_provider,
+                 info.cuda_graphs ? " (CUDA graphs)" : "", info.rasterizer, info.decoder_file);
+    std::fprintf(say, "%ld frames %dx%d%s -> %s\n", rendered, camera.width * (stream_out ? views : 1), camera.height,
+                 stereo ? (stream_out ? " (stereo: left and right eye side by side, one decode)"
+                                      : " (stereo: left and right eye, one decode)")
+                        : "",
+                 stream_out ? "standard output (rgb24)" : out_dir.c_str());
+    if (ms.empty()) {
+      std::fprintf(say, "no frames: the expression stream was empty\n");
+    } else {
+      std::fprintf(say, "latency per frame: p50 %.3f ms, p95 %.3f ms (first frame %.3f ms)\n", percentile(ms, 0.5),
+                   percentile(ms, 0.95), ms.front());
+    }
     return 0;
   } catch (const flexavatar::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

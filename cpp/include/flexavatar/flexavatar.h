@@ -225,6 +225,9 @@ typedef struct flexavatar_runtime_info {
                                      (it runs once per avatar; its fp32 file then runs on the CPU); "" until
                                      flexavatar_runtime_create_avatar_code opened one */
   char encoder_fallback[256];     /* with that CPU fallback: the GPU / NPU provider's error (truncated), else "" */
+  int32_t ignored_artifacts;      /* manifest artifacts of a format, role or precision this library does not know
+                                     (a newer exporter's): left aside, their files never opened; 0 for most bundles */
+  char ignored_names[256];        /* those artifacts, "NAME (format 'x'), ..." (truncated to fit), else "" */
 } flexavatar_runtime_info;
 
 /* A decoded frame's Gaussians, [G, ...] float32 each, owned by the runtime. */

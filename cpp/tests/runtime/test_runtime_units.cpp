@@ -995,6 +995,7 @@ TEST_CASE(c_api_int8_decoder_runs_on_the_cpu_provider) {
     CHECK(std::string(info.decoder_precision) == "int8");
     CHECK(std::string(info.decoder_provider) == "CPUExecutionProvider" && info.cuda_graphs == 0);
     CHECK(std::string(info.decoder_file) == "decoder.fp32.onnx");
+    CHECK(info.ignored_artifacts == 0 && info.ignored_names[0] == '\0');  // every artifact known
     std::vector<float> code(32, 0.f), expression(135, 0.f);
     flexavatar_gaussians g{};
     CHECK(flexavatar_runtime_set_avatar_code(rt, code.data(), 32) == FLEXAVATAR_OK);
@@ -1202,6 +1203,10 @@ TEST_CASE(c_api_bundle_with_an_unknown_artifact_runs_its_known_ones) {
   flexavatar_gaussians g{};
   CHECK(flexavatar_runtime_set_avatar_code(rt, code.data(), 32) == FLEXAVATAR_OK);
   CHECK(flexavatar_runtime_decode(rt, expression.data(), 135, &g) == FLEXAVATAR_OK && g.opacities[3] == 0.5f);
+  flexavatar_runtime_info info{};
+  info.struct_size = sizeof info;
+  CHECK(flexavatar_runtime_get_info(rt, &info) == FLEXAVATAR_OK);  // the app can tell its user what was left aside
+  CHECK(info.ignored_artifacts == 1 && std::string(info.ignored_names) == "decoder.fp32.plan (format 'tensorrt')");
   flexavatar_runtime_destroy(rt);
   fs::remove_all(dir);
 
