@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # ctest: flexavatar_render's argument and input handling without a bundle. Usage errors (argv) exit 2, bad
 # input files exit 1; each prints one line naming the argument; nothing is written.
-#   example_args.sh PATH/TO/flexavatar_render SCRATCH_DIR
+#   example_args.sh PATH/TO/flexavatar_render SCRATCH_DIR [EMULATOR...]   (a cross build's: runs the program)
 set -u
 EXE=$1 WORK=$2
+shift 2
+RUN=("$@" "$EXE")
 rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK" || exit 1
 [ -x "$EXE" ] || { echo "no executable $EXE (the install_example test builds it)"; exit 1; }
 FAILED=0
@@ -16,7 +18,7 @@ npy() {  # FILE DESCR FORTRAN SHAPE DATA_BYTES: a .npy v1.0 header + zero data
 }
 expect() {  # CODE PATTERN ARGS...: exit code CODE and one stderr line matching PATTERN
   local code=$1 pattern=$2; shift 2
-  "$EXE" "$@" >out.txt 2>err.txt
+  "${RUN[@]}" "$@" >out.txt 2>err.txt
   local rc=$? lines; lines=$(wc -l <err.txt)
   if [ "$rc" -ne "$code" ] || ! grep -q -- "$pattern" err.txt || [ "$lines" -ne 1 ]; then
     echo "FAIL: flexavatar_render $* -> exit $rc (expected $code), stderr ($lines lines, expected /$pattern/):"
@@ -31,7 +33,7 @@ npy ef.npy '<f4' True '(2, 135)' 1080
 npy short.npy '<f4' False '(2, 135)' 100
 echo "not a npy" >text.npy
 mkdir bundle && touch afile
-"$EXE" >/dev/null 2>err.txt; rc=$?
+"${RUN[@]}" >/dev/null 2>err.txt; rc=$?
 { [ $rc -eq 2 ] && grep -q usage err.txt; } || { echo "FAIL: no arguments -> exit $rc"; FAILED=1; }
 expect 2 "missing argument AVATAR" bundle
 expect 2 "missing argument OUT_DIR" bundle - e.npy
