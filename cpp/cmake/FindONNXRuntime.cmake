@@ -5,6 +5,7 @@
 #            (include/onnxruntime), then ONNXRUNTIME_FALLBACK_INCLUDE_DIR (the project's vendored C API header).
 #   library  ONNXRUNTIME_LIBRARY, ${ONNXRUNTIME_ROOT}/lib, the system, then the `onnxruntime` Python wheel of
 #            the Python found by CMake (a virtual environment first): onnxruntime/capi/libonnxruntime.so.<ver>.
+#            Windows: onnxruntime.lib (+ onnxruntime.dll beside it or in ../bin), or with MinGW the DLL itself.
 #
 # The wheel's library has the SONAME libonnxruntime.so.1 but ships no file of that name, so this module puts
 # a libonnxruntime.so.1 symlink to it into the build tree and imports the symlink: linked binaries then
@@ -72,7 +73,23 @@ else()
 endif()
 
 set(ONNXRuntime_VERSION "")
-if(ONNXRuntime_LIBRARY)
+if(ONNXRuntime_LIBRARY AND WIN32)
+  # Windows: onnxruntime.dll (MinGW links a DLL directly) or its import library onnxruntime.lib, with the DLL
+  # beside it or in ../bin (the NuGet / release-zip layout). No SONAME link: programs find the DLL on PATH or
+  # beside themselves.
+  get_filename_component(_ort_dir "${ONNXRuntime_LIBRARY}" DIRECTORY)
+  if(ONNXRuntime_LIBRARY MATCHES "\\.dll$")
+    set(ONNXRuntime_DLL "${ONNXRuntime_LIBRARY}")
+  else()
+    find_file(ONNXRuntime_DLL onnxruntime.dll HINTS "${_ort_dir}" "${_ort_dir}/../bin" NO_DEFAULT_PATH)
+  endif()
+  set(ONNXRuntime_LINK_DIR "${_ort_dir}")
+  set(ONNXRuntime_PROVIDER_LIBRARIES "")
+  if(ONNXRuntime_DLL)
+    get_filename_component(_ort_dll_dir "${ONNXRuntime_DLL}" DIRECTORY)
+    file(GLOB ONNXRuntime_PROVIDER_LIBRARIES "${_ort_dll_dir}/onnxruntime_providers_*.dll")
+  endif()
+elseif(ONNXRuntime_LIBRARY)
   get_filename_component(_ort_real "${ONNXRuntime_LIBRARY}" REALPATH)
   set(ONNXRuntime_LIBRARY "${_ort_real}")
   if(_ort_real MATCHES "onnxruntime\\.so\\.([0-9]+\\.[0-9]+\\.[0-9]+)$")
@@ -97,7 +114,13 @@ find_package_handle_standard_args(ONNXRuntime
   REQUIRED_VARS ONNXRuntime_LIBRARY ONNXRuntime_INCLUDE_DIR ONNXRuntime_API_VERSION
   VERSION_VAR ONNXRuntime_VERSION)
 
-if(ONNXRuntime_FOUND AND NOT TARGET onnxruntime::onnxruntime)
+if(ONNXRuntime_FOUND AND WIN32 AND NOT TARGET onnxruntime::onnxruntime)
+  add_library(onnxruntime::onnxruntime SHARED IMPORTED)
+  set_target_properties(onnxruntime::onnxruntime PROPERTIES
+    IMPORTED_IMPLIB "${ONNXRuntime_LIBRARY}"
+    IMPORTED_LOCATION "${ONNXRuntime_DLL}"
+    INTERFACE_INCLUDE_DIRECTORIES "${ONNXRuntime_INCLUDE_DIR}")
+elseif(ONNXRuntime_FOUND AND NOT TARGET onnxruntime::onnxruntime)
   add_library(onnxruntime::onnxruntime SHARED IMPORTED)
   set_target_properties(onnxruntime::onnxruntime PROPERTIES
     IMPORTED_LOCATION "${ONNXRuntime_LINK_DIR}/libonnxruntime.so.1"

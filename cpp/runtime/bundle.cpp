@@ -1,11 +1,11 @@
 #include "bundle.h"
 
-#include <sys/stat.h>
-
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 
+#include "platform.h"
 #include "sha256.h"
 
 namespace flexavatar {
@@ -13,9 +13,12 @@ namespace runtime {
 namespace {
 
 bool regular_file_size(const std::string& path, int64_t* size) {
-  struct stat info;
-  if (::stat(path.c_str(), &info) != 0 || !S_ISREG(info.st_mode)) return false;
-  *size = int64_t(info.st_size);
+  std::error_code ec;
+  const std::filesystem::path file = platform::fs_path(path);
+  if (!std::filesystem::is_regular_file(file, ec)) return false;
+  const auto bytes = std::filesystem::file_size(file, ec);
+  if (ec) return false;
+  *size = int64_t(bytes);
   return true;
 }
 
@@ -71,8 +74,8 @@ Status verify_file(const std::string& root, const FileRecord& record, bool hashe
 
 Status open_bundle(const std::string& root, Verify verify, Bundle* out) {
   if (!out) return Status(StatusCode::kNullPointer, "open_bundle: out is null");
-  struct stat info;
-  if (::stat(root.c_str(), &info) != 0 || !S_ISDIR(info.st_mode))
+  std::error_code ec;
+  if (!std::filesystem::is_directory(platform::fs_path(root), ec))
     return Status(StatusCode::kBundleFileMissing, "bundle folder not found: " + root);
   Bundle bundle;
   bundle.root = root;
@@ -146,7 +149,7 @@ Status parse_npy_float32(const unsigned char* bytes, size_t size, const std::str
 
 Status read_npy_float32(const std::string& path, NpyArray* out) {
   if (!out) return Status(StatusCode::kNullPointer, "read_npy_float32: out is null");
-  std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
+  std::unique_ptr<FILE, int (*)(FILE*)> file(platform::open_file(path, "rb"), &std::fclose);
   if (!file) return Status(StatusCode::kIoError, "cannot open " + path);
   std::vector<unsigned char> bytes;
   unsigned char chunk[1 << 16];

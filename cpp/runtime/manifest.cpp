@@ -7,6 +7,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "platform.h"
+
 namespace flexavatar {
 namespace runtime {
 namespace {
@@ -402,7 +404,7 @@ Status parse_manifest(const char* text, size_t size, Manifest* out) {
 
 Status read_manifest(const std::string& bundle_dir, Manifest* out) {
   const std::string path = bundle_dir + "/" + kManifestName;
-  std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
+  std::unique_ptr<FILE, int (*)(FILE*)> file(platform::open_file(path, "rb"), &std::fclose);
   if (!file)
     return Status(StatusCode::kBundleInvalid,
                   "no " + std::string(kManifestName) + " at " + path +

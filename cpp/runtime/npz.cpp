@@ -6,6 +6,8 @@
 #include <iterator>
 #include <vector>
 
+#include "platform.h"
+
 namespace flexavatar {
 namespace runtime {
 namespace {
@@ -105,7 +107,7 @@ Status parse_npz_float32(const unsigned char* bytes, size_t size, const std::str
 }
 
 Status read_npz_float32(const std::string& path, std::map<std::string, NpyArray>* out) {
-  std::ifstream file(path, std::ios::binary);
+  std::ifstream file(platform::fs_path(path), std::ios::binary);
   if (!file) return Status(StatusCode::kBundleFileMissing, path + ": cannot open");
   const std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
   return parse_npz_float32(bytes.data(), bytes.size(), path, out);

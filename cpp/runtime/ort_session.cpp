@@ -1,10 +1,10 @@
 #include "ort_session.h"
 
-#include <dlfcn.h>
-#include <sys/stat.h>
-
 #include <algorithm>
+#include <filesystem>
 #include <mutex>
+
+#include "platform.h"
 
 namespace flexavatar {
 namespace runtime {
@@ -36,14 +36,15 @@ Status shared_env(const OrtApi* api, std::shared_ptr<OrtEnv>* out) {
 // Whether ORT's CUDA provider bridge lies beside the loaded ORT library (ORT loads it from there). The
 // CPU-only wheel has none; asking it for CUDA would log a loader error on every session.
 bool cuda_provider_present(std::string* reason) {
-  Dl_info info;
-  if (dladdr(reinterpret_cast<void*>(&OrtGetApiBase), &info) == 0 || !info.dli_fname) return true;  // let ORT decide
-  std::string dir = info.dli_fname;
-  const size_t slash = dir.find_last_of('/');
-  dir = slash == std::string::npos ? std::string(".") : dir.substr(0, slash);
-  const std::string bridge = dir + "/libonnxruntime_providers_cuda.so";
-  struct stat st;
-  if (::stat(bridge.c_str(), &st) == 0) return true;
+  const std::string dir = platform::module_directory(reinterpret_cast<const void*>(&OrtGetApiBase));
+  if (dir.empty()) return true;  // let ORT decide
+#if defined(_WIN32)
+  const std::string bridge = dir + "onnxruntime_providers_cuda.dll";
+#else
+  const std::string bridge = dir + "libonnxruntime_providers_cuda.so";
+#endif
+  std::error_code ec;
+  if (std::filesystem::exists(platform::fs_path(bridge), ec)) return true;
   *reason = "this ONNX Runtime build has no CUDA execution provider (no " + bridge + ")";
   return false;
 }
@@ -432,7 +433,8 @@ Status OrtModel::open(const std::string& path, const SessionConfig& config, std:
   }
 
   OrtSession* raw_session = nullptr;
-  OrtStatus* created = api->CreateSession(model->env_.get(), path.c_str(), options.get(), &raw_session);
+  const std::filesystem::path model_path = platform::fs_path(path);  // ORTCHAR_T: wchar_t on Windows
+  OrtStatus* created = api->CreateSession(model->env_.get(), model_path.c_str(), options.get(), &raw_session);
   if (created && host_device && api->GetErrorCode(created) != ORT_NO_SUCHFILE &&
       api->GetErrorCode(created) != ORT_INVALID_PROTOBUF) {
     // The provider, not the file (which the CPU provider would open): as Python's ExecutionProviderError. The C API
@@ -452,7 +454,7 @@ Status OrtModel::open(const std::string& path, const SessionConfig& config, std:
     s = cpu_options();
     if (!s.ok()) return s;
     raw_session = nullptr;
-    s = model->check(api->CreateSession(model->env_.get(), path.c_str(), options.get(), &raw_session),
+    s = model->check(api->CreateSession(model->env_.get(), model_path.c_str(), options.get(), &raw_session),
                      "CreateSession");
   }
   if (!s.ok()) return s;

@@ -10,6 +10,15 @@
 #include <utility>
 #include <vector>
 
+#if defined(_WIN32) && !defined(_MSC_VER)
+// MinGW: ONNX Runtime's header writes the calling convention and one SAL annotation the MSVC way on Windows.
+#ifndef _stdcall
+#define _stdcall __stdcall
+#endif
+#ifndef _Return_type_success_
+#define _Return_type_success_(expr)
+#endif
+#endif
 #include <onnxruntime_c_api.h>
 
 #include "flexavatar/status.h"

@@ -5,6 +5,8 @@
 #include <memory>
 #include <vector>
 
+#include "platform.h"
+
 namespace flexavatar {
 namespace runtime {
 namespace {
@@ -107,7 +109,7 @@ std::string sha256_hex(const void* data, size_t size) {
 }
 
 Status sha256_file(const std::string& path, std::string* hex_out) {
-  std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
+  std::unique_ptr<FILE, int (*)(FILE*)> file(platform::open_file(path, "rb"), &std::fclose);
   if (!file) return Status(StatusCode::kIoError, "cannot open " + path + " for hashing");
   std::vector<uint8_t> chunk(1 << 20);
   Sha256 h;

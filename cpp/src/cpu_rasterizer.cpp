@@ -269,7 +269,8 @@ inline int blend_lanes(TileState& st, int p0, float px0, float dy, float mx, flo
 }
 
 // The whole tile loop is compiled twice on x86-64 (AVX2 and baseline SSE2) and picked at load time.
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && \
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(_WIN32) && \
+    !defined(__SANITIZE_ADDRESS__) && \
     !defined(FLEXAVATAR_NO_TARGET_CLONES)
 __attribute__((target_clones("avx2", "default")))
 #endif

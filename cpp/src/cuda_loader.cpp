@@ -4,29 +4,9 @@
 #include <vector>
 
 #include "flexavatar/cuda_rasterizer.h"
-
-#if defined(_WIN32)
-#define FLEXAVATAR_HAS_DLOPEN 0
-#else
-#define FLEXAVATAR_HAS_DLOPEN 1
-#include <dlfcn.h>
-#endif
+#include "platform.h"
 
 namespace flexavatar {
-namespace {
-
-#if FLEXAVATAR_HAS_DLOPEN
-// Directory of the binary (shared library, Python extension or executable) holding this code.
-std::string own_directory() {
-  Dl_info info;
-  if (dladdr(reinterpret_cast<void*>(&own_directory), &info) == 0 || !info.dli_fname) return {};
-  const std::string file = info.dli_fname;
-  const auto slash = file.find_last_of('/');
-  return slash == std::string::npos ? std::string() : file.substr(0, slash + 1);
-}
-#endif
-
-}  // namespace
 
 const char* CudaLibrary::file_name() {
 #if defined(_WIN32)
@@ -61,34 +41,32 @@ Status CudaLibrary::load(const std::string& path, std::shared_ptr<CudaLibrary>* 
     *out = it->second;
     return Status::ok_status();
   }
-#if !FLEXAVATAR_HAS_DLOPEN
-  return Status(StatusCode::kUnavailable, "the CUDA rasterizer is only loadable on POSIX systems in this build");
-#else
   std::vector<std::string> candidates;
   if (!path.empty()) {
     candidates.push_back(path);
   } else {
-    const std::string dir = own_directory();
+    // beside the binary holding this code first (the wheel's extension module, libflexavatar_runtime)
+    const std::string dir = platform::module_directory(reinterpret_cast<const void*>(&CudaLibrary::file_name));
     if (!dir.empty()) candidates.push_back(dir + file_name());
-    candidates.push_back(file_name());  // LD_LIBRARY_PATH / rpath
+    candidates.push_back(file_name());  // the loader's search path (LD_LIBRARY_PATH, rpath; Windows: PATH)
   }
   std::string errors;
   for (const auto& candidate : candidates) {
-    void* handle = dlopen(candidate.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (!handle) {
-      const char* e = dlerror();
-      errors += "\n  " + candidate + ": " + (e ? e : "not loadable");
+    platform::SharedLibrary library;
+    std::string why;
+    if (!library.open(candidate, &why)) {
+      errors += "\n  " + candidate + ": " + why;
       continue;
     }
-    auto entry = reinterpret_cast<FlexavatarCudaEntryFn>(dlsym(handle, FLEXAVATAR_CUDA_ENTRY_SYMBOL));
+    auto entry = reinterpret_cast<FlexavatarCudaEntryFn>(library.symbol(FLEXAVATAR_CUDA_ENTRY_SYMBOL));
     const FlexavatarCudaApi* api = entry ? entry() : nullptr;
     if (!api || api->abi_version != FLEXAVATAR_CUDA_ABI_VERSION) {
       errors += "\n  " + candidate + ": not a flexavatar CUDA library of ABI version " +
                 std::to_string(FLEXAVATAR_CUDA_ABI_VERSION);
-      dlclose(handle);
+      library.close();
       continue;
     }
-    std::shared_ptr<CudaLibrary> lib(new CudaLibrary(handle, api, candidate));
+    std::shared_ptr<CudaLibrary> lib(new CudaLibrary(library.handle, api, candidate));
     loaded[path] = lib;
     *out = lib;
     return Status::ok_status();
@@ -97,7 +75,6 @@ Status CudaLibrary::load(const std::string& path, std::shared_ptr<CudaLibrary>* 
                 std::string("the CUDA rasterizer library (") + file_name() +
                     ") was not found or could not be loaded; build with a CUDA toolkit (FLEXAVATAR_CUDA=ON). Tried:" +
                     errors);
-#endif
 }
 
 }  // namespace flexavatar

@@ -1,6 +1,6 @@
 # Cross-compiling the native core and the C++ runtime for 64-bit ARM Linux (Jetson, Raspberry Pi 4/5 with a
 # 64-bit OS, Graviton, ...) from an x86-64 Debian / Ubuntu host:
-#   apt-get install g++-aarch64-linux-gnu            (+ qemu-user to run the tests: cpp/tests/cross/run_aarch64.sh)
+#   apt-get install g++-aarch64-linux-gnu            (+ qemu-user to run the tests: cpp/tests/cross/run_cross.sh aarch64)
 #   cmake -S cpp -B build/aarch64 -DCMAKE_TOOLCHAIN_FILE=cpp/cmake/toolchains/aarch64-linux-gnu.cmake \
 #         -DONNXRUNTIME_LIBRARY=/path/to/aarch64/libonnxruntime.so.1.x -Dnlohmann_json_DIR=...
 # The ONNX Runtime library must be the target's (an aarch64 onnxruntime wheel's onnxruntime/capi/ holds one).

@@ -24,11 +24,16 @@
 //   OUT_DIR      a folder for the PNG frames; or "-": raw rgb24 frames on standard output, frame after frame (with
 //                --stereo the two eyes side by side, 2S wide), for a pipe into ffmpeg -f rawvideo, a virtual
 //                camera or a compositor; the report then goes to standard error
-#include <sys/stat.h>
+#if defined(_WIN32)
+#include <fcntl.h>
+#include <io.h>
+#else
 #include <unistd.h>
+#endif
 
 #include <cerrno>
 #include <csignal>
+#include <filesystem>
 
 #include <algorithm>
 #include <chrono>
@@ -45,6 +50,27 @@
 #include "png_writer.h"
 
 namespace {
+
+namespace fs = std::filesystem;
+
+// Arguments are UTF-8 (on Windows too, where the path then goes to the system as UTF-16).
+fs::path fs_path(const std::string& utf8) { return fs::u8path(utf8); }
+
+// Standard input and output as raw bytes (Windows opens them in text mode: CR LF translation, ^Z as the end).
+#if defined(_WIN32)
+void binary_stdio() {
+  ::_setmode(::_fileno(stdin), _O_BINARY);
+  ::_setmode(::_fileno(stdout), _O_BINARY);
+}
+long read_some(void* buffer, size_t size) { return ::_read(0, buffer, unsigned(std::min<size_t>(size, 1u << 30))); }
+long write_some(const void* buffer, size_t size) {
+  return ::_write(1, buffer, unsigned(std::min<size_t>(size, 1u << 30)));
+}
+#else
+void binary_stdio() {}
+long read_some(void* buffer, size_t size) { return long(::read(STDIN_FILENO, buffer, size)); }
+long write_some(const void* buffer, size_t size) { return long(::write(STDOUT_FILENO, buffer, size)); }
+#endif
 
 int usage() {
   std::fprintf(stderr,
@@ -75,9 +101,10 @@ long parse_count(const std::string& value, long max_value) {
 
 // An input file the example reads: it must exist and be a regular file (not a directory).
 bool check_input_file(const char* what, const std::string& path, std::string* error) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) return *error = std::string(what) + " " + path + ": no such file", false;
-  if (!S_ISREG(st.st_mode)) return *error = std::string(what) + " " + path + ": not a regular file", false;
+  std::error_code ec;
+  const fs::file_status st = fs::status(fs_path(path), ec);
+  if (!fs::exists(st)) return *error = std::string(what) + " " + path + ": no such file", false;
+  if (!fs::is_regular_file(st)) return *error = std::string(what) + " " + path + ": not a regular file", false;
   return true;
 }
 
@@ -105,7 +132,7 @@ bool read_npy(const char* what, const std::string& path, std::vector<float>* val
               std::string* error) {
   const std::string name = std::string(what) + " " + path;
   if (!check_input_file(what, path, error)) return false;
-  std::ifstream in(path, std::ios::binary);
+  std::ifstream in(fs_path(path), std::ios::binary);
   if (!in) return *error = name + ": cannot open", false;
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0)
@@ -262,26 +289,32 @@ void set_avatar(flexavatar::Runtime& rt, const flexavatar_runtime_info& info, co
 
 // OUT_DIR: an existing directory, or one mkdir creates (its parent must exist).
 bool prepare_out_dir(const std::string& out_dir, std::string* error) {
-  struct stat st {};
-  if (::stat(out_dir.c_str(), &st) == 0) {
-    if (!S_ISDIR(st.st_mode)) return *error = "OUT_DIR " + out_dir + ": exists and is not a directory", false;
-  } else if (::mkdir(out_dir.c_str(), 0777) != 0 && errno != EEXIST) {
-    return *error = "OUT_DIR " + out_dir + ": cannot create the directory: " + std::strerror(errno), false;
+  std::error_code ec;
+  const fs::path dir = fs_path(out_dir);
+  if (fs::exists(dir, ec)) {
+    if (!fs::is_directory(dir, ec)) return *error = "OUT_DIR " + out_dir + ": exists and is not a directory", false;
+  } else if (!fs::create_directory(dir, ec) && !fs::is_directory(dir)) {
+    return *error = "OUT_DIR " + out_dir + ": cannot create the directory: " + ec.message(), false;
   }
+#if !defined(_WIN32)  // Windows has no cheap answer (ACLs): a folder it cannot write fails at the first frame
   if (::access(out_dir.c_str(), W_OK) != 0) return *error = "OUT_DIR " + out_dir + ": not writable", false;
+#endif
   return true;
 }
 
 // A frame: written to a temporary name in OUT_DIR, then renamed, so no partial frame_NNNNN.png is left behind.
 bool write_frame(const std::string& path, const flexavatar_frame& frame, std::string* error) {
   const std::string tmp = path + ".tmp";
-  if (!write_png_rgba(tmp, frame.rgba, frame.width, frame.height, error)) {
-    std::remove(tmp.c_str());
+  if (!write_png_rgba(fs_path(tmp), frame.rgba, frame.width, frame.height, error)) {
+    std::error_code ec;
+    fs::remove(fs_path(tmp), ec);
     return false;
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    *error = "cannot rename " + tmp + " to " + path + ": " + std::strerror(errno);
-    std::remove(tmp.c_str());
+  std::error_code ec;
+  fs::rename(fs_path(tmp), fs_path(path), ec);  // replaces an existing frame, on Windows too (std::rename does not)
+  if (ec) {
+    *error = "cannot rename " + tmp + " to " + path + ": " + ec.message();
+    fs::remove(fs_path(tmp), ec);
     return false;
   }
   return true;
@@ -294,7 +327,7 @@ bool read_record(long dim, long index, std::vector<float>* expression, std::stri
   std::vector<unsigned char> bytes(need);
   size_t got = 0;
   while (got < need) {
-    const ssize_t n = ::read(STDIN_FILENO, bytes.data() + got, need - got);
+    const long n = read_some(bytes.data() + got, need - got);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return *error = std::string("EXPRESSIONS -: cannot read standard input: ") + std::strerror(errno), false;
     if (n == 0) break;
@@ -318,7 +351,7 @@ bool read_record(long dim, long index, std::vector<float>* expression, std::stri
 // OUT_DIR "-": all of `data` to standard output, unbuffered, so a live reader gets each frame as it is rendered.
 bool write_stdout(const unsigned char* data, size_t size, std::string* error) {
   while (size > 0) {
-    const ssize_t n = ::write(STDOUT_FILENO, data, size);
+    const long n = write_some(data, size);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0)
       return *error = errno == EPIPE ? "standard output was closed before the last frame"
@@ -426,12 +459,15 @@ int main(int argc, char** argv) {
   const bool stream_in = expr_path == "-";   // codes as they arrive on standard input
   const bool stream_out = out_dir == "-";    // raw frames on standard output
   FILE* const say = stream_out ? stderr : stdout;  // stdout may carry the frames
+#if defined(SIGPIPE)
   if (stream_out) std::signal(SIGPIPE, SIG_IGN);  // a reader that leaves: a write error to report, not a silent death
+#endif
+  if (stream_in || stream_out) binary_stdio();
   try {
     // The inputs and OUT_DIR before loading the bundle (which can take seconds): fail fast, write nothing.
     std::string error;
-    struct stat st {};
-    if (::stat(bundle.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    std::error_code ec;
+    if (!fs::is_directory(fs_path(bundle), ec)) {
       std::fprintf(stderr, "error: BUNDLE %s: not a directory (expected an exported bundle with manifest.json)\n",
                    bundle.c_str());
       return 1;

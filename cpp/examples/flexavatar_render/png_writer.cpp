@@ -1,6 +1,6 @@
 #include "png_writer.h"
 
-#include <cstdio>
+#include <fstream>
 #include <vector>
 
 namespace {
@@ -35,7 +35,7 @@ void chunk(std::vector<uint8_t>* out, const char type[4], const std::vector<uint
 
 }  // namespace
 
-bool write_png_rgba(const std::string& path, const uint8_t* rgba, int width, int height, std::string* error) {
+bool write_png_rgba(const std::filesystem::path& path, const uint8_t* rgba, int width, int height, std::string* error) {
   // Raw scanlines, each prefixed by filter type 0 (none).
   const size_t row = size_t(width) * 4;
   std::vector<uint8_t> raw;
@@ -74,14 +74,15 @@ bool write_png_rgba(const std::string& path, const uint8_t* rgba, int width, int
   chunk(&png, "IDAT", z);
   chunk(&png, "IEND", {});
 
-  FILE* file = std::fopen(path.c_str(), "wb");
+  std::ofstream file(path, std::ios::binary);
   if (!file) {
-    *error = "cannot open " + path + " for writing";
+    *error = "cannot open " + path.u8string() + " for writing";
     return false;
   }
-  const bool ok = std::fwrite(png.data(), 1, png.size(), file) == png.size();
-  if (std::fclose(file) != 0 || !ok) {
-    *error = "write error on " + path;
+  file.write(reinterpret_cast<const char*>(png.data()), std::streamsize(png.size()));
+  file.close();
+  if (!file) {
+    *error = "write error on " + path.u8string();
     return false;
   }
   return true;

@@ -3,7 +3,8 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <string>
 
 // Returns false (and sets *error) if the file cannot be written.
-bool write_png_rgba(const std::string& path, const uint8_t* rgba, int width, int height, std::string* error);
+bool write_png_rgba(const std::filesystem::path& path, const uint8_t* rgba, int width, int height, std::string* error);

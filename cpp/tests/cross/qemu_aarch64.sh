@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs an aarch64 Linux program on an x86-64 host under qemu-user (the ctest emulator of the aarch64 cross build,
-# cpp/tests/cross/run_aarch64.sh):   qemu_aarch64.sh PROGRAM [ARGS...]
+# cpp/tests/cross/run_cross.sh aarch64):   qemu_aarch64.sh PROGRAM [ARGS...]
 #
 # ONNX Runtime reads /proc/cpuinfo at load (its cpuinfo library) and crashes on the host's x86 one, which
 # qemu-user 7 passes through: the program therefore runs in a private mount namespace (unshare -m as root,

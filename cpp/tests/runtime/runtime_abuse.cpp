@@ -53,7 +53,7 @@ flexavatar_status create(const fs::path& dir, flexavatar_runtime** rt, int verif
   options.verify = verify;
   options.num_threads = 1;
   options.rasterizer = rasterizer;
-  return flexavatar_runtime_create(dir.c_str(), &options, rt);
+  return flexavatar_runtime_create(dir.u8string().c_str(), &options, rt);
 }
 
 bool error_mentions(const char* word) { return std::string(flexavatar_last_error()).find(word) != std::string::npos; }
@@ -159,9 +159,9 @@ TEST_CASE(bad_avatar_code_files_are_rejected) {
   Live live;
   const fs::path dir = fs::path(g_scratch) / "codes";
   fs::create_directories(dir);
-  CHECK(flexavatar_runtime_load_avatar_code(live.rt, (dir / "missing.npy").c_str()) == FLEXAVATAR_ERROR_IO);
+  CHECK(flexavatar_runtime_load_avatar_code(live.rt, (dir / "missing.npy").u8string().c_str()) == FLEXAVATAR_ERROR_IO);
   write(dir / "text.npy", "hello");
-  CHECK(flexavatar_runtime_load_avatar_code(live.rt, (dir / "text.npy").c_str()) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
+  CHECK(flexavatar_runtime_load_avatar_code(live.rt, (dir / "text.npy").u8string().c_str()) == FLEXAVATAR_ERROR_INVALID_ARGUMENT);
   // A valid .npy of the wrong shape: (R², 1, D + 1).
   const long r2 = long(live.info.num_head_tokens), d = long(live.info.code_dim) + 1;
   std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + std::to_string(r2) + ", 1, " +
@@ -171,9 +171,9 @@ TEST_CASE(bad_avatar_code_files_are_rejected) {
   std::string npy = std::string("\x93NUMPY\x01\x00", 8) + char(header.size() & 0xFF) + char(header.size() >> 8) + header;
   npy += std::string(size_t(r2 * d) * 4, '\0');
   write(dir / "wrong_shape.npy", npy);
-  CHECK(flexavatar_runtime_load_avatar_code(live.rt, (dir / "wrong_shape.npy").c_str()) == FLEXAVATAR_ERROR_INVALID_SIZE);
+  CHECK(flexavatar_runtime_load_avatar_code(live.rt, (dir / "wrong_shape.npy").u8string().c_str()) == FLEXAVATAR_ERROR_INVALID_SIZE);
   write(dir / "truncated.npy", npy.substr(0, npy.size() - 3));
-  CHECK(flexavatar_runtime_load_avatar_code(live.rt, (dir / "truncated.npy").c_str()) == FLEXAVATAR_ERROR_INVALID_SIZE);
+  CHECK(flexavatar_runtime_load_avatar_code(live.rt, (dir / "truncated.npy").u8string().c_str()) == FLEXAVATAR_ERROR_INVALID_SIZE);
 }
 
 TEST_CASE(truncated_and_bit_flipped_manifests_never_crash) {

@@ -320,7 +320,7 @@ TEST_CASE(deep_nesting_is_a_manifest_error_not_a_stack_overflow) {
   const fs::path dir = scratch("deep");
   write_file(dir / "manifest.json", "{\"schema\": " + nested(1000000) + "}");
   flexavatar_runtime* rt = nullptr;
-  CHECK(flexavatar_runtime_create(dir.c_str(), nullptr, &rt) == FLEXAVATAR_ERROR_BUNDLE_INVALID && rt == nullptr);
+  CHECK(flexavatar_runtime_create(dir.u8string().c_str(), nullptr, &rt) == FLEXAVATAR_ERROR_BUNDLE_INVALID && rt == nullptr);
   CHECK(std::string(flexavatar_last_error()).find("deeper than 64 levels") != std::string::npos);
   fs::remove_all(dir);
 }
@@ -472,19 +472,19 @@ TEST_CASE(c_api_create_reports_bad_arguments_and_bad_bundles) {
   CHECK(flexavatar_runtime_create("/nonexistent/bundle", &options, &rt) == FLEXAVATAR_ERROR_BUNDLE_FILE_MISSING);
 
   const fs::path dir = scratch("capi");
-  CHECK(flexavatar_runtime_create(dir.c_str(), nullptr, &rt) == FLEXAVATAR_ERROR_BUNDLE_INVALID);  // no manifest
+  CHECK(flexavatar_runtime_create(dir.u8string().c_str(), nullptr, &rt) == FLEXAVATAR_ERROR_BUNDLE_INVALID);  // no manifest
   write_file(dir / "manifest.json", "{not json");
-  CHECK(flexavatar_runtime_create(dir.c_str(), nullptr, &rt) == FLEXAVATAR_ERROR_BUNDLE_INVALID);
+  CHECK(flexavatar_runtime_create(dir.u8string().c_str(), nullptr, &rt) == FLEXAVATAR_ERROR_BUNDLE_INVALID);
   // A manifest that is fine and a "model" that is not ONNX: ONNX Runtime's error comes back as a status.
   std::string garbage(4096, '\0');
   for (size_t i = 0; i < garbage.size(); ++i) garbage[i] = char((i * 2654435761u) >> 24);
   write_file(dir / "decoder.fp32.onnx", garbage);
   write_file(dir / "manifest.json",
              valid_manifest("decoder.fp32.onnx", sha256_hex(garbage.data(), garbage.size()), long(garbage.size())));
-  CHECK(flexavatar_runtime_create(dir.c_str(), nullptr, &rt) == FLEXAVATAR_ERROR_MODEL && rt == nullptr);
+  CHECK(flexavatar_runtime_create(dir.u8string().c_str(), nullptr, &rt) == FLEXAVATAR_ERROR_MODEL && rt == nullptr);
   CHECK(std::string(flexavatar_last_error()).find("ONNX Runtime") != std::string::npos);
   write_file(dir / "decoder.fp32.onnx", "");
-  CHECK(flexavatar_runtime_create(dir.c_str(), nullptr, &rt) == FLEXAVATAR_ERROR_BUNDLE_HASH_MISMATCH);
+  CHECK(flexavatar_runtime_create(dir.u8string().c_str(), nullptr, &rt) == FLEXAVATAR_ERROR_BUNDLE_HASH_MISMATCH);
   fs::remove_all(dir);
 }
 
@@ -592,7 +592,7 @@ flexavatar_status create_cpu(const fs::path& dir, flexavatar_runtime** rt) {
   options.device = FLEXAVATAR_DEVICE_CPU;
   options.rasterizer = FLEXAVATAR_RASTERIZER_CPU;
   options.num_threads = 1;
-  return flexavatar_runtime_create(dir.c_str(), &options, rt);
+  return flexavatar_runtime_create(dir.u8string().c_str(), &options, rt);
 }
 
 }  // namespace
@@ -869,7 +869,7 @@ flexavatar_status create_fused(const fs::path& dir, int fused, std::string* deco
   options.fused_decoders = fused;
   if (struct_size) options.struct_size = struct_size;
   flexavatar_runtime* rt = nullptr;
-  const flexavatar_status s = flexavatar_runtime_create(dir.c_str(), &options, &rt);
+  const flexavatar_status s = flexavatar_runtime_create(dir.u8string().c_str(), &options, &rt);
   if (s == FLEXAVATAR_OK) {
     flexavatar_runtime_info info{};
     info.struct_size = sizeof(info);
@@ -988,7 +988,7 @@ TEST_CASE(c_api_int8_decoder_runs_on_the_cpu_provider) {
     options.num_threads = 1;
     options.precision = FLEXAVATAR_PRECISION_INT8;
     flexavatar_runtime* rt = nullptr;
-    CHECK(flexavatar_runtime_create(dir.c_str(), &options, &rt) == FLEXAVATAR_OK && rt);
+    CHECK(flexavatar_runtime_create(dir.u8string().c_str(), &options, &rt) == FLEXAVATAR_OK && rt);
     flexavatar_runtime_info info{};
     info.struct_size = sizeof(info);
     CHECK(flexavatar_runtime_get_info(rt, &info) == FLEXAVATAR_OK);
@@ -1164,7 +1164,7 @@ TEST_CASE(c_api_devices_gpu_and_npu_are_unavailable_on_a_cpu_only_onnx_runtime) 
       options.device = device;
       options.cuda_device = index;
       options.num_threads = 1;
-      CHECK(flexavatar_runtime_create(dir.c_str(), &options, &rt) == FLEXAVATAR_ERROR_UNAVAILABLE && !rt);
+      CHECK(flexavatar_runtime_create(dir.u8string().c_str(), &options, &rt) == FLEXAVATAR_ERROR_UNAVAILABLE && !rt);
       message = flexavatar_last_error();
       if (message.find(device == FLEXAVATAR_DEVICE_GPU ? "device GPU" : "device NPU") == std::string::npos ||
           message.find(std::string("looked for ") + looked_for) == std::string::npos ||
@@ -1174,7 +1174,7 @@ TEST_CASE(c_api_devices_gpu_and_npu_are_unavailable_on_a_cpu_only_onnx_runtime) 
     CHECK(flexavatar_runtime_options_init(&options, sizeof(options)) == FLEXAVATAR_OK);
     options.device = device;
     options.precision = FLEXAVATAR_PRECISION_INT8;
-    CHECK(flexavatar_runtime_create(dir.c_str(), &options, &rt) == FLEXAVATAR_ERROR_INVALID_ARGUMENT && !rt);
+    CHECK(flexavatar_runtime_create(dir.u8string().c_str(), &options, &rt) == FLEXAVATAR_ERROR_INVALID_ARGUMENT && !rt);
     message = flexavatar_last_error();
     if (message.find("precision int8") == std::string::npos || message.find("CPU provider only") == std::string::npos ||
         message.find(device == FLEXAVATAR_DEVICE_GPU ? "device GPU" : "device NPU") == std::string::npos)

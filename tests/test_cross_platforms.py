@@ -1,0 +1,159 @@
+"""The C++ runtime cross-built for other platforms and run under an emulator on an exported bundle, with each
+platform's own ONNX Runtime library: aarch64 Linux (ARM edge devices: Jetson, Raspberry Pi, Graviton; ONNX
+Runtime's NEON kernels) under qemu-user, and 64-bit Windows (MinGW-w64 against ONNX Runtime's MSVC-built DLL) under
+Wine. Oracles: the numbers PyTorch gave at export time (the bundle's check set) and the frames of this host's
+Python runtime.
+
+``cpp/tests/cross/run_cross.sh TARGET --build-only`` builds into ``build/cross-TARGET`` (its ctest run, in
+``.ci/run``, covers the unit tests there); ``cpp/tests/cross/qemu_aarch64.sh`` / ``wine_run.sh`` run the programs.
+Without a target's toolchain or emulator (Debian: g++-aarch64-linux-gnu qemu-user; g++-mingw-w64-x86-64-posix
+wine64) its tests skip with that reason; CI installs them and sets FLEXAVATAR_REQUIRE_CROSS=1, which turns a skip
+into a failure.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flexavatar.bundle import GAUSSIAN_OUTPUTS, PSNR_TARGET_DB, Bundle
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD_ROOT = Path(os.environ.get("FLEXAVATAR_CTEST_BUILD_ROOT", REPO / "build"))
+FP32_TOLERANCE = 1e-4          # the exporter's fp32 parity tolerance (export/parity.py)
+RENDER_SIZE = 64
+MISSING_TOOLS = 3              # run_cross.sh's exit code when the toolchain or the emulator is missing
+# target → (emulator script, program suffix, the programs' binary format: ELF e_machine or PE machine)
+TARGETS = {"aarch64": ("qemu_aarch64.sh", "", ("ELF", 183)), "windows": ("wine_run.sh", ".exe", ("PE", 0x8664))}
+
+
+def _unavailable(reason: str):
+    if os.environ.get("FLEXAVATAR_REQUIRE_CROSS") == "1":
+        pytest.fail(f"FLEXAVATAR_REQUIRE_CROSS=1 but {reason}")
+    pytest.skip(reason)
+
+
+class CrossBuild:
+    """A cross build's test programs and how to run them (the emulator and its environment)."""
+
+    def __init__(self, target: str):
+        self.target = target
+        emulator, self.suffix, self.format = TARGETS[target]
+        self.emulator = REPO / "cpp/tests/cross" / emulator
+        self.work = BUILD_ROOT / f"cross-{target}"
+        self.env = dict(os.environ)
+        for line in (self.work / "emulator.env").read_text().splitlines():
+            key, _, value = line.partition("=")
+            self.env[key] = value
+
+    def program(self, name: str) -> Path:
+        return self.work / "build/tests" / f"{name}{self.suffix}"
+
+    def run(self, name: str, *args, timeout: int = 900) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.emulator), str(self.program(name)), *map(str, args)], env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module", params=sorted(TARGETS))
+def cross_build(request) -> CrossBuild:
+    target = request.param
+    if platform.machine() != "x86_64":
+        _unavailable(f"the cross builds run on x86-64 hosts (this is {platform.machine()})")
+    proc = subprocess.run(["bash", str(REPO / "cpp/tests/cross/run_cross.sh"), target, "--build-only"], cwd=REPO,
+                          capture_output=True, text=True)
+    if proc.returncode == MISSING_TOOLS:
+        _unavailable(proc.stderr.strip())
+    assert proc.returncode == 0, f"the {target} cross build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    build = CrossBuild(target)
+    probe = build.run("test_errors", timeout=300)
+    if probe.returncode != 0 and "passed" not in probe.stdout:   # e.g. no mount namespace for qemu here
+        _unavailable(f"{build.emulator.name} cannot run {target} programs here: {probe.stderr.strip()[-500:]}")
+    return build
+
+
+def _binary_format(path: Path) -> tuple[str, int]:
+    """("ELF", e_machine) or ("PE", machine) of an executable (183: AArch64; 0x8664: x86-64 Windows)."""
+    data = path.read_bytes()[:4096]
+    if data[:4] == b"\x7fELF":
+        return "ELF", int.from_bytes(data[18:20], "little")
+    if data[:2] == b"MZ":
+        pe = int.from_bytes(data[0x3C:0x40], "little")
+        assert data[pe:pe + 4] == b"PE\0\0"
+        return "PE", int.from_bytes(data[pe + 4:pe + 6], "little")
+    raise AssertionError(f"{path}: neither ELF nor PE")
+
+
+def test_cross_runtime_passes_the_bundles_numerics_check(cross_build, onnx_features_bundle):
+    """flexavatar_runtime_check_numerics on the target: the bundle's check set (PyTorch's outputs at export) through
+    the target's ONNX Runtime and the C++ CPU rasterizer, within the exporter's fp32 tolerances; the same
+    worst-frame PSNR class as this host's Python runtime."""
+    from flexavatar.runtime import Runtime
+
+    assert _binary_format(cross_build.program("runtime_check")) == cross_build.format   # really the target's
+    proc = cross_build.run("runtime_check", onnx_features_bundle)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["passed"] is True and got["target_db"] == PSNR_TARGET_DB["fp32"]
+    assert got["num_expressions"] == len(Bundle.open(onnx_features_bundle).check_set().expressions)
+    for name in GAUSSIAN_OUTPUTS:
+        assert 0 <= got["max_abs_error"][name] <= FP32_TOLERANCE, (name, got["max_abs_error"])
+    assert got["encoder_checked"] is True and got["code_max_abs_error"] <= FP32_TOLERANCE
+    assert got["psnr_db"] >= PSNR_TARGET_DB["fp32"] and got["encoder_psnr_db"] >= PSNR_TARGET_DB["fp32"]
+    host = {c.name: c for c in Runtime(onnx_features_bundle, backend="onnxruntime", device="cpu",
+                                       rasterizer="cpu").check_numerics().checks}["decoder"]
+    # both far above the target: the two architectures' float32 kernels differ by rounding only
+    assert abs(got["psnr_db"] - host.psnr_db) < 20, (got["psnr_db"], host.psnr_db)
+
+
+def test_cross_runtime_frames_equal_the_host_python_runtime(cross_build, onnx_features_bundle, official_dir,
+                                                            tmp_path):
+    """runtime_dump on the target (a real avatar code from the bundle's encoder, two tracked-style expressions): its
+    Gaussians within the fp32 tolerance of this host's Python runtime (ONNX Runtime, Linux x86-64), its frames
+    within the runtime parity tolerances (≤ 1e-3 mean, ≤ 2/255 max)."""
+    import onnxruntime as ort
+
+    from flexavatar.runtime import Avatar, Camera, Runtime
+
+    bundle = Bundle.open(onnx_features_bundle)
+    fixture = np.load(official_dir / "inputs.npz")
+    feeds = {"image": fixture["images"][0], "cam2world": fixture["cam2world"][0],
+             "intrinsics": fixture["intrinsics"][0], "features": fixture["features"][0]}
+    session = ort.InferenceSession(str(bundle.path(bundle.artifact("encoder_features"))),
+                                   providers=["CPUExecutionProvider"])
+    code = session.run(None, {k: v.astype(np.float32) for k, v in feeds.items()})[0]          # [1, R², D]
+    np.save(tmp_path / "code.npy", code.transpose(1, 0, 2))                                   # (R², 1, D)
+    expressions = fixture["expression_codes"][0][:2].astype("<f4")                            # [2, 135]
+    expressions.tofile(tmp_path / "expressions.f32")
+    c2w = np.array([[1, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 1], [0, 0, 0, 1]], np.float32)   # the demo camera
+    k = np.array([[1500 / 512, 0, 0.5], [0, 1500 / 512, 0.5], [0, 0, 1]], np.float32)
+    np.concatenate([c2w.ravel(), k.ravel(), [RENDER_SIZE, RENDER_SIZE], [1, 1, 1]]).astype("<f4").tofile(
+        tmp_path / "camera.f32")
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = cross_build.run("runtime_dump", onnx_features_bundle, tmp_path / "code.npy", tmp_path / "expressions.f32",
+                           tmp_path / "camera.f32", out)
+    assert proc.returncode == 0, proc.stderr
+
+    host = Runtime(onnx_features_bundle, backend="onnxruntime", device="cpu", rasterizer="cpu")
+    want = host.decode(Avatar(code), expressions)
+    frames = host.render(Avatar(code), expressions, Camera(c2w, k), RENDER_SIZE, RENDER_SIZE, output="float")
+    g = bundle.manifest.conventions.n_gaussians
+    widths = {"means": 3, "quats": 4, "scales": 3, "opacities": 1, "sh0": 3}
+    for e in range(len(expressions)):
+        flat = np.fromfile(out / f"gaussians_{e}.f32", dtype="<f4")
+        assert flat.size == g * sum(widths.values())
+        start = 0
+        for name, width in widths.items():
+            got = flat[start:start + g * width].reshape(g, width)
+            start += g * width
+            expect = np.asarray(getattr(want, name))[e].reshape(g, width)
+            np.testing.assert_allclose(got, expect, atol=FP32_TOLERANCE, rtol=0, err_msg=f"frame {e} {name}")
+        image = np.fromfile(out / f"frame_{e}.f32", dtype="<f4")[:3 * RENDER_SIZE ** 2]
+        diff = np.abs(image.reshape(RENDER_SIZE, RENDER_SIZE, 3) - frames[e, ..., :3])
+        assert diff.mean() <= 1e-3 and diff.max() <= 2 / 255, (e, diff.mean(), diff.max())
+        assert frames[e, ..., 3].max() > 0.5                                  # the head is in view
