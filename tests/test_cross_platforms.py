@@ -110,14 +110,13 @@ def test_cross_runtime_passes_the_bundles_numerics_check(cross_build, onnx_featu
     assert abs(got["psnr_db"] - host.psnr_db) < 20, (got["psnr_db"], host.psnr_db)
 
 
-def test_cross_runtime_frames_equal_the_host_python_runtime(cross_build, onnx_features_bundle, official_dir,
-                                                            tmp_path):
-    """runtime_dump on the target (a real avatar code from the bundle's encoder, two tracked-style expressions): its
-    Gaussians within the fp32 tolerance of this host's Python runtime (ONNX Runtime, Linux x86-64), its frames
-    within the runtime parity tolerances (≤ 1e-3 mean, ≤ 2/255 max)."""
+@pytest.fixture(scope="module")
+def avatar(onnx_features_bundle, official_dir, tmp_path_factory) -> dict:
+    """A real avatar code (the bundle's encoder on the fixture's photo; saved as the official (R², 1, D) .npy), two
+    tracked-style expressions, and the host's Python runtime (ONNX Runtime, Linux x86-64, CPU rasterizer)."""
     import onnxruntime as ort
 
-    from flexavatar.runtime import Avatar, Camera, Runtime
+    from flexavatar.runtime import Runtime
 
     bundle = Bundle.open(onnx_features_bundle)
     fixture = np.load(official_dir / "inputs.npz")
@@ -126,23 +125,41 @@ def test_cross_runtime_frames_equal_the_host_python_runtime(cross_build, onnx_fe
     session = ort.InferenceSession(str(bundle.path(bundle.artifact("encoder_features"))),
                                    providers=["CPUExecutionProvider"])
     code = session.run(None, {k: v.astype(np.float32) for k, v in feeds.items()})[0]          # [1, R², D]
-    np.save(tmp_path / "code.npy", code.transpose(1, 0, 2))                                   # (R², 1, D)
-    expressions = fixture["expression_codes"][0][:2].astype("<f4")                            # [2, 135]
-    expressions.tofile(tmp_path / "expressions.f32")
-    c2w = np.array([[1, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 1], [0, 0, 0, 1]], np.float32)   # the demo camera
+    work = tmp_path_factory.mktemp("cross_avatar")
+    np.save(work / "code.npy", code.transpose(1, 0, 2))                                       # (R², 1, D)
+    return {"code": code, "code_path": work / "code.npy",
+            "expressions": fixture["expression_codes"][0][:2].astype("<f4"),                  # [2, 135]
+            "host": Runtime(onnx_features_bundle, backend="onnxruntime", device="cpu", rasterizer="cpu")}
+
+
+def _demo_camera():
+    """flexavatar.cameras.default_camera: the C++ runtime's default for a bundle without its own avatar."""
+    from flexavatar.runtime import Camera
+
+    c2w = np.array([[1, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 1], [0, 0, 0, 1]], np.float32)
     k = np.array([[1500 / 512, 0, 0.5], [0, 1500 / 512, 0.5], [0, 0, 1]], np.float32)
-    np.concatenate([c2w.ravel(), k.ravel(), [RENDER_SIZE, RENDER_SIZE], [1, 1, 1]]).astype("<f4").tofile(
-        tmp_path / "camera.f32")
+    return Camera(c2w, k)
+
+
+def test_cross_runtime_frames_equal_the_host_python_runtime(cross_build, onnx_features_bundle, avatar, tmp_path):
+    """runtime_dump on the target: its Gaussians within the fp32 tolerance of this host's Python runtime, its
+    frames within the runtime parity tolerances (≤ 1e-3 mean, ≤ 2/255 max)."""
+    from flexavatar.runtime import Avatar
+
+    expressions, camera = avatar["expressions"], _demo_camera()
+    expressions.tofile(tmp_path / "expressions.f32")
+    np.concatenate([camera.cam2world.ravel(), camera.intrinsics.ravel(), [RENDER_SIZE, RENDER_SIZE],
+                    [1, 1, 1]]).astype("<f4").tofile(tmp_path / "camera.f32")
     out = tmp_path / "out"
     out.mkdir()
-    proc = cross_build.run("runtime_dump", onnx_features_bundle, tmp_path / "code.npy", tmp_path / "expressions.f32",
+    proc = cross_build.run("runtime_dump", onnx_features_bundle, avatar["code_path"], tmp_path / "expressions.f32",
                            tmp_path / "camera.f32", out)
     assert proc.returncode == 0, proc.stderr
 
-    host = Runtime(onnx_features_bundle, backend="onnxruntime", device="cpu", rasterizer="cpu")
-    want = host.decode(Avatar(code), expressions)
-    frames = host.render(Avatar(code), expressions, Camera(c2w, k), RENDER_SIZE, RENDER_SIZE, output="float")
-    g = bundle.manifest.conventions.n_gaussians
+    host = avatar["host"]
+    want = host.decode(Avatar(avatar["code"]), expressions)
+    frames = host.render(Avatar(avatar["code"]), expressions, camera, RENDER_SIZE, RENDER_SIZE, output="float")
+    g = Bundle.open(onnx_features_bundle).manifest.conventions.n_gaussians
     widths = {"means": 3, "quats": 4, "scales": 3, "opacities": 1, "sh0": 3}
     for e in range(len(expressions)):
         flat = np.fromfile(out / f"gaussians_{e}.f32", dtype="<f4")
@@ -157,3 +174,30 @@ def test_cross_runtime_frames_equal_the_host_python_runtime(cross_build, onnx_fe
         diff = np.abs(image.reshape(RENDER_SIZE, RENDER_SIZE, 3) - frames[e, ..., :3])
         assert diff.mean() <= 1e-3 and diff.max() <= 2 / 255, (e, diff.mean(), diff.max())
         assert frames[e, ..., 3].max() > 0.5                                  # the head is in view
+
+
+def test_cross_example_streams_frames_through_stdin_and_stdout(cross_build, onnx_features_bundle, avatar):
+    """The example application, built against the installed package on the target (ctest install_example), in its
+    live mode: expression records on standard input, raw rgb24 frames on standard output. The records hold the bytes
+    CR, LF and ^Z, which a text-mode stream (Windows' default) would translate or stop at; the frames equal the
+    host's Python runtime within the runtime parity tolerances."""
+    from flexavatar.runtime import Avatar
+
+    built = subprocess.run(["ctest", "--test-dir", str(cross_build.work / "build"), "-R", "install_example",
+                            "--output-on-failure"], env=cross_build.env, capture_output=True, text=True, timeout=900)
+    assert built.returncode == 0, built.stdout[-4000:]
+    example = cross_build.work / f"build/tests/install_example/build/flexavatar_render{cross_build.suffix}"
+    expressions = avatar["expressions"].copy()
+    expressions[0, 5] = np.frombuffer(b"\r\n\x1a\n", "<f4")[0]         # a tiny value, ~7e-33
+    proc = subprocess.run([str(cross_build.emulator), str(example), str(onnx_features_bundle), str(avatar["code_path"]),
+                           "-", "-", "--size", str(RENDER_SIZE)], input=expressions.tobytes(), env=cross_build.env,
+                          capture_output=True, timeout=900)
+    report = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 0, report
+    assert f"2 frames {RENDER_SIZE}x{RENDER_SIZE} -> standard output (rgb24)" in report, report
+    assert len(proc.stdout) == 2 * RENDER_SIZE * RENDER_SIZE * 3, len(proc.stdout)
+    got = np.frombuffer(proc.stdout, np.uint8).reshape(2, RENDER_SIZE, RENDER_SIZE, 3).astype(np.float64) / 255
+    want = avatar["host"].render(Avatar(avatar["code"]), expressions, _demo_camera(), RENDER_SIZE, RENDER_SIZE,
+                                 output="float")[..., :3]
+    diff = np.abs(got - want)
+    assert diff.mean() <= 1e-3 and diff.max() <= 2 / 255 + 0.5 / 255, (diff.mean(), diff.max())
