@@ -298,6 +298,6 @@ const FlexavatarCudaApi kApi = {
 }  // namespace cuda
 }  // namespace flexavatar
 
-extern "C" __attribute__((visibility("default"))) const FlexavatarCudaApi* flexavatar_cuda_api(void) {
+extern "C" FLEXAVATAR_CUDA_EXPORT const FlexavatarCudaApi* flexavatar_cuda_api(void) {
   return &flexavatar::cuda::kApi;
 }

@@ -19,6 +19,12 @@ extern "C" {
  * num_intersections_out). The loader accepts exactly this version. */
 #define FLEXAVATAR_CUDA_ABI_VERSION 4
 #define FLEXAVATAR_CUDA_ENTRY_SYMBOL "flexavatar_cuda_api"
+/* How the CUDA library exports its entry point (the one symbol the loader looks up). */
+#if defined(_WIN32)
+#define FLEXAVATAR_CUDA_EXPORT __declspec(dllexport)
+#else
+#define FLEXAVATAR_CUDA_EXPORT __attribute__((visibility("default")))
+#endif
 
 /* Forward pass. All pointers are device memory on `device`, dense float32, C-contiguous, with the
  * shapes of flexavatar/raster_types.h (B batches × C cameras = V views, G Gaussians each); V × 16-pixel tiles
