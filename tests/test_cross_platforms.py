@@ -12,10 +12,12 @@ into a failure.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,9 +61,10 @@ class CrossBuild:
                               capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module", params=sorted(TARGETS))
-def cross_build(request) -> CrossBuild:
-    target = request.param
+@functools.cache
+def _cross_build(target: str) -> CrossBuild:
+    """run_cross.sh TARGET --build-only, once a session; unavailable (skip, or fail under FLEXAVATAR_REQUIRE_CROSS)
+    without the target's tools or where its emulator cannot run."""
     if platform.machine() != "x86_64":
         _unavailable(f"the cross builds run on x86-64 hosts (this is {platform.machine()})")
     proc = subprocess.run(["bash", str(REPO / "cpp/tests/cross/run_cross.sh"), target, "--build-only"], cwd=REPO,
@@ -74,6 +77,16 @@ def cross_build(request) -> CrossBuild:
     if probe.returncode != 0 and "passed" not in probe.stdout:   # e.g. no mount namespace for qemu here
         _unavailable(f"{build.emulator.name} cannot run {target} programs here: {probe.stderr.strip()[-500:]}")
     return build
+
+
+@pytest.fixture(scope="module", params=sorted(TARGETS))
+def cross_build(request) -> CrossBuild:
+    return _cross_build(request.param)
+
+
+@pytest.fixture(scope="module")
+def windows_build() -> CrossBuild:
+    return _cross_build("windows")
 
 
 def _binary_format(path: Path) -> tuple[str, int]:
@@ -201,3 +214,44 @@ def test_cross_example_streams_frames_through_stdin_and_stdout(cross_build, onnx
                                  output="float")[..., :3]
     diff = np.abs(got - want)
     assert diff.mean() <= 1e-3 and diff.max() <= 2 / 255 + 0.5 / 255, (diff.mean(), diff.max())
+
+
+def test_windows_gpu_device_takes_directml_from_a_directml_build(windows_build, onnx_features_bundle, avatar,
+                                                                tmp_path):
+    """--device gpu on Windows with ONNX Runtime's DirectML build (the onnxruntime-directml wheel's DLLs beside the
+    example): the runtime picks DmlExecutionProvider from that build's providers and adds it through ONNX Runtime's
+    generic entry point, whose DirectML factory runs; Wine here has no DXGI adapter, so the answer is the typed
+    'unavailable' error naming the provider and ONNX Runtime's reason (exit 1), never a session quietly on the CPU."""
+    import shutil
+    import zipfile
+
+    wheels = windows_build.work / "onnxruntime-directml"
+    if not list(wheels.glob("onnxruntime_directml-*.whl")):
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                               "--dest", str(wheels), "--platform", "win_amd64", "--python-version",
+                               f"{sys.version_info[0]}{sys.version_info[1]}", "onnxruntime-directml>=1.23"],
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            _unavailable(f"cannot download the onnxruntime-directml wheel: {proc.stderr.strip()[-500:]}")
+    app = tmp_path / "app"
+    app.mkdir()
+    example = windows_build.work / "build/tests/install_example/build/flexavatar_render.exe"
+    if not example.exists():                              # built by the live-mode test's ctest run, or here
+        built = subprocess.run(["ctest", "--test-dir", str(windows_build.work / "build"), "-R", "install_example"],
+                               env=windows_build.env, capture_output=True, text=True, timeout=900)
+        assert built.returncode == 0, built.stdout[-4000:]
+    shutil.copy(example, app)
+    shutil.copy(windows_build.work / "build/flexavatar_runtime.dll", app)
+    with zipfile.ZipFile(next(wheels.glob("onnxruntime_directml-*.whl"))) as wheel:
+        for member in wheel.namelist():
+            if member.startswith("onnxruntime/capi/") and member.endswith(".dll"):   # DirectML.dll, onnxruntime.dll
+                (app / Path(member).name).write_bytes(wheel.read(member))
+    assert (app / "DirectML.dll").exists()
+    np.save(tmp_path / "expressions.npy", avatar["expressions"])
+    env = dict(windows_build.env, FLEXAVATAR_WINE_DLL_DIRS="")      # only the app's own DLLs: the DirectML build
+    proc = subprocess.run([str(windows_build.emulator), str(app / "flexavatar_render.exe"), str(onnx_features_bundle),
+                           str(avatar["code_path"]), str(tmp_path / "expressions.npy"), str(tmp_path / "frames"),
+                           "--device", "gpu", "--size", "32"], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "error: unavailable: ONNX Runtime could not add DmlExecutionProvider" in proc.stderr, proc.stderr
+    assert not list((tmp_path / "frames").glob("frame_*.png"))
