@@ -56,6 +56,15 @@ class CrossBuild:
     def program(self, name: str) -> Path:
         return self.work / "build/tests" / f"{name}{self.suffix}"
 
+    def example(self) -> Path:
+        """The example application, built against the installed package (ctest install_example) on first use."""
+        path = self.work / f"build/tests/install_example/build/flexavatar_render{self.suffix}"
+        if not path.exists():
+            built = subprocess.run(["ctest", "--test-dir", str(self.work / "build"), "-R", "install_example",
+                                    "--output-on-failure"], env=self.env, capture_output=True, text=True, timeout=900)
+            assert built.returncode == 0, built.stdout[-4000:]
+        return path
+
     def run(self, name: str, *args, timeout: int = 900) -> subprocess.CompletedProcess:
         return subprocess.run([str(self.emulator), str(self.program(name)), *map(str, args)], env=self.env,
                               capture_output=True, text=True, timeout=timeout)
@@ -196,10 +205,7 @@ def test_cross_example_streams_frames_through_stdin_and_stdout(cross_build, onnx
     host's Python runtime within the runtime parity tolerances."""
     from flexavatar.runtime import Avatar
 
-    built = subprocess.run(["ctest", "--test-dir", str(cross_build.work / "build"), "-R", "install_example",
-                            "--output-on-failure"], env=cross_build.env, capture_output=True, text=True, timeout=900)
-    assert built.returncode == 0, built.stdout[-4000:]
-    example = cross_build.work / f"build/tests/install_example/build/flexavatar_render{cross_build.suffix}"
+    example = cross_build.example()
     expressions = avatar["expressions"].copy()
     expressions[0, 5] = np.frombuffer(b"\r\n\x1a\n", "<f4")[0]         # a tiny value, ~7e-33
     proc = subprocess.run([str(cross_build.emulator), str(example), str(onnx_features_bundle), str(avatar["code_path"]),
@@ -214,6 +220,35 @@ def test_cross_example_streams_frames_through_stdin_and_stdout(cross_build, onnx
                                  output="float")[..., :3]
     diff = np.abs(got - want)
     assert diff.mean() <= 1e-3 and diff.max() <= 2 / 255 + 0.5 / 255, (diff.mean(), diff.max())
+
+
+def test_cross_example_takes_non_ascii_paths(cross_build, onnx_features_bundle, avatar, tmp_path):
+    """A bundle, an avatar code, expressions and an output folder under non-ASCII names (bündel_头像): the example
+    renders their frames. On Windows that takes the arguments as UTF-16 (main's argv is in the ANSI code page, which
+    has no 头) and every file opened by its UTF-16 name, down to ONNX Runtime's model path."""
+    import shutil
+
+    from PIL import Image
+
+    from flexavatar.runtime import Avatar
+
+    folder = tmp_path / "b\u00fcndel_\u5934\u50cf"
+    bundle = folder / "bundle"
+    shutil.copytree(onnx_features_bundle, bundle)
+    shutil.copy(avatar["code_path"], folder / "c\u00f6de.npy")
+    np.save(folder / "\u8868\u60c5.npy", avatar["expressions"])
+    out = folder / "fr\u00e4mes"
+    proc = subprocess.run([str(cross_build.emulator), str(cross_build.example()), str(bundle),
+                           str(folder / "c\u00f6de.npy"), str(folder / "\u8868\u60c5.npy"), str(out), "--size",
+                           str(RENDER_SIZE)], env=cross_build.env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pngs = sorted(out.glob("frame_*.png"))
+    assert [p.name for p in pngs] == ["frame_00000.png", "frame_00001.png"]
+    want = avatar["host"].render(Avatar(avatar["code"]), avatar["expressions"], _demo_camera(), RENDER_SIZE,
+                                 RENDER_SIZE, output="float")[..., :3]
+    for png, frame in zip(pngs, want, strict=True):
+        diff = np.abs(np.asarray(Image.open(png), np.float64)[..., :3] / 255 - frame)
+        assert diff.mean() <= 1e-3 and diff.max() <= 2 / 255 + 0.5 / 255, (png.name, diff.mean(), diff.max())
 
 
 def test_windows_gpu_device_takes_directml_from_a_directml_build(windows_build, onnx_features_bundle, avatar,
@@ -235,12 +270,7 @@ def test_windows_gpu_device_takes_directml_from_a_directml_build(windows_build, 
             _unavailable(f"cannot download the onnxruntime-directml wheel: {proc.stderr.strip()[-500:]}")
     app = tmp_path / "app"
     app.mkdir()
-    example = windows_build.work / "build/tests/install_example/build/flexavatar_render.exe"
-    if not example.exists():                              # built by the live-mode test's ctest run, or here
-        built = subprocess.run(["ctest", "--test-dir", str(windows_build.work / "build"), "-R", "install_example"],
-                               env=windows_build.env, capture_output=True, text=True, timeout=900)
-        assert built.returncode == 0, built.stdout[-4000:]
-    shutil.copy(example, app)
+    shutil.copy(windows_build.example(), app)
     shutil.copy(windows_build.work / "build/flexavatar_runtime.dll", app)
     with zipfile.ZipFile(next(wheels.glob("onnxruntime_directml-*.whl"))) as wheel:
         for member in wheel.namelist():

@@ -25,8 +25,14 @@
 //                --stereo the two eyes side by side, 2S wide), for a pipe into ffmpeg -f rawvideo, a virtual
 //                camera or a compositor; the report then goes to standard error
 #if defined(_WIN32)
+#ifndef NOMINMAX
+#define NOMINMAX
+#endif
+#include <windows.h>  // before shellapi.h, which needs its types
+
 #include <fcntl.h>
 #include <io.h>
+#include <shellapi.h>
 #else
 #include <unistd.h>
 #endif
@@ -66,7 +72,23 @@ long read_some(void* buffer, size_t size) { return ::_read(0, buffer, unsigned(s
 long write_some(const void* buffer, size_t size) {
   return ::_write(1, buffer, unsigned(std::min<size_t>(size, 1u << 30)));
 }
+// The command line as UTF-8: main's argv is in the ANSI code page, which cannot hold every file name.
+std::vector<std::string> utf8_arguments(int argc, char** argv) {
+  int count = 0;
+  LPWSTR* wide = ::CommandLineToArgvW(::GetCommandLineW(), &count);
+  if (!wide) return std::vector<std::string>(argv, argv + argc);
+  std::vector<std::string> args;
+  for (int i = 0; i < count; ++i) {
+    const int n = ::WideCharToMultiByte(CP_UTF8, 0, wide[i], -1, nullptr, 0, nullptr, nullptr);
+    std::string arg(size_t(n > 0 ? n - 1 : 0), '\0');
+    if (n > 1) ::WideCharToMultiByte(CP_UTF8, 0, wide[i], -1, arg.data(), n, nullptr, nullptr);
+    args.push_back(std::move(arg));
+  }
+  ::LocalFree(wide);
+  return args;
+}
 #else
+std::vector<std::string> utf8_arguments(int argc, char** argv) { return std::vector<std::string>(argv, argv + argc); }
 void binary_stdio() {}
 long read_some(void* buffer, size_t size) { return long(::read(STDIN_FILENO, buffer, size)); }
 long write_some(const void* buffer, size_t size) { return long(::write(STDOUT_FILENO, buffer, size)); }
@@ -375,6 +397,8 @@ void put_rgb(const flexavatar_frame& frame, int stride, int x0, std::vector<unsi
 }  // namespace
 
 int main(int argc, char** argv) {
+  const std::vector<std::string> args = utf8_arguments(argc, argv);
+  argc = int(args.size());
   if (argc <= 1) return usage();
   std::vector<std::string> positional;
   int size = 0, threads = 0;
@@ -385,7 +409,7 @@ int main(int argc, char** argv) {
   int fused_decoders = FLEXAVATAR_FUSED_DECODERS_AUTO;
   int precision = FLEXAVATAR_PRECISION_FP32;
   for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
+    const std::string arg = args[size_t(i)];
     if (arg == "--help" || arg == "-h") {
       usage();
       return 0;
@@ -393,7 +417,7 @@ int main(int argc, char** argv) {
     if (arg == "--size" || arg == "--threads" || arg == "--device" || arg == "--rasterizer" || arg == "--features" ||
         arg == "--fused-decoders" || arg == "--precision" || arg == "--stereo") {
       if (i + 1 >= argc) return usage_error(arg + ": missing value");
-      const std::string value = argv[++i];
+      const std::string value = args[size_t(++i)];
       if (arg == "--size") {
         const long v = parse_count(value, 8192);
         if (v < 1) return usage_error("--size: expected an integer 1..8192 (pixels), got '" + value + "'");

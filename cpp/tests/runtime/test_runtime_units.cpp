@@ -615,6 +615,26 @@ TEST_CASE(c_api_tiny_bundle_decodes_its_constant_gaussians) {
   fs::remove_all(dir);
 }
 
+// A bundle and an avatar code under non-ASCII names: the C API's paths are UTF-8, and on Windows they reach the
+// system as UTF-16 (_wfopen, ONNX Runtime's wide model path), not through the ANSI code page, which has no 头.
+TEST_CASE(c_api_paths_are_utf8) {
+  const fs::path tiny = tiny_bundle("utf8");
+  const std::string name = "flexavatar_b\xc3\xbcndel_\xe5\xa4\xb4_" + std::to_string(::getpid());  // bündel_头
+  const fs::path dir = tiny.parent_path() / fs::u8path(name);
+  fs::remove_all(dir);
+  fs::rename(tiny, dir);
+  const fs::path code_path = dir / fs::u8path("code_\xc3\xbc.npy");
+  write_file(code_path, npy_bytes({4, 1, 8}, std::vector<float>(32, 0.f)));
+  flexavatar_runtime* rt = nullptr;
+  CHECK(create_cpu(dir, &rt) == FLEXAVATAR_OK && rt != nullptr);
+  CHECK(flexavatar_runtime_load_avatar_code(rt, code_path.u8string().c_str()) == FLEXAVATAR_OK);
+  std::vector<float> expression(135, 0.f);
+  flexavatar_gaussians g{};
+  CHECK(flexavatar_runtime_decode(rt, expression.data(), 135, &g) == FLEXAVATAR_OK && g.opacities[3] == 0.5f);
+  flexavatar_runtime_destroy(rt);
+  fs::remove_all(dir);
+}
+
 // The numerics check on a live runtime: a check set holding the runtime's own Gaussians passes exactly; a moved
 // reference value shows as that output's error; the runtime's avatar code (or its absence) survives the check.
 TEST_CASE(c_api_check_numerics_compares_with_the_check_set_and_restores_the_code) {
