@@ -22,7 +22,7 @@ from flexavatar.bundle import PRECISIONS
 from .avatar import Avatar, check_avatar_path
 from .cameras import (DEFAULT_EYE_DISTANCE, Camera, default_camera, demo_intrinsics, orbit_camera, sequence_cameras,
                       stereo_camera)
-from .expressions import (RECORD_BYTES, load_expressions, neutral_expression, read_expression_records,
+from .expressions import (RECORD_BYTES, LatestRecords, load_expressions, neutral_expression, read_expression_records,
                           sequence_fps)
 from .engines import INFERENCE_PRECISIONS
 from .errors import RuntimeArgumentError
@@ -250,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=".npy [T, 135] or .npz with expression_codes (e.g. ../shared/fixtures/driving/*.npz), or - "
                    f"to render codes as they arrive on standard input ({RECORD_BYTES} bytes a frame: 135 "
                    "little-endian float32, e.g. from a tracker)")
+    p.add_argument("--latest", action="store_true",
+                   help="with --expressions -: render the newest code each time, skipping the codes that arrived "
+                   "while a frame rendered (a live source faster than the renderer then lags by one frame, not by a "
+                   "growing queue)")
     p.add_argument("-o", "--output", required=True, type=Path,
                    help="clip.mp4, clip.gif, a folder for PNG frames, or - for raw rgb24 (rgba with --alpha) frames "
                    "on standard output (messages then go to stderr)")
@@ -305,9 +309,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.frames is not None and args.frames < 1:
             raise RuntimeArgumentError("--frames", f"is {args.frames}", "a number of frames ≥ 1")
         streaming = str(args.expressions) == STDOUT          # "-": codes as they arrive on standard input
+        records = None                                        # --latest: the stream's reader, for its counts
+        if args.latest and not streaming:
+            raise RuntimeArgumentError("--latest", f"was given with --expressions {args.expressions}",
+                                       "--expressions - (codes streamed on standard input): a file's codes are all "
+                                       "there, none arrives late")
         if streaming:
             _check_stream_options(args)
-            expressions = read_expression_records(sys.stdin.buffer)
+            records = LatestRecords(sys.stdin.buffer) if args.latest else None
+            expressions = records if records is not None else read_expression_records(sys.stdin.buffer)
             if args.frames is not None:
                 expressions = itertools.islice(expressions, args.frames)
             fps = check_fps(args.fps if args.fps is not None else DEFAULT_FPS)
@@ -366,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         print("flexavatar-render: standard output was closed before the last frame", file=sys.stderr)
         return 1
     print(report.summary(), file=say)
+    if records is not None:
+        print(f"--latest: rendered the newest of {records.received} streamed codes each time; {records.skipped} "
+              "arrived while a frame rendered and were skipped", file=say)
     return 0
 
 

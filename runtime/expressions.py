@@ -7,6 +7,7 @@ stay in the canonical head frame; the official GUI then applies the rigid pose
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -116,6 +117,57 @@ def read_expression_records(stream: BinaryIO) -> Iterator[np.ndarray]:
                                        "per frame")
         yield as_expressions(np.frombuffer(bytes(record), dtype="<f4"), f"expressions (streamed record {frame})")
         frame += 1
+
+
+class LatestRecords:
+    """Expression records of a live stream, the newest first: a reader thread takes each record as it arrives
+    (``read_expression_records``) and keeps only the newest; each iteration yields the newest record not yet yielded,
+    waiting for one, so a renderer slower than its source renders the present instead of a growing queue of the past
+    (``flexavatar-render --expressions - --latest``). ``received`` counts the records read, ``skipped`` those replaced
+    before they were yielded. A stream that ends inside a record raises ``ExpressionInputError`` once the newest
+    whole record has been yielded."""
+
+    def __init__(self, stream: BinaryIO):
+        self.received = 0
+        self.skipped = 0
+        self._newest: np.ndarray | None = None
+        self._done = False
+        self._error: BaseException | None = None
+        self._changed = threading.Condition()
+        # a daemon: a consumer that stops early leaves it blocked on the stream, which must not keep the process
+        threading.Thread(target=self._read, args=(stream,), name="flexavatar-latest-records", daemon=True).start()
+
+    def _read(self, stream: BinaryIO) -> None:
+        try:
+            for record in read_expression_records(stream):
+                with self._changed:
+                    self.skipped += self._newest is not None
+                    self._newest = record
+                    self.received += 1
+                    self._changed.notify_all()
+        except BaseException as e:              # handed to the consumer, after the records before it
+            with self._changed:
+                self._error = e
+        finally:
+            with self._changed:
+                self._done = True
+                self._changed.notify_all()
+
+    def wait_received(self, count: int, timeout: float | None = None) -> bool:
+        """Wait until ``count`` records were read or the stream ended (for tests and callers that pace a source)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.received >= count or self._done, timeout)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._newest is not None or self._done)
+                record, self._newest = self._newest, None
+                if record is None:
+                    if self._error is not None:
+                        raise self._error
+                    return
+            yield record
 
 
 def sequence_fps(path: str | Path, default: float) -> float:

@@ -648,6 +648,28 @@ def test_example_streams_codes_from_stdin_and_raw_frames_to_stdout(example_app, 
     assert len(_raw_frames(proc.stdout, 32, 32)) == 2
 
 
+def test_example_latest_renders_the_newest_streamed_code(example_app, bundle_dir, inputs, cpp_outputs, tmp_path):
+    """--latest (EXPRESSIONS -): a reader thread keeps the newest record; every frame is the runtime's frame of a
+    streamed code, in stream order, the last one of the last code, and the report counts the skipped codes. Without
+    a stream it is a usage error."""
+    records = inputs["expressions_f32"].read_bytes()
+    want = [f["rgba"][..., :3].tobytes() for f in cpp_outputs]                  # every code's frame
+    assert len(set(want)) == len(want)
+    proc = subprocess.run([str(example_app), str(bundle_dir), str(inputs["code_path"]), "-", "-", "--size",
+                           str(RENDER_SIZE), "--latest"], input=records, capture_output=True, timeout=300)
+    report = proc.stderr.decode()
+    assert proc.returncode == 0, report
+    frames = [f.tobytes() for f in _raw_frames(proc.stdout, RENDER_SIZE, RENDER_SIZE)]
+    order = [want.index(f) for f in frames]
+    assert order and order == sorted(order) and len(set(order)) == len(order) and order[-1] == len(want) - 1
+    assert (f"--latest: rendered the newest of {len(want)} streamed codes each time; {len(want) - len(frames)} "
+            "arrived while a frame rendered and were skipped") in report, report
+    proc = subprocess.run([str(example_app), str(bundle_dir), str(inputs["code_path"]),
+                           str(inputs["expressions_path"]), str(tmp_path / "o"), "--latest"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "--latest needs EXPRESSIONS -" in proc.stderr
+
+
 def test_example_raw_stream_equals_flexavatar_render_and_stereo_sits_side_by_side(example_app, bundle_dir, inputs,
                                                                                   tmp_path):
     """The C++ example's live stream against the Python CLI's (flexavatar-render --expressions - -o -) on the same

@@ -56,14 +56,13 @@ class CrossBuild:
     def program(self, name: str) -> Path:
         return self.work / "build/tests" / f"{name}{self.suffix}"
 
+    @functools.cached_property
     def example(self) -> Path:
-        """The example application, built against the installed package (ctest install_example) on first use."""
-        path = self.work / f"build/tests/install_example/build/flexavatar_render{self.suffix}"
-        if not path.exists():
-            built = subprocess.run(["ctest", "--test-dir", str(self.work / "build"), "-R", "install_example",
-                                    "--output-on-failure"], env=self.env, capture_output=True, text=True, timeout=900)
-            assert built.returncode == 0, built.stdout[-4000:]
-        return path
+        """The example application, (re)built against the installed package (ctest install_example) on first use."""
+        built = subprocess.run(["ctest", "--test-dir", str(self.work / "build"), "-R", "install_example",
+                                "--output-on-failure"], env=self.env, capture_output=True, text=True, timeout=900)
+        assert built.returncode == 0, built.stdout[-4000:]
+        return self.work / f"build/tests/install_example/build/flexavatar_render{self.suffix}"
 
     def run(self, name: str, *args, timeout: int = 900) -> subprocess.CompletedProcess:
         return subprocess.run([str(self.emulator), str(self.program(name)), *map(str, args)], env=self.env,
@@ -205,7 +204,7 @@ def test_cross_example_streams_frames_through_stdin_and_stdout(cross_build, onnx
     host's Python runtime within the runtime parity tolerances."""
     from flexavatar.runtime import Avatar
 
-    example = cross_build.example()
+    example = cross_build.example
     expressions = avatar["expressions"].copy()
     expressions[0, 5] = np.frombuffer(b"\r\n\x1a\n", "<f4")[0]         # a tiny value, ~7e-33
     proc = subprocess.run([str(cross_build.emulator), str(example), str(onnx_features_bundle), str(avatar["code_path"]),
@@ -220,6 +219,13 @@ def test_cross_example_streams_frames_through_stdin_and_stdout(cross_build, onnx
                                  output="float")[..., :3]
     diff = np.abs(got - want)
     assert diff.mean() <= 1e-3 and diff.max() <= 2 / 255 + 0.5 / 255, (diff.mean(), diff.max())
+    # --latest: the reader thread on the target; its last frame is the last code's
+    latest = subprocess.run([str(cross_build.emulator), str(example), str(onnx_features_bundle),
+                             str(avatar["code_path"]), "-", "-", "--size", str(RENDER_SIZE), "--latest"],
+                            input=expressions.tobytes(), env=cross_build.env, capture_output=True, timeout=900)
+    assert latest.returncode == 0, latest.stderr.decode(errors="replace")
+    assert 0 < len(latest.stdout) <= len(proc.stdout) and latest.stdout.endswith(proc.stdout[-RENDER_SIZE ** 2 * 3:])
+    assert b"--latest: rendered the newest of 2 streamed codes each time" in latest.stderr
 
 
 def test_cross_example_takes_non_ascii_paths(cross_build, onnx_features_bundle, avatar, tmp_path):
@@ -238,7 +244,7 @@ def test_cross_example_takes_non_ascii_paths(cross_build, onnx_features_bundle, 
     shutil.copy(avatar["code_path"], folder / "c\u00f6de.npy")
     np.save(folder / "\u8868\u60c5.npy", avatar["expressions"])
     out = folder / "fr\u00e4mes"
-    proc = subprocess.run([str(cross_build.emulator), str(cross_build.example()), str(bundle),
+    proc = subprocess.run([str(cross_build.emulator), str(cross_build.example), str(bundle),
                            str(folder / "c\u00f6de.npy"), str(folder / "\u8868\u60c5.npy"), str(out), "--size",
                            str(RENDER_SIZE)], env=cross_build.env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -270,7 +276,7 @@ def test_windows_gpu_device_takes_directml_from_a_directml_build(windows_build, 
             _unavailable(f"cannot download the onnxruntime-directml wheel: {proc.stderr.strip()[-500:]}")
     app = tmp_path / "app"
     app.mkdir()
-    shutil.copy(windows_build.example(), app)
+    shutil.copy(windows_build.example, app)
     shutil.copy(windows_build.work / "build/flexavatar_runtime.dll", app)
     with zipfile.ZipFile(next(wheels.glob("onnxruntime_directml-*.whl"))) as wheel:
         for member in wheel.namelist():

@@ -1478,6 +1478,72 @@ def test_cli_renders_codes_streamed_on_standard_input(bundle, driving_dir, tmp_p
         assert f"{flag[0]}: was given with --expressions -".encode() in capsysbinary.readouterr().err
 
 
+def test_latest_records_yield_the_newest_code_and_count_the_skipped(driving_dir):
+    """LatestRecords on a real pipe: what arrived while the consumer was busy collapses to its newest record
+    (the others counted as skipped), a record that arrives while the consumer waits is yielded at once, the end of
+    the stream ends the iteration, and a stream ending inside a record raises after the newest whole one."""
+    import os
+    import threading
+
+    from flexavatar.runtime.expressions import ExpressionInputError, LatestRecords
+
+    codes = load_expressions(driving_dir / "EMO-1-shout+laugh.npz")[:6].astype("<f4")
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb", buffering=0) as source, os.fdopen(write_end, "wb", buffering=0) as sink:
+        records = LatestRecords(source)
+        stream = iter(records)
+        sink.write(codes[:3].tobytes())                     # three codes while the consumer is busy
+        assert records.wait_received(3, timeout=30)
+        np.testing.assert_array_equal(next(stream), codes[2:3])
+        assert (records.received, records.skipped) == (3, 2)
+        later = threading.Timer(0.2, sink.write, args=(codes[3].tobytes(),))
+        later.start()                                       # the consumer waits; the next code arrives
+        np.testing.assert_array_equal(next(stream), codes[3:4])
+        later.join()
+        sink.write(codes[4:6].tobytes())
+        assert records.wait_received(6, timeout=30)
+        sink.close()                                        # end of stream: the newest, then the end
+        assert [r.tobytes() for r in stream] == [codes[5:6].tobytes()]
+        assert (records.received, records.skipped) == (6, 3)
+
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb", buffering=0) as source:
+        with os.fdopen(write_end, "wb", buffering=0) as sink:
+            sink.write(codes[:2].tobytes() + codes[2].tobytes()[:100])
+        got = []
+        with pytest.raises(ExpressionInputError, match=r"ended inside record 2 \(100 of 540 bytes\)"):
+            for record in LatestRecords(source):
+                got.append(record)
+        assert len(got) >= 1 and got[-1].tobytes() == codes[1].tobytes()
+
+
+def test_cli_latest_renders_the_newest_streamed_code(bundle, driving_dir, tmp_path, capsysbinary, monkeypatch):
+    """--latest (with --expressions -): every frame is the render of a streamed code, in stream order, the last one
+    of the last code; the codes that arrived while a frame rendered are skipped and counted. Without a stream it is
+    refused by name."""
+    from types import SimpleNamespace
+
+    codes = load_expressions(driving_dir / "EMO-1-shout+laugh.npz")[::15][:8]   # far apart: distinct frames
+    np.save(tmp_path / "seq.npy", codes)
+    common = ["--size", "48", "--no-progress", "-o", "-"]
+    assert render_main([str(bundle), "--expressions", str(tmp_path / "seq.npy"), *common]) == 0
+    frame = 48 * 48 * 3
+    each = capsysbinary.readouterr().out
+    each = [each[i:i + frame] for i in range(0, len(each), frame)]                # the render of every code
+    assert len(set(each)) == len(each) == len(codes)
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=io.BytesIO(codes.astype("<f4").tobytes())))
+    assert render_main([str(bundle), "--expressions", "-", "--latest", *common]) == 0
+    captured = capsysbinary.readouterr()
+    got = [captured.out[i:i + frame] for i in range(0, len(captured.out), frame)]
+    assert 1 <= len(got) <= len(codes) and got[-1] == each[-1]
+    order = [each.index(f) for f in got]                                        # each frame: some code's render
+    assert order == sorted(order) and len(set(order)) == len(order)
+    assert (f"--latest: rendered the newest of {len(codes)} streamed codes each time; {len(codes) - len(got)} "
+            "arrived while a frame rendered and were skipped").encode() in captured.err
+    assert render_main([str(bundle), "--expressions", str(tmp_path / "seq.npy"), "--latest", *common]) == 2
+    assert b"--latest: was given with --expressions" in capsysbinary.readouterr().err
+
+
 def test_cli_tracked_cameras_render_each_frame_from_its_camera(bundle, runtimes, driving_dir, tmp_path, capsys):
     """--camera-tracked: frame t from the sequence's cam2world[t] / intrinsics[t] (read here with numpy), i.e. the
     head moving as tracked; the options it rules out are refused before any work."""

@@ -1,7 +1,7 @@
 // flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N]
 //                   [--device auto|cpu|cuda|cuda:N|gpu|gpu:N|npu] [--rasterizer auto|cpu|cuda]
 //                   [--features FEATURES.npy] [--head-pose] [--verify] [--no-cuda-graphs]
-//                   [--fused-decoders auto|on|off] [--precision fp32|fp16|int8] [--stereo EYE_DISTANCE_M]
+//                   [--fused-decoders auto|on|off] [--precision fp32|fp16|int8] [--stereo EYE_DISTANCE_M] [--latest]
 //
 // Renders one PNG frame per expression (frame_00000.png, ...) from the bundle's default camera and prints
 // the per-frame latency (decoder + rasterizer + RGBA) as p50 / p95. --head-pose shows each code's rigid head
@@ -20,7 +20,8 @@
 //                (with --features: its DINOv2 features [C, h, w], for bundles exported without DINOv2)
 //   EXPRESSIONS  .npy float32 [E, 135] (or [135] for one frame); or "-": codes streamed on standard input as they
 //                arrive, 540 bytes a frame (135 little-endian float32), each rendered and written before the next
-//                is read (flexavatar-render's --expressions - protocol), until the stream ends
+//                is read (flexavatar-render's --expressions - protocol), until the stream ends; with --latest
+//                the newest code each frame, those that arrived while a frame rendered skipped (and counted)
 //   OUT_DIR      a folder for the PNG frames; or "-": raw rgb24 frames on standard output, frame after frame (with
 //                --stereo the two eyes side by side, 2S wide), for a pipe into ffmpeg -f rawvideo, a virtual
 //                camera or a compositor; the report then goes to standard error
@@ -43,13 +44,17 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <fstream>
 #include <iterator>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "flexavatar/flexavatar.hpp"
@@ -101,6 +106,7 @@ int usage() {
                "               [--rasterizer auto|cpu|cuda] [--features FEATURES.npy] [--head-pose] [--verify] "
                "[--no-cuda-graphs]\n"
                "               [--fused-decoders auto|on|off] [--precision fp32|fp16|int8] [--stereo EYE_DISTANCE_M]\n"
+               "               [--latest]\n"
                "  AVATAR: avatar code .npy float32 (R^2, 1, D); - for the bundle's avatar_code.npy; or a photo\n"
                "          .npy float32 [S, S, 3] in [0, 1] to encode (--features: DINOv2 features [C, h, w])\n"
                "  EXPRESSIONS: .npy float32 [E, 135]; - for 540-byte records (135 float32) streamed on stdin\n"
@@ -370,6 +376,63 @@ bool read_record(long dim, long index, std::vector<float>* expression, std::stri
   return true;
 }
 
+// EXPRESSIONS "-" with --latest: a thread reads the records as they arrive and keeps only the newest; the render
+// loop takes the newest not yet rendered, waiting for one, so a source faster than the renderer lags by one frame
+// instead of a growing queue (flexavatar-render's --latest).
+class LatestRecords {
+ public:
+  explicit LatestRecords(long dim) : state_(std::make_shared<State>()) {
+    // detached: blocked on standard input when the render loop stops early, it must not hold the process
+    std::thread([state = state_, dim] {
+      std::vector<float> record;
+      std::string error;
+      for (long index = 0;; ++index) {
+        const bool ok = read_record(dim, index, &record, &error);
+        std::lock_guard<std::mutex> lock(state->mutex);
+        if (!ok) {
+          state->error = error;
+          state->done = true;
+        } else {
+          state->skipped += state->fresh ? 1 : 0;
+          state->newest = record;
+          state->fresh = true;
+          ++state->received;
+        }
+        state->changed.notify_all();
+        if (!ok) return;
+      }
+    }).detach();
+  }
+  // The newest record not yet taken; false at the end of the stream (*error set when it ended inside a record).
+  bool next(std::vector<float>* expression, std::string* error) {
+    std::unique_lock<std::mutex> lock(state_->mutex);
+    state_->changed.wait(lock, [&] { return state_->fresh || state_->done; });
+    if (!state_->fresh) return *error = state_->error, false;
+    *expression = state_->newest;
+    state_->fresh = false;
+    return true;
+  }
+  long received() const {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    return state_->received;
+  }
+  long skipped() const {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    return state_->skipped;
+  }
+
+ private:
+  struct State {
+    std::mutex mutex;
+    std::condition_variable changed;
+    std::vector<float> newest;
+    bool fresh = false, done = false;
+    long received = 0, skipped = 0;
+    std::string error;
+  };
+  std::shared_ptr<State> state_;
+};
+
 // OUT_DIR "-": all of `data` to standard output, unbuffered, so a live reader gets each frame as it is rendered.
 bool write_stdout(const unsigned char* data, size_t size, std::string* error) {
   while (size > 0) {
@@ -404,7 +467,7 @@ int main(int argc, char** argv) {
   int size = 0, threads = 0;
   int device = FLEXAVATAR_DEVICE_AUTO, rasterizer = FLEXAVATAR_RASTERIZER_AUTO, cuda_device = 0;
   std::string features_path;
-  bool head_pose = false, verify = false, cuda_graphs = true;
+  bool head_pose = false, verify = false, cuda_graphs = true, latest = false;
   double eye_distance = -1;  // --stereo: metres between the eyes; < 0: one view
   int fused_decoders = FLEXAVATAR_FUSED_DECODERS_AUTO;
   int precision = FLEXAVATAR_PRECISION_FP32;
@@ -460,6 +523,8 @@ int main(int argc, char** argv) {
       head_pose = true;
     } else if (arg == "--verify") {
       verify = true;
+    } else if (arg == "--latest") {  // EXPRESSIONS -: the newest code each frame
+      latest = true;
     } else if (arg == "--no-cuda-graphs") {  // the CUDA sessions node by node (default: replayed CUDA graphs)
       cuda_graphs = false;
     } else if (arg.size() > 1 && arg[0] == '-') {
@@ -481,6 +546,8 @@ int main(int argc, char** argv) {
   if (avatar == "-" && !features_path.empty())
     return usage_error("--features needs a photo .npy as AVATAR, not '-' (the bundle's avatar_code.npy)");
   const bool stream_in = expr_path == "-";   // codes as they arrive on standard input
+  if (latest && !stream_in)
+    return usage_error("--latest needs EXPRESSIONS - (codes streamed on standard input), not '" + expr_path + "'");
   const bool stream_out = out_dir == "-";    // raw frames on standard output
   FILE* const say = stream_out ? stderr : stdout;  // stdout may carry the frames
 #if defined(SIGPIPE)
@@ -574,9 +641,10 @@ int main(int argc, char** argv) {
     const int views = stereo ? 2 : 1;
     std::vector<unsigned char> raw(stream_out ? size_t(camera.width) * size_t(views) * size_t(camera.height) * 3 : 0);
     long rendered = 0;
+    std::unique_ptr<LatestRecords> newest = latest ? std::make_unique<LatestRecords>(dim) : nullptr;
     for (;; ++rendered) {
       if (stream_in) {
-        if (!read_record(dim, rendered, &expression, &error)) {
+        if (newest ? !newest->next(&expression, &error) : !read_record(dim, rendered, &expression, &error)) {
           if (error.empty()) break;  // the stream ended between records
           std::fprintf(stderr, "error: %s (%ld frames written)\n", error.c_str(), rendered);
           return 1;
@@ -630,6 +698,9 @@ int main(int argc, char** argv) {
                                       : " (stereo: left and right eye, one decode)")
                         : "",
                  stream_out ? "standard output (rgb24)" : out_dir.c_str());
+    if (newest)
+      std::fprintf(say, "--latest: rendered the newest of %ld streamed codes each time; %ld arrived while a frame "
+                        "rendered and were skipped\n", newest->received(), newest->skipped());
     if (ms.empty()) {
       std::fprintf(say, "no frames: the expression stream was empty\n");
     } else {
