@@ -316,8 +316,10 @@ def main(argv: list[str] | None = None) -> int:
                                        "there, none arrives late")
         if streaming:
             _check_stream_options(args)
-            records = LatestRecords(sys.stdin.buffer) if args.latest else None
-            expressions = records if records is not None else read_expression_records(sys.stdin.buffer)
+            if args.latest:
+                expressions = records = LatestRecords(sys.stdin.buffer)
+            else:
+                expressions = read_expression_records(sys.stdin.buffer)
             if args.frames is not None:
                 expressions = itertools.islice(expressions, args.frames)
             fps = check_fps(args.fps if args.fps is not None else DEFAULT_FPS)
