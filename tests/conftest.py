@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = fixtures_dir()
 OFFICIAL = SHARED / "official_flex"
 DRIVING = SHARED / "driving"
+BUILD_ROOT = Path(os.environ.get("FLEXAVATAR_CTEST_BUILD_ROOT", REPO / "build"))
 
 
 def _cuda_available() -> bool:
@@ -92,6 +94,25 @@ def fp16_int8_bundle(tmp_path_factory, official_dir) -> Path:
                   config=fixture_config(official_dir), dinov2=random_dinov2(FIXTURE_DINO, seed=3),
                   precisions=("fp16", "int8"), targets=("onnx",), progress=None)
     return out
+
+
+@pytest.fixture(scope="session")
+def cpp_build():
+    """Builds the C++ test programs and runtime of a ``cpp/tests/run_ctest.sh`` suite ("release", "asan") once per
+    session, into ``build/ctest-SUITE`` (the folders the later ctest run in ``.ci/run`` reuses); returns that folder."""
+    built: dict[str, Path] = {}
+
+    def build(suite: str) -> Path:
+        if suite not in built:
+            env = dict(os.environ, FLEXAVATAR_RUNTIME="ON")
+            proc = subprocess.run(["bash", str(REPO / "cpp/tests/run_ctest.sh"), "--build-only", suite], cwd=REPO,
+                                  env=env, capture_output=True, text=True)
+            assert proc.returncode == 0, (f"building the C++ runtime ({suite}) failed:\n{proc.stdout[-4000:]}\n"
+                                          f"{proc.stderr[-4000:]}")
+            built[suite] = BUILD_ROOT / f"ctest-{suite}"
+        return built[suite]
+
+    return build
 
 
 @pytest.fixture(scope="session")

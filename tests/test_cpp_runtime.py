@@ -35,24 +35,15 @@ from flexavatar.images import psnr
 from flexavatar.runtime import RuntimeArgumentError
 
 REPO = Path(__file__).resolve().parents[1]
-BUILD_ROOT = Path(os.environ.get("FLEXAVATAR_CTEST_BUILD_ROOT", REPO / "build"))
 FP32_TOLERANCE = 1e-4          # the exporter's fp32 parity tolerance (export/parity.py)
 SAME_LIBRARY_TOLERANCE = 1e-5  # C++ and Python both through onnxruntime 1.32 on the same graph
 WIDTHS = {"means": 3, "quats": 4, "scales": 3, "opacities": 1, "sh0": 3}
 RENDER_SIZE = 96
 
 
-def _build(suite: str) -> Path:
-    env = dict(os.environ, FLEXAVATAR_RUNTIME="ON")
-    proc = subprocess.run(["bash", str(REPO / "cpp/tests/run_ctest.sh"), "--build-only", suite], cwd=REPO,
-                          env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"building the C++ runtime ({suite}) failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return BUILD_ROOT / f"ctest-{suite}"
-
-
 @pytest.fixture(scope="module")
-def release_build() -> Path:
-    return _build("release")
+def release_build(cpp_build) -> Path:
+    return cpp_build("release")
 
 
 @pytest.fixture(scope="module")
@@ -495,6 +486,33 @@ def test_example_writes_png_frames_equal_to_the_runtime_and_reports_latency(exam
         np.testing.assert_array_equal(image, frame["rgba"])
 
 
+def test_example_renders_a_tracked_npz_sequence_as_its_npy(example_app, bundle_dir, inputs, driving_dir, tmp_path):
+    """EXPRESSIONS may be a tracked sequence as recorded (np.savez_compressed, expression_codes beside members of other
+    dtypes): read by the library (flexavatar_read_expressions), its frames are those of the same codes as a .npy."""
+    with np.load(driving_dir / "EXP-4-lips.npz") as tracked:
+        members = {name: tracked[name] for name in tracked.files}
+    codes = members["expression_codes"][:4]
+    members["expression_codes"] = codes
+    np.savez_compressed(tmp_path / "lips.npz", **members)
+    np.save(tmp_path / "lips.npy", codes)
+    frames = {}
+    for name in ("lips.npz", "lips.npy"):
+        out = tmp_path / f"out_{name}"
+        proc = subprocess.run([str(example_app), str(bundle_dir), str(inputs["code_path"]), str(tmp_path / name),
+                               str(out), "--size", "48", "--device", "cpu"], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        frames[name] = [png.read_bytes() for png in sorted(out.glob("frame_*.png"))]
+    assert len(frames["lips.npz"]) == 4 and frames["lips.npz"] == frames["lips.npy"]
+    assert len(set(frames["lips.npz"])) > 1  # real expressions: the frames differ
+    # a photo's crop (one 'expression_code', no sequence) is refused before anything is rendered, naming the members
+    crop = next(path for path in sorted(driving_dir.glob("*.npz")) if "expression_codes" not in np.load(path).files)
+    proc = subprocess.run([str(example_app), str(bundle_dir), str(inputs["code_path"]), str(crop),
+                           str(tmp_path / "crop_out")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "no 'expression_codes' array (members: " in proc.stderr, proc.stderr
+    assert not (tmp_path / "crop_out").exists()
+
+
 def test_example_fused_decoders_option_picks_the_decoder_file(example_app, fused_bundle, inputs, tmp_path):
     """--fused-decoders (options.fused_decoders): the file that runs is printed; auto is the portable one on the CPU."""
     for flag, file in (("on", "decoder.fp32.ort.onnx"), ("off", "decoder.fp32.onnx"), ("auto", "decoder.fp32.onnx")):
@@ -878,8 +896,8 @@ def test_abuse_of_loader_and_c_api_returns_errors(release_build, bundle_dir, tmp
     assert "device CUDA: unavailable: " in output and "pass rasterizer CPU" in output
 
 
-def test_abuse_under_address_and_leak_sanitizer(bundle_dir, tmp_path):
-    asan_build = _build("asan")
+def test_abuse_under_address_and_leak_sanitizer(cpp_build, bundle_dir, tmp_path):
+    asan_build = cpp_build("asan")
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=0",
                UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
     output = _run_abuse(asan_build, bundle_dir, tmp_path, env)

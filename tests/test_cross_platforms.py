@@ -231,7 +231,8 @@ def test_cross_example_streams_frames_through_stdin_and_stdout(cross_build, onnx
 def test_cross_example_takes_non_ascii_paths(cross_build, onnx_features_bundle, avatar, tmp_path):
     """A bundle, an avatar code, expressions and an output folder under non-ASCII names (bündel_头像): the example
     renders their frames. On Windows that takes the arguments as UTF-16 (main's argv is in the ANSI code page, which
-    has no 头) and every file opened by its UTF-16 name, down to ONNX Runtime's model path."""
+    has no 头) and every file opened by its UTF-16 name, down to ONNX Runtime's model path. The expressions are a
+    tracked sequence's .npz (np.savez_compressed): the target's build inflates it."""
     import shutil
 
     from PIL import Image
@@ -242,10 +243,11 @@ def test_cross_example_takes_non_ascii_paths(cross_build, onnx_features_bundle, 
     bundle = folder / "bundle"
     shutil.copytree(onnx_features_bundle, bundle)
     shutil.copy(avatar["code_path"], folder / "c\u00f6de.npy")
-    np.save(folder / "\u8868\u60c5.npy", avatar["expressions"])
+    np.savez_compressed(folder / "\u8868\u60c5.npz", expression_codes=avatar["expressions"],
+                        frame_ids=np.arange(len(avatar["expressions"]), dtype=np.int32))
     out = folder / "fr\u00e4mes"
     proc = subprocess.run([str(cross_build.emulator), str(cross_build.example), str(bundle),
-                           str(folder / "c\u00f6de.npy"), str(folder / "\u8868\u60c5.npy"), str(out), "--size",
+                           str(folder / "c\u00f6de.npy"), str(folder / "\u8868\u60c5.npz"), str(out), "--size",
                            str(RENDER_SIZE)], env=cross_build.env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     pngs = sorted(out.glob("frame_*.png"))

@@ -112,7 +112,7 @@ Status parse_npy_float32(const unsigned char* bytes, size_t size, const std::str
   std::string descr, fortran, shape;
   if (!header_value(header, "descr", &descr) || !header_value(header, "fortran_order", &fortran) ||
       !header_value(header, "shape", &shape))
-    return Status(StatusCode::kInvalidArgument, where + ": malformed .npy header " + header);
+    return Status(StatusCode::kInvalidArgument, where + ": malformed .npy header " + printable(header));
   if (descr != "'<f4'")
     return Status(StatusCode::kInvalidArgument, where + ": dtype " + descr + ", expected float32 ('<f4')");
   if (fortran != "False")
@@ -147,19 +147,38 @@ Status parse_npy_float32(const unsigned char* bytes, size_t size, const std::str
   return Status::ok_status();
 }
 
+std::string printable(const std::string& bytes, size_t max_chars) {
+  std::string out;
+  for (const char c : bytes) {
+    if (out.size() >= max_chars) return out + "...";
+    const unsigned char u = static_cast<unsigned char>(c);
+    if (u >= 0x20 && u < 0x7F) {
+      out += c;
+    } else {
+      static const char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[u >> 4];
+      out += kHex[u & 15];
+    }
+  }
+  return out;
+}
+
+Status read_file_bytes(const std::string& path, size_t max_bytes, std::vector<unsigned char>* out) {
+  switch (platform::read_file(path, max_bytes, out)) {
+    case platform::ReadResult::kOk: return Status::ok_status();
+    case platform::ReadResult::kCannotOpen: return Status(StatusCode::kIoError, "cannot open " + path);
+    case platform::ReadResult::kReadError: return Status(StatusCode::kIoError, "read error on " + path);
+    case platform::ReadResult::kTooLarge: break;
+  }
+  return Status(StatusCode::kInvalidSize, path + " is larger than " + std::to_string(max_bytes >> 20) + " MiB");
+}
+
 Status read_npy_float32(const std::string& path, NpyArray* out) {
   if (!out) return Status(StatusCode::kNullPointer, "read_npy_float32: out is null");
-  std::unique_ptr<FILE, int (*)(FILE*)> file(platform::open_file(path, "rb"), &std::fclose);
-  if (!file) return Status(StatusCode::kIoError, "cannot open " + path);
   std::vector<unsigned char> bytes;
-  unsigned char chunk[1 << 16];
-  size_t got;
-  while ((got = std::fread(chunk, 1, sizeof(chunk), file.get())) > 0) {
-    bytes.insert(bytes.end(), chunk, chunk + got);
-    if (bytes.size() > (size_t(1) << 32)) return Status(StatusCode::kInvalidSize, path + " is larger than 4 GiB");
-  }
-  if (std::ferror(file.get())) return Status(StatusCode::kIoError, "read error on " + path);
-  return parse_npy_float32(bytes.data(), bytes.size(), path, out);
+  Status s = read_file_bytes(path, size_t(1) << 32, &bytes);
+  return s.ok() ? parse_npy_float32(bytes.data(), bytes.size(), path, out) : s;
 }
 
 }  // namespace runtime

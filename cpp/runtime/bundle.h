@@ -29,6 +29,11 @@ struct NpyArray {
   std::vector<float> values;
 };
 Status read_npy_float32(const std::string& path, NpyArray* out);
+// Text from a file for an error message: bytes outside printable ASCII as \xNN (messages stay valid UTF-8
+// whatever a damaged file holds), at most max_chars of it.
+std::string printable(const std::string& bytes, size_t max_chars = 200);
+// A file's bytes: kIoError when it cannot be opened or read, kInvalidSize when it is larger than max_bytes.
+Status read_file_bytes(const std::string& path, size_t max_bytes, std::vector<unsigned char>* out);
 Status parse_npy_float32(const unsigned char* bytes, size_t size, const std::string& where, NpyArray* out);
 
 }  // namespace runtime

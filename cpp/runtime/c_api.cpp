@@ -14,6 +14,7 @@
 #include <unordered_map>
 
 #include "flexavatar/build_info.h"
+#include "expression_file.h"
 #include "head_pose.h"
 #include "runtime.h"
 #include "runtime_internal.h"
@@ -535,6 +536,26 @@ flexavatar_status flexavatar_camera_apply_head_pose(flexavatar_camera* camera, c
   return guarded("flexavatar_camera_apply_head_pose", [&] {
     if (!camera) return Status(StatusCode::kNullPointer, "flexavatar_camera_apply_head_pose: camera is NULL");
     return flexavatar::runtime::apply_head_pose(expression, expression_count, camera->cam2world);
+  });
+}
+
+flexavatar_status flexavatar_read_expressions(const char* path, float* codes, int64_t count, int64_t* frames) {
+  return guarded("flexavatar_read_expressions", [&] {
+    if (!path) return Status(StatusCode::kNullPointer, "flexavatar_read_expressions: path is NULL");
+    if (!frames) return Status(StatusCode::kNullPointer, "flexavatar_read_expressions: frames is NULL");
+    std::vector<float> values;
+    Status s = flexavatar::runtime::read_expression_file(path, &values);
+    if (!s.ok()) return s;
+    const int64_t size = static_cast<int64_t>(values.size());
+    *frames = size / flexavatar::runtime::kExpressionDim;
+    if (!codes) return s;
+    if (count != size)
+      return Status(StatusCode::kInvalidSize, "flexavatar_read_expressions: count is " + std::to_string(count) +
+                                                  ", the file holds " + std::to_string(*frames) + " x " +
+                                                  std::to_string(flexavatar::runtime::kExpressionDim) + " = " +
+                                                  std::to_string(size) + " floats");
+    std::copy(values.begin(), values.end(), codes);
+    return s;
   });
 }
 

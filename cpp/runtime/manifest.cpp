@@ -404,20 +404,17 @@ Status parse_manifest(const char* text, size_t size, Manifest* out) {
 
 Status read_manifest(const std::string& bundle_dir, Manifest* out) {
   const std::string path = bundle_dir + "/" + kManifestName;
-  std::unique_ptr<FILE, int (*)(FILE*)> file(platform::open_file(path, "rb"), &std::fclose);
-  if (!file)
-    return Status(StatusCode::kBundleInvalid,
-                  "no " + std::string(kManifestName) + " at " + path +
-                      ": not a flexavatar bundle (export one with flexavatar-export)");
-  std::string text;
-  char chunk[1 << 16];
-  size_t got;
-  while ((got = std::fread(chunk, 1, sizeof(chunk), file.get())) > 0) {
-    text.append(chunk, got);
-    if (text.size() > (64u << 20)) return Status(StatusCode::kBundleInvalid, path + " is larger than 64 MiB");
+  std::vector<unsigned char> text;
+  switch (platform::read_file(path, size_t(64) << 20, &text)) {
+    case platform::ReadResult::kOk: break;
+    case platform::ReadResult::kCannotOpen:
+      return Status(StatusCode::kBundleInvalid, "no " + std::string(kManifestName) + " at " + path +
+                                                    ": not a flexavatar bundle (export one with flexavatar-export)");
+    case platform::ReadResult::kReadError: return Status(StatusCode::kIoError, "read error on " + path);
+    case platform::ReadResult::kTooLarge:
+      return Status(StatusCode::kBundleInvalid, path + " is larger than 64 MiB");
   }
-  if (std::ferror(file.get())) return Status(StatusCode::kIoError, "read error on " + path);
-  Status s = parse_manifest(text.data(), text.size(), out);
+  Status s = parse_manifest(reinterpret_cast<const char*>(text.data()), text.size(), out);
   if (!s.ok()) return Status(s.code(), path + ": " + s.message());
   return s;
 }

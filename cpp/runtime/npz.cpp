@@ -1,11 +1,12 @@
 #include "npz.h"
 
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
-#include <fstream>
-#include <iterator>
+#include <new>
 #include <vector>
 
+#include "inflate.h"
 #include "platform.h"
 
 namespace flexavatar {
@@ -15,6 +16,7 @@ namespace {
 constexpr uint32_t kLocalHeader = 0x04034b50, kCentralHeader = 0x02014b50, kEndOfCentral = 0x06054b50,
                    kZip64End = 0x06064b50, kZip64Locator = 0x07064b50;
 constexpr uint16_t kZip64Extra = 0x0001;
+constexpr uint16_t kStored = 0, kDeflated = 8;
 
 uint64_t le(const unsigned char* p, int bytes) {
   uint64_t v = 0;
@@ -23,7 +25,13 @@ uint64_t le(const unsigned char* p, int bytes) {
 }
 
 Status invalid(const std::string& where, const std::string& what) {
-  return Status(StatusCode::kBundleInvalid, where + ": " + what + " (expected an np.savez archive of float32 arrays)");
+  return Status(StatusCode::kBundleInvalid, where + ": " + what + " (expected a NumPy .npz archive)");
+}
+
+std::string hex32(uint32_t v) {
+  char text[11];
+  std::snprintf(text, sizeof text, "0x%08x", unsigned(v));
+  return text;
 }
 
 // The ZIP64 extended-information field replaces, in this order, each of the 32-bit fields that hold 0xFFFFFFFF.
@@ -50,8 +58,8 @@ bool apply_zip64(const unsigned char* extra, size_t extra_len, uint64_t* uncompr
 
 }  // namespace
 
-Status parse_npz_float32(const unsigned char* bytes, size_t size, const std::string& where,
-                         std::map<std::string, NpyArray>* out) {
+Status list_npz_members(const unsigned char* bytes, size_t size, const std::string& where,
+                        std::vector<NpzMember>* out) {
   if (!out) return Status(StatusCode::kNullPointer, "out: got a null pointer");
   out->clear();
   // The end-of-central-directory record: the last 22 bytes, or earlier by an archive comment (< 64 KiB).
@@ -79,37 +87,87 @@ Status parse_npz_float32(const unsigned char* bytes, size_t size, const std::str
   for (uint64_t n = 0; n < entries; ++n) {
     if (at + 46 > dir_end || le(bytes + at, 4) != kCentralHeader)
       return invalid(where, "malformed central directory entry " + std::to_string(n));
-    const uint16_t method = uint16_t(le(bytes + at + 10, 2));
-    uint64_t compressed = le(bytes + at + 20, 4), uncompressed = le(bytes + at + 24, 4);
+    NpzMember member;
+    member.method = uint16_t(le(bytes + at + 10, 2));
+    member.crc32 = uint32_t(le(bytes + at + 16, 4));
+    member.compressed_size = le(bytes + at + 20, 4);
+    member.size = le(bytes + at + 24, 4);
     const size_t name_len = size_t(le(bytes + at + 28, 2)), extra_len = size_t(le(bytes + at + 30, 2)),
                  comment_len = size_t(le(bytes + at + 32, 2));
     uint64_t local = le(bytes + at + 42, 4);
     if (at + 46 + name_len + extra_len + comment_len > dir_end)
       return invalid(where, "central directory entry " + std::to_string(n) + " runs past the directory");
-    std::string name(reinterpret_cast<const char*>(bytes) + at + 46, name_len);
-    if (!apply_zip64(bytes + at + 46 + name_len, extra_len, &uncompressed, &compressed, &local))
-      return invalid(where, name + ": malformed ZIP64 field");
+    // as printable text: the name goes into messages (a lookup by name compares printable ASCII names)
+    member.name = printable(std::string(reinterpret_cast<const char*>(bytes) + at + 46, name_len), 0xFFFF);
+    if (!apply_zip64(bytes + at + 46 + name_len, extra_len, &member.size, &member.compressed_size, &local))
+      return invalid(where, member.name + ": malformed ZIP64 field");
     at += 46 + name_len + extra_len + comment_len;
-    if (method != 0)
-      return invalid(where, name + " is compressed (method " + std::to_string(method) + "), expected stored");
-    if (compressed != uncompressed) return invalid(where, name + ": stored sizes differ");
+    if (member.method != kStored && member.method != kDeflated)
+      return invalid(where, member.name + ": compression method " + std::to_string(member.method) +
+                                " (expected 0, stored, or 8, deflate: np.savez / np.savez_compressed)");
+    if (member.method == kStored && member.compressed_size != member.size)
+      return invalid(where, member.name + ": stored sizes differ");
     if (local > size || size - local < 30 || le(bytes + local, 4) != kLocalHeader)
-      return invalid(where, name + ": bad local header");
-    const uint64_t data = local + 30 + le(bytes + local + 26, 2) + le(bytes + local + 28, 2);
-    if (data > size || uncompressed > size - data) return invalid(where, name + ": data runs past the end (truncated?)");
-    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".npy") == 0) name.resize(name.size() - 4);
+      return invalid(where, member.name + ": bad local header");
+    member.data_offset = local + 30 + le(bytes + local + 26, 2) + le(bytes + local + 28, 2);
+    if (member.data_offset > size || member.compressed_size > size - member.data_offset)
+      return invalid(where, member.name + ": data runs past the end (truncated?)");
+    if (member.name.size() > 4 && member.name.compare(member.name.size() - 4, 4, ".npy") == 0)
+      member.name.resize(member.name.size() - 4);
+    out->push_back(std::move(member));
+  }
+  return Status::ok_status();
+}
+
+Status read_npz_member(const unsigned char* bytes, size_t size, const std::string& where, const NpzMember& member,
+                       std::vector<unsigned char>* out) {
+  const unsigned char* data = bytes + member.data_offset;
+  if (member.data_offset > size || member.compressed_size > size - member.data_offset)
+    return invalid(where, member.name + ": data runs past the end (truncated?)");
+  if (member.method == kDeflated && member.size > inflate_bound(member.compressed_size))
+    return invalid(where, member.name + ": " + std::to_string(member.compressed_size) +
+                              " compressed bytes cannot hold the " + std::to_string(member.size) + " bytes claimed");
+  try {
+    out->resize(size_t(member.size));
+  } catch (const std::bad_alloc&) {
+    return Status(StatusCode::kOutOfMemory, where + ": " + member.name + ": cannot allocate " +
+                                                std::to_string(member.size) + " bytes");
+  }
+  if (member.method == kStored) {
+    if (member.size > 0) std::memcpy(out->data(), data, size_t(member.size));
+  } else {
+    const std::string error = inflate_raw(data, size_t(member.compressed_size), out->data(), out->size());
+    if (!error.empty()) return invalid(where, member.name + ": " + error);
+  }
+  const uint32_t crc = crc32(out->data(), out->size());
+  if (crc != member.crc32)
+    return invalid(where, member.name + ": CRC-32 " + hex32(crc) + " of the data, the archive says " +
+                              hex32(member.crc32) + " (damaged file)");
+  return Status::ok_status();
+}
+
+Status parse_npz_float32(const unsigned char* bytes, size_t size, const std::string& where,
+                         std::map<std::string, NpyArray>* out) {
+  if (!out) return Status(StatusCode::kNullPointer, "out: got a null pointer");
+  out->clear();
+  std::vector<NpzMember> members;
+  Status s = list_npz_members(bytes, size, where, &members);
+  if (!s.ok()) return s;
+  std::vector<unsigned char> data;
+  for (const NpzMember& member : members) {
+    if (!(s = read_npz_member(bytes, size, where, member, &data)).ok()) return s;
     NpyArray array;
-    Status s = parse_npy_float32(bytes + data, size_t(uncompressed), where + ": " + name, &array);
+    s = parse_npy_float32(data.data(), data.size(), where + ": " + member.name, &array);
     if (!s.ok()) return Status(StatusCode::kBundleInvalid, s.message());
-    (*out)[name] = std::move(array);
+    (*out)[member.name] = std::move(array);
   }
   return Status::ok_status();
 }
 
 Status read_npz_float32(const std::string& path, std::map<std::string, NpyArray>* out) {
-  std::ifstream file(platform::fs_path(path), std::ios::binary);
-  if (!file) return Status(StatusCode::kBundleFileMissing, path + ": cannot open");
-  const std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  std::vector<unsigned char> bytes;
+  Status s = read_file_bytes(path, size_t(1) << 32, &bytes);
+  if (!s.ok()) return s.code() == StatusCode::kIoError ? Status(StatusCode::kBundleFileMissing, s.message()) : s;
   return parse_npz_float32(bytes.data(), bytes.size(), path, out);
 }
 

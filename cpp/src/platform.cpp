@@ -1,5 +1,7 @@
 #include "platform.h"
 
+#include <memory>
+
 #if defined(_WIN32)
 #ifndef NOMINMAX
 #define NOMINMAX
@@ -27,6 +29,19 @@ std::FILE* open_file(const std::string& utf8, const char* mode) {
 #else
   return std::fopen(utf8.c_str(), mode);
 #endif
+}
+
+ReadResult read_file(const std::string& utf8, size_t max_bytes, std::vector<unsigned char>* out) {
+  out->clear();
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(open_file(utf8, "rb"), &std::fclose);
+  if (!file) return ReadResult::kCannotOpen;
+  unsigned char chunk[1 << 16];
+  size_t got;
+  while ((got = std::fread(chunk, 1, sizeof chunk, file.get())) > 0) {
+    if (got > max_bytes - out->size()) return ReadResult::kTooLarge;
+    out->insert(out->end(), chunk, chunk + got);
+  }
+  return std::ferror(file.get()) ? ReadResult::kReadError : ReadResult::kOk;
 }
 
 std::string module_directory(const void* address) {

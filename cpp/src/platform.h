@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 namespace flexavatar {
 namespace platform {
@@ -13,6 +14,9 @@ namespace platform {
 std::filesystem::path fs_path(const std::string& utf8);
 // std::fopen by UTF-8 path (Windows: _wfopen); nullptr when it cannot be opened.
 std::FILE* open_file(const std::string& utf8, const char* mode);
+// The whole of a file by UTF-8 path into *out; kTooLarge (and stops reading) past max_bytes.
+enum class ReadResult { kOk, kCannotOpen, kReadError, kTooLarge };
+ReadResult read_file(const std::string& utf8, size_t max_bytes, std::vector<unsigned char>* out);
 // The folder (with a trailing separator) of the shared library or executable whose code holds `address`; "" when
 // the system cannot say.
 std::string module_directory(const void* address);

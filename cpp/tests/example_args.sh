@@ -58,11 +58,11 @@ expect 1 "BUNDLE nobundle" nobundle - e.npy o --precision int8   # accepted: the
 expect 1 "AVATAR missing.npy: no such file" bundle missing.npy e.npy o
 expect 1 "AVATAR bundle: not a regular file" bundle bundle e.npy o
 expect 1 "features missing.npy: no such file" bundle e.npy e.npy o --features missing.npy
-expect 1 "EXPRESSIONS missing.npy: no such file" bundle - missing.npy o
-expect 1 "EXPRESSIONS text.npy: not a .npy file" bundle - text.npy o
-expect 1 "EXPRESSIONS e64.npy: expected dtype float32" bundle - e64.npy o
-expect 1 "EXPRESSIONS ef.npy: expected a C-order array" bundle - ef.npy o
-expect 1 "EXPRESSIONS short.npy: data size" bundle - short.npy o
+expect 1 "EXPRESSIONS missing.npy: cannot open" bundle - missing.npy o
+expect 1 "EXPRESSIONS text.npy: neither a .npy file nor an .npz archive" bundle - text.npy o
+expect 1 "EXPRESSIONS e64.npy: dtype .<f8., expected float32" bundle - e64.npy o
+expect 1 "EXPRESSIONS ef.npy: Fortran-ordered array, expected C order" bundle - ef.npy o
+expect 1 "EXPRESSIONS short.npy: 100 data bytes, the header.s shape (2, 135) needs 1080" bundle - short.npy o
 expect 1 "OUT_DIR afile: exists and is not a directory" bundle - e.npy afile
 expect 1 "OUT_DIR no/such: cannot create" bundle - e.npy no/such
 [ ! -e o ] || { echo "FAIL: OUT_DIR o was created by a failing run"; FAILED=1; }

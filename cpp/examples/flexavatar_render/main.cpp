@@ -18,7 +18,8 @@
 //   AVATAR       an avatar code .npy float32 (R², 1, D); "-" for the bundle's own avatar_code.npy; or a photo
 //                .npy float32 [S, S, 3] (or [3, S, S]) in [0, 1] on white, encoded by the bundle's encoder
 //                (with --features: its DINOv2 features [C, h, w], for bundles exported without DINOv2)
-//   EXPRESSIONS  .npy float32 [E, 135] (or [135] for one frame); or "-": codes streamed on standard input as they
+//   EXPRESSIONS  .npy float32 [E, 135] (or [135] for one frame), or an .npz with expression_codes [E, 135] (a
+//                tracked sequence, np.savez_compressed: flexavatar_read_expressions); or "-": codes streamed on standard input as they
 //                arrive, 540 bytes a frame (135 little-endian float32), each rendered and written before the next
 //                is read (flexavatar-render's --expressions - protocol), until the stream ends; with --latest
 //                the newest code each frame, those that arrived while a frame rendered skipped (and counted)
@@ -109,7 +110,8 @@ int usage() {
                "               [--latest]\n"
                "  AVATAR: avatar code .npy float32 (R^2, 1, D); - for the bundle's avatar_code.npy; or a photo\n"
                "          .npy float32 [S, S, 3] in [0, 1] to encode (--features: DINOv2 features [C, h, w])\n"
-               "  EXPRESSIONS: .npy float32 [E, 135]; - for 540-byte records (135 float32) streamed on stdin\n"
+               "  EXPRESSIONS: .npy float32 [E, 135], or .npz with expression_codes [E, 135] (a tracked sequence);\n"
+               "               - for 540-byte records (135 float32) streamed on stdin\n"
                "  OUT_DIR: a folder for PNG frames; - for raw rgb24 frames on stdout (the report on stderr)\n");
   return 2;
 }
@@ -568,11 +570,15 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "error: %s\n", error.c_str());
       return 1;
     }
+    // .npy [E, 135] or a tracked sequence's .npz (expression_codes), checked by the library (shape, finite values)
     std::vector<float> expressions;
-    std::vector<long> shape;
-    if (!stream_in && !read_npy("EXPRESSIONS", expr_path, &expressions, &shape, &error)) {
-      std::fprintf(stderr, "error: %s\n", error.c_str());
-      return 1;
+    if (!stream_in) {
+      try {
+        expressions = flexavatar::read_expressions(expr_path);
+      } catch (const flexavatar::Error& e) {
+        std::fprintf(stderr, "error: EXPRESSIONS %s\n", e.message().c_str());
+        return 1;
+      }
     }
     if (!stream_out && !prepare_out_dir(out_dir, &error)) {
       std::fprintf(stderr, "error: %s\n", error.c_str());
@@ -596,17 +602,7 @@ int main(int argc, char** argv) {
                    info.ignored_names);
 
     const long dim = info.expression_dim;
-    if (!stream_in && (shape.empty() || shape.size() > 2 || shape.back() != dim)) {
-      std::fprintf(stderr, "error: EXPRESSIONS %s: expected shape [E, %ld] (or [%ld]), got %s\n", expr_path.c_str(),
-                   dim, dim, shape_string(shape).c_str());
-      return 1;
-    }
-    const long frames = long(expressions.size()) / dim;  // of the .npy; a stream's are counted as they come
-    if (!stream_in && frames == 0) {
-      std::fprintf(stderr, "error: EXPRESSIONS %s: no frames (shape %s)\n", expr_path.c_str(),
-                   shape_string(shape).c_str());
-      return 1;
-    }
+    const long frames = long(expressions.size()) / dim;  // of the file; a stream's are counted as they come
     if (verify) {
       // the export's check set through this provider, precision and rasterizer, before anything is written
       const flexavatar_numerics n = rt.check_numerics();

@@ -406,6 +406,18 @@ FLEXAVATAR_API flexavatar_status flexavatar_expression_head_pose(const float* ex
 FLEXAVATAR_API flexavatar_status flexavatar_camera_apply_head_pose(flexavatar_camera* camera, const float* expression,
                                                                    int64_t expression_count);
 
+/* ---- expression sequences ---- */
+/* Reads an expression sequence file as flexavatar-render does: a .npy float32 [E, 135] (or [135]: one frame), or
+ * an .npz (np.savez or np.savez_compressed) whose member 'expression_codes' is one: the layout of tracked sequences
+ * (their other members are not read). The format is told by the file's bytes, not its name. Two calls: with codes
+ * NULL (count ignored) it sets *frames to E; then with codes holding count = E·135 floats it fills them, row-major
+ * [E, 135], and sets *frames again. FLEXAVATAR_ERROR_IO when the file cannot be opened or read;
+ * FLEXAVATAR_ERROR_INVALID_ARGUMENT when it is not such an array (neither .npy nor .npz, damaged or truncated
+ * archive data (CRC-32 checked), no 'expression_codes' (the message lists the members), another dtype or shape) or
+ * holds NaN/inf (the message names the first such frame); FLEXAVATAR_ERROR_INVALID_SIZE when count is not E·135. */
+FLEXAVATAR_API flexavatar_status flexavatar_read_expressions(const char* path, float* codes, int64_t count,
+                                                             int64_t* frames);
+
 #ifdef __cplusplus
 }
 #endif

@@ -19,11 +19,15 @@ namespace flexavatar {
 class Error : public std::runtime_error {
  public:
   Error(flexavatar_status status, const std::string& message)
-      : std::runtime_error(std::string(flexavatar_status_name(status)) + ": " + message), status_(status) {}
+      : std::runtime_error(std::string(flexavatar_status_name(status)) + ": " + message),
+        status_(status),
+        message_(message) {}
   flexavatar_status status() const noexcept { return status_; }
+  const std::string& message() const noexcept { return message_; }  // what() without the status name
 
  private:
   flexavatar_status status_;
+  std::string message_;
 };
 
 inline void check(flexavatar_status status) {
@@ -164,6 +168,16 @@ inline std::array<float, 16> head_pose(const std::vector<float>& expression) {
 inline flexavatar_camera posed_camera(flexavatar_camera camera, const std::vector<float>& expression) {
   check(flexavatar_camera_apply_head_pose(&camera, expression.data(), static_cast<int64_t>(expression.size())));
   return camera;
+}
+
+// An expression sequence file (.npy [E, 135], or an .npz with 'expression_codes', as the tracked sequences):
+// row-major [E, 135] floats, E = size / 135.
+inline std::vector<float> read_expressions(const std::string& path) {
+  int64_t frames = 0;
+  check(flexavatar_read_expressions(path.c_str(), nullptr, 0, &frames));
+  std::vector<float> codes(static_cast<size_t>(frames) * 135);
+  check(flexavatar_read_expressions(path.c_str(), codes.data(), static_cast<int64_t>(codes.size()), &frames));
+  return codes;
 }
 
 }  // namespace flexavatar

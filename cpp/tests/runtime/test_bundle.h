@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -71,21 +72,53 @@ inline std::string npy_bytes(const std::vector<int64_t>& shape, const std::vecto
   return npy_from_header("{'descr': '" + descr + "', 'fortran_order': False, 'shape': (" + dims + "), }", values);
 }
 
-// An .npz: a ZIP of the entries (name → .npy bytes), stored, with the ZIP64 extra field in each local header
-// (sizes 0xFFFFFFFF there) as np.savez writes it; `method` 8 labels the entries deflated (not applied).
+// The CRC-32 of ZIP, bit by bit (an oracle independent of the reader's table-driven one).
+inline uint32_t crc32_bitwise(const std::string& bytes) {
+  uint32_t crc = 0xFFFFFFFFu;
+  for (const char c : bytes) {
+    crc ^= static_cast<unsigned char>(c);
+    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+  }
+  return ~crc;
+}
+
+// `data` as a DEFLATE stream of stored blocks (RFC 1951 3.2.4), the last one final: valid input for any
+// inflater, made without a compressor.
+inline std::string deflate_stored(const std::string& data) {
+  std::string out;
+  size_t at = 0;
+  do {
+    const size_t len = std::min<size_t>(data.size() - at, 65535);
+    const bool last = at + len == data.size();
+    out += char(last ? 1 : 0);
+    out += char(len & 0xFF);
+    out += char(len >> 8);
+    out += char(~len & 0xFF);
+    out += char((~len >> 8) & 0xFF);
+    out.append(data, at, len);
+    at += len;
+  } while (at < data.size());
+  return out;
+}
+
+// An .npz: a ZIP of the entries (name → .npy bytes) with their CRC-32s and the ZIP64 extra field in each local
+// header (sizes 0xFFFFFFFF there), as numpy writes it. `method` 0: stored (np.savez); 8: deflated, as stored
+// DEFLATE blocks; any other: the bytes as they are, labelled with that method.
 inline std::string npz_bytes(const std::vector<std::pair<std::string, std::string>>& entries, uint16_t method = 0) {
   auto put = [](std::string& out, uint64_t v, int bytes) {
     for (int i = 0; i < bytes; ++i) out += char((v >> (8 * i)) & 0xFF);
   };
   std::string zip, directory;
-  for (const auto& [name, data] : entries) {
+  for (const auto& [name, raw] : entries) {
+    const std::string data = method == 8 ? deflate_stored(raw) : raw;
+    const uint32_t crc = crc32_bitwise(raw);
     const uint64_t offset = zip.size();
     put(zip, 0x04034b50, 4);
     put(zip, 45, 2);
     put(zip, 0, 2);
     put(zip, method, 2);
     put(zip, 0, 4);  // time, date
-    put(zip, 0, 4);  // crc (not checked by the reader)
+    put(zip, crc, 4);
     put(zip, 0xFFFFFFFFu, 4);
     put(zip, 0xFFFFFFFFu, 4);
     put(zip, name.size(), 2);
@@ -93,7 +126,7 @@ inline std::string npz_bytes(const std::vector<std::pair<std::string, std::strin
     zip += name;
     put(zip, 0x0001, 2);
     put(zip, 16, 2);
-    put(zip, data.size(), 8);
+    put(zip, raw.size(), 8);
     put(zip, data.size(), 8);
     zip += data;
     put(directory, 0x02014b50, 4);
@@ -102,9 +135,9 @@ inline std::string npz_bytes(const std::vector<std::pair<std::string, std::strin
     put(directory, 0, 2);
     put(directory, method, 2);
     put(directory, 0, 4);
-    put(directory, 0, 4);
+    put(directory, crc, 4);
     put(directory, data.size(), 4);
-    put(directory, data.size(), 4);
+    put(directory, raw.size(), 4);
     put(directory, name.size(), 2);
     put(directory, 0, 2);
     put(directory, 0, 2);

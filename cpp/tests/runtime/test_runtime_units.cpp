@@ -25,6 +25,8 @@
 #include "harness.h"
 #include "intersection_budget.h"
 #include "manifest.h"
+#include "expression_file.h"
+#include "inflate.h"
 #include "npz.h"
 #include "ort_session.h"
 #include "runtime.h"
@@ -373,8 +375,16 @@ TEST_CASE(npz_reader_reads_numpy_archives_and_rejects_the_rest) {
   CHECK(parse(good, &arrays).ok());
   CHECK(arrays.size() == 2 && arrays["code"].shape == (std::vector<int64_t>{2, 3}) && arrays["code"].values[5] == 5.f);
   CHECK(arrays["expressions"].values == (std::vector<float>{9, 8, 7, 6}));
-  const Status compressed = parse(npz_bytes({{"code.npy", npy_bytes({1}, {1})}}, 8), &arrays);
-  CHECK(compressed.code() == StatusCode::kBundleInvalid && mentions(compressed, "code.npy is compressed"));
+  // np.savez_compressed's members are deflated; another method (12: bzip2) is refused by name
+  CHECK(parse(npz_bytes({{"code.npy", npy_bytes({2, 3}, {0, 1, 2, 3, 4, 5})}}, 8), &arrays).ok());
+  CHECK(arrays["code"].values == (std::vector<float>{0, 1, 2, 3, 4, 5}));
+  const Status bzip2 = parse(npz_bytes({{"code.npy", npy_bytes({1}, {1})}}, 12), &arrays);
+  CHECK(bzip2.code() == StatusCode::kBundleInvalid && mentions(bzip2, "code.npy: compression method 12"));
+  // a damaged member: its CRC-32 differs from the directory's (byte 70: inside the first member's .npy header)
+  std::string damaged = good;
+  damaged[70] ^= 0x20;
+  const Status crc = parse(damaged, &arrays);
+  CHECK(crc.code() == StatusCode::kBundleInvalid && mentions(crc, "code: CRC-32"));
   const Status doubles = parse(npz_bytes({{"x.npy", npy_bytes({1}, {0, 0}, "<f8")}}), &arrays);
   CHECK(doubles.code() == StatusCode::kBundleInvalid && mentions(doubles, "t.npz: x") && mentions(doubles, "float32"));
   // every truncation is an error naming the archive, never a crash or a read past the end
@@ -382,6 +392,101 @@ TEST_CASE(npz_reader_reads_numpy_archives_and_rejects_the_rest) {
     const Status s = parse(good.substr(0, n), &arrays);
     CHECK(!s.ok() && s.code() == StatusCode::kBundleInvalid && mentions(s, "t.npz"));
   }
+}
+
+namespace {
+std::string from_hex(const char* hex) {
+  std::string out;
+  for (size_t i = 0; hex[i] && hex[i + 1]; i += 2) out += char(std::stoi(std::string(hex + i, 2), nullptr, 16));
+  return out;
+}
+std::string inflate_string(const std::string& stream, size_t size, std::string* error) {
+  std::string out(size, '\0');
+  *error = inflate_raw(reinterpret_cast<const unsigned char*>(stream.data()), stream.size(),
+                       reinterpret_cast<unsigned char*>(&out[0]), out.size());
+  return out;
+}
+}  // namespace
+
+TEST_CASE(inflate_decodes_stored_fixed_and_dynamic_huffman_blocks) {
+  CHECK(crc32(reinterpret_cast<const unsigned char*>("123456789"), 9) == 0xCBF43926u);  // the CRC-32 check value
+  struct Vector {
+    const char* name;
+    std::string stream;
+    size_t size;
+    uint32_t crc;
+    std::string prefix;
+  };
+  const std::string text = "FLEX-1 expression codes, expression codes, expression codes!";
+  // zlib 1.3 (Python's zlib.compressobj(9, DEFLATED, -15, 8, strategy)): Z_FIXED for the fixed Huffman codes; a
+  // skewed alphabet of 300 bytes (random.seed(1), choices of "aaaaaaaabbbbccd ") for the dynamic ones
+  const std::vector<Vector> vectors = {
+      {"stored", deflate_stored(text), text.size(), crc32_bitwise(text), text},
+      {"fixed", from_hex("73f3718dd0355448ad28284a2d2ececccf5348ce4f492dd62142441100"), text.size(),
+       crc32_bitwise(text), text},
+      {"dynamic",
+       from_hex("358f8111c0300802577135c0fd6728606aafd706f18300313b02061296b0e0921fece4604d51299076d64862ede2f8e8"
+                "464be479edf177280f6d5b656e20c8687136cff84f01a3837d578716ce98013d002a360373f143458df08aad6c867285"
+                "878ffaafa85b130d28679fd770b05c9ee826f0d4d03e"),
+       300, 0xad9ae8ffu, "aaba d caa accadbaabaaaacacaad"},
+  };
+  for (const Vector& v : vectors) {
+    std::string error;
+    const std::string out = inflate_string(v.stream, v.size, &error);
+    CHECK(error.empty() && crc32_bitwise(out) == v.crc && out.compare(0, v.prefix.size(), v.prefix) == 0);
+    if (!error.empty()) std::printf("  %s: %s\n", v.name, error.c_str());
+    // a wrong expected size is an error either way, never a write past the buffer
+    inflate_string(v.stream, v.size - 1, &error);
+    CHECK(error.find("more than the " + std::to_string(v.size - 1) + " bytes") != std::string::npos);
+    inflate_string(v.stream, v.size + 1, &error);
+    CHECK(error.find("ends after " + std::to_string(v.size) + " bytes") != std::string::npos);
+    // every truncation is an error, never a read past the input
+    for (size_t n = 0; n < v.stream.size(); ++n) {
+      inflate_string(v.stream.substr(0, n), v.size, &error);
+      CHECK(!error.empty());
+    }
+  }
+  // a stored block longer than 64 KiB is split; a copy from before the start of the data is refused
+  const std::string big(150000, 'x');
+  std::string error;
+  CHECK(inflate_string(deflate_stored(big), big.size(), &error) == big && error.empty());
+  // fixed block: literal 'a' (code 0x91, 8 bits), length 3 (symbol 257: 7 bits 0000001) from distance 5
+  // (code 4 + 1 extra bit): more than the 1 byte written
+  const std::string far_back = from_hex("4b041200");  // zlib: "invalid distance too far back"
+  inflate_string(far_back, 4, &error);
+  CHECK(error.find("before the start of the data") != std::string::npos);
+}
+
+TEST_CASE(expression_files_are_npy_or_npz_with_expression_codes) {
+  std::vector<float> codes(2 * 135);
+  for (size_t i = 0; i < codes.size(); ++i) codes[i] = float(i) * 0.25f - 3.f;
+  auto parse = [](const std::string& bytes, std::vector<float>* out) {
+    return parse_expression_file(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), "seq", out);
+  };
+  std::vector<float> got;
+  const std::string npy = npy_bytes({2, 135}, codes);
+  CHECK(parse(npy, &got).ok() && got == codes);
+  CHECK(parse(npy_bytes({135}, std::vector<float>(codes.begin(), codes.begin() + 135)), &got).ok() &&
+        got.size() == 135);
+  for (const uint16_t method : {uint16_t(0), uint16_t(8)}) {
+    const std::string npz = npz_bytes({{"frame_ids.npy", npy_bytes({2}, {0, 1}, "<i4")},
+                                       {"expression_codes.npy", npy}}, method);
+    CHECK(parse(npz, &got).ok() && got == codes);  // the int32 member is not read
+  }
+  const Status missing = parse(npz_bytes({{"expression_code.npy", npy}}), &got);
+  CHECK(missing.code() == StatusCode::kInvalidArgument &&
+        mentions(missing, "no 'expression_codes' array (members: expression_code;"));
+  const Status wide = parse(npy_bytes({2, 136}, std::vector<float>(272)), &got);
+  CHECK(wide.code() == StatusCode::kInvalidArgument && mentions(wide, "shape [2, 136], expected [E, 135]"));
+  std::vector<float> nan = codes;
+  nan[135 + 7] = std::nanf("");
+  const Status bad = parse(npy_bytes({2, 135}, nan), &got);
+  CHECK(bad.code() == StatusCode::kInvalidArgument && mentions(bad, "NaN/inf in 1 of 2 frames, the first is frame 1"));
+  const Status text = parse("frame,value\n", &got);
+  CHECK(text.code() == StatusCode::kInvalidArgument && mentions(text, "neither a .npy file nor an .npz archive"));
+  std::vector<float> none;
+  const Status io = read_expression_file((scratch("expressions") / "absent.npz").string(), &none);
+  CHECK(io.code() == StatusCode::kIoError && mentions(io, "absent.npz"));
 }
 
 TEST_CASE(bundle_files_are_checked_for_presence_size_and_hash) {
