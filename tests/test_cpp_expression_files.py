@@ -1,4 +1,5 @@
-"""The C API's expression sequence reader (``flexavatar_read_expressions``) against NumPy and zlib.
+"""The C API's readers of expression sequence files (``flexavatar_read_expressions``) and of a tracked sequence's
+cameras (``flexavatar_read_sequence_cameras``) against NumPy and zlib.
 
 The tracked sequences in ``../shared/fixtures/driving/`` are ``np.savez_compressed`` archives: their
 ``expression_codes`` member is DEFLATE-compressed, which the C++ runtime decodes with its own inflater
@@ -22,13 +23,36 @@ EXPRESSION_DIM = 135
 OK, NULL_POINTER, INVALID_SIZE, INVALID_ARGUMENT, IO = 0, 1, 2, 3, 13
 
 
+class CCamera(ctypes.Structure):
+    """flexavatar_camera (flexavatar/flexavatar.h)."""
+    _fields_ = [("cam2world", ctypes.c_float * 16), ("intrinsics", ctypes.c_float * 9), ("width", ctypes.c_int32),
+                ("height", ctypes.c_int32), ("background", ctypes.c_float * 3)]
+
+
 class Reader:
     def __init__(self, build: Path):
         self.lib = ctypes.CDLL(str(build / "libflexavatar_runtime.so"))
         self.lib.flexavatar_read_expressions.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_float),
                                                          ctypes.c_int64, ctypes.POINTER(ctypes.c_int64)]
         self.lib.flexavatar_read_expressions.restype = ctypes.c_int
+        self.lib.flexavatar_read_sequence_cameras.argtypes = [ctypes.c_char_p, ctypes.POINTER(CCamera),
+                                                              ctypes.c_int64, ctypes.POINTER(ctypes.c_int64)]
+        self.lib.flexavatar_read_sequence_cameras.restype = ctypes.c_int
         self.lib.flexavatar_last_error.restype = ctypes.c_char_p
+
+    def cameras(self, path) -> tuple[int, list | str]:
+        """(status, the cameras, each with width 7, height 5 and background (0.25, 0.5, 1) set before the call) or
+        (status, message)."""
+        frames = ctypes.c_int64(-1)
+        status = self.lib.flexavatar_read_sequence_cameras(str(path).encode(), None, 0, ctypes.byref(frames))
+        if status != OK:
+            return status, self.lib.flexavatar_last_error().decode()
+        cameras = (CCamera * frames.value)()
+        for c in cameras:
+            c.width, c.height, c.background[:] = 7, 5, (0.25, 0.5, 1.0)
+        status = self.lib.flexavatar_read_sequence_cameras(str(path).encode(), cameras, frames.value,
+                                                           ctypes.byref(frames))
+        return status, (list(cameras) if status == OK else self.lib.flexavatar_last_error().decode())
 
     def call(self, path, codes=None, count=0, frames=True) -> tuple[int, int, str]:
         n = ctypes.c_int64(-1)
@@ -253,3 +277,44 @@ def test_two_call_protocol_checks_its_arguments(reader, tmp_path):
     assert status == NULL_POINTER and "frames is NULL" in message
     status = reader.lib.flexavatar_read_expressions(None, None, 0, ctypes.byref(ctypes.c_int64()))
     assert status == NULL_POINTER
+
+
+def test_tracked_cameras_read_as_the_python_runtimes_sequence_cameras(reader, driving_dir, tmp_path):
+    from flexavatar.runtime import sequence_cameras
+
+    sequences = [path for path in sorted(driving_dir.glob("*.npz")) if "expression_codes" in np.load(path).files]
+    for path in sequences:
+        status, cameras = reader.cameras(path)
+        assert status == OK, cameras
+        want = sequence_cameras(path)
+        assert len(cameras) == len(want) == len(np.load(path)["expression_codes"])
+        got_c2w = np.array([np.frombuffer(c.cam2world, np.float32) for c in cameras]).reshape(-1, 4, 4)
+        got_k = np.array([np.frombuffer(c.intrinsics, np.float32) for c in cameras]).reshape(-1, 3, 3)
+        assert got_c2w.tobytes() == np.asarray(want.cam2world, np.float32).tobytes(), path.name
+        assert got_k.tobytes() == np.asarray(want.intrinsics, np.float32).tobytes(), path.name
+        # only the matrices are the file's: the caller's size and background stay
+        assert all((c.width, c.height, tuple(c.background)) == (7, 5, (0.25, 0.5, 1.0)) for c in cameras)
+    c2w = np.tile(np.eye(4, dtype=np.float32), (3, 1, 1))
+    k = np.tile(np.eye(3, dtype=np.float32), (3, 1, 1))
+    bad_k = k.copy()
+    bad_k[2, 0, 0] = np.inf
+    cases = {
+        "codes only": (dict(expression_codes=np.zeros((3, 135), np.float32)), "no 'cam2world' / 'intrinsics' array"),
+        "no intrinsics": (dict(cam2world=c2w), "no 'intrinsics' array (members: cam2world;"),
+        "frames differ": (dict(cam2world=c2w, intrinsics=k[:2]), "cam2world [3, 4, 4] and intrinsics [2, 3, 3]"),
+        "3x4": (dict(cam2world=c2w[:, :3], intrinsics=k), "cam2world [3, 3, 4]"),
+        "float64": (dict(cam2world=c2w.astype(np.float64), intrinsics=k), "expected float32"),
+        "inf": (dict(cam2world=c2w, intrinsics=bad_k), "NaN/inf in the camera of frame 2"),
+    }
+    for name, (members, message) in cases.items():
+        path = tmp_path / f"{name}.npz"
+        np.savez_compressed(path, **members)
+        status, got = reader.cameras(path)
+        assert status == INVALID_ARGUMENT and message in got and str(path) in got, (name, got)
+    np.save(tmp_path / "codes.npy", np.zeros((3, 135), np.float32))
+    status, got = reader.cameras(tmp_path / "codes.npy")
+    assert status == INVALID_ARGUMENT and "not an .npz archive" in got
+    np.savez(tmp_path / "ok.npz", cam2world=c2w, intrinsics=k)
+    status = reader.lib.flexavatar_read_sequence_cameras(str(tmp_path / "ok.npz").encode(), (CCamera * 2)(), 2,
+                                                         ctypes.byref(ctypes.c_int64()))
+    assert status == INVALID_SIZE and "count is 2, the file holds 3 cameras" in reader.lib.flexavatar_last_error().decode()

@@ -587,6 +587,50 @@ def test_example_shows_the_head_pose_like_the_python_runtime(example_app, bundle
         assert np.abs(got - unposed[e, ..., :3]).mean() > 0.01                   # the pose does move the head
 
 
+def test_example_camera_tracked_renders_from_the_sequences_cameras_like_the_python_runtime(
+        example_app, bundle_dir, inputs, python_runtime, driving_dir, tmp_path):
+    """--camera-tracked (flexavatar_read_sequence_cameras): each frame from the tracked sequence's own cam2world and
+    intrinsics, as flexavatar-render --camera-tracked (runtime.sequence_cameras) renders them; on a tracked .npz
+    (np.savez_compressed, every member of the recording, every 60th frame of a sequence with large head motion)."""
+    from PIL import Image
+
+    from flexavatar.runtime import Avatar, Camera, sequence_cameras
+
+    with np.load(driving_dir / "EXP-1-head.npz") as tracked:
+        frames = len(tracked["expression_codes"])
+        members = {name: tracked[name][::60][:3] if tracked[name].ndim and len(tracked[name]) == frames
+                   else tracked[name] for name in tracked.files}
+    np.savez_compressed(tmp_path / "head.npz", **members)
+    proc = subprocess.run([str(example_app), str(bundle_dir), str(inputs["code_path"]), str(tmp_path / "head.npz"),
+                           str(tmp_path / "tracked"), "--size", str(RENDER_SIZE), "--camera-tracked"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    codes = members["expression_codes"]
+    want = python_runtime.render(Avatar(inputs["code"]), codes, sequence_cameras(tmp_path / "head.npz"),
+                                 RENDER_SIZE, RENDER_SIZE, output="float")
+    c2w, k = _default_camera()
+    frontal = python_runtime.render(Avatar(inputs["code"]), codes, Camera(c2w, k), RENDER_SIZE, RENDER_SIZE,
+                                    output="float")
+    pngs = sorted((tmp_path / "tracked").glob("frame_*.png"))
+    assert len(pngs) == 3
+    for e, png in enumerate(pngs):
+        got = np.asarray(Image.open(png), np.float64)[..., :3] / 255
+        diff = np.abs(got - want[e, ..., :3])
+        assert diff.mean() <= 1e-3 + 0.5 / 255 and diff.max() <= 2 / 255 + 0.5 / 255, (e, diff.mean(), diff.max())
+        assert np.abs(got - frontal[e, ..., :3]).mean() > 0.01              # not the default camera's view
+    # one camera per frame, and cameras only where a recording has them
+    members["cam2world"], members["intrinsics"] = members["cam2world"][:2], members["intrinsics"][:2]
+    np.savez_compressed(tmp_path / "short.npz", **members)
+    np.save(tmp_path / "head.npy", codes)
+    for name, message in (("short.npz", "short.npz holds 2 cameras for 3 expression codes"),
+                          ("head.npy", "not an .npz archive (expected a tracked sequence .npz with cam2world")):
+        proc = subprocess.run([str(example_app), str(bundle_dir), str(inputs["code_path"]), str(tmp_path / name),
+                               str(tmp_path / "refused"), "--camera-tracked"], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "refused").exists()
+
+
 def test_example_stereo_eyes_from_one_decode_are_the_python_runtimes_multiview(example_app, bundle_dir, inputs,
                                                                               python_runtime, tmp_path):
     """--stereo (a render for the left eye, flexavatar_runtime_render_view for the right: one decode) gives the

@@ -1,5 +1,6 @@
 // libFuzzer target: the readers of NumPy files on arbitrary bytes: expression sequence files (.npy, or .npz with
-// its ZIP directory and DEFLATE members: runtime/expression_file.cpp, npz.cpp, inflate.cpp), the check-set reader
+// its ZIP directory and DEFLATE members: runtime/expression_file.cpp, npz.cpp, inflate.cpp) and a tracked
+// sequence's cameras, the check-set reader
 // (all-float32 .npz), and the inflater alone. Every input must give OK or a typed status with a message, and what
 // is accepted must hold what the readers promise; crashes, sanitizer reports and leaks are bugs.
 #include <cmath>
@@ -28,6 +29,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
              s.message().empty()) {
     std::abort();
   }
+
+  std::vector<float> cam2world, intrinsics;
+  s = flexavatar::runtime::parse_sequence_cameras(data, size, "fuzz", &cam2world, &intrinsics);
+  if (s.ok() ? (intrinsics.empty() || cam2world.size() / 16 != intrinsics.size() / 9 || cam2world.size() % 16 != 0 ||
+                intrinsics.size() % 9 != 0)
+             : ((s.code() != StatusCode::kInvalidArgument && s.code() != StatusCode::kOutOfMemory) ||
+                s.message().empty()))
+    std::abort();
 
   std::map<std::string, flexavatar::runtime::NpyArray> arrays;
   s = flexavatar::runtime::parse_npz_float32(data, size, "fuzz", &arrays);

@@ -559,4 +559,26 @@ flexavatar_status flexavatar_read_expressions(const char* path, float* codes, in
   });
 }
 
+flexavatar_status flexavatar_read_sequence_cameras(const char* path, flexavatar_camera* cameras, int64_t count,
+                                                   int64_t* frames) {
+  return guarded("flexavatar_read_sequence_cameras", [&] {
+    if (!path) return Status(StatusCode::kNullPointer, "flexavatar_read_sequence_cameras: path is NULL");
+    if (!frames) return Status(StatusCode::kNullPointer, "flexavatar_read_sequence_cameras: frames is NULL");
+    std::vector<float> cam2world, intrinsics;
+    Status s = flexavatar::runtime::read_sequence_cameras(path, &cam2world, &intrinsics);
+    if (!s.ok()) return s;
+    const int64_t n = static_cast<int64_t>(intrinsics.size() / 9);
+    *frames = n;
+    if (!cameras) return s;
+    if (count != n)
+      return Status(StatusCode::kInvalidSize, "flexavatar_read_sequence_cameras: count is " + std::to_string(count) +
+                                                  ", the file holds " + std::to_string(n) + " cameras");
+    for (int64_t f = 0; f < n; ++f) {
+      std::copy(cam2world.begin() + 16 * f, cam2world.begin() + 16 * (f + 1), cameras[f].cam2world);
+      std::copy(intrinsics.begin() + 9 * f, intrinsics.begin() + 9 * (f + 1), cameras[f].intrinsics);
+    }
+    return s;
+  });
+}
+
 }  // extern "C"

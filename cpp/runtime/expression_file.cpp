@@ -1,5 +1,6 @@
 #include "expression_file.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -18,27 +19,69 @@ Status as_argument_error(const Status& s) {
   return s.code() == StatusCode::kBundleInvalid ? bad_file(s.message()) : s;
 }
 
-Status checked_codes(const NpyArray& array, const std::string& where, std::vector<float>* codes) {
-  const std::vector<int64_t>& shape = array.shape;
-  std::string shape_text = "[";
-  for (size_t k = 0; k < shape.size(); ++k) shape_text += (k ? ", " : "") + std::to_string(shape[k]);
-  shape_text += "]";
-  if (shape.empty() || shape.size() > 2 || shape.back() != kExpressionDim || array.values.empty())
-    return bad_file(where + ": shape " + shape_text + ", expected [E, " + std::to_string(kExpressionDim) +
-                    "] with E >= 1 (or [" + std::to_string(kExpressionDim) + "] for one frame)");
-  const size_t frames = array.values.size() / size_t(kExpressionDim);
-  size_t bad = 0, first_bad = 0;
-  for (size_t f = 0; f < frames; ++f) {
-    const float* row = array.values.data() + f * size_t(kExpressionDim);
-    for (int64_t k = 0; k < kExpressionDim; ++k)
-      if (!std::isfinite(row[k])) {
-        if (bad++ == 0) first_bad = f;
+bool is_zip(const unsigned char* bytes, size_t size) { return size >= 4 && std::memcmp(bytes, "PK", 2) == 0; }
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string text = "[";
+  for (size_t k = 0; k < shape.size(); ++k) text += (k ? ", " : "") + std::to_string(shape[k]);
+  return text + "]";
+}
+
+// The float32 members `names` of an .npz archive, into arrays (in that order). A missing member: kInvalidArgument
+// listing those missing and the archive's members, with `expected` saying what the caller reads.
+Status read_members(const unsigned char* bytes, size_t size, const std::string& where,
+                    const std::vector<std::string>& names, const std::string& expected,
+                    std::vector<NpyArray>* arrays) {
+  std::vector<NpzMember> members;
+  Status s = list_npz_members(bytes, size, where, &members);
+  if (!s.ok()) return as_argument_error(s);
+  std::string missing, listed;
+  for (const NpzMember& member : members) listed += (listed.empty() ? "" : ", ") + member.name;
+  arrays->assign(names.size(), NpyArray());
+  std::vector<unsigned char> npy;
+  for (size_t k = 0; k < names.size(); ++k) {
+    const NpzMember* found = nullptr;
+    for (const NpzMember& member : members)
+      if (member.name == names[k]) found = &member;
+    if (!found) {
+      missing += (missing.empty() ? "'" : " / '") + names[k] + "'";
+      continue;
+    }
+    if (!(s = read_npz_member(bytes, size, where, *found, &npy)).ok()) return as_argument_error(s);
+    if (!(s = parse_npy_float32(npy.data(), npy.size(), where + ": " + names[k], &(*arrays)[k])).ok())
+      return as_argument_error(s);
+  }
+  if (!missing.empty())
+    return bad_file(where + ": no " + missing + " array (members: " + (listed.empty() ? "none" : listed) +
+                    "; expected " + expected + ")");
+  return Status::ok_status();
+}
+
+// The first of `frames` rows of `row` values that holds NaN / inf, or `frames`; *bad counts such rows.
+size_t first_non_finite_row(const std::vector<float>& values, size_t row, size_t* bad) {
+  const size_t frames = values.size() / row;
+  size_t first = frames;
+  *bad = 0;
+  for (size_t f = 0; f < frames; ++f)
+    for (size_t k = 0; k < row; ++k)
+      if (!std::isfinite(values[f * row + k])) {
+        if ((*bad)++ == 0) first = f;
         break;
       }
-  }
+  return first;
+}
+
+Status checked_codes(const NpyArray& array, const std::string& where, std::vector<float>* codes) {
+  const std::vector<int64_t>& shape = array.shape;
+  if (shape.empty() || shape.size() > 2 || shape.back() != kExpressionDim || array.values.empty())
+    return bad_file(where + ": shape " + shape_text(shape) + ", expected [E, " + std::to_string(kExpressionDim) +
+                    "] with E >= 1 (or [" + std::to_string(kExpressionDim) + "] for one frame)");
+  size_t bad = 0;
+  const size_t first = first_non_finite_row(array.values, size_t(kExpressionDim), &bad);
   if (bad > 0)
-    return bad_file(where + ": NaN/inf in " + std::to_string(bad) + " of " + std::to_string(frames) +
-                    " frames, the first is frame " + std::to_string(first_bad) + " (expected finite values)");
+    return bad_file(where + ": NaN/inf in " + std::to_string(bad) + " of " +
+                    std::to_string(array.values.size() / size_t(kExpressionDim)) + " frames, the first is frame " +
+                    std::to_string(first) + " (expected finite values)");
   *codes = array.values;
   return Status::ok_status();
 }
@@ -49,34 +92,48 @@ Status parse_expression_file(const unsigned char* bytes, size_t size, const std:
                              std::vector<float>* codes) {
   if (!codes) return Status(StatusCode::kNullPointer, "codes: got a null pointer");
   codes->clear();
-  NpyArray array;
-  if (size >= 4 && std::memcmp(bytes, "PK", 2) == 0) {
-    std::vector<NpzMember> members;
-    Status s = list_npz_members(bytes, size, where, &members);
-    if (!s.ok()) return as_argument_error(s);
-    const NpzMember* found = nullptr;
-    std::string names;
-    for (const NpzMember& member : members) {
-      if (member.name == kExpressionSequenceKey) found = &member;
-      names += (names.empty() ? "" : ", ") + member.name;
-    }
-    if (!found)
-      return bad_file(where + ": no '" + kExpressionSequenceKey + "' array (members: " +
-                      (names.empty() ? "none" : names) + "; expected an .npz with " + kExpressionSequenceKey +
-                      " [E, " + std::to_string(kExpressionDim) + "], as the tracked sequences)");
-    std::vector<unsigned char> npy;
-    if (!(s = read_npz_member(bytes, size, where, *found, &npy)).ok()) return as_argument_error(s);
-    const std::string member_where = where + ": " + kExpressionSequenceKey;
-    if (!(s = parse_npy_float32(npy.data(), npy.size(), member_where, &array)).ok()) return as_argument_error(s);
-    return checked_codes(array, member_where, codes);
+  if (is_zip(bytes, size)) {
+    std::vector<NpyArray> arrays;
+    Status s = read_members(bytes, size, where, {kExpressionSequenceKey},
+                            std::string("an .npz with ") + kExpressionSequenceKey + " [E, " +
+                                std::to_string(kExpressionDim) + "], as the tracked sequences",
+                            &arrays);
+    return s.ok() ? checked_codes(arrays[0], where + ": " + kExpressionSequenceKey, codes) : s;
   }
   if (size >= 6 && std::memcmp(bytes, "\x93NUMPY", 6) == 0) {
+    NpyArray array;
     Status s = parse_npy_float32(bytes, size, where, &array);
     if (!s.ok()) return bad_file(s.message());
     return checked_codes(array, where, codes);
   }
   return bad_file(where + ": neither a .npy file nor an .npz archive (expected float32 expression codes [E, " +
                   std::to_string(kExpressionDim) + "], or an .npz with " + kExpressionSequenceKey + ")");
+}
+
+Status parse_sequence_cameras(const unsigned char* bytes, size_t size, const std::string& where,
+                              std::vector<float>* cam2world, std::vector<float>* intrinsics) {
+  if (!cam2world || !intrinsics) return Status(StatusCode::kNullPointer, "cam2world / intrinsics: a null pointer");
+  cam2world->clear();
+  intrinsics->clear();
+  const std::string expected = "a tracked sequence .npz with cam2world [E, 4, 4] and intrinsics [E, 3, 3]";
+  if (!is_zip(bytes, size)) return bad_file(where + ": not an .npz archive (expected " + expected + ")");
+  std::vector<NpyArray> arrays;
+  Status s = read_members(bytes, size, where, {"cam2world", "intrinsics"}, expected, &arrays);
+  if (!s.ok()) return s;
+  const std::vector<int64_t>&c = arrays[0].shape, &k = arrays[1].shape;
+  if (c.size() != 3 || c[1] != 4 || c[2] != 4 || k.size() != 3 || k[1] != 3 || k[2] != 3 || c[0] != k[0] ||
+      c[0] < 1)
+    return bad_file(where + ": cam2world " + shape_text(c) + " and intrinsics " + shape_text(k) + " (expected " +
+                    expected + ", E >= 1)");
+  size_t bad_c = 0, bad_k = 0;
+  const size_t first_c = first_non_finite_row(arrays[0].values, 16, &bad_c),
+               first_k = first_non_finite_row(arrays[1].values, 9, &bad_k);
+  if (bad_c + bad_k > 0)
+    return bad_file(where + ": NaN/inf in the camera of frame " + std::to_string(std::min(first_c, first_k)) +
+                    " (expected finite cam2world and intrinsics)");
+  *cam2world = std::move(arrays[0].values);
+  *intrinsics = std::move(arrays[1].values);
+  return Status::ok_status();
 }
 
 Status read_expression_file(const std::string& path, std::vector<float>* codes) {
@@ -87,6 +144,15 @@ Status read_expression_file(const std::string& path, std::vector<float>* codes) 
     return Status(s.code(), path + ": cannot open or read (expected an expression sequence .npy or .npz)");
   if (!s.ok()) return s;
   return parse_expression_file(bytes.data(), bytes.size(), path, codes);
+}
+
+Status read_sequence_cameras(const std::string& path, std::vector<float>* cam2world, std::vector<float>* intrinsics) {
+  std::vector<unsigned char> bytes;
+  Status s = read_file_bytes(path, size_t(1) << 32, &bytes);
+  if (s.code() == StatusCode::kIoError)
+    return Status(s.code(), path + ": cannot open or read (expected a tracked sequence .npz)");
+  if (!s.ok()) return s;
+  return parse_sequence_cameras(bytes.data(), bytes.size(), path, cam2world, intrinsics);
 }
 
 }  // namespace runtime

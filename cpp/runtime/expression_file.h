@@ -1,4 +1,4 @@
-// Expression sequence files as flexavatar-render reads them (runtime/expressions.py load_expressions): a .npy
+// Expression sequence files (and a tracked sequence's cameras) as flexavatar-render reads them (runtime/expressions.py load_expressions): a .npy
 // float32 [E, 135] (or [135], one frame), or an .npz whose 'expression_codes' member is one: the layout of the
 // tracked sequences (np.savez_compressed; their other members, of other dtypes, are not read).
 #pragma once
@@ -21,6 +21,13 @@ Status parse_expression_file(const unsigned char* bytes, size_t size, const std:
                              std::vector<float>* codes);
 // parse_expression_file of a file's bytes; kIoError when it cannot be opened or read.
 Status read_expression_file(const std::string& path, std::vector<float>* codes);
+
+// The tracked camera of every frame of a tracked sequence .npz (flexavatar-render --camera-tracked,
+// runtime/cameras.py sequence_cameras): its float32 members cam2world [E, 4, 4] (canonical head frame, OpenCV axes)
+// and intrinsics [E, 3, 3] (normalised), row-major, finite. kInvalidArgument naming `where` for anything else.
+Status parse_sequence_cameras(const unsigned char* bytes, size_t size, const std::string& where,
+                              std::vector<float>* cam2world, std::vector<float>* intrinsics);
+Status read_sequence_cameras(const std::string& path, std::vector<float>* cam2world, std::vector<float>* intrinsics);
 
 }  // namespace runtime
 }  // namespace flexavatar

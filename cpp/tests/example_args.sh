@@ -40,6 +40,8 @@ expect 2 "missing argument OUT_DIR" bundle - e.npy
 expect 2 "extra argument 'more'" bundle - e.npy o more
 expect 2 "unknown option '--bogus'" bundle - e.npy o --bogus
 expect 2 "unknown option '-x'" bundle - e.npy o -x
+expect 2 "--camera-tracked needs EXPRESSIONS a tracked sequence .npz" bundle - - o --camera-tracked
+expect 2 "--head-pose was given with --camera-tracked" bundle - e.npz o --camera-tracked --head-pose
 for flag in --size --threads --device --rasterizer --features --fused-decoders --precision; do expect 2 "$flag: missing value" bundle - e.npy o $flag; done
 expect 2 "size: expected an integer" bundle - e.npy o --size abc
 expect 2 "size: expected an integer" bundle - e.npy o --size 0

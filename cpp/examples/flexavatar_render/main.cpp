@@ -1,11 +1,12 @@
 // flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N]
 //                   [--device auto|cpu|cuda|cuda:N|gpu|gpu:N|npu] [--rasterizer auto|cpu|cuda]
-//                   [--features FEATURES.npy] [--head-pose] [--verify] [--no-cuda-graphs]
+//                   [--features FEATURES.npy] [--head-pose|--camera-tracked] [--verify] [--no-cuda-graphs]
 //                   [--fused-decoders auto|on|off] [--precision fp32|fp16|int8] [--stereo EYE_DISTANCE_M] [--latest]
 //
 // Renders one PNG frame per expression (frame_00000.png, ...) from the bundle's default camera and prints
 // the per-frame latency (decoder + rasterizer + RGBA) as p50 / p95. --head-pose shows each code's rigid head
-// pose (the tracked head motion), as the official GUI does. --verify first runs the bundle's numerics check
+// pose (the tracked head motion), as the official GUI does; --camera-tracked renders each frame from the tracked
+// sequence's own camera instead (EXPRESSIONS a tracked .npz: its cam2world and intrinsics, head motion included). --verify first runs the bundle's numerics check
 // on this runtime (flexavatar_runtime_check_numerics) and renders only if it passes. --fused-decoders picks the
 // bundle's decoder with ONNX Runtime's fused kernels (format onnx-ort) or its portable one (options.fused_decoders;
 // auto: fused on the CUDA path, portable on the CPU); the decoder file that runs is printed. --precision picks the
@@ -104,10 +105,10 @@ int usage() {
   std::fprintf(stderr,
                "usage: flexavatar_render BUNDLE AVATAR EXPRESSIONS OUT_DIR [--size N] [--threads N] "
                "[--device auto|cpu|cuda|cuda:N|gpu|gpu:N|npu]\n"
-               "               [--rasterizer auto|cpu|cuda] [--features FEATURES.npy] [--head-pose] [--verify] "
-               "[--no-cuda-graphs]\n"
-               "               [--fused-decoders auto|on|off] [--precision fp32|fp16|int8] [--stereo EYE_DISTANCE_M]\n"
-               "               [--latest]\n"
+               "               [--rasterizer auto|cpu|cuda] [--features FEATURES.npy] [--head-pose|--camera-tracked]\n"
+               "               [--verify] [--no-cuda-graphs]"
+               " [--fused-decoders auto|on|off] [--precision fp32|fp16|int8]\n"
+               "               [--stereo EYE_DISTANCE_M] [--latest]\n"
                "  AVATAR: avatar code .npy float32 (R^2, 1, D); - for the bundle's avatar_code.npy; or a photo\n"
                "          .npy float32 [S, S, 3] in [0, 1] to encode (--features: DINOv2 features [C, h, w])\n"
                "  EXPRESSIONS: .npy float32 [E, 135], or .npz with expression_codes [E, 135] (a tracked sequence);\n"
@@ -469,7 +470,7 @@ int main(int argc, char** argv) {
   int size = 0, threads = 0;
   int device = FLEXAVATAR_DEVICE_AUTO, rasterizer = FLEXAVATAR_RASTERIZER_AUTO, cuda_device = 0;
   std::string features_path;
-  bool head_pose = false, verify = false, cuda_graphs = true, latest = false;
+  bool head_pose = false, camera_tracked = false, verify = false, cuda_graphs = true, latest = false;
   double eye_distance = -1;  // --stereo: metres between the eyes; < 0: one view
   int fused_decoders = FLEXAVATAR_FUSED_DECODERS_AUTO;
   int precision = FLEXAVATAR_PRECISION_FP32;
@@ -523,6 +524,8 @@ int main(int argc, char** argv) {
       }
     } else if (arg == "--head-pose") {
       head_pose = true;
+    } else if (arg == "--camera-tracked") {  // each frame from the tracked sequence's own camera
+      camera_tracked = true;
     } else if (arg == "--verify") {
       verify = true;
     } else if (arg == "--latest") {  // EXPRESSIONS -: the newest code each frame
@@ -550,6 +553,12 @@ int main(int argc, char** argv) {
   const bool stream_in = expr_path == "-";   // codes as they arrive on standard input
   if (latest && !stream_in)
     return usage_error("--latest needs EXPRESSIONS - (codes streamed on standard input), not '" + expr_path + "'");
+  if (camera_tracked && stream_in)
+    return usage_error("--camera-tracked needs EXPRESSIONS a tracked sequence .npz (its cameras), not - (a stream "
+                       "has no cameras)");
+  if (camera_tracked && head_pose)
+    return usage_error("--head-pose was given with --camera-tracked (expected one of them: the tracked cameras "
+                       "already show the head's motion)");
   const bool stream_out = out_dir == "-";    // raw frames on standard output
   FILE* const say = stream_out ? stderr : stdout;  // stdout may carry the frames
 #if defined(SIGPIPE)
@@ -577,6 +586,20 @@ int main(int argc, char** argv) {
         expressions = flexavatar::read_expressions(expr_path);
       } catch (const flexavatar::Error& e) {
         std::fprintf(stderr, "error: EXPRESSIONS %s\n", e.message().c_str());
+        return 1;
+      }
+    }
+    std::vector<flexavatar_camera> tracked;  // --camera-tracked: cam2world and intrinsics; the size comes later
+    if (camera_tracked) {
+      try {
+        tracked = flexavatar::read_sequence_cameras(expr_path, flexavatar_camera{});
+      } catch (const flexavatar::Error& e) {
+        std::fprintf(stderr, "error: --camera-tracked: %s\n", e.message().c_str());
+        return 1;
+      }
+      if (tracked.size() * size_t(135) != expressions.size()) {
+        std::fprintf(stderr, "error: --camera-tracked: %s holds %zu cameras for %zu expression codes (expected one "
+                             "camera per frame)\n", expr_path.c_str(), tracked.size(), expressions.size() / 135);
         return 1;
       }
     }
@@ -625,11 +648,21 @@ int main(int argc, char** argv) {
     flexavatar_camera camera = rt.default_camera();
     if (size > 0) camera.width = camera.height = size;
     const bool stereo = eye_distance >= 0;
-    // the eyes: the camera moved by ∓ half the distance along its own x axis (row-major: column 0 is x)
-    flexavatar_camera eyes[2] = {camera, camera};
-    for (int side = 0; side < 2; ++side)
-      for (int r = 0; r < 3; ++r)
-        eyes[side].cam2world[4 * r + 3] += float((side ? 0.5 : -0.5) * eye_distance * camera.cam2world[4 * r]);
+    for (flexavatar_camera& c : tracked) {  // the default camera's size and background
+      c.width = camera.width;
+      c.height = camera.height;
+      std::copy(camera.background, camera.background + 3, c.background);
+    }
+    // The camera of frame `index` for eye `side` (-1: no stereo): the tracked one of the frame or the default one,
+    // moved by ∓ half the eye distance along its own x axis (row-major: column 0 is x), showing the code's head pose
+    // with --head-pose.
+    auto view = [&](long index, int side, const std::vector<float>& code) {
+      flexavatar_camera c = tracked.empty() ? camera : tracked[size_t(index)];
+      if (side >= 0)
+        for (int r = 0; r < 3; ++r)
+          c.cam2world[4 * r + 3] += float((side ? 0.5 : -0.5) * eye_distance * c.cam2world[4 * r]);
+      return head_pose ? flexavatar::posed_camera(c, code) : c;
+    };
     std::vector<double> ms;
     std::vector<float> expression(static_cast<size_t>(dim));
     // OUT_DIR "-": one rgb24 frame, the eyes side by side with --stereo (the frame is the runtime's until its next
@@ -651,9 +684,7 @@ int main(int argc, char** argv) {
                   expression.begin());
       }
       const auto start = std::chrono::steady_clock::now();
-      const flexavatar_camera& first = stereo ? eyes[0] : camera;
-      const flexavatar_frame frame =
-          rt.render(expression, head_pose ? flexavatar::posed_camera(first, expression) : first);
+      const flexavatar_frame frame = rt.render(expression, view(rendered, stereo ? 0 : -1, expression));
       char name[40];
       std::snprintf(name, sizeof(name), stereo ? "frame_%05ld_left.png" : "frame_%05ld.png", rendered);
       // the frame is the runtime's until its next call: written (or copied) before the right eye is rendered (not
@@ -668,8 +699,7 @@ int main(int argc, char** argv) {
       const auto resumed = std::chrono::steady_clock::now();
       double frame_ms = std::chrono::duration<double, std::milli>(written - start).count();
       if (stereo) {
-        const flexavatar_frame right =
-            rt.render_view(head_pose ? flexavatar::posed_camera(eyes[1], expression) : eyes[1]);
+        const flexavatar_frame right = rt.render_view(view(rendered, 1, expression));
         std::snprintf(name, sizeof(name), "frame_%05ld_right.png", rendered);
         const auto done = std::chrono::steady_clock::now();
         frame_ms += std::chrono::duration<double, std::milli>(done - resumed).count();

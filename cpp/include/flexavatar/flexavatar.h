@@ -417,6 +417,16 @@ FLEXAVATAR_API flexavatar_status flexavatar_camera_apply_head_pose(flexavatar_ca
  * holds NaN/inf (the message names the first such frame); FLEXAVATAR_ERROR_INVALID_SIZE when count is not E·135. */
 FLEXAVATAR_API flexavatar_status flexavatar_read_expressions(const char* path, float* codes, int64_t count,
                                                              int64_t* frames);
+/* The tracked camera of every frame of a tracked sequence .npz (flexavatar-render --camera-tracked): its members
+ * cam2world [E, 4, 4] (in the canonical head frame: rendering the decoded Gaussians from it shows the head as the
+ * tracked video saw it, head motion included; do not also apply the head pose) and intrinsics [E, 3, 3]
+ * (normalised), float32. Two calls as flexavatar_read_expressions: with cameras NULL it sets *frames to E; then
+ * with count = E cameras it sets their cam2world and intrinsics and leaves width, height and background as the
+ * caller set them. FLEXAVATAR_ERROR_IO, FLEXAVATAR_ERROR_INVALID_ARGUMENT (not an .npz, a damaged archive, a
+ * member missing or of another dtype or shape, NaN/inf) and FLEXAVATAR_ERROR_INVALID_SIZE as there. Whether each
+ * cam2world is rigid is checked where a camera is used (render). */
+FLEXAVATAR_API flexavatar_status flexavatar_read_sequence_cameras(const char* path, flexavatar_camera* cameras,
+                                                                  int64_t count, int64_t* frames);
 
 #ifdef __cplusplus
 }

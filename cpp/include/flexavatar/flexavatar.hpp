@@ -180,4 +180,14 @@ inline std::vector<float> read_expressions(const std::string& path) {
   return codes;
 }
 
+// The tracked camera of every frame of a tracked sequence .npz (cam2world, intrinsics), each `base` otherwise
+// (width, height, background).
+inline std::vector<flexavatar_camera> read_sequence_cameras(const std::string& path, const flexavatar_camera& base) {
+  int64_t frames = 0;
+  check(flexavatar_read_sequence_cameras(path.c_str(), nullptr, 0, &frames));
+  std::vector<flexavatar_camera> cameras(static_cast<size_t>(frames), base);
+  check(flexavatar_read_sequence_cameras(path.c_str(), cameras.data(), frames, &frames));
+  return cameras;
+}
+
 }  // namespace flexavatar

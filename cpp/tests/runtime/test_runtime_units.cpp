@@ -489,6 +489,28 @@ TEST_CASE(expression_files_are_npy_or_npz_with_expression_codes) {
   CHECK(io.code() == StatusCode::kIoError && mentions(io, "absent.npz"));
 }
 
+TEST_CASE(sequence_cameras_are_the_npz_cam2world_and_intrinsics) {
+  auto parse = [](const std::string& bytes, std::vector<float>* c2w, std::vector<float>* k) {
+    return parse_sequence_cameras(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), "seq", c2w, k);
+  };
+  std::vector<float> c2w(2 * 16), k(2 * 9);
+  for (size_t i = 0; i < c2w.size(); ++i) c2w[i] = float(i);
+  for (size_t i = 0; i < k.size(); ++i) k[i] = -float(i);
+  std::vector<float> got_c2w, got_k;
+  const std::string npz = npz_bytes({{"expression_codes.npy", npy_bytes({2, 135}, std::vector<float>(270))},
+                                     {"cam2world.npy", npy_bytes({2, 4, 4}, c2w)},
+                                     {"intrinsics.npy", npy_bytes({2, 3, 3}, k)}}, 8);
+  CHECK(parse(npz, &got_c2w, &got_k).ok() && got_c2w == c2w && got_k == k);
+  const Status missing = parse(npz_bytes({{"cam2world.npy", npy_bytes({2, 4, 4}, c2w)}}), &got_c2w, &got_k);
+  CHECK(missing.code() == StatusCode::kInvalidArgument && mentions(missing, "no 'intrinsics' array"));
+  const Status counts = parse(npz_bytes({{"cam2world.npy", npy_bytes({2, 4, 4}, c2w)},
+                                         {"intrinsics.npy", npy_bytes({1, 3, 3}, std::vector<float>(9))}}),
+                              &got_c2w, &got_k);
+  CHECK(counts.code() == StatusCode::kInvalidArgument && mentions(counts, "cam2world [2, 4, 4] and intrinsics [1, 3, 3]"));
+  const Status npy = parse(npy_bytes({2, 4, 4}, c2w), &got_c2w, &got_k);
+  CHECK(npy.code() == StatusCode::kInvalidArgument && mentions(npy, "not an .npz archive"));
+}
+
 TEST_CASE(bundle_files_are_checked_for_presence_size_and_hash) {
   const fs::path dir = scratch("verify");
   const std::string model = "not really an onnx model";
