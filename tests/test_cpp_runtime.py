@@ -848,6 +848,47 @@ def test_example_encodes_a_photo_and_renders_it_like_the_python_runtime(example_
     assert proc.returncode == 1 and "without DINOv2" in proc.stderr and "C = 32" in proc.stderr
 
 
+def test_example_encodes_a_png_photo_like_the_python_runtime(example_app, bundle_dir, official_dir, python_runtime,
+                                                            tmp_path):
+    """AVATAR as a .png (flexavatar_read_png): an RGBA photo with a transparent border, composited onto white by the
+    library as the Python runtime's create_avatar(path) does through Pillow; the encoded code's frames agree."""
+    from PIL import Image
+
+    from flexavatar.runtime import Camera
+
+    fixture = np.load(official_dir / "inputs.npz")
+    photo = np.clip(fixture["images"][1][0].transpose(1, 2, 0), 0, 1)                     # [S, S, 3]
+    size = photo.shape[0]
+    rgba = np.concatenate([np.round(photo * 255), np.full((size, size, 1), 255.0)], axis=-1).astype(np.uint8)
+    rgba[:, : size // 8, 3] = 0                                                            # a clear border ...
+    rgba[:, size // 8: size // 4, 3] = 90                                                  # ... and a soft one
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "photo.png")
+    features = fixture["features"][1][0].astype(np.float32)
+    expressions = fixture["expression_codes"][1].astype(np.float32)
+    np.save(tmp_path / "features.npy", features)
+    np.save(tmp_path / "expressions.npy", expressions)
+    proc = subprocess.run([str(example_app), str(bundle_dir), str(tmp_path / "photo.png"),
+                           str(tmp_path / "expressions.npy"), str(tmp_path / "frames"), "--size", str(RENDER_SIZE),
+                           "--features", str(tmp_path / "features.npy"), "--device", "cpu"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    avatar = python_runtime.create_avatar(tmp_path / "photo.png", features=features)
+    c2w, k = _default_camera()
+    want = python_runtime.render(avatar, expressions, Camera(c2w, k), RENDER_SIZE, RENDER_SIZE, output="float")
+    pngs = sorted((tmp_path / "frames").glob("frame_*.png"))
+    assert len(pngs) == len(expressions)
+    for png, frame in zip(pngs, want, strict=True):
+        image = np.asarray(Image.open(png)).astype(int)
+        assert np.abs(image - np.floor(np.clip(frame, 0, 1) * 255 + 0.5).astype(int)).max() <= 1
+    # a photo of another size is refused by name, before anything is rendered
+    Image.fromarray(rgba[:-2, :-2], "RGBA").save(tmp_path / "small.png")
+    proc = subprocess.run([str(example_app), str(bundle_dir), str(tmp_path / "small.png"),
+                           str(tmp_path / "expressions.npy"), str(tmp_path / "refused"), "--features",
+                           str(tmp_path / "features.npy")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and f"a {size - 2}x{size - 2} photo; this bundle's encoder expects {size}x{size}" \
+        in proc.stderr, proc.stderr
+
+
 def test_example_reports_bad_input_with_exit_code(example_app, bundle_dir, inputs, tmp_path):
     proc = subprocess.run([str(example_app)], capture_output=True, text=True)
     assert proc.returncode == 2 and "usage" in proc.stderr

@@ -259,6 +259,38 @@ def test_cross_example_takes_non_ascii_paths(cross_build, onnx_features_bundle, 
         assert diff.mean() <= 1e-3 and diff.max() <= 2 / 255 + 0.5 / 255, (png.name, diff.mean(), diff.max())
 
 
+def test_cross_example_encodes_a_png_photo_like_the_host(cross_build, onnx_features_bundle, official_dir, avatar,
+                                                        tmp_path):
+    """AVATAR photo.png on the target: its build decodes the PNG (RGBA with a soft transparent border, composited
+    onto white; the interlaced form is in the target's ctest units), runs the bundle's encoder and renders; the
+    frames are the host Python runtime's create_avatar(path) frames within the parity tolerances."""
+    from PIL import Image
+
+    fixture = np.load(official_dir / "inputs.npz")
+    photo = np.clip(fixture["images"][0][0].transpose(1, 2, 0), 0, 1)
+    size = photo.shape[0]
+    rgba = np.concatenate([np.round(photo * 255), np.full((size, size, 1), 255.0)], axis=-1).astype(np.uint8)
+    rgba[:, : size // 6, 3] = 100
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "photo.png")
+    features = fixture["features"][0][0].astype(np.float32)
+    np.save(tmp_path / "features.npy", features)
+    np.save(tmp_path / "expressions.npy", avatar["expressions"])
+    out = tmp_path / "frames"
+    proc = subprocess.run([str(cross_build.emulator), str(cross_build.example), str(onnx_features_bundle),
+                           str(tmp_path / "photo.png"), str(tmp_path / "expressions.npy"), str(out), "--size",
+                           str(RENDER_SIZE), "--features", str(tmp_path / "features.npy")], env=cross_build.env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    host = avatar["host"]
+    want = host.render(host.create_avatar(tmp_path / "photo.png", features=features), avatar["expressions"],
+                       _demo_camera(), RENDER_SIZE, RENDER_SIZE, output="float")[..., :3]
+    pngs = sorted(out.glob("frame_*.png"))
+    assert len(pngs) == len(want)
+    for png, frame in zip(pngs, want, strict=True):
+        diff = np.abs(np.asarray(Image.open(png), np.float64)[..., :3] / 255 - frame)
+        assert diff.mean() <= 1e-3 and diff.max() <= 2 / 255 + 0.5 / 255, (png.name, diff.mean(), diff.max())
+
+
 def test_windows_gpu_device_takes_directml_from_a_directml_build(windows_build, onnx_features_bundle, avatar,
                                                                 tmp_path):
     """--device gpu on Windows with ONNX Runtime's DirectML build (the onnxruntime-directml wheel's DLLs beside the

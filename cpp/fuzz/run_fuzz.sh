@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Short libFuzzer runs (ASan + UBSan + LeakSanitizer) of the bundle manifest parser (seeds: cpp/fuzz/corpus) and the
-# expression-file / .npz / DEFLATE readers (seeds: cpp/fuzz/corpus_expressions), one after the other.
+# Short libFuzzer runs (ASan + UBSan + LeakSanitizer), one after the other, of the bundle manifest parser (seeds:
+# cpp/fuzz/corpus), the expression-file / .npz / DEFLATE readers (cpp/fuzz/corpus_expressions) and the PNG photo
+# reader (cpp/fuzz/corpus_png).
 #
 #   bash cpp/fuzz/run_fuzz.sh            # 30 s each; FUZZ_SECONDS=300 for longer
 # Needs clang with libFuzzer (Debian: clang libclang-rt-14-dev) and nlohmann-json3-dev.
@@ -37,3 +38,4 @@ fuzz() {
 }
 fuzz fuzz_manifest cpp/fuzz/corpus cpp/fuzz/manifest.dict
 fuzz fuzz_expressions cpp/fuzz/corpus_expressions cpp/fuzz/expressions.dict
+fuzz fuzz_png cpp/fuzz/corpus_png cpp/fuzz/png.dict

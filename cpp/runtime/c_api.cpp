@@ -16,6 +16,7 @@
 #include "flexavatar/build_info.h"
 #include "expression_file.h"
 #include "head_pose.h"
+#include "png.h"
 #include "runtime.h"
 #include "runtime_internal.h"
 
@@ -536,6 +537,28 @@ flexavatar_status flexavatar_camera_apply_head_pose(flexavatar_camera* camera, c
   return guarded("flexavatar_camera_apply_head_pose", [&] {
     if (!camera) return Status(StatusCode::kNullPointer, "flexavatar_camera_apply_head_pose: camera is NULL");
     return flexavatar::runtime::apply_head_pose(expression, expression_count, camera->cam2world);
+  });
+}
+
+flexavatar_status flexavatar_read_png(const char* path, float* image, int64_t count, int32_t* width,
+                                      int32_t* height) {
+  return guarded("flexavatar_read_png", [&] {
+    if (!path) return Status(StatusCode::kNullPointer, "flexavatar_read_png: path is NULL");
+    if (!width || !height) return Status(StatusCode::kNullPointer, "flexavatar_read_png: width or height is NULL");
+    std::vector<float> chw;
+    int w = 0, h = 0;
+    Status s = flexavatar::runtime::read_png(path, &chw, &w, &h);
+    if (!s.ok()) return s;
+    *width = w;
+    *height = h;
+    if (!image) return s;
+    if (count != static_cast<int64_t>(chw.size()))
+      return Status(StatusCode::kInvalidSize, "flexavatar_read_png: count is " + std::to_string(count) + ", the " +
+                                                  std::to_string(w) + "x" + std::to_string(h) + " photo needs 3 x " +
+                                                  std::to_string(w) + " x " + std::to_string(h) + " = " +
+                                                  std::to_string(chw.size()) + " floats");
+    std::copy(chw.begin(), chw.end(), image);
+    return s;
   });
 }
 

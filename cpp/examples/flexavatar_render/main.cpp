@@ -16,8 +16,9 @@
 // --device gpu / gpu:N / npu runs the bundle's graphs on a GPU or NPU without CUDA through ONNX Runtime's provider
 // for it (DirectML, MIGraphX, ROCm, CoreML, WebGPU, OpenVINO; QNN, VitisAI, CoreML, OpenVINO) and draws the frames
 // on the CPU; the provider that runs is printed.
-//   AVATAR       an avatar code .npy float32 (R², 1, D); "-" for the bundle's own avatar_code.npy; or a photo
-//                .npy float32 [S, S, 3] (or [3, S, S]) in [0, 1] on white, encoded by the bundle's encoder
+//   AVATAR       an avatar code .npy float32 (R², 1, D); "-" for the bundle's own avatar_code.npy; or a photo,
+//                encoded by the bundle's encoder: a .png S x S (transparency composited onto white;
+//                flexavatar_read_png) or a .npy float32 [S, S, 3] (or [3, S, S]) in [0, 1] on white
 //                (with --features: its DINOv2 features [C, h, w], for bundles exported without DINOv2)
 //   EXPRESSIONS  .npy float32 [E, 135] (or [135] for one frame), or an .npz with expression_codes [E, 135] (a
 //                tracked sequence, np.savez_compressed: flexavatar_read_expressions); or "-": codes streamed on standard input as they
@@ -45,6 +46,7 @@
 #include <filesystem>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -110,7 +112,8 @@ int usage() {
                " [--fused-decoders auto|on|off] [--precision fp32|fp16|int8]\n"
                "               [--stereo EYE_DISTANCE_M] [--latest]\n"
                "  AVATAR: avatar code .npy float32 (R^2, 1, D); - for the bundle's avatar_code.npy; or a photo\n"
-               "          .npy float32 [S, S, 3] in [0, 1] to encode (--features: DINOv2 features [C, h, w])\n"
+               "          to encode: .png S x S, or .npy float32 [S, S, 3] in [0, 1] (--features: DINOv2 features\n"
+               "          [C, h, w])\n"
                "  EXPRESSIONS: .npy float32 [E, 135], or .npz with expression_codes [E, 135] (a tracked sequence);\n"
                "               - for 540-byte records (135 float32) streamed on stdin\n"
                "  OUT_DIR: a folder for PNG frames; - for raw rgb24 frames on stdout (the report on stderr)\n");
@@ -263,15 +266,19 @@ int parse_device(const std::string& value, int* index, std::string* error) {
   return -1;
 }
 
-// The avatar: a code file, the bundle's code, or a photo (+ features) run through the bundle's encoder.
-void set_avatar(flexavatar::Runtime& rt, const flexavatar_runtime_info& info, const std::string& avatar,
-                const std::string& features_path) {
-  if (avatar == "-") return rt.load_avatar_code();
+bool has_png_extension(const std::string& path) {
+  if (path.size() < 4) return false;
+  std::string ext = path.substr(path.size() - 4);
+  for (char& c : ext) c = char(std::tolower(static_cast<unsigned char>(c)));
+  return ext == ".png";
+}
+
+// A photo .npy [S, S, 3] or [3, S, S] → [3, S, S]; empty for an avatar code .npy (throws for a wrong-size photo).
+std::vector<float> npy_photo(const std::string& avatar, long s, const std::string& features_path) {
   std::vector<float> values;
   std::vector<long> shape;
   std::string error;
   if (!read_npy("AVATAR", avatar, &values, &shape, &error)) throw flexavatar::Error(FLEXAVATAR_ERROR_IO, error);
-  const long s = long(info.image_size);
   const bool hwc = shape.size() == 3 && shape[0] == s && shape[1] == s && shape[2] == 3;
   const bool chw = shape.size() == 3 && shape[0] == 3 && shape[1] == s && shape[2] == s;
   const std::string photo = "[" + std::to_string(s) + ", " + std::to_string(s) + ", 3]";
@@ -287,16 +294,36 @@ void set_avatar(flexavatar::Runtime& rt, const flexavatar_runtime_info& info, co
     if (!features_path.empty())
       throw flexavatar::Error(FLEXAVATAR_ERROR_INVALID_SIZE, "AVATAR " + avatar + ": --features needs a photo " +
                                                                  photo + " as AVATAR, got shape " + shape_string(shape));
-    return rt.load_avatar_code(avatar);  // an avatar code: the runtime checks its shape
+    return {};  // an avatar code: the runtime checks its shape
   }
-  std::vector<float> image(values.size());
-  if (hwc) {  // [S, S, 3] -> the encoder's channel-major [3, S, S]
-    for (long y = 0; y < s; ++y)
-      for (long x = 0; x < s; ++x)
-        for (long c = 0; c < 3; ++c) image[size_t((c * s + y) * s + x)] = values[size_t((y * s + x) * 3 + c)];
+  if (!hwc) return values;
+  std::vector<float> image(values.size());  // [S, S, 3] -> the encoder's channel-major [3, S, S]
+  for (long y = 0; y < s; ++y)
+    for (long x = 0; x < s; ++x)
+      for (long c = 0; c < 3; ++c) image[size_t((c * s + y) * s + x)] = values[size_t((y * s + x) * 3 + c)];
+  return image;
+}
+
+// The avatar: a code file, the bundle's code, or a photo (.png, or .npy; + features) run through the bundle's
+// encoder.
+void set_avatar(flexavatar::Runtime& rt, const flexavatar_runtime_info& info, const std::string& avatar,
+                const std::string& features_path) {
+  if (avatar == "-") return rt.load_avatar_code();
+  const long s = long(info.image_size);
+  std::vector<float> image;
+  if (has_png_extension(avatar)) {  // decoded by the library: transparency composited onto white
+    int width = 0, height = 0;
+    image = flexavatar::read_png(avatar, &width, &height);
+    if (width != s || height != s)
+      throw flexavatar::Error(FLEXAVATAR_ERROR_INVALID_SIZE,
+                              "AVATAR " + avatar + ": a " + std::to_string(width) + "x" + std::to_string(height) +
+                                  " photo; this bundle's encoder expects " + std::to_string(s) + "x" +
+                                  std::to_string(s) + " (crop the head square and resize it first)");
   } else {
-    image = values;
+    image = npy_photo(avatar, s, features_path);
+    if (image.empty()) return rt.load_avatar_code(avatar);
   }
+  std::string error;
   std::vector<float> features;
   std::vector<long> feature_shape;
   if (!features_path.empty()) {

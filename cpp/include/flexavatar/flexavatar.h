@@ -406,6 +406,18 @@ FLEXAVATAR_API flexavatar_status flexavatar_expression_head_pose(const float* ex
 FLEXAVATAR_API flexavatar_status flexavatar_camera_apply_head_pose(flexavatar_camera* camera, const float* expression,
                                                                    int64_t expression_count);
 
+/* ---- photos ---- */
+/* Reads a PNG photo as the encoder's input (flexavatar_encoder_input.image): [3, H, W] float32 in [0, 1],
+ * channel-major, as flexavatar-render --avatar photo.png reads one: 8-bit samples / 255 (16-bit grey / 65535, other
+ * 16-bit samples by their high byte), palettes looked up, transparency (alpha channel, tRNS) composited onto white.
+ * Every PNG colour type, bit depth and interlacing; chunk CRCs and the data's Adler-32 checked; an EXIF orientation
+ * is not applied (save the photo upright). The encoder wants S x S (info.image_size): crop and resize first. Two
+ * calls: with image NULL (count ignored) it sets *width and *height; then with count = 3·W·H floats it fills image.
+ * FLEXAVATAR_ERROR_IO when the file cannot be read; FLEXAVATAR_ERROR_INVALID_ARGUMENT when it is not a PNG (a JPEG is
+ * named as one) or is damaged or truncated; FLEXAVATAR_ERROR_INVALID_SIZE when count is not 3·W·H. */
+FLEXAVATAR_API flexavatar_status flexavatar_read_png(const char* path, float* image, int64_t count, int32_t* width,
+                                                     int32_t* height);
+
 /* ---- expression sequences ---- */
 /* Reads an expression sequence file as flexavatar-render does: a .npy float32 [E, 135] (or [135]: one frame), or
  * an .npz (np.savez or np.savez_compressed) whose member 'expression_codes' is one: the layout of tracked sequences

@@ -170,6 +170,17 @@ inline flexavatar_camera posed_camera(flexavatar_camera camera, const std::vecto
   return camera;
 }
 
+// A PNG photo as the encoder's input: [3, H, W] floats in [0, 1] (transparency composited onto white).
+inline std::vector<float> read_png(const std::string& path, int* width, int* height) {
+  int32_t w = 0, h = 0;
+  check(flexavatar_read_png(path.c_str(), nullptr, 0, &w, &h));
+  std::vector<float> image(size_t(3) * static_cast<size_t>(w) * static_cast<size_t>(h));
+  check(flexavatar_read_png(path.c_str(), image.data(), static_cast<int64_t>(image.size()), &w, &h));
+  if (width) *width = w;
+  if (height) *height = h;
+  return image;
+}
+
 // An expression sequence file (.npy [E, 135], or an .npz with 'expression_codes', as the tracked sequences):
 // row-major [E, 135] floats, E = size / 135.
 inline std::vector<float> read_expressions(const std::string& path) {

@@ -28,6 +28,7 @@
 #include "expression_file.h"
 #include "inflate.h"
 #include "npz.h"
+#include "png.h"
 #include "ort_session.h"
 #include "runtime.h"
 #include "runtime_internal.h"
@@ -509,6 +510,38 @@ TEST_CASE(sequence_cameras_are_the_npz_cam2world_and_intrinsics) {
   CHECK(counts.code() == StatusCode::kInvalidArgument && mentions(counts, "cam2world [2, 4, 4] and intrinsics [1, 3, 3]"));
   const Status npy = parse(npy_bytes({2, 4, 4}, c2w), &got_c2w, &got_k);
   CHECK(npy.code() == StatusCode::kInvalidArgument && mentions(npy, "not an .npz archive"));
+}
+
+TEST_CASE(png_photos_decode_to_channel_major_floats_on_white) {
+  // 4 x 3 RGBA, 8-bit, Adam7-interlaced, rows filtered at random (tests/test_cpp_png.py png_bytes, seed 3); column
+  // alphas 0, 128, 255, 255
+  const std::string png = from_hex(
+      "89504e470d0a1a0a0000000d4948445200000004000000030806000001c3f39e50000000204944415478da013600c9ff047983c100003f"
+      "4fdeff00fa22620005c00fff010824d2803d208399060000002149444154af6f7f00e73480807f7c1dff04a48c15003934c180f4949d7f"
+      "4ef9ac0047361697a6aa074d0000000049454e44ae426082");
+  const int rgba[3][4][4] = {{{121, 131, 193, 0}, {8, 36, 210, 128}, {63, 79, 222, 255}, {69, 211, 65, 255}},
+                             {{164, 140, 21, 0}, {221, 192, 214, 128}, {209, 84, 115, 255}, {31, 77, 31, 255}},
+                             {{250, 34, 98, 0}, {231, 52, 128, 128}, {5, 192, 15, 255}, {127, 124, 29, 255}}};
+  auto parse = [](const std::string& bytes, std::vector<float>* chw, int* w, int* h) {
+    return parse_png(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), "photo.png", chw, w, h);
+  };
+  std::vector<float> chw;
+  int w = 0, h = 0;
+  CHECK(parse(png, &chw, &w, &h).ok() && w == 4 && h == 3 && chw.size() == 36);
+  float worst = 0.f;
+  for (int y = 0; y < 3; ++y)
+    for (int x = 0; x < 4; ++x)
+      for (int c = 0; c < 3; ++c) {
+        const float a = float(rgba[y][x][3]) / 255.f, want = float(rgba[y][x][c]) / 255.f * a + (1.f - a);
+        worst = std::max(worst, std::fabs(chw[size_t((c * 3 + y) * 4 + x)] - want));
+      }
+  CHECK(worst <= 1e-6f && chw[0] == 1.f);  // column 0 is transparent: white
+  for (size_t n = 0; n < png.size(); ++n) {
+    const Status s = parse(png.substr(0, n), &chw, &w, &h);
+    CHECK(s.code() == StatusCode::kInvalidArgument && mentions(s, "photo.png"));
+  }
+  const Status jpeg = parse(std::string("\xFF\xD8\xFF\xE0\x00\x10JFIF", 10), &chw, &w, &h);
+  CHECK(jpeg.code() == StatusCode::kInvalidArgument && mentions(jpeg, "a JPEG file"));
 }
 
 TEST_CASE(bundle_files_are_checked_for_presence_size_and_hash) {
