@@ -26,8 +26,23 @@ class BitReader {
     held_ -= count;
     return value;
   }
-  // Drops the bits left in the current byte (a stored block starts on a byte boundary).
+  // Up to `count` (<= 16) next bits without consuming them; *available says how many there are (fewer at the end).
+  uint32_t peek(int count, int* available) {
+    while (held_ < count && at_ < size_) {
+      buffer_ |= uint32_t(data_[at_++]) << held_;
+      held_ += 8;
+    }
+    *available = held_ < count ? held_ : count;
+    return buffer_ & ((1u << count) - 1);
+  }
+  void drop(int count) {
+    buffer_ >>= count;
+    held_ -= count;
+  }
+  // Drops the bits left in the current byte (a stored block starts on a byte boundary); whole bytes that peek()
+  // buffered are given back to the input.
   void align() {
+    at_ -= size_t(held_ / 8);
     buffer_ = 0;
     held_ = 0;
   }
@@ -47,8 +62,11 @@ class BitReader {
 // A canonical Huffman code (RFC 1951 3.2.2) as the number of codes of each length and the symbols ordered by
 // (length, symbol): decoding walks the lengths, comparing the code read so far with the first code of each.
 struct Huffman {
+  static constexpr int kFastBits = 9;  // codes this short are decoded by one table lookup
   std::array<uint16_t, kMaxBits + 1> count{};
   std::array<uint16_t, kLiteralLengthCodes> symbol{};
+  // indexed by the next kFastBits input bits: (code length << 12) | symbol for a code of <= kFastBits bits, else 0
+  std::array<uint16_t, 1 << kFastBits> fast{};
 
   // From the code length of each symbol (0: unused). False for an over-subscribed set of lengths (more codes
   // than the bits allow); an incomplete set is accepted (RFC 1951 allows one distance code), its unused codes
@@ -66,12 +84,34 @@ struct Huffman {
     for (int len = 1; len <= kMaxBits; ++len) offset[len + 1] = uint16_t(offset[len] + count[len]);
     for (int s = 0; s < symbols; ++s)
       if (lengths[s] != 0) symbol[offset[lengths[s]]++] = uint16_t(s);
+    // The canonical codes (RFC 1951 3.2.2): the short ones into the table, bit-reversed (the stream holds a code's
+    // first bit lowest), in every slot whose low bits are that code.
+    fast.fill(0);
+    std::array<uint32_t, kMaxBits + 1> next{};
+    uint32_t code = 0;
+    for (int len = 1; len <= kMaxBits; ++len) next[len] = code = (code + count[len - 1]) << 1;
+    for (int s = 0; s < symbols; ++s) {
+      const int len = lengths[s];
+      if (len == 0) continue;
+      const uint32_t c = next[len]++;
+      if (len > kFastBits) continue;
+      uint32_t reversed = 0;
+      for (int b = 0; b < len; ++b) reversed |= ((c >> b) & 1u) << (len - 1 - b);
+      for (uint32_t slot = reversed; slot < fast.size(); slot += 1u << len) fast[slot] = uint16_t((len << 12) | s);
+    }
     return true;
   }
 
   // The next symbol; kNotACode for a code that is not in this set, kEndOfInput when the input ends first.
   static constexpr int kNotACode = -1, kEndOfInput = -2;
   int decode(BitReader& in) const {
+    int available = 0;
+    const uint16_t entry = fast[in.peek(kFastBits, &available)];
+    if (entry != 0 && (entry >> 12) <= available) {
+      in.drop(entry >> 12);
+      return entry & 0xFFF;
+    }
+    // a longer code, or the last bits of the input: bit by bit, comparing with the first code of each length
     int code = 0, first = 0, index = 0;
     for (int len = 1; len <= kMaxBits; ++len) {
       const int bit = in.bits(1);

@@ -107,8 +107,9 @@ class Decoder {
   Decoder(const Header& h, const std::vector<unsigned char>& palette, const std::vector<unsigned char>& trns)
       : h_(h), palette_(palette), trns_(trns) {}
 
-  // The colour (8-bit RGBA, or a 16-bit grey value as a float) of pixel x of an unfiltered row, into chw.
-  std::string put(const unsigned char* row, uint32_t x, size_t at, float* chw, size_t plane) const {
+  // The colour of pixel x of an unfiltered row, into chw at `at` of each plane. False for a palette index beyond
+  // the palette (palette_error says which).
+  bool put(const unsigned char* row, uint32_t x, size_t at, float* chw, size_t plane) const {
     float rgb[3];
     float alpha = 1.0f;
     const int c = h_.color, d = h_.depth;
@@ -116,9 +117,7 @@ class Decoder {
       rgb[0] = rgb[1] = rgb[2] = float(sample(row, x, 16)) / 65535.0f;
     } else if (c == 3) {
       const uint32_t index = sample(row, x, d);
-      if (3 * size_t(index) + 2 >= palette_.size())
-        return "palette index " + std::to_string(index) + " beyond the PLTE chunk's " +
-               std::to_string(palette_.size() / 3) + " entries";
+      if (3 * size_t(index) + 2 >= palette_.size()) return false;
       for (int k = 0; k < 3; ++k) rgb[k] = float(palette_[3 * index + size_t(k)]) / 255.0f;
       if (!trns_.empty()) alpha = float(index < trns_.size() ? trns_[index] : 255) / 255.0f;
     } else {
@@ -142,7 +141,12 @@ class Decoder {
     const bool transparent = c == 4 || c == 6 || (!trns_.empty() && !(c == 0 && d == 16));
     for (int k = 0; k < 3; ++k)
       chw[size_t(k) * plane + at] = transparent ? rgb[k] * alpha + (1.0f - alpha) : rgb[k];  // onto white
-    return "";
+    return true;
+  }
+
+  std::string palette_error(const unsigned char* row, uint32_t x) const {
+    return "palette index " + std::to_string(sample(row, x, h_.depth)) + " beyond the PLTE chunk's " +
+           std::to_string(palette_.size() / 3) + " entries";
   }
 
  private:
@@ -250,10 +254,9 @@ Status parse_png(const unsigned char* bytes, size_t size, const std::string& whe
       }
       for (uint32_t x = 0; x < w; ++x) {
         const size_t pixel = size_t(s.y0 + r * s.dy) * h.width + (s.x0 + x * s.dx);
-        const std::string problem = decoder.put(at + 1, x, pixel, chw->data(), plane);
-        if (!problem.empty()) {
+        if (!decoder.put(at + 1, x, pixel, chw->data(), plane)) {
           chw->clear();
-          return bad(where, problem);
+          return bad(where, decoder.palette_error(at + 1, x));
         }
       }
       previous = at + 1;
