@@ -146,6 +146,24 @@ def test_every_tracked_sequence_reads_as_numpy_loads_it(reader, driving_dir):
         assert status == INVALID_ARGUMENT and "no 'expression_codes' array (members: " in message, message
 
 
+def test_float64_and_float16_files_are_converted_as_the_python_runtime(reader, tmp_path):
+    """np.save of a float array without a dtype writes float64: read as the Python runtime's load_expressions
+    (astype float32: rounded to nearest), and float16 exactly, subnormals, zeros and signs included."""
+    from flexavatar.runtime import load_expressions
+
+    rng = np.random.default_rng(11)
+    codes = rng.standard_normal((6, 135)) * np.logspace(-8, 3, 135)        # float64, magnitudes 1e-8 .. 1e3
+    np.save(tmp_path / "f64.npy", codes)
+    np.savez_compressed(tmp_path / "f64.npz", expression_codes=codes)
+    half = np.concatenate([rng.standard_normal((3, 135)), np.zeros((1, 135))]).astype(np.float16)
+    half[3, :4] = [np.float16(6e-8), -np.float16(6e-8), np.float16(-0.0), np.float16(65504)]   # subnormal, -0, max
+    np.save(tmp_path / "f16.npy", half)
+    for name in ("f64.npy", "f64.npz", "f16.npy"):
+        want = load_expressions(tmp_path / name)
+        got = reader.read(tmp_path / name)
+        assert got.dtype == want.dtype == np.float32 and got.tobytes() == want.tobytes(), name
+
+
 def test_npy_files_and_savez_archives(reader, tmp_path):
     codes = _codes(1)
     np.save(tmp_path / "seq.npy", codes)
@@ -196,14 +214,19 @@ def _error_cases(tmp_path: Path) -> dict[str, tuple[Path, int, str]]:
     cases["no key"] = (_zip({"codes.npy": (raw, 8, good), "fps.npy": (_npy(np.float32(30)), 0,
                                                                           _npy(np.float32(30)))}),
                        INVALID_ARGUMENT, "no 'expression_codes' array (members: codes, fps")
-    f64 = _npy(codes.astype(np.float64))
-    cases["float64"] = (_zip({"expression_codes.npy": (f64, 0, f64)}), INVALID_ARGUMENT, "expected float32")
+    ints = _npy((codes * 100).astype(np.int32))
+    cases["int32"] = (_zip({"expression_codes.npy": (ints, 0, ints)}), INVALID_ARGUMENT,
+                      "dtype '<i4', expected float32 ('<f4'; float64 and float16 are converted)")
+    huge = codes.astype(np.float64)
+    huge[3, 5] = 1e300
+    cases["beyond float32"] = (_npy(huge), INVALID_ARGUMENT,
+                               "NaN/inf (or values beyond float32) in 1 of 20 frames, the first is frame 3")
     narrow = _npy(codes[:, :134])
     cases["134 wide"] = (_zip({"expression_codes.npy": (narrow, 0, narrow)}), INVALID_ARGUMENT,
                          "shape [20, 134], expected [E, 135]")
     bad = codes.copy()
     bad[7, 3], bad[12, 0] = np.nan, np.inf
-    cases["nan"] = (_npy(bad), INVALID_ARGUMENT, "NaN/inf in 2 of 20 frames, the first is frame 7")
+    cases["nan"] = (_npy(bad), INVALID_ARGUMENT, "NaN/inf (or values beyond float32) in 2 of 20 frames, the first is frame 7")
     empty = _npy(np.zeros((0, EXPRESSION_DIM), np.float32))
     cases["no frames"] = (empty, INVALID_ARGUMENT, "shape [0, 135]")
     flipped = bytearray(good)
@@ -303,8 +326,8 @@ def test_tracked_cameras_read_as_the_python_runtimes_sequence_cameras(reader, dr
         "no intrinsics": (dict(cam2world=c2w), "no 'intrinsics' array (members: cam2world;"),
         "frames differ": (dict(cam2world=c2w, intrinsics=k[:2]), "cam2world [3, 4, 4] and intrinsics [2, 3, 3]"),
         "3x4": (dict(cam2world=c2w[:, :3], intrinsics=k), "cam2world [3, 3, 4]"),
-        "float64": (dict(cam2world=c2w.astype(np.float64), intrinsics=k), "expected float32"),
-        "inf": (dict(cam2world=c2w, intrinsics=bad_k), "NaN/inf in the camera of frame 2"),
+        "int64": (dict(cam2world=c2w.astype(np.int64), intrinsics=k), "expected float32"),
+        "inf": (dict(cam2world=c2w, intrinsics=bad_k), "NaN/inf (or values beyond float32) in the camera of frame 2"),
     }
     for name, (members, message) in cases.items():
         path = tmp_path / f"{name}.npz"
@@ -318,3 +341,40 @@ def test_tracked_cameras_read_as_the_python_runtimes_sequence_cameras(reader, dr
     status = reader.lib.flexavatar_read_sequence_cameras(str(tmp_path / "ok.npz").encode(), (CCamera * 2)(), 2,
                                                          ctypes.byref(ctypes.c_int64()))
     assert status == INVALID_SIZE and "count is 2, the file holds 3 cameras" in reader.lib.flexavatar_last_error().decode()
+
+
+def test_npy_reader_gives_shape_and_float32_values(reader, tmp_path):
+    """flexavatar_read_npy: any float .npy as float32 (numpy's astype), its shape first; other dtypes, more than
+    FLEXAVATAR_NPY_MAX_DIMS dimensions and a wrong count are typed errors."""
+    lib = reader.lib
+    lib.flexavatar_read_npy.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_float), ctypes.c_int64,
+                                        ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int32)]
+    lib.flexavatar_read_npy.restype = ctypes.c_int
+
+    def read(path, count=None):
+        shape, ndim = (ctypes.c_int64 * 8)(), ctypes.c_int32(-1)
+        status = lib.flexavatar_read_npy(str(path).encode(), None, 0, shape, ctypes.byref(ndim))
+        if status != OK:
+            return status, lib.flexavatar_last_error().decode()
+        dims = tuple(shape[:ndim.value])
+        values = np.zeros(int(np.prod(dims)), np.float32)
+        status = lib.flexavatar_read_npy(str(path).encode(), values.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+                                         values.size if count is None else count, shape, ctypes.byref(ndim))
+        return status, (values.reshape(dims) if status == OK else lib.flexavatar_last_error().decode())
+
+    rng = np.random.default_rng(12)
+    for dtype in (np.float32, np.float64, np.float16):
+        array = rng.standard_normal((2, 3, 4)).astype(dtype)
+        np.save(tmp_path / "a.npy", array)
+        status, got = read(tmp_path / "a.npy")
+        assert status == OK and got.tobytes() == array.astype(np.float32).tobytes(), dtype
+    np.save(tmp_path / "scalar.npy", np.float64(2.5))
+    assert read(tmp_path / "scalar.npy")[1].tolist() == 2.5                 # shape (): one value
+    np.save(tmp_path / "deep.npy", np.zeros((1,) * 9, np.float32))
+    status, message = read(tmp_path / "deep.npy")
+    assert status == INVALID_ARGUMENT and "9 dimensions (at most 8)" in message
+    np.save(tmp_path / "bool.npy", np.zeros(3, bool))
+    status, message = read(tmp_path / "bool.npy")
+    assert status == INVALID_ARGUMENT and "dtype '|b1', expected float32" in message
+    status, message = read(tmp_path / "a.npy", count=5)
+    assert status == INVALID_SIZE and "count is 5" in message and "holds 24 values" in message

@@ -513,6 +513,22 @@ def test_example_renders_a_tracked_npz_sequence_as_its_npy(example_app, bundle_d
     assert not (tmp_path / "crop_out").exists()
 
 
+def test_example_takes_float64_files_as_numpy_saves_them(example_app, bundle_dir, inputs, tmp_path):
+    """np.save of float64 arrays (numpy's default): an avatar code and expressions in float64 are converted to
+    float32 by the library, as the Python runtime's astype does: the frames equal those of the float32 files."""
+    code64 = np.load(inputs["code_path"]).astype(np.float64)
+    np.save(tmp_path / "code64.npy", code64)
+    np.save(tmp_path / "expressions64.npy", inputs["expressions"].astype(np.float64))
+    frames = {}
+    for name, code, expressions in (("f32", inputs["code_path"], inputs["expressions_path"]),
+                                    ("f64", tmp_path / "code64.npy", tmp_path / "expressions64.npy")):
+        proc = subprocess.run([str(example_app), str(bundle_dir), str(code), str(expressions), str(tmp_path / name),
+                               "--size", "48", "--device", "cpu"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        frames[name] = [png.read_bytes() for png in sorted((tmp_path / name).glob("frame_*.png"))]
+    assert len(frames["f64"]) == len(inputs["expressions"]) and frames["f64"] == frames["f32"]
+
+
 def test_example_fused_decoders_option_picks_the_decoder_file(example_app, fused_bundle, inputs, tmp_path):
     """--fused-decoders (options.fused_decoders): the file that runs is printed; auto is the portable one on the CPU."""
     for flag, file in (("on", "decoder.fp32.ort.onnx"), ("off", "decoder.fp32.onnx"), ("auto", "decoder.fp32.onnx")):

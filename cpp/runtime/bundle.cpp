@@ -91,6 +91,33 @@ Status open_bundle(const std::string& root, Verify verify, Bundle* out) {
   return Status::ok_status();
 }
 
+namespace {
+
+// IEEE 754 binary16 → binary32, exactly (every half value is a float value).
+float half_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16, exponent = (h >> 10) & 0x1Fu, mantissa = h & 0x3FFu;
+  uint32_t bits;
+  if (exponent == 0x1F) {
+    bits = sign | 0x7F800000u | (mantissa << 13);  // inf, NaN
+  } else if (exponent != 0) {
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);  // rebias 15 → 127
+  } else if (mantissa == 0) {
+    bits = sign;  // ±0
+  } else {  // subnormal: normalise
+    uint32_t m = mantissa, e = 113;
+    while (!(m & 0x400u)) {
+      m <<= 1;
+      --e;
+    }
+    bits = sign | (e << 23) | ((m & 0x3FFu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+}  // namespace
+
 Status parse_npy_float32(const unsigned char* bytes, size_t size, const std::string& where, NpyArray* out) {
   // Format: "\x93NUMPY", major, minor, header length (2 bytes v1, 4 bytes v2/v3), ASCII dict, data.
   if (size < 10 || std::memcmp(bytes, "\x93NUMPY", 6) != 0)
@@ -113,8 +140,13 @@ Status parse_npy_float32(const unsigned char* bytes, size_t size, const std::str
   if (!header_value(header, "descr", &descr) || !header_value(header, "fortran_order", &fortran) ||
       !header_value(header, "shape", &shape))
     return Status(StatusCode::kInvalidArgument, where + ": malformed .npy header " + printable(header));
-  if (descr != "'<f4'")
-    return Status(StatusCode::kInvalidArgument, where + ": dtype " + descr + ", expected float32 ('<f4')");
+  // float32 as it is; float64 (numpy's default, np.save of a Python float array) and float16 converted, as the
+  // Python runtime's .astype(np.float32) does (float64 beyond float32's range becomes inf: the callers' finiteness
+  // checks name it)
+  const size_t item = descr == "'<f4'" ? 4 : descr == "'<f8'" ? 8 : descr == "'<f2'" ? 2 : 0;
+  if (item == 0)
+    return Status(StatusCode::kInvalidArgument,
+                  where + ": dtype " + printable(descr) + ", expected float32 ('<f4'; float64 and float16 are converted)");
   if (fortran != "False")
     return Status(StatusCode::kInvalidArgument, where + ": Fortran-ordered array, expected C order");
   std::vector<int64_t> dims;
@@ -137,13 +169,24 @@ Status parse_npy_float32(const unsigned char* bytes, size_t size, const std::str
     count *= d;
   }
   const size_t data_offset = offset + header_len;
-  if (size - data_offset != size_t(count) * sizeof(float))
+  if (size - data_offset != size_t(count) * item)
     return Status(StatusCode::kInvalidSize, where + ": " + std::to_string(size - data_offset) +
-                                                " data bytes, the header's shape " + shape + " needs " +
-                                                std::to_string(count * 4));
+                                                " data bytes, the header's shape " + printable(shape) + " needs " +
+                                                std::to_string(size_t(count) * item));
   out->shape = dims;
   out->values.resize(size_t(count));
-  if (count > 0) std::memcpy(out->values.data(), bytes + data_offset, size_t(count) * sizeof(float));
+  const unsigned char* data = bytes + data_offset;
+  if (item == 4) {
+    if (count > 0) std::memcpy(out->values.data(), data, size_t(count) * sizeof(float));
+  } else if (item == 8) {
+    for (size_t i = 0; i < size_t(count); ++i) {
+      double v;
+      std::memcpy(&v, data + 8 * i, 8);
+      out->values[i] = static_cast<float>(v);  // round to nearest; beyond float32's range: inf
+    }
+  } else {
+    for (size_t i = 0; i < size_t(count); ++i) out->values[i] = half_to_float(uint16_t(data[2 * i] | (data[2 * i + 1] << 8)));
+  }
   return Status::ok_status();
 }
 

@@ -23,7 +23,8 @@ Status open_bundle(const std::string& root, Verify verify, Bundle* out);
 // One file against its record: kBundleFileMissing / kBundleHashMismatch with the file named.
 Status verify_file(const std::string& root, const FileRecord& record, bool hashes);
 
-// A float32 little-endian C-order .npy file: shape and values. Other dtypes / orders are rejected.
+// A little-endian C-order .npy file of floats as float32: shape and values (float64 and float16 files converted).
+// Other dtypes / orders are rejected.
 struct NpyArray {
   std::vector<int64_t> shape;
   std::vector<float> values;

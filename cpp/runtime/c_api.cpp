@@ -540,6 +540,30 @@ flexavatar_status flexavatar_camera_apply_head_pose(flexavatar_camera* camera, c
   });
 }
 
+flexavatar_status flexavatar_read_npy(const char* path, float* values, int64_t count,
+                                      int64_t shape[FLEXAVATAR_NPY_MAX_DIMS], int32_t* ndim) {
+  return guarded("flexavatar_read_npy", [&] {
+    if (!path) return Status(StatusCode::kNullPointer, "flexavatar_read_npy: path is NULL");
+    if (!shape || !ndim) return Status(StatusCode::kNullPointer, "flexavatar_read_npy: shape or ndim is NULL");
+    flexavatar::runtime::NpyArray array;
+    Status s = flexavatar::runtime::read_npy_float32(path, &array);
+    if (!s.ok()) return s;
+    if (array.shape.size() > FLEXAVATAR_NPY_MAX_DIMS)
+      return Status(StatusCode::kInvalidArgument, std::string(path) + ": " + std::to_string(array.shape.size()) +
+                                                      " dimensions (at most " +
+                                                      std::to_string(FLEXAVATAR_NPY_MAX_DIMS) + ")");
+    *ndim = static_cast<int32_t>(array.shape.size());
+    std::copy(array.shape.begin(), array.shape.end(), shape);
+    if (!values) return s;
+    if (count != static_cast<int64_t>(array.values.size()))
+      return Status(StatusCode::kInvalidSize, "flexavatar_read_npy: count is " + std::to_string(count) + ", " +
+                                                  std::string(path) + " holds " +
+                                                  std::to_string(array.values.size()) + " values");
+    std::copy(array.values.begin(), array.values.end(), values);
+    return s;
+  });
+}
+
 flexavatar_status flexavatar_read_png(const char* path, float* image, int64_t count, int32_t* width,
                                       int32_t* height) {
   return guarded("flexavatar_read_png", [&] {

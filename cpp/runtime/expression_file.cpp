@@ -79,7 +79,7 @@ Status checked_codes(const NpyArray& array, const std::string& where, std::vecto
   size_t bad = 0;
   const size_t first = first_non_finite_row(array.values, size_t(kExpressionDim), &bad);
   if (bad > 0)
-    return bad_file(where + ": NaN/inf in " + std::to_string(bad) + " of " +
+    return bad_file(where + ": NaN/inf (or values beyond float32) in " + std::to_string(bad) + " of " +
                     std::to_string(array.values.size() / size_t(kExpressionDim)) + " frames, the first is frame " +
                     std::to_string(first) + " (expected finite values)");
   *codes = array.values;
@@ -129,7 +129,7 @@ Status parse_sequence_cameras(const unsigned char* bytes, size_t size, const std
   const size_t first_c = first_non_finite_row(arrays[0].values, 16, &bad_c),
                first_k = first_non_finite_row(arrays[1].values, 9, &bad_k);
   if (bad_c + bad_k > 0)
-    return bad_file(where + ": NaN/inf in the camera of frame " + std::to_string(std::min(first_c, first_k)) +
+    return bad_file(where + ": NaN/inf (or values beyond float32) in the camera of frame " + std::to_string(std::min(first_c, first_k)) +
                     " (expected finite cam2world and intrinsics)");
   *cam2world = std::move(arrays[0].values);
   *intrinsics = std::move(arrays[1].values);

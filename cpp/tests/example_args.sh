@@ -28,7 +28,7 @@ expect() {  # CODE PATTERN ARGS...: exit code CODE and one stderr line matching 
   fi
 }
 npy e.npy '<f4' False '(2, 135)' 1080
-npy e64.npy '<f8' False '(2, 135)' 2160
+npy ei4.npy '<i4' False '(2, 135)' 1080
 npy ef.npy '<f4' True '(2, 135)' 1080
 npy short.npy '<f4' False '(2, 135)' 100
 echo "not a npy" >text.npy
@@ -62,7 +62,7 @@ expect 1 "AVATAR bundle: not a regular file" bundle bundle e.npy o
 expect 1 "features missing.npy: no such file" bundle e.npy e.npy o --features missing.npy
 expect 1 "EXPRESSIONS missing.npy: cannot open" bundle - missing.npy o
 expect 1 "EXPRESSIONS text.npy: neither a .npy file nor an .npz archive" bundle - text.npy o
-expect 1 "EXPRESSIONS e64.npy: dtype .<f8., expected float32" bundle - e64.npy o
+expect 1 "EXPRESSIONS ei4.npy: dtype .<i4., expected float32" bundle - ei4.npy o
 expect 1 "EXPRESSIONS ef.npy: Fortran-ordered array, expected C order" bundle - ef.npy o
 expect 1 "EXPRESSIONS short.npy: 100 data bytes, the header.s shape (2, 135) needs 1080" bundle - short.npy o
 expect 1 "OUT_DIR afile: exists and is not a directory" bundle - e.npy afile

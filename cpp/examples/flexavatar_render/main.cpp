@@ -142,79 +142,19 @@ bool check_input_file(const char* what, const std::string& path, std::string* er
   return true;
 }
 
-// The value of a key in a .npy header dict ("'descr': '<f4'" -> "'<f4'"), or "".
-std::string header_value(const std::string& header, const std::string& key) {
-  size_t at = header.find("'" + key + "'");
-  if (at == std::string::npos) return "";
-  at = header.find(':', at);
-  if (at == std::string::npos) return "";
-  ++at;
-  while (at < header.size() && header[at] == ' ') ++at;
-  size_t end = at;
-  if (end < header.size() && header[end] == '(') {
-    end = header.find(')', end);
-    return end == std::string::npos ? "" : header.substr(at, end + 1 - at);
+// A .npy input (float32, or float64 / float16 converted) through the library's reader; errors name the argument
+// (`what`: AVATAR, --features).
+flexavatar::NpyArray read_npy(const char* what, const std::string& path) {
+  std::string error;
+  if (!check_input_file(what, path, &error)) throw flexavatar::Error(FLEXAVATAR_ERROR_IO, error);
+  try {
+    return flexavatar::read_npy(path);
+  } catch (const flexavatar::Error& e) {
+    throw flexavatar::Error(e.status(), std::string(what) + " " + e.message());
   }
-  while (end < header.size() && header[end] != ',' && header[end] != '}') ++end;
-  while (end > at && header[end - 1] == ' ') --end;
-  return header.substr(at, end - at);
 }
 
-// A float32 little-endian C-order .npy: values and shape (a small reader for the example's inputs).
-// `what` names the argument in error messages (AVATAR, EXPRESSIONS, --features).
-bool read_npy(const char* what, const std::string& path, std::vector<float>* values, std::vector<long>* shape,
-              std::string* error) {
-  const std::string name = std::string(what) + " " + path;
-  if (!check_input_file(what, path, error)) return false;
-  std::ifstream in(fs_path(path), std::ios::binary);
-  if (!in) return *error = name + ": cannot open", false;
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0)
-    return *error = name + ": not a .npy file (expected a float32 array saved with numpy.save)", false;
-  const int major = uint8_t(bytes[6]);
-  if (major < 1 || major > 3) return *error = name + ": unsupported .npy version " + std::to_string(major), false;
-  const size_t offset = major == 1 ? 10 : 12;
-  if (bytes.size() < offset) return *error = name + ": truncated .npy header", false;
-  size_t header_len = uint8_t(bytes[8]) | (size_t(uint8_t(bytes[9])) << 8);
-  if (major != 1) header_len |= (size_t(uint8_t(bytes[10])) << 16) | (size_t(uint8_t(bytes[11])) << 24);
-  if (header_len > bytes.size() - offset) return *error = name + ": truncated .npy header", false;
-  const std::string header = bytes.substr(offset, header_len);
-  const std::string descr = header_value(header, "descr");
-  if (descr != "'<f4'")
-    return *error = name + ": expected dtype float32 ('<f4'), got " + (descr.empty() ? "no dtype" : descr), false;
-  if (header_value(header, "fortran_order") != "False")
-    return *error = name + ": expected a C-order array (fortran_order False; use numpy.ascontiguousarray)", false;
-  const std::string shape_text = header_value(header, "shape");
-  if (shape_text.size() < 2 || shape_text.front() != '(' || shape_text.back() != ')')
-    return *error = name + ": no shape in the .npy header", false;
-  shape->clear();
-  size_t count = 1;
-  const size_t limit = size_t(1) << 40;  // elements: far beyond any real input, and no overflow below
-  for (size_t i = 1; i + 1 < shape_text.size();) {
-    const char c = shape_text[i];
-    if (c >= '0' && c <= '9') {
-      size_t j = i;
-      while (j + 1 < shape_text.size() && shape_text[j] >= '0' && shape_text[j] <= '9') ++j;
-      if (j - i > 12) return *error = name + ": shape too large", false;
-      const long d = std::strtol(shape_text.substr(i, j - i).c_str(), nullptr, 10);
-      shape->push_back(d);
-      if (d != 0 && count > limit / size_t(d)) return *error = name + ": shape too large", false;
-      count *= size_t(d);
-      i = j;
-    } else if (c == ',' || c == ' ' || c == 'L') {
-      ++i;
-    } else {
-      return *error = name + ": bad shape " + shape_text + " in the .npy header", false;
-    }
-  }
-  const size_t data = offset + header_len;
-  if (bytes.size() - data != count * 4) return *error = name + ": data size does not match the shape", false;
-  values->resize(count);
-  if (count) std::memcpy(values->data(), bytes.data() + data, count * 4);
-  return true;
-}
-
-std::string shape_string(const std::vector<long>& shape) {
+std::string shape_string(const std::vector<int64_t>& shape) {
   std::string out = "[";
   for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
   return out + "]";
@@ -275,10 +215,9 @@ bool has_png_extension(const std::string& path) {
 
 // A photo .npy [S, S, 3] or [3, S, S] → [3, S, S]; empty for an avatar code .npy (throws for a wrong-size photo).
 std::vector<float> npy_photo(const std::string& avatar, long s, const std::string& features_path) {
-  std::vector<float> values;
-  std::vector<long> shape;
-  std::string error;
-  if (!read_npy("AVATAR", avatar, &values, &shape, &error)) throw flexavatar::Error(FLEXAVATAR_ERROR_IO, error);
+  const flexavatar::NpyArray array = read_npy("AVATAR", avatar);
+  const std::vector<int64_t>& shape = array.shape;
+  const std::vector<float>& values = array.values;
   const bool hwc = shape.size() == 3 && shape[0] == s && shape[1] == s && shape[2] == 3;
   const bool chw = shape.size() == 3 && shape[0] == 3 && shape[1] == s && shape[2] == s;
   const std::string photo = "[" + std::to_string(s) + ", " + std::to_string(s) + ", 3]";
@@ -323,12 +262,10 @@ void set_avatar(flexavatar::Runtime& rt, const flexavatar_runtime_info& info, co
     image = npy_photo(avatar, s, features_path);
     if (image.empty()) return rt.load_avatar_code(avatar);
   }
-  std::string error;
-  std::vector<float> features;
-  std::vector<long> feature_shape;
   if (!features_path.empty()) {
-    if (!read_npy("--features", features_path, &features, &feature_shape, &error))
-      throw flexavatar::Error(FLEXAVATAR_ERROR_IO, error);
+    const flexavatar::NpyArray feature_file = read_npy("--features", features_path);
+    const std::vector<float>& features = feature_file.values;
+    std::vector<int64_t> feature_shape = feature_file.shape;
     if (feature_shape.size() == 4 && feature_shape[0] == 1) feature_shape.erase(feature_shape.begin());
     if (feature_shape.size() != 3)
       throw flexavatar::Error(FLEXAVATAR_ERROR_INVALID_SIZE, "--features " + features_path +

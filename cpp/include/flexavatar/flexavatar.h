@@ -406,6 +406,18 @@ FLEXAVATAR_API flexavatar_status flexavatar_expression_head_pose(const float* ex
 FLEXAVATAR_API flexavatar_status flexavatar_camera_apply_head_pose(flexavatar_camera* camera, const float* expression,
                                                                    int64_t expression_count);
 
+/* ---- input files ---- */
+#define FLEXAVATAR_NPY_MAX_DIMS 8
+/* Reads a NumPy .npy array of floats (little-endian, C order) as float32: float32 as it is, float64 (numpy's
+ * default) and float16 converted as numpy's astype(float32) does — a photo [S, S, 3], DINOv2 features [C, h, w], an
+ * avatar code. Two calls: with values NULL (count ignored) it sets *ndim and shape[0 .. ndim); then with count =
+ * the product of the shape it fills values. FLEXAVATAR_ERROR_IO when the file cannot be read;
+ * FLEXAVATAR_ERROR_INVALID_ARGUMENT when it is not such an array (not .npy, another dtype, Fortran order, more than
+ * FLEXAVATAR_NPY_MAX_DIMS dimensions); FLEXAVATAR_ERROR_INVALID_SIZE when its data does not match its shape or
+ * count is not the number of values. */
+FLEXAVATAR_API flexavatar_status flexavatar_read_npy(const char* path, float* values, int64_t count,
+                                                     int64_t shape[FLEXAVATAR_NPY_MAX_DIMS], int32_t* ndim);
+
 /* ---- photos ---- */
 /* Reads a PNG photo as the encoder's input (flexavatar_encoder_input.image): [3, H, W] float32 in [0, 1],
  * channel-major, as flexavatar-render --avatar photo.png reads one: 8-bit samples / 255 (16-bit grey / 65535, other

@@ -170,6 +170,24 @@ inline flexavatar_camera posed_camera(flexavatar_camera camera, const std::vecto
   return camera;
 }
 
+// A .npy array of floats (float64 / float16 converted) as float32.
+struct NpyArray {
+  std::vector<int64_t> shape;
+  std::vector<float> values;  // row-major
+};
+inline NpyArray read_npy(const std::string& path) {
+  int64_t shape[FLEXAVATAR_NPY_MAX_DIMS];
+  int32_t ndim = 0;
+  check(flexavatar_read_npy(path.c_str(), nullptr, 0, shape, &ndim));
+  NpyArray out;
+  out.shape.assign(shape, shape + ndim);
+  size_t count = 1;
+  for (const int64_t d : out.shape) count *= static_cast<size_t>(d);
+  out.values.resize(count);
+  check(flexavatar_read_npy(path.c_str(), out.values.data(), static_cast<int64_t>(count), shape, &ndim));
+  return out;
+}
+
 // A PNG photo as the encoder's input: [3, H, W] floats in [0, 1] (transparency composited onto white).
 inline std::vector<float> read_png(const std::string& path, int* width, int* height) {
   int32_t w = 0, h = 0;

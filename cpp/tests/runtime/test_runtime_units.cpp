@@ -339,7 +339,7 @@ TEST_CASE(every_truncation_of_the_manifest_is_an_error_not_a_crash) {
   CHECK(errors == int(end));
 }
 
-TEST_CASE(npy_reader_accepts_float32_c_order_and_rejects_the_rest) {
+TEST_CASE(npy_reader_accepts_c_order_floats_and_rejects_the_rest) {
   auto npy = [](const std::string& dict, size_t floats) {
     std::vector<float> values(floats);
     for (size_t i = 0; i < floats; ++i) values[i] = float(i) * 0.5f;
@@ -351,8 +351,20 @@ TEST_CASE(npy_reader_accepts_float32_c_order_and_rejects_the_rest) {
   NpyArray a;
   CHECK(parse_npy(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4, 1, 2), }", 8), &a).ok());
   CHECK(a.shape == (std::vector<int64_t>{4, 1, 2}) && a.values.size() == 8 && a.values[3] == 1.5f);
-  CHECK(parse_npy(npy("{'descr': '<f8', 'fortran_order': False, 'shape': (4,), }", 8), &a).code() ==
-        StatusCode::kInvalidArgument);
+  // float64 (numpy's default) and float16 are converted to float32; other dtypes are refused by name
+  std::string f8 = npy_from_header("{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }", {});
+  for (const double v : {0.1, -2.5, 1e300}) f8.append(reinterpret_cast<const char*>(&v), 8);
+  CHECK(parse_npy(f8, &a).ok() && a.values.size() == 3 && a.values[0] == 0.1f && a.values[1] == -2.5f &&
+        std::isinf(a.values[2]));
+  std::string f2 = npy_from_header("{'descr': '<f2', 'fortran_order': False, 'shape': (5,), }", {});
+  for (const uint16_t v : {0x3C00, 0xC000, 0x0001, 0x8000, 0x7C00}) {  // 1, -2, 2^-24 (subnormal), -0, inf
+    f2 += char(v & 0xFF);
+    f2 += char(v >> 8);
+  }
+  CHECK(parse_npy(f2, &a).ok() && a.values[0] == 1.f && a.values[1] == -2.f && a.values[2] == std::ldexp(1.f, -24) &&
+        a.values[3] == 0.f && std::signbit(a.values[3]) && std::isinf(a.values[4]));
+  const Status ints = parse_npy(npy("{'descr': '<i4', 'fortran_order': False, 'shape': (4,), }", 4), &a);
+  CHECK(ints.code() == StatusCode::kInvalidArgument && mentions(ints, "dtype '<i4', expected float32"));
   CHECK(parse_npy(npy("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }", 4), &a).code() ==
         StatusCode::kInvalidArgument);
   CHECK(parse_npy(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 3), }", 8), &a).code() ==
@@ -386,8 +398,8 @@ TEST_CASE(npz_reader_reads_numpy_archives_and_rejects_the_rest) {
   damaged[70] ^= 0x20;
   const Status crc = parse(damaged, &arrays);
   CHECK(crc.code() == StatusCode::kBundleInvalid && mentions(crc, "code: CRC-32"));
-  const Status doubles = parse(npz_bytes({{"x.npy", npy_bytes({1}, {0, 0}, "<f8")}}), &arrays);
-  CHECK(doubles.code() == StatusCode::kBundleInvalid && mentions(doubles, "t.npz: x") && mentions(doubles, "float32"));
+  const Status ints = parse(npz_bytes({{"x.npy", npy_bytes({1}, {0}, "<i4")}}), &arrays);
+  CHECK(ints.code() == StatusCode::kBundleInvalid && mentions(ints, "t.npz: x") && mentions(ints, "float32"));
   // every truncation is an error naming the archive, never a crash or a read past the end
   for (size_t n = 0; n < good.size(); ++n) {
     const Status s = parse(good.substr(0, n), &arrays);
@@ -482,7 +494,7 @@ TEST_CASE(expression_files_are_npy_or_npz_with_expression_codes) {
   std::vector<float> nan = codes;
   nan[135 + 7] = std::nanf("");
   const Status bad = parse(npy_bytes({2, 135}, nan), &got);
-  CHECK(bad.code() == StatusCode::kInvalidArgument && mentions(bad, "NaN/inf in 1 of 2 frames, the first is frame 1"));
+  CHECK(bad.code() == StatusCode::kInvalidArgument && mentions(bad, "NaN/inf (or values beyond float32) in 1 of 2 frames, the first is frame 1"));
   const Status text = parse("frame,value\n", &got);
   CHECK(text.code() == StatusCode::kInvalidArgument && mentions(text, "neither a .npy file nor an .npz archive"));
   std::vector<float> none;
