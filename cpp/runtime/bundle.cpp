@@ -146,7 +146,8 @@ Status parse_npy_float32(const unsigned char* bytes, size_t size, const std::str
   const size_t item = descr == "'<f4'" ? 4 : descr == "'<f8'" ? 8 : descr == "'<f2'" ? 2 : 0;
   if (item == 0)
     return Status(StatusCode::kInvalidArgument,
-                  where + ": dtype " + printable(descr) + ", expected float32 ('<f4'; float64 and float16 are converted)");
+                  where + ": dtype " + printable(descr) +
+                      ", expected float32 ('<f4'; float64 and float16 are converted)");
   if (fortran != "False")
     return Status(StatusCode::kInvalidArgument, where + ": Fortran-ordered array, expected C order");
   std::vector<int64_t> dims;
@@ -185,7 +186,8 @@ Status parse_npy_float32(const unsigned char* bytes, size_t size, const std::str
       out->values[i] = static_cast<float>(v);  // round to nearest; beyond float32's range: inf
     }
   } else {
-    for (size_t i = 0; i < size_t(count); ++i) out->values[i] = half_to_float(uint16_t(data[2 * i] | (data[2 * i + 1] << 8)));
+    for (size_t i = 0; i < size_t(count); ++i)
+      out->values[i] = half_to_float(uint16_t(data[2 * i] | (data[2 * i + 1] << 8)));
   }
   return Status::ok_status();
 }

@@ -129,7 +129,8 @@ Status parse_sequence_cameras(const unsigned char* bytes, size_t size, const std
   const size_t first_c = first_non_finite_row(arrays[0].values, 16, &bad_c),
                first_k = first_non_finite_row(arrays[1].values, 9, &bad_k);
   if (bad_c + bad_k > 0)
-    return bad_file(where + ": NaN/inf (or values beyond float32) in the camera of frame " + std::to_string(std::min(first_c, first_k)) +
+    return bad_file(where + ": NaN/inf (or values beyond float32) in the camera of frame " +
+                    std::to_string(std::min(first_c, first_k)) +
                     " (expected finite cam2world and intrinsics)");
   *cam2world = std::move(arrays[0].values);
   *intrinsics = std::move(arrays[1].values);

@@ -121,9 +121,9 @@ Status list_npz_members(const unsigned char* bytes, size_t size, const std::stri
 
 Status read_npz_member(const unsigned char* bytes, size_t size, const std::string& where, const NpzMember& member,
                        std::vector<unsigned char>* out) {
-  const unsigned char* data = bytes + member.data_offset;
   if (member.data_offset > size || member.compressed_size > size - member.data_offset)
     return invalid(where, member.name + ": data runs past the end (truncated?)");
+  const unsigned char* data = bytes + member.data_offset;
   if (member.method == kDeflated && member.size > inflate_bound(member.compressed_size))
     return invalid(where, member.name + ": " + std::to_string(member.compressed_size) +
                               " compressed bytes cannot hold the " + std::to_string(member.size) + " bytes claimed");

@@ -6,8 +6,9 @@
 // Renders one PNG frame per expression (frame_00000.png, ...) from the bundle's default camera and prints
 // the per-frame latency (decoder + rasterizer + RGBA) as p50 / p95. --head-pose shows each code's rigid head
 // pose (the tracked head motion), as the official GUI does; --camera-tracked renders each frame from the tracked
-// sequence's own camera instead (EXPRESSIONS a tracked .npz: its cam2world and intrinsics, head motion included). --verify first runs the bundle's numerics check
-// on this runtime (flexavatar_runtime_check_numerics) and renders only if it passes. --fused-decoders picks the
+// sequence's own camera instead (EXPRESSIONS a tracked .npz: its cam2world and intrinsics, head motion included).
+// --verify first runs the bundle's numerics check on this runtime (flexavatar_runtime_check_numerics) and renders
+// only if it passes. --fused-decoders picks the
 // bundle's decoder with ONNX Runtime's fused kernels (format onnx-ort) or its portable one (options.fused_decoders;
 // auto: fused on the CUDA path, portable on the CPU); the decoder file that runs is printed. --precision picks the
 // bundle's fp32, fp16 or int8 ONNX files (options.precision; int8: the decoder on the CPU). --stereo D renders
@@ -16,15 +17,16 @@
 // --device gpu / gpu:N / npu runs the bundle's graphs on a GPU or NPU without CUDA through ONNX Runtime's provider
 // for it (DirectML, MIGraphX, ROCm, CoreML, WebGPU, OpenVINO; QNN, VitisAI, CoreML, OpenVINO) and draws the frames
 // on the CPU; the provider that runs is printed.
-//   AVATAR       an avatar code .npy float32 (R², 1, D); "-" for the bundle's own avatar_code.npy; or a photo,
-//                encoded by the bundle's encoder: a .png S x S (transparency composited onto white;
-//                flexavatar_read_png) or a .npy float32 [S, S, 3] (or [3, S, S]) in [0, 1] on white
+//   AVATAR       an avatar code .npy (R², 1, D); "-" for the bundle's own avatar_code.npy; or a photo, encoded by
+//                the bundle's encoder: a .png S x S (transparency composited onto white; flexavatar_read_png) or a
+//                .npy [S, S, 3] (or [3, S, S]) in [0, 1] on white (.npy: float32, float64 or float16)
 //                (with --features: its DINOv2 features [C, h, w], for bundles exported without DINOv2)
-//   EXPRESSIONS  .npy float32 [E, 135] (or [135] for one frame), or an .npz with expression_codes [E, 135] (a
-//                tracked sequence, np.savez_compressed: flexavatar_read_expressions); or "-": codes streamed on standard input as they
-//                arrive, 540 bytes a frame (135 little-endian float32), each rendered and written before the next
-//                is read (flexavatar-render's --expressions - protocol), until the stream ends; with --latest
-//                the newest code each frame, those that arrived while a frame rendered skipped (and counted)
+//   EXPRESSIONS  .npy [E, 135] (or [135] for one frame), or an .npz with expression_codes [E, 135] (a tracked
+//                sequence, np.savez_compressed: flexavatar_read_expressions); or "-": codes streamed on standard
+//                input as they arrive, 540 bytes a frame (135 little-endian float32), each rendered and written
+//                before the next is read (flexavatar-render's --expressions - protocol), until the stream ends;
+//                with --latest the newest code each frame, those that arrived while a frame rendered skipped (and
+//                counted)
 //   OUT_DIR      a folder for the PNG frames; or "-": raw rgb24 frames on standard output, frame after frame (with
 //                --stereo the two eyes side by side, 2S wide), for a pipe into ffmpeg -f rawvideo, a virtual
 //                camera or a compositor; the report then goes to standard error
