@@ -15,7 +15,7 @@ Importing this package imports neither torch nor an inference library; the ONNX 
 native CPU rasterizer never import torch.
 """
 from .avatar import Avatar
-from .cameras import Camera, default_camera, look_at, orbit_camera, sequence_cameras, stereo_camera
+from .cameras import Camera, default_camera, look_at, orbit_camera, photo_camera, sequence_cameras, stereo_camera
 from .engines import (EngineOptions, EngineSpec, InferenceBackend, available_engines, get_engine, register_engine,
                       registered_engines, select_engine)
 from .errors import (AvatarFileError, CameraInputError, EncoderUnavailableError, EngineUnavailableError,
@@ -30,7 +30,7 @@ from .timing import StageTimes
 
 __all__ = [
     "Runtime", "PendingFrames", "Avatar", "Gaussians",
-    "Camera", "default_camera", "orbit_camera", "sequence_cameras", "stereo_camera", "look_at",
+    "Camera", "default_camera", "orbit_camera", "sequence_cameras", "photo_camera", "stereo_camera", "look_at",
     "load_expressions", "compose_expression", "expression_parts", "axis_angle_to_matrix",
     "neutral_expression", "synthetic_expressions", "head_pose", "head_pose_matrix", "apply_pose", "StageTimes",
     "FRAME_FORMATS", "WHITE", "NumericsReport", "GraphCheck",

@@ -223,6 +223,30 @@ def sequence_cameras(path: str | Path) -> Camera:
     return Camera(c2w, k)
 
 
+def photo_camera(path: str | Path) -> Camera:
+    """The input camera of an in-the-wild example ``.npz`` (``cam2world`` [4, 4] in the canonical head frame and
+    normalised ``intrinsics`` [3, 3] of its model-input crop ``image``; the layout of ``../shared/fixtures/driving/``
+    einstein.npz and the others): encoding the crop with it, as the official pipeline does, rather than with the demo's
+    frontal camera, gives the avatar the geometry the photo was taken with."""
+    path = Path(path)
+    expected = "an in-the-wild example .npz with cam2world [4, 4] and intrinsics [3, 3] (its photo's camera)"
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        raise CameraInputError("photo camera", f"{path} is not an .npz file", expected)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("cam2world", "intrinsics") if k not in data.files]
+            if missing:
+                raise CameraInputError("photo camera", f"{path.name} has no {' / '.join(missing)} (keys: "
+                                       f"{sorted(data.files)})", expected)
+            c2w, k = data["cam2world"], data["intrinsics"]
+    except (OSError, ValueError) as e:
+        raise CameraInputError("photo camera", f"cannot read {path} ({e})", expected) from None
+    if c2w.shape != (4, 4) or k.shape != (3, 3):
+        raise CameraInputError("photo camera", f"{path.name} holds cam2world {list(c2w.shape)} and intrinsics "
+                               f"{list(k.shape)}", expected)
+    return Camera(c2w, k)
+
+
 def as_camera(camera, aspect: float = 1.0) -> Camera:
     """None → the demo camera (for a width / height = ``aspect`` render); a Camera; or a (cam2world, intrinsics)
     pair."""

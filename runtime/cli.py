@@ -20,8 +20,8 @@ import numpy as np
 from flexavatar.bundle import PRECISIONS
 
 from .avatar import Avatar, check_avatar_path
-from .cameras import (DEFAULT_EYE_DISTANCE, Camera, default_camera, demo_intrinsics, orbit_camera, sequence_cameras,
-                      stereo_camera)
+from .cameras import (DEFAULT_EYE_DISTANCE, Camera, default_camera, demo_intrinsics, orbit_camera, photo_camera,
+                      sequence_cameras, stereo_camera)
 from .expressions import (RECORD_BYTES, LatestRecords, load_expressions, neutral_expression, read_expression_records,
                           sequence_fps)
 from .engines import INFERENCE_PRECISIONS
@@ -179,8 +179,9 @@ def parse_colour(text: str) -> tuple[float, float, float]:
     return rgb
 
 
-def resolve_avatar(runtime: Runtime, avatar: str | None, timings: StageTimes) -> Avatar:
-    """--avatar: a photo (encoded now), an avatar code .npy, or nothing (the bundle's own avatar)."""
+def resolve_avatar(runtime: Runtime, avatar: str | None, timings: StageTimes, say=sys.stdout) -> Avatar:
+    """--avatar: a photo (encoded now), an in-the-wild example .npz (its crop encoded with its own camera), an
+    avatar code .npy, or nothing (the bundle's own avatar)."""
     if avatar is None:
         if runtime.manifest.avatar is None:
             from .errors import RuntimeArgumentError
@@ -190,8 +191,16 @@ def resolve_avatar(runtime: Runtime, avatar: str | None, timings: StageTimes) ->
     path = Path(avatar)
     if path.suffix.lower() == ".npy" and _is_code_file(path):
         return runtime.load_avatar(path)
+    camera = None
+    if path.suffix.lower() == ".npz":
+        camera = photo_camera(path)
+        print(f"avatar: {path.name}'s crop, encoded with its own camera (cam2world, intrinsics)", file=say)
+        with np.load(path, allow_pickle=False) as data:
+            if "matted" in data.files and not bool(data["matted"]):
+                print(f"note: {path.name}'s crop is not matted (its background stays); the model was trained on "
+                      "photos matted onto white, so expect its background in the avatar", file=say)
     t0 = time.perf_counter()
-    result = runtime.create_avatar(path)
+    result = runtime.create_avatar(path, camera=camera)
     timings.add_once("encode", (time.perf_counter() - t0) * 1e3)
     return result
 
@@ -244,8 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Render an avatar of a flexavatar bundle driven by an expression sequence into a video, "
                     "GIF or PNG frames, and print the latency of each stage.")
     p.add_argument("bundle", type=Path, help="bundle folder written by flexavatar-export")
-    p.add_argument("--avatar", help="photo to encode (square, on white, the bundle's image size) or an avatar code "
-                   ".npy (official (R², 1, D) layout); default: the bundle's own avatar (export --avatar)")
+    p.add_argument("--avatar", help="photo to encode (square, on white, the bundle's image size), an in-the-wild "
+                   "example .npz (its crop 'image', encoded with its own camera), or an avatar code .npy (official "
+                   "(R², 1, D) layout); default: the bundle's own avatar (export --avatar)")
     p.add_argument("--expressions", required=True, type=Path, metavar="SEQ",
                    help=".npy [T, 135] or .npz with expression_codes (e.g. ../shared/fixtures/driving/*.npz), or - "
                    f"to render codes as they arrive on standard input ({RECORD_BYTES} bytes a frame: 135 "
@@ -339,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.frames is not None and not streaming:
             expressions = expressions[:args.frames]
         timings = StageTimes()
-        avatar = resolve_avatar(runtime, args.avatar, timings)
+        avatar = resolve_avatar(runtime, args.avatar, timings, say)
         if args.save_avatar is not None:
             avatar.save(args.save_avatar)
             print(f"saved avatar code {args.save_avatar}", file=say)

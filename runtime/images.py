@@ -13,7 +13,8 @@ RANGE_SLACK = 1e-3
 
 
 def load_image(image, size: int) -> np.ndarray:
-    """image: [S, S, 3|4] uint8 (0–255) or float (0–1) array, a PIL image, or an image / .npy file path.
+    """image: [S, S, 3|4] uint8 (0–255) or float (0–1) array, a PIL image, or an image / .npy file path, or an
+    in-the-wild example's .npz (its ``image``, the model-input crop; ``photo_camera`` reads its camera).
 
     RGB is taken as already matted on white; RGBA is composited onto white (rgb·α + 1 − α).
     → [3, S, S] float32 in [0, 1]. Wrong size, channels, dtype or range → ImageInputError.
@@ -58,9 +59,22 @@ def _to_unit_float(image: np.ndarray, where: str) -> np.ndarray:
     return np.clip(a, 0.0, 1.0)
 
 
+CROP_IMAGE_KEY = "image"     # the model-input crop of an in-the-wild example .npz (../shared/fixtures/driving/)
+
+
 def _read_file(path: Path) -> np.ndarray:
     if not path.is_file():
-        raise ImageInputError(f"image ({path})", "file not found", "an existing image (.png/.jpg) or .npy file")
+        raise ImageInputError(f"image ({path})", "file not found", "an existing image (.png/.jpg), .npy or .npz file")
+    if path.suffix.lower() == ".npz":
+        expected = f"an .npz with {CROP_IMAGE_KEY} [S, S, 3] (an in-the-wild example's model-input crop)"
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if CROP_IMAGE_KEY not in data.files:
+                    raise ImageInputError(f"image ({path.name})", f"has no {CROP_IMAGE_KEY!r} array (keys: "
+                                          f"{sorted(data.files)})", expected)
+                return data[CROP_IMAGE_KEY]
+        except (OSError, ValueError) as e:
+            raise ImageInputError(f"image ({path.name})", f"cannot be read ({e})", expected) from None
     if path.suffix.lower() == ".npy":
         try:
             return np.load(path, allow_pickle=False)

@@ -1287,6 +1287,49 @@ def test_cli_writes_mp4_gif_and_frames(bundle, photo, driving_dir, tmp_path, cap
     assert not list(tmp_path.glob(".*partial*"))
 
 
+def _crop_npz(driving_dir: Path, out: Path, size: int) -> tuple[np.ndarray, Camera]:
+    """An in-the-wild example (einstein.npz: its model-input crop, not matted, and its input camera) with the crop
+    resized to this fixture model's image size (normalised intrinsics hold at any size)."""
+    with np.load(driving_dir / "einstein.npz") as crop:
+        members = {name: crop[name] for name in crop.files}
+    members["image"] = np.asarray(Image.fromarray(members["image"]).resize((size, size), Image.BILINEAR))
+    np.savez_compressed(out, **members)
+    return members["image"], Camera(members["cam2world"], members["intrinsics"])
+
+
+def test_cli_encodes_an_in_the_wild_crop_with_its_own_camera(bundle, driving_dir, tmp_path, capsys):
+    """--avatar einstein.npz (the official in-the-wild example layout): its crop 'image' encoded with its own
+    cam2world / intrinsics (photo_camera), as the official pipeline encodes it, not with the demo camera; the code is
+    Runtime.create_avatar(image, camera)'s, and the unmatted crop is pointed out."""
+    from flexavatar.runtime import photo_camera
+
+    image, camera = _crop_npz(driving_dir, tmp_path / "einstein.npz", SIZE)
+    rc = render_main([str(bundle), "--avatar", str(tmp_path / "einstein.npz"), "--expressions",
+                      str(driving_dir / "EXP-4-lips.npz"), "--frames", "2", "--size", "48", "--backend", "onnxruntime",
+                      "--device", "cpu", "--save-avatar", str(tmp_path / "code.npy"), "-o", str(tmp_path / "frames"),
+                      "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "encoded with its own camera" in out and "is not matted" in out
+    assert len(list((tmp_path / "frames").glob("frame_*.png"))) == 2
+    runtime = Runtime(bundle, backend="onnxruntime", device="cpu")
+    got = Avatar.load(tmp_path / "code.npy").code
+    np.testing.assert_allclose(got, runtime.create_avatar(image, camera=camera).code, atol=1e-6, rtol=0)
+    frontal = runtime.create_avatar(image).code
+    assert np.abs(got - frontal).max() > 1e-3                 # the photo's camera did change the code
+    np.testing.assert_array_equal(photo_camera(tmp_path / "einstein.npz").cam2world, camera.cam2world)
+
+    np.savez(tmp_path / "no_camera.npz", image=image)
+    with pytest.raises(CameraInputError, match=r"no_camera.npz has no cam2world / intrinsics"):
+        photo_camera(tmp_path / "no_camera.npz")
+    np.savez(tmp_path / "no_image.npz", cam2world=camera.cam2world, intrinsics=camera.intrinsics)
+    with pytest.raises(ImageInputError, match=r"has no 'image' array"):
+        load_image(tmp_path / "no_image.npz", SIZE)
+    seq = driving_dir / "EXP-4-lips.npz"                      # a sequence's cameras are [T, 4, 4]: not a photo's
+    with pytest.raises(CameraInputError, match=r"holds cam2world \[193, 4, 4\]"):
+        photo_camera(seq)
+
+
 def test_frame_writers_leave_whole_outputs_or_nothing(tmp_path, monkeypatch):
     """A PNG folder holds exactly the frames of the last complete render; an interrupted or failed write leaves
     neither half an output nor a temporary file."""
