@@ -199,28 +199,36 @@ def stereo_camera(camera: Camera | None = None, eye_distance: float = DEFAULT_EY
     return Camera(eyes.astype(np.float32), intrinsics)
 
 
+def _npz_cameras(path: str | Path, argument: str, expected: str, leading: tuple) -> Camera:
+    """``cam2world`` [*leading, 4, 4] and ``intrinsics`` [*leading, 3, 3] of an ``.npz``; leading () or (None,) (any
+    one length, the same for both)."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        raise CameraInputError(argument, f"{path} is not an .npz file", expected)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("cam2world", "intrinsics") if k not in data.files]
+            if missing:
+                raise CameraInputError(argument, f"{path.name} has no {' / '.join(missing)} (keys: "
+                                       f"{sorted(data.files)})", expected)
+            c2w, k = data["cam2world"], data["intrinsics"]
+    except (OSError, ValueError) as e:
+        raise CameraInputError(argument, f"cannot read {path} ({e})", expected) from None
+    lead = len(leading)
+    if (c2w.shape[lead:], k.shape[lead:]) != ((4, 4), (3, 3)) or c2w.ndim != lead + 2 or k.ndim != lead + 2 \
+            or c2w.shape[:lead] != k.shape[:lead]:
+        raise CameraInputError(argument, f"{path.name} holds cam2world {list(c2w.shape)} and intrinsics "
+                               f"{list(k.shape)}", expected)
+    return Camera(c2w, k)
+
+
 def sequence_cameras(path: str | Path) -> Camera:
     """The tracked camera of every frame of a tracked ``.npz`` sequence (``cam2world`` [T, 4, 4] in the canonical
     head frame and normalised ``intrinsics`` [T, 3, 3], the layout of ``../shared/fixtures/driving/``). Rendering
     the decoded (unposed) Gaussians from them shows the head as the tracked video saw it, head motion included
     (the head's motion is in the cameras: cam2world = head_pose⁻¹ · the fixed tracking camera)."""
-    path = Path(path)
-    expected = "a tracked .npz sequence with cam2world [T, 4, 4] and intrinsics [T, 3, 3]"
-    if path.suffix.lower() != ".npz" or not path.is_file():
-        raise CameraInputError("sequence", f"{path} is not an .npz file", expected)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in ("cam2world", "intrinsics") if k not in data.files]
-            if missing:
-                raise CameraInputError("sequence", f"{path.name} has no {' / '.join(missing)} (keys: "
-                                       f"{sorted(data.files)})", expected)
-            c2w, k = data["cam2world"], data["intrinsics"]
-    except (OSError, ValueError) as e:
-        raise CameraInputError("sequence", f"cannot read {path} ({e})", expected) from None
-    if c2w.ndim != 3 or k.ndim != 3 or len(c2w) != len(k):
-        raise CameraInputError("sequence", f"{path.name} holds cam2world {list(c2w.shape)} and intrinsics "
-                               f"{list(k.shape)}", expected)
-    return Camera(c2w, k)
+    return _npz_cameras(path, "sequence", "a tracked .npz sequence with cam2world [T, 4, 4] and intrinsics "
+                        "[T, 3, 3]", (None,))
 
 
 def photo_camera(path: str | Path) -> Camera:
@@ -228,23 +236,8 @@ def photo_camera(path: str | Path) -> Camera:
     normalised ``intrinsics`` [3, 3] of its model-input crop ``image``; the layout of ``../shared/fixtures/driving/``
     einstein.npz and the others): encoding the crop with it, as the official pipeline does, rather than with the demo's
     frontal camera, gives the avatar the geometry the photo was taken with."""
-    path = Path(path)
-    expected = "an in-the-wild example .npz with cam2world [4, 4] and intrinsics [3, 3] (its photo's camera)"
-    if path.suffix.lower() != ".npz" or not path.is_file():
-        raise CameraInputError("photo camera", f"{path} is not an .npz file", expected)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in ("cam2world", "intrinsics") if k not in data.files]
-            if missing:
-                raise CameraInputError("photo camera", f"{path.name} has no {' / '.join(missing)} (keys: "
-                                       f"{sorted(data.files)})", expected)
-            c2w, k = data["cam2world"], data["intrinsics"]
-    except (OSError, ValueError) as e:
-        raise CameraInputError("photo camera", f"cannot read {path} ({e})", expected) from None
-    if c2w.shape != (4, 4) or k.shape != (3, 3):
-        raise CameraInputError("photo camera", f"{path.name} holds cam2world {list(c2w.shape)} and intrinsics "
-                               f"{list(k.shape)}", expected)
-    return Camera(c2w, k)
+    return _npz_cameras(path, "photo camera", "an in-the-wild example .npz with cam2world [4, 4] and intrinsics "
+                        "[3, 3] (its photo's camera)", ())
 
 
 def as_camera(camera, aspect: float = 1.0) -> Camera:

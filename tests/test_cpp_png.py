@@ -1,5 +1,6 @@
-"""The C API's PNG photo reader (``flexavatar_read_png``, cpp/runtime/png.cpp) against the Python runtime's photo
-loading (``runtime.images.load_image``, through Pillow).
+"""The C API's photo readers (``flexavatar_read_photo``: cpp/runtime/png.cpp, and input_files.cpp for in-the-wild
+example .npz crops; ``flexavatar_read_photo_camera``) against the Python runtime's photo loading
+(``runtime.images.load_image``, through Pillow; ``runtime.photo_camera``).
 
 Every PNG colour type and bit depth, plain and Adam7-interlaced, with every row filter, palettes and tRNS
 transparency, written by a small encoder here (Pillow writes only some of them) and by Pillow itself; the oracle
@@ -25,15 +26,15 @@ CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 class PngReader:
     def __init__(self, build: Path):
         self.lib = ctypes.CDLL(str(build / "libflexavatar_runtime.so"))
-        self.lib.flexavatar_read_png.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_float), ctypes.c_int64,
+        self.lib.flexavatar_read_photo.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_float), ctypes.c_int64,
                                                  ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int32)]
-        self.lib.flexavatar_read_png.restype = ctypes.c_int
+        self.lib.flexavatar_read_photo.restype = ctypes.c_int
         self.lib.flexavatar_last_error.restype = ctypes.c_char_p
 
     def call(self, path, image=None, count=0) -> tuple[int, int, int, str]:
         w, h = ctypes.c_int32(-1), ctypes.c_int32(-1)
         pointer = image.ctypes.data_as(ctypes.POINTER(ctypes.c_float)) if image is not None else None
-        status = self.lib.flexavatar_read_png(str(path).encode(), pointer, count, ctypes.byref(w), ctypes.byref(h))
+        status = self.lib.flexavatar_read_photo(str(path).encode(), pointer, count, ctypes.byref(w), ctypes.byref(h))
         return status, w.value, h.value, self.lib.flexavatar_last_error().decode()
 
     def read(self, path) -> np.ndarray:
@@ -265,7 +266,7 @@ def test_bad_files_give_typed_errors_naming_the_problem(reader, tmp_path):
     small = np.zeros((3, 8, 7), np.float32)
     status, _, _, message = reader.call(path, small, small.size)
     assert status == INVALID_SIZE and "count is 168, the 8x8 photo needs 3 x 8 x 8 = 192 floats" in message
-    assert reader.lib.flexavatar_read_png(str(path).encode(), None, 0, None, None) == NULL_POINTER
+    assert reader.lib.flexavatar_read_photo(str(path).encode(), None, 0, None, None) == NULL_POINTER
 
 
 def test_every_truncation_and_corruption_is_an_error_not_a_crash(reader, tmp_path):
@@ -292,3 +293,48 @@ def test_every_truncation_and_corruption_is_an_error_not_a_crash(reader, tmp_pat
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def test_in_the_wild_crops_and_their_cameras_read_as_the_python_runtime(reader, driving_dir, tmp_path):
+    """flexavatar_read_photo on an in-the-wild example .npz: its uint8 crop / 255 (float crops in [0, 1], RGBA
+    composited onto white), equal to load_image; flexavatar_read_photo_camera: its cam2world and intrinsics, equal to
+    photo_camera. A PNG has no camera; a sequence's [T, 4, 4] cameras are not a photo's."""
+    from flexavatar.runtime import photo_camera
+    from flexavatar.runtime.images import load_image
+
+    lib = reader.lib
+    lib.flexavatar_read_photo_camera.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_float),
+                                                 ctypes.POINTER(ctypes.c_float)]
+    lib.flexavatar_read_photo_camera.restype = ctypes.c_int
+
+    def camera(path):
+        c2w, k = (ctypes.c_float * 16)(), (ctypes.c_float * 9)()
+        status = lib.flexavatar_read_photo_camera(str(path).encode(), c2w, k)
+        if status != OK:
+            return status, lib.flexavatar_last_error().decode()
+        return status, (np.frombuffer(c2w, np.float32).reshape(4, 4), np.frombuffer(k, np.float32).reshape(3, 3))
+
+    crops = [p for p in sorted(driving_dir.glob("*.npz")) if "image" in np.load(p).files]
+    assert len(crops) >= 4
+    for path in crops:
+        np.testing.assert_array_equal(reader.read(path), load_image(path, 512), err_msg=path.name)
+        status, (c2w, k) = camera(path)
+        want = photo_camera(path)
+        assert status == OK and c2w.tobytes() == want.cam2world.tobytes() and k.tobytes() == want.intrinsics.tobytes()
+    rng = np.random.default_rng(13)
+    rgba = rng.random((9, 9, 4)).astype(np.float32)
+    rgba[0, 0] = [0.25, 1.0005, -0.0004, 0.5]                 # within the 1e-3 slack: clipped, as Python
+    np.savez(tmp_path / "float_rgba.npz", image=rgba)
+    np.testing.assert_array_equal(reader.read(tmp_path / "float_rgba.npz"), load_image(rgba, 9))
+    np.savez(tmp_path / "bright.npz", image=rgba * 2)
+    status, message = reader.error(tmp_path / "bright.npz")
+    assert status == INVALID_ARGUMENT and "expected uint8 0-255, or float in [0, 1]" in message
+    np.savez(tmp_path / "grey.npz", image=np.zeros((9, 9), np.uint8))
+    status, message = reader.error(tmp_path / "grey.npz")
+    assert status == INVALID_ARGUMENT and "image [9, 9]" in message
+    path = tmp_path / "photo.png"
+    path.write_bytes(png_bytes(rng.integers(0, 256, size=(4, 4, 3)), 2, 8))
+    status, message = camera(path)
+    assert status == INVALID_ARGUMENT and "not an .npz archive, so no camera" in message
+    status, message = camera(driving_dir / "EXP-4-lips.npz")
+    assert status == INVALID_ARGUMENT and "cam2world [193, 4, 4] and intrinsics [193, 3, 3]" in message

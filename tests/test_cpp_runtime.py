@@ -864,6 +864,27 @@ def test_example_encodes_a_photo_and_renders_it_like_the_python_runtime(example_
     assert proc.returncode == 1 and "without DINOv2" in proc.stderr and "C = 32" in proc.stderr
 
 
+def _encode_with_example(example_app, bundle_dir, avatar: Path, features, expressions, work: Path) -> list[Path]:
+    """The example on AVATAR (a photo file) with --features: the PNG frames it wrote."""
+    np.save(work / "features.npy", features)
+    np.save(work / "expressions.npy", expressions)
+    proc = subprocess.run([str(example_app), str(bundle_dir), str(avatar), str(work / "expressions.npy"),
+                           str(work / "frames"), "--size", str(RENDER_SIZE), "--features", str(work / "features.npy"),
+                           "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    pngs = sorted((work / "frames").glob("frame_*.png"))
+    assert len(pngs) == len(expressions)
+    return pngs
+
+
+def _assert_frames_within_one_level(pngs: list[Path], want: np.ndarray) -> None:
+    from PIL import Image
+
+    for png, frame in zip(pngs, want, strict=True):
+        image = np.asarray(Image.open(png)).astype(int)
+        assert np.abs(image - np.floor(np.clip(frame, 0, 1) * 255 + 0.5).astype(int)).max() <= 1, png.name
+
+
 def test_example_encodes_a_png_photo_like_the_python_runtime(example_app, bundle_dir, official_dir, python_runtime,
                                                             tmp_path):
     """AVATAR as a .png (flexavatar_read_png): an RGBA photo with a transparent border, composited onto white by the
@@ -881,21 +902,11 @@ def test_example_encodes_a_png_photo_like_the_python_runtime(example_app, bundle
     Image.fromarray(rgba, "RGBA").save(tmp_path / "photo.png")
     features = fixture["features"][1][0].astype(np.float32)
     expressions = fixture["expression_codes"][1].astype(np.float32)
-    np.save(tmp_path / "features.npy", features)
-    np.save(tmp_path / "expressions.npy", expressions)
-    proc = subprocess.run([str(example_app), str(bundle_dir), str(tmp_path / "photo.png"),
-                           str(tmp_path / "expressions.npy"), str(tmp_path / "frames"), "--size", str(RENDER_SIZE),
-                           "--features", str(tmp_path / "features.npy"), "--device", "cpu"], capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    pngs = _encode_with_example(example_app, bundle_dir, tmp_path / "photo.png", features, expressions, tmp_path)
     avatar = python_runtime.create_avatar(tmp_path / "photo.png", features=features)
     c2w, k = _default_camera()
-    want = python_runtime.render(avatar, expressions, Camera(c2w, k), RENDER_SIZE, RENDER_SIZE, output="float")
-    pngs = sorted((tmp_path / "frames").glob("frame_*.png"))
-    assert len(pngs) == len(expressions)
-    for png, frame in zip(pngs, want, strict=True):
-        image = np.asarray(Image.open(png)).astype(int)
-        assert np.abs(image - np.floor(np.clip(frame, 0, 1) * 255 + 0.5).astype(int)).max() <= 1
+    _assert_frames_within_one_level(pngs, python_runtime.render(avatar, expressions, Camera(c2w, k), RENDER_SIZE,
+                                                                RENDER_SIZE, output="float"))
     # a photo of another size is refused by name, before anything is rendered
     Image.fromarray(rgba[:-2, :-2], "RGBA").save(tmp_path / "small.png")
     proc = subprocess.run([str(example_app), str(bundle_dir), str(tmp_path / "small.png"),
@@ -903,6 +914,35 @@ def test_example_encodes_a_png_photo_like_the_python_runtime(example_app, bundle
                            str(tmp_path / "features.npy")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and f"a {size - 2}x{size - 2} photo; this bundle's encoder expects {size}x{size}" \
         in proc.stderr, proc.stderr
+
+
+def test_example_encodes_an_in_the_wild_crop_with_its_camera_like_the_python_runtime(
+        example_app, bundle_dir, official_dir, python_runtime, driving_dir, tmp_path):
+    """AVATAR einstein.npz (an in-the-wild example: uint8 crop + the camera it was taken with, resized here to the
+    bundle's size): flexavatar_read_photo + flexavatar_read_photo_camera give the Python runtime's
+    create_avatar(path, camera=photo_camera(path)) frames, which differ from the demo camera's."""
+    from PIL import Image
+
+    from flexavatar.runtime import Camera, photo_camera
+
+    fixture = np.load(official_dir / "inputs.npz")
+    size = fixture["images"].shape[-1]
+    with np.load(driving_dir / "einstein.npz") as crop:
+        members = {name: crop[name] for name in crop.files}
+    members["image"] = np.asarray(Image.fromarray(members["image"]).resize((size, size), Image.BILINEAR))
+    path = tmp_path / "einstein.npz"
+    np.savez_compressed(path, **members)
+    features = fixture["features"][0][0].astype(np.float32)
+    expressions = fixture["expression_codes"][0].astype(np.float32)
+    pngs = _encode_with_example(example_app, bundle_dir, path, features, expressions, tmp_path)
+    c2w, k = _default_camera()
+    view = Camera(c2w, k)
+    avatar = python_runtime.create_avatar(path, camera=photo_camera(path), features=features)
+    want = python_runtime.render(avatar, expressions, view, RENDER_SIZE, RENDER_SIZE, output="float")
+    frontal = python_runtime.render(python_runtime.create_avatar(path, features=features), expressions, view,
+                                    RENDER_SIZE, RENDER_SIZE, output="float")
+    _assert_frames_within_one_level(pngs, want)
+    assert np.abs(want - frontal).max(axis=(1, 2, 3)).min() > 0.02     # the photo's camera does change the avatar
 
 
 def test_example_reports_bad_input_with_exit_code(example_app, bundle_dir, inputs, tmp_path):

@@ -1,5 +1,5 @@
 // libFuzzer target: the readers of NumPy files on arbitrary bytes: expression sequence files (.npy, or .npz with
-// its ZIP directory and DEFLATE members: runtime/expression_file.cpp, npz.cpp, inflate.cpp) and a tracked
+// its ZIP directory and DEFLATE members: runtime/input_files.cpp, npz.cpp, inflate.cpp) and a tracked
 // sequence's cameras, the check-set reader
 // (all-float32 .npz), and the inflater alone. Every input must give OK or a typed status with a message, and what
 // is accepted must hold what the readers promise; crashes, sanitizer reports and leaks are bugs.
@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "expression_file.h"
+#include "input_files.h"
 #include "inflate.h"
 #include "npz.h"
 
@@ -36,6 +36,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                 intrinsics.size() % 9 != 0)
              : ((s.code() != StatusCode::kInvalidArgument && s.code() != StatusCode::kOutOfMemory) ||
                 s.message().empty()))
+    std::abort();
+
+  float photo_c2w[16], photo_k[9];
+  s = flexavatar::runtime::parse_photo_camera(data, size, "fuzz", photo_c2w, photo_k);
+  if (!s.ok() && ((s.code() != StatusCode::kInvalidArgument && s.code() != StatusCode::kOutOfMemory) ||
+                  s.message().empty()))
     std::abort();
 
   std::map<std::string, flexavatar::runtime::NpyArray> arrays;

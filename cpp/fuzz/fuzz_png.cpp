@@ -1,4 +1,5 @@
-// libFuzzer target: the PNG photo reader (runtime/png.cpp with inflate.cpp) on arbitrary bytes (chunk CRCs mended). Every input must
+// libFuzzer target: the photo reader (a PNG: runtime/png.cpp with inflate.cpp; or an in-the-wild .npz crop:
+// input_files.cpp) on arbitrary bytes (PNG chunk CRCs mended). Every input must
 // give OK with a [3, H, W] image in [0, 1], or kInvalidArgument / kOutOfMemory with a message; crashes, sanitizer
 // reports and leaks are bugs.
 #include <cstddef>
@@ -7,7 +8,7 @@
 #include <vector>
 
 #include "inflate.h"
-#include "png.h"
+#include "input_files.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // Chunk CRCs mended first, as a fuzzer would otherwise rarely get past them: the mutations reach IHDR, the
@@ -24,7 +25,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<float> chw;
   int width = 0, height = 0;
   const flexavatar::Status s =
-      flexavatar::runtime::parse_png(bytes.data(), bytes.size(), "fuzz", &chw, &width, &height);
+      flexavatar::runtime::parse_photo(bytes.data(), bytes.size(), "fuzz", &chw, &width, &height);
   if (s.ok()) {
     if (width < 1 || height < 1 || chw.size() != size_t(3) * size_t(width) * size_t(height)) std::abort();
     for (const float v : chw)

@@ -118,7 +118,8 @@ float half_to_float(uint16_t h) {
 
 }  // namespace
 
-Status parse_npy_float32(const unsigned char* bytes, size_t size, const std::string& where, NpyArray* out) {
+Status parse_npy_float32(const unsigned char* bytes, size_t size, const std::string& where, NpyArray* out,
+                         bool allow_uint8) {
   // Format: "\x93NUMPY", major, minor, header length (2 bytes v1, 4 bytes v2/v3), ASCII dict, data.
   if (size < 10 || std::memcmp(bytes, "\x93NUMPY", 6) != 0)
     return Status(StatusCode::kInvalidArgument, where + ": not a .npy file (bad magic)");
@@ -143,7 +144,8 @@ Status parse_npy_float32(const unsigned char* bytes, size_t size, const std::str
   // float32 as it is; float64 (numpy's default, np.save of a Python float array) and float16 converted, as the
   // Python runtime's .astype(np.float32) does (float64 beyond float32's range becomes inf: the callers' finiteness
   // checks name it)
-  const size_t item = descr == "'<f4'" ? 4 : descr == "'<f8'" ? 8 : descr == "'<f2'" ? 2 : 0;
+  const bool bytes_ok = allow_uint8 && descr == "'|u1'";
+  const size_t item = descr == "'<f4'" ? 4 : descr == "'<f8'" ? 8 : descr == "'<f2'" ? 2 : bytes_ok ? 1 : 0;
   if (item == 0)
     return Status(StatusCode::kInvalidArgument,
                   where + ": dtype " + printable(descr) +
@@ -175,6 +177,7 @@ Status parse_npy_float32(const unsigned char* bytes, size_t size, const std::str
                                                 " data bytes, the header's shape " + printable(shape) + " needs " +
                                                 std::to_string(size_t(count) * item));
   out->shape = dims;
+  out->descr = descr;
   out->values.resize(size_t(count));
   const unsigned char* data = bytes + data_offset;
   if (item == 4) {
@@ -185,9 +188,11 @@ Status parse_npy_float32(const unsigned char* bytes, size_t size, const std::str
       std::memcpy(&v, data + 8 * i, 8);
       out->values[i] = static_cast<float>(v);  // round to nearest; beyond float32's range: inf
     }
-  } else {
+  } else if (item == 2) {
     for (size_t i = 0; i < size_t(count); ++i)
       out->values[i] = half_to_float(uint16_t(data[2 * i] | (data[2 * i + 1] << 8)));
+  } else {
+    for (size_t i = 0; i < size_t(count); ++i) out->values[i] = float(data[i]);
   }
   return Status::ok_status();
 }

@@ -28,6 +28,7 @@ Status verify_file(const std::string& root, const FileRecord& record, bool hashe
 struct NpyArray {
   std::vector<int64_t> shape;
   std::vector<float> values;
+  std::string descr;  // the file's dtype, e.g. '<f4', '|u1'
 };
 Status read_npy_float32(const std::string& path, NpyArray* out);
 // Text from a file for an error message: bytes outside printable ASCII as \xNN (messages stay valid UTF-8
@@ -35,7 +36,9 @@ Status read_npy_float32(const std::string& path, NpyArray* out);
 std::string printable(const std::string& bytes, size_t max_chars = 200);
 // A file's bytes: kIoError when it cannot be opened or read, kInvalidSize when it is larger than max_bytes.
 Status read_file_bytes(const std::string& path, size_t max_bytes, std::vector<unsigned char>* out);
-Status parse_npy_float32(const unsigned char* bytes, size_t size, const std::string& where, NpyArray* out);
+// allow_uint8: '|u1' too (a photo's 0-255 samples, as float values 0-255).
+Status parse_npy_float32(const unsigned char* bytes, size_t size, const std::string& where, NpyArray* out,
+                         bool allow_uint8 = false);
 
 }  // namespace runtime
 }  // namespace flexavatar

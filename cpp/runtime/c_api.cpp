@@ -14,9 +14,8 @@
 #include <unordered_map>
 
 #include "flexavatar/build_info.h"
-#include "expression_file.h"
+#include "input_files.h"
 #include "head_pose.h"
-#include "png.h"
 #include "runtime.h"
 #include "runtime_internal.h"
 
@@ -564,25 +563,34 @@ flexavatar_status flexavatar_read_npy(const char* path, float* values, int64_t c
   });
 }
 
-flexavatar_status flexavatar_read_png(const char* path, float* image, int64_t count, int32_t* width,
-                                      int32_t* height) {
-  return guarded("flexavatar_read_png", [&] {
-    if (!path) return Status(StatusCode::kNullPointer, "flexavatar_read_png: path is NULL");
-    if (!width || !height) return Status(StatusCode::kNullPointer, "flexavatar_read_png: width or height is NULL");
+flexavatar_status flexavatar_read_photo(const char* path, float* image, int64_t count, int32_t* width,
+                                        int32_t* height) {
+  return guarded("flexavatar_read_photo", [&] {
+    if (!path) return Status(StatusCode::kNullPointer, "flexavatar_read_photo: path is NULL");
+    if (!width || !height) return Status(StatusCode::kNullPointer, "flexavatar_read_photo: width or height is NULL");
     std::vector<float> chw;
     int w = 0, h = 0;
-    Status s = flexavatar::runtime::read_png(path, &chw, &w, &h);
+    Status s = flexavatar::runtime::read_photo(path, &chw, &w, &h);
     if (!s.ok()) return s;
     *width = w;
     *height = h;
     if (!image) return s;
     if (count != static_cast<int64_t>(chw.size()))
-      return Status(StatusCode::kInvalidSize, "flexavatar_read_png: count is " + std::to_string(count) + ", the " +
+      return Status(StatusCode::kInvalidSize, "flexavatar_read_photo: count is " + std::to_string(count) + ", the " +
                                                   std::to_string(w) + "x" + std::to_string(h) + " photo needs 3 x " +
                                                   std::to_string(w) + " x " + std::to_string(h) + " = " +
                                                   std::to_string(chw.size()) + " floats");
     std::copy(chw.begin(), chw.end(), image);
     return s;
+  });
+}
+
+flexavatar_status flexavatar_read_photo_camera(const char* path, float cam2world[16], float intrinsics[9]) {
+  return guarded("flexavatar_read_photo_camera", [&] {
+    if (!path) return Status(StatusCode::kNullPointer, "flexavatar_read_photo_camera: path is NULL");
+    if (!cam2world || !intrinsics)
+      return Status(StatusCode::kNullPointer, "flexavatar_read_photo_camera: cam2world or intrinsics is NULL");
+    return flexavatar::runtime::read_photo_camera(path, cam2world, intrinsics);
   });
 }
 

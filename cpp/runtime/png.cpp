@@ -271,13 +271,5 @@ Status parse_png(const unsigned char* bytes, size_t size, const std::string& whe
   return Status::ok_status();
 }
 
-Status read_png(const std::string& path, std::vector<float>* chw, int* width, int* height) {
-  std::vector<unsigned char> bytes;
-  Status s = read_file_bytes(path, size_t(1) << 31, &bytes);
-  if (s.code() == StatusCode::kIoError) return Status(s.code(), path + ": cannot open or read (expected a PNG photo)");
-  if (!s.ok()) return s;
-  return parse_png(bytes.data(), bytes.size(), path, chw, width, height);
-}
-
 }  // namespace runtime
 }  // namespace flexavatar

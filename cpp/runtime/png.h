@@ -1,4 +1,4 @@
-// PNG photos as the encoder's input (flexavatar_read_png): decoded by the runtime itself (with inflate.h), so that a
+// PNG photos as the encoder's input (flexavatar_read_photo, input_files.h): decoded by the runtime itself (with inflate.h), so that a
 // C or C++ app turns a photo file into an avatar code without an image library, on every platform it is built for.
 #pragma once
 
@@ -21,7 +21,6 @@ namespace runtime {
 // sizes beyond 16384 pixels a side.
 Status parse_png(const unsigned char* bytes, size_t size, const std::string& where, std::vector<float>* chw,
                  int* width, int* height);
-Status read_png(const std::string& path, std::vector<float>* chw, int* width, int* height);
 
 }  // namespace runtime
 }  // namespace flexavatar

@@ -18,8 +18,9 @@
 // for it (DirectML, MIGraphX, ROCm, CoreML, WebGPU, OpenVINO; QNN, VitisAI, CoreML, OpenVINO) and draws the frames
 // on the CPU; the provider that runs is printed.
 //   AVATAR       an avatar code .npy (R², 1, D); "-" for the bundle's own avatar_code.npy; or a photo, encoded by
-//                the bundle's encoder: a .png S x S (transparency composited onto white; flexavatar_read_png) or a
-//                .npy [S, S, 3] (or [3, S, S]) in [0, 1] on white (.npy: float32, float64 or float16)
+//                the bundle's encoder: a .png S x S (transparency composited onto white; flexavatar_read_photo), an
+//                in-the-wild example .npz (its crop 'image', encoded with its own camera: flexavatar_read_photo_camera)
+//                or a .npy [S, S, 3] (or [3, S, S]) in [0, 1] on white (.npy: float32, float64 or float16)
 //                (with --features: its DINOv2 features [C, h, w], for bundles exported without DINOv2)
 //   EXPRESSIONS  .npy [E, 135] (or [135] for one frame), or an .npz with expression_codes [E, 135] (a tracked
 //                sequence, np.savez_compressed: flexavatar_read_expressions); or "-": codes streamed on standard
@@ -114,8 +115,8 @@ int usage() {
                " [--fused-decoders auto|on|off] [--precision fp32|fp16|int8]\n"
                "               [--stereo EYE_DISTANCE_M] [--latest]\n"
                "  AVATAR: avatar code .npy float32 (R^2, 1, D); - for the bundle's avatar_code.npy; or a photo\n"
-               "          to encode: .png S x S, or .npy float32 [S, S, 3] in [0, 1] (--features: DINOv2 features\n"
-               "          [C, h, w])\n"
+               "          to encode: .png S x S, an in-the-wild example .npz (crop + its camera), or .npy [S, S, 3]\n"
+               "          in [0, 1] (--features: DINOv2 features [C, h, w])\n"
                "  EXPRESSIONS: .npy float32 [E, 135], or .npz with expression_codes [E, 135] (a tracked sequence);\n"
                "               - for 540-byte records (135 float32) streamed on stdin\n"
                "  OUT_DIR: a folder for PNG frames; - for raw rgb24 frames on stdout (the report on stderr)\n");
@@ -208,11 +209,12 @@ int parse_device(const std::string& value, int* index, std::string* error) {
   return -1;
 }
 
-bool has_png_extension(const std::string& path) {
-  if (path.size() < 4) return false;
-  std::string ext = path.substr(path.size() - 4);
-  for (char& c : ext) c = char(std::tolower(static_cast<unsigned char>(c)));
-  return ext == ".png";
+bool has_extension(const std::string& path, const char* ext) {
+  const size_t n = std::strlen(ext);
+  if (path.size() < n) return false;
+  std::string tail = path.substr(path.size() - n);
+  for (char& c : tail) c = char(std::tolower(static_cast<unsigned char>(c)));
+  return tail == ext;
 }
 
 // A photo .npy [S, S, 3] or [3, S, S] → [3, S, S]; empty for an avatar code .npy (throws for a wrong-size photo).
@@ -245,16 +247,17 @@ std::vector<float> npy_photo(const std::string& avatar, long s, const std::strin
   return image;
 }
 
-// The avatar: a code file, the bundle's code, or a photo (.png, or .npy; + features) run through the bundle's
-// encoder.
+// The avatar: a code file, the bundle's code, or a photo (.png, an in-the-wild example .npz with its camera, or
+// .npy; + features) run through the bundle's encoder.
 void set_avatar(flexavatar::Runtime& rt, const flexavatar_runtime_info& info, const std::string& avatar,
                 const std::string& features_path) {
   if (avatar == "-") return rt.load_avatar_code();
   const long s = long(info.image_size);
   std::vector<float> image;
-  if (has_png_extension(avatar)) {  // decoded by the library: transparency composited onto white
+  const bool crop = has_extension(avatar, ".npz");  // an in-the-wild example: its crop and its camera
+  if (crop || has_extension(avatar, ".png")) {  // decoded by the library: transparency composited onto white
     int width = 0, height = 0;
-    image = flexavatar::read_png(avatar, &width, &height);
+    image = flexavatar::read_photo(avatar, &width, &height);
     if (width != s || height != s)
       throw flexavatar::Error(FLEXAVATAR_ERROR_INVALID_SIZE,
                               "AVATAR " + avatar + ": a " + std::to_string(width) + "x" + std::to_string(height) +
@@ -264,20 +267,21 @@ void set_avatar(flexavatar::Runtime& rt, const flexavatar_runtime_info& info, co
     image = npy_photo(avatar, s, features_path);
     if (image.empty()) return rt.load_avatar_code(avatar);
   }
+  flexavatar_encoder_input input = flexavatar::encoder_input(image);  // the demo camera ...
+  flexavatar::NpyArray feature_file;
   if (!features_path.empty()) {
-    const flexavatar::NpyArray feature_file = read_npy("--features", features_path);
-    const std::vector<float>& features = feature_file.values;
+    feature_file = read_npy("--features", features_path);
     std::vector<int64_t> feature_shape = feature_file.shape;
     if (feature_shape.size() == 4 && feature_shape[0] == 1) feature_shape.erase(feature_shape.begin());
     if (feature_shape.size() != 3)
       throw flexavatar::Error(FLEXAVATAR_ERROR_INVALID_SIZE, "--features " + features_path +
                                                                  ": expected DINOv2 features [C, h, w], got shape " +
                                                                  shape_string(feature_shape));
-    rt.create_avatar_code(flexavatar::encoder_input(image, features, feature_shape[0], feature_shape[1],
-                                                    feature_shape[2]));
-  } else {
-    rt.create_avatar_code(flexavatar::encoder_input(image));
+    input = flexavatar::encoder_input(image, feature_file.values, feature_shape[0], feature_shape[1],
+                                      feature_shape[2]);
   }
+  if (crop) flexavatar::read_photo_camera(avatar, &input);  // ... or the one the crop was taken with
+  rt.create_avatar_code(input);
   const flexavatar_runtime_info ran = rt.info();
   if (ran.encoder_fallback[0])  // the device's provider could not open the encoder: it ran once on the CPU
     std::fprintf(stderr, "warning: %s; the encoder runs once per avatar: it ran on %s\n", ran.encoder_fallback,

@@ -419,16 +419,25 @@ FLEXAVATAR_API flexavatar_status flexavatar_read_npy(const char* path, float* va
                                                      int64_t shape[FLEXAVATAR_NPY_MAX_DIMS], int32_t* ndim);
 
 /* ---- photos ---- */
-/* Reads a PNG photo as the encoder's input (flexavatar_encoder_input.image): [3, H, W] float32 in [0, 1],
- * channel-major, as flexavatar-render --avatar photo.png reads one: 8-bit samples / 255 (16-bit grey / 65535, other
- * 16-bit samples by their high byte), palettes looked up, transparency (alpha channel, tRNS) composited onto white.
- * Every PNG colour type, bit depth and interlacing; chunk CRCs and the data's Adler-32 checked; an EXIF orientation
- * is not applied (save the photo upright). The encoder wants S x S (info.image_size): crop and resize first. Two
- * calls: with image NULL (count ignored) it sets *width and *height; then with count = 3·W·H floats it fills image.
- * FLEXAVATAR_ERROR_IO when the file cannot be read; FLEXAVATAR_ERROR_INVALID_ARGUMENT when it is not a PNG (a JPEG is
- * named as one) or is damaged or truncated; FLEXAVATAR_ERROR_INVALID_SIZE when count is not 3·W·H. */
-FLEXAVATAR_API flexavatar_status flexavatar_read_png(const char* path, float* image, int64_t count, int32_t* width,
-                                                     int32_t* height);
+/* Reads a photo as the encoder's input (flexavatar_encoder_input.image): [3, H, W] float32 in [0, 1], channel-major,
+ * as flexavatar-render --avatar reads one. A PNG: 8-bit samples / 255 (16-bit grey / 65535, other 16-bit samples by
+ * their high byte, as Pillow), palettes looked up, transparency (alpha channel, tRNS) composited onto white; every
+ * PNG colour type, bit depth and interlacing; chunk CRCs and the data's Adler-32 checked; an EXIF orientation is not
+ * applied (save the photo upright). Or an in-the-wild example .npz (../shared/fixtures/driving/einstein.npz and the
+ * others): its model-input crop 'image' [H, W, 3] (or RGBA [H, W, 4], composited onto white), uint8 / 255 or float
+ * in [0, 1]; flexavatar_read_photo_camera reads the camera it was taken with. The format is told by the bytes. The
+ * encoder wants S x S (info.image_size): crop and resize first. Two calls: with image NULL (count ignored) it sets
+ * *width and *height; then with count = 3·W·H floats it fills image. FLEXAVATAR_ERROR_IO when the file cannot be
+ * read; FLEXAVATAR_ERROR_INVALID_ARGUMENT when it is neither (a JPEG is named as one) or is damaged or truncated;
+ * FLEXAVATAR_ERROR_INVALID_SIZE when count is not 3·W·H. */
+FLEXAVATAR_API flexavatar_status flexavatar_read_photo(const char* path, float* image, int64_t count, int32_t* width,
+                                                       int32_t* height);
+/* The camera an in-the-wild example .npz's photo was taken with (its cam2world [4, 4] in the canonical head frame
+ * and normalised intrinsics [3, 3], row-major), for flexavatar_encoder_input: encoding the crop with it, as the
+ * official pipeline does, rather than with the demo's frontal camera. FLEXAVATAR_ERROR_INVALID_ARGUMENT for a file
+ * without them (a PNG carries no camera), FLEXAVATAR_ERROR_IO when it cannot be read. */
+FLEXAVATAR_API flexavatar_status flexavatar_read_photo_camera(const char* path, float cam2world[16],
+                                                              float intrinsics[9]);
 
 /* ---- expression sequences ---- */
 /* Reads an expression sequence file as flexavatar-render does: a .npy float32 [E, 135] (or [135]: one frame), or

@@ -188,15 +188,20 @@ inline NpyArray read_npy(const std::string& path) {
   return out;
 }
 
-// A PNG photo as the encoder's input: [3, H, W] floats in [0, 1] (transparency composited onto white).
-inline std::vector<float> read_png(const std::string& path, int* width, int* height) {
+// A photo (.png, or an in-the-wild example .npz's crop) as the encoder's input: [3, H, W] floats in [0, 1] on white.
+inline std::vector<float> read_photo(const std::string& path, int* width, int* height) {
   int32_t w = 0, h = 0;
-  check(flexavatar_read_png(path.c_str(), nullptr, 0, &w, &h));
+  check(flexavatar_read_photo(path.c_str(), nullptr, 0, &w, &h));
   std::vector<float> image(size_t(3) * static_cast<size_t>(w) * static_cast<size_t>(h));
-  check(flexavatar_read_png(path.c_str(), image.data(), static_cast<int64_t>(image.size()), &w, &h));
+  check(flexavatar_read_photo(path.c_str(), image.data(), static_cast<int64_t>(image.size()), &w, &h));
   if (width) *width = w;
   if (height) *height = h;
   return image;
+}
+
+// `input` with the camera an in-the-wild example .npz's photo was taken with.
+inline void read_photo_camera(const std::string& path, flexavatar_encoder_input* input) {
+  check(flexavatar_read_photo_camera(path.c_str(), input->cam2world, input->intrinsics));
 }
 
 // An expression sequence file (.npy [E, 135], or an .npz with 'expression_codes', as the tracked sequences):

@@ -137,8 +137,10 @@ TEST_CASE(out_of_memory_on_error_paths_never_throws_across_the_c_api) {
        [&] { return flexavatar_read_expressions(nullptr, nullptr, 0, &frames); }},
       {"read_expressions(missing)", FLEXAVATAR_ERROR_IO,
        [&] { return flexavatar_read_expressions("/nonexistent/seq.npz", nullptr, 0, &frames); }},
-      {"read_png(missing)", FLEXAVATAR_ERROR_IO,
-       [&] { return flexavatar_read_png("/nonexistent/photo.png", nullptr, 0, &width, &height); }},
+      {"read_photo(missing)", FLEXAVATAR_ERROR_IO,
+       [&] { return flexavatar_read_photo("/nonexistent/photo.png", nullptr, 0, &width, &height); }},
+      {"read_photo_camera(missing)", FLEXAVATAR_ERROR_IO,
+       [&] { return flexavatar_read_photo_camera("/nonexistent/photo.npz", matrix, matrix); }},
       // Not swept: a manifest that is read. nlohmann::json's destructor (3.10+) allocates an explicit stack
       // for a non-empty array or object, in a noexcept function: a failure there terminates the program,
       // whatever the caller does. A limit of the JSON library, not of this C API.

@@ -25,7 +25,7 @@
 #include "harness.h"
 #include "intersection_budget.h"
 #include "manifest.h"
-#include "expression_file.h"
+#include "input_files.h"
 #include "inflate.h"
 #include "npz.h"
 #include "png.h"

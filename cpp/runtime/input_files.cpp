@@ -1,4 +1,4 @@
-#include "expression_file.h"
+#include "input_files.h"
 
 #include <algorithm>
 #include <cmath>
@@ -7,6 +7,7 @@
 #include "bundle.h"
 #include "head_pose.h"
 #include "npz.h"
+#include "png.h"
 
 namespace flexavatar {
 namespace runtime {
@@ -31,7 +32,7 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 // listing those missing and the archive's members, with `expected` saying what the caller reads.
 Status read_members(const unsigned char* bytes, size_t size, const std::string& where,
                     const std::vector<std::string>& names, const std::string& expected,
-                    std::vector<NpyArray>* arrays) {
+                    std::vector<NpyArray>* arrays, bool allow_uint8 = false) {
   std::vector<NpzMember> members;
   Status s = list_npz_members(bytes, size, where, &members);
   if (!s.ok()) return as_argument_error(s);
@@ -48,7 +49,7 @@ Status read_members(const unsigned char* bytes, size_t size, const std::string& 
       continue;
     }
     if (!(s = read_npz_member(bytes, size, where, *found, &npy)).ok()) return as_argument_error(s);
-    if (!(s = parse_npy_float32(npy.data(), npy.size(), where + ": " + names[k], &(*arrays)[k])).ok())
+    if (!(s = parse_npy_float32(npy.data(), npy.size(), where + ": " + names[k], &(*arrays)[k], allow_uint8)).ok())
       return as_argument_error(s);
   }
   if (!missing.empty())
@@ -137,23 +138,105 @@ Status parse_sequence_cameras(const unsigned char* bytes, size_t size, const std
   return Status::ok_status();
 }
 
-Status read_expression_file(const std::string& path, std::vector<float>* codes) {
-  if (!codes) return Status(StatusCode::kNullPointer, "codes: got a null pointer");
+Status parse_photo(const unsigned char* bytes, size_t size, const std::string& where, std::vector<float>* chw,
+                   int* width, int* height) {
+  if (!chw || !width || !height) return Status(StatusCode::kNullPointer, "parse_photo: a null output pointer");
+  if (!is_zip(bytes, size)) return parse_png(bytes, size, where, chw, width, height);
+  chw->clear();
+  std::vector<NpyArray> arrays;
+  const std::string expected = "an in-the-wild example .npz with image [S, S, 3], uint8 or float in [0, 1]";
+  Status s = read_members(bytes, size, where, {"image"}, expected, &arrays, /*allow_uint8=*/true);
+  if (!s.ok()) return s;
+  const NpyArray& image = arrays[0];
+  const std::vector<int64_t>& shape = image.shape;
+  if (shape.size() != 3 || (shape[2] != 3 && shape[2] != 4) || shape[0] < 1 || shape[1] < 1 ||
+      shape[0] > 16384 || shape[1] > 16384)
+    return bad_file(where + ": image " + shape_text(shape) + " (expected " + expected + ", or RGBA [S, S, 4])");
+  const bool uint8 = image.descr == "'|u1'";
+  const size_t h = size_t(shape[0]), w = size_t(shape[1]), c = size_t(shape[2]), plane = h * w;
+  std::vector<float> unit(image.values.size());
+  for (size_t i = 0; i < unit.size(); ++i) {
+    const float v = image.values[i];
+    if (uint8) {
+      unit[i] = v / 255.0f;
+      continue;
+    }
+    // floats as the Python runtime takes them: finite, in [0, 1] give or take 1e-3 (then clipped)
+    if (!std::isfinite(v) || v < -1e-3f || v > 1.0f + 1e-3f)
+      return bad_file(where + ": image value " + std::to_string(v) + " at index " + std::to_string(i) +
+                      " (expected uint8 0-255, or float in [0, 1])");
+    unit[i] = std::min(1.0f, std::max(0.0f, v));
+  }
+  chw->assign(3 * plane, 0.0f);
+  for (size_t p = 0; p < plane; ++p) {
+    const float alpha = c == 4 ? unit[p * 4 + 3] : 1.0f;
+    for (size_t k = 0; k < 3; ++k)
+      (*chw)[k * plane + p] = c == 4 ? unit[p * c + k] * alpha + (1.0f - alpha) : unit[p * c + k];  // onto white
+  }
+  *width = int(w);
+  *height = int(h);
+  return Status::ok_status();
+}
+
+Status parse_photo_camera(const unsigned char* bytes, size_t size, const std::string& where, float cam2world[16],
+                          float intrinsics[9]) {
+  const std::string expected = "an in-the-wild example .npz with cam2world [4, 4] and intrinsics [3, 3]";
+  if (!is_zip(bytes, size))
+    return bad_file(where + ": not an .npz archive, so no camera (expected " + expected + ")");
+  std::vector<NpyArray> arrays;
+  Status s = read_members(bytes, size, where, {"cam2world", "intrinsics"}, expected, &arrays);
+  if (!s.ok()) return s;
+  if (arrays[0].shape != std::vector<int64_t>{4, 4} || arrays[1].shape != std::vector<int64_t>{3, 3})
+    return bad_file(where + ": cam2world " + shape_text(arrays[0].shape) + " and intrinsics " +
+                    shape_text(arrays[1].shape) + " (expected " + expected + ")");
+  size_t bad = 0;
+  first_non_finite_row(arrays[0].values, 16, &bad);
+  size_t bad_k = 0;
+  first_non_finite_row(arrays[1].values, 9, &bad_k);
+  if (bad + bad_k > 0) return bad_file(where + ": NaN/inf in the photo's camera (expected finite values)");
+  std::copy(arrays[0].values.begin(), arrays[0].values.end(), cam2world);
+  std::copy(arrays[1].values.begin(), arrays[1].values.end(), intrinsics);
+  return Status::ok_status();
+}
+
+namespace {
+
+// parse(bytes, size) on the file's bytes; kIoError naming the file and what was `expected` when it cannot be read.
+template <class Parse>
+Status with_file_bytes(const std::string& path, const char* expected, Parse parse) {
   std::vector<unsigned char> bytes;
   Status s = read_file_bytes(path, size_t(1) << 32, &bytes);
   if (s.code() == StatusCode::kIoError)
-    return Status(s.code(), path + ": cannot open or read (expected an expression sequence .npy or .npz)");
-  if (!s.ok()) return s;
-  return parse_expression_file(bytes.data(), bytes.size(), path, codes);
+    return Status(s.code(), path + ": cannot open or read (expected " + expected + ")");
+  return s.ok() ? parse(bytes.data(), bytes.size()) : s;
+}
+
+}  // namespace
+
+Status read_expression_file(const std::string& path, std::vector<float>* codes) {
+  if (!codes) return Status(StatusCode::kNullPointer, "codes: got a null pointer");
+  return with_file_bytes(path, "an expression sequence .npy or .npz", [&](const unsigned char* bytes, size_t size) {
+    return parse_expression_file(bytes, size, path, codes);
+  });
+}
+
+Status read_photo(const std::string& path, std::vector<float>* chw, int* width, int* height) {
+  return with_file_bytes(path, "a photo: .png or an in-the-wild example .npz",
+                         [&](const unsigned char* bytes, size_t size) {
+                           return parse_photo(bytes, size, path, chw, width, height);
+                         });
+}
+
+Status read_photo_camera(const std::string& path, float cam2world[16], float intrinsics[9]) {
+  return with_file_bytes(path, "an in-the-wild example .npz", [&](const unsigned char* bytes, size_t size) {
+    return parse_photo_camera(bytes, size, path, cam2world, intrinsics);
+  });
 }
 
 Status read_sequence_cameras(const std::string& path, std::vector<float>* cam2world, std::vector<float>* intrinsics) {
-  std::vector<unsigned char> bytes;
-  Status s = read_file_bytes(path, size_t(1) << 32, &bytes);
-  if (s.code() == StatusCode::kIoError)
-    return Status(s.code(), path + ": cannot open or read (expected a tracked sequence .npz)");
-  if (!s.ok()) return s;
-  return parse_sequence_cameras(bytes.data(), bytes.size(), path, cam2world, intrinsics);
+  return with_file_bytes(path, "a tracked sequence .npz", [&](const unsigned char* bytes, size_t size) {
+    return parse_sequence_cameras(bytes, size, path, cam2world, intrinsics);
+  });
 }
 
 }  // namespace runtime
