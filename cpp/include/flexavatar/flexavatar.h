@@ -440,9 +440,9 @@ FLEXAVATAR_API flexavatar_status flexavatar_read_photo_camera(const char* path, 
                                                               float intrinsics[9]);
 
 /* ---- expression sequences ---- */
-/* Reads an expression sequence file as flexavatar-render does: a .npy float32 [E, 135] (or [135]: one frame), or
- * an .npz (np.savez or np.savez_compressed) whose member 'expression_codes' is one: the layout of tracked sequences
- * (their other members are not read). The format is told by the file's bytes, not its name. Two calls: with codes
+/* Reads an expression sequence file as flexavatar-render does: a .npy [E, 135] (or [135]: one frame; float32, or
+ * float64 / float16 converted as by flexavatar_read_npy), or an .npz (np.savez or np.savez_compressed) whose member
+ * 'expression_codes' is one: the layout of tracked sequences (their other members are not read). The format is told by the file's bytes, not its name. Two calls: with codes
  * NULL (count ignored) it sets *frames to E; then with codes holding count = E·135 floats it fills them, row-major
  * [E, 135], and sets *frames again. FLEXAVATAR_ERROR_IO when the file cannot be opened or read;
  * FLEXAVATAR_ERROR_INVALID_ARGUMENT when it is not such an array (neither .npy nor .npz, damaged or truncated
@@ -453,7 +453,7 @@ FLEXAVATAR_API flexavatar_status flexavatar_read_expressions(const char* path, f
 /* The tracked camera of every frame of a tracked sequence .npz (flexavatar-render --camera-tracked): its members
  * cam2world [E, 4, 4] (in the canonical head frame: rendering the decoded Gaussians from it shows the head as the
  * tracked video saw it, head motion included; do not also apply the head pose) and intrinsics [E, 3, 3]
- * (normalised), float32. Two calls as flexavatar_read_expressions: with cameras NULL it sets *frames to E; then
+ * (normalised), floats (as flexavatar_read_npy reads them). Two calls as flexavatar_read_expressions: with cameras NULL it sets *frames to E; then
  * with count = E cameras it sets their cam2world and intrinsics and leaves width, height and background as the
  * caller set them. FLEXAVATAR_ERROR_IO, FLEXAVATAR_ERROR_INVALID_ARGUMENT (not an .npz, a damaged archive, a
  * member missing or of another dtype or shape, NaN/inf) and FLEXAVATAR_ERROR_INVALID_SIZE as there. Whether each
