@@ -46,7 +46,6 @@ class BitReader {
     buffer_ = 0;
     held_ = 0;
   }
-  size_t position() const { return at_; }
   void skip(size_t bytes) { at_ += bytes; }
   size_t remaining() const { return size_ - at_; }
   const unsigned char* here() const { return data_ + at_; }

@@ -1,8 +1,6 @@
 #include "manifest.h"
 
 #include <algorithm>
-#include <cstdio>
-#include <memory>
 #include <set>
 
 #include <nlohmann/json.hpp>
